@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build airlock's base images locally (there is no registry to pull from), then run the
+# gVisor (runsc) compatibility self-test on each and record which images pass.
+#   airlock/base:busybox   busybox-static + a passwd with the unprivileged job user (seconds)
+#   airlock/base:bookworm  a debootstrap minbase rootfs (minutes; rootfs tarball cached)
+# Each image is rebuilt only when missing. The self-test result is keyed by image id.
+set -euo pipefail
+say() { printf 'base-images: %s\n' "$*" >&2; }
+die() { printf 'base-images: error: %s\n' "$*" >&2; exit 1; }
+
+docker_bin=/usr/bin/docker
+state_dir=${AIRLOCK_STATE_DIR:-/var/lib/airlock}
+cache_dir=${AIRLOCK_CACHE_DIR:-/var/cache/airlock}
+mirror=${AIRLOCK_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)}
+mirror=${mirror:-http://deb.debian.org/debian}
+mkdir -p "$state_dir" "$cache_dir"
+
+# The job user every airlock image carries: uid/gid 1000, no shell privileges, no sudo.
+add_job_user() {
+  local root=$1
+  grep -q '^airlock:' "$root/etc/passwd" 2>/dev/null || echo 'airlock:x:1000:1000:airlock job:/workspace:/bin/sh' >> "$root/etc/passwd"
+  grep -q '^airlock:' "$root/etc/group" 2>/dev/null || echo 'airlock:x:1000:' >> "$root/etc/group"
+  mkdir -p "$root/workspace" "$root/tmp"
+  chmod 1777 "$root/tmp"
+}
+
+have_image() { "$docker_bin" image inspect "$1" >/dev/null 2>&1; }
+
+if ! have_image airlock/base:busybox; then
+  say "building airlock/base:busybox from busybox-static"
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/proc" "$tmp/sys" "$tmp/dev"
+  cp /bin/busybox "$tmp/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$tmp/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$tmp/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$tmp/etc/group"
+  add_job_user "$tmp"
+  tar --numeric-owner -C "$tmp" -c . | "$docker_bin" import \
+    -c 'ENV PATH=/bin' -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=busybox' - airlock/base:busybox >/dev/null
+  rm -rf "$tmp"; trap - EXIT
+fi
+
+if ! have_image airlock/base:bookworm; then
+  tarball="$cache_dir/bookworm-minbase.tar"
+  if [ ! -s "$tarball" ]; then
+    say "debootstrap bookworm minbase from $mirror (a few minutes, cached afterwards)"
+    root=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$cache_dir/debootstrap.log" 2>&1 \
+      || { rm -rf "$root"; die "debootstrap failed; see $cache_dir/debootstrap.log"; }
+    add_job_user "$root"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar --numeric-owner -C "$root" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    rm -rf "$root"
+  fi
+  say "importing airlock/base:bookworm"
+  "$docker_bin" import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=bookworm' "$tarball" airlock/base:bookworm >/dev/null
+fi
+
+# ---- runsc compatibility self-test --------------------------------------------------------
+# Debian's runsc (2022) answers statx with EINVAL, which breaks GNU coreutils ls/stat; busybox
+# works. A policy may pick runsc only for an image whose id is listed here as passing.
+compat="$state_dir/runsc-compat.json"
+entries=()
+for image in airlock/base:busybox airlock/base:bookworm; do
+  id=$("$docker_bin" image inspect -f '{{.Id}}' "$image")
+  if grep -q "\"$id\"" "$compat" 2>/dev/null; then
+    entries+=("$(grep -o "\"$id\": *[a-z]*" "$compat")"); continue
+  fi
+  ok=false
+  if timeout 60 "$docker_bin" run --rm --runtime runsc --network none --user 1000:1000 "$image" \
+       sh -c 'ls -la / >/dev/null && stat / >/dev/null && cat /proc/self/status >/dev/null && echo airlock-selftest-ok' 2>/dev/null \
+       | grep -q airlock-selftest-ok; then ok=true; fi
+  say "runsc self-test $image: $ok"
+  entries+=("\"$id\": $ok")
+done
+{ printf '{\n'; for i in "${!entries[@]}"; do printf '  %s%s\n' "${entries[$i]}" "$([ "$i" -lt $((${#entries[@]} - 1)) ] && echo ,)"; done; printf '}\n'; } > "$compat.part"
+mv "$compat.part" "$compat"

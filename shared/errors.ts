@@ -1,0 +1,137 @@
+/**
+ * airlock's error catalogue. Every error that crosses a module, process or HTTP boundary is an
+ * `AirlockError` with a stable `code`; callers across boundaries match on `code`, never on
+ * `instanceof` (a class identity does not survive JSON). Each code is documented in docs/errors.md
+ * and the catalogue is pinned by test/shared/errors.test.ts.
+ *
+ * Two kinds of failure are kept apart on purpose (Woodpecker's IsStepFailure split):
+ * a job that exits non-zero, is OOM-killed or times out is a *result* (JobResult), not an error;
+ * an `ExecutorFailedError` means airlock or the engine failed and the job may be retried.
+ */
+
+/** The body every HTTP error answer carries, as fastify's fallback handler shapes it. */
+export interface WireError {
+  code: string;
+  message: string;
+  statusCode: number;
+}
+
+export abstract class AirlockError extends Error {
+  abstract readonly code: `AIRLOCK_E_${string}`;
+  readonly httpStatus: number = 500;
+  /** true: the same request may succeed later (engine busy, transient I/O). */
+  readonly retryable: boolean = false;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+
+  toWire(): WireError {
+    return { code: this.code, message: this.message, statusCode: this.httpStatus };
+  }
+}
+
+/** One problem found in an input, named by its place: `limits.memory`, `jobs.test.command`. */
+export interface Issue {
+  file: string;
+  path: string;
+  message: string;
+  severity: 'error' | 'warning';
+}
+
+export function formatIssues(issues: readonly Issue[]): string {
+  return issues.map((i) => `${i.file}: ${i.path || '(root)'}: ${i.message}`).join('\n');
+}
+
+/** Input from outside (CLI flags, API bodies, job specs) is malformed. Lists every issue. */
+export class InvalidInputError extends AirlockError {
+  readonly code = 'AIRLOCK_E_INVALID_INPUT';
+  override readonly httpStatus = 400;
+  constructor(readonly issues: readonly Issue[]) {
+    super(formatIssues(issues));
+  }
+}
+
+/** The input is well-formed but asks for more than policy allows (e.g. more memory). */
+export class PolicyViolationError extends AirlockError {
+  readonly code = 'AIRLOCK_E_POLICY_VIOLATION';
+  override readonly httpStatus = 422;
+  constructor(readonly issues: readonly Issue[]) {
+    super(formatIssues(issues));
+  }
+}
+
+/** An SRE-owned policy file is missing or broken: an operator problem, not the user's. */
+export class PolicyInvalidError extends AirlockError {
+  readonly code = 'AIRLOCK_E_POLICY_INVALID';
+  override readonly httpStatus = 500;
+  constructor(readonly issues: readonly Issue[]) {
+    super(formatIssues(issues));
+  }
+}
+
+/** The job's image is not present on the engine (there is no registry to pull from). */
+export class ImageNotFoundError extends AirlockError {
+  readonly code = 'AIRLOCK_E_IMAGE_NOT_FOUND';
+  override readonly httpStatus = 422;
+  constructor(readonly image: string) {
+    super(`image ${JSON.stringify(image)} is not present on this engine`);
+  }
+}
+
+/** The runtime asked for cannot run this image (e.g. runsc for an image that failed the self-test). */
+export class RuntimeUnavailableError extends AirlockError {
+  readonly code = 'AIRLOCK_E_RUNTIME_UNAVAILABLE';
+  override readonly httpStatus = 422;
+}
+
+/** The container engine cannot be reached at all. */
+export class EngineUnavailableError extends AirlockError {
+  readonly code = 'AIRLOCK_E_ENGINE_UNAVAILABLE';
+  override readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** airlock or the engine failed while running a job: not the job's fault; may be retried. */
+export class ExecutorFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_EXECUTOR_FAILED';
+  override readonly httpStatus = 502;
+  override readonly retryable = true;
+}
+
+/** An artifact archive holds an entry that would land outside its destination, or an unsafe kind. */
+export class ArtifactRejectedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_ARTIFACT_REJECTED';
+  override readonly httpStatus = 422;
+}
+
+/** The job's artifacts exceed the size or file-count cap. */
+export class ArtifactTooLargeError extends AirlockError {
+  readonly code = 'AIRLOCK_E_ARTIFACT_TOO_LARGE';
+  override readonly httpStatus = 422;
+}
+
+/** The operation was cancelled by its caller (AbortSignal). */
+export class CancelledError extends AirlockError {
+  readonly code = 'AIRLOCK_E_CANCELLED';
+  override readonly httpStatus = 409;
+}
+
+/** Every concrete error class, for the catalogue test and for docs. */
+export const ERROR_CLASSES = {
+  InvalidInputError,
+  PolicyViolationError,
+  PolicyInvalidError,
+  ImageNotFoundError,
+  RuntimeUnavailableError,
+  EngineUnavailableError,
+  ExecutorFailedError,
+  ArtifactRejectedError,
+  ArtifactTooLargeError,
+  CancelledError,
+} as const;
+
+export function isAirlockError(e: unknown): e is AirlockError {
+  return e instanceof AirlockError;
+}

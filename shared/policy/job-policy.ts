@@ -1,0 +1,102 @@
+/**
+ * Loading `policies/untrusted-job.yaml` and applying it to a job's request.
+ * `checkAgainstPolicy` is pure and is tested as a table: a job may tighten every limit, loosen none.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { PolicyInvalidError, PolicyViolationError, type Issue } from '../errors.js';
+import { JobPolicy } from '../schemas/job-policy.js';
+import { zodIssues } from '../schemas/issues.js';
+import { LIMIT_KEYS, type Limits, type LimitsRequest, type Runtime } from '../schemas/limits.js';
+import { parseYaml } from '../yaml.js';
+import { formatBytes, formatDuration } from '../units.js';
+
+export const DEFAULT_JOB_POLICY_FILE = fileURLToPath(new URL('../../policies/untrusted-job.yaml', import.meta.url));
+
+/** Parse policy text, collecting every problem. */
+export function parseJobPolicy(text: string, file: string): { value?: JobPolicy; issues: Issue[] } {
+  const y = parseYaml(text, file);
+  if (y.issues.length > 0) return { issues: y.issues };
+  const r = JobPolicy.safeParse(y.value);
+  return r.success ? { value: r.data, issues: [] } : { issues: zodIssues(r.error, file) };
+}
+
+/** Load the policy file or throw PolicyInvalidError listing every problem. */
+export function loadJobPolicy(file: string = DEFAULT_JOB_POLICY_FILE): JobPolicy {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
+  }
+  const r = parseJobPolicy(text, file);
+  if (!r.value) throw new PolicyInvalidError(r.issues);
+  return r.value;
+}
+
+/** gVisor is stricter than runc: asking for it tightens, asking for runc under a runsc default loosens. */
+const RUNTIME_STRICTNESS: Record<Runtime, number> = { runc: 0, runsc: 1 };
+
+function describe(key: keyof Limits, v: number): string {
+  if (key === 'timeoutMs') return formatDuration(v);
+  if (key === 'cpus' || key === 'pids' || key === 'artifactFiles') return String(v);
+  return formatBytes(v);
+}
+
+/**
+ * The issues a request raises against policy: one per field asked above its ceiling, and one for
+ * a runtime the policy does not allow or that would loosen isolation. Empty: the request fits.
+ */
+export function checkAgainstPolicy(request: LimitsRequest, runtime: Runtime | undefined, policy: JobPolicy, file = 'job'): Issue[] {
+  const issues: Issue[] = [];
+  const ceiling = toLimits(policy.limits);
+  for (const [field, key] of Object.entries(LIMIT_KEYS) as [keyof Limits, keyof LimitsRequest][]) {
+    const asked = request[key];
+    if (asked !== undefined && asked > ceiling[field]) {
+      issues.push({
+        file,
+        path: `limits.${key}`,
+        message: `asks for ${describe(field, asked)}, policy allows at most ${describe(field, ceiling[field])}`,
+        severity: 'error',
+      });
+    }
+  }
+  if (runtime !== undefined) {
+    if (!policy.runtime.allowed.includes(runtime)) {
+      issues.push({ file, path: 'runtime', message: `runtime ${runtime} is not allowed by policy (allowed: ${policy.runtime.allowed.join(', ')})`, severity: 'error' });
+    } else if (RUNTIME_STRICTNESS[runtime] < RUNTIME_STRICTNESS[policy.runtime.default]) {
+      issues.push({ file, path: 'runtime', message: `runtime ${runtime} would loosen isolation below the policy default ${policy.runtime.default}`, severity: 'error' });
+    }
+  }
+  return issues;
+}
+
+function toLimits(l: Required<LimitsRequest>): Limits {
+  return {
+    memoryBytes: l.memory,
+    cpus: l.cpus,
+    pids: l.pids,
+    timeoutMs: l.timeout,
+    logCapBytes: l.logCap,
+    workspaceBytes: l.workspace,
+    tmpBytes: l.tmp,
+    artifactBytes: l.artifacts,
+    artifactFiles: l.artifactFiles,
+  };
+}
+
+/** The limits and runtime a job gets: its request where it tightens, policy elsewhere. Throws on any loosening. */
+export function resolveLimits(
+  request: LimitsRequest,
+  runtime: Runtime | undefined,
+  policy: JobPolicy,
+  file = 'job',
+): { limits: Limits; runtime: Runtime } {
+  const issues = checkAgainstPolicy(request, runtime, policy, file);
+  if (issues.length > 0) throw new PolicyViolationError(issues);
+  const merged = { ...policy.limits };
+  for (const [k, v] of Object.entries(request) as [keyof LimitsRequest, number | undefined][]) {
+    if (v !== undefined) (merged as Record<string, number>)[k] = v;
+  }
+  return { limits: toLimits(merged), runtime: runtime ?? policy.runtime.default };
+}

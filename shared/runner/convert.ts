@@ -1,0 +1,90 @@
+/**
+ * Pure mapping from (JobSpec, resolved limits, runtime) to the dockerode create options of one
+ * hardened job container. No I/O here; docker-runner.ts does the calls. Every isolation default
+ * of ARCHITECTURE.md is set here and asserted by test/shared/runner/convert.test.ts.
+ *
+ * The container's filesystem:
+ *   /            image, read-only (ReadonlyRootfs)
+ *   /workspace   the job's own ext4 filesystem of `workspaceBytes` (a Docker volume on a loop
+ *                device; nosuid, nodev), owned by the job user; the source tar is put here
+ *   /tmp         tmpfs of `tmpBytes`, nosuid, nodev (its pages count against the memory limit)
+ *   /dev/shm     Docker's default 64 MiB shm, private IPC namespace
+ * Nothing from the host is bind-mounted; the Docker socket is never present.
+ */
+import type Docker from 'dockerode';
+import type { JobSpec } from '../schemas/job-spec.js';
+import type { Limits, Runtime } from '../schemas/limits.js';
+import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_OWNER } from './labels.js';
+
+export const WORKSPACE_PATH = '/workspace';
+
+export interface ContainerPlan {
+  spec: JobSpec;
+  limits: Limits;
+  runtime: Runtime;
+  user: { uid: number; gid: number };
+  owner: string;
+  name: string;
+  workspaceVolume: string;
+  /** ms since epoch, for the reaper's age check. */
+  createdAt: number;
+}
+
+export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOptions {
+  const { spec, limits } = plan;
+  const env = { HOME: WORKSPACE_PATH, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...spec.env };
+  return {
+    name: plan.name,
+    Image: spec.image,
+    Cmd: spec.command,
+    Entrypoint: [],
+    Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    User: `${plan.user.uid}:${plan.user.gid}`,
+    WorkingDir: WORKSPACE_PATH,
+    Hostname: 'airlock-job',
+    Tty: false,
+    OpenStdin: false,
+    AttachStdin: false,
+    AttachStdout: true,
+    AttachStderr: true,
+    NetworkDisabled: true,
+    StopSignal: 'SIGTERM',
+    Labels: {
+      [LABEL_JOB]: spec.id,
+      [LABEL_OWNER]: plan.owner,
+      [LABEL_CREATED]: String(plan.createdAt),
+      [LABEL_KIND]: 'job',
+    },
+    HostConfig: {
+      Runtime: plan.runtime,
+      NetworkMode: 'none',
+      Init: true, // docker-init (tini) as pid 1: reaps orphans, forwards SIGTERM
+      ReadonlyRootfs: true,
+      CapDrop: ['ALL'],
+      CapAdd: [],
+      SecurityOpt: ['no-new-privileges'],
+      Privileged: false,
+      IpcMode: 'private',
+      PidMode: '',
+      Memory: limits.memoryBytes,
+      MemorySwap: limits.memoryBytes, // swap == memory: no swap at all
+      MemorySwappiness: 0,
+      OomKillDisable: false,
+      OomScoreAdj: 500, // the kernel picks a job before host processes
+      NanoCpus: Math.round(limits.cpus * 1e9),
+      PidsLimit: limits.pids,
+      Ulimits: [
+        { Name: 'core', Soft: 0, Hard: 0 },
+        { Name: 'nofile', Soft: 4096, Hard: 4096 },
+      ],
+      Tmpfs: { '/tmp': `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777` },
+      Mounts: [{ Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false }],
+      Binds: [],
+      Devices: [],
+      // The runner reads the log through attach; the engine keeps none on disk.
+      LogConfig: { Type: 'none', Config: {} },
+      AutoRemove: false,
+      RestartPolicy: { Name: 'no', MaximumRetryCount: 0 },
+    },
+  };
+}

@@ -1,0 +1,365 @@
+/**
+ * JobRunner: runs one hardened job step on a Docker engine and returns a typed JobResult, streaming
+ * the log while the job runs. One runner serves many concurrent jobs; everything it creates is
+ * labelled with its owner id and removed when the job ends (and by the reaper after a crash).
+ *
+ * Order of one run:
+ *   resolve limits against policy → check image (and runsc compatibility) → workspace → create →
+ *   put source tar → attach → start → (log, stats, timeout timer) → wait → inspect →
+ *   artifacts → remove container → release workspace.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import type Docker from 'dockerode';
+import {
+  AirlockError,
+  CancelledError,
+  EngineUnavailableError,
+  ExecutorFailedError,
+  ImageNotFoundError,
+  RuntimeUnavailableError,
+} from '../errors.js';
+import type { Logger } from '../logging.js';
+import { resolveLimits } from '../policy/job-policy.js';
+import type { JobPolicy } from '../schemas/job-policy.js';
+import type { JobSpec } from '../schemas/job-spec.js';
+import type { Limits, Runtime } from '../schemas/limits.js';
+import { extractArtifacts, globBase, type ArtifactFile } from './artifacts.js';
+import { toCreateOptions, WORKSPACE_PATH } from './convert.js';
+import { DockerDemuxer, LogCapture, type LogChunk } from './log-capture.js';
+import { currentOwner } from './owner.js';
+import { reap, type ReapReport } from './reaper.js';
+import { describeOutcome, type JobResult } from './result.js';
+import { packDirectory, repackTar } from './tar-pack.js';
+import { WorkspaceManager, type Workspace } from './workspace.js';
+
+export interface JobRunnerOptions {
+  docker: Docker;
+  policy: JobPolicy;
+  /** Where workspaces and the runsc self-test results live (the bootstrap writes the latter). */
+  stateDir: string;
+  logger?: Logger;
+  /** Formatted workspaces kept ready per size (default 2; 0: format each on demand). */
+  workspacePool?: number;
+  /** Read memory statistics while a job runs, for peakMemoryBytes (default true). */
+  collectStats?: boolean;
+}
+
+export interface RunOptions {
+  signal?: AbortSignal;
+  /** Called with each kept piece of log, in order, while the job runs. */
+  onLog?: (chunk: LogChunk) => void;
+  /** Where artifacts go; required when the spec names artifact globs. */
+  artifactsDir?: string;
+  /** Include the kept log in the result (default true). */
+  includeLog?: boolean;
+}
+
+/** Waits that must never hang a runner, whatever the engine or the job does. */
+const STREAM_DRAIN_MS = 5_000;
+
+export class JobRunner {
+  readonly owner = currentOwner();
+  private reaperTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    private readonly opts: JobRunnerOptions,
+    private readonly workspaces: WorkspaceManager,
+    private readonly hostUid: number,
+  ) {}
+
+  /** Connects, learns the engine's user-namespace mapping and reaps leftovers of dead runners. */
+  static async create(opts: JobRunnerOptions): Promise<JobRunner> {
+    let info: { SecurityOptions?: string[] };
+    try {
+      info = (await opts.docker.info()) as { SecurityOptions?: string[] };
+    } catch (e) {
+      throw new EngineUnavailableError(`cannot reach the Docker engine: ${(e as Error).message}`, { cause: e });
+    }
+    const remapped = (info.SecurityOptions ?? []).some((o) => o.includes('name=userns'));
+    const base = remapped ? subordinateIdStart('dockremap') : 0;
+    const { uid, gid } = opts.policy.user;
+    const workspaces = new WorkspaceManager({
+      docker: opts.docker,
+      stateDir: opts.stateDir,
+      owner: currentOwner(),
+      hostUid: base + uid,
+      hostGid: base + gid,
+      poolSize: opts.workspacePool ?? 2,
+    });
+    const runner = new JobRunner(opts, workspaces, base + uid);
+    await runner.reap();
+    return runner;
+  }
+
+  /** The host uid the job user maps to (100000 + uid under userns-remap). */
+  get jobHostUid(): number {
+    return this.hostUid;
+  }
+
+  reap(): Promise<ReapReport> {
+    return reap({ docker: this.opts.docker, workspacesDir: this.workspaces.workspacesDir, logger: this.opts.logger });
+  }
+
+  /** Reap periodically (unref'd: it never keeps the process alive). */
+  startReaper(intervalMs = 60_000): void {
+    this.reaperTimer ??= setInterval(() => void this.reap().catch((e: unknown) => this.opts.logger?.warn({ err: e }, 'reaper failed')), intervalMs);
+    this.reaperTimer.unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.reaperTimer) clearInterval(this.reaperTimer);
+    await this.workspaces.close();
+  }
+
+  /** Run one job. Throws AirlockError for bad requests and airlock's own failures; a failing job is a result. */
+  async run(spec: JobSpec, ro: RunOptions = {}): Promise<JobResult> {
+    const t0 = performance.now();
+    const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, this.opts.policy, `job ${spec.id}`);
+    if (spec.artifacts.length > 0 && !ro.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
+    const imageId = await this.imageId(spec.image);
+    if (runtime === 'runsc' && !this.runscCompatible(imageId)) {
+      throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
+    }
+    if (ro.signal?.aborted) throw new CancelledError(`job ${spec.id} cancelled before it started`);
+
+    const log = this.opts.logger?.child({ jobId: spec.id });
+    let ws: Workspace | undefined;
+    let container: Docker.Container | undefined;
+    try {
+      ws = await this.workspaces.take(limits.workspaceBytes);
+      const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
+      container = await this.opts.docker.createContainer(
+        toCreateOptions({ spec, limits, runtime, user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now() }),
+      );
+      if (spec.source) await container.putArchive(this.sourceTar(spec.source), { path: WORKSPACE_PATH });
+      const run = await this.execute(container, limits, ro);
+      const t1 = performance.now();
+      let artifacts: ArtifactFile[] = [];
+      let artifactError: JobResult['artifactError'];
+      if (spec.artifacts.length > 0 && ro.artifactsDir) {
+        try {
+          artifacts = await this.collectArtifacts(container, spec.artifacts, ro.artifactsDir, limits);
+        } catch (e) {
+          artifactError = e instanceof AirlockError ? { code: e.code, message: e.message } : { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: (e as Error).message };
+        }
+      }
+      await this.destroy(container, ws);
+      container = undefined;
+      ws = undefined;
+      const t2 = performance.now();
+      const facts = {
+        exitCode: run.exitCode,
+        oomKilled: run.oomKilled,
+        timedOut: run.timedOut,
+        cancelled: run.cancelled,
+        logTruncated: run.capture.truncated,
+        logBytes: run.capture.totalBytes,
+        limits,
+        artifactError,
+      };
+      const result: JobResult = {
+        version: 1,
+        jobId: spec.id,
+        image: spec.image,
+        imageId,
+        runtime,
+        passed: run.exitCode === 0 && !run.oomKilled && !run.timedOut && !run.cancelled && !artifactError,
+        ...facts,
+        ...(run.peakMemoryBytes !== undefined ? { peakMemoryBytes: run.peakMemoryBytes } : {}),
+        durations: { setupMs: round(run.startedAt - t0), runMs: round(t1 - run.startedAt), teardownMs: round(t2 - t1), totalMs: round(t2 - t0) },
+        reason: describeOutcome({ ...facts, runMs: t1 - run.startedAt }),
+        artifacts,
+        ...(ro.includeLog === false ? {} : { log: run.capture.bytes().toString('utf8') }),
+      };
+      log?.info({ passed: result.passed, reason: result.reason, durations: result.durations }, 'job finished');
+      return result;
+    } catch (e) {
+      throw wrapEngineError(e, `job ${spec.id}`);
+    } finally {
+      if (container || ws) await this.destroy(container, ws).catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'));
+    }
+  }
+
+  private async execute(container: Docker.Container, limits: Limits, ro: RunOptions) {
+    const capture = new LogCapture(limits.logCapBytes);
+    const demux = new DockerDemuxer();
+    const stream = (await container.attach({ stream: true, stdout: true, stderr: true, logs: false })) as NodeJS.ReadableStream & { destroy?: () => void };
+    const ended = new Promise<void>((resolve) => {
+      stream.on('end', resolve);
+      stream.on('close', resolve);
+      stream.on('error', () => resolve());
+    });
+    stream.on('data', (buf: Buffer) =>
+      demux.push(buf, (chunk) => {
+        const kept = capture.add(chunk);
+        if (kept && ro.onLog) ro.onLog(kept);
+      }),
+    );
+
+    let timedOut = false;
+    let cancelled = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const stop = (): void => {
+      if (killTimer) return;
+      void container.kill({ signal: 'SIGTERM' }).catch(() => undefined);
+      killTimer = setTimeout(() => void container.kill({ signal: 'SIGKILL' }).catch(() => undefined), this.opts.policy.killGrace);
+    };
+    const onAbort = (): void => {
+      cancelled = true;
+      stop();
+    };
+
+    await container.start();
+    const startedAt = performance.now();
+    const timeout = setTimeout(() => {
+      timedOut = true;
+      stop();
+    }, limits.timeoutMs);
+    ro.signal?.addEventListener('abort', onAbort, { once: true });
+    const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container);
+    try {
+      const status = (await container.wait()) as { StatusCode: number };
+      await Promise.race([ended, sleep(STREAM_DRAIN_MS)]);
+      stream.destroy?.();
+      const state = (await container.inspect()).State;
+      return {
+        exitCode: status.StatusCode,
+        oomKilled: Boolean(state.OOMKilled),
+        timedOut: timedOut && !cancelled,
+        cancelled,
+        capture,
+        startedAt,
+        peakMemoryBytes: stats?.stop(),
+      };
+    } finally {
+      clearTimeout(timeout);
+      if (killTimer) clearTimeout(killTimer);
+      ro.signal?.removeEventListener('abort', onAbort);
+      stats?.stop();
+    }
+  }
+
+  private async collectArtifacts(container: Docker.Container, globs: readonly string[], dest: string, limits: Limits): Promise<ArtifactFile[]> {
+    // One archive per distinct glob base, so a job with `dist/**` does not send its whole workspace.
+    const bases = [...new Set(globs.map(globBase))];
+    const all: ArtifactFile[] = [];
+    let bytes = 0;
+    for (const base of bases.some((b) => b === '') ? [''] : bases) {
+      let archive: Readable;
+      try {
+        archive = (await container.getArchive({ path: base ? `${WORKSPACE_PATH}/${base}` : WORKSPACE_PATH })) as unknown as Readable;
+      } catch (e) {
+        if ((e as { statusCode?: number }).statusCode === 404) continue; // nothing there: no artifacts from this glob
+        throw e;
+      }
+      const files = await extractArtifacts(archive, dest, {
+        globs,
+        archivedDir: base,
+        maxBytes: limits.artifactBytes - bytes,
+        maxFiles: limits.artifactFiles - all.length,
+      });
+      for (const f of files) bytes += f.bytes;
+      all.push(...files);
+    }
+    return all;
+  }
+
+  private sourceTar(source: NonNullable<JobSpec['source']>): Readable {
+    const owner = this.opts.policy.user;
+    return 'dir' in source ? packDirectory(source.dir, owner) : repackTar(source.tar, owner);
+  }
+
+  private async imageId(image: string): Promise<string> {
+    try {
+      return (await this.opts.docker.getImage(image).inspect()).Id;
+    } catch (e) {
+      if ((e as { statusCode?: number }).statusCode === 404) throw new ImageNotFoundError(image);
+      throw wrapEngineError(e, `image ${image}`);
+    }
+  }
+
+  private runscCompatible(imageId: string): boolean {
+    try {
+      const table = JSON.parse(readFileSync(join(this.opts.stateDir, 'runsc-compat.json'), 'utf8')) as Record<string, unknown>;
+      return table[imageId] === true;
+    } catch {
+      return false;
+    }
+  }
+
+  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined): Promise<void> {
+    if (container) {
+      try {
+        await container.remove({ force: true, v: false });
+      } catch (e) {
+        if ((e as { statusCode?: number }).statusCode !== 404) throw e;
+      }
+    }
+    if (ws) await this.workspaces.release(ws);
+  }
+}
+
+/** Follow the engine's stats stream; stop() ends it and returns the highest memory use seen. */
+function watchPeakMemory(container: Docker.Container): { stop: () => number | undefined } {
+  let peak: number | undefined;
+  let stream: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
+  let stopped = false;
+  let buf = '';
+  container
+    .stats({ stream: true })
+    .then((s) => {
+      stream = s as NodeJS.ReadableStream & { destroy?: () => void };
+      if (stopped) return stream.destroy?.();
+      stream.on('error', () => undefined);
+      stream.on('data', (d: Buffer) => {
+        buf += d.toString('utf8');
+        if (buf.length > 1 << 20) buf = ''; // a runaway line is not worth memory
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          try {
+            const m = (JSON.parse(line) as { memory_stats?: { max_usage?: number; usage?: number } }).memory_stats;
+            const v = Math.max(m?.max_usage ?? 0, m?.usage ?? 0);
+            if (v > 0) peak = Math.max(peak ?? 0, v);
+          } catch {
+            // partial or odd line: skip
+          }
+        }
+      });
+    })
+    .catch(() => undefined);
+  return {
+    stop: () => {
+      stopped = true;
+      stream?.destroy?.();
+      return peak;
+    },
+  };
+}
+
+function subordinateIdStart(user: string): number {
+  try {
+    const line = readFileSync('/etc/subuid', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`));
+    const start = Number(line?.split(':')[1]);
+    if (Number.isSafeInteger(start)) return start;
+  } catch {
+    // fall through
+  }
+  throw new EngineUnavailableError(`the engine remaps user namespaces but /etc/subuid has no range for ${user}`);
+}
+
+function wrapEngineError(e: unknown, what: string): AirlockError {
+  if (e instanceof AirlockError) return e;
+  const err = e as NodeJS.ErrnoException & { statusCode?: number; json?: { message?: string } };
+  if (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EACCES') {
+    return new EngineUnavailableError(`cannot reach the Docker engine: ${err.message}`, { cause: e });
+  }
+  return new ExecutorFailedError(`${what}: ${err.json?.message ?? err.message}`, { cause: e });
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+const round = (ms: number) => Math.round(ms * 10) / 10;

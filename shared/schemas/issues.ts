@@ -1,0 +1,27 @@
+/**
+ * Turning zod's failures into airlock `Issue`s that name the file and the path, and parsing at
+ * the edge: `parseOrThrow` is how untrusted values become typed values.
+ */
+import type { z } from 'zod';
+import { InvalidInputError, type Issue } from '../errors.js';
+
+/** `jobs[2].limits.memory` from zod's `['jobs', 2, 'limits', 'memory']`. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out;
+}
+
+export function zodIssues(error: z.ZodError, file: string): Issue[] {
+  return error.issues.map((i) => ({ file, path: formatPath(i.path), message: i.message, severity: 'error' as const }));
+}
+
+/** Parse `input` or throw one InvalidInputError that lists every problem. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, file: string): z.infer<S> {
+  const r = schema.safeParse(input);
+  if (!r.success) throw new InvalidInputError(zodIssues(r.error, file));
+  return r.data;
+}

@@ -20,13 +20,23 @@ add_job_user() {
   local root=$1
   grep -q '^airlock:' "$root/etc/passwd" 2>/dev/null || echo 'airlock:x:1000:1000:airlock job:/workspace:/bin/sh' >> "$root/etc/passwd"
   grep -q '^airlock:' "$root/etc/group" 2>/dev/null || echo 'airlock:x:1000:' >> "$root/etc/group"
-  mkdir -p "$root/workspace" "$root/tmp"
+  mkdir -p "$root/workspace" "$root/tmp" "$root/home/airlock"
   chmod 1777 "$root/tmp"
+  chown 1000:1000 "$root/home/airlock"   # writable by the job user, were the root filesystem writable
 }
 
-have_image() { "$docker_bin" image inspect "$1" >/dev/null 2>&1; }
+# Bump when the recipe changes: an image without this label value is rebuilt.
+BASE_VERSION=2
+
+have_image() {
+  [ "$("$docker_bin" image inspect -f '{{index .Config.Labels "org.airlock.base.version"}}' "$1" 2>/dev/null)" = "$BASE_VERSION" ]
+}
+
+# Remove a superseded image once its tag has moved (only if nothing else uses it).
+drop_old() { [ -n "$1" ] && [ "$1" != "$("$docker_bin" image inspect -f '{{.Id}}' "$2")" ] && "$docker_bin" rmi "$1" >/dev/null 2>&1 || true; }
 
 if ! have_image airlock/base:busybox; then
+  old=$("$docker_bin" image inspect -f '{{.Id}}' airlock/base:busybox 2>/dev/null || true)
   say "building airlock/base:busybox from busybox-static"
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/proc" "$tmp/sys" "$tmp/dev"
@@ -38,12 +48,14 @@ if ! have_image airlock/base:busybox; then
   printf 'root:x:0:\nnogroup:x:65534:\n' > "$tmp/etc/group"
   add_job_user "$tmp"
   tar --numeric-owner -C "$tmp" -c . | "$docker_bin" import \
-    -c 'ENV PATH=/bin' -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=busybox' - airlock/base:busybox >/dev/null
+    -c 'ENV PATH=/bin' -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=busybox' -c "LABEL org.airlock.base.version=$BASE_VERSION" - airlock/base:busybox >/dev/null
   rm -rf "$tmp"; trap - EXIT
+  drop_old "$old" airlock/base:busybox
 fi
 
 if ! have_image airlock/base:bookworm; then
-  tarball="$cache_dir/bookworm-minbase.tar"
+  old=$("$docker_bin" image inspect -f '{{.Id}}' airlock/base:bookworm 2>/dev/null || true)
+  tarball="$cache_dir/bookworm-minbase-v$BASE_VERSION.tar"
   if [ ! -s "$tarball" ]; then
     say "debootstrap bookworm minbase from $mirror (a few minutes, cached afterwards)"
     root=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
@@ -56,7 +68,8 @@ if ! have_image airlock/base:bookworm; then
   fi
   say "importing airlock/base:bookworm"
   "$docker_bin" import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=bookworm' "$tarball" airlock/base:bookworm >/dev/null
+    -c 'WORKDIR /workspace' -c 'LABEL org.airlock.base=bookworm' -c "LABEL org.airlock.base.version=$BASE_VERSION" "$tarball" airlock/base:bookworm >/dev/null
+  drop_old "$old" airlock/base:bookworm
 fi
 
 # ---- runsc compatibility self-test --------------------------------------------------------

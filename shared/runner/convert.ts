@@ -18,6 +18,14 @@ import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_OWNER } from './labels.js';
 
 export const WORKSPACE_PATH = '/workspace';
 
+/**
+ * Under gVisor the job's processes are tasks inside the Sentry, not host processes, while the
+ * host pids limit counts the Sentry's own threads (seen here: a sandbox does not start with 32).
+ * The Sentry gets this headroom on top of the job's limit; the job's memory limit still bounds
+ * a fork bomb inside the sandbox.
+ */
+export const RUNSC_SENTRY_PIDS = 128;
+
 export interface ContainerPlan {
   spec: JobSpec;
   limits: Limits;
@@ -72,7 +80,7 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
       OomKillDisable: false,
       OomScoreAdj: 500, // the kernel picks a job before host processes
       NanoCpus: Math.round(limits.cpus * 1e9),
-      PidsLimit: limits.pids,
+      PidsLimit: plan.runtime === 'runsc' ? limits.pids + RUNSC_SENTRY_PIDS : limits.pids,
       Ulimits: [
         { Name: 'core', Soft: 0, Hard: 0 },
         { Name: 'nofile', Soft: 4096, Hard: 4096 },

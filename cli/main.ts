@@ -1,0 +1,34 @@
+/**
+ * `airlock` — one command, several services. This is the composition root for the CLI: it is the
+ * only place that picks concrete adapters (dockerode, the policy file on disk).
+ *
+ * Exit codes: 0 job passed · 1 job failed (non-zero exit, killed, timed out) · 2 bad input or
+ * policy violation · 3 airlock or engine failure.
+ */
+import { Command, CommanderError } from 'commander';
+import { AirlockError } from '../shared/errors.js';
+import { registerJobCommands } from './job.js';
+
+export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
+
+const program = new Command('airlock')
+  .description('airlock: public untrusted CI and a separate trusted builder')
+  .exitOverride()
+  .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+registerJobCommands(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  process.exitCode = exitCodeFor(e);
+}
+
+export function exitCodeFor(e: unknown): number {
+  if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT.badInput;
+  if (e instanceof AirlockError) {
+    process.stderr.write(`airlock: ${e.code}: ${e.message}\n`);
+    return e.httpStatus < 500 ? EXIT.badInput : EXIT.internal;
+  }
+  process.stderr.write(`airlock: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+  return EXIT.internal;
+}

@@ -2,18 +2,22 @@
  * Taking artifacts out of a finished job: a tar stream from the engine's archive API is filtered
  * by the job's globs and extracted under a destination directory. The archive is hostile:
  * - a name that is absolute or climbs with `..` is rejected;
- * - a symlink is kept only when its target stays inside the artifact root (relative, resolved);
+ * - a symlink is kept only when its target is relative, its `..` parts all come first, and they
+ *   do not climb above the artifact root. `x/..` is refused: if `x` is itself a link, the kernel
+ *   resolves it to somewhere else than the text says, and a chain of such links walks out;
  * - a hardlink is kept only to a file already extracted;
  * - devices, fifos and anything else are rejected;
- * - nothing is written through a symlink: each file is opened with O_NOFOLLOW|O_EXCL under a
- *   parent whose real path is checked to be inside the destination;
+ * - nothing is written through a symlink: parent directories are made one at a time and each
+ *   must be a real directory, and each file is opened with O_NOFOLLOW|O_EXCL;
  * - byte and file-count caps are checked from headers before any data is written.
- * Extraction goes to a private staging directory that is renamed into place only on success, so
- * a rejected archive leaves nothing behind.
+ * Extraction goes to a private staging directory that is moved into place only on success, so
+ * a rejected archive leaves nothing behind. Several archives may go to one destination (one per
+ * glob base): staged directories merge into existing real directories, and an entry that already
+ * exists there is an error, checked for every entry before anything is moved.
  */
-import { constants, createWriteStream } from 'node:fs';
-import { link, mkdir, open, realpath, rename, rm, symlink } from 'node:fs/promises';
-import { dirname, join, posix, sep } from 'node:path';
+import { constants, createWriteStream, type Stats } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, realpath, rename, rm, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -75,12 +79,18 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
     throw new ArtifactRejectedError(message);
   };
 
+  /** Where `rel` goes in staging, its parents made one at a time: none may be a symlink (mkdir -p would follow it). */
   const safeParent = async (rel: string): Promise<string> => {
-    const parent = dirname(join(stagingReal, rel));
-    await mkdir(parent, { recursive: true });
-    const real = await realpath(parent);
-    if (real !== stagingReal && !real.startsWith(stagingReal + sep)) reject(`artifact ${JSON.stringify(rel)}: parent directory leaves the artifact root`);
-    return join(real, posix.basename(rel));
+    const parts = rel.split('/');
+    const base = parts.pop() as string;
+    let at = stagingReal;
+    for (const part of parts) {
+      at = join(at, part);
+      const st = await lstatOrUndefined(at);
+      if (st === undefined) await mkdir(at);
+      else if (!st.isDirectory()) reject(`artifact ${JSON.stringify(rel)}: ${JSON.stringify(part)} in its path is not a directory (nothing is written through a link)`);
+    }
+    return join(at, base);
   };
 
   const extract = tar.extract();
@@ -108,9 +118,14 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
       entry.resume();
       if (h.type === 'symlink') {
         const linkname = h.linkname ?? '';
-        const resolved = posix.normalize(posix.join(posix.dirname(rel), linkname));
-        if (linkname.startsWith('/') || linkname.includes('\0') || resolved === '..' || resolved.startsWith('../')) {
+        const parts = linkname.split('/').filter((p) => p !== '' && p !== '.');
+        const ups = parts.findIndex((p) => p !== '..');
+        const climbs = ups === -1 ? parts.length : ups;
+        if (linkname === '' || linkname.startsWith('/') || linkname.includes('\0') || climbs > rel.split('/').length - 1) {
           reject(`artifact ${JSON.stringify(rel)} is a symlink to ${JSON.stringify(linkname)}, outside the artifact root`);
+        }
+        if (parts.slice(climbs).includes('..')) {
+          reject(`artifact ${JSON.stringify(rel)} is a symlink to ${JSON.stringify(linkname)}: .. is only taken at the start of a link`);
         }
         await symlink(linkname, target);
         written.push({ path: rel, bytes: 0, kind: 'symlink' });
@@ -133,10 +148,10 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
       archive.pipe(extract as unknown as NodeJS.WritableStream);
     });
     await Promise.all([fed, work]);
-    // Move each top-level staged entry into place; existing artifacts of the same name are an error.
-    for (const top of new Set(written.map((w) => w.path.split('/')[0] as string))) {
-      await rename(join(stagingReal, top), join(destReal, top));
-    }
+    // Plan every move before making one, so a clash leaves dest as it was.
+    const moves: [string, string][] = [];
+    await planMoves(stagingReal, destReal, '', moves);
+    for (const [from, to] of moves) await rename(from, to);
     return written;
   } catch (e) {
     archive.destroy();
@@ -144,5 +159,27 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
     throw e;
   } finally {
     await rm(stagingReal, { recursive: true, force: true });
+  }
+}
+
+async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+/** The renames that put `from`'s entries into `to`: into a real directory that exists, merge; anything else that exists is a clash. */
+async function planMoves(from: string, to: string, rel: string, moves: [string, string][]): Promise<void> {
+  for (const e of await readdir(from, { withFileTypes: true })) {
+    const src = join(from, e.name);
+    const dst = join(to, e.name);
+    const path = rel ? `${rel}/${e.name}` : e.name;
+    const existing = await lstatOrUndefined(dst);
+    if (existing === undefined) moves.push([src, dst]);
+    else if (existing.isDirectory() && e.isDirectory()) await planMoves(src, dst, path, moves);
+    else throw new ArtifactRejectedError(`artifact ${JSON.stringify(path)} already exists in the artifacts directory`);
   }
 }

@@ -86,7 +86,9 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
         { Name: 'nofile', Soft: 4096, Hard: 4096 },
       ],
       Tmpfs: { '/tmp': `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777` },
-      Mounts: [{ Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false }],
+      // NoCopy: the image's /workspace content is never copied into the volume (and the engine
+      // skips that check, which is measurably faster).
+      Mounts: [{ Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false, VolumeOptions: { NoCopy: true } as NonNullable<Docker.MountSettings['VolumeOptions']> }],
       Binds: [],
       Devices: [],
       // The runner reads the log through attach; the engine keeps none on disk.

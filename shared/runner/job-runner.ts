@@ -6,7 +6,7 @@
  * Order of one run:
  *   resolve limits against policy → check image (and runsc compatibility) → workspace → create →
  *   put source tar → attach → start → (log, stats, timeout timer) → wait → inspect →
- *   artifacts → remove container → release workspace.
+ *   artifacts → result; then, off the caller's path, remove container → release workspace.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,10 +59,16 @@ export interface RunOptions {
 
 /** Waits that must never hang a runner, whatever the engine or the job does. */
 const STREAM_DRAIN_MS = 5_000;
+/**
+ * Memory statistics are followed only once a job has run this long: the engine samples about once
+ * a second, so a shorter job would get no figure anyway, and the stream costs the engine work.
+ */
+const STATS_AFTER_MS = 500;
 
 export class JobRunner {
   readonly owner = currentOwner();
   private reaperTimer: NodeJS.Timeout | undefined;
+  private readonly pendingCleanups = new Set<Promise<void>>();
 
   private constructor(
     private readonly opts: JobRunnerOptions,
@@ -111,6 +117,7 @@ export class JobRunner {
 
   async close(): Promise<void> {
     if (this.reaperTimer) clearInterval(this.reaperTimer);
+    await this.drain();
     await this.workspaces.close();
   }
 
@@ -119,7 +126,9 @@ export class JobRunner {
     const t0 = performance.now();
     const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, this.opts.policy, `job ${spec.id}`);
     if (spec.artifacts.length > 0 && !ro.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
-    const imageId = await this.imageId(spec.image);
+    // runsc needs the image id up front (the self-test is keyed by it); for runc, the create call
+    // itself says "no such image", and the id comes from the container afterwards: one call less.
+    let imageId = runtime === 'runsc' ? await this.imageId(spec.image) : '';
     if (runtime === 'runsc' && !this.runscCompatible(imageId)) {
       throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     }
@@ -131,11 +140,17 @@ export class JobRunner {
     try {
       ws = await this.workspaces.take(limits.workspaceBytes);
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
-      container = await this.opts.docker.createContainer(
-        toCreateOptions({ spec, limits, runtime, user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now() }),
-      );
+      try {
+        container = await this.opts.docker.createContainer(
+          toCreateOptions({ spec, limits, runtime, user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now() }),
+        );
+      } catch (e) {
+        if ((e as { statusCode?: number }).statusCode === 404) throw new ImageNotFoundError(spec.image);
+        throw e;
+      }
       if (spec.source) await container.putArchive(this.sourceTar(spec.source), { path: WORKSPACE_PATH });
       const run = await this.execute(container, limits, ro);
+      imageId ||= run.imageId;
       const t1 = performance.now();
       let artifacts: ArtifactFile[] = [];
       let artifactError: JobResult['artifactError'];
@@ -146,7 +161,9 @@ export class JobRunner {
           artifactError = e instanceof AirlockError ? { code: e.code, message: e.message } : { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: (e as Error).message };
         }
       }
-      await this.destroy(container, ws);
+      // Removal runs after the result is returned: the caller need not wait for the engine to
+      // unmount and delete. drain() waits for it; the reaper covers a crash in between.
+      this.cleanupLater(container, ws, log);
       container = undefined;
       ws = undefined;
       const t2 = performance.now();
@@ -179,8 +196,20 @@ export class JobRunner {
     } catch (e) {
       throw wrapEngineError(e, `job ${spec.id}`);
     } finally {
-      if (container || ws) await this.destroy(container, ws).catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'));
+      if (container || ws) this.cleanupLater(container, ws, log);
     }
+  }
+
+  /** Resolves once every container and workspace of finished jobs has been removed or released. */
+  async drain(): Promise<void> {
+    while (this.pendingCleanups.size > 0) await Promise.allSettled([...this.pendingCleanups]);
+  }
+
+  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined): void {
+    const p: Promise<void> = this.destroy(container, ws)
+      .catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'))
+      .finally(() => this.pendingCleanups.delete(p));
+    this.pendingCleanups.add(p);
   }
 
   private async execute(container: Docker.Container, limits: Limits, ro: RunOptions) {
@@ -219,13 +248,15 @@ export class JobRunner {
       stop();
     }, limits.timeoutMs);
     ro.signal?.addEventListener('abort', onAbort, { once: true });
-    const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container);
+    const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container, STATS_AFTER_MS);
     try {
       const status = (await container.wait()) as { StatusCode: number };
       await Promise.race([ended, sleep(STREAM_DRAIN_MS)]);
       stream.destroy?.();
-      const state = (await container.inspect()).State;
+      const info = await container.inspect();
+      const state = info.State;
       return {
+        imageId: info.Image,
         exitCode: status.StatusCode,
         oomKilled: Boolean(state.OOMKilled),
         timedOut: timedOut && !cancelled,
@@ -302,13 +333,14 @@ export class JobRunner {
   }
 }
 
-/** Follow the engine's stats stream; stop() ends it and returns the highest memory use seen. */
-function watchPeakMemory(container: Docker.Container): { stop: () => number | undefined } {
+/** After `delayMs`, follow the engine's stats stream; stop() ends it and returns the highest memory use seen. */
+function watchPeakMemory(container: Docker.Container, delayMs: number): { stop: () => number | undefined } {
   let peak: number | undefined;
   let stream: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
   let stopped = false;
   let buf = '';
-  container
+  const timer = setTimeout(() => follow(), delayMs);
+  const follow = () => container
     .stats({ stream: true })
     .then((s) => {
       stream = s as NodeJS.ReadableStream & { destroy?: () => void };
@@ -335,6 +367,7 @@ function watchPeakMemory(container: Docker.Container): { stop: () => number | un
   return {
     stop: () => {
       stopped = true;
+      clearTimeout(timer);
       stream?.destroy?.();
       return peak;
     },

@@ -75,5 +75,5 @@ export class LogCapture {
  */
 export function sanitizeForTerminal(text: string): string {
   // eslint-disable-next-line no-control-regex
-  return text.replace(/\r(?!\n)/g, '\n').replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '\ufffd');
+  return text.replace(/\r(?!\n)/g, '\n').replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]/g, '\ufffd');
 }

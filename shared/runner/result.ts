@@ -37,7 +37,7 @@ export const JobResult = z
       setupMs: z.number().min(0),
       /** start to exit */
       runMs: z.number().min(0),
-      /** artifacts, container and workspace removal */
+      /** artifact extraction; container and workspace removal happen after the result (JobRunner.drain) */
       teardownMs: z.number().min(0),
       totalMs: z.number().min(0),
     }),

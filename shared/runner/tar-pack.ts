@@ -62,6 +62,7 @@ export function repackTar(file: string, owner: Owner): Readable {
     const name = safeEntryName(header.name);
     if (name === undefined) {
       const err = new InvalidInputError([{ file, path: header.name, message: 'tar entry would land outside the workspace', severity: 'error' }]);
+      stream.on('error', () => {}); // destroying extract errors this entry too; the reader gets err through pack
       stream.resume();
       extract.destroy(err);
       pack.destroy(err);
@@ -70,7 +71,9 @@ export function repackTar(file: string, owner: Owner): Readable {
     const common = { name, uid: owner.uid, gid: owner.gid, mode: (header.mode ?? 0o644) & 0o777, mtime: header.mtime ?? new Date(0) };
     if (header.type === 'file' || header.type === 'contiguous-file') {
       const entry = pack.entry({ ...common, type: 'file', size: header.size ?? 0 }, (err) => (err ? extract.destroy(err) : next()));
-      stream.pipe(entry);
+      // With a callback, streamx keeps either side's error inside the pipe instead of an uncaught
+      // 'error' (a truncated tar would crash the process); the reader gets it through pack.
+      stream.pipe(entry, () => {});
       return;
     }
     if (header.type === 'directory') pack.entry({ ...common, type: 'directory' });
@@ -79,7 +82,9 @@ export function repackTar(file: string, owner: Owner): Readable {
     stream.resume();
   });
   extract.on('finish', () => pack.finalize());
-  extract.on('error', (e) => pack.destroy(e));
+  extract.on('error', (e) =>
+    pack.destroy(e instanceof InvalidInputError ? e : new InvalidInputError([{ file, path: '', message: `not a readable tar: ${e.message}`, severity: 'error' }])),
+  );
   createReadStream(file)
     .on('error', (e) => pack.destroy(new InvalidInputError([{ file, path: '', message: `cannot read: ${e.message}`, severity: 'error' }])))
     .pipe(extract);

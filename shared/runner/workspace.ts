@@ -9,8 +9,10 @@
  * Release: remove the volume, detach the loop device; the kernel frees the blocks.
  * After a crash, the reaper finds volumes by label and loop devices by backing-file path.
  *
- * Formatting costs tens of milliseconds, so a small pool of formatted workspaces per size is kept
- * ready off the job's critical path; `take` falls back to formatting on demand when it is empty.
+ * Making one costs a volume create in the engine plus two tool runs, so a small pool of formatted
+ * workspaces per size is kept ready off the job's critical path, and a released workspace is
+ * formatted afresh in place and goes back to the pool (the volume and loop device are kept);
+ * `take` falls back to making one on demand when the pool is empty.
  */
 import { mkdirSync, readFileSync, openSync, ftruncateSync, closeSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -41,18 +43,22 @@ export const WORKSPACE_VOLUME_PREFIX = 'airlock-ws-';
 export class WorkspaceManager {
   private readonly dir: string;
   private readonly pools = new Map<number, Promise<Workspace>[]>();
+  /** Workspaces taken and not yet released, per size: they are expected back through release(). */
+  private readonly outstanding = new Map<number, number>();
+  private readonly poolSize: number;
   private closed = false;
 
   constructor(private readonly opts: WorkspaceManagerOptions) {
+    this.poolSize = opts.poolSize ?? 0;
     this.dir = join(opts.stateDir, 'workspaces');
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
   }
 
   /** A formatted, empty workspace of `bytes`, from the pool when one is ready. */
   async take(bytes: number): Promise<Workspace> {
-    const pool = this.pools.get(bytes) ?? [];
-    this.pools.set(bytes, pool);
+    const pool = this.poolFor(bytes);
     const ready = pool.shift();
+    this.outstanding.set(bytes, (this.outstanding.get(bytes) ?? 0) + 1);
     this.refill(bytes);
     if (ready) {
       try {
@@ -64,15 +70,48 @@ export class WorkspaceManager {
     return this.create(bytes);
   }
 
+  private poolFor(bytes: number): Promise<Workspace>[] {
+    let pool = this.pools.get(bytes);
+    if (!pool) this.pools.set(bytes, (pool = []));
+    return pool;
+  }
+
+  /** Top the pool up, counting workspaces in use as ones that will come back through recycle. */
   private refill(bytes: number): void {
-    const size = this.opts.poolSize ?? 0;
-    const pool = this.pools.get(bytes);
-    if (!pool || this.closed) return;
-    while (pool.length < size) {
+    const pool = this.poolFor(bytes);
+    while (!this.closed && pool.length + (this.outstanding.get(bytes) ?? 0) < this.poolSize) {
       const p = this.create(bytes);
       p.catch(() => undefined); // surfaced to whoever takes it
       pool.push(p);
     }
+  }
+
+  /**
+   * Give a workspace back after its container is gone. While the pool has room it is formatted
+   * afresh in place (mkfs discards every block first, so nothing of the last job survives, and
+   * mkfs refuses a device that is still mounted); otherwise it is destroyed.
+   */
+  async release(ws: Workspace): Promise<void> {
+    const pool = this.poolFor(ws.bytes);
+    this.outstanding.set(ws.bytes, Math.max(0, (this.outstanding.get(ws.bytes) ?? 0) - 1));
+    if (this.closed || pool.length >= this.poolSize) return this.destroy(ws);
+    const again = this.format(ws.loopDevice, true).then(
+      () => ws,
+      async (e: unknown) => {
+        await this.destroy(ws).catch(() => undefined);
+        throw e;
+      },
+    );
+    again.catch(() => undefined);
+    pool.push(again);
+  }
+
+  private format(target: string, discard: boolean): Promise<string> {
+    return run('mkfs.ext4', [
+      '-q', '-F', '-m', '0', '-O', '^has_journal',
+      '-E', `lazy_itable_init=1,${discard ? 'discard' : 'nodiscard'},root_owner=${this.opts.hostUid}:${this.opts.hostGid}`,
+      target,
+    ]);
   }
 
   async create(bytes: number): Promise<Workspace> {
@@ -83,17 +122,13 @@ export class WorkspaceManager {
     try {
       ftruncateSync(fd, bytes);
       closeSync(fd);
-      await run('mkfs.ext4', [
-        '-q', '-F', '-m', '0', '-O', '^has_journal',
-        '-E', `lazy_itable_init=1,root_owner=${this.opts.hostUid}:${this.opts.hostGid}`,
-        file,
-      ]);
+      await this.format(file, false); // a new sparse file reads as zeros: nothing to discard
       loopDevice = (await run('losetup', ['--find', '--show', file])).trim();
       unlinkSync(file); // the loop device keeps the inode; nothing is left behind on disk after detach
       await this.opts.docker.createVolume({
         Name: name,
         Driver: 'local',
-        DriverOpts: { type: 'ext4', device: loopDevice, o: 'nosuid,nodev' },
+        DriverOpts: { type: 'ext4', device: loopDevice, o: 'nosuid,nodev,noinit_itable' },
         Labels: {
           [LABEL_OWNER]: this.opts.owner,
           [LABEL_KIND]: 'workspace',
@@ -111,7 +146,7 @@ export class WorkspaceManager {
   }
 
   /** Remove the volume and free the loop device. Idempotent. */
-  async release(ws: Workspace): Promise<void> {
+  async destroy(ws: Workspace): Promise<void> {
     await removeVolumeQuietly(this.opts.docker, ws.volume);
     await detachLoop(ws.loopDevice, ws.volume);
   }
@@ -121,7 +156,7 @@ export class WorkspaceManager {
     this.closed = true;
     const all = [...this.pools.values()].flat();
     this.pools.clear();
-    await Promise.all(all.map(async (p) => this.release(await p).catch(() => undefined)));
+    await Promise.all(all.map(async (p) => this.destroy(await p).catch(() => undefined)));
   }
 
   get workspacesDir(): string {

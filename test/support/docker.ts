@@ -32,8 +32,9 @@ export function tempDir(prefix = 'airlock-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-/** Nothing labelled with this runner's owner may remain: no container, no volume. */
-export async function expectNothingLeft(docker: Docker, owner: string): Promise<void> {
+/** Nothing labelled with this runner's owner may remain (once its cleanups are done): no container, no volume. */
+export async function expectNothingLeft(docker: Docker, owner: string, runner?: JobRunner): Promise<void> {
+  await runner?.drain();
   const filters = { label: [`${LABEL_OWNER}=${owner}`] };
   const containers = await docker.listContainers({ all: true, filters });
   const volumes = (await docker.listVolumes({ filters })).Volumes ?? [];

@@ -21,7 +21,7 @@ beforeAll(async () => {
   ({ docker, runner } = await makeRunner());
 });
 afterEach(async () => {
-  await expectNothingLeft(docker, runner.owner);
+  await expectNothingLeft(docker, runner.owner, runner);
 });
 afterAll(async () => {
   await runner?.close();

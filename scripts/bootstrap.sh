@@ -12,14 +12,15 @@ set -euo pipefail
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
+# Checked first, with shell builtins only, so the message is clear whatever the machine lacks.
+[ "${EUID:-$(id -u)}" -eq 0 ] || die "must run as root (it installs Debian packages and starts dockerd); try: sudo npm run bootstrap"
+command -v apt-get >/dev/null || die "apt-get not found: airlock's bootstrap supports Debian 12 (bookworm) only"
+
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state_dir=${AIRLOCK_STATE_DIR:-/var/lib/airlock}
 cache_dir=${AIRLOCK_CACHE_DIR:-/var/cache/airlock}
 docker_bin=/usr/bin/docker   # Debian's client, matching Debian's engine
 export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
-
-[ "$(id -u)" -eq 0 ] || die "must run as root (it installs Debian packages and starts dockerd); try: sudo npm run bootstrap"
-command -v apt-get >/dev/null || die "apt-get not found: airlock's bootstrap supports Debian 12 (bookworm) only"
 
 # ---- 1. Debian packages ------------------------------------------------------------------
 pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux)

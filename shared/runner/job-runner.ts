@@ -45,6 +45,8 @@ export interface JobRunnerOptions {
   workspacePool?: number;
   /** Read memory statistics while a job runs, for peakMemoryBytes (default true). */
   collectStats?: boolean;
+  /** How often the reaper runs after the one at start; 0 turns the periodic pass off (default 60 s). */
+  reapEveryMs?: number;
 }
 
 export interface RunOptions {
@@ -97,6 +99,7 @@ export class JobRunner {
     });
     const runner = new JobRunner(opts, workspaces, base + uid);
     await runner.reap();
+    if ((opts.reapEveryMs ?? 60_000) > 0) runner.startReaper(opts.reapEveryMs ?? 60_000);
     return runner;
   }
 

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Docker from 'dockerode';
 import { run } from './exec.js';
-import { LABEL_CREATED, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from './labels.js';
+import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from './labels.js';
 
 export interface Workspace {
   volume: string;
@@ -39,6 +39,7 @@ export interface WorkspaceManagerOptions {
 }
 
 export const WORKSPACE_VOLUME_PREFIX = 'airlock-ws-';
+export const WORKSPACE_POOL_JOB = 'workspace-pool';
 
 export class WorkspaceManager {
   private readonly dir: string;
@@ -130,6 +131,8 @@ export class WorkspaceManager {
         Driver: 'local',
         DriverOpts: { type: 'ext4', device: loopDevice, o: 'nosuid,nodev,noinit_itable' },
         Labels: {
+          // Workspaces are recycled from job to job, so the job label names the pool, not a job.
+          [LABEL_JOB]: WORKSPACE_POOL_JOB,
           [LABEL_OWNER]: this.opts.owner,
           [LABEL_KIND]: 'workspace',
           [LABEL_LOOP]: loopDevice,

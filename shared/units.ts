@@ -27,11 +27,12 @@ export function parseDuration(input: string | number): number | undefined {
   return Number.isSafeInteger(Math.round(value)) ? Math.round(value) : undefined;
 }
 
+/** Exact: the largest unit in which the size is a whole number or has at most two decimals. */
 export function formatBytes(bytes: number): string {
   for (const [unit, size] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) {
-    if (bytes >= size) {
-      const v = bytes / size;
-      return `${Number.isInteger(v) ? v : v.toFixed(1)} ${unit}`;
+    const v = bytes / size;
+    if (v >= 1 && Number.isInteger(v * 100)) {
+      return `${Number.isInteger(v) ? v : Number(v.toFixed(2))} ${unit}`;
     }
   }
   return `${bytes} B`;

@@ -12,8 +12,10 @@ export function parseYaml(text: string, file: string): { value?: unknown; issues
   const err = (message: string): { issues: Issue[] } => ({ issues: [{ file, path: '', message, severity: 'error' }] });
   if (Buffer.byteLength(text) > YAML_MAX_BYTES) return err(`file is larger than ${YAML_MAX_BYTES} bytes`);
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false, strict: true });
-  if (doc.errors.length > 0) {
-    return { issues: doc.errors.map((e) => ({ file, path: '', message: `YAML: ${e.message.split('\n')[0]}`, severity: 'error' as const })) };
+  // Warnings (an unknown tag such as !!js/function, …) are errors here: nothing is guessed.
+  const problems = [...doc.errors, ...doc.warnings];
+  if (problems.length > 0) {
+    return { issues: problems.map((e) => ({ file, path: '', message: `YAML: ${e.message.split('\n')[0]}`, severity: 'error' as const })) };
   }
   let value: unknown;
   try {
@@ -21,14 +23,20 @@ export function parseYaml(text: string, file: string): { value?: unknown; issues
   } catch (e) {
     return err(`YAML: ${(e as Error).message.split('\n')[0]}`);
   }
-  if (depth(value, 0) > YAML_MAX_DEPTH) return err(`nested deeper than ${YAML_MAX_DEPTH} levels`);
+  if (depth(value) > YAML_MAX_DEPTH) return err(`nested deeper than ${YAML_MAX_DEPTH} levels`);
   return { value, issues: [] };
 }
 
-function depth(v: unknown, d: number): number {
-  if (d > YAML_MAX_DEPTH) return d;
-  if (v === null || typeof v !== 'object') return d;
-  let max = d;
-  for (const child of Object.values(v)) max = Math.max(max, depth(child, d + 1));
+/** Levels of nested mappings and sequences (a scalar is 0, `{}` and `[]` are 1); iterative, so any depth is safe to measure. */
+function depth(root: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[root, 0]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop() as [unknown, number];
+    if (v === null || typeof v !== 'object') continue;
+    max = Math.max(max, d + 1);
+    if (max > YAML_MAX_DEPTH) return max;
+    for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
   return max;
 }

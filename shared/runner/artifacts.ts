@@ -109,7 +109,9 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
         const size = h.size ?? 0;
         bytes += size;
         if (bytes > opts.maxBytes) throw new ArtifactTooLargeError(`artifacts exceed the cap of ${formatBytes(opts.maxBytes)}`);
-        const fh = await open(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+        const fh = await open(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644).catch((e: NodeJS.ErrnoException) =>
+          e.code === 'EEXIST' ? reject(`artifact ${JSON.stringify(rel)} appears twice in the archive`) : Promise.reject(e),
+        );
         await pipeline(entry, createWriteStream('', { fd: fh }));
         written.push({ path: rel, bytes: size, kind: 'file' });
         seen.add(rel);

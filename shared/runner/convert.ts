@@ -40,7 +40,8 @@ export interface ContainerPlan {
 
 export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOptions {
   const { spec, limits } = plan;
-  const env = { HOME: WORKSPACE_PATH, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...spec.env };
+  // The job may set HOME and anything else, but not the variables airlock itself vouches for.
+  const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id };
   return {
     name: plan.name,
     Image: spec.image,

@@ -278,10 +278,12 @@ export class JobRunner {
 
   private async collectArtifacts(container: Docker.Container, globs: readonly string[], dest: string, limits: Limits): Promise<ArtifactFile[]> {
     // One archive per distinct glob base, so a job with `dist/**` does not send its whole workspace.
+    // A base inside another base (out/sub under out) is already in the outer archive.
     const bases = [...new Set(globs.map(globBase))];
+    const outer = bases.filter((b) => !bases.some((o) => o !== b && (o === '' || b.startsWith(`${o}/`))));
     const all: ArtifactFile[] = [];
     let bytes = 0;
-    for (const base of bases.some((b) => b === '') ? [''] : bases) {
+    for (const base of outer) {
       let archive: Readable;
       try {
         archive = (await container.getArchive({ path: base ? `${WORKSPACE_PATH}/${base}` : WORKSPACE_PATH })) as unknown as Readable;

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Docker from 'dockerode';
 import { run } from './exec.js';
+import { ToolShell } from './tool-shell.js';
 import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from './labels.js';
 
 export interface Workspace {
@@ -48,6 +49,7 @@ export class WorkspaceManager {
   private readonly outstanding = new Map<number, number>();
   private readonly poolSize: number;
   private closed = false;
+  private readonly tools = new ToolShell();
 
   constructor(private readonly opts: WorkspaceManagerOptions) {
     this.poolSize = opts.poolSize ?? 0;
@@ -108,7 +110,7 @@ export class WorkspaceManager {
   }
 
   private format(target: string, discard: boolean): Promise<string> {
-    return run('mkfs.ext4', [
+    return this.tools.run('mkfs.ext4', [
       '-q', '-F', '-m', '0', '-O', '^has_journal',
       '-E', `lazy_itable_init=1,${discard ? 'discard' : 'nodiscard'},root_owner=${this.opts.hostUid}:${this.opts.hostGid}`,
       target,
@@ -124,7 +126,7 @@ export class WorkspaceManager {
       ftruncateSync(fd, bytes);
       closeSync(fd);
       await this.format(file, false); // a new sparse file reads as zeros: nothing to discard
-      loopDevice = (await run('losetup', ['--find', '--show', file])).trim();
+      loopDevice = (await this.tools.run('losetup', ['--find', '--show', file])).trim();
       unlinkSync(file); // the loop device keeps the inode; nothing is left behind on disk after detach
       await this.opts.docker.createVolume({
         Name: name,
@@ -143,7 +145,7 @@ export class WorkspaceManager {
     } catch (e) {
       try { closeSync(fd); } catch { /* already closed */ }
       try { unlinkSync(file); } catch { /* already gone */ }
-      if (loopDevice) await run('losetup', ['-d', loopDevice]).catch(() => undefined);
+      if (loopDevice) await this.tools.run('losetup', ['-d', loopDevice]).catch(() => undefined);
       throw e;
     }
   }
@@ -151,7 +153,7 @@ export class WorkspaceManager {
   /** Remove the volume and free the loop device. Idempotent. */
   async destroy(ws: Workspace): Promise<void> {
     await removeVolumeQuietly(this.opts.docker, ws.volume);
-    await detachLoop(ws.loopDevice, ws.volume);
+    await detachLoop(ws.loopDevice, ws.volume, this.tools);
   }
 
   /** Release every pooled workspace. */
@@ -160,6 +162,7 @@ export class WorkspaceManager {
     const all = [...this.pools.values()].flat();
     this.pools.clear();
     await Promise.all(all.map(async (p) => this.destroy(await p).catch(() => undefined)));
+    this.tools.close();
   }
 
   get workspacesDir(): string {
@@ -190,9 +193,9 @@ export function loopBackingFile(device: string): string {
  * Detach a loop device, but only while it still holds this volume's file: device numbers are
  * reused, and a late or repeated release must never free another job's workspace.
  */
-export async function detachLoop(device: string, volume: string): Promise<void> {
+export async function detachLoop(device: string, volume: string, tools?: ToolShell): Promise<void> {
   if (!loopBackingFile(device).includes(`/${volume}.img`)) return;
-  await run('losetup', ['-d', device]).catch((e: Error) => {
+  await (tools ? tools.run('losetup', ['-d', device]) : run('losetup', ['-d', device])).catch((e: Error) => {
     if (!/No such device|not a block device|No such device or address/i.test(e.message)) throw e;
   });
 }

@@ -44,31 +44,29 @@ export function formatIssues(issues: readonly Issue[]): string {
   return issues.map((i) => `${i.file}: ${i.path || '(root)'}: ${i.message}`).join('\n');
 }
 
-/** Input from outside (CLI flags, API bodies, job specs) is malformed. Lists every issue. */
-export class InvalidInputError extends AirlockError {
-  readonly code = 'AIRLOCK_E_INVALID_INPUT';
-  override readonly httpStatus = 400;
+/** An error that is a list of problems, each naming its file and path. */
+export abstract class IssuesError extends AirlockError {
   constructor(readonly issues: readonly Issue[]) {
     super(formatIssues(issues));
   }
+}
+
+/** Input from outside (CLI flags, API bodies, job specs) is malformed. Lists every issue. */
+export class InvalidInputError extends IssuesError {
+  readonly code = 'AIRLOCK_E_INVALID_INPUT';
+  override readonly httpStatus = 400;
 }
 
 /** The input is well-formed but asks for more than policy allows (e.g. more memory). */
-export class PolicyViolationError extends AirlockError {
+export class PolicyViolationError extends IssuesError {
   readonly code = 'AIRLOCK_E_POLICY_VIOLATION';
   override readonly httpStatus = 422;
-  constructor(readonly issues: readonly Issue[]) {
-    super(formatIssues(issues));
-  }
 }
 
 /** An SRE-owned policy file is missing or broken: an operator problem, not the user's. */
-export class PolicyInvalidError extends AirlockError {
+export class PolicyInvalidError extends IssuesError {
   readonly code = 'AIRLOCK_E_POLICY_INVALID';
   override readonly httpStatus = 500;
-  constructor(readonly issues: readonly Issue[]) {
-    super(formatIssues(issues));
-  }
 }
 
 /** The job's image is not present on the engine (there is no registry to pull from). */

@@ -239,18 +239,28 @@ export class JobRunner {
       void container.kill({ signal: 'SIGTERM' }).catch(() => undefined);
       killTimer = setTimeout(() => void container.kill({ signal: 'SIGKILL' }).catch(() => undefined), this.opts.policy.killGrace);
     };
+    // The listener goes on before start: the job's first output (and a caller reacting to it)
+    // can arrive before start() returns. A kill is only sent to a started container.
+    let started = false;
     const onAbort = (): void => {
       cancelled = true;
-      stop();
+      if (started) stop();
     };
-
-    await container.start();
+    ro.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await container.start();
+    } catch (e) {
+      ro.signal?.removeEventListener('abort', onAbort);
+      stream.destroy?.();
+      throw e;
+    }
+    started = true;
     const startedAt = performance.now();
+    if (cancelled) stop();
     const timeout = setTimeout(() => {
       timedOut = true;
       stop();
     }, limits.timeoutMs);
-    ro.signal?.addEventListener('abort', onAbort, { once: true });
     const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container, STATS_AFTER_MS);
     try {
       const status = (await container.wait()) as { StatusCode: number };

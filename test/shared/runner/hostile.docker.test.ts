@@ -118,7 +118,7 @@ describe.each(['runc', 'runsc'] as const)('hostile jobs under %s', (runtime) => 
   });
 
   it('runs as a non-root user with no capabilities and no way to gain them', async () => {
-    const r = await run('id -u; grep -E "^(CapEff|CapPrm|NoNewPrivs)" /proc/self/status; su -c id root 2>&1 </dev/null; echo "su=$?"');
+    const r = await run('id -u; grep -E "^(CapEff|CapPrm|NoNewPrivs)" /proc/self/status; su -c id root 2>&1 </dev/null; echo "su=$?"; grep " /workspace " /proc/mounts');
     const lines = r.log?.split('\n') ?? [];
     expect(lines[0]).toBe('1000');
     expect(r.log).toMatch(/CapEff:\s+0000000000000000/);
@@ -126,6 +126,7 @@ describe.each(['runc', 'runsc'] as const)('hostile jobs under %s', (runtime) => 
     if (runtime === 'runc') expect(r.log).toMatch(/NoNewPrivs:\s+1/);
     expect(r.log).not.toMatch(/uid=0/);
     expect(r.log).toMatch(/su=[1-9]/);
+    if (runtime === 'runc') expect(r.log).toMatch(/ \/workspace ext4 \S*nosuid,nodev/); // a setuid file there would not count
   });
 
   it('has only a loopback interface and cannot reach the host', async () => {
@@ -260,6 +261,34 @@ describe('hostile jobs (runc only)', () => {
     writeFileSync(join(src, 'run.sh'), '#!/bin/sh\necho from-source\n', { mode: 0o4755 });
     const r = await runner.run(spec({ image: BUSYBOX, command: sh('./run.sh; stat -c "%u %a" run.sh'), source: { dir: src }, limits: { timeout: '20s' } }));
     expect(r.log).toBe('from-source\n1000 755\n');
+  });
+});
+
+describe('the runner\'s own controls', () => {
+  it('reports peak memory for a job that runs long enough to be sampled', async () => {
+    const r = await runner.run(spec({ image: BUSYBOX, command: sh('x=$(head -c 40000000 /dev/zero | tr "\\0" a); sleep 2; echo ${#x}'), limits: { memory: '256m', timeout: '20s' } }));
+    expect(r.log).toBe('40000000\n');
+    expect(r.peakMemoryBytes).toBeGreaterThan(40_000_000);
+    expect(r.peakMemoryBytes).toBeLessThan(256 * 1024 * 1024);
+  });
+
+  it('cancels a running job when its signal aborts, and says so', async () => {
+    const ac = new AbortController();
+    const started = runner.run(spec({ image: BUSYBOX, command: sh('echo begun; sleep 60'), limits: { timeout: '60s' } }), {
+      signal: ac.signal,
+      onLog: (c) => c.data.toString().includes('begun') && ac.abort(),
+    });
+    const r = await started;
+    expect(r.cancelled).toBe(true);
+    expect(r.timedOut).toBe(false);
+    expect(r.passed).toBe(false);
+    expect(r.reason).toMatch(/^cancelled after /);
+  });
+
+  it('refuses a job whose signal is already aborted, before creating anything', async () => {
+    const ac = new AbortController();
+    ac.abort();
+    await expect(runner.run(spec({ image: BUSYBOX, command: ['true'] }), { signal: ac.signal })).rejects.toMatchObject({ code: 'AIRLOCK_E_CANCELLED' });
   });
 });
 

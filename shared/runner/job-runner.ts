@@ -9,6 +9,7 @@
  *   artifacts → result; then, off the caller's path, remove container → release workspace.
  */
 import { readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -19,6 +20,7 @@ import {
   EngineUnavailableError,
   ExecutorFailedError,
   ImageNotFoundError,
+  InvalidInputError,
   RuntimeUnavailableError,
 } from '../errors.js';
 import type { Logger } from '../logging.js';
@@ -135,6 +137,7 @@ export class JobRunner {
     if (runtime === 'runsc' && !this.runscCompatible(imageId)) {
       throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     }
+    if (spec.source) await checkSource(spec.source, spec.id);
     if (ro.signal?.aborted) throw new CancelledError(`job ${spec.id} cancelled before it started`);
 
     const log = this.opts.logger?.child({ jobId: spec.id });
@@ -389,6 +392,21 @@ function watchPeakMemory(container: Docker.Container, delayMs: number): { stop: 
   };
 }
 
+/** The source must be there before anything is created: a missing one is the caller's error, named. */
+async function checkSource(source: NonNullable<JobSpec['source']>, jobId: string): Promise<void> {
+  const [key, path] = 'dir' in source ? (['dir', source.dir] as const) : (['tar', source.tar] as const);
+  let ok = false;
+  try {
+    const st = await stat(path);
+    ok = key === 'dir' ? st.isDirectory() : st.isFile();
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new InvalidInputError([{ file: `job ${jobId}`, path: `source.${key}`, message: `${JSON.stringify(path)} is not a readable ${key === 'dir' ? 'directory' : 'file'}`, severity: 'error' }]);
+  }
+}
+
 function subordinateIdStart(user: string): number {
   try {
     const line = readFileSync('/etc/subuid', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`));
@@ -403,7 +421,7 @@ function subordinateIdStart(user: string): number {
 function wrapEngineError(e: unknown, what: string): AirlockError {
   if (e instanceof AirlockError) return e;
   const err = e as NodeJS.ErrnoException & { statusCode?: number; json?: { message?: string } };
-  if (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EACCES') {
+  if (err.syscall === 'connect' && (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'EACCES')) {
     return new EngineUnavailableError(`cannot reach the Docker engine: ${err.message}`, { cause: e });
   }
   return new ExecutorFailedError(`${what}: ${err.json?.message ?? err.message}`, { cause: e });

@@ -49,6 +49,10 @@ describe('airlock job run', () => {
     const missing = airlock(['job', 'run', '--image', 'airlock/nope:1', '--', 'true']);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toContain('AIRLOCK_E_IMAGE_NOT_FOUND');
+    const nodir = airlock(['job', 'run', '--image', BUSYBOX, '--workspace', '/nonexistent/airlock-src', '--', 'true']);
+    expect(nodir.status).toBe(2);
+    expect(nodir.stderr).toContain('AIRLOCK_E_INVALID_INPUT: job cli-');
+    expect(nodir.stderr).toContain('source.dir: "/nonexistent/airlock-src" is not a readable directory');
     const runsc = airlock(['job', 'run', '--image', 'airlock/base:bookworm', '--runtime', 'runsc', '--', 'true']);
     expect(runsc.status).toBe(2);
     expect(runsc.stderr).toContain('AIRLOCK_E_RUNTIME_UNAVAILABLE');

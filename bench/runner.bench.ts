@@ -30,6 +30,7 @@ const docker = createDocker();
 const policy = loadJobPolicy();
 const runner = await JobRunner.create({ docker, policy, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', workspacePool: 8 });
 
+const IMAGE_ID = (await docker.getImage(IMAGE).inspect()).Id;
 // Ready-made workspace volumes for raw, one per concurrent slot.
 const slots = new WorkspaceManager({ docker, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', owner: runner.owner, hostUid: runner.jobHostUid, hostGid: runner.jobHostUid, poolSize: 0 });
 const ready: Workspace[] = await Promise.all(Array.from({ length: Math.max(...[1, 2, 4, 8]) }, () => slots.create(policy.limits.workspace)));
@@ -40,7 +41,7 @@ const jobSpec = (runtime: Runtime) => JobSpec.parse({ id: `bench-${process.pid}-
 async function raw(runtime: Runtime, slot = 0, withWorkspace = true): Promise<void> {
   const spec = jobSpec(runtime);
   const { limits } = resolveLimits(spec.limits, runtime, policy);
-  const opts = toCreateOptions({ spec, limits, runtime, user: policy.user, owner: runner.owner, name: `airlock-raw-${spec.id}`, workspaceVolume: ready[slot]!.volume, createdAt: Date.now() });
+  const opts = toCreateOptions({ spec, limits, runtime, imageId: IMAGE_ID, imageVolumes: [], user: policy.user, owner: runner.owner, name: `airlock-raw-${spec.id}`, workspaceVolume: ready[slot]!.volume, createdAt: Date.now() });
   if (!withWorkspace) opts.HostConfig!.Mounts = [];
   const c: Docker.Container = await docker.createContainer(opts);
   await c.start();

@@ -93,7 +93,6 @@ function toSpec(command: string[], f: RunFlags): JobSpec {
     env,
     artifacts: f.artifacts,
     limits: Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)) as JobSpecInput['limits'],
-    ...(f.workspace ? { source: { dir: resolve(f.workspace) } } : {}),
     ...(f.runtime ? { runtime: f.runtime as 'runc' } : {}),
   };
   return parseOrThrow(JobSpec, input, 'command line');
@@ -116,6 +115,7 @@ async function runJob(command: string[], f: RunFlags): Promise<number> {
     const result = await runner.run(spec, {
       signal: ac.signal,
       artifactsDir: resolve(f.artifactsDir),
+      ...(f.workspace ? { source: { dir: resolve(f.workspace) } } : {}),
       ...(f.json ? {} : { onLog: (c) => (c.stream === 'stderr' ? process.stderr : process.stdout).write(sanitizeForTerminal(c.data.toString('utf8'))) }),
       includeLog: Boolean(f.json),
     });

@@ -11,6 +11,14 @@ import { registerJobCommands } from './job.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
+// `airlock … | head` closes stdout early: that is the reader's choice, not an airlock failure.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
+}
+
 const program = new Command('airlock')
   .description('airlock: public untrusted CI and a separate trusted builder')
   .exitOverride()

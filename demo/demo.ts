@@ -22,10 +22,11 @@ const artifactsDir = mkdtempSync(join(tmpdir(), 'airlock-demo-'));
 const runner = await JobRunner.create({ docker: createDocker(), policy: loadJobPolicy(), stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', workspacePool: 0 });
 
 let failures = 0;
-async function step(title: string, input: Omit<JobSpecInput, 'id'>, expect: (r: JobResult) => boolean, opts: { stream?: boolean } = {}): Promise<void> {
+async function step(title: string, input: Omit<JobSpecInput, 'id'>, expect: (r: JobResult) => boolean, opts: { stream?: boolean; source?: string } = {}): Promise<void> {
   console.log(`\n${bold(`▶ ${title}`)}`);
   const r = await runner.run(JobSpec.parse({ id: `demo-${Date.now()}`, ...input }), {
     artifactsDir,
+    ...(opts.source ? { source: { dir: opts.source } } : {}),
     ...(opts.stream ? { onLog: (c) => process.stdout.write(`  │ ${sanitizeForTerminal(c.data.toString('utf8')).replace(/\n(?=.)/g, '\n  │ ')}`) } : {}),
   });
   const ok = expect(r);
@@ -39,11 +40,11 @@ console.log('Every job: non-root, no capabilities, no network, read-only root, i
 console.log('memory/CPU/pids limits, a timeout and a log cap, all from policies/untrusted-job.yaml.');
 
 await step('a project\'s tests, source copied in as a tar, log streamed, artifact taken out', {
-  image: 'airlock/base:busybox', command: ['./test.sh'], source: { dir: sample }, artifacts: ['dist/*.txt'], limits: { timeout: '30s' },
-}, (r) => r.passed && r.artifacts.length === 1, { stream: true });
+  image: 'airlock/base:busybox', command: ['./test.sh'], artifacts: ['dist/*.txt'], limits: { timeout: '30s' },
+}, (r) => r.passed && r.artifacts.length === 1, { stream: true, source: sample });
 await step('the same tests in a real Debian userland (bookworm)', {
-  image: 'airlock/base:bookworm', command: ['sh', '-c', './test.sh >/dev/null && . /etc/os-release && echo "$PRETTY_NAME"'], source: { dir: sample }, limits: { timeout: '30s' },
-}, (r) => r.passed, { stream: true });
+  image: 'airlock/base:bookworm', command: ['sh', '-c', './test.sh >/dev/null && . /etc/os-release && echo "$PRETTY_NAME"'], limits: { timeout: '30s' },
+}, (r) => r.passed, { stream: true, source: sample });
 await step('under gVisor (runsc)', {
   image: 'airlock/base:busybox', command: ['sh', '-c', 'dmesg 2>/dev/null | head -1 || uname -a'], runtime: 'runsc', limits: { timeout: '30s' },
 }, (r) => r.passed, { stream: true });

@@ -150,10 +150,7 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
       archive.pipe(extract as unknown as NodeJS.WritableStream);
     });
     await Promise.all([fed, work]);
-    // Plan every move before making one, so a clash leaves dest as it was.
-    const moves: [string, string][] = [];
-    await planMoves(stagingReal, destReal, '', moves);
-    for (const [from, to] of moves) await rename(from, to);
+    await moveInto(stagingReal, destReal);
     return written;
   } catch (e) {
     archive.destroy();
@@ -171,6 +168,17 @@ async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
+}
+
+/**
+ * Move everything in `from` into `to`, merging into directories that exist. Every move is planned
+ * before one is made, so a clash (an existing file, or a link where a directory should be) leaves
+ * `to` as it was and raises ArtifactRejectedError.
+ */
+export async function moveInto(from: string, to: string): Promise<void> {
+  const moves: [string, string][] = [];
+  await planMoves(from, to, '', moves);
+  for (const [src, dst] of moves) await rename(src, dst);
 }
 
 /** The renames that put `from`'s entries into `to`: into a real directory that exists, merge; anything else that exists is a clash. */

@@ -9,6 +9,7 @@
  *                device; nosuid, nodev), owned by the job user; the source tar is put here
  *   /tmp         tmpfs of `tmpBytes`, nosuid, nodev (its pages count against the memory limit)
  *   /dev/shm     Docker's default 64 MiB shm, private IPC namespace
+ *   VOLUME paths of the image: a tmpfs like /tmp each, instead of an unbounded anonymous volume
  * Nothing from the host is bind-mounted; the Docker socket is never present.
  */
 import type Docker from 'dockerode';
@@ -28,6 +29,10 @@ export const RUNSC_SENTRY_PIDS = 128;
 
 export interface ContainerPlan {
   spec: JobSpec;
+  /** The image id the spec's image resolved to: the container runs exactly what was checked. */
+  imageId: string;
+  /** Paths the image declares as VOLUME: each gets a small tmpfs, so the engine makes no unbounded anonymous volume. */
+  imageVolumes: readonly string[];
   limits: Limits;
   runtime: Runtime;
   user: { uid: number; gid: number };
@@ -38,13 +43,20 @@ export interface ContainerPlan {
   createdAt: number;
 }
 
+/** Below 10 ms of CPU per 100 ms period the kernel (and runc) ignore or refuse the quota. */
+export const MIN_NANO_CPUS = 10_000_000;
+
 export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOptions {
   const { spec, limits } = plan;
+  const nanoCpus = Math.round(limits.cpus * 1e9);
+  if (nanoCpus < MIN_NANO_CPUS) throw new RangeError(`cpus ${limits.cpus} is below the smallest enforceable quota`);
+  const tmpfs = `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777`;
+  const covered = Object.fromEntries(plan.imageVolumes.filter((p) => p !== WORKSPACE_PATH && p !== '/tmp').map((p) => [p, tmpfs]));
   // The job may set HOME and anything else, but not the variables airlock itself vouches for.
   const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id };
   return {
     name: plan.name,
-    Image: spec.image,
+    Image: plan.imageId,
     Cmd: spec.command,
     Entrypoint: [],
     Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
@@ -80,13 +92,13 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
       MemorySwappiness: 0,
       OomKillDisable: false,
       OomScoreAdj: 500, // the kernel picks a job before host processes
-      NanoCpus: Math.round(limits.cpus * 1e9),
+      NanoCpus: nanoCpus,
       PidsLimit: plan.runtime === 'runsc' ? limits.pids + RUNSC_SENTRY_PIDS : limits.pids,
       Ulimits: [
         { Name: 'core', Soft: 0, Hard: 0 },
         { Name: 'nofile', Soft: 4096, Hard: 4096 },
       ],
-      Tmpfs: { '/tmp': `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777` },
+      Tmpfs: { ...covered, '/tmp': tmpfs },
       // NoCopy: the image's /workspace content is never copied into the volume (and the engine
       // skips that check, which is measurably faster).
       Mounts: [{ Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false, VolumeOptions: { NoCopy: true } as NonNullable<Docker.MountSettings['VolumeOptions']> }],

@@ -9,7 +9,7 @@
  *   artifacts → result; then, off the caller's path, remove container → release workspace.
  */
 import { readFileSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -27,8 +27,9 @@ import type { Logger } from '../logging.js';
 import { resolveLimits } from '../policy/job-policy.js';
 import type { JobPolicy } from '../schemas/job-policy.js';
 import type { JobSpec } from '../schemas/job-spec.js';
+import { formatDuration } from '../units.js';
 import type { Limits, Runtime } from '../schemas/limits.js';
-import { extractArtifacts, globBase, type ArtifactFile } from './artifacts.js';
+import { extractArtifacts, globBase, moveInto, type ArtifactFile } from './artifacts.js';
 import { toCreateOptions, WORKSPACE_PATH } from './convert.js';
 import { DockerDemuxer, LogCapture, type LogChunk } from './log-capture.js';
 import { currentOwner } from './owner.js';
@@ -57,6 +58,12 @@ export interface RunOptions {
   onLog?: (chunk: LogChunk) => void;
   /** Where artifacts go; required when the spec names artifact globs. */
   artifactsDir?: string;
+  /**
+   * What goes into /workspace before the command runs: a directory or a tar file on this host,
+   * sent as a tar stream (never mounted). The caller names it — the merger's work dir, the CLI's
+   * --workspace — not the job spec, so nothing a patch writes can point the runner at a host path.
+   */
+  source?: { dir: string } | { tar: string };
   /** Include the kept log in the result (default true). */
   includeLog?: boolean;
 }
@@ -68,6 +75,8 @@ const STREAM_DRAIN_MS = 5_000;
  * a second, so a shorter job would get no figure anyway, and the stream costs the engine work.
  */
 const STATS_AFTER_MS = 500;
+/** How long past its timeout and kill grace a job may take before the runner gives up on the engine. */
+const ENGINE_GRACE_MS = 60_000;
 
 export class JobRunner {
   readonly owner = currentOwner();
@@ -98,6 +107,7 @@ export class JobRunner {
       hostUid: base + uid,
       hostGid: base + gid,
       poolSize: opts.workspacePool ?? 2,
+      poolBytes: opts.policy.limits.workspace,
     });
     const runner = new JobRunner(opts, workspaces, base + uid);
     await runner.reap();
@@ -110,8 +120,16 @@ export class JobRunner {
     return this.hostUid;
   }
 
+  /** Remove leftovers: of dead runners, containers past any job's lifetime, and this runner's own leaks. */
   reap(): Promise<ReapReport> {
-    return reap({ docker: this.opts.docker, workspacesDir: this.workspaces.workspacesDir, logger: this.opts.logger });
+    const { policy } = this.opts;
+    return reap({
+      docker: this.opts.docker,
+      workspacesDir: this.workspaces.workspacesDir,
+      logger: this.opts.logger,
+      self: { owner: this.owner, held: () => this.workspaces.heldVolumes() },
+      maxAgeMs: policy.limits.timeout + policy.killGrace + 2 * ENGINE_GRACE_MS,
+    });
   }
 
   /** Reap periodically (unref'd: it never keeps the process alive). */
@@ -131,14 +149,13 @@ export class JobRunner {
     const t0 = performance.now();
     const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, this.opts.policy, `job ${spec.id}`);
     if (spec.artifacts.length > 0 && !ro.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
-    // runsc needs the image id up front (the self-test is keyed by it); for runc, the create call
-    // itself says "no such image", and the id comes from the container afterwards: one call less.
-    let imageId = runtime === 'runsc' ? await this.imageId(spec.image) : '';
-    if (runtime === 'runsc' && !this.runscCompatible(imageId)) {
+    const image = await this.inspectImage(spec.image);
+    if (runtime === 'runsc' && !this.runscCompatible(image.id)) {
       throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     }
-    if (spec.source) await checkSource(spec.source, spec.id);
-    if (ro.signal?.aborted) throw new CancelledError(`job ${spec.id} cancelled before it started`);
+    if (ro.source) await checkSource(ro.source, spec.id);
+    const cancelledBeforeStart = () => new CancelledError(`job ${spec.id} cancelled before it started`);
+    if (ro.signal?.aborted) throw cancelledBeforeStart();
 
     const log = this.opts.logger?.child({ jobId: spec.id });
     let ws: Workspace | undefined;
@@ -146,17 +163,15 @@ export class JobRunner {
     try {
       ws = await this.workspaces.take(limits.workspaceBytes);
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
-      try {
-        container = await this.opts.docker.createContainer(
-          toCreateOptions({ spec, limits, runtime, user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now() }),
-        );
-      } catch (e) {
-        if ((e as { statusCode?: number }).statusCode === 404) throw new ImageNotFoundError(spec.image);
-        throw e;
-      }
-      if (spec.source) await container.putArchive(this.sourceTar(spec.source), { path: WORKSPACE_PATH });
+      container = await this.opts.docker.createContainer(
+        toCreateOptions({
+          spec, limits, runtime, imageId: image.id, imageVolumes: image.volumes,
+          user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now(),
+        }),
+      );
+      if (ro.source) await container.putArchive(this.sourceTar(ro.source, limits.workspaceBytes), { path: WORKSPACE_PATH });
+      if (ro.signal?.aborted) throw cancelledBeforeStart();
       const run = await this.execute(container, limits, ro);
-      imageId ||= run.imageId;
       const t1 = performance.now();
       let artifacts: ArtifactFile[] = [];
       let artifactError: JobResult['artifactError'];
@@ -187,7 +202,7 @@ export class JobRunner {
         version: 1,
         jobId: spec.id,
         image: spec.image,
-        imageId,
+        imageId: image.id,
         runtime,
         passed: run.exitCode === 0 && !run.oomKilled && !run.timedOut && !run.cancelled && !artifactError,
         ...facts,
@@ -227,10 +242,17 @@ export class JobRunner {
       stream.on('close', resolve);
       stream.on('error', () => resolve());
     });
+    let onLog = ro.onLog;
     stream.on('data', (buf: Buffer) =>
       demux.push(buf, (chunk) => {
         const kept = capture.add(chunk);
-        if (kept && ro.onLog) ro.onLog(kept);
+        if (!kept || !onLog) return;
+        try {
+          onLog(kept);
+        } catch (e) {
+          onLog = undefined; // a broken consumer loses the live view, not the job or the runner
+          this.opts.logger?.warn({ err: e }, 'onLog threw; live log stopped for this job');
+        }
       }),
     );
 
@@ -250,6 +272,7 @@ export class JobRunner {
       if (started) stop();
     };
     ro.signal?.addEventListener('abort', onAbort, { once: true });
+    if (ro.signal?.aborted) cancelled = true; // aborted before the listener was there: it never fires
     try {
       await container.start();
     } catch (e) {
@@ -266,7 +289,10 @@ export class JobRunner {
     }, limits.timeoutMs);
     const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container, STATS_AFTER_MS);
     try {
-      const status = (await container.wait()) as { StatusCode: number };
+      // The job is killed at its timeout; if the engine still has not reported its end well after
+      // that, the runner gives up on this container rather than hang (cleanup force-removes it).
+      const deadline = limits.timeoutMs + this.opts.policy.killGrace + ENGINE_GRACE_MS;
+      const status = (await withDeadline(container.wait(), deadline, `the engine did not report the end of the job within ${formatDuration(deadline)}`)) as { StatusCode: number };
       await Promise.race([ended, sleep(STREAM_DRAIN_MS)]);
       stream.destroy?.();
       const info = await container.inspect();
@@ -290,40 +316,51 @@ export class JobRunner {
   }
 
   private async collectArtifacts(container: Docker.Container, globs: readonly string[], dest: string, limits: Limits): Promise<ArtifactFile[]> {
-    // One archive per distinct glob base, so a job with `dist/**` does not send its whole workspace.
-    // A base inside another base (out/sub under out) is already in the outer archive.
+    // One archive per distinct glob base, so a job with `dist/**` does not send its whole workspace;
+    // a base inside another base (out/sub under out) is already in the outer archive.
     const bases = [...new Set(globs.map(globBase))];
     const outer = bases.filter((b) => !bases.some((o) => o !== b && (o === '' || b.startsWith(`${o}/`))));
-    const all: ArtifactFile[] = [];
-    let bytes = 0;
-    for (const base of outer) {
-      let archive: Readable;
-      try {
-        archive = (await container.getArchive({ path: base ? `${WORKSPACE_PATH}/${base}` : WORKSPACE_PATH })) as unknown as Readable;
-      } catch (e) {
-        if ((e as { statusCode?: number }).statusCode === 404) continue; // nothing there: no artifacts from this glob
-        throw e;
-      }
-      const files = await extractArtifacts(archive, dest, {
-        globs,
-        archivedDir: base,
-        maxBytes: limits.artifactBytes - bytes,
-        maxFiles: limits.artifactFiles - all.length,
-      });
-      for (const f of files) bytes += f.bytes;
-      all.push(...files);
-    }
-    return all;
-  }
-
-  private sourceTar(source: NonNullable<JobSpec['source']>): Readable {
-    const owner = this.opts.policy.user;
-    return 'dir' in source ? packDirectory(source.dir, owner) : repackTar(source.tar, owner);
-  }
-
-  private async imageId(image: string): Promise<string> {
+    // Everything lands in one staging directory first and moves into `dest` only when every
+    // archive was taken: a refused second archive leaves nothing of the first behind.
+    await mkdir(dest, { recursive: true });
+    const staging = await mkdtemp(join(dest, '.airlock-job-'));
     try {
-      return (await this.opts.docker.getImage(image).inspect()).Id;
+      const all: ArtifactFile[] = [];
+      let bytes = 0;
+      for (const base of outer) {
+        let archive: Readable;
+        try {
+          archive = (await container.getArchive({ path: base ? `${WORKSPACE_PATH}/${base}` : WORKSPACE_PATH })) as unknown as Readable;
+        } catch (e) {
+          if ((e as { statusCode?: number }).statusCode === 404) continue; // nothing there: no artifacts from this glob
+          throw e;
+        }
+        const files = await extractArtifacts(archive, staging, {
+          globs,
+          archivedDir: base,
+          maxBytes: limits.artifactBytes - bytes,
+          maxFiles: limits.artifactFiles - all.length,
+        });
+        for (const f of files) bytes += f.bytes;
+        all.push(...files);
+      }
+      await moveInto(staging, dest);
+      return all;
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  private sourceTar(source: NonNullable<RunOptions['source']>, maxBytes: number): Readable {
+    const owner = this.opts.policy.user;
+    return 'dir' in source ? packDirectory(source.dir, owner, { maxBytes }) : repackTar(source.tar, owner, { maxBytes });
+  }
+
+  /** The image's id (the container is created from it, so what was checked is what runs) and its declared VOLUMEs. */
+  private async inspectImage(image: string): Promise<{ id: string; volumes: string[] }> {
+    try {
+      const info = await this.opts.docker.getImage(image).inspect();
+      return { id: info.Id, volumes: Object.keys(info.Config?.Volumes ?? {}) };
     } catch (e) {
       if ((e as { statusCode?: number }).statusCode === 404) throw new ImageNotFoundError(image);
       throw wrapEngineError(e, `image ${image}`);
@@ -342,7 +379,8 @@ export class JobRunner {
   private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined): Promise<void> {
     if (container) {
       try {
-        await container.remove({ force: true, v: false });
+        // v: true also removes anonymous volumes; the workspace is a named volume and survives it.
+        await container.remove({ force: true, v: true });
       } catch (e) {
         if ((e as { statusCode?: number }).statusCode !== 404) throw e;
       }
@@ -393,7 +431,7 @@ function watchPeakMemory(container: Docker.Container, delayMs: number): { stop: 
 }
 
 /** The source must be there before anything is created: a missing one is the caller's error, named. */
-async function checkSource(source: NonNullable<JobSpec['source']>, jobId: string): Promise<void> {
+async function checkSource(source: NonNullable<RunOptions['source']>, jobId: string): Promise<void> {
   const [key, path] = 'dir' in source ? (['dir', source.dir] as const) : (['tar', source.tar] as const);
   let ok = false;
   try {
@@ -425,6 +463,16 @@ function wrapEngineError(e: unknown, what: string): AirlockError {
     return new EngineUnavailableError(`cannot reach the Docker engine: ${err.message}`, { cause: e });
   }
   return new ExecutorFailedError(`${what}: ${err.json?.message ?? err.message}`, { cause: e });
+}
+
+/** `p`, or an ExecutorFailedError after `ms`. */
+function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ExecutorFailedError(message)), ms);
+    timer.unref();
+  });
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());

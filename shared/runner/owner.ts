@@ -1,9 +1,14 @@
 /**
- * Who owns a container: `host/pid/starttime`. The start time (from /proc, in clock ticks since
- * boot) makes the id unique even when a pid is reused, so "is the owner alive" needs no shared
- * state: the reaper reads /proc.
+ * Who owns a container or workspace: `host/boot/pidns/pid/start`. Each part narrows "is the owner
+ * alive" without shared state:
+ *   host   another host's reaper decides for its own leftovers;
+ *   boot   the kernel's boot id: after a reboot every owner from before is dead;
+ *   pidns  the pid namespace: a reaper in another pid namespace cannot see the owner's pid, so it
+ *          cannot judge (the caller falls back to age);
+ *   pid + start  the process and its start time in clock ticks, so a reused pid is not mistaken
+ *          for the owner.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 
 function procStartTime(pid: number): string | undefined {
@@ -17,15 +22,48 @@ function procStartTime(pid: number): string | undefined {
   }
 }
 
-export function currentOwner(): string {
-  return `${hostname()}/${process.pid}/${procStartTime(process.pid) ?? '0'}`;
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '').slice(0, 12);
+  } catch {
+    return 'noboot';
+  }
 }
 
-/** False only when we can tell the owner is dead: same host and its pid is gone or reused. */
-export function isOwnerAlive(owner: string): boolean {
-  const [host, pid, start] = owner.split('/');
-  if (host !== hostname()) return true; // another host's reaper decides
+function pidNamespace(): string {
+  try {
+    return /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? 'nons';
+  } catch {
+    return 'nons';
+  }
+}
+
+export function currentOwner(): string {
+  return `${hostname()}/${bootId()}/${pidNamespace()}/${process.pid}/${procStartTime(process.pid) ?? '0'}`;
+}
+
+/** 'alive', 'dead', or 'unknown' (another host or pid namespace: judge by age instead). */
+export function ownerState(owner: string): 'alive' | 'dead' | 'unknown' {
+  const parts = owner.split('/');
+  if (parts.length !== 5) return 'dead'; // not an owner id this version writes: a leftover of an older one
+  const [host, boot, ns, pid, start] = parts as [string, string, string, string, string];
+  if (host !== hostname()) return 'unknown';
+  if (boot !== bootId()) return 'dead';
+  if (ns !== pidNamespace()) return 'unknown';
   const n = Number(pid);
-  if (!Number.isSafeInteger(n) || n <= 0) return false;
-  return procStartTime(n) === start;
+  if (!Number.isSafeInteger(n) || n <= 0) return 'dead';
+  return procStartTime(n) === start ? 'alive' : 'dead';
+}
+
+/** Owner ids as file-name-safe tokens (for workspace backing files) and back. */
+export function ownerToken(owner: string): string {
+  return Buffer.from(owner).toString('base64url');
+}
+export function ownerFromToken(token: string): string | undefined {
+  try {
+    const s = Buffer.from(token, 'base64url').toString('utf8');
+    return ownerToken(s) === token ? s : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -3,24 +3,25 @@
  * it gets ENOSPC at exactly its quota and cannot touch the host's disk or another job's files.
  *
  * Life of one workspace:
- *   sparse file in <stateDir>/workspaces → mkfs.ext4 (no journal; root owned by the job user's
- *   host uid) → loop device → the file is unlinked (the loop device holds it) → a Docker volume of
- *   the local driver mounts that device (nosuid,nodev) into the job container.
- * Release: remove the volume, detach the loop device; the kernel frees the blocks.
- * After a crash, the reaper finds volumes by label and loop devices by backing-file path.
+ *   sparse file in <stateDir>/workspaces/<owner token>/ → mkfs.ext4 (no journal; root owned by the
+ *   job user's host uid) → loop device → the file is unlinked (the loop device holds it) → a Docker
+ *   volume of the local driver mounts that device (nosuid,nodev) into the job container.
+ * The owner token in the backing file's path lets a reaper tell whose loop device it is.
  *
  * Making one costs a volume create in the engine plus two tool runs, so a small pool of formatted
- * workspaces per size is kept ready off the job's critical path, and a released workspace is
- * formatted afresh in place and goes back to the pool (the volume and loop device are kept);
- * `take` falls back to making one on demand when the pool is empty.
+ * workspaces of the policy's default size is kept ready off the job's critical path, and a released
+ * one is formatted afresh in place and goes back to the pool (mkfs discards every block first, so
+ * nothing of the last job survives, and refuses a device that is still mounted). Other sizes are
+ * made on demand and destroyed after use, so odd sizes cannot grow the pool.
  */
-import { mkdirSync, readFileSync, openSync, ftruncateSync, closeSync, unlinkSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Docker from 'dockerode';
 import { run } from './exec.js';
-import { ToolShell } from './tool-shell.js';
 import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from './labels.js';
+import { ownerToken } from './owner.js';
+import { ToolShell } from './tool-shell.js';
 
 export interface Workspace {
   volume: string;
@@ -35,69 +36,78 @@ export interface WorkspaceManagerOptions {
   /** Host uid/gid that owns the filesystem root: the job user as the engine maps it. */
   hostUid: number;
   hostGid: number;
-  /** Formatted workspaces kept ready per size; 0 turns the pool off. */
+  /** Formatted workspaces of `poolBytes` kept ready; 0 turns the pool off. */
   poolSize?: number;
+  /** The one size that is pooled (the policy's default workspace size). */
+  poolBytes?: number;
 }
 
 export const WORKSPACE_VOLUME_PREFIX = 'airlock-ws-';
 export const WORKSPACE_POOL_JOB = 'workspace-pool';
 
 export class WorkspaceManager {
-  private readonly dir: string;
-  private readonly pools = new Map<number, Promise<Workspace>[]>();
-  /** Workspaces taken and not yet released, per size: they are expected back through release(). */
-  private readonly outstanding = new Map<number, number>();
+  /** The workspaces directory; each owner's backing files live in a subdirectory named by its token. */
+  readonly workspacesDir: string;
+  private readonly ownDir: string;
+  private readonly pool: Promise<Workspace>[] = [];
+  /** Pooled workspaces taken and not yet released: they are expected back through release(). */
+  private outstanding = 0;
+  /** Every volume this manager holds (pooled, in use, being recycled): the reaper leaves these alone. */
+  private readonly held = new Set<string>();
   private readonly poolSize: number;
   private closed = false;
   private readonly tools = new ToolShell();
 
   constructor(private readonly opts: WorkspaceManagerOptions) {
-    this.poolSize = opts.poolSize ?? 0;
-    this.dir = join(opts.stateDir, 'workspaces');
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.poolSize = opts.poolBytes ? (opts.poolSize ?? 0) : 0;
+    this.workspacesDir = join(opts.stateDir, 'workspaces');
+    this.ownDir = join(this.workspacesDir, ownerToken(opts.owner));
+    mkdirSync(this.ownDir, { recursive: true, mode: 0o700 });
+  }
+
+  /** Names of the volumes this manager holds right now. */
+  heldVolumes(): ReadonlySet<string> {
+    return this.held;
   }
 
   /** A formatted, empty workspace of `bytes`, from the pool when one is ready. */
   async take(bytes: number): Promise<Workspace> {
-    const pool = this.poolFor(bytes);
-    const ready = pool.shift();
-    this.outstanding.set(bytes, (this.outstanding.get(bytes) ?? 0) + 1);
-    this.refill(bytes);
-    if (ready) {
-      try {
-        return await ready;
-      } catch {
-        // a pooled one failed to format: make one now, and let that error surface if it recurs
+    if (bytes !== this.opts.poolBytes || this.poolSize === 0) return this.create(bytes);
+    const ready = this.pool.shift();
+    this.outstanding++;
+    this.refill();
+    try {
+      if (ready) {
+        try {
+          return await ready;
+        } catch {
+          // a pooled one failed to format: make one now, and let that error surface if it recurs
+        }
       }
+      return await this.create(bytes);
+    } catch (e) {
+      this.outstanding--;
+      throw e;
     }
-    return this.create(bytes);
   }
 
-  private poolFor(bytes: number): Promise<Workspace>[] {
-    let pool = this.pools.get(bytes);
-    if (!pool) this.pools.set(bytes, (pool = []));
-    return pool;
-  }
-
-  /** Top the pool up, counting workspaces in use as ones that will come back through recycle. */
-  private refill(bytes: number): void {
-    const pool = this.poolFor(bytes);
-    while (!this.closed && pool.length + (this.outstanding.get(bytes) ?? 0) < this.poolSize) {
-      const p = this.create(bytes);
+  /** Top the pool up, counting workspaces in use as ones that will come back through release(). */
+  private refill(): void {
+    while (!this.closed && this.pool.length + this.outstanding < this.poolSize) {
+      const p = this.create(this.opts.poolBytes as number);
       p.catch(() => undefined); // surfaced to whoever takes it
-      pool.push(p);
+      this.pool.push(p);
     }
   }
 
   /**
-   * Give a workspace back after its container is gone. While the pool has room it is formatted
-   * afresh in place (mkfs discards every block first, so nothing of the last job survives, and
-   * mkfs refuses a device that is still mounted); otherwise it is destroyed.
+   * Give a workspace back after its container is gone. A pooled-size one is formatted afresh in
+   * place while the pool has room; anything else is destroyed.
    */
   async release(ws: Workspace): Promise<void> {
-    const pool = this.poolFor(ws.bytes);
-    this.outstanding.set(ws.bytes, Math.max(0, (this.outstanding.get(ws.bytes) ?? 0) - 1));
-    if (this.closed || pool.length >= this.poolSize) return this.destroy(ws);
+    const pooled = ws.bytes === this.opts.poolBytes && this.poolSize > 0;
+    if (pooled) this.outstanding = Math.max(0, this.outstanding - 1);
+    if (!pooled || this.closed || this.pool.length >= this.poolSize || !this.backs(ws)) return this.destroy(ws);
     const again = this.format(ws.loopDevice, true).then(
       () => ws,
       async (e: unknown) => {
@@ -106,7 +116,12 @@ export class WorkspaceManager {
       },
     );
     again.catch(() => undefined);
-    pool.push(again);
+    this.pool.push(again);
+  }
+
+  /** Still this workspace's device? Device numbers are reused once detached. */
+  private backs(ws: Workspace): boolean {
+    return loopBackingFile(ws.loopDevice).startsWith(join(this.ownDir, `${ws.volume}.img`));
   }
 
   private format(target: string, discard: boolean): Promise<string> {
@@ -119,12 +134,16 @@ export class WorkspaceManager {
 
   async create(bytes: number): Promise<Workspace> {
     const name = `${WORKSPACE_VOLUME_PREFIX}${randomBytes(8).toString('hex')}`;
-    const file = join(this.dir, `${name}.img`);
-    const fd = openSync(file, 'wx', 0o600);
+    const file = join(this.ownDir, `${name}.img`);
+    this.held.add(name);
     let loopDevice: string | undefined;
     try {
-      ftruncateSync(fd, bytes);
-      closeSync(fd);
+      const fd = openSync(file, 'wx', 0o600);
+      try {
+        ftruncateSync(fd, bytes);
+      } finally {
+        closeSync(fd);
+      }
       await this.format(file, false); // a new sparse file reads as zeros: nothing to discard
       loopDevice = (await this.tools.run('losetup', ['--find', '--show', file])).trim();
       unlinkSync(file); // the loop device keeps the inode; nothing is left behind on disk after detach
@@ -143,9 +162,13 @@ export class WorkspaceManager {
       });
       return { volume: name, loopDevice, bytes };
     } catch (e) {
-      try { closeSync(fd); } catch { /* already closed */ }
-      try { unlinkSync(file); } catch { /* already gone */ }
-      if (loopDevice) await this.tools.run('losetup', ['-d', loopDevice]).catch(() => undefined);
+      try {
+        unlinkSync(file);
+      } catch {
+        /* already gone */
+      }
+      if (loopDevice) await detachLoop(loopDevice, name, this.tools).catch(() => undefined);
+      this.held.delete(name);
       throw e;
     }
   }
@@ -154,19 +177,15 @@ export class WorkspaceManager {
   async destroy(ws: Workspace): Promise<void> {
     await removeVolumeQuietly(this.opts.docker, ws.volume);
     await detachLoop(ws.loopDevice, ws.volume, this.tools);
+    this.held.delete(ws.volume);
   }
 
-  /** Release every pooled workspace. */
+  /** Destroy every pooled workspace and stop the tool shell. */
   async close(): Promise<void> {
     this.closed = true;
-    const all = [...this.pools.values()].flat();
-    this.pools.clear();
-    await Promise.all(all.map(async (p) => this.destroy(await p).catch(() => undefined)));
+    const all = this.pool.splice(0);
+    await Promise.all(all.map((p) => p.then((ws) => this.destroy(ws)).catch(() => undefined)));
     this.tools.close();
-  }
-
-  get workspacesDir(): string {
-    return this.dir;
   }
 }
 

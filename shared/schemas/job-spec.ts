@@ -1,7 +1,9 @@
 /**
  * `JobSpec`: the compiled description of one job step that the runner executes. It is the
- * runner's only input besides policy, and it is untrusted: every string in it may come from a
- * patch. The runner never reads `.airlock.yaml`; later issues compile that into this IR.
+ * runner's input besides policy, and it is untrusted: every string in it may come from a patch.
+ * The runner never reads `.airlock.yaml`; later issues compile that into this IR. What goes into
+ * /workspace is not part of it: the caller (the merger, the CLI) names a host path separately, so
+ * nothing a patch writes can point the runner at a host file.
  */
 import { z } from 'zod';
 import { LimitsRequest, Runtime } from './limits.js';
@@ -21,6 +23,9 @@ export const ImageRef = z
     'not a Docker image reference',
   );
 
+/** Linux's own limit for a command line plus environment is 2 MiB; each gets half. */
+const MAX_ARGV_BYTES = 1024 * 1024;
+
 const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'not an environment variable name');
 const NoNul = (max: number) => z.string().max(max).refine((s) => !s.includes('\0'), 'must not contain NUL');
 
@@ -34,10 +39,16 @@ export const JobSpec = z
     version: z.literal(1).default(1),
     id: JobId,
     image: ImageRef,
-    command: z.array(NoNul(128 * 1024)).min(1).max(4096),
-    env: z.record(EnvName, NoNul(128 * 1024)).default({}),
-    /** What goes into /workspace before the command runs, as a tar stream: a directory or a tar file on the runner's host. */
-    source: z.union([z.object({ dir: z.string().min(1) }).strict(), z.object({ tar: z.string().min(1) }).strict()]).optional(),
+    command: z
+      .array(NoNul(128 * 1024))
+      .min(1)
+      .max(4096)
+      .refine((c) => c.reduce((n, a) => n + Buffer.byteLength(a) + 1, 0) <= MAX_ARGV_BYTES, `command is longer than ${MAX_ARGV_BYTES} bytes in all`),
+    env: z
+      .record(EnvName, NoNul(128 * 1024))
+      .default({})
+      .refine((e) => Object.keys(e).length <= 256, 'at most 256 variables')
+      .refine((e) => Object.entries(e).reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v) + 2, 0) <= MAX_ARGV_BYTES, `env is larger than ${MAX_ARGV_BYTES} bytes in all`),
     artifacts: z.array(ArtifactGlob).max(64).default([]),
     limits: LimitsRequest.default({}),
     runtime: Runtime.optional(),

@@ -7,6 +7,8 @@ import { z } from 'zod';
 import { parseBytes, parseDuration } from '../units.js';
 
 const MAX_BYTES = 2 ** 50; // 1 PiB: anything larger is a typo or an attack
+const MiB = 1024 ** 2;
+const GiB = 1024 ** 3;
 
 /** A size such as `256m`, `2GiB` or a number of bytes. */
 export const Size = z
@@ -39,13 +41,13 @@ export type Runtime = z.infer<typeof Runtime>;
 /** What may be asked for. Every key optional: what is left out comes from policy. */
 export const LimitsRequest = z
   .object({
-    memory: Size.optional(),
-    cpus: z.number().positive().max(1024).optional(),
+    memory: Size.pipe(z.number().min(16 * MiB, 'at least 16 MiB')).optional(),
+    cpus: z.number().min(0.01, 'at least 0.01 (smaller quotas are not enforced)').max(1024).optional(),
     pids: z.number().int().min(8).max(1_000_000).optional(),
-    timeout: Duration.optional(),
+    timeout: Duration.pipe(z.number().min(100, 'at least 100 ms')).optional(),
     logCap: Size.optional(),
-    workspace: Size.optional(),
-    tmp: Size.optional(),
+    workspace: Size.pipe(z.number().min(16 * MiB, 'at least 16 MiB').max(1024 * GiB)).optional(),
+    tmp: Size.pipe(z.number().min(MiB, 'at least 1 MiB')).optional(),
     artifacts: Size.optional(),
     artifactFiles: z.number().int().min(0).max(1_000_000).optional(),
   })

@@ -40,4 +40,7 @@ export async function expectNothingLeft(docker: Docker, owner: string, runner?: 
   const volumes = (await docker.listVolumes({ filters })).Volumes ?? [];
   expect(containers.map((c) => c.Names)).toEqual([]);
   expect(volumes.map((v) => v.Name)).toEqual([]);
+  // airlock makes no unlabelled volume (an image VOLUME would otherwise leave an anonymous one).
+  const anonymous = ((await docker.listVolumes({ filters: { dangling: ['true'] } })).Volumes ?? []).filter((v) => !v.Labels?.[LABEL_OWNER]);
+  expect(anonymous.map((v) => v.Name)).toEqual([]);
 }

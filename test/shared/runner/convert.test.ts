@@ -18,6 +18,8 @@ function plan(input: JobSpecInput): ContainerPlan {
   const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, policy);
   return {
     spec,
+    imageId: `sha256:${'ab'.repeat(32)}`,
+    imageVolumes: [],
     limits,
     runtime,
     user: policy.user,
@@ -109,7 +111,7 @@ describe.each([
   it('runs the command as given, with the image entrypoint reset', () => {
     expect(o.Cmd).toEqual(p.spec.command);
     expect(o.Entrypoint).toEqual([]);
-    expect(o.Image).toBe(p.spec.image);
+    expect(o.Image).toBe(p.imageId); // the checked image id, never the tag a retag could move
   });
 });
 
@@ -117,7 +119,7 @@ describe('toCreateOptions, whole objects', () => {
   it('small spec: policy defaults, runc', () => {
     expect(toCreateOptions(small)).toEqual({
       name: 'airlock-job-small',
-      Image: 'airlock/base:busybox',
+      Image: `sha256:${'ab'.repeat(32)}`,
       Cmd: ['true'],
       Entrypoint: [],
       Env: ['HOME=/workspace', 'CI=true', 'AIRLOCK_JOB_ID=small'],
@@ -188,6 +190,21 @@ describe('toCreateOptions, whole objects', () => {
     const o = toCreateOptions({ ...small, createdAt: 42, owner: 'h/1/2' });
     expect(o.Labels?.[LABEL_CREATED]).toBe('42');
     expect(o.Labels?.[LABEL_OWNER]).toBe('h/1/2');
+  });
+});
+
+describe('image volumes and CPU floor', () => {
+  it('covers each VOLUME the image declares with a tmpfs like /tmp, leaving /workspace and /tmp as they are', () => {
+    const p = { ...plan({ id: 'vol', image: 'x', command: ['true'] }), imageVolumes: ['/data', '/var/lib/db', '/workspace', '/tmp'] };
+    const tmpfs = toCreateOptions(p).HostConfig!.Tmpfs!;
+    expect(Object.keys(tmpfs).sort()).toEqual(['/data', '/tmp', '/var/lib/db']);
+    expect(tmpfs['/data']).toBe(tmpfs['/tmp']);
+    expect(toCreateOptions(p).HostConfig!.Mounts).toHaveLength(1);
+  });
+
+  it('refuses to build options whose CPU quota the kernel would ignore', () => {
+    const p = plan({ id: 'cpu', image: 'x', command: ['true'] });
+    expect(() => toCreateOptions({ ...p, limits: { ...p.limits, cpus: 0.001 } })).toThrow(RangeError);
   });
 });
 

@@ -6,7 +6,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import tar from 'tar-stream';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
@@ -42,9 +43,11 @@ describe.each(['runc', 'runsc'] as const)('hostile jobs under %s', (runtime) => 
     runner.run(spec({ image: BUSYBOX, command: sh(script), runtime, limits: { timeout: '20s', ...limits }, ...extra }));
 
   it('a fork bomb stops at the pids limit and the host keeps forking', async () => {
-    const r = await run('b() { b | b & }; b; sleep 60', { pids: 64, timeout: '4s', memory: '256m' });
-    expect(r.passed).toBe(false);
-    expect(r.timedOut || r.exitCode !== 0).toBe(true);
+    // It ends one way or another (it fizzles out once forks fail, or at its memory limit or
+    // timeout); under gVisor, what is checked is that the host and the engine are fine (afterEach).
+    const r = await run('b() { b | b & }; b; wait', { pids: 64, timeout: '4s', memory: '256m' });
+    // runc: the pids limit is what stops it, and the shell says so.
+    if (runtime === 'runc') expect(r.log).toMatch(/can't fork/);
     expectHostHealthy();
     // And the limit itself: of 200 background sleeps, most cannot be forked.
     if (runtime === 'runc') {
@@ -237,8 +240,10 @@ describe('hostile jobs (runc only)', () => {
     expect(r.passed).toBe(false);
     expect(r.artifactError?.code).toBe('AIRLOCK_E_ARTIFACT_REJECTED');
     expect(r.reason).toMatch(/^succeeded; artifacts refused: .*symlink/);
+    // Nothing anywhere under the test's root but the two directories it made, both empty.
+    expect(readdirSync(root).sort()).toEqual(['artifacts', 'outside']);
     expect(readdirSync(outside)).toEqual([]);
-    expect(existsSync(dest) ? readdirSync(dest) : []).toEqual([]);
+    expect(readdirSync(dest)).toEqual([]);
   });
 
   it('artifacts within the caps come out; over the cap they are refused', async () => {
@@ -259,7 +264,7 @@ describe('hostile jobs (runc only)', () => {
   it('the source goes in as a tar owned by the job user, without setuid bits', async () => {
     const src = tempDir();
     writeFileSync(join(src, 'run.sh'), '#!/bin/sh\necho from-source\n', { mode: 0o4755 });
-    const r = await runner.run(spec({ image: BUSYBOX, command: sh('./run.sh; stat -c "%u %a" run.sh'), source: { dir: src }, limits: { timeout: '20s' } }));
+    const r = await runner.run(spec({ image: BUSYBOX, command: sh('./run.sh; stat -c "%u %a" run.sh'), limits: { timeout: '20s' } }), { source: { dir: src } });
     expect(r.log).toBe('from-source\n1000 755\n');
   });
 });
@@ -285,10 +290,68 @@ describe('the runner\'s own controls', () => {
     expect(r.reason).toMatch(/^cancelled after /);
   });
 
+  it('does not lose an abort that arrives while the job is being set up', async () => {
+    for (const delay of [0, 20, 60]) {
+      const ac = new AbortController();
+      const t0 = performance.now();
+      const p = runner.run(spec({ image: BUSYBOX, command: sh('sleep 8; echo finished'), limits: { timeout: '30s' } }), { signal: ac.signal });
+      setTimeout(() => ac.abort(), delay);
+      const outcome = await p.then(
+        (r) => ({ cancelled: r.cancelled, log: r.log }),
+        (e: { code?: string }) => ({ cancelled: e.code === 'AIRLOCK_E_CANCELLED', log: '' }),
+      );
+      expect(outcome.cancelled).toBe(true);
+      expect(outcome.log).not.toContain('finished');
+      expect(performance.now() - t0).toBeLessThan(8000); // it did not run to its end
+    }
+  });
+
   it('refuses a job whose signal is already aborted, before creating anything', async () => {
     const ac = new AbortController();
     ac.abort();
     await expect(runner.run(spec({ image: BUSYBOX, command: ['true'] }), { signal: ac.signal })).rejects.toMatchObject({ code: 'AIRLOCK_E_CANCELLED' });
+  });
+});
+
+describe('images and pools', () => {
+  it('covers an image VOLUME with a small tmpfs: no unbounded anonymous volume, nothing left behind', async () => {
+    const tag = 'airlock-test/with-volume:1';
+    const context = tar.pack();
+    context.entry({ name: 'Dockerfile' }, `FROM ${BUSYBOX}\nVOLUME /data\n`);
+    context.finalize();
+    const build = await docker.buildImage(Readable.from(context, { objectMode: false }) as unknown as NodeJS.ReadableStream, { t: tag, networkmode: 'none' });
+    await new Promise((resolve, reject) => docker.modem.followProgress(build, (err) => (err ? reject(err) : resolve(undefined))));
+    const before = (await docker.listVolumes()).Volumes?.length ?? 0;
+    const r = await runner.run(spec({ image: tag, command: sh('dd if=/dev/zero of=/data/big bs=1M count=100 2>&1; grep " /data " /proc/mounts'), limits: { tmp: '8m', timeout: '20s' } }));
+    expect(r.log).toMatch(/No space left on device/);
+    expect(r.log).toMatch(/ \/data tmpfs /);
+    await runner.drain();
+    expect((await docker.listVolumes()).Volumes?.length ?? 0).toBe(before);
+    await docker.getImage(tag).remove({ force: true });
+  });
+
+  it('recycled workspaces start empty, while the reaper runs beside a busy pool', async () => {
+    const pooled = await makeRunner({ workspacePool: 2 });
+    try {
+      let reaping = true;
+      const reaper = (async () => {
+        while (reaping) await pooled.runner.reap();
+      })();
+      const results = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          pooled.runner.run(spec({ image: BUSYBOX, command: sh(`ls -A /workspace | grep -v lost+found; echo secret-${i} > /workspace/left-behind; echo done`), limits: { timeout: '30s' } })),
+        ),
+      );
+      reaping = false;
+      await reaper;
+      for (const r of results) {
+        expect(r.passed).toBe(true);
+        expect(r.log).toBe('done\n'); // nothing of an earlier job was there
+      }
+    } finally {
+      await pooled.runner.close();
+    }
+    await expectNothingLeft(pooled.docker, pooled.runner.owner);
   });
 });
 

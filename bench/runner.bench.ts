@@ -20,6 +20,7 @@ import { JobRunner } from '../shared/runner/job-runner.js';
 import { JobSpec } from '../shared/schemas/job-spec.js';
 import type { Runtime } from '../shared/schemas/limits.js';
 import { WorkspaceManager, type Workspace } from '../shared/runner/workspace.js';
+import { newOwnerId } from '../shared/runner/owner.js';
 
 const IMAGE = 'airlock/base:busybox';
 const LATENCY_SAMPLES = Number(process.env.BENCH_SAMPLES ?? 30);
@@ -32,7 +33,7 @@ const runner = await JobRunner.create({ docker, policy, stateDir: process.env.AI
 
 const IMAGE_ID = (await docker.getImage(IMAGE).inspect()).Id;
 // Ready-made workspace volumes for raw, one per concurrent slot.
-const slots = new WorkspaceManager({ docker, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', owner: runner.owner, hostUid: runner.jobHostUid, hostGid: runner.jobHostUid, poolSize: 0 });
+const slots = new WorkspaceManager({ docker, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', owner: newOwnerId(), hostUid: runner.jobHostUid, hostGid: runner.jobHostUid, poolSize: 0 });
 const ready: Workspace[] = await Promise.all(Array.from({ length: Math.max(...[1, 2, 4, 8]) }, () => slots.create(policy.limits.workspace)));
 
 let n = 0;

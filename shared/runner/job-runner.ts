@@ -32,7 +32,7 @@ import type { Limits, Runtime } from '../schemas/limits.js';
 import { extractArtifacts, globBase, moveInto, type ArtifactFile } from './artifacts.js';
 import { toCreateOptions, WORKSPACE_PATH } from './convert.js';
 import { DockerDemuxer, LogCapture, type LogChunk } from './log-capture.js';
-import { currentOwner } from './owner.js';
+import { newOwnerId } from './owner.js';
 import { reap, type ReapReport } from './reaper.js';
 import { describeOutcome, type JobResult } from './result.js';
 import { packDirectory, repackTar } from './tar-pack.js';
@@ -79,11 +79,12 @@ const STATS_AFTER_MS = 500;
 const ENGINE_GRACE_MS = 60_000;
 
 export class JobRunner {
-  readonly owner = currentOwner();
   private reaperTimer: NodeJS.Timeout | undefined;
   private readonly pendingCleanups = new Set<Promise<void>>();
 
   private constructor(
+    /** This runner's owner id: on every container and workspace it makes. */
+    readonly owner: string,
     private readonly opts: JobRunnerOptions,
     private readonly workspaces: WorkspaceManager,
     private readonly hostUid: number,
@@ -100,16 +101,17 @@ export class JobRunner {
     const remapped = (info.SecurityOptions ?? []).some((o) => o.includes('name=userns'));
     const base = remapped ? subordinateIdStart('dockremap') : 0;
     const { uid, gid } = opts.policy.user;
+    const owner = newOwnerId();
     const workspaces = new WorkspaceManager({
       docker: opts.docker,
       stateDir: opts.stateDir,
-      owner: currentOwner(),
+      owner,
       hostUid: base + uid,
       hostGid: base + gid,
       poolSize: opts.workspacePool ?? 2,
       poolBytes: opts.policy.limits.workspace,
     });
-    const runner = new JobRunner(opts, workspaces, base + uid);
+    const runner = new JobRunner(owner, opts, workspaces, base + uid);
     await runner.reap();
     if ((opts.reapEveryMs ?? 60_000) > 0) runner.startReaper(opts.reapEveryMs ?? 60_000);
     return runner;

@@ -1,15 +1,19 @@
 /**
- * Who owns a container or workspace: `host/boot/pidns/pid/start`. Each part narrows "is the owner
- * alive" without shared state:
+ * Who owns a container or workspace: `host/boot/pidns/pid/start/instance`. Each part narrows "is
+ * the owner alive" without shared state:
  *   host   another host's reaper decides for its own leftovers;
  *   boot   the kernel's boot id: after a reboot every owner from before is dead;
  *   pidns  the pid namespace: a reaper in another pid namespace cannot see the owner's pid, so it
  *          cannot judge (the caller falls back to age);
  *   pid + start  the process and its start time in clock ticks, so a reused pid is not mistaken
- *          for the owner.
+ *          for the owner;
+ *   instance  one runner (workspace manager) in that process: two in one process each own only
+ *          their own things, so one's reaper never takes the other's live workspaces.
+ * Liveness is the process's: an instance lives as long as its process does.
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
 
 function procStartTime(pid: number): string | undefined {
   try {
@@ -38,15 +42,16 @@ function pidNamespace(): string {
   }
 }
 
-export function currentOwner(): string {
-  return `${hostname()}/${bootId()}/${pidNamespace()}/${process.pid}/${procStartTime(process.pid) ?? '0'}`;
+/** A new owner id for one runner instance in this process. */
+export function newOwnerId(): string {
+  return `${hostname()}/${bootId()}/${pidNamespace()}/${process.pid}/${procStartTime(process.pid) ?? '0'}/${randomBytes(4).toString('hex')}`;
 }
 
 /** 'alive', 'dead', or 'unknown' (another host or pid namespace: judge by age instead). */
 export function ownerState(owner: string): 'alive' | 'dead' | 'unknown' {
   const parts = owner.split('/');
-  if (parts.length !== 5) return 'dead'; // not an owner id this version writes: a leftover of an older one
-  const [host, boot, ns, pid, start] = parts as [string, string, string, string, string];
+  if (parts.length !== 6) return 'dead'; // not an owner id this version writes: a leftover of an older one
+  const [host, boot, ns, pid, start] = parts as [string, string, string, string, string, string];
   if (host !== hostname()) return 'unknown';
   if (boot !== bootId()) return 'dead';
   if (ns !== pidNamespace()) return 'unknown';

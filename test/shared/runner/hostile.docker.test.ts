@@ -330,20 +330,25 @@ describe('images and pools', () => {
     await docker.getImage(tag).remove({ force: true });
   });
 
-  it('recycled workspaces start empty, while the reaper runs beside a busy pool', async () => {
+  it('recycled workspaces start empty, while the reaper runs beside a busy pool and another runner in the process', async () => {
     const pooled = await makeRunner({ workspacePool: 2 });
     try {
       let reaping = true;
       const reaper = (async () => {
         while (reaping) await pooled.runner.reap();
       })();
+      // A second runner in this same process, mid-job: the first one's reaper must leave it alone.
+      const neighbour = runner.run(spec({ image: BUSYBOX, command: sh('echo mine > /workspace/f; sleep 3; cat /workspace/f'), limits: { timeout: '30s' } }));
       const results = await Promise.all(
         Array.from({ length: 8 }, (_, i) =>
           pooled.runner.run(spec({ image: BUSYBOX, command: sh(`ls -A /workspace | grep -v lost+found; echo secret-${i} > /workspace/left-behind; echo done`), limits: { timeout: '30s' } })),
         ),
       );
+      const n = await neighbour;
       reaping = false;
       await reaper;
+      expect(n.log).toBe('mine\n');
+      expect(n.passed).toBe(true);
       for (const r of results) {
         expect(r.passed).toBe(true);
         expect(r.log).toBe('done\n'); // nothing of an earlier job was there

@@ -1,12 +1,16 @@
 import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { currentOwner, ownerFromToken, ownerState, ownerToken } from '../../../shared/runner/owner.js';
+import { newOwnerId, ownerFromToken, ownerState, ownerToken } from '../../../shared/runner/owner.js';
 
 describe('owner ids', () => {
-  const me = currentOwner();
-  const [host, boot, ns, pid, start] = me.split('/') as [string, string, string, string, string];
+  const me = newOwnerId();
+  const [host, boot, ns, pid, start, instance] = me.split('/') as [string, string, string, string, string, string];
+  const id = (...p: string[]) => [...p, instance].join('/');
 
-  it('name host, boot, pid namespace, pid and start time', () => {
+  it('name host, boot, pid namespace, pid, start time and instance; each runner gets its own', () => {
+    expect(instance).toMatch(/^[0-9a-f]{8}$/);
+    expect(newOwnerId()).not.toBe(me);
+    expect(newOwnerId().split('/').slice(0, 5)).toEqual(me.split('/').slice(0, 5));
     expect(host).toBe(hostname());
     expect(Number(pid)).toBe(process.pid);
     expect(boot).toMatch(/^[0-9a-f]{12}$/);
@@ -16,12 +20,13 @@ describe('owner ids', () => {
 
   it.each([
     ['this process', () => me, 'alive'],
-    ['a reused pid (other start time)', () => [host, boot, ns, pid, String(Number(start) + 1)].join('/'), 'dead'],
-    ['a pid that does not exist', () => [host, boot, ns, '999999999', start].join('/'), 'dead'],
-    ['an earlier boot', () => [host, '000000000000', ns, pid, start].join('/'), 'dead'],
-    ['another host', () => ['elsewhere.example', boot, ns, pid, start].join('/'), 'unknown'],
-    ['another pid namespace', () => [host, boot, '1', pid, start].join('/'), 'unknown'],
-    ['an id of an older format', () => `${host}/${pid}/${start}`, 'dead'],
+    ['another runner in this process', () => newOwnerId(), 'alive'],
+    ['a reused pid (other start time)', () => id(host, boot, ns, pid, String(Number(start) + 1)), 'dead'],
+    ['a pid that does not exist', () => id(host, boot, ns, '999999999', start), 'dead'],
+    ['an earlier boot', () => id(host, '000000000000', ns, pid, start), 'dead'],
+    ['another host', () => id('elsewhere.example', boot, ns, pid, start), 'unknown'],
+    ['another pid namespace', () => id(host, boot, '1', pid, start), 'unknown'],
+    ['an id of an older format', () => `${host}/${boot}/${ns}/${pid}/${start}`, 'dead'],
     ['garbage', () => 'x', 'dead'],
   ] as [string, () => string, string][])('%s is %s', (_name, make, want) => {
     expect(ownerState(make())).toBe(want);

@@ -143,37 +143,30 @@ function quiet<T extends NodeJS.EventEmitter>(entry: T): T {
   return entry;
 }
 
-/** Resolves when `w` can take more, rejects when it is destroyed first. */
-function drained(w: NodeJS.EventEmitter & { destroyed?: boolean; destroying?: boolean }): Promise<void> {
+/** Resolves on `event`, rejects if `w` closes (is destroyed) first. */
+function until(w: NodeJS.EventEmitter, event: 'drain' | 'finish'): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (w.destroyed || w.destroying) return reject(new Error('tar entry destroyed'));
     const done = (): void => {
       w.off('close', gone);
       resolve();
     };
     const gone = (): void => {
-      w.off('drain', done);
+      w.off(event, done);
       reject(new Error('tar entry destroyed'));
     };
-    w.once('drain', done);
+    w.once(event, done);
     w.once('close', gone);
   });
 }
 
+/** Resolves when `w` can take more, rejects when it is destroyed first. */
+function drained(w: NodeJS.EventEmitter & { destroyed?: boolean; destroying?: boolean }): Promise<void> {
+  return w.destroyed || w.destroying ? Promise.reject(new Error('tar entry destroyed')) : until(w, 'drain');
+}
+
 /** Resolves when the entry has written its data into the pack, rejects if it is destroyed first. */
 function finished(w: NodeJS.EventEmitter): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (): void => {
-      w.off('close', gone);
-      resolve();
-    };
-    const gone = (): void => {
-      w.off('finish', done);
-      reject(new Error('tar entry destroyed'));
-    };
-    w.once('finish', done);
-    w.once('close', gone);
-  });
+  return until(w, 'finish');
 }
 
 /**

@@ -16,7 +16,17 @@ export function formatPath(path: readonly PropertyKey[]): string {
 }
 
 export function zodIssues(error: z.ZodError, file: string): Issue[] {
-  return error.issues.map((i) => ({ file, path: formatPath(i.path), message: i.message, severity: 'error' as const }));
+  return error.issues.map((i) => ({ file, path: formatPath(i.path), message: describe(i), severity: 'error' as const }));
+}
+
+/** zod's own words, except where they hide the reason: a bad record key says which key and why. */
+function describe(i: z.core.$ZodIssue): string {
+  if (i.code === 'invalid_key') {
+    const key = i.path[i.path.length - 1];
+    const why = i.issues.map((n) => n.message).join('; ');
+    return `invalid name ${JSON.stringify(String(key))}${why ? `: ${why}` : ''}`;
+  }
+  return i.message;
 }
 
 /** Parse `input` or throw one InvalidInputError that lists every problem. */

@@ -1,0 +1,64 @@
+/**
+ * `.airlock.yaml`: what a project declares in its own repository — its build environment and its
+ * jobs. Everything in it is attacker-controlled (it comes with the patch). It is parsed here, checked
+ * against SRE policy by shared/repo-config/, and compiled into JobSpecs; the runner never reads it.
+ * The JSON Schema for editors is generated from this file into schemas/airlock-yaml.schema.json
+ * (`npm run schemas`; a test keeps it in step).
+ */
+import { z } from 'zod';
+import { ArtifactGlob, ImageRef } from './job-spec.js';
+import { Duration, LimitsRequest } from './limits.js';
+
+/** A path inside the repository: relative, no `..`, no NUL. */
+export const RepoPath = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((p) => !p.includes('\0') && !p.startsWith('/') && !p.split('/').includes('..'), 'must be a relative path inside the repository, without ..');
+
+export const JobName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'job names are 1-63 characters of a-z 0-9 _ - starting with a letter or digit');
+
+export const PIPELINES = ['check', 'gate'] as const;
+
+/** The build environment: a Dockerfile in the repo, or a base image from the policy's allowlist. */
+export const Environment = z.union([
+  z.object({ dockerfile: RepoPath, context: RepoPath.optional() }).strict(),
+  z.object({ image: ImageRef }).strict(),
+]);
+
+export const JobDefinition = z
+  .object({
+    /** A list is run as is; a string is run by `sh -c`. */
+    command: z.union([z.string().min(1).max(64 * 1024), z.array(z.string().max(64 * 1024)).min(1).max(1024)]),
+    /** Resource requests; each must fit within policy (a repo may tighten, never loosen). */
+    resources: LimitsRequest.omit({ timeout: true }).default({}),
+    timeout: Duration.optional(),
+    artifacts: z.array(ArtifactGlob).max(64).default([]),
+    needs: z.array(JobName).max(64).default([]),
+    pipelines: z.array(z.enum(PIPELINES)).min(1).default(['check', 'gate']),
+    env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'not an environment variable name'), z.string().max(32 * 1024)).default({}),
+    /** A non-voting job reports but never blocks or resets the gate. */
+    voting: z.boolean().default(true),
+  })
+  .strict();
+export type JobDefinition = z.infer<typeof JobDefinition>;
+
+export const AirlockYaml = z
+  .object({
+    version: z.literal(1),
+    environment: Environment,
+    jobs: z.record(JobName, JobDefinition).refine((j) => Object.keys(j).length >= 1, 'at least one job').refine((j) => Object.keys(j).length <= 256, 'at most 256 jobs'),
+    /** Reserved for the trusted builder, which reads it from its own clone: never acted on here. */
+    publish: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict();
+export type AirlockYaml = z.infer<typeof AirlockYaml>;
+
+/** The JSON Schema of the file as written (input side of the transforms), for editors. */
+export function airlockYamlJsonSchema(): Record<string, unknown> {
+  return {
+    ...z.toJSONSchema(AirlockYaml, { io: 'input' }),
+    title: '.airlock.yaml',
+    description: 'A project’s build environment and jobs for airlock. Generated from shared/schemas/airlock-yaml.ts: do not edit.',
+  };
+}

@@ -1,0 +1,111 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { loadJobPolicy } from '../../../shared/policy/job-policy.js';
+import { parseAirlockYaml } from '../../../shared/repo-config/airlock-yaml.js';
+import { airlockYamlJsonSchema } from '../../../shared/schemas/airlock-yaml.js';
+import { render, SCHEMA_FILES } from '../../../scripts/gen-schemas.js';
+
+const policy = loadJobPolicy();
+const parse = (text: string) => parseAirlockYaml(text, policy);
+
+const GOOD = `
+version: 1
+environment:
+  dockerfile: ci/Dockerfile
+jobs:
+  build:
+    command: make
+    resources: { memory: 512m, cpus: 0.5 }
+    timeout: 5m
+    artifacts: ["dist/**"]
+  test:
+    command: [make, test]
+    needs: [build]
+    pipelines: [check]
+  lint:
+    command: make lint
+    voting: false
+publish:
+  image: team/app
+`;
+
+describe('.airlock.yaml', () => {
+  it('parses a good file, with defaults filled in and sizes in bytes', () => {
+    const r = parse(GOOD);
+    expect(r.issues).toEqual([]);
+    expect(r.value?.environment).toEqual({ dockerfile: 'ci/Dockerfile' });
+    expect(r.value?.jobs.build?.resources).toEqual({ memory: 512 * 1024 ** 2, cpus: 0.5 });
+    expect(r.value?.jobs.build?.timeout).toBe(300_000);
+    expect(r.value?.jobs.test?.pipelines).toEqual(['check']);
+    expect(r.value?.jobs.lint?.pipelines).toEqual(['check', 'gate']);
+    expect(r.value?.jobs.lint?.voting).toBe(false);
+  });
+
+  it('lists every problem at once, each named by file and path', () => {
+    const r = parse(`
+version: 1
+environment: { image: "Not An Image!" }
+jobs:
+  Bad-Name: { command: x }
+  test:
+    command: []
+    resources: { memory: lots, gpus: 1 }
+    timeout: forever
+    pipelines: [deploy]
+`);
+    expect(r.value).toBeUndefined();
+    const got = r.issues.map((i) => i.path);
+    expect(got).toEqual(expect.arrayContaining(['environment.image', 'jobs.Bad-Name', 'jobs.test.command', 'jobs.test.resources.memory', 'jobs.test.resources', 'jobs.test.timeout', 'jobs.test.pipelines[0]']));
+    expect(r.issues.every((i) => i.file === '.airlock.yaml' && i.severity === 'error' && i.message.length > 0)).toBe(true);
+    expect(r.issues.find((i) => i.path === 'jobs.Bad-Name')?.message).toMatch(/^invalid name "Bad-Name": job names are 1-63 characters/);
+  });
+
+  it('refuses requests beyond policy, naming the field as the repo wrote it', () => {
+    const r = parse('version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n  t: { command: x, resources: { memory: 64g, pids: 100000 }, timeout: 48h }\n');
+    expect(r.value).toBeUndefined();
+    expect(r.issues.map((i) => i.path).sort()).toEqual(['jobs.t.resources.memory', 'jobs.t.resources.pids', 'jobs.t.timeout']);
+    expect(r.issues.find((i) => i.path === 'jobs.t.resources.memory')?.message).toBe('asks for 64 GiB, policy allows at most 1 GiB');
+  });
+
+  it.each([
+    ['a need that is not a job', 'a: { command: x, needs: [nope] }', ['jobs.a.needs[0]']],
+    ['a job that needs itself', 'a: { command: x, needs: [a] }', ['jobs.a.needs[0]']],
+    ['a cycle', 'a: { command: x, needs: [b] }\n  b: { command: x, needs: [c] }\n  c: { command: x, needs: [a] }', ['jobs.c.needs']],
+  ])('refuses %s', (_name, jobs, want) => {
+    const r = parse(`version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n  ${jobs}\n`);
+    expect(r.value).toBeUndefined();
+    expect(r.issues.map((i) => i.path)).toEqual(want);
+  });
+
+  it('names the cycle it found', () => {
+    const r = parse('version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n  a: { command: x, needs: [b] }\n  b: { command: x, needs: [a] }\n');
+    expect(r.issues[0]?.message).toBe('needs form a cycle: a → b → a');
+  });
+
+  it.each([
+    ['a Dockerfile outside the repo', 'environment: { dockerfile: ../../etc/Dockerfile }'],
+    ['an absolute Dockerfile path', 'environment: { dockerfile: /etc/Dockerfile }'],
+    ['an artifact glob that climbs', 'environment: { image: airlock/base:busybox }\njobs: { a: { command: x, artifacts: ["../x"] } }'],
+  ])('refuses %s', (_name, body) => {
+    const text = body.includes('jobs:') ? `version: 1\n${body}\n` : `version: 1\n${body}\njobs: { a: { command: x } }\n`;
+    expect(parse(text).value).toBeUndefined();
+  });
+
+  it('rejects hostile YAML with an issue, never a crash: alias bombs, deep nesting, unknown tags, huge files', () => {
+    const bomb = ['a: &a ["x","x","x","x","x","x","x","x","x"]', ...Array.from({ length: 8 }, (_, i) => `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)}]`)].join('\n');
+    for (const text of [bomb, `${'['.repeat(200)}${']'.repeat(200)}`, 'version: !!js/function "x"', `x: "${'a'.repeat(2 * 1024 * 1024)}"`, '', 'just a string', '- a list']) {
+      const r = parse(text);
+      expect(r.value).toBeUndefined();
+      expect(r.issues.length).toBeGreaterThan(0);
+    }
+  });
+
+  it('keeps the committed JSON Schema in step with the zod schema', () => {
+    for (const [file, make] of Object.entries(SCHEMA_FILES)) {
+      expect(readFileSync(new URL(`../../../${file}`, import.meta.url), 'utf8')).toBe(render(make));
+    }
+    const schema = airlockYamlJsonSchema() as { required?: string[]; additionalProperties?: boolean };
+    expect(schema.required).toEqual(['version', 'environment', 'jobs']);
+    expect(schema.additionalProperties).toBe(false);
+  });
+});

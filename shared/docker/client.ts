@@ -17,3 +17,8 @@ export function createDocker(dockerHost: string | undefined = process.env.DOCKER
   }
   return new Docker({ socketPath });
 }
+
+/** The engine answered 404 (no such container, volume or image): for idempotent removals and lookups. */
+export function isNotFound(e: unknown): boolean {
+  return (e as { statusCode?: number } | null)?.statusCode === 404;
+}

@@ -37,6 +37,7 @@ import { reap, type ReapReport } from './reaper.js';
 import { describeOutcome, type JobResult } from './result.js';
 import { packDirectory, repackTar } from './tar-pack.js';
 import { WorkspaceManager, type Workspace } from './workspace.js';
+import { isNotFound } from '../docker/client.js';
 
 export interface JobRunnerOptions {
   docker: Docker;
@@ -334,7 +335,7 @@ export class JobRunner {
         try {
           archive = (await container.getArchive({ path: base ? `${WORKSPACE_PATH}/${base}` : WORKSPACE_PATH })) as unknown as Readable;
         } catch (e) {
-          if ((e as { statusCode?: number }).statusCode === 404) continue; // nothing there: no artifacts from this glob
+          if (isNotFound(e)) continue; // nothing there: no artifacts from this glob
           throw e;
         }
         const files = await extractArtifacts(archive, staging, {
@@ -364,7 +365,7 @@ export class JobRunner {
       const info = await this.opts.docker.getImage(image).inspect();
       return { id: info.Id, volumes: Object.keys(info.Config?.Volumes ?? {}) };
     } catch (e) {
-      if ((e as { statusCode?: number }).statusCode === 404) throw new ImageNotFoundError(image);
+      if (isNotFound(e)) throw new ImageNotFoundError(image);
       throw wrapEngineError(e, `image ${image}`);
     }
   }
@@ -384,7 +385,7 @@ export class JobRunner {
         // v: true also removes anonymous volumes; the workspace is a named volume and survives it.
         await container.remove({ force: true, v: true });
       } catch (e) {
-        if ((e as { statusCode?: number }).statusCode !== 404) throw e;
+        if (!isNotFound(e)) throw e;
       }
     }
     if (ws) await this.workspaces.release(ws);

@@ -15,6 +15,7 @@ import type { Logger } from '../logging.js';
 import { LABEL_CREATED, LABEL_LOOP, LABEL_OWNER } from './labels.js';
 import { ownerFromToken, ownerState, ownerToken } from './owner.js';
 import { detachLoop, removeVolumeQuietly, WORKSPACE_VOLUME_PREFIX } from './workspace.js';
+import { isNotFound } from '../docker/client.js';
 
 export interface ReapReport {
   containers: string[];
@@ -51,7 +52,7 @@ export async function reap(opts: ReaperOptions): Promise<ReapReport> {
       await opts.docker.getContainer(c.Id).remove({ force: true, v: true });
       report.containers.push(c.Id);
     } catch (e) {
-      if ((e as { statusCode?: number }).statusCode !== 404) opts.logger?.warn({ err: e, container: c.Id }, 'reaper: cannot remove container');
+      if (!isNotFound(e)) opts.logger?.warn({ err: e, container: c.Id }, 'reaper: cannot remove container');
     }
   }
 

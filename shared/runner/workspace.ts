@@ -22,6 +22,7 @@ import { run } from './exec.js';
 import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from './labels.js';
 import { ownerToken } from './owner.js';
 import { ToolShell } from './tool-shell.js';
+import { isNotFound } from '../docker/client.js';
 
 export interface Workspace {
   volume: string;
@@ -193,7 +194,7 @@ export async function removeVolumeQuietly(docker: Docker, name: string): Promise
   try {
     await docker.getVolume(name).remove({ force: true });
   } catch (e) {
-    if ((e as { statusCode?: number }).statusCode !== 404) throw e;
+    if (!isNotFound(e)) throw e;
   }
 }
 

@@ -116,6 +116,57 @@ export class CancelledError extends AirlockError {
   override readonly httpStatus = 409;
 }
 
+/** The thing asked for (a build, a change, a stored object) does not exist. */
+export class NotFoundError extends AirlockError {
+  readonly code = 'AIRLOCK_E_NOT_FOUND';
+  override readonly httpStatus = 404;
+}
+
+/** The request carries no valid credential or signature (a webhook's shared secret, a hint's HMAC). */
+export class UnauthorizedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_UNAUTHORIZED';
+  override readonly httpStatus = 401;
+}
+
+/** The request is well-formed but contradicts what is stored (e.g. a patchset older than the newest). */
+export class ConflictError extends AirlockError {
+  readonly code = 'AIRLOCK_E_CONFLICT';
+  override readonly httpStatus = 409;
+}
+
+/** Too many requests from one client in the window (webhooks, API): try again later. */
+export class RateLimitedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_RATE_LIMITED';
+  override readonly httpStatus = 429;
+  override readonly retryable = true;
+}
+
+/** The request body is larger than the endpoint accepts. */
+export class PayloadTooLargeError extends AirlockError {
+  readonly code = 'AIRLOCK_E_PAYLOAD_TOO_LARGE';
+  override readonly httpStatus = 413;
+}
+
+/** Log or artifact storage (filesystem, S3) failed: not the job's fault; may be retried. */
+export class StorageFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_STORAGE_FAILED';
+  override readonly httpStatus = 502;
+  override readonly retryable = true;
+}
+
+/** A git operation airlock ran (fetch, clone, merge machinery) failed for a reason other than a merge conflict. */
+export class GitFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_GIT_FAILED';
+  override readonly httpStatus = 502;
+  override readonly retryable = true;
+}
+
+/** The project's build environment (its Dockerfile) could not be built: the project's fault, reported as a result. */
+export class EnvironmentBuildFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED';
+  override readonly httpStatus = 422;
+}
+
 /** Every concrete error class, for the catalogue test and for docs. */
 export const ERROR_CLASSES = {
   InvalidInputError,
@@ -128,6 +179,14 @@ export const ERROR_CLASSES = {
   ArtifactRejectedError,
   ArtifactTooLargeError,
   CancelledError,
+  NotFoundError,
+  UnauthorizedError,
+  ConflictError,
+  RateLimitedError,
+  PayloadTooLargeError,
+  StorageFailedError,
+  GitFailedError,
+  EnvironmentBuildFailedError,
 } as const;
 
 export function isAirlockError(e: unknown): e is AirlockError {

@@ -21,6 +21,14 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   ArtifactRejectedError: () => new ERROR_CLASSES.ArtifactRejectedError('symlink outside the root'),
   ArtifactTooLargeError: () => new ERROR_CLASSES.ArtifactTooLargeError('artifacts exceed the cap'),
   CancelledError: () => new ERROR_CLASSES.CancelledError('cancelled'),
+  NotFoundError: () => new ERROR_CLASSES.NotFoundError('no build 42'),
+  UnauthorizedError: () => new ERROR_CLASSES.UnauthorizedError('bad webhook signature'),
+  ConflictError: () => new ERROR_CLASSES.ConflictError('patchset 1 is older than patchset 2'),
+  RateLimitedError: () => new ERROR_CLASSES.RateLimitedError('too many requests'),
+  PayloadTooLargeError: () => new ERROR_CLASSES.PayloadTooLargeError('body larger than 1 MiB'),
+  StorageFailedError: () => new ERROR_CLASSES.StorageFailedError('S3 PutObject failed'),
+  GitFailedError: () => new ERROR_CLASSES.GitFailedError('git fetch failed'),
+  EnvironmentBuildFailedError: () => new ERROR_CLASSES.EnvironmentBuildFailedError('RUN make failed'),
 };
 
 const NAMES = Object.keys(ERROR_CLASSES) as (keyof Catalogue)[];

@@ -76,10 +76,10 @@ describe('error catalogue', () => {
     expect(JSON.parse(JSON.stringify(wire))).toEqual(wire);
   });
 
-  it('only infrastructure failures are retryable, and they are 5xx', () => {
+  it('only infrastructure failures (5xx) and rate limiting (429) are retryable', () => {
     const retryable = instances.filter(([, e]) => e.retryable).map(([n]) => n);
-    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError']);
-    for (const [, e] of instances) if (e.retryable) expect(e.httpStatus).toBeGreaterThanOrEqual(500);
+    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'StorageFailedError']);
+    for (const [, e] of instances) if (e.retryable) expect(e.httpStatus === 429 || e.httpStatus >= 500).toBe(true);
   });
 
   it('errors built from issues list every issue with file and path', () => {

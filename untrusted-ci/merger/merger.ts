@@ -1,0 +1,273 @@
+/**
+ * The merger builds the speculative git state a build tests: the branch tip with a list of
+ * changes merged on top, in order (the gate tests C on top of B on top of A on top of the tip;
+ * a check tests one change, or its dependencies and then it). It never checks anything out.
+ *
+ * Lifecycle: prepare → (readFile | treeId | exportTar | archiveTree on the result) → release.
+ * `prepare` records its commit under `refs/airlock/builds/<buildId>`, so it survives `gc()` until
+ * `release(buildId)`. A prepared state is frozen: re-preparing the same build id replaces it.
+ *
+ * Concurrency: one Merger per `root` (per process). Calls for different projects run in
+ * parallel; for one project, fetches and ref updates are serialised by a per-mirror lock, while
+ * merges and reads run concurrently (they only add or read objects).
+ *
+ * Failures: a bad request throws InvalidInputError (listing every problem); a conflict or a
+ * missing branch/ref/commit is a result, not an error; git or network trouble throws
+ * GitFailedError (retryable); an aborted signal throws CancelledError.
+ */
+import { existsSync } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { CancelledError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
+import { isSha, refNameProblem, remoteUrlProblem } from '../../shared/git/git.js';
+import type { Logger } from '../../shared/logging.js';
+import { KeyedLock, Mirror, type Want } from './mirror.js';
+import { conflictCulprit, mergeOnto, type StackItem, type StepMode } from './speculate.js';
+import { archive, readBlob, repoPathProblem, treeAt } from './tree-reader.js';
+
+/** Where a project's code comes from; `url` is anything `remoteUrlProblem` accepts. */
+export interface Project {
+  name: string;
+  url: string;
+}
+
+/** One change to apply: a full remote ref (`refs/changes/45/12345/3`, `refs/heads/feature`) or a 40-hex commit id. */
+export interface ChangeToMerge {
+  ref: string;
+  /** How results name the change, e.g. "12345,3". Also used in the merge commit's message. */
+  label: string;
+}
+
+/** The speculative state to build. `branch` is `master` or `refs/heads/master`. */
+export interface PrepareRequest {
+  project: Project;
+  branch: string;
+  /** Applied in order; may be empty (the state is then the branch tip). */
+  changes: readonly ChangeToMerge[];
+  /** Names the kept ref: letters, digits, `.`, `_`, `-`, at most 128. */
+  buildId: string;
+  signal?: AbortSignal;
+}
+
+/** How one change was applied: `result` is the state after it (a merge commit, the change itself, or unchanged). */
+export interface MergeStep {
+  label: string;
+  commit: string;
+  result: string;
+  mode: StepMode;
+}
+
+/**
+ * - `merged`: `commit` is the final state (kept under refs/airlock/builds/<buildId>).
+ * - `conflict`: change `label` does not merge. `message` is `merge conflict with branch <branch>`
+ *   when it conflicts with the branch tip alone, else `merge conflict with change <label ahead>`
+ *   naming the first change ahead whose inclusion makes it conflict; `files` are the conflicted
+ *   paths of the failed merge. A change sharing no history with the branch is also a conflict,
+ *   with message `change <label> has no history in common with branch <branch>` and no files.
+ * - `missing`: the branch (no `label`) or a change's ref or commit (`label` set) does not exist:
+ *   `branch master not found`, `ref refs/changes/… not found`, `commit <sha> not found`.
+ */
+export type PrepareResult =
+  | { kind: 'merged'; commit: string; branchTip: string; steps: MergeStep[] }
+  | { kind: 'conflict'; label: string; message: string; files: string[] }
+  | { kind: 'missing'; label?: string; message: string };
+
+/** Construction options; `root` holds `mirrors/` (created on first use). */
+export interface MergerOptions {
+  root: string;
+  logger?: Logger;
+  /** Deadline of one ls-remote or fetch. Default 5 min. */
+  fetchTimeoutMs?: number;
+  /** Check fetched objects with fsck (rejects e.g. tree entries named `..` or `.git`). Default true. */
+  fsckObjects?: boolean;
+}
+
+/** Where a prepared build's commit is kept. */
+export const BUILD_REF_PREFIX = 'refs/airlock/builds/';
+const LABEL_MAX = 200;
+
+/** See the module comment. */
+export class Merger {
+  private readonly root: string;
+  private readonly lock = new KeyedLock();
+  private readonly ready = new Set<string>();
+  private readonly builds = new Map<string, Mirror>();
+
+  constructor(private readonly opts: MergerOptions) {
+    this.root = resolve(opts.root);
+  }
+
+  /** Fetches the branch and changes and merges them in order; see PrepareResult. */
+  async prepare(req: PrepareRequest): Promise<PrepareResult> {
+    const { signal } = req;
+    const branch = validatePrepare(req);
+    const mirror = await this.mirror(req.project.name);
+    const log = this.opts.logger?.child({ project: req.project.name, buildId: req.buildId });
+    const wants: Want[] = [{ ref: `refs/heads/${branch}` }, ...req.changes.map((c) => (isSha(c.ref) ? { sha: c.ref } : { ref: c.ref }))];
+    const started = Date.now();
+    const resolved = await this.lock.run(mirror.dir, () => {
+      signal?.throwIfAborted();
+      return mirror.fetch(req.project.url, wants, { signal, timeoutMs: this.opts.fetchTimeoutMs ?? 300_000, fsck: this.opts.fsckObjects ?? true });
+    }).catch(rethrowAbort(signal));
+    log?.debug({ ms: Date.now() - started }, 'fetched');
+
+    const [tip, ...changes] = resolved;
+    if (!tip || 'missing' in tip) return { kind: 'missing', message: `branch ${branch} not found` };
+    const stack: StackItem[] = [];
+    for (const [i, r] of changes.entries()) {
+      const label = req.changes[i]?.label ?? '';
+      if ('missing' in r) return { kind: 'missing', label, message: r.missing };
+      stack.push({ label, commit: r.sha });
+    }
+
+    const states = [tip.sha];
+    const steps: MergeStep[] = [];
+    for (const [i, item] of stack.entries()) {
+      const base = states[states.length - 1] ?? tip.sha;
+      const outcome = await mergeOnto(mirror, base, item.commit, `Merge ${item.label} into ${branch}`, signal);
+      if (outcome.kind === 'unrelated') {
+        return { kind: 'conflict', label: item.label, message: `change ${item.label} has no history in common with branch ${branch}`, files: [] };
+      }
+      if (outcome.kind === 'conflict') {
+        const culprit = await conflictCulprit(mirror, states, stack.slice(0, i), item, signal);
+        const message = culprit.kind === 'branch' ? `merge conflict with branch ${branch}` : `merge conflict with change ${culprit.label}`;
+        log?.info({ label: item.label, files: outcome.files }, message);
+        return { kind: 'conflict', label: item.label, message, files: outcome.files };
+      }
+      states.push(outcome.result);
+      steps.push({ label: item.label, commit: item.commit, result: outcome.result, mode: outcome.mode });
+    }
+    const commit = states[states.length - 1] ?? tip.sha;
+    await this.lock.run(mirror.dir, () => mirror.git(['update-ref', `${BUILD_REF_PREFIX}${req.buildId}`, commit], { signal }));
+    this.builds.set(req.buildId, mirror);
+    log?.debug({ ms: Date.now() - started, commit }, 'prepared');
+    return { kind: 'merged', commit, branchTip: tip.sha, steps };
+  }
+
+  /** Writes `git archive --format=tar <commit>` to `file` (removed again on failure). */
+  async exportTar(project: Pick<Project, 'name'>, commit: string, file: string, signal?: AbortSignal): Promise<void> {
+    const mirror = this.existing(project.name, commit);
+    try {
+      await pipeline(archive(mirror, commit, '', { signal, timeoutMs: 600_000 }), createWriteStream(file));
+    } catch (e) {
+      await rm(file, { force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * The bytes of the regular file `path` at `commit`, or undefined if there is none.
+   * InvalidInputError for a symlink, submodule, directory or a file over `maxBytes`.
+   */
+  async readFile(project: Pick<Project, 'name'>, commit: string, path: string, maxBytes: number, signal?: AbortSignal): Promise<Buffer | undefined> {
+    const mirror = this.existing(project.name, commit, path);
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw invalid('maxBytes', 'must be a non-negative integer');
+    return readBlob(mirror, commit, path, maxBytes, signal);
+  }
+
+  /**
+   * The git tree id of directory `path` at `commit` ('' or '.' = the root), or undefined if absent:
+   * a content hash of the directory (equal trees, equal ids). InvalidInputError if `path` is a file.
+   */
+  async treeId(project: Pick<Project, 'name'>, commit: string, path: string, signal?: AbortSignal): Promise<string | undefined> {
+    return treeAt(this.existing(project.name, commit, path, true), commit, path, signal);
+  }
+
+  /** A tar stream of directory `path` at `commit`, entries relative to it ('' = whole tree). Errors arrive on the stream. */
+  archiveTree(project: Pick<Project, 'name'>, commit: string, path: string, signal?: AbortSignal): Readable {
+    return archive(this.existing(project.name, commit, path, true), commit, path, { signal, timeoutMs: 600_000 });
+  }
+
+  /** Drops the build's ref so gc may reclaim its commits. Idempotent; looks in every mirror when the project is not given or known. */
+  async release(buildId: string, project?: Pick<Project, 'name'>): Promise<void> {
+    if (buildIdProblem(buildId)) throw invalid('buildId', buildIdProblem(buildId) ?? '');
+    const known = project ? Mirror.of(this.root, project.name) : this.builds.get(buildId);
+    const mirrors = known ? [known] : await this.allMirrors();
+    for (const m of mirrors) {
+      if (!existsSync(m.dir)) continue;
+      await this.lock.run(m.dir, () => m.git(['update-ref', '-d', `${BUILD_REF_PREFIX}${buildId}`]));
+    }
+    this.builds.delete(buildId);
+  }
+
+  /** `git gc --auto` in every mirror, each under its lock (objects unreachable from refs expire after git's prune window). */
+  async gc(): Promise<void> {
+    for (const m of await this.allMirrors()) {
+      await this.lock.run(m.dir, () => m.git(['gc', '--auto', '--quiet'], { timeoutMs: 3_600_000 }));
+    }
+  }
+
+  private async mirror(name: string): Promise<Mirror> {
+    const m = Mirror.of(this.root, name);
+    if (!this.ready.has(m.dir)) {
+      await this.lock.run(m.dir, () => m.init());
+      this.ready.add(m.dir);
+    }
+    return m;
+  }
+
+  /** The mirror of a project prepared before, after validating a read's arguments. */
+  private existing(name: string, commit: string, path?: string, allowRoot = false): Mirror {
+    const issues: Issue[] = [];
+    if (!isSha(commit)) issues.push(issueAt('commit', `${JSON.stringify(commit)} is not a full commit id`));
+    const p = path === undefined ? undefined : repoPathProblem(path, allowRoot);
+    if (p) issues.push(issueAt('path', `${JSON.stringify(path)} ${p}`));
+    if (issues.length > 0) throw new InvalidInputError(issues);
+    const m = Mirror.of(this.root, name);
+    if (!existsSync(m.dir)) throw new NotFoundError(`no mirror of project ${JSON.stringify(name)}: prepare it first`);
+    return m;
+  }
+
+  private async allMirrors(): Promise<Mirror[]> {
+    const dir = join(this.root, 'mirrors');
+    const names = existsSync(dir) ? await readdir(dir) : [];
+    return names.filter((n) => n.endsWith('.git')).map((n) => new Mirror(join(dir, n), n));
+  }
+}
+
+function issueAt(path: string, message: string): Issue {
+  return { file: 'merger', path, message, severity: 'error' };
+}
+
+function invalid(path: string, message: string): InvalidInputError {
+  return new InvalidInputError([issueAt(path, message)]);
+}
+
+function buildIdProblem(id: string): string | undefined {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id)) return 'must be 1-128 letters, digits, ".", "_" or "-", starting with a letter or digit';
+  return refNameProblem(`${BUILD_REF_PREFIX}${id}`);
+}
+
+function textProblem(s: string, max: number): string | undefined {
+  // eslint-disable-next-line no-control-regex
+  return s.length === 0 || s.length > max ? `must be 1 to ${max} characters` : /[\x00-\x1f\x7f]/.test(s) ? 'contains a control character' : undefined;
+}
+
+/** Checks a whole request, throwing one InvalidInputError with every problem; returns the short branch name. */
+function validatePrepare(req: PrepareRequest): string {
+  const issues: Issue[] = [];
+  const check = (path: string, problem: string | undefined): void => void (problem && issues.push(issueAt(path, problem)));
+  check('project.name', textProblem(req.project.name, 200));
+  check('project.url', remoteUrlProblem(req.project.url));
+  const branch = req.branch.replace(/^refs\/heads\//, '');
+  check('branch', branch.startsWith('-') ? 'starts with "-"' : refNameProblem(`refs/heads/${branch}`));
+  req.changes.forEach((c, i) => {
+    const refProblem = isSha(c.ref) ? undefined : !c.ref.startsWith('refs/') ? 'must be a full ref name (refs/…) or a full commit id' : refNameProblem(c.ref);
+    check(`changes[${i}].ref`, refProblem && `${JSON.stringify(c.ref)} ${refProblem}`);
+    check(`changes[${i}].label`, textProblem(c.label, LABEL_MAX));
+  });
+  check('buildId', buildIdProblem(req.buildId));
+  if (issues.length > 0) throw new InvalidInputError(issues);
+  return branch;
+}
+
+/** Turns whatever an aborted fetch threw into CancelledError. */
+function rethrowAbort(signal?: AbortSignal): (e: unknown) => never {
+  return (e) => {
+    if (signal?.aborted && !(e instanceof CancelledError)) throw new CancelledError('prepare cancelled', { cause: e });
+    throw e;
+  };
+}

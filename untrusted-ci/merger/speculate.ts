@@ -1,0 +1,67 @@
+/**
+ * Building a speculative state without a worktree: each change is merged onto the result of the
+ * one before with `git merge-tree --write-tree` (git ≥ 2.38; exit 1 means conflicts) and a
+ * `git commit-tree` with both parents. Nothing is checked out and no index is touched, so merges
+ * of one mirror may run concurrently; they only add objects.
+ */
+import type { Mirror } from './mirror.js';
+
+/** How one change landed on the state before it. */
+export type StepMode = 'merge' | 'fast-forward' | 'up-to-date';
+
+/** The outcome of putting one commit on top of another. */
+export type MergeOutcome =
+  | { kind: 'ok'; mode: StepMode; result: string }
+  | { kind: 'conflict'; files: string[] }
+  | { kind: 'unrelated' };
+
+/**
+ * Puts `change` on top of `base`: up to date when `change` is already in `base`, a fast-forward
+ * when `base` is an ancestor of `change`, else a merge commit `message` with parents
+ * `[base, change]`, authored and committed by airlock. Without `message` it is a dry run: a clean
+ * merge is reported with `result: ''` and no commit is written.
+ */
+export async function mergeOnto(mirror: Mirror, base: string, change: string, message: string | undefined, signal?: AbortSignal): Promise<MergeOutcome> {
+  // With `base` an ancestor of `change`, `base` is their only best merge base (and vice versa).
+  const mb = await mirror.git(['merge-base', '--end-of-options', base, change], { signal, allowFail: [1] });
+  if (mb.code === 1) return { kind: 'unrelated' };
+  const mergeBase = mb.stdout.toString('utf8').trim();
+  if (mergeBase === change) return { kind: 'ok', mode: 'up-to-date', result: base };
+  if (mergeBase === base) return { kind: 'ok', mode: 'fast-forward', result: change };
+
+  const mt = await mirror.git(['merge-tree', '--write-tree', '--name-only', '--no-messages', '-z', '--end-of-options', base, change], { signal, allowFail: [1] });
+  // -z output: "<tree>\0" then, on conflict, each conflicted path once per conflicted stage "\0".
+  const [tree, ...paths] = mt.stdout.toString('utf8').split('\0').filter(Boolean);
+  if (mt.code === 1) return { kind: 'conflict', files: [...new Set(paths)].sort() };
+  if (message === undefined) return { kind: 'ok', mode: 'merge', result: '' };
+  const ct = await mirror.git(['commit-tree', '-p', base, '-p', change, '-m', message, tree ?? ''], { signal });
+  return { kind: 'ok', mode: 'merge', result: ct.stdout.toString('utf8').trim() };
+}
+
+/** A change in the order it is applied. */
+export interface StackItem {
+  label: string;
+  commit: string;
+}
+
+/**
+ * Names what `item` conflicts with, once merging it onto `states[states.length - 1]` has failed.
+ * `states[0]` is the branch tip and `states[j + 1]` the state after `ahead[j]`. The culprit is the
+ * branch when `item` conflicts with the bare tip, otherwise the first change ahead whose state it
+ * cannot be merged onto. Costs one extra merge-tree per candidate, only on a conflict.
+ */
+export async function conflictCulprit(
+  mirror: Mirror,
+  states: readonly string[],
+  ahead: readonly StackItem[],
+  item: StackItem,
+  signal?: AbortSignal,
+): Promise<{ kind: 'branch' } | { kind: 'change'; label: string }> {
+  for (let j = 0; j < states.length - 1; j++) {
+    const state = states[j] ?? '';
+    const outcome = await mergeOnto(mirror, state, item.commit, undefined, signal);
+    if (outcome.kind !== 'ok') return j === 0 ? { kind: 'branch' } : { kind: 'change', label: ahead[j - 1]?.label ?? '' };
+  }
+  const last = ahead[ahead.length - 1];
+  return states.length > 1 && last ? { kind: 'change', label: last.label } : { kind: 'branch' };
+}

@@ -167,6 +167,12 @@ export class EnvironmentBuildFailedError extends AirlockError {
   override readonly httpStatus = 422;
 }
 
+/** A bug or an unexpected failure inside airlock; the message names no internals beyond the cause's summary. */
+export class InternalError extends AirlockError {
+  readonly code = 'AIRLOCK_E_INTERNAL';
+  override readonly httpStatus = 500;
+}
+
 /** Every concrete error class, for the catalogue test and for docs. */
 export const ERROR_CLASSES = {
   InvalidInputError,
@@ -187,6 +193,7 @@ export const ERROR_CLASSES = {
   StorageFailedError,
   GitFailedError,
   EnvironmentBuildFailedError,
+  InternalError,
 } as const;
 
 export function isAirlockError(e: unknown): e is AirlockError {

@@ -29,6 +29,7 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   StorageFailedError: () => new ERROR_CLASSES.StorageFailedError('S3 PutObject failed'),
   GitFailedError: () => new ERROR_CLASSES.GitFailedError('git fetch failed'),
   EnvironmentBuildFailedError: () => new ERROR_CLASSES.EnvironmentBuildFailedError('RUN make failed'),
+  InternalError: () => new ERROR_CLASSES.InternalError('internal error'),
 };
 
 const NAMES = Object.keys(ERROR_CLASSES) as (keyof Catalogue)[];

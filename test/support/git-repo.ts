@@ -92,7 +92,8 @@ export function createRepo(files: Record<string, FileContent> = { 'README.md': '
       else run(['read-tree', '--empty'], undefined, env);
       for (const [path, content] of Object.entries(changes)) {
         if (content === null) {
-          run(['update-index', '--force-remove', '--', path], undefined, env);
+          // Mode 0 in --index-info removes the entry; --force-remove would want a work tree.
+          run(['update-index', '--index-info'], `0 ${'0'.repeat(40)}\t${path}\n`, env);
           continue;
         }
         if (typeof content === 'object' && 'submodule' in content) {

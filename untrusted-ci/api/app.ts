@@ -1,0 +1,109 @@
+/**
+ * The CI's HTTP API (fastify + the zod type provider). Everything that arrives here is
+ * attacker-controlled: routes declare zod schemas, bodies are size-limited, the webhook is
+ * rate-limited and verified over its raw bytes, and every error leaves as `{code, message,
+ * statusCode}` with a 4xx for the caller's mistakes — never a stack, never a 500 for bad input.
+ *
+ * Routes: see the OpenAPI document at GET /openapi.json.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import { InternalError, InvalidInputError, isAirlockError, PayloadTooLargeError, RateLimitedError, UnauthorizedError, type AirlockError, type WireError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/logging.js';
+import type { ArtifactStore } from '../../shared/storage/artifact-store.js';
+import type { CiConfig } from '../config.js';
+import type { BuildEvents } from '../logs/build-events.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+import type { BuildStore } from '../store/build-store.js';
+import type { CiMetrics } from './metrics.js';
+import { registerBuildRoutes } from './routes/builds.js';
+import { registerChangeRoutes } from './routes/changes.js';
+import { registerGerritHook } from './routes/gerrit-hook.js';
+
+export interface ApiDeps {
+  config: Readonly<CiConfig>;
+  store: BuildStore;
+  scheduler: Scheduler;
+  events: BuildEvents;
+  artifacts: ArtifactStore;
+  metrics: CiMetrics;
+  logger: Logger;
+  gerritSecret?: Buffer;
+  apiToken?: string;
+}
+
+export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
+export type RequireToken = (authorization: string | undefined) => void;
+
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    // Per-request lines only at warn and above: a public endpoint's traffic is not our log.
+    loggerInstance: deps.logger.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
+    bodyLimit: deps.config.api.bodyLimit,
+    // Bound what a slow or hostile client can hold open.
+    requestTimeout: 30_000,
+    connectionTimeout: 60_000,
+    routerOptions: { maxParamLength: 500 },
+  });
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  app.setErrorHandler((err, req, reply) => {
+    const wire = toWire(err);
+    if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
+    void reply.status(wire.statusCode).send(wire);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'airlock untrusted CI', version: '1', description: 'Changes, builds, queue, live logs and the Gerrit webhook of the public CI.' },
+    },
+    transform: jsonSchemaTransform,
+  });
+  await app.register(rateLimit, {
+    global: false,
+    errorResponseBuilder: (_req, ctx) => new RateLimitedError(`rate limit of ${ctx.max} requests per ${ctx.after} exceeded`),
+  });
+
+  const z = app.withTypeProvider<ZodTypeProvider>();
+  const requireToken: RequireToken = (authorization: string | undefined): void => {
+    if (!deps.apiToken) return;
+    const given = Buffer.from(/^Bearer (.+)$/.exec(authorization ?? '')?.[1] ?? '', 'utf8');
+    const want = Buffer.from(deps.apiToken, 'utf8');
+    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError('this endpoint needs the API token: Authorization: Bearer <token>');
+  };
+  registerChangeRoutes(z, deps, requireToken);
+  registerBuildRoutes(z, deps, requireToken);
+  await app.register(async (hooks) => registerGerritHook(hooks, deps));
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    void reply.type(deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}
+
+/** Any error → the wire shape: airlock errors keep their code; fastify's own 4xx get the nearest airlock code. */
+export function toWire(err: unknown): WireError {
+  if (isAirlockError(err)) return (err as AirlockError).toWire();
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const where = (err as { validationContext?: string }).validationContext ?? 'request';
+    return new InvalidInputError(
+      err.validation.map((v) => ({ file: where, path: v.instancePath.replace(/^\//, '').replace(/\//g, '.'), message: v.message ?? 'invalid', severity: 'error' as const })),
+    ).toWire();
+  }
+  const f = err as Partial<FastifyError>;
+  const status = typeof f.statusCode === 'number' ? f.statusCode : 500;
+  if (status === 413) return new PayloadTooLargeError('request body too large').toWire();
+  if (status === 429) return new RateLimitedError(f.message ?? 'rate limited').toWire();
+  if (status >= 400 && status < 500) return { ...new InvalidInputError([{ file: 'request', path: '', message: f.message ?? 'bad request', severity: 'error' }]).toWire(), statusCode: status };
+  return new InternalError('internal error; the service log has the details').toWire();
+}

@@ -1,0 +1,114 @@
+/**
+ * Builds, the queue, logs and the live stream.
+ *
+ * `GET /api/builds/:id/events` is server-sent events: every event of the build from its start
+ * (backfill), then live ones, then `event: end`. Each SSE `data:` is one BuildEvent as JSON.
+ */
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { NotFoundError } from '../../../shared/errors.js';
+import { JobName } from '../../../shared/schemas/airlock-yaml.js';
+import { BuildState, BuildView, QueueView, type BuildEvent } from '../../../shared/schemas/api/builds.js';
+import { logKey } from '../../../shared/storage/keys.js';
+import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
+
+const Id = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const HEARTBEAT_MS = 15_000;
+
+export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: RequireToken): void {
+  app.get(
+    '/api/builds',
+    {
+      schema: {
+        description: 'Builds, newest first',
+        querystring: z
+          .object({ project: z.string().max(200).optional(), state: BuildState.optional(), limit: z.coerce.number().int().min(1).max(500).default(50), before: Id.optional() })
+          .strict(),
+        response: { 200: z.object({ builds: z.array(BuildView) }) },
+      },
+    },
+    async (req) => ({
+      builds: deps.store.builds({
+        limit: req.query.limit,
+        ...(req.query.project ? { project: req.query.project } : {}),
+        ...(req.query.state ? { state: req.query.state } : {}),
+        ...(req.query.before ? { before: req.query.before } : {}),
+      }),
+    }),
+  );
+
+  app.get('/api/builds/:id', { schema: { description: 'One build with its jobs', params: z.object({ id: Id }), response: { 200: BuildView } } }, async (req) =>
+    deps.store.build(req.params.id),
+  );
+
+  app.post('/api/builds/:id/cancel', { schema: { description: 'Cancel a queued or running build', params: z.object({ id: Id }), response: { 202: BuildView } } }, async (req, reply) => {
+    requireToken(req.headers.authorization);
+    deps.store.build(req.params.id); // 404 before anything else
+    deps.scheduler.cancel(req.params.id, 'cancelled', 'cancelled by request');
+    return reply.status(202).send(deps.store.build(req.params.id));
+  });
+
+  app.get('/api/queue', { schema: { description: 'What is queued and running', response: { 200: QueueView } } }, async () => {
+    const queued = deps.store.builds({ state: 'queued', limit: 500 }).reverse();
+    const running = deps.store.builds({ state: 'running', limit: 500 });
+    return {
+      slots: deps.scheduler.slots,
+      busy: deps.scheduler.busy,
+      queued: queued.map((b) => ({ id: b.id, project: b.project, pipeline: b.pipeline, change: b.change.change, patchset: b.change.patchset, enqueuedAt: b.enqueuedAt })),
+      running: running.map((b) => ({ id: b.id, project: b.project, pipeline: b.pipeline, change: b.change.change, patchset: b.change.patchset, startedAt: b.startedAt ?? b.enqueuedAt })),
+    };
+  });
+
+  app.get(
+    '/api/builds/:id/logs/:job',
+    { schema: { description: "One job's whole log, as text", params: z.object({ id: Id, job: JobName.or(z.literal('setup')) }) } },
+    async (req, reply) => {
+      const build = deps.store.build(req.params.id);
+      void reply.type('text/plain; charset=utf-8').header('x-content-type-options', 'nosniff');
+      const local = join(deps.events.buildDir(build.id), 'logs', `${req.params.job}.log`);
+      if (deps.events.isLive(build.id) && (await stat(local).catch(() => undefined))) return reply.send(createReadStream(local));
+      if (!build.jobs.some((j) => j.name === req.params.job)) throw new NotFoundError(`build ${build.id} has no job ${req.params.job}`);
+      return reply.send(await deps.artifacts.get(logKey(String(build.id), req.params.job)));
+    },
+  );
+
+  app.get('/api/builds/:id/events', { schema: { description: 'Server-sent events: the build from its start, then live', params: z.object({ id: Id }) } }, async (req, reply) => {
+    const build = deps.store.build(req.params.id);
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+    const send = (e: BuildEvent): void => {
+      res.write(`event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
+    };
+    let finished = false;
+    let unsubscribe = (): void => {};
+    const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), HEARTBEAT_MS);
+    const end = (): void => {
+      if (finished) return;
+      finished = true;
+      clearInterval(heartbeat);
+      unsubscribe();
+      res.end('event: end\ndata: {}\n\n');
+    };
+    req.raw.on('close', end);
+    // A build that is queued has no stream yet: tell the client its state, then follow when it starts.
+    if (build.state === 'queued') send({ type: 'build', state: 'queued' });
+    const follow = async (): Promise<void> => {
+      const sub = await deps.events.subscribe(build.id, (e) => {
+        send(e);
+        if (e.type === 'build' && e.state === 'finished') end();
+      });
+      unsubscribe = sub.unsubscribe;
+      if (!sub.live) {
+        const now = deps.store.build(build.id);
+        if (now.state === 'finished') {
+          send({ type: 'build', state: 'finished', ...(now.result ? { result: now.result } : {}), ...(now.reason ? { reason: now.reason } : {}) });
+          end();
+        } else if (!finished) setTimeout(() => void follow(), 200); // not started yet, or between attempts
+      }
+    };
+    await follow();
+  });
+}

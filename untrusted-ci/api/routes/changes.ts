@@ -1,0 +1,49 @@
+/**
+ * Submitting changes (`POST /api/changes`, what `airlock submit` calls) and reading them back.
+ * A submission is durable before the 202 answer; the project must be registered in the service
+ * config, the ref must be a full ref name or commit id, and a token is required when configured.
+ */
+import { z } from 'zod';
+import { InvalidInputError, NotFoundError } from '../../../shared/errors.js';
+import { isSha, refNameProblem } from '../../../shared/git/git.js';
+import { BuildView, ChangeView, SubmitAnswer, SubmitChange } from '../../../shared/schemas/api/builds.js';
+import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
+
+const IdParams = z.object({ id: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER) });
+
+export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: RequireToken): void {
+  app.post(
+    '/api/changes',
+    { schema: { description: 'Submit a change for a check (or gate) run', body: SubmitChange, response: { 202: SubmitAnswer } } },
+    async (req, reply) => {
+      requireToken(req.headers.authorization);
+      const c = req.body;
+      const project = deps.config.projects.find((p) => p.name === c.project);
+      if (!project) throw new NotFoundError(`project ${c.project} is not registered with this CI`);
+      const issues = [];
+      if (!isSha(c.ref) && (!c.ref.startsWith('refs/') || refNameProblem(c.ref))) {
+        issues.push({ file: 'body', path: 'ref', message: `must be a full ref name (refs/…) or a 40-hex commit id${refNameProblem(c.ref) ? `: ${refNameProblem(c.ref)}` : ''}`, severity: 'error' as const });
+      }
+      const branchProblem = refNameProblem(`refs/heads/${c.branch}`);
+      if (branchProblem) issues.push({ file: 'body', path: 'branch', message: branchProblem, severity: 'error' as const });
+      else if (project.branches.length > 0 && !project.branches.includes(c.branch)) {
+        issues.push({ file: 'body', path: 'branch', message: `${project.name} is checked on ${project.branches.join(', ')} only`, severity: 'error' as const });
+      }
+      if (issues.length > 0) throw new InvalidInputError(issues);
+      const { build } = deps.scheduler.submit(
+        { project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' },
+        c.pipeline,
+      );
+      return reply.status(202).send({ change: build.change, builds: [build.id] });
+    },
+  );
+
+  app.get(
+    '/api/changes/:id',
+    { schema: { description: 'A change and its builds', params: IdParams, response: { 200: z.object({ change: ChangeView, builds: z.array(BuildView) }) } } },
+    async (req) => {
+      const change = deps.store.changeView(req.params.id);
+      return { change, builds: deps.store.builds({ change: change.id, limit: 100 }) };
+    },
+  );
+}

@@ -1,0 +1,148 @@
+/**
+ * The untrusted CI service's configuration: one YAML file, validated once at startup against a strict
+ * schema (unknown keys are errors, every problem is listed), deep-frozen and handed to constructors.
+ * Nothing reads `process.env` after `loadCiConfig`. Defaults live in the schema, each with its unit.
+ *
+ * Credentials never appear in this file: the webhook secret and the API token are *paths* to files
+ * (mode 0600 by convention), read once here. The service holds no secret that grants anything beyond
+ * itself (ARCHITECTURE principle 1): the webhook secret only authenticates the code-review system to us.
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute, resolve, dirname } from 'node:path';
+import { z } from 'zod';
+import { InvalidInputError, type Issue } from '../shared/errors.js';
+import { zodIssues } from '../shared/schemas/issues.js';
+import { Size } from '../shared/schemas/limits.js';
+import { ArtifactStoreConfig } from '../shared/storage/config.js';
+import { parseYaml } from '../shared/yaml.js';
+
+/** Project names are path segments of URLs, storage keys and image names: keep them boring. */
+export const ProjectName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$/, 'project names are letters, digits and . _ / -')
+  .refine((n) => !n.split('/').some((s) => s === '' || s === '.' || s === '..'), 'no empty, . or .. segments');
+
+export const ProjectConfig = z
+  .object({
+    name: ProjectName,
+    /** Anything `git fetch` accepts except `ext::`: a local path, file://, https://, ssh://. */
+    url: z.string().min(1).max(2048).refine((u) => !u.startsWith('ext::') && !u.startsWith('-'), 'not a fetchable git URL'),
+    /** Branches whose changes are checked; empty: all. */
+    branches: z.array(z.string().min(1).max(255)).max(256).default([]),
+  })
+  .strict();
+export type ProjectConfig = z.infer<typeof ProjectConfig>;
+
+export const CiConfig = z
+  .object({
+    version: z.literal(1),
+    listen: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(8080),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 8080 }),
+    /** The service's own state: the SQLite database, git mirrors, live logs, work files. */
+    dataDir: z.string().min(1),
+    /** Where the job runner keeps workspaces and the runsc self-test (the bootstrap's directory). */
+    runnerStateDir: z.string().min(1).default('/var/lib/airlock'),
+    /** Builds run at once on this host; each build runs its jobs one after another in one slot. */
+    slots: z.number().int().min(1).max(256).default(2),
+    projects: z.array(ProjectConfig).max(10_000).default([]),
+    artifactStore: ArtifactStoreConfig.optional(),
+    policies: z
+      .object({
+        job: z.string().optional(),
+        environments: z.string().optional(),
+        retention: z.string().optional(),
+      })
+      .strict()
+      .default({}),
+    webhooks: z
+      .object({
+        /** File holding the shared secret that signs Gerrit webhook bodies; absent: the hook is off. */
+        gerritSecretFile: z.string().optional(),
+        /** Webhook requests per minute per client address. */
+        ratePerMinute: z.number().int().min(1).max(1_000_000).default(600),
+      })
+      .strict()
+      .default({ ratePerMinute: 600 }),
+    api: z
+      .object({
+        /** File holding a bearer token required for POST /api/changes; absent: submissions are open. */
+        tokenFile: z.string().optional(),
+        /** Largest request body accepted anywhere. */
+        bodyLimit: Size.default(1024 * 1024), // 1 MiB
+      })
+      .strict()
+      .default({ bodyLimit: 1024 * 1024 }),
+    /** How often the image cache is trimmed to its budget (0: only by `airlock ci gc`). */
+    imageGcEveryMs: z.number().int().min(0).default(10 * 60_000), // 10 min
+  })
+  .strict();
+export type CiConfig = z.infer<typeof CiConfig>;
+export type CiConfigInput = z.input<typeof CiConfig>;
+
+/** A loaded config plus the secrets its files named, read once. */
+export interface LoadedCiConfig {
+  readonly config: Readonly<CiConfig>;
+  readonly gerritSecret?: Buffer;
+  readonly apiToken?: string;
+}
+
+/** Validate a config value (already parsed from YAML or built in code); relative paths resolve against `baseDir`. */
+export function buildCiConfig(input: unknown, file: string, baseDir = process.cwd()): LoadedCiConfig {
+  const r = CiConfig.safeParse(input);
+  if (!r.success) throw new InvalidInputError(zodIssues(r.error, file));
+  const config = r.data;
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
+  config.dataDir = abs(config.dataDir);
+  config.runnerStateDir = abs(config.runnerStateDir);
+  for (const k of ['job', 'environments', 'retention'] as const) if (config.policies[k]) config.policies[k] = abs(config.policies[k]!);
+  if (config.artifactStore?.kind === 'fs') config.artifactStore.root = abs(config.artifactStore.root);
+  const issues: Issue[] = [];
+  const names = new Set<string>();
+  config.projects.forEach((p, i) => {
+    if (names.has(p.name)) issues.push({ file, path: `projects[${i}].name`, message: `duplicate project ${p.name}`, severity: 'error' });
+    names.add(p.name);
+    if (!/^[a-z][a-z0-9+.-]*:/.test(p.url) && !p.url.includes('@')) p.url = abs(p.url);
+  });
+  const readSecret = (path: string | undefined, at: string): Buffer | undefined => {
+    if (!path) return undefined;
+    try {
+      const b = readFileSync(abs(path));
+      const trimmed = Buffer.from(b.toString('utf8').trim(), 'utf8');
+      if (trimmed.length < 16) issues.push({ file, path: at, message: 'the secret must be at least 16 bytes', severity: 'error' });
+      return trimmed;
+    } catch (e) {
+      issues.push({ file, path: at, message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, severity: 'error' });
+      return undefined;
+    }
+  };
+  const gerritSecret = readSecret(config.webhooks.gerritSecretFile, 'webhooks.gerritSecretFile');
+  const apiToken = readSecret(config.api.tokenFile, 'api.tokenFile')?.toString('utf8');
+  if (issues.length > 0) throw new InvalidInputError(issues);
+  return { config: deepFreeze(config), ...(gerritSecret ? { gerritSecret } : {}), ...(apiToken ? { apiToken } : {}) };
+}
+
+/** Read and validate the config file. */
+export function loadCiConfig(file: string): LoadedCiConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InvalidInputError([{ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, severity: 'error' }]);
+  }
+  const y = parseYaml(text, file);
+  if (y.issues.length > 0) throw new InvalidInputError(y.issues);
+  return buildCiConfig(y.value, file, dirname(resolve(file)));
+}
+
+function deepFreeze<T>(v: T): Readonly<T> {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k]);
+    Object.freeze(v);
+  }
+  return v;
+}

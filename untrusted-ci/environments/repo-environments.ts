@@ -1,0 +1,48 @@
+/**
+ * The executor's EnvironmentProvider over the builder: `.airlock.yaml`'s `environment` read from the
+ * merged commit. A Dockerfile environment's content hash is the git tree id of its context, so an
+ * unchanged environment is found by tag without reading a byte of the context; `{image}` must be
+ * on the policy's allowlist and present locally.
+ */
+import { posix } from 'node:path';
+import type Docker from 'dockerode';
+import { InvalidInputError } from '../../shared/errors.js';
+import type { EnvironmentPolicy } from '../../shared/schemas/environment-policy.js';
+import type { EnvironmentProvider } from '../executor/build-executor.js';
+import { DOCKERFILE_MAX_BYTES } from './dockerfile.js';
+import { resolveImageEnvironment, type EnvironmentBuilder } from './environment-builder.js';
+
+const FILE = '.airlock.yaml';
+
+export function createRepoEnvironments(deps: { docker: Docker; policy: EnvironmentPolicy; builder: EnvironmentBuilder }): EnvironmentProvider {
+  return {
+    async prepare({ project, environment, commit, onLog, signal }) {
+      if ('image' in environment) {
+        const r = await resolveImageEnvironment(deps.docker, environment.image, deps.policy, FILE);
+        return { image: r.image, cached: true, release: () => {} };
+      }
+      const dockerfile = posix.normalize(environment.dockerfile);
+      const context = posix.normalize(environment.context ?? posix.dirname(dockerfile));
+      const inContext = posix.relative(context, dockerfile);
+      if (inContext.startsWith('..')) throw bad('environment.dockerfile', `must be inside the build context ${context}`);
+      const text = await commit.readFile(dockerfile, DOCKERFILE_MAX_BYTES);
+      if (!text) throw bad('environment.dockerfile', `${dockerfile} is not in the repository`);
+      const treePath = context === '.' ? '' : context;
+      const digest = await commit.treeId(treePath);
+      if (!digest) throw bad('environment.context', `${context} is not a directory in the repository`);
+      return deps.builder.ensure({
+        project,
+        dockerfilePath: inContext,
+        dockerfileText: text.toString('utf8'),
+        contextDigest: `git-tree:${digest}`,
+        openContext: () => commit.archiveTree(treePath),
+        onLog: (line) => onLog(line.endsWith('\n') ? line : `${line}\n`),
+        signal,
+      });
+    },
+  };
+}
+
+function bad(path: string, message: string): InvalidInputError {
+  return new InvalidInputError([{ file: FILE, path, message, severity: 'error' }]);
+}

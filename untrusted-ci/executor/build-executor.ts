@@ -1,0 +1,238 @@
+/**
+ * CheckBuildExecutor: runs one build end to end on this host.
+ *
+ *   merger.prepare (change merged on the branch tip; conflict → result)
+ *   → read .airlock.yaml from the merged commit (absent or broken → config-error listing every issue)
+ *   → environment ready and pinned (Dockerfile built once per content hash, or an allowlisted image)
+ *   → compile jobs for the pipeline → export the merged tree as a tar
+ *   → each job in order in the hardened runner (skipped when a job it needs did not pass),
+ *     log streamed live and uploaded to the ArtifactStore, artifacts uploaded
+ *   → result: passed when every voting job passed.
+ * Everything it made (work dir, build ref, pin) is released whatever happens.
+ *
+ * Errors: an AirlockError that is the change's fault becomes a result here; a retryable one
+ * (git, engine, storage) is thrown so the scheduler re-queues the build.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { CancelledError, isAirlockError, PolicyViolationError, type Issue } from '../../shared/errors.js';
+import type { Logger } from '../../shared/logging.js';
+import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock-yaml.js';
+import type { JobResult } from '../../shared/runner/result.js';
+import type { RunOptions } from '../../shared/runner/job-runner.js';
+import type { AirlockYaml } from '../../shared/schemas/airlock-yaml.js';
+import type { BuildView, JobState } from '../../shared/schemas/api/builds.js';
+import type { JobPolicy } from '../../shared/schemas/job-policy.js';
+import type { JobSpec } from '../../shared/schemas/job-spec.js';
+import type { ArtifactStore } from '../../shared/storage/artifact-store.js';
+import { artifactPrefix, logKey } from '../../shared/storage/keys.js';
+import type { ProjectConfig } from '../config.js';
+import type { BuildEvents } from '../logs/build-events.js';
+import type { Merger } from '../merger/merger.js';
+import { compileJobs } from '../pipelines/compile-jobs.js';
+import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
+import type { BuildStore } from '../store/build-store.js';
+import { JobLog } from './job-log.js';
+
+const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
+
+/** The slice of JobRunner a build needs. */
+export interface JobRunnerPort {
+  run(spec: JobSpec, opts: RunOptions): Promise<JobResult>;
+}
+
+/** What the environment step reads from the merged commit. */
+export interface CommitReader {
+  readFile(path: string, maxBytes: number): Promise<Buffer | undefined>;
+  treeId(path: string): Promise<string | undefined>;
+  archiveTree(path: string): Readable;
+}
+
+/** Makes a build environment ready and keeps it from the image GC until `release`. */
+export interface EnvironmentProvider {
+  prepare(req: {
+    project: string;
+    environment: AirlockYaml['environment'];
+    commit: CommitReader;
+    onLog: (line: string) => void;
+    signal: AbortSignal;
+  }): Promise<{ image: string; cached: boolean; release: () => void }>;
+}
+
+export interface CheckBuildExecutorOptions {
+  store: BuildStore;
+  events: BuildEvents;
+  merger: Merger;
+  runner: JobRunnerPort;
+  environments: EnvironmentProvider;
+  artifacts: ArtifactStore;
+  policy: JobPolicy;
+  projects: readonly ProjectConfig[];
+  workDir: string;
+  logger: Logger;
+}
+
+export class CheckBuildExecutor implements BuildExecutor {
+  constructor(private readonly o: CheckBuildExecutorOptions) {}
+
+  async execute(build: BuildView, signal: AbortSignal): Promise<BuildOutcome> {
+    const { o } = this;
+    o.events.begin(build.id);
+    const work = join(o.workDir, String(build.id));
+    const releases: (() => unknown)[] = [];
+    try {
+      const outcome = await this.run(build, signal, work, releases);
+      o.events.publish(build.id, { type: 'build', state: 'finished', result: outcome.result, reason: outcome.reason });
+      return outcome;
+    } catch (e) {
+      if (signal.aborted) throw new CancelledError('build cancelled', { cause: e });
+      throw e;
+    } finally {
+      for (const r of releases.reverse()) await Promise.resolve(r()).catch((e: unknown) => o.logger.warn({ err: e }, 'cleanup failed'));
+      await o.events.end(build.id);
+    }
+  }
+
+  private async run(build: BuildView, signal: AbortSignal, work: string, releases: (() => unknown)[]): Promise<BuildOutcome> {
+    const { o } = this;
+    const project = o.projects.find((p) => p.name === build.project);
+    if (!project) return { result: 'config-error', reason: `project ${build.project} is not registered with this CI` };
+    const say = (text: string): void => o.events.publish(build.id, { type: 'log', job: 'setup', text });
+
+    // 1. The change merged onto the current branch tip.
+    const prep = await o.merger.prepare({
+      project,
+      branch: build.branch,
+      changes: [{ ref: build.change.ref, label: `${build.change.change},${build.change.patchset}` }],
+      buildId: String(build.id),
+      signal,
+    });
+    releases.push(() => o.merger.release(String(build.id), project));
+    if (prep.kind === 'conflict') return { result: 'merge-conflict', reason: prep.message, issues: prep.files.map((f) => issue(f, '', 'conflict')) };
+    if (prep.kind === 'missing') return { result: 'config-error', reason: prep.message };
+    const commit = prep.commit;
+    o.store.setCommit(build.id, commit);
+    say(`merged ${build.change.ref} onto ${build.branch} at ${prep.branchTip.slice(0, 12)}: ${commit}\n`);
+    const reader: CommitReader = {
+      readFile: (path, max) => o.merger.readFile(project, commit, path, max, signal),
+      treeId: (path) => o.merger.treeId(project, commit, path, signal),
+      archiveTree: (path) => o.merger.archiveTree(project, commit, path, signal),
+    };
+
+    // 2. The repo's own config, every problem listed.
+    let text: Buffer | undefined;
+    try {
+      text = await reader.readFile(AIRLOCK_YAML, CONFIG_MAX_BYTES);
+    } catch (e) {
+      if (isAirlockError(e) && !e.retryable) return { result: 'config-error', reason: e.message, issues: [issue(AIRLOCK_YAML, '', e.message)] };
+      throw e;
+    }
+    if (!text) return { result: 'config-error', reason: `no ${AIRLOCK_YAML} in the repository`, issues: [issue(AIRLOCK_YAML, '', 'file not found')] };
+    const parsed = parseAirlockYaml(text.toString('utf8'), o.policy);
+    if (!parsed.value) return configError(parsed.issues);
+    const cfg = parsed.value;
+
+    // 3. The environment, pinned for the whole build.
+    let env: { image: string; cached: boolean; release: () => void };
+    try {
+      env = await o.environments.prepare({ project: project.name, environment: cfg.environment, commit: reader, onLog: (line) => say(line), signal });
+    } catch (e) {
+      if (e instanceof PolicyViolationError) return configError([...e.issues]);
+      if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') return { result: 'failed', reason: `the build environment failed to build: ${e.message}` };
+      if (isAirlockError(e) && !e.retryable && e.httpStatus < 500) return { result: 'config-error', reason: e.message, issues: [issue('environment', '', e.message)] };
+      throw e;
+    }
+    releases.push(env.release);
+    o.store.setEnvironment(build.id, env.image, env.cached);
+    say(env.cached ? `environment ${env.image} (cached)\n` : `environment ${env.image} (built)\n`);
+
+    // 4. Jobs.
+    const compiled = compileJobs(cfg, {
+      buildId: build.id,
+      attempt: build.attempt,
+      pipeline: build.pipeline,
+      image: env.image,
+      vars: { project: project.name, branch: build.branch, change: build.change.change, patchset: build.change.patchset, commit },
+    });
+    if (compiled.issues.length > 0) return configError(compiled.issues);
+    o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting })));
+
+    await mkdir(work, { recursive: true });
+    releases.push(() => rm(work, { recursive: true, force: true }));
+    const tar = join(work, 'source.tar');
+    await o.merger.exportTar(project, commit, tar, signal);
+
+    const states = new Map<string, JobState>();
+    for (const job of compiled.jobs) {
+      if (signal.aborted) throw new CancelledError('build cancelled');
+      const blocked = job.needs.filter((n) => states.get(n) !== 'passed');
+      if (blocked.length > 0) {
+        this.setJob(build.id, job.name, 'skipped', `needs ${blocked.join(', ')}, which did not pass`);
+        states.set(job.name, 'skipped');
+        continue;
+      }
+      states.set(job.name, await this.runJob(build.id, job.name, job.spec, tar, work, signal));
+    }
+
+    const voting = compiled.jobs.filter((j) => j.voting);
+    const failed = voting.filter((j) => states.get(j.name) !== 'passed').map((j) => j.name);
+    if (failed.length === 0) return { result: 'passed', reason: `${voting.length} voting job${voting.length === 1 ? '' : 's'} passed` };
+    return { result: 'failed', reason: `failed: ${failed.join(', ')}` };
+  }
+
+  private async runJob(buildId: number, name: string, spec: JobSpec, tar: string, work: string, signal: AbortSignal): Promise<JobState> {
+    const { o } = this;
+    this.setJob(buildId, name, 'running');
+    const log = await JobLog.open(join(o.events.buildDir(buildId), 'logs', `${name}.log`));
+    const artifactsDir = join(work, 'artifacts', name);
+    let result: JobResult;
+    try {
+      result = await o.runner.run(spec, {
+        signal,
+        source: { tar },
+        includeLog: false,
+        ...(spec.artifacts.length > 0 ? { artifactsDir } : {}),
+        onLog: (chunk) => {
+          const text = chunk.data.toString('utf8');
+          log.write(chunk.data);
+          o.events.publish(buildId, { type: 'log', job: name, text });
+        },
+      });
+    } catch (e) {
+      await log.close();
+      if (signal.aborted) throw e;
+      if (isAirlockError(e) && !e.retryable) {
+        // The job asked for something the runner refused: the change's fault, with the reason.
+        this.setJob(buildId, name, 'failed', e.message);
+        return 'failed';
+      }
+      throw e;
+    }
+    const bytes = await log.close();
+    await o.artifacts.putFile(logKey(String(buildId), name), log.file);
+    let artifacts: { path: string; bytes: number }[] = [];
+    if (result.artifacts.length > 0) {
+      await o.artifacts.putDirectory(artifactPrefix(String(buildId), name), artifactsDir);
+      artifacts = result.artifacts.filter((a) => a.kind === 'file').map((a) => ({ path: a.path, bytes: a.bytes }));
+    }
+    const state: JobState = result.passed ? 'passed' : result.cancelled ? 'cancelled' : 'failed';
+    o.store.updateJob(buildId, name, { state, reason: result.reason, exitCode: result.exitCode, logBytes: bytes, artifacts });
+    o.events.publish(buildId, { type: 'job', job: name, state, reason: result.reason });
+    return state;
+  }
+
+  private setJob(buildId: number, name: string, state: JobState, reason?: string): void {
+    this.o.store.updateJob(buildId, name, { state, ...(reason !== undefined ? { reason } : {}) });
+    this.o.events.publish(buildId, { type: 'job', job: name, state, ...(reason !== undefined ? { reason } : {}) });
+  }
+}
+
+function issue(file: string, path: string, message: string): Issue {
+  return { file, path, message, severity: 'error' };
+}
+
+function configError(issues: Issue[]): BuildOutcome {
+  const errors = issues.filter((i) => i.severity === 'error');
+  return { result: 'config-error', reason: `${AIRLOCK_YAML} has ${errors.length} problem${errors.length === 1 ? '' : 's'}`, issues };
+}

@@ -1,0 +1,118 @@
+/**
+ * BuildEvents: the live stream of one build — log pieces, job states, the build's end — for SSE
+ * subscribers, with backfill from the start. A running build's events are held in memory (Node is
+ * single-threaded, so "copy the backlog, then subscribe" cannot miss an event) and appended to
+ * `<dir>/<build>/events.jsonl`; a finished build is served from that file. Job logs are also
+ * written whole to `<dir>/<build>/logs/<job>.log`, which the executor uploads to the ArtifactStore.
+ *
+ * Memory is bounded: each build's backlog keeps at most `maxBacklogBytes`; past that the oldest
+ * log pieces are dropped from memory (the file still has them, and late subscribers read the file).
+ */
+import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BuildEvent } from '../../shared/schemas/api/builds.js';
+
+export type Listener = (e: BuildEvent) => void;
+
+interface Live {
+  backlog: BuildEvent[];
+  bytes: number;
+  truncated: boolean;
+  listeners: Set<Listener>;
+  file: WriteStream;
+}
+
+export class BuildEvents {
+  private readonly live = new Map<number, Live>();
+
+  constructor(
+    private readonly dir: string,
+    private readonly maxBacklogBytes = 32 * 1024 * 1024, // 32 MiB per build
+  ) {}
+
+  buildDir(buildId: number): string {
+    return join(this.dir, String(buildId));
+  }
+
+  /** Start (or restart, after recovery) a build's stream: earlier events of a previous attempt are dropped. */
+  begin(buildId: number): void {
+    this.live.get(buildId)?.file.destroy();
+    const d = this.buildDir(buildId);
+    rmSync(d, { recursive: true, force: true });
+    mkdirSync(join(d, 'logs'), { recursive: true });
+    const prev = this.live.get(buildId);
+    this.live.set(buildId, { backlog: [], bytes: 0, truncated: false, listeners: prev?.listeners ?? new Set(), file: createWriteStream(join(d, 'events.jsonl'), { flags: 'a' }) });
+  }
+
+  publish(buildId: number, e: BuildEvent): void {
+    const l = this.live.get(buildId);
+    if (!l) return;
+    const line = JSON.stringify(e);
+    l.file.write(`${line}\n`);
+    l.backlog.push(e);
+    l.bytes += line.length;
+    while (l.bytes > this.maxBacklogBytes && l.backlog.length > 1) {
+      const i = l.backlog.findIndex((x) => x.type === 'log');
+      if (i < 0) break;
+      l.bytes -= JSON.stringify(l.backlog[i]).length;
+      l.backlog.splice(i, 1);
+      l.truncated = true;
+    }
+    for (const fn of l.listeners) fn(e);
+  }
+
+  /** Close a build's stream after its final `build` event; subscribers get nothing more. */
+  async end(buildId: number): Promise<void> {
+    const l = this.live.get(buildId);
+    if (!l) return;
+    this.live.delete(buildId);
+    l.listeners.clear();
+    await new Promise<void>((res) => l.file.end(res));
+  }
+
+  /**
+   * Every event so far, then each new one to `fn` until the build ends. Returns an unsubscribe
+   * function and whether the build is still live (false: the backlog is all there will be).
+   */
+  async subscribe(buildId: number, fn: Listener): Promise<{ live: boolean; unsubscribe: () => void }> {
+    const l = this.live.get(buildId);
+    if (l && !l.truncated) {
+      for (const e of l.backlog) fn(e);
+      l.listeners.add(fn);
+      return { live: true, unsubscribe: () => l.listeners.delete(fn) };
+    }
+    if (l) {
+      // The in-memory backlog was trimmed: replay the file, then the events that arrived meanwhile.
+      const pending: BuildEvent[] = [];
+      const buffer: Listener = (e) => pending.push(e);
+      l.listeners.add(buffer);
+      await this.replay(buildId, fn);
+      l.listeners.delete(buffer);
+      pending.forEach(fn);
+      if (!this.live.has(buildId)) return { live: false, unsubscribe: () => {} };
+      l.listeners.add(fn);
+      return { live: true, unsubscribe: () => l.listeners.delete(fn) };
+    }
+    await this.replay(buildId, fn);
+    return { live: false, unsubscribe: () => {} };
+  }
+
+  isLive(buildId: number): boolean {
+    return this.live.has(buildId);
+  }
+
+  private async replay(buildId: number, fn: Listener): Promise<void> {
+    let text: string;
+    try {
+      text = await readFile(join(this.buildDir(buildId), 'events.jsonl'), 'utf8');
+    } catch {
+      return;
+    }
+    for (const line of text.split('\n')) {
+      if (!line) continue;
+      const r = BuildEvent.safeParse(JSON.parse(line));
+      if (r.success) fn(r.data);
+    }
+  }
+}

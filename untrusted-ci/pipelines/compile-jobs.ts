@@ -1,0 +1,80 @@
+/**
+ * `.airlock.yaml` → the ordered JobSpecs one build runs. Pure: the executor runs the compiled IR,
+ * never the YAML (STYLE 5). Jobs not in the pipeline are left out; a job that `needs` one left
+ * out is a config issue (it could never run). Order is topological, ties in file order, so a
+ * build's jobs run in a stable, predictable order.
+ */
+import type { Issue } from '../../shared/errors.js';
+import type { AirlockYaml } from '../../shared/schemas/airlock-yaml.js';
+import type { Pipeline } from '../../shared/schemas/api/builds.js';
+import { JobSpec } from '../../shared/schemas/job-spec.js';
+import { zodIssues } from '../../shared/schemas/issues.js';
+
+export interface PlannedJob {
+  name: string;
+  voting: boolean;
+  needs: string[];
+  spec: JobSpec;
+}
+
+export interface CompileContext {
+  buildId: number;
+  attempt: number;
+  pipeline: Pipeline;
+  image: string;
+  /** Facts about the change, given to the job as AIRLOCK_* variables. Never secrets. */
+  vars: { project: string; branch: string; change: string; patchset: number; commit: string };
+  file?: string;
+}
+
+export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: PlannedJob[]; issues: Issue[] } {
+  const file = ctx.file ?? '.airlock.yaml';
+  const selected = Object.entries(cfg.jobs).filter(([, j]) => j.pipelines.includes(ctx.pipeline));
+  const names = new Set(selected.map(([n]) => n));
+  const issues: Issue[] = [];
+  for (const [name, job] of selected) {
+    job.needs.forEach((n, i) => {
+      if (!names.has(n)) issues.push({ file, path: `jobs.${name}.needs[${i}]`, message: `needs ${n}, which does not run in the ${ctx.pipeline} pipeline`, severity: 'error' });
+    });
+  }
+  if (selected.length === 0) issues.push({ file, path: 'jobs', message: `no job runs in the ${ctx.pipeline} pipeline`, severity: 'error' });
+  if (issues.length > 0) return { jobs: [], issues };
+
+  // Kahn's algorithm, always taking the first ready job in file order. Cycles were refused at parse time.
+  const order: string[] = [];
+  const done = new Set<string>();
+  while (order.length < selected.length) {
+    const next = selected.find(([n, j]) => !done.has(n) && j.needs.every((d) => done.has(d)));
+    if (!next) break;
+    order.push(next[0]);
+    done.add(next[0]);
+  }
+
+  const env = {
+    CI: 'true',
+    AIRLOCK: 'true',
+    AIRLOCK_PIPELINE: ctx.pipeline,
+    AIRLOCK_PROJECT: ctx.vars.project,
+    AIRLOCK_BRANCH: ctx.vars.branch,
+    AIRLOCK_CHANGE: ctx.vars.change,
+    AIRLOCK_PATCHSET: String(ctx.vars.patchset),
+    AIRLOCK_COMMIT: ctx.vars.commit,
+    AIRLOCK_BUILD: String(ctx.buildId),
+  };
+  const jobs: PlannedJob[] = [];
+  order.forEach((name, index) => {
+    const job = cfg.jobs[name]!;
+    const r = JobSpec.safeParse({
+      id: `b${ctx.buildId}-a${ctx.attempt}-j${index}`,
+      image: ctx.image,
+      command: typeof job.command === 'string' ? ['sh', '-c', job.command] : job.command,
+      env: { ...job.env, ...env, AIRLOCK_JOB: name },
+      artifacts: job.artifacts,
+      // Already parsed: sizes are bytes (a bare number means bytes), but a bare duration means seconds.
+      limits: { ...job.resources, ...(job.timeout !== undefined ? { timeout: `${job.timeout}ms` } : {}) },
+    });
+    if (!r.success) issues.push(...zodIssues(r.error, file).map((i) => ({ ...i, path: `jobs.${name}${i.path ? `.${i.path}` : ''}` })));
+    else jobs.push({ name, voting: job.voting, needs: job.needs, spec: r.data });
+  });
+  return { jobs: issues.length ? [] : jobs, issues };
+}

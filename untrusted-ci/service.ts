@@ -1,0 +1,140 @@
+/**
+ * The untrusted CI service's composition root: the only place concrete adapters meet (dockerode,
+ * SQLite, the git CLI, the artifact store, fastify). Tests, the CLI (`airlock ci serve`), the demo
+ * and the benchmark all start the service through `startCiService`.
+ */
+import { join } from 'node:path';
+import type Docker from 'dockerode';
+import { createDocker } from '../shared/docker/client.js';
+import { createLogger, type Logger } from '../shared/logging.js';
+import { loadJobPolicy } from '../shared/policy/job-policy.js';
+import { JobRunner } from '../shared/runner/job-runner.js';
+import type { ArtifactStore } from '../shared/storage/artifact-store.js';
+import { createArtifactStore } from '../shared/storage/config.js';
+import { buildApi } from './api/app.js';
+import { createCiMetrics } from './api/metrics.js';
+import type { LoadedCiConfig } from './config.js';
+import { EnvironmentBuilder } from './environments/environment-builder.js';
+import { ImageCache } from './environments/image-cache.js';
+import { loadEnvironmentPolicy } from './environments/policy.js';
+import { createRepoEnvironments } from './environments/repo-environments.js';
+import { CheckBuildExecutor } from './executor/build-executor.js';
+import { BuildEvents } from './logs/build-events.js';
+import { Merger } from './merger/merger.js';
+import { createStoreReporter } from './reporting/store-reporter.js';
+import { Scheduler } from './scheduler/scheduler.js';
+import { BuildStore } from './store/build-store.js';
+import { openDatabase, type Db } from './store/database.js';
+import type { FastifyInstance } from 'fastify';
+
+export interface CiService {
+  readonly app: FastifyInstance;
+  readonly scheduler: Scheduler;
+  readonly store: BuildStore;
+  readonly artifacts: ArtifactStore;
+  readonly imageCache: ImageCache;
+  readonly runner: JobRunner;
+  /** Listen on the configured address; resolves to the base URL. */
+  listen(): Promise<string>;
+  /** Stop taking work, abort running builds (they re-run at the next start), close everything. */
+  close(): Promise<void>;
+}
+
+/** Where the service keeps each kind of state under `dataDir`. */
+export function dataPaths(dataDir: string): { db: string; git: string; builds: string; work: string; artifacts: string; imageUsage: string } {
+  return {
+    db: join(dataDir, 'ci.sqlite'),
+    git: join(dataDir, 'git'),
+    builds: join(dataDir, 'builds'),
+    work: join(dataDir, 'work'),
+    artifacts: join(dataDir, 'artifacts'),
+    imageUsage: join(dataDir, 'image-usage.json'),
+  };
+}
+
+export function openArtifactStore(loaded: LoadedCiConfig): ArtifactStore {
+  const c = loaded.config;
+  return createArtifactStore(c.artifactStore ?? { kind: 'fs', root: dataPaths(c.dataDir).artifacts });
+}
+
+export function openImageCache(loaded: LoadedCiConfig, docker: Docker, logger: Logger, store: BuildStore): ImageCache {
+  const c = loaded.config;
+  return new ImageCache({
+    docker,
+    policy: loadEnvironmentPolicy(c.policies.environments),
+    logger,
+    usageFile: dataPaths(c.dataDir).imageUsage,
+    externalPins: async () => store.pinnedImages(),
+  });
+}
+
+export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Logger; docker?: Docker; workspacePool?: number } = {}): Promise<CiService> {
+  const c = loaded.config;
+  const logger = opts.logger ?? createLogger({ name: 'airlock-ci' });
+  const paths = dataPaths(c.dataDir);
+  const docker = opts.docker ?? createDocker();
+  const jobPolicy = loadJobPolicy(c.policies.job);
+  const envPolicy = loadEnvironmentPolicy(c.policies.environments);
+  let db: Db | undefined;
+  const cleanups: (() => unknown)[] = [];
+  try {
+    db = openDatabase(paths.db);
+    cleanups.push(() => db?.close());
+    const store = new BuildStore(db);
+    const artifacts = openArtifactStore(loaded);
+    const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: c.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 2 });
+    cleanups.push(() => runner.close());
+    const imageCache = openImageCache(loaded, docker, logger, store);
+    const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache: imageCache });
+    const events = new BuildEvents(paths.builds);
+    const merger = new Merger({ root: paths.git, logger });
+    const executor = new CheckBuildExecutor({
+      store,
+      events,
+      merger,
+      runner,
+      environments: createRepoEnvironments({ docker, policy: envPolicy, builder }),
+      artifacts,
+      policy: jobPolicy,
+      projects: c.projects,
+      workDir: paths.work,
+      logger,
+    });
+    let metrics: ReturnType<typeof createCiMetrics> | undefined;
+    const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
+    metrics = createCiMetrics({
+      queued: () => {
+        const q = store.queued();
+        return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
+      },
+      busy: () => scheduler.busy,
+      slots: c.slots,
+    });
+    const app = await buildApi({ config: c, store, scheduler, events, artifacts, metrics, logger, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
+    cleanups.push(() => app.close());
+    await scheduler.start();
+    cleanups.push(() => scheduler.close());
+    let gcTimer: NodeJS.Timeout | undefined;
+    if (c.imageGcEveryMs > 0) {
+      gcTimer = setInterval(() => void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed')), c.imageGcEveryMs).unref();
+      cleanups.push(() => clearInterval(gcTimer));
+    }
+    return {
+      app,
+      scheduler,
+      store,
+      artifacts,
+      imageCache,
+      runner,
+      async listen() {
+        return app.listen({ host: c.listen.host, port: c.listen.port });
+      },
+      async close() {
+        for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
+      },
+    };
+  } catch (e) {
+    for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => {});
+    throw e;
+  }
+}

@@ -1,0 +1,315 @@
+/**
+ * BuildStore: changes, builds and jobs in SQLite — the durable queue and the record the API serves.
+ * All methods are synchronous (better-sqlite3) and each state change is one transaction, so the
+ * scheduler's view and the database never disagree after a crash.
+ *
+ * Build lifecycle: enqueue (queued) → start (running, attempt+1) → finish (finished + result);
+ * cancel/supersede may finish a queued build directly. `recover()` at startup turns every `running`
+ * build back into `queued` and forgets its job rows: the build is re-run from scratch.
+ */
+import { ConflictError, NotFoundError, type Issue } from '../../shared/errors.js';
+import type { BuildResult, BuildState, BuildView, ChangeView, JobState, JobView, Pipeline } from '../../shared/schemas/api/builds.js';
+import type { Db } from './database.js';
+
+export interface NewChange {
+  project: string;
+  branch: string;
+  change: string;
+  patchset: number;
+  ref: string;
+  author: string;
+  subject?: string;
+  source: string;
+}
+
+/** The scheduler's view of a build waiting for or holding a slot. */
+export interface QueuedBuild {
+  id: number;
+  project: string;
+  pipeline: Pipeline;
+  enqueuedAt: number;
+}
+
+interface ChangeRow {
+  id: number;
+  project: string;
+  branch: string;
+  change: string;
+  patchset: number;
+  ref: string;
+  author: string;
+  subject: string | null;
+  source: string;
+  created_at: number;
+}
+interface BuildRow {
+  id: number;
+  change_id: number;
+  project: string;
+  branch: string;
+  pipeline: Pipeline;
+  state: BuildState;
+  result: BuildResult | null;
+  reason: string | null;
+  issues: string | null;
+  attempt: number;
+  enqueued_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  commit_sha: string | null;
+  env_image: string | null;
+  env_cached: number | null;
+  reported_at: number | null;
+}
+interface JobRow {
+  build_id: number;
+  name: string;
+  seq: number;
+  state: JobState;
+  voting: number;
+  reason: string | null;
+  exit_code: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+  log_bytes: number | null;
+  artifacts: string | null;
+}
+
+const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
+
+export class BuildStore {
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /**
+   * Record a change and queue a build for it, in one transaction. A newer patchset of the same
+   * change supersedes the older one's unfinished builds of this pipeline: they are returned so the
+   * caller can abort the running ones. An older patchset than one already known is refused.
+   */
+  enqueue(c: NewChange, pipeline: Pipeline): { change: ChangeView; buildId: number; superseded: number[] } {
+    return this.db.transaction(() => {
+      const newest = this.db
+        .prepare<[string, string], { p: number | null }>('SELECT MAX(patchset) AS p FROM changes WHERE project = ? AND change = ?')
+        .get(c.project, c.change);
+      if (newest?.p != null && newest.p > c.patchset) {
+        throw new ConflictError(`change ${c.change} of ${c.project} is already at patchset ${newest.p}; patchset ${c.patchset} is outdated`);
+      }
+      const existing = this.db
+        .prepare<[string, string, number], ChangeRow>('SELECT * FROM changes WHERE project = ? AND change = ? AND patchset = ?')
+        .get(c.project, c.change, c.patchset);
+      let changeId: number;
+      if (existing) changeId = existing.id;
+      else {
+        changeId = Number(
+          this.db
+            .prepare('INSERT INTO changes (project, branch, change, patchset, ref, author, subject, source, created_at) VALUES (?,?,?,?,?,?,?,?,?)')
+            .run(c.project, c.branch, c.change, c.patchset, c.ref, c.author, c.subject ?? null, c.source, this.now()).lastInsertRowid,
+        );
+      }
+      const superseded = this.db
+        .prepare<[string, string, number, Pipeline], { id: number }>(
+          `SELECT b.id FROM builds b JOIN changes ch ON ch.id = b.change_id
+           WHERE ch.project = ? AND ch.change = ? AND ch.patchset < ? AND b.pipeline = ? AND b.state != 'finished'`,
+        )
+        .all(c.project, c.change, c.patchset, pipeline)
+        .map((r) => r.id);
+      const buildId = Number(
+        this.db
+          .prepare("INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at) VALUES (?,?,?,?,'queued',?)")
+          .run(changeId, c.project, c.branch, pipeline, this.now()).lastInsertRowid,
+      );
+      return { change: this.changeView(changeId), buildId, superseded };
+    })();
+  }
+
+  /** Queued builds in arrival order (the scheduler applies fairness on top). */
+  queued(limit = 10_000): QueuedBuild[] {
+    return this.db
+      .prepare<[number], { id: number; project: string; pipeline: Pipeline; enqueued_at: number }>(
+        "SELECT id, project, pipeline, enqueued_at FROM builds WHERE state = 'queued' ORDER BY id LIMIT ?",
+      )
+      .all(limit)
+      .map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at }));
+  }
+
+  /** queued → running; false when the build is no longer queued (cancelled meanwhile). */
+  start(id: number): boolean {
+    const r = this.db.prepare("UPDATE builds SET state = 'running', started_at = ?, attempt = attempt + 1 WHERE id = ? AND state = 'queued'").run(this.now(), id);
+    return r.changes === 1;
+  }
+
+  /** Remember what a build runs on (and pins, for the image GC of another process). */
+  setCommit(id: number, commit: string): void {
+    this.db.prepare('UPDATE builds SET commit_sha = ? WHERE id = ?').run(commit, id);
+  }
+  setEnvironment(id: number, image: string, cached: boolean): void {
+    this.db.prepare('UPDATE builds SET env_image = ?, env_cached = ? WHERE id = ?').run(image, cached ? 1 : 0, id);
+  }
+
+  /** The jobs a build will run, in order; replaces any earlier plan of the same build. */
+  planJobs(id: number, jobs: { name: string; voting: boolean }[]): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM jobs WHERE build_id = ?').run(id);
+      const ins = this.db.prepare("INSERT INTO jobs (build_id, name, seq, state, voting) VALUES (?,?,?,'waiting',?)");
+      jobs.forEach((j, i) => ins.run(id, j.name, i, j.voting ? 1 : 0));
+    })();
+  }
+
+  updateJob(
+    id: number,
+    name: string,
+    u: { state: JobState; reason?: string; exitCode?: number; logBytes?: number; artifacts?: { path: string; bytes: number }[] },
+  ): void {
+    const t = this.now();
+    this.db
+      .prepare(
+        `UPDATE jobs SET state = ?, reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code), log_bytes = COALESCE(?, log_bytes),
+           artifacts = COALESCE(?, artifacts),
+           started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
+           finished_at = CASE WHEN ? IN ('passed','failed','skipped','cancelled','error') THEN ? ELSE finished_at END
+         WHERE build_id = ? AND name = ?`,
+      )
+      .run(u.state, u.reason ?? null, u.exitCode ?? null, u.logBytes ?? null, u.artifacts ? JSON.stringify(u.artifacts) : null, u.state, t, u.state, t, id, name);
+  }
+
+  /** → finished with a result; idempotent (a second finish of a finished build changes nothing). */
+  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = []): boolean {
+    return this.db.transaction(() => {
+      const r = this.db
+        .prepare("UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND state != 'finished'")
+        .run(result, reason, issues.length ? JSON.stringify(issues) : null, this.now(), id);
+      if (r.changes === 1) {
+        // Jobs that never got to run end with the build.
+        const end: JobState = result === 'cancelled' || result === 'superseded' ? 'cancelled' : 'skipped';
+        this.db.prepare("UPDATE jobs SET state = ?, finished_at = ? WHERE build_id = ? AND state IN ('waiting','running')").run(end, this.now(), id);
+      }
+      return r.changes === 1;
+    })();
+  }
+
+  /** Records a webhook delivery id; true when it was seen before (a redelivery to ignore). */
+  seenEvent(eventId: string): boolean {
+    return this.db.prepare('INSERT OR IGNORE INTO seen_events (event_id, seen_at) VALUES (?, ?)').run(eventId, this.now()).changes === 0;
+  }
+
+  markReported(id: number): void {
+    this.db.prepare('UPDATE builds SET reported_at = ? WHERE id = ?').run(this.now(), id);
+  }
+
+  /** Finished builds whose result has not reached the reporter yet (e.g. the process died in between). */
+  unreported(): number[] {
+    return this.db.prepare<[], { id: number }>("SELECT id FROM builds WHERE state = 'finished' AND reported_at IS NULL ORDER BY id").all().map((r) => r.id);
+  }
+
+  /** running → queued, to be run again from scratch (a retryable failure outside the change). */
+  requeue(id: number): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM jobs WHERE build_id = ?').run(id);
+      this.db.prepare("UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'").run(id);
+    })();
+  }
+
+  /** Restart recovery: every build that was running is queued again from scratch. Returns their ids. */
+  recover(): number[] {
+    return this.db.transaction(() => {
+      const ids = this.db.prepare<[], { id: number }>("SELECT id FROM builds WHERE state = 'running'").all().map((r) => r.id);
+      for (const id of ids) this.requeue(id);
+      return ids;
+    })();
+  }
+
+  /** Environment images that queued or running builds need: the image GC must keep them. */
+  pinnedImages(): string[] {
+    return this.db
+      .prepare<[], { env_image: string }>("SELECT DISTINCT env_image FROM builds WHERE state != 'finished' AND env_image IS NOT NULL")
+      .all()
+      .map((r) => r.env_image);
+  }
+
+  build(id: number): BuildView {
+    const row = this.db.prepare<[number], BuildRow>('SELECT * FROM builds WHERE id = ?').get(id);
+    if (!row) throw new NotFoundError(`no build ${id}`);
+    return this.buildView(row);
+  }
+
+  builds(q: { project?: string; state?: BuildState; change?: number; limit?: number; before?: number }): BuildView[] {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (q.project) (where.push('project = ?'), args.push(q.project));
+    if (q.state) (where.push('state = ?'), args.push(q.state));
+    if (q.change !== undefined) (where.push('change_id = ?'), args.push(q.change));
+    if (q.before !== undefined) (where.push('id < ?'), args.push(q.before));
+    const sql = `SELECT * FROM builds ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+    return this.db
+      .prepare<(string | number)[], BuildRow>(sql)
+      .all(...args, Math.min(q.limit ?? 50, 500))
+      .map((r) => this.buildView(r));
+  }
+
+  /** Finished builds for retention: id, result, finish time and job names. */
+  finishedBuilds(): { buildId: number; result: BuildResult; finishedAt: number; jobs: string[] }[] {
+    const rows = this.db.prepare<[], { id: number; result: BuildResult; finished_at: number }>("SELECT id, result, finished_at FROM builds WHERE state = 'finished'").all();
+    const jobs = this.db.prepare<[number], { name: string }>('SELECT name FROM jobs WHERE build_id = ?');
+    return rows.map((r) => ({ buildId: r.id, result: r.result, finishedAt: r.finished_at, jobs: jobs.all(r.id).map((j) => j.name) }));
+  }
+
+  changeView(id: number): ChangeView {
+    const c = this.db.prepare<[number], ChangeRow>('SELECT * FROM changes WHERE id = ?').get(id);
+    if (!c) throw new NotFoundError(`no change ${id}`);
+    return {
+      id: c.id,
+      project: c.project,
+      branch: c.branch,
+      change: c.change,
+      patchset: c.patchset,
+      ref: c.ref,
+      author: c.author,
+      ...(c.subject !== null ? { subject: c.subject } : {}),
+      source: c.source,
+      createdAt: c.created_at,
+    };
+  }
+
+  counts(): { queued: number; running: number } {
+    const rows = this.db.prepare<[], { state: BuildState; n: number }>("SELECT state, COUNT(*) AS n FROM builds WHERE state != 'finished' GROUP BY state").all();
+    return { queued: rows.find((r) => r.state === 'queued')?.n ?? 0, running: rows.find((r) => r.state === 'running')?.n ?? 0 };
+  }
+
+  private buildView(b: BuildRow): BuildView {
+    const jobs = this.db.prepare<[number], JobRow>('SELECT * FROM jobs WHERE build_id = ? ORDER BY seq').all(b.id);
+    return {
+      id: b.id,
+      pipeline: b.pipeline,
+      project: b.project,
+      branch: b.branch,
+      change: this.changeView(b.change_id),
+      state: b.state,
+      ...(b.result ? { result: b.result } : {}),
+      ...(b.reason !== null ? { reason: b.reason } : {}),
+      issues: b.issues ? (JSON.parse(b.issues) as Issue[]) : [],
+      attempt: b.attempt,
+      enqueuedAt: b.enqueued_at,
+      ...(b.started_at !== null ? { startedAt: b.started_at } : {}),
+      ...(b.finished_at !== null ? { finishedAt: b.finished_at } : {}),
+      ...(b.commit_sha ? { commit: b.commit_sha } : {}),
+      ...(b.env_image ? { environment: { image: b.env_image, cached: b.env_cached === 1 } } : {}),
+      jobs: jobs.map((j) => jobView(j)),
+    };
+  }
+}
+
+function jobView(j: JobRow): JobView {
+  return {
+    name: j.name,
+    state: j.state,
+    voting: j.voting === 1,
+    ...(j.reason !== null ? { reason: j.reason } : {}),
+    ...(opt(j.exit_code) !== undefined ? { exitCode: j.exit_code! } : {}),
+    ...(j.started_at !== null ? { startedAt: j.started_at } : {}),
+    ...(j.finished_at !== null ? { finishedAt: j.finished_at } : {}),
+    ...(j.log_bytes !== null ? { logBytes: j.log_bytes } : {}),
+    artifacts: j.artifacts ? (JSON.parse(j.artifacts) as { path: string; bytes: number }[]) : [],
+  };
+}

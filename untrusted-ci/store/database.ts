@@ -1,0 +1,98 @@
+/**
+ * The CI's durable state in SQLite (better-sqlite3, WAL). Everything the service accepts is
+ * written here before it is answered, so a `kill -9` loses nothing: on restart, builds found
+ * `running` are put back in the queue and run again from scratch (see BuildStore.recover).
+ *
+ * `synchronous = FULL`: a committed enqueue survives power loss as well as a process crash — the
+ * fsync per commit costs about a millisecond, which the queue can afford.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { StorageFailedError } from '../../shared/errors.js';
+
+export type Db = Database.Database;
+
+/** Each entry migrates from version i to i+1; never edit a shipped one, append. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE changes (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     project TEXT NOT NULL,
+     branch TEXT NOT NULL,
+     change TEXT NOT NULL,
+     patchset INTEGER NOT NULL,
+     ref TEXT NOT NULL,
+     author TEXT NOT NULL,
+     subject TEXT,
+     source TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     UNIQUE (project, change, patchset)
+   );
+   CREATE TABLE builds (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     change_id INTEGER NOT NULL REFERENCES changes(id),
+     project TEXT NOT NULL,
+     branch TEXT NOT NULL,
+     pipeline TEXT NOT NULL,
+     state TEXT NOT NULL,
+     result TEXT,
+     reason TEXT,
+     issues TEXT,
+     attempt INTEGER NOT NULL DEFAULT 0,
+     enqueued_at INTEGER NOT NULL,
+     started_at INTEGER,
+     finished_at INTEGER,
+     commit_sha TEXT,
+     env_image TEXT,
+     env_cached INTEGER,
+     reported_at INTEGER
+   );
+   CREATE INDEX builds_by_state ON builds (state, pipeline, id);
+   CREATE INDEX builds_by_change ON builds (change_id);
+   CREATE INDEX builds_by_project ON builds (project, id);
+   CREATE TABLE jobs (
+     build_id INTEGER NOT NULL REFERENCES builds(id),
+     name TEXT NOT NULL,
+     seq INTEGER NOT NULL,
+     state TEXT NOT NULL,
+     voting INTEGER NOT NULL,
+     reason TEXT,
+     exit_code INTEGER,
+     started_at INTEGER,
+     finished_at INTEGER,
+     log_bytes INTEGER,
+     artifacts TEXT,
+     PRIMARY KEY (build_id, name)
+   );
+   CREATE TABLE seen_events (
+     event_id TEXT PRIMARY KEY,
+     seen_at INTEGER NOT NULL
+   );`,
+];
+
+/** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */
+export function openDatabase(file: string): Db {
+  try {
+    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+    const db = new Database(file);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    migrate(db);
+    return db;
+  } catch (e) {
+    throw new StorageFailedError(`cannot open the database ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function migrate(db: Db): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) throw new Error(`database schema ${version} is newer than this airlock (${MIGRATIONS.length})`);
+  for (let v = version; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

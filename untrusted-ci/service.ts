@@ -34,6 +34,7 @@ export interface CiService {
   readonly artifacts: ArtifactStore;
   readonly imageCache: ImageCache;
   readonly runner: JobRunner;
+  readonly docker: Docker;
   /** Listen on the configured address; resolves to the base URL. */
   listen(): Promise<string>;
   /** Stop taking work, abort running builds (they re-run at the next start), close everything. */
@@ -126,6 +127,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       artifacts,
       imageCache,
       runner,
+      docker,
       async listen() {
         return app.listen({ host: c.listen.host, port: c.listen.port });
       },

@@ -9,7 +9,7 @@ const CONFIG_OK = `version: 1
 environment: { image: airlock/base:busybox }
 jobs:
   build:
-    command: echo building $AIRLOCK_PROJECT && mkdir -p out && echo artifact > out/a.txt
+    command: echo building $AIRLOCK_PROJECT && mkdir -p out && echo artifact > out/a.txt && if [ -f slow ]; then sleep 60; fi
     artifacts: [out/**]
   test:
     command: [sh, -c, "cat hello.txt && test -f hello.txt"]
@@ -87,4 +87,29 @@ jobs:
     expect(b.reason).toBe('merge conflict with branch master');
     expect(b.issues.map((i) => i.file)).toEqual(['hello.txt']);
   });
+
+  it('cancels a running build when a newer patchset arrives, and runs the new one', async () => {
+    const ps1 = up.change(105, 1, { slow: '1' });
+    const old = await ci.submit({ project: 'demo/app', ref: ps1.ref, change: '105', patchset: 1 });
+    await until(() => ci.service.store.build(old).jobs.some((j) => j.state === 'running'));
+    const ps2 = up.change(105, 2, { 'hello.txt': 'fixed\n' });
+    const next = await ci.submit({ project: 'demo/app', ref: ps2.ref, change: '105', patchset: 2 });
+    const o = await ci.waitFor(old);
+    expect(o.result).toBe('superseded');
+    expect(o.reason).toBe('superseded by patchset 2');
+    expect(o.jobs.find((j) => j.name === 'build')?.state).toBe('cancelled');
+    expect((await ci.waitFor(next)).result).toBe('passed');
+    // An event for the older patchset arriving late is refused, not run.
+    const late = await ci.service.app.inject({ method: 'POST', url: '/api/changes', payload: { project: 'demo/app', ref: ps1.ref, change: '105', patchset: 1 } });
+    expect(late.statusCode).toBe(409);
+    expect(late.json()).toMatchObject({ code: 'AIRLOCK_E_CONFLICT' });
+  });
 });
+
+async function until(cond: () => boolean, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

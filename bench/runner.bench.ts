@@ -12,15 +12,12 @@
  * The last stdout line is one JSON object with the figures and the ratios runner/raw.
  * Targets (issue "Foundation"): p50 ≤ 1.3× raw; throughput ≥ 0.9× raw.
  */
-import type Docker from 'dockerode';
 import { createDocker } from '../shared/docker/client.js';
-import { loadJobPolicy, resolveLimits } from '../shared/policy/job-policy.js';
-import { toCreateOptions } from '../shared/runner/convert.js';
+import { loadJobPolicy } from '../shared/policy/job-policy.js';
 import { JobRunner } from '../shared/runner/job-runner.js';
 import { JobSpec } from '../shared/schemas/job-spec.js';
 import type { Runtime } from '../shared/schemas/limits.js';
-import { WorkspaceManager, type Workspace } from '../shared/runner/workspace.js';
-import { newOwnerId } from '../shared/runner/owner.js';
+import { createRawLifecycle } from './raw-lifecycle.js';
 
 const IMAGE = 'airlock/base:busybox';
 const LATENCY_SAMPLES = Number(process.env.BENCH_SAMPLES ?? 30);
@@ -31,25 +28,12 @@ const docker = createDocker();
 const policy = loadJobPolicy();
 const runner = await JobRunner.create({ docker, policy, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', workspacePool: 8 });
 
-const IMAGE_ID = (await docker.getImage(IMAGE).inspect()).Id;
-// Ready-made workspace volumes for raw, one per concurrent slot.
-const slots = new WorkspaceManager({ docker, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', owner: newOwnerId(), hostUid: runner.jobHostUid, hostGid: runner.jobHostUid, poolSize: 0 });
-const ready: Workspace[] = await Promise.all(Array.from({ length: Math.max(...[1, 2, 4, 8]) }, () => slots.create(policy.limits.workspace)));
+const rawLifecycle = await createRawLifecycle({ docker, policy, runner, stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', image: IMAGE, slots: Math.max(...CONCURRENCY) });
+const raw = (runtime: Runtime, slot = 0) => rawLifecycle.run(runtime, slot, true);
+const bare = (runtime: Runtime, slot = 0) => rawLifecycle.run(runtime, slot, false);
 
 let n = 0;
 const jobSpec = (runtime: Runtime) => JobSpec.parse({ id: `bench-${process.pid}-${++n}`, image: IMAGE, command: ['true'], runtime });
-
-async function raw(runtime: Runtime, slot = 0, withWorkspace = true): Promise<void> {
-  const spec = jobSpec(runtime);
-  const { limits } = resolveLimits(spec.limits, runtime, policy);
-  const opts = toCreateOptions({ spec, limits, runtime, imageId: IMAGE_ID, imageVolumes: [], user: policy.user, owner: runner.owner, name: `airlock-raw-${spec.id}`, workspaceVolume: ready[slot]!.volume, createdAt: Date.now() });
-  if (!withWorkspace) opts.HostConfig!.Mounts = [];
-  const c: Docker.Container = await docker.createContainer(opts);
-  await c.start();
-  await c.wait();
-  await c.remove({ force: true });
-}
-const bare = (runtime: Runtime, slot = 0) => raw(runtime, slot, false);
 
 async function viaRunner(runtime: Runtime): Promise<void> {
   const r = await runner.run(jobSpec(runtime), { includeLog: false });
@@ -120,7 +104,6 @@ for (const runtime of ['runc', 'runsc'] as const) {
   }
   results[runtime] = { latencyMs: lat, throughputJobsPerSec: tp };
 }
-await Promise.all(ready.map((w) => slots.destroy(w)));
-await slots.close();
+await rawLifecycle.close();
 await runner.close();
 console.log(JSON.stringify({ bench: 'runner', image: IMAGE, samples: LATENCY_SAMPLES, jobsPerThroughputPoint: THROUGHPUT_JOBS, targets: { p50Ratio: 1.3, throughputRatio: 0.9 }, ...results }));

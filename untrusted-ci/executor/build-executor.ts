@@ -99,6 +99,14 @@ export class CheckBuildExecutor implements BuildExecutor {
     const project = o.projects.find((p) => p.name === build.project);
     if (!project) return { result: 'config-error', reason: `project ${build.project} is not registered with this CI` };
     const say = (text: string): void => o.events.publish(build.id, { type: 'log', job: 'setup', text });
+    const phases: Record<string, number> = {};
+    let mark = performance.now();
+    const phase = (name: string): void => {
+      const now = performance.now();
+      phases[name] = Math.round(now - mark);
+      mark = now;
+    };
+    releases.push(() => o.logger.debug({ build: build.id, phases }, 'build phases (ms)'));
 
     // 1. The change merged onto the current branch tip.
     const prep = await o.merger.prepare({
@@ -109,6 +117,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       signal,
     });
     releases.push(() => o.merger.release(String(build.id), project));
+    phase('merge');
     if (prep.kind === 'conflict') return { result: 'merge-conflict', reason: prep.message, issues: prep.files.map((f) => issue(f, '', 'conflict')) };
     if (prep.kind === 'missing') return { result: 'config-error', reason: prep.message };
     const commit = prep.commit;
@@ -132,6 +141,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     const parsed = parseAirlockYaml(text.toString('utf8'), o.policy);
     if (!parsed.value) return configError(parsed.issues);
     const cfg = parsed.value;
+    phase('config');
 
     // 3. The environment, pinned for the whole build.
     let env: { image: string; cached: boolean; release: () => void };
@@ -144,6 +154,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       throw e;
     }
     releases.push(env.release);
+    phase('environment');
     o.store.setEnvironment(build.id, env.image, env.cached);
     say(env.cached ? `environment ${env.image} (cached)\n` : `environment ${env.image} (built)\n`);
 
@@ -162,6 +173,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     releases.push(() => rm(work, { recursive: true, force: true }));
     const tar = join(work, 'source.tar');
     await o.merger.exportTar(project, commit, tar, signal);
+    phase('source');
 
     const states = new Map<string, JobState>();
     for (const job of compiled.jobs) {
@@ -173,6 +185,7 @@ export class CheckBuildExecutor implements BuildExecutor {
         continue;
       }
       states.set(job.name, await this.runJob(build.id, job.name, job.spec, tar, work, signal));
+      phase(`job:${job.name}`);
     }
 
     const voting = compiled.jobs.filter((j) => j.voting);

@@ -1,8 +1,8 @@
 /**
- * `npm run demo`: airlock as it stands today: the hardened job runner both tiers are built on.
- * It runs a sample project's tests in a locked-down container, streaming the log, takes an
- * artifact out, then shows what happens to jobs that misbehave. Later issues grow this into the
- * full two-tier story (check, gate, trusted rebuild, signing).
+ * `npm run demo`: airlock as it stands today. First the hardened job runner both tiers are built
+ * on: a sample project's tests in a locked-down container, the log streamed, an artifact taken
+ * out, and what happens to jobs that misbehave. Then the public CI's check pipeline
+ * (check-demo.ts). Later issues grow this into the full two-tier story (gate, trusted rebuild, signing).
  * `--once` exits with status 0 only if every step did what it should (the default here too).
  */
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import { JobRunner } from '../shared/runner/job-runner.js';
 import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
 import type { JobResult } from '../shared/runner/result.js';
 import { JobSpec, type JobSpecInput } from '../shared/schemas/job-spec.js';
+import { checkDemo } from './check-demo.js';
 
 const bold = (s: string) => (process.stdout.isTTY ? `\u001b[1m${s}\u001b[0m` : s);
 const sample = fileURLToPath(new URL('./sample-project', import.meta.url));
@@ -66,6 +67,7 @@ await step('an artifact that is a symlink to the host\'s /etc/passwd', {
 }, (r) => r.artifactError?.code === 'AIRLOCK_E_ARTIFACT_REJECTED');
 
 await runner.close();
+failures += await checkDemo();
 console.log(`\n${failures === 0 ? bold('demo: every step did what it should') : bold(`demo: ${failures} step(s) did not do what they should`)}`);
 console.log('Run one job yourself:  npx airlock job run --image airlock/base:busybox --memory 128m --timeout 10s -- sh -c "id; df -h /workspace"');
 process.exitCode = failures === 0 ? 0 : 1;

@@ -118,7 +118,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     });
     releases.push(() => o.merger.release(String(build.id), project));
     phase('merge');
-    if (prep.kind === 'conflict') return { result: 'merge-conflict', reason: prep.message, issues: prep.files.map((f) => issue(f, '', 'conflict')) };
+    if (prep.kind === 'conflict') return { result: 'merge-conflict', reason: prep.message, issues: prep.files.map((f) => issue(f, '', 'changed on both sides')) };
     if (prep.kind === 'missing') return { result: 'config-error', reason: prep.message };
     const commit = prep.commit;
     o.store.setCommit(build.id, commit);

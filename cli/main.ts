@@ -8,6 +8,7 @@
 import { Command, CommanderError } from 'commander';
 import { AirlockError } from '../shared/errors.js';
 import { registerJobCommands } from './job.js';
+import { registerCiCommands } from './ci.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -24,6 +25,7 @@ const program = new Command('airlock')
   .exitOverride()
   .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 registerJobCommands(program);
+registerCiCommands(program);
 
 try {
   await program.parseAsync(process.argv);

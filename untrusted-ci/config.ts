@@ -11,10 +11,14 @@ import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { z } from 'zod';
 import { InvalidInputError, type Issue } from '../shared/errors.js';
+import { remoteUrlProblem } from '../shared/git/git.js';
 import { zodIssues } from '../shared/schemas/issues.js';
 import { Size } from '../shared/schemas/limits.js';
 import { ArtifactStoreConfig } from '../shared/storage/config.js';
 import { parseYaml } from '../shared/yaml.js';
+
+/** A project URL that is a path on this host (no `scheme:` or `<transport>::`, not scp-like). */
+const isLocalPath = (u: string): boolean => !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u) && !u.includes('@');
 
 /** Project names are path segments of URLs, storage keys and image names: keep them boring. */
 export const ProjectName = z
@@ -25,8 +29,16 @@ export const ProjectName = z
 export const ProjectConfig = z
   .object({
     name: ProjectName,
-    /** Anything `git fetch` accepts except `ext::`: a local path, file://, https://, ssh://. */
-    url: z.string().min(1).max(2048).refine((u) => !u.startsWith('ext::') && !u.startsWith('-'), 'not a fetchable git URL'),
+    /** What the merger fetches from (`remoteUrlProblem`): https://, ssh://, file://, scp-like, or a local path. */
+    url: z
+      .string()
+      .min(1)
+      .max(2048)
+      .superRefine((u, ctx) => {
+        // Checked here, at startup, by the merger's own rule; a relative path as the absolute path it becomes.
+        const problem = remoteUrlProblem(isLocalPath(u) && !u.startsWith('-') ? `/${u}` : u);
+        if (problem) ctx.addIssue({ code: 'custom', message: `not a fetchable git URL: ${problem}` });
+      }),
     /** Branches whose changes are checked; empty: all. */
     branches: z.array(z.string().min(1).max(255)).max(256).default([]),
   })
@@ -106,7 +118,7 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   config.projects.forEach((p, i) => {
     if (names.has(p.name)) issues.push({ file, path: `projects[${i}].name`, message: `duplicate project ${p.name}`, severity: 'error' });
     names.add(p.name);
-    if (!/^[a-z][a-z0-9+.-]*:/.test(p.url) && !p.url.includes('@')) p.url = abs(p.url);
+    if (isLocalPath(p.url)) p.url = abs(p.url);
   });
   const readSecret = (path: string | undefined, at: string): Buffer | undefined => {
     if (!path) return undefined;

@@ -17,6 +17,8 @@ export type Listener = (e: BuildEvent) => void;
 
 interface Live {
   backlog: BuildEvent[];
+  /** Events published so far: the first `count` lines of the file once it is flushed. */
+  count: number;
   bytes: number;
   truncated: boolean;
   listeners: Set<Listener>;
@@ -25,6 +27,8 @@ interface Live {
 
 export class BuildEvents {
   private readonly live = new Map<number, Live>();
+  /** Builds whose file is still being flushed after `end`: a reader waits for it. */
+  private readonly closing = new Map<number, Promise<void>>();
 
   constructor(
     private readonly dir: string,
@@ -42,7 +46,7 @@ export class BuildEvents {
     rmSync(d, { recursive: true, force: true });
     mkdirSync(join(d, 'logs'), { recursive: true });
     const prev = this.live.get(buildId);
-    this.live.set(buildId, { backlog: [], bytes: 0, truncated: false, listeners: prev?.listeners ?? new Set(), file: createWriteStream(join(d, 'events.jsonl'), { flags: 'a' }) });
+    this.live.set(buildId, { backlog: [], count: 0, bytes: 0, truncated: false, listeners: prev?.listeners ?? new Set(), file: createWriteStream(join(d, 'events.jsonl'), { flags: 'a' }) });
   }
 
   publish(buildId: number, e: BuildEvent): void {
@@ -50,6 +54,7 @@ export class BuildEvents {
     if (!l) return;
     const line = JSON.stringify(e);
     l.file.write(`${line}\n`);
+    l.count++;
     l.backlog.push(e);
     l.bytes += line.length;
     while (l.bytes > this.maxBacklogBytes && l.backlog.length > 1) {
@@ -68,7 +73,10 @@ export class BuildEvents {
     if (!l) return;
     this.live.delete(buildId);
     l.listeners.clear();
-    await new Promise<void>((res) => l.file.end(res));
+    const closed = new Promise<void>((res) => l.file.end(res));
+    this.closing.set(buildId, closed);
+    await closed;
+    if (this.closing.get(buildId) === closed) this.closing.delete(buildId);
   }
 
   /**
@@ -83,17 +91,21 @@ export class BuildEvents {
       return { live: true, unsubscribe: () => l.listeners.delete(fn) };
     }
     if (l) {
-      // The in-memory backlog was trimmed: replay the file, then the events that arrived meanwhile.
+      // The in-memory backlog was trimmed: replay the file's first `count` events (once flushed: the
+      // stream writes asynchronously), then the events that arrived meanwhile.
       const pending: BuildEvent[] = [];
       const buffer: Listener = (e) => pending.push(e);
+      const count = l.count;
       l.listeners.add(buffer);
-      await this.replay(buildId, fn);
+      await new Promise<void>((res) => l.file.write('', () => res()));
+      await this.replay(buildId, fn, count);
       l.listeners.delete(buffer);
       pending.forEach(fn);
       if (!this.live.has(buildId)) return { live: false, unsubscribe: () => {} };
       l.listeners.add(fn);
       return { live: true, unsubscribe: () => l.listeners.delete(fn) };
     }
+    await this.closing.get(buildId);
     await this.replay(buildId, fn);
     return { live: false, unsubscribe: () => {} };
   }
@@ -102,16 +114,25 @@ export class BuildEvents {
     return this.live.has(buildId);
   }
 
-  private async replay(buildId: number, fn: Listener): Promise<void> {
+  private async replay(buildId: number, fn: Listener, max = Infinity): Promise<void> {
     let text: string;
     try {
       text = await readFile(join(this.buildDir(buildId), 'events.jsonl'), 'utf8');
     } catch {
       return;
     }
+    let n = 0;
     for (const line of text.split('\n')) {
+      if (n >= max) break;
       if (!line) continue;
-      const r = BuildEvent.safeParse(JSON.parse(line));
+      n++;
+      let json: unknown;
+      try {
+        json = JSON.parse(line);
+      } catch {
+        continue; // a line torn by a crash mid-write
+      }
+      const r = BuildEvent.safeParse(json);
       if (r.success) fn(r.data);
     }
   }

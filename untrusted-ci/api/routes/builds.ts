@@ -79,10 +79,11 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
-    const send = (e: BuildEvent): void => {
-      res.write(`event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
-    };
     let finished = false;
+    // Never write after end: on a real socket that is an uncaught ERR_STREAM_WRITE_AFTER_END.
+    const send = (e: BuildEvent): void => {
+      if (!finished) res.write(`event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
+    };
     let unsubscribe = (): void => {};
     const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), HEARTBEAT_MS);
     const end = (): void => {
@@ -101,7 +102,8 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
         if (e.type === 'build' && e.state === 'finished') end();
       });
       unsubscribe = sub.unsubscribe;
-      if (!sub.live) {
+      if (finished) unsubscribe();
+      if (!sub.live && !finished) {
         const now = deps.store.build(build.id);
         if (now.state === 'finished') {
           send({ type: 'build', state: 'finished', ...(now.result ? { result: now.result } : {}), ...(now.reason ? { reason: now.reason } : {}) });

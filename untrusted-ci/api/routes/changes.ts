@@ -24,7 +24,8 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
       if (!isSha(c.ref) && (!c.ref.startsWith('refs/') || refNameProblem(c.ref))) {
         issues.push({ file: 'body', path: 'ref', message: `must be a full ref name (refs/…) or a 40-hex commit id${refNameProblem(c.ref) ? `: ${refNameProblem(c.ref)}` : ''}`, severity: 'error' as const });
       }
-      const branchProblem = refNameProblem(`refs/heads/${c.branch}`);
+      // The merger refuses a leading "-" (an option on a git command line): refuse it here, not after the 202.
+      const branchProblem = c.branch.startsWith('-') ? 'starts with "-"' : refNameProblem(`refs/heads/${c.branch}`);
       if (branchProblem) issues.push({ file: 'body', path: 'branch', message: branchProblem, severity: 'error' as const });
       else if (project.branches.length > 0 && !project.branches.includes(c.branch)) {
         issues.push({ file: 'body', path: 'branch', message: `${project.name} is checked on ${project.branches.join(', ')} only`, severity: 'error' as const });

@@ -1,0 +1,504 @@
+/**
+ * The CI's HTTP API through `app.inject()` (no ports), built by `buildApi` from real parts: SQLite
+ * BuildStore in memory, the Scheduler with the FakeExecutor, BuildEvents and an FsArtifactStore in
+ * a temp dir, the store reporter, metrics, a silent logger. Every hostile or broken request must get
+ * a 4xx in the `{code, message, statusCode}` shape — never a 500.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger } from '../../../shared/logging.js';
+import { BuildEvent, BuildView, QueueView, SubmitAnswer, ChangeView, type SubmitChangeInput } from '../../../shared/schemas/api/builds.js';
+import { FsArtifactStore } from '../../../shared/storage/fs-artifact-store.js';
+import { logKey, resultKey } from '../../../shared/storage/keys.js';
+import { buildApi } from '../../../untrusted-ci/api/app.js';
+import { createCiMetrics } from '../../../untrusted-ci/api/metrics.js';
+import { buildCiConfig, type CiConfigInput } from '../../../untrusted-ci/config.js';
+import { BuildEvents } from '../../../untrusted-ci/logs/build-events.js';
+import { createStoreReporter } from '../../../untrusted-ci/reporting/store-reporter.js';
+import { Scheduler } from '../../../untrusted-ci/scheduler/scheduler.js';
+import { signWebhookBody, WEBHOOK_SIGNATURE_HEADER } from '../../../untrusted-ci/sources/gerrit/verify.js';
+import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
+import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';
+import { FakeExecutor } from '../../support/fake-executor.js';
+
+const SECRET = 'a-webhook-secret-of-32-characters!';
+const TOKEN = 'an-api-token-that-is-long-enough';
+const FIXTURES = new URL('../../fixtures/gerrit/', import.meta.url);
+const fixture = (name: string): Buffer => readFileSync(new URL(name, FIXTURES));
+
+interface Api {
+  app: FastifyInstance;
+  store: BuildStore;
+  scheduler: Scheduler;
+  executor: FakeExecutor;
+  artifacts: FsArtifactStore;
+}
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const fn of cleanups.splice(0).reverse()) await fn();
+});
+
+async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean } = {}): Promise<Api> {
+  const dir = mkdtempSync(join(tmpdir(), 'airlock-api-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'hook.secret'), SECRET);
+  writeFileSync(join(dir, 'api.token'), TOKEN);
+  const loaded = buildCiConfig(
+    {
+      version: 1,
+      dataDir: join(dir, 'data'),
+      slots: 1,
+      api: { bodyLimit: '16k', ...(o.token ? { tokenFile: 'api.token' } : {}) },
+      projects: [
+        { name: 'app', url: '/srv/git/app.git' },
+        { name: 'TestRepo1', url: '/srv/git/TestRepo1.git' },
+        { name: 'picky', url: '/srv/git/picky.git', branches: ['main'] },
+      ],
+      ...o.config,
+      webhooks: { ...(o.hookSecret !== false ? { gerritSecretFile: 'hook.secret' } : {}), ...o.config?.webhooks },
+    },
+    'test-config',
+    dir,
+  );
+  const logger = createLogger({ level: 'silent' });
+  const db: Db = openDatabase(':memory:');
+  const store = new BuildStore(db);
+  const events = new BuildEvents(join(dir, 'builds'));
+  const artifacts = new FsArtifactStore(join(dir, 'artifacts'));
+  const executor = new FakeExecutor({ events, store });
+  let metrics: ReturnType<typeof createCiMetrics> | undefined;
+  const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: loaded.config.slots, logger, onChange: (b) => metrics?.onBuild(b) });
+  metrics = createCiMetrics({
+    queued: () => {
+      const q = store.queued();
+      return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
+    },
+    busy: () => scheduler.busy,
+    slots: loaded.config.slots,
+  });
+  const app = await buildApi({
+    config: loaded.config,
+    store,
+    scheduler,
+    events,
+    artifacts,
+    metrics,
+    logger,
+    ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
+    ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
+  });
+  await scheduler.start();
+  cleanups.push(() => db.close());
+  cleanups.push(() => scheduler.close());
+  cleanups.push(() => executor.release('*'));
+  cleanups.push(() => app.close());
+  return { app, store, scheduler, executor, artifacts };
+}
+
+const CHANGE: SubmitChangeInput = { project: 'app', ref: 'refs/changes/01/1/1', change: '1', patchset: 1, author: 'alice', subject: 'fix' };
+
+function post(api: Api, payload: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  return api.app.inject({ method: 'POST', url: '/api/changes', payload: payload as object, headers });
+}
+
+/** A 4xx in the wire error shape, with this status and code. */
+function expectError(r: LightMyRequestResponse, status: number, code: string): { code: string; message: string; statusCode: number } {
+  expect(r.statusCode, r.body).toBe(status);
+  const body = r.json() as { code: string; message: string; statusCode: number };
+  expect(Object.keys(body).sort()).toEqual(['code', 'message', 'statusCode']);
+  expect(body).toMatchObject({ code, statusCode: status });
+  expect(typeof body.message).toBe('string');
+  return body;
+}
+
+function hook(api: Api, body: Buffer | string, signature?: string | null): Promise<LightMyRequestResponse> {
+  const raw = Buffer.isBuffer(body) ? body : Buffer.from(body);
+  const headers: Record<string, string> = { 'content-type': 'application/json; charset=UTF-8' };
+  if (signature !== null) headers[WEBHOOK_SIGNATURE_HEADER] = signature ?? signWebhookBody(raw, Buffer.from(SECRET));
+  return api.app.inject({ method: 'POST', url: '/hooks/gerrit', payload: raw, headers });
+}
+
+/** Counts writes to a response after its end: on a real socket each is an uncaught ERR_STREAM_WRITE_AFTER_END. */
+function countWritesAfterEnd(app: FastifyInstance): { count: number } {
+  const late = { count: 0 };
+  app.addHook('onRequest', async (_req, reply) => {
+    const raw = reply.raw;
+    const write = raw.write.bind(raw) as (...a: unknown[]) => boolean;
+    raw.write = ((...args: unknown[]) => {
+      if (raw.writableEnded) late.count++;
+      return write(...args);
+    }) as typeof raw.write;
+  });
+  return late;
+}
+
+describe('POST /api/changes', () => {
+  it('accepts a change with 202 and has it in the database before answering', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const r = await post(api, CHANGE);
+    expect(r.statusCode, r.body).toBe(202);
+    const answer = SubmitAnswer.parse(r.json());
+    expect(answer.change).toMatchObject({ project: 'app', branch: 'master', change: '1', patchset: 1, ref: 'refs/changes/01/1/1', author: 'alice', subject: 'fix', source: 'api' });
+    expect(answer.builds).toHaveLength(1);
+    expect(api.store.build(answer.builds[0]!)).toMatchObject({ pipeline: 'check', project: 'app' });
+    const back = await api.app.inject({ method: 'GET', url: `/api/changes/${answer.change.id}` });
+    expect(back.statusCode).toBe(200);
+    const parsed = (back.json() as { change: unknown; builds: unknown[] });
+    expect(ChangeView.parse(parsed.change)).toEqual(answer.change);
+    expect(parsed.builds.map((b) => BuildView.parse(b).id)).toEqual(answer.builds);
+  });
+
+  it('fills defaults: branch master, patchset 1, the ref as change id, check pipeline', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const sha = 'a'.repeat(40);
+    const r = await post(api, { project: 'app', ref: sha });
+    expect(r.statusCode, r.body).toBe(202);
+    expect(SubmitAnswer.parse(r.json()).change).toMatchObject({ change: sha, patchset: 1, branch: 'master', author: 'anonymous' });
+  });
+
+  it.each<[string, unknown]>([
+    ['an unknown key', { ...CHANGE, extra: 1 }],
+    ['a wrong type', { ...CHANGE, patchset: '1' }],
+    ['a negative patchset', { ...CHANGE, patchset: -1 }],
+    ['a missing ref', { project: 'app' }],
+    ['an option as ref', { ...CHANGE, ref: '--upload-pack=touch /tmp/x' }],
+    ['a ref with ..', { ...CHANGE, ref: 'refs/../x' }],
+    ['a short ref', { ...CHANGE, ref: 'main' }],
+    ['a ref with a space', { ...CHANGE, ref: 'refs/heads/a b' }],
+    ['a bad branch', { ...CHANGE, branch: '-x' }],
+    ['a bad change id', { ...CHANGE, change: 'a b' }],
+    ['an unknown pipeline', { ...CHANGE, pipeline: 'deploy' }],
+    ['an array', [CHANGE]],
+    ['a string', 'refs/heads/main'],
+    ['null', null],
+  ])('answers 400 to %s', async (_name, body) => {
+    const api = await makeApi();
+    const r = await api.app.inject({ method: 'POST', url: '/api/changes', payload: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    expectError(r, 400, 'AIRLOCK_E_INVALID_INPUT');
+    expect(api.store.builds({})).toEqual([]);
+  });
+
+  it('names every bad field in one answer', async () => {
+    const api = await makeApi();
+    const body = expectError(await post(api, { project: 'app', ref: 'refs/../x', branch: 'a..b' }), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expect(body.message).toMatch(/ref/);
+    expect(body.message).toMatch(/branch/);
+  });
+
+  it('answers 400 to a branch the project is not checked on', async () => {
+    const api = await makeApi();
+    expectError(await post(api, { ...CHANGE, project: 'picky', branch: 'dev' }), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expect((await post(api, { ...CHANGE, project: 'picky', branch: 'main' })).statusCode).toBe(202);
+  });
+
+  it('answers 404 to an unregistered project', async () => {
+    const api = await makeApi();
+    expectError(await post(api, { ...CHANGE, project: 'nope' }), 404, 'AIRLOCK_E_NOT_FOUND');
+  });
+
+  it('answers 409 to an outdated patchset', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    expect((await post(api, { ...CHANGE, patchset: 2 })).statusCode).toBe(202);
+    expectError(await post(api, { ...CHANGE, patchset: 1 }), 409, 'AIRLOCK_E_CONFLICT');
+  });
+
+  it('answers 400 to a body that is not JSON, and 415 to a content type it does not parse', async () => {
+    const api = await makeApi();
+    const send = (payload: string | undefined, contentType?: string): Promise<LightMyRequestResponse> =>
+      api.app.inject({ method: 'POST', url: '/api/changes', ...(payload !== undefined ? { payload } : {}), headers: contentType ? { 'content-type': contentType } : {} });
+    expectError(await send('{"project": ', 'application/json'), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await send('{"__proto__": {"x": 1}}', 'application/json'), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await send('{"project": "app"}', 'text/plain'), 400, 'AIRLOCK_E_INVALID_INPUT'); // a string, not an object
+    expectError(await send('project=app&ref=refs/heads/x', 'application/x-www-form-urlencoded'), 415, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await send('{"project": "app"}'), 415, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await send(undefined), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expect(api.store.builds({})).toEqual([]);
+  });
+
+  it('answers 413 to a body over the limit', async () => {
+    const api = await makeApi();
+    expectError(await post(api, { ...CHANGE, subject: 'x'.repeat(20_000) }), 413, 'AIRLOCK_E_PAYLOAD_TOO_LARGE');
+  });
+
+  it('requires the API token when one is configured, with one constant message', async () => {
+    const api = await makeApi({ token: true });
+    const none = expectError(await post(api, CHANGE), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    const wrong = expectError(await post(api, CHANGE, { authorization: `Bearer ${TOKEN.slice(0, -1)}x` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    const short = expectError(await post(api, CHANGE, { authorization: 'Bearer x' }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    const basic = expectError(await post(api, CHANGE, { authorization: `Basic ${TOKEN}` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    expect(new Set([none.message, wrong.message, short.message, basic.message]).size).toBe(1);
+    expect(none.message).not.toContain(TOKEN);
+    expect(api.store.builds({})).toEqual([]);
+    const ok = await post(api, CHANGE, { authorization: `Bearer ${TOKEN}` });
+    expect(ok.statusCode, ok.body).toBe(202);
+    const id = SubmitAnswer.parse(ok.json()).builds[0]!;
+    expectError(await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    // Reading stays open.
+    expect((await api.app.inject({ method: 'GET', url: `/api/builds/${id}` })).statusCode).toBe(200);
+  });
+
+  it('never answers 5xx, whatever JSON arrives', async () => {
+    const api = await makeApi();
+    const field = fc.oneof(fc.jsonValue(), fc.string(), fc.integer(), fc.constantFrom('app', 'picky', 'refs/heads/main', 'refs/changes/01/1/1', 'a'.repeat(40), 'check', 'gate', ''));
+    const body = fc.oneof(
+      fc.jsonValue(),
+      fc.record(
+        { project: fc.oneof(fc.constantFrom('app', 'picky'), field), ref: field, branch: field, change: field, patchset: fc.oneof(fc.integer({ min: -2, max: 5 }), field), author: field, subject: field, pipeline: field },
+        { requiredKeys: [] },
+      ),
+    );
+    await fc.assert(
+      fc.asyncProperty(body, async (b) => {
+        const r = await api.app.inject({ method: 'POST', url: '/api/changes', payload: JSON.stringify(b), headers: { 'content-type': 'application/json' } });
+        expect(r.statusCode, r.body).toBeLessThan(500);
+        if (r.statusCode >= 400) expect(Object.keys(r.json() as object).sort()).toEqual(['code', 'message', 'statusCode']);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('builds, queue, logs, events', () => {
+  it('serves builds, one build and the queue in their wire shapes', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const a = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
+    const b = SubmitAnswer.parse((await post(api, { ...CHANGE, change: '2', ref: 'refs/changes/02/2/1', pipeline: 'gate' })).json()).builds[0]!;
+    await api.executor.until((x) => x.held.length === 1);
+    const list = await api.app.inject({ method: 'GET', url: '/api/builds?limit=10' });
+    expect(list.statusCode).toBe(200);
+    const builds = (list.json() as { builds: unknown[] }).builds.map((x) => BuildView.parse(x));
+    expect(builds.map((x) => x.id)).toEqual([b, a]);
+    const one = BuildView.parse((await api.app.inject({ method: 'GET', url: `/api/builds/${a}` })).json());
+    expect(one).toMatchObject({ id: a, state: 'running', attempt: 1 });
+    const queue = QueueView.parse((await api.app.inject({ method: 'GET', url: '/api/queue' })).json());
+    expect(queue).toMatchObject({ slots: 1, busy: 1 });
+    expect(queue.running.map((x) => x.id)).toEqual([a]);
+    expect(queue.queued.map((x) => [x.id, x.pipeline])).toEqual([[b, 'gate']]);
+    const filtered = (await api.app.inject({ method: 'GET', url: '/api/builds?state=queued&project=app' })).json() as { builds: BuildView[] };
+    expect(filtered.builds.map((x) => x.id)).toEqual([b]);
+  });
+
+  it.each([
+    ['GET', '/api/builds/abc', 400],
+    ['GET', '/api/builds/0', 400],
+    ['GET', '/api/builds/-1', 400],
+    ['GET', '/api/builds/99999999999999999999', 400],
+    ['GET', '/api/builds/42', 404],
+    ['GET', '/api/changes/x', 400],
+    ['GET', '/api/changes/42', 404],
+    ['GET', '/api/builds?limit=0', 400],
+    ['GET', '/api/builds?state=exploded', 400],
+    ['GET', '/api/builds?sort=id', 400],
+    ['POST', '/api/builds/42/cancel', 404],
+    ['GET', '/api/builds/42/logs/unit', 404],
+    ['GET', '/api/builds/1/logs/..%2Fetc', 400],
+    ['GET', '/api/nope', 404],
+    ['DELETE', '/api/builds/1', 404],
+  ] as const)('%s %s → %i', async (method, url, status) => {
+    const api = await makeApi();
+    const r = await api.app.inject({ method, url });
+    expect(r.statusCode, r.body).toBe(status);
+    expect(Object.keys(r.json() as object).sort()).toEqual(['code', 'message', 'statusCode']);
+  });
+
+  it('cancels a running build with 202', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const id = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
+    await api.executor.until((x) => x.held.length === 1);
+    const r = await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` });
+    expect(r.statusCode, r.body).toBe(202);
+    expect(BuildView.parse(r.json()).id).toBe(id);
+    await api.scheduler.idle();
+    expect(api.store.build(id)).toMatchObject({ result: 'cancelled', reason: 'cancelled by request' });
+  });
+
+  it('serves a job log from the artifact store, and 404 for a job the build does not have', async () => {
+    const api = await makeApi();
+    const id = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
+    await api.scheduler.idle();
+    await api.artifacts.put(logKey(String(id), 'unit'), 'hello from unit\n');
+    const r = await api.app.inject({ method: 'GET', url: `/api/builds/${id}/logs/unit` });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^text\/plain/);
+    expect(r.body).toBe('hello from unit\n');
+    expectError(await api.app.inject({ method: 'GET', url: `/api/builds/${id}/logs/lint` }), 404, 'AIRLOCK_E_NOT_FOUND');
+  });
+
+  it('replays a finished build’s events over SSE and ends with event: end', async () => {
+    const api = await makeApi();
+    const late = countWritesAfterEnd(api.app);
+    const id = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
+    await api.scheduler.idle();
+    // The store reporter wrote the result next to the logs.
+    expect(BuildView.parse(JSON.parse((await api.artifacts.getBuffer(resultKey(String(id)), 1 << 20)).toString('utf8')))).toMatchObject({ id, result: 'passed' });
+    const r = await api.app.inject({ method: 'GET', url: `/api/builds/${id}/events` });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^text\/event-stream/);
+    const frames = r.body.split('\n\n').filter(Boolean).map((f) => ({ event: /^event: (.*)$/m.exec(f)?.[1], data: /^data: (.*)$/m.exec(f)?.[1] }));
+    expect(frames.at(-1)).toEqual({ event: 'end', data: '{}' });
+    const events = frames.slice(0, -1).map((f) => BuildEvent.parse(JSON.parse(f.data!)));
+    expect(frames.slice(0, -1).map((f) => f.event)).toEqual(events.map((e) => e.type));
+    expect(events).toEqual([
+      { type: 'job', job: 'unit', state: 'running' },
+      { type: 'log', job: 'unit', text: 'unit of 1,1\n' },
+      { type: 'job', job: 'unit', state: 'passed' },
+      { type: 'build', state: 'finished', result: 'passed', reason: '1 voting job passed' },
+    ]);
+    expect(late.count).toBe(0);
+  });
+
+  it('ends the SSE stream of a build cancelled before it ran with its result', async () => {
+    const api = await makeApi();
+    const late = countWritesAfterEnd(api.app);
+    api.executor.hold('*');
+    await post(api, CHANGE);
+    const id = SubmitAnswer.parse((await post(api, { ...CHANGE, change: '2', ref: 'refs/changes/02/2/1' })).json()).builds[0]!;
+    await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` });
+    const r = await api.app.inject({ method: 'GET', url: `/api/builds/${id}/events` });
+    expect(r.body).toBe(`event: build\ndata: ${JSON.stringify({ type: 'build', state: 'finished', result: 'cancelled', reason: 'cancelled by request' })}\n\nevent: end\ndata: {}\n\n`);
+    expect(late.count).toBe(0);
+  });
+
+  it('exposes queue depth and build results as Prometheus metrics', async () => {
+    const api = await makeApi();
+    await post(api, CHANGE);
+    await api.scheduler.idle();
+    const r = await api.app.inject({ method: 'GET', url: '/metrics' });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^text\/plain/);
+    expect(r.body).toMatch(/^airlock_ci_queue_depth\{pipeline="check"\} 0$/m);
+    expect(r.body).toMatch(/^airlock_ci_builds_total\{pipeline="check",result="passed"\} 1$/m);
+    expect(r.body).toMatch(/^airlock_ci_slots 1$/m);
+  });
+
+  it('publishes an OpenAPI 3.1 document with the API’s paths', async () => {
+    const api = await makeApi();
+    const r = await api.app.inject({ method: 'GET', url: '/openapi.json' });
+    expect(r.statusCode).toBe(200);
+    const doc = r.json() as { openapi: string; info: { title: string; version: string }; paths: Record<string, Record<string, { responses?: Record<string, unknown>; requestBody?: { content: Record<string, { schema: unknown }> } }>> };
+    expect(doc.openapi).toBe('3.1.0');
+    expect(doc.info.title).toBeTruthy();
+    expect(doc.info.version).toBeTruthy();
+    expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(['/api/changes', '/api/changes/{id}', '/api/builds', '/api/builds/{id}', '/api/builds/{id}/events', '/api/queue', '/hooks/gerrit']));
+    expect(Object.keys(doc.paths)).not.toContain('/metrics'); // hidden
+    const submit = doc.paths['/api/changes']!.post!;
+    expect(submit.requestBody!.content['application/json']!.schema).toMatchObject({ type: 'object', required: expect.arrayContaining(['project', 'ref']) });
+    expect(Object.keys(submit.responses!)).toContain('202');
+    const METHODS = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']);
+    for (const [path, item] of Object.entries(doc.paths)) {
+      expect(path).toMatch(/^\//);
+      expect(path).not.toMatch(/:/); // fastify's :id is translated to {id}
+      for (const [method, op] of Object.entries(item)) {
+        if (!METHODS.has(method)) continue;
+        expect(op.responses, `${method} ${path}`).toBeTypeOf('object');
+        for (const code of Object.keys(op.responses!)) expect(code).toMatch(/^(?:[1-5]\d\d|[1-5]XX|default)$/);
+      }
+    }
+  });
+});
+
+describe('POST /hooks/gerrit', () => {
+  it('accepts a signed patchset-created of a registered project and queues a build', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const r = await hook(api, fixture('patchset-created.json'));
+    expect(r.statusCode, r.body).toBe(202);
+    const out = r.json() as { accepted: boolean; builds: number[]; superseded: number[] };
+    expect(out).toMatchObject({ accepted: true, superseded: [] });
+    expect(api.store.build(out.builds[0]!)).toMatchObject({
+      project: 'TestRepo1',
+      branch: 'patch_create',
+      pipeline: 'check',
+      change: { change: '2', patchset: 1, ref: 'refs/changes/02/2/1', author: 'admin', source: 'gerrit' },
+    });
+  });
+
+  it('answers a redelivery of the same body as a duplicate, and queues nothing more', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const body = fixture('patchset-created.json');
+    expect((await hook(api, body)).statusCode).toBe(202);
+    const again = await hook(api, body);
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ accepted: false, reason: 'already received (redelivery)' });
+    expect(api.store.builds({})).toHaveLength(1);
+  });
+
+  it('acknowledges an event type it ignores with 202 accepted: false', async () => {
+    const api = await makeApi();
+    const r = await hook(api, fixture('change-abandoned.json'));
+    expect(r.statusCode).toBe(202);
+    expect(r.json()).toMatchObject({ accepted: false, reason: expect.any(String) });
+    expect(api.store.builds({})).toEqual([]);
+  });
+
+  it('acknowledges a patchset of a project it does not check without queueing it', async () => {
+    const api = await makeApi();
+    const body = fixture('patchset-created.json').toString('utf8').replaceAll('TestRepo1', 'Unknown');
+    const r = await hook(api, body);
+    expect(r.statusCode).toBe(202);
+    expect(r.json()).toMatchObject({ accepted: false });
+    expect(api.store.builds({})).toEqual([]);
+  });
+
+  it('answers 401 to an unsigned or wrongly signed body, and 400 to signed garbage', async () => {
+    const api = await makeApi();
+    const body = fixture('patchset-created.json');
+    const unsigned = expectError(await hook(api, body, null), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    const bad = expectError(await hook(api, body, signWebhookBody(body, Buffer.from('another-secret-of-some-length'))), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    expectError(await hook(api, body, 'sha256=zz'), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    for (const m of [unsigned.message, bad.message]) expect(m).not.toContain(SECRET);
+    expectError(await hook(api, '{"type": "patchset-created", '), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await hook(api, '{"type": "patchset-created"}'), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expectError(await hook(api, Buffer.from([0xff, 0xfe, 0x00])), 400, 'AIRLOCK_E_INVALID_INPUT');
+    expect(api.store.builds({})).toEqual([]);
+  });
+
+  it('takes any content type, since the signature covers the raw bytes', async () => {
+    const api = await makeApi();
+    const body = fixture('change-abandoned.json');
+    const r = await api.app.inject({ method: 'POST', url: '/hooks/gerrit', payload: body, headers: { 'content-type': 'text/plain', [WEBHOOK_SIGNATURE_HEADER]: signWebhookBody(body, Buffer.from(SECRET)) } });
+    expect(r.statusCode, r.body).toBe(202);
+  });
+
+  it('is 404 when no webhook secret is configured', async () => {
+    const api = await makeApi({ hookSecret: false });
+    expectError(await hook(api, fixture('patchset-created.json')), 404, 'AIRLOCK_E_NOT_FOUND');
+  });
+
+  it('rate-limits per client: the request past the limit gets 429', async () => {
+    const api = await makeApi({ config: { webhooks: { ratePerMinute: 3 } } });
+    const body = fixture('change-abandoned.json');
+    for (let i = 0; i < 3; i++) expect((await hook(api, body)).statusCode).toBe(202);
+    expectError(await hook(api, body), 429, 'AIRLOCK_E_RATE_LIMITED');
+    // Another client is not limited by the first one.
+    const other = await api.app.inject({ method: 'POST', url: '/hooks/gerrit', payload: body, remoteAddress: '192.0.2.7', headers: { 'content-type': 'application/json', [WEBHOOK_SIGNATURE_HEADER]: signWebhookBody(body, Buffer.from(SECRET)) } });
+    expect(other.statusCode).toBe(202);
+    // The API is not rate-limited by the webhook's budget.
+    expect((await api.app.inject({ method: 'GET', url: '/api/queue' })).statusCode).toBe(200);
+  });
+
+  it('answers 413 to a body over the limit', async () => {
+    const api = await makeApi();
+    const big = Buffer.from(JSON.stringify({ type: 'patchset-created', pad: 'x'.repeat(20_000) }));
+    expectError(await hook(api, big), 413, 'AIRLOCK_E_PAYLOAD_TOO_LARGE');
+  });
+
+  it('answers 409, not 500, to a patchset older than one already queued', async () => {
+    const api = await makeApi();
+    api.executor.hold('*');
+    const v2 = fixture('patchset-created.json').toString('utf8').replace('"number": 1,', '"number": 2,').replace('refs/changes/02/2/1', 'refs/changes/02/2/2');
+    expect((await hook(api, v2)).statusCode).toBe(202);
+    expectError(await hook(api, fixture('patchset-created.json')), 409, 'AIRLOCK_E_CONFLICT');
+  });
+});

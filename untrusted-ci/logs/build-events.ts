@@ -22,6 +22,8 @@ interface Live {
   bytes: number;
   truncated: boolean;
   listeners: Set<Listener>;
+  /** Told when the stream ends, whether or not a final `build` event was published. */
+  enders: Set<() => void>;
   file: WriteStream;
 }
 
@@ -46,7 +48,7 @@ export class BuildEvents {
     rmSync(d, { recursive: true, force: true });
     mkdirSync(join(d, 'logs'), { recursive: true });
     const prev = this.live.get(buildId);
-    this.live.set(buildId, { backlog: [], count: 0, bytes: 0, truncated: false, listeners: prev?.listeners ?? new Set(), file: createWriteStream(join(d, 'events.jsonl'), { flags: 'a' }) });
+    this.live.set(buildId, { backlog: [], count: 0, bytes: 0, truncated: false, listeners: prev?.listeners ?? new Set(), enders: prev?.enders ?? new Set(), file: createWriteStream(join(d, 'events.jsonl'), { flags: 'a' }) });
   }
 
   publish(buildId: number, e: BuildEvent): void {
@@ -73,6 +75,9 @@ export class BuildEvents {
     if (!l) return;
     this.live.delete(buildId);
     l.listeners.clear();
+    const enders = [...l.enders];
+    l.enders.clear();
+    for (const fn of enders) fn();
     const closed = new Promise<void>((res) => l.file.end(res));
     this.closing.set(buildId, closed);
     await closed;
@@ -83,12 +88,17 @@ export class BuildEvents {
    * Every event so far, then each new one to `fn` until the build ends. Returns an unsubscribe
    * function and whether the build is still live (false: the backlog is all there will be).
    */
-  async subscribe(buildId: number, fn: Listener): Promise<{ live: boolean; unsubscribe: () => void }> {
+  async subscribe(buildId: number, fn: Listener, onEnd?: () => void): Promise<{ live: boolean; unsubscribe: () => void }> {
     const l = this.live.get(buildId);
+    const unsubscribe = (): void => {
+      l?.listeners.delete(fn);
+      if (onEnd) l?.enders.delete(onEnd);
+    };
+    if (onEnd) l?.enders.add(onEnd);
     if (l && !l.truncated) {
       for (const e of l.backlog) fn(e);
       l.listeners.add(fn);
-      return { live: true, unsubscribe: () => l.listeners.delete(fn) };
+      return { live: true, unsubscribe };
     }
     if (l) {
       // The in-memory backlog was trimmed: replay the file's first `count` events (once flushed: the
@@ -101,9 +111,9 @@ export class BuildEvents {
       await this.replay(buildId, fn, count);
       l.listeners.delete(buffer);
       pending.forEach(fn);
-      if (!this.live.has(buildId)) return { live: false, unsubscribe: () => {} };
+      if (!this.live.has(buildId)) return { live: false, unsubscribe };
       l.listeners.add(fn);
-      return { live: true, unsubscribe: () => l.listeners.delete(fn) };
+      return { live: true, unsubscribe };
     }
     await this.closing.get(buildId);
     await this.replay(buildId, fn);

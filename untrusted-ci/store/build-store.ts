@@ -194,6 +194,11 @@ export class BuildStore {
     return this.db.prepare('INSERT OR IGNORE INTO seen_events (event_id, seen_at) VALUES (?, ?)').run(eventId, this.now()).changes === 0;
   }
 
+  /** Undo `seenEvent` when acting on the event failed, so a redelivery is acted on. */
+  forgetEvent(eventId: string): void {
+    this.db.prepare('DELETE FROM seen_events WHERE event_id = ?').run(eventId);
+  }
+
   markReported(id: number): void {
     this.db.prepare('UPDATE builds SET reported_at = ? WHERE id = ?').run(this.now(), id);
   }

@@ -234,6 +234,8 @@ describe('POST /api/changes', () => {
     const wrong = expectError(await post(api, CHANGE, { authorization: `Bearer ${TOKEN.slice(0, -1)}x` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     const short = expectError(await post(api, CHANGE, { authorization: 'Bearer x' }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     const basic = expectError(await post(api, CHANGE, { authorization: `Basic ${TOKEN}` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    // Checked before the body: a caller without the token learns nothing about the schema.
+    expectError(await post(api, { nonsense: true }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     expect(new Set([none.message, wrong.message, short.message, basic.message]).size).toBe(1);
     expect(none.message).not.toContain(TOKEN);
     expect(api.store.builds({})).toEqual([]);

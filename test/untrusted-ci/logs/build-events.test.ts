@@ -24,6 +24,19 @@ function collector(): { seen: BuildEvent[]; fn: (e: BuildEvent) => void } {
 }
 
 describe('BuildEvents', () => {
+  it('tells a subscriber when the stream ends without a final event (a cancelled or re-queued build), and not after unsubscribing', async () => {
+    const ev = new BuildEvents(dir);
+    ev.begin(1);
+    let ended = 0;
+    await ev.subscribe(1, () => {}, () => ended++);
+    let ended2 = 0;
+    const gone = await ev.subscribe(1, () => {}, () => ended2++);
+    gone.unsubscribe();
+    await ev.end(1);
+    expect(ended).toBe(1);
+    expect(ended2).toBe(0);
+  });
+
   it('gives a subscriber the backlog, then live events, in order', async () => {
     const ev = new BuildEvents(dir);
     ev.begin(1);

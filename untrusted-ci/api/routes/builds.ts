@@ -43,12 +43,18 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
     deps.store.build(req.params.id),
   );
 
-  app.post('/api/builds/:id/cancel', { schema: { description: 'Cancel a queued or running build', params: z.object({ id: Id }), response: { 202: BuildView } } }, async (req, reply) => {
-    requireToken(req.headers.authorization);
+  app.post(
+    '/api/builds/:id/cancel',
+    {
+      schema: { description: 'Cancel a queued or running build', params: z.object({ id: Id }), response: { 202: BuildView } },
+      onRequest: async (req) => requireToken(req.headers.authorization),
+    },
+    async (req, reply) => {
     deps.store.build(req.params.id); // 404 before anything else
     deps.scheduler.cancel(req.params.id, 'cancelled', 'cancelled by request');
     return reply.status(202).send(deps.store.build(req.params.id));
-  });
+    },
+  );
 
   app.get('/api/queue', { schema: { description: 'What is queued and running', response: { 200: QueueView } } }, async () => {
     const queued = deps.store.builds({ state: 'queued', limit: 500 }).reverse();
@@ -97,10 +103,17 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
     // A build that is queued has no stream yet: tell the client its state, then follow when it starts.
     if (build.state === 'queued') send({ type: 'build', state: 'queued' });
     const follow = async (): Promise<void> => {
-      const sub = await deps.events.subscribe(build.id, (e) => {
-        send(e);
-        if (e.type === 'build' && e.state === 'finished') end();
-      });
+      const sub = await deps.events.subscribe(
+        build.id,
+        (e) => {
+          send(e);
+          if (e.type === 'build' && e.state === 'finished') end();
+        },
+        // The stream ended without a final event (cancelled, errored, re-queued): ask the record.
+        () => {
+          if (!finished) setTimeout(() => void follow(), 50);
+        },
+      );
       unsubscribe = sub.unsubscribe;
       if (finished) unsubscribe();
       if (!sub.live && !finished) {

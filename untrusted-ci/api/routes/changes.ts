@@ -14,9 +14,12 @@ const IdParams = z.object({ id: z.coerce.number().int().min(1).max(Number.MAX_SA
 export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: RequireToken): void {
   app.post(
     '/api/changes',
-    { schema: { description: 'Submit a change for a check (or gate) run', body: SubmitChange, response: { 202: SubmitAnswer } } },
+    {
+      schema: { description: 'Submit a change for a check (or gate) run', body: SubmitChange, response: { 202: SubmitAnswer } },
+      // Before the body is validated: a caller without the token learns nothing about the schema.
+      onRequest: async (req) => requireToken(req.headers.authorization),
+    },
     async (req, reply) => {
-      requireToken(req.headers.authorization);
       const c = req.body;
       const project = deps.config.projects.find((p) => p.name === c.project);
       if (!project) throw new NotFoundError(`project ${c.project} is not registered with this CI`);

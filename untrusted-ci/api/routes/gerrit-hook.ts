@@ -47,7 +47,14 @@ export function registerGerritHook(app: FastifyInstance, deps: ApiDeps): void {
         deps.metrics.webhook('duplicate');
         return reply.status(202).send({ accepted: false, reason: 'already received (redelivery)' });
       }
-      const outcome = handleTrigger(event, deps);
+      let outcome;
+      try {
+        outcome = handleTrigger(event, deps);
+      } catch (e) {
+        // Not acted on: let the review system's retry through.
+        if (event.eventId) deps.store.forgetEvent(event.eventId);
+        throw e;
+      }
       deps.metrics.webhook(outcome.accepted ? 'accepted' : 'ignored');
       log.info({ kind: event.kind, outcome }, 'webhook handled');
       return reply.status(202).send(outcome);

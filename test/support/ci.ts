@@ -3,7 +3,7 @@
  * dir, logs to a filesystem (or given) ArtifactStore. HTTP goes through `app.inject()`.
  */
 import { rmSync } from 'node:fs';
-import { buildCiConfig, type CiConfigInput } from '../../untrusted-ci/config.js';
+import { buildCiConfig, type CiConfigInput, type LoadedCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService, type CiService } from '../../untrusted-ci/service.js';
 import { createLogger } from '../../shared/logging.js';
 import type { BuildView, SubmitChangeInput } from '../../shared/schemas/api/builds.js';
@@ -11,6 +11,7 @@ import { STATE_DIR, tempDir } from './docker.js';
 
 export interface TestCi {
   service: CiService;
+  loaded: LoadedCiConfig;
   dataDir: string;
   submit(body: SubmitChangeInput): Promise<number>;
   /** Polls the API until the build is finished. */
@@ -24,6 +25,7 @@ export async function startTestCi(config: Partial<CiConfigInput> & { projects: C
   const service = await startCiService(loaded, { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), workspacePool: 0 });
   return {
     service,
+    loaded,
     dataDir,
     async submit(body) {
       const r = await service.app.inject({ method: 'POST', url: '/api/changes', payload: body });

@@ -2,36 +2,23 @@
  * Loading `policies/untrusted-job.yaml` and applying it to a job's request.
  * `checkAgainstPolicy` is pure and is tested as a table: a job may tighten every limit, loosen none.
  */
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PolicyInvalidError, PolicyViolationError, type Issue } from '../errors.js';
+import { loadPolicyFile, parsePolicyText } from './policy-file.js';
+import { PolicyViolationError, type Issue } from '../errors.js';
 import { JobPolicy } from '../schemas/job-policy.js';
-import { zodIssues } from '../schemas/issues.js';
 import { LIMIT_KEYS, type Limits, type LimitsRequest, type Runtime } from '../schemas/limits.js';
-import { parseYaml } from '../yaml.js';
 import { formatBytes, formatDuration } from '../units.js';
 
 export const DEFAULT_JOB_POLICY_FILE = fileURLToPath(new URL('../../policies/untrusted-job.yaml', import.meta.url));
 
 /** Parse policy text, collecting every problem. */
 export function parseJobPolicy(text: string, file: string): { value?: JobPolicy; issues: Issue[] } {
-  const y = parseYaml(text, file);
-  if (y.issues.length > 0) return { issues: y.issues };
-  const r = JobPolicy.safeParse(y.value);
-  return r.success ? { value: r.data, issues: [] } : { issues: zodIssues(r.error, file) };
+  return parsePolicyText(JobPolicy, text, file);
 }
 
 /** Load the policy file or throw PolicyInvalidError listing every problem. */
 export function loadJobPolicy(file: string = DEFAULT_JOB_POLICY_FILE): JobPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
-  }
-  const r = parseJobPolicy(text, file);
-  if (!r.value) throw new PolicyInvalidError(r.issues);
-  return r.value;
+  return loadPolicyFile(JobPolicy, file);
 }
 
 /** gVisor is stricter than runc: asking for it tightens, asking for runc under a runsc default loosens. */

@@ -13,14 +13,12 @@
  * simply run again. `builds/<id>/result.json` is not subject to the periods: it lives as long as
  * the CI remembers the build, and goes with the orphan sweep once it does not.
  */
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PolicyInvalidError, StorageFailedError, type Issue } from '../errors.js';
-import { zodIssues } from '../schemas/issues.js';
+import { loadPolicyFile, parsePolicyText } from './policy-file.js';
+import { StorageFailedError, type Issue } from '../errors.js';
 import { RetentionPolicy } from '../schemas/retention-policy.js';
 import type { ArtifactStore } from '../storage/artifact-store.js';
 import { BUILDS_PREFIX, artifactPrefix, buildIdOf, buildPrefix, logsPrefix } from '../storage/keys.js';
-import { parseYaml } from '../yaml.js';
 
 export const DEFAULT_RETENTION_POLICY_FILE = fileURLToPath(new URL('../../policies/retention.yaml', import.meta.url));
 
@@ -49,23 +47,12 @@ export interface RetentionPlan {
 
 /** Parse policy text, collecting every problem. */
 export function parseRetentionPolicy(text: string, file: string): { value?: RetentionPolicy; issues: Issue[] } {
-  const y = parseYaml(text, file);
-  if (y.issues.length > 0) return { issues: y.issues };
-  const r = RetentionPolicy.safeParse(y.value);
-  return r.success ? { value: r.data, issues: [] } : { issues: zodIssues(r.error, file) };
+  return parsePolicyText(RetentionPolicy, text, file);
 }
 
 /** Load the policy file or throw PolicyInvalidError listing every problem. */
 export function loadRetentionPolicy(file: string = DEFAULT_RETENTION_POLICY_FILE): RetentionPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
-  }
-  const r = parseRetentionPolicy(text, file);
-  if (!r.value) throw new PolicyInvalidError(r.issues);
-  return r.value;
+  return loadPolicyFile(RetentionPolicy, file);
 }
 
 /** Which period a result gets: failures and errors are kept longer; a cancelled (or superseded) build counts as passed. */

@@ -23,6 +23,7 @@ import { BuildEvents } from './logs/build-events.js';
 import { Merger } from './merger/merger.js';
 import { createStoreReporter } from './reporting/store-reporter.js';
 import { Scheduler } from './scheduler/scheduler.js';
+import { Slots } from './scheduler/slots.js';
 import { BuildStore } from './store/build-store.js';
 import { openDatabase, type Db } from './store/database.js';
 import type { FastifyInstance } from 'fastify';
@@ -89,6 +90,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache: imageCache });
     const events = new BuildEvents(paths.builds);
     const merger = new Merger({ root: paths.git, logger });
+    const slots = new Slots(c.slots);
     const executor = new CheckBuildExecutor({
       store,
       events,
@@ -100,9 +102,10 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       projects: c.projects,
       workDir: paths.work,
       logger,
+      slots,
     });
     let metrics: ReturnType<typeof createCiMetrics> | undefined;
-    const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
+    const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: c.slots, executionSlots: slots, prepareAhead: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
     metrics = createCiMetrics({
       queued: () => {
         const q = store.queued();

@@ -34,6 +34,7 @@ import { compileJobs } from '../pipelines/compile-jobs.js';
 import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
+import type { Slots } from '../scheduler/slots.js';
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
 
@@ -71,6 +72,8 @@ export interface CheckBuildExecutorOptions {
   projects: readonly ProjectConfig[];
   workDir: string;
   logger: Logger;
+  /** Executor slots: taken around each job's container run. Absent: no limit beyond the scheduler's. */
+  slots?: Slots;
 }
 
 export class CheckBuildExecutor implements BuildExecutor {
@@ -200,7 +203,9 @@ export class CheckBuildExecutor implements BuildExecutor {
     const log = await JobLog.open(join(o.events.buildDir(buildId), 'logs', `${name}.log`));
     const artifactsDir = join(work, 'artifacts', name);
     let result: JobResult;
+    let releaseSlot: (() => void) | undefined;
     try {
+      releaseSlot = await o.slots?.acquire(signal);
       result = await o.runner.run(spec, {
         signal,
         source: { tar },
@@ -221,6 +226,8 @@ export class CheckBuildExecutor implements BuildExecutor {
         return 'failed';
       }
       throw e;
+    } finally {
+      releaseSlot?.();
     }
     const bytes = await log.close();
     await o.artifacts.putFile(logKey(String(buildId), name), log.file);

@@ -20,6 +20,7 @@ import type { Logger } from '../../shared/logging.js';
 import type { BuildResult, BuildView, Pipeline } from '../../shared/schemas/api/builds.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
 import { pickNext } from './fair-queue.js';
+import type { Slots } from './slots.js';
 
 /** What running one build came to. A failing job is an outcome, not an exception. */
 export interface BuildOutcome {
@@ -49,6 +50,13 @@ export interface SchedulerOptions {
   logger: Logger;
   maxAttempts?: number;
   onChange?: BuildListener;
+  /**
+   * When the executor takes an executor slot only while a job runs (see slots.ts), the scheduler
+   * starts up to `slots + prepareAhead` builds, so the next builds are prepared while containers
+   * run. `busy` then counts slots in use. Default: a build holds its slot from start to end.
+   */
+  executionSlots?: Slots;
+  prepareAhead?: number;
 }
 
 const SUPERSEDED = 'superseded';
@@ -69,7 +77,11 @@ export class Scheduler {
     return this.o.slots;
   }
   get busy(): number {
-    return this.running.size;
+    return this.o.executionSlots?.busy ?? this.running.size;
+  }
+  /** Builds started at most: the slots, plus those prepared ahead while the slots run jobs. */
+  private get inFlight(): number {
+    return this.o.slots + (this.o.executionSlots ? (this.o.prepareAhead ?? 0) : 0);
   }
   runningIds(): number[] {
     return [...this.running.keys()];
@@ -132,9 +144,9 @@ export class Scheduler {
 
   private fill(): void {
     if (this.closed) return;
-    if (this.running.size >= this.o.slots) return;
+    if (this.running.size >= this.inFlight) return;
     const queued = this.o.store.queued().filter((b) => !this.running.has(b.id));
-    while (this.running.size < this.o.slots && queued.length > 0) {
+    while (this.running.size < this.inFlight && queued.length > 0) {
       const next = pickNext(queued, this.lastServed);
       if (!next) break;
       queued.splice(queued.indexOf(next), 1);

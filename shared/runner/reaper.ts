@@ -7,18 +7,28 @@
  * - the calling runner's own volumes and loop devices that its workspace manager no longer holds.
  * An owner on another host or in another pid namespace cannot be judged from here: only the age
  * rule applies to it.
+ *
+ * A runner that dies while it writes a job's source into a workspace (WorkspaceManager.withMounted)
+ * leaves that workspace mounted at <workspacesDir>/<owner token>/<volume>.mnt. Such mounts are
+ * unmounted (lazily if a plain unmount is refused) and their directories removed first, before the
+ * volume and its loop device, which the mount would otherwise keep busy. Only mounts visible in
+ * this process's mount namespace can be seen: runners sharing a workspaces directory must share
+ * their mount namespace too (they do when they run on the host, as the engine's loop devices need).
  */
-import { readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { readdirSync, readFileSync, realpathSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { Logger } from '../logging.js';
+import { run } from './exec.js';
 import { LABEL_CREATED, LABEL_LOOP, LABEL_OWNER } from './labels.js';
 import { ownerFromToken, ownerState, ownerToken } from './owner.js';
-import { detachLoop, removeVolumeQuietly, WORKSPACE_VOLUME_PREFIX } from './workspace.js';
+import { detachLoop, removeVolumeQuietly, WORKSPACE_MOUNT_SUFFIX, WORKSPACE_VOLUME_PREFIX } from './workspace.js';
 import { isNotFound } from '../docker/client.js';
 
 export interface ReapReport {
   containers: string[];
+  /** Workspace mountpoints of a dead runner's source writing, unmounted. */
+  mounts: string[];
   volumes: string[];
   loopDevices: string[];
 }
@@ -39,7 +49,7 @@ export interface ReaperOptions {
 export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   const state = opts.ownerState ?? ownerState;
   const now = (opts.now ?? Date.now)();
-  const report: ReapReport = { containers: [], volumes: [], loopDevices: [] };
+  const report: ReapReport = { containers: [], mounts: [], volumes: [], loopDevices: [] };
   const isSelf = (owner: string) => opts.self?.owner === owner;
 
   const containers = await opts.docker.listContainers({ all: true, filters: { label: [LABEL_OWNER] } });
@@ -57,6 +67,28 @@ export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   }
 
   const held = opts.self?.held() ?? new Set<string>();
+  const selfToken = opts.self ? ownerToken(opts.self.owner) : undefined;
+  /** Is the workspace `volume` of the owner behind `token` a leftover? */
+  const leakedWorkspace = (token: string | undefined, volume: string): boolean => {
+    if (token !== undefined && token === selfToken) return !held.has(volume);
+    const owner = token ? ownerFromToken(token) : undefined; // no token: an older layout, owner long gone
+    return owner === undefined || state(owner) === 'dead';
+  };
+
+  // mountinfo shows the path with symlinks resolved, as the kernel sees it.
+  const mountPattern = new RegExp(`^${escapeRe(realPathOr(opts.workspacesDir))}/([A-Za-z0-9_-]+)/(${WORKSPACE_VOLUME_PREFIX}[0-9a-f]+)${escapeRe(WORKSPACE_MOUNT_SUFFIX)}$`);
+  for (const mountpoint of listMountpoints()) {
+    const m = mountPattern.exec(mountpoint);
+    if (!m || !leakedWorkspace(m[1], m[2] as string)) continue;
+    try {
+      await run('umount', [mountpoint]).catch(() => run('umount', ['-l', mountpoint]));
+      report.mounts.push(mountpoint);
+      rmdirSync(mountpoint);
+    } catch (e) {
+      opts.logger?.warn({ err: e, mountpoint }, 'reaper: cannot unmount a workspace');
+    }
+  }
+
   const { Volumes } = await opts.docker.listVolumes({ filters: { label: [LABEL_OWNER] } });
   for (const v of Volumes ?? []) {
     const owner = v.Labels?.[LABEL_OWNER] ?? '';
@@ -74,15 +106,12 @@ export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   }
 
   // Loop devices behind workspaces: <workspacesDir>/<owner token>/<volume>.img, usually "(deleted)".
-  const selfToken = opts.self ? ownerToken(opts.self.owner) : undefined;
   const pattern = new RegExp(`^${escapeRe(opts.workspacesDir)}/(?:([A-Za-z0-9_-]+)/)?(${WORKSPACE_VOLUME_PREFIX}[0-9a-f]+)\\.img`);
   for (const dev of listLoopDevices()) {
     const m = pattern.exec(dev.backingFile);
     if (!m) continue;
     const [, token, volume] = m as unknown as [string, string | undefined, string];
-    const owner = token ? ownerFromToken(token) : undefined; // no token: an older layout, owner long gone
-    const leaked = token !== undefined && token === selfToken ? !held.has(volume) : owner === undefined || state(owner) === 'dead';
-    if (!leaked) continue;
+    if (!leakedWorkspace(token, volume)) continue;
     try {
       await detachLoop(dev.device, volume);
       report.loopDevices.push(dev.device);
@@ -92,10 +121,18 @@ export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   }
   removeEmptyOwnerDirs(opts.workspacesDir, (token) => token !== selfToken && (ownerFromToken(token) === undefined || state(ownerFromToken(token) as string) === 'dead'));
 
-  if (report.containers.length + report.volumes.length + report.loopDevices.length > 0) {
+  if (report.containers.length + report.mounts.length + report.volumes.length + report.loopDevices.length > 0) {
     opts.logger?.info(report, 'reaper: removed leftovers');
   }
   return report;
+}
+
+function realPathOr(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
 }
 
 function escapeRe(s: string): string {
@@ -117,6 +154,21 @@ function removeEmptyOwnerDirs(dir: string, dead: (token: string) => boolean): vo
       // not empty or not a directory
     }
   }
+}
+
+/** Mountpoints in this process's mount namespace, from /proc/self/mountinfo (octal escapes decoded). */
+function listMountpoints(): string[] {
+  let text = '';
+  try {
+    text = readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return [];
+  }
+  return text
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((p): p is string => !!p)
+    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
 }
 
 function listLoopDevices(): { device: string; backingFile: string }[] {

@@ -75,8 +75,14 @@ function resolveLink(from: readonly string[], target: string, links: ReadonlyMap
   return walk(from, target);
 }
 
-/** The rules every entry of either source passes, in stream order. */
-class EntryGuard {
+/** What the guard needs to know of one entry. */
+export type GuardedEntry = { type: 'file'; size: number } | { type: 'directory' } | { type: 'symlink'; linkname: string } | { type: 'other' };
+
+/**
+ * The rules every entry of either source passes, in stream order (also applied again by the
+ * workspace extractor, source-extract.ts).
+ */
+export class EntryGuard {
   /** Every symlink entry so far, by name. A name stays here even if an entry re-uses it. */
   private readonly links = new Map<string, string>();
   private bytes = 0;
@@ -91,7 +97,7 @@ class EntryGuard {
   }
 
   /** The refusal for entry `name` (already a safe name), or undefined to keep it. */
-  check(name: string, entry: { type: 'file'; size: number } | { type: 'directory' } | { type: 'symlink'; linkname: string } | { type: 'other' }): InvalidInputError | undefined {
+  check(name: string, entry: GuardedEntry): InvalidInputError | undefined {
     const parts = name.split('/');
     for (let i = 1; i < parts.length; i++) {
       const parent = parts.slice(0, i).join('/');

@@ -13,8 +13,14 @@
  * one is formatted afresh in place and goes back to the pool (mkfs discards every block first, so
  * nothing of the last job survives, and refuses a device that is still mounted). Other sizes are
  * made on demand and destroyed after use, so odd sizes cannot grow the pool.
+ *
+ * Before its job's container starts, a workspace can be mounted on the host for a moment to put
+ * the job's source into it (withMounted): <owner dir>/<volume>.mnt, nosuid,nodev,noexec,nosymfollow,
+ * unmounted and removed again before anything else happens to the workspace. A runner that dies
+ * in between leaves that mount behind; the reaper unmounts it (see reaper.ts).
  */
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, unlinkSync } from 'node:fs';
+import { mkdir, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Docker from 'dockerode';
@@ -23,6 +29,10 @@ import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_LOOP, LABEL_OWNER } from '.
 import { ownerToken } from './owner.js';
 import { ToolShell } from './tool-shell.js';
 import { isNotFound } from '../docker/client.js';
+import { ExecutorFailedError } from '../errors.js';
+
+/** withMounted could not mount the workspace: `fn` did not run and nothing was written. */
+export class MountFailedError extends ExecutorFailedError {}
 
 export interface Workspace {
   volume: string;
@@ -45,6 +55,14 @@ export interface WorkspaceManagerOptions {
 
 export const WORKSPACE_VOLUME_PREFIX = 'airlock-ws-';
 export const WORKSPACE_POOL_JOB = 'workspace-pool';
+/** Suffix of a workspace's host mountpoint while its source is written: <owner dir>/<volume>.mnt. */
+export const WORKSPACE_MOUNT_SUFFIX = '.mnt';
+/**
+ * Options of the host mount used to fill a workspace. nosymfollow: the kernel follows no symlink
+ * on it, so nothing the source creates can redirect a later write; nobarrier: unmounting does not
+ * flush the loop device's backing file to disk (the workspace does not outlive a crash anyway).
+ */
+const FILL_MOUNT_OPTIONS = 'nosuid,nodev,noexec,nosymfollow,noatime,nobarrier,noinit_itable';
 
 export class WorkspaceManager {
   /** The workspaces directory; each owner's backing files live in a subdirectory named by its token. */
@@ -58,6 +76,10 @@ export class WorkspaceManager {
   private readonly poolSize: number;
   private closed = false;
   private readonly tools = new ToolShell();
+  /** mount/umount for withMounted, apart from mkfs runs so that a job never queues behind a format. */
+  private readonly mountTools = new ToolShell();
+  /** Volumes whose filesystem may still be mounted somewhere (an unmount failed): never pooled again. */
+  private readonly spoiled = new Set<string>();
 
   constructor(private readonly opts: WorkspaceManagerOptions) {
     this.poolSize = opts.poolBytes ? (opts.poolSize ?? 0) : 0;
@@ -108,7 +130,7 @@ export class WorkspaceManager {
   async release(ws: Workspace): Promise<void> {
     const pooled = ws.bytes === this.opts.poolBytes && this.poolSize > 0;
     if (pooled) this.outstanding = Math.max(0, this.outstanding - 1);
-    if (!pooled || this.closed || this.pool.length >= this.poolSize || !this.backs(ws)) return this.destroy(ws);
+    if (!pooled || this.closed || this.pool.length >= this.poolSize || this.spoiled.has(ws.volume) || !this.backs(ws)) return this.destroy(ws);
     const again = this.format(ws.loopDevice, true).then(
       () => ws,
       async (e: unknown) => {
@@ -118,6 +140,49 @@ export class WorkspaceManager {
     );
     again.catch(() => undefined);
     this.pool.push(again);
+  }
+
+  /**
+   * Run `fn` with the workspace's filesystem mounted at a private host directory, then unmount it.
+   * Only while the workspace is held by the caller and no container using it has started (the
+   * engine mounts the volume at container start, not at create). The mountpoint (0700, under the
+   * 0700 owner directory) is removed in every case. If unmounting fails, the mount is detached
+   * lazily, the workspace is never pooled again, and this throws.
+   */
+  async withMounted<T>(ws: Workspace, fn: (root: string) => Promise<T>): Promise<T> {
+    // The device must still be this workspace's: a reused loop number would be another job's disk.
+    if (!this.backs(ws)) throw new ExecutorFailedError(`workspace ${ws.volume}: ${ws.loopDevice} no longer backs it`);
+    const dir = join(this.ownDir, `${ws.volume}${WORKSPACE_MOUNT_SUFFIX}`);
+    await mkdir(dir, { mode: 0o700 });
+    try {
+      await this.mountTools.run('mount', ['-t', 'ext4', '-o', FILL_MOUNT_OPTIONS, ws.loopDevice, dir]).catch(async (e: Error) => {
+        // A mount that timed out may still land: never pool this workspace again, and try to undo it.
+        this.spoiled.add(ws.volume);
+        await this.mountTools.run('umount', ['-l', dir]).catch(() => undefined);
+        throw new MountFailedError(`workspace ${ws.volume}: cannot mount it to write the source: ${e.message}`, { cause: e });
+      });
+      let result: T;
+      try {
+        result = await fn(dir);
+      } catch (e) {
+        await this.unmount(ws, dir).catch(() => undefined); // fn's error is the one to report
+        throw e;
+      }
+      await this.unmount(ws, dir);
+      return result;
+    } finally {
+      await rmdir(dir).catch(() => undefined); // still mounted only if even the lazy unmount failed: the reaper retries
+    }
+  }
+
+  private async unmount(ws: Workspace, dir: string): Promise<void> {
+    try {
+      await this.mountTools.run('umount', [dir]);
+    } catch (e) {
+      this.spoiled.add(ws.volume);
+      await this.mountTools.run('umount', ['-l', dir]).catch(() => undefined);
+      throw new ExecutorFailedError(`workspace ${ws.volume}: cannot unmount it after writing the source: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   /** Still this workspace's device? Device numbers are reused once detached. */
@@ -179,6 +244,7 @@ export class WorkspaceManager {
     await removeVolumeQuietly(this.opts.docker, ws.volume);
     await detachLoop(ws.loopDevice, ws.volume, this.tools);
     this.held.delete(ws.volume);
+    this.spoiled.delete(ws.volume);
   }
 
   /** Destroy every pooled workspace and stop the tool shell. */
@@ -187,6 +253,7 @@ export class WorkspaceManager {
     const all = this.pool.splice(0);
     await Promise.all(all.map((p) => p.then((ws) => this.destroy(ws)).catch(() => undefined)));
     this.tools.close();
+    this.mountTools.close();
   }
 }
 

@@ -11,7 +11,7 @@ import { lstat, readFile, readlink, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import tar from 'tar-stream';
+import { tarOf, type TarEntry } from '../../support/tar.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadJobPolicy } from '../../../shared/policy/job-policy.js';
 import { createDocker } from '../../../shared/docker/client.js';
@@ -35,20 +35,7 @@ async function headerClaiming(name: string, size: number): Promise<Buffer> {
   return h;
 }
 
-type Entry = Partial<tar.Header> & { name: string; body?: string | Buffer };
-
-/** A tar made with tar-stream from raw headers. */
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const { body, ...h } of entries) {
-    if (body === undefined) pack.entry(h);
-    else pack.entry(h, body);
-  }
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
+type Entry = TarEntry;
 
 let docker: Docker;
 let runner: JobRunner;

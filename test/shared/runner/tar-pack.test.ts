@@ -5,6 +5,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execFileSync } from 'node:child_process';
 import tar from 'tar-stream';
+import { tarOf, type TarEntry } from '../../support/tar.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidInputError } from '../../../shared/errors.js';
 import { packDirectory, repackTar, safeEntryName } from '../../../shared/runner/tar-pack.js';
@@ -43,16 +44,8 @@ async function readTar(stream: Readable): Promise<Read[]> {
 }
 
 /** A tar file made with tar-stream from raw headers, written to `path`. */
-async function writeTar(path: string, entries: (Partial<tar.Header> & { name: string; body?: string })[]): Promise<void> {
-  const pack = tar.pack();
-  for (const { body, ...h } of entries) {
-    if (body === undefined) pack.entry(h);
-    else pack.entry(h, body);
-  }
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack) chunks.push(c as Buffer);
-  await writeFile(path, Buffer.concat(chunks));
+async function writeTar(path: string, entries: TarEntry[]): Promise<void> {
+  await writeFile(path, await tarOf(entries));
 }
 
 /** The error `stream` ends with, read as a tar (undefined if it ends cleanly). */

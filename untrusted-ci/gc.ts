@@ -122,7 +122,9 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
       report.images = await openImageCache(loaded, opts.docker ?? createDocker(), log, store).gc();
     }
     if (opts.git ?? true) {
-      await new Merger({ root: paths.git, logger: log }).gc();
+      // The service's unfinished builds keep their refs: only a dead process's are dropped.
+      const live = new Set(store.builds({ state: 'running', limit: 500 }).map((b) => String(b.id)));
+      await new Merger({ root: paths.git, logger: log }).gc({ keep: (id) => live.has(id) });
       report.git = true;
     }
     return report;

@@ -4,8 +4,13 @@
  * a check tests one change, or its dependencies and then it). It never checks anything out.
  *
  * Lifecycle: prepare → (readFile | treeId | exportTar | archiveTree on the result) → release.
- * `prepare` records its commit under `refs/airlock/builds/<buildId>`, so it survives `gc()` until
- * `release(buildId)`. A prepared state is frozen: re-preparing the same build id replaces it.
+ * A merge commit `prepare` makes is recorded under `refs/airlock/builds/<buildId>`, so it survives
+ * `gc()` until `release(buildId)`; a fast-forward (the common check: a change based on the tip)
+ * makes no commit, and its state is already held by the change's fetch ref, so no build ref is
+ * written and release has nothing to do (two git runs fewer per build). `gc()` drops build refs no
+ * build of this process holds (left by a process that died), except those `keep` names (another
+ * process's live builds, when gc runs from `airlock ci gc`). A prepared state is frozen:
+ * re-preparing the same build id replaces it.
  *
  * Concurrency: one Merger per `root` (per process). Calls for different projects run in
  * parallel; for one project, fetches and ref updates are serialised by a per-mirror lock, while
@@ -61,7 +66,7 @@ export interface MergeStep {
 }
 
 /**
- * - `merged`: `commit` is the final state (kept under refs/airlock/builds/<buildId>).
+ * - `merged`: `commit` is the final state (a merge commit is kept under refs/airlock/builds/<buildId>).
  * - `conflict`: change `label` does not merge. `message` is `merge conflict with branch <branch>`
  *   when it conflicts with the branch tip alone, else `merge conflict with change <label ahead>`
  *   naming the first change ahead whose inclusion makes it conflict; `files` are the conflicted
@@ -95,6 +100,8 @@ export class Merger {
   private readonly lock = new KeyedLock();
   private readonly ready = new Set<string>();
   private readonly builds = new Map<string, Mirror>();
+  /** Builds of this process with a ref under refs/airlock/builds/. */
+  private readonly refed = new Set<string>();
 
   constructor(private readonly opts: MergerOptions) {
     this.root = resolve(opts.root);
@@ -141,7 +148,12 @@ export class Merger {
       steps.push({ label: item.label, commit: item.commit, result: outcome.result, mode: outcome.mode });
     }
     const commit = states[states.length - 1] ?? tip.sha;
-    await this.lock.run(mirror.dir, () => mirror.git(['update-ref', `${BUILD_REF_PREFIX}${req.buildId}`, commit], { signal }));
+    if (steps.some((s) => s.mode === 'merge')) {
+      await this.lock.run(mirror.dir, () => mirror.git(['update-ref', `${BUILD_REF_PREFIX}${req.buildId}`, commit], { signal }));
+      this.refed.add(req.buildId);
+    } else if (this.refed.delete(req.buildId)) {
+      await this.lock.run(mirror.dir, () => mirror.git(['update-ref', '-d', `${BUILD_REF_PREFIX}${req.buildId}`], { signal }));
+    }
     this.builds.set(req.buildId, mirror);
     log?.debug({ ms: Date.now() - started, commit }, 'prepared');
     return { kind: 'merged', commit, branchTip: tip.sha, steps };
@@ -185,18 +197,35 @@ export class Merger {
   async release(buildId: string, project?: Pick<Project, 'name'>): Promise<void> {
     if (buildIdProblem(buildId)) throw invalid('buildId', buildIdProblem(buildId) ?? '');
     const known = project ? Mirror.of(this.root, project.name) : this.builds.get(buildId);
+    if (known && this.builds.has(buildId) && !this.refed.has(buildId)) {
+      this.builds.delete(buildId); // a fast-forward: no ref was written
+      return;
+    }
     const mirrors = known ? [known] : await this.allMirrors();
     for (const m of mirrors) {
       if (!existsSync(m.dir)) continue;
       await this.lock.run(m.dir, () => m.git(['update-ref', '-d', `${BUILD_REF_PREFIX}${buildId}`]));
     }
     this.builds.delete(buildId);
+    this.refed.delete(buildId);
   }
 
-  /** `git gc --auto` in every mirror, each under its lock (objects unreachable from refs expire after git's prune window). */
-  async gc(): Promise<void> {
+  /**
+   * In every mirror, under its lock: drop build refs that neither this process nor `keep` holds,
+   * then `git gc --auto` (objects unreachable from refs expire after git's prune window).
+   */
+  async gc(opts: { keep?: (buildId: string) => boolean } = {}): Promise<void> {
     for (const m of await this.allMirrors()) {
-      await this.lock.run(m.dir, () => m.git(['gc', '--auto', '--quiet'], { timeoutMs: 3_600_000 }));
+      await this.lock.run(m.dir, async () => {
+        const { stdout } = await m.git(['for-each-ref', '--format=%(refname)', BUILD_REF_PREFIX]);
+        const stale = stdout
+          .toString('utf8')
+          .split('\n')
+          .filter((ref) => ref.startsWith(BUILD_REF_PREFIX))
+          .filter((ref) => !this.refed.has(ref.slice(BUILD_REF_PREFIX.length)) && !opts.keep?.(ref.slice(BUILD_REF_PREFIX.length)));
+        if (stale.length > 0) await m.git(['update-ref', '--stdin'], { input: Buffer.from(stale.map((ref) => `delete ${ref}\n`).join('')) });
+        await m.git(['gc', '--auto', '--quiet'], { timeoutMs: 3_600_000 });
+      });
     }
   }
 

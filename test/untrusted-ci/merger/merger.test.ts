@@ -55,12 +55,14 @@ async function tarEntries(stream: Readable): Promise<Map<string, { type: string;
 }
 
 describe('prepare', () => {
-  it('fast-forwards a change based on the tip, and keeps it under the build ref', async () => {
+  it('fast-forwards a change based on the tip; its fetch ref holds it, so no build ref is written', async () => {
     const { up, project } = upstream();
     const a = up.change(12345, 3, { 'a.txt': 'A\n' });
     const r = merged(await prepare({ project, changes: [change(a)], buildId: 'ff-1' }));
     expect(r).toEqual({ kind: 'merged', commit: a.sha, branchTip: up.tip(), steps: [{ label: '12345,3', commit: a.sha, result: a.sha, mode: 'fast-forward' }] });
-    expect(await mirrorGit(project.name, 'rev-parse', 'refs/airlock/builds/ff-1')).toBe(a.sha);
+    expect(await mirrorGit(project.name, 'for-each-ref', '--format=%(objectname)', 'refs/airlock/fetch/')).toContain(a.sha);
+    await expect(mirrorGit(project.name, 'rev-parse', '--verify', '--quiet', 'refs/airlock/builds/ff-1')).rejects.toThrow();
+    await merger.release('ff-1', project);
   });
 
   it('merges onto a branch that moved on, as airlock, with both parents', async () => {
@@ -161,10 +163,18 @@ describe('prepare', () => {
     }
   });
 
-  it('release drops the build ref (idempotent, found without the project); gc runs', async () => {
+  it('release drops the build ref (idempotent, found without the project); gc runs and drops refs no build holds', async () => {
     const { up, project } = upstream();
     const a = up.change(40, 1, { 'a.txt': 'A\n' });
+    up.commit({ 'moved.txt': 'on\n' }); // a real merge, so a build ref is written
     merged(await prepare({ project, changes: [change(a)], buildId: 'rel-1' }));
+    expect(await mirrorGit(project.name, 'rev-parse', 'refs/airlock/builds/rel-1')).toMatch(/^[0-9a-f]{40}$/);
+    // A ref left by a process that died is dropped by gc; one a live build holds is kept.
+    const other = new Merger({ root });
+    merged(await other.prepare({ project, branch: 'master', changes: [change(a)], buildId: 'orphan-1' }));
+    await merger.gc();
+    await expect(mirrorGit(project.name, 'rev-parse', '--verify', '--quiet', 'refs/airlock/builds/orphan-1')).rejects.toThrow();
+    expect(await mirrorGit(project.name, 'rev-parse', 'refs/airlock/builds/rel-1')).toMatch(/^[0-9a-f]{40}$/);
     await new Merger({ root }).release('rel-1'); // a fresh instance: scans every mirror
     await merger.release('rel-1');
     await expect(runGit(['rev-parse', '--verify', 'refs/airlock/builds/rel-1'], { gitDir: Mirror.of(root, project.name).dir })).rejects.toThrow(GitFailedError);

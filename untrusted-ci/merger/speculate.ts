@@ -3,6 +3,11 @@
  * one before with `git merge-tree --write-tree` (git ≥ 2.38; exit 1 means conflicts) and a
  * `git commit-tree` with both parents. Nothing is checked out and no index is touched, so merges
  * of one mirror may run concurrently; they only add objects.
+ *
+ * Merge commits are deterministic: same parents, tree and message give the same id, because the
+ * identity is fixed (shared/git/git.ts) and both dates are the later committer date of the two
+ * parents. So the gate's stack [A, B] rebuilds exactly the commit A's own build [A] tested, and B
+ * can be submitted with "A's tested commit" as the expected branch tip.
  */
 import type { Mirror } from './mirror.js';
 
@@ -18,8 +23,9 @@ export type MergeOutcome =
 /**
  * Puts `change` on top of `base`: up to date when `change` is already in `base`, a fast-forward
  * when `base` is an ancestor of `change`, else a merge commit `message` with parents
- * `[base, change]`, authored and committed by airlock. Without `message` it is a dry run: a clean
- * merge is reported with `result: ''` and no commit is written.
+ * `[base, change]`, authored and committed by airlock at the later committer date of the two (see
+ * the module comment). Without `message` it is a dry run: a clean merge is reported with
+ * `result: ''` and no commit is written.
  */
 export async function mergeOnto(mirror: Mirror, base: string, change: string, message: string | undefined, signal?: AbortSignal): Promise<MergeOutcome> {
   // With `base` an ancestor of `change`, `base` is their only best merge base (and vice versa).
@@ -29,13 +35,29 @@ export async function mergeOnto(mirror: Mirror, base: string, change: string, me
   if (mergeBase === change) return { kind: 'ok', mode: 'up-to-date', result: base };
   if (mergeBase === base) return { kind: 'ok', mode: 'fast-forward', result: change };
 
-  const mt = await mirror.git(['merge-tree', '--write-tree', '--name-only', '--no-messages', '-z', '--end-of-options', base, change], { signal, allowFail: [1] });
+  // The dates are read alongside the merge, so they cost a process but no wall time.
+  const [mt, date] = await Promise.all([
+    mirror.git(['merge-tree', '--write-tree', '--name-only', '--no-messages', '-z', '--end-of-options', base, change], { signal, allowFail: [1] }),
+    message === undefined ? undefined : laterCommitDate(mirror, base, change, signal),
+  ]);
   // -z output: "<tree>\0" then, on conflict, each conflicted path once per conflicted stage "\0".
   const [tree, ...paths] = mt.stdout.toString('utf8').split('\0').filter(Boolean);
   if (mt.code === 1) return { kind: 'conflict', files: [...new Set(paths)].sort() };
   if (message === undefined) return { kind: 'ok', mode: 'merge', result: '' };
-  const ct = await mirror.git(['commit-tree', '-p', base, '-p', change, '-m', message, tree ?? ''], { signal });
+  const env = { GIT_AUTHOR_DATE: date ?? '@0 +0000', GIT_COMMITTER_DATE: date ?? '@0 +0000' };
+  const ct = await mirror.git(['commit-tree', '-p', base, '-p', change, '-m', message, tree ?? ''], { signal, env });
   return { kind: 'ok', mode: 'merge', result: ct.stdout.toString('utf8').trim() };
+}
+
+/** The later committer date of two commits, as a git date (`@<seconds> +0000`). */
+async function laterCommitDate(mirror: Mirror, a: string, b: string, signal?: AbortSignal): Promise<string> {
+  const { stdout } = await mirror.git(['log', '--no-walk', '--format=%ct', '--end-of-options', a, b], { signal });
+  const seconds = stdout
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => /^\d{1,15}$/.test(l))
+    .map(Number);
+  return `@${Math.max(0, ...seconds)} +0000`;
 }
 
 /** A change in the order it is applied. */

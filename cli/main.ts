@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { AirlockError } from '../shared/errors.js';
 import { registerJobCommands } from './job.js';
 import { registerCiCommands } from './ci.js';
+import { registerGateSimCommand } from './gate-sim.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -26,6 +27,7 @@ const program = new Command('airlock')
   .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 registerJobCommands(program);
 registerCiCommands(program);
+registerGateSimCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { z } from 'zod';
+import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
 import { InvalidInputError, type Issue } from '../shared/errors.js';
 import { remoteUrlProblem } from '../shared/git/git.js';
 import { zodIssues } from '../shared/schemas/issues.js';
@@ -91,6 +92,16 @@ export const CiConfig = z
       .default({ bodyLimit: 1024 * 1024 }),
     /** How often the image cache is trimmed to its budget (0: only by `airlock ci gc`). */
     imageGcEveryMs: z.number().int().min(0).default(10 * 60_000), // 10 min
+    /** The gate (Zuul's dependent pipeline). */
+    gate: z
+      .object({
+        /** The active window of each change queue (Zuul's defaults: 20, floor 3, +1 per merge, halved per failure). */
+        window: WindowConfig.default(DEFAULT_WINDOW),
+        /** Shared change queues: name → projects gated together (a project in one queue at most). */
+        queues: z.record(z.string().min(1).max(200), z.array(z.string().min(1).max(200)).min(1).max(10_000)).default({}),
+      })
+      .strict()
+      .default({ window: DEFAULT_WINDOW, queues: {} }),
   })
   .strict();
 export type CiConfig = z.infer<typeof CiConfig>;
@@ -132,6 +143,15 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
       return undefined;
     }
   };
+  const inQueue = new Map<string, string>();
+  for (const [q, ps] of Object.entries(config.gate.queues)) {
+    for (const p of ps) {
+      if (inQueue.has(p)) issues.push({ file, path: `gate.queues.${q}`, message: `project ${p} is already in queue ${inQueue.get(p)}`, severity: 'error' });
+      else if (!names.has(p)) issues.push({ file, path: `gate.queues.${q}`, message: `project ${p} is not registered`, severity: 'error' });
+      inQueue.set(p, q);
+    }
+  }
+  for (const p of windowProblems(config.gate.window)) issues.push({ file, path: 'gate.window', message: p, severity: 'error' });
   const gerritSecret = readSecret(config.webhooks.gerritSecretFile, 'webhooks.gerritSecretFile');
   const apiToken = readSecret(config.api.tokenFile, 'api.tokenFile')?.toString('utf8');
   if (issues.length > 0) throw new InvalidInputError(issues);

@@ -25,12 +25,16 @@ import { createStoreReporter } from './reporting/store-reporter.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { Slots } from './scheduler/slots.js';
 import { BuildStore } from './store/build-store.js';
+import { GateStore } from './store/gate-store.js';
+import { GateRuntime } from './pipelines/gate-runtime.js';
 import { openDatabase, type Db } from './store/database.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface CiService {
   readonly app: FastifyInstance;
   readonly scheduler: Scheduler;
+  readonly gate: GateRuntime;
+  readonly gateStore: GateStore;
   readonly store: BuildStore;
   readonly artifacts: ArtifactStore;
   readonly imageCache: ImageCache;
@@ -91,6 +95,21 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const events = new BuildEvents(paths.builds);
     const merger = new Merger({ root: paths.git, logger });
     const slots = new Slots(c.slots);
+    const gateStore = new GateStore(db);
+    let scheduler: Scheduler | undefined;
+    const gate = new GateRuntime({
+      store,
+      gateStore,
+      scheduler: () => {
+        if (!scheduler) throw new Error('the scheduler is not started yet');
+        return scheduler;
+      },
+      merger,
+      projects: c.projects,
+      window: c.gate.window,
+      queues: c.gate.queues,
+      logger: logger.child({ component: 'gate' }),
+    });
     const executor = new CheckBuildExecutor({
       store,
       events,
@@ -103,21 +122,24 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       workDir: paths.work,
       logger,
       slots,
+      gate,
     });
     let metrics: ReturnType<typeof createCiMetrics> | undefined;
-    const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: c.slots, executionSlots: slots, prepareAhead: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
+    scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts), gate], slots: c.slots, executionSlots: slots, prepareAhead: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
     metrics = createCiMetrics({
       queued: () => {
         const q = store.queued();
         return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
       },
-      busy: () => scheduler.busy,
+      busy: () => scheduler?.busy ?? 0,
       slots: c.slots,
     });
-    const app = await buildApi({ config: c, store, scheduler, events, artifacts, metrics, logger, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
+    const app = await buildApi({ config: c, store, scheduler, gate, gateStore, events, artifacts, metrics, logger, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
     cleanups.push(() => app.close());
+    gate.start();
+    cleanups.push(() => gate.close());
     await scheduler.start();
-    cleanups.push(() => scheduler.close());
+    cleanups.push(() => scheduler?.close());
     let gcTimer: NodeJS.Timeout | undefined;
     if (c.imageGcEveryMs > 0) {
       gcTimer = setInterval(() => void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed')), c.imageGcEveryMs).unref();
@@ -126,6 +148,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     return {
       app,
       scheduler,
+      gate,
+      gateStore,
       store,
       artifacts,
       imageCache,

@@ -22,6 +22,9 @@ import type { CiMetrics } from './metrics.js';
 import { registerBuildRoutes } from './routes/builds.js';
 import { registerChangeRoutes } from './routes/changes.js';
 import { registerGerritHook } from './routes/gerrit-hook.js';
+import { registerGateRoutes } from './routes/gate.js';
+import type { GateRuntime } from '../pipelines/gate-runtime.js';
+import type { GateStore } from '../store/gate-store.js';
 
 export interface ApiDeps {
   config: Readonly<CiConfig>;
@@ -33,6 +36,9 @@ export interface ApiDeps {
   logger: Logger;
   gerritSecret?: Buffer;
   apiToken?: string;
+  /** The gate; absent in API-only tests. */
+  gate?: GateRuntime;
+  gateStore?: GateStore;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
@@ -80,6 +86,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   };
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);
+  registerGateRoutes(z, deps, requireToken);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));

@@ -35,6 +35,7 @@ import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
 import type { Slots } from '../scheduler/slots.js';
+import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
 
@@ -74,6 +75,8 @@ export interface CheckBuildExecutorOptions {
   logger: Logger;
   /** Executor slots: taken around each job's container run. Absent: no limit beyond the scheduler's. */
   slots?: Slots;
+  /** The gate, for gate builds: told when the job list is known and each job's result; starts each job. */
+  gate?: GateHooks;
 }
 
 export class CheckBuildExecutor implements BuildExecutor {
@@ -111,11 +114,12 @@ export class CheckBuildExecutor implements BuildExecutor {
     };
     releases.push(() => o.logger.debug({ build: build.id, phases }, 'build phases (ms)'));
 
-    // 1. The change merged onto the current branch tip.
+    // 1. The change merged onto the current branch tip (a gate build: after the changes ahead of it).
+    const gate = o.gate ? o.store.gateBuild(build.id) : undefined;
     const prep = await o.merger.prepare({
       project,
       branch: build.branch,
-      changes: [{ ref: build.change.ref, label: `${build.change.change},${build.change.patchset}` }],
+      changes: gate ? gate.stack : [{ ref: build.change.ref, label: `${build.change.change},${build.change.patchset}` }],
       buildId: String(build.id),
       signal,
     });
@@ -125,6 +129,8 @@ export class CheckBuildExecutor implements BuildExecutor {
     if (prep.kind === 'missing') return { result: 'config-error', reason: prep.message };
     const commit = prep.commit;
     o.store.setCommit(build.id, commit);
+    // What the branch must still be at when the gate submits this change: the state just before it.
+    if (gate) o.store.setBase(build.id, prep.steps.length >= 2 ? prep.steps[prep.steps.length - 2]!.result : prep.branchTip);
     say(`merged ${build.change.ref} onto ${build.branch} at ${prep.branchTip.slice(0, 12)}: ${commit}\n`);
     const reader: CommitReader = {
       readFile: (path, max) => o.merger.readFile(project, commit, path, max, signal),
@@ -171,6 +177,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     });
     if (compiled.issues.length > 0) return configError(compiled.issues);
     o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting })));
+    if (gate) o.gate?.prepared(build, { kind: 'ok', jobs: jobNodes(compiled.jobs) });
 
     await mkdir(work, { recursive: true });
     releases.push(() => rm(work, { recursive: true, force: true }));
@@ -187,7 +194,10 @@ export class CheckBuildExecutor implements BuildExecutor {
         states.set(job.name, 'skipped');
         continue;
       }
-      states.set(job.name, await this.runJob(build.id, job.name, job.spec, tar, work, signal));
+      if (gate) await o.gate?.awaitStart(build, job.name, signal);
+      const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
+      states.set(job.name, state);
+      if (gate) o.gate?.jobDone(build, job.name, state);
       phase(`job:${job.name}`);
     }
 

@@ -96,18 +96,7 @@ export class BuildStore {
       if (newest?.p != null && newest.p > c.patchset) {
         throw new ConflictError(`change ${c.change} of ${c.project} is already at patchset ${newest.p}; patchset ${c.patchset} is outdated`);
       }
-      const existing = this.db
-        .prepare<[string, string, number], ChangeRow>('SELECT * FROM changes WHERE project = ? AND change = ? AND patchset = ?')
-        .get(c.project, c.change, c.patchset);
-      let changeId: number;
-      if (existing) changeId = existing.id;
-      else {
-        changeId = Number(
-          this.db
-            .prepare('INSERT INTO changes (project, branch, change, patchset, ref, author, subject, source, created_at) VALUES (?,?,?,?,?,?,?,?,?)')
-            .run(c.project, c.branch, c.change, c.patchset, c.ref, c.author, c.subject ?? null, c.source, this.now()).lastInsertRowid,
-        );
-      }
+      const changeId = this.changeRow(c);
       const superseded = this.db
         .prepare<[string, string, number, Pipeline], { id: number }>(
           `SELECT b.id FROM builds b JOIN changes ch ON ch.id = b.change_id
@@ -121,6 +110,79 @@ export class BuildStore {
           .run(changeId, c.project, c.branch, pipeline, this.now()).lastInsertRowid,
       );
       return { change: this.changeView(changeId), buildId, superseded };
+    })();
+  }
+
+  /** The row of this change at this patchset, inserted if new. */
+  private changeRow(c: NewChange): number {
+    const existing = this.db
+      .prepare<[string, string, number], ChangeRow>('SELECT * FROM changes WHERE project = ? AND change = ? AND patchset = ?')
+      .get(c.project, c.change, c.patchset);
+    if (existing) return existing.id;
+    return Number(
+      this.db
+        .prepare('INSERT INTO changes (project, branch, change, patchset, ref, author, subject, source, created_at) VALUES (?,?,?,?,?,?,?,?,?)')
+        .run(c.project, c.branch, c.change, c.patchset, c.ref, c.author, c.subject ?? null, c.source, this.now()).lastInsertRowid,
+    );
+  }
+
+  /** Record a change (an approval may name a patchset no build has run for yet); no build. */
+  recordChange(c: NewChange): ChangeView {
+    return this.db.transaction(() => this.changeView(this.changeRow(c)))();
+  }
+
+  /** The newest patchset recorded for a change, if any. */
+  latestChange(project: string, change: string): ChangeView | undefined {
+    const row = this.db
+      .prepare<[string, string], { id: number }>('SELECT id FROM changes WHERE project = ? AND change = ? ORDER BY patchset DESC LIMIT 1')
+      .get(project, change);
+    return row ? this.changeView(row.id) : undefined;
+  }
+
+  /**
+   * A gate build: runs build set `buildSet` of the gate's model, on the branch with `stack` merged
+   * in order (the changes ahead, then this one). Queued like any build; never superseded by the
+   * store (the gate model decides when it is cancelled).
+   */
+  enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): number {
+    const c = this.changeView(changeId);
+    return Number(
+      this.db
+        .prepare("INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack) VALUES (?,?,?,'gate','queued',?,?,?)")
+        .run(changeId, c.project, c.branch, this.now(), buildSet, JSON.stringify(stack)).lastInsertRowid,
+    );
+  }
+
+  /** What a gate build merges and which build set it runs; undefined for other builds. */
+  gateBuild(id: number): { buildSet: number; stack: { ref: string; label: string }[]; base: string | null; commit: string | null } | undefined {
+    const row = this.db
+      .prepare<[number], { gate_buildset: number | null; stack: string | null; base_sha: string | null; commit_sha: string | null }>(
+        'SELECT gate_buildset, stack, base_sha, commit_sha FROM builds WHERE id = ?',
+      )
+      .get(id);
+    if (!row || row.gate_buildset === null || row.stack === null) return undefined;
+    return { buildSet: row.gate_buildset, stack: JSON.parse(row.stack) as { ref: string; label: string }[], base: row.base_sha, commit: row.commit_sha };
+  }
+
+  /** The newest gate build of a build set. */
+  buildForBuildSet(buildSet: number): number | undefined {
+    return this.db.prepare<[number], { id: number }>('SELECT id FROM builds WHERE gate_buildset = ? ORDER BY id DESC LIMIT 1').get(buildSet)?.id;
+  }
+
+  /** The state a gate build's own change was merged onto: what the branch must still be at when it is submitted. */
+  setBase(id: number, base: string): void {
+    this.db.prepare('UPDATE builds SET base_sha = ? WHERE id = ?').run(base, id);
+  }
+
+  /** Finish every unfinished build of a pipeline as cancelled (the gate re-runs its work after a restart). */
+  cancelUnfinished(pipeline: Pipeline, reason: string): number[] {
+    return this.db.transaction(() => {
+      const ids = this.db
+        .prepare<[Pipeline], { id: number }>("SELECT id FROM builds WHERE pipeline = ? AND state != 'finished'")
+        .all(pipeline)
+        .map((r) => r.id);
+      for (const id of ids) this.finish(id, 'cancelled', reason);
+      return ids;
     })();
   }
 

@@ -68,6 +68,31 @@ const MIGRATIONS: readonly string[] = [
      event_id TEXT PRIMARY KEY,
      seen_at INTEGER NOT NULL
    );`,
+  // The gate (issue 4): a gate build runs one build set of the pipeline model; the model's state is
+  // one JSON snapshot per pipeline; merges and reports go to a durable, append-only outbox.
+  `ALTER TABLE builds ADD COLUMN gate_buildset INTEGER;
+   ALTER TABLE builds ADD COLUMN stack TEXT;
+   ALTER TABLE builds ADD COLUMN base_sha TEXT;
+   CREATE INDEX builds_by_gate_buildset ON builds (gate_buildset);
+   CREATE TABLE pipeline_state (
+     pipeline TEXT PRIMARY KEY,
+     json TEXT NOT NULL,
+     updated_at INTEGER NOT NULL
+   );
+   CREATE TABLE gate_events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     kind TEXT NOT NULL,
+     project TEXT NOT NULL,
+     branch TEXT NOT NULL,
+     change TEXT NOT NULL,
+     patchset INTEGER NOT NULL,
+     result TEXT,
+     message TEXT,
+     commit_sha TEXT,
+     build_id INTEGER,
+     created_at INTEGER NOT NULL
+   );
+   CREATE INDEX gate_events_by_kind ON gate_events (kind, id);`,
 ];
 
 /** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */

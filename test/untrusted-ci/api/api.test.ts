@@ -273,7 +273,7 @@ describe('builds, queue, logs, events', () => {
     const api = await makeApi();
     api.executor.hold('*');
     const a = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
-    const b = SubmitAnswer.parse((await post(api, { ...CHANGE, change: '2', ref: 'refs/changes/02/2/1', pipeline: 'gate' })).json()).builds[0]!;
+    const b = SubmitAnswer.parse((await post(api, { ...CHANGE, change: '2', ref: 'refs/changes/02/2/1' })).json()).builds[0]!;
     await api.executor.until((x) => x.held.length === 1);
     const list = await api.app.inject({ method: 'GET', url: '/api/builds?limit=10' });
     expect(list.statusCode).toBe(200);
@@ -284,7 +284,7 @@ describe('builds, queue, logs, events', () => {
     const queue = QueueView.parse((await api.app.inject({ method: 'GET', url: '/api/queue' })).json());
     expect(queue).toMatchObject({ slots: 1, busy: 1 });
     expect(queue.running.map((x) => x.id)).toEqual([a]);
-    expect(queue.queued.map((x) => [x.id, x.pipeline])).toEqual([[b, 'gate']]);
+    expect(queue.queued.map((x) => [x.id, x.pipeline])).toEqual([[b, 'check']]);
     const filtered = (await api.app.inject({ method: 'GET', url: '/api/builds?state=queued&project=app' })).json() as { builds: BuildView[] };
     expect(filtered.builds.map((x) => x.id)).toEqual([b]);
   });

@@ -34,6 +34,13 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
         issues.push({ file: 'body', path: 'branch', message: `${project.name} is checked on ${project.branches.join(', ')} only`, severity: 'error' as const });
       }
       if (issues.length > 0) throw new InvalidInputError(issues);
+      if (c.pipeline === 'gate') {
+        // The gate takes approved changes: record this one and approve it.
+        if (!deps.gate) throw new NotFoundError('the gate is not running on this CI');
+        const change = deps.store.recordChange({ project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' });
+        deps.gate.approval(change, true);
+        return reply.status(202).send({ change, builds: [] });
+      }
       const { build } = deps.scheduler.submit(
         { project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' },
         c.pipeline,

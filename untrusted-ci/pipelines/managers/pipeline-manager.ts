@@ -72,6 +72,27 @@ export abstract class PipelineManager {
     return out;
   }
 
+  /**
+   * After a restart the world has lost every request that was in flight. Items whose build set was
+   * waiting for its prepare or its builds get a fresh one (prepared and run again: on the same
+   * state, unless something ahead changed meanwhile); submits that were not answered are asked
+   * again (the answer for a branch that already moved to the tested commit is "merged"). Items
+   * whose builds all finished keep their results.
+   */
+  recover(): Effect[] {
+    for (const q of this.queues) {
+      for (const item of q.items) {
+        const bs = item.buildSet;
+        if (item.submitting) {
+          this.effects.push({ type: 'submit', item: item.id, buildSet: bs.id, change: item.change, patchset: item.patchset, state: [...(bs.state ?? [])] });
+        } else if (bs.configured && !bs.allJobsComplete()) {
+          this.cancelJobs(item, q, true, 'reset', false);
+        }
+      }
+    }
+    return this.handle([]);
+  }
+
   /** The queues, for status pages and tests (read-only use). */
   get changeQueues(): readonly ChangeQueue[] {
     return this.queues;
@@ -340,7 +361,7 @@ export abstract class PipelineManager {
    * build set by a fresh one (`fate` records how the old one ended); then the same for every item
    * behind it. True if anything was aborted or reset.
    */
-  protected cancelJobs(item: QueueItem, q: ChangeQueue, prime: boolean, fate: Fate): boolean {
+  protected cancelJobs(item: QueueItem, q: ChangeQueue, prime: boolean, fate: Fate, recurse = true): boolean {
     let changed = false;
     const bs = item.buildSet;
     const aborted = bs.abortRunning(this.now());
@@ -353,7 +374,7 @@ export abstract class PipelineManager {
       item.buildSet = BuildSet.create(this.nextId++, item.id, item.change, item.patchset);
       changed = true;
     }
-    for (const b of q.itemsBehind(item)) if (this.cancelJobs(b, q, prime, 'reset')) changed = true;
+    if (recurse) for (const b of q.itemsBehind(item)) if (this.cancelJobs(b, q, prime, 'reset')) changed = true;
     return changed;
   }
 

@@ -1,0 +1,414 @@
+/**
+ * GateRuntime: the gate's I/O around the pure DependentPipelineManager. One per service.
+ *
+ * Event loop (STYLE §4): `post` queues events; one async loop drains them in batches, hands each
+ * batch to the model (results before triggers), saves the model's snapshot and the batch's merges
+ * and reports in one transaction (GateStore), then carries out the effects:
+ * - `prepare` → a gate build in the BuildStore (its change stack, its build set), run by the
+ *   Scheduler and the CheckBuildExecutor like any build; the executor calls back through
+ *   `GateHooks`: `prepared` once the merge, config and job list are known, `awaitStart` before
+ *   each job (a job runs only once the model started it), `jobDone` after each;
+ * - `cancel-builds` / a build set that ended while its build runs → the build is cancelled;
+ * - `submit` → `Merger.submit`: the branch moves from the state the item was merged onto to the
+ *   tested commit (compare-and-swap, fast-forward only), answered `submitted`;
+ * - `merged`, `report`, `report-start` → the `gate_events` outbox (in the same transaction).
+ * Builds that end without telling the model (an infrastructure error after the retries, a crash)
+ * are turned into results by `report` (this runtime is also a Scheduler Reporter).
+ *
+ * Restart: the snapshot is loaded, every unfinished gate build is cancelled, and `recover()`
+ * resets the items whose builds were lost and re-asks submits that were in flight (a submit is
+ * idempotent: a branch already at the tested commit answers merged).
+ */
+import type { Logger } from '../../shared/logging.js';
+import type { GateView } from '../../shared/schemas/api/gate.js';
+import type { BuildView, ChangeView, JobState } from '../../shared/schemas/api/builds.js';
+import type { ProjectConfig } from '../config.js';
+import type { Merger } from '../merger/merger.js';
+import type { Reporter, Scheduler } from '../scheduler/scheduler.js';
+import type { BuildStore } from '../store/build-store.js';
+import type { GateStore, NewGateEvent } from '../store/gate-store.js';
+import { DependentPipelineManager } from './managers/dependent.js';
+import type { JobNode, StateEntry } from './model/build-set.js';
+import type { Effect, PipelineEvent, PrepareOutcome } from './model/events.js';
+import type { WindowConfig } from './model/window.js';
+
+const PIPELINE = 'gate';
+
+/** What the executor tells the gate about a gate build. */
+export interface GateHooks {
+  prepared(build: BuildView, outcome: PrepareOutcome): void;
+  /** Resolves when the model has started `job` of this build's build set; rejects when the signal aborts. */
+  awaitStart(build: BuildView, job: string, signal: AbortSignal): Promise<void>;
+  jobDone(build: BuildView, job: string, state: JobState): void;
+}
+
+export interface GateRuntimeOptions {
+  store: BuildStore;
+  gateStore: GateStore;
+  scheduler: () => Scheduler;
+  merger: Merger;
+  projects: readonly ProjectConfig[];
+  window: WindowConfig;
+  queues: Readonly<Record<string, readonly string[]>>;
+  logger: Logger;
+  now?: () => number;
+}
+
+/** The model's key for a change: unique across projects (Gerrit's `project~number`). */
+export function changeKey(project: string, change: string): string {
+  return `${project}~${change}`;
+}
+
+export class GateRuntime implements GateHooks, Reporter {
+  private manager: DependentPipelineManager;
+  private readonly pending: PipelineEvent[] = [];
+  private draining = false;
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly idleWaiters = new Set<() => void>();
+  /** build set → gate build id */
+  private readonly builds = new Map<number, number>();
+  /** build set → jobs the model started / jobs whose result was handed in */
+  private readonly started = new Map<number, Set<string>>();
+  private readonly answered = new Map<number, Set<string>>();
+  private readonly preparedSets = new Set<number>();
+  private readonly waiters = new Map<string, Set<{ resolve: () => void }>>();
+  private closed = false;
+
+  constructor(private readonly o: GateRuntimeOptions) {
+    this.manager = this.fresh();
+  }
+
+  private fresh(): DependentPipelineManager {
+    return new DependentPipelineManager({ now: this.now, window: this.o.window, queues: this.o.queues });
+  }
+  private readonly now = (): number => (this.o.now ?? Date.now)();
+
+  /** Load the last snapshot and make its lost work run again. Call before the scheduler starts. */
+  start(): void {
+    const json = this.o.gateStore.loadState(PIPELINE);
+    if (json !== undefined) {
+      try {
+        this.manager = DependentPipelineManager.fromJSON({ now: this.now, window: this.o.window, queues: this.o.queues }, json);
+      } catch (e) {
+        this.o.logger.error({ err: e }, 'the saved gate state cannot be read; starting with an empty gate');
+        this.manager = this.fresh();
+      }
+    }
+    const cancelled = this.o.store.cancelUnfinished('gate', 'the service restarted; the gate runs this build set again');
+    if (cancelled.length > 0) this.o.logger.warn({ builds: cancelled }, 'gate builds of the last run cancelled; their items are tested again');
+    this.apply(this.manager.recover());
+  }
+
+  /** Queue events for the model. */
+  post(...events: PipelineEvent[]): void {
+    if (this.closed) return;
+    this.pending.push(...events);
+    if (!this.draining) {
+      this.draining = true;
+      queueMicrotask(() => this.drain());
+    }
+  }
+
+  /** Resolves when no event is pending and no effect is being carried out (tests, bench, demo). */
+  idle(): Promise<void> {
+    if (this.isIdle()) return Promise.resolve();
+    return new Promise((res) => this.idleWaiters.add(res));
+  }
+
+  /** The model, for read-only views (status page, API). */
+  get model(): DependentPipelineManager {
+    return this.manager;
+  }
+
+  /** Stop taking events. Builds waiting to start stay waiting until the scheduler aborts them. */
+  close(): void {
+    this.closed = true;
+  }
+
+  /** The queues as the status page and `GET /api/gate` show them. */
+  view(): GateView {
+    return {
+      queues: this.manager.changeQueues.map((q) => ({
+        name: q.name,
+        window: q.window,
+        items: q.items.map((i) => {
+          const [project, change] = splitKey(i.change);
+          const ahead = q.item(i.ahead);
+          const bs = i.buildSet;
+          const build = bs.configured ? this.buildOf(bs.id) : undefined;
+          return {
+            project,
+            change,
+            patchset: i.patchset,
+            ahead: ahead ? splitKey(ahead.change)[1] : null,
+            active: i.active,
+            live: i.live,
+            state: (bs.state ?? []).map((s) => `${splitKey(s.change)[1]},${s.patchset}`),
+            failing: [...bs.failingReasons],
+            jobs: (bs.jobs ?? []).map((j) => ({ name: j.name, voting: j.voting, result: bs.build(j.name)?.result ?? null })),
+            ...(build !== undefined ? { build } : {}),
+            enqueuedAt: i.enqueuedAt,
+          };
+        }),
+      })),
+    };
+  }
+
+  // ---- triggers -----------------------------------------------------------------------------
+
+  /**
+   * A change was approved (or lost its approval) at patchset `c.patchset`. The model enqueues it
+   * when it is ready; an approval of an outdated patchset is ignored by the model.
+   */
+  approval(c: ChangeView, approved: boolean): void {
+    const key = changeKey(c.project, c.change);
+    const known = this.manager.change(key);
+    // TODO(#4): needs from git parents and Depends-On footers (the model supports them; the service does not resolve them yet).
+    const needs = known && known.patchset === c.patchset ? known.needs : [];
+    this.post(
+      { type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs, approved: known?.patchset === c.patchset ? known.approved : false, ref: c.ref } },
+      { type: 'approval', change: key, approved },
+    );
+  }
+
+  /** A new patchset: the gate drops the old one's item (it needs a new approval). */
+  patchset(c: ChangeView): void {
+    const key = changeKey(c.project, c.change);
+    const known = this.manager.change(key);
+    if (!known || known.patchset >= c.patchset) return;
+    this.post({ type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs: [], approved: false, ref: c.ref } });
+  }
+
+  /** The change merged elsewhere (in the review system): it leaves the gate. */
+  mergedElsewhere(project: string, change: string): void {
+    this.post({ type: 'merged-elsewhere', change: changeKey(project, change) });
+  }
+
+  abandoned(project: string, change: string): void {
+    this.post({ type: 'abandon', change: changeKey(project, change) });
+  }
+
+  private isIdle(): boolean {
+    return this.pending.length === 0 && !this.draining && this.inFlight.size === 0;
+  }
+
+  private drain(): void {
+    try {
+      while (this.pending.length > 0 && !this.closed) {
+        const batch = this.pending.splice(0);
+        this.apply(this.manager.handle(batch));
+      }
+    } catch (e) {
+      this.o.logger.error({ err: e }, 'the gate failed to process events');
+    } finally {
+      this.draining = false;
+      this.settle();
+    }
+  }
+
+  private settle(): void {
+    if (this.isIdle()) for (const w of [...this.idleWaiters]) (this.idleWaiters.delete(w), w());
+  }
+
+  /** Persist the snapshot with the batch's outbox records, then carry out the requests. */
+  private apply(effects: Effect[]): void {
+    const outbox: NewGateEvent[] = [];
+    for (const e of effects) {
+      const rec = this.outboxRecord(e);
+      if (rec) outbox.push(rec);
+    }
+    this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
+    for (const e of effects) {
+      try {
+        this.perform(e);
+      } catch (err) {
+        this.o.logger.error({ err, effect: e.type }, 'a gate request failed');
+      }
+    }
+  }
+
+  private outboxRecord(e: Effect): NewGateEvent | undefined {
+    const c = (change: string) => this.manager.change(change);
+    const base = (change: string, patchset: number) => {
+      const rec = c(change);
+      const [project, number] = splitKey(change);
+      return { project: rec?.project ?? project, branch: rec?.branch ?? '', change: number, patchset };
+    };
+    switch (e.type) {
+      case 'merged': {
+        const build = this.buildOf(e.buildSet);
+        const commit = build !== undefined ? this.o.store.gateBuild(build)?.commit : undefined;
+        return { kind: 'merged', ...base(e.change, e.patchset), ...(commit ? { commit } : {}), ...(build !== undefined ? { build } : {}) };
+      }
+      case 'report':
+        return { kind: 'report', ...base(e.change, e.patchset), result: e.result, message: e.message };
+      case 'report-start':
+        return { kind: 'start', ...base(e.change, e.patchset) };
+      default:
+        return undefined;
+    }
+  }
+
+  private perform(e: Effect): void {
+    switch (e.type) {
+      case 'prepare':
+        this.startBuildSet(e.buildSet, e.change, e.patchset, e.state);
+        return;
+      case 'start-build': {
+        let s = this.started.get(e.buildSet);
+        if (!s) this.started.set(e.buildSet, (s = new Set()));
+        s.add(e.job.name);
+        for (const w of this.waiters.get(`${e.buildSet}:${e.job.name}`) ?? []) w.resolve();
+        this.waiters.delete(`${e.buildSet}:${e.job.name}`);
+        return;
+      }
+      case 'cancel-builds':
+        this.cancelBuildSet(e.buildSet, 'the gate stopped these builds: a change they need failed');
+        return;
+      case 'build-set-ended':
+        if (e.buildSet.fate === 'reset' || e.buildSet.fate === 'dequeued') {
+          this.cancelBuildSet(e.buildSet.id, e.buildSet.fate === 'reset' ? 'reset: the changes ahead of it changed' : 'dequeued');
+        }
+        this.forget(e.buildSet.id);
+        return;
+      case 'submit':
+        this.track(this.submit(e.item, e.buildSet, e.change, e.state));
+        return;
+      case 'report':
+        this.o.logger.info({ change: e.change, patchset: e.patchset, result: e.result }, e.message);
+        return;
+      case 'merged':
+        this.o.logger.info({ change: e.change, patchset: e.patchset, project: e.project, branch: e.branch }, 'merged by the gate');
+        return;
+      default:
+        return;
+    }
+  }
+
+  private track(p: Promise<unknown>): void {
+    this.inFlight.add(p);
+    void p.finally(() => {
+      this.inFlight.delete(p);
+      this.settle();
+    });
+  }
+
+  private startBuildSet(buildSet: number, change: string, patchset: number, state: StateEntry[]): void {
+    const me = state[state.length - 1]!;
+    const [, number] = splitKey(change);
+    const row = this.o.store.latestChange(me.project, number);
+    if (!row || row.patchset !== patchset) {
+      this.post({ type: 'prepared', buildSet, outcome: { kind: 'config-error', message: `change ${number},${patchset} of ${me.project} is not recorded` } });
+      return;
+    }
+    // The merger builds one repository: the changes of this project and branch, in state order.
+    const stack = state.filter((s) => s.project === me.project && s.branch === me.branch && s.ref !== null).map((s) => ({ ref: s.ref!, label: `${splitKey(s.change)[1]},${s.patchset}` }));
+    const id = this.o.store.enqueueGateBuild(row.id, stack, buildSet);
+    this.builds.set(buildSet, id);
+    this.o.scheduler().kick();
+  }
+
+  private cancelBuildSet(buildSet: number, reason: string): void {
+    const id = this.buildOf(buildSet);
+    if (id !== undefined) this.o.scheduler().cancel(id, 'cancelled', reason);
+    for (const [key, set] of this.waiters) {
+      if (key.startsWith(`${buildSet}:`)) for (const w of set) w.resolve();
+    }
+  }
+
+  /** The gate build running a build set (the store knows it after a restart too). */
+  private buildOf(buildSet: number): number | undefined {
+    return this.builds.get(buildSet) ?? this.o.store.buildForBuildSet(buildSet);
+  }
+
+  private forget(buildSet: number): void {
+    this.builds.delete(buildSet);
+    this.started.delete(buildSet);
+    this.answered.delete(buildSet);
+    this.preparedSets.delete(buildSet);
+  }
+
+  private async submit(item: number, buildSet: number, change: string, state: StateEntry[]): Promise<void> {
+    const me = state[state.length - 1]!;
+    const build = this.buildOf(buildSet);
+    const info = build !== undefined ? this.o.store.gateBuild(build) : undefined;
+    const project = this.o.projects.find((p) => p.name === me.project);
+    let answer: PipelineEvent;
+    if (!info?.commit || !info.base || !project) {
+      answer = { type: 'submitted', item, merged: false, message: `no tested commit is recorded for change ${change}` };
+    } else {
+      try {
+        const r = await this.o.merger.submit({ project, branch: me.branch, expected: info.base, commit: info.commit });
+        answer = r.kind === 'merged' ? { type: 'submitted', item, merged: true } : { type: 'submitted', item, merged: false, message: r.reason };
+      } catch (e) {
+        this.o.logger.error({ err: e, change }, 'submit failed');
+        answer = { type: 'submitted', item, merged: false, message: `the submit failed: ${(e as Error).message}` };
+      }
+    }
+    this.post(answer);
+  }
+
+  // ---- GateHooks (called by the executor) ---------------------------------------------------
+
+  prepared(build: BuildView, outcome: PrepareOutcome): void {
+    const info = this.o.store.gateBuild(build.id);
+    if (!info || this.preparedSets.has(info.buildSet)) return;
+    this.preparedSets.add(info.buildSet);
+    this.post({ type: 'prepared', buildSet: info.buildSet, outcome });
+  }
+
+  awaitStart(build: BuildView, job: string, signal: AbortSignal): Promise<void> {
+    const info = this.o.store.gateBuild(build.id);
+    if (!info || this.started.get(info.buildSet)?.has(job) || this.closed) return Promise.resolve();
+    const key = `${info.buildSet}:${job}`;
+    return new Promise((resolve, reject) => {
+      const w = { resolve: () => (signal.removeEventListener('abort', onAbort), resolve()) };
+      const onAbort = () => {
+        this.waiters.get(key)?.delete(w);
+        reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      let set = this.waiters.get(key);
+      if (!set) this.waiters.set(key, (set = new Set()));
+      set.add(w);
+    });
+  }
+
+  jobDone(build: BuildView, job: string, state: JobState): void {
+    if (state !== 'passed' && state !== 'failed' && state !== 'error') return; // the model skips and cancels on its own
+    const info = this.o.store.gateBuild(build.id);
+    if (!info) return;
+    let s = this.answered.get(info.buildSet);
+    if (!s) this.answered.set(info.buildSet, (s = new Set()));
+    s.add(job);
+    this.post({ type: 'build-completed', buildSet: info.buildSet, job, result: state === 'passed' ? 'SUCCESS' : state === 'failed' ? 'FAILURE' : 'ERROR' });
+  }
+
+  /** Reporter: a gate build ended. Whatever the executor did not tell the model becomes a result here. */
+  async report(build: BuildView): Promise<void> {
+    if (build.pipeline !== 'gate' || build.result === 'cancelled' || build.result === 'superseded') return;
+    const info = this.o.store.gateBuild(build.id);
+    if (!info || this.buildOf(info.buildSet) !== build.id) return;
+    const why = `build ${build.id} ended ${build.result ?? 'without a result'}: ${build.reason ?? ''}`.trim();
+    if (!this.preparedSets.has(info.buildSet)) {
+      this.preparedSets.add(info.buildSet);
+      const outcome: PrepareOutcome = build.result === 'merge-conflict' ? { kind: 'conflict', message: build.reason ?? 'merge conflict' } : { kind: 'config-error', message: why };
+      this.post({ type: 'prepared', buildSet: info.buildSet, outcome });
+      return;
+    }
+    const answered = this.answered.get(info.buildSet) ?? new Set<string>();
+    for (const job of this.started.get(info.buildSet) ?? []) {
+      if (!answered.has(job)) this.post({ type: 'build-completed', buildSet: info.buildSet, job, result: 'ERROR' });
+    }
+  }
+}
+
+/** Jobs as the model sees them, from the executor's compiled jobs. */
+export function jobNodes(jobs: readonly { name: string; voting: boolean; needs: readonly string[] }[]): JobNode[] {
+  return jobs.map((j) => ({ name: j.name, voting: j.voting, needs: [...j.needs] }));
+}
+
+function splitKey(key: string): [string, string] {
+  const i = key.lastIndexOf('~');
+  return i < 0 ? ['', key] : [key.slice(0, i), key.slice(i + 1)];
+}

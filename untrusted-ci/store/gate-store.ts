@@ -1,0 +1,95 @@
+/**
+ * GateStore: the gate's durable state in the CI database.
+ * - `pipeline_state`: one JSON snapshot of the pipeline model per pipeline, replaced after every
+ *   batch of events the model handled;
+ * - `gate_events`: an append-only outbox of what the gate decided: `merged` (a change landed:
+ *   project, branch, the commit the branch now points at — the trusted tier's hint sender reads
+ *   these) and `report` (a change's final verdict). Each batch's snapshot and events are written in
+ *   one transaction, so after a crash the model and the outbox agree.
+ */
+import { z } from 'zod';
+import type { Db } from './database.js';
+
+export const GateEventKind = z.enum(['merged', 'report', 'start']);
+export type GateEventKind = z.infer<typeof GateEventKind>;
+
+export const GateEventView = z.object({
+  id: z.number().int(),
+  kind: GateEventKind,
+  project: z.string(),
+  branch: z.string(),
+  change: z.string(),
+  patchset: z.number().int(),
+  result: z.string().optional(),
+  message: z.string().optional(),
+  commit: z.string().optional(),
+  build: z.number().int().optional(),
+  createdAt: z.number().int(),
+});
+export type GateEventView = z.infer<typeof GateEventView>;
+
+export type NewGateEvent = Omit<GateEventView, 'id' | 'createdAt'>;
+
+interface Row {
+  id: number;
+  kind: GateEventKind;
+  project: string;
+  branch: string;
+  change: string;
+  patchset: number;
+  result: string | null;
+  message: string | null;
+  commit_sha: string | null;
+  build_id: number | null;
+  created_at: number;
+}
+
+export class GateStore {
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  loadState(pipeline: string): unknown {
+    const row = this.db.prepare<[string], { json: string }>('SELECT json FROM pipeline_state WHERE pipeline = ?').get(pipeline);
+    return row ? (JSON.parse(row.json) as unknown) : undefined;
+  }
+
+  /** The model's new snapshot and the events of the same batch, atomically. */
+  save(pipeline: string, state: unknown, events: readonly NewGateEvent[]): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare('INSERT INTO pipeline_state (pipeline, json, updated_at) VALUES (?,?,?) ON CONFLICT(pipeline) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at')
+        .run(pipeline, JSON.stringify(state), this.now());
+      const ins = this.db.prepare(
+        'INSERT INTO gate_events (kind, project, branch, change, patchset, result, message, commit_sha, build_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)',
+      );
+      for (const e of events) {
+        ins.run(e.kind, e.project, e.branch, e.change, e.patchset, e.result ?? null, e.message ?? null, e.commit ?? null, e.build ?? null, this.now());
+      }
+    })();
+  }
+
+  /** Events after `after` (an event id), oldest first. */
+  events(q: { kind?: GateEventKind; after?: number; limit?: number } = {}): GateEventView[] {
+    const where = ['id > ?'];
+    const args: (string | number)[] = [q.after ?? 0];
+    if (q.kind) (where.push('kind = ?'), args.push(q.kind));
+    return this.db
+      .prepare<(string | number)[], Row>(`SELECT * FROM gate_events WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`)
+      .all(...args, Math.min(q.limit ?? 100, 1000))
+      .map((r) => ({
+        id: r.id,
+        kind: r.kind,
+        project: r.project,
+        branch: r.branch,
+        change: r.change,
+        patchset: r.patchset,
+        ...(r.result !== null ? { result: r.result } : {}),
+        ...(r.message !== null ? { message: r.message } : {}),
+        ...(r.commit_sha !== null ? { commit: r.commit_sha } : {}),
+        ...(r.build_id !== null ? { build: r.build_id } : {}),
+        createdAt: r.created_at,
+      }));
+  }
+}

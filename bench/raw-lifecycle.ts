@@ -16,7 +16,8 @@ import { JobSpec } from '../shared/schemas/job-spec.js';
 import type { Runtime } from '../shared/schemas/limits.js';
 
 export interface RawLifecycle {
-  run(runtime: Runtime, slot?: number, withWorkspace?: boolean): Promise<void>;
+  /** One container lifecycle; `command` defaults to `true`. */
+  run(runtime: Runtime, slot?: number, withWorkspace?: boolean, command?: string[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -26,8 +27,8 @@ export async function createRawLifecycle(o: { docker: Docker; policy: JobPolicy;
   const ready: Workspace[] = await Promise.all(Array.from({ length: o.slots }, () => workspaces.create(o.policy.limits.workspace)));
   let n = 0;
   return {
-    async run(runtime, slot = 0, withWorkspace = true) {
-      const spec = JobSpec.parse({ id: `raw-${process.pid}-${++n}`, image: o.image, command: ['true'], runtime });
+    async run(runtime, slot = 0, withWorkspace = true, command = ['true']) {
+      const spec = JobSpec.parse({ id: `raw-${process.pid}-${++n}`, image: o.image, command, runtime });
       const { limits } = resolveLimits(spec.limits, runtime, o.policy);
       const opts = toCreateOptions({ spec, limits, runtime, imageId, imageVolumes: [], user: o.policy.user, owner: o.runner.owner, name: `airlock-raw-${spec.id}`, workspaceVolume: ready[slot]!.volume, createdAt: Date.now() });
       if (!withWorkspace) opts.HostConfig!.Mounts = [];

@@ -62,7 +62,9 @@ export class DependentPipelineManager extends PipelineManager {
     if (this.liveItem(id)) return true;
     const cycle = this.cycleFrom(id);
     if (cycle) {
-      this.reportChange(c, 'FAILURE', `dependency cycle detected (${cycle.join(' → ')}) and circular dependencies are not allowed`);
+      // Zuul checks readiness first: a cycle with an unapproved member is left alone, silently.
+      const ready = cycle.every((x) => this.changes.get(x)?.approved === true);
+      if (ready) this.reportChange(c, 'FAILURE', `dependency cycle detected (${cycle.join(' → ')}) and circular dependencies are not allowed`);
       return false;
     }
     return this.add(c, new Set());

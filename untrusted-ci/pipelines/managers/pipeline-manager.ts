@@ -141,6 +141,7 @@ export abstract class PipelineManager {
       case 'change': {
         const old = this.changes.get(e.change.id);
         if (old && e.change.patchset < old.patchset) return; // a late event about an old patchset
+        if (old?.status === 'merged') return; // a merged change takes no new patchsets
         const status = old && old.patchset === e.change.patchset ? old.status : 'open';
         this.changes.put({ ...e.change, needs: e.change.needs.map((n) => ({ ...n })), status });
         if (old && e.change.patchset > old.patchset) {
@@ -160,10 +161,15 @@ export abstract class PipelineManager {
       }
       case 'abandon': {
         const c = this.changes.get(e.change);
-        if (!c) return;
+        if (!c || c.status === 'merged') return;
         this.changes.put({ ...c, status: 'abandoned' });
-        this.removeItems((i) => i.change === e.change, 'the change was abandoned');
-        this.removeDependents(e.change);
+        const queues = this.removeItems((i) => i.change === e.change, 'the change was abandoned');
+        this.removeDependents(e.change, queues);
+        return;
+      }
+      case 'restore': {
+        const c = this.changes.get(e.change);
+        if (c?.status === 'abandoned') this.changes.put({ ...c, status: 'open' });
         return;
       }
       case 'merged-elsewhere': {
@@ -176,28 +182,36 @@ export abstract class PipelineManager {
     }
   }
 
-  /** Zuul `removeItem` on live items: cancel and drop each (resetting those behind), reported DEQUEUED. */
-  private removeItems(match: (i: QueueItem) => boolean, why: string): void {
+  /**
+   * Zuul `removeItem` on live items: cancel and drop each (resetting those behind). Reported
+   * DEQUEUED only if its start was reported (Zuul `dequeueItem`). Returns the queues it left.
+   */
+  private removeItems(match: (i: QueueItem) => boolean, why: string): Set<ChangeQueue> {
+    const left = new Set<ChangeQueue>();
     for (const q of this.queues) {
       for (const item of q.items) {
         if (!item.live || !match(item) || item.submitting) continue; // a submit in flight decides that item's fate
         this.cancelJobs(item, q, true, 'dequeued');
-        this.report(item, 'DEQUEUED', `removed from the ${this.kind} pipeline: ${why}`);
+        if (item.reportedStart) this.report(item, 'DEQUEUED', `removed from the ${this.kind} pipeline: ${why}`);
         q.dequeue(item);
+        left.add(q);
       }
     }
     this.dropEmptyQueues();
+    return left;
   }
 
   /**
-   * Zuul `removeAbandonedChange`: live items that need an abandoned change (directly or through
-   * another removed item) leave at once, reported DEPENDENCY_FAILED like any needing-change dequeue.
+   * Zuul `removeAbandonedChange`: live items of the same queue that need an abandoned change
+   * (directly or through another removed item) leave at once, reported DEPENDENCY_FAILED like any
+   * needing-change dequeue. (A check item keeps testing on its own copy of the dependency.)
    */
-  private removeDependents(abandoned: ChangeKey): void {
+  private removeDependents(abandoned: ChangeKey, queues: ReadonlySet<ChangeQueue>): void {
     const removed = new Set<ChangeKey>([abandoned]);
     for (let again = true; again; ) {
       again = false;
       for (const q of this.queues) {
+        if (!queues.has(q)) continue; // Zuul: only the queue the abandoned change was in
         for (const item of q.items) {
           if (!item.live || item.submitting || removed.has(item.change)) continue;
           const needs = this.changes.get(item.change)?.needs ?? [];

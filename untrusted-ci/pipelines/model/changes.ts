@@ -53,9 +53,13 @@ export class ChangeRegistry {
     return this.byId.values();
   }
 
-  /** Forget changes that are closed and that nothing `keep` names (bounded memory in a long-running service). */
-  prune(keep: ReadonlySet<ChangeKey>): void {
-    for (const [id, c] of this.byId) if (c.status !== 'open' && !keep.has(id)) this.byId.delete(id);
+  /**
+   * Bound memory in a long-running service: forget the oldest closed changes nothing in `keep`
+   * names, beyond the newest `closedKept` (which stay, so a late event cannot reopen a merged change).
+   */
+  prune(keep: ReadonlySet<ChangeKey>, closedKept = 10_000): void {
+    const closed = [...this.byId.values()].filter((c) => c.status !== 'open' && !keep.has(c.id));
+    for (const c of closed.slice(0, Math.max(0, closed.length - closedKept))) this.byId.delete(c.id);
   }
 
   toJSON(): ChangeRecord[] {

@@ -31,6 +31,8 @@ export type TriggerEvent =
   | { type: 'enqueue'; change: ChangeKey }
   | { type: 'approval'; change: ChangeKey; approved: boolean }
   | { type: 'abandon'; change: ChangeKey }
+  /** An abandoned change was restored (it may be enqueued again). */
+  | { type: 'restore'; change: ChangeKey }
   /** The change merged outside this pipeline (someone else submitted it). */
   | { type: 'merged-elsewhere'; change: ChangeKey };
 

@@ -150,7 +150,7 @@ export class Merger {
    * rejects its own wait at once; the shared fetch is not cut short by one caller.
    */
   private fetchCoalesced(mirror: Mirror, url: string, wants: Want[], signal: AbortSignal | undefined): Promise<Resolved[]> {
-    signal?.throwIfAborted();
+    if (signal?.aborted) return Promise.reject(signal.reason instanceof Error ? signal.reason : new CancelledError('aborted'));
     const key = `${mirror.dir}\n${url}`;
     let batch = this.fetchBatches.get(key);
     if (!batch) {
@@ -182,7 +182,7 @@ export class Merger {
    */
   private mergeStep(mirror: Mirror, base: string, change: string, message: string, signal: AbortSignal | undefined): Promise<MergeOutcome> {
     const key = `${mirror.dir}\0${base}\0${change}\0${message}`;
-    signal?.throwIfAborted();
+    if (signal?.aborted) throw new CancelledError('prepare cancelled');
     const known = this.steps.get(key);
     if (known) return known;
     // Not the caller's signal: another prepare may be waiting for the same step.

@@ -8,6 +8,7 @@
  * InvalidInputError (4xx) or InternalError (5xx), their message naming the server's code. A server
  * that cannot be reached, or answers what does not parse, is an InternalError (exit 3).
  */
+import { ApproveAnswer, GateView } from '../shared/schemas/api/gate.js';
 import { z } from 'zod';
 import {
   CancelledError,
@@ -63,6 +64,15 @@ export class CiClient {
     return this.json('POST', '/api/changes', SubmitAnswer, change);
   }
 
+  /** Approve a change for the gate (or, with `approved` false, take the approval back). */
+  approve(changeId: number, approved = true): Promise<ApproveAnswer> {
+    return this.json(approved ? 'POST' : 'DELETE', `/api/changes/${changeId}/approve`, ApproveAnswer);
+  }
+
+  gate(): Promise<GateView> {
+    return this.json('GET', '/api/gate', GateView);
+  }
+
   build(id: number): Promise<BuildView> {
     return this.json('GET', `/api/builds/${id}`, BuildView);
   }
@@ -116,7 +126,7 @@ export class CiClient {
     }
   }
 
-  private async json<S extends z.ZodType>(method: 'GET' | 'POST', path: string, schema: S, body?: unknown): Promise<z.infer<S>> {
+  private async json<S extends z.ZodType>(method: 'GET' | 'POST' | 'DELETE', path: string, schema: S, body?: unknown): Promise<z.infer<S>> {
     const res = await this.request(method, path, body);
     let value: unknown;
     try {
@@ -133,7 +143,7 @@ export class CiClient {
     return r.data;
   }
 
-  private async request(method: 'GET' | 'POST', path: string, body?: unknown, o: { stream?: boolean; signal?: AbortSignal } = {}): Promise<Response> {
+  private async request(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, o: { stream?: boolean; signal?: AbortSignal } = {}): Promise<Response> {
     const headers: Record<string, string> = { accept: o.stream ? 'text/event-stream' : 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;

@@ -89,6 +89,46 @@ export function registerCiCommands(program: Command): void {
     .action(async (f: SubmitFlags) => withJsonErrors(f.json, async () => (process.exitCode = await submit(f))));
 
   program
+    .command('approve')
+    .description('approve a change for the gate (Code-Review +2): it is tested on top of the changes ahead and merged if it passes')
+    .argument('<change>', 'the change id the CI gave it (airlock submit prints it; GET /api/changes/:id)')
+    .option(...serverOption)
+    .option('--revoke', 'take the approval back: the change leaves the gate')
+    .option('--token-file <file>', 'file holding the API token, if the CI requires one')
+    .option('--json', 'print the answer as JSON')
+    .action(async (change: string, f: ClientFlags & { revoke?: boolean; tokenFile?: string }) =>
+      withJsonErrors(f.json, async () => {
+        const id = Number(change);
+        if (!Number.isInteger(id) || id < 1) throw badFlag('change', 'must be a change id (a whole number)');
+        const answer = await clientFor(f.server, f.tokenFile ? readToken(f.tokenFile) : undefined).approve(id, !f.revoke);
+        const c = answer.change;
+        process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : `${c.project} change ${c.change},${c.patchset}: ${answer.approved ? 'approved for the gate' : 'approval taken back'}\n`);
+      }),
+    );
+
+  program
+    .command('gate')
+    .description("the gate's change queues: each item, what it is tested on, its jobs, the window")
+    .option(...serverOption)
+    .option('--json', 'print JSON')
+    .action(async (f: ClientFlags) =>
+      withJsonErrors(f.json, async () => {
+        const view = await clientFor(f.server).gate();
+        if (f.json) return void process.stdout.write(`${JSON.stringify(view)}\n`);
+        const lines: string[] = [];
+        for (const q of view.queues) {
+          lines.push(`queue ${q.name} (window ${q.window}): ${q.items.length === 0 ? 'empty' : ''}`);
+          for (const i of q.items) {
+            const jobs = i.jobs.map((j) => `${j.name}:${j.result ?? 'running'}`).join(' ');
+            const failing = i.failing.length > 0 ? ` FAILING (${i.failing.join('; ')})` : '';
+            lines.push(`  ${i.change},${i.patchset} ${i.active ? '' : '(inactive) '}on [${i.state.join(' ')}] ${jobs}${failing}`);
+          }
+        }
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }),
+    );
+
+  program
     .command('status')
     .description('the queue and recent builds, or one build with its jobs')
     .argument('[build]', 'a build id')
@@ -170,8 +210,12 @@ async function submit(f: SubmitFlags): Promise<number> {
   const client = clientFor(f.server, f.tokenFile ? readToken(f.tokenFile) : undefined);
   const answer = await client.submit(change);
   const id = answer.builds[0];
+  if (change.pipeline === 'gate') {
+    process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : `${change.project} change ${answer.change.change},${answer.change.patchset} (id ${answer.change.id}) approved for the gate\n`);
+    return 0;
+  }
   if (!f.wait || id === undefined) {
-    const text = answer.builds.map((b) => `build ${b} queued: ${change.pipeline} of ${change.project} change ${answer.change.change},${answer.change.patchset}\n`).join('');
+    const text = answer.builds.map((b) => `build ${b} queued: ${change.pipeline} of ${change.project} change ${answer.change.change},${answer.change.patchset} (change id ${answer.change.id})\n`).join('');
     process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : text);
     return 0;
   }

@@ -738,6 +738,34 @@ describe('DependentPipelineManager: toJSON / fromJSON', () => {
   });
 });
 
+describe('DependentPipelineManager: recover() after a restart', () => {
+  it('re-runs build sets whose builds were lost, keeps finished ones, and asks again for an unanswered submit', () => {
+    const w = World.gate();
+    w.autoSubmit = false;
+    w.jobs = [job('test')];
+    gateABC(w, 'A', 'B', 'C');
+    // A and B finish; A's submit is in flight; C's build is still running when the service dies.
+    w.release((b) => b.change === 'A' || b.change === 'B');
+    expect(w.pendingSubmits.map((s) => s.change)).toEqual(['A']);
+    w.reload();
+    const effects = w.m.recover();
+    // The submit is asked again; B keeps its finished build set; C's is reset, and C waits for
+    // A's submit before it is prepared again (nothing is prepared behind a submit in flight).
+    expect(effects.filter((e) => e.type === 'submit').map((e) => e.change)).toEqual(['A']);
+    expect(effects.filter((e) => e.type === 'prepare')).toEqual([]);
+    expect(effects.filter((e) => e.type === 'build-set-ended').map((e) => [e.buildSet.change, e.buildSet.fate])).toEqual([['C', 'reset']]);
+    // The world then answers as usual: everything merges, in order, once.
+    w.autoSubmit = true;
+    const after = w.send(effects.filter((e) => e.type === 'submit').map((e) => ({ type: 'submitted', item: e.item, merged: true })));
+    expect(after.filter((e) => e.type === 'prepare').map((e) => [e.change, e.state.map((s) => s.change).join(' ')])).toEqual([['C', 'C']]); // A and B merged (B's submit answered at once) before C is prepared again
+    w.settle();
+    expect(w.queueLength()).toBe(0);
+    expect(w.reports('A')).toEqual(['SUCCESS']);
+    expect(w.reports('B')).toEqual(['SUCCESS']);
+    expect(w.reports('C')).toEqual(['SUCCESS']);
+  });
+});
+
 describe('IndependentPipelineManager (check)', () => {
   it('puts open dependencies ahead as non-live items: tested on [dep, change], only the change reported (test_crd_check)', () => {
     const w = World.check();

@@ -30,7 +30,7 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CancelledError, GitFailedError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
-import { isSha, refNameProblem, remoteUrlProblem } from '../../shared/git/git.js';
+import { isSha, refNameProblem, remoteUrlProblem, streamGit } from '../../shared/git/git.js';
 import type { Logger } from '../../shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
@@ -243,6 +243,93 @@ export class Merger {
     this.builds.set(req.buildId, mirror);
     log?.debug({ ms: Date.now() - started, commit }, 'prepared');
     return { kind: 'merged', commit, branchTip: tip.sha, steps };
+  }
+
+  /**
+   * The parents and message of each ref's commit: the refs are fetched as prepare fetches them
+   * (coalesced, under the mirror's lock), then every commit is read with one `git cat-file --batch`.
+   * A ref (full `refs/…` name or commit id) that does not exist maps to undefined. Only the first
+   * 1 MiB of a commit object is read (a hostile one may be huge): parents come from its headers,
+   * and the message is cut at 64 KiB (bytes; a cut character becomes U+FFFD). Throws as prepare
+   * does: InvalidInputError for a bad project or ref, GitFailedError, CancelledError.
+   */
+  async commitInfo(
+    project: Project,
+    refs: readonly string[],
+    signal?: AbortSignal,
+  ): Promise<Map<string, { sha: string; parents: string[]; message: string } | undefined>> {
+    const OBJECT_READ_MAX = 1024 * 1024; // 1 MiB of each commit object: headers and the start of the message
+    const MESSAGE_MAX = 64 * 1024; // 64 KiB
+    const issues: Issue[] = [];
+    const check = checker(issues);
+    check('project.name', textProblem(project.name, 200));
+    check('project.url', remoteUrlProblem(project.url));
+    refs.forEach((ref, i) => {
+      const problem = isSha(ref) ? undefined : !ref.startsWith('refs/') ? 'must be a full ref name (refs/…) or a full commit id' : refNameProblem(ref);
+      check(`refs[${i}]`, problem && `${JSON.stringify(ref)} ${problem}`);
+    });
+    if (issues.length > 0) throw new InvalidInputError(issues);
+
+    const out = new Map<string, { sha: string; parents: string[]; message: string } | undefined>();
+    const unique = [...new Set(refs)];
+    if (unique.length === 0) return out;
+    const mirror = await this.mirror(project.name);
+    const wants: Want[] = unique.map((ref) => (isSha(ref) ? { sha: ref } : { ref }));
+    const resolved = await this.fetchCoalesced(mirror, project.url, wants, signal).catch(rethrowAbort(signal, 'commitInfo'));
+    const shas = [...new Set(resolved.flatMap((r) => ('sha' in r ? [r.sha] : [])))];
+
+    // cat-file --batch answers each line with "<sha> <type> <size>\n<size bytes>\n" or "<name> missing\n".
+    const objects = new Map<string, Buffer>();
+    if (shas.length > 0) {
+      const stream = streamGit(['cat-file', '--batch'], { gitDir: mirror.dir, input: Buffer.from(shas.map((s) => `${s}\n`).join('')), signal });
+      let rest: Buffer = Buffer.alloc(0);
+      let body: { sha: string; commit: boolean; keep: number; left: number; parts: Buffer[]; kept: number } | undefined;
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          let buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
+          rest = Buffer.alloc(0);
+          while (buf.length > 0) {
+            if (body) {
+              const take = Math.min(body.left, buf.length);
+              const piece = buf.subarray(0, Math.max(0, Math.min(take, body.keep - body.kept)));
+              if (piece.length > 0) (body.parts.push(piece), (body.kept += piece.length));
+              body.left -= take;
+              buf = buf.subarray(take);
+              if (body.left === 0) {
+                if (body.commit) objects.set(body.sha, Buffer.concat(body.parts));
+                body = undefined;
+              }
+              continue;
+            }
+            const nl = buf.indexOf(0x0a);
+            if (nl < 0) {
+              rest = Buffer.from(buf);
+              break;
+            }
+            const m = /^([0-9a-f]{40,64}) (\w+) (\d+)$/.exec(buf.subarray(0, nl).toString('latin1'));
+            buf = buf.subarray(nl + 1);
+            if (m) {
+              const size = Number(m[3]);
+              body = { sha: m[1] ?? '', commit: m[2] === 'commit', keep: Math.min(size, OBJECT_READ_MAX), left: size + 1, parts: [], kept: 0 };
+            }
+          }
+        }
+      } catch (e) {
+        rethrowAbort(signal, 'commitInfo')(e);
+      }
+    }
+
+    unique.forEach((ref, i) => {
+      const r = resolved[i];
+      const raw = r && 'sha' in r ? objects.get(r.sha) : undefined;
+      if (!r || !('sha' in r) || !raw) return out.set(ref, undefined);
+      const end = raw.indexOf('\n\n');
+      const head = (end < 0 ? raw : raw.subarray(0, end)).toString('latin1');
+      const parents = [...head.matchAll(/^parent ([0-9a-f]{40,64})$/gm)].map((p) => p[1] ?? '');
+      const message = end < 0 ? '' : raw.subarray(end + 2, end + 2 + MESSAGE_MAX).toString('utf8');
+      out.set(ref, { sha: r.sha, parents, message });
+    });
+    return out;
   }
 
   /**

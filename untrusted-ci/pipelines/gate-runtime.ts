@@ -29,7 +29,10 @@ import type { BuildStore } from '../store/build-store.js';
 import type { GateStore, NewGateEvent } from '../store/gate-store.js';
 import { DependentPipelineManager } from './managers/dependent.js';
 import type { JobNode, StateEntry } from './model/build-set.js';
+import { changeKey, splitChangeKey } from './model/changes.js';
+import { resolveNeeds, type OpenChange } from './needs.js';
 import type { Effect, PipelineEvent, PrepareOutcome } from './model/events.js';
+import type { NeededChange } from './model/changes.js';
 import type { WindowConfig } from './model/window.js';
 
 const PIPELINE = 'gate';
@@ -54,10 +57,6 @@ export interface GateRuntimeOptions {
   now?: () => number;
 }
 
-/** The model's key for a change: unique across projects (Gerrit's `project~number`). */
-export function changeKey(project: string, change: string): string {
-  return `${project}~${change}`;
-}
 
 export class GateRuntime implements GateHooks, Reporter {
   private manager: DependentPipelineManager;
@@ -73,6 +72,8 @@ export class GateRuntime implements GateHooks, Reporter {
   private readonly preparedSets = new Set<number>();
   private readonly waiters = new Map<string, Set<{ resolve: () => void }>>();
   private closed = false;
+  /** The tail of the ordered trigger chain (see `inOrder`). */
+  private triggers: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: GateRuntimeOptions) {
     this.manager = this.fresh();
@@ -132,7 +133,7 @@ export class GateRuntime implements GateHooks, Reporter {
         name: q.name,
         window: q.window,
         items: q.items.map((i) => {
-          const [project, change] = splitKey(i.change);
+          const [project, change] = splitChangeKey(i.change);
           const ahead = q.item(i.ahead);
           const bs = i.buildSet;
           const build = bs.configured ? this.buildOf(bs.id) : undefined;
@@ -140,10 +141,10 @@ export class GateRuntime implements GateHooks, Reporter {
             project,
             change,
             patchset: i.patchset,
-            ahead: ahead ? splitKey(ahead.change)[1] : null,
+            ahead: ahead ? splitChangeKey(ahead.change)[1] : null,
             active: i.active,
             live: i.live,
-            state: (bs.state ?? []).map((s) => `${splitKey(s.change)[1]},${s.patchset}`),
+            state: (bs.state ?? []).map((s) => `${splitChangeKey(s.change)[1]},${s.patchset}`),
             failing: [...bs.failingReasons],
             jobs: (bs.jobs ?? []).map((j) => ({ name: j.name, voting: j.voting, result: bs.build(j.name)?.result ?? null })),
             ...(build !== undefined ? { build } : {}),
@@ -162,20 +163,64 @@ export class GateRuntime implements GateHooks, Reporter {
    */
   approval(c: ChangeView, approved: boolean): void {
     const key = changeKey(c.project, c.change);
-    const known = this.manager.change(key);
-    // TODO(#4): needs from git parents and Depends-On footers (the model supports them; the service does not resolve them yet).
-    const needs = known && known.patchset === c.patchset ? known.needs : [];
-    this.post(
-      { type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs, approved: known?.patchset === c.patchset ? known.approved : false, ref: c.ref } },
-      { type: 'approval', change: key, approved },
-    );
+    if (!approved) {
+      this.inOrder(() => [{ type: 'approval', change: key, approved: false }]);
+      return;
+    }
+    // Dependencies are read from git at once (after the events already posted are applied, so
+    // every change submitted before is a candidate); approvals keep their order among themselves.
+    const needs = Promise.resolve().then(() => this.needsOf(c));
+    this.inOrder(async () => {
+      const known = this.manager.change(key);
+      if (known && known.patchset > c.patchset) return []; // a newer patchset came meanwhile: this approval is outdated
+      return [
+        { type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs: await needs, approved: known?.patchset === c.patchset ? known.approved : false, ref: c.ref } },
+        { type: 'approval', change: key, approved: true },
+      ];
+    });
   }
 
-  /** A new patchset: the gate drops the old one's item (it needs a new approval). */
+  /** Post approvals in the order they arrived, though each first reads git. */
+  private inOrder(events: () => PipelineEvent[] | Promise<PipelineEvent[]>): void {
+    const next = this.triggers.then(events).then(
+      (es) => this.post(...es),
+      (e: unknown) => this.o.logger.error({ err: e }, 'a gate trigger failed'),
+    );
+    this.triggers = next;
+    this.track(next);
+  }
+
+  /**
+   * What the change needs among the open changes the gate knows (every submitted patchset is
+   * known): its git parent when that is another open change's commit, and its Depends-On footers.
+   * A git failure leaves it with no needs (logged): its own commit still carries its git ancestors.
+   */
+  private async needsOf(c: ChangeView): Promise<NeededChange[]> {
+    const candidates: OpenChange[] = [];
+    for (const rec of this.manager.openChanges()) {
+      const [project, change] = splitChangeKey(rec.id);
+      if (rec.ref !== null && !(project === c.project && change === c.change)) candidates.push({ project, change, patchset: rec.patchset, ref: rec.ref });
+    }
+    try {
+      const r = await resolveNeeds({ project: c.project, change: c.change, patchset: c.patchset, ref: c.ref }, candidates, async (project, refs) => {
+        const p = this.o.projects.find((x) => x.name === project);
+        if (!p) return new Map();
+        return this.o.merger.commitInfo(p, refs);
+      });
+      if (r.problems.length > 0) this.o.logger.warn({ change: c.change, project: c.project, problems: r.problems }, 'some dependencies of an approved change could not be resolved');
+      return r.needs;
+    } catch (e) {
+      this.o.logger.error({ err: e, change: c.change, project: c.project }, 'cannot read the dependencies of an approved change; enqueued without them');
+      return [];
+    }
+  }
+
+  /** A patchset was submitted: the gate learns of the change (a possible dependency) and drops an older patchset's item. */
   patchset(c: ChangeView): void {
+    // Posted at once (an approval still resolving for an older patchset is then dropped as outdated).
     const key = changeKey(c.project, c.change);
     const known = this.manager.change(key);
-    if (!known || known.patchset >= c.patchset) return;
+    if (known && known.patchset >= c.patchset) return;
     this.post({ type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs: [], approved: false, ref: c.ref } });
   }
 
@@ -231,7 +276,7 @@ export class GateRuntime implements GateHooks, Reporter {
     const c = (change: string) => this.manager.change(change);
     const base = (change: string, patchset: number) => {
       const rec = c(change);
-      const [project, number] = splitKey(change);
+      const [project, number] = splitChangeKey(change);
       return { project: rec?.project ?? project, branch: rec?.branch ?? '', change: number, patchset };
     };
     switch (e.type) {
@@ -295,14 +340,14 @@ export class GateRuntime implements GateHooks, Reporter {
 
   private startBuildSet(buildSet: number, change: string, patchset: number, state: StateEntry[]): void {
     const me = state[state.length - 1]!;
-    const [, number] = splitKey(change);
+    const [, number] = splitChangeKey(change);
     const row = this.o.store.latestChange(me.project, number);
     if (!row || row.patchset !== patchset) {
       this.post({ type: 'prepared', buildSet, outcome: { kind: 'config-error', message: `change ${number},${patchset} of ${me.project} is not recorded` } });
       return;
     }
     // The merger builds one repository: the changes of this project and branch, in state order.
-    const stack = state.filter((s) => s.project === me.project && s.branch === me.branch && s.ref !== null).map((s) => ({ ref: s.ref!, label: `${splitKey(s.change)[1]},${s.patchset}` }));
+    const stack = state.filter((s) => s.project === me.project && s.branch === me.branch && s.ref !== null).map((s) => ({ ref: s.ref!, label: `${splitChangeKey(s.change)[1]},${s.patchset}` }));
     const id = this.o.store.enqueueGateBuild(row.id, stack, buildSet);
     this.builds.set(buildSet, id);
     this.o.scheduler().kick();
@@ -408,7 +453,3 @@ export function jobNodes(jobs: readonly { name: string; voting: boolean; needs: 
   return jobs.map((j) => ({ name: j.name, voting: j.voting, needs: [...j.needs] }));
 }
 
-function splitKey(key: string): [string, string] {
-  const i = key.lastIndexOf('~');
-  return i < 0 ? ['', key] : [key.slice(0, i), key.slice(i + 1)];
-}

@@ -52,7 +52,9 @@ describe('gate (real Docker, real git)', () => {
     await api('POST', '/api/changes', { project: 'demo/gated', ref: b.ref, change: '202', patchset: 1, pipeline: 'gate' });
     await api('POST', '/api/changes', { project: 'demo/gated', ref: c.ref, change: '203', patchset: 1, pipeline: 'gate' });
 
-    // All three are queued at once, each on top of the ones ahead.
+    // All three are queued at once, each on top of the ones ahead (an approval first reads the
+    // change's dependencies from git, so wait for the gate to take them in).
+    await ci.service.gate.idle();
     const early = await api<GateView>('GET', '/api/gate');
     expect(early.queues.map((q) => q.items.map((i) => i.change))).toEqual([['201', '202', '203']]);
 
@@ -84,6 +86,31 @@ describe('gate (real Docker, real git)', () => {
     const after = await api<GateView>('GET', '/api/gate');
     expect(after.queues.flatMap((q) => q.items)).toEqual([]);
     expect(after.queues[0]!.window).toBe(Math.floor((20 + 1) / 2) + 1); // +1 (A merged), halved (B failed), +1 (C merged)
+  });
+
+  it('puts a git parent ahead: a child approved first waits for its parent, then both merge in order', async () => {
+    const before = (await api<{ events: GateEventView[] }>('GET', '/api/gate/events?kind=report')).events.length;
+    const parent = up.change(211, 1, { 'p.txt': 'parent\n' });
+    const child = up.change(212, 1, { 'k.txt': 'child\n' }, { parent: parent.sha });
+    // Both are known to the CI (checked); the child is approved first and must wait for its parent.
+    const p = await api<{ change: { id: number } }>('POST', '/api/changes', { project: 'demo/gated', ref: parent.ref, change: '211', patchset: 1 });
+    const k = await api<{ change: { id: number } }>('POST', '/api/changes', { project: 'demo/gated', ref: child.ref, change: '212', patchset: 1 });
+    await api('POST', `/api/changes/${k.change.id}/approve`);
+    await ci.service.gate.idle();
+    expect((await api<GateView>('GET', '/api/gate')).queues.flatMap((q) => q.items)).toEqual([]);
+    await api('POST', `/api/changes/${p.change.id}/approve`);
+    await ci.service.gate.idle();
+    const items = (await api<GateView>('GET', '/api/gate')).queues.flatMap((q) => q.items);
+    expect(items.map((i) => [i.change, i.state])).toEqual([
+      ['211', ['211,1']],
+      ['212', ['211,1', '212,1']],
+    ]);
+    const reports = (await waitForEvents(before + 2)).slice(before);
+    expect(reports.map((e) => [e.change, e.result])).toEqual([
+      ['211', 'SUCCESS'],
+      ['212', 'SUCCESS'],
+    ]);
+    expect(up.tip()).toBe(child.sha); // two fast-forwards: the child is on top of its parent
   });
 
   async function waitForEvents(reportsWanted: number, timeoutMs = 120_000): Promise<GateEventView[]> {

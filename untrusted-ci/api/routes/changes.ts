@@ -45,6 +45,7 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
         { project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' },
         c.pipeline,
       );
+      deps.gate?.patchset(build.change); // the gate learns of it (a possible dependency; an older patchset leaves)
       return reply.status(202).send({ change: build.change, builds: [build.id] });
     },
   );

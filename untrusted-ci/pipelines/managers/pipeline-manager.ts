@@ -100,6 +100,10 @@ export abstract class PipelineManager {
   change(id: ChangeKey): ChangeRecord | undefined {
     return this.changes.get(id);
   }
+  /** Open changes the pipeline knows, in the order it heard of them. */
+  openChanges(): ChangeRecord[] {
+    return [...this.changes.all()].filter((c) => c.status === 'open');
+  }
 
   toJSON(): ManagerJson {
     return { version: 1, kind: this.kind, nextId: this.nextId, changes: this.changes.toJSON(), queues: this.queues.map((q) => q.toJSON()) };

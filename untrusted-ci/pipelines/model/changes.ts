@@ -14,6 +14,17 @@ import { z } from 'zod';
 export const ChangeKey = z.string().min(1).max(200);
 export type ChangeKey = z.infer<typeof ChangeKey>;
 
+/** The model's key for a change of a code-review system: unique across projects (Gerrit's `project~number`). */
+export function changeKey(project: string, change: string): string {
+  return `${project}~${change}`;
+}
+
+/** The inverse of `changeKey`: [project, change]. */
+export function splitChangeKey(key: string): [string, string] {
+  const i = key.lastIndexOf('~');
+  return i < 0 ? ['', key] : [key.slice(0, i), key.slice(i + 1)];
+}
+
 export const NeededChange = z.strictObject({ change: ChangeKey, patchset: z.number().int().min(1) });
 export type NeededChange = z.infer<typeof NeededChange>;
 

@@ -8,11 +8,11 @@
  * - `change-merged` → the change leaves the gate (merged in the review system);
  * - anything else is acknowledged and ignored, with the reason.
  */
-import type { TriggerEvent } from '../../shared/schemas/events/trigger.js';
+import type { ApprovalEvent, PatchsetEvent, TriggerEvent } from '../../shared/schemas/events/trigger.js';
 import type { CiConfig } from '../config.js';
 import type { GateRuntime } from '../pipelines/gate-runtime.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
-import type { BuildStore } from '../store/build-store.js';
+import type { BuildStore, NewChange } from '../store/build-store.js';
 
 export type TriggerOutcome =
   | { accepted: true; builds: number[]; superseded: number[]; gate?: 'approved' | 'unapproved' | 'merged' }
@@ -47,32 +47,26 @@ export function handleTrigger(
     }
     const latest = deps.store.latestChange(event.project, event.change);
     if (latest && latest.patchset > event.patchset) return { accepted: false, reason: `patchset ${event.patchset} is outdated (the change is at ${latest.patchset})` };
-    const c = deps.store.recordChange({
-      project: event.project,
-      branch: event.branch,
-      change: event.change,
-      patchset: event.patchset,
-      ref: event.ref,
-      author: event.author,
-      source: event.source,
-    });
+    const c = deps.store.recordChange(newChange(event));
     deps.gate.approval(c, approved);
     return { accepted: true, builds: [], superseded: [], gate: approved ? 'approved' : 'unapproved' };
   }
 
-  const { build, superseded } = deps.scheduler.submit(
-    {
-      project: event.project,
-      branch: event.branch,
-      change: event.change,
-      patchset: event.patchset,
-      ref: event.ref,
-      author: event.author,
-      ...(event.subject ? { subject: event.subject } : {}),
-      source: event.source,
-    },
-    'check',
-  );
+  const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
   deps.gate?.patchset(build.change);
   return { accepted: true, builds: [build.id], superseded };
+}
+
+/** The change an event names, as the store records it. */
+function newChange(event: PatchsetEvent | ApprovalEvent): NewChange {
+  return {
+    project: event.project,
+    branch: event.branch,
+    change: event.change,
+    patchset: event.patchset,
+    ref: event.ref,
+    author: event.author,
+    ...('subject' in event && event.subject ? { subject: event.subject } : {}),
+    source: event.source,
+  };
 }

@@ -14,6 +14,7 @@ import { createLogger } from '../../../shared/logging.js';
 import { BuildEvent, BuildView, QueueView, SubmitAnswer, ChangeView, type SubmitChangeInput } from '../../../shared/schemas/api/builds.js';
 import { FsArtifactStore } from '../../../shared/storage/fs-artifact-store.js';
 import { logKey, resultKey } from '../../../shared/storage/keys.js';
+import type { GateRuntime } from '../../../untrusted-ci/pipelines/gate-runtime.js';
 import { buildApi } from '../../../untrusted-ci/api/app.js';
 import { createCiMetrics } from '../../../untrusted-ci/api/metrics.js';
 import { buildCiConfig, type CiConfigInput } from '../../../untrusted-ci/config.js';
@@ -43,7 +44,7 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean } = {}): Promise<Api> {
+async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; gate?: GateRuntime } = {}): Promise<Api> {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-api-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'hook.secret'), SECRET);
@@ -91,6 +92,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     logger,
     ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
     ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
+    ...(o.gate ? { gate: o.gate } : {}),
   });
   await scheduler.start();
   cleanups.push(() => db.close());
@@ -434,6 +436,60 @@ describe('POST /hooks/gerrit', () => {
     expect(again.statusCode).toBe(202);
     expect(again.json()).toEqual({ accepted: false, reason: 'already received (redelivery)' });
     expect(api.store.builds({})).toHaveLength(1);
+  });
+
+  describe('gate triggers', () => {
+    /** Records what the webhook asks of the gate (the gate itself is tested end to end in e2e/gate). */
+    const recorder = () => {
+      const calls: string[] = [];
+      const gate = {
+        approval: (c: { change: string; patchset: number; project: string }, approved: boolean) => calls.push(`${approved ? 'approve' : 'unapprove'} ${c.project} ${c.change},${c.patchset}`),
+        patchset: (c: { change: string; patchset: number }) => calls.push(`patchset ${c.change},${c.patchset}`),
+        mergedElsewhere: (project: string, change: string) => calls.push(`merged ${project} ${change}`),
+      };
+      return { calls, gate: gate as unknown as GateRuntime };
+    };
+    const config = { projects: [{ name: 'TestRepo', url: '/srv/git/TestRepo.git' }, { name: 'TestRepo1', url: '/srv/git/TestRepo1.git' }] };
+    const vote = (value: string, oldValue?: string) => {
+      const d = JSON.parse(fixture('comment-added.json').toString('utf8')) as { approvals: { value: string; oldValue?: string }[] };
+      d.approvals = [{ ...d.approvals[0]!, value, ...(oldValue !== undefined ? { oldValue } : {}) }];
+      if (oldValue === undefined) delete d.approvals[0]!.oldValue;
+      return JSON.stringify(d);
+    };
+
+    it('Code-Review +2 approves the patchset for the gate and records the change', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate });
+      const r = await hook(api, fixture('comment-added.json'));
+      expect(r.statusCode, r.body).toBe(202);
+      expect(r.json()).toEqual({ accepted: true, builds: [], superseded: [], gate: 'approved' });
+      expect(r0.calls).toEqual(['approve TestRepo 1,2']);
+      expect(api.store.latestChange('TestRepo', '1')).toMatchObject({ patchset: 2, branch: 'test_branch', source: 'gerrit' });
+      expect(api.store.builds({})).toEqual([]);
+    });
+
+    it('a vote that takes a +2 back withdraws the approval; other votes are ignored with a reason', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate });
+      expect((await hook(api, vote('1', '2'))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect((await hook(api, vote('1'))).json()).toMatchObject({ accepted: false, reason: expect.stringContaining('neither approves') });
+      expect((await hook(api, vote('-1', '0'))).json()).toMatchObject({ accepted: false });
+      expect(r0.calls).toEqual(['unapprove TestRepo 1,2']);
+    });
+
+    it('change-merged takes the change out of the gate; a patchset tells the gate of the new patchset', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate });
+      api.executor.hold('*');
+      expect((await hook(api, fixture('change-merged.json'))).json()).toMatchObject({ accepted: true, gate: 'merged' });
+      expect((await hook(api, fixture('patchset-created.json'))).json()).toMatchObject({ accepted: true });
+      expect(r0.calls).toEqual(['merged TestRepo 1', 'patchset 2,1']);
+    });
+
+    it('an approval without a running gate is acknowledged, not acted on', async () => {
+      const api = await makeApi({ config });
+      expect((await hook(api, fixture('comment-added.json'))).json()).toEqual({ accepted: false, reason: 'the gate is not running' });
+    });
   });
 
   it('acknowledges an event type it ignores with 202 accepted: false', async () => {

@@ -6,27 +6,16 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { GitFailedError, InvalidInputError } from '../../../shared/errors.js';
 import { runGit } from '../../../shared/git/git.js';
 import { Merger, type PrepareRequest, type PrepareResult, type Project, type SubmitRequest } from '../../../untrusted-ci/merger/merger.js';
 import { fetchRefName, Mirror } from '../../../untrusted-ci/merger/mirror.js';
-import { createRepo, type TestChange, type TestRepo } from '../../support/git-repo.js';
+import type { TestChange, TestRepo } from '../../support/git-repo.js';
+import { mergerRig } from '../../support/merger-rig.js';
 
-const root = mkdtempSync(join(tmpdir(), 'airlock-merger-submit-'));
-const merger = new Merger({ root });
-const repos: TestRepo[] = [];
-afterAll(() => {
-  repos.forEach((r) => r.dispose());
-  rmSync(root, { recursive: true, force: true });
-});
-
+const { root, merger, upstream } = mergerRig('s');
 let seq = 0;
-function upstream(): { up: TestRepo; project: Project } {
-  const up = createRepo({ 'README.md': 'hello\n' });
-  repos.push(up);
-  return { up, project: { name: `org/s${++seq}`, url: up.url } };
-}
 const change = (c: TestChange): { ref: string; label: string } => ({ ref: c.ref, label: c.label });
 async function prepare(m: Merger, req: Omit<PrepareRequest, 'buildId' | 'branch'>): Promise<Extract<PrepareResult, { kind: 'merged' }>> {
   const r = await m.prepare({ branch: 'master', buildId: `b${++seq}`, ...req });

@@ -4,32 +4,20 @@
  * a gate stack, concurrency, reading files and trees, tar export, hostile input and hooks.
  */
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract } from 'tar-stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { CancelledError, GitFailedError, InvalidInputError, NotFoundError } from '../../../shared/errors.js';
 import { runGit } from '../../../shared/git/git.js';
 import { Merger, type PrepareRequest, type PrepareResult } from '../../../untrusted-ci/merger/merger.js';
 import { Mirror } from '../../../untrusted-ci/merger/mirror.js';
-import { createRepo, type FileContent, type TestChange, type TestRepo } from '../../support/git-repo.js';
+import type { TestChange } from '../../support/git-repo.js';
+import { mergerRig } from '../../support/merger-rig.js';
 
-const root = mkdtempSync(join(tmpdir(), 'airlock-merger-'));
-const merger = new Merger({ root });
-const repos: TestRepo[] = [];
-afterAll(() => {
-  repos.forEach((r) => r.dispose());
-  rmSync(root, { recursive: true, force: true });
-});
-
+const { root, merger, upstream } = mergerRig('p');
 let seq = 0;
-function upstream(files: Record<string, FileContent> = { 'README.md': 'hello\n' }): { up: TestRepo; project: { name: string; url: string } } {
-  const up = createRepo(files);
-  repos.push(up);
-  return { up, project: { name: `org/p${++seq}`, url: up.url } };
-}
 const change = (c: TestChange): { ref: string; label: string } => ({ ref: c.ref, label: c.label });
 function prepare(req: Omit<PrepareRequest, 'buildId' | 'branch'> & { buildId?: string; branch?: string }): Promise<PrepareResult> {
   return merger.prepare({ branch: 'master', buildId: `b${++seq}`, ...req });

@@ -3,15 +3,14 @@
  * resolveNeeds reading real upstream repos through a real Merger (git parents, Depends-On by
  * Change-Id across projects and by URL, unknown footers, missing refs, ambiguity).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { InvalidInputError } from '../../../shared/errors.js';
 import { Merger, type Project } from '../../../untrusted-ci/merger/merger.js';
 import { changeIdOf, parseDependsOn, resolveNeeds, type CommitReader, type OpenChange } from '../../../untrusted-ci/pipelines/needs.js';
-import { createRepo, type TestRepo } from '../../support/git-repo.js';
+import type { TestRepo } from '../../support/git-repo.js';
+import { mergerRig } from '../../support/merger-rig.js';
 
 // git's output handed over in pieces of `size` bytes when set, so every split of a record is tried.
 const chunking = vi.hoisted(() => ({ size: 0 }));
@@ -97,20 +96,7 @@ describe('changeIdOf', () => {
   });
 });
 
-const root = mkdtempSync(join(tmpdir(), 'airlock-needs-'));
-const merger = new Merger({ root });
-const repos: TestRepo[] = [];
-afterAll(() => {
-  repos.forEach((r) => r.dispose());
-  rmSync(root, { recursive: true, force: true });
-});
-
-let seq = 0;
-function upstream(): { up: TestRepo; project: Project } {
-  const up = createRepo({ 'README.md': 'hello\n' });
-  repos.push(up);
-  return { up, project: { name: `org/needs${++seq}`, url: up.url } };
-}
+const { root, merger, upstream } = mergerRig('needs');
 
 /** A Gerrit-style change `number`,`patchset` with `message`, on `parent` (default master's tip). */
 function change(up: TestRepo, project: Project, number: number, patchset: number, message: string, parent?: string): OpenChange & { sha: string } {

@@ -128,6 +128,11 @@ export class CheckBuildExecutor implements BuildExecutor {
     if (prep.kind === 'conflict') return { result: 'merge-conflict', reason: prep.message, issues: prep.files.map((f) => issue(f, '', 'changed on both sides')) };
     if (prep.kind === 'missing') return { result: 'config-error', reason: prep.message };
     const commit = prep.commit;
+    // A gate build run again after an infrastructure error must test what its first attempt did:
+    // the gate may already hold that attempt's results and will submit the recorded commit.
+    if (gate?.commit && gate.commit !== commit) {
+      return { result: 'error', reason: `retried on a different state (${commit.slice(0, 12)}, first ${gate.commit.slice(0, 12)}): the gate tests this change again` };
+    }
     o.store.setCommit(build.id, commit);
     // What the branch must still be at when the gate submits this change: the state just before it.
     if (gate) o.store.setBase(build.id, prep.steps.length >= 2 ? prep.steps[prep.steps.length - 2]!.result : prep.branchTip);

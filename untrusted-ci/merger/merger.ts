@@ -165,7 +165,16 @@ export class Merger {
     }
     const offset = batch.wants.length;
     batch.wants.push(...wants);
-    const mine = batch.result.then((all) => all.slice(offset, offset + wants.length));
+    const shared = batch;
+    const mine = batch.result.then(
+      (all) => all.slice(offset, offset + wants.length),
+      // One caller's bad ref (or objects failing fsck) must not fail the others: alone, each
+      // request gets its own answer.
+      (e: unknown) => {
+        if (shared.wants.length === wants.length) throw e;
+        return this.lock.run(mirror.dir, () => mirror.fetch(url, wants, { timeoutMs: this.opts.fetchTimeoutMs ?? 300_000, fsck: this.opts.fsckObjects ?? true }));
+      },
+    );
     if (!signal) return mine;
     return new Promise<Resolved[]>((resolve, reject) => {
       const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new CancelledError('aborted'));

@@ -36,6 +36,8 @@ import type { NeededChange } from './model/changes.js';
 import type { WindowConfig } from './model/window.js';
 
 const PIPELINE = 'gate';
+/** Wait before a failed submit is tried once more. */
+const SUBMIT_RETRY_MS = 2_000;
 
 /** What the executor tells the gate about a gate build. */
 export interface GateHooks {
@@ -72,6 +74,8 @@ export class GateRuntime implements GateHooks, Reporter {
   private readonly preparedSets = new Set<number>();
   private readonly waiters = new Map<string, Set<{ resolve: () => void }>>();
   private closed = false;
+  /** Gate builds the gate itself cancelled (any other cancellation is news to the model). */
+  private readonly cancelledByGate = new Set<number>();
   /** The tail of the ordered trigger chain (see `inOrder`). */
   private triggers: Promise<unknown> = Promise.resolve();
 
@@ -91,10 +95,14 @@ export class GateRuntime implements GateHooks, Reporter {
       try {
         this.manager = DependentPipelineManager.fromJSON({ now: this.now, window: this.o.window, queues: this.o.queues }, json);
       } catch (e) {
-        this.o.logger.error({ err: e }, 'the saved gate state cannot be read; starting with an empty gate');
+        const kept = `${PIPELINE}.unreadable.${this.now()}`;
+        this.o.gateStore.save(kept, json, []);
+        this.o.logger.error({ err: e, kept }, 'the saved gate state cannot be read; it is kept aside and the gate starts empty');
         this.manager = this.fresh();
       }
     }
+    // Build set ids go on after those that gate builds in the store already name.
+    this.manager.reserveIds(this.o.store.maxGateBuildSet() + 1);
     const cancelled = this.o.store.cancelUnfinished('gate', 'the service restarted; the gate runs this build set again');
     if (cancelled.length > 0) this.o.logger.warn({ builds: cancelled }, 'gate builds of the last run cancelled; their items are tested again');
     this.apply(this.manager.recover());
@@ -164,18 +172,27 @@ export class GateRuntime implements GateHooks, Reporter {
   approval(c: ChangeView, approved: boolean): void {
     const key = changeKey(c.project, c.change);
     if (!approved) {
-      this.inOrder(() => [{ type: 'approval', change: key, approved: false }]);
+      this.inOrder(() => [{ type: 'approval', change: key, approved: false, patchset: c.patchset }]);
       return;
     }
     // Dependencies are read from git at once (after the events already posted are applied, so
     // every change submitted before is a candidate); approvals keep their order among themselves.
-    const needs = Promise.resolve().then(() => this.needsOf(c));
+    const resolved = Promise.resolve().then(() => this.needsOf(c));
     this.inOrder(async () => {
+      const r = await resolved;
+      if (!r.ok) {
+        // Fail closed: without its dependencies the change could merge before (or without) them.
+        this.o.gateStore.save(PIPELINE, this.manager.toJSON(), [
+          { kind: 'report', project: c.project, branch: c.branch, change: c.change, patchset: c.patchset, result: 'FAILURE', message: `not enqueued: ${r.reason}` },
+        ]);
+        return [];
+      }
       const known = this.manager.change(key);
       if (known && known.patchset > c.patchset) return []; // a newer patchset came meanwhile: this approval is outdated
       return [
-        { type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs: await needs, approved: known?.patchset === c.patchset ? known.approved : false, ref: c.ref } },
-        { type: 'approval', change: key, approved: true },
+        // The approved commit is gated, not whatever the ref points at later.
+        { type: 'change', change: { id: key, project: c.project, branch: c.branch, patchset: c.patchset, needs: r.needs, approved: known?.patchset === c.patchset ? known.approved : false, ref: r.sha } },
+        { type: 'approval', change: key, approved: true, patchset: c.patchset },
       ];
     });
   }
@@ -195,7 +212,7 @@ export class GateRuntime implements GateHooks, Reporter {
    * known): its git parent when that is another open change's commit, and its Depends-On footers.
    * A git failure leaves it with no needs (logged): its own commit still carries its git ancestors.
    */
-  private async needsOf(c: ChangeView): Promise<NeededChange[]> {
+  private async needsOf(c: ChangeView): Promise<{ ok: true; needs: NeededChange[]; sha: string } | { ok: false; reason: string }> {
     const candidates: OpenChange[] = [];
     for (const rec of this.manager.openChanges()) {
       const [project, change] = splitChangeKey(rec.id);
@@ -208,10 +225,11 @@ export class GateRuntime implements GateHooks, Reporter {
         return this.o.merger.commitInfo(p, refs);
       });
       if (r.problems.length > 0) this.o.logger.warn({ change: c.change, project: c.project, problems: r.problems }, 'some dependencies of an approved change could not be resolved');
-      return r.needs;
+      if (r.sha === undefined) return { ok: false, reason: `its ref ${c.ref} was not found` };
+      return { ok: true, needs: r.needs, sha: r.sha };
     } catch (e) {
-      this.o.logger.error({ err: e, change: c.change, project: c.project }, 'cannot read the dependencies of an approved change; enqueued without them');
-      return [];
+      this.o.logger.error({ err: e, change: c.change, project: c.project }, 'cannot read the dependencies of an approved change');
+      return { ok: false, reason: `its dependencies could not be read from git (${(e as Error).message.slice(0, 200)}); approve it again` };
     }
   }
 
@@ -262,7 +280,14 @@ export class GateRuntime implements GateHooks, Reporter {
       const rec = this.outboxRecord(e);
       if (rec) outbox.push(rec);
     }
-    this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
+    try {
+      this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
+    } catch (e) {
+      // The model moved on but the database did not: stop here; the next start recovers from the last snapshot.
+      this.closed = true;
+      this.o.logger.fatal({ err: e }, 'the gate cannot save its state; it stops taking events until the service restarts');
+      return;
+    }
     for (const e of effects) {
       try {
         this.perform(e);
@@ -310,12 +335,17 @@ export class GateRuntime implements GateHooks, Reporter {
       case 'cancel-builds':
         this.cancelBuildSet(e.buildSet, 'the gate stopped these builds: a change they need failed');
         return;
-      case 'build-set-ended':
-        if (e.buildSet.fate === 'reset' || e.buildSet.fate === 'dequeued') {
-          this.cancelBuildSet(e.buildSet.id, e.buildSet.fate === 'reset' ? 'reset: the changes ahead of it changed' : 'dequeued');
+      case 'build-set-ended': {
+        // Reset or dequeued: its build is of no use any more. Reported (merged, failed): every job
+        // has its result and the build is finishing on its own, unless it still waits to start a
+        // job the model will never start.
+        const waiting = [...this.waiters.keys()].some((k) => k.startsWith(`${e.buildSet.id}:`));
+        if (e.buildSet.fate === 'reset' || e.buildSet.fate === 'dequeued' || waiting) {
+          this.cancelBuildSet(e.buildSet.id, e.buildSet.fate === 'reset' ? 'reset: the changes ahead of it changed' : `the build set ended (${e.buildSet.fate ?? 'ended'})`);
         }
         this.forget(e.buildSet.id);
         return;
+      }
       case 'submit':
         this.track(this.submit(e.item, e.buildSet, e.change, e.state));
         return;
@@ -355,9 +385,9 @@ export class GateRuntime implements GateHooks, Reporter {
 
   private cancelBuildSet(buildSet: number, reason: string): void {
     const id = this.buildOf(buildSet);
-    if (id !== undefined) this.o.scheduler().cancel(id, 'cancelled', reason);
-    for (const [key, set] of this.waiters) {
-      if (key.startsWith(`${buildSet}:`)) for (const w of set) w.resolve();
+    if (id !== undefined) {
+      this.cancelledByGate.add(id);
+      this.o.scheduler().cancel(id, 'cancelled', reason);
     }
   }
 
@@ -382,13 +412,22 @@ export class GateRuntime implements GateHooks, Reporter {
     if (!info?.commit || !info.base || !project) {
       answer = { type: 'submitted', item, merged: false, message: `no tested commit is recorded for change ${change}` };
     } else {
-      try {
-        const r = await this.o.merger.submit({ project, branch: me.branch, expected: info.base, commit: info.commit });
-        answer = r.kind === 'merged' ? { type: 'submitted', item, merged: true } : { type: 'submitted', item, merged: false, message: r.reason };
-      } catch (e) {
-        this.o.logger.error({ err: e, change }, 'submit failed');
-        answer = { type: 'submitted', item, merged: false, message: `the submit failed: ${(e as Error).message}` };
+      const req = { project, branch: me.branch, expected: info.base, commit: info.commit };
+      let r: Awaited<ReturnType<Merger['submit']>> | undefined;
+      let failure: unknown;
+      // A push that failed may still have moved the branch: a second try (idempotent: a branch
+      // already at the tested commit answers merged) tells which.
+      for (let attempt = 1; attempt <= 2 && r === undefined; attempt++) {
+        try {
+          r = await this.o.merger.submit(req);
+        } catch (e) {
+          failure = e;
+          this.o.logger.warn({ err: e, change, attempt }, 'submit failed');
+          if (attempt === 1) await new Promise((res) => setTimeout(res, SUBMIT_RETRY_MS));
+        }
       }
+      if (r === undefined) answer = { type: 'submitted', item, merged: false, message: `the submit failed: ${(failure as Error).message}` };
+      else answer = r.kind === 'merged' ? { type: 'submitted', item, merged: true } : { type: 'submitted', item, merged: false, message: r.reason };
     }
     this.post(answer);
   }
@@ -397,7 +436,7 @@ export class GateRuntime implements GateHooks, Reporter {
 
   prepared(build: BuildView, outcome: PrepareOutcome): void {
     const info = this.o.store.gateBuild(build.id);
-    if (!info || this.preparedSets.has(info.buildSet)) return;
+    if (!info || this.preparedSets.has(info.buildSet) || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     this.preparedSets.add(info.buildSet);
     this.post({ type: 'prepared', buildSet: info.buildSet, outcome });
   }
@@ -409,7 +448,9 @@ export class GateRuntime implements GateHooks, Reporter {
     return new Promise((resolve, reject) => {
       const w = { resolve: () => (signal.removeEventListener('abort', onAbort), resolve()) };
       const onAbort = () => {
-        this.waiters.get(key)?.delete(w);
+        const set = this.waiters.get(key);
+        set?.delete(w);
+        if (set?.size === 0) this.waiters.delete(key);
         reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
       };
       signal.addEventListener('abort', onAbort, { once: true });
@@ -422,7 +463,7 @@ export class GateRuntime implements GateHooks, Reporter {
   jobDone(build: BuildView, job: string, state: JobState): void {
     if (state !== 'passed' && state !== 'failed' && state !== 'error') return; // the model skips and cancels on its own
     const info = this.o.store.gateBuild(build.id);
-    if (!info) return;
+    if (!info || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     let s = this.answered.get(info.buildSet);
     if (!s) this.answered.set(info.buildSet, (s = new Set()));
     s.add(job);
@@ -431,9 +472,11 @@ export class GateRuntime implements GateHooks, Reporter {
 
   /** Reporter: a gate build ended. Whatever the executor did not tell the model becomes a result here. */
   async report(build: BuildView): Promise<void> {
-    if (build.pipeline !== 'gate' || build.result === 'cancelled' || build.result === 'superseded') return;
+    if (build.pipeline !== 'gate') return;
+    if ((build.result === 'cancelled' || build.result === 'superseded') && this.cancelledByGate.delete(build.id)) return;
     const info = this.o.store.gateBuild(build.id);
-    if (!info || this.buildOf(info.buildSet) !== build.id) return;
+    // Builds of build sets that ended, or that the restart cancelled, are no news to the model.
+    if (!info || this.buildOf(info.buildSet) !== build.id || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     const why = `build ${build.id} ended ${build.result ?? 'without a result'}: ${build.reason ?? ''}`.trim();
     if (!this.preparedSets.has(info.buildSet)) {
       this.preparedSets.add(info.buildSet);

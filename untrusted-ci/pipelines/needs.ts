@@ -36,6 +36,8 @@ export interface OpenChange {
 export interface ResolvedNeeds {
   needs: NeededChange[];
   problems: string[];
+  /** The commit the target's ref pointed at when it was read (undefined: not found). */
+  sha?: string;
 }
 
 /** Depends-On lines read from one message; later ones are ignored. */
@@ -159,6 +161,7 @@ export async function resolveNeeds(target: OpenChange, candidates: readonly Open
     problems.push(`ref ${target.ref} of change ${targetKey} not found`);
     return { needs: [], problems };
   }
+  const sha = own.sha;
 
   const needs: NeededChange[] = [];
   const add = (c: OpenChange): void => {
@@ -187,5 +190,5 @@ export async function resolveNeeds(target: OpenChange, candidates: readonly Open
     if (projects.size > 1) problems.push(`Depends-On change ${f.number} is ambiguous: it is open in projects ${[...projects].join(', ')}`);
     else for (const c of matches) add(c);
   }
-  return { needs, problems };
+  return { needs, problems, sha };
 }

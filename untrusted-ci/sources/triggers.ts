@@ -4,7 +4,7 @@
  * - `patchset` of a registered project on a checked branch → a check build (superseding older
  *   patchsets); the gate drops the change's older patchset;
  * - `approval` with Code-Review +2 → the gate (the change is recorded at that patchset); a
- *   Code-Review vote that takes a +2 back → the approval is withdrawn;
+ *   Code-Review vote that takes a +2 back, or a -2 veto → the approval is withdrawn;
  * - `change-merged` → the change leaves the gate (merged in the review system);
  * - anything else is acknowledged and ignored, with the reason.
  */
@@ -42,7 +42,10 @@ export function handleTrigger(
     const vote = event.approvals.find((a) => a.type === APPROVAL_LABEL);
     if (!vote) return { accepted: false, reason: `no ${APPROVAL_LABEL} vote in this comment` };
     const approved = vote.value >= APPROVAL_VALUE;
-    if (!approved && (vote.oldValue === undefined || vote.oldValue < APPROVAL_VALUE)) {
+    // A veto (-2) always takes the change out; otherwise only a vote that lowers a +2 does.
+    // TODO(#4): votes per reviewer (one reviewer's +1 after another's +2 should not unapprove).
+    const veto = vote.value <= -APPROVAL_VALUE;
+    if (!approved && !veto && (vote.oldValue === undefined || vote.oldValue < APPROVAL_VALUE)) {
       return { accepted: false, reason: `${APPROVAL_LABEL} ${vote.value} neither approves nor takes an approval back` };
     }
     const latest = deps.store.latestChange(event.project, event.change);

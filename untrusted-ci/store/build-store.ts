@@ -164,6 +164,11 @@ export class BuildStore {
     return { buildSet: row.gate_buildset, stack: JSON.parse(row.stack) as { ref: string; label: string }[], base: row.base_sha, commit: row.commit_sha };
   }
 
+  /** The highest build set id any gate build names (0 if none). */
+  maxGateBuildSet(): number {
+    return this.db.prepare<[], { m: number | null }>('SELECT MAX(gate_buildset) AS m FROM builds').get()?.m ?? 0;
+  }
+
   /** The newest gate build of a build set. */
   buildForBuildSet(buildSet: number): number | undefined {
     return this.db.prepare<[number], { id: number }>('SELECT id FROM builds WHERE gate_buildset = ? ORDER BY id DESC LIMIT 1').get(buildSet)?.id;

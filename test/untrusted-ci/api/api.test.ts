@@ -474,7 +474,8 @@ describe('POST /hooks/gerrit', () => {
       expect((await hook(api, vote('1', '2'))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
       expect((await hook(api, vote('1'))).json()).toMatchObject({ accepted: false, reason: expect.stringContaining('neither approves') });
       expect((await hook(api, vote('-1', '0'))).json()).toMatchObject({ accepted: false });
-      expect(r0.calls).toEqual(['unapprove TestRepo 1,2']);
+      expect((await hook(api, vote('-2'))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect(r0.calls).toEqual(['unapprove TestRepo 1,2', 'unapprove TestRepo 1,2']);
     });
 
     it('change-merged takes the change out of the gate; a patchset tells the gate of the new patchset', async () => {

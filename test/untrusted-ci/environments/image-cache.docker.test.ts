@@ -121,8 +121,9 @@ describe('ImageCache (real Docker)', () => {
     // running alongside, rightly removes a dead runner's running containers too.
     const alive = await container('airlock/base:busybox', { [LABEL_OWNER]: newOwnerId() });
     const foreign = await container('airlock/base:busybox');
-    const report = await rig.cache.gc();
-    expect(report.removedContainers).toBeGreaterThanOrEqual(1);
+    await rig.cache.gc();
+    // Not asserted: the count. A JobRunner's reaper in a test file running alongside may remove
+    // the dead runner's container first (rightly), and then this GC has nothing left to count.
     const ids = new Set((await rig.docker.listContainers({ all: true })).map((c) => c.Id));
     expect(ids.has(dead.id)).toBe(false);
     expect(ids.has(alive.id)).toBe(true);

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { describe, expect, it, vi } from 'vitest';
 import { InvalidInputError } from '../../../shared/errors.js';
 import { Merger, type Project } from '../../../untrusted-ci/merger/merger.js';
-import { changeIdOf, parseDependsOn, resolveNeeds, type CommitReader, type OpenChange } from '../../../untrusted-ci/pipelines/needs.js';
+import { changeIdOf, parseDependsOn, resolveNeeds, type CommitReader, type OpenChange, type ResolvedNeeds } from '../../../untrusted-ci/pipelines/needs.js';
 import type { TestRepo } from '../../support/git-repo.js';
 import { mergerRig } from '../../support/merger-rig.js';
 
@@ -32,6 +32,9 @@ vi.mock('../../../shared/git/git.js', async (importOriginal) => {
 const ID_A = `I${'a'.repeat(40)}`;
 const ID_B = `I${'b'.repeat(40)}`;
 const ID_C = `I${'0123456789'.repeat(4)}`;
+
+/** The resolved needs and problems; `sha` (the target's commit) is checked on its own. */
+const withoutSha = ({ sha: _sha, ...rest }: ResolvedNeeds): Omit<ResolvedNeeds, 'sha'> => rest;
 
 describe('parseDependsOn', () => {
   const cases: [name: string, message: string, expected: { changeIds: string[]; numbers: string[] }][] = [
@@ -179,10 +182,12 @@ describe('resolveNeeds', () => {
     const { read, calls } = reader(project);
     const candidates = [a, b, c];
 
-    expect(await resolveNeeds(b, candidates, read)).toEqual({ needs: [{ change: key(a), patchset: 2 }], problems: [] });
+    expect(withoutSha(await resolveNeeds(b, candidates, read))).toEqual({ needs: [{ change: key(a), patchset: 2 }], problems: [] });
     expect(calls).toEqual([project.name]);
-    expect(await resolveNeeds(a, candidates, read)).toEqual({ needs: [], problems: [] });
-    expect(await resolveNeeds(c, candidates, read)).toEqual({ needs: [], problems: [] });
+    expect(withoutSha(await resolveNeeds(a, candidates, read))).toEqual({ needs: [], problems: [] });
+    expect(withoutSha(await resolveNeeds(c, candidates, read))).toEqual({ needs: [], problems: [] });
+    // The commit the ref pointed at is returned: the gate gates that commit, not the ref.
+    expect((await resolveNeeds(b, candidates, read)).sha).toBe(b.sha);
   });
 
   it('Depends-On by Change-Id names a change of another project; one read per project', async () => {
@@ -194,7 +199,7 @@ describe('resolveNeeds', () => {
     const b = change(y.up, y.project, 3001, 1, `B in y\n\nDepends-On: ${ID_A}\nChange-Id: ${ID_B}\n`);
     const { read, calls } = reader(x.project, y.project, z.project);
 
-    expect(await resolveNeeds(b, [a, b, other], read)).toEqual({ needs: [{ change: key(a), patchset: 3 }], problems: [] });
+    expect(withoutSha(await resolveNeeds(b, [a, b, other], read))).toEqual({ needs: [{ change: key(a), patchset: 3 }], problems: [] });
     expect(calls.sort()).toEqual([x.project.name, y.project.name, z.project.name].sort());
   });
 
@@ -205,7 +210,7 @@ describe('resolveNeeds', () => {
     const b = change(y.up, y.project, 3101, 1, `B in y\n\nDepends-On: https://review.example.org/c/${x.project.name}/+/2101/\n`);
     const { read, calls } = reader(x.project, y.project);
 
-    expect(await resolveNeeds(b, [a], read)).toEqual({ needs: [{ change: key(a), patchset: 2 }], problems: [] });
+    expect(withoutSha(await resolveNeeds(b, [a], read))).toEqual({ needs: [{ change: key(a), patchset: 2 }], problems: [] });
     expect(calls).toEqual([y.project.name]);
   });
 
@@ -228,7 +233,7 @@ describe('resolveNeeds', () => {
     const { read } = reader(x.project, y.project);
 
     const got = await resolveNeeds(b, [d, c, b, a], read);
-    expect(got).toEqual({
+    expect(withoutSha(got)).toEqual({
       needs: [
         { change: key(a), patchset: 1 },
         { change: key(c), patchset: 1 },
@@ -242,7 +247,7 @@ describe('resolveNeeds', () => {
     const { up, project } = upstream();
     const b = change(up, project, 2301, 1, `B\n\nDepends-On: ${ID_A}\nDepends-On: https://review.example.org/c/p/+/99999\nDepends-On: https://review.example.org/2301\nDepends-On: ${ID_B}\nChange-Id: ${ID_B}\n`);
     const { read } = reader(project);
-    expect(await resolveNeeds(b, [b], read)).toEqual({ needs: [], problems: [] });
+    expect(withoutSha(await resolveNeeds(b, [b], read))).toEqual({ needs: [], problems: [] });
   });
 
   it('a missing ref is a problem, not an error', async () => {
@@ -252,7 +257,7 @@ describe('resolveNeeds', () => {
     const b = change(up, project, 2403, 1, `B\n\nDepends-On: ${ID_A}\nDepends-On: https://review.example.org/2402\n`);
     const { read } = reader(project);
 
-    expect(await resolveNeeds(b, [lost, a], read)).toEqual({
+    expect(withoutSha(await resolveNeeds(b, [lost, a], read))).toEqual({
       needs: [
         { change: key(a), patchset: 1 },
         { change: key(lost), patchset: 1 }, // named by number: its commit is not needed for that
@@ -260,7 +265,7 @@ describe('resolveNeeds', () => {
       problems: [`ref refs/changes/02/2402/1 of change ${key(lost)} not found`],
     });
     const gone: OpenChange = { project: project.name, change: '2404', patchset: 2, ref: 'refs/changes/04/2404/2' };
-    expect(await resolveNeeds(gone, [a], read)).toEqual({ needs: [], problems: [`ref refs/changes/04/2404/2 of change ${key(gone)} not found`] });
+    expect(withoutSha(await resolveNeeds(gone, [a], read))).toEqual({ needs: [], problems: [`ref refs/changes/04/2404/2 of change ${key(gone)} not found`] });
   });
 
   it('a change number open in two projects is ambiguous: a problem and no need', async () => {
@@ -271,7 +276,7 @@ describe('resolveNeeds', () => {
     const b = change(x.up, x.project, 2502, 1, 'B\n\nDepends-On: https://review.example.org/c/x/+/2501\n');
     const { read } = reader(x.project, y.project);
 
-    expect(await resolveNeeds(b, [ax, ay], read)).toEqual({
+    expect(withoutSha(await resolveNeeds(b, [ax, ay], read))).toEqual({
       needs: [],
       problems: [`Depends-On change 2501 is ambiguous: it is open in projects ${x.project.name}, ${y.project.name}`],
     });

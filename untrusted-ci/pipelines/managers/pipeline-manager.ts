@@ -60,16 +60,28 @@ export abstract class PipelineManager {
   // ---- the event loop -----------------------------------------------------------------------
 
   handle(events: readonly PipelineEvent[]): Effect[] {
-    for (const e of events) if (isResultEvent(e)) this.applyResult(e);
-    for (const e of events) if (!isResultEvent(e)) this.applyTrigger(e);
-    let passes = 0;
-    while (this.processQueues()) {
-      if (++passes > MAX_PASSES) throw new InternalError(`the ${this.kind} pipeline did not settle after ${MAX_PASSES} passes`);
+    try {
+      for (const e of events) if (isResultEvent(e)) this.applyResult(e);
+      for (const e of events) if (!isResultEvent(e)) this.applyTrigger(e);
+      let passes = 0;
+      while (this.processQueues()) {
+        if (++passes > MAX_PASSES) throw new InternalError(`the ${this.kind} pipeline did not settle after ${MAX_PASSES} passes`);
+      }
+      this.prune();
+      return this.effects;
+    } finally {
+      this.effects = [];
     }
-    this.prune();
-    const out = this.effects;
-    this.effects = [];
-    return out;
+  }
+
+  /** Whether `id` is the current build set of an item (answers for any other are ignored). */
+  isCurrentBuildSet(id: number): boolean {
+    return this.findItem((i) => i.buildSet.id === id) !== undefined;
+  }
+
+  /** Ids below `n` are taken (by records outside the model): never hand them out. */
+  reserveIds(n: number): void {
+    this.nextId = Math.max(this.nextId, n);
   }
 
   /**
@@ -158,7 +170,7 @@ export abstract class PipelineManager {
         return;
       case 'approval': {
         const c = this.changes.get(e.change);
-        if (!c) return;
+        if (!c || (e.patchset !== undefined && e.patchset !== c.patchset)) return; // an approval of an outdated patchset
         this.changes.put({ ...c, approved: e.approved });
         if (e.approved) this.addChange(e.change);
         return;

@@ -29,7 +29,8 @@ export type TriggerEvent =
   | { type: 'change'; change: ChangeFacts }
   /** Check: test this change. Gate: enqueue it if it is ready (approved, its needs ready too). */
   | { type: 'enqueue'; change: ChangeKey }
-  | { type: 'approval'; change: ChangeKey; approved: boolean }
+  /** Approval given or taken back, at `patchset` when known (ignored if that is no longer current). */
+  | { type: 'approval'; change: ChangeKey; approved: boolean; patchset?: number }
   | { type: 'abandon'; change: ChangeKey }
   /** An abandoned change was restored (it may be enqueued again). */
   | { type: 'restore'; change: ChangeKey }

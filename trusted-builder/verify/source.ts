@@ -1,0 +1,104 @@
+/**
+ * The trusted builder's own view of a project's source. It never uses a clone, ref or object the
+ * untrusted tier made: each project has a bare mirror under the builder's data dir, fetched from the
+ * canonical URL in `policies/promotion.yaml` (never from a hint), with fsck on, and holding only the
+ * protected branches (`refs/protected/<branch>`).
+ *
+ * `verify(project, commit)`: fetch the protected branches, then the commit must exist and be an
+ * ancestor of (or equal to) one of their tips. Anything else is a refusal with the reason, not an
+ * error. git or network trouble throws GitFailedError (retryable). Calls for one project are
+ * serialised (one fetch at a time per mirror); different projects run in parallel.
+ *
+ * After a successful verify, `archive` and `readFile` read that commit from the same mirror.
+ */
+import { mkdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { InvalidInputError, NotFoundError } from '../../shared/errors.js';
+import { isSha, runGit } from '../../shared/git/git.js';
+import type { PromotedProject } from '../policy/promotion.js';
+
+export type Verification =
+  | { ok: true; commit: string; branch: string; tips: Record<string, string> }
+  | { ok: false; reason: string; tips: Record<string, string> };
+
+const PROTECTED_PREFIX = 'refs/protected/';
+/** One fetch of a project's protected branches. */
+const FETCH_TIMEOUT_MS = 5 * 60_000; // 5 min
+
+export class SourceVerifier {
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly root: string) {}
+
+  /** The mirror of `project` (created on first use). */
+  private mirror(project: PromotedProject): string {
+    const dir = join(this.root, `${project.name.replaceAll('/', '%2F')}.git`);
+    return dir;
+  }
+
+  private async ensure(dir: string): Promise<void> {
+    if (existsSync(join(dir, 'HEAD'))) return;
+    mkdirSync(dir, { recursive: true });
+    await runGit(['init', '--quiet', '--bare', dir]);
+  }
+
+  private serial<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.locks.set(
+      key,
+      next.catch(() => undefined),
+    );
+    return next;
+  }
+
+  async verify(project: PromotedProject, commit: string, signal?: AbortSignal): Promise<Verification> {
+    if (!isSha(commit)) throw new InvalidInputError([{ file: 'hint', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
+    const dir = this.mirror(project);
+    return this.serial(dir, async () => {
+      await this.ensure(dir);
+      // Only the protected branches, into our own namespace; fsck every object (hostile remotes).
+      const refspecs = project.protectedBranches.map((b) => `+refs/heads/${b}:${PROTECTED_PREFIX}${b}`);
+      await runGit(['-c', 'fetch.fsckObjects=true', 'fetch', '--quiet', '--no-tags', '--prune', '--no-write-fetch-head', '--end-of-options', project.url, ...refspecs], {
+        gitDir: dir,
+        timeoutMs: FETCH_TIMEOUT_MS,
+        ...(signal ? { signal } : {}),
+      });
+      const tips: Record<string, string> = {};
+      for (const b of project.protectedBranches) {
+        const r = await runGit(['rev-parse', '--verify', '--quiet', `${PROTECTED_PREFIX}${b}^{commit}`], { gitDir: dir, allowFail: [1] });
+        if (r.code === 0) tips[b] = r.stdout.toString('utf8').trim();
+      }
+      const present = await runGit(['cat-file', '-e', `${commit}^{commit}`], { gitDir: dir, allowFail: [1, 128] });
+      if (present.code !== 0) return { ok: false, reason: `commit ${commit} is not on a protected branch of ${project.name} (${project.protectedBranches.join(', ')})`, tips };
+      for (const [branch, tip] of Object.entries(tips)) {
+        const anc = await runGit(['merge-base', '--is-ancestor', commit, tip], { gitDir: dir, allowFail: [1] });
+        if (anc.code === 0) return { ok: true, commit, branch, tips };
+      }
+      return { ok: false, reason: `commit ${commit} is not on a protected branch of ${project.name} (${project.protectedBranches.join(', ')})`, tips };
+    });
+  }
+
+  /** A file of a verified commit, or undefined when absent; refuses anything but a regular file. */
+  async readFile(project: PromotedProject, commit: string, path: string, maxBytes: number): Promise<Buffer | undefined> {
+    if (!isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
+    if (path.startsWith('/') || path.split('/').includes('..') || path.includes('\0')) {
+      throw new InvalidInputError([{ file: 'request', path: 'path', message: 'must be a relative path inside the repository', severity: 'error' }]);
+    }
+    const dir = this.mirror(project);
+    const ls = await runGit(['ls-tree', '-z', '--full-tree', commit, '--', path], { gitDir: dir });
+    const entry = ls.stdout.toString('utf8').split('\0')[0];
+    if (!entry) return undefined;
+    const [meta] = entry.split('\t');
+    const [mode, type, oid] = (meta ?? '').split(' ');
+    if (type !== 'blob' || (mode !== '100644' && mode !== '100755') || !oid) throw new NotFoundError(`${path} at ${commit.slice(0, 12)} is not a regular file`);
+    const r = await runGit(['cat-file', 'blob', oid], { gitDir: dir, maxOutputBytes: maxBytes });
+    return r.stdout;
+  }
+
+  /** `git archive` of a verified commit, as a tar file at `file`. */
+  async archive(project: PromotedProject, commit: string, file: string): Promise<void> {
+    if (!isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
+    await runGit(['archive', '--format=tar', `--output=${file}`, commit], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS });
+  }
+}

@@ -9,6 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
+import { deepFreeze } from '../shared/deep-freeze.js';
 import { z } from 'zod';
 import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
 import { InvalidInputError, type Issue } from '../shared/errors.js';
@@ -169,12 +170,4 @@ export function loadCiConfig(file: string): LoadedCiConfig {
   const y = parseYaml(text, file);
   if (y.issues.length > 0) throw new InvalidInputError(y.issues);
   return buildCiConfig(y.value, file, dirname(resolve(file)));
-}
-
-function deepFreeze<T>(v: T): Readonly<T> {
-  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
-    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k]);
-    Object.freeze(v);
-  }
-  return v;
 }

@@ -1,0 +1,74 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { InvalidInputError, PolicyInvalidError } from '../../shared/errors.js';
+import { buildBuilderConfig, loadBuilderConfig } from '../../trusted-builder/config.js';
+import { loadPromotionPolicy, parsePromotionPolicy, projectPolicy } from '../../trusted-builder/policy/promotion.js';
+import { grantsFor, loadSecretsPolicy } from '../../trusted-builder/policy/secrets.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'airlock-builder-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('builder config', () => {
+  it('fills defaults, resolves paths against the file, and freezes', () => {
+    const file = join(dir, 'builder.yaml');
+    writeFileSync(file, 'version: 1\ndataDir: data\nsecrets: {kind: file, dir: secrets}\n');
+    const c = loadBuilderConfig(file);
+    expect(c).toMatchObject({ listen: { host: '127.0.0.1', port: 8090 }, dataDir: join(dir, 'data'), secrets: { kind: 'file', dir: join(dir, 'secrets') }, pollEveryMs: 0 });
+    expect(c.policies.promotion).toBe(join(dir, 'policies/promotion.yaml'));
+    expect(Object.isFrozen(c.secrets)).toBe(true);
+  });
+
+  it('lists every problem', () => {
+    const e = (() => {
+      try {
+        buildBuilderConfig({ version: 2, dataDir: '', secrets: { kind: 'vault', address: 'not a url' }, extra: 1 }, 'b.yaml');
+      } catch (x) {
+        return x as InvalidInputError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(e).toBeInstanceOf(InvalidInputError);
+    const paths = e.issues.map((i) => i.path);
+    expect(paths).toEqual(expect.arrayContaining(['version', 'dataDir', 'secrets.address', 'secrets.roleIdFile', 'secrets.secretIdFile']));
+  });
+});
+
+describe('policies', () => {
+  it('the shipped promotion and secrets policies load', () => {
+    const p = loadPromotionPolicy('policies/promotion.yaml');
+    expect(p.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(projectPolicy(p.policy, 'demo/app')).toMatchObject({ image: 'team/app', protectedBranches: ['master'] });
+    expect(projectPolicy(p.policy, 'nope')).toBeUndefined();
+    const s = loadSecretsPolicy('policies/secrets.yaml');
+    expect(s.builder.signingKey).toBe('airlock/signing-key');
+    expect(grantsFor(s, 'demo/app', 'publish')).toEqual([]);
+  });
+
+  it('refuses a bad promotion policy naming each problem', () => {
+    const text = `version: 1
+builderId: not-a-url
+registry: "Bad Host"
+projects:
+  - {name: a/b, url: "ext::sh -c evil", protectedBranches: [], image: Team/App}
+  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app}
+baseImages: [{name: "airlock/base:busybox", digest: sha1:abc}]
+`;
+    const e = (() => {
+      try {
+        parsePromotionPolicy(text, 'promotion.yaml');
+      } catch (x) {
+        return x as PolicyInvalidError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(e).toBeInstanceOf(PolicyInvalidError);
+    expect(e.issues.map((i) => i.path)).toEqual(
+      expect.arrayContaining(['builderId', 'registry', 'projects[0].url', 'projects[0].protectedBranches', 'projects[0].image', 'baseImages[0].digest']),
+    );
+    // Duplicates are a second pass, once the shape is right.
+    const dup = text.replace('not-a-url', 'https://b.invalid/x').replace('"Bad Host"', '127.0.0.1:5000').replace('"ext::sh -c evil"', '/srv/b.git').replace('protectedBranches: []', 'protectedBranches: [main]').replace('Team/App', 'team/app').replace('sha1:abc', `sha256:${'a'.repeat(64)}`);
+    expect(() => parsePromotionPolicy(dup, 'promotion.yaml')).toThrow(/listed twice/);
+  });
+});

@@ -1,0 +1,52 @@
+/**
+ * `policies/secrets.yaml`: which secrets the trusted builder reads, and which a project's own
+ * steps may get. SRE-owned; a repository cannot widen it (its `.airlock.yaml` is never consulted
+ * for grants).
+ * - `builder`: the paths the builder itself uses: the signing key, the registry credentials and the
+ *   HMAC secret that authenticates promotion hints.
+ * - `grants`: per project, per named step (a job name), the secret paths that step may read. A
+ *   granted secret reaches the step only as a file on a tmpfs, never as an environment variable or
+ *   an image layer; every value in use is searched for in logs, artifacts and image layers before
+ *   anything is published.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { PolicyInvalidError } from '../../shared/errors.js';
+import { parsePolicyText } from '../../shared/policy/policy-file.js';
+
+/** A secret path as the SecretStore takes it: `team/app/npm`, no `..`, no leading `/`. */
+export const SecretPath = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9/_.-]{0,199}$/, 'a secret path (a-z 0-9 / _ . -, starting with a letter or digit)')
+  .refine((p) => !p.split('/').some((s) => s === '' || s === '.' || s === '..'), 'no empty, . or .. segment');
+
+export const SecretsPolicy = z.strictObject({
+  version: z.literal(1),
+  builder: z.strictObject({
+    /** `{armored, passphrase?}`: the OpenPGP key that signs images and provenance. */
+    signingKey: SecretPath,
+    /** `{username, password}` for the private registry. */
+    registry: SecretPath,
+    /** `{secret}`: HMAC key of promotion hints (shared with the CI's hint sender). */
+    hintSecret: SecretPath,
+  }),
+  grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), z.array(SecretPath).max(32))).default({}),
+});
+export type SecretsPolicy = z.infer<typeof SecretsPolicy>;
+
+export function loadSecretsPolicy(file: string): Readonly<SecretsPolicy> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
+  }
+  const r = parsePolicyText(SecretsPolicy, text, file);
+  if (!r.value) throw new PolicyInvalidError(r.issues);
+  return Object.freeze(r.value);
+}
+
+/** The secret paths step `job` of `project` may read (none unless granted). */
+export function grantsFor(p: Readonly<SecretsPolicy>, project: string, job: string): readonly string[] {
+  return p.grants[project]?.[job] ?? [];
+}

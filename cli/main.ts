@@ -10,6 +10,7 @@ import { AirlockError } from '../shared/errors.js';
 import { registerJobCommands } from './job.js';
 import { registerCiCommands } from './ci.js';
 import { registerGateSimCommand } from './gate-sim.js';
+import { registerBuilderCommands } from './builder.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -28,6 +29,7 @@ const program = new Command('airlock')
 registerJobCommands(program);
 registerCiCommands(program);
 registerGateSimCommand(program);
+registerBuilderCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -93,6 +93,11 @@ export const CiConfig = z
       .default({ bodyLimit: 1024 * 1024 }),
     /** How often the image cache is trimmed to its budget (0: only by `airlock ci gc`). */
     imageGcEveryMs: z.number().int().min(0).default(10 * 60_000), // 10 min
+    /**
+     * Promotion hints to the trusted builder, one per gate merge (a durable outbox, retried). The
+     * secret only authenticates the hint: the builder re-verifies everything a hint says.
+     */
+    hints: z.object({ url: z.string().url().max(2048), secretFile: z.string().min(1) }).strict().optional(),
     /** The gate (Zuul's dependent pipeline). */
     gate: z
       .object({
@@ -113,6 +118,8 @@ export interface LoadedCiConfig {
   readonly config: Readonly<CiConfig>;
   readonly gerritSecret?: Buffer;
   readonly apiToken?: string;
+  /** The HMAC key of promotion hints (`hints.secretFile`). */
+  readonly hintSecret?: Buffer;
 }
 
 /** Validate a config value (already parsed from YAML or built in code); relative paths resolve against `baseDir`. */
@@ -155,8 +162,9 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   for (const p of windowProblems(config.gate.window)) issues.push({ file, path: 'gate.window', message: p, severity: 'error' });
   const gerritSecret = readSecret(config.webhooks.gerritSecretFile, 'webhooks.gerritSecretFile');
   const apiToken = readSecret(config.api.tokenFile, 'api.tokenFile')?.toString('utf8');
+  const hintSecret = config.hints ? readSecret(config.hints.secretFile, 'hints.secretFile') : undefined;
   if (issues.length > 0) throw new InvalidInputError(issues);
-  return { config: deepFreeze(config), ...(gerritSecret ? { gerritSecret } : {}), ...(apiToken ? { apiToken } : {}) };
+  return { config: deepFreeze(config), ...(gerritSecret ? { gerritSecret } : {}), ...(apiToken ? { apiToken } : {}), ...(hintSecret ? { hintSecret } : {}) };
 }
 
 /** Read and validate the config file. */

@@ -26,6 +26,7 @@ import { Scheduler } from './scheduler/scheduler.js';
 import { Slots } from './scheduler/slots.js';
 import { BuildStore } from './store/build-store.js';
 import { GateStore } from './store/gate-store.js';
+import { HintSender } from './hints/hint-sender.js';
 import { GateRuntime } from './pipelines/gate-runtime.js';
 import { openDatabase, type Db } from './store/database.js';
 import type { FastifyInstance } from 'fastify';
@@ -96,6 +97,10 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const merger = new Merger({ root: paths.git, logger });
     const slots = new Slots(c.slots);
     const gateStore = new GateStore(db);
+    const hints =
+      c.hints && loaded.hintSecret
+        ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }) })
+        : undefined;
     let scheduler: Scheduler | undefined;
     const gate = new GateRuntime({
       store,
@@ -109,6 +114,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       window: c.gate.window,
       queues: c.gate.queues,
       logger: logger.child({ component: 'gate' }),
+      onMerged: () => hints?.kick(),
     });
     const executor = new CheckBuildExecutor({
       store,
@@ -140,6 +146,10 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     cleanups.push(() => gate.close());
     await scheduler.start();
     cleanups.push(() => scheduler?.close());
+    if (hints) {
+      hints.start();
+      cleanups.push(() => hints.close());
+    }
     let gcTimer: NodeJS.Timeout | undefined;
     if (c.imageGcEveryMs > 0) {
       gcTimer = setInterval(() => void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed')), c.imageGcEveryMs).unref();

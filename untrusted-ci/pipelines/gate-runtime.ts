@@ -57,6 +57,8 @@ export interface GateRuntimeOptions {
   queues: Readonly<Record<string, readonly string[]>>;
   logger: Logger;
   now?: () => number;
+  /** Called after a batch that merged something was saved (the hint sender wakes up). */
+  onMerged?: () => void;
 }
 
 
@@ -288,6 +290,7 @@ export class GateRuntime implements GateHooks, Reporter {
       this.o.logger.fatal({ err: e }, 'the gate cannot save its state; it stops taking events until the service restarts');
       return;
     }
+    if (outbox.some((r) => r.kind === 'merged')) this.o.onMerged?.();
     for (const e of effects) {
       try {
         this.perform(e);

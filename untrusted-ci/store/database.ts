@@ -93,6 +93,24 @@ const MIGRATIONS: readonly string[] = [
      created_at INTEGER NOT NULL
    );
    CREATE INDEX gate_events_by_kind ON gate_events (kind, id);`,
+  // Promotion hints (issue 5): the hint sender's cursor over gate_events (the last `merged` event it
+  // is done with, per destination) and what became of each event it handled: delivered, refused by
+  // the builder (4xx: never retried), invalid (no hint can be made of it), or still being retried.
+  `CREATE TABLE hint_cursor (
+     sink TEXT PRIMARY KEY,
+     last_event_id INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL
+   );
+   CREATE TABLE hint_deliveries (
+     sink TEXT NOT NULL,
+     event_id INTEGER NOT NULL,
+     state TEXT NOT NULL,
+     status INTEGER,
+     reason TEXT,
+     attempts INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (sink, event_id)
+   );`,
 ];
 
 /** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */

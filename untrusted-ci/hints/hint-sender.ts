@@ -1,0 +1,333 @@
+/**
+ * HintSender: delivers a promotion hint to the trusted builder (`POST <url>/v1/hints`) for every
+ * `merged` event in the gate's durable outbox (`gate_events`), in id order, signed with
+ * `shared/hints/hint-auth.ts`.
+ *
+ * Contract:
+ * - **Cursor.** `hint_cursor` holds the id of the last `merged` event the sender is done with; it
+ *   moves forward only in the same transaction that records the event's final state in
+ *   `hint_deliveries`. A restart (new sender, same database) resumes after it.
+ * - **Outcomes**, per event: a 2xx answer → `delivered`, next event. 401 and 404 (our secret or
+ *   URL is wrong, not the hint), 429, 408, 5xx, a redirect, a
+ *   network error or a timeout → the same event again after an exponential backoff with equal
+ *   jitter (`initialMs` doubling up to `maxMs`, each wait drawn from [d/2, d]; a `Retry-After` in
+ *   seconds lengthens it), so order is preserved and nothing is skipped while the builder is
+ *   down; each failed attempt is recorded as `retrying`. Any other 4xx → `refused` with the status
+ *   and the builder's reason, logged as an error, and skipped: a request the builder rejects will
+ *   not get better by resending it. An event no valid `PromotionHint` can be made of (no commit,
+ *   a name the schema refuses) → `invalid`, logged, skipped.
+ * - **At least once.** The cursor moves after the 2xx arrives, so a crash or `close()` between the
+ *   builder accepting a hint and the cursor moving sends it again. Each attempt is signed afresh
+ *   (new timestamp), so the builder's ReplayGuard does not mistake it for a replay; the builder
+ *   deduplicates by commit. There is one sender per database: two would send everything twice.
+ * - **Waking.** `kick()` (call it after the gate writes a merge) wakes an idle sender at once; an
+ *   idle sender also looks again every `pollIntervalMs`. A kick does not cut a backoff short.
+ * - **Stopping.** `close()` aborts the request in flight and any wait, and resolves when the loop
+ *   has stopped; the interrupted event is sent again by the next start.
+ *
+ * The secret is the only credential in the untrusted tier, and it grants nothing but asking the
+ * builder to look at a commit it re-verifies itself (ARCHITECTURE principle 2). It is kept in a
+ * private field and never logged or stored.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Logger } from '../../shared/logging.js';
+import { signHint } from '../../shared/hints/hint-auth.js';
+import { PROMOTION_HINT_VERSION, PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import type { Db } from '../store/database.js';
+import type { GateEventView, GateStore } from '../store/gate-store.js';
+
+export type HintDeliveryState = 'delivered' | 'refused' | 'invalid' | 'retrying';
+
+/** What became of one `merged` event (a row of `hint_deliveries`). */
+export interface HintDelivery {
+  eventId: number;
+  state: HintDeliveryState;
+  /** The builder's HTTP status of the last attempt, when it answered. */
+  status?: number;
+  reason?: string;
+  attempts: number;
+  updatedAt: number;
+}
+
+export interface HintSenderOptions {
+  gateStore: Pick<GateStore, 'events'>;
+  /** The CI database (migrated by openDatabase): holds the cursor and the delivery records. */
+  db: Db;
+  /** The builder's base URL (`http://builder:8443`); hints go to `<url>/v1/hints`. */
+  url: string;
+  /** The HMAC key shared with the builder. */
+  secret: Buffer;
+  logger: Logger;
+  fetch?: typeof fetch;
+  /** Waits between retries; must settle promptly when `signal` aborts. Default: a real timer. */
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** Wall clock in ms (signing timestamps, records). */
+  now?: () => number;
+  /** In [0, 1): the jitter. */
+  random?: () => number;
+  backoff?: { initialMs?: number; maxMs?: number };
+  pollIntervalMs?: number;
+  requestTimeoutMs?: number;
+  /** The cursor's key, should one database ever feed two builders. */
+  sink?: string;
+}
+
+const DEFAULTS = {
+  initialMs: 1_000, // 1 s
+  maxMs: 5 * 60_000, // 5 min
+  pollIntervalMs: 30_000, // 30 s: only matters if nobody calls kick()
+  requestTimeoutMs: 30_000, // 30 s
+  sink: 'trusted-builder',
+};
+const MAX_REASON_CHARS = 500;
+
+type Step = 'progress' | 'idle' | { retryAfterMs?: number };
+
+export class HintSender {
+  readonly #secret: Buffer;
+  private readonly endpoint: string;
+  private readonly o: HintSenderOptions;
+  private readonly fetch: typeof fetch;
+  private readonly now: () => number;
+  private readonly sink: string;
+  private readonly stop = new AbortController();
+  private loop?: Promise<void>;
+  private cursorId = 0;
+  private kicked = false;
+  private wake?: () => void;
+
+  constructor(options: HintSenderOptions) {
+    const base = new URL(options.url);
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new TypeError(`the hint URL must be http(s), not ${base.protocol}`);
+    if (options.secret.length === 0) throw new RangeError('the hint secret is empty');
+    this.o = options;
+    this.#secret = Buffer.from(options.secret);
+    this.endpoint = `${options.url.replace(/\/+$/, '')}/v1/hints`;
+    this.fetch = options.fetch ?? globalThis.fetch;
+    this.now = options.now ?? Date.now;
+    this.sink = options.sink ?? DEFAULTS.sink;
+  }
+
+  /** Start the delivery loop (once). Throws if the cursor cannot be read. */
+  start(): void {
+    if (this.stop.signal.aborted) throw new Error('the hint sender is closed');
+    if (this.loop) return;
+    this.cursorId = this.cursor();
+    this.loop = this.run();
+  }
+
+  /** A merge was written: look now instead of at the next poll. */
+  kick(): void {
+    this.kicked = true;
+    this.wake?.();
+  }
+
+  /** Stop promptly: aborts the request in flight and any wait. */
+  async close(): Promise<void> {
+    this.stop.abort();
+    this.wake?.();
+    await this.loop;
+  }
+
+  /** The id of the last `merged` event handled (delivered, refused or invalid); 0 before the first. */
+  cursor(): number {
+    const row = this.o.db.prepare<[string], { id: number }>('SELECT last_event_id AS id FROM hint_cursor WHERE sink = ?').get(this.sink);
+    return row?.id ?? 0;
+  }
+
+  /** Delivery records, oldest event first. */
+  deliveries(q: { after?: number; limit?: number } = {}): HintDelivery[] {
+    return this.o.db
+      .prepare<[string, number, number], { event_id: number; state: HintDeliveryState; status: number | null; reason: string | null; attempts: number; updated_at: number }>(
+        'SELECT * FROM hint_deliveries WHERE sink = ? AND event_id > ? ORDER BY event_id LIMIT ?',
+      )
+      .all(this.sink, q.after ?? 0, Math.min(q.limit ?? 100, 1000))
+      .map((r) => ({
+        eventId: r.event_id,
+        state: r.state,
+        ...(r.status !== null ? { status: r.status } : {}),
+        ...(r.reason !== null ? { reason: r.reason } : {}),
+        attempts: r.attempts,
+        updatedAt: r.updated_at,
+      }));
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stop.signal.aborted) {
+      let step: Step;
+      try {
+        step = await this.step();
+      } catch (err) {
+        if (this.stop.signal.aborted) break;
+        this.o.logger.error({ err }, 'the hint sender failed; retrying');
+        step = {};
+      }
+      if (step === 'idle') await this.idle();
+      if (typeof step !== 'object') {
+        failures = 0;
+        continue;
+      }
+      failures++;
+      await this.sleep(this.backoff(failures, step.retryAfterMs));
+    }
+  }
+
+  /** Handle the next `merged` event after the cursor, if any. */
+  private async step(): Promise<Step> {
+    this.kicked = false;
+    const [event] = this.o.gateStore.events({ kind: 'merged', after: this.cursorId, limit: 1 });
+    if (!event) return 'idle';
+    const log = this.o.logger.child({ gateEvent: event.id, project: event.project, change: `${event.change},${event.patchset}` });
+
+    const hint = PromotionHint.safeParse({
+      version: PROMOTION_HINT_VERSION,
+      project: event.project,
+      branch: event.branch,
+      commit: event.commit,
+      ...(event.build !== undefined ? { ciRun: String(event.build) } : {}),
+    });
+    if (!hint.success) {
+      const reason = clip(`no valid promotion hint: ${hint.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+      this.finish(event, 'invalid', undefined, reason, 0);
+      log.error({ reason }, 'a merge cannot be sent as a promotion hint; skipped');
+      return 'progress';
+    }
+
+    const body = Buffer.from(JSON.stringify(hint.data));
+    const headers = signHint(this.#secret, body, Math.floor(this.now() / 1000));
+    const timeout = AbortSignal.timeout(this.o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs);
+    const signal = AbortSignal.any([this.stop.signal, timeout]);
+    let res: Response;
+    let text: string;
+    try {
+      res = await this.fetch(this.endpoint, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body, signal, redirect: 'manual' });
+      text = await readCapped(res, 2048);
+    } catch (err) {
+      if (this.stop.signal.aborted) return 'progress'; // closing: the next start sends it again
+      const reason = timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`;
+      this.retrying(event, undefined, reason);
+      log.warn({ reason }, 'the trusted builder is unreachable; the hint will be retried');
+      return {};
+    }
+
+    const status = res.status;
+    if (status >= 200 && status < 300) {
+      this.finish(event, 'delivered', status, undefined, 1);
+      log.info({ commit: hint.data.commit, status }, 'promotion hint delivered');
+      return 'progress';
+    }
+    const reason = reasonOf(status, text);
+    // 401/404: the CI's secret or URL is wrong, not the hint: retry (with backoff) until an
+    // operator fixes it, rather than dropping every merge meanwhile.
+    if (status === 401 || status === 404 || status === 408 || status === 429 || status >= 500 || status < 400) {
+      this.retrying(event, status, reason);
+      log.warn({ status, reason }, 'the trusted builder did not take the hint; it will be retried');
+      return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
+    }
+    this.finish(event, 'refused', status, reason, 1);
+    log.error({ status, reason, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
+    return 'progress';
+  }
+
+  /** Record the event's final state and move the cursor past it, atomically. */
+  private finish(event: GateEventView, state: Exclude<HintDeliveryState, 'retrying'>, status: number | undefined, reason: string | undefined, attempt: 0 | 1): void {
+    this.o.db.transaction(() => {
+      this.record(event, state, status, reason, attempt);
+      this.o.db
+        .prepare('INSERT INTO hint_cursor (sink, last_event_id, updated_at) VALUES (?,?,?) ON CONFLICT(sink) DO UPDATE SET last_event_id = MAX(last_event_id, excluded.last_event_id), updated_at = excluded.updated_at')
+        .run(this.sink, event.id, this.now());
+    })();
+    this.cursorId = Math.max(this.cursorId, event.id);
+  }
+
+  private retrying(event: GateEventView, status: number | undefined, reason: string): void {
+    this.record(event, 'retrying', status, reason, 1);
+  }
+
+  private record(event: GateEventView, state: HintDeliveryState, status: number | undefined, reason: string | undefined, attempt: 0 | 1): void {
+    this.o.db
+      .prepare(
+        `INSERT INTO hint_deliveries (sink, event_id, state, status, reason, attempts, updated_at) VALUES (?,?,?,?,?,?,?)
+         ON CONFLICT(sink, event_id) DO UPDATE SET state = excluded.state, status = excluded.status, reason = excluded.reason,
+           attempts = hint_deliveries.attempts + excluded.attempts, updated_at = excluded.updated_at`,
+      )
+      .run(this.sink, event.id, state, status ?? null, reason ?? null, attempt, this.now());
+  }
+
+  /** Equal jitter: d = min(max, initial·2^(n-1)), wait in [d/2, d]; Retry-After may lengthen it. */
+  private backoff(failures: number, retryAfterMs?: number): number {
+    const initial = this.o.backoff?.initialMs ?? DEFAULTS.initialMs;
+    const max = this.o.backoff?.maxMs ?? DEFAULTS.maxMs;
+    const d = Math.min(max, initial * 2 ** Math.min(failures - 1, 40));
+    const jittered = d / 2 + ((this.o.random ?? Math.random)() * d) / 2;
+    return Math.round(Math.min(max, Math.max(jittered, retryAfterMs ?? 0)));
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    const sleep = this.o.sleep ?? ((t: number, signal: AbortSignal) => delay(t, undefined, { signal }));
+    await sleep(ms, this.stop.signal).catch(() => undefined);
+  }
+
+  /** Wait for a kick, close() or the poll interval, whichever comes first. */
+  private idle(): Promise<void> {
+    if (this.kicked || this.stop.signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => done(), this.o.pollIntervalMs ?? DEFAULTS.pollIntervalMs);
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wake = undefined;
+        resolve();
+      };
+      this.wake = done;
+    });
+  }
+}
+
+/** At most `max` characters of the body; the rest is discarded unread. */
+async function readCapped(res: Response, max: number): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    while (size < max) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.length;
+    }
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+  return Buffer.concat(chunks).subarray(0, max).toString('utf8');
+}
+
+/** The builder's reason: `code: message` of an airlock error body, else the start of the text. */
+function reasonOf(status: number, text: string): string {
+  let detail = text;
+  try {
+    const body = JSON.parse(text) as { code?: unknown; message?: unknown };
+    if (typeof body.message === 'string') detail = typeof body.code === 'string' ? `${body.code}: ${body.message}` : body.message;
+  } catch {
+    // not JSON: keep the text
+  }
+  return clip(`HTTP ${status}${detail.trim() ? `: ${detail.trim()}` : ''}`);
+}
+
+/** Retry-After in delta-seconds (the builder's form); an HTTP date is ignored. */
+function retryAfter(value: string | null): number | undefined {
+  return value && /^[0-9]{1,6}$/.test(value.trim()) ? Number(value.trim()) * 1000 : undefined;
+}
+
+function describeError(err: unknown): string {
+  const e = err as { message?: unknown; cause?: { code?: unknown; message?: unknown } };
+  const cause = e.cause?.code ?? e.cause?.message;
+  return clip(`${String(e.message ?? err)}${typeof cause === 'string' ? ` (${cause})` : ''}`);
+}
+
+/** One line, no control characters, bounded: the reason is stored and logged. */
+function clip(s: string): string {
+  const line = s.replace(/[\u0000-\u001f\u007f]+/g, ' ');
+  return line.length > MAX_REASON_CHARS ? `${line.slice(0, MAX_REASON_CHARS - 1)}…` : line;
+}

@@ -167,6 +167,19 @@ export class EnvironmentBuildFailedError extends AirlockError {
   override readonly httpStatus = 422;
 }
 
+/** The image registry cannot be reached or keeps answering 5xx, even after retries with backoff; nothing was published. */
+export class RegistryUnavailableError extends AirlockError {
+  readonly code = 'AIRLOCK_E_REGISTRY_UNAVAILABLE';
+  override readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** The image registry refused airlock's own credentials (401/403): an operator problem that a retry cannot fix. */
+export class RegistryAuthFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_REGISTRY_AUTH_FAILED';
+  override readonly httpStatus = 502;
+}
+
 /** A bug or an unexpected failure inside airlock; the message names no internals beyond the cause's summary. */
 export class InternalError extends AirlockError {
   readonly code = 'AIRLOCK_E_INTERNAL';
@@ -193,6 +206,8 @@ export const ERROR_CLASSES = {
   StorageFailedError,
   GitFailedError,
   EnvironmentBuildFailedError,
+  RegistryUnavailableError,
+  RegistryAuthFailedError,
   InternalError,
 } as const;
 

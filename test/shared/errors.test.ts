@@ -29,6 +29,8 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   StorageFailedError: () => new ERROR_CLASSES.StorageFailedError('S3 PutObject failed'),
   GitFailedError: () => new ERROR_CLASSES.GitFailedError('git fetch failed'),
   EnvironmentBuildFailedError: () => new ERROR_CLASSES.EnvironmentBuildFailedError('RUN make failed'),
+  RegistryUnavailableError: () => new ERROR_CLASSES.RegistryUnavailableError('registry 127.0.0.1:5000 unreachable after 5 attempts'),
+  RegistryAuthFailedError: () => new ERROR_CLASSES.RegistryAuthFailedError('registry 127.0.0.1:5000 refused the credentials of airlock-builder'),
   InternalError: () => new ERROR_CLASSES.InternalError('internal error'),
 };
 
@@ -79,7 +81,7 @@ describe('error catalogue', () => {
 
   it('only infrastructure failures (5xx) and rate limiting (429) are retryable', () => {
     const retryable = instances.filter(([, e]) => e.retryable).map(([n]) => n);
-    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'StorageFailedError']);
+    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'RegistryUnavailableError', 'StorageFailedError']);
     for (const [, e] of instances) if (e.retryable) expect(e.httpStatus === 429 || e.httpStatus >= 500).toBe(true);
   });
 

@@ -7,11 +7,12 @@
  * Routes: see the OpenAPI document at GET /openapi.json.
  */
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
-import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { InternalError, InvalidInputError, isAirlockError, PayloadTooLargeError, RateLimitedError, UnauthorizedError, type AirlockError, type WireError } from '../../shared/errors.js';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import { RateLimitedError, UnauthorizedError, type WireError } from '../../shared/errors.js';
+import { toWire } from '../../shared/http/wire.js';
 import type { Logger } from '../../shared/logging.js';
 import type { ArtifactStore } from '../../shared/storage/artifact-store.js';
 import type { CiConfig } from '../config.js';
@@ -96,21 +97,4 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
-}
-
-/** Any error → the wire shape: airlock errors keep their code; fastify's own 4xx get the nearest airlock code. */
-export function toWire(err: unknown): WireError {
-  if (isAirlockError(err)) return (err as AirlockError).toWire();
-  if (hasZodFastifySchemaValidationErrors(err)) {
-    const where = (err as { validationContext?: string }).validationContext ?? 'request';
-    return new InvalidInputError(
-      err.validation.map((v) => ({ file: where, path: v.instancePath.replace(/^\//, '').replace(/\//g, '.'), message: v.message ?? 'invalid', severity: 'error' as const })),
-    ).toWire();
-  }
-  const f = err as Partial<FastifyError>;
-  const status = typeof f.statusCode === 'number' ? f.statusCode : 500;
-  if (status === 413) return new PayloadTooLargeError('request body too large').toWire();
-  if (status === 429) return new RateLimitedError(f.message ?? 'rate limited').toWire();
-  if (status >= 400 && status < 500) return { ...new InvalidInputError([{ file: 'request', path: '', message: f.message ?? 'bad request', severity: 'error' }]).toWire(), statusCode: status };
-  return new InternalError('internal error; the service log has the details').toWire();
 }

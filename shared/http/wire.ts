@@ -1,0 +1,23 @@
+/**
+ * The HTTP error body both services answer with: `{code, message, statusCode}` (STYLE §7).
+ */
+import type { FastifyError } from 'fastify';
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import { InternalError, InvalidInputError, isAirlockError, PayloadTooLargeError, RateLimitedError, type AirlockError, type WireError } from '../errors.js';
+
+/** Any error → the wire shape: airlock errors keep their code; fastify's own 4xx get the nearest airlock code. */
+export function toWire(err: unknown): WireError {
+  if (isAirlockError(err)) return (err as AirlockError).toWire();
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const where = (err as { validationContext?: string }).validationContext ?? 'request';
+    return new InvalidInputError(
+      err.validation.map((v) => ({ file: where, path: v.instancePath.replace(/^\//, '').replace(/\//g, '.'), message: v.message ?? 'invalid', severity: 'error' as const })),
+    ).toWire();
+  }
+  const f = err as Partial<FastifyError>;
+  const status = typeof f.statusCode === 'number' ? f.statusCode : 500;
+  if (status === 413) return new PayloadTooLargeError('request body too large').toWire();
+  if (status === 429) return new RateLimitedError(f.message ?? 'rate limited').toWire();
+  if (status >= 400 && status < 500) return { ...new InvalidInputError([{ file: 'request', path: '', message: f.message ?? 'bad request', severity: 'error' }]).toWire(), statusCode: status };
+  return new InternalError('internal error; the service log has the details').toWire();
+}

@@ -1,0 +1,99 @@
+/**
+ * The trusted builder's HTTP surface (fastify), deliberately small:
+ * - `POST /v1/hints`: a promotion hint `{version, project, branch, commit, ciRun?}`, authenticated
+ *   by HMAC-SHA256 over `timestamp.body` (shared/hints/hint-auth.ts) with a 5-minute window and a
+ *   per-process replay guard. A bad or missing signature, a stale timestamp or a replay is 401;
+ *   a malformed hint 400. Every refusal and every acceptance is an audit record. An accepted hint
+ *   is only a trigger (202): the promoter re-derives every fact from its own clone and policy.
+ * - `GET /lookaside/…`: the image signatures, as static files (the lookaside layout consumers'
+ *   `registries.d` points at). Public by design: signatures are meant to be fetched.
+ * - `GET /healthz`.
+ * Nothing here reveals a secret, a policy detail or an embargoed item; error bodies are
+ * `{code, message, statusCode}` with messages that name only what the caller sent.
+ */
+import { createReadStream } from 'node:fs';
+import { lstat } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { InvalidInputError, NotFoundError, UnauthorizedError, type WireError } from '../../shared/errors.js';
+import { toWire } from '../../shared/http/wire.js';
+import { ReplayGuard, verifyHint } from '../../shared/hints/hint-auth.js';
+import type { Logger } from '../../shared/logging.js';
+import { MAX_PROMOTION_HINT_BYTES, PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import { parseOrThrow } from '../../shared/schemas/issues.js';
+import type { AuditLog } from '../audit/audit-log.js';
+
+/** Takes an authenticated hint; answers at once (the promotion runs in the background). */
+export interface HintSink {
+  accept(hint: PromotionHint): { queued: boolean; reason?: string };
+}
+
+export interface BuilderApiDeps {
+  logger: Logger;
+  audit: AuditLog;
+  /** The HMAC key (read from the SecretStore at start). */
+  hintSecret: Buffer;
+  promoter: HintSink;
+  /** Root of the lookaside tree served under /lookaside/. */
+  lookasideDir: string;
+  now?: () => number;
+}
+
+export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: d.logger.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
+    bodyLimit: MAX_PROMOTION_HINT_BYTES,
+    requestTimeout: 30_000,
+    connectionTimeout: 60_000,
+  });
+  const now = d.now ?? Date.now;
+  const replay = new ReplayGuard();
+  app.setErrorHandler((err, req, reply) => {
+    const wire = toWire(err);
+    if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
+    void reply.status(wire.statusCode).send(wire);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);
+  });
+
+  await app.register(async (hints) => {
+    // The signature covers the raw bytes: no JSON parser may touch them first.
+    hints.removeAllContentTypeParsers();
+    hints.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+    hints.post('/v1/hints', async (req, reply) => {
+      const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      const seconds = Math.floor(now() / 1000);
+      const v = verifyHint(d.hintSecret, raw, req.headers, seconds);
+      const admitted = v.ok ? replay.admit(v, seconds) : v;
+      if (!admitted.ok) {
+        await d.audit.append('hint-refused', { reason: admitted.reason, from: req.ip });
+        throw new UnauthorizedError(`promotion hint refused: ${admitted.reason}`);
+      }
+      let hint: PromotionHint;
+      try {
+        hint = parseOrThrow(PromotionHint, JSON.parse(raw.toString('utf8')) as unknown, 'hint');
+      } catch (e) {
+        await d.audit.append('hint-refused', { reason: 'malformed', from: req.ip });
+        if (e instanceof SyntaxError) throw new InvalidInputError([{ file: 'hint', path: '', message: 'not JSON', severity: 'error' }]);
+        throw e;
+      }
+      const r = d.promoter.accept(hint);
+      await d.audit.append('hint-accepted', { project: hint.project, branch: hint.branch, commit: hint.commit, ...(hint.ciRun ? { ciRun: hint.ciRun } : {}), queued: r.queued, ...(r.reason ? { note: r.reason } : {}) });
+      return reply.status(202).send({ accepted: true, queued: r.queued, ...(r.reason ? { reason: r.reason } : {}) });
+    });
+  });
+
+  const root = resolve(d.lookasideDir);
+  app.get('/lookaside/*', async (req, reply) => {
+    const rel = decodeURIComponent((req.params as { '*': string })['*']);
+    const file = resolve(join(root, rel));
+    if (rel.includes('\0') || !file.startsWith(root + sep)) throw new NotFoundError('no such signature');
+    const st = await lstat(file).catch(() => undefined);
+    if (!st?.isFile()) throw new NotFoundError('no such signature');
+    return reply.type('application/octet-stream').send(createReadStream(file));
+  });
+
+  app.get('/healthz', async () => ({ ok: true }));
+  return app;
+}

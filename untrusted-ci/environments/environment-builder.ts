@@ -27,9 +27,9 @@ import { AirlockError, CancelledError, EnvironmentBuildFailedError, ExecutorFail
 import type { Logger } from '../../shared/logging.js';
 import type { EnvironmentPolicy } from '../../shared/schemas/environment-policy.js';
 import { formatDuration } from '../../shared/units.js';
-import { CHECKED_DOCKERFILE, withCheckedDockerfile } from './build-context.js';
-import { BuildLog, followBuildStream } from './build-log.js';
-import { checkDockerfile, checkImageAllowed, normalizeImageRef } from './dockerfile.js';
+import { CHECKED_DOCKERFILE, withCheckedDockerfile } from '../../shared/docker/build-context.js';
+import { BuildLog, followBuildStream } from '../../shared/docker/build-log.js';
+import { checkDockerfile, checkImageAllowed, normalizeImageRef } from '../../shared/docker/dockerfile.js';
 import { LABEL_ENV, LABEL_ENV_PROJECT, type ImageCache } from './image-cache.js';
 
 /** Bump when the way images are built changes, so every environment is rebuilt once. */

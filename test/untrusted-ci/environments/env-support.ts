@@ -9,7 +9,7 @@ import type Docker from 'dockerode';
 import { createDocker } from '../../../shared/docker/client.js';
 import { createLogger } from '../../../shared/logging.js';
 import type { EnvironmentPolicy } from '../../../shared/schemas/environment-policy.js';
-import { contextFromDirectory } from '../../../untrusted-ci/environments/build-context.js';
+import { contextFromDirectory } from '../../../shared/docker/build-context.js';
 import { EnvironmentBuilder, type EnsureInput } from '../../../untrusted-ci/environments/environment-builder.js';
 import { ImageCache, LABEL_ENV, LABEL_ENV_PROJECT, type ImageCacheOptions } from '../../../untrusted-ci/environments/image-cache.js';
 import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';

@@ -15,9 +15,9 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { PassThrough, Readable, Transform } from 'node:stream';
 import tar from 'tar-stream';
-import { PolicyViolationError } from '../../shared/errors.js';
-import { packDirectory } from '../../shared/runner/tar-pack.js';
-import { formatBytes } from '../../shared/units.js';
+import { PolicyViolationError } from '../errors.js';
+import { packDirectory } from '../runner/tar-pack.js';
+import { formatBytes } from '../units.js';
 
 /** The name the checked Dockerfile is added under, at the context's root. */
 export const CHECKED_DOCKERFILE = '.airlock-environment.Dockerfile';

@@ -15,8 +15,8 @@
  * Parsing follows Docker's: parser directives (`# escape=`) at the top, line continuations with
  * the escape character, comment and blank lines skipped inside continuations, keywords in any case.
  */
-import type { Issue } from '../../shared/errors.js';
-import { ImageRef } from '../../shared/schemas/job-spec.js';
+import type { Issue } from '../errors.js';
+import { ImageRef } from '../schemas/job-spec.js';
 
 /** A Dockerfile larger than this is refused (256 KiB: real ones are a few KiB). */
 export const DOCKERFILE_MAX_BYTES = 256 * 1024;

@@ -1,0 +1,137 @@
+/**
+ * Build provenance: an in-toto Statement v1 whose predicate is SLSA provenance v1
+ * (https://slsa.dev/spec/v1.0/provenance), written as canonical JSON bytes (keys sorted by UTF-16
+ * code unit at every level, no whitespace, as RFC 8785 does for the values used here) so that the
+ * same build always yields the same bytes. The builder signs exactly these bytes with a detached
+ * signature (`signDetached` in ./signer.ts); consumers check it with
+ * `gpg --verify statement.json.asc statement.json`. A detached PGP signature is not the DSSE
+ * envelope that cosign or slsa-verifier read: that is a later step.
+ *
+ * Where each fact goes:
+ *   buildDefinition.externalParameters   the source the build was asked for (repository, commit)
+ *   buildDefinition.internalParameters   what the builder decided: policy digest, the steps it ran
+ *   buildDefinition.resolvedDependencies the source commit and every base image, by digest
+ *   runDetails                           builder id, invocation id, start and finish times
+ */
+import { z } from 'zod';
+import { InternalError } from '../../shared/errors.js';
+import { parseOrThrow } from '../../shared/schemas/issues.js';
+
+export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1';
+export const PREDICATE_TYPE = 'https://slsa.dev/provenance/v1';
+/** What kind of build this is; a URN because airlock has no documentation host to point at. */
+export const BUILD_TYPE = 'urn:airlock:buildtype:trusted-rebuild:v1';
+
+const Sha256 = z.string().regex(/^(?:sha256:)?[0-9a-f]{64}$/, 'must be sha256:<64 lowercase hex>');
+const Commit = z.string().regex(/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/, 'must be a full git commit id');
+const Instant = z.union([z.date(), z.iso.datetime({ offset: true })]).transform((d) => new Date(d).toISOString());
+
+/** One step the builder ran (a re-run test job or the publish build) and how it ended. */
+export const ProvenanceStep = z.strictObject({
+  name: z.string().min(1).max(256),
+  command: z.union([z.string().max(64 * 1024), z.array(z.string().max(64 * 1024)).max(1024)]),
+  exitCode: z.number().int(),
+});
+export type ProvenanceStep = z.infer<typeof ProvenanceStep>;
+
+export const ProvenanceInput = z
+  .strictObject({
+    /** The pushed image: `name` is the repository as pulled (e.g. 127.0.0.1:5000/team/app), digest its manifest digest. */
+    subject: z.strictObject({ name: z.string().min(1).max(500), digest: Sha256 }),
+    /** A URI naming this builder (policies/promotion.yaml `builderId`). */
+    builderId: z.string().url().max(500),
+    /** The canonical repository (from policy, never from a hint) and the commit built. */
+    source: z.strictObject({ repo: z.string().min(1).max(2048), commit: Commit }),
+    /** sha256 of the exact policy bytes the decision was made under. */
+    policyDigest: Sha256,
+    baseImages: z.array(z.strictObject({ name: z.string().min(1).max(500), digest: Sha256 })).max(1000),
+    steps: z.array(ProvenanceStep).max(1000),
+    startedOn: Instant,
+    finishedOn: Instant,
+    invocationId: z.string().min(1).max(256),
+  })
+  .refine((p) => p.startedOn <= p.finishedOn, { message: 'finishedOn is before startedOn', path: ['finishedOn'] });
+export type ProvenanceInput = z.input<typeof ProvenanceInput>;
+
+/** SLSA's ResourceDescriptor, as far as airlock fills it. */
+interface ResourceDescriptor {
+  name?: string;
+  uri?: string;
+  digest: Record<string, string>;
+}
+
+/** The statement as written (before canonical serialisation). */
+export interface ProvenanceStatement {
+  _type: typeof STATEMENT_TYPE;
+  subject: [{ name: string; digest: { sha256: string } }];
+  predicateType: typeof PREDICATE_TYPE;
+  predicate: {
+    buildDefinition: {
+      buildType: typeof BUILD_TYPE;
+      externalParameters: { source: { repository: string; commit: string } };
+      internalParameters: { policyDigest: string; steps: ProvenanceStep[] };
+      resolvedDependencies: ResourceDescriptor[];
+    };
+    runDetails: {
+      builder: { id: string };
+      metadata: { invocationId: string; startedOn: string; finishedOn: string };
+    };
+  };
+}
+
+/** The statement for one pushed image, as canonical JSON bytes: what gets signed and published. */
+export function provenanceStatement(input: ProvenanceInput): Buffer {
+  return Buffer.from(canonicalJson(buildStatement(input)), 'utf8');
+}
+
+/** The statement as an object (validated; throws InvalidInputError listing every problem). */
+export function buildStatement(input: ProvenanceInput): ProvenanceStatement {
+  const p = parseOrThrow(ProvenanceInput, input, 'provenance');
+  const hex = (d: string) => d.replace(/^sha256:/, '');
+  return {
+    _type: STATEMENT_TYPE,
+    subject: [{ name: p.subject.name, digest: { sha256: hex(p.subject.digest) } }],
+    predicateType: PREDICATE_TYPE,
+    predicate: {
+      buildDefinition: {
+        buildType: BUILD_TYPE,
+        externalParameters: { source: { repository: p.source.repo, commit: p.source.commit } },
+        internalParameters: { policyDigest: `sha256:${hex(p.policyDigest)}`, steps: p.steps },
+        resolvedDependencies: [
+          { uri: gitUri(p.source.repo), digest: { gitCommit: p.source.commit } },
+          ...p.baseImages.map((b) => ({ name: b.name, digest: { sha256: hex(b.digest) } })),
+        ],
+      },
+      runDetails: {
+        builder: { id: p.builderId },
+        metadata: { invocationId: p.invocationId, startedOn: p.startedOn, finishedOn: p.finishedOn },
+      },
+    },
+  };
+}
+
+/** SLSA's convention for a git source: `git+<url>`; a path on this host becomes a file:// URL. */
+function gitUri(repo: string): string {
+  if (repo.startsWith('git+')) return repo;
+  return repo.startsWith('/') ? `git+file://${repo}` : `git+${repo}`;
+}
+
+/**
+ * Canonical JSON for plain data: object keys sorted by UTF-16 code unit (JavaScript's default
+ * sort, as RFC 8785 specifies), no whitespace, strings escaped by JSON.stringify. Only integers are
+ * allowed as numbers, so number formatting cannot differ between implementations.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value === 'boolean' || typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) throw new InternalError(`canonical JSON: ${value} is not a safe integer`);
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  throw new InternalError(`canonical JSON: cannot encode a ${typeof value}`);
+}

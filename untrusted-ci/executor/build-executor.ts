@@ -30,7 +30,7 @@ import { artifactPrefix, logKey } from '../../shared/storage/keys.js';
 import type { ProjectConfig } from '../config.js';
 import type { BuildEvents } from '../logs/build-events.js';
 import type { Merger } from '../merger/merger.js';
-import { compileJobs } from '../pipelines/compile-jobs.js';
+import { compileJobs } from '../../shared/repo-config/compile-jobs.js';
 import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';

@@ -4,11 +4,11 @@
  * out is a config issue (it could never run). Order is topological, ties in file order, so a
  * build's jobs run in a stable, predictable order.
  */
-import type { Issue } from '../../shared/errors.js';
-import type { AirlockYaml } from '../../shared/schemas/airlock-yaml.js';
-import type { Pipeline } from '../../shared/schemas/api/builds.js';
-import { JobSpec } from '../../shared/schemas/job-spec.js';
-import { zodIssues } from '../../shared/schemas/issues.js';
+import type { Issue } from '../errors.js';
+import type { AirlockYaml } from '../schemas/airlock-yaml.js';
+import type { Pipeline } from '../schemas/api/builds.js';
+import { JobSpec } from '../schemas/job-spec.js';
+import { zodIssues } from '../schemas/issues.js';
 
 export interface PlannedJob {
   name: string;

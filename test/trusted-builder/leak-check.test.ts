@@ -1,0 +1,351 @@
+/**
+ * The pre-publish leak check: every form of every secret, across chunk boundaries, in buffers,
+ * streams, synthetic `docker save` archives, and a real `docker save` of an image built with a
+ * secret in a file and in ENV (real Docker engine).
+ */
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InvalidInputError } from '../../shared/errors.js';
+import { findLeaks, imageLayerSources, MIN_SECRET_LENGTH, needlesOf, skippedSecrets, type Leak, type LeakSource } from '../../trusted-builder/secrets/leak-check.js';
+import { BUSYBOX } from '../support/docker.js';
+import { tarOf } from '../support/tar.js';
+
+const run = promisify(execFile);
+const SECRET = 'sk_live_4f9Qx7Lm2Vb8';
+
+function buf(...parts: (string | Buffer)[]): Buffer {
+  return Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p)));
+}
+
+/** A source that delivers `data` in the given chunks (cut at `cuts` offsets). */
+function split(name: string, data: Buffer, cuts: number[]): LeakSource {
+  const points = [0, ...cuts.filter((c) => c > 0 && c < data.length).sort((a, b) => a - b), data.length];
+  const chunks = points.slice(1).map((end, i) => data.subarray(points[i], end));
+  return { name, data: Readable.from(chunks) };
+}
+
+async function leaksIn(secrets: string[], ...sources: LeakSource[]): Promise<Leak[]> {
+  return findLeaks(secrets, sources);
+}
+
+function pick(leaks: Leak[]): { source: string; secret: number; form: string }[] {
+  return leaks.map(({ source, secret, form }) => ({ source, secret, form }));
+}
+
+describe('findLeaks on buffers', () => {
+  it('finds a raw secret with its offset and count; names it by index only', async () => {
+    const data = buf('config: ', SECRET, '\nagain: ', SECRET, '\n');
+    const leaks = await leaksIn(['other-secret-x', SECRET], { name: 'build.log', data });
+    expect(leaks).toEqual([{ source: 'build.log', secret: 1, form: 'raw', offset: 8, count: 2 }]);
+    expect(JSON.stringify(leaks)).not.toContain(SECRET);
+  });
+
+  it('finds nothing in clean data, and nothing for a near miss', async () => {
+    const noise = randomBytes(256 * 1024);
+    const nearMiss = buf(SECRET.slice(0, -1), 'X ', SECRET.slice(1));
+    expect(await leaksIn([SECRET], { name: 'noise', data: noise }, { name: 'near', data: nearMiss })).toEqual([]);
+  });
+
+  it(`skips secrets shorter than ${MIN_SECRET_LENGTH} characters, and says which`, async () => {
+    const secrets = ['admin', 'héllo', 'abcdef', ''];
+    expect(skippedSecrets(secrets)).toEqual([0, 1, 3]);
+    const leaks = await leaksIn(secrets, { name: 'f', data: buf('user admin héllo abcdef') });
+    expect(pick(leaks)).toEqual([{ source: 'f', secret: 2, form: 'raw' }]);
+  });
+
+  it('reports a secret listed twice once, under its first index', async () => {
+    expect(pick(await leaksIn([SECRET, SECRET], { name: 'f', data: buf(SECRET) }))).toEqual([{ source: 'f', secret: 0, form: 'raw' }]);
+  });
+
+  it('keeps sources apart and in order', async () => {
+    const leaks = await leaksIn([SECRET, 'second-secret-99'], { name: 'a', data: buf('second-secret-99') }, { name: 'b', data: buf('-') }, { name: 'c', data: buf(SECRET, ' second-secret-99') });
+    expect(pick(leaks)).toEqual([
+      { source: 'a', secret: 1, form: 'raw' },
+      { source: 'c', secret: 0, form: 'raw' },
+      { source: 'c', secret: 1, form: 'raw' },
+    ]);
+  });
+
+  it('a result never holds the secret, or its base64', async () => {
+    const leaks = await leaksIn([SECRET], { name: 'x', data: buf(SECRET, Buffer.from(SECRET).toString('base64')) });
+    expect(leaks.length).toBeGreaterThan(0);
+    const text = JSON.stringify(leaks);
+    for (const { bytes } of needlesOf(SECRET)) expect(text).not.toContain(bytes.toString('latin1'));
+  });
+});
+
+describe('findLeaks on streams', () => {
+  it('finds a secret split at every offset, and at every pair of offsets', async () => {
+    const pre = 'log line 1\nlog: ';
+    const data = buf(pre, SECRET, '\nlog line 3\n');
+    const at = Buffer.byteLength(pre);
+    for (let i = at - 1; i <= at + SECRET.length + 1; i++) {
+      const leaks = await leaksIn([SECRET], split(`cut@${i}`, data, [i]));
+      expect(leaks, `cut at ${i}`).toEqual([{ source: `cut@${i}`, secret: 0, form: 'raw', offset: at, count: 1 }]);
+      for (let j = i + 1; j <= at + SECRET.length; j++) {
+        expect(pick(await leaksIn([SECRET], split('two', data, [i, j]))), `cuts at ${i},${j}`).toEqual([{ source: 'two', secret: 0, form: 'raw' }]);
+      }
+    }
+  });
+
+  it('finds it when every byte is its own chunk', async () => {
+    const data = buf('xx', SECRET, 'yy');
+    const leaks = await leaksIn([SECRET], split('bytes', data, [...data.keys()]));
+    expect(leaks).toEqual([{ source: 'bytes', secret: 0, form: 'raw', offset: 2, count: 1 }]);
+  });
+
+  it('a long secret (a PEM key, > 32 bytes) is compared in full across chunks; the same header is not a hit', async () => {
+    const body = randomBytes(1200).toString('base64').replace(/.{64}/g, '$&\n');
+    const pem = `-----BEGIN PRIVATE KEY-----\n${body}\n-----END PRIVATE KEY-----\n`;
+    const otherPem = `-----BEGIN PRIVATE KEY-----\n${randomBytes(1200).toString('base64')}\n-----END PRIVATE KEY-----\n`;
+    const data = buf(otherPem, 'junk', pem, 'tail');
+    for (const cuts of [[], [40], [500, 501, 1700], [...Array(60).keys()].map((k) => k * 97)]) {
+      const leaks = await leaksIn([pem], split('key', data, cuts));
+      expect(pick(leaks), `cuts ${cuts.length}`).toEqual([{ source: 'key', secret: 0, form: 'raw' }]);
+      expect(leaks[0]!.offset).toBe(Buffer.byteLength(otherPem) + 4);
+    }
+    expect(await leaksIn([pem], { name: 'other', data: buf(otherPem, pem.slice(0, -10)) })).toEqual([]);
+  });
+
+  it('accepts Buffers, Readables and async iterables of strings', async () => {
+    async function* strings(): AsyncGenerator<string> {
+      yield 'abc ';
+      yield SECRET.slice(0, 5);
+      yield SECRET.slice(5);
+    }
+    const leaks = await leaksIn([SECRET], { name: 'gen', data: strings() }, { name: 'readable', data: Readable.from([buf(SECRET)]) });
+    expect(pick(leaks)).toEqual([
+      { source: 'gen', secret: 0, form: 'raw' },
+      { source: 'readable', secret: 0, form: 'raw' },
+    ]);
+  });
+
+  it('a failing source stream fails the check (fail closed)', async () => {
+    const broken = new Readable({
+      read() {
+        this.destroy(new Error('disk read error'));
+      },
+    });
+    await expect(leaksIn([SECRET], { name: 'broken', data: broken })).rejects.toThrow(/disk read error/);
+  });
+});
+
+describe('findLeaks: base64', () => {
+  // Secrets whose encodings contain `+` and `/` (so base64url differs), of each length mod 3.
+  const secrets = ['\u00fb\u00ff\u00be-k3y?>>', 'pa55>>>?word', 'ab?>~~~c'];
+
+  it.each([0, 1, 2])('finds a secret embedded at byte alignment %i, standard and url-safe, split anywhere', async (k) => {
+    for (const [index, secret] of secrets.entries()) {
+      for (let pad = k; pad < k + 6; pad += 3) {
+        const plain = buf(randomBytes(pad), secret, randomBytes(5));
+        const std = plain.toString('base64');
+        const url = plain.toString('base64url');
+        expect(std).not.toEqual(url);
+        for (const [form, text] of [['base64', std], ['base64url', url]] as const) {
+          const data = buf('{"auth":"', text, '"}');
+          const whole = await leaksIn(secrets, { name: 'config.json', data });
+          expect(pick(whole), `${form} k=${k} pad=${pad} secret ${index}`).toContainEqual({ source: 'config.json', secret: index, form });
+          for (let cut = 1; cut < data.length; cut += 3) {
+            expect(pick(await leaksIn([secret], split('cut', data, [cut]))), `${form} cut ${cut}`).toContainEqual({ source: 'cut', secret: 0, form });
+          }
+        }
+      }
+    }
+  });
+
+  it('finds base64 wrapped at 76 columns (MIME, `base64` CLI), marked lineWrapped', async () => {
+    for (let pad = 0; pad < 60; pad++) {
+      const text = buf(randomBytes(pad), SECRET, randomBytes(60)).toString('base64').replace(/.{76}/g, '$&\r\n');
+      const leaks = await leaksIn([SECRET], split('wrapped.txt', buf(text), [pad + 7]));
+      expect(leaks.find((l) => l.form === 'base64'), `pad ${pad}`).toBeDefined();
+    }
+    const text = buf(randomBytes(50), SECRET).toString('base64');
+    const wrapped = `${text.slice(0, 76)}\n${text.slice(76)}`;
+    const [leak] = await leaksIn([SECRET], { name: 'w', data: buf(wrapped) });
+    expect(leak).toEqual({ source: 'w', secret: 0, form: 'base64', count: 1, lineWrapped: true });
+  });
+
+  it('docker-login style: base64("user:secret") in a config.json', async () => {
+    const auth = Buffer.from(`airlock:${SECRET}`).toString('base64');
+    const leaks = await leaksIn([SECRET], { name: '.docker/config.json', data: buf(JSON.stringify({ auths: { 'registry.local': { auth } } })) });
+    expect(pick(leaks)).toEqual([{ source: '.docker/config.json', secret: 0, form: 'base64' }]);
+  });
+});
+
+describe('findLeaks: JSON-escaped and other forms', () => {
+  const tricky = 'pa"ss\\word\nline2\ttab/slash<&>é😀';
+
+  it('finds secrets with quotes, backslashes, newlines as JSON.stringify, Go, Python and PHP write them', async () => {
+    const js = JSON.stringify({ password: tricky });
+    const go = js.replace(/[<>&]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
+    const python = js.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    const php = python.replace(/\//g, '\\/');
+    const twice = JSON.stringify({ nested: js });
+    for (const [name, text] of Object.entries({ js, go, python, php, twice })) {
+      const data = buf('prefix ', text, ' suffix');
+      expect(pick(await leaksIn([tricky], { name, data })), name).toEqual([{ source: name, secret: 0, form: 'json-escaped' }]);
+      const cut = data.length >> 1;
+      expect(pick(await leaksIn([tricky], split(name, data, [cut - 3, cut, cut + 5]))), `${name} split`).toEqual([{ source: name, secret: 0, form: 'json-escaped' }]);
+    }
+  });
+
+  it('a secret that JSON does not change is reported raw, not twice', async () => {
+    expect(pick(await leaksIn([SECRET], { name: 'j', data: buf(JSON.stringify({ SECRET })) }))).toEqual([{ source: 'j', secret: 0, form: 'raw' }]);
+  });
+
+  it('finds percent-encoded and hex forms', async () => {
+    const s = 'p@ss word/with:colon';
+    const leaks = await leaksIn(
+      [s],
+      { name: 'url', data: buf(`https://user:${encodeURIComponent(s)}@registry.local/`) },
+      { name: 'form', data: buf(`password=${encodeURIComponent(s).replace(/%20/g, '+')}&x=1`) },
+      { name: 'hex', data: buf(`dump ${Buffer.from(s).toString('hex').toUpperCase()}`) },
+    );
+    expect(pick(leaks)).toEqual([
+      { source: 'url', secret: 0, form: 'url-encoded' },
+      { source: 'form', secret: 0, form: 'url-encoded' },
+      { source: 'hex', secret: 0, form: 'hex' },
+    ]);
+  });
+});
+
+describe('imageLayerSources on synthetic docker save archives', () => {
+  const HEX = (c: string): string => c.repeat(64);
+
+  async function sourcesOf(archive: Buffer): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    for await (const s of imageLayerSources(Readable.from([archive]))) {
+      const chunks: Buffer[] = [];
+      if (s.data instanceof Uint8Array) chunks.push(Buffer.from(s.data));
+      else for await (const c of s.data as AsyncIterable<Uint8Array>) chunks.push(Buffer.from(c));
+      out.set(s.name, Buffer.concat(chunks).toString('utf8'));
+    }
+    return out;
+  }
+
+  it('legacy layout: plain and gzip\'d layer tars, the config JSON, manifest.json', async () => {
+    const layer1 = await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/app.conf', body: `token=${SECRET}\n` }, { name: 'bin/sh', type: 'symlink', linkname: 'busybox' }]);
+    const layer2 = gzipSync(await tarOf([{ name: 'srv/readme.txt', body: 'nothing here' }]));
+    const config = JSON.stringify({ config: { Env: ['PATH=/bin', `API_TOKEN=${SECRET}`] }, rootfs: { type: 'layers', diff_ids: [] } });
+    const archive = await tarOf([
+      { name: `${HEX('a')}/`, type: 'directory' },
+      { name: `${HEX('a')}/VERSION`, body: '1.0' },
+      { name: `${HEX('a')}/layer.tar`, body: layer1 },
+      { name: `${HEX('b')}/layer.tar`, body: layer2 },
+      { name: `${HEX('c')}.json`, body: config },
+      { name: 'manifest.json', body: JSON.stringify([{ Config: `${HEX('c')}.json`, Layers: [`${HEX('a')}/layer.tar`, `${HEX('b')}/layer.tar`] }]) },
+    ]);
+    const sources = await sourcesOf(archive);
+    expect([...sources.keys()]).toEqual([
+      `image ${HEX('a')}/VERSION`,
+      `layer ${HEX('a')}:etc/app.conf`,
+      `layer ${HEX('a')}:(entry names)`,
+      `layer ${HEX('b')}:srv/readme.txt`,
+      `layer ${HEX('b')}:(entry names)`,
+      `config sha256:${HEX('c')}`,
+      'image manifest.json',
+    ]);
+    expect(sources.get(`layer ${HEX('a')}:(entry names)`)).toBe('etc/\netc/app.conf\nbin/sh\nbusybox');
+    expect(sources.get(`layer ${HEX('b')}:srv/readme.txt`)).toBe('nothing here');
+
+    const leaks = await findLeaks([SECRET], imageLayerSources(Readable.from([archive])));
+    expect(pick(leaks)).toEqual([
+      { source: `layer ${HEX('a')}:etc/app.conf`, secret: 0, form: 'raw' },
+      { source: `config sha256:${HEX('c')}`, secret: 0, form: 'raw' },
+    ]);
+  });
+
+  it('OCI layout (Docker ≥ 25): blobs named by digest; a secret in a file name is found too', async () => {
+    const layer = gzipSync(await tarOf([{ name: `tmp/${SECRET}.txt`, body: 'x' }]));
+    const archive = await tarOf([
+      { name: 'oci-layout', body: '{"imageLayoutVersion":"1.0.0"}' },
+      { name: `blobs/sha256/${HEX('d')}`, body: layer },
+      { name: `blobs/sha256/${HEX('e')}`, body: JSON.stringify({ config: { Env: [`T=${SECRET}`] } }) },
+      { name: 'index.json', body: '{}' },
+    ]);
+    const leaks = await findLeaks([SECRET], imageLayerSources(Readable.from([archive])));
+    expect(pick(leaks)).toEqual([
+      { source: `layer sha256:${HEX('d')}:(entry names)`, secret: 0, form: 'raw' },
+      { source: `blob sha256:${HEX('e')}`, secret: 0, form: 'raw' },
+    ]);
+  });
+
+  it('refuses a layer it cannot read (zstd) rather than passing it', async () => {
+    const zstd = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(100)]);
+    const archive = await tarOf([{ name: `blobs/sha256/${HEX('f')}`, body: zstd }]);
+    const e = await findLeaks([SECRET], imageLayerSources(Readable.from([archive]))).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidInputError);
+    expect((e as Error).message).toMatch(/zstd/);
+  });
+
+  it('a truncated archive fails the check', async () => {
+    const layer = await tarOf([{ name: 'big', body: randomBytes(10_000) }]);
+    const archive = await tarOf([{ name: `${HEX('a')}/layer.tar`, body: layer }]);
+    await expect(findLeaks([SECRET], imageLayerSources(Readable.from([archive.subarray(0, 5_000)])))).rejects.toThrow();
+  });
+});
+
+describe('imageLayerSources on a real docker save', () => {
+  const tag = `airlock-test/leak-check:${process.pid}-${randomBytes(4).toString('hex')}`;
+  const fileSecret = `file-secret-${randomBytes(9).toString('base64url')}`;
+  const envSecret = `env&secret<${randomBytes(6).toString('hex')}>`;
+  const authSecret = `registry-pw-${randomBytes(6).toString('hex')}`;
+  let context: string;
+
+  beforeAll(async () => {
+    context = mkdtempSync(join(tmpdir(), 'airlock-leak-'));
+    writeFileSync(join(context, 'token.txt'), `${fileSecret}\n`);
+    writeFileSync(join(context, 'config.json'), JSON.stringify({ auths: { 'registry.local': { auth: Buffer.from(`ci:${authSecret}`).toString('base64') } } }));
+    writeFileSync(
+      join(context, 'Dockerfile'),
+      [`FROM ${BUSYBOX}`, 'COPY token.txt /etc/app/token.txt', 'COPY config.json /root/.docker/config.json', `ENV API_TOKEN="${envSecret}"`, ''].join('\n'),
+    );
+    await run('docker', ['build', '--network', 'none', '-q', '-t', tag, context], { timeout: 120_000 });
+  });
+
+  afterAll(async () => {
+    await run('docker', ['rmi', '-f', tag]).catch(() => undefined);
+    rmSync(context, { recursive: true, force: true });
+  });
+
+  it('finds the file secret in its layer, the ENV secret (Go-escaped) in the config, the base64 auth; the base image is clean', async () => {
+    const save = spawn('docker', ['save', tag], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<number | null>((resolve) => save.on('close', resolve));
+    const names: string[] = [];
+    async function* tracked(): AsyncGenerator<LeakSource> {
+      for await (const s of imageLayerSources(save.stdout)) {
+        names.push(s.name);
+        yield s;
+      }
+    }
+    const secrets = [fileSecret, envSecret, authSecret, 'never-in-the-image-123'];
+    const leaks = await findLeaks(secrets, tracked());
+    expect(await exited).toBe(0);
+
+    // The busybox base layer (made by `docker import`, so its names start with ./) was walked file by file.
+    expect(names.filter((n) => n.startsWith('layer ')).length).toBeGreaterThan(5);
+    expect(names.some((n) => /^layer [0-9a-f]{64}:bin\/busybox$/.test(n))).toBe(true);
+
+    const fileHits = leaks.filter((l) => l.secret === 0);
+    expect(fileHits.map((l) => [l.source.replace(/[0-9a-f]{64}/, '<id>'), l.form])).toEqual([['layer <id>:etc/app/token.txt', 'raw']]);
+
+    // Docker writes the config with Go's encoding/json: `&`, `<`, `>` become \u0026, \u003c, \u003e.
+    const envHits = leaks.filter((l) => l.secret === 1);
+    expect(envHits.length).toBeGreaterThanOrEqual(1);
+    expect(envHits.every((l) => l.form === 'json-escaped')).toBe(true);
+    expect(envHits.map((l) => l.source)).toContainEqual(expect.stringMatching(/^config sha256:[0-9a-f]{64}$/));
+
+    const authHits = leaks.filter((l) => l.secret === 2);
+    expect(authHits.map((l) => [l.source.replace(/[0-9a-f]{64}/, '<id>'), l.form])).toEqual([['layer <id>:root/.docker/config.json', 'base64']]);
+
+    expect(leaks.filter((l) => l.secret === 3)).toEqual([]);
+    expect(JSON.stringify(leaks)).not.toMatch(new RegExp([fileSecret, authSecret].join('|')));
+  });
+});

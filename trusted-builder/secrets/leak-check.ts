@@ -1,0 +1,526 @@
+/**
+ * The leak check run before publishing: does any secret in use appear in the image, the logs or
+ * the artifacts? A hit refuses the publish (the caller decides; this module only finds).
+ *
+ * Each secret is searched in these forms (a "needle" each), across chunk boundaries:
+ * - `raw`: its UTF-8 bytes.
+ * - `json-escaped`: as it appears inside a JSON string when escaping changes it — JavaScript's
+ *   JSON.stringify, Go's encoding/json (which also writes `<`, `>`, `&`, U+2028/9 as `\u00XX`;
+ *   Docker's image config is written by Go), ASCII-only JSON (Python's default, `\uXXXX` for
+ *   non-ASCII), `\/` for `/`, and JSON inside JSON (escaped twice).
+ * - `base64` / `base64url`: the secret's bytes embedded in a larger base64 text at each of the 3
+ *   byte alignments. For alignment k the secret is encoded behind k filler bytes, the characters
+ *   that mix filler (or the unknown next byte) with secret bits are dropped, and the stable middle
+ *   is the needle (≥ 7 characters for a 6-byte secret). `docker login`'s `auth` ("user:password")
+ *   is caught this way. Base64 is also searched with CR/LF removed, for MIME/PEM line wrapping
+ *   (`lineWrapped: true` on such a hit; it has no offset).
+ * - `url-encoded`: percent-encoding (`encodeURIComponent`, and `+` for spaces), e.g. in a URL's
+ *   userinfo.
+ * - `hex`: lower- and upper-case hex of its bytes.
+ *
+ * Secrets shorter than MIN_SECRET_LENGTH (6) characters are skipped (`skippedSecrets` lists
+ * them): a 5-character value such as `admin` or `12345` is found in nearly every root filesystem,
+ * and its base64 needle at alignment 2 shrinks to 5 characters, so every image would be refused
+ * for noise; such a secret gives no real protection anyway. The caller may refuse to publish at
+ * all while one is in use.
+ *
+ * Results never hold a secret or any function of it (not even a short hash: a hash of a weak
+ * password can be brute-forced); a hit names the secret by its index in the list given.
+ *
+ * Not searched: compressed or archived files *inside* a layer (.gz, .zip, .jar) are scanned as
+ * stored bytes; other encodings (UTF-16, rot13, encryption). The image layers themselves may be
+ * plain or gzip'd tars; zstd, xz or bzip2 layers are refused (fail closed) since they cannot be read.
+ *
+ * Matching is an Aho–Corasick automaton over the first 32 bytes of every needle, then a byte
+ * comparison of the whole needle against a rolling history, so the cost per byte does not grow
+ * with the number of secrets and a needle split across any number of chunks is still found.
+ */
+import { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { InvalidInputError } from '../../shared/errors.js';
+
+export type LeakForm = 'raw' | 'json-escaped' | 'url-encoded' | 'base64' | 'base64url' | 'hex';
+
+/** One secret found in one source, in one form (aggregated over every occurrence). */
+export interface Leak {
+  /** The source's name (a log file, an artifact, `layer <id>:<path>`, `config sha256:…`). */
+  source: string;
+  /** Index of the secret in the `secrets` list given to findLeaks. */
+  secret: number;
+  form: LeakForm;
+  /** Byte offset of the first occurrence in the source; absent for a line-wrapped base64 hit. */
+  offset?: number;
+  /** Occurrences found (overlapping ones count). */
+  count: number;
+  /** Found only once CR/LF were removed (base64 wrapped at 64/76 columns). */
+  lineWrapped?: true;
+}
+
+/** Something to scan. A stream is read to its end before the next source is pulled. */
+export interface LeakSource {
+  name: string;
+  data: Buffer | Uint8Array | Readable | AsyncIterable<Uint8Array | string>;
+}
+
+export const MIN_SECRET_LENGTH = 6; // characters (code points); see the module comment
+
+/** Indexes of the secrets findLeaks will not search for, because they are too short. */
+export function skippedSecrets(secrets: readonly string[], minLength = MIN_SECRET_LENGTH): number[] {
+  return secrets.flatMap((s, i) => ([...s].length < minLength ? [i] : []));
+}
+
+/**
+ * Every (source, secret, form) hit, in source order, then secret index, then form.
+ * Reads every source to its end; a source stream that fails makes findLeaks fail (fail closed).
+ */
+export async function findLeaks(
+  secrets: readonly string[],
+  sources: AsyncIterable<LeakSource> | Iterable<LeakSource>,
+  options: { minLength?: number } = {},
+): Promise<Leak[]> {
+  const plain = new NeedleSet();
+  const wrapped = new NeedleSet();
+  const seen = new Set<string>();
+  secrets.forEach((secret, index) => {
+    if ([...secret].length < (options.minLength ?? MIN_SECRET_LENGTH) || seen.has(secret)) return;
+    seen.add(secret);
+    for (const { form, bytes } of needlesOf(secret)) {
+      plain.add(bytes, index, form);
+      if (form === 'base64' || form === 'base64url') wrapped.add(bytes, index, form);
+    }
+  });
+  const leaks: Leak[] = [];
+  if (plain.size === 0) {
+    for await (const source of sources) for await (const _ of chunksOf(source.data)); // still read them: fail closed on a broken stream
+    return leaks;
+  }
+  const plainAuto = plain.build();
+  const wrappedAuto = wrapped.build();
+  for await (const source of sources) {
+    const a = new Scanner(plainAuto);
+    const b = new Scanner(wrappedAuto);
+    for await (const chunk of chunksOf(source.data)) {
+      a.write(chunk);
+      b.write(withoutLineBreaks(chunk));
+    }
+    const found = new Map<string, Leak>();
+    for (const [needle, hit] of a.finish()) {
+      for (const { secret, form } of plainAuto.owners[needle]!) {
+        const key = `${secret}\0${form}`;
+        const prev = found.get(key);
+        if (prev) {
+          prev.count += hit.count;
+          prev.offset = Math.min(prev.offset!, hit.first);
+        } else found.set(key, { source: source.name, secret, form, offset: hit.first, count: hit.count });
+      }
+    }
+    for (const [needle, hit] of b.finish()) {
+      for (const { secret, form } of wrappedAuto.owners[needle]!) {
+        const key = `${secret}\0${form}`;
+        const prev = found.get(key);
+        if (!prev) found.set(key, { source: source.name, secret, form, count: hit.count, lineWrapped: true });
+        else if (prev.lineWrapped) prev.count += hit.count;
+      }
+    }
+    leaks.push(...[...found.values()].sort((x, y) => x.secret - y.secret || FORMS.indexOf(x.form) - FORMS.indexOf(y.form)));
+  }
+  return leaks;
+}
+
+const FORMS: readonly LeakForm[] = ['raw', 'json-escaped', 'url-encoded', 'base64', 'base64url', 'hex'];
+
+/** The byte strings that betray `secret`, each with its form; duplicates across forms removed (first form wins). */
+export function needlesOf(secret: string): { form: LeakForm; bytes: Buffer }[] {
+  const raw = Buffer.from(secret, 'utf8');
+  const out: { form: LeakForm; bytes: Buffer }[] = [];
+  const have = new Set<string>();
+  const add = (form: LeakForm, bytes: Buffer): void => {
+    const key = bytes.toString('latin1');
+    if (bytes.length === 0 || have.has(key)) return;
+    have.add(key);
+    out.push({ form, bytes });
+  };
+  add('raw', raw);
+  for (const s of jsonEscapings(secret)) add('json-escaped', Buffer.from(s, 'utf8'));
+  for (const s of urlEncodings(secret)) add('url-encoded', Buffer.from(s, 'utf8'));
+  for (let k = 0; k < 3; k++) {
+    const b64 = base64Middle(raw, k);
+    add('base64', Buffer.from(b64, 'latin1'));
+    add('base64url', Buffer.from(b64.replace(/\+/g, '-').replace(/\//g, '_'), 'latin1'));
+  }
+  add('hex', Buffer.from(raw.toString('hex'), 'latin1'));
+  add('hex', Buffer.from(raw.toString('hex').toUpperCase(), 'latin1'));
+  return out;
+}
+
+/**
+ * The base64 characters that encode only `raw`'s bits when `raw` sits k bytes past a 3-byte
+ * boundary: k=0 keeps everything but the final character of a partial group, k=1 also drops the
+ * first 2 characters, k=2 the first 3.
+ */
+function base64Middle(raw: Buffer, k: number): string {
+  const enc = Buffer.concat([Buffer.alloc(k), raw]).toString('base64').replace(/=+$/, '');
+  const end = (k + raw.length) % 3 === 0 ? enc.length : enc.length - 1;
+  return enc.slice([0, 2, 3][k], end);
+}
+
+/** The forms JSON encoders give the string's inside (without the quotes), and JSON inside JSON. */
+function jsonEscapings(s: string): string[] {
+  const once = new Set<string>([JSON.stringify(s).slice(1, -1)]);
+  for (const html of [false, true])
+    for (const ascii of [false, true])
+      for (const shortBF of [true, false])
+        for (const slash of [false, true]) once.add(jsonInner(s, { html, ascii, shortBF, slash }));
+  const twice = [...once].map((x) => JSON.stringify(x).slice(1, -1));
+  return [...once, ...twice];
+}
+
+/**
+ * One JSON encoder's escaping of `s`: `html` is Go's (`<`, `>`, `&`, U+2028/9 as \u00XX),
+ * `ascii` Python's ensure_ascii (every non-ASCII code unit as \uXXXX), `shortBF` writes \b and \f
+ * (older Go writes \u0008 and \u000c), `slash` writes `/` as `\/` (PHP).
+ */
+function jsonInner(s: string, o: { html: boolean; ascii: boolean; shortBF: boolean; slash: boolean }): string {
+  const u = (c: number): string => `\\u${c.toString(16).padStart(4, '0')}`;
+  let out = '';
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '"') out += '\\"';
+    else if (ch === '\\') out += '\\\\';
+    else if (ch === '\n') out += '\\n';
+    else if (ch === '\r') out += '\\r';
+    else if (ch === '\t') out += '\\t';
+    else if (ch === '\b' && o.shortBF) out += '\\b';
+    else if (ch === '\f' && o.shortBF) out += '\\f';
+    else if (c < 0x20) out += u(c);
+    else if (ch === '/' && o.slash) out += '\\/';
+    else if (o.html && (ch === '<' || ch === '>' || ch === '&' || c === 0x2028 || c === 0x2029)) out += u(c);
+    else if (o.ascii && c > 0x7f) {
+      for (let i = 0; i < ch.length; i++) out += u(ch.charCodeAt(i));
+    } else out += ch;
+  }
+  return out;
+}
+
+/** Percent-encodings: encodeURIComponent, RFC 3986 strict (also !'()*), and forms with + for space. */
+function urlEncodings(s: string): string[] {
+  let plain: string;
+  try {
+    plain = encodeURIComponent(s);
+  } catch {
+    return []; // a lone surrogate: no URL encoder produces it
+  }
+  const strict = plain.replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return [plain, strict, plain.replace(/%20/g, '+'), strict.replace(/%20/g, '+')];
+}
+
+const PREFIX = 32; // bytes of each needle in the automaton; the rest is compared on a candidate
+
+interface Automaton {
+  /** delta[state * 256 + byte] → next state (a full DFA: failure links folded in). */
+  delta: Int32Array;
+  /** Needles whose prefix ends at a state (including via suffix links); undefined for most. */
+  out: (number[] | undefined)[];
+  needles: Buffer[];
+  prefixLen: number[];
+  owners: { secret: number; form: LeakForm }[][];
+}
+
+class NeedleSet {
+  readonly #index = new Map<string, number>();
+  readonly #needles: Buffer[] = [];
+  readonly #owners: { secret: number; form: LeakForm }[][] = [];
+
+  get size(): number {
+    return this.#needles.length;
+  }
+
+  add(bytes: Buffer, secret: number, form: LeakForm): void {
+    const key = bytes.toString('latin1');
+    let i = this.#index.get(key);
+    if (i === undefined) {
+      i = this.#needles.push(bytes) - 1;
+      this.#index.set(key, i);
+      this.#owners.push([]);
+    }
+    if (!this.#owners[i]!.some((o) => o.secret === secret && o.form === form)) this.#owners[i]!.push({ secret, form });
+  }
+
+  build(): Automaton {
+    const children: Map<number, number>[] = [new Map()];
+    const own: number[][] = [[]];
+    const prefixLen = this.#needles.map((n) => Math.min(PREFIX, n.length));
+    this.#needles.forEach((needle, i) => {
+      let s = 0;
+      for (let j = 0; j < prefixLen[i]!; j++) {
+        const b = needle[j]!;
+        let c = children[s]!.get(b);
+        if (c === undefined) {
+          c = children.push(new Map()) - 1;
+          own.push([]);
+          children[s]!.set(b, c);
+        }
+        s = c;
+      }
+      own[s]!.push(i);
+    });
+    const n = children.length;
+    if (n > 1 << 22) throw new InvalidInputError([{ file: 'leak check', path: 'secrets', message: 'too many secrets to search at once', severity: 'error' }]);
+    const delta = new Int32Array(n * 256);
+    const fail = new Int32Array(n);
+    const out: (number[] | undefined)[] = new Array<number[] | undefined>(n);
+    const queue = new Int32Array(n);
+    let head = 0;
+    let tail = 0;
+    for (let b = 0; b < 256; b++) {
+      const c = children[0]!.get(b);
+      if (c !== undefined) {
+        delta[b] = c;
+        queue[tail++] = c;
+      }
+    }
+    if (own[0]!.length) out[0] = own[0];
+    while (head < tail) {
+      const s = queue[head++]!;
+      const merged = [...own[s]!, ...(out[fail[s]!] ?? [])];
+      if (merged.length) out[s] = merged;
+      for (let b = 0; b < 256; b++) {
+        const c = children[s]!.get(b);
+        if (c !== undefined) {
+          fail[c] = delta[fail[s]! * 256 + b]!;
+          delta[s * 256 + b] = c;
+          queue[tail++] = c;
+        } else {
+          delta[s * 256 + b] = delta[fail[s]! * 256 + b]!;
+        }
+      }
+    }
+    return { delta, out, needles: this.#needles, prefixLen, owners: this.#owners };
+  }
+}
+
+/** Feeds one source's bytes through an automaton, verifying candidates against a rolling history. */
+class Scanner {
+  #state = 0;
+  #pos = 0; // absolute offset of the next byte
+  #hist: Buffer = Buffer.alloc(0);
+  #histStart = 0; // absolute offset of #hist[0]
+  #pending: { needle: number; start: number }[] = [];
+  readonly #hits = new Map<number, { first: number; count: number }>();
+
+  constructor(readonly auto: Automaton) {}
+
+  write(chunk: Uint8Array): void {
+    if (chunk.length === 0 || this.auto.needles.length === 0) return;
+    const { delta, out, prefixLen } = this.auto;
+    this.#hist = this.#hist.length ? Buffer.concat([this.#hist, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
+    let s = this.#state;
+    const base = this.#pos;
+    for (let i = 0; i < chunk.length; i++) {
+      s = delta[s * 256 + chunk[i]!]!;
+      const o = out[s];
+      if (o !== undefined) for (const needle of o) this.#pending.push({ needle, start: base + i + 1 - prefixLen[needle]! });
+    }
+    this.#state = s;
+    this.#pos += chunk.length;
+    this.#verify();
+    let keepFrom = this.#pos - PREFIX;
+    for (const p of this.#pending) keepFrom = Math.min(keepFrom, p.start);
+    if (keepFrom > this.#histStart) {
+      // Copy, so the history does not pin the whole (possibly large) chunk it was cut from.
+      this.#hist = Buffer.from(this.#hist.subarray(keepFrom - this.#histStart));
+      this.#histStart = keepFrom;
+    }
+  }
+
+  /** Hits per needle index; candidates still waiting for bytes the source never sent are dropped. */
+  finish(): Map<number, { first: number; count: number }> {
+    this.#pending = [];
+    return this.#hits;
+  }
+
+  #verify(): void {
+    const still: { needle: number; start: number }[] = [];
+    for (const p of this.#pending) {
+      const needle = this.auto.needles[p.needle]!;
+      const end = p.start + needle.length;
+      if (end > this.#pos) {
+        still.push(p);
+        continue;
+      }
+      const from = p.start - this.#histStart;
+      if (needle.length > PREFIX && !this.#hist.subarray(from, from + needle.length).equals(needle)) continue;
+      const hit = this.#hits.get(p.needle);
+      if (hit) {
+        hit.count++;
+        hit.first = Math.min(hit.first, p.start);
+      } else this.#hits.set(p.needle, { first: p.start, count: 1 });
+    }
+    this.#pending = still;
+  }
+}
+
+function withoutLineBreaks(chunk: Uint8Array): Uint8Array {
+  if (chunk.indexOf(10) < 0 && chunk.indexOf(13) < 0) return chunk;
+  const out = new Uint8Array(chunk.length);
+  let j = 0;
+  for (let i = 0; i < chunk.length; i++) {
+    const b = chunk[i]!;
+    if (b !== 10 && b !== 13) out[j++] = b;
+  }
+  return out.subarray(0, j);
+}
+
+async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {
+  if (data instanceof Uint8Array) {
+    yield data;
+    return;
+  }
+  for await (const c of data as AsyncIterable<Uint8Array | string>) yield typeof c === 'string' ? Buffer.from(c, 'utf8') : c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker save archives
+
+/**
+ * Every file of an image, as leak-check sources, from a `docker save` tar stream (the legacy
+ * layout of Docker < 25 — `<id>/layer.tar`, `<config>.json`, `manifest.json` — and the OCI layout
+ * of Docker ≥ 25 — `blobs/sha256/<hex>`, `index.json`).
+ *
+ * Each entry of the outer tar is sniffed rather than looked up in manifest.json, because
+ * manifest.json comes last: a tar (plain, or gzip'd) is a layer and each regular file in it
+ * becomes a source `layer <id>:<path>`, where <id> is `sha256:<hex>` for an OCI blob and the
+ * layer directory's id in the legacy layout; then one more source per layer,
+ * `layer <id>:(entry names)`, holds its file and link names, which can carry a secret too.
+ * Every other entry is yielded whole: the image config as `config sha256:<hex>` (legacy) or
+ * `blob sha256:<hex>` (OCI) — its Env and history are where `ENV TOKEN=…` lands — and the rest
+ * (manifest.json, the legacy `<id>/json`, which repeats the config) as `image <path>`.
+ * A zstd, xz or bzip2 blob throws InvalidInputError: what cannot be read cannot be cleared.
+ *
+ * Sources must be consumed in order (findLeaks does); one not read to its end is drained when
+ * the next is pulled.
+ */
+export async function* imageLayerSources(archive: Readable | AsyncIterable<Uint8Array>): AsyncGenerator<LeakSource> {
+  const input = archive instanceof Readable ? archive : Readable.from(archive);
+  const extract = tar.extract();
+  input.on('error', (e) => extract.destroy(e));
+  input.pipe(extract);
+  try {
+    for await (const entry of extract) {
+      const cursor = new Cursor(entry as AsyncIterable<Uint8Array>);
+      const h = entry.header;
+      if (h.type === 'file' || h.type === 'contiguous-file') {
+        const name = h.name.replace(/^\.\//, '');
+        const blob = /^blobs\/sha256\/([0-9a-f]{64})$/.exec(name)?.[1];
+        const legacyLayer = /^([0-9a-f]{64})\/layer\.tar$/.exec(name)?.[1];
+        const legacyConfig = /^([0-9a-f]{64})\.json$/.exec(name)?.[1];
+        const layerId = blob ? `sha256:${blob}` : (legacyLayer ?? name);
+        const wholeName = legacyConfig ? `config sha256:${legacyConfig}` : blob ? `blob sha256:${blob}` : `image ${name}`;
+        yield* blobSources(cursor, name, layerId, wholeName, true);
+      }
+      await cursor.drain();
+    }
+  } finally {
+    extract.destroy();
+    input.unpipe(extract);
+    input.destroy();
+  }
+}
+
+type Sniffed = 'gzip' | 'tar' | 'unreadable' | 'other';
+
+function sniff(head: Buffer): Sniffed {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar') return 'tar';
+  const zstd = head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528;
+  const xz = head.length >= 6 && head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]));
+  const bzip2 = head.length >= 4 && head.toString('latin1', 0, 3) === 'BZh' && head[3]! >= 0x31 && head[3]! <= 0x39;
+  return zstd || xz || bzip2 ? 'unreadable' : 'other';
+}
+
+/** One blob of the outer archive: a layer's files, or the blob itself. Reads `cursor` to its end. */
+async function* blobSources(cursor: Cursor, path: string, layerId: string, wholeName: string, mayGunzip: boolean): AsyncGenerator<LeakSource> {
+  const kind = sniff(await cursor.peek(512));
+  if (kind === 'unreadable') {
+    throw new InvalidInputError([{ file: 'image archive', path, message: 'is compressed with zstd, xz or bzip2, which the leak check cannot read', severity: 'error' }]);
+  }
+  if (kind === 'gzip' && mayGunzip) {
+    const gz = createGunzip();
+    const src = Readable.from(cursor.stream());
+    src.on('error', (e) => gz.destroy(e));
+    src.pipe(gz);
+    yield* blobSources(new Cursor(gz), path, layerId, wholeName, false);
+  } else if (kind === 'tar') {
+    yield* layerSources(cursor.stream(), layerId);
+  } else {
+    yield { name: wholeName, data: cursor.stream() };
+  }
+  await cursor.drain();
+}
+
+async function* layerSources(bytes: AsyncIterable<Uint8Array>, layerId: string): AsyncGenerator<LeakSource> {
+  const src = Readable.from(bytes);
+  const extract = tar.extract();
+  src.on('error', (e) => extract.destroy(e));
+  src.pipe(extract);
+  const names: string[] = [];
+  try {
+    for await (const entry of extract) {
+      const cursor = new Cursor(entry as AsyncIterable<Uint8Array>);
+      const h = entry.header;
+      names.push(h.name);
+      if (h.linkname) names.push(h.linkname);
+      if (h.type === 'file' || h.type === 'contiguous-file') yield { name: `layer ${layerId}:${h.name.replace(/^(\.\/)+/, '')}`, data: cursor.stream() };
+      await cursor.drain();
+    }
+  } finally {
+    extract.destroy();
+    src.unpipe(extract);
+    src.destroy();
+  }
+  yield { name: `layer ${layerId}:(entry names)`, data: Buffer.from(names.join('\n'), 'utf8') };
+}
+
+/**
+ * One pass over a stream through a single iterator: peek at its head, hand the whole stream on
+ * once, and drain whatever the consumer left, so the archive behind it can move on.
+ */
+class Cursor {
+  readonly #it: AsyncIterator<Uint8Array>;
+  #head: Buffer[] = [];
+  #done = false;
+
+  constructor(source: AsyncIterable<Uint8Array>) {
+    this.#it = source[Symbol.asyncIterator]();
+  }
+
+  /** At least `n` bytes from the start (fewer if the stream is shorter), without consuming them. */
+  async peek(n: number): Promise<Buffer> {
+    let size = this.#head.reduce((a, b) => a + b.length, 0);
+    while (size < n && !this.#done) {
+      const r = await this.#it.next();
+      if (r.done) this.#done = true;
+      else {
+        const b = Buffer.from(r.value.buffer, r.value.byteOffset, r.value.length);
+        this.#head.push(b);
+        size += b.length;
+      }
+    }
+    return Buffer.concat(this.#head);
+  }
+
+  async *stream(): AsyncGenerator<Uint8Array> {
+    while (this.#head.length) yield this.#head.shift()!;
+    while (!this.#done) {
+      const r = await this.#it.next();
+      if (r.done) this.#done = true;
+      else yield r.value;
+    }
+  }
+
+  async drain(): Promise<void> {
+    this.#head = [];
+    while (!this.#done) if ((await this.#it.next()).done) this.#done = true;
+  }
+}

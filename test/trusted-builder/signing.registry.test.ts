@@ -21,7 +21,7 @@ import { signImage, simpleSigningPayload, writeLookaside } from '../../trusted-b
 
 /** The placeholders in the shipped consumer files. */
 const SHIPPED_REGISTRY = '127.0.0.1:5000';
-const SHIPPED_LOOKASIDE = 'http://127.0.0.1:5001';
+const SHIPPED_LOOKASIDE = 'http://127.0.0.1:8090/lookaside';
 const SHIPPED_POLICY = new URL('../../policies/containers-policy.json', import.meta.url);
 const SHIPPED_REGISTRIES_D = new URL('../../policies/registries.d/airlock.yaml', import.meta.url);
 const SOURCE_IMAGE = 'docker-daemon:airlock/base:busybox';

@@ -96,9 +96,14 @@ export class SourceVerifier {
     return r.stdout;
   }
 
-  /** `git archive` of a verified commit, as a tar file at `file`. */
-  async archive(project: PromotedProject, commit: string, file: string): Promise<void> {
+  /** `git archive` of a verified commit (or of one directory of it, as the root), as a tar file at `file`. */
+  async archive(project: PromotedProject, commit: string, file: string, subdir = '.'): Promise<void> {
     if (!isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
-    await runGit(['archive', '--format=tar', `--output=${file}`, commit], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS });
+    const dir = subdir.replace(/\/+$/, '');
+    if (dir.startsWith('/') || dir.startsWith('-') || dir.split('/').includes('..') || dir.includes('\0') || dir.includes(':')) {
+      throw new InvalidInputError([{ file: 'request', path: 'subdir', message: 'must be a relative directory inside the repository', severity: 'error' }]);
+    }
+    const treeish = dir === '.' || dir === '' ? commit : `${commit}:${dir}`;
+    await runGit(['archive', '--format=tar', `--output=${file}`, treeish], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS });
   }
 }

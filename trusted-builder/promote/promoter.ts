@@ -1,0 +1,316 @@
+/**
+ * The promoter: what the trusted builder does with a hint. A hint is only a trigger; every fact
+ * is re-derived here, in order, each decision an audit record:
+ *
+ *   policy      the project is listed in policies/promotion.yaml (else refused)
+ *   verify      the builder's own fetch of the canonical repository has the commit on a protected
+ *               branch (else refused)
+ *   config      `.airlock.yaml` read from that commit in the builder's own mirror; its `publish`
+ *               section names the Dockerfile of the published image (else refused)
+ *   tests       the project's gate jobs re-run in the hardened runner, on the builder's own
+ *               archive of the commit, in an environment the builder made itself (a pinned base
+ *               image, or its Dockerfile built here without cache); a voting failure ends it
+ *   build       the publish image, hermetically (network off, no cache, pinned bases only)
+ *   leak check  every secret value in use is searched for in the image's layers and config, the
+ *               job logs and the build log (raw, base64, JSON-escaped…); a hit ends it, unpushed
+ *   push        to the private registry, with retries; the digest the registry serves is kept
+ *   sign        a simple-signing signature of that digest in the lookaside, and a detached
+ *               signature over an in-toto/SLSA provenance statement next to it
+ * Promotions run one at a time, in arrival order; a commit already promoted (or queued) is not
+ * promoted again (hints arrive at least once).
+ */
+import { randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type Docker from 'dockerode';
+import { z } from 'zod';
+import { isAirlockError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/logging.js';
+import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock-yaml.js';
+import { RepoPath } from '../../shared/schemas/airlock-yaml.js';
+import { compileJobs } from '../../shared/repo-config/compile-jobs.js';
+import type { RunOptions } from '../../shared/runner/job-runner.js';
+import type { JobResult } from '../../shared/runner/result.js';
+import type { JobPolicy } from '../../shared/schemas/job-policy.js';
+import type { JobSpec } from '../../shared/schemas/job-spec.js';
+import type { PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import type { HintSink } from '../api/app.js';
+import type { AuditLog } from '../audit/audit-log.js';
+import { buildTrustedImage, checkBases, type BaseImagePin } from '../build/image-build.js';
+import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
+import { grantsFor, type SecretsPolicy } from '../policy/secrets.js';
+import { pushImage, type PushOptions, type RegistryCredentials } from '../publish/registry.js';
+import { findLeaks, imageLayerSources, type LeakSource } from '../secrets/leak-check.js';
+import { secretValues, type SecretStore } from '../secrets/secret-store.js';
+import { provenanceStatement } from '../sign/provenance.js';
+import type { SigningKey } from '../sign/signer.js';
+import { lookasideDir, signImage, simpleSigningPayload, writeLookaside } from '../sign/simple-signing.js';
+import type { SourceVerifier } from '../verify/source.js';
+
+/** The `publish` section of `.airlock.yaml`, as the trusted builder reads it. */
+export const PublishSection = z.strictObject({
+  /** The Dockerfile of the published image, relative to the repository root. */
+  dockerfile: RepoPath,
+  /** The build context (a directory of the repository). */
+  context: RepoPath.default('.'),
+});
+
+export interface JobRunnerPort {
+  run(spec: JobSpec, opts: RunOptions): Promise<JobResult>;
+}
+
+export interface PromoterDeps {
+  docker: Docker;
+  runner: JobRunnerPort;
+  verifier: SourceVerifier;
+  policy: LoadedPromotionPolicy;
+  secretsPolicy: Readonly<SecretsPolicy>;
+  secrets: SecretStore;
+  jobPolicy: JobPolicy;
+  audit: AuditLog;
+  signingKey: SigningKey;
+  registryCredentials: RegistryCredentials;
+  lookasideDir: string;
+  workDir: string;
+  logger: Logger;
+  pushOptions?: PushOptions;
+  now?: () => number;
+}
+
+export type PromotionResult =
+  | { state: 'published'; project: string; commit: string; reference: string; digest: string; signature: string; provenance: string }
+  | { state: 'refused' | 'failed'; project: string; commit: string; step: string; reason: string };
+
+const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB
+const DOCKERFILE_MAX_BYTES = 256 * 1024; // 256 KiB
+const KEEP_RESULTS = 1000;
+
+/** A step's refusal (the policy or the source said no) or failure (tests, build, registry…). */
+class Stop extends Error {
+  constructor(
+    readonly state: 'refused' | 'failed',
+    readonly step: string,
+    reason: string,
+  ) {
+    super(reason);
+  }
+}
+
+export class Promoter implements HintSink {
+  private readonly results = new Map<string, PromotionResult>();
+  private readonly pending = new Set<string>();
+  private chain: Promise<unknown> = Promise.resolve();
+  private readonly now: () => number;
+
+  constructor(private readonly d: PromoterDeps) {
+    this.now = d.now ?? Date.now;
+  }
+
+  accept(hint: PromotionHint): { queued: boolean; reason?: string } {
+    const key = `${hint.project}@${hint.commit}`;
+    if (this.pending.has(key)) return { queued: false, reason: 'already queued' };
+    const done = this.results.get(key);
+    if (done?.state === 'published') return { queued: false, reason: 'already published' };
+    this.pending.add(key);
+    this.chain = this.chain.then(async () => {
+      try {
+        this.remember(key, await this.promote(hint));
+      } finally {
+        this.pending.delete(key);
+      }
+    });
+    return { queued: true };
+  }
+
+  /** Resolves when every accepted hint has been dealt with. */
+  async idle(): Promise<void> {
+    for (let seen: Promise<unknown> | undefined; seen !== this.chain; ) {
+      seen = this.chain;
+      await seen;
+    }
+  }
+
+  result(project: string, commit: string): PromotionResult | undefined {
+    return this.results.get(`${project}@${commit}`);
+  }
+
+  private remember(key: string, r: PromotionResult): void {
+    this.results.delete(key);
+    this.results.set(key, r);
+    if (this.results.size > KEEP_RESULTS) this.results.delete(this.results.keys().next().value!);
+  }
+
+  /** One promotion, start to end; never throws (the result says what happened). */
+  async promote(hint: PromotionHint): Promise<PromotionResult> {
+    const { d } = this;
+    const base = { project: hint.project, commit: hint.commit };
+    const log = d.logger.child({ project: hint.project, commit: hint.commit });
+    const work = join(d.workDir, randomUUID());
+    const startedOn = new Date(this.now());
+    try {
+      await mkdir(work, { recursive: true });
+      const project = d.policy.policy.projects.find((p) => p.name === hint.project);
+      if (!project) throw new Stop('refused', 'policy', `project ${hint.project} is not in the promotion policy`);
+
+      const v = await d.verifier.verify(project, hint.commit);
+      if (!v.ok) throw new Stop('refused', 'verify', v.reason);
+      await d.audit.append('verify-passed', { project: project.name, commit: hint.commit, branch: v.branch, hintBranch: hint.branch, policy: d.policy.digest });
+
+      const { cfg, publish } = await this.readConfig(project, hint.commit);
+      const source = join(work, 'source.tar');
+      await d.verifier.archive(project, hint.commit, source);
+      const pins = d.policy.policy.baseImages;
+
+      // Tests: the gate jobs again, in an environment made here.
+      const steps: { name: string; command: string | string[]; exitCode: number }[] = [];
+      const logs: LeakSource[] = [];
+      const envImage = await this.environment(project, hint.commit, cfg.environment, pins, work);
+      const compiled = compileJobs(cfg, {
+        buildId: 0,
+        attempt: 1,
+        pipeline: 'gate',
+        image: envImage,
+        vars: { project: project.name, branch: v.branch, change: hint.commit.slice(0, 12), patchset: 1, commit: hint.commit },
+      });
+      if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+      for (const job of compiled.jobs) {
+        if (grantsFor(d.secretsPolicy, project.name, job.name).length > 0) {
+          // TODO(#5): granted secrets as tmpfs files for named steps.
+          throw new Stop('refused', 'tests', `job ${job.name} is granted secrets, which this builder cannot hand to a job yet`);
+        }
+      }
+      const states = new Map<string, boolean>();
+      for (const job of compiled.jobs) {
+        if (job.needs.some((n) => states.get(n) !== true)) {
+          states.set(job.name, false);
+          continue;
+        }
+        const chunks: Buffer[] = [];
+        const r = await d.runner.run({ ...job.spec, id: `trusted-${randomUUID().slice(0, 12)}-${job.name}` }, { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data) });
+        const logFile = join(work, `${job.name}.log`);
+        await writeFile(logFile, Buffer.concat(chunks));
+        logs.push({ name: `log of ${job.name}`, data: await readFile(logFile) });
+        states.set(job.name, r.passed);
+        steps.push({ name: `test:${job.name}`, command: job.spec.command, exitCode: r.exitCode ?? -1 });
+      }
+      const failed = compiled.jobs.filter((j) => j.voting && states.get(j.name) !== true).map((j) => j.name);
+      if (failed.length > 0) {
+        await d.audit.append('tests-failed', { project: project.name, commit: hint.commit, jobs: failed });
+        throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);
+      }
+      await d.audit.append('tests-passed', { project: project.name, commit: hint.commit, jobs: compiled.jobs.map((j) => j.name) });
+
+      // The publish image.
+      const dockerfileText = await this.readText(project, hint.commit, publish.dockerfile, DOCKERFILE_MAX_BYTES);
+      const contextTar = join(work, 'context.tar');
+      await d.verifier.archive(project, hint.commit, contextTar, publish.context);
+      const tag = `airlock-trusted/${project.image}:${hint.commit}`;
+      const built = await buildTrustedImage({
+        docker: d.docker,
+        context: createReadStream(contextTar),
+        dockerfileText,
+        file: publish.dockerfile,
+        tag,
+        pins,
+        labels: { 'org.airlock.source': project.url, 'org.airlock.commit': hint.commit },
+      }).catch((e: unknown) => {
+        if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'build', e.message);
+        if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'build', e.message);
+        throw e;
+      });
+      steps.push({ name: 'publish-image', command: ['docker', 'build', '--network=none', '--no-cache', `--file=${publish.dockerfile}`, publish.context], exitCode: 0 });
+      await d.audit.append('image-built', { project: project.name, commit: hint.commit, image: built.imageId, bases: built.bases.map((b) => `${b.name}@${b.digest}`) });
+
+      // Leak check before anything leaves the builder.
+      const secrets = secretValues(d.secrets);
+      const image = (await d.docker.getImage(built.imageId).get()) as NodeJS.ReadableStream;
+      const sources = async function* (): AsyncGenerator<LeakSource> {
+        yield* logs;
+        yield { name: 'publish build log', data: Buffer.from(built.log.join('\n')) };
+        yield* imageLayerSources(image as unknown as AsyncIterable<Uint8Array>);
+      };
+      const leaks = await findLeaks(secrets, sources());
+      await d.audit.append('leak-check', { project: project.name, commit: hint.commit, searched: secrets.length, leaks: leaks.length, where: leaks.slice(0, 20).map((l) => `${l.source} (${l.form})`) });
+      if (leaks.length > 0) throw new Stop('refused', 'leak-check', `a secret in use appears in ${leaks.map((l) => `${l.source} (${l.form})`).slice(0, 5).join(', ')}: nothing was published`);
+
+      // Push, then sign what the registry serves.
+      const registry = d.policy.policy.registry;
+      const pushed = await pushImage(built.imageId, { registry, repository: project.image, tag: hint.commit }, d.registryCredentials, {
+        ...d.pushOptions,
+        logger: log,
+      }).catch((e: unknown) => {
+        if (isAirlockError(e)) throw new Stop('failed', 'push', e.message);
+        throw e;
+      });
+      await d.audit.append('pushed', { project: project.name, commit: hint.commit, reference: pushed.reference, digest: pushed.digest, attempts: pushed.attempts });
+
+      const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
+      const signature = await writeLookaside(d.lookasideDir, project.image, pushed.digest, await signImage(d.signingKey, payload));
+      const statement = provenanceStatement({
+        subject: { name: `${registry}/${project.image}`, digest: pushed.digest },
+        builderId: d.policy.policy.builderId,
+        source: { repo: project.url, commit: hint.commit },
+        policyDigest: d.policy.digest,
+        baseImages: built.bases.map((b) => ({ name: b.name, digest: b.digest })),
+        steps,
+        startedOn,
+        finishedOn: new Date(this.now()),
+        invocationId: randomUUID(),
+      });
+      const dir = join(d.lookasideDir, lookasideDir(project.image, pushed.digest));
+      const provenance = join(dir, 'provenance.json');
+      await writeFile(provenance, statement);
+      await writeFile(`${provenance}.asc`, await d.signingKey.signDetached(statement));
+      await d.audit.append('signed', { project: project.name, commit: hint.commit, digest: pushed.digest, key: d.signingKey.fingerprint, signature: signature.path, provenance });
+      log.info({ reference: pushed.reference, digest: pushed.digest }, 'promoted');
+      return { state: 'published', ...base, reference: pushed.reference, digest: pushed.digest, signature: signature.path, provenance };
+    } catch (e) {
+      const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);
+      if (!(e instanceof Stop)) log.error({ err: e }, 'promotion failed');
+      await d.audit
+        .append(stop.step === 'policy' || stop.step === 'verify' ? 'verify-refused' : 'promotion-failed', { project: hint.project, commit: hint.commit, step: stop.step, state: stop.state, reason: stop.message.slice(0, 2000) })
+        .catch((err: unknown) => log.error({ err }, 'cannot write the audit record'));
+      return { state: stop.state, ...base, step: stop.step, reason: stop.message };
+    } finally {
+      await rm(work, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+
+  private async readText(project: PromotedProject, commit: string, path: string, max: number): Promise<string> {
+    const b = await this.d.verifier.readFile(project, commit, path, max).catch((e: unknown) => {
+      if (isAirlockError(e) && !e.retryable) throw new Stop('refused', 'config', `${path}: ${e.message}`);
+      throw e;
+    });
+    if (!b) throw new Stop('refused', 'config', `no ${path} at ${commit.slice(0, 12)}`);
+    return b.toString('utf8');
+  }
+
+  private async readConfig(project: PromotedProject, commit: string) {
+    const text = await this.readText(project, commit, AIRLOCK_YAML, CONFIG_MAX_BYTES);
+    const parsed = parseAirlockYaml(text, this.d.jobPolicy);
+    if (!parsed.value) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${parsed.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+    const publish = PublishSection.safeParse(parsed.value.publish);
+    if (!publish.success) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: publish: ${publish.error.issues.map((i) => `${i.path.join('.') || '(section)'}: ${i.message}`).join('; ')}`);
+    return { cfg: parsed.value, publish: publish.data };
+  }
+
+  /** The test environment: a pinned base image as is, or the repo's Dockerfile built here. */
+  private async environment(project: PromotedProject, commit: string, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[], work: string): Promise<string> {
+    const { d } = this;
+    if ('image' in env) {
+      const { issues } = await checkBases(d.docker, `FROM ${env.image}\n`, `${AIRLOCK_YAML} environment`, pins);
+      if (issues.length > 0) throw new Stop('refused', 'environment', issues.map((i) => i.message).join('; '));
+      return env.image;
+    }
+    const text = await this.readText(project, commit, env.dockerfile, DOCKERFILE_MAX_BYTES);
+    const tar = join(work, 'env-context.tar');
+    await d.verifier.archive(project, commit, tar, env.context ?? '.');
+    const built = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag: `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`, pins }).catch((e: unknown) => {
+      if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'environment', e.message);
+      if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'environment', e.message);
+      throw e;
+    });
+    return built.imageId;
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The trusted builder's composition root: the only place its concrete adapters meet (dockerode,
+ * git, the SecretStore, the registry, fastify). `airlock builder serve`, the tests, the demo and
+ * the benchmark start it through `startBuilderService`. It shares no process, database or file
+ * with the untrusted CI: its own config, data dir, port and logger.
+ *
+ * At start it reads its own secrets (the hint HMAC key, the registry credentials, the signing
+ * key) from the SecretStore, each read an audit record naming the path (never the value), and
+ * refuses to start when the signing key is not one gpg and skopeo accept.
+ */
+import { join } from 'node:path';
+import type Docker from 'dockerode';
+import type { FastifyInstance } from 'fastify';
+import { createDocker } from '../shared/docker/client.js';
+import { InvalidInputError } from '../shared/errors.js';
+import { createLogger, type Logger } from '../shared/logging.js';
+import { loadJobPolicy } from '../shared/policy/job-policy.js';
+import { JobRunner } from '../shared/runner/job-runner.js';
+import { buildBuilderApi } from './api/app.js';
+import { AuditLog } from './audit/audit-log.js';
+import type { BuilderConfig } from './config.js';
+import { loadPromotionPolicy } from './policy/promotion.js';
+import { loadSecretsPolicy } from './policy/secrets.js';
+import { Promoter } from './promote/promoter.js';
+import type { PushOptions } from './publish/registry.js';
+import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
+import { VaultSecretStore } from './secrets/vault-store.js';
+import { loadSigningKey } from './sign/signer.js';
+import { SourceVerifier } from './verify/source.js';
+
+export interface BuilderService {
+  readonly app: FastifyInstance;
+  readonly promoter: Promoter;
+  readonly audit: AuditLog;
+  readonly auditFile: string;
+  readonly lookasideDir: string;
+  /** The signing key's public half (what consumers put in their policy). */
+  readonly publicKey: string;
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string } {
+  return { audit: join(dataDir, 'audit.jsonl'), git: join(dataDir, 'git'), work: join(dataDir, 'work'), lookaside: join(dataDir, 'lookaside') };
+}
+
+export async function startBuilderService(
+  config: Readonly<BuilderConfig>,
+  opts: { logger?: Logger; docker?: Docker; secrets?: SecretStore; pushOptions?: PushOptions; workspacePool?: number } = {},
+): Promise<BuilderService> {
+  const logger = opts.logger ?? createLogger({ name: 'airlock-builder' });
+  const paths = builderPaths(config.dataDir);
+  const docker = opts.docker ?? createDocker();
+  const cleanups: (() => unknown)[] = [];
+  try {
+    const policy = loadPromotionPolicy(config.policies.promotion);
+    const secretsPolicy = loadSecretsPolicy(config.policies.secrets);
+    const jobPolicy = loadJobPolicy(config.policies.job);
+    const secrets =
+      opts.secrets ??
+      (config.secrets.kind === 'file'
+        ? new FileSecretStore(config.secrets.dir)
+        : new VaultSecretStore({ endpoint: config.secrets.address, mount: config.secrets.mount, roleIdFile: config.secrets.roleIdFile, secretIdFile: config.secrets.secretIdFile, logger }));
+    cleanups.push(() => secrets.close());
+    const audit = await AuditLog.open(paths.audit);
+    cleanups.push(() => audit.close());
+
+    const read = async (path: string, fields: readonly string[]): Promise<SecretValue> => {
+      const v = await secrets.read(path);
+      await audit.append('secret-read', { path, store: secrets.kind, purpose: 'builder' });
+      const missing = fields.filter((f) => typeof v[f] !== 'string' || v[f] === '');
+      if (missing.length > 0) throw new InvalidInputError(missing.map((f) => ({ file: `secret ${path}`, path: f, message: 'missing', severity: 'error' as const })));
+      return v;
+    };
+    const hint = await read(secretsPolicy.builder.hintSecret, ['secret']);
+    const registry = await read(secretsPolicy.builder.registry, ['username', 'password']);
+    const key = await read(secretsPolicy.builder.signingKey, ['armored']);
+    const signingKey = await loadSigningKey(key.armored!, key.passphrase, { source: `secret ${secretsPolicy.builder.signingKey}` });
+
+    const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
+    cleanups.push(() => runner.close());
+    const promoter = new Promoter({
+      docker,
+      runner,
+      verifier: new SourceVerifier(paths.git),
+      policy,
+      secretsPolicy,
+      secrets,
+      jobPolicy,
+      audit,
+      signingKey,
+      registryCredentials: { username: registry.username!, password: registry.password! },
+      lookasideDir: paths.lookaside,
+      workDir: paths.work,
+      logger,
+      ...(opts.pushOptions ? { pushOptions: opts.pushOptions } : {}),
+    });
+    cleanups.push(() => promoter.idle());
+    const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside });
+    cleanups.push(() => app.close());
+    return {
+      app,
+      promoter,
+      audit,
+      auditFile: paths.audit,
+      lookasideDir: paths.lookaside,
+      publicKey: signingKey.publicArmored,
+      async listen() {
+        return app.listen({ host: config.listen.host, port: config.listen.port });
+      },
+      async close() {
+        for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
+      },
+    };
+  } catch (e) {
+    for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => {});
+    throw e;
+  }
+}

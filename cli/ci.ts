@@ -12,9 +12,10 @@
  * commands that end with a build (`submit --wait`, `logs`) exit 0 when it passed and 1 otherwise.
  * With `--json`, stdout carries only JSON (an error too, as `{"error": {code, message, statusCode}}`).
  */
+import { serveUntilSignal } from './serve.js';
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { AirlockError, InternalError, InvalidInputError, NotFoundError } from '../shared/errors.js';
+import { AirlockError, InvalidInputError, NotFoundError } from '../shared/errors.js';
 import { createLogger } from '../shared/logging.js';
 import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
 import { SubmitChange, type BuildEvent, type BuildView, type SubmitChangeInput } from '../shared/schemas/api/builds.js';
@@ -173,26 +174,7 @@ export function registerCiCommands(program: Command): void {
 async function serve(configFile: string, logLevel: string | undefined): Promise<void> {
   const loaded = loadCiConfig(configFile);
   const service = await startCiService(loaded, { logger: createLogger({ name: 'airlock-ci', ...(logLevel ? { level: logLevel } : {}) }) });
-  let url: string;
-  try {
-    url = await service.listen();
-  } catch (e) {
-    await service.close();
-    throw new InternalError(`cannot listen on ${loaded.config.listen.host}:${loaded.config.listen.port}: ${(e as Error).message}`, { cause: e });
-  }
-  process.stderr.write(`airlock: CI listening on ${url}\n`);
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  process.stderr.write(`airlock: ${signal}: closing (running builds will run again at the next start)\n`);
-  // A second signal does not wait for the close.
-  const force = (): void => process.exit(3);
-  process.once('SIGINT', force);
-  process.once('SIGTERM', force);
-  await service.close();
-  // Keep-alive sockets or engine handles must not hold the process after a clean close.
-  process.exit(0);
+  await serveUntilSignal(service, { name: 'CI', address: `${loaded.config.listen.host}:${loaded.config.listen.port}`, onClose: 'running builds will run again at the next start' });
 }
 
 async function submit(f: SubmitFlags): Promise<number> {

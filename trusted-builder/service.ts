@@ -21,6 +21,7 @@ import { AuditLog } from './audit/audit-log.js';
 import type { BuilderConfig } from './config.js';
 import { loadPromotionPolicy } from './policy/promotion.js';
 import { loadSecretsPolicy } from './policy/secrets.js';
+import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
 import type { PushOptions } from './publish/registry.js';
 import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
@@ -40,8 +41,8 @@ export interface BuilderService {
   close(): Promise<void>;
 }
 
-export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string } {
-  return { audit: join(dataDir, 'audit.jsonl'), git: join(dataDir, 'git'), work: join(dataDir, 'work'), lookaside: join(dataDir, 'lookaside') };
+export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string } {
+  return { audit: join(dataDir, 'audit.jsonl'), git: join(dataDir, 'git'), work: join(dataDir, 'work'), lookaside: join(dataDir, 'lookaside'), pollState: join(dataDir, 'poll-state.json') };
 }
 
 export async function startBuilderService(
@@ -79,10 +80,11 @@ export async function startBuilderService(
 
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
     cleanups.push(() => runner.close());
+    const verifier = new SourceVerifier(paths.git);
     const promoter = new Promoter({
       docker,
       runner,
-      verifier: new SourceVerifier(paths.git),
+      verifier,
       policy,
       secretsPolicy,
       secrets,
@@ -98,6 +100,11 @@ export async function startBuilderService(
     cleanups.push(() => promoter.idle());
     const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside });
     cleanups.push(() => app.close());
+    if (config.pollEveryMs > 0) {
+      const poller = new Poller({ projects: policy.policy.projects, verifier, sink: promoter, audit, stateFile: paths.pollState, everyMs: config.pollEveryMs, logger });
+      await poller.start();
+      cleanups.push(() => poller.close());
+    }
     return {
       app,
       promoter,

@@ -52,23 +52,34 @@ export class SourceVerifier {
     return next;
   }
 
+  /** Fetch the protected branches and return their tips (the poll mode's view). */
+  async tips(project: PromotedProject, signal?: AbortSignal): Promise<Record<string, string>> {
+    const dir = this.mirror(project);
+    return this.serial(dir, () => this.fetchTips(project, dir, signal));
+  }
+
+  private async fetchTips(project: PromotedProject, dir: string, signal?: AbortSignal): Promise<Record<string, string>> {
+    await this.ensure(dir);
+    // Only the protected branches, into our own namespace; fsck every object (hostile remotes).
+    const refspecs = project.protectedBranches.map((b) => `+refs/heads/${b}:${PROTECTED_PREFIX}${b}`);
+    await runGit(['-c', 'fetch.fsckObjects=true', 'fetch', '--quiet', '--no-tags', '--prune', '--no-write-fetch-head', '--end-of-options', project.url, ...refspecs], {
+      gitDir: dir,
+      timeoutMs: FETCH_TIMEOUT_MS,
+      ...(signal ? { signal } : {}),
+    });
+    const tips: Record<string, string> = {};
+    for (const b of project.protectedBranches) {
+      const r = await runGit(['rev-parse', '--verify', '--quiet', `${PROTECTED_PREFIX}${b}^{commit}`], { gitDir: dir, allowFail: [1] });
+      if (r.code === 0) tips[b] = r.stdout.toString('utf8').trim();
+    }
+    return tips;
+  }
+
   async verify(project: PromotedProject, commit: string, signal?: AbortSignal): Promise<Verification> {
     if (!isSha(commit)) throw new InvalidInputError([{ file: 'hint', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
     const dir = this.mirror(project);
     return this.serial(dir, async () => {
-      await this.ensure(dir);
-      // Only the protected branches, into our own namespace; fsck every object (hostile remotes).
-      const refspecs = project.protectedBranches.map((b) => `+refs/heads/${b}:${PROTECTED_PREFIX}${b}`);
-      await runGit(['-c', 'fetch.fsckObjects=true', 'fetch', '--quiet', '--no-tags', '--prune', '--no-write-fetch-head', '--end-of-options', project.url, ...refspecs], {
-        gitDir: dir,
-        timeoutMs: FETCH_TIMEOUT_MS,
-        ...(signal ? { signal } : {}),
-      });
-      const tips: Record<string, string> = {};
-      for (const b of project.protectedBranches) {
-        const r = await runGit(['rev-parse', '--verify', '--quiet', `${PROTECTED_PREFIX}${b}^{commit}`], { gitDir: dir, allowFail: [1] });
-        if (r.code === 0) tips[b] = r.stdout.toString('utf8').trim();
-      }
+      const tips = await this.fetchTips(project, dir, signal);
       const present = await runGit(['cat-file', '-e', `${commit}^{commit}`], { gitDir: dir, allowFail: [1, 128] });
       if (present.code !== 0) return { ok: false, reason: `commit ${commit} is not on a protected branch of ${project.name} (${project.protectedBranches.join(', ')})`, tips };
       for (const [branch, tip] of Object.entries(tips)) {

@@ -78,9 +78,10 @@ describe('gate (real Docker, real git)', () => {
     // C ran twice: first on A+B+C (cancelled when B failed), then on A+C (passed).
     const gateBuilds = (await api<BuildView[] | { builds: BuildView[] }>('GET', '/api/builds?limit=50'));
     const list = (Array.isArray(gateBuilds) ? gateBuilds : gateBuilds.builds).filter((x) => x.pipeline === 'gate');
-    const ofC = list.filter((x) => x.change.change === '203').sort((x, y) => x.id - y.id);
+    // The gate acts on job results; a build record finishes a moment later (logs uploaded): wait for it.
+    const ofC = await Promise.all(list.filter((x) => x.change.change === '203').sort((x, y) => x.id - y.id).map((x) => ci.waitFor(x.id)));
     expect(ofC.map((x) => x.result)).toEqual(['cancelled', 'passed']);
-    const ofB = list.filter((x) => x.change.change === '202');
+    const ofB = await Promise.all(list.filter((x) => x.change.change === '202').map((x) => ci.waitFor(x.id)));
     expect(ofB.map((x) => x.result)).toEqual(['failed']);
 
     const after = await api<GateView>('GET', '/api/gate');

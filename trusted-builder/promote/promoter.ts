@@ -148,6 +148,13 @@ export class Promoter implements HintSink {
     const log = d.logger.child({ project: hint.project, commit: hint.commit });
     const work = join(d.workDir, randomUUID());
     const startedOn = new Date(this.now());
+    const phases: Record<string, number> = {};
+    let mark = performance.now();
+    const phase = (name: string): void => {
+      const t = performance.now();
+      phases[name] = Math.round(t - mark);
+      mark = t;
+    };
     try {
       await mkdir(work, { recursive: true });
       const project = d.policy.policy.projects.find((p) => p.name === hint.project);
@@ -155,6 +162,7 @@ export class Promoter implements HintSink {
 
       const v = await d.verifier.verify(project, hint.commit);
       if (!v.ok) throw new Stop('refused', 'verify', v.reason);
+      phase('verify');
       await d.audit.append('verify-passed', { project: project.name, commit: hint.commit, branch: v.branch, hintBranch: hint.branch, policy: d.policy.digest });
 
       const { cfg, publish } = await this.readConfig(project, hint.commit);
@@ -199,6 +207,7 @@ export class Promoter implements HintSink {
         await d.audit.append('tests-failed', { project: project.name, commit: hint.commit, jobs: failed });
         throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);
       }
+      phase('tests');
       await d.audit.append('tests-passed', { project: project.name, commit: hint.commit, jobs: compiled.jobs.map((j) => j.name) });
 
       // The publish image.
@@ -220,6 +229,7 @@ export class Promoter implements HintSink {
         throw e;
       });
       steps.push({ name: 'publish-image', command: ['docker', 'build', '--network=none', '--no-cache', `--file=${publish.dockerfile}`, publish.context], exitCode: 0 });
+      phase('build');
       await d.audit.append('image-built', { project: project.name, commit: hint.commit, image: built.imageId, bases: built.bases.map((b) => `${b.name}@${b.digest}`) });
 
       // Leak check before anything leaves the builder.
@@ -231,6 +241,7 @@ export class Promoter implements HintSink {
         yield* imageLayerSources(image as unknown as AsyncIterable<Uint8Array>);
       };
       const leaks = await findLeaks(secrets, sources());
+      phase('leak-check');
       await d.audit.append('leak-check', { project: project.name, commit: hint.commit, searched: secrets.length, leaks: leaks.length, where: leaks.slice(0, 20).map((l) => `${l.source} (${l.form})`) });
       if (leaks.length > 0) throw new Stop('refused', 'leak-check', `a secret in use appears in ${leaks.map((l) => `${l.source} (${l.form})`).slice(0, 5).join(', ')}: nothing was published`);
 
@@ -243,6 +254,7 @@ export class Promoter implements HintSink {
         if (isAirlockError(e)) throw new Stop('failed', 'push', e.message);
         throw e;
       });
+      phase('push');
       await d.audit.append('pushed', { project: project.name, commit: hint.commit, reference: pushed.reference, digest: pushed.digest, attempts: pushed.attempts });
 
       const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
@@ -263,7 +275,8 @@ export class Promoter implements HintSink {
       await writeFile(provenance, statement);
       await writeFile(`${provenance}.asc`, await d.signingKey.signDetached(statement));
       await d.audit.append('signed', { project: project.name, commit: hint.commit, digest: pushed.digest, key: d.signingKey.fingerprint, signature: signature.path, provenance });
-      log.info({ reference: pushed.reference, digest: pushed.digest }, 'promoted');
+      phase('sign');
+      log.info({ reference: pushed.reference, digest: pushed.digest, phases }, 'promoted');
       return { state: 'published', ...base, reference: pushed.reference, digest: pushed.digest, signature: signature.path, provenance };
     } catch (e) {
       const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);

@@ -197,10 +197,16 @@ export function checkDockerfile(text: string, file: string, allowlist: readonly 
       case 'COPY':
         for (const f of ins.flags) if (f.name === 'from') useImage(ins.line, f.value ?? '', 'COPY --from');
         break;
+      case 'ONBUILD':
+        // Its trigger runs when the stage is used as a base, unchecked: refuse it outright.
+        add(ins.line, 'ONBUILD is refused: the instruction it defers would escape these checks');
+        break;
       case 'ADD': {
         const w = words(ins.args);
-        for (const src of w.slice(0, -1)) {
-          if (URL_LIKE.test(src)) add(ins.line, `ADD ${JSON.stringify(src)} would download during the build: builds have no network; vendor the file into the repository`);
+        for (const raw of w.slice(0, -1)) {
+          // Docker's lexer drops quotes and backslashes before it looks for a URL: so do we.
+          const src = raw.replace(/["'\\]/g, '');
+          if (URL_LIKE.test(src) || src.includes('://')) add(ins.line, `ADD ${JSON.stringify(src)} would download during the build: builds have no network; vendor the file into the repository`);
           else if (src.includes('$')) add(ins.line, `ADD source ${JSON.stringify(src)} uses variable substitution, which could expand to a URL: write it out`);
         }
         break;

@@ -67,7 +67,7 @@ describe('SourceVerifier', () => {
   });
 
   it('reads files and archives a verified commit from its own mirror', async () => {
-    const up = createRepo({ '.airlock.yaml': 'version: 1\n', 'src/x.txt': 'x\n' });
+    const up = createRepo({ '.airlock.yaml': 'version: 1\n', 'src/x.txt': 'x\n', '.gitattributes': 'hidden.txt export-ignore\nsubst.txt export-subst\n', 'hidden.txt': 'still here\n', 'subst.txt': '$Format:%H$\n' });
     repos.push(up);
     const p = project(up);
     const tip = up.tip();
@@ -77,6 +77,10 @@ describe('SourceVerifier', () => {
     await expect(verifier.readFile(p, tip, '../etc/passwd', 1024)).rejects.toBeInstanceOf(InvalidInputError);
     const tar = join(root, 'src.tar');
     await verifier.archive(p, tip, tar);
-    expect(readFileSync(tar).includes(Buffer.from('src/x.txt'))).toBe(true);
+    const bytes = readFileSync(tar);
+    expect(bytes.includes(Buffer.from('src/x.txt'))).toBe(true);
+    // The repository's attributes do not change the archive: nothing hidden, nothing rewritten.
+    expect(bytes.includes(Buffer.from('still here'))).toBe(true);
+    expect(bytes.includes(Buffer.from('$Format:%H$'))).toBe(true);
   });
 });

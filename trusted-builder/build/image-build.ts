@@ -94,6 +94,7 @@ export async function buildTrustedImage(i: TrustedBuildInput): Promise<{ imageId
     const tail = log.tail();
     throw new EnvironmentBuildFailedError(`the image build failed: ${outcome.error}${tail.length > 0 ? `\n--- last lines ---\n${tail.join('\n')}` : ''}`);
   }
-  const imageId = ((await i.docker.getImage(i.tag).inspect()) as { Id: string }).Id;
+  // The id the build reported, not whatever the tag points at by now (the engine may be shared).
+  const imageId = outcome.imageId ?? ((await i.docker.getImage(i.tag).inspect()) as { Id: string }).Id;
   return { imageId, bases, log: lines };
 }

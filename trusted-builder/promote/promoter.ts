@@ -85,6 +85,10 @@ export type PromotionResult =
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB
 const DOCKERFILE_MAX_BYTES = 256 * 1024; // 256 KiB
 const KEEP_RESULTS = 1000;
+/** Promotions waiting at most (a flood of hints must not starve the real ones for ever). */
+const MAX_PENDING = 100;
+/** One image build at most (a `RUN sleep infinity` must not hold the builder). */
+const BUILD_TIMEOUT_MS = 30 * 60_000; // 30 min
 
 /** A step's refusal (the policy or the source said no) or failure (tests, build, registry…). */
 class Stop extends Error {
@@ -110,6 +114,7 @@ export class Promoter implements HintSink {
   accept(hint: PromotionHint): { queued: boolean; reason?: string } {
     const key = `${hint.project}@${hint.commit}`;
     if (this.pending.has(key)) return { queued: false, reason: 'already queued' };
+    if (this.pending.size >= MAX_PENDING) return { queued: false, reason: `${MAX_PENDING} promotions are already waiting; try again later` };
     const done = this.results.get(key);
     if (done?.state === 'published') return { queued: false, reason: 'already published' };
     this.pending.add(key);
@@ -223,6 +228,7 @@ export class Promoter implements HintSink {
         tag,
         pins,
         labels: { 'org.airlock.source': project.url, 'org.airlock.commit': hint.commit },
+        signal: AbortSignal.timeout(BUILD_TIMEOUT_MS),
       }).catch((e: unknown) => {
         if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'build', e.message);
         if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'build', e.message);
@@ -257,8 +263,6 @@ export class Promoter implements HintSink {
       phase('push');
       await d.audit.append('pushed', { project: project.name, commit: hint.commit, reference: pushed.reference, digest: pushed.digest, attempts: pushed.attempts });
 
-      const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
-      const signature = await writeLookaside(d.lookasideDir, project.image, pushed.digest, await signImage(d.signingKey, payload));
       const statement = provenanceStatement({
         subject: { name: `${registry}/${project.image}`, digest: pushed.digest },
         builderId: d.policy.policy.builderId,
@@ -271,9 +275,13 @@ export class Promoter implements HintSink {
         invocationId: randomUUID(),
       });
       const dir = join(d.lookasideDir, lookasideDir(project.image, pushed.digest));
+      await mkdir(dir, { recursive: true });
       const provenance = join(dir, 'provenance.json');
       await writeFile(provenance, statement);
       await writeFile(`${provenance}.asc`, await d.signingKey.signDetached(statement));
+      // The image signature last: once it is public, everything it vouches for is in place.
+      const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
+      const signature = await writeLookaside(d.lookasideDir, project.image, pushed.digest, await signImage(d.signingKey, payload));
       await d.audit.append('signed', { project: project.name, commit: hint.commit, digest: pushed.digest, key: d.signingKey.fingerprint, signature: signature.path, provenance });
       phase('sign');
       log.info({ reference: pushed.reference, digest: pushed.digest, phases }, 'promoted');
@@ -312,14 +320,15 @@ export class Promoter implements HintSink {
   private async environment(project: PromotedProject, commit: string, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[], work: string): Promise<string> {
     const { d } = this;
     if ('image' in env) {
-      const { issues } = await checkBases(d.docker, `FROM ${env.image}\n`, `${AIRLOCK_YAML} environment`, pins);
-      if (issues.length > 0) throw new Stop('refused', 'environment', issues.map((i) => i.message).join('; '));
-      return env.image;
+      const { bases, issues } = await checkBases(d.docker, `FROM ${env.image}\n`, `${AIRLOCK_YAML} environment`, pins);
+      if (issues.length > 0 || !bases[0]) throw new Stop('refused', 'environment', issues.map((i) => i.message).join('; ') || `${env.image} is not a pinned base image`);
+      // By id, not by name: a name can be re-pointed on a shared engine after the check.
+      return bases[0].digest;
     }
     const text = await this.readText(project, commit, env.dockerfile, DOCKERFILE_MAX_BYTES);
     const tar = join(work, 'env-context.tar');
     await d.verifier.archive(project, commit, tar, env.context ?? '.');
-    const built = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag: `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`, pins }).catch((e: unknown) => {
+    const built = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag: `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`, pins, signal: AbortSignal.timeout(BUILD_TIMEOUT_MS) }).catch((e: unknown) => {
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'environment', e.message);
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'environment', e.message);
       throw e;

@@ -11,7 +11,7 @@
  *
  * After a successful verify, `archive` and `readFile` read that commit from the same mirror.
  */
-import { mkdirSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidInputError, NotFoundError } from '../../shared/errors.js';
 import { isSha, runGit } from '../../shared/git/git.js';
@@ -40,6 +40,10 @@ export class SourceVerifier {
     if (existsSync(join(dir, 'HEAD'))) return;
     mkdirSync(dir, { recursive: true });
     await runGit(['init', '--quiet', '--bare', dir]);
+    // The repository's .gitattributes must not change what `git archive` gives us (export-ignore
+    // would hide files from the tests, export-subst would rewrite them and run gpg on its say).
+    mkdirSync(join(dir, 'info'), { recursive: true });
+    writeFileSync(join(dir, 'info', 'attributes'), '* -export-subst -export-ignore\n');
   }
 
   private serial<T>(key: string, fn: () => Promise<T>): Promise<T> {

@@ -128,3 +128,17 @@ describe('tags and logs', () => {
     expect(log.tail()).toEqual(['aaaa', 'bbbb', 'cccc', 'dddddddddd', 'eeee']);
   });
 });
+
+describe('checkDockerfile: evasions', () => {
+  it('refuses a quoted or escaped ADD URL and any ONBUILD', () => {
+    for (const text of [
+      'FROM airlock/base:busybox\nADD "http://127.0.0.1:9000/x" /x\n',
+      "FROM airlock/base:busybox\nADD 'https://example.invalid/x' /x\n",
+      'FROM airlock/base:busybox\nADD ht\\tp://127.0.0.1/x /x\n',
+      'FROM airlock/base:busybox AS a\nONBUILD ADD http://127.0.0.1/x /z\nFROM a\n',
+    ]) {
+      const r = checkDockerfile(text, 'Dockerfile', ['airlock/base:busybox']);
+      expect(r.issues.filter((i) => i.severity === 'error').length, text).toBeGreaterThan(0);
+    }
+  });
+});

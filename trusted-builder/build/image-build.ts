@@ -67,6 +67,25 @@ export async function checkBases(docker: Docker, dockerfileText: string, file: s
   return { bases, issues };
 }
 
+/**
+ * The Dockerfile with every pinned base named by its image id (`FROM sha256:…`, `COPY --from=sha256:…`):
+ * checked by id and then resolved by name at build time would leave a window in which a name on a
+ * shared engine could be re-pointed. Stage names and unpinned words are left as they are.
+ */
+export function pinBaseImages(text: string, pins: readonly BaseImagePin[]): string {
+  const byName = new Map(pins.map((p) => [normalizeImageRef(p.name), p.digest]));
+  const pinned = (ref: string): string => byName.get(normalizeImageRef(ref)) ?? ref;
+  return text
+    .split('\n')
+    .map((line) => {
+      const from = /^(\s*FROM\s+(?:--platform=\S+\s+)?)(\S+)(.*)$/i.exec(line);
+      if (from) return `${from[1]}${pinned(from[2]!)}${from[3]}`;
+      if (!/^\s*COPY\s/i.test(line)) return line;
+      return line.replace(/(--from=)(\S+)/gi, (_m, flag: string, ref: string) => `${flag}${pinned(ref)}`);
+    })
+    .join('\n');
+}
+
 /** Build, hermetically; returns the image id and the bases it used. */
 export async function buildTrustedImage(i: TrustedBuildInput): Promise<{ imageId: string; bases: BaseImagePin[]; log: string[] }> {
   const { bases, issues } = await checkBases(i.docker, i.dockerfileText, i.file, i.pins);
@@ -76,7 +95,7 @@ export async function buildTrustedImage(i: TrustedBuildInput): Promise<{ imageId
     lines.push(line);
     i.onLine?.(line);
   });
-  const context = withCheckedDockerfile(i.context, i.dockerfileText, { maxBytes: i.maxContextBytes ?? DEFAULT_CONTEXT_MAX, file: i.file });
+  const context = withCheckedDockerfile(i.context, pinBaseImages(i.dockerfileText, bases), { maxBytes: i.maxContextBytes ?? DEFAULT_CONTEXT_MAX, file: i.file });
   const stream = await i.docker.buildImage(context, {
     t: i.tag,
     dockerfile: CHECKED_DOCKERFILE,

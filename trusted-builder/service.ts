@@ -23,6 +23,7 @@ import { loadPromotionPolicy } from './policy/promotion.js';
 import { loadSecretsPolicy } from './policy/secrets.js';
 import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
+import { PromotionStore } from './promote/promotion-store.js';
 import type { PushOptions } from './publish/registry.js';
 import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
 import { VaultSecretStore } from './secrets/vault-store.js';
@@ -41,8 +42,15 @@ export interface BuilderService {
   close(): Promise<void>;
 }
 
-export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string } {
-  return { audit: join(dataDir, 'audit.jsonl'), git: join(dataDir, 'git'), work: join(dataDir, 'work'), lookaside: join(dataDir, 'lookaside'), pollState: join(dataDir, 'poll-state.json') };
+export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string; promotions: string } {
+  return {
+    audit: join(dataDir, 'audit.jsonl'),
+    git: join(dataDir, 'git'),
+    work: join(dataDir, 'work'),
+    lookaside: join(dataDir, 'lookaside'),
+    pollState: join(dataDir, 'poll-state.json'),
+    promotions: join(dataDir, 'promotions.sqlite'),
+  };
 }
 
 export async function startBuilderService(
@@ -81,6 +89,8 @@ export async function startBuilderService(
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
     cleanups.push(() => runner.close());
     const verifier = new SourceVerifier(paths.git);
+    const store = new PromotionStore(paths.promotions);
+    cleanups.push(() => store.close());
     const promoter = new Promoter({
       docker,
       runner,
@@ -95,9 +105,12 @@ export async function startBuilderService(
       lookasideDir: paths.lookaside,
       workDir: paths.work,
       logger,
+      store,
       ...(opts.pushOptions ? { pushOptions: opts.pushOptions } : {}),
     });
     cleanups.push(() => promoter.idle());
+    const resumed = promoter.resume();
+    if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
     const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside });
     cleanups.push(() => app.close());
     if (config.pollEveryMs > 0) {

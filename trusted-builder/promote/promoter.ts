@@ -47,6 +47,7 @@ import { provenanceStatement } from '../sign/provenance.js';
 import type { SigningKey } from '../sign/signer.js';
 import { lookasideDir, signImage, simpleSigningPayload, writeLookaside } from '../sign/simple-signing.js';
 import type { SourceVerifier } from '../verify/source.js';
+import type { PromotionStore } from './promotion-store.js';
 
 /** The `publish` section of `.airlock.yaml`, as the trusted builder reads it. */
 export const PublishSection = z.strictObject({
@@ -75,6 +76,8 @@ export interface PromoterDeps {
   workDir: string;
   logger: Logger;
   pushOptions?: PushOptions;
+  /** The durable queue and record of promotions. */
+  store: PromotionStore;
   now?: () => number;
 }
 
@@ -84,7 +87,6 @@ export type PromotionResult =
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB
 const DOCKERFILE_MAX_BYTES = 256 * 1024; // 256 KiB
-const KEEP_RESULTS = 1000;
 /** Promotions waiting at most (a flood of hints must not starve the real ones for ever). */
 const MAX_PENDING = 100;
 /** One image build at most (a `RUN sleep infinity` must not hold the builder). */
@@ -102,7 +104,6 @@ class Stop extends Error {
 }
 
 export class Promoter implements HintSink {
-  private readonly results = new Map<string, PromotionResult>();
   private readonly pending = new Set<string>();
   private chain: Promise<unknown> = Promise.resolve();
   private readonly now: () => number;
@@ -111,21 +112,34 @@ export class Promoter implements HintSink {
     this.now = d.now ?? Date.now;
   }
 
+  /** Queue again what the last process accepted but did not finish (call once, at start). */
+  resume(): number {
+    const left = this.d.store.unfinished();
+    for (const { key, hint } of left) this.schedule(key, hint);
+    return left.length;
+  }
+
   accept(hint: PromotionHint): { queued: boolean; reason?: string } {
     const key = `${hint.project}@${hint.commit}`;
     if (this.pending.has(key)) return { queued: false, reason: 'already queued' };
     if (this.pending.size >= MAX_PENDING) return { queued: false, reason: `${MAX_PENDING} promotions are already waiting; try again later` };
-    const done = this.results.get(key);
-    if (done?.state === 'published') return { queued: false, reason: 'already published' };
+    if (this.d.store.state(key) === 'published') return { queued: false, reason: 'already published' };
+    this.d.store.enqueue(key, hint); // durable before the hint is answered
+    this.schedule(key, hint);
+    return { queued: true };
+  }
+
+  private schedule(key: string, hint: PromotionHint): void {
     this.pending.add(key);
     this.chain = this.chain.then(async () => {
       try {
-        this.remember(key, await this.promote(hint));
+        this.d.store.set(key, 'running');
+        const r = await this.promote(hint);
+        this.d.store.set(key, r.state, r);
       } finally {
         this.pending.delete(key);
       }
     });
-    return { queued: true };
   }
 
   /** Resolves when every accepted hint has been dealt with. */
@@ -137,13 +151,7 @@ export class Promoter implements HintSink {
   }
 
   result(project: string, commit: string): PromotionResult | undefined {
-    return this.results.get(`${project}@${commit}`);
-  }
-
-  private remember(key: string, r: PromotionResult): void {
-    this.results.delete(key);
-    this.results.set(key, r);
-    if (this.results.size > KEEP_RESULTS) this.results.delete(this.results.keys().next().value!);
+    return this.d.store.result<PromotionResult>(`${project}@${commit}`);
   }
 
   /** One promotion, start to end; never throws (the result says what happened). */

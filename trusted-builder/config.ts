@@ -4,13 +4,12 @@
  * strict schema (every problem listed), deep-frozen and handed to constructors. No secret is in
  * this file: secrets come from the SecretStore it names (Vault, or a directory of 0600 files).
  */
-import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { deepFreeze } from '../shared/deep-freeze.js';
+import { readConfigFile } from '../shared/config-file.js';
 import { z } from 'zod';
 import { InvalidInputError } from '../shared/errors.js';
 import { zodIssues } from '../shared/schemas/issues.js';
-import { parseYaml } from '../shared/yaml.js';
 
 const FileSecrets = z.strictObject({ kind: z.literal('file'), dir: z.string().min(1) });
 const VaultSecrets = z.strictObject({
@@ -64,13 +63,5 @@ export function buildBuilderConfig(input: unknown, file: string, baseDir = proce
 }
 
 export function loadBuilderConfig(file: string): Readonly<BuilderConfig> {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new InvalidInputError([{ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, severity: 'error' }]);
-  }
-  const y = parseYaml(text, file);
-  if (y.issues.length > 0) throw new InvalidInputError(y.issues);
-  return buildBuilderConfig(y.value, file, dirname(resolve(file)));
+  return buildBuilderConfig(readConfigFile(file), file, dirname(resolve(file)));
 }

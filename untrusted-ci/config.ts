@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { deepFreeze } from '../shared/deep-freeze.js';
+import { readConfigFile } from '../shared/config-file.js';
 import { z } from 'zod';
 import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
 import { InvalidInputError, type Issue } from '../shared/errors.js';
@@ -17,7 +18,6 @@ import { remoteUrlProblem } from '../shared/git/git.js';
 import { zodIssues } from '../shared/schemas/issues.js';
 import { Size } from '../shared/schemas/limits.js';
 import { ArtifactStoreConfig } from '../shared/storage/config.js';
-import { parseYaml } from '../shared/yaml.js';
 
 /** A project URL that is a path on this host (no `scheme:` or `<transport>::`, not scp-like). */
 const isLocalPath = (u: string): boolean => !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u) && !u.includes('@');
@@ -169,13 +169,5 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
 
 /** Read and validate the config file. */
 export function loadCiConfig(file: string): LoadedCiConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new InvalidInputError([{ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, severity: 'error' }]);
-  }
-  const y = parseYaml(text, file);
-  if (y.issues.length > 0) throw new InvalidInputError(y.issues);
-  return buildCiConfig(y.value, file, dirname(resolve(file)));
+  return buildCiConfig(readConfigFile(file), file, dirname(resolve(file)));
 }

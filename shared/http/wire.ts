@@ -1,7 +1,7 @@
 /**
  * The HTTP error body both services answer with: `{code, message, statusCode}` (STYLE §7).
  */
-import type { FastifyError } from 'fastify';
+import type { FastifyError, FastifyInstance } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { InternalError, InvalidInputError, isAirlockError, PayloadTooLargeError, RateLimitedError, type AirlockError, type WireError } from '../errors.js';
 
@@ -20,4 +20,16 @@ export function toWire(err: unknown): WireError {
   if (status === 429) return new RateLimitedError(f.message ?? 'rate limited').toWire();
   if (status >= 400 && status < 500) return { ...new InvalidInputError([{ file: 'request', path: '', message: f.message ?? 'bad request', severity: 'error' }]).toWire(), statusCode: status };
   return new InternalError('internal error; the service log has the details').toWire();
+}
+
+/** Every error answered in the wire shape (5xx logged), and unknown routes as AIRLOCK_E_NOT_FOUND. */
+export function installWireErrors(app: FastifyInstance): void {
+  app.setErrorHandler((err, req, reply) => {
+    const wire = toWire(err);
+    if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
+    void reply.status(wire.statusCode).send(wire);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);
+  });
 }

@@ -15,8 +15,8 @@ import { createReadStream } from 'node:fs';
 import { lstat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { InvalidInputError, NotFoundError, UnauthorizedError, type WireError } from '../../shared/errors.js';
-import { toWire } from '../../shared/http/wire.js';
+import { InvalidInputError, NotFoundError, UnauthorizedError } from '../../shared/errors.js';
+import { installWireErrors } from '../../shared/http/wire.js';
 import { ReplayGuard, verifyHint } from '../../shared/hints/hint-auth.js';
 import type { Logger } from '../../shared/logging.js';
 import { MAX_PROMOTION_HINT_BYTES, PromotionHint } from '../../shared/schemas/promotion-hint.js';
@@ -48,14 +48,7 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
   });
   const now = d.now ?? Date.now;
   const replay = new ReplayGuard();
-  app.setErrorHandler((err, req, reply) => {
-    const wire = toWire(err);
-    if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
-    void reply.status(wire.statusCode).send(wire);
-  });
-  app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);
-  });
+  installWireErrors(app);
 
   await app.register(async (hints) => {
     // The signature covers the raw bytes: no JSON parser may touch them first.

@@ -11,8 +11,8 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RawReplyDef
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { RateLimitedError, UnauthorizedError, type WireError } from '../../shared/errors.js';
-import { toWire } from '../../shared/http/wire.js';
+import { RateLimitedError, UnauthorizedError } from '../../shared/errors.js';
+import { installWireErrors } from '../../shared/http/wire.js';
 import type { Logger } from '../../shared/logging.js';
 import type { ArtifactStore } from '../../shared/storage/artifact-store.js';
 import type { CiConfig } from '../config.js';
@@ -57,14 +57,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
-  app.setErrorHandler((err, req, reply) => {
-    const wire = toWire(err);
-    if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
-    void reply.status(wire.statusCode).send(wire);
-  });
-  app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);
-  });
+  installWireErrors(app);
 
   await app.register(swagger, {
     openapi: {

@@ -14,7 +14,6 @@ import { join } from 'node:path';
 import { createDocker } from '../shared/docker/client.js';
 import { signHint } from '../shared/hints/hint-auth.js';
 import { createLogger } from '../shared/logging.js';
-import { buildBuilderConfig } from '../trusted-builder/config.js';
 import { startBuilderService } from '../trusted-builder/service.js';
 import { provenanceStatement } from '../trusted-builder/sign/provenance.js';
 import { loadSigningKey } from '../trusted-builder/sign/signer.js';
@@ -22,6 +21,7 @@ import { signImage, simpleSigningPayload } from '../trusted-builder/sign/simple-
 import { generateSigningKey } from '../scripts/make-signing-key.js';
 import { createRepo } from '../test/support/git-repo.js';
 import { startRegistry } from '../test/support/registry.js';
+import { builderRig } from '../test/support/builder-rig.js';
 
 const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 3);
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
@@ -42,22 +42,8 @@ const docker = createDocker();
 const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-builder-'));
 const registry = await startRegistry({ auth: true });
 const up = createRepo({ '.airlock.yaml': CONFIG, Dockerfile: DOCKERFILE, 'app.txt': 'bench 0\n' });
-const key = await generateSigningKey({ name: 'airlock bench', email: 'bench@airlock.invalid' });
-const secrets = join(dir, 'secrets');
-const put = (path: string, value: Record<string, string>) => {
-  mkdirSync(join(secrets, path, '..'), { recursive: true });
-  writeFileSync(join(secrets, `${path}.json`), JSON.stringify(value), { mode: 0o600 });
-};
-put('airlock/signing-key', { armored: key.privateArmored });
-put('airlock/registry', { username: registry.username, password: registry.password });
-put('airlock/hint-hmac', { secret: HINT_SECRET });
-const baseId = ((await docker.getImage(BASE).inspect()) as { Id: string }).Id;
-writeFileSync(
-  join(dir, 'promotion.yaml'),
-  `version: 1\nbuilderId: https://airlock.invalid/bench\nregistry: ${registry.url}\nprojects:\n  - {name: bench/app, url: ${up.dir}, protectedBranches: [master], image: bench/app}\nbaseImages:\n  - {name: "${BASE}", digest: "${baseId}"}\n`,
-);
 const builder = await startBuilderService(
-  buildBuilderConfig({ version: 1, listen: { port: 0 }, dataDir: join(dir, 'data'), runnerStateDir: STATE_DIR, policies: { promotion: join(dir, 'promotion.yaml'), secrets: 'policies/secrets.yaml' }, secrets: { kind: 'file', dir: secrets } }, 'bench'),
+  await builderRig({ dir, registry, project: { name: 'bench/app', url: up.dir, image: 'bench/app' }, hintSecret: HINT_SECRET, baseImage: BASE, runnerStateDir: STATE_DIR, builderId: 'https://airlock.invalid/bench' }),
   { logger: createLogger({ level: process.env.AIRLOCK_BENCH_LOG ?? 'silent' }) },
 );
 
@@ -124,7 +110,7 @@ const testsMs = median(tests);
 const withoutTestsMs = median(totals.map((t, i) => t - tests[i]!));
 
 // Signing alone: a simple-signing signature and a signed provenance statement, per image.
-const signing = await loadSigningKey(key.privateArmored);
+const signing = await loadSigningKey((await generateSigningKey({ name: 'airlock bench', email: 'bench@airlock.invalid' })).privateArmored);
 const signs: number[] = [];
 for (let i = 0; i < 20; i++) {
   const t0 = performance.now();

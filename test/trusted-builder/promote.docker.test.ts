@@ -16,9 +16,8 @@ import { createDocker } from '../../shared/docker/client.js';
 import { signHint } from '../../shared/hints/hint-auth.js';
 import { createLogger } from '../../shared/logging.js';
 import { verifyAuditLog } from '../../trusted-builder/audit/audit-log.js';
-import { buildBuilderConfig } from '../../trusted-builder/config.js';
 import { startBuilderService, type BuilderService } from '../../trusted-builder/service.js';
-import { generateSigningKey } from '../../scripts/make-signing-key.js';
+import { builderRig } from '../support/builder-rig.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
@@ -46,31 +45,7 @@ describe('trusted builder: hint → verify → rebuild → sign → push (real D
   beforeAll(async () => {
     registry = await startRegistry({ auth: true });
     up = createRepo({ '.airlock.yaml': CONFIG, Dockerfile: `FROM ${BASE}\nCOPY app.txt /app.txt\n`, 'app.txt': 'hello from the trusted build\n' });
-    const key = await generateSigningKey({ name: 'airlock test builder', email: 'builder@airlock.invalid' });
-    const secrets = join(dir, 'secrets');
-    const put = (path: string, value: Record<string, string>) => {
-      mkdirSync(join(secrets, path, '..'), { recursive: true });
-      writeFileSync(join(secrets, `${path}.json`), JSON.stringify(value), { mode: 0o600 });
-    };
-    put('airlock/signing-key', { armored: key.privateArmored });
-    put('airlock/registry', { username: registry.username, password: registry.password });
-    put('airlock/hint-hmac', { secret: HINT_SECRET });
-    const id = ((await createDocker().getImage(BASE).inspect()) as { Id: string }).Id;
-    writeFileSync(
-      join(dir, 'promotion.yaml'),
-      `version: 1
-builderId: https://airlock.invalid/trusted-builder/test
-registry: ${registry.url}
-projects:
-  - {name: demo/app, url: ${up.dir}, protectedBranches: [master], image: team/app}
-baseImages:
-  - {name: "${BASE}", digest: "${id}"}
-`,
-    );
-    const config = buildBuilderConfig(
-      { version: 1, listen: { port: 0 }, dataDir: join(dir, 'data'), runnerStateDir: STATE_DIR, policies: { promotion: join(dir, 'promotion.yaml'), secrets: 'policies/secrets.yaml' }, secrets: { kind: 'file', dir: secrets } },
-      'test',
-    );
+    const config = await builderRig({ dir, registry, project: { name: 'demo/app', url: up.dir, image: 'team/app' }, hintSecret: HINT_SECRET, baseImage: BASE, runnerStateDir: STATE_DIR });
     builder = await startBuilderService(config, { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), pushOptions: { retry: { attempts: 3, baseDelayMs: 10, maxDelayMs: 20 } } });
     base = await builder.listen();
     writeFileSync(join(dir, 'builder.pub.asc'), builder.publicKey);

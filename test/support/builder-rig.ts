@@ -1,0 +1,50 @@
+/**
+ * What a trusted builder needs around it, for tests and benchmarks: a fresh signing key, its
+ * three secrets as 0600 files (the file SecretStore's layout), and a promotion policy for one
+ * project whose base image is pinned by the id the local engine has. Returns the builder config.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createDocker } from '../../shared/docker/client.js';
+import { buildBuilderConfig, type BuilderConfig } from '../../trusted-builder/config.js';
+import { generateSigningKey } from '../../scripts/make-signing-key.js';
+import type { TestRegistry } from './registry.js';
+
+export interface BuilderRigOptions {
+  dir: string;
+  registry: Pick<TestRegistry, 'url' | 'username' | 'password'>;
+  project: { name: string; url: string; image: string };
+  hintSecret: string;
+  baseImage: string;
+  runnerStateDir: string;
+  builderId?: string;
+}
+
+export async function builderRig(o: BuilderRigOptions): Promise<Readonly<BuilderConfig>> {
+  const key = await generateSigningKey({ name: 'airlock test builder', email: 'builder@airlock.invalid' });
+  const secrets = join(o.dir, 'secrets');
+  const put = (path: string, value: Record<string, string>): void => {
+    mkdirSync(join(secrets, path, '..'), { recursive: true });
+    writeFileSync(join(secrets, `${path}.json`), JSON.stringify(value), { mode: 0o600 });
+  };
+  put('airlock/signing-key', { armored: key.privateArmored });
+  put('airlock/registry', { username: o.registry.username, password: o.registry.password });
+  put('airlock/hint-hmac', { secret: o.hintSecret });
+  const id = ((await createDocker().getImage(o.baseImage).inspect()) as { Id: string }).Id;
+  const promotion = join(o.dir, 'promotion.yaml');
+  writeFileSync(
+    promotion,
+    `version: 1
+builderId: ${o.builderId ?? 'https://airlock.invalid/trusted-builder/test'}
+registry: ${o.registry.url}
+projects:
+  - {name: ${o.project.name}, url: ${o.project.url}, protectedBranches: [master], image: ${o.project.image}}
+baseImages:
+  - {name: "${o.baseImage}", digest: "${id}"}
+`,
+  );
+  return buildBuilderConfig(
+    { version: 1, listen: { port: 0 }, dataDir: join(o.dir, 'data'), runnerStateDir: o.runnerStateDir, policies: { promotion, secrets: 'policies/secrets.yaml' }, secrets: { kind: 'file', dir: secrets } },
+    'builder-rig',
+  );
+}

@@ -108,7 +108,7 @@ export async function startBuilderService(
       store,
       ...(opts.pushOptions ? { pushOptions: opts.pushOptions } : {}),
     });
-    cleanups.push(() => promoter.idle());
+    cleanups.push(() => promoter.drain());
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
     const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside });

@@ -7,7 +7,9 @@
  * - built by the classic builder with the network off, **no layer cache** (the engine may be
  *   shared with the untrusted tier: its cached layers are not ours) and no pulls;
  * - the context is the builder's own `git archive` of the verified commit, never a directory or
- *   image the untrusted tier made.
+ *   image the untrusted tier made;
+ * - no build labels: the classic builder adds each as one more step (a container and a commit,
+ *   ~50 ms apiece), and the signed provenance already names the source and commit.
  * Refusals (a base not pinned, an id that does not match) are PolicyViolationError listing every
  * problem; a failing build is EnvironmentBuildFailedError with the tail of its log.
  */
@@ -32,7 +34,6 @@ export interface TrustedBuildInput {
   file: string;
   tag: string;
   pins: readonly BaseImagePin[];
-  labels?: Record<string, string>;
   /** Context size cap. */
   maxContextBytes?: number;
   logCapBytes?: number;
@@ -105,7 +106,6 @@ export async function buildTrustedImage(i: TrustedBuildInput): Promise<{ imageId
     pull: false,
     rm: true,
     forcerm: true,
-    ...(i.labels ? { labels: i.labels } : {}),
     ...(i.signal ? { abortSignal: i.signal } : {}),
   });
   const outcome = await followBuildStream(stream, log);

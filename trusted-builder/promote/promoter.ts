@@ -20,9 +20,11 @@
  * promoted again (hints arrive at least once).
  */
 import { randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type Docker from 'dockerode';
 import { z } from 'zod';
 import { isAirlockError } from '../../shared/errors.js';
@@ -41,7 +43,7 @@ import { buildTrustedImage, checkBases, type BaseImagePin } from '../build/image
 import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
 import { grantsFor, type SecretsPolicy } from '../policy/secrets.js';
 import { pushImage, type PushOptions, type RegistryCredentials } from '../publish/registry.js';
-import { findLeaks, imageLayerSources, type LeakSource } from '../secrets/leak-check.js';
+import { findLeaks, imageLayerSources, type Leak, type LeakSource } from '../secrets/leak-check.js';
 import { secretValues, type SecretStore } from '../secrets/secret-store.js';
 import { provenanceStatement } from '../sign/provenance.js';
 import type { SigningKey } from '../sign/signer.js';
@@ -59,6 +61,8 @@ export const PublishSection = z.strictObject({
 
 export interface JobRunnerPort {
   run(spec: JobSpec, opts: RunOptions): Promise<JobResult>;
+  /** Resolves once the containers and workspaces of finished jobs are gone. */
+  drain?(): Promise<void>;
 }
 
 export interface PromoterDeps {
@@ -106,6 +110,8 @@ class Stop extends Error {
 export class Promoter implements HintSink {
   private readonly pending = new Set<string>();
   private chain: Promise<unknown> = Promise.resolve();
+  /** Removal of the images a promotion built, off its path (the registry has what was published). */
+  private readonly removals = new Set<Promise<void>>();
   private readonly now: () => number;
 
   constructor(private readonly d: PromoterDeps) {
@@ -150,6 +156,39 @@ export class Promoter implements HintSink {
     }
   }
 
+  /** idle(), and the images the promotions built are gone from the engine (call before closing). */
+  async drain(): Promise<void> {
+    await this.idle();
+    await Promise.all(this.removals);
+  }
+
+  /**
+   * Untag what a promotion built (by tag, never forced: the engine deletes the image only when
+   * nothing else names or uses it, so a build that came out identical to a pinned base leaves the
+   * base alone). A test container still being removed holds its image for a moment: retried.
+   */
+  private removeImages(tags: readonly string[], log: Logger): void {
+    if (tags.length === 0) return;
+    const p = (async () => {
+      for (const tag of tags) {
+        for (let attempt = 1; ; attempt++) {
+          const status = await this.d.docker
+            .getImage(tag)
+            .remove()
+            .then(() => 200)
+            .catch((e: unknown) => (e as { statusCode?: number }).statusCode ?? 500);
+          if (status === 200 || status === 404) break;
+          if (status !== 409 || attempt >= 10) {
+            log.warn({ image: tag, status }, 'cannot remove an image the promotion built');
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    })().finally(() => this.removals.delete(p));
+    this.removals.add(p);
+  }
+
   result(project: string, commit: string): PromotionResult | undefined {
     return this.d.store.result<PromotionResult>(`${project}@${commit}`);
   }
@@ -160,6 +199,7 @@ export class Promoter implements HintSink {
     const base = { project: hint.project, commit: hint.commit };
     const log = d.logger.child({ project: hint.project, commit: hint.commit });
     const work = join(d.workDir, randomUUID());
+    const built: string[] = []; // tags of the images this promotion made, removed when it ends
     const startedOn = new Date(this.now());
     const phases: Record<string, number> = {};
     let mark = performance.now();
@@ -186,7 +226,7 @@ export class Promoter implements HintSink {
       // Tests: the gate jobs again, in an environment made here.
       const steps: { name: string; command: string | string[]; exitCode: number }[] = [];
       const logs: LeakSource[] = [];
-      const envImage = await this.environment(project, hint.commit, cfg.environment, pins, work);
+      const envImage = await this.environment(project, hint.commit, cfg.environment, pins, work, built);
       const compiled = compileJobs(cfg, {
         buildId: 0,
         attempt: 1,
@@ -220,6 +260,9 @@ export class Promoter implements HintSink {
         await d.audit.append('tests-failed', { project: project.name, commit: hint.commit, jobs: failed });
         throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);
       }
+      // The test containers are removed before the image build starts, so that the build does
+      // not compete with their teardown (and a test's cost is counted as the tests').
+      await d.runner.drain?.();
       phase('tests');
       await d.audit.append('tests-passed', { project: project.name, commit: hint.commit, jobs: compiled.jobs.map((j) => j.name) });
 
@@ -228,41 +271,38 @@ export class Promoter implements HintSink {
       const contextTar = join(work, 'context.tar');
       await d.verifier.archive(project, hint.commit, contextTar, publish.context);
       const tag = `airlock-trusted/${project.image}:${hint.commit}`;
-      const built = await buildTrustedImage({
+      const image = await buildTrustedImage({
         docker: d.docker,
         context: createReadStream(contextTar),
         dockerfileText,
         file: publish.dockerfile,
         tag,
         pins,
-        labels: { 'org.airlock.source': project.url, 'org.airlock.commit': hint.commit },
         signal: AbortSignal.timeout(BUILD_TIMEOUT_MS),
       }).catch((e: unknown) => {
         if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'build', e.message);
         if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'build', e.message);
         throw e;
       });
+      built.push(tag);
       steps.push({ name: 'publish-image', command: ['docker', 'build', '--network=none', '--no-cache', `--file=${publish.dockerfile}`, publish.context], exitCode: 0 });
       phase('build');
-      await d.audit.append('image-built', { project: project.name, commit: hint.commit, image: built.imageId, bases: built.bases.map((b) => `${b.name}@${b.digest}`) });
+      await d.audit.append('image-built', { project: project.name, commit: hint.commit, image: image.imageId, bases: image.bases.map((b) => `${b.name}@${b.digest}`) });
 
-      // Leak check before anything leaves the builder.
+      // Leak check before anything leaves the builder, on the one export of the image that is
+      // then pushed (the bytes pushed are the bytes searched).
       const secrets = secretValues(d.secrets);
-      const image = (await d.docker.getImage(built.imageId).get()) as NodeJS.ReadableStream;
-      const sources = async function* (): AsyncGenerator<LeakSource> {
-        yield* logs;
-        yield { name: 'publish build log', data: Buffer.from(built.log.join('\n')) };
-        yield* imageLayerSources(image as unknown as AsyncIterable<Uint8Array>);
-      };
-      const leaks = await findLeaks(secrets, sources());
+      const imageTar = join(work, 'image.tar');
+      const leaks = await saveAndSearch(d.docker, image.imageId, imageTar, secrets, [...logs, { name: 'publish build log', data: Buffer.from(image.log.join('\n')) }]);
       phase('leak-check');
       await d.audit.append('leak-check', { project: project.name, commit: hint.commit, searched: secrets.length, leaks: leaks.length, where: leaks.slice(0, 20).map((l) => `${l.source} (${l.form})`) });
       if (leaks.length > 0) throw new Stop('refused', 'leak-check', `a secret in use appears in ${leaks.map((l) => `${l.source} (${l.form})`).slice(0, 5).join(', ')}: nothing was published`);
 
       // Push, then sign what the registry serves.
       const registry = d.policy.policy.registry;
-      const pushed = await pushImage(built.imageId, { registry, repository: project.image, tag: hint.commit }, d.registryCredentials, {
+      const pushed = await pushImage(image.imageId, { registry, repository: project.image, tag: hint.commit }, d.registryCredentials, {
         ...d.pushOptions,
+        archive: imageTar,
         logger: log,
       }).catch((e: unknown) => {
         if (isAirlockError(e)) throw new Stop('failed', 'push', e.message);
@@ -276,7 +316,7 @@ export class Promoter implements HintSink {
         builderId: d.policy.policy.builderId,
         source: { repo: project.url, commit: hint.commit },
         policyDigest: d.policy.digest,
-        baseImages: built.bases.map((b) => ({ name: b.name, digest: b.digest })),
+        baseImages: image.bases.map((b) => ({ name: b.name, digest: b.digest })),
         steps,
         startedOn,
         finishedOn: new Date(this.now()),
@@ -303,6 +343,7 @@ export class Promoter implements HintSink {
       return { state: stop.state, ...base, step: stop.step, reason: stop.message };
     } finally {
       await rm(work, { recursive: true, force: true }).catch(() => undefined);
+      this.removeImages(built, log);
     }
   }
 
@@ -325,7 +366,7 @@ export class Promoter implements HintSink {
   }
 
   /** The test environment: a pinned base image as is, or the repo's Dockerfile built here. */
-  private async environment(project: PromotedProject, commit: string, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[], work: string): Promise<string> {
+  private async environment(project: PromotedProject, commit: string, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[], work: string, built: string[]): Promise<string> {
     const { d } = this;
     if ('image' in env) {
       const { bases, issues } = await checkBases(d.docker, `FROM ${env.image}\n`, `${AIRLOCK_YAML} environment`, pins);
@@ -336,11 +377,44 @@ export class Promoter implements HintSink {
     const text = await this.readText(project, commit, env.dockerfile, DOCKERFILE_MAX_BYTES);
     const tar = join(work, 'env-context.tar');
     await d.verifier.archive(project, commit, tar, env.context ?? '.');
-    const built = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag: `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`, pins, signal: AbortSignal.timeout(BUILD_TIMEOUT_MS) }).catch((e: unknown) => {
+    const tag = `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`;
+    const image = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag, pins, signal: AbortSignal.timeout(BUILD_TIMEOUT_MS) }).catch((e: unknown) => {
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'environment', e.message);
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'environment', e.message);
       throw e;
     });
-    return built.imageId;
+    built.push(tag);
+    return image.imageId;
+  }
+}
+
+/**
+ * `docker save` of `imageId` written to `file` and searched for `secrets` in the same pass (with
+ * the `extra` sources first): one export, read once, and the file is what gets pushed.
+ */
+async function saveAndSearch(docker: Docker, imageId: string, file: string, secrets: readonly string[], extra: readonly LeakSource[]): Promise<Leak[]> {
+  const image = (await docker.getImage(imageId).get()) as Readable;
+  const toSearch = new PassThrough();
+  const toFile = createWriteStream(file, { mode: 0o600, flags: 'wx' });
+  image.on('error', (e) => {
+    toSearch.destroy(e);
+    toFile.destroy(e);
+  });
+  image.pipe(toSearch);
+  image.pipe(toFile);
+  const written = finished(toFile);
+  written.catch(() => undefined); // awaited below; a failure of the search must not leave it unhandled
+  try {
+    const sources = async function* (): AsyncGenerator<LeakSource> {
+      yield* extra;
+      yield* imageLayerSources(toSearch);
+    };
+    const leaks = await findLeaks(secrets, sources());
+    await written;
+    return leaks;
+  } catch (e) {
+    image.destroy();
+    toFile.destroy();
+    throw e;
   }
 }

@@ -5,7 +5,10 @@
  * pushed, never a schema-1 conversion.
  *
  * Mechanism: `skopeo copy --format v2s2 docker-daemon:<image id> docker://<registry>/<repo>:<tag>`,
- * with `--dest-authfile` and `--digestfile`. Why skopeo:
+ * with `--dest-authfile` and `--digestfile`; or, given `options.archive` (a `docker save` of that
+ * image already on disk), `docker-archive:<file>` as the source: the bytes pushed are then the
+ * very bytes the caller read (the promoter's leak check), and the engine is not asked to export
+ * the image a second time. Why skopeo:
  *  - It reads the image by id. A dockerode `image.push` would need a `<registry>/<repo>:<tag>`
  *    tag on the shared engine first (state other builds and the reaper see, and a race between two
  *    builds pushing the same name), and the engine retries failed uploads itself with its own
@@ -91,6 +94,8 @@ export interface PushOptions extends RegistryRequestOptions {
   dockerHost?: string;
   /** One `skopeo copy`, after which the attempt counts as failed and is retried. */
   attemptTimeoutMs?: number; // default 10 min
+  /** A `docker save` of the image (by its id), pushed instead of reading the engine. */
+  archive?: string;
 }
 
 export interface PushResult {
@@ -132,6 +137,9 @@ class TransientFailure extends Error {}
  */
 export async function pushImage(imageId: string, target: PushTarget, credentials: RegistryCredentials, options: PushOptions = {}): Promise<PushResult> {
   const id = checkPush(imageId, target, credentials);
+  if (options.archive !== undefined && (options.archive.includes(':') || !options.archive.startsWith('/'))) {
+    throw new InvalidInputError([issue('archive', `must be an absolute path without ":" (skopeo's docker-archive syntax): ${JSON.stringify(options.archive)}`)]);
+  }
   const reference = `${target.registry}/${target.repository}:${target.tag}`;
   const dir = await mkdtemp(join(tmpdir(), 'airlock-push-'));
   try {
@@ -289,14 +297,15 @@ interface SkopeoFiles {
 
 /**
  * The files skopeo reads, so that nothing on the machine changes what it does: the credentials
- * (0600), a signature policy that accepts the engine as a source (we push, we do not verify here),
+ * (0600), a signature policy that accepts the engine or an archive as a source (we push, we do not verify here),
  * and an empty registries.d (no lookaside writes).
  */
 async function writeSkopeoFiles(dir: string, registry: string, credentials: RegistryCredentials): Promise<SkopeoFiles> {
   const files = { dir, authfile: join(dir, 'auth.json'), policy: join(dir, 'policy.json'), registriesD: join(dir, 'registries.d') };
   const auth = Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64');
   await writeFile(files.authfile, JSON.stringify({ auths: { [registry]: { auth } } }), { mode: 0o600, flag: 'wx' });
-  const policy = { default: [{ type: 'reject' }], transports: { 'docker-daemon': { '': [{ type: 'insecureAcceptAnything' }] } } };
+  const accept = { '': [{ type: 'insecureAcceptAnything' }] };
+  const policy = { default: [{ type: 'reject' }], transports: { 'docker-daemon': accept, 'docker-archive': accept } };
   await writeFile(files.policy, JSON.stringify(policy), { flag: 'wx' });
   await mkdir(files.registriesD);
   return files;
@@ -313,8 +322,7 @@ async function copyWithSkopeo(imageId: string, reference: string, registry: stri
     '--dest-authfile', files.authfile,
     `--dest-tls-verify=${isLoopback(registry) ? 'false' : 'true'}`,
     '--digestfile', digestFile,
-    ...(options.dockerHost ? ['--src-daemon-host', options.dockerHost] : []),
-    `docker-daemon:${imageId}`,
+    ...(options.archive ? [`docker-archive:${options.archive}`] : [...(options.dockerHost ? ['--src-daemon-host', options.dockerHost] : []), `docker-daemon:${imageId}`]),
     `docker://${reference}`,
   ];
   const { code, stderr, timedOut } = await run(options.skopeo ?? 'skopeo', args, options.attemptTimeoutMs ?? ATTEMPT_TIMEOUT_MS, options.signal);

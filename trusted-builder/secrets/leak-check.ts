@@ -222,6 +222,8 @@ interface Automaton {
   delta: Int32Array;
   /** Needles whose prefix ends at a state (including via suffix links); undefined for most. */
   out: (number[] | undefined)[];
+  /** 1 where `out` has needles: the hot loop tests a typed array, not a sparse one. */
+  hasOut: Uint8Array;
   needles: Buffer[];
   prefixLen: number[];
   owners: { secret: number; form: LeakForm }[][];
@@ -296,7 +298,9 @@ class NeedleSet {
         }
       }
     }
-    return { delta, out, needles: this.#needles, prefixLen, owners: this.#owners };
+    const hasOut = new Uint8Array(n);
+    for (let i = 0; i < n; i++) if (out[i] !== undefined) hasOut[i] = 1;
+    return { delta, out, hasOut, needles: this.#needles, prefixLen, owners: this.#owners };
   }
 }
 
@@ -313,14 +317,14 @@ class Scanner {
 
   write(chunk: Uint8Array): void {
     if (chunk.length === 0 || this.auto.needles.length === 0) return;
-    const { delta, out, prefixLen } = this.auto;
+    const { delta, out, hasOut, prefixLen } = this.auto;
     this.#hist = this.#hist.length ? Buffer.concat([this.#hist, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
     let s = this.#state;
     const base = this.#pos;
-    for (let i = 0; i < chunk.length; i++) {
-      s = delta[s * 256 + chunk[i]!]!;
-      const o = out[s];
-      if (o !== undefined) for (const needle of o) this.#pending.push({ needle, start: base + i + 1 - prefixLen[needle]! });
+    const len = chunk.length;
+    for (let i = 0; i < len; i++) {
+      s = delta[(s << 8) | chunk[i]!]!;
+      if (hasOut[s] !== 0) for (const needle of out[s]!) this.#pending.push({ needle, start: base + i + 1 - prefixLen[needle]! });
     }
     this.#state = s;
     this.#pos += chunk.length;
@@ -362,14 +366,23 @@ class Scanner {
 }
 
 function withoutLineBreaks(chunk: Uint8Array): Uint8Array {
-  if (chunk.indexOf(10) < 0 && chunk.indexOf(13) < 0) return chunk;
+  let lf = chunk.indexOf(10);
+  let cr = chunk.indexOf(13);
+  if (lf < 0 && cr < 0) return chunk;
+  // Copy the runs between breaks (native copies), not byte by byte.
   const out = new Uint8Array(chunk.length);
   let j = 0;
-  for (let i = 0; i < chunk.length; i++) {
-    const b = chunk[i]!;
-    if (b !== 10 && b !== 13) out[j++] = b;
+  let from = 0;
+  while (lf >= 0 || cr >= 0) {
+    const at = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
+    out.set(chunk.subarray(from, at), j);
+    j += at - from;
+    from = at + 1;
+    if (at === lf) lf = chunk.indexOf(10, from);
+    if (at === cr) cr = chunk.indexOf(13, from);
   }
-  return out.subarray(0, j);
+  out.set(chunk.subarray(from), j);
+  return out.subarray(0, j + chunk.length - from);
 }
 
 async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {

@@ -10,12 +10,15 @@
  *   /tmp         tmpfs of `tmpBytes`, nosuid, nodev (its pages count against the memory limit)
  *   /dev/shm     Docker's default 64 MiB shm, private IPC namespace
  *   VOLUME paths of the image: a tmpfs like /tmp each, instead of an unbounded anonymous volume
- * Nothing from the host is bind-mounted; the Docker socket is never present.
+ *   /run/secrets only for a trusted-builder step granted secrets: a read-only bind of a host tmpfs
+ *                directory holding just those files (secret-files.ts)
+ * Nothing else from the host is bind-mounted; the Docker socket is never present.
  */
 import type Docker from 'dockerode';
 import type { JobSpec } from '../schemas/job-spec.js';
 import type { Limits, Runtime } from '../schemas/limits.js';
 import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_OWNER } from './labels.js';
+import { SECRETS_PATH } from './secret-files.js';
 
 export const WORKSPACE_PATH = '/workspace';
 
@@ -41,6 +44,8 @@ export interface ContainerPlan {
   workspaceVolume: string;
   /** ms since epoch, for the reaper's age check. */
   createdAt: number;
+  /** A host tmpfs directory of the step's granted secret files, bind-mounted read-only at /run/secrets. */
+  secretsDir?: string;
 }
 
 /** Below 10 ms of CPU per 100 ms period the kernel (and runc) ignore or refuse the quota. */
@@ -53,7 +58,7 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
   const tmpfs = `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777`;
   const covered = Object.fromEntries(plan.imageVolumes.filter((p) => p !== WORKSPACE_PATH && p !== '/tmp').map((p) => [p, tmpfs]));
   // The job may set HOME and anything else, but not the variables airlock itself vouches for.
-  const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id };
+  const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...(plan.secretsDir ? { AIRLOCK_SECRETS_DIR: SECRETS_PATH } : {}) };
   return {
     name: plan.name,
     Image: plan.imageId,
@@ -101,7 +106,10 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
       Tmpfs: { ...covered, '/tmp': tmpfs },
       // NoCopy: the image's /workspace content is never copied into the volume (and the engine
       // skips that check, which is measurably faster).
-      Mounts: [{ Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false, VolumeOptions: { NoCopy: true } as NonNullable<Docker.MountSettings['VolumeOptions']> }],
+      Mounts: [
+        { Type: 'volume', Source: plan.workspaceVolume, Target: WORKSPACE_PATH, ReadOnly: false, VolumeOptions: { NoCopy: true } as NonNullable<Docker.MountSettings['VolumeOptions']> },
+        ...(plan.secretsDir ? [{ Type: 'bind' as const, Source: plan.secretsDir, Target: SECRETS_PATH, ReadOnly: true, BindOptions: { Propagation: 'rprivate' as const } }] : []),
+      ],
       Binds: [],
       Devices: [],
       // The runner reads the log through attach; the engine keeps none on disk.

@@ -38,6 +38,7 @@ import { newOwnerId } from './owner.js';
 import { reap, type ReapReport } from './reaper.js';
 import { describeOutcome, type JobResult } from './result.js';
 import { extractSource } from './source-extract.js';
+import { checkSecretFiles, DEFAULT_SECRETS_TMPFS, removeSecretFiles, writeSecretFiles, type SecretFile } from './secret-files.js';
 import { packDirectory, repackTar } from './tar-pack.js';
 import { MountFailedError, WorkspaceManager, type Workspace } from './workspace.js';
 import { isNotFound } from '../docker/client.js';
@@ -63,6 +64,8 @@ export interface JobRunnerOptions {
    * API (putArchive into the created container).
    */
   sourceVia?: 'mount' | 'archive';
+  /** The host tmpfs for steps' secret files (default DEFAULT_SECRETS_TMPFS); see secret-files.ts. */
+  secretsTmpfs?: string;
 }
 
 export interface RunOptions {
@@ -79,6 +82,11 @@ export interface RunOptions {
   source?: { dir: string } | { tar: string };
   /** Include the kept log in the result (default true). */
   includeLog?: boolean;
+  /**
+   * Files for /run/secrets (a host tmpfs, read-only in the container): the trusted builder's
+   * granted secrets. The untrusted tier never passes any: it holds none.
+   */
+  secretFiles?: readonly SecretFile[];
 }
 
 /** Waits that must never hang a runner, whatever the engine or the job does. */
@@ -181,13 +189,16 @@ export class JobRunner {
       throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     }
     if (ro.source) await checkSource(ro.source, spec.id);
+    if (ro.secretFiles?.length) checkSecretFiles(ro.secretFiles, spec.id);
     const cancelledBeforeStart = () => new CancelledError(`job ${spec.id} cancelled before it started`);
     if (ro.signal?.aborted) throw cancelledBeforeStart();
 
     const log = this.opts.logger?.child({ jobId: spec.id });
     let ws: Workspace | undefined;
     let container: Docker.Container | undefined;
+    let secretsDir: string | undefined;
     try {
+      if (ro.secretFiles?.length) secretsDir = await writeSecretFiles(this.opts.secretsTmpfs ?? DEFAULT_SECRETS_TMPFS, ro.secretFiles, { uid: this.hostUid, gid: this.hostGid });
       ws = await this.workspaces.take(limits.workspaceBytes);
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
       // The source is written while the engine creates the container: creating does not mount
@@ -199,6 +210,7 @@ export class JobRunner {
           toCreateOptions({
             spec, limits, runtime, imageId: image.id, imageVolumes: image.volumes,
             user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now(),
+            ...(secretsDir ? { secretsDir } : {}),
           }),
         ),
       ]);
@@ -224,9 +236,10 @@ export class JobRunner {
       }
       // Removal runs after the result is returned: the caller need not wait for the engine to
       // unmount and delete. drain() waits for it; the reaper covers a crash in between.
-      this.cleanupLater(container, ws, log);
+      this.cleanupLater(container, ws, log, secretsDir);
       container = undefined;
       ws = undefined;
+      secretsDir = undefined;
       const t2 = performance.now();
       const facts = {
         exitCode: run.exitCode,
@@ -257,7 +270,7 @@ export class JobRunner {
     } catch (e) {
       throw wrapEngineError(e, `job ${spec.id}`);
     } finally {
-      if (container || ws) this.cleanupLater(container, ws, log);
+      if (container || ws || secretsDir) this.cleanupLater(container, ws, log, secretsDir);
     }
   }
 
@@ -266,8 +279,8 @@ export class JobRunner {
     while (this.pendingCleanups.size > 0) await Promise.allSettled([...this.pendingCleanups]);
   }
 
-  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined): void {
-    const p: Promise<void> = this.destroy(container, ws)
+  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined, secretsDir?: string): void {
+    const p: Promise<void> = this.destroy(container, ws, secretsDir)
       .catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'))
       .finally(() => this.pendingCleanups.delete(p));
     this.pendingCleanups.add(p);
@@ -438,16 +451,20 @@ export class JobRunner {
     }
   }
 
-  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined): Promise<void> {
-    if (container) {
-      try {
-        // v: true also removes anonymous volumes; the workspace is a named volume and survives it.
-        await container.remove({ force: true, v: true });
-      } catch (e) {
-        if (!isNotFound(e)) throw e;
+  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string): Promise<void> {
+    try {
+      if (container) {
+        try {
+          // v: true also removes anonymous volumes; the workspace is a named volume and survives it.
+          await container.remove({ force: true, v: true });
+        } catch (e) {
+          if (!isNotFound(e)) throw e;
+        }
       }
+      if (ws) await this.workspaces.release(ws);
+    } finally {
+      if (secretsDir) await removeSecretFiles(secretsDir);
     }
-    if (ws) await this.workspaces.release(ws);
   }
 }
 

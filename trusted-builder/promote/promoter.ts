@@ -9,11 +9,13 @@
  *               section names the Dockerfile of the published image (else refused)
  *   tests       the project's gate jobs re-run in the hardened runner, on the builder's own
  *               archive of the commit, in an environment the builder made itself (a pinned base
- *               image, or its Dockerfile built here without cache); a voting failure ends it
+ *               image, or its Dockerfile built here without cache); a step the secrets policy
+ *               grants secrets gets them as read-only tmpfs files; a voting failure ends it
  *   build       the publish image, hermetically (network off, no cache, pinned bases only)
  *   leak check  every secret value in use is searched for in the image's layers and config, the
  *               job logs and the build log (raw, base64, JSON-escaped…); a hit ends it, unpushed
- *   push        to the private registry, with retries; the digest the registry serves is kept
+ *   push        that very export of the image to the private registry, with retries; the digest
+ *               the registry serves is kept
  *   sign        a simple-signing signature of that digest in the lookaside, and a detached
  *               signature over an in-toto/SLSA provenance statement next to it
  * Promotions run one at a time, in arrival order; a commit already promoted (or queued) is not
@@ -33,6 +35,7 @@ import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock
 import { RepoPath } from '../../shared/schemas/airlock-yaml.js';
 import { compileJobs } from '../../shared/repo-config/compile-jobs.js';
 import type { RunOptions } from '../../shared/runner/job-runner.js';
+import type { SecretFile } from '../../shared/runner/secret-files.js';
 import type { JobResult } from '../../shared/runner/result.js';
 import type { JobPolicy } from '../../shared/schemas/job-policy.js';
 import type { JobSpec } from '../../shared/schemas/job-spec.js';
@@ -235,12 +238,6 @@ export class Promoter implements HintSink {
         vars: { project: project.name, branch: v.branch, change: hint.commit.slice(0, 12), patchset: 1, commit: hint.commit },
       });
       if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
-      for (const job of compiled.jobs) {
-        if (grantsFor(d.secretsPolicy, project.name, job.name).length > 0) {
-          // TODO(#5): granted secrets as tmpfs files for named steps.
-          throw new Stop('refused', 'tests', `job ${job.name} is granted secrets, which this builder cannot hand to a job yet`);
-        }
-      }
       const states = new Map<string, boolean>();
       for (const job of compiled.jobs) {
         if (job.needs.some((n) => states.get(n) !== true)) {
@@ -248,7 +245,11 @@ export class Promoter implements HintSink {
           continue;
         }
         const chunks: Buffer[] = [];
-        const r = await d.runner.run({ ...job.spec, id: `trusted-${randomUUID().slice(0, 12)}-${job.name}` }, { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data) });
+        const secretFiles = await this.grantedFiles(project.name, hint.commit, job.name);
+        const r = await d.runner.run(
+          { ...job.spec, id: `trusted-${randomUUID().slice(0, 12)}-${job.name}` },
+          { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
+        );
         const logFile = join(work, `${job.name}.log`);
         await writeFile(logFile, Buffer.concat(chunks));
         logs.push({ name: `log of ${job.name}`, data: await readFile(logFile) });
@@ -345,6 +346,23 @@ export class Promoter implements HintSink {
       await rm(work, { recursive: true, force: true }).catch(() => undefined);
       this.removeImages(built, log);
     }
+  }
+
+  /**
+   * The secrets policy grants step `job` of `project`, as files for /run/secrets: one file per
+   * field, `<path>/<field>` (e.g. `team/app/npm/token`). Each read is an audit record (the path,
+   * never the value); the values join the leak check's list by being read through the store.
+   */
+  private async grantedFiles(project: string, commit: string, job: string): Promise<SecretFile[]> {
+    const files: SecretFile[] = [];
+    for (const path of grantsFor(this.d.secretsPolicy, project, job)) {
+      const value = await this.d.secrets.read(path).catch((e: unknown) => {
+        throw new Stop('failed', 'secrets', `step ${job}: ${isAirlockError(e) ? e.message : `cannot read granted secret ${path}`}`);
+      });
+      await this.d.audit.append('secret-read', { path, store: this.d.secrets.kind, purpose: `step ${job}`, project, commit });
+      for (const [field, text] of Object.entries(value)) files.push({ path: `${path}/${field}`, data: Buffer.from(text, 'utf8') });
+    }
+    return files;
   }
 
   private async readText(project: PromotedProject, commit: string, path: string, max: number): Promise<string> {

@@ -186,6 +186,19 @@ describe('toCreateOptions, whole objects', () => {
     expect([Runtime, Memory, MemorySwap, NanoCpus, PidsLimit, Tmpfs, Mounts]).not.toContain(undefined);
   });
 
+  it('a step granted secrets (trusted builder) gets their tmpfs directory read-only at /run/secrets, and the variable naming it; nothing else changes', () => {
+    const o = toCreateOptions({ ...small, secretsDir: '/dev/shm/airlock-secrets/job-1' });
+    expect(o.HostConfig!.Mounts).toEqual([
+      ...toCreateOptions(small).HostConfig!.Mounts!,
+      { Type: 'bind', Source: '/dev/shm/airlock-secrets/job-1', Target: '/run/secrets', ReadOnly: true, BindOptions: { Propagation: 'rprivate' } },
+    ]);
+    expect(o.Env).toContain('AIRLOCK_SECRETS_DIR=/run/secrets');
+    expect(toCreateOptions(small).Env!.some((e) => e.startsWith('AIRLOCK_SECRETS_DIR='))).toBe(false);
+    const { Mounts: _a, ...with_ } = o.HostConfig!;
+    const { Mounts: _b, ...without } = toCreateOptions(small).HostConfig!;
+    expect(with_).toEqual(without);
+  });
+
   it('takes the created and owner labels from the plan', () => {
     const o = toCreateOptions({ ...small, createdAt: 42, owner: 'h/1/2' });
     expect(o.Labels?.[LABEL_CREATED]).toBe('42');

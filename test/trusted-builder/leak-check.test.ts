@@ -172,6 +172,18 @@ describe('findLeaks: base64', () => {
     expect(leak).toEqual({ source: 'w', secret: 0, form: 'base64', count: 1, lineWrapped: true });
   });
 
+  it('finds wrapped base64 whose first line break comes chunks after a long unbroken run (the wrapped search starts late)', async () => {
+    const text = buf(randomBytes(50), SECRET).toString('base64');
+    for (const at of [60, 70, 75, 80, 85]) {
+      // ~10 KB without any line break, then the secret's base64 broken once, at `at`.
+      const data = buf('x'.repeat(10_000), text.slice(0, at), '\n', text.slice(at));
+      for (const cuts of [[], [5000, 10_010], [10_000 + at - 3], [10_000 + at], [10_000 + at + 1], Array.from({ length: 200 }, (_, i) => i * 51)]) {
+        const leaks = await leaksIn([SECRET], split('late.txt', data, cuts));
+        expect(leaks.find((l) => l.form === 'base64'), `break at ${at}, cuts ${cuts.length ? cuts.slice(0, 3).join(',') : 'none'}`).toBeDefined();
+      }
+    }
+  });
+
   it('docker-login style: base64("user:secret") in a config.json', async () => {
     const auth = Buffer.from(`airlock:${SECRET}`).toString('base64');
     const leaks = await leaksIn([SECRET], { name: '.docker/config.json', data: buf(JSON.stringify({ auths: { 'registry.local': { auth } } })) });

@@ -97,12 +97,23 @@ export async function findLeaks(
   }
   const plainAuto = plain.build();
   const wrappedAuto = wrapped.build();
+  // The line-wrapped search starts at a source's first CR/LF: before it, the stream without line
+  // breaks is the stream itself, which the plain search already covers. It is fed the bytes a
+  // needle spanning that first break could start with (the longest wrapped needle, less one).
+  const keep = Math.max(0, ...wrappedAuto.needles.map((n) => n.length - 1));
   for await (const source of sources) {
     const a = new Scanner(plainAuto);
-    const b = new Scanner(wrappedAuto);
+    let b: Scanner | undefined;
+    let tail = Buffer.alloc(0);
     for await (const chunk of chunksOf(source.data)) {
       a.write(chunk);
-      b.write(withoutLineBreaks(chunk));
+      if (b) b.write(withoutLineBreaks(chunk));
+      else if (chunk.indexOf(10) >= 0 || chunk.indexOf(13) >= 0) {
+        b = new Scanner(wrappedAuto);
+        b.write(withoutLineBreaks(tail.length ? Buffer.concat([tail, chunk]) : chunk));
+      } else if (keep > 0) {
+        tail = chunk.length >= keep ? Buffer.from(chunk.subarray(chunk.length - keep)) : Buffer.from(Buffer.concat([tail, chunk]).subarray(-keep));
+      }
     }
     const found = new Map<string, Leak>();
     for (const [needle, hit] of a.finish()) {
@@ -115,7 +126,7 @@ export async function findLeaks(
         } else found.set(key, { source: source.name, secret, form, offset: hit.first, count: hit.count });
       }
     }
-    for (const [needle, hit] of b.finish()) {
+    for (const [needle, hit] of b?.finish() ?? []) {
       for (const { secret, form } of wrappedAuto.owners[needle]!) {
         const key = `${secret}\0${form}`;
         const prev = found.get(key);

@@ -2,7 +2,7 @@
  * The builder's own source check against real git: a commit is promoted only when the builder's
  * own fetch of the protected branches (from the policy's URL) contains it.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -82,5 +82,21 @@ describe('SourceVerifier', () => {
     // The repository's attributes do not change the archive: nothing hidden, nothing rewritten.
     expect(bytes.includes(Buffer.from('still here'))).toBe(true);
     expect(bytes.includes(Buffer.from('$Format:%H$'))).toBe(true);
+  });
+
+  it('refuses a file or an archive over its size cap with an error naming it, leaving no partial file', async () => {
+    const up = createRepo({ '.airlock.yaml': `version: 1\n# ${'x'.repeat(5000)}\n`, 'big.bin': 'y'.repeat(200_000) });
+    repos.push(up);
+    const p = project(up);
+    const tip = up.tip();
+    expect(await verifier.verify(p, tip)).toMatchObject({ ok: true });
+    const e = await verifier.readFile(p, tip, '.airlock.yaml', 1024).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidInputError);
+    expect(String((e as Error).message) + JSON.stringify((e as InvalidInputError).issues)).toMatch(/more than the 1024 allowed/);
+    const tar = join(root, 'capped.tar');
+    await expect(verifier.archive(p, tip, tar, '.', 100_000)).rejects.toBeInstanceOf(InvalidInputError);
+    expect(existsSync(tar)).toBe(false);
+    await verifier.archive(p, tip, tar, '.', 300_000);
+    expect(existsSync(tar)).toBe(true);
   });
 });

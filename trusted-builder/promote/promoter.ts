@@ -29,7 +29,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type Docker from 'dockerode';
 import { z } from 'zod';
-import { isAirlockError } from '../../shared/errors.js';
+import { InvalidInputError, isAirlockError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock-yaml.js';
 import { RepoPath } from '../../shared/schemas/airlock-yaml.js';
@@ -223,7 +223,7 @@ export class Promoter implements HintSink {
 
       const { cfg, publish } = await this.readConfig(project, hint.commit);
       const source = join(work, 'source.tar');
-      await d.verifier.archive(project, hint.commit, source);
+      await this.archive(project, hint.commit, source);
       const pins = d.policy.policy.baseImages;
 
       // Tests: the gate jobs again, in an environment made here.
@@ -270,7 +270,7 @@ export class Promoter implements HintSink {
       // The publish image.
       const dockerfileText = await this.readText(project, hint.commit, publish.dockerfile, DOCKERFILE_MAX_BYTES);
       const contextTar = join(work, 'context.tar');
-      await d.verifier.archive(project, hint.commit, contextTar, publish.context);
+      await this.archive(project, hint.commit, contextTar, publish.context);
       const tag = `airlock-trusted/${project.image}:${hint.commit}`;
       const image = await buildTrustedImage({
         docker: d.docker,
@@ -365,6 +365,14 @@ export class Promoter implements HintSink {
     return files;
   }
 
+  /** The verifier's archive; a repository or directory over the size cap is a refusal. */
+  private async archive(project: PromotedProject, commit: string, file: string, subdir = '.'): Promise<void> {
+    await this.d.verifier.archive(project, commit, file, subdir).catch((e: unknown) => {
+      if (e instanceof InvalidInputError) throw new Stop('refused', 'source', e.message);
+      throw e;
+    });
+  }
+
   private async readText(project: PromotedProject, commit: string, path: string, max: number): Promise<string> {
     const b = await this.d.verifier.readFile(project, commit, path, max).catch((e: unknown) => {
       if (isAirlockError(e) && !e.retryable) throw new Stop('refused', 'config', `${path}: ${e.message}`);
@@ -394,7 +402,7 @@ export class Promoter implements HintSink {
     }
     const text = await this.readText(project, commit, env.dockerfile, DOCKERFILE_MAX_BYTES);
     const tar = join(work, 'env-context.tar');
-    await d.verifier.archive(project, commit, tar, env.context ?? '.');
+    await this.archive(project, commit, tar, env.context ?? '.');
     const tag = `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`;
     const image = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag, pins, signal: AbortSignal.timeout(BUILD_TIMEOUT_MS) }).catch((e: unknown) => {
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'environment', e.message);

@@ -11,10 +11,13 @@
  *
  * After a successful verify, `archive` and `readFile` read that commit from the same mirror.
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { InvalidInputError, NotFoundError } from '../../shared/errors.js';
-import { isSha, runGit } from '../../shared/git/git.js';
+import { isSha, runGit, streamGit } from '../../shared/git/git.js';
 import type { PromotedProject } from '../policy/promotion.js';
 
 export type Verification =
@@ -24,6 +27,8 @@ export type Verification =
 const PROTECTED_PREFIX = 'refs/protected/';
 /** One fetch of a project's protected branches. */
 const FETCH_TIMEOUT_MS = 5 * 60_000; // 5 min
+/** A commit's archive at most (the source of the test re-run and the build context come from it). */
+const MAX_ARCHIVE_BYTES = 1024 * 1024 * 1024; // 1 GiB
 
 export class SourceVerifier {
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -107,18 +112,37 @@ export class SourceVerifier {
     const [meta] = entry.split('\t');
     const [mode, type, oid] = (meta ?? '').split(' ');
     if (type !== 'blob' || (mode !== '100644' && mode !== '100755') || !oid) throw new NotFoundError(`${path} at ${commit.slice(0, 12)} is not a regular file`);
+    const size = Number((await runGit(['cat-file', '-s', oid], { gitDir: dir })).stdout.toString('utf8').trim());
+    if (!(size <= maxBytes)) throw new InvalidInputError([{ file: path, path: '', message: `is ${size} bytes, more than the ${maxBytes} allowed`, severity: 'error' }]);
     const r = await runGit(['cat-file', 'blob', oid], { gitDir: dir, maxOutputBytes: maxBytes });
     return r.stdout;
   }
 
-  /** `git archive` of a verified commit (or of one directory of it, as the root), as a tar file at `file`. */
-  async archive(project: PromotedProject, commit: string, file: string, subdir = '.'): Promise<void> {
+  /**
+   * `git archive` of a verified commit (or of one directory of it, as the root), as a tar file at
+   * `file`, at most `maxBytes` (a repository that is too large fails with InvalidInputError, and
+   * the partial file is removed).
+   */
+  async archive(project: PromotedProject, commit: string, file: string, subdir = '.', maxBytes = MAX_ARCHIVE_BYTES): Promise<void> {
     if (!isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
     const dir = subdir.replace(/\/+$/, '');
     if (dir.startsWith('/') || dir.startsWith('-') || dir.split('/').includes('..') || dir.includes('\0') || dir.includes(':')) {
       throw new InvalidInputError([{ file: 'request', path: 'subdir', message: 'must be a relative directory inside the repository', severity: 'error' }]);
     }
     const treeish = dir === '.' || dir === '' ? commit : `${commit}:${dir}`;
-    await runGit(['archive', '--format=tar', `--output=${file}`, treeish], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS });
+    let size = 0;
+    const cap = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        if (size > maxBytes) done(new InvalidInputError([{ file: 'repository', path: subdir, message: `its archive is larger than ${maxBytes} bytes`, severity: 'error' }]));
+        else done(null, chunk);
+      },
+    });
+    try {
+      await pipeline(streamGit(['archive', '--format=tar', treeish], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS }), cap, createWriteStream(file, { mode: 0o600 }));
+    } catch (e) {
+      await rm(file, { force: true });
+      throw e;
+    }
   }
 }

@@ -130,19 +130,28 @@ export class SourceVerifier {
       throw new InvalidInputError([{ file: 'request', path: 'subdir', message: 'must be a relative directory inside the repository', severity: 'error' }]);
     }
     const treeish = dir === '.' || dir === '' ? commit : `${commit}:${dir}`;
-    let size = 0;
-    const cap = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        size += chunk.length;
-        if (size > maxBytes) done(new InvalidInputError([{ file: 'repository', path: subdir, message: `its archive is larger than ${maxBytes} bytes`, severity: 'error' }]));
-        else done(null, chunk);
-      },
-    });
-    try {
-      await pipeline(streamGit(['archive', '--format=tar', treeish], { gitDir: this.mirror(project), timeoutMs: FETCH_TIMEOUT_MS }), cap, createWriteStream(file, { mode: 0o600 }));
-    } catch (e) {
-      await rm(file, { force: true });
-      throw e;
-    }
+    await archiveToFile({ gitDir: this.mirror(project), treeish, file, maxBytes, what: subdir });
+  }
+}
+
+/**
+ * `git archive --format=tar <treeish>` into `file` (mode 0600), at most `maxBytes`: past it,
+ * InvalidInputError naming `what`, and no partial file is left.
+ */
+export async function archiveToFile(o: { gitDir: string; env?: Record<string, string>; treeish: string; file: string; maxBytes?: number; what: string }): Promise<void> {
+  const maxBytes = o.maxBytes ?? MAX_ARCHIVE_BYTES;
+  let size = 0;
+  const cap = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      size += chunk.length;
+      if (size > maxBytes) done(new InvalidInputError([{ file: 'repository', path: o.what, message: `its archive is larger than ${maxBytes} bytes`, severity: 'error' }]));
+      else done(null, chunk);
+    },
+  });
+  try {
+    await pipeline(streamGit(['archive', '--format=tar', o.treeish], { gitDir: o.gitDir, timeoutMs: FETCH_TIMEOUT_MS, ...(o.env ? { env: o.env } : {}) }), cap, createWriteStream(o.file, { mode: 0o600 }));
+  } catch (e) {
+    await rm(o.file, { force: true });
+    throw e;
   }
 }

@@ -257,7 +257,7 @@ async function followWithProgress(client: CiClient, id: number, o: { json?: bool
 }
 
 /** Runs a command body; with --json, an AirlockError is also printed as JSON on stdout before main.ts reports it. */
-async function withJsonErrors(json: boolean | undefined, body: () => Promise<unknown>): Promise<void> {
+export async function withJsonErrors(json: boolean | undefined, body: () => Promise<unknown>): Promise<void> {
   try {
     await body();
   } catch (e) {

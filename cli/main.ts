@@ -11,6 +11,7 @@ import { registerJobCommands } from './job.js';
 import { registerCiCommands } from './ci.js';
 import { registerGateSimCommand } from './gate-sim.js';
 import { registerBuilderCommands } from './builder.js';
+import { registerEmbargoCommands } from './embargo.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -30,6 +31,7 @@ registerJobCommands(program);
 registerCiCommands(program);
 registerGateSimCommand(program);
 registerBuilderCommands(program);
+registerEmbargoCommands(program);
 
 try {
   await program.parseAsync(process.argv);

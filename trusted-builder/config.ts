@@ -35,8 +35,10 @@ export const BuilderConfig = z.strictObject({
       secrets: z.string().default('policies/secrets.yaml'),
       /** Bounds of the re-run test jobs; default: policies/untrusted-job.yaml's. */
       job: z.string().optional(),
+      /** The security team's public keys, one `<name>.asc` per member (trusted-builder/embargo/team.ts). */
+      securityTeam: z.string().default('policies/security-team'),
     })
-    .default({ promotion: 'policies/promotion.yaml', secrets: 'policies/secrets.yaml' }),
+    .default({ promotion: 'policies/promotion.yaml', secrets: 'policies/secrets.yaml', securityTeam: 'policies/security-team' }),
   secrets: z.discriminatedUnion('kind', [FileSecrets, VaultSecrets]),
   /** Watch the protected branches of every policy project this often (0: hints only). */
   pollEveryMs: z.number().int().min(0).default(0),
@@ -54,6 +56,7 @@ export function buildBuilderConfig(input: unknown, file: string, baseDir = proce
   c.policies.promotion = abs(c.policies.promotion);
   c.policies.secrets = abs(c.policies.secrets);
   if (c.policies.job) c.policies.job = abs(c.policies.job);
+  c.policies.securityTeam = abs(c.policies.securityTeam);
   if (c.secrets.kind === 'file') c.secrets.dir = abs(c.secrets.dir);
   else {
     c.secrets.roleIdFile = abs(c.secrets.roleIdFile);

@@ -7,19 +7,26 @@
  * At start it reads its own secrets (the hint HMAC key, the registry credentials, the signing
  * key) from the SecretStore, each read an audit record naming the path (never the value), and
  * refuses to start when the signing key is not one gpg and skopeo accept.
+ *
+ * The embargo lane (trusted-builder/embargo/) is on when the secret at `builder.embargoKey` exists:
+ * its key, the security team (`policies.securityTeam`) and its store (`<dataDir>/embargo/`) are then
+ * loaded and checked, and any problem stops the start. With no such secret the lane is off (an
+ * audit record says so) and `POST /v1/embargo` answers 404.
  */
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { FastifyInstance } from 'fastify';
 import { createDocker } from '../shared/docker/client.js';
-import { InvalidInputError } from '../shared/errors.js';
+import { InvalidInputError, NotFoundError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logging.js';
 import { loadJobPolicy } from '../shared/policy/job-policy.js';
 import { JobRunner } from '../shared/runner/job-runner.js';
 import { buildBuilderApi } from './api/app.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { BuilderConfig } from './config.js';
-import { loadPromotionPolicy } from './policy/promotion.js';
+import { openEmbargoLane, type EmbargoLane } from './embargo/lane.js';
+import type { EmbargoStore } from './embargo/store.js';
+import { loadPromotionPolicy, projectPolicy } from './policy/promotion.js';
 import { loadSecretsPolicy } from './policy/secrets.js';
 import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
@@ -38,12 +45,15 @@ export interface BuilderService {
   readonly lookasideDir: string;
   /** The signing key's public half (what consumers put in their policy). */
   readonly publicKey: string;
+  /** The embargo store when the lane is on (its `publicKey` is what the security team encrypts to). */
+  readonly embargo?: EmbargoStore;
   listen(): Promise<string>;
   close(): Promise<void>;
 }
 
-export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string; promotions: string } {
+export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string; promotions: string; embargo: string } {
   return {
+    embargo: join(dataDir, 'embargo'),
     audit: join(dataDir, 'audit.jsonl'),
     git: join(dataDir, 'git'),
     work: join(dataDir, 'work'),
@@ -85,6 +95,19 @@ export async function startBuilderService(
     const registry = await read(secretsPolicy.builder.registry, ['username', 'password']);
     const key = await read(secretsPolicy.builder.signingKey, ['armored']);
     const signingKey = await loadSigningKey(key.armored!, key.passphrase, { source: `secret ${secretsPolicy.builder.signingKey}` });
+    let lane: EmbargoLane | undefined;
+    const embargoPath = secretsPolicy.builder.embargoKey;
+    const embargoKey = embargoPath ? await read(embargoPath, ['armored']).catch((e: unknown) => (e instanceof NotFoundError ? undefined : Promise.reject(e))) : undefined;
+    if (embargoPath && embargoKey) {
+      const secret = { armored: embargoKey.armored!, ...(embargoKey.passphrase ? { passphrase: embargoKey.passphrase } : {}) };
+      const knownProject = (p: string): boolean => projectPolicy(policy.policy, p) !== undefined;
+      lane = await openEmbargoLane({ secret, source: `secret ${embargoPath}`, teamDir: config.policies.securityTeam, dir: paths.embargo, audit, logger, knownProject });
+      const opened = lane;
+      cleanups.push(() => opened.close());
+    } else {
+      await audit.append('embargo', { event: 'lane-off', ...(embargoPath ? { path: embargoPath } : {}) });
+      logger.info({ path: embargoPath ?? null }, 'no embargo key: the embargo lane is off');
+    }
 
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
     cleanups.push(() => runner.close());
@@ -111,7 +134,7 @@ export async function startBuilderService(
     cleanups.push(() => promoter.drain());
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
-    const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside });
+    const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside, ...(lane ? { embargo: lane } : {}) });
     cleanups.push(() => app.close());
     if (config.pollEveryMs > 0) {
       const poller = new Poller({ projects: policy.policy.projects, verifier, sink: promoter, audit, stateFile: paths.pollState, everyMs: config.pollEveryMs, logger });
@@ -125,6 +148,7 @@ export async function startBuilderService(
       auditFile: paths.audit,
       lookasideDir: paths.lookaside,
       publicKey: signingKey.publicArmored,
+      ...(lane ? { embargo: lane.store } : {}),
       async listen() {
         return app.listen({ host: config.listen.host, port: config.listen.port });
       },

@@ -2,12 +2,13 @@
  * What a trusted builder needs around it, for tests and benchmarks: a fresh signing key, its
  * three secrets as 0600 files (the file SecretStore's layout), and a promotion policy for one
  * project whose base image is pinned by the id the local engine has. Returns the builder config.
+ * With `embargo`, also an embargo key (the lane is on) and that security team directory.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDocker } from '../../shared/docker/client.js';
 import { buildBuilderConfig, type BuilderConfig } from '../../trusted-builder/config.js';
-import { generateSigningKey } from '../../scripts/make-signing-key.js';
+import { generateEmbargoKey, generateSigningKey } from '../../scripts/make-signing-key.js';
 import type { TestRegistry } from './registry.js';
 
 export interface BuilderRigOptions {
@@ -18,6 +19,8 @@ export interface BuilderRigOptions {
   baseImage: string;
   runnerStateDir: string;
   builderId?: string;
+  /** Turn the embargo lane on, with the member keys in `teamDir` (`<name>.asc` files). */
+  embargo?: { teamDir: string };
 }
 
 export async function builderRig(o: BuilderRigOptions): Promise<Readonly<BuilderConfig>> {
@@ -30,6 +33,7 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
   put('airlock/signing-key', { armored: key.privateArmored });
   put('airlock/registry', { username: o.registry.username, password: o.registry.password });
   put('airlock/hint-hmac', { secret: o.hintSecret });
+  if (o.embargo) put('airlock/embargo-key', { armored: (await generateEmbargoKey({ name: 'airlock test embargo', email: 'embargo@airlock.invalid' })).privateArmored });
   const id = ((await createDocker().getImage(o.baseImage).inspect()) as { Id: string }).Id;
   const promotion = join(o.dir, 'promotion.yaml');
   writeFileSync(
@@ -44,7 +48,7 @@ baseImages:
 `,
   );
   return buildBuilderConfig(
-    { version: 1, listen: { port: 0 }, dataDir: join(o.dir, 'data'), runnerStateDir: o.runnerStateDir, policies: { promotion, secrets: 'policies/secrets.yaml' }, secrets: { kind: 'file', dir: secrets } },
+    { version: 1, listen: { port: 0 }, dataDir: join(o.dir, 'data'), runnerStateDir: o.runnerStateDir, policies: { promotion, secrets: 'policies/secrets.yaml', ...(o.embargo ? { securityTeam: o.embargo.teamDir } : {}) }, secrets: { kind: 'file', dir: secrets } },
     'builder-rig',
   );
 }

@@ -17,6 +17,7 @@ describe('builder config', () => {
     const c = loadBuilderConfig(file);
     expect(c).toMatchObject({ listen: { host: '127.0.0.1', port: 8090 }, dataDir: join(dir, 'data'), secrets: { kind: 'file', dir: join(dir, 'secrets') }, pollEveryMs: 0 });
     expect(c.policies.promotion).toBe(join(dir, 'policies/promotion.yaml'));
+    expect(c.policies.securityTeam).toBe(join(dir, 'policies/security-team'));
     expect(Object.isFrozen(c.secrets)).toBe(true);
   });
 
@@ -43,6 +44,7 @@ describe('policies', () => {
     expect(projectPolicy(p.policy, 'nope')).toBeUndefined();
     const s = loadSecretsPolicy('policies/secrets.yaml');
     expect(s.builder.signingKey).toBe('airlock/signing-key');
+    expect(s.builder.embargoKey).toBe('airlock/embargo-key');
     expect(grantsFor(s, 'demo/app', 'publish')).toEqual([]);
   });
 

@@ -7,6 +7,10 @@
  *   is only a trigger (202): the promoter re-derives every fact from its own clone and policy.
  * - `GET /lookaside/…`: the image signatures, as static files (the lookaside layout consumers'
  *   `registries.d` points at). Public by design: signatures are meant to be fetched.
+ * - `POST /v1/embargo` (only when the embargo lane is on; otherwise 404 like any unknown route): one
+ *   armored OpenPGP message, signed by a security team member and encrypted to the builder's
+ *   embargo key (trusted-builder/embargo/wire.ts), answered 200 with an armored message encrypted
+ *   to that member. A refusal is 400/401 with one fixed message; the reason is in the audit log.
  * - `GET /healthz`.
  * Nothing here reveals a secret, a policy detail or an embargoed item; error bodies are
  * `{code, message, statusCode}` with messages that name only what the caller sent.
@@ -22,10 +26,16 @@ import type { Logger } from '../../shared/logging.js';
 import { MAX_PROMOTION_HINT_BYTES, PromotionHint } from '../../shared/schemas/promotion-hint.js';
 import { parseOrThrow } from '../../shared/schemas/issues.js';
 import type { AuditLog } from '../audit/audit-log.js';
+import { MAX_EMBARGO_REQUEST_BYTES } from '../embargo/wire.js';
 
 /** Takes an authenticated hint; answers at once (the promotion runs in the background). */
 export interface HintSink {
   accept(hint: PromotionHint): { queued: boolean; reason?: string };
+}
+
+/** Answers an embargo request (trusted-builder/embargo/lane.ts); throws a 400/401 AirlockError to refuse it. */
+export interface EmbargoSink {
+  handle(armored: string, from: string): Promise<string>;
 }
 
 export interface BuilderApiDeps {
@@ -36,6 +46,8 @@ export interface BuilderApiDeps {
   promoter: HintSink;
   /** Root of the lookaside tree served under /lookaside/. */
   lookasideDir: string;
+  /** The embargo lane; absent: the lane is off and `/v1/embargo` does not exist. */
+  embargo?: EmbargoSink;
   now?: () => number;
 }
 
@@ -76,6 +88,19 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
       return reply.status(202).send({ accepted: true, queued: r.queued, ...(r.reason ? { reason: r.reason } : {}) });
     });
   });
+
+  const lane = d.embargo;
+  if (lane) {
+    await app.register(async (embargo) => {
+      // The body is an armored OpenPGP message whatever the client calls it; read as text, capped.
+      embargo.removeAllContentTypeParsers();
+      embargo.addContentTypeParser('*', { parseAs: 'string', bodyLimit: MAX_EMBARGO_REQUEST_BYTES }, (_req, body, done) => done(null, body));
+      embargo.post('/v1/embargo', { bodyLimit: MAX_EMBARGO_REQUEST_BYTES }, async (req, reply) => {
+        const answer = await lane.handle(typeof req.body === 'string' ? req.body : '', req.ip);
+        return reply.status(200).type('application/pgp-encrypted').header('cache-control', 'no-store').send(answer);
+      });
+    });
+  }
 
   const root = resolve(d.lookasideDir);
   app.get('/lookaside/*', async (req, reply) => {

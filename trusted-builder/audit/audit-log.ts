@@ -38,6 +38,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
+import { syncDir } from '../../shared/durable-file.js';
 import { ConflictError, InternalError, InvalidInputError, isAirlockError, NotFoundError, StorageFailedError, type Issue } from '../../shared/errors.js';
 
 export const AuditKind = z.enum([
@@ -334,14 +335,5 @@ export class AuditLog {
     this.lastSeq = record.seq;
     this.lastHash = record.hash;
     return record;
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
   }
 }

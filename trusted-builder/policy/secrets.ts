@@ -2,8 +2,9 @@
  * `policies/secrets.yaml`: which secrets the trusted builder reads, and which a project's own
  * steps may get. SRE-owned; a repository cannot widen it (its `.airlock.yaml` is never consulted
  * for grants).
- * - `builder`: the paths the builder itself uses: the signing key, the registry credentials and the
- *   HMAC secret that authenticates promotion hints.
+ * - `builder`: the paths the builder itself uses: the signing key, the registry credentials, the
+ *   HMAC secret that authenticates promotion hints and, optionally, the embargo lane's key (when the
+ *   policy names none, or the store has no secret at that path, the lane is off).
  * - `grants`: per project, per named step (a job name), the secret paths that step may read. A
  *   granted secret reaches the step only as a file on a tmpfs, never as an environment variable or
  *   an image layer; every value in use is searched for in logs, artifacts and image layers before
@@ -29,6 +30,11 @@ export const SecretsPolicy = z.strictObject({
     registry: SecretPath,
     /** `{secret}`: HMAC key of promotion hints (shared with the CI's hint sender). */
     hintSecret: SecretPath,
+    /**
+     * `{armored, passphrase?}`: the embargo lane's OpenPGP key (encryption-capable, not the signing
+     * key; trusted-builder/embargo/embargo-key.ts). Optional: without it the lane is off.
+     */
+    embargoKey: SecretPath.optional(),
   }),
   grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), z.array(SecretPath).max(32))).default({}),
 });

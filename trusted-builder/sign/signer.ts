@@ -49,28 +49,7 @@ const { enums } = openpgp;
 export async function loadSigningKey(armoredPrivate: string, passphrase?: string, opts: LoadSigningKeyOptions = {}): Promise<SigningKey> {
   const file = opts.source ?? 'signing key';
   const now = opts.now ?? new Date();
-  const refuse = (path: string, message: string): never => {
-    throw new InvalidInputError([{ file, path, message, severity: 'error' }]);
-  };
-
-  let keys: openpgp.PrivateKey[] = [];
-  try {
-    keys = await openpgp.readPrivateKeys({ armoredKeys: armoredPrivate });
-  } catch (e) {
-    refuse('', `not an armored OpenPGP private key: ${(e as Error).message}`);
-  }
-  if (keys.length !== 1) refuse('', `holds ${keys.length} private keys; give exactly one`);
-  let key = keys[0] as openpgp.PrivateKey;
-
-  if (!key.isDecrypted()) {
-    if (passphrase === undefined) refuse('passphrase', 'the key is passphrase-protected and no passphrase was given');
-    try {
-      key = await openpgp.decryptKey({ privateKey: key, passphrase });
-    } catch {
-      refuse('passphrase', 'the passphrase does not decrypt the key');
-    }
-  }
-
+  const key = await unlockPrivateKey(armoredPrivate, passphrase, file);
   const issues = await keyIssues(key, now, file);
   if (issues.length > 0) throw new InvalidInputError(issues);
 
@@ -78,6 +57,32 @@ export async function loadSigningKey(armoredPrivate: string, passphrase?: string
   // Self-test: a throwaway message must round-trip through sign → parse → verify.
   await signing.signMessage(new TextEncoder().encode('airlock signing self-test'), now);
   return signing;
+}
+
+/**
+ * Exactly one armored private key, decrypted with `passphrase` when it is protected. Refusals are an
+ * InvalidInputError naming `file` (a label, never the key): not a private key, several, a missing
+ * or wrong passphrase. Also what the embargo lane reads its keys with.
+ */
+export async function unlockPrivateKey(armoredPrivate: string, passphrase: string | undefined, file: string): Promise<openpgp.PrivateKey> {
+  const refuse = (path: string, message: string): never => {
+    throw new InvalidInputError([{ file, path, message, severity: 'error' }]);
+  };
+  let keys: openpgp.PrivateKey[] = [];
+  try {
+    keys = await openpgp.readPrivateKeys({ armoredKeys: armoredPrivate });
+  } catch (e) {
+    refuse('', `not an armored OpenPGP private key: ${(e as Error).message}`);
+  }
+  if (keys.length !== 1) refuse('', `holds ${keys.length} private keys; give exactly one`);
+  const key = keys[0] as openpgp.PrivateKey;
+  if (key.isDecrypted()) return key;
+  if (passphrase === undefined) refuse('passphrase', 'the key is passphrase-protected and no passphrase was given');
+  try {
+    return await openpgp.decryptKey({ privateKey: key, passphrase });
+  } catch {
+    return refuse('passphrase', 'the passphrase does not decrypt the key');
+  }
 }
 
 /** Every reason this key must not sign for consumers on gpg 2.2 / skopeo 1.9. */

@@ -10,9 +10,10 @@
  * writer never leaves a gap and never exposes a half-written file.
  */
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, unlink } from 'node:fs/promises';
+import { link, mkdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { syncDir, writeDurably } from '../../shared/durable-file.js';
 import { InvalidInputError, StorageFailedError } from '../../shared/errors.js';
 import { parseOrThrow } from '../../shared/schemas/issues.js';
 import type { SigningKey } from './signer.js';
@@ -175,24 +176,5 @@ async function readIfExists(path: string): Promise<Buffer | undefined> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
-  }
-}
-
-async function writeDurably(path: string, bytes: Buffer): Promise<void> {
-  const fh = await open(path, 'wx', 0o644);
-  try {
-    await fh.writeFile(bytes);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

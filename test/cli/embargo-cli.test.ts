@@ -1,0 +1,139 @@
+/**
+ * `airlock embargo …` as the security team runs it: the real command in its own process, against a
+ * builder API listening on 127.0.0.1 with the lane on. One member's key is made by the real gpg 2.2
+ * (passphrase-protected, exported armored, passphrase from AIRLOCK_KEY_PASSPHRASE), and gpg — not
+ * airlock — then decrypts an embargoed file at rest with it. A non-member's key exits 2 with the
+ * builder's fixed refusal; nothing of the canary reaches the builder's audit log or log lines.
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CANARY, CANARY_PATCH, canaryHits, makeBuilderKey, makeMember, type TestMember } from '../support/embargo.js';
+import { laneApi, type LaneApi } from '../support/embargo-lane.js';
+
+const run = promisify(execFile);
+const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-cli-'));
+const gnupg = join(dir, 'gnupg');
+const GPG_PASSPHRASE = 'correct horse battery staple';
+
+let api: LaneApi;
+let url: string;
+let alice: TestMember;
+let mallory: TestMember;
+let builderFingerprint: string;
+
+const gpg = (args: string[], input?: string): string =>
+  execFileSync('gpg', ['--homedir', gnupg, '--batch', '--pinentry-mode', 'loopback', '--passphrase', GPG_PASSPHRASE, ...args], { encoding: 'utf8', ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] });
+
+beforeAll(async () => {
+  execFileSync('mkdir', ['-m', '0700', gnupg]);
+  // gpg's own modern default: ed25519 signing primary + cv25519 encryption subkey.
+  gpg(['--quick-generate-key', 'Gina Gpg <gina@security.invalid>', 'future-default', 'default', 'never']);
+  writeFileSync(join(dir, 'gina.key.asc'), gpg(['--armor', '--export-secret-keys', 'gina@security.invalid']), { mode: 0o600 });
+  const gina = { name: 'gina', publicArmored: gpg(['--armor', '--export', 'gina@security.invalid']) } as TestMember;
+  const builder = await makeBuilderKey();
+  builderFingerprint = builder.key.fingerprint;
+  [alice, mallory] = await Promise.all([makeMember('alice', 'alice-pass'), makeMember('mallory')]);
+  writeFileSync(join(dir, 'alice.key.asc'), alice.privateArmored, { mode: 0o600 });
+  writeFileSync(join(dir, 'mallory.key.asc'), mallory.privateArmored, { mode: 0o600 });
+  writeFileSync(join(dir, 'builder.pub.asc'), builder.key.publicArmored);
+  writeFileSync(join(dir, 'fix.patch'), CANARY_PATCH);
+  api = await laneApi(join(dir, 'builder'), { builderArmored: builder.armored, members: [alice, gina], projects: [CANARY.project] });
+  url = await api.app.listen({ host: '127.0.0.1', port: 0 });
+}, 60_000);
+
+afterAll(async () => {
+  await api?.close();
+  try {
+    execFileSync('gpgconf', ['--homedir', gnupg, '--kill', 'gpg-agent']);
+  } catch {
+    // no agent started
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The real CLI in its own process (async: this process serves the builder meanwhile). */
+async function airlock(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await run(process.execPath, [join(process.cwd(), 'bin/airlock.js'), 'embargo', ...args], {
+      env: { ...process.env, AIRLOCK_BUILDER_URL: url, AIRLOCK_BUILDER_KEY: join(dir, 'builder.pub.asc'), AIRLOCK_KEY_PASSPHRASE: '', ...env },
+      encoding: 'utf8',
+    });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+describe('airlock embargo', () => {
+  it('submit, list, show, logs and retire with a gpg-made, passphrase-protected key; gpg reads the files at rest', async () => {
+    const gina = { AIRLOCK_KEY_PASSPHRASE: GPG_PASSPHRASE };
+    const key = ['--key', join(dir, 'gina.key.asc')];
+    const submitted = await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'fix.patch'), ...key], gina);
+    expect(submitted, submitted.stderr).toMatchObject({ code: 0 });
+    const id = /embargoed as (emb-[0-9a-f]{16}) \(sha256:[0-9a-f]{64}\)/.exec(submitted.stdout)?.[1];
+    expect(id, submitted.stdout).toBeDefined();
+
+    const list = await airlock(['list', ...key], gina);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(new RegExp(`^ID +STATE +PROJECT +SUBMITTED +BY +LAST\\n${id} +active +${CANARY.project} .* gina +not built yet\\n$`));
+
+    await api.lane.store.appendLog(id!, `unit: ok \u001b[31m${CANARY.content}\n`);
+    const show = await airlock(['show', id!, ...key], gina);
+    expect(show.code).toBe(0);
+    expect(show.stdout).toContain(`embargo ${id}: active`);
+    expect(show.stdout).toContain(CANARY_PATCH);
+    const logs = await airlock(['logs', id!, ...key, '--json'], gina);
+    expect(JSON.parse(logs.stdout)).toMatchObject({ action: 'logs', id, truncated: false });
+    const plain = await airlock(['logs', id!, ...key], gina);
+    expect(plain.stdout).toBe(`unit: ok \ufffd[31m${CANARY.content}\n`);
+
+    // gpg, with the member's own key, decrypts what the builder stored (and sees the builder signed it).
+    gpg(['--import', join(dir, 'builder.pub.asc')]);
+    const files = readdirSync(join(dir, 'builder', 'embargo', 'files')).map((f) => join(dir, 'builder', 'embargo', 'files', f));
+    // Status lines on stdout with the plaintext: each file is signed by the builder's embargo key.
+    const texts = files.map((f) => gpg(['--status-fd', '1', '--decrypt', f]));
+    for (const t of texts) expect(t).toMatch(new RegExp(`^\\[GNUPG:\\] VALIDSIG [0-9A-F]{40} .* ${builderFingerprint}$`, 'm'));
+    expect(texts.some((t) => t.includes(CANARY_PATCH))).toBe(true);
+
+    const retired = await airlock(['retire', id!, '--reason', 'disclosed', ...key], gina);
+    expect(retired.stdout).toMatch(new RegExp(`^${id} retired by gina at .*: disclosed\\n$`));
+    expect((await airlock(['list', ...key], gina)).stdout).toMatch(/retired/);
+  });
+
+  it('takes an openpgp.js key with its passphrase from AIRLOCK_KEY_PASSPHRASE, and says so when it is missing', async () => {
+    const ok = await airlock(['list', '--key', join(dir, 'alice.key.asc'), '--json'], { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ action: 'list' });
+    const missing = await airlock(['list', '--key', join(dir, 'alice.key.asc')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/passphrase-protected and no passphrase was given/);
+  });
+
+  it('a non-member is refused (exit 2, the fixed message), a missing builder key or an unknown id say so', async () => {
+    const refused = await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'fix.patch'), '--key', join(dir, 'mallory.key.asc')]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/AIRLOCK_E_UNAUTHORIZED: embargo request refused/);
+    const noBuilderKey = await airlock(['list', '--key', join(dir, 'alice.key.asc')], { AIRLOCK_BUILDER_KEY: '', AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
+    expect(noBuilderKey.code).toBe(2);
+    expect(noBuilderKey.stderr).toMatch(/builder-key: missing/);
+    const unknown = await airlock(['show', 'emb-0000000000000000', '--key', join(dir, 'alice.key.asc')], { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/AIRLOCK_E_NOT_FOUND: no embargo "emb-0000000000000000"/);
+    const badPatch = join(dir, 'not.patch');
+    writeFileSync(badPatch, 'just words');
+    chmodSync(badPatch, 0o600);
+    const notDiff = await airlock(['submit', '--project', CANARY.project, '--patch', badPatch, '--key', join(dir, 'alice.key.asc')], { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
+    expect(notDiff.code).toBe(2);
+    expect(notDiff.stderr).toMatch(/not a unified diff/);
+  });
+
+  it('leaves nothing of the canary in the builder’s audit log or log lines', () => {
+    expect(canaryHits(readFileSync(api.auditFile))).toEqual([]);
+    expect(canaryHits(api.logs.join(''))).toEqual([]);
+  });
+});

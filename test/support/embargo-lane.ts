@@ -1,0 +1,54 @@
+/**
+ * A builder API with the embargo lane on, for the endpoint and CLI tests: a fresh embargo key, a
+ * security team directory, the lane opened as the service opens it (openEmbargoLane), an audit
+ * log, and a logger whose every line is kept (to search for the canary).
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import { pino } from 'pino';
+import { buildBuilderApi } from '../../trusted-builder/api/app.js';
+import { AuditLog } from '../../trusted-builder/audit/audit-log.js';
+import { openEmbargoLane, type EmbargoLane } from '../../trusted-builder/embargo/lane.js';
+import { writeTeam, type TestMember } from './embargo.js';
+
+export interface LaneApi {
+  app: FastifyInstance;
+  lane: EmbargoLane;
+  auditFile: string;
+  /** Every line the builder logged. */
+  logs: string[];
+  close(): Promise<void>;
+}
+
+/** Open the lane on `dir` (again: a restart keeps the store and the nonces). */
+export async function laneApi(dir: string, o: { builderArmored: string; members: readonly TestMember[]; projects?: readonly string[] }): Promise<LaneApi> {
+  mkdirSync(dir, { recursive: true });
+  const logs: string[] = [];
+  const logger = pino({ level: 'debug' }, new Writable({ write: (chunk: Buffer, _enc, done) => (logs.push(chunk.toString('utf8')), done()) }));
+  const auditFile = join(dir, 'audit.jsonl');
+  const audit = await AuditLog.open(auditFile);
+  const known = o.projects;
+  const lane = await openEmbargoLane({
+    secret: { armored: o.builderArmored },
+    source: 'secret airlock/embargo-key',
+    teamDir: writeTeam(join(dir, 'security-team'), o.members),
+    dir: join(dir, 'embargo'),
+    audit,
+    logger,
+    ...(known ? { knownProject: (p: string) => known.includes(p) } : {}),
+  });
+  const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from('hint secret'), promoter: { accept: () => ({ queued: false }) }, lookasideDir: join(dir, 'lookaside'), embargo: lane });
+  return {
+    app,
+    lane,
+    auditFile,
+    logs,
+    async close() {
+      await app.close();
+      await lane.close();
+      await audit.close();
+    },
+  };
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # airlock bootstrap: make this machine ready to run airlock, idempotently.
-#   - Debian packages (Docker engine, gVisor, base-image tools, skopeo, registry, git)
+#   - Debian packages (Docker engine, gVisor, base-image tools, skopeo, registry, git, chromium)
 #   - npm dependencies
 #   - dockerd with user-namespace remapping, no bridge, no iptables, runsc registered
 #   - base images built locally (no registry to pull from): airlock/base:busybox, airlock/base:bookworm
@@ -29,6 +29,8 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The status page's browser test drives Debian's chromium through playwright-core (no browser download).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -29,6 +29,8 @@ import { GateStore } from './store/gate-store.js';
 import { HintSender } from './hints/hint-sender.js';
 import { GateRuntime } from './pipelines/gate-runtime.js';
 import { openDatabase, type Db } from './store/database.js';
+import { statusView } from './status/snapshot.js';
+import { StatusFeed } from './status/status-feed.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface CiService {
@@ -102,6 +104,11 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
         ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }) })
         : undefined;
     let scheduler: Scheduler | undefined;
+    // The status page's feed: told of every build, job and gate change (created once the scheduler is).
+    let status: StatusFeed | undefined;
+    events.watch((_build, e) => {
+      if (e.type !== 'log') status?.notify();
+    });
     const gate = new GateRuntime({
       store,
       gateStore,
@@ -115,6 +122,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       queues: c.gate.queues,
       logger: logger.child({ component: 'gate' }),
       onMerged: () => hints?.kick(),
+      onChange: () => status?.notify(),
     });
     const executor = new CheckBuildExecutor({
       store,
@@ -131,7 +139,21 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       gate,
     });
     let metrics: ReturnType<typeof createCiMetrics> | undefined;
-    scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts), gate], slots: c.slots, executionSlots: slots, prepareAhead: c.slots, logger, onChange: (b) => metrics?.onBuild(b) });
+    scheduler = new Scheduler({
+      store,
+      executor,
+      reporters: [createStoreReporter(artifacts), gate],
+      slots: c.slots,
+      executionSlots: slots,
+      prepareAhead: c.slots,
+      logger,
+      onChange: (b) => {
+        metrics?.onBuild(b);
+        status?.notify();
+      },
+    });
+    const sched = scheduler;
+    status = new StatusFeed({ snapshot: () => statusView({ store, scheduler: sched, gate }), logger: logger.child({ component: 'status' }) });
     metrics = createCiMetrics({
       queued: () => {
         const q = store.queued();
@@ -140,7 +162,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       busy: () => scheduler?.busy ?? 0,
       slots: c.slots,
     });
-    const app = await buildApi({ config: c, store, scheduler, gate, gateStore, events, artifacts, metrics, logger, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
+    const app = await buildApi({ config: c, store, scheduler, gate, gateStore, events, artifacts, metrics, logger, status, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
     cleanups.push(() => app.close());
     gate.start();
     cleanups.push(() => gate.close());

@@ -5,7 +5,7 @@
 import { rmSync } from 'node:fs';
 import { buildCiConfig, type CiConfigInput, type LoadedCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService, type CiService } from '../../untrusted-ci/service.js';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger, type Logger } from '../../shared/logging.js';
 import type { BuildView, SubmitChangeInput } from '../../shared/schemas/api/builds.js';
 import { STATE_DIR, tempDir } from './docker.js';
 
@@ -19,10 +19,10 @@ export interface TestCi {
   close(): Promise<void>;
 }
 
-export async function startTestCi(config: Partial<CiConfigInput> & { projects: CiConfigInput['projects'] }, opts: { dataDir?: string; keepData?: boolean } = {}): Promise<TestCi> {
+export async function startTestCi(config: Partial<CiConfigInput> & { projects: CiConfigInput['projects'] }, opts: { dataDir?: string; keepData?: boolean; logger?: Logger } = {}): Promise<TestCi> {
   const dataDir = opts.dataDir ?? tempDir('airlock-ci-');
   const loaded = buildCiConfig({ version: 1, dataDir, runnerStateDir: STATE_DIR, slots: 2, imageGcEveryMs: 0, ...config }, 'test-config');
-  const service = await startCiService(loaded, { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), workspacePool: 0 });
+  const service = await startCiService(loaded, { logger: opts.logger ?? createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), workspacePool: 0 });
   return {
     service,
     loaded,

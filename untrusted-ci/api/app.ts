@@ -4,7 +4,9 @@
  * rate-limited and verified over its raw bytes, and every error leaves as `{code, message,
  * statusCode}` with a 4xx for the caller's mistakes — never a stack, never a 500 for bad input.
  *
- * Routes: see the OpenAPI document at GET /openapi.json.
+ * Routes: see the OpenAPI document at GET /openapi.json; the status page at GET / (routes/status.ts).
+ * Every answer says `nosniff` and, unless a route sets its own, a Content-Security-Policy that
+ * allows nothing: a stored log or a JSON body can never run as a page.
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
@@ -26,6 +28,11 @@ import { registerGerritHook } from './routes/gerrit-hook.js';
 import { registerGateRoutes } from './routes/gate.js';
 import type { GateRuntime } from '../pipelines/gate-runtime.js';
 import type { GateStore } from '../store/gate-store.js';
+import type { StatusFeed } from '../status/status-feed.js';
+import { registerStatusRoutes } from './routes/status.js';
+
+/** For every answer that does not set its own policy (API, logs, metrics). */
+const NOTHING_CSP = "default-src 'none'; frame-ancestors 'none'";
 
 export interface ApiDeps {
   config: Readonly<CiConfig>;
@@ -40,6 +47,8 @@ export interface ApiDeps {
   /** The gate; absent in API-only tests. */
   gate?: GateRuntime;
   gateStore?: GateStore;
+  /** The status page's live feed, notified by the service of every change; absent: one that only answers when asked. */
+  status?: StatusFeed;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
@@ -58,6 +67,10 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   installWireErrors(app);
+  app.addHook('onSend', async (_req, reply) => {
+    void reply.header('x-content-type-options', 'nosniff');
+    if (!reply.hasHeader('content-security-policy')) void reply.header('content-security-policy', NOTHING_CSP);
+  });
 
   await app.register(swagger, {
     openapi: {
@@ -81,6 +94,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);
   registerGateRoutes(z, deps, requireToken);
+  registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));

@@ -181,7 +181,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       vars: { project: project.name, branch: build.branch, change: build.change.change, patchset: build.change.patchset, commit },
     });
     if (compiled.issues.length > 0) return configError(compiled.issues);
-    o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting })));
+    o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting, timeoutMs: j.spec.limits.timeout ?? o.policy.limits.timeout })));
     if (gate) o.gate?.prepared(build, { kind: 'ok', jobs: jobNodes(compiled.jobs) });
 
     await mkdir(work, { recursive: true });
@@ -205,6 +205,8 @@ export class CheckBuildExecutor implements BuildExecutor {
       if (gate) o.gate?.jobDone(build, job.name, state);
       phase(`job:${job.name}`);
     }
+    // Cancelled during the last job: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
+    if (signal.aborted) throw new CancelledError('build cancelled');
 
     const voting = compiled.jobs.filter((j) => j.voting);
     const failed = voting.filter((j) => states.get(j.name) !== 'passed').map((j) => j.name);

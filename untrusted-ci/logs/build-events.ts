@@ -29,6 +29,8 @@ interface Live {
 
 export class BuildEvents {
   private readonly live = new Map<number, Live>();
+  /** Told of every event of every build (the status page's change feed). */
+  private readonly watchers = new Set<(buildId: number, e: BuildEvent) => void>();
   /** Builds whose file is still being flushed after `end`: a reader waits for it. */
   private readonly closing = new Map<number, Promise<void>>();
 
@@ -67,6 +69,13 @@ export class BuildEvents {
       l.truncated = true;
     }
     for (const fn of l.listeners) fn(e);
+    for (const fn of this.watchers) fn(buildId, e);
+  }
+
+  /** Calls `fn` with each event any build publishes from now on, until the returned function is called. */
+  watch(fn: (buildId: number, e: BuildEvent) => void): () => void {
+    this.watchers.add(fn);
+    return () => void this.watchers.delete(fn);
   }
 
   /** Close a build's stream after its final `build` event; subscribers get nothing more. */

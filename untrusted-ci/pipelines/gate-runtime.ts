@@ -59,6 +59,8 @@ export interface GateRuntimeOptions {
   now?: () => number;
   /** Called after a batch that merged something was saved (the hint sender wakes up). */
   onMerged?: () => void;
+  /** Called after each batch was applied: the queues may look different (the status page). */
+  onChange?: () => void;
 }
 
 
@@ -298,6 +300,7 @@ export class GateRuntime implements GateHooks, Reporter {
         this.o.logger.error({ err, effect: e.type }, 'a gate request failed');
       }
     }
+    this.o.onChange?.();
   }
 
   private outboxRecord(e: Effect): NewGateEvent | undefined {

@@ -73,6 +73,7 @@ interface JobRow {
   finished_at: number | null;
   log_bytes: number | null;
   artifacts: string | null;
+  timeout_ms: number | null;
 }
 
 const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
@@ -216,12 +217,25 @@ export class BuildStore {
   }
 
   /** The jobs a build will run, in order; replaces any earlier plan of the same build. */
-  planJobs(id: number, jobs: { name: string; voting: boolean }[]): void {
+  planJobs(id: number, jobs: { name: string; voting: boolean; timeoutMs?: number }[]): void {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM jobs WHERE build_id = ?').run(id);
-      const ins = this.db.prepare("INSERT INTO jobs (build_id, name, seq, state, voting) VALUES (?,?,?,'waiting',?)");
-      jobs.forEach((j, i) => ins.run(id, j.name, i, j.voting ? 1 : 0));
+      const ins = this.db.prepare("INSERT INTO jobs (build_id, name, seq, state, voting, timeout_ms) VALUES (?,?,?,'waiting',?,?)");
+      jobs.forEach((j, i) => ins.run(id, j.name, i, j.voting ? 1 : 0, j.timeoutMs ?? null));
     })();
+  }
+
+  /** How long job `name` of `project` took on average in its last `runs` passing runs (ms); undefined if it never passed. */
+  recentJobDuration(project: string, name: string, runs = 5): number | undefined {
+    const row = this.db
+      .prepare<[string, string, number], { ms: number | null }>(
+        `SELECT AVG(ms) AS ms FROM (
+           SELECT j.finished_at - j.started_at AS ms FROM jobs j JOIN builds b ON b.id = j.build_id
+           WHERE j.name = ? AND j.state = 'passed' AND b.project = ? AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
+           ORDER BY j.build_id DESC LIMIT ?)`,
+      )
+      .get(name, project, runs);
+    return row?.ms == null ? undefined : Math.round(row.ms);
   }
 
   updateJob(
@@ -306,10 +320,11 @@ export class BuildStore {
     return this.buildView(row);
   }
 
-  builds(q: { project?: string; state?: BuildState; change?: number; limit?: number; before?: number }): BuildView[] {
+  builds(q: { project?: string; pipeline?: Pipeline; state?: BuildState; change?: number; limit?: number; before?: number }): BuildView[] {
     const where: string[] = [];
     const args: (string | number)[] = [];
     if (q.project) (where.push('project = ?'), args.push(q.project));
+    if (q.pipeline) (where.push('pipeline = ?'), args.push(q.pipeline));
     if (q.state) (where.push('state = ?'), args.push(q.state));
     if (q.change !== undefined) (where.push('change_id = ?'), args.push(q.change));
     if (q.before !== undefined) (where.push('id < ?'), args.push(q.before));
@@ -383,5 +398,6 @@ function jobView(j: JobRow): JobView {
     ...(j.finished_at !== null ? { finishedAt: j.finished_at } : {}),
     ...(j.log_bytes !== null ? { logBytes: j.log_bytes } : {}),
     artifacts: j.artifacts ? (JSON.parse(j.artifacts) as { path: string; bytes: number }[]) : [],
+    ...(j.timeout_ms !== null ? { timeoutMs: j.timeout_ms } : {}),
   };
 }

@@ -111,6 +111,10 @@ const MIGRATIONS: readonly string[] = [
      updated_at INTEGER NOT NULL,
      PRIMARY KEY (sink, event_id)
    );`,
+  // The status page (issue 7): each planned job's timeout, and recent passing runs of a job by name
+  // (how long it is expected to take).
+  `ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
+   CREATE INDEX jobs_by_name ON jobs (name, state, build_id);`,
 ];
 
 /** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */

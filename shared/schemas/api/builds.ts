@@ -59,6 +59,8 @@ export const JobView = z.object({
   finishedAt: z.number().optional(),
   logBytes: z.number().int().optional(),
   artifacts: z.array(z.object({ path: z.string(), bytes: z.number().int() })).default([]),
+  /** The wall-clock limit the job runs under (its own timeout, else the policy's), once planned. */
+  timeoutMs: z.number().int().optional(),
 });
 export type JobView = z.infer<typeof JobView>;
 

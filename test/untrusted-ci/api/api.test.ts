@@ -37,6 +37,7 @@ interface Api {
   scheduler: Scheduler;
   executor: FakeExecutor;
   artifacts: FsArtifactStore;
+  events: BuildEvents;
 }
 
 const cleanups: (() => unknown)[] = [];
@@ -99,7 +100,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
   cleanups.push(() => scheduler.close());
   cleanups.push(() => executor.release('*'));
   cleanups.push(() => app.close());
-  return { app, store, scheduler, executor, artifacts };
+  return { app, store, scheduler, executor, artifacts, events };
 }
 
 const CHANGE: SubmitChangeInput = { project: 'app', ref: 'refs/changes/01/1/1', change: '1', patchset: 1, author: 'alice', subject: 'fix' };
@@ -370,6 +371,26 @@ describe('builds, queue, logs, events', () => {
     await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` });
     const r = await api.app.inject({ method: 'GET', url: `/api/builds/${id}/events` });
     expect(r.body).toBe(`event: build\ndata: ${JSON.stringify({ type: 'build', state: 'finished', result: 'cancelled', reason: 'cancelled by request' })}\n\nevent: end\ndata: {}\n\n`);
+    expect(late.count).toBe(0);
+  });
+
+  it('sends a build cancelled while it runs once, then its result from the record', async () => {
+    const api = await makeApi();
+    const late = countWritesAfterEnd(api.app);
+    api.executor.hold('*');
+    const id = SubmitAnswer.parse((await post(api, CHANGE)).json()).builds[0]!;
+    await api.executor.until((x) => x.history.length === 1);
+    api.events.publish(id, { type: 'log', job: 'unit', text: 'before the cancel\n' });
+    const pending = api.app.inject({ method: 'GET', url: `/api/builds/${id}/events` });
+    // The stream ends without a final event (the executor throws); the route asks the record.
+    await new Promise((r) => setTimeout(r, 50));
+    await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` });
+    const frames = (await pending).body.split('\n\n').filter(Boolean);
+    expect(frames).toEqual([
+      `event: log\ndata: ${JSON.stringify({ type: 'log', job: 'unit', text: 'before the cancel\n' })}`,
+      `event: build\ndata: ${JSON.stringify({ type: 'build', state: 'finished', result: 'cancelled', reason: 'cancelled by request' })}`,
+      'event: end\ndata: {}',
+    ]);
     expect(late.count).toBe(0);
   });
 

@@ -140,6 +140,33 @@ describe('BuildStore', () => {
     expect(store.build(id).jobs[0]).toMatchObject({ exitCode: 0 });
   });
 
+  it('keeps each planned job’s timeout, filters builds by pipeline, and averages a job’s recent passing runs', () => {
+    const run = (project: string, pipeline: 'check' | 'gate', name: string, ms: number, state: 'passed' | 'failed' = 'passed'): number => {
+      const id = store.enqueue(change(`c${clock}`, 1, project), pipeline).buildId;
+      store.start(id);
+      store.planJobs(id, [{ name, voting: true, timeoutMs: 60_000 }]);
+      clock = 10_000 * id;
+      store.updateJob(id, name, { state: 'running' });
+      clock += ms - 1; // updateJob's own tick adds the last millisecond
+      store.updateJob(id, name, { state });
+      return id;
+    };
+    expect(store.recentJobDuration('p', 'unit')).toBeUndefined();
+    const first = run('p', 'check', 'unit', 1_000);
+    expect(store.build(first).jobs[0]).toMatchObject({ name: 'unit', timeoutMs: 60_000, startedAt: 10_000 * first, finishedAt: 10_000 * first + 1_000 });
+    run('p', 'gate', 'unit', 3_000);
+    run('p', 'check', 'unit', 50_000, 'failed'); // failures do not count
+    run('other', 'check', 'unit', 90_000); // nor other projects
+    expect(store.recentJobDuration('p', 'unit')).toBe(2_000);
+    for (let i = 0; i < 5; i++) run('p', 'check', 'unit', 10_000);
+    expect(store.recentJobDuration('p', 'unit')).toBe(10_000); // the last five only
+    expect(store.builds({ pipeline: 'gate' }).map((b) => b.pipeline)).toEqual(['gate']);
+    // Without a timeout the view has none.
+    const plain = store.enqueue(change('plain'), 'check').buildId;
+    store.planJobs(plain, [{ name: 'unit', voting: true }]);
+    expect(store.build(plain).jobs[0]).not.toHaveProperty('timeoutMs');
+  });
+
   it('requeue and recover put running builds back in the queue from scratch', () => {
     const a = store.enqueue(change('A'), 'check').buildId;
     const b = store.enqueue(change('B'), 'check').buildId;
@@ -258,7 +285,7 @@ describe('openDatabase', () => {
       expect(s2.queued().map((q) => q.id)).toEqual([a, b]);
       // New ids continue after the old ones.
       expect(s2.enqueue(change('C'), 'check').buildId).toBe(b + 1);
-      expect(second.pragma('user_version', { simple: true })).toBe(3);
+      expect(second.pragma('user_version', { simple: true })).toBe(4);
     } finally {
       second.close();
     }

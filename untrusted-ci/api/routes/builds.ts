@@ -13,9 +13,9 @@ import { JobName } from '../../../shared/schemas/airlock-yaml.js';
 import { BuildState, BuildView, QueueView, type BuildEvent } from '../../../shared/schemas/api/builds.js';
 import { logKey } from '../../../shared/storage/keys.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
+import { openEventStream } from '../event-stream.js';
 
 const Id = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
-const HEARTBEAT_MS = 15_000;
 
 export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: RequireToken): void {
   app.get(
@@ -82,46 +82,47 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
 
   app.get('/api/builds/:id/events', { schema: { description: 'Server-sent events: the build from its start, then live', params: z.object({ id: Id }) } }, async (req, reply) => {
     const build = deps.store.build(req.params.id);
-    reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
-    let finished = false;
-    // Never write after end: on a real socket that is an uncaught ERR_STREAM_WRITE_AFTER_END.
-    const send = (e: BuildEvent): void => {
-      if (!finished) res.write(`event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
-    };
     let unsubscribe = (): void => {};
-    const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), HEARTBEAT_MS);
-    const end = (): void => {
-      if (finished) return;
-      finished = true;
-      clearInterval(heartbeat);
-      unsubscribe();
-      res.end('event: end\ndata: {}\n\n');
-    };
-    req.raw.on('close', end);
+    const stream = openEventStream(req, reply, { onEnd: () => unsubscribe() });
+    const send = (e: BuildEvent): void => stream.send(e.type, JSON.stringify(e));
+    const end = (): void => stream.end('event: end\ndata: {}\n\n');
     // A build that is queued has no stream yet: tell the client its state, then follow when it starts.
     if (build.state === 'queued') send({ type: 'build', state: 'queued' });
+    // Each subscribe delivers the attempt from its start. Asking again after the stream ended must
+    // not send what this client already has: skip that many, unless a new attempt began.
+    let attempt = build.attempt;
+    let delivered = 0;
     const follow = async (): Promise<void> => {
+      const current = deps.store.build(build.id).attempt;
+      if (current !== attempt) {
+        attempt = current;
+        delivered = 0;
+      }
+      let skip = delivered;
       const sub = await deps.events.subscribe(
         build.id,
         (e) => {
+          if (skip > 0) {
+            skip--;
+            return;
+          }
+          delivered++;
           send(e);
           if (e.type === 'build' && e.state === 'finished') end();
         },
         // The stream ended without a final event (cancelled, errored, re-queued): ask the record.
         () => {
-          if (!finished) setTimeout(() => void follow(), 50);
+          if (!stream.ended) setTimeout(() => void follow(), 50);
         },
       );
       unsubscribe = sub.unsubscribe;
-      if (finished) unsubscribe();
-      if (!sub.live && !finished) {
-        const now = deps.store.build(build.id);
-        if (now.state === 'finished') {
-          send({ type: 'build', state: 'finished', ...(now.result ? { result: now.result } : {}), ...(now.reason ? { reason: now.reason } : {}) });
+      if (stream.ended) unsubscribe();
+      if (!sub.live && !stream.ended) {
+        const record = deps.store.build(build.id);
+        if (record.state === 'finished') {
+          send({ type: 'build', state: 'finished', ...(record.result ? { result: record.result } : {}), ...(record.reason ? { reason: record.reason } : {}) });
           end();
-        } else if (!finished) setTimeout(() => void follow(), 200); // not started yet, or between attempts
+        } else if (!stream.ended) setTimeout(() => void follow(), 200); // not started yet, or between attempts
       }
     };
     await follow();

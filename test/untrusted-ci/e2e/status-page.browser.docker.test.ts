@@ -1,0 +1,221 @@
+/**
+ * The status page in a real browser: Debian's chromium driven by playwright-core, against the real
+ * service (real SQLite, git, scheduler, Docker) listening on 127.0.0.1.
+ *
+ * One executor slot, held by a check job that prints a line every 0.2 s until the test cancels it:
+ * meanwhile the page must show that check item live (hostile subject as text, running job with a
+ * progress bar, its live log), a broken config's problems, and three approved changes queued in the
+ * gate, each tested on the ones ahead. Cancelling the check frees the slot: the gate runs (the middle
+ * change fails), and the page follows every step over its one event stream, never reloading, until
+ * the history shows each result with its logs. No script of the page's data may run: no dialog, no
+ * console error, no <img>, no request the page did not make itself.
+ *
+ * Screenshots go to test-results/screenshots/status-*.png (their paths are printed).
+ */
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestCi, type TestCi } from '../../support/ci.js';
+import { createRepo, type TestRepo } from '../../support/git-repo.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const SHOTS = fileURLToPath(new URL('../../../test-results/screenshots/', import.meta.url));
+const HOSTILE = '<img src=x onerror=alert(1)>';
+/** Generous: the machine is noisy; nothing here measures time, it only waits for what must happen. */
+const WAIT = { timeout: 90_000 };
+
+const CONFIG = `version: 1
+environment: { image: airlock/base:busybox }
+jobs:
+  slow:
+    command: |
+      i=0
+      while [ $i -lt 1500 ]; do i=$((i+1)); echo "tick $i <b>not bold</b>"; sleep 0.2; done
+    pipelines: [check]
+    timeout: 10m
+  test:
+    command: |
+      sleep 1
+      if [ -f broken ]; then echo "broken: <script>alert(3)</script>"; exit 1; fi
+      cat *.txt
+    pipelines: [gate]
+`;
+const BROKEN_CONFIG = `version: 1
+environment: { image: airlock/base:busybox }
+"<script>alert(2)</script>": 1
+jobs:
+  other: { comand: "true" }
+`;
+
+describe('status page (real browser, real service, real Docker)', () => {
+  let up: TestRepo;
+  let ci: TestCi;
+  let url: string;
+  let browser: Browser;
+  let page: Page;
+  const dialogs: string[] = [];
+  const problems: string[] = [];
+  const requests: string[] = [];
+  let loads = 0;
+
+  beforeAll(async () => {
+    mkdirSync(SHOTS, { recursive: true });
+    up = createRepo({ '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
+    ci = await startTestCi({ projects: [{ name: 'demo/status', url: up.dir }], slots: 1, listen: { host: '127.0.0.1', port: 0 } });
+    url = await ci.service.listen();
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('response', (r) => {
+      if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+    });
+    page.on('request', (r) => requests.push(new URL(r.url()).pathname));
+    page.on('load', () => loads++);
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await ci?.close();
+    up?.dispose();
+  });
+
+  const api = async <T,>(method: 'GET' | 'POST', path: string, payload?: object): Promise<T> => {
+    const r = await ci.service.app.inject({ method, url: path, ...(payload ? { payload } : {}) });
+    if (r.statusCode >= 300) throw new Error(`${method} ${path} answered ${r.statusCode}: ${r.body}`);
+    return r.json() as T;
+  };
+  const item = (pipeline: 'check' | 'gate', change: string): Locator => page.locator(`#${pipeline}-queues li.item[data-change="${change}"]`);
+  const historyRow = (build: number): Locator => page.locator(`#history-list tr[data-build="${build}"]`);
+  /** Polls `ok` until it holds (the page's own polling evaluates strings, which its policy forbids). */
+  const until = async (ok: () => Promise<boolean>, timeoutMs = WAIT.timeout): Promise<void> => {
+    const end = Date.now() + timeoutMs;
+    while (!(await ok())) {
+      if (Date.now() > end) throw new Error(`condition not met in ${timeoutMs} ms: ${ok.toString()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const shot = async (name: string): Promise<void> => {
+    const path = `${SHOTS}status-${name}.png`;
+    await page.screenshot({ path, fullPage: true });
+    console.log(`screenshot: ${path}`);
+  };
+
+  it('shows queues, progress, live logs, history and config errors live, and never runs the data', async () => {
+    const response = await page.goto(url);
+    // The page's own headers: a strict policy (own files only, nothing inline), no sniffing.
+    const headers = response!.headers();
+    expect(headers['content-type']).toBe('text/html; charset=utf-8');
+    expect(headers['x-content-type-options']).toBe('nosniff');
+    const csp = headers['content-security-policy'] ?? '';
+    expect(csp).toContain("default-src 'self'");
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).toContain("style-src 'self'");
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(csp).not.toContain('unsafe');
+    await page.locator('#connection[data-state="live"]').waitFor(WAIT);
+    // Landmarks and headings a screen reader navigates by.
+    for (const role of ['banner', 'navigation', 'main', 'contentinfo'] as const) expect(await page.getByRole(role).count(), role).toBe(1);
+    expect(await page.getByRole('heading', { level: 2 }).allTextContents()).toEqual(['Check pipeline', 'Gate pipeline', 'Recent builds']); // the log panel is hidden until asked for
+    await page.evaluate('window.airlockMarker = 42'); // gone if the page ever reloads
+
+    // 1. A check change with a hostile subject: shown as text, its job running with a progress bar.
+    const slow = up.change(301, 1, { 'slow.txt': 'slow\n' });
+    const slowBuild = await ci.submit({ project: 'demo/status', ref: slow.ref, change: '301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
+    const slowJob = item('check', '301').locator('li.job[data-job="slow"][data-state="running"]');
+    await slowJob.waitFor(WAIT);
+    expect(await item('check', '301').locator('.subject').textContent()).toBe(HOSTILE);
+    expect(await item('check', '301').locator('.author').textContent()).toBe('mallory <script>');
+    expect(await item('check', '301').locator('.tested-on').textContent()).toBe('the tip of master');
+    // The progress bar is named for assistive technology, and says in words what its length shows.
+    const bar = item('check', '301').getByRole('progressbar', { name: /^slow: running for \d+ (ms|s) · limit 10 min$/ });
+    expect(await bar.evaluate((el) => Number((el as { max?: number }).max))).toBe(600_000);
+    expect(await slowJob.locator('.badge').textContent()).toBe('▶ running');
+
+    // 2. Its live log, from the build's event stream: lines arrive while the page stays put.
+    await slowJob.getByRole('link', { name: /live log/ }).click();
+    await page.locator('#log:not([hidden])').waitFor(WAIT);
+    await page.locator('#log-text').filter({ hasText: /tick 5 / }).waitFor(WAIT);
+    expect(await page.locator('#log-title').textContent()).toBe(`Log of job slow in build ${slowBuild}`);
+    expect(await page.locator('#log-text').textContent()).toContain('tick 1 <b>not bold</b>\n');
+    expect(await page.locator('#log-text b').count()).toBe(0);
+    // The progress bar moves on its own (the page ticks against the server's clock).
+    const value = (): Promise<number> => bar.evaluate((el) => Number((el as { value?: number }).value));
+    const firstValue = await value();
+    await until(async () => (await value()) > firstValue);
+    await shot('check-live-log');
+
+    // 3. A broken .airlock.yaml: every problem readable, the hostile key as text.
+    const broken = up.change(302, 1, { '.airlock.yaml': BROKEN_CONFIG });
+    const brokenBuild = await ci.submit({ project: 'demo/status', ref: broken.ref, change: '302', patchset: 1, subject: 'a config with problems' });
+    const brokenRow = historyRow(brokenBuild);
+    await brokenRow.and(page.locator('[data-result="config-error"]')).waitFor(WAIT);
+    const issues = await brokenRow.locator('ul.issues li').allTextContents();
+    expect(issues).toEqual(
+      expect.arrayContaining([
+        'error: .airlock.yaml at jobs.other: Unrecognized key: "comand"',
+        'error: .airlock.yaml (top level): Unrecognized key: "<script>alert(2)</script>"',
+      ]),
+    );
+    expect(await brokenRow.locator('.reason').textContent()).toMatch(/^\.airlock\.yaml has \d+ problems$/);
+
+    // 4. Three approved changes in the gate, in order, each tested on the ones ahead. The slot is
+    // still held, so they stay queued while the page is looked at.
+    const a = up.change(311, 1, { 'a.txt': 'A\n' });
+    const b = up.change(312, 1, { 'b.txt': 'B\n', broken: 'yes\n' });
+    const c = up.change(313, 1, { 'c.txt': 'C\n' });
+    for (const [ch, number, subject] of [[a, '311', 'add A'], [b, '312', 'break the build'], [c, '313', 'add C']] as const) {
+      await api('POST', '/api/changes', { project: 'demo/status', ref: ch.ref, change: number, patchset: 1, subject, pipeline: 'gate' });
+    }
+    const gateItems = page.locator('#gate-queues li.item');
+    await until(async () => (await gateItems.evaluateAll((els) => els.map((e) => e.getAttribute('data-change')).join(' '))) === '311 312 313');
+    await item('gate', '311').locator('li.job[data-job="test"] progress').waitFor(WAIT);
+    expect(await gateItems.locator('.tested-on').allTextContents()).toEqual(['the tip of master', 'master + 311,1', 'master + 311,1 + 312,1']);
+    expect(await page.locator('#gate-queues .queue-meta').textContent()).toBe('3 changes · window 20');
+    expect(await item('gate', '312').locator('.subject').textContent()).toBe('break the build');
+    await shot('gate-queue');
+
+    // 5. Cancel the check: the slot frees, the gate runs; everything reaches the page over SSE.
+    await api('POST', `/api/builds/${slowBuild}/cancel`);
+    await page.locator('#log-state').filter({ hasText: /^Build \d+ finished: cancelled \(cancelled by request\)/ }).waitFor(WAIT);
+    await historyRow(slowBuild).and(page.locator('[data-result="cancelled"]')).waitFor(WAIT);
+    await page.locator('#gate-queues p.empty').waitFor({ timeout: 120_000 });
+    const results = async (change: string): Promise<string[]> =>
+      page.locator('#history-list tr').filter({ has: page.locator('.change', { hasText: new RegExp(`^${change},1$`) }) }).evaluateAll((rows) => rows.map((r) => r.getAttribute('data-result') ?? ''));
+    await page.locator('#history-list tr[data-result="passed"]').nth(1).waitFor(WAIT);
+    expect(await results('311')).toEqual(['passed']);
+    expect(await results('312')).toEqual(['failed']);
+    expect((await results('313'))[0]).toBe('passed'); // newest first; an earlier run on 311+312 was thrown away
+    expect(await page.locator('#check-queues p.empty').textContent()).toBe('No changes in the check pipeline.');
+
+    // 6. A finished build's log, linked from the history, is plain text.
+    const failedRow = page.locator('#history-list tr[data-result="failed"]').filter({ has: page.locator('.change', { hasText: /^312,1$/ }) });
+    expect(await failedRow.locator('.badge').allTextContents()).toEqual(['✗ failed', '✗ failed']); // the build's result, then its job's
+    const logHref = await failedRow.getByRole('link', { name: 'test' }).getAttribute('href');
+    expect(logHref).toMatch(/^\/api\/builds\/\d+\/logs\/test$/);
+    // Fetched by the page itself (same origin, under its policy).
+    const log = (await page.evaluate(`fetch(${JSON.stringify(logHref)}).then(async (r) => ({ type: r.headers.get('content-type'), nosniff: r.headers.get('x-content-type-options'), text: await r.text() }))`)) as { type: string; nosniff: string; text: string };
+    expect(log).toMatchObject({ type: 'text/plain; charset=utf-8', nosniff: 'nosniff' });
+    expect(log.text).toContain('broken: <script>alert(3)</script>');
+    await page.locator('#history').scrollIntoViewIfNeeded();
+    await shot('history');
+
+    // Live all along: one page load, one status stream, the page's own state kept.
+    expect(loads).toBe(1);
+    expect(await page.evaluate('window.airlockMarker')).toBe(42);
+    expect(requests.filter((p) => p === '/api/status/stream')).toHaveLength(1);
+    expect(await page.locator('#announcer p').count()).toBeGreaterThan(0);
+    // Nothing of the data ran: no dialog, no error, no image, no request for "x".
+    expect(dialogs).toEqual([]);
+    expect(problems).toEqual([]);
+    expect(await page.locator('img, script:not([src])').count()).toBe(0);
+    expect(requests.filter((p) => p.endsWith('/x'))).toEqual([]);
+    expect(new Set(requests.map((p) => p.split('/')[1]))).toEqual(new Set(['', 'status', 'api']));
+  });
+});

@@ -42,6 +42,11 @@ export const BuilderConfig = z.strictObject({
   secrets: z.discriminatedUnion('kind', [FileSecrets, VaultSecrets]),
   /** Watch the protected branches of every policy project this often (0: hints only). */
   pollEveryMs: z.number().int().min(0).default(0),
+  /**
+   * Where break warnings of embargoed patches go: a webhook of the security team (https, or http
+   * to loopback), posted a signed payload naming only the embargo id, the commit and the step.
+   */
+  embargoWebhook: z.string().url().max(2048).optional(),
 });
 export type BuilderConfig = z.infer<typeof BuilderConfig>;
 

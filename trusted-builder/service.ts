@@ -30,6 +30,7 @@ import { loadPromotionPolicy, projectPolicy } from './policy/promotion.js';
 import { loadSecretsPolicy } from './policy/secrets.js';
 import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
+import { WebhookNotifier } from './notify/webhook.js';
 import { PromotionStore } from './promote/promotion-store.js';
 import type { PushOptions } from './publish/registry.js';
 import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
@@ -51,13 +52,14 @@ export interface BuilderService {
   close(): Promise<void>;
 }
 
-export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string; promotions: string; embargo: string } {
+export function builderPaths(dataDir: string): { audit: string; git: string; work: string; lookaside: string; pollState: string; promotions: string; embargo: string; privateLookaside: string } {
   return {
     embargo: join(dataDir, 'embargo'),
     audit: join(dataDir, 'audit.jsonl'),
     git: join(dataDir, 'git'),
     work: join(dataDir, 'work'),
     lookaside: join(dataDir, 'lookaside'),
+    privateLookaside: join(dataDir, 'private-lookaside'),
     pollState: join(dataDir, 'poll-state.json'),
     promotions: join(dataDir, 'promotions.sqlite'),
   };
@@ -130,6 +132,13 @@ export async function startBuilderService(
       logger,
       store,
       ...(opts.pushOptions ? { pushOptions: opts.pushOptions } : {}),
+      ...(lane
+        ? {
+            embargo: lane.store,
+            privateLookasideDir: paths.privateLookaside,
+            ...(config.embargoWebhook ? { notifier: new WebhookNotifier({ url: config.embargoWebhook, signingKey }) } : {}),
+          }
+        : {}),
     });
     cleanups.push(() => promoter.drain());
     const resumed = promoter.resume();

@@ -21,7 +21,7 @@
  * Promotions run one at a time, in arrival order; a commit already promoted (or queued) is not
  * promoted again (hints arrive at least once).
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,7 +29,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type Docker from 'dockerode';
 import { z } from 'zod';
-import { InvalidInputError, isAirlockError } from '../../shared/errors.js';
+import { InternalError, InvalidInputError, isAirlockError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock-yaml.js';
 import { RepoPath } from '../../shared/schemas/airlock-yaml.js';
@@ -41,7 +41,9 @@ import type { JobPolicy } from '../../shared/schemas/job-policy.js';
 import type { JobSpec } from '../../shared/schemas/job-spec.js';
 import type { PromotionHint } from '../../shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
-import type { AuditLog } from '../audit/audit-log.js';
+import type { AuditKind, AuditLog, JsonValue } from '../audit/audit-log.js';
+import { PatchWorkspace } from '../embargo/apply.js';
+import type { EmbargoNotifier } from '../notify/webhook.js';
 import { buildTrustedImage, checkBases, type BaseImagePin } from '../build/image-build.js';
 import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
 import { grantsFor, type SecretsPolicy } from '../policy/secrets.js';
@@ -85,7 +87,47 @@ export interface PromoterDeps {
   pushOptions?: PushOptions;
   /** The durable queue and record of promotions. */
   store: PromotionStore;
+  /** The embargo lane: active embargoed patches of each promoted project (absent: the lane is off). */
+  embargo?: EmbargoPort;
+  /** Warnings to the security team when an embargoed patch breaks. */
+  notifier?: EmbargoNotifier;
+  /** Signatures and provenance of private images (never served without authentication). */
+  privateLookasideDir?: string;
   now?: () => number;
+}
+
+/** What the promoter needs of the embargo store (trusted-builder/embargo/store.ts). */
+export interface EmbargoPort {
+  active(project: string): Promise<readonly { id: string; patch: string; digest: string }[]>;
+  retire(id: string, reason: string): Promise<unknown>;
+  appendLog(id: string, text: string): Promise<unknown>;
+  recordBreak(id: string, b: { commit: string; reason: string }): Promise<unknown>;
+  recordBuild(id: string, b: { commit: string; reference: string; digest: string }): Promise<unknown>;
+}
+
+/** Where a lane reads its tree from: the verified public commit, or the patched private tree. */
+interface LaneSource {
+  readText(path: string, maxBytes: number): Promise<string>;
+  archive(file: string, subdir: string): Promise<void>;
+}
+
+interface Lane {
+  project: PromotedProject;
+  commit: string;
+  branch: string;
+  work: string;
+  built: string[];
+  startedOn: Date;
+  phase: (name: string) => void;
+  log: Logger;
+  /** The registry repository pushed to: the project's image, or `private/<image>`. */
+  repository: string;
+  lookasideRoot: string;
+  source: LaneSource;
+  /** Audit records of each step (the public lane); the private lane's are the caller's. */
+  audit?: (kind: AuditKind, fields: Record<string, JsonValue>) => Promise<void>;
+  /** Set for the private lane. */
+  private?: { patches: string[]; onJobLog: (job: string, data: Buffer, passed: boolean) => Promise<void> };
 }
 
 export type PromotionResult =
@@ -119,6 +161,7 @@ export class Promoter implements HintSink {
 
   constructor(private readonly d: PromoterDeps) {
     this.now = d.now ?? Date.now;
+    if (d.embargo && !d.privateLookasideDir) throw new InternalError('the embargo lane needs a private lookaside directory');
   }
 
   /** Queue again what the last process accepted but did not finish (call once, at start). */
@@ -212,7 +255,7 @@ export class Promoter implements HintSink {
       mark = t;
     };
     try {
-      await mkdir(work, { recursive: true });
+      await mkdir(work, { recursive: true, mode: 0o700 });
       const project = d.policy.policy.projects.find((p) => p.name === hint.project);
       if (!project) throw new Stop('refused', 'policy', `project ${hint.project} is not in the promotion policy`);
 
@@ -221,120 +264,24 @@ export class Promoter implements HintSink {
       phase('verify');
       await d.audit.append('verify-passed', { project: project.name, commit: hint.commit, branch: v.branch, hintBranch: hint.branch, policy: d.policy.digest });
 
-      const { cfg, publish } = await this.readConfig(project, hint.commit);
-      const source = join(work, 'source.tar');
-      await this.archive(project, hint.commit, source);
-      const pins = d.policy.policy.baseImages;
-
-      // Tests: the gate jobs again, in an environment made here.
-      const steps: { name: string; command: string | string[]; exitCode: number }[] = [];
-      const logs: LeakSource[] = [];
-      const envImage = await this.environment(project, hint.commit, cfg.environment, pins, work, built);
-      const compiled = compileJobs(cfg, {
-        buildId: 0,
-        attempt: 1,
-        pipeline: 'gate',
-        image: envImage,
-        vars: { project: project.name, branch: v.branch, change: hint.commit.slice(0, 12), patchset: 1, commit: hint.commit },
-      });
-      if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
-      const states = new Map<string, boolean>();
-      for (const job of compiled.jobs) {
-        if (job.needs.some((n) => states.get(n) !== true)) {
-          states.set(job.name, false);
-          continue;
-        }
-        const chunks: Buffer[] = [];
-        const secretFiles = await this.grantedFiles(project.name, hint.commit, job.name);
-        const r = await d.runner.run(
-          { ...job.spec, id: `trusted-${randomUUID().slice(0, 12)}-${job.name}` },
-          { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
-        );
-        const logFile = join(work, `${job.name}.log`);
-        await writeFile(logFile, Buffer.concat(chunks));
-        logs.push({ name: `log of ${job.name}`, data: await readFile(logFile) });
-        states.set(job.name, r.passed);
-        steps.push({ name: `test:${job.name}`, command: job.spec.command, exitCode: r.exitCode ?? -1 });
-      }
-      const failed = compiled.jobs.filter((j) => j.voting && states.get(j.name) !== true).map((j) => j.name);
-      if (failed.length > 0) {
-        await d.audit.append('tests-failed', { project: project.name, commit: hint.commit, jobs: failed });
-        throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);
-      }
-      // The test containers are removed before the image build starts, so that the build does
-      // not compete with their teardown (and a test's cost is counted as the tests').
-      await d.runner.drain?.();
-      phase('tests');
-      await d.audit.append('tests-passed', { project: project.name, commit: hint.commit, jobs: compiled.jobs.map((j) => j.name) });
-
-      // The publish image.
-      const dockerfileText = await this.readText(project, hint.commit, publish.dockerfile, DOCKERFILE_MAX_BYTES);
-      const contextTar = join(work, 'context.tar');
-      await this.archive(project, hint.commit, contextTar, publish.context);
-      const tag = `airlock-trusted/${project.image}:${hint.commit}`;
-      const image = await buildTrustedImage({
-        docker: d.docker,
-        context: createReadStream(contextTar),
-        dockerfileText,
-        file: publish.dockerfile,
-        tag,
-        pins,
-        signal: AbortSignal.timeout(BUILD_TIMEOUT_MS),
-      }).catch((e: unknown) => {
-        if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'build', e.message);
-        if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'build', e.message);
-        throw e;
-      });
-      built.push(tag);
-      steps.push({ name: 'publish-image', command: ['docker', 'build', '--network=none', '--no-cache', `--file=${publish.dockerfile}`, publish.context], exitCode: 0 });
-      phase('build');
-      await d.audit.append('image-built', { project: project.name, commit: hint.commit, image: image.imageId, bases: image.bases.map((b) => `${b.name}@${b.digest}`) });
-
-      // Leak check before anything leaves the builder, on the one export of the image that is
-      // then pushed (the bytes pushed are the bytes searched).
-      const secrets = secretValues(d.secrets);
-      const imageTar = join(work, 'image.tar');
-      const leaks = await saveAndSearch(d.docker, image.imageId, imageTar, secrets, [...logs, { name: 'publish build log', data: Buffer.from(image.log.join('\n')) }]);
-      phase('leak-check');
-      await d.audit.append('leak-check', { project: project.name, commit: hint.commit, searched: secrets.length, leaks: leaks.length, where: leaks.slice(0, 20).map((l) => `${l.source} (${l.form})`) });
-      if (leaks.length > 0) throw new Stop('refused', 'leak-check', `a secret in use appears in ${leaks.map((l) => `${l.source} (${l.form})`).slice(0, 5).join(', ')}: nothing was published`);
-
-      // Push, then sign what the registry serves.
-      const registry = d.policy.policy.registry;
-      const pushed = await pushImage(image.imageId, { registry, repository: project.image, tag: hint.commit }, d.registryCredentials, {
-        ...d.pushOptions,
-        archive: imageTar,
-        logger: log,
-      }).catch((e: unknown) => {
-        if (isAirlockError(e)) throw new Stop('failed', 'push', e.message);
-        throw e;
-      });
-      phase('push');
-      await d.audit.append('pushed', { project: project.name, commit: hint.commit, reference: pushed.reference, digest: pushed.digest, attempts: pushed.attempts });
-
-      const statement = provenanceStatement({
-        subject: { name: `${registry}/${project.image}`, digest: pushed.digest },
-        builderId: d.policy.policy.builderId,
-        source: { repo: project.url, commit: hint.commit },
-        policyDigest: d.policy.digest,
-        baseImages: image.bases.map((b) => ({ name: b.name, digest: b.digest })),
-        steps,
+      const out = await this.lane({
+        project,
+        commit: hint.commit,
+        branch: v.branch,
+        work,
+        built,
         startedOn,
-        finishedOn: new Date(this.now()),
-        invocationId: randomUUID(),
+        phase,
+        log,
+        repository: project.image,
+        lookasideRoot: d.lookasideDir,
+        source: { readText: (path, max) => this.readText(project, hint.commit, path, max), archive: (file, subdir) => this.archive(project, hint.commit, file, subdir) },
+        audit: (kind, fields) => d.audit.append(kind, { project: project.name, commit: hint.commit, ...fields }).then(() => undefined),
       });
-      const dir = join(d.lookasideDir, lookasideDir(project.image, pushed.digest));
-      await mkdir(dir, { recursive: true });
-      const provenance = join(dir, 'provenance.json');
-      await writeFile(provenance, statement);
-      await writeFile(`${provenance}.asc`, await d.signingKey.signDetached(statement));
-      // The image signature last: once it is public, everything it vouches for is in place.
-      const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
-      const signature = await writeLookaside(d.lookasideDir, project.image, pushed.digest, await signImage(d.signingKey, payload));
-      await d.audit.append('signed', { project: project.name, commit: hint.commit, digest: pushed.digest, key: d.signingKey.fingerprint, signature: signature.path, provenance });
-      phase('sign');
-      log.info({ reference: pushed.reference, digest: pushed.digest, phases }, 'promoted');
-      return { state: 'published', ...base, reference: pushed.reference, digest: pushed.digest, signature: signature.path, provenance };
+      log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
+      const published: PromotionResult = { state: 'published', ...base, ...out };
+      if (d.embargo) await this.embargoLane(d.embargo, project, hint.commit, v.branch, join(work, 'private'), built);
+      return published;
     } catch (e) {
       const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);
       if (!(e instanceof Stop)) log.error({ err: e }, 'promotion failed');
@@ -345,6 +292,224 @@ export class Promoter implements HintSink {
     } finally {
       await rm(work, { recursive: true, force: true }).catch(() => undefined);
       this.removeImages(built, log);
+    }
+  }
+
+  /**
+   * One build of a source tree, public or private: config → tests → image → leak check → push →
+   * sign. Throws Stop (or anything unexpected); returns what was published.
+   */
+  private async lane(l: Lane): Promise<{ reference: string; digest: string; signature: string; provenance: string }> {
+    const { d } = this;
+    const { project, commit, work } = l;
+    const { cfg, publish } = await this.readConfig(l.source);
+    const source = join(work, 'source.tar');
+    await l.source.archive(source, '.');
+    const pins = d.policy.policy.baseImages;
+
+    // Tests: the gate jobs again, in an environment made here.
+    const steps: { name: string; command: string | string[]; exitCode: number }[] = [];
+    const logs: LeakSource[] = [];
+    const envImage = await this.environment(l, cfg.environment, pins);
+    const compiled = compileJobs(cfg, {
+      buildId: 0,
+      attempt: 1,
+      pipeline: 'gate',
+      image: envImage,
+      vars: { project: project.name, branch: l.branch, change: commit.slice(0, 12), patchset: 1, commit },
+    });
+    if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+    const states = new Map<string, boolean>();
+    for (const [index, job] of compiled.jobs.entries()) {
+      if (job.needs.some((n) => states.get(n) !== true)) {
+        states.set(job.name, false);
+        continue;
+      }
+      const chunks: Buffer[] = [];
+      const secretFiles = await this.grantedFiles(project.name, commit, job.name);
+      // A private lane's job names come from patched config: they stay out of container names.
+      const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
+      const r = await d.runner.run({ ...job.spec, id }, { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(secretFiles.length > 0 ? { secretFiles } : {}) });
+      const data = Buffer.concat(chunks);
+      logs.push({ name: `log of ${job.name}`, data });
+      await l.private?.onJobLog(job.name, data, r.passed);
+      states.set(job.name, r.passed);
+      steps.push({ name: `test:${job.name}`, command: job.spec.command, exitCode: r.exitCode ?? -1 });
+    }
+    const failed = compiled.jobs.filter((j) => j.voting && states.get(j.name) !== true).map((j) => j.name);
+    if (failed.length > 0) {
+      await l.audit?.('tests-failed', { jobs: failed });
+      throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);
+    }
+    // The test containers are removed before the image build starts, so that the build does
+    // not compete with their teardown (and a test's cost is counted as the tests').
+    await d.runner.drain?.();
+    l.phase('tests');
+    await l.audit?.('tests-passed', { jobs: compiled.jobs.map((j) => j.name) });
+
+    // The publish image.
+    const dockerfileText = await l.source.readText(publish.dockerfile, DOCKERFILE_MAX_BYTES);
+    const contextTar = join(work, 'context.tar');
+    await l.source.archive(contextTar, publish.context);
+    const tag = l.private ? `airlock-trusted-private/${randomUUID()}:latest` : `airlock-trusted/${project.image}:${commit}`;
+    const image = await buildTrustedImage({
+      docker: d.docker,
+      context: createReadStream(contextTar),
+      dockerfileText,
+      file: publish.dockerfile,
+      tag,
+      pins,
+      signal: AbortSignal.timeout(BUILD_TIMEOUT_MS),
+    }).catch((e: unknown) => {
+      if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'build', e.message);
+      if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'build', e.message);
+      throw e;
+    });
+    l.built.push(tag);
+    steps.push({ name: 'publish-image', command: ['docker', 'build', '--network=none', '--no-cache', `--file=${publish.dockerfile}`, publish.context], exitCode: 0 });
+    l.phase('build');
+    await l.audit?.('image-built', { image: image.imageId, bases: image.bases.map((b) => `${b.name}@${b.digest}`) });
+
+    // Leak check before anything leaves the builder, on the one export of the image that is
+    // then pushed (the bytes pushed are the bytes searched).
+    const secrets = secretValues(d.secrets);
+    const imageTar = join(work, 'image.tar');
+    const leaks = await saveAndSearch(d.docker, image.imageId, imageTar, secrets, [...logs, { name: 'publish build log', data: Buffer.from(image.log.join('\n')) }]);
+    l.phase('leak-check');
+    await l.audit?.('leak-check', { searched: secrets.length, leaks: leaks.length, where: leaks.slice(0, 20).map((x) => `${x.source} (${x.form})`) });
+    if (leaks.length > 0) throw new Stop('refused', 'leak-check', `a secret in use appears in ${leaks.map((x) => `${x.source} (${x.form})`).slice(0, 5).join(', ')}: nothing was published`);
+
+    // Push, then sign what the registry serves.
+    const registry = d.policy.policy.registry;
+    const pushed = await pushImage(image.imageId, { registry, repository: l.repository, tag: commit }, d.registryCredentials, {
+      ...d.pushOptions,
+      archive: imageTar,
+      ...(l.private ? {} : { logger: l.log }),
+    }).catch((e: unknown) => {
+      if (isAirlockError(e)) throw new Stop('failed', 'push', e.message);
+      throw e;
+    });
+    l.phase('push');
+    await l.audit?.('pushed', { reference: pushed.reference, digest: pushed.digest, attempts: pushed.attempts });
+
+    const statement = provenanceStatement({
+      subject: { name: `${registry}/${l.repository}`, digest: pushed.digest },
+      builderId: d.policy.policy.builderId,
+      source: { repo: project.url, commit },
+      policyDigest: d.policy.digest,
+      baseImages: image.bases.map((b) => ({ name: b.name, digest: b.digest })),
+      // A private image's steps come from patched config: named by position, commands by digest.
+      steps: l.private ? steps.map((st, i) => ({ name: `step-${i}`, command: `sha256:${sha256(JSON.stringify(st.command))}`, exitCode: st.exitCode })) : steps,
+      startedOn: l.startedOn,
+      finishedOn: new Date(this.now()),
+      invocationId: randomUUID(),
+      ...(l.private ? { patches: l.private.patches.map((digest) => ({ digest })) } : {}),
+    });
+    const dir = join(l.lookasideRoot, lookasideDir(l.repository, pushed.digest));
+    await mkdir(dir, { recursive: true });
+    const provenance = join(dir, 'provenance.json');
+    await writeFile(provenance, statement);
+    await writeFile(`${provenance}.asc`, await d.signingKey.signDetached(statement));
+    // The image signature last: once it is public, everything it vouches for is in place.
+    const payload = simpleSigningPayload({ dockerReference: pushed.reference, manifestDigest: pushed.digest, creator: 'airlock trusted-builder', timestamp: Math.floor(this.now() / 1000) });
+    const signature = await writeLookaside(l.lookasideRoot, l.repository, pushed.digest, await signImage(d.signingKey, payload));
+    await l.audit?.('signed', { digest: pushed.digest, key: d.signingKey.fingerprint, signature: signature.path, provenance });
+    l.phase('sign');
+    return { reference: pushed.reference, digest: pushed.digest, signature: signature.path, provenance };
+  }
+
+  /**
+   * The private lane (issue: embargoed security patches): the project's active embargoed patches
+   * — first retiring any the public history now contains — applied in order on the verified
+   * public commit, the tests re-run and the image built, signed and pushed to
+   * `<registry>/private/<image>`, with its signature and provenance in the private lookaside. A
+   * patch that does not apply, failing tests or a failing build: no patched image for this
+   * commit, and the team is warned. Whatever happens here never changes the public result, and
+   * nothing of a patch reaches a public place: details go to the embargo's encrypted log; the
+   * audit log and the builder's log get embargo ids, digests and step names only.
+   */
+  private async embargoLane(e: EmbargoPort, project: PromotedProject, commit: string, branch: string, work: string, built: string[]): Promise<void> {
+    const { d } = this;
+    const privateLookaside = d.privateLookasideDir!; // checked in the constructor
+    const log = d.logger.child({ component: 'embargo' });
+    let ids: string[] = [];
+    try {
+      const patches = await e.active(project.name);
+      if (patches.length === 0) return;
+      await mkdir(work, { recursive: true, mode: 0o700 });
+      const ws = await PatchWorkspace.open(d.verifier.mirrorOf(project), join(work, 'git'));
+      const live: { id: string; patch: string; digest: string }[] = [];
+      for (const p of patches) {
+        const pub = await ws.isPublic(commit, p.patch);
+        if (pub.public) {
+          // The store records the retirement in the audit log (id and digest).
+          await e.retire(p.id, `the public history contains it at ${commit} (${pub.how}${pub.match ? ` ${pub.match}` : ''})`);
+        } else live.push(p);
+      }
+      if (live.length === 0) return;
+      ids = live.map((p) => p.id);
+      const applied = await ws.apply(commit, live.map((p) => ({ id: p.id, patch: p.patch })));
+      if (!applied.ok) {
+        // The patch that stopped applying is the broken one; the others only get no image this time.
+        await e.appendLog(applied.failed, `${new Date(this.now()).toISOString()} does not apply on ${commit}:\n${applied.detail}\n`);
+        for (const id of ids.filter((x) => x !== applied.failed)) {
+          await e.appendLog(id, `${new Date(this.now()).toISOString()} no patched image for ${commit}: ${applied.failed} does not apply\n`);
+        }
+        await this.broken(e, [applied.failed], commit, 'apply', 'does not apply');
+        return;
+      }
+      const startedOn = new Date(this.now());
+      const out = await this.lane({
+        project,
+        commit,
+        branch,
+        work,
+        built,
+        startedOn,
+        phase: () => undefined,
+        log,
+        repository: `private/${project.image}`,
+        lookasideRoot: privateLookaside,
+        source: {
+          readText: async (path, max) => {
+            const b = await ws.readFile(applied.tree, path, max).catch((err: unknown) => {
+              throw new Stop('refused', 'config', `${path}: ${err instanceof Error ? err.message : String(err)}`);
+            });
+            if (!b) throw new Stop('refused', 'config', `no ${path} in the patched tree`);
+            return b.toString('utf8');
+          },
+          archive: (file, subdir) =>
+            ws.archive(applied.tree, file, subdir).catch((err: unknown) => {
+              throw err instanceof InvalidInputError ? new Stop('refused', 'source', err.message) : err;
+            }),
+        },
+        private: {
+          patches: live.map((p) => p.digest),
+          onJobLog: async (job, data, passed) => {
+            for (const id of ids) await e.appendLog(id, `${new Date(this.now()).toISOString()} ${commit} job ${job}: ${passed ? 'passed' : 'FAILED'}\n${data.toString('utf8')}\n`);
+          },
+        },
+      });
+      for (const p of live) await e.recordBuild(p.id, { commit, reference: out.reference, digest: out.digest });
+      // Ids and patch digests only: a commit or an image digest would name the project.
+      await d.audit.append('embargo', { event: 'published', embargoes: ids, patches: live.map((p) => p.digest) });
+    } catch (err) {
+      const stop = err instanceof Stop ? err : undefined;
+      const step = stop?.step === 'tests' ? 'tests' : 'build';
+      const detail = err instanceof Error ? err.message : String(err);
+      for (const id of ids) await e.appendLog(id, `${new Date(this.now()).toISOString()} ${commit} ${stop?.step ?? 'internal'}: ${detail}\n`).catch(() => undefined);
+      if (!stop) log.error({ embargoes: ids, code: isAirlockError(err) ? err.code : 'internal' }, 'the private lane failed (details in the embargo log)');
+      if (ids.length > 0) await this.broken(e, ids, commit, step, stop?.step ?? 'internal').catch(() => undefined);
+    }
+  }
+
+  /** No patched image for `commit`: recorded (encrypted), audited (ids), and the team warned. */
+  private async broken(e: EmbargoPort, ids: string[], commit: string, step: 'apply' | 'tests' | 'build', what: string): Promise<void> {
+    // The store records each break in the audit log (id and digest).
+    for (const id of ids) await e.recordBreak(id, { commit, reason: `${step}: ${what}` });
+    for (const id of ids) {
+      const sent = (await this.d.notifier?.warn({ embargo: id, commit, step })) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+      await this.d.audit.append('embargo', { event: 'warned', embargo: id, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
     }
   }
 
@@ -382,8 +547,8 @@ export class Promoter implements HintSink {
     return b.toString('utf8');
   }
 
-  private async readConfig(project: PromotedProject, commit: string) {
-    const text = await this.readText(project, commit, AIRLOCK_YAML, CONFIG_MAX_BYTES);
+  private async readConfig(source: LaneSource) {
+    const text = await source.readText(AIRLOCK_YAML, CONFIG_MAX_BYTES);
     const parsed = parseAirlockYaml(text, this.d.jobPolicy);
     if (!parsed.value) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${parsed.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
     const publish = PublishSection.safeParse(parsed.value.publish);
@@ -392,7 +557,7 @@ export class Promoter implements HintSink {
   }
 
   /** The test environment: a pinned base image as is, or the repo's Dockerfile built here. */
-  private async environment(project: PromotedProject, commit: string, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[], work: string, built: string[]): Promise<string> {
+  private async environment(l: Lane, env: { image: string } | { dockerfile: string; context?: string | undefined }, pins: readonly BaseImagePin[]): Promise<string> {
     const { d } = this;
     if ('image' in env) {
       const { bases, issues } = await checkBases(d.docker, `FROM ${env.image}\n`, `${AIRLOCK_YAML} environment`, pins);
@@ -400,18 +565,19 @@ export class Promoter implements HintSink {
       // By id, not by name: a name can be re-pointed on a shared engine after the check.
       return bases[0].digest;
     }
-    const text = await this.readText(project, commit, env.dockerfile, DOCKERFILE_MAX_BYTES);
-    const tar = join(work, 'env-context.tar');
-    await this.archive(project, commit, tar, env.context ?? '.');
-    const tag = `airlock-trusted-env/${project.image}:${commit.slice(0, 12)}`;
+    const text = await l.source.readText(env.dockerfile, DOCKERFILE_MAX_BYTES);
+    const tar = join(l.work, 'env-context.tar');
+    await l.source.archive(tar, env.context ?? '.');
+    const tag = l.private ? `airlock-trusted-private/${randomUUID()}:env` : `airlock-trusted-env/${l.project.image}:${l.commit.slice(0, 12)}`;
     const image = await buildTrustedImage({ docker: d.docker, context: createReadStream(tar), dockerfileText: text, file: env.dockerfile, tag, pins, signal: AbortSignal.timeout(BUILD_TIMEOUT_MS) }).catch((e: unknown) => {
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_POLICY_VIOLATION') throw new Stop('refused', 'environment', e.message);
       if (isAirlockError(e) && e.code === 'AIRLOCK_E_ENVIRONMENT_BUILD_FAILED') throw new Stop('failed', 'environment', e.message);
       throw e;
     });
-    built.push(tag);
+    l.built.push(tag);
     return image.imageId;
   }
+
 }
 
 /**
@@ -443,4 +609,8 @@ async function saveAndSearch(docker: Docker, imageId: string, file: string, secr
     toFile.destroy();
     throw e;
   }
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
 }

@@ -49,6 +49,8 @@ export const ProvenanceInput = z
     startedOn: Instant,
     finishedOn: Instant,
     invocationId: z.string().min(1).max(256),
+    /** Embargoed patches applied on top of the source (private images only), by digest alone. */
+    patches: z.array(z.strictObject({ digest: Sha256 })).max(100).optional(),
   })
   .refine((p) => p.startedOn <= p.finishedOn, { message: 'finishedOn is before startedOn', path: ['finishedOn'] });
 export type ProvenanceInput = z.input<typeof ProvenanceInput>;
@@ -68,7 +70,7 @@ export interface ProvenanceStatement {
   predicate: {
     buildDefinition: {
       buildType: typeof BUILD_TYPE;
-      externalParameters: { source: { repository: string; commit: string } };
+      externalParameters: { source: { repository: string; commit: string }; embargoedPatches?: { digest: { sha256: string } }[] };
       internalParameters: { policyDigest: string; steps: ProvenanceStep[] };
       resolvedDependencies: ResourceDescriptor[];
     };
@@ -95,11 +97,15 @@ export function buildStatement(input: ProvenanceInput): ProvenanceStatement {
     predicate: {
       buildDefinition: {
         buildType: BUILD_TYPE,
-        externalParameters: { source: { repository: p.source.repo, commit: p.source.commit } },
+        externalParameters: {
+          source: { repository: p.source.repo, commit: p.source.commit },
+          ...(p.patches ? { embargoedPatches: p.patches.map((x) => ({ digest: { sha256: hex(x.digest) } })) } : {}),
+        },
         internalParameters: { policyDigest: `sha256:${hex(p.policyDigest)}`, steps: p.steps },
         resolvedDependencies: [
           { uri: gitUri(p.source.repo), digest: { gitCommit: p.source.commit } },
           ...p.baseImages.map((b) => ({ name: b.name, digest: { sha256: hex(b.digest) } })),
+          ...(p.patches ?? []).map((x) => ({ name: 'embargoed-patch', digest: { sha256: hex(x.digest) } })),
         ],
       },
       runDetails: {

@@ -36,6 +36,11 @@ export class SourceVerifier {
   constructor(private readonly root: string) {}
 
   /** The mirror of `project` (created on first use). */
+  /** The builder's own bare mirror of `project` (the embargo lane reads its objects). */
+  mirrorOf(project: PromotedProject): string {
+    return this.mirror(project);
+  }
+
   private mirror(project: PromotedProject): string {
     const dir = join(this.root, `${project.name.replaceAll('/', '%2F')}.git`);
     return dir;

@@ -1,0 +1,292 @@
+/**
+ * The embargo lane end to end, both tiers on real parts: the public CI gates and merges changes
+ * (real git, Docker, SQLite) and sends a promotion hint per merge; the trusted builder promotes
+ * each public commit and, privately, the commit with the project's active embargoed patches on
+ * top (submitted over `POST /v1/embargo` as a member's signed, encrypted request).
+ *
+ *   M1  public image + patched image (E1, the canary, and E2) in `private/<image>`, signed
+ *   M2  changes the line E2 patches: E2 no longer applies → no patched image, E2's team warned
+ *   M3  contains E2's change: E2 retires itself; patched image with E1 alone
+ *   M4  with E3 (breaks the tests) active: the patched tests fail → warned, no patched image
+ *
+ * Then the canary scan: the canary patch's strings (its file name, content and message) are in
+ * none of the public outputs — the CI's data dir (SQLite, logs), API answers and log lines; the
+ * builder's data dir (the embargo store is encrypted), its log lines, unauthenticated endpoints
+ * and public lookaside; the public images' layers; any process's command line sampled throughout;
+ * the engine's container and image names; the warnings sent — while the private image does carry
+ * the fix (the scan's positive control).
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { promisify } from 'node:util';
+import { gunzipSync } from 'node:zlib';
+import * as openpgp from 'openpgp';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDocker } from '../../shared/docker/client.js';
+import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
+import { startBuilderService, type BuilderService } from '../../trusted-builder/service.js';
+import { builderRig } from '../support/builder-rig.js';
+import { startTestCi, type TestCi } from '../support/ci.js';
+import { makeMember, writeTeam, type TestMember } from '../support/embargo.js';
+import { createRepo, type TestRepo } from '../support/git-repo.js';
+import { startRegistry, type TestRegistry } from '../support/registry.js';
+
+const run = promisify(execFile);
+const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
+const BASE = 'airlock/base:busybox';
+const HINT_SECRET = 'hint-secret-for-the-embargo-lane-test';
+const TAG = randomBytes(4).toString('hex');
+const CANARY = { file: `canary-file-${TAG}.c`, content: `CANARY_CONTENT_${TAG}_q8w7e6`, message: `CANARY-MESSAGE-${TAG}-heap-overflow` };
+const CANARIES = Object.values(CANARY);
+
+const CONFIG = `version: 1
+environment: { image: ${BASE} }
+jobs:
+  unit:
+    command: [sh, ./test.sh]
+    pipelines: [gate]
+publish:
+  dockerfile: Dockerfile
+`;
+
+/** Every canary string found in `data`. */
+const hits = (data: Buffer | string): string[] => CANARIES.filter((c) => (Buffer.isBuffer(data) ? data : Buffer.from(data)).includes(c));
+
+/** Every file under `dir`, recursively. */
+function files(dir: string): { path: string; data: Buffer }[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name))
+    .map((path) => ({ path, data: readFileSync(path) }));
+}
+
+/** A logger that keeps every line. */
+function capture(): { logger: pino.Logger; lines: string[] } {
+  const lines: string[] = [];
+  return { lines, logger: pino({ level: 'debug' }, new Writable({ write: (c: Buffer, _e, done) => (lines.push(c.toString('utf8')), done()) })) };
+}
+
+describe('embargoed patches: a private lane, and nothing of it in public (two tiers, real parts)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-lane-'));
+  let registry: TestRegistry;
+  let up: TestRepo;
+  let ci: TestCi;
+  let builder: BuilderService;
+  let builderUrl: string;
+  let alice: TestMember;
+  let hook: Server;
+  const warnings: { embargo: string; commit: string; step: string }[] = [];
+  const ciLog = capture();
+  const builderLog = capture();
+  const cmdlines = new Set<string>();
+  let sampler: NodeJS.Timeout | undefined;
+  const merged: string[] = [];
+  const ids: Record<'e1' | 'e2' | 'e3', string> = { e1: '', e2: '', e3: '' };
+
+  /** A patch the way the team makes one: `git format-patch` of a commit on a private clone. */
+  const patchOf = (files: Record<string, string>, message: string): string => {
+    const clone = join(dir, `clone-${randomBytes(3).toString('hex')}`);
+    execFileSync('git', ['clone', '-q', up.dir, clone]);
+    for (const [p, text] of Object.entries(files)) {
+      mkdirSync(join(clone, p, '..'), { recursive: true });
+      writeFileSync(join(clone, p), text);
+    }
+    const g = (...a: string[]) => execFileSync('git', ['-C', clone, '-c', 'user.name=Sec', '-c', 'user.email=sec@example.invalid', ...a], { encoding: 'utf8' });
+    g('add', '-A');
+    g('commit', '-q', '-m', message);
+    const patch = g('format-patch', '--stdout', 'HEAD~1');
+    rmSync(clone, { recursive: true, force: true });
+    return patch;
+  };
+
+  const embargo = async (ask: Parameters<typeof makeRequest>[0]): Promise<Record<string, unknown>> => {
+    const builderKey = await openpgp.readKey({ armoredKey: builder.embargo!.publicKey });
+    const { armored, request } = await makeRequest(ask, { memberKey: alice.privateKey, builderKey });
+    const r = await builder.app.inject({ method: 'POST', url: '/v1/embargo', payload: armored, headers: { 'content-type': 'application/pgp-encrypted' } });
+    expect(r.statusCode, r.body).toBe(200);
+    const answer = await openResponse(r.body, { memberKey: alice.privateKey, builderKey, nonce: request.nonce });
+    expect(answer.ok, JSON.stringify(answer)).toBe(true);
+    return (answer as { result: Record<string, unknown> }).result;
+  };
+
+  /** Approve a change in the public CI; wait until it merged and the builder promoted the merge. */
+  const land = async (n: number, files: Record<string, string>) => {
+    const c = up.change(n, 1, files);
+    const r = await ci.service.app.inject({ method: 'POST', url: '/api/changes', payload: { project: 'demo/app', ref: c.ref, change: String(n), patchset: 1, pipeline: 'gate' } });
+    expect(r.statusCode, r.body).toBe(202);
+    const end = Date.now() + 120_000;
+    for (;;) {
+      const events = (await ci.service.app.inject({ method: 'GET', url: '/api/gate/events?kind=merged' })).json() as { events: { change: string; commit: string }[] };
+      const m = events.events.find((e) => e.change === String(n));
+      if (m) {
+        for (;;) {
+          const res = builder.promoter.result('demo/app', m.commit);
+          if (res) {
+            await builder.promoter.drain();
+            merged.push(m.commit);
+            return { commit: m.commit, result: res };
+          }
+          if (Date.now() > end) throw new Error(`no promotion of ${m.commit}`);
+          await new Promise((x) => setTimeout(x, 100));
+        }
+      }
+      if (Date.now() > end) throw new Error(`change ${n} did not merge: ${JSON.stringify(events)}`);
+      await new Promise((x) => setTimeout(x, 100));
+    }
+  };
+
+  const tags = async (repo: string): Promise<string[]> => {
+    const r = await fetch(`http://${registry.url}/v2/${repo}/tags/list`, { headers: { authorization: `Basic ${Buffer.from(`${registry.username}:${registry.password}`).toString('base64')}` } });
+    return r.status === 200 ? (((await r.json()) as { tags: string[] | null }).tags ?? []) : [];
+  };
+
+  /** skopeo under a policy requiring the builder's signature, looking for signatures in `lookaside` (a URL). */
+  const pull = async (reference: string, lookaside: string, out: string) => {
+    const policy = { default: [{ type: 'reject' }], transports: { docker: { [registry.url]: [{ type: 'signedBy', keyType: 'GPGKeys', keyPath: join(dir, 'builder.pub.asc') }] } } };
+    writeFileSync(join(dir, 'policy.json'), JSON.stringify(policy));
+    const regd = join(dir, `registries.d-${randomBytes(3).toString('hex')}`);
+    mkdirSync(regd);
+    writeFileSync(join(regd, 'r.yaml'), `docker:\n  ${registry.url}:\n    lookaside: ${lookaside}\n`);
+    await run('skopeo', ['--policy', join(dir, 'policy.json'), '--registries.d', regd, 'copy', '--src-tls-verify=false', '--src-creds', `${registry.username}:${registry.password}`, `docker://${reference}`, `dir:${out}`]);
+    // Every layer, uncompressed, as one buffer to search.
+    return Buffer.concat(readdirSync(out).filter((f) => /^[0-9a-f]{64}$/.test(f)).map((f) => { const b = readFileSync(join(out, f)); return b[0] === 0x1f && b[1] === 0x8b ? gunzipSync(b) : b; }));
+  };
+
+  beforeAll(async () => {
+    // Every command line on the machine, sampled all along.
+    sampler = setInterval(() => {
+      for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+        try {
+          cmdlines.add(readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' '));
+        } catch {
+          // gone already
+        }
+      }
+    }, 25);
+    hook = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        warnings.push(JSON.parse(Buffer.concat(chunks).toString('utf8')) as { embargo: string; commit: string; step: string });
+        res.statusCode = 204;
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+
+    registry = await startRegistry({ auth: true });
+    up = createRepo({ '.airlock.yaml': CONFIG, 'test.sh': 'test -f app.txt && echo unit ok\n', Dockerfile: `FROM ${BASE}\nCOPY . /app\n`, 'app.txt': 'version 1\n', 'src/main.c': 'int main(void) { return 0; }\n' });
+    alice = await makeMember('alice');
+    const teamDir = writeTeam(join(dir, 'team'), [alice]);
+    const rig = await builderRig({ dir, registry, project: { name: 'demo/app', url: up.dir, image: 'team/app' }, hintSecret: HINT_SECRET, baseImage: BASE, runnerStateDir: STATE_DIR, embargo: { teamDir } });
+    builder = await startBuilderService({ ...rig, embargoWebhook: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/warn` }, { logger: builderLog.logger });
+    builderUrl = await builder.listen();
+    writeFileSync(join(dir, 'builder.pub.asc'), builder.publicKey);
+    writeFileSync(join(dir, 'hint.secret'), HINT_SECRET, { mode: 0o600 });
+    ci = await startTestCi({ projects: [{ name: 'demo/app', url: up.dir }], hints: { url: builderUrl, secretFile: join(dir, 'hint.secret') } }, { logger: ciLog.logger });
+    chmodSync(dir, 0o700);
+  }, 120_000);
+
+  afterAll(async () => {
+    clearInterval(sampler);
+    await ci?.close();
+    await builder?.close();
+    await registry?.stop();
+    hook?.close();
+    up?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('M1: the public image, and privately the image with the embargoed patches, signed', async () => {
+    ids.e1 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ [`src/${CANARY.file}`]: `/* ${CANARY.content} */\n` }, CANARY.message) })).id as string;
+    ids.e2 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'app.txt': 'version 1 (hardened)\n' }, 'harden the app') })).id as string;
+    expect(ids.e1).toMatch(/^emb-/);
+
+    const m1 = await land(301, { 'one.txt': '1\n' });
+    expect(m1.result, JSON.stringify(m1.result)).toMatchObject({ state: 'published' });
+    expect(await tags('private/team/app')).toEqual([m1.commit]);
+    const e1 = builder.embargo!.status(ids.e1);
+    expect(e1.lastBuild?.commit).toBe(m1.commit);
+
+    // The patched image carries the fix and is signed (its signature in the private lookaside).
+    const privateLayers = await pull(`${registry.url}/private/team/app:${m1.commit}`, `file://${join(dir, 'data', 'private-lookaside')}`, join(dir, 'pulled-private'));
+    expect(hits(privateLayers)).toEqual(expect.arrayContaining([CANARY.file, CANARY.content]));
+    expect(privateLayers.includes('version 1 (hardened)')).toBe(true);
+    // The public image does not, and it is signed in the public lookaside as usual.
+    const publicLayers = await pull(`${registry.url}/team/app:${m1.commit}`, `${builderUrl}/lookaside`, join(dir, 'pulled-public-1'));
+    expect(publicLayers.includes('version 1\n')).toBe(true);
+    expect(hits(publicLayers)).toEqual([]);
+    // The private image's signature is not served publicly.
+    expect(files(join(dir, 'data', 'lookaside')).some((f) => f.path.includes('private'))).toBe(false);
+  }, 180_000);
+
+  it('M2: a public change makes E2 stop applying: no patched image, the team is warned', async () => {
+    const m2 = await land(302, { 'app.txt': 'version 2\n' });
+    expect(m2.result).toMatchObject({ state: 'published' });
+    expect(await tags('private/team/app')).not.toContain(m2.commit);
+    expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e2, commit: m2.commit, step: 'apply' }));
+    expect(warnings.some((w) => w.embargo === ids.e1)).toBe(false); // E1 still applies: only E2's owner is told
+    const shown = await embargo({ action: 'show', id: ids.e2 });
+    expect(JSON.stringify(shown)).toMatch(/does not apply|apply/);
+  }, 180_000);
+
+  it('M3: the public history now contains E2: it retires itself; the patched image has E1 alone', async () => {
+    const m3 = await land(303, { 'app.txt': 'version 1 (hardened)\n' });
+    expect(m3.result).toMatchObject({ state: 'published' });
+    expect(builder.embargo!.status(ids.e2)).toMatchObject({ state: 'retired' });
+    expect(await tags('private/team/app')).toContain(m3.commit);
+    const audit = readFileSync(builder.auditFile, 'utf8');
+    expect(audit).toMatch(new RegExp(`"event":"retired"[^\\n]*"embargo":"${ids.e2}"|"embargo":"${ids.e2}"[^\\n]*"event":"retired"`));
+  }, 180_000);
+
+  it('M4: an embargoed patch that breaks the tests: no patched image, warned with step tests', async () => {
+    ids.e3 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'test.sh': 'echo the fix broke the tests; exit 1\n' }, 'a bad fix') })).id as string;
+    const m4 = await land(304, { 'four.txt': '4\n' });
+    expect(m4.result).toMatchObject({ state: 'published' });
+    expect(await tags('private/team/app')).not.toContain(m4.commit);
+    expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e3, commit: m4.commit, step: 'tests' }));
+    const logs = await embargo({ action: 'logs', id: ids.e3 });
+    expect(JSON.stringify(logs)).toContain('the fix broke the tests');
+    await embargo({ action: 'retire', id: ids.e3, reason: 'withdrawn' });
+  }, 180_000);
+
+  it('the canary is in no public output of either tier', async () => {
+    const found: string[] = [];
+    const check = (where: string, data: Buffer | string) => {
+      for (const h of hits(data)) found.push(`${where}: ${h}`);
+    };
+    // The public CI: its whole data dir, its API, its log.
+    for (const f of files(ci.dataDir)) check(`ci ${f.path}`, f.data);
+    for (const url of ['/api/builds?limit=200', '/api/gate', '/api/gate/events', '/api/status', '/healthz', '/']) {
+      const r = await ci.service.app.inject({ method: 'GET', url });
+      check(`ci GET ${url}`, r.body);
+    }
+    check('ci log', ciLog.lines.join(''));
+    // The builder: its data dir (store encrypted, mirror and lookasides clean), log, endpoints.
+    for (const f of files(join(dir, 'data'))) check(`builder ${f.path}`, f.data);
+    check('builder log', builderLog.lines.join(''));
+    for (const url of ['/healthz', '/lookaside/', '/v1/embargo', '/']) check(`builder GET ${url}`, (await builder.app.inject({ method: 'GET', url })).body);
+    for (const c of merged) check(`promotion result ${c}`, JSON.stringify(builder.promoter.result('demo/app', c)));
+    // Every public image's layers.
+    for (const [i, c] of merged.entries()) check(`public image ${c}`, await pull(`${registry.url}/team/app:${c}`, `${builderUrl}/lookaside`, join(dir, `pulled-scan-${i}`)));
+    // Command lines seen while all of this ran, and what the engine names.
+    expect(cmdlines.size).toBeGreaterThan(50);
+    check('process command lines', [...cmdlines].join('\n'));
+    const docker = createDocker();
+    check('containers', JSON.stringify(await docker.listContainers({ all: true })));
+    const images = await docker.listImages();
+    check('images', JSON.stringify(images));
+    expect(images.flatMap((i) => i.RepoTags ?? []).filter((t) => t.startsWith('airlock-trusted-private/'))).toEqual([]);
+    // The warnings went out with ids, commits and steps only.
+    check('warnings', JSON.stringify(warnings));
+    expect(found).toEqual([]);
+  }, 180_000);
+});

@@ -1,14 +1,22 @@
 #!/bin/sh
-# A tiny "project test suite" the demo runs inside a hardened job.
-set -e
-echo "running tests as uid $(id -u) in $(pwd)"
-for t in add concat; do
-  case $t in
-    add) [ $((2 + 2)) -eq 4 ] ;;
-    concat) [ "air""lock" = airlock ] ;;
-  esac
-  echo "ok - $t"
-done
-mkdir -p dist
-echo "build of $(date -u +%Y-%m-%dT%H:%M:%SZ)" > dist/report.txt
-echo "all tests passed"
+# The sample project's test suite: every tests/*.sh, TAP output, a report (the job's artifact).
+# A case is `check EXPECTED COMMAND [ARG...]`: COMMAND.sh with those arguments must print EXPECTED.
+n=0
+failed=0
+check() {
+  want=$1 cmd=$2
+  shift 2
+  n=$((n + 1))
+  got=$(sh "./$cmd.sh" "$@" 2>&1)
+  if [ "$got" = "$want" ]; then
+    echo "ok $n - $cmd${*:+ $*}"
+  else
+    echo "not ok $n - $cmd${*:+ $*}: want '$(echo "$want" | tr '\n' '|')', got '$(echo "$got" | tr '\n' '|')'"
+    failed=$((failed + 1))
+  fi
+}
+for t in tests/*.sh; do . "./$t"; done
+echo "1..$n"
+tools=$(cat /opt/tools/VERSION 2>/dev/null || echo "no CI tools")
+echo "$n tests, $failed failed ($tools, uid $(id -u))" | tee report.txt
+[ "$failed" -eq 0 ]

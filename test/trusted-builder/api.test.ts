@@ -19,7 +19,7 @@ const SECRET = Buffer.from('a hint secret of decent length');
 const NOW = 1_800_000_000_000;
 
 let n = 0;
-async function api() {
+async function api(clock: () => number = () => NOW) {
   const auditFile = join(dir, `audit-${++n}.jsonl`);
   const audit = await AuditLog.open(auditFile);
   const accepted: PromotionHint[] = [];
@@ -33,7 +33,7 @@ async function api() {
     hintSecret: SECRET,
     promoter: { accept: (h) => (accepted.push(h), { queued: true }) },
     lookasideDir: lookaside,
-    now: () => NOW,
+    now: clock,
   });
   const records = () => readFileSync(auditFile, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
   return { app, accepted, auditFile, records };
@@ -96,6 +96,21 @@ describe('POST /v1/hints', () => {
     expect(huge.statusCode).toBe(413);
     expect(a.accepted).toEqual([]);
     expect(a.records().map((x) => x.kind)).toEqual(['hint-refused', 'hint-refused']);
+  });
+});
+
+describe('POST /v1/hints under a flood', () => {
+  it('records 60 refusals a minute one by one, counts the rest into the next record, and answers 429 past 300 hints a minute', async () => {
+    let t = NOW;
+    const a = await api(() => t);
+    for (let i = 0; i < 75; i++) expect((await post(a.app, JSON.stringify(HINT), { secret: Buffer.from('wrong') })).statusCode).toBe(401);
+    expect(a.records()).toHaveLength(60);
+    t += 60_000;
+    expect((await post(a.app, JSON.stringify(HINT), { secret: Buffer.from('wrong') })).statusCode).toBe(401);
+    expect(a.records().at(-1)).toMatchObject({ kind: 'hint-refused', suppressedBefore: 15 });
+    let status = 0;
+    for (let i = 0; i < 300 && status !== 429; i++) status = (await post(a.app, 'x', { secret: Buffer.from('wrong') })).statusCode;
+    expect(status).toBe(429);
   });
 });
 

@@ -3,7 +3,9 @@
  * - `POST /v1/hints`: a promotion hint `{version, project, branch, commit, ciRun?}`, authenticated
  *   by HMAC-SHA256 over `timestamp.body` (shared/hints/hint-auth.ts) with a 5-minute window and a
  *   per-process replay guard. A bad or missing signature, a stale timestamp or a replay is 401;
- *   a malformed hint 400. Every refusal and every acceptance is an audit record. An accepted hint
+ *   a malformed hint 400. Every refusal and every acceptance is an audit record (past 60 refusals a
+ *   minute they are counted into the next record instead: a flood must not fill the disk), and a
+ *   client may send 300 hints a minute (then 429). An accepted hint
  *   is only a trigger (202): the promoter re-derives every fact from its own clone and policy.
  * - `GET /lookaside/…`: the image signatures, as static files (the lookaside layout consumers'
  *   `registries.d` points at). Public by design: signatures are meant to be fetched.
@@ -11,6 +13,7 @@
  *   armored OpenPGP message, signed by a security team member and encrypted to the builder's
  *   embargo key (trusted-builder/embargo/wire.ts), answered 200 with an armored message encrypted
  *   to that member. A refusal is 400/401 with one fixed message; the reason is in the audit log.
+ *   At most 30 requests a minute per client (then 429, before any decryption).
  * - `GET /healthz`.
  * Nothing here reveals a secret, a policy detail or an embargoed item; error bodies are
  * `{code, message, statusCode}` with messages that name only what the caller sent.
@@ -19,13 +22,15 @@ import { createReadStream } from 'node:fs';
 import { lstat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { InvalidInputError, NotFoundError, UnauthorizedError } from '../../shared/errors.js';
+import rateLimit from '@fastify/rate-limit';
+import { InvalidInputError, NotFoundError, RateLimitedError, UnauthorizedError } from '../../shared/errors.js';
 import { installWireErrors } from '../../shared/http/wire.js';
 import { ReplayGuard, verifyHint } from '../../shared/hints/hint-auth.js';
 import type { Logger } from '../../shared/logging.js';
 import { MAX_PROMOTION_HINT_BYTES, PromotionHint } from '../../shared/schemas/promotion-hint.js';
 import { parseOrThrow } from '../../shared/schemas/issues.js';
 import type { AuditLog } from '../audit/audit-log.js';
+import { RefusalThrottle } from '../audit/throttle.js';
 import { MAX_EMBARGO_REQUEST_BYTES } from '../embargo/wire.js';
 
 /** Takes an authenticated hint; answers at once (the promotion runs in the background). */
@@ -51,6 +56,13 @@ export interface BuilderApiDeps {
   now?: () => number;
 }
 
+/** Per client address: a CI sends one hint per merge; a burst of merges stays well below this. */
+const HINTS_PER_MINUTE = 300;
+/** Per client address: each request costs a decryption and a signature check. */
+const EMBARGO_REQUESTS_PER_MINUTE = 30;
+/** Refused hints recorded one by one per minute; beyond, counted (see RefusalThrottle). */
+const REFUSALS_AUDITED_PER_MINUTE = 60;
+
 export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: d.logger.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
@@ -61,25 +73,34 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
   const now = d.now ?? Date.now;
   const replay = new ReplayGuard();
   installWireErrors(app);
+  const throttle = new RefusalThrottle(REFUSALS_AUDITED_PER_MINUTE, now);
+  const refused = async (reason: string, from: string): Promise<void> => {
+    const t = throttle.take();
+    if (t.record) await d.audit.append('hint-refused', { reason, from, ...(t.suppressedBefore > 0 ? { suppressedBefore: t.suppressedBefore } : {}) });
+  };
+  await app.register(rateLimit, {
+    global: false,
+    errorResponseBuilder: (_req, ctx) => new RateLimitedError(`rate limit of ${ctx.max} requests per ${ctx.after} exceeded`),
+  });
 
   await app.register(async (hints) => {
     // The signature covers the raw bytes: no JSON parser may touch them first.
     hints.removeAllContentTypeParsers();
     hints.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
-    hints.post('/v1/hints', async (req, reply) => {
+    hints.post('/v1/hints', { config: { rateLimit: { max: HINTS_PER_MINUTE, timeWindow: '1 minute' } } }, async (req, reply) => {
       const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       const seconds = Math.floor(now() / 1000);
       const v = verifyHint(d.hintSecret, raw, req.headers, seconds);
       const admitted = v.ok ? replay.admit(v, seconds) : v;
       if (!admitted.ok) {
-        await d.audit.append('hint-refused', { reason: admitted.reason, from: req.ip });
+        await refused(admitted.reason, req.ip);
         throw new UnauthorizedError(`promotion hint refused: ${admitted.reason}`);
       }
       let hint: PromotionHint;
       try {
         hint = parseOrThrow(PromotionHint, JSON.parse(raw.toString('utf8')) as unknown, 'hint');
       } catch (e) {
-        await d.audit.append('hint-refused', { reason: 'malformed', from: req.ip });
+        await refused('malformed', req.ip);
         if (e instanceof SyntaxError) throw new InvalidInputError([{ file: 'hint', path: '', message: 'not JSON', severity: 'error' }]);
         throw e;
       }
@@ -95,7 +116,7 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
       // The body is an armored OpenPGP message whatever the client calls it; read as text, capped.
       embargo.removeAllContentTypeParsers();
       embargo.addContentTypeParser('*', { parseAs: 'string', bodyLimit: MAX_EMBARGO_REQUEST_BYTES }, (_req, body, done) => done(null, body));
-      embargo.post('/v1/embargo', { bodyLimit: MAX_EMBARGO_REQUEST_BYTES }, async (req, reply) => {
+      embargo.post('/v1/embargo', { bodyLimit: MAX_EMBARGO_REQUEST_BYTES, config: { rateLimit: { max: EMBARGO_REQUESTS_PER_MINUTE, timeWindow: '1 minute' } } }, async (req, reply) => {
         const answer = await lane.handle(typeof req.body === 'string' ? req.body : '', req.ip);
         return reply.status(200).type('application/pgp-encrypted').header('cache-control', 'no-store').send(answer);
       });

@@ -139,6 +139,15 @@ describe('trusted builder: hint → verify → rebuild → sign → push (real D
     expect(signed.filter((f) => f.endsWith('signature-1'))).toHaveLength(1); // only the first test's image
   }, 120_000);
 
+  it('takes a test job\'s artifacts out and searches them too: a secret in one refuses the publish', async () => {
+    const withArtifact = CONFIG.replace('command: [sh, -c, "test -f app.txt && echo unit ok"]', `command: [sh, -c, "echo '${HINT_SECRET}' > out.txt; echo unit ok"]\n    artifacts: [out.txt]`);
+    expect(withArtifact).toContain('artifacts: [out.txt]');
+    const r = await hint('demo/app', up.commit({ '.airlock.yaml': withArtifact }, 'a job with an artifact'));
+    expect(r).toMatchObject({ state: 'refused', step: 'leak-check' });
+    expect(r?.state === 'refused' && r.reason).toMatch(/artifact out\.txt of unit/);
+    up.commit({ '.airlock.yaml': CONFIG }, 'back to the plain config');
+  }, 120_000);
+
   it('fails clearly when the registry is down, after retries, and signs nothing', async () => {
     await registry.stop();
     const commit = up.commit({ 'app.txt': 'while the registry is down\n' }, 'next');

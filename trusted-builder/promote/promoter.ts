@@ -329,9 +329,16 @@ export class Promoter implements HintSink {
       const secretFiles = await this.grantedFiles(project.name, commit, job.name);
       // A private lane's job names come from patched config: they stay out of container names.
       const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
-      const r = await d.runner.run({ ...job.spec, id }, { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(secretFiles.length > 0 ? { secretFiles } : {}) });
+      // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
+      const artifactsDir = join(work, 'artifacts', String(index));
+      if (job.spec.artifacts.length > 0) await mkdir(artifactsDir, { recursive: true, mode: 0o700 });
+      const r = await d.runner.run(
+        { ...job.spec, id },
+        { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(job.spec.artifacts.length > 0 ? { artifactsDir } : {}), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
+      );
       const data = Buffer.concat(chunks);
       logs.push({ name: `log of ${job.name}`, data });
+      for (const a of r.artifacts) logs.push({ name: `artifact ${a.path} of ${job.name}`, data: createReadStream(join(artifactsDir, a.path)) });
       await l.private?.onJobLog(job.name, data, r.passed);
       states.set(job.name, r.passed);
       steps.push({ name: `test:${job.name}`, command: job.spec.command, exitCode: r.exitCode ?? -1 });

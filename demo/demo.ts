@@ -1,73 +1,206 @@
 /**
- * `npm run demo`: airlock as it stands today. First the hardened job runner both tiers are built
- * on: a sample project's tests in a locked-down container, the log streamed, an artifact taken
- * out, and what happens to jobs that misbehave. Then the public CI's check pipeline
- * (check-demo.ts). Later issues grow this into the full two-tier story (gate, trusted rebuild, signing).
- * `--once` exits with status 0 only if every step did what it should (the default here too).
+ * `npm run demo`: airlock end to end on this machine, as a newcomer first meets it.
+ *
+ *   1. the hardened job runner, used directly;
+ *   2. both tiers started as separate processes (`airlock builder serve`, `airlock ci serve`), each
+ *      with its own generated config, data dir and log under one demo root, on free ports;
+ *   3. check: a sample project's three changes each pass on their own;
+ *   4. gate: approved together, the middle one fails on top of the first; the other two merge in order;
+ *   5. the CI's hint sender tells the trusted builder, which rebuilds, re-tests, signs and pushes;
+ *   6. skopeo, under the shipped consumer policy, accepts the signed image and refuses an unsigned one;
+ * then a summary with the URLs of both services. It keeps both running until Ctrl-C; with `--once`
+ * it stops when done, exiting 0 only if every step did what it should.
+ *
+ *   tsx demo/demo.ts [--once] [--dir DIR]
+ *
+ * The demo root is a fresh temp directory, removed at the end; `--dir DIR` (empty or absent) is
+ * kept. Both services are always stopped by pid (also on failure or Ctrl-C), and the images the
+ * demo made are removed; the runner removes its own containers. Exit: 0 every step as it should,
+ * 1 a step did not, 2 bad arguments, 3 the demo itself failed, 130 interrupted before the end.
  */
-import { fileURLToPath } from 'node:url';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { CiClient } from '../cli/ci-client.js';
 import { createDocker } from '../shared/docker/client.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
-import { JobRunner } from '../shared/runner/job-runner.js';
-import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
-import type { JobResult } from '../shared/runner/result.js';
-import { JobSpec, type JobSpecInput } from '../shared/schemas/job-spec.js';
-import { checkDemo } from './check-demo.js';
+import { LABEL_ENV_PROJECT } from '../untrusted-ci/environments/image-cache.js';
+import { consumerAct, promotionAct, type Publication } from './builder-act.js';
+import { checkAct, gateAct, type Merge } from './ci-act.js';
+import { preflight } from './preflight.js';
+import { IMAGE, PROJECT, prepareDemoRoot, writeCiConfig, type DemoLayout } from './demo-root.js';
+import { runnerAct } from './runner-act.js';
+import { SampleRepo } from './sample-repo.js';
+import { logTail, startService, type ServiceProcess } from './services.js';
+import { Story } from './story.js';
+import { Interrupted } from './wait.js';
 
-const bold = (s: string) => (process.stdout.isTTY ? `\u001b[1m${s}\u001b[0m` : s);
-const sample = fileURLToPath(new URL('./sample-project', import.meta.url));
-const artifactsDir = mkdtempSync(join(tmpdir(), 'airlock-demo-'));
-const runner = await JobRunner.create({ docker: createDocker(), policy: loadJobPolicy(), stateDir: process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock', workspacePool: 0 });
+const EXIT = { ok: 0, stepFailed: 1, badArgs: 2, internal: 3, interrupted: 130 } as const;
 
-let failures = 0;
-async function step(title: string, input: Omit<JobSpecInput, 'id'>, expect: (r: JobResult) => boolean, opts: { stream?: boolean; source?: string } = {}): Promise<void> {
-  console.log(`\n${bold(`▶ ${title}`)}`);
-  const r = await runner.run(JobSpec.parse({ id: `demo-${Date.now()}`, ...input }), {
-    artifactsDir,
-    ...(opts.source ? { source: { dir: opts.source } } : {}),
-    ...(opts.stream ? { onLog: (c) => process.stdout.write(`  │ ${sanitizeForTerminal(c.data.toString('utf8')).replace(/\n(?=.)/g, '\n  │ ')}`) } : {}),
-  });
-  const ok = expect(r);
-  if (!ok) failures++;
-  console.log(`  ${ok ? '✔' : '✘ unexpected:'} ${r.reason}  [${r.runtime}, ${(r.durations.totalMs / 1000).toFixed(2)} s${r.peakMemoryBytes ? `, peak ${(r.peakMemoryBytes / 2 ** 20).toFixed(1)} MiB` : ''}]`);
-  for (const a of r.artifacts) console.log(`  artifact ${a.path} (${a.bytes} B): ${readFileSync(join(artifactsDir, a.path), 'utf8').trim()}`);
+let args: { once: boolean; dir?: string };
+try {
+  const { values } = parseArgs({ options: { once: { type: 'boolean', default: false }, dir: { type: 'string' } } });
+  args = { once: values.once ?? false, ...(values.dir ? { dir: resolve(values.dir) } : {}) };
+} catch (e) {
+  process.stderr.write(`demo: ${(e as Error).message}\nusage: tsx demo/demo.ts [--once] [--dir DIR]\n`);
+  process.exit(EXIT.badArgs);
 }
 
-console.log(bold('airlock demo: the hardened job runner'));
-console.log('Every job: non-root, no capabilities, no network, read-only root, its own size-limited /workspace,');
-console.log('memory/CPU/pids limits, a timeout and a log cap, all from policies/untrusted-job.yaml.');
+const story = new Story();
+const stop = new AbortController();
+let interruptedBy: string | undefined;
+let interruptedAt = 0;
+let root: string | undefined;
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (interruptedBy) {
+    // tsx may relay one Ctrl-C twice within milliseconds; a later one means "now": the exit hook
+    // of services.ts SIGKILLs both services by pid, and the demo root stays.
+    if (Date.now() - interruptedAt < 1000) return;
+    story.line(`${signal} again: killing both services${root ? `; ${root} is left behind` : ''}`);
+    process.exit(EXIT.interrupted);
+  }
+  interruptedBy = signal;
+  interruptedAt = Date.now();
+  story.line(`\n${signal}: stopping both services…`);
+  stop.abort();
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
 
-await step('a project\'s tests, source copied in as a tar, log streamed, artifact taken out', {
-  image: 'airlock/base:busybox', command: ['./test.sh'], artifacts: ['dist/*.txt'], limits: { timeout: '30s' },
-}, (r) => r.passed && r.artifacts.length === 1, { stream: true, source: sample });
-await step('the same tests in a real Debian userland (bookworm)', {
-  image: 'airlock/base:bookworm', command: ['sh', '-c', './test.sh >/dev/null && . /etc/os-release && echo "$PRETTY_NAME"'], limits: { timeout: '30s' },
-}, (r) => r.passed, { stream: true, source: sample });
-await step('under gVisor (runsc)', {
-  image: 'airlock/base:busybox', command: ['sh', '-c', 'dmesg 2>/dev/null | head -1 || uname -a'], runtime: 'runsc', limits: { timeout: '30s' },
-}, (r) => r.passed, { stream: true });
-await step('a memory hog (64 MiB limit)', {
-  image: 'airlock/base:busybox', command: ['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=256M', 'count=1'], limits: { memory: '64m', timeout: '30s' },
-}, (r) => r.oomKilled);
-await step('a job that never ends (2 s timeout) and ignores SIGTERM', {
-  image: 'airlock/base:busybox', command: ['sh', '-c', 'trap "" TERM; while :; do sleep 1; done'], limits: { timeout: '2s' },
-}, (r) => r.timedOut);
-await step('a fork bomb (pids limit 64)', {
-  image: 'airlock/base:busybox', command: ['sh', '-c', 'b() { b | b & }; b; sleep 30'], limits: { pids: 64, timeout: '3s' },
-}, (r) => !r.passed);
-await step('a job trying the network, the Docker socket and the root filesystem', {
-  image: 'airlock/base:busybox', limits: { timeout: '30s' },
-  command: ['sh', '-c', 'echo GET | nc 127.0.0.1 2375 2>&1; ls /var/run/docker.sock 2>&1; touch /home/airlock/x 2>&1; ls /sys/class/net'],
-}, (r) => r.passed === true && /Read-only/.test(r.log ?? ''), { stream: true });
-await step('an artifact that is a symlink to the host\'s /etc/passwd', {
-  image: 'airlock/base:busybox', command: ['sh', '-c', 'mkdir out && ln -s /etc/passwd out/passwd'], artifacts: ['out/*'], limits: { timeout: '30s' },
-}, (r) => r.artifactError?.code === 'AIRLOCK_E_ARTIFACT_REJECTED');
+const started = Date.now();
+const stateDir = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
+const docker = createDocker();
+const problems = await preflight(docker);
+if (problems.length > 0) {
+  process.stderr.write(`demo: this machine is not ready (run \`npm run bootstrap\` as root):\n${problems.map((p) => `  - ${p}\n`).join('')}`);
+  process.exit(EXIT.internal);
+}
+if (args.dir) {
+  mkdirSync(args.dir, { recursive: true, mode: 0o700 });
+  if (readdirSync(args.dir).length > 0) {
+    process.stderr.write(`demo: ${args.dir} is not empty: give an empty or new directory\n`);
+    process.exit(EXIT.badArgs);
+  }
+}
+root = args.dir ?? mkdtempSync(join(tmpdir(), 'airlock-demo-'));
+const demoRoot = root;
+const imagesBefore = new Set((await docker.listImages()).map((i) => i.Id));
+const services: ServiceProcess[] = [];
+let stopping = false;
+let failure: string | undefined;
+let summaryPrinted = false;
 
-await runner.close();
-failures += await checkDemo();
-console.log(`\n${failures === 0 ? bold('demo: every step did what it should') : bold(`demo: ${failures} step(s) did not do what they should`)}`);
-console.log('Run one job yourself:  npx airlock job run --image airlock/base:busybox --memory 128m --timeout 10s -- sh -c "id; df -h /workspace"');
-process.exitCode = failures === 0 ? 0 : 1;
+try {
+  story.line(story.bold('airlock demo: a public CI that gates merges, and a trusted builder that publishes signed images'));
+  await between(() => runnerAct(story, { stateDir, scratch: demoRoot }));
+  const layout = await between(startTiers);
+  const client = new CiClient({ server: new URL(services[1]!.url) });
+  const repo = SampleRepo.create(layout.upstream, layout.contributor);
+  const ctx = { story, client, repo, signal: stop.signal };
+  const { changes, ids } = await between(() => checkAct(ctx));
+  const merged = await between(() => gateAct(ctx, changes, ids));
+  const builderCtx = { story, layout, builderUrl: services[0]!.url, signal: stop.signal };
+  const published = merged.length > 0 ? await between(() => promotionAct(builderCtx, merged)) : [];
+  const newest = published.at(-1);
+  if (newest) await between(() => consumerAct(builderCtx, newest));
+  else story.check('a signed image to verify', false, 'nothing was published');
+  printSummary(layout, merged, published);
+  if (!args.once && !stop.signal.aborted) {
+    story.line(`\nBoth services keep running: open the pages above. Ctrl-C stops them${args.dir ? '' : ' and removes the demo root'}.`);
+    await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
+  }
+} catch (e) {
+  // A service that died shows first as a refused request: give its exit a moment to be seen.
+  await Promise.race([...services.map((s) => s.exited), new Promise((r) => setTimeout(r, 500))]);
+  if (failure === undefined && !(e instanceof Interrupted && interruptedBy)) {
+    failure = (e as Error).stack ?? String(e);
+    // The demo root goes away: what the services said goes with the error.
+    for (const s of services) failure += `\n\nthe end of the ${s.name}'s log (${s.logFile}):\n${logTail(s.logFile)}`;
+  }
+} finally {
+  await cleanUp();
+}
+
+if (failure) {
+  process.stderr.write(`\ndemo: ${failure}\n`);
+  process.exitCode = EXIT.internal;
+} else if (interruptedBy && !summaryPrinted) {
+  process.exitCode = EXIT.interrupted;
+} else {
+  process.exitCode = story.failures === 0 ? EXIT.ok : EXIT.stepFailed;
+}
+process.exit();
+
+/** The next act, unless the demo is stopping. */
+function between<T>(act: () => Promise<T>): Promise<T> {
+  return stop.signal.aborted ? Promise.reject(new Interrupted()) : act();
+}
+
+/** Both tiers, builder first (the CI's config names the builder's address). */
+async function startTiers(): Promise<DemoLayout> {
+  story.begin('two tiers, two processes', `demo root ${demoRoot}: generated configs, keys and secrets, one data dir per service`);
+  const layout = await prepareDemoRoot(demoRoot, stateDir);
+  story.info(`signing key ${layout.fingerprint} (public half: ${layout.publicKeyFile})`);
+  const env = { AIRLOCK_LOG_LEVEL: process.env.AIRLOCK_LOG_LEVEL ?? 'info' };
+  const builder = await startService({ name: 'trusted builder', args: ['builder', 'serve', '--config', layout.builderConfig], logFile: layout.builderLog, env, signal: stop.signal });
+  services.push(builder);
+  watch(builder);
+  story.check(`trusted builder: pid ${builder.pid}, ${builder.url}`, true, `airlock builder serve --config ${layout.builderConfig}`);
+  writeCiConfig(layout, builder.url);
+  const ci = await startService({ name: 'CI', args: ['ci', 'serve', '--config', layout.ciConfig], logFile: layout.ciLog, env, signal: stop.signal });
+  services.push(ci);
+  watch(ci);
+  story.check(`untrusted CI: pid ${ci.pid}, ${ci.url}`, true, `airlock ci serve --config ${layout.ciConfig}`);
+  return layout;
+}
+
+/** A service that exits on its own ends the demo: nothing after it could work. */
+function watch(s: ServiceProcess): void {
+  void s.exited.then((e) => {
+    if (stopping) return;
+    failure ??= `the ${s.name} (pid ${s.pid}) exited unexpectedly (${e.code ?? e.signal}); the end of ${s.logFile}:\n${logTail(s.logFile)}`;
+    stop.abort();
+  });
+}
+
+function printSummary(layout: DemoLayout, merged: Merge[], published: Publication[]): void {
+  summaryPrinted = true;
+  const [builder, ci] = services;
+  story.line(`\n${story.bold('What happened')}`);
+  for (const l of story.summary()) story.line(l);
+  story.line('');
+  story.line(`  merged into master of ${PROJECT}: ${merged.map((m) => `change ${m.change} as ${m.commit.slice(0, 10)}`).join(', ') || 'nothing'}`);
+  for (const p of published) {
+    story.line(`  image      ${p.reference}`);
+    story.line(`  digest     ${p.digest}`);
+    story.line(`  signature  ${p.signature}`);
+    story.line(`             ${p.signatureUrl}`);
+  }
+  story.line('');
+  story.line(`  CI (untrusted)       ${ci!.url}/   status page · ${ci!.url}/api/gate · ${ci!.url}/metrics`);
+  story.line(`  builder (trusted)    ${builder!.url}/healthz · ${builder!.url}/lookaside/`);
+  if (!args.once || args.dir) story.line(`  logs                 ${layout.ciLog} · ${layout.builderLog}`);
+  if (!args.once) {
+    story.line(`  try                  npx airlock gate --server ${ci!.url}`);
+    story.line(`                       npx airlock status --server ${ci!.url}`);
+    story.line(`                       npx airlock builder audit verify ${join(layout.builderData, 'audit.jsonl')}`);
+  }
+  const seconds = Math.round((Date.now() - started) / 1000);
+  story.line(`\n${story.bold(story.failures === 0 ? `demo: every step did what it should (${seconds} s)` : `demo: ${story.failures} step(s) did not do what they should (${seconds} s)`)}`);
+}
+
+/** Stop both services by pid, remove the images the demo made and (unless --dir) the demo root. */
+async function cleanUp(): Promise<void> {
+  stopping = true;
+  for (const s of [...services].reverse()) await s.stop();
+  // The CI's environment images of the project, and what the builder built for it (it untags
+  // those itself after each promotion; this catches one a stop cut short).
+  const builderTag = new RegExp(`^airlock-trusted(-env)?/${IMAGE}:`);
+  for (const img of await docker.listImages()) {
+    if (imagesBefore.has(img.Id)) continue;
+    const ours = img.Labels?.[LABEL_ENV_PROJECT] === PROJECT || (img.RepoTags ?? []).some((t) => builderTag.test(t));
+    if (ours) await docker.getImage(img.Id).remove().catch((e: unknown) => story.line(`demo: cannot remove image ${img.Id}: ${(e as Error).message}`));
+  }
+  if (!args.dir) rmSync(demoRoot, { recursive: true, force: true });
+  else story.line(`demo root kept: ${demoRoot}`);
+}

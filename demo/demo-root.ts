@@ -1,0 +1,150 @@
+/**
+ * Everything the two services need, generated in the demo root and never in the repository:
+ *
+ *   <root>/
+ *     review/greeter.git   the project's repository: "code review" for the CI, canonical for the builder
+ *     contributor/          a contributor's clone, where the changes are written
+ *     ci/ci.yaml            the CI's config; ci/data (SQLite, mirrors, logs), ci/artifacts,
+ *     ci/hint.secret        the HMAC key of promotion hints (the CI's only credential)
+ *     builder/builder.yaml  the builder's config; builder/data (audit log, lookaside, promotions),
+ *     builder/secrets/      its file SecretStore (0600 JSON): signing key, registry credentials, hint key
+ *     builder/promotion.yaml  the promotion policy: this project only, base image pinned by image id
+ *     builder/signing-key.pub.asc  the signing key's public half (what a consumer's policy names)
+ *     ci.log, builder.log   the services' logs
+ *
+ * The registry is the bootstrap's (127.0.0.1:5000, htpasswd); its credentials come from the file the
+ * bootstrap wrote. The repository's own policies (job limits, environments, secrets.yaml for the
+ * secret paths) are used as shipped.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { createDocker } from '../shared/docker/client.js';
+import { loadSecretsPolicy } from '../trusted-builder/policy/secrets.js';
+import { generateSigningKey } from '../scripts/make-signing-key.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** The bootstrap's registry (scripts/bootstrap.sh, step 5). */
+export const REGISTRY = '127.0.0.1:5000';
+/** Names no test uses: the demo removes the images it made by these names, so they must be its own. */
+export const PROJECT = 'demo/greeter';
+/** Where the builder publishes the project: `<registry>/<image>:<commit>`. */
+export const IMAGE = 'demo/greeter';
+/** The base image every FROM of the sample project names, pinned by id in the promotion policy. */
+export const BASE_IMAGE = 'airlock/base:busybox';
+
+export interface DemoLayout {
+  root: string;
+  upstream: string;
+  contributor: string;
+  ciConfig: string;
+  ciLog: string;
+  builderConfig: string;
+  builderData: string;
+  builderLog: string;
+  publicKeyFile: string;
+  /** The signing key's fingerprint (what skopeo and gpg will see). */
+  fingerprint: string;
+  registry: { host: string; username: string; password: string };
+  stateDir: string;
+}
+
+export function layout(root: string, stateDir: string): Omit<DemoLayout, 'fingerprint' | 'registry'> {
+  return {
+    root,
+    upstream: join(root, 'review', 'greeter.git'),
+    contributor: join(root, 'contributor'),
+    ciConfig: join(root, 'ci', 'ci.yaml'),
+    ciLog: join(root, 'ci.log'),
+    builderConfig: join(root, 'builder', 'builder.yaml'),
+    builderData: join(root, 'builder', 'data'),
+    builderLog: join(root, 'builder.log'),
+    publicKeyFile: join(root, 'builder', 'signing-key.pub.asc'),
+    stateDir,
+  };
+}
+
+/**
+ * Writes the builder's side (key, secrets, policy, config) and the CI's hint key; the CI's config
+ * is written by `writeCiConfig` once the builder's address is known.
+ */
+export async function prepareDemoRoot(root: string, stateDir: string): Promise<DemoLayout> {
+  const l = layout(root, stateDir);
+  const registry = registryCredentials(stateDir);
+  for (const d of ['review', 'ci', 'builder']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
+
+  // The hint key: one random value, in the CI's file and in the builder's SecretStore.
+  const hintSecret = randomBytes(32).toString('base64url');
+  writeFileSync(join(root, 'ci', 'hint.secret'), `${hintSecret}\n`, { mode: 0o600 });
+
+  const key = await generateSigningKey({ name: 'airlock demo builder', email: 'builder@airlock.invalid' });
+  writeFileSync(l.publicKeyFile, key.publicArmored);
+  const paths = loadSecretsPolicy(join(REPO_ROOT, 'policies', 'secrets.yaml')).builder;
+  const secrets = join(root, 'builder', 'secrets');
+  const put = (path: string, value: Record<string, string>): void => {
+    const file = join(secrets, `${path}.json`);
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(file, JSON.stringify(value), { mode: 0o600 });
+  };
+  put(paths.signingKey, { armored: key.privateArmored });
+  put(paths.registry, { username: registry.username, password: registry.password });
+  put(paths.hintSecret, { secret: hintSecret });
+
+  const baseId = ((await createDocker().getImage(BASE_IMAGE).inspect()) as { Id: string }).Id;
+  const promotion = join(root, 'builder', 'promotion.yaml');
+  writeFileSync(
+    promotion,
+    `# The demo's promotion policy (SRE-owned in a real deployment): one project, its base image pinned by id.\n${stringify({
+      version: 1,
+      builderId: 'https://airlock.invalid/trusted-builder/demo',
+      registry: REGISTRY,
+      projects: [{ name: PROJECT, url: l.upstream, protectedBranches: ['master'], image: IMAGE }],
+      baseImages: [{ name: BASE_IMAGE, digest: baseId }],
+    })}`,
+  );
+  writeFileSync(
+    l.builderConfig,
+    stringify({
+      version: 1,
+      listen: { host: '127.0.0.1', port: 0 },
+      dataDir: l.builderData,
+      runnerStateDir: stateDir,
+      policies: { promotion, secrets: join(REPO_ROOT, 'policies', 'secrets.yaml'), securityTeam: join(REPO_ROOT, 'policies', 'security-team') },
+      secrets: { kind: 'file', dir: secrets },
+    }),
+  );
+  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...registry } };
+}
+
+/** The CI's config: the project, its own data dir, and where its hints go. */
+export function writeCiConfig(l: DemoLayout, builderUrl: string): void {
+  writeFileSync(
+    l.ciConfig,
+    stringify({
+      version: 1,
+      listen: { host: '127.0.0.1', port: 0 },
+      dataDir: join(l.root, 'ci', 'data'),
+      runnerStateDir: l.stateDir,
+      slots: 2,
+      imageGcEveryMs: 0,
+      projects: [{ name: PROJECT, url: l.upstream, branches: ['master'] }],
+      artifactStore: { kind: 'fs', root: join(l.root, 'ci', 'artifacts') },
+      hints: { url: builderUrl, secretFile: join(l.root, 'ci', 'hint.secret') },
+    }),
+  );
+}
+
+/** The bootstrap's registry user (`<state>/registry/credentials.json`, 0600). */
+function registryCredentials(stateDir: string): { username: string; password: string } {
+  const file = join(stateDir, 'registry', 'credentials.json');
+  let value: { username?: unknown; password?: unknown };
+  try {
+    value = JSON.parse(readFileSync(file, 'utf8')) as typeof value;
+  } catch (e) {
+    throw new Error(`cannot read the registry credentials ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): run scripts/bootstrap.sh`);
+  }
+  if (typeof value.username !== 'string' || typeof value.password !== 'string') throw new Error(`${file}: expected {"username", "password"}`);
+  return { username: value.username, password: value.password };
+}

@@ -1,0 +1,3 @@
+# greet: one name, and the default.
+check "Hello, world!" greet
+check "Hello, Ada!" greet Ada

@@ -1,0 +1,72 @@
+/**
+ * `npm run demo -- --once` as a user runs it (minus the bootstrap, which `npm test` has run): a
+ * real child process that starts both services as its own children, on real Docker, git, the
+ * bootstrap's registry and skopeo. It must exit 0, tell the whole story, and leave nothing behind:
+ * no service process, no demo root, no image of the demo project.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { createDocker } from '../../shared/docker/client.js';
+
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const TSX = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
+const DEMO_TIMEOUT_MS = 5 * 60_000; // 5 min; about 15 s on an idle 2-core machine
+
+function runDemo(): Promise<{ code: number | null; output: string; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const child = spawn(TSX, ['demo/demo.ts', '--once'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
+    // SIGINT, as Ctrl-C would: the demo still stops its services before it exits.
+    const timer = setTimeout(() => child.pid !== undefined && process.kill(child.pid, 'SIGINT'), DEMO_TIMEOUT_MS);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output, ms: Date.now() - started });
+    });
+  });
+}
+
+describe('npm run demo -- --once', () => {
+  it('tells the two-tier story, every step as it should, and leaves nothing behind', async () => {
+    const { code, output, ms } = await runDemo();
+    expect(code, output).toBe(0);
+    expect(output).not.toContain('✘');
+    for (const line of [
+      /✔ trusted builder: pid \d+, http:\/\/127\.0\.0\.1:\d+/,
+      /✔ untrusted CI: pid \d+, http:\/\/127\.0\.0\.1:\d+/,
+      /✔ check of change 1 .*: passed/,
+      /✔ check of change 2 .*: passed/,
+      /✔ gate verdict on change 1: SUCCESS/,
+      /✔ gate verdict on change 2: FAILURE/,
+      /✔ gate verdict on change 3: SUCCESS/,
+      /✔ merged in order: change 1, change 3/,
+      /✔ master moved to exactly the tested commits/,
+      /✔ the CI's hint sender told the builder of each merge \(2 signed hints accepted\)/,
+      /✔ commit [0-9a-f]{10} promoted/,
+      /✔ skopeo copy docker:\/\/127\.0\.0\.1:5000\/demo\/greeter:[0-9a-f]{40}: signature accepted/,
+      /✔ an unsigned image in the same registry .* is refused — .*signature/,
+      /digest {5}sha256:[0-9a-f]{64}/,
+      /signature {2}\/.*\/signature-1/,
+      /CI \(untrusted\) +http:\/\/127\.0\.0\.1:\d+\//,
+      /builder \(trusted\) +http:\/\/127\.0\.0\.1:\d+\/healthz/,
+      /demo: every step did what it should/,
+    ]) {
+      expect(output, output).toMatch(line);
+    }
+    console.log(`demo --once took ${(ms / 1000).toFixed(1)} s`);
+
+    // Both services stopped, the demo root removed, the project's images gone.
+    for (const m of output.matchAll(/: pid (\d+),/g)) expect(() => process.kill(Number(m[1]), 0), `pid ${m[1]} still runs`).toThrow();
+    const root = /demo root (\/\S+):/.exec(output)?.[1];
+    expect(root).toBeDefined();
+    expect(existsSync(root!)).toBe(false);
+    const images = await createDocker().listImages();
+    const left = images.flatMap((i) => i.RepoTags ?? []).filter((t) => /^airlock-env\/demo-greeter:|^airlock-trusted(-env)?\/demo\/greeter:/.test(t));
+    expect(left).toEqual([]);
+  }, DEMO_TIMEOUT_MS + 30_000);
+});

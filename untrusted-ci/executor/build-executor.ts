@@ -216,13 +216,14 @@ export class CheckBuildExecutor implements BuildExecutor {
 
   private async runJob(buildId: number, name: string, spec: JobSpec, tar: string, work: string, signal: AbortSignal): Promise<JobState> {
     const { o } = this;
-    this.setJob(buildId, name, 'running');
     const log = await JobLog.open(join(o.events.buildDir(buildId), 'logs', `${name}.log`));
     const artifactsDir = join(work, 'artifacts', name);
     let result: JobResult;
     let releaseSlot: (() => void) | undefined;
     try {
       releaseSlot = await o.slots?.acquire(signal);
+      // Running from the moment it has an executor slot: a job waiting for one is still queued.
+      this.setJob(buildId, name, 'running');
       result = await o.runner.run(spec, {
         signal,
         source: { tar },

@@ -176,6 +176,8 @@ describe('status page (real browser, real service, real Docker)', () => {
     const gateItems = page.locator('#gate-queues li.item');
     await until(async () => (await gateItems.evaluateAll((els) => els.map((e) => e.getAttribute('data-change')).join(' '))) === '311 312 313');
     await item('gate', '311').locator('li.job[data-job="test"] progress').waitFor(WAIT);
+    // Its build has started, but its job waits for the executor slot: waiting, not running.
+    expect(await item('gate', '311').locator('li.job[data-job="test"]').getAttribute('data-state')).toBe('waiting');
     expect(await gateItems.locator('.tested-on').allTextContents()).toEqual(['the tip of master', 'master + 311,1', 'master + 311,1 + 312,1']);
     expect(await page.locator('#gate-queues .queue-meta').textContent()).toBe('3 changes · window 20');
     expect(await item('gate', '312').locator('.subject').textContent()).toBe('break the build');

@@ -31,7 +31,7 @@ export function randomPassword(): string {
 }
 
 /** Write `text` to `file` with `mode` by rename, so no reader ever sees a partial file. */
-function writeAtomic(file: string, text: string, mode: number): void {
+export function writeAtomic(file: string, text: string, mode: number): void {
   const part = `${file}.part`;
   writeFileSync(part, text, { mode });
   chmodSync(part, mode); // in case `.part` was left behind by an earlier run with another mode

@@ -12,6 +12,9 @@
  * its key, the security team (`policies.securityTeam`) and its store (`<dataDir>/embargo/`) are then
  * loaded and checked, and any problem stops the start. With no such secret the lane is off (an
  * audit record says so) and `POST /v1/embargo` answers 404.
+ *
+ * The builder's page (trusted-builder/dashboard/) is on when the secret at `builder.dashboard`
+ * exists (`{username, passwordBcrypt}`; a malformed one stops the start); otherwise `/ui` is 404.
  */
 import { join } from 'node:path';
 import type Docker from 'dockerode';
@@ -24,6 +27,9 @@ import { JobRunner } from '../shared/runner/job-runner.js';
 import { buildBuilderApi } from './api/app.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { BuilderConfig } from './config.js';
+import { AuditDigest } from './dashboard/audit-digest.js';
+import { BasicAuth, parseDashboardLogin } from './dashboard/basic-auth.js';
+import { builderSummary } from './dashboard/summary.js';
 import { openEmbargoLane, type EmbargoLane } from './embargo/lane.js';
 import type { EmbargoStore } from './embargo/store.js';
 import { loadPromotionPolicy, projectPolicy } from './policy/promotion.js';
@@ -99,7 +105,8 @@ export async function startBuilderService(
     const signingKey = await loadSigningKey(key.armored!, key.passphrase, { source: `secret ${secretsPolicy.builder.signingKey}` });
     let lane: EmbargoLane | undefined;
     const embargoPath = secretsPolicy.builder.embargoKey;
-    const embargoKey = embargoPath ? await read(embargoPath, ['armored']).catch((e: unknown) => (e instanceof NotFoundError ? undefined : Promise.reject(e))) : undefined;
+    const absent = (e: unknown): Promise<undefined> => (e instanceof NotFoundError ? Promise.resolve(undefined) : Promise.reject(e));
+    const embargoKey = embargoPath ? await read(embargoPath, ['armored']).catch(absent) : undefined;
     if (embargoPath && embargoKey) {
       const secret = { armored: embargoKey.armored!, ...(embargoKey.passphrase ? { passphrase: embargoKey.passphrase } : {}) };
       const knownProject = (p: string): boolean => projectPolicy(policy.policy, p) !== undefined;
@@ -110,6 +117,11 @@ export async function startBuilderService(
       await audit.append('embargo', { event: 'lane-off', ...(embargoPath ? { path: embargoPath } : {}) });
       logger.info({ path: embargoPath ?? null }, 'no embargo key: the embargo lane is off');
     }
+
+    const dashboardPath = secretsPolicy.builder.dashboard;
+    const dashboardSecret = dashboardPath ? await read(dashboardPath, ['username', 'passwordBcrypt']).catch(absent) : undefined;
+    const dashboardLogin = dashboardSecret && parseDashboardLogin(dashboardSecret, `secret ${dashboardPath}`);
+    if (!dashboardLogin) logger.info({ path: dashboardPath ?? null }, 'no login for the builder page: /ui is off');
 
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
     cleanups.push(() => runner.close());
@@ -143,7 +155,17 @@ export async function startBuilderService(
     cleanups.push(() => promoter.drain());
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
-    const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from(hint.secret!, 'utf8'), promoter, lookasideDir: paths.lookaside, ...(lane ? { embargo: lane } : {}) });
+    const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: embargoPath ? [embargoPath] : [] });
+    const dashboard = dashboardLogin && { auth: new BasicAuth(dashboardLogin), summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: paths.lookaside }) };
+    const app = await buildBuilderApi({
+      logger,
+      audit,
+      hintSecret: Buffer.from(hint.secret!, 'utf8'),
+      promoter,
+      lookasideDir: paths.lookaside,
+      ...(lane ? { embargo: lane } : {}),
+      ...(dashboard ? { dashboard } : {}),
+    });
     cleanups.push(() => app.close());
     if (config.pollEveryMs > 0) {
       const poller = new Poller({ projects: policy.policy.projects, verifier, sink: promoter, audit, stateFile: paths.pollState, everyMs: config.pollEveryMs, logger });

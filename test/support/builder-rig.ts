@@ -2,12 +2,14 @@
  * What a trusted builder needs around it, for tests and benchmarks: a fresh signing key, its
  * three secrets as 0600 files (the file SecretStore's layout), and a promotion policy for one
  * project whose base image is pinned by the id the local engine has. Returns the builder config.
- * With `embargo`, also an embargo key (the lane is on) and that security team directory.
+ * With `embargo`, also an embargo key (the lane is on) and that security team directory; with
+ * `dashboard`, the login of the builder's page (the page is on).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDocker } from '../../shared/docker/client.js';
 import { buildBuilderConfig, type BuilderConfig } from '../../trusted-builder/config.js';
+import { dashboardSecret } from '../../scripts/dashboard-password.js';
 import { generateEmbargoKey, generateSigningKey } from '../../scripts/make-signing-key.js';
 import type { TestRegistry } from './registry.js';
 
@@ -21,6 +23,8 @@ export interface BuilderRigOptions {
   builderId?: string;
   /** Turn the embargo lane on, with the member keys in `teamDir` (`<name>.asc` files). */
   embargo?: { teamDir: string };
+  /** Turn the builder's page on, with this login (bcrypt at the lowest cost: tests need no strength). */
+  dashboard?: { username: string; password: string };
 }
 
 export async function builderRig(o: BuilderRigOptions): Promise<Readonly<BuilderConfig>> {
@@ -33,6 +37,7 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
   put('airlock/signing-key', { armored: key.privateArmored });
   put('airlock/registry', { username: o.registry.username, password: o.registry.password });
   put('airlock/hint-hmac', { secret: o.hintSecret });
+  if (o.dashboard) put('airlock/builder-dashboard', { ...dashboardSecret(o.dashboard.username, o.dashboard.password, 4) });
   if (o.embargo) put('airlock/embargo-key', { armored: (await generateEmbargoKey({ name: 'airlock test embargo', email: 'embargo@airlock.invalid' })).privateArmored });
   const id = ((await createDocker().getImage(o.baseImage).inspect()) as { Id: string }).Id;
   const promotion = join(o.dir, 'promotion.yaml');

@@ -14,6 +14,8 @@
  *   embargo key (trusted-builder/embargo/wire.ts), answered 200 with an armored message encrypted
  *   to that member. A refusal is 400/401 with one fixed message; the reason is in the audit log.
  *   At most 30 requests a minute per client (then 429, before any decryption).
+ * - `GET /ui` and `GET /v1/ui/summary` (only when the page's login secret exists; otherwise 404):
+ *   the builder's page for SRE, behind HTTP Basic (trusted-builder/dashboard/routes.ts).
  * - `GET /healthz`.
  * Nothing here reveals a secret, a policy detail or an embargoed item; error bodies are
  * `{code, message, statusCode}` with messages that name only what the caller sent.
@@ -31,6 +33,7 @@ import { MAX_PROMOTION_HINT_BYTES, PromotionHint } from '../../shared/schemas/pr
 import { parseOrThrow } from '../../shared/schemas/issues.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import { RefusalThrottle } from '../audit/throttle.js';
+import { registerDashboard, type DashboardDeps } from '../dashboard/routes.js';
 import { MAX_EMBARGO_REQUEST_BYTES } from '../embargo/wire.js';
 
 /** Takes an authenticated hint; answers at once (the promotion runs in the background). */
@@ -53,6 +56,8 @@ export interface BuilderApiDeps {
   lookasideDir: string;
   /** The embargo lane; absent: the lane is off and `/v1/embargo` does not exist. */
   embargo?: EmbargoSink;
+  /** The builder's page and its login; absent: the page is off and `/ui` does not exist. */
+  dashboard?: DashboardDeps;
   now?: () => number;
 }
 
@@ -132,6 +137,8 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
     if (!st?.isFile()) throw new NotFoundError('no such signature');
     return reply.type('application/octet-stream').send(createReadStream(file));
   });
+
+  if (d.dashboard) await registerDashboard(app, d.dashboard);
 
   app.get('/healthz', async () => ({ ok: true }));
   return app;

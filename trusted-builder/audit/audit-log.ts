@@ -133,10 +133,10 @@ export function isSecretLikeName(name: string): boolean {
   return words.some((w) => SECRET_NAME_WORDS.has(w));
 }
 
-type Checked = { record: AuditRecord } | { problem: string };
+export type CheckedLine = { record: AuditRecord } | { problem: string };
 
-/** One line on its own: present, JSON, a record, and its hash matches its content. */
-function checkLine(text: string): Checked {
+/** One line on its own: present, JSON, a record, and its hash matches its content (readers use it too). */
+export function checkAuditLine(text: string): CheckedLine {
   if (text.trim() === '') return { problem: 'empty line' };
   let raw: unknown;
   try {
@@ -155,8 +155,8 @@ function checkLine(text: string): Checked {
   return { record };
 }
 
-/** The link from `before` (undefined: start of the log) to `record`. */
-function checkLink(before: AuditRecord | undefined, record: AuditRecord): string | undefined {
+/** The link from `before` (undefined: start of the log) to `record`: undefined when intact, else the problem. */
+export function checkAuditLink(before: AuditRecord | undefined, record: AuditRecord): string | undefined {
   const seq = (before?.seq ?? 0) + 1;
   if (record.seq !== seq) return `seq ${record.seq} where ${seq} was expected: a record was deleted, inserted or moved`;
   if (record.prev !== (before?.hash ?? GENESIS_HASH)) return 'prev does not match the hash of the record before it: the chain is broken (a record was replaced, deleted or moved)';
@@ -194,9 +194,9 @@ export async function verifyAuditLog(file: string): Promise<AuditVerification> {
   try {
     for await (const { text, terminated } of fileLines(file)) {
       line++;
-      const checked = checkLine(text);
+      const checked = checkAuditLine(text);
       if ('problem' in checked) return { ok: false, line, problem: checked.problem };
-      const broken = checkLink(before, checked.record);
+      const broken = checkAuditLink(before, checked.record);
       if (broken) return { ok: false, line, problem: broken };
       if (!terminated) return { ok: false, line, problem: 'the last line has no newline: a write was cut short' };
       before = checked.record;
@@ -228,11 +228,11 @@ async function readTail(h: FileHandle, size: number): Promise<{ lines: string[];
 
 /** The problem with the tail of a log, or where its chain ends. `atStart`: `lines` begin the file. */
 function checkTail({ lines, terminated, atStart }: { lines: string[]; terminated: boolean; atStart: boolean }): { problem: string } | { last: AuditRecord } {
-  const checked = lines.map(checkLine);
+  const checked = lines.map(checkAuditLine);
   for (const c of checked) if ('problem' in c) return c;
   const [a, b] = checked as { record: AuditRecord }[];
   const last = (b ?? a)!.record;
-  const broken = b ? checkLink(a!.record, last) : atStart ? checkLink(undefined, last) : undefined;
+  const broken = b ? checkAuditLink(a!.record, last) : atStart ? checkAuditLink(undefined, last) : undefined;
   if (broken) return { problem: broken };
   if (!terminated) return { problem: 'the last line has no newline: a write was cut short' };
   return { last };

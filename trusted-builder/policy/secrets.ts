@@ -4,7 +4,8 @@
  * for grants).
  * - `builder`: the paths the builder itself uses: the signing key, the registry credentials, the
  *   HMAC secret that authenticates promotion hints and, optionally, the embargo lane's key (when the
- *   policy names none, or the store has no secret at that path, the lane is off).
+ *   policy names none, or the store has no secret at that path, the lane is off) and the login of
+ *   the builder's page (likewise: no such secret, no page).
  * - `grants`: per project, per named step (a job name), the secret paths that step may read. A
  *   granted secret reaches the step only as a file on a tmpfs, never as an environment variable or
  *   an image layer; every value in use is searched for in logs, artifacts and image layers before
@@ -35,6 +36,12 @@ export const SecretsPolicy = z.strictObject({
      * key; trusted-builder/embargo/embargo-key.ts). Optional: without it the lane is off.
      */
     embargoKey: SecretPath.optional(),
+    /**
+     * `{username, passwordBcrypt}`: the HTTP Basic login of the builder's page (`GET /ui`,
+     * trusted-builder/dashboard/); `scripts/dashboard-password.ts` makes the value. Optional:
+     * without it the page is off (404).
+     */
+    dashboard: SecretPath.optional(),
   }),
   grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), z.array(SecretPath).max(32))).default({}),
 });

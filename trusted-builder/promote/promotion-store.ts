@@ -77,6 +77,17 @@ export class PromotionStore {
       });
   }
 
+  /** The `limit` promotions that changed last, newest first (the builder's page lists them). */
+  recent(limit: number): { key: string; hint: PromotionHint | undefined; state: PromotionState; result: unknown; updatedAt: number }[] {
+    return this.db
+      .prepare<[number], Row>('SELECT key, hint, state, result, updated_at FROM promotions ORDER BY updated_at DESC, seq DESC LIMIT ?')
+      .all(limit)
+      .map((r) => {
+        const h = PromotionHint.safeParse(JSON.parse(r.hint) as unknown);
+        return { key: r.key, hint: h.success ? h.data : undefined, state: r.state, result: r.result ? (JSON.parse(r.result) as unknown) : undefined, updatedAt: r.updated_at };
+      });
+  }
+
   count(state: PromotionState): number {
     return this.db.prepare<[string], { n: number }>('SELECT COUNT(*) AS n FROM promotions WHERE state = ?').get(state)?.n ?? 0;
   }

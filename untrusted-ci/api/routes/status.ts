@@ -9,6 +9,7 @@
  * from these files alone, no inline code, no other origin. Only the files listed here are served.
  */
 import { readFileSync } from 'node:fs';
+import { PAGE_CSP } from '../../../shared/http/page-policy.js';
 import { StatusView } from '../../../shared/schemas/api/status.js';
 import type { EventStream } from '../event-stream.js';
 import { openEventStream } from '../event-stream.js';
@@ -16,18 +17,8 @@ import { StatusFeed } from '../../status/status-feed.js';
 import { statusView } from '../../status/snapshot.js';
 import type { ApiDeps, ZodApp } from '../app.js';
 
-/** The page's policy: its own files only; no inline script or style, no plugins, no framing, no forms. */
-export const PAGE_CSP = [
-  "default-src 'self'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "img-src 'self'",
-  "connect-src 'self'",
-  "object-src 'none'",
-  "base-uri 'none'",
-  "form-action 'none'",
-  "frame-ancestors 'none'",
-].join('; ');
+/** The page's policy (shared with the builder's page): its own files only, nothing inline. */
+export { PAGE_CSP };
 
 const PAGE_DIR = new URL('../../status/page/', import.meta.url);
 const JS = 'text/javascript; charset=utf-8';

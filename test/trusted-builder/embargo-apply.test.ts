@@ -18,7 +18,7 @@ const CANARY = 'CANARY-7f3e-embargoed-fix';
 const BASE = { 'src/auth.c': 'int check(int x) {\n  return x > 0;\n}\n', 'README': 'public\n' };
 
 /** A patch as the security team makes it: format-patch of a commit on a private branch. */
-function patchOf(repo: ReturnType<typeof createRepo>, files: Record<string, string>, message: string): string {
+function patchOf(repo: ReturnType<typeof createRepo>, files: Record<string, string | null>, message: string): string {
   const base = repo.tip();
   const fix = repo.commit(files, message, { branch: `private-${Math.random().toString(36).slice(2)}` });
   return repo.git('format-patch', '--stdout', `${base}..${fix}`);
@@ -80,5 +80,34 @@ describe('embargoed patches on a public commit (real git)', () => {
     execFileSync('git', ['--git-dir', mirror, 'fetch', '-q', up.dir, '+master:master']);
     expect(await ws.isPublic(up.tip('master'), p1)).toEqual({ public: true, how: 'patch-id', match: landed });
     up.dispose();
+  });
+
+  it('does not judge public what is not fixed: a similar hunk elsewhere, a reverted fix, a deletion', async () => {
+    const check = '  if (len > 64) return -1;\n';
+    const fn = (name: string, guarded: boolean) => `int ${name}(const char *s, int len) {\n  /* copy */\n${guarded ? check : ''}  return copy(s, len);\n}\n`;
+    const up = createRepo({ 'parse.c': `${fn('parse_a', false)}\n${fn('parse_b', true)}` });
+    const fix = patchOf(up, { 'parse.c': `${fn('parse_a', true)}\n${fn('parse_b', true)}` }, 'guard parse_a');
+    const mirror = join(root, 'mirror4.git');
+    const fetch = () => execFileSync('git', ['--git-dir', mirror, 'fetch', '-q', up.dir, '+master:master']);
+    execFileSync('git', ['clone', '-q', '--bare', '--no-local', '--single-branch', '--branch', 'master', up.dir, mirror]);
+    const ws = await PatchWorkspace.open(mirror, join(root, 'scratch4'));
+    // parse_b already has the same three lines: the reverse patch finds them at an offset, but the fix still applies forward.
+    expect(await ws.isPublic(up.tip('master'), fix)).toEqual({ public: false });
+    // Published, then reverted: its patch-id is in the history, yet the tree is not fixed.
+    up.commit({ 'parse.c': `${fn('parse_a', true)}\n${fn('parse_b', true)}` }, 'guard parse_a (public)');
+    up.commit({ 'parse.c': `${fn('parse_a', false)}\n${fn('parse_b', true)}` }, 'Revert "guard parse_a"');
+    fetch();
+    expect(await ws.isPublic(up.tip('master'), fix)).toEqual({ public: false });
+    // A patch that only deletes a file: the file moving away publicly is not the fix.
+    const gone = createRepo({ 'vuln.c': 'int v;\n' });
+    const delPatch = patchOf(gone, { 'vuln.c': null }, 'remove vuln.c');
+    gone.commit({ 'vuln2.c': 'int v;\n', 'vuln.c': null }, 'rename');
+    const mirror5 = join(root, 'mirror5.git');
+    execFileSync('git', ['clone', '-q', '--bare', '--no-local', '--single-branch', '--branch', 'master', gone.dir, mirror5]);
+    const ws5 = await PatchWorkspace.open(mirror5, join(root, 'scratch5'));
+    expect(await ws5.isPublic(gone.tip('master'), delPatch)).toEqual({ public: false });
+    expect(delPatch).toContain('deleted file mode');
+    up.dispose();
+    gone.dispose();
   });
 });

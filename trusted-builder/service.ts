@@ -16,6 +16,7 @@
  * The builder's page (trusted-builder/dashboard/) is on when the secret at `builder.dashboard`
  * exists (`{username, passwordBcrypt}`; a malformed one stops the start); otherwise `/ui` is 404.
  */
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { FastifyInstance } from 'fastify';
@@ -128,6 +129,10 @@ export async function startBuilderService(
     const verifier = new SourceVerifier(paths.git);
     const store = new PromotionStore(paths.promotions);
     cleanups.push(() => store.close());
+    // What a promotion that a crash interrupted left in its work dir (sources, image exports, an
+    // embargo lane's patched tree) is removed before anything runs again.
+    await rm(paths.work, { recursive: true, force: true });
+    await mkdir(paths.work, { recursive: true, mode: 0o700 });
     const promoter = new Promoter({
       docker,
       runner,
@@ -148,7 +153,7 @@ export async function startBuilderService(
         ? {
             embargo: lane.store,
             privateLookasideDir: paths.privateLookaside,
-            ...(config.embargoWebhook ? { notifier: new WebhookNotifier({ url: config.embargoWebhook, signingKey }) } : {}),
+            ...(config.embargoWebhook ? { notifier: new WebhookNotifier({ url: config.embargoWebhook, signingKey: lane }) } : {}),
           }
         : {}),
     });

@@ -233,7 +233,9 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     expect(m2.result).toMatchObject({ state: 'published' });
     expect(await tags('private/team/app')).not.toContain(m2.commit);
     expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e2, commit: m2.commit, step: 'apply' }));
-    expect(warnings.some((w) => w.embargo === ids.e1)).toBe(false); // E1 still applies: only E2's owner is told
+    // E1 still applies, but gets no image for M2 either: told so as "blocked", not as broken.
+    expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e1, commit: m2.commit, step: 'blocked' }));
+    expect(warnings.filter((w) => w.embargo === ids.e1 && w.step !== 'blocked')).toEqual([]);
     const shown = await embargo({ action: 'show', id: ids.e2 });
     expect(JSON.stringify(shown)).toMatch(/does not apply|apply/);
   }, 180_000);
@@ -242,6 +244,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     const m3 = await land(303, { 'app.txt': 'version 1 (hardened)\n' });
     expect(m3.result).toMatchObject({ state: 'published' });
     expect(builder.embargo!.status(ids.e2)).toMatchObject({ state: 'retired' });
+    expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e2, commit: m3.commit, step: 'retired' }));
     expect(await tags('private/team/app')).toContain(m3.commit);
     const audit = readFileSync(builder.auditFile, 'utf8');
     expect(audit).toMatch(new RegExp(`"event":"retired"[^\\n]*"embargo":"${ids.e2}"|"embargo":"${ids.e2}"[^\\n]*"event":"retired"`));
@@ -272,6 +275,10 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     check('ci log', ciLog.lines.join(''));
     // The builder: its data dir (store encrypted, mirror and lookasides clean), log, endpoints.
     for (const f of files(join(dir, 'data'))) check(`builder ${f.path}`, f.data);
+    // The mirror's objects are compressed on disk: read every one of them through git.
+    const mirrors = join(dir, 'data', 'git');
+    for (const m of readdirSync(mirrors)) check(`mirror ${m}`, execFileSync('git', ['--git-dir', join(mirrors, m), 'cat-file', '--batch-all-objects', '--batch'], { maxBuffer: 256 * 1024 * 1024 }));
+    expect(readdirSync(mirrors).length).toBeGreaterThan(0);
     check('builder log', builderLog.lines.join(''));
     for (const url of ['/healthz', '/lookaside/', '/v1/embargo', '/']) check(`builder GET ${url}`, (await builder.app.inject({ method: 'GET', url })).body);
     for (const c of merged) check(`promotion result ${c}`, JSON.stringify(builder.promoter.result('demo/app', c)));

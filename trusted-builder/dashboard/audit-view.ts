@@ -52,6 +52,7 @@ export function namesPrivate(value: JsonValue): boolean {
 export function mayShow(record: AuditRecord, hiddenSecretPaths: ReadonlySet<string>): boolean {
   if (SHOWN_FIELDS[record.kind] === 'never') return false;
   if (record.kind === 'secret-read' && typeof record.path === 'string' && hiddenSecretPaths.has(record.path)) return false;
+  if (record.kind === 'secret-read' && record.lane === 'private') return false; // the embargo lane's
   return !namesPrivate(record as unknown as JsonValue);
 }
 

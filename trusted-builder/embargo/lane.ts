@@ -14,6 +14,7 @@
  * "internal error" (sealed too).
  */
 import { join } from 'node:path';
+import * as openpgp from 'openpgp';
 import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
@@ -44,6 +45,12 @@ export class EmbargoLane {
 
   get store(): EmbargoStore {
     return this.d.store;
+  }
+
+  /** A detached, armored signature by the embargo key (the team's break warnings are signed so). */
+  async signDetached(data: Uint8Array): Promise<string> {
+    const message = await openpgp.createMessage({ binary: data });
+    return openpgp.sign({ message, signingKeys: this.d.key.privateKey, detached: true, format: 'armored' });
   }
 
   /**

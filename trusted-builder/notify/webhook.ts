@@ -1,12 +1,12 @@
 /**
  * Private warnings to the security team: an embargoed patch no longer applies on a public commit,
- * or its tests fail there, so no patched image exists for that commit.
+ * or its tests fail there, so no patched image exists for that commit; or it retired itself.
  *
  * The payload says as little as it can: the embargo's id (meaningless outside the team), the
  * public commit and the step that broke. No project name, patch content or message: the team reads
- * those with `airlock embargo show <id>` (encrypted to them). It is signed by the builder's key —
+ * those with `airlock embargo show <id>` (encrypted to them). It is signed by the builder's embargo key —
  * a detached OpenPGP signature over the exact body bytes, base64 of the armored text in the
- * `X-Airlock-Signature` header, verifiable with `gpg --verify` and the builder's public key — so
+ * `X-Airlock-Signature` header, verifiable with `gpg --verify` and that key's public half — so
  * a receiver can tell a real warning from a forged one.
  *
  * Delivery: POST, JSON, retried with exponential backoff on network errors, timeouts, 429 and
@@ -22,8 +22,14 @@ export interface BreakWarning {
   embargo: string;
   /** The public commit it broke on. */
   commit: string;
-  /** Where: the patch no longer applies, or the patched tests (or build) failed. */
-  step: 'apply' | 'tests' | 'build';
+  /**
+   * What happened: the patch no longer applies (`apply`); another patch of the set does not, so
+   * this one got no image either (`blocked`); the patched tests or build failed (`tests`, `build`);
+   * the lane failed for another reason (`internal`: the builder's log has it); or the public
+   * history now contains the fix and the embargo retired itself (`retired`: not a break, but the
+   * team should know the private image no longer carries it).
+   */
+  step: 'apply' | 'blocked' | 'tests' | 'build' | 'internal' | 'retired';
 }
 
 export interface EmbargoNotifier {
@@ -33,7 +39,8 @@ export interface EmbargoNotifier {
 
 export interface WebhookOptions {
   url: string;
-  signingKey: SigningKey;
+  /** Signs the body (detached, armored): the builder's embargo key, which the team already trusts. */
+  signingKey: Pick<SigningKey, 'signDetached'>;
   attempts?: number; // default 4
   baseDelayMs?: number; // default 500
   timeoutMs?: number; // default 10 s
@@ -52,7 +59,7 @@ export class WebhookNotifier implements EmbargoNotifier {
 
   async warn(w: BreakWarning): Promise<{ delivered: boolean; attempts: number; error?: string }> {
     const now = this.o.now ?? Date.now;
-    const body = Buffer.from(JSON.stringify({ version: 1, event: 'embargo-broken', embargo: w.embargo, commit: w.commit, step: w.step, at: new Date(now()).toISOString() }));
+    const body = Buffer.from(JSON.stringify({ version: 1, event: w.step === 'retired' ? 'embargo-retired' : 'embargo-broken', embargo: w.embargo, commit: w.commit, step: w.step, at: new Date(now()).toISOString() }));
     const signature = Buffer.from(await this.o.signingKey.signDetached(body)).toString('base64');
     const attempts = this.o.attempts ?? 4;
     let error = '';

@@ -24,8 +24,8 @@ export const PromotedProject = z.strictObject({
   url: z.string().min(1).max(2048).refine((u) => remoteUrlProblem(u) === undefined, 'not a repository URL git may fetch from'),
   /** A commit is promoted only if one of these branches contains it. */
   protectedBranches: z.array(RefName).min(1).max(64),
-  /** Pushed as `<registry>/<image>:<commit>`. */
-  image: RepositoryPath,
+  /** Pushed as `<registry>/<image>:<commit>`; `private/…` is the embargo lane's namespace. */
+  image: RepositoryPath.refine((i) => i !== 'private' && !i.startsWith('private/'), 'private/… is reserved for the embargo lane'),
 });
 export type PromotedProject = z.infer<typeof PromotedProject>;
 

@@ -43,7 +43,7 @@ import type { PromotionHint } from '../../shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
 import type { AuditKind, AuditLog, JsonValue } from '../audit/audit-log.js';
 import { PatchWorkspace } from '../embargo/apply.js';
-import type { EmbargoNotifier } from '../notify/webhook.js';
+import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
 import { buildTrustedImage, checkBases, type BaseImagePin } from '../build/image-build.js';
 import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
 import { grantsFor, type SecretsPolicy } from '../policy/secrets.js';
@@ -155,6 +155,12 @@ class Stop extends Error {
 export class Promoter implements HintSink {
   private readonly pending = new Set<string>();
   private chain: Promise<unknown> = Promise.resolve();
+  /**
+   * The embargo lane's builds, one at a time, on a chain of their own: the public promotions never
+   * wait for them (their results and timings say nothing of the private lane), and a private
+   * lane's failure or crash cannot touch a public result, which is stored before it starts.
+   */
+  private privateChain: Promise<unknown> = Promise.resolve();
   /** Removal of the images a promotion built, off its path (the registry has what was published). */
   private readonly removals = new Set<Promise<void>>();
   private readonly now: () => number;
@@ -194,11 +200,11 @@ export class Promoter implements HintSink {
     });
   }
 
-  /** Resolves when every accepted hint has been dealt with. */
+  /** Resolves when every accepted hint has been dealt with (and the private builds they started). */
   async idle(): Promise<void> {
-    for (let seen: Promise<unknown> | undefined; seen !== this.chain; ) {
-      seen = this.chain;
-      await seen;
+    for (let seen: Promise<unknown>[] = []; seen[0] !== this.chain || seen[1] !== this.privateChain; ) {
+      seen = [this.chain, this.privateChain];
+      await Promise.all(seen);
     }
   }
 
@@ -280,7 +286,8 @@ export class Promoter implements HintSink {
       });
       log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
       const published: PromotionResult = { state: 'published', ...base, ...out };
-      if (d.embargo) await this.embargoLane(d.embargo, project, hint.commit, v.branch, join(work, 'private'), built);
+      const e = d.embargo;
+      if (e) this.privateChain = this.privateChain.then(() => this.embargoLane(e, project, hint.commit, v.branch));
       return published;
     } catch (e) {
       const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);
@@ -326,7 +333,7 @@ export class Promoter implements HintSink {
         continue;
       }
       const chunks: Buffer[] = [];
-      const secretFiles = await this.grantedFiles(project.name, commit, job.name);
+      const secretFiles = await this.grantedFiles(project.name, commit, job.name, l.private !== undefined);
       // A private lane's job names come from patched config: they stay out of container names.
       const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
       // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
@@ -435,34 +442,39 @@ export class Promoter implements HintSink {
    * nothing of a patch reaches a public place: details go to the embargo's encrypted log; the
    * audit log and the builder's log get embargo ids, digests and step names only.
    */
-  private async embargoLane(e: EmbargoPort, project: PromotedProject, commit: string, branch: string, work: string, built: string[]): Promise<void> {
+  private async embargoLane(e: EmbargoPort, project: PromotedProject, commit: string, branch: string): Promise<void> {
     const { d } = this;
     const privateLookaside = d.privateLookasideDir!; // checked in the constructor
     const log = d.logger.child({ component: 'embargo' });
+    const work = join(d.workDir, `private-${randomUUID()}`);
+    const built: string[] = [];
     let ids: string[] = [];
     try {
       const patches = await e.active(project.name);
       if (patches.length === 0) return;
+      // From here on, whatever fails leaves these without an image for this commit: all are told.
+      ids = patches.map((p) => p.id);
       await mkdir(work, { recursive: true, mode: 0o700 });
       const ws = await PatchWorkspace.open(d.verifier.mirrorOf(project), join(work, 'git'));
       const live: { id: string; patch: string; digest: string }[] = [];
       for (const p of patches) {
         const pub = await ws.isPublic(commit, p.patch);
         if (pub.public) {
-          // The store records the retirement in the audit log (id and digest).
+          // The store records the retirement in the audit log (id and digest); the team is told.
           await e.retire(p.id, `the public history contains it at ${commit} (${pub.how}${pub.match ? ` ${pub.match}` : ''})`);
+          await this.warn(p.id, commit, 'retired');
         } else live.push(p);
       }
-      if (live.length === 0) return;
       ids = live.map((p) => p.id);
+      if (live.length === 0) return;
       const applied = await ws.apply(commit, live.map((p) => ({ id: p.id, patch: p.patch })));
       if (!applied.ok) {
         // The patch that stopped applying is the broken one; the others only get no image this time.
         await e.appendLog(applied.failed, `${new Date(this.now()).toISOString()} does not apply on ${commit}:\n${applied.detail}\n`);
-        for (const id of ids.filter((x) => x !== applied.failed)) {
-          await e.appendLog(id, `${new Date(this.now()).toISOString()} no patched image for ${commit}: ${applied.failed} does not apply\n`);
-        }
+        const blocked = ids.filter((x) => x !== applied.failed);
+        for (const id of blocked) await e.appendLog(id, `${new Date(this.now()).toISOString()} no patched image for ${commit}: ${applied.failed} does not apply\n`);
         await this.broken(e, [applied.failed], commit, 'apply', 'does not apply');
+        if (blocked.length > 0) await this.broken(e, blocked, commit, 'blocked', `${applied.failed} does not apply`);
         return;
       }
       const startedOn = new Date(this.now());
@@ -502,22 +514,27 @@ export class Promoter implements HintSink {
       await d.audit.append('embargo', { event: 'published', embargoes: ids, patches: live.map((p) => p.digest) });
     } catch (err) {
       const stop = err instanceof Stop ? err : undefined;
-      const step = stop?.step === 'tests' ? 'tests' : 'build';
+      const step = stop?.step === 'tests' ? 'tests' : stop ? 'build' : 'internal';
       const detail = err instanceof Error ? err.message : String(err);
       for (const id of ids) await e.appendLog(id, `${new Date(this.now()).toISOString()} ${commit} ${stop?.step ?? 'internal'}: ${detail}\n`).catch(() => undefined);
       if (!stop) log.error({ embargoes: ids, code: isAirlockError(err) ? err.code : 'internal' }, 'the private lane failed (details in the embargo log)');
       if (ids.length > 0) await this.broken(e, ids, commit, step, stop?.step ?? 'internal').catch(() => undefined);
+    } finally {
+      await rm(work, { recursive: true, force: true }).catch(() => undefined);
+      this.removeImages(built, log);
     }
   }
 
   /** No patched image for `commit`: recorded (encrypted), audited (ids), and the team warned. */
-  private async broken(e: EmbargoPort, ids: string[], commit: string, step: 'apply' | 'tests' | 'build', what: string): Promise<void> {
+  private async broken(e: EmbargoPort, ids: readonly string[], commit: string, step: BreakWarning['step'], what: string): Promise<void> {
     // The store records each break in the audit log (id and digest).
     for (const id of ids) await e.recordBreak(id, { commit, reason: `${step}: ${what}` });
-    for (const id of ids) {
-      const sent = (await this.d.notifier?.warn({ embargo: id, commit, step })) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
-      await this.d.audit.append('embargo', { event: 'warned', embargo: id, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
-    }
+    for (const id of ids) await this.warn(id, commit, step);
+  }
+
+  private async warn(embargo: string, commit: string, step: BreakWarning['step']): Promise<void> {
+    const sent = (await this.d.notifier?.warn({ embargo, commit, step })) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+    await this.d.audit.append('embargo', { event: 'warned', embargo, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
   }
 
   /**
@@ -525,13 +542,14 @@ export class Promoter implements HintSink {
    * field, `<path>/<field>` (e.g. `team/app/npm/token`). Each read is an audit record (the path,
    * never the value); the values join the leak check's list by being read through the store.
    */
-  private async grantedFiles(project: string, commit: string, job: string): Promise<SecretFile[]> {
+  private async grantedFiles(project: string, commit: string, job: string, privately: boolean): Promise<SecretFile[]> {
     const files: SecretFile[] = [];
     for (const path of grantsFor(this.d.secretsPolicy, project, job)) {
       const value = await this.d.secrets.read(path).catch((e: unknown) => {
         throw new Stop('failed', 'secrets', `step ${job}: ${isAirlockError(e) ? e.message : `cannot read granted secret ${path}`}`);
       });
-      await this.d.audit.append('secret-read', { path, store: this.d.secrets.kind, purpose: `step ${job}`, project, commit });
+      // The private lane's reads name no project or commit (the audit log is not the team's).
+      await this.d.audit.append('secret-read', { path, store: this.d.secrets.kind, purpose: `step ${job}`, ...(privately ? { lane: 'private' } : { project, commit }) });
       for (const [field, text] of Object.entries(value)) files.push({ path: `${path}/${field}`, data: Buffer.from(text, 'utf8') });
     }
     return files;

@@ -289,6 +289,26 @@ describe('imageLayerSources on synthetic docker save archives', () => {
     ]);
   });
 
+  it('perFile: false searches each layer as one raw tar: the same hits (contents, names, plain or gzip\'d), named by layer only', async () => {
+    const plain = await tarOf([{ name: 'etc/app.conf', body: `key=${SECRET}\n` }, { name: 'srv/readme.txt', body: 'nothing here' }]);
+    const named = gzipSync(await tarOf([{ name: `tmp/${SECRET}.txt`, body: 'x' }]));
+    const clean = await tarOf([{ name: 'srv/ok.txt', body: 'ok' }]);
+    const archive = await tarOf([
+      { name: `blobs/sha256/${HEX('a')}`, body: plain },
+      { name: `blobs/sha256/${HEX('b')}`, body: named },
+      { name: `blobs/sha256/${HEX('c')}`, body: clean },
+      { name: `blobs/sha256/${HEX('e')}`, body: JSON.stringify({ config: { Env: [`T=${SECRET}`] } }) },
+    ]);
+    const raw = await findLeaks([SECRET], imageLayerSources(Readable.from([archive]), { perFile: false }));
+    expect(pick(raw)).toEqual([
+      { source: `layer sha256:${HEX('a')}`, secret: 0, form: 'raw' },
+      { source: `layer sha256:${HEX('b')}`, secret: 0, form: 'raw' },
+      { source: `blob sha256:${HEX('e')}`, secret: 0, form: 'raw' },
+    ]);
+    const detailed = await findLeaks([SECRET], imageLayerSources(Readable.from([archive])));
+    expect(pick(detailed).map((l) => l.source)).toEqual([`layer sha256:${HEX('a')}:etc/app.conf`, `layer sha256:${HEX('b')}:(entry names)`, `blob sha256:${HEX('e')}`]);
+  });
+
   it('refuses a layer it cannot read (zstd) rather than passing it', async () => {
     const zstd = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(100)]);
     const archive = await tarOf([{ name: `blobs/sha256/${HEX('f')}`, body: zstd }]);

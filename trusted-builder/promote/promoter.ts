@@ -622,13 +622,21 @@ async function saveAndSearch(docker: Docker, imageId: string, file: string, secr
   const written = finished(toFile);
   written.catch(() => undefined); // awaited below; a failure of the search must not leave it unhandled
   try {
+    // Fast: each layer searched as one raw tar. Only on a hit, again file by file (from the
+    // export on disk), to say where.
     const sources = async function* (): AsyncGenerator<LeakSource> {
       yield* extra;
-      yield* imageLayerSources(toSearch);
+      yield* imageLayerSources(toSearch, { perFile: false });
     };
     const leaks = await findLeaks(secrets, sources());
     await written;
-    return leaks;
+    const inLayers = leaks.filter((l) => l.source.startsWith('layer '));
+    if (inLayers.length === 0) return leaks;
+    const fromExtra = new Set(extra.map((x) => x.name));
+    const detailed = await findLeaks(secrets, imageLayerSources(createReadStream(file)));
+    // A raw hit the per-file pass cannot place (e.g. in a tar header field) still counts.
+    const unplaced = inLayers.filter((l) => !detailed.some((x) => x.source.startsWith(`${l.source}:`)));
+    return [...leaks.filter((l) => fromExtra.has(l.source)), ...detailed, ...unplaced];
   } catch (e) {
     image.destroy();
     toFile.destroy();

@@ -26,6 +26,14 @@ function describe(i: z.core.$ZodIssue): string {
     const why = i.issues.map((n) => n.message).join('; ');
     return `invalid name ${JSON.stringify(String(key))}${why ? `: ${why}` : ''}`;
   }
+  if (i.code === 'invalid_union' && i.errors.length > 0) {
+    // zod says only "Invalid input" for a union: say what was expected, or that it is missing.
+    const first = i.errors.map((alt) => alt[0]).filter((x): x is z.core.$ZodIssue => x !== undefined && x.path.length === 0);
+    if (first.length === i.errors.length && first.every((x) => x.code === 'invalid_type')) {
+      if (first.every((x) => x.message.endsWith('received undefined'))) return 'required';
+      return `expected ${first.map((x) => (x as z.core.$ZodIssueInvalidType).expected).join(' or ')}`;
+    }
+  }
   return i.message;
 }
 

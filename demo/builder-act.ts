@@ -98,6 +98,14 @@ export async function promotionAct(c: Ctx, merged: Merge[]): Promise<Publication
   }
   const chain = await verifyAuditLog(paths.audit);
   story.check('the audit log\'s hash chain is intact', chain.ok, chain.ok ? `${chain.records} records, head ${chain.head.slice(0, 12)}` : `line ${chain.line}: ${chain.problem}`);
+  // The builder's page: behind its login, the promotions with their steps and digests.
+  const { username, password } = c.layout.dashboard;
+  const summary = await fetch(`${c.builderUrl}/v1/ui/summary`, { headers: { authorization: `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}` }, signal: c.signal })
+    .then(async (r) => ({ status: r.status, body: await r.text() }))
+    .catch((e: Error) => ({ status: 0, body: e.message }));
+  const anonymous = await fetch(`${c.builderUrl}/ui`, { signal: c.signal }).then((r) => r.status).catch(() => 0);
+  const shows = published.every((p) => summary.body.includes(p.digest));
+  story.check('the builder\'s page lists the promotions and their digests, and only behind its login', summary.status === 200 && shows && anonymous === 401, `${c.builderUrl}/ui: ${summary.status} with the login, ${anonymous} without`);
   return published;
 }
 

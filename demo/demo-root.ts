@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { createDocker } from '../shared/docker/client.js';
 import { loadSecretsPolicy } from '../trusted-builder/policy/secrets.js';
+import { dashboardSecret } from '../scripts/dashboard-password.js';
 import { generateSigningKey } from '../scripts/make-signing-key.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -48,10 +49,12 @@ export interface DemoLayout {
   /** The signing key's fingerprint (what skopeo and gpg will see). */
   fingerprint: string;
   registry: { host: string; username: string; password: string };
+  /** The login of the builder's page (`/ui`). */
+  dashboard: { username: string; password: string };
   stateDir: string;
 }
 
-export function layout(root: string, stateDir: string): Omit<DemoLayout, 'fingerprint' | 'registry'> {
+export function layout(root: string, stateDir: string): Omit<DemoLayout, 'fingerprint' | 'registry' | 'dashboard'> {
   return {
     root,
     upstream: join(root, 'review', 'greeter.git'),
@@ -91,6 +94,9 @@ export async function prepareDemoRoot(root: string, stateDir: string): Promise<D
   put(paths.signingKey, { armored: key.privateArmored });
   put(paths.registry, { username: registry.username, password: registry.password });
   put(paths.hintSecret, { secret: hintSecret });
+  // The builder's page: a login made here (bcrypt; the password is printed at the end).
+  const dashboard = { username: 'airlock-demo-sre', password: randomBytes(12).toString('base64url') };
+  if (paths.dashboard) put(paths.dashboard, { ...dashboardSecret(dashboard.username, dashboard.password, 8) });
 
   const baseId = ((await createDocker().getImage(BASE_IMAGE).inspect()) as { Id: string }).Id;
   const promotion = join(root, 'builder', 'promotion.yaml');
@@ -115,7 +121,7 @@ export async function prepareDemoRoot(root: string, stateDir: string): Promise<D
       secrets: { kind: 'file', dir: secrets },
     }),
   );
-  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...registry } };
+  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...registry }, dashboard };
 }
 
 /** The CI's config: the project, its own data dir, and where its hints go. */

@@ -178,7 +178,7 @@ function printSummary(layout: DemoLayout, merged: Merge[], published: Publicatio
   }
   story.line('');
   story.line(`  CI (untrusted)       ${ci!.url}/   status page · ${ci!.url}/api/gate · ${ci!.url}/metrics`);
-  story.line(`  builder (trusted)    ${builder!.url}/healthz · ${builder!.url}/lookaside/`);
+  story.line(`  builder (trusted)    ${builder!.url}/ui (its page; user ${layout.dashboard.username}, password ${layout.dashboard.password}) · ${builder!.url}/lookaside/`);
   if (!args.once || args.dir) story.line(`  logs                 ${layout.ciLog} · ${layout.builderLog}`);
   if (!args.once) {
     story.line(`  try                  npx airlock gate --server ${ci!.url}`);

@@ -53,7 +53,8 @@ describe('npm run demo -- --once', () => {
       /digest {5}sha256:[0-9a-f]{64}/,
       /signature {2}\/.*\/signature-1/,
       /CI \(untrusted\) +http:\/\/127\.0\.0\.1:\d+\//,
-      /builder \(trusted\) +http:\/\/127\.0\.0\.1:\d+\/healthz/,
+      /✔ the builder's page lists the promotions and their digests, and only behind its login/,
+      /builder \(trusted\) +http:\/\/127\.0\.0\.1:\d+\/ui \(its page; user airlock-demo-sre, password \S+\)/,
       /demo: every step did what it should/,
     ]) {
       expect(output, output).toMatch(line);

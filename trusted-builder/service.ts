@@ -158,6 +158,7 @@ export async function startBuilderService(
         : {}),
     });
     cleanups.push(() => promoter.drain());
+    lane?.onSubmitted((project) => promoter.buildPrivately(project));
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
     const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: embargoPath ? [embargoPath] : [] });

@@ -89,7 +89,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   const cmdlines = new Set<string>();
   let sampler: NodeJS.Timeout | undefined;
   const merged: string[] = [];
-  const ids: Record<'e1' | 'e2' | 'e3', string> = { e1: '', e2: '', e3: '' };
+  const ids: Record<'e1' | 'e2' | 'e3' | 'e4', string> = { e1: '', e2: '', e3: '', e4: '' };
 
   /** A patch the way the team makes one: `git format-patch` of a commit on a private clone. */
   const patchOf = (files: Record<string, string>, message: string): string => {
@@ -259,6 +259,15 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     const logs = await embargo({ action: 'logs', id: ids.e3 });
     expect(JSON.stringify(logs)).toContain('the fix broke the tests');
     await embargo({ action: 'retire', id: ids.e3, reason: 'withdrawn' });
+  }, 180_000);
+
+  it('a newly submitted patch is built at once, on the latest published commit', async () => {
+    const latest = merged.at(-1)!;
+    expect(await tags('private/team/app')).not.toContain(latest); // M4 had none (E3 broke its tests)
+    ids.e4 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'late.txt': 'a late fix\n' }, 'a late fix') })).id as string;
+    await builder.promoter.drain();
+    expect(await tags('private/team/app')).toContain(latest);
+    expect(builder.embargo!.status(ids.e4).lastBuild?.commit).toBe(latest);
   }, 180_000);
 
   it('the canary is in no public output of either tier', async () => {

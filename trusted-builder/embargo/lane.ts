@@ -41,7 +41,14 @@ export interface EmbargoLaneDeps {
 }
 
 export class EmbargoLane {
+  private submitted: ((project: string) => void) | undefined;
+
   constructor(private readonly d: EmbargoLaneDeps) {}
+
+  /** Called with the project after each new submission (the promoter then builds it at once). */
+  onSubmitted(fn: (project: string) => void): void {
+    this.submitted = fn;
+  }
 
   get store(): EmbargoStore {
     return this.d.store;
@@ -102,7 +109,9 @@ export class EmbargoLane {
         if (this.d.knownProject && !this.d.knownProject(r.project)) {
           throw new InvalidInputError([{ file: 'request', path: 'project', message: `${JSON.stringify(r.project)} is not a project of the promotion policy`, severity: 'error' }]);
         }
-        return { action: 'submit', ...(await store.submit(r.project, r.patch, member.name)) };
+        const done = await store.submit(r.project, r.patch, member.name);
+        if (!done.existing) this.submitted?.(r.project);
+        return { action: 'submit', ...done };
       }
       case 'list':
         return { action: 'list', embargoes: store.list(r.project === undefined ? {} : { project: r.project }) };

@@ -131,7 +131,7 @@ interface Lane {
 }
 
 export type PromotionResult =
-  | { state: 'published'; project: string; commit: string; reference: string; digest: string; signature: string; provenance: string }
+  | { state: 'published'; project: string; commit: string; branch?: string; reference: string; digest: string; signature: string; provenance: string }
   | { state: 'refused' | 'failed'; project: string; commit: string; step: string; reason: string };
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB
@@ -198,6 +198,22 @@ export class Promoter implements HintSink {
         this.pending.delete(key);
       }
     });
+  }
+
+  /**
+   * A private build of `project`'s most recently published commit, now (after a new embargoed
+   * patch was submitted: it need not wait for the next public merge). Nothing happens when the
+   * project was never published or the lane is off.
+   */
+  buildPrivately(projectName: string): void {
+    const e = this.d.embargo;
+    const project = this.d.policy.policy.projects.find((p) => p.name === projectName);
+    const commit = this.d.store.latestPublished(projectName);
+    if (!e || !project || !commit) return;
+    // Verified when it was published (no second fetch here: the public chain may be fetching).
+    const published = this.d.store.result<PromotionResult>(`${projectName}@${commit}`);
+    const branch = (published?.state === 'published' ? published.branch : undefined) ?? project.protectedBranches[0]!;
+    this.privateChain = this.privateChain.then(() => this.embargoLane(e, project, commit, branch));
   }
 
   /** Resolves when every accepted hint has been dealt with (and the private builds they started). */
@@ -285,7 +301,7 @@ export class Promoter implements HintSink {
         audit: (kind, fields) => d.audit.append(kind, { project: project.name, commit: hint.commit, ...fields }).then(() => undefined),
       });
       log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
-      const published: PromotionResult = { state: 'published', ...base, ...out };
+      const published: PromotionResult = { state: 'published', ...base, branch: v.branch, ...out };
       const e = d.embargo;
       if (e) this.privateChain = this.privateChain.then(() => this.embargoLane(e, project, hint.commit, v.branch));
       return published;

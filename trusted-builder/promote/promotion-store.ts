@@ -88,6 +88,15 @@ export class PromotionStore {
       });
   }
 
+  /** The commit of `project` promoted (published) most recently, if any. */
+  latestPublished(project: string): string | undefined {
+    const prefix = `${project}@`;
+    const row = this.db
+      .prepare<[number, string], { key: string }>("SELECT key FROM promotions WHERE state = 'published' AND substr(key, 1, ?) = ? ORDER BY updated_at DESC, seq DESC LIMIT 1")
+      .get(prefix.length, prefix);
+    return row?.key.slice(prefix.length);
+  }
+
   count(state: PromotionState): number {
     return this.db.prepare<[string], { n: number }>('SELECT COUNT(*) AS n FROM promotions WHERE state = ?').get(state)?.n ?? 0;
   }

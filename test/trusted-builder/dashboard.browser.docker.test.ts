@@ -21,7 +21,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as openpgp from 'openpgp';
-import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Locator, Page } from 'playwright-core';
+import { launchChromium, watchPage, type PageWatch } from '../support/browser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDocker } from '../../shared/docker/client.js';
 import { signHint } from '../../shared/hints/hint-auth.js';
@@ -33,7 +34,6 @@ import { makeMember, writeTeam, type TestMember } from '../support/embargo.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const SHOTS = fileURLToPath(new URL('../../test-results/screenshots/', import.meta.url));
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
 const BASE = 'airlock/base:busybox';
@@ -67,11 +67,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
   let commit: string;
   let digest: string;
   let embargoId: string;
-  const dialogs: string[] = [];
-  const problems: string[] = [];
-  const requests: string[] = [];
-  const statuses: string[] = [];
-  let loads = 0;
+  let seen: PageWatch;
 
   /** A signed hint through the real route; `secret` wrong: refused at the door. */
   const hint = async (project: string, branch: string, sha: string, secret = HINT_SECRET): Promise<number> => {
@@ -138,20 +134,10 @@ describe('the builder page (real browser, real builder service, real Docker and 
     expect(await hint('demo/other', HOSTILE_BRANCH, 'c'.repeat(40))).toBe(202);
     expect(builder.promoter.result('demo/other', 'c'.repeat(40))).toMatchObject({ state: 'refused', step: 'policy' });
 
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 900 }, httpCredentials: LOGIN });
     page = await context.newPage();
-    page.on('dialog', (d) => {
-      dialogs.push(d.message());
-      void d.dismiss();
-    });
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('response', (x) => statuses.push(`${x.status()} ${new URL(x.url()).pathname}`));
-    page.on('request', (x) => requests.push(new URL(x.url()).pathname));
-    page.on('load', () => loads++);
+    seen = watchPage(page);
   }, 180_000);
 
   afterAll(async () => {
@@ -251,15 +237,15 @@ describe('the builder page (real browser, real builder service, real Docker and 
     await shot('page');
 
     // Nothing of the data ran, and the page stayed put.
-    expect(loads).toBe(1);
+    expect(seen.loads).toBe(1);
     expect(await page.evaluate('window.airlockMarker')).toBe(42);
-    expect(dialogs).toEqual([]);
-    expect(problems).toEqual([]);
+    expect(seen.dialogs).toEqual([]);
+    expect(seen.errors).toEqual([]);
     expect(await page.locator('img, script:not([src])').count()).toBe(0);
-    expect(requests.filter((p) => /\/(x|src)$/.test(p))).toEqual([]);
-    expect(new Set(requests.map((p) => p.split('/')[1]))).toEqual(new Set(['ui', 'v1', 'lookaside']));
+    expect(seen.requests.filter((p) => /\/(x|src)$/.test(p))).toEqual([]);
+    expect(new Set(seen.requests.map((p) => p.split('/')[1]))).toEqual(new Set(['ui', 'v1', 'lookaside']));
     // Every answer the page got was a success, bar the browser's own first unauthenticated try.
-    expect(statuses.filter((s) => !/^(2\d\d|401 \/ui)\b/.test(s))).toEqual([]);
+    expect(seen.responses.map((x) => `${x.status} ${x.path}`).filter((s) => !/^(2\d\d|401 \/ui)\b/.test(s))).toEqual([]);
   });
 
   it('refuses a browser with wrong credentials or none: 401 with a Basic challenge, and nothing of the page', async () => {

@@ -14,12 +14,12 @@
  */
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import type { Browser, Locator, Page } from 'playwright-core';
+import { launchChromium, watchPage, type PageWatch } from '../../support/browser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestCi, type TestCi } from '../../support/ci.js';
 import { createRepo, type TestRepo } from '../../support/git-repo.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const SHOTS = fileURLToPath(new URL('../../../test-results/screenshots/', import.meta.url));
 const HOSTILE = '<img src=x onerror=alert(1)>';
 /** Generous: the machine is noisy; nothing here measures time, it only waits for what must happen. */
@@ -54,31 +54,16 @@ describe('status page (real browser, real service, real Docker)', () => {
   let url: string;
   let browser: Browser;
   let page: Page;
-  const dialogs: string[] = [];
-  const problems: string[] = [];
-  const requests: string[] = [];
-  let loads = 0;
+  let seen: PageWatch;
 
   beforeAll(async () => {
     mkdirSync(SHOTS, { recursive: true });
     up = createRepo({ '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
     ci = await startTestCi({ projects: [{ name: 'demo/status', url: up.dir }], slots: 1, listen: { host: '127.0.0.1', port: 0 } });
     url = await ci.service.listen();
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.on('dialog', (d) => {
-      dialogs.push(d.message());
-      void d.dismiss();
-    });
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('response', (r) => {
-      if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
-    });
-    page.on('request', (r) => requests.push(new URL(r.url()).pathname));
-    page.on('load', () => loads++);
+    seen = watchPage(page);
   });
   afterAll(async () => {
     await browser?.close();
@@ -209,15 +194,15 @@ describe('status page (real browser, real service, real Docker)', () => {
     await shot('history');
 
     // Live all along: one page load, one status stream, the page's own state kept.
-    expect(loads).toBe(1);
+    expect(seen.loads).toBe(1);
     expect(await page.evaluate('window.airlockMarker')).toBe(42);
-    expect(requests.filter((p) => p === '/api/status/stream')).toHaveLength(1);
+    expect(seen.requests.filter((p) => p === '/api/status/stream')).toHaveLength(1);
     expect(await page.locator('#announcer p').count()).toBeGreaterThan(0);
     // Nothing of the data ran: no dialog, no error, no image, no request for "x".
-    expect(dialogs).toEqual([]);
-    expect(problems).toEqual([]);
+    expect(seen.dialogs).toEqual([]);
+    expect([...seen.errors, ...seen.responses.filter((r) => r.status >= 400).map((r) => `HTTP ${r.status}: ${r.url}`)]).toEqual([]);
     expect(await page.locator('img, script:not([src])').count()).toBe(0);
-    expect(requests.filter((p) => p.endsWith('/x'))).toEqual([]);
-    expect(new Set(requests.map((p) => p.split('/')[1]))).toEqual(new Set(['', 'status', 'api']));
+    expect(seen.requests.filter((p) => p.endsWith('/x'))).toEqual([]);
+    expect(new Set(seen.requests.map((p) => p.split('/')[1]))).toEqual(new Set(['', 'status', 'api']));
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { formatIssues } from '../../shared/errors.js';
-import { parseYaml, YAML_MAX_BYTES, YAML_MAX_DEPTH } from '../../shared/yaml.js';
+import { parseYaml, YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_ENTRIES } from '../../shared/yaml.js';
 
 /** `levels` nested flow sequences around one scalar: `[[[1]]]` is 3. */
 const nested = (levels: number) => `${'['.repeat(levels)}1${']'.repeat(levels)}`;
@@ -108,5 +108,17 @@ describe('parseYaml', () => {
     const r = parseYaml('a: 1\n---\nb: 2\n', 'multi.yaml');
     expect(r.value).toBeUndefined();
     expect(r.issues[0]?.message).toMatch(/multiple documents/);
+  });
+});
+
+describe('parseYaml bounds (a hostile config must not hold the event loop)', () => {
+  it('refuses more than YAML_MAX_ENTRIES entries, and finds a duplicate key among many without comparing every pair', () => {
+    let text = 'jobs:\n';
+    for (let i = 0; i <= YAML_MAX_ENTRIES; i++) text += `  j${i}: 1\n`;
+    expect(parseYaml(text, 'f').issues.map((i) => i.message)).toEqual([`more than ${YAML_MAX_ENTRIES} entries`]);
+    let dup = 'jobs:\n';
+    for (let i = 0; i < 5000; i++) dup += `  j${i}: 1\n`;
+    dup += '  j17: 2\n';
+    expect(parseYaml(dup, 'f').issues.map((i) => i.message)).toEqual(['YAML: map keys must be unique ("j17" is given twice)']);
   });
 });

@@ -13,7 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
-import { parseDashboardLogin, type DashboardLogin } from '../trusted-builder/dashboard/basic-auth.js';
+import { BCRYPT_MAX_BYTES, parseDashboardLogin, type DashboardLogin } from '../trusted-builder/dashboard/basic-auth.js';
 import { randomPassword, writeAtomic } from './registry-htpasswd.js';
 
 /** bcrypt cost: the page checks it once per login (then remembers the login for a few minutes). */
@@ -22,6 +22,7 @@ export const DASHBOARD_BCRYPT_ROUNDS = 12;
 /** The secret's value for `username` and `password`; refuses what the builder would refuse. */
 export function dashboardSecret(username: string, password: string, rounds = DASHBOARD_BCRYPT_ROUNDS): DashboardLogin {
   if (password === '') throw new Error('an empty password');
+  if (Buffer.byteLength(password) > BCRYPT_MAX_BYTES) throw new Error(`a password longer than ${BCRYPT_MAX_BYTES} bytes (bcrypt would ignore the rest)`);
   return parseDashboardLogin({ username, passwordBcrypt: bcrypt.hashSync(password, rounds) }, 'dashboard login');
 }
 

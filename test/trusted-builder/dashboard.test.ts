@@ -245,6 +245,13 @@ describe('the builder page: the summary', () => {
     expect(s.promotions.map((p) => p.project)).toEqual(['demo/app']);
     // A new kind must be decided on: the table is total (type-checked), and `embargo` is never shown.
     expect(SHOWN_FIELDS.embargo).toBe('never');
+    // The chain's head shown is that of the last shown record: hidden records appended (the
+    // private lane ran) do not move it.
+    const head = s.chain;
+    await b.audit.append('secret-read', { path: 'team/app/npm', store: 'file', purpose: 'step unit', lane: 'private' });
+    await b.audit.append('embargo', { event: 'published', embargoes: [EMBARGO_ID], patches: [PATCH_DIGEST] });
+    expect(((await b.get('/v1/ui/summary', GOOD)).json() as BuilderSummary).chain).toEqual(head);
+    expect(head).toMatchObject({ ok: true });
   });
 
   it('follows the log as it grows, waits for a line still being written, and stops at a broken link', async () => {
@@ -270,6 +277,15 @@ describe('the builder page: the summary', () => {
 });
 
 describe('the login secret', () => {
+  it('refuses a password longer than bcrypt reads (72 bytes), though bcrypt alone would take any suffix', async () => {
+    const long = 'p'.repeat(72);
+    expect(() => dashboardSecret(USER, `${long}x`, 4)).toThrow(/72 bytes/);
+    const auth = new BasicAuth(parseDashboardLogin({ username: USER, passwordBcrypt: bcrypt.hashSync(long, 4) }, 'test'));
+    const basic = (pw: string) => `Basic ${Buffer.from(`${USER}:${pw}`).toString('base64')}`;
+    expect(await auth.check(basic(long))).toBe(true);
+    expect(await auth.check(basic(`${long}anything`))).toBe(false);
+  });
+
   it('scripts/dashboard-password makes a value the builder accepts, and a malformed one is refused naming fields, never values', async () => {
     const v = dashboardSecret('airlock-sre', 'a long password', 4);
     expect(Object.keys(v)).toEqual(['username', 'passwordBcrypt']);

@@ -65,6 +65,7 @@ export class AuditDigest {
   private rest = Buffer.alloc(0);
   private line = 0;
   private last: AuditRecord | undefined;
+  private shownHead: string | undefined;
   private broken: { line: number; problem: string } | undefined;
   // What is kept.
   private entries: AuditEntryView[] = [];
@@ -89,9 +90,13 @@ export class AuditDigest {
     return run;
   }
 
-  /** The chain as far as read: intact with its head, or the first bad line. */
+  /**
+   * The chain as far as read: intact, or the first bad line. `head` is the hash of the last record
+   * the page shows, not of the last record: that one changes when a hidden (embargo) record is
+   * appended, which would tell a viewer when the private lane ran.
+   */
   chain(): { ok: true; head: string } | { ok: false; line: number; problem: string } {
-    return this.broken ? { ok: false, ...this.broken } : { ok: true, head: this.last?.hash ?? GENESIS_HASH };
+    return this.broken ? { ok: false, ...this.broken } : { ok: true, head: this.shownHead ?? GENESIS_HASH };
   }
 
   /** The last records shown, oldest first. */
@@ -162,6 +167,7 @@ export class AuditDigest {
     const commit = stringField(r, 'commit');
     const key = project !== undefined && commit !== undefined ? `${project}@${commit}` : undefined;
     if (r.kind === 'secret-read' && key !== undefined && this.signed.has(key)) return; // the private lane's
+    this.shownHead = r.hash;
     const step = (name: PromotionStep | undefined, outcome: StepRecord['outcome'], detail?: string): void => {
       if (key === undefined) return;
       const a = this.attempts.get(key) ?? this.startAttempt(key);

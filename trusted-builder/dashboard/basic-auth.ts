@@ -17,6 +17,9 @@ import bcrypt from 'bcryptjs';
 import { z } from 'zod';
 import { InvalidInputError } from '../../shared/errors.js';
 
+/** What bcrypt reads of a password. */
+export const BCRYPT_MAX_BYTES = 72;
+
 /** A bcrypt hash as bcryptjs and htpasswd write it: `$2a$`/`$2b$`/`$2y$`, cost, 53 characters. */
 const BCRYPT_HASH = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
 
@@ -77,7 +80,9 @@ export class BasicAuth {
     // Both checks always run: which one failed must not show in the time taken.
     const userOk = timingSafeEqual(sha256(given?.username ?? ''), this.user) && given !== undefined;
     const passwordOk = await bcrypt.compare(given?.password ?? '', this.login.passwordBcrypt);
-    if (!userOk || !passwordOk) return false;
+    // bcrypt reads 72 bytes at most: a longer password would let any suffix in. None is made longer.
+    const fits = Buffer.byteLength(given?.password ?? '') <= BCRYPT_MAX_BYTES;
+    if (!userOk || !passwordOk || !fits) return false;
     this.remember(sha256(authorization!).toString('hex'));
     return true;
   }

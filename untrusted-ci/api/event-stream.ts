@@ -11,31 +11,74 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 
 /** A comment line every so often: idle connections stay open through proxies, dead ones are noticed. */
 export const HEARTBEAT_MS = 15_000;
+/**
+ * What may wait in a stream's buffer for a client that does not read: past it the stream is ended
+ * (the client may reconnect), so a reader that never reads cannot make the service hold the
+ * events of a build, or snapshots, without bound.
+ */
+export const MAX_BUFFERED_BYTES = 4 * 1024 * 1024; // 4 MiB
+/** Event streams open at once, all routes together; more are answered 429. */
+export const MAX_OPEN_STREAMS = 500;
+let open = 0;
+
+/** Whether another stream may be opened now (see MAX_OPEN_STREAMS). */
+export function streamCapacityLeft(): boolean {
+  return open < MAX_OPEN_STREAMS;
+}
 
 export interface EventStream {
-  send(event: string, data: string): void;
+  /** Writes an event; false when the client is behind (then `drained()` before sending a lot more). */
+  send(event: string, data: string): boolean;
+  /** Resolves once the client has read what waits for it (or the stream ended). */
+  drained(): Promise<void>;
   /** Ends the response, writing `last` first (e.g. a final event); safe to call again, and after the client left. */
   end(last?: string): void;
   readonly ended: boolean;
 }
 
-export function openEventStream(req: FastifyRequest, reply: FastifyReply, o: { headers?: Record<string, string>; onEnd?: () => void; heartbeatMs?: number } = {}): EventStream {
+export function openEventStream(req: FastifyRequest, reply: FastifyReply, o: { headers?: Record<string, string>; onEnd?: () => void; heartbeatMs?: number; maxBufferedBytes?: number } = {}): EventStream {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no', 'x-content-type-options': 'nosniff', ...o.headers });
   let ended = false;
-  const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), o.heartbeatMs ?? HEARTBEAT_MS);
+  open++;
+  const write = (text: string): boolean => {
+    if (ended) return true; // never write after end: on a real socket that is an uncaught ERR_STREAM_WRITE_AFTER_END
+    if (res.writableLength > (o.maxBufferedBytes ?? MAX_BUFFERED_BYTES)) {
+      close(true);
+      return true;
+    }
+    return res.write(text);
+  };
+  const heartbeat = setInterval(() => void write(': keep-alive\n\n'), o.heartbeatMs ?? HEARTBEAT_MS);
+  /** Ends the response; `drop`: a client that does not read gets its connection closed, unflushed. */
+  const close = (drop: boolean, last?: string): void => {
+    if (ended) return;
+    ended = true;
+    open--;
+    clearInterval(heartbeat);
+    o.onEnd?.();
+    if (drop) res.destroy();
+    else res.end(last);
+  };
   const stream: EventStream = {
-    // Never write after end: on a real socket that is an uncaught ERR_STREAM_WRITE_AFTER_END.
     send(event, data) {
-      if (!ended) res.write(`event: ${event}\ndata: ${data}\n\n`);
+      return write(`event: ${event}\ndata: ${data}\n\n`);
+    },
+    drained() {
+      if (ended || res.writableLength === 0) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        const done = (): void => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
     },
     end(last) {
-      if (ended) return;
-      ended = true;
-      clearInterval(heartbeat);
-      o.onEnd?.();
-      res.end(last);
+      close(false, last);
     },
     get ended() {
       return ended;

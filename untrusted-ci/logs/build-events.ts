@@ -8,12 +8,13 @@
  * Memory is bounded: each build's backlog keeps at most `maxBacklogBytes`; past that the oldest
  * log pieces are dropped from memory (the file still has them, and late subscribers read the file).
  */
-import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { BuildEvent } from '../../shared/schemas/api/builds.js';
 
-export type Listener = (e: BuildEvent) => void;
+/** An event's receiver; a promise it returns paces a replay (the next event waits for it). */
+export type Listener = (e: BuildEvent) => void | Promise<void>;
 
 interface Live {
   backlog: BuildEvent[];
@@ -113,7 +114,9 @@ export class BuildEvents {
       // The in-memory backlog was trimmed: replay the file's first `count` events (once flushed: the
       // stream writes asynchronously), then the events that arrived meanwhile.
       const pending: BuildEvent[] = [];
-      const buffer: Listener = (e) => pending.push(e);
+      const buffer: Listener = (e) => {
+        pending.push(e);
+      };
       const count = l.count;
       l.listeners.add(buffer);
       await new Promise<void>((res) => l.file.write('', () => res()));
@@ -133,26 +136,32 @@ export class BuildEvents {
     return this.live.has(buildId);
   }
 
+  /** The recorded events of a build, read line by line (a build's file can be large). */
   private async replay(buildId: number, fn: Listener, max = Infinity): Promise<void> {
-    let text: string;
-    try {
-      text = await readFile(join(this.buildDir(buildId), 'events.jsonl'), 'utf8');
-    } catch {
-      return;
-    }
+    const file = join(this.buildDir(buildId), 'events.jsonl');
+    const input = createReadStream(file, { encoding: 'utf8' });
+    const lines = createInterface({ input, crlfDelay: Infinity });
     let n = 0;
-    for (const line of text.split('\n')) {
-      if (n >= max) break;
-      if (!line) continue;
-      n++;
-      let json: unknown;
-      try {
-        json = JSON.parse(line);
-      } catch {
-        continue; // a line torn by a crash mid-write
+    try {
+      for await (const line of lines) {
+        if (n >= max) break;
+        if (!line) continue;
+        n++;
+        let json: unknown;
+        try {
+          json = JSON.parse(line);
+        } catch {
+          continue; // a line torn by a crash mid-write
+        }
+        const r = BuildEvent.safeParse(json);
+        if (r.success) await fn(r.data);
       }
-      const r = BuildEvent.safeParse(json);
-      if (r.success) fn(r.data);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    } finally {
+      lines.close();
+      input.destroy();
     }
   }
+
 }

@@ -8,12 +8,12 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { NotFoundError } from '../../../shared/errors.js';
+import { NotFoundError, RateLimitedError } from '../../../shared/errors.js';
 import { JobName } from '../../../shared/schemas/airlock-yaml.js';
 import { BuildState, BuildView, QueueView, type BuildEvent } from '../../../shared/schemas/api/builds.js';
 import { logKey } from '../../../shared/storage/keys.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
-import { openEventStream } from '../event-stream.js';
+import { openEventStream, streamCapacityLeft } from '../event-stream.js';
 
 const Id = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 
@@ -82,9 +82,10 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
 
   app.get('/api/builds/:id/events', { schema: { description: 'Server-sent events: the build from its start, then live', params: z.object({ id: Id }) } }, async (req, reply) => {
     const build = deps.store.build(req.params.id);
+    if (!streamCapacityLeft()) throw new RateLimitedError('too many event streams are open; try again shortly');
     let unsubscribe = (): void => {};
     const stream = openEventStream(req, reply, { onEnd: () => unsubscribe() });
-    const send = (e: BuildEvent): void => stream.send(e.type, JSON.stringify(e));
+    const send = (e: BuildEvent): boolean => stream.send(e.type, JSON.stringify(e));
     const end = (): void => stream.end('event: end\ndata: {}\n\n');
     // A build that is queued has no stream yet: tell the client its state, then follow when it starts.
     if (build.state === 'queued') send({ type: 'build', state: 'queued' });
@@ -107,8 +108,10 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
             return;
           }
           delivered++;
-          send(e);
+          const keptUp = send(e);
           if (e.type === 'build' && e.state === 'finished') end();
+          // A replay of a finished build waits for a slow reader rather than buffering it all.
+          return keptUp ? undefined : stream.drained();
         },
         // The stream ended without a final event (cancelled, errored, re-queued): ask the record.
         () => {

@@ -15,8 +15,14 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
+/** Issues listed at most for one input; the rest are counted in one more (a hostile file can have thousands). */
+export const MAX_LISTED_ISSUES = 100;
+
 export function zodIssues(error: z.ZodError, file: string): Issue[] {
-  return error.issues.map((i) => ({ file, path: formatPath(i.path), message: describe(i), severity: 'error' as const }));
+  const all = error.issues;
+  const listed = all.slice(0, MAX_LISTED_ISSUES).map((i) => ({ file, path: formatPath(i.path), message: describe(i), severity: 'error' as const }));
+  if (all.length > MAX_LISTED_ISSUES) listed.push({ file, path: '', message: `and ${all.length - MAX_LISTED_ISSUES} more problems`, severity: 'error' as const });
+  return listed;
 }
 
 /** zod's own words, except where they hide the reason: a bad record key says which key and why. */

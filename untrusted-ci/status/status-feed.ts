@@ -9,6 +9,7 @@
  * bounded (`maxSubscribers`; one more is refused with RateLimitedError, a 429), since each holds a
  * connection. `close()` ends them all (the service is stopping).
  */
+import { createHash } from 'node:crypto';
 import { RateLimitedError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import type { StatusView } from '../../shared/schemas/api/status.js';
@@ -16,6 +17,8 @@ import type { StatusView } from '../../shared/schemas/api/status.js';
 export const MAX_STATUS_SUBSCRIBERS = 100;
 const DEBOUNCE_MS = 200;
 const MAX_WAIT_MS = 1_000;
+/** A snapshot is reused this long when nothing changed (`GET /api/status` and new streams under load). */
+const SNAPSHOT_REUSE_MS = 1_000;
 
 /** One open stream: `send` gets each snapshot's JSON; `end` closes it from the server side. */
 export interface StatusSubscriber {
@@ -32,8 +35,10 @@ export interface StatusFeedOptions {
 }
 
 export class StatusFeed {
-  /** Each subscriber → the last snapshot it got, without its clock: an unchanged one is not sent again. */
+  /** Each subscriber → a hash of the last snapshot it got, without its clock: an unchanged one is not sent again. */
   private readonly subscribers = new Map<StatusSubscriber, string>();
+  /** The last snapshot made, reused until something changes or a second has passed. */
+  private cached: { at: number; view: StatusView } | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** When the oldest change not yet sent was notified. */
   private pendingSince: number | undefined;
@@ -43,7 +48,11 @@ export class StatusFeed {
 
   /** A fresh snapshot (`GET /api/status`, and the first event of each stream). */
   current(): StatusView {
-    return this.o.snapshot();
+    const now = Date.now();
+    if (this.cached && now - this.cached.at < SNAPSHOT_REUSE_MS) return this.cached.view;
+    const view = this.o.snapshot();
+    this.cached = { at: now, view };
+    return view;
   }
 
   get size(): number {
@@ -71,6 +80,7 @@ export class StatusFeed {
 
   /** Something the page shows may have changed. */
   notify(): void {
+    this.cached = undefined;
     if (this.closed || this.subscribers.size === 0) return;
     const now = Date.now();
     this.pendingSince ??= now;
@@ -115,6 +125,7 @@ export class StatusFeed {
   }
 }
 
+/** A digest of the snapshot without its clock (what is kept per subscriber: not the snapshot itself). */
 function withoutClock(view: StatusView): string {
-  return JSON.stringify({ ...view, generatedAt: 0 });
+  return createHash('sha256').update(JSON.stringify({ ...view, generatedAt: 0 })).digest('base64');
 }

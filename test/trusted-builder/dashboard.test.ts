@@ -277,6 +277,17 @@ describe('the builder page: the summary', () => {
 });
 
 describe('the login secret', () => {
+  it('a line its checks cannot even process (nested 20,000 deep) breaks the chain there, on every read, and is never skipped', async () => {
+    const b = await builder();
+    await b.audit.append('hint-refused', { reason: 'bad-signature', from: '10.0.0.1' });
+    const prev = (JSON.parse(readFileSync(b.audit.file, 'utf8').trim().split('\n').at(-1)!) as { hash: string }).hash;
+    appendFileSync(b.audit.file, `{"seq":2,"at":"2026-01-01T00:00:00.000Z","kind":"hint-refused","prev":"${prev}","hash":"${'0'.repeat(64)}","reason":${'['.repeat(20_000)}${']'.repeat(20_000)}}\n`);
+    for (let i = 0; i < 2; i++) {
+      const s = ((await b.get('/v1/ui/summary', GOOD)).json()) as BuilderSummary;
+      expect(s.chain).toMatchObject({ ok: false, line: 2 });
+    }
+  });
+
   it('refuses a password longer than bcrypt reads (72 bytes), though bcrypt alone would take any suffix', async () => {
     const long = 'p'.repeat(72);
     expect(() => dashboardSecret(USER, `${long}x`, 4)).toThrow(/72 bytes/);

@@ -151,14 +151,27 @@ export class AuditDigest {
   /** One complete line: checked, linked, then folded in. */
   private take(text: string): void {
     this.line++;
-    const checked = checkAuditLine(text);
-    const problem = 'problem' in checked ? checked.problem : checkAuditLink(this.last, checked.record);
+    let checked: ReturnType<typeof checkAuditLine>;
+    let problem: string | undefined;
+    try {
+      checked = checkAuditLine(text);
+      problem = 'problem' in checked ? checked.problem : checkAuditLink(this.last, checked.record);
+    } catch (e) {
+      // A line the checks cannot even process (nested past the stack, say) breaks the chain here;
+      // it must never be skipped as if it were not there.
+      this.broken = { line: this.line, problem: `cannot be checked: ${(e as Error).message.slice(0, 200)}` };
+      return;
+    }
     if (problem !== undefined || !('record' in checked)) {
       this.broken = { line: this.line, problem: problem ?? 'not an audit record' };
       return;
     }
     this.last = checked.record;
-    this.fold(checked.record);
+    try {
+      this.fold(checked.record);
+    } catch (e) {
+      this.broken = { line: this.line, problem: `cannot be shown: ${(e as Error).message.slice(0, 200)}` };
+    }
   }
 
   private fold(r: AuditRecord): void {

@@ -17,15 +17,18 @@ export function parsePolicyText<S extends z.ZodType>(schema: S, text: string, fi
   return r.success ? { value: r.data, issues: [] } : { issues: zodIssues(r.error, file) };
 }
 
-/** Read and parse a policy file, or throw PolicyInvalidError listing every problem. */
-export function loadPolicyFile<S extends z.ZodType>(schema: S, file: string): z.infer<S> {
-  let text: string;
+/** A policy file's text, or PolicyInvalidError naming the file when it cannot be read. */
+export function readPolicyText(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (e) {
     throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
   }
-  const r = parsePolicyText(schema, text, file);
+}
+
+/** Read and parse a policy file, or throw PolicyInvalidError listing every problem. */
+export function loadPolicyFile<S extends z.ZodType>(schema: S, file: string): z.infer<S> {
+  const r = parsePolicyText(schema, readPolicyText(file), file);
   if (!r.value) throw new PolicyInvalidError(r.issues);
   return r.value;
 }

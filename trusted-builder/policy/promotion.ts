@@ -6,11 +6,10 @@
  * a rebuild uses no other. Loaded once through the shared policy loader (every problem listed).
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { remoteUrlProblem } from '../../shared/git/git.js';
 import { PolicyInvalidError } from '../../shared/errors.js';
-import { parsePolicyText } from '../../shared/policy/policy-file.js';
+import { parsePolicyText, readPolicyText } from '../../shared/policy/policy-file.js';
 import { ProjectName, RefName } from '../../shared/schemas/events/trigger.js';
 import { ImageRef } from '../../shared/schemas/job-spec.js';
 
@@ -49,13 +48,7 @@ export interface LoadedPromotionPolicy {
 }
 
 export function loadPromotionPolicy(file: string): LoadedPromotionPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
-  }
-  return parsePromotionPolicy(text, file);
+  return parsePromotionPolicy(readPolicyText(file), file);
 }
 
 export function parsePromotionPolicy(text: string, file: string): LoadedPromotionPolicy {

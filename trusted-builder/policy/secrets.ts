@@ -11,10 +11,8 @@
  *   an image layer; every value in use is searched for in logs, artifacts and image layers before
  *   anything is published.
  */
-import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { PolicyInvalidError } from '../../shared/errors.js';
-import { parsePolicyText } from '../../shared/policy/policy-file.js';
+import { loadPolicyFile } from '../../shared/policy/policy-file.js';
 
 /** A secret path as the SecretStore takes it: `team/app/npm`, no `..`, no leading `/`. */
 export const SecretPath = z
@@ -48,15 +46,7 @@ export const SecretsPolicy = z.strictObject({
 export type SecretsPolicy = z.infer<typeof SecretsPolicy>;
 
 export function loadSecretsPolicy(file: string): Readonly<SecretsPolicy> {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new PolicyInvalidError([{ file, path: '', message: `cannot read: ${(e as Error).message}`, severity: 'error' }]);
-  }
-  const r = parsePolicyText(SecretsPolicy, text, file);
-  if (!r.value) throw new PolicyInvalidError(r.issues);
-  return Object.freeze(r.value);
+  return Object.freeze(loadPolicyFile(SecretsPolicy, file));
 }
 
 /** The secret paths step `job` of `project` may read (none unless granted). */

@@ -8,7 +8,7 @@
  * InvalidInputError (4xx) or InternalError (5xx), their message naming the server's code. A server
  * that cannot be reached, or answers what does not parse, is an InternalError (exit 3).
  */
-import { ApproveAnswer, GateView } from '../shared/schemas/api/gate.js';
+import { GateView } from '../shared/schemas/api/gate.js';
 import { z } from 'zod';
 import {
   CancelledError,
@@ -64,10 +64,6 @@ export class CiClient {
     return this.json('POST', '/api/changes', SubmitAnswer, change);
   }
 
-  /** Approve a change for the gate (or, with `approved` false, take the approval back). */
-  approve(changeId: number, approved = true): Promise<ApproveAnswer> {
-    return this.json(approved ? 'POST' : 'DELETE', `/api/changes/${changeId}/approve`, ApproveAnswer);
-  }
 
   gate(): Promise<GateView> {
     return this.json('GET', '/api/gate', GateView);

@@ -83,29 +83,10 @@ export function registerCiCommands(program: Command): void {
     .option('--patchset <n>', 'the patchset number (default 1)')
     .option('--author <name>', 'who wrote the change')
     .option('--subject <text>', "the change's subject line")
-    .option('--pipeline <name>', 'check or gate (default check)')
     .option('--token-file <file>', 'file holding the API token, if the CI requires one')
     .option('--wait', 'follow the build; exit 0 if it passed, 1 otherwise')
     .option('--json', 'print JSON: the submit answer, or with --wait the finished build')
     .action(async (f: SubmitFlags) => withJsonErrors(f.json, async () => (process.exitCode = await submit(f))));
-
-  program
-    .command('approve')
-    .description('approve a change for the gate (Code-Review +2): it is tested on top of the changes ahead and merged if it passes')
-    .argument('<change>', 'the change id the CI gave it (airlock submit prints it; GET /api/changes/:id)')
-    .option(...serverOption)
-    .option('--revoke', 'take the approval back: the change leaves the gate')
-    .option('--token-file <file>', 'file holding the API token, if the CI requires one')
-    .option('--json', 'print the answer as JSON')
-    .action(async (change: string, f: ClientFlags & { revoke?: boolean; tokenFile?: string }) =>
-      withJsonErrors(f.json, async () => {
-        const id = Number(change);
-        if (!Number.isInteger(id) || id < 1) throw badFlag('change', 'must be a change id (a whole number)');
-        const answer = await clientFor(f.server, f.tokenFile ? readToken(f.tokenFile) : undefined).approve(id, !f.revoke);
-        const c = answer.change;
-        process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : `${c.project} change ${c.change},${c.patchset}: ${answer.approved ? 'approved for the gate' : 'approval taken back'}\n`);
-      }),
-    );
 
   program
     .command('gate')
@@ -186,16 +167,11 @@ async function submit(f: SubmitFlags): Promise<number> {
     ...(f.patchset !== undefined ? { patchset: Number(f.patchset) } : {}),
     ...(f.author !== undefined ? { author: f.author } : {}),
     ...(f.subject !== undefined ? { subject: f.subject } : {}),
-    ...(f.pipeline !== undefined ? { pipeline: f.pipeline as 'check' } : {}),
   };
   const change = parseOrThrow(SubmitChange, input, 'command line');
   const client = clientFor(f.server, f.tokenFile ? readToken(f.tokenFile) : undefined);
   const answer = await client.submit(change);
   const id = answer.builds[0];
-  if (change.pipeline === 'gate') {
-    process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : `${change.project} change ${answer.change.change},${answer.change.patchset} (id ${answer.change.id}) approved for the gate\n`);
-    return 0;
-  }
   if (!f.wait || id === undefined) {
     const text = answer.builds.map((b) => `build ${b} queued: ${change.pipeline} of ${change.project} change ${answer.change.change},${answer.change.patchset} (change id ${answer.change.id})\n`).join('');
     process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : text);

@@ -180,6 +180,35 @@ export class RegistryAuthFailedError extends AirlockError {
   override readonly httpStatus = 502;
 }
 
+/** The code-review system (Gerrit) could not be reached, timed out or kept answering 5xx/429. */
+export class ReviewUnavailableError extends AirlockError {
+  readonly code = 'AIRLOCK_E_REVIEW_UNAVAILABLE';
+  override readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
+/** The code-review system refused our own credentials (401): its account or password needs fixing. */
+export class ReviewAuthFailedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_REVIEW_AUTH_FAILED';
+  override readonly httpStatus = 502;
+}
+
+/**
+ * The code-review system refused a request for a reason about the request itself (400, 403, 404,
+ * 409, 412, 422): a change that is not submittable, a vote on a closed change, a permission our
+ * account lacks. `status` is its HTTP status; the message quotes its reason (capped).
+ */
+export class ReviewRefusedError extends AirlockError {
+  readonly code = 'AIRLOCK_E_REVIEW_REFUSED';
+  override readonly httpStatus = 409;
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** A bug or an unexpected failure inside airlock; the message names no internals beyond the cause's summary. */
 export class InternalError extends AirlockError {
   readonly code = 'AIRLOCK_E_INTERNAL';
@@ -208,6 +237,9 @@ export const ERROR_CLASSES = {
   EnvironmentBuildFailedError,
   RegistryUnavailableError,
   RegistryAuthFailedError,
+  ReviewUnavailableError,
+  ReviewAuthFailedError,
+  ReviewRefusedError,
   InternalError,
 } as const;
 

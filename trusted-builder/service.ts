@@ -5,8 +5,9 @@
  * with the untrusted CI: its own config, data dir, port and logger.
  *
  * At start it reads its own secrets (the hint HMAC key, the registry credentials, the signing
- * key) from the SecretStore, each read an audit record naming the path (never the value), and
- * refuses to start when the signing key is not one gpg and skopeo accept.
+ * key, the read-only credentials of each review system the promotion policy names) from the
+ * SecretStore, each read an audit record naming the path (never the value), and refuses to start
+ * when one is missing or the signing key is not one gpg and skopeo accept.
  *
  * The embargo lane (trusted-builder/embargo/) is on when the secret at `builder.embargoKey` exists:
  * its key, the security team (`policies.securityTeam`) and its store (`<dataDir>/embargo/`) are then
@@ -44,6 +45,8 @@ import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/s
 import { VaultSecretStore } from './secrets/vault-store.js';
 import { loadSigningKey } from './sign/signer.js';
 import { SourceVerifier } from './verify/source.js';
+import { GerritReader } from './verify/gerrit-reader.js';
+import type { ReviewReader } from './verify/review.js';
 
 export interface BuilderService {
   readonly app: FastifyInstance;
@@ -124,6 +127,13 @@ export async function startBuilderService(
     const dashboardLogin = dashboardSecret && parseDashboardLogin(dashboardSecret, `secret ${dashboardPath}`);
     if (!dashboardLogin) logger.info({ path: dashboardPath ?? null }, 'no login for the builder page: /ui is off');
 
+    // The review systems the policy names, each read with the builder's own read-only account.
+    const reviewers = new Map<string, ReviewReader>();
+    for (const [name, sys] of Object.entries(policy.policy.reviewSystems)) {
+      const cred = await read(sys.credentials, ['username', 'password']);
+      reviewers.set(name, new GerritReader({ url: sys.url, credentials: { username: cred.username!, password: cred.password! } }));
+    }
+
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: config.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 0 });
     cleanups.push(() => runner.close());
     const verifier = new SourceVerifier(paths.git);
@@ -148,6 +158,7 @@ export async function startBuilderService(
       workDir: paths.work,
       logger,
       store,
+      reviewers,
       ...(opts.pushOptions ? { pushOptions: opts.pushOptions } : {}),
       ...(lane
         ? {

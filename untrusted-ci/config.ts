@@ -47,6 +47,41 @@ export const ProjectConfig = z
   .strict();
 export type ProjectConfig = z.infer<typeof ProjectConfig>;
 
+const Vote = z.number().int().min(-100).max(100);
+const KINDS = ['REWORK', 'TRIVIAL_REBASE', 'MERGE_FIRST_PARENT_UPDATE', 'NO_CODE_CHANGE', 'NO_CHANGE'] as const;
+
+export const ReviewConfig = z
+  .object({
+    kind: z.literal('gerrit'),
+    /** The review system's base URL (`https://review.example.org`); no credentials in it. */
+    url: z.string().url().max(2048),
+    /**
+     * A JSON file `{"username": …, "password": …}` (mode 0600): airlock's own account and its HTTP
+     * password. In the review system it needs only to read changes, vote on the `votes.label` label
+     * and submit; never to push.
+     */
+    credentialsFile: z.string().min(1),
+    /** What approves a change for the gate: `label` at `value` or more from someone other than airlock, and no `-value`. */
+    approval: z.object({ label: z.string().min(1).max(100).default('Code-Review'), value: z.number().int().min(1).max(100).default(2) }).strict().default({ label: 'Code-Review', value: 2 }),
+    /** airlock's votes: check pass/fail, gate pass/fail (the gate also sets 0 when it starts). */
+    votes: z
+      .object({
+        label: z.string().min(1).max(100).default('Verified'),
+        check: z.object({ pass: Vote.default(1), fail: Vote.default(-1) }).strict().default({ pass: 1, fail: -1 }),
+        gate: z.object({ pass: Vote.default(2), fail: Vote.default(-2) }).strict().default({ pass: 2, fail: -2 }),
+      })
+      .strict()
+      .default({ label: 'Verified', check: { pass: 1, fail: -1 }, gate: { pass: 2, fail: -2 } }),
+    /** Patch set kinds on which the approval label's votes carry over (the review system's own rule; Gerrit's default). */
+    copyOnKinds: z.array(z.enum(KINDS)).max(5).default(['TRIVIAL_REBASE', 'NO_CHANGE']),
+    /** How often changes updated in the review system are read back (catch-up); 0: only at start. */
+    catchUpEveryMs: z.number().int().min(0).default(5 * 60_000), // 5 min
+    /** Deadline of one call to the review system. */
+    timeoutMs: z.number().int().min(100).max(600_000).default(30_000), // 30 s
+  })
+  .strict();
+export type ReviewConfig = z.infer<typeof ReviewConfig>;
+
 export const CiConfig = z
   .object({
     version: z.literal(1),
@@ -98,6 +133,14 @@ export const CiConfig = z
      * secret only authenticates the hint: the builder re-verifies everything a hint says.
      */
     hints: z.object({ url: z.string().url().max(2048), secretFile: z.string().min(1) }).strict().optional(),
+    /**
+     * The code-review system the projects live in: where votes and messages go, where approvals
+     * come from, and who merges (the review system, asked by the gate). Absent: no votes, and
+     * nothing enters the gate (airlock never merges by itself).
+     */
+    review: ReviewConfig.optional(),
+    /** The CI's address as people reach it: links in the review system's messages. Default: http://<listen.host>:<listen.port>. */
+    publicUrl: z.string().url().max(2048).optional(),
     /** The gate (Zuul's dependent pipeline). */
     gate: z
       .object({
@@ -120,7 +163,11 @@ export interface LoadedCiConfig {
   readonly apiToken?: string;
   /** The HMAC key of promotion hints (`hints.secretFile`). */
   readonly hintSecret?: Buffer;
+  /** airlock's account in the review system (`review.credentialsFile`). */
+  readonly reviewCredentials?: { username: string; password: string };
 }
+
+const Credentials = z.object({ username: z.string().min(1).max(256), password: z.string().min(1).max(4096) }).strict();
 
 /** Validate a config value (already parsed from YAML or built in code); relative paths resolve against `baseDir`. */
 export function buildCiConfig(input: unknown, file: string, baseDir = process.cwd()): LoadedCiConfig {
@@ -163,8 +210,26 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   const gerritSecret = readSecret(config.webhooks.gerritSecretFile, 'webhooks.gerritSecretFile');
   const apiToken = readSecret(config.api.tokenFile, 'api.tokenFile')?.toString('utf8');
   const hintSecret = config.hints ? readSecret(config.hints.secretFile, 'hints.secretFile') : undefined;
+  let reviewCredentials: { username: string; password: string } | undefined;
+  if (config.review) {
+    config.review.credentialsFile = abs(config.review.credentialsFile);
+    try {
+      const parsed = Credentials.safeParse(JSON.parse(readFileSync(config.review.credentialsFile, 'utf8')) as unknown);
+      if (parsed.success) reviewCredentials = parsed.data;
+      else issues.push({ file, path: 'review.credentialsFile', message: 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      issues.push({ file, path: 'review.credentialsFile', message: code ? `cannot read: ${code}` : 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
+    }
+  }
   if (issues.length > 0) throw new InvalidInputError(issues);
-  return { config: deepFreeze(config), ...(gerritSecret ? { gerritSecret } : {}), ...(apiToken ? { apiToken } : {}), ...(hintSecret ? { hintSecret } : {}) };
+  return {
+    config: deepFreeze(config),
+    ...(gerritSecret ? { gerritSecret } : {}),
+    ...(apiToken ? { apiToken } : {}),
+    ...(hintSecret ? { hintSecret } : {}),
+    ...(reviewCredentials ? { reviewCredentials } : {}),
+  };
 }
 
 /** Read and validate the config file. */

@@ -32,6 +32,13 @@ import { openDatabase, type Db } from './store/database.js';
 import { statusView } from './status/snapshot.js';
 import { StatusFeed } from './status/status-feed.js';
 import type { FastifyInstance } from 'fastify';
+import { CatchUp } from './review/catch-up.js';
+import { GerritReviewSystem } from './review/gerrit.js';
+import type { Links } from './review/review-messages.js';
+import { ReviewOutbox } from './review/review-outbox.js';
+import { ReviewState } from './review/review-state.js';
+import type { ReviewSystem } from './review/review-system.js';
+import { reconcileChange, type TriggerDeps } from './sources/triggers.js';
 
 export interface CiService {
   readonly app: FastifyInstance;
@@ -43,6 +50,8 @@ export interface CiService {
   readonly imageCache: ImageCache;
   readonly runner: JobRunner;
   readonly docker: Docker;
+  /** The review system and what the CI keeps of it (absent when none is configured). */
+  readonly review?: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp };
   /** Listen on the configured address; resolves to the base URL. */
   listen(): Promise<string>;
   /** Stop taking work, abort running builds (they re-run at the next start), close everything. */
@@ -103,6 +112,25 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       c.hints && loaded.hintSecret
         ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }) })
         : undefined;
+    // The review system: votes and messages out (a durable outbox), approvals in, merges asked of it.
+    const links: Links = { publicUrl: (c.publicUrl ?? `http://${c.listen.host}:${c.listen.port}`).replace(/\/+$/, '') };
+    let triggerDeps: TriggerDeps | undefined;
+    let review: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp } | undefined;
+    if (c.review && loaded.reviewCredentials) {
+      const system = new GerritReviewSystem({ url: c.review.url, credentials: loaded.reviewCredentials, timeoutMs: c.review.timeoutMs });
+      const state = new ReviewState(db, { rule: c.review.approval, self: system.account, copyOnKinds: c.review.copyOnKinds });
+      const outbox = new ReviewOutbox({ db, system, store, gateStore, votes: c.review.votes, links, logger: logger.child({ component: 'review' }) });
+      const catchUp = new CatchUp({
+        db,
+        system,
+        everyMs: c.review.catchUpEveryMs,
+        logger: logger.child({ component: 'catch-up' }),
+        apply: (change) => {
+          if (triggerDeps) reconcileChange(change, triggerDeps);
+        },
+      });
+      review = { system, state, outbox, catchUp };
+    }
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
     let status: StatusFeed | undefined;
@@ -122,7 +150,24 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       queues: c.gate.queues,
       logger: logger.child({ component: 'gate' }),
       onMerged: () => hints?.kick(),
-      onChange: () => status?.notify(),
+      onChange: () => {
+        status?.notify();
+        review?.outbox.kick();
+      },
+      ...(review && c.review
+        ? {
+            review: {
+              system: review.system,
+              outbox: review.outbox,
+              rule: c.review.approval,
+              votes: c.review.votes,
+              links,
+              onReread: (change) => {
+                if (triggerDeps) reconcileChange(change, triggerDeps);
+              },
+            },
+          }
+        : {}),
     });
     const executor = new CheckBuildExecutor({
       store,
@@ -142,7 +187,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     scheduler = new Scheduler({
       store,
       executor,
-      reporters: [createStoreReporter(artifacts), gate],
+      reporters: [createStoreReporter(artifacts), gate, ...(review ? [review.outbox] : [])],
       slots: c.slots,
       executionSlots: slots,
       prepareAhead: c.slots,
@@ -162,7 +207,22 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       busy: () => scheduler?.busy ?? 0,
       slots: c.slots,
     });
-    const app = await buildApi({ config: c, store, scheduler, gate, gateStore, events, artifacts, metrics, logger, status, ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}), ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}) });
+    triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}) };
+    const app = await buildApi({
+      config: c,
+      store,
+      scheduler,
+      gate,
+      gateStore,
+      events,
+      artifacts,
+      metrics,
+      logger,
+      status,
+      ...(review ? { reviewState: review.state } : {}),
+      ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
+      ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
+    });
     cleanups.push(() => app.close());
     gate.start();
     cleanups.push(() => gate.close());
@@ -171,6 +231,13 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     if (hints) {
       hints.start();
       cleanups.push(() => hints.close());
+    }
+    if (review) {
+      const r = review;
+      r.outbox.start();
+      cleanups.push(() => r.outbox.close());
+      r.catchUp.start();
+      cleanups.push(() => r.catchUp.close());
     }
     let gcTimer: NodeJS.Timeout | undefined;
     if (c.imageGcEveryMs > 0) {
@@ -187,8 +254,11 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       imageCache,
       runner,
       docker,
+      ...(review ? { review } : {}),
       async listen() {
-        return app.listen({ host: c.listen.host, port: c.listen.port });
+        const url = await app.listen({ host: c.listen.host, port: c.listen.port });
+        if (!c.publicUrl) links.publicUrl = url; // the port the system chose, when the config said 0
+        return url;
       },
       async close() {
         for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));

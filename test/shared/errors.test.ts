@@ -31,6 +31,9 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   EnvironmentBuildFailedError: () => new ERROR_CLASSES.EnvironmentBuildFailedError('RUN make failed'),
   RegistryUnavailableError: () => new ERROR_CLASSES.RegistryUnavailableError('registry 127.0.0.1:5000 unreachable after 5 attempts'),
   RegistryAuthFailedError: () => new ERROR_CLASSES.RegistryAuthFailedError('registry 127.0.0.1:5000 refused the credentials of airlock-builder'),
+  ReviewUnavailableError: () => new ERROR_CLASSES.ReviewUnavailableError('the review system at https://review.example.org answered 503 to POST /changes/x/submit'),
+  ReviewAuthFailedError: () => new ERROR_CLASSES.ReviewAuthFailedError('the review system refused airlock\'s credentials (401)'),
+  ReviewRefusedError: () => new ERROR_CLASSES.ReviewRefusedError(409, 'the review system refused POST /changes/x/submit (409): change is closed'),
   InternalError: () => new ERROR_CLASSES.InternalError('internal error'),
 };
 

@@ -25,6 +25,11 @@ export interface BuilderRigOptions {
   embargo?: { teamDir: string };
   /** Turn the builder's page on, with this login (bcrypt at the lowest cost: tests need no strength). */
   dashboard?: { username: string; password: string };
+  /**
+   * Check review in this review system (a Gerrit stand-in) with this read-only account; `require`
+   * is the policy's list as YAML flow (default: Code-Review +2 from anyone). Absent: `review: none`.
+   */
+  review?: { url: string; username: string; password: string; since?: string; require?: string; selfApproval?: boolean; project?: string };
 }
 
 export async function builderRig(o: BuilderRigOptions): Promise<Readonly<BuilderConfig>> {
@@ -38,6 +43,7 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
   put('airlock/registry', { username: o.registry.username, password: o.registry.password });
   put('airlock/hint-hmac', { secret: o.hintSecret });
   if (o.dashboard) put('airlock/builder-dashboard', { ...dashboardSecret(o.dashboard.username, o.dashboard.password, 4) });
+  if (o.review) put('airlock/gerrit-reader', { username: o.review.username, password: o.review.password });
   if (o.embargo) put('airlock/embargo-key', { armored: (await generateEmbargoKey({ name: 'airlock test embargo', email: 'embargo@airlock.invalid' })).privateArmored });
   const id = ((await createDocker().getImage(o.baseImage).inspect()) as { Id: string }).Id;
   const promotion = join(o.dir, 'promotion.yaml');
@@ -46,8 +52,8 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
     `version: 1
 builderId: ${o.builderId ?? 'https://airlock.invalid/trusted-builder/test'}
 registry: ${o.registry.url}
-projects:
-  - {name: ${o.project.name}, url: ${o.project.url}, protectedBranches: [master], image: ${o.project.image}}
+${o.review ? `reviewSystems:\n  gerrit: {kind: gerrit, url: "${o.review.url}", credentials: airlock/gerrit-reader}\n` : ''}projects:
+  - {name: ${o.project.name}, url: ${o.project.url}, protectedBranches: [master], image: ${o.project.image}, review: ${reviewYaml(o.review)}}
 baseImages:
   - {name: "${o.baseImage}", digest: "${id}"}
 `,
@@ -56,4 +62,13 @@ baseImages:
     { version: 1, listen: { port: 0 }, dataDir: join(o.dir, 'data'), runnerStateDir: o.runnerStateDir, policies: { promotion, secrets: 'policies/secrets.yaml', ...(o.embargo ? { securityTeam: o.embargo.teamDir } : {}) }, secrets: { kind: 'file', dir: secrets } },
     'builder-rig',
   );
+}
+
+function reviewYaml(r: BuilderRigOptions['review']): string {
+  if (!r) return 'none';
+  const parts = [`system: gerrit`, `require: ${r.require ?? '[{label: Code-Review, value: 2}]'}`];
+  if (r.since) parts.push(`since: "${r.since}"`);
+  if (r.project) parts.push(`project: ${r.project}`);
+  if (r.selfApproval !== undefined) parts.push(`selfApproval: ${r.selfApproval}`);
+  return `{${parts.join(', ')}}`;
 }

@@ -1,6 +1,6 @@
 /**
  * A Merger over a temporary root plus upstream repositories made on demand, all removed after the
- * test file (the merger, merger-submit and needs tests share it).
+ * test file (the merger, merger-between and needs tests share it).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

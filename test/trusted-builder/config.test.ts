@@ -40,7 +40,8 @@ describe('policies', () => {
   it('the shipped promotion and secrets policies load', () => {
     const p = loadPromotionPolicy('policies/promotion.yaml');
     expect(p.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
-    expect(projectPolicy(p.policy, 'demo/app')).toMatchObject({ image: 'team/app', protectedBranches: ['master'] });
+    expect(projectPolicy(p.policy, 'demo/app')).toMatchObject({ image: 'team/app', protectedBranches: ['master'], review: { system: 'gerrit', require: [{ label: 'Code-Review', value: 2 }], selfApproval: false } });
+    expect(p.policy.reviewSystems.gerrit).toEqual({ kind: 'gerrit', url: 'https://review.example.invalid', credentials: 'airlock/gerrit-reader' });
     expect(projectPolicy(p.policy, 'nope')).toBeUndefined();
     const s = loadSecretsPolicy('policies/secrets.yaml');
     expect(s.builder.signingKey).toBe('airlock/signing-key');
@@ -53,8 +54,8 @@ describe('policies', () => {
 builderId: not-a-url
 registry: "Bad Host"
 projects:
-  - {name: a/b, url: "ext::sh -c evil", protectedBranches: [], image: Team/App}
-  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app}
+  - {name: a/b, url: "ext::sh -c evil", protectedBranches: [], image: Team/App, review: none}
+  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: none}
 baseImages: [{name: "airlock/base:busybox", digest: sha1:abc}]
 `;
     const e = (() => {
@@ -72,5 +73,40 @@ baseImages: [{name: "airlock/base:busybox", digest: sha1:abc}]
     // Duplicates are a second pass, once the shape is right.
     const dup = text.replace('not-a-url', 'https://b.invalid/x').replace('"Bad Host"', '127.0.0.1:5000').replace('"ext::sh -c evil"', '/srv/b.git').replace('protectedBranches: []', 'protectedBranches: [main]').replace('Team/App', 'team/app').replace('sha1:abc', `sha256:${'a'.repeat(64)}`);
     expect(() => parsePromotionPolicy(dup, 'promotion.yaml')).toThrow(/listed twice/);
+  });
+
+  it('wants every project to say how its review is checked, and names a review system that is not defined', () => {
+    const base = `version: 1
+builderId: https://b.invalid/x
+registry: 127.0.0.1:5000
+reviewSystems:
+  gerrit: {kind: gerrit, url: "https://review.example.org", credentials: airlock/gerrit-reader}
+projects:
+`;
+    const issuesOf = (projects: string): string[] => {
+      try {
+        parsePromotionPolicy(base + projects, 'promotion.yaml');
+        return [];
+      } catch (x) {
+        return (x as PolicyInvalidError).issues.map((i) => `${i.path}: ${i.message}`);
+      }
+    };
+    expect(issuesOf('  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app}\n')).toEqual([expect.stringMatching(/^projects\[0\]\.review: /)]);
+    expect(issuesOf('  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: {system: gitlab, require: [{label: Code-Review, value: 2}]}}\n')).toEqual([
+      'projects[0].review.system: no review system "gitlab" in reviewSystems',
+    ]);
+    expect(issuesOf('  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: {system: gerrit, require: []}}\n')).toEqual([expect.stringMatching(/^projects\[0\]\.review\.require: /)]);
+    expect(issuesOf('  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: {system: gerrit, require: [{label: Code-Review, value: 2}], since: HEAD}}\n')).toEqual([expect.stringMatching(/^projects\[0\]\.review\.since: /)]);
+    expect(issuesOf('  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: {system: gerrit, require: [{label: Code-Review, value: 2, by: {accounts: [alice]}}]}}\n')).toEqual([]);
+    expect(
+      (() => {
+        try {
+          parsePromotionPolicy(base.replace('https://review.example.org', 'https://u:p@review.example.org') + '  - {name: a/b, url: /srv/a.git, protectedBranches: [main], image: team/app, review: none}\n', 'promotion.yaml');
+          return 'accepted';
+        } catch (x) {
+          return (x as PolicyInvalidError).issues.map((i) => i.path).join();
+        }
+      })(),
+    ).toBe('reviewSystems.gerrit.url');
   });
 });

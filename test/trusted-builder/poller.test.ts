@@ -20,7 +20,7 @@ describe('Poller', () => {
   it('promotes each new protected tip once, ignores other branches, and remembers across restarts', async () => {
     const up = createRepo({ 'a.txt': 'a\n' });
     try {
-      const project = { name: 'demo/poll', url: up.dir, protectedBranches: ['master'], image: 'team/poll' };
+      const project = { name: 'demo/poll', url: up.dir, protectedBranches: ['master'], image: 'team/poll', review: 'none' as const };
       const got: PromotionHint[] = [];
       const audit = await AuditLog.open(join(dir, 'audit.jsonl'));
       const make = () =>

@@ -19,7 +19,7 @@ afterAll(() => {
 });
 
 function project(up: TestRepo, o: Partial<PromotedProject> = {}): PromotedProject {
-  return { name: `demo/p${repos.length}`, url: up.dir, protectedBranches: ['master'], image: 'team/app', ...o };
+  return { name: `demo/p${repos.length}`, url: up.dir, protectedBranches: ['master'], image: 'team/app', review: 'none', ...o };
 }
 
 describe('SourceVerifier', () => {

@@ -41,6 +41,8 @@ export interface AuditDigestOptions {
 const STEP_OF: Readonly<Record<string, PromotionStep>> = {
   policy: 'verify',
   verify: 'verify',
+  history: 'verify',
+  review: 'verify',
   config: 'tests',
   environment: 'tests',
   source: 'tests',

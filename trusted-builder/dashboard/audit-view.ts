@@ -19,7 +19,7 @@ import type { AuditKind, AuditRecord, JsonValue } from '../audit/audit-log.js';
 export const SHOWN_FIELDS: Readonly<Record<AuditKind, readonly string[] | 'never'>> = {
   'hint-accepted': ['source', 'project', 'branch', 'commit', 'ciRun', 'queued', 'note'],
   'hint-refused': ['reason', 'from', 'suppressedBefore'],
-  'verify-passed': ['project', 'commit', 'branch', 'hintBranch', 'policy'],
+  'verify-passed': ['project', 'commit', 'branch', 'hintBranch', 'policy', 'review'],
   'verify-refused': ['project', 'commit', 'step', 'state', 'reason'],
   'secret-read': ['path', 'store', 'purpose', 'project', 'commit'],
   'tests-passed': ['project', 'commit', 'jobs'],

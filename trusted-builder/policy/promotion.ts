@@ -1,9 +1,13 @@
 /**
  * `policies/promotion.yaml`: what the trusted builder may promote, decided by SRE, never by a
  * hint or a repository. For each project: its canonical repository (the builder clones it from
- * here, never from a URL it is sent), the protected branches a commit must be reachable from, and
- * the image name it is published as. Base images are allowlisted by digest (the engine's image id):
- * a rebuild uses no other. Loaded once through the shared policy loader (every problem listed).
+ * here, never from a URL it is sent), the protected branches a commit must be reachable from, the
+ * image name it is published as, and how its review is checked: the review system it lives in
+ * (`reviewSystems`: URL and the builder's own read-only credential, a path in its SecretStore) and
+ * what an approval is (labels and values, who may give them, whether an author may approve their
+ * own change), or `none` (branch protection alone: said so in the provenance). Base images are
+ * allowlisted by digest (the engine's image id): a rebuild uses no other. Loaded once through the
+ * shared policy loader (every problem listed).
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
@@ -17,6 +21,44 @@ import { ImageRef } from '../../shared/schemas/job-spec.js';
 const RepositoryPath = z.string().regex(/^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$/, 'a registry repository path (lowercase a-z 0-9 . _ - and /)');
 const Digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, 'a sha256 digest');
 
+const Sha = z.string().regex(/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/, 'a full commit id');
+/** An account as the review system names it: its username or e-mail address. */
+const AccountName = z.string().min(1).max(256).regex(/^[^\s,]+$/, 'a username or e-mail address (no spaces)');
+
+/** A review system the builder reads review records from, with its own read-only account. */
+export const ReviewSystemDef = z.strictObject({
+  kind: z.literal('gerrit'),
+  /** Its base URL (https://review.example.org); no credentials in it. */
+  url: z.string().url().max(2048).refine((u) => !new URL(u).username && !new URL(u).password, 'no credentials in the URL: they come from the secret store'),
+  /** A path in the builder's SecretStore holding `{username, password}` (an HTTP password of a read-only account). */
+  credentials: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$/, 'a secret path'),
+});
+export type ReviewSystemDef = z.infer<typeof ReviewSystemDef>;
+
+/** One approval a merged change must carry: `label` at `value` or more, from one of `by` (absent: anyone), and no `-value` veto. */
+export const ReviewRequirement = z.strictObject({
+  label: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$/, 'a label name'),
+  value: z.number().int().min(1).max(100),
+  by: z.strictObject({ accounts: z.array(AccountName).max(10_000).default([]), groups: z.array(z.string().min(1).max(256)).max(1000).default([]) }).optional(),
+});
+export type ReviewRequirement = z.infer<typeof ReviewRequirement>;
+
+export const ProjectReview = z.strictObject({
+  /** A name in `reviewSystems`. */
+  system: z.string().min(1).max(100),
+  /** The project's name there (default: the policy name). */
+  project: ProjectName.optional(),
+  /**
+   * Review is checked for every first-parent commit after this one (it and its history are
+   * accepted as they are); the first promotion of a project walks back to it. Absent: to the root.
+   */
+  since: Sha.optional(),
+  require: z.array(ReviewRequirement).min(1).max(20),
+  /** Whether the change's owner or the uploader of its merged patch set may give a required approval. Default: no. */
+  selfApproval: z.boolean().default(false),
+});
+export type ProjectReview = z.infer<typeof ProjectReview>;
+
 export const PromotedProject = z.strictObject({
   name: ProjectName,
   /** The canonical repository (https://, ssh://, file:// or an absolute path on this host). */
@@ -25,6 +67,8 @@ export const PromotedProject = z.strictObject({
   protectedBranches: z.array(RefName).min(1).max(64),
   /** Pushed as `<registry>/<image>:<commit>`; `private/…` is the embargo lane's namespace. */
   image: RepositoryPath.refine((i) => i !== 'private' && !i.startsWith('private/'), 'private/… is reserved for the embargo lane'),
+  /** How review is checked, or `none`: promoted on branch protection alone (the provenance says so). */
+  review: z.union([z.literal('none'), ProjectReview]),
 });
 export type PromotedProject = z.infer<typeof PromotedProject>;
 
@@ -34,6 +78,8 @@ export const PromotionPolicy = z.strictObject({
   builderId: z.string().url().max(500),
   /** The private registry, `host:port`. */
   registry: z.string().regex(/^[a-z0-9.-]+(?::\d{1,5})?$/, 'host or host:port'),
+  /** Review systems by name, each with the builder's own read-only account. */
+  reviewSystems: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,99}$/, 'a name of lowercase a-z 0-9 _ -'), ReviewSystemDef).default({}),
   projects: z.array(PromotedProject).max(10_000),
   /** Base images a rebuild may use, by name, each pinned to the image id it must have. */
   baseImages: z.array(z.strictObject({ name: ImageRef, digest: Digest })).max(1000).default([]),
@@ -59,6 +105,9 @@ export function parsePromotionPolicy(text: string, file: string): LoadedPromotio
   for (const [i, p] of r.value.projects.entries()) {
     if (seen.has(p.name)) issues.push({ file, path: `projects[${i}].name`, message: `project ${p.name} is listed twice`, severity: 'error' as const });
     seen.add(p.name);
+    if (p.review !== 'none' && !Object.hasOwn(r.value.reviewSystems, p.review.system)) {
+      issues.push({ file, path: `projects[${i}].review.system`, message: `no review system ${JSON.stringify(p.review.system)} in reviewSystems`, severity: 'error' as const });
+    }
   }
   if (issues.length > 0) throw new PolicyInvalidError(issues);
   return { policy: Object.freeze(r.value), digest: `sha256:${createHash('sha256').update(text).digest('hex')}`, file };

@@ -4,7 +4,10 @@
  *
  *   policy      the project is listed in policies/promotion.yaml (else refused)
  *   verify      the builder's own fetch of the canonical repository has the commit on a protected
- *               branch (else refused)
+ *               branch (else refused); it descends from the last commit of that branch promoted (no
+ *               old commits, no rewinds); and every commit it adds came through review, as the
+ *               review system itself reports it to the builder's own read-only account, with the
+ *               approvals the policy requires (verify/review.ts; else refused)
  *   config      `.airlock.yaml` read from that commit in the builder's own mirror; its `publish`
  *               section names the Dockerfile of the published image (else refused)
  *   tests       the project's gate jobs re-run in the hardened runner, on the builder's own
@@ -17,7 +20,8 @@
  *   push        that very export of the image to the private registry, with retries; the digest
  *               the registry serves is kept
  *   sign        a simple-signing signature of that digest in the lookaside, and a detached
- *               signature over an in-toto/SLSA provenance statement next to it
+ *               signature over an in-toto/SLSA provenance statement next to it (naming the
+ *               reviewed changes, their approvers and submitters)
  * Promotions run one at a time, in arrival order; a commit already promoted (or queued) is not
  * promoted again (hints arrive at least once).
  */
@@ -54,6 +58,7 @@ import { provenanceStatement } from '../sign/provenance.js';
 import type { SigningKey } from '../sign/signer.js';
 import { lookasideDir, signImage, simpleSigningPayload, writeLookaside } from '../sign/simple-signing.js';
 import type { SourceVerifier } from '../verify/source.js';
+import { verifyReview, type ReviewEvidence, type ReviewReader } from '../verify/review.js';
 import type { PromotionStore } from './promotion-store.js';
 
 /** The `publish` section of `.airlock.yaml`, as the trusted builder reads it. */
@@ -87,6 +92,8 @@ export interface PromoterDeps {
   pushOptions?: PushOptions;
   /** The durable queue and record of promotions. */
   store: PromotionStore;
+  /** Readers of the review systems the policy names (`reviewSystems`), each with the builder's own account. */
+  reviewers?: ReadonlyMap<string, ReviewReader>;
   /** The embargo lane: active embargoed patches of each promoted project (absent: the lane is off). */
   embargo?: EmbargoPort;
   /** Warnings to the security team when an embargoed patch breaks. */
@@ -128,6 +135,8 @@ interface Lane {
   audit?: (kind: AuditKind, fields: Record<string, JsonValue>) => Promise<void>;
   /** Set for the private lane. */
   private?: { patches: string[]; onJobLog: (job: string, data: Buffer, passed: boolean) => Promise<void> };
+  /** What review the builder found (the public lane); written into the provenance. */
+  review?: ReviewEvidence | 'none';
 }
 
 export type PromotionResult =
@@ -283,8 +292,16 @@ export class Promoter implements HintSink {
 
       const v = await d.verifier.verify(project, hint.commit);
       if (!v.ok) throw new Stop('refused', 'verify', v.reason);
+      const review = await this.checkReview(project, hint.commit, v.branch);
       phase('verify');
-      await d.audit.append('verify-passed', { project: project.name, commit: hint.commit, branch: v.branch, hintBranch: hint.branch, policy: d.policy.digest });
+      await d.audit.append('verify-passed', {
+        project: project.name,
+        commit: hint.commit,
+        branch: v.branch,
+        hintBranch: hint.branch,
+        policy: d.policy.digest,
+        review: review === 'none' ? 'none (branch protection only)' : review.changes.map((c) => `${c.number},${c.patchset} approved by ${[...new Set(c.approvals.map((a) => a.by))].join(' ')}`).join('; ') || `no new commits since ${review.from?.slice(0, 12) ?? 'the root'}`,
+      });
 
       const out = await this.lane({
         project,
@@ -299,6 +316,7 @@ export class Promoter implements HintSink {
         lookasideRoot: d.lookasideDir,
         source: { readText: (path, max) => this.readText(project, hint.commit, path, max), archive: (file, subdir) => this.archive(project, hint.commit, file, subdir) },
         audit: (kind, fields) => d.audit.append(kind, { project: project.name, commit: hint.commit, ...fields }).then(() => undefined),
+        review,
       });
       log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
       const published: PromotionResult = { state: 'published', ...base, branch: v.branch, ...out };
@@ -309,13 +327,41 @@ export class Promoter implements HintSink {
       const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);
       if (!(e instanceof Stop)) log.error({ err: e }, 'promotion failed');
       await d.audit
-        .append(stop.step === 'policy' || stop.step === 'verify' ? 'verify-refused' : 'promotion-failed', { project: hint.project, commit: hint.commit, step: stop.step, state: stop.state, reason: stop.message.slice(0, 2000) })
+        .append(['policy', 'verify', 'history', 'review'].includes(stop.step) ? 'verify-refused' : 'promotion-failed', { project: hint.project, commit: hint.commit, step: stop.step, state: stop.state, reason: stop.message.slice(0, 2000) })
         .catch((err: unknown) => log.error({ err }, 'cannot write the audit record'));
       return { state: stop.state, ...base, step: stop.step, reason: stop.message };
     } finally {
       await rm(work, { recursive: true, force: true }).catch(() => undefined);
       this.removeImages(built, log);
     }
+  }
+
+  /**
+   * Only forward, and only reviewed: `commit` must descend from the last commit of `branch` this
+   * builder promoted (an old commit signed anew, or a rewound branch, is refused), and every
+   * commit since then (or since the policy's `since`) must come from a merged change with the
+   * approvals the policy requires, as the review system tells the builder's own account.
+   */
+  private async checkReview(project: PromotedProject, commit: string, branch: string): Promise<ReviewEvidence | 'none'> {
+    const { d } = this;
+    const last = d.store.latestPublishedOn(project.name, branch);
+    if (last && last !== commit && !(await d.verifier.isAncestor(project, last, commit))) {
+      throw new Stop('refused', 'history', `commit ${commit.slice(0, 12)} does not descend from ${last.slice(0, 12)}, the last commit of ${branch} promoted: an older commit, or a rewound branch, is not promoted`);
+    }
+    const policy = project.review;
+    if (policy === 'none') return 'none';
+    const base = last ?? policy.since;
+    if (base && last === undefined && !(await d.verifier.isAncestor(project, base, commit))) {
+      throw new Stop('refused', 'history', `commit ${commit.slice(0, 12)} does not descend from ${base.slice(0, 12)}, the commit review.since names`);
+    }
+    const reader = d.reviewers?.get(policy.system);
+    if (!reader) throw new Stop('failed', 'review', `no reader for review system ${policy.system} (its credentials were not loaded)`);
+    const r = await verifyReview({ gitDir: d.verifier.mirrorOf(project), review: policy, reviewProject: policy.project ?? project.name, branch, commit, base, reader }).catch((e: unknown) => {
+      if (isAirlockError(e)) throw new Stop(e.retryable ? 'failed' : 'refused', 'review', `reading the review record failed: ${e.message}`);
+      throw e;
+    });
+    if (!r.ok) throw new Stop('refused', 'review', `no review: ${r.reason}`);
+    return r.evidence;
   }
 
   /**
@@ -434,6 +480,7 @@ export class Promoter implements HintSink {
       finishedOn: new Date(this.now()),
       invocationId: randomUUID(),
       ...(l.private ? { patches: l.private.patches.map((digest) => ({ digest })) } : {}),
+      ...(l.review ? { review: l.review } : {}),
     });
     const dir = join(l.lookasideRoot, lookasideDir(l.repository, pushed.digest));
     await mkdir(dir, { recursive: true });

@@ -97,6 +97,17 @@ export class PromotionStore {
     return row?.key.slice(prefix.length);
   }
 
+  /** The commit of `project` last published from `branch` (the one the next promotion must descend from). */
+  latestPublishedOn(project: string, branch: string): string | undefined {
+    const prefix = `${project}@`;
+    const row = this.db
+      .prepare<[number, string, string], { key: string }>(
+        "SELECT key FROM promotions WHERE state = 'published' AND substr(key, 1, ?) = ? AND json_extract(result, '$.branch') = ? ORDER BY updated_at DESC, seq DESC LIMIT 1",
+      )
+      .get(prefix.length, prefix, branch);
+    return row?.key.slice(prefix.length);
+  }
+
   count(state: PromotionState): number {
     return this.db.prepare<[string], { n: number }>('SELECT COUNT(*) AS n FROM promotions WHERE state = ?').get(state)?.n ?? 0;
   }

@@ -9,7 +9,8 @@
  *
  * Where each fact goes:
  *   buildDefinition.externalParameters   the source the build was asked for (repository, commit)
- *   buildDefinition.internalParameters   what the builder decided: policy digest, the steps it ran
+ *   buildDefinition.internalParameters   what the builder decided: policy digest, the steps it ran,
+ *                                        the review it found (changes, approvers, submitters)
  *   buildDefinition.resolvedDependencies the source commit and every base image, by digest
  *   runDetails                           builder id, invocation id, start and finish times
  */
@@ -34,6 +35,31 @@ export const ProvenanceStep = z.strictObject({
 });
 export type ProvenanceStep = z.infer<typeof ProvenanceStep>;
 
+const Name = z.string().min(1).max(512);
+const ReviewEvidenceSchema = z.strictObject({
+  system: z.string().url().max(2048),
+  project: Name,
+  branch: Name,
+  from: Commit.nullable(),
+  changes: z
+    .array(
+      z.strictObject({
+        number: z.number().int().min(1),
+        changeId: z.string().max(64).optional(),
+        patchset: z.number().int().min(1),
+        revision: Commit,
+        subject: z.string().max(1000).optional(),
+        owner: Name,
+        uploader: Name.optional(),
+        submitter: Name.optional(),
+        submitted: z.string().max(64).optional(),
+        approvals: z.array(z.strictObject({ label: Name, value: z.number().int(), by: Name, date: z.string().max(64).optional() })).max(1000),
+      }),
+    )
+    .max(10_000),
+  merges: z.array(z.strictObject({ commit: Commit, change: z.number().int().min(1) })).max(10_000),
+});
+
 export const ProvenanceInput = z
   .strictObject({
     /** The pushed image: `name` is the repository as pulled (e.g. 127.0.0.1:5000/team/app), digest its manifest digest. */
@@ -51,6 +77,12 @@ export const ProvenanceInput = z
     invocationId: z.string().min(1).max(256),
     /** Embargoed patches applied on top of the source (private images only), by digest alone. */
     patches: z.array(z.strictObject({ digest: Sha256 })).max(100).optional(),
+    /**
+     * What the builder found of review (verify/review.ts): the changes the promoted history came
+     * from, their merged patch sets, owners, uploaders, submitters and the approvals that counted;
+     * or `none` when the policy checks none.
+     */
+    review: z.union([z.literal('none'), ReviewEvidenceSchema]).optional(),
   })
   .refine((p) => p.startedOn <= p.finishedOn, { message: 'finishedOn is before startedOn', path: ['finishedOn'] });
 export type ProvenanceInput = z.input<typeof ProvenanceInput>;
@@ -71,7 +103,7 @@ export interface ProvenanceStatement {
     buildDefinition: {
       buildType: typeof BUILD_TYPE;
       externalParameters: { source: { repository: string; commit: string }; embargoedPatches?: { digest: { sha256: string } }[] };
-      internalParameters: { policyDigest: string; steps: ProvenanceStep[] };
+      internalParameters: { policyDigest: string; steps: ProvenanceStep[]; review?: z.infer<typeof ReviewEvidenceSchema> | 'none' };
       resolvedDependencies: ResourceDescriptor[];
     };
     runDetails: {
@@ -101,7 +133,7 @@ export function buildStatement(input: ProvenanceInput): ProvenanceStatement {
           source: { repository: p.source.repo, commit: p.source.commit },
           ...(p.patches ? { embargoedPatches: p.patches.map((x) => ({ digest: { sha256: hex(x.digest) } })) } : {}),
         },
-        internalParameters: { policyDigest: `sha256:${hex(p.policyDigest)}`, steps: p.steps },
+        internalParameters: { policyDigest: `sha256:${hex(p.policyDigest)}`, steps: p.steps, ...(p.review ? { review: p.review } : {}) },
         resolvedDependencies: [
           { uri: gitUri(p.source.repo), digest: { gitCommit: p.source.commit } },
           ...p.baseImages.map((b) => ({ name: b.name, digest: { sha256: hex(b.digest) } })),

@@ -104,6 +104,13 @@ export class SourceVerifier {
     });
   }
 
+  /** Whether `ancestor` is an ancestor of (or equal to) `commit` in the builder's mirror (false when either is absent). */
+  async isAncestor(project: PromotedProject, ancestor: string, commit: string): Promise<boolean> {
+    if (!isSha(ancestor) || !isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);
+    const r = await runGit(['merge-base', '--is-ancestor', '--end-of-options', ancestor, commit], { gitDir: this.mirror(project), allowFail: [1, 128] });
+    return r.code === 0;
+  }
+
   /** A file of a verified commit, or undefined when absent; refuses anything but a regular file. */
   async readFile(project: PromotedProject, commit: string, path: string, maxBytes: number): Promise<Buffer | undefined> {
     if (!isSha(commit)) throw new InvalidInputError([{ file: 'request', path: 'commit', message: 'not a full commit id', severity: 'error' }]);

@@ -29,6 +29,7 @@ import { registerGateRoutes } from './routes/gate.js';
 import type { GateRuntime } from '../pipelines/gate-runtime.js';
 import type { GateStore } from '../store/gate-store.js';
 import type { StatusFeed } from '../status/status-feed.js';
+import type { ReviewState } from '../review/review-state.js';
 import { registerStatusRoutes } from './routes/status.js';
 
 /** For every answer that does not set its own policy (API, logs, metrics). */
@@ -49,6 +50,8 @@ export interface ApiDeps {
   gateStore?: GateStore;
   /** The status page's live feed, notified by the service of every change; absent: one that only answers when asked. */
   status?: StatusFeed;
+  /** What the CI knows of each change in the review system (absent: no review system). */
+  reviewState?: ReviewState;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
@@ -93,7 +96,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   };
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);
-  registerGateRoutes(z, deps, requireToken);
+  registerGateRoutes(z, deps);
   registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
 

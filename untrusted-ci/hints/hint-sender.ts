@@ -29,12 +29,12 @@
  * builder to look at a commit it re-verifies itself (ARCHITECTURE principle 2). It is kept in a
  * private field and never logged or stored.
  */
-import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from '../../shared/logging.js';
 import { signHint } from '../../shared/hints/hint-auth.js';
 import { PROMOTION_HINT_VERSION, PromotionHint } from '../../shared/schemas/promotion-hint.js';
 import type { Db } from '../store/database.js';
 import type { GateEventView, GateStore } from '../store/gate-store.js';
+import { DeliveryLoop, type Step } from '../delivery-loop.js';
 
 export type HintDeliveryState = 'delivered' | 'refused' | 'invalid' | 'retrying';
 
@@ -73,15 +73,10 @@ export interface HintSenderOptions {
 }
 
 const DEFAULTS = {
-  initialMs: 1_000, // 1 s
-  maxMs: 5 * 60_000, // 5 min
-  pollIntervalMs: 30_000, // 30 s: only matters if nobody calls kick()
   requestTimeoutMs: 30_000, // 30 s
   sink: 'trusted-builder',
 };
 const MAX_REASON_CHARS = 500;
-
-type Step = 'progress' | 'idle' | { retryAfterMs?: number };
 
 export class HintSender {
   readonly #secret: Buffer;
@@ -90,11 +85,9 @@ export class HintSender {
   private readonly fetch: typeof fetch;
   private readonly now: () => number;
   private readonly sink: string;
-  private readonly stop = new AbortController();
-  private loop?: Promise<void>;
+  private readonly loop: DeliveryLoop;
   private cursorId = 0;
-  private kicked = false;
-  private wake?: () => void;
+  private started = false;
 
   constructor(options: HintSenderOptions) {
     const base = new URL(options.url);
@@ -106,27 +99,36 @@ export class HintSender {
     this.fetch = options.fetch ?? globalThis.fetch;
     this.now = options.now ?? Date.now;
     this.sink = options.sink ?? DEFAULTS.sink;
+    this.loop = new DeliveryLoop(
+      {
+        logger: options.logger,
+        what: 'hint sender',
+        ...(options.backoff ? { backoff: options.backoff } : {}),
+        ...(options.pollIntervalMs !== undefined ? { pollIntervalMs: options.pollIntervalMs } : {}),
+        ...(options.sleep ? { sleep: options.sleep } : {}),
+        ...(options.random ? { random: options.random } : {}),
+      },
+      () => this.step(),
+    );
   }
 
   /** Start the delivery loop (once). Throws if the cursor cannot be read. */
   start(): void {
-    if (this.stop.signal.aborted) throw new Error('the hint sender is closed');
-    if (this.loop) return;
+    if (this.loop.signal.aborted) throw new Error('the hint sender is closed');
+    if (this.started) return;
     this.cursorId = this.cursor();
-    this.loop = this.run();
+    this.started = true;
+    this.loop.start();
   }
 
   /** A merge was written: look now instead of at the next poll. */
   kick(): void {
-    this.kicked = true;
-    this.wake?.();
+    this.loop.kick();
   }
 
   /** Stop promptly: aborts the request in flight and any wait. */
   async close(): Promise<void> {
-    this.stop.abort();
-    this.wake?.();
-    await this.loop;
+    await this.loop.close();
   }
 
   /** The id of the last `merged` event handled (delivered, refused or invalid); 0 before the first. */
@@ -152,30 +154,8 @@ export class HintSender {
       }));
   }
 
-  private async run(): Promise<void> {
-    let failures = 0;
-    while (!this.stop.signal.aborted) {
-      let step: Step;
-      try {
-        step = await this.step();
-      } catch (err) {
-        if (this.stop.signal.aborted) break;
-        this.o.logger.error({ err }, 'the hint sender failed; retrying');
-        step = {};
-      }
-      if (step === 'idle') await this.idle();
-      if (typeof step !== 'object') {
-        failures = 0;
-        continue;
-      }
-      failures++;
-      await this.sleep(this.backoff(failures, step.retryAfterMs));
-    }
-  }
-
   /** Handle the next `merged` event after the cursor, if any. */
   private async step(): Promise<Step> {
-    this.kicked = false;
     const [event] = this.o.gateStore.events({ kind: 'merged', after: this.cursorId, limit: 1 });
     if (!event) return 'idle';
     const log = this.o.logger.child({ gateEvent: event.id, project: event.project, change: `${event.change},${event.patchset}` });
@@ -197,14 +177,14 @@ export class HintSender {
     const body = Buffer.from(JSON.stringify(hint.data));
     const headers = signHint(this.#secret, body, Math.floor(this.now() / 1000));
     const timeout = AbortSignal.timeout(this.o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs);
-    const signal = AbortSignal.any([this.stop.signal, timeout]);
+    const signal = AbortSignal.any([this.loop.signal, timeout]);
     let res: Response;
     let text: string;
     try {
       res = await this.fetch(this.endpoint, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body, signal, redirect: 'manual' });
       text = await readCapped(res, 2048);
     } catch (err) {
-      if (this.stop.signal.aborted) return 'progress'; // closing: the next start sends it again
+      if (this.loop.signal.aborted) return 'progress'; // closing: the next start sends it again
       const reason = timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`;
       this.retrying(event, undefined, reason);
       log.warn({ reason }, 'the trusted builder is unreachable; the hint will be retried');
@@ -253,34 +233,6 @@ export class HintSender {
            attempts = hint_deliveries.attempts + excluded.attempts, updated_at = excluded.updated_at`,
       )
       .run(this.sink, event.id, state, status ?? null, reason ?? null, attempt, this.now());
-  }
-
-  /** Equal jitter: d = min(max, initial·2^(n-1)), wait in [d/2, d]; Retry-After may lengthen it. */
-  private backoff(failures: number, retryAfterMs?: number): number {
-    const initial = this.o.backoff?.initialMs ?? DEFAULTS.initialMs;
-    const max = this.o.backoff?.maxMs ?? DEFAULTS.maxMs;
-    const d = Math.min(max, initial * 2 ** Math.min(failures - 1, 40));
-    const jittered = d / 2 + ((this.o.random ?? Math.random)() * d) / 2;
-    return Math.round(Math.min(max, Math.max(jittered, retryAfterMs ?? 0)));
-  }
-
-  private async sleep(ms: number): Promise<void> {
-    const sleep = this.o.sleep ?? ((t: number, signal: AbortSignal) => delay(t, undefined, { signal }));
-    await sleep(ms, this.stop.signal).catch(() => undefined);
-  }
-
-  /** Wait for a kick, close() or the poll interval, whichever comes first. */
-  private idle(): Promise<void> {
-    if (this.kicked || this.stop.signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => done(), this.o.pollIntervalMs ?? DEFAULTS.pollIntervalMs);
-      const done = (): void => {
-        clearTimeout(timer);
-        this.wake = undefined;
-        resolve();
-      };
-      this.wake = done;
-    });
   }
 }
 

@@ -3,8 +3,9 @@
  * changes merged on top, in order (the gate tests C on top of B on top of A on top of the tip;
  * a check tests one change, or its dependencies and then it). It never checks anything out.
  *
- * Lifecycle: prepare → (readFile | treeId | exportTar | archiveTree on the result) → release;
- * a gate that saw the build pass calls submit, moving the branch to the commit it tested.
+ * Lifecycle: prepare → (readFile | treeId | exportTar | archiveTree on the result) → release.
+ * The merger only ever reads from the project's repository: it has no way to write a branch there
+ * (the review system merges; see review/review-system.ts).
  * A merge commit `prepare` makes is recorded under `refs/airlock/builds/<buildId>`, so it survives
  * `gc()` until `release(buildId)`; a fast-forward (the common check: a change based on the tip)
  * makes no commit, and its state is already held by the change's fetch ref, so no build ref is
@@ -12,8 +13,7 @@
  * build of this process holds (left by a process that died), except those `keep` names (another
  * process's live builds, when gc runs from `airlock ci gc`). A prepared state is frozen:
  * re-preparing the same build id replaces it. Merge commits are deterministic (speculate.ts), so
- * preparing the same stack again yields the same ids: a gate item's expected branch tip on submit is
- * the state before it in its stack, which is exactly what the item ahead of it tested and submitted.
+ * preparing the same stack again yields the same ids.
  *
  * Concurrency: one Merger per `root` (per process). Calls for different projects run in
  * parallel; for one project, fetches and ref updates are serialised by a per-mirror lock, while
@@ -29,7 +29,7 @@ import { createWriteStream } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { CancelledError, GitFailedError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
+import { CancelledError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
 import { isSha, refNameProblem, remoteUrlProblem, streamGit } from '../../shared/git/git.js';
 import type { Logger } from '../../shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
@@ -83,27 +83,8 @@ export type PrepareResult =
   | { kind: 'conflict'; label: string; message: string; files: string[] }
   | { kind: 'missing'; label?: string; message: string };
 
-/** Move `branch` of the project's canonical repository (`project.url`) from `expected` to `commit`. */
-export interface SubmitRequest {
-  project: Project;
-  /** `master` or `refs/heads/master`. */
-  branch: string;
-  /** The tip the change was tested on (full commit id): the branch moves only if it still points here. */
-  expected: string;
-  /** The tested state (full commit id): in the mirror (made or fetched by prepare), descending from `expected`. */
-  commit: string;
-  signal?: AbortSignal;
-}
-
-/**
- * - `merged`: the branch points at `commit` (also when it already did, so a retried submit is
- *   idempotent).
- * - `refused`: nothing moved. `reason` is one of `commit <sha> not found in the mirror`,
- *   `expected commit <sha> not found in the mirror`, `commit <sha> does not descend from <sha>`,
- *   `branch <b> is at <sha>, not <expected>`, `branch <b> not found`, `branch <b> moved` (its tip
- *   could not be read), or `push rejected: <git's summary>` (e.g. a remote hook declined it).
- */
-export type SubmitResult = { kind: 'merged'; commit: string } | { kind: 'refused'; reason: string };
+/** The commits a merge of `commit` into the branch would bring in, newest first (`commit` included). */
+export type Between = { kind: 'ok'; commits: string[] } | { kind: 'too-many' } | { kind: 'missing'; message: string };
 
 /** Construction options; `root` holds `mirrors/` (created on first use). */
 export interface MergerOptions {
@@ -342,52 +323,24 @@ export class Merger {
   }
 
   /**
-   * Moves the branch with a compare-and-swap push (never a force push), under the mirror's lock;
-   * see SubmitResult. Checks first, in the mirror, that both commits are there and that `commit`
-   * descends from `expected`; then pushes, sending the objects the remote lacks (a merge commit
-   * exists only in the mirror), and points the mirror's fetch ref of the branch at `commit`.
+   * The commits reachable from `commit` but not from the branch's tip (`git rev-list <commit>
+   * ^<tip>`), after fetching the branch as prepare does: what merging `commit` would add to the
+   * branch. More than `max`: `too-many`. `commit` must be in the mirror already (commitInfo or
+   * prepare fetched it). Throws as prepare does.
    */
-  async submit(req: SubmitRequest): Promise<SubmitResult> {
-    const { signal, expected, commit } = req;
-    const branch = validateSubmit(req);
-    const ref = `refs/heads/${branch}`;
-    const mirror = Mirror.of(this.root, req.project.name);
-    const log = this.opts.logger?.child({ project: req.project.name, branch, expected, commit });
-    const refused = (reason: string): SubmitResult => {
-      log?.info({ reason }, 'submit refused');
-      return { kind: 'refused', reason };
-    };
-    if (!existsSync(mirror.dir)) return refused(`commit ${commit} not found in the mirror`);
-    const net = { signal, timeoutMs: this.opts.fetchTimeoutMs ?? 300_000 };
-    return this.lock
-      .run(mirror.dir, async (): Promise<SubmitResult> => {
-        signal?.throwIfAborted();
-        const [hasExpected, hasCommit] = await mirror.commits([expected, commit], signal);
-        if (hasCommit !== commit) return refused(`commit ${commit} not found in the mirror`);
-        if (hasExpected !== expected) return refused(`expected commit ${expected} not found in the mirror`);
-        const anc = await mirror.git(['merge-base', '--is-ancestor', '--end-of-options', expected, commit], { signal, allowFail: [1] });
-        if (anc.code === 1) return refused(`commit ${commit} does not descend from ${expected}`);
-
-        const pushed = await mirror.push(req.project.url, ref, expected, commit, net);
-        if (pushed.kind === 'pushed') {
-          log?.info('submitted');
-          return { kind: 'merged', commit };
-        }
-        // Name the tip that beat us; the refusal stands even when it cannot be read.
-        const tip = await mirror.remoteTip(req.project.url, ref, net).then(
-          (sha) => ({ sha }),
-          (e: unknown) => {
-            if (e instanceof GitFailedError) return undefined;
-            throw e;
-          },
-        );
-        if (tip?.sha === commit) return { kind: 'merged', commit };
-        if (!tip) return refused(/stale info/.test(pushed.summary) ? `branch ${branch} moved` : `push rejected: ${pushed.summary}`);
-        if (tip.sha === undefined) return refused(`branch ${branch} not found`);
-        if (tip.sha !== expected) return refused(`branch ${branch} is at ${tip.sha}, not ${expected}`);
-        return refused(`push rejected: ${pushed.summary}`);
-      })
-      .catch(rethrowAbort(signal, 'submit'));
+  async commitsBetween(project: Project, branch: string, commit: string, max: number, signal?: AbortSignal): Promise<Between> {
+    const issues: Issue[] = [];
+    const check = checker(issues);
+    const short = checkTarget(check, { project, branch });
+    check('commit', isSha(commit) ? undefined : `${JSON.stringify(commit)} is not a full commit id`);
+    check('max', Number.isSafeInteger(max) && max >= 0 ? undefined : 'must be a non-negative integer');
+    if (issues.length > 0) throw new InvalidInputError(issues);
+    const mirror = await this.mirror(project.name);
+    const [tip] = await this.fetchCoalesced(mirror, project.url, [{ ref: `refs/heads/${short}` }], signal).catch(rethrowAbort(signal, 'commitsBetween'));
+    if (!tip || 'missing' in tip) return { kind: 'missing', message: `branch ${short} not found` };
+    const r = await mirror.git(['rev-list', `--max-count=${max + 1}`, '--end-of-options', commit, `^${tip.sha}`], { signal, maxOutputBytes: (max + 1) * 66 + 1024 });
+    const commits = r.stdout.toString('utf8').split('\n').filter((l) => isSha(l));
+    return commits.length > max ? { kind: 'too-many' } : { kind: 'ok', commits };
   }
 
   /** Writes `git archive --format=tar <commit>` to `file` (removed again on failure). */
@@ -533,17 +486,6 @@ function validatePrepare(req: PrepareRequest): string {
     check(`changes[${i}].label`, textProblem(c.label, LABEL_MAX));
   });
   check('buildId', buildIdProblem(req.buildId));
-  if (issues.length > 0) throw new InvalidInputError(issues);
-  return branch;
-}
-
-/** As validatePrepare, for submit. */
-function validateSubmit(req: SubmitRequest): string {
-  const issues: Issue[] = [];
-  const check = checker(issues);
-  const branch = checkTarget(check, req);
-  check('expected', isSha(req.expected) ? undefined : `${JSON.stringify(req.expected)} is not a full commit id`);
-  check('commit', isSha(req.commit) ? undefined : `${JSON.stringify(req.commit)} is not a full commit id`);
   if (issues.length > 0) throw new InvalidInputError(issues);
   return branch;
 }

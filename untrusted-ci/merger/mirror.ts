@@ -1,7 +1,6 @@
 /**
- * One bare mirror per project, under `<root>/mirrors/<slug>-<hash>.git`, the fetch that
- * brings a branch and change refs into it, and the compare-and-swap push that moves a branch of
- * the canonical repository to a commit built here.
+ * One bare mirror per project, under `<root>/mirrors/<slug>-<hash>.git`, and the fetch that
+ * brings a branch and change refs into it. A mirror only reads from the project's repository.
  *
  * Ref layout inside a mirror (everything airlock writes lives under refs/airlock/):
  *   refs/airlock/fetch/ref/<ref with "refs/" cut and "/" as %2F>  last fetched value of a remote ref
@@ -54,9 +53,6 @@ export type Want = { ref: string } | { sha: string };
 
 /** A want resolved to a commit in the mirror, or why it could not be. */
 export type Resolved = { sha: string } | { missing: string };
-
-/** What a compare-and-swap push did: `rejected` carries git's summary, e.g. `[rejected] (stale info)`. */
-export type PushOutcome = { kind: 'pushed' } | { kind: 'rejected'; summary: string };
 
 const FETCH_MISSING = /not our ref|unadvertised object|couldn't find remote ref|no such remote ref/i;
 
@@ -148,42 +144,6 @@ export class Mirror {
       const sha = commits[i];
       return sha ? { sha } : { missing: `${'ref' in w ? `ref ${w.ref}` : w.sha} is not a commit` };
     });
-  }
-
-  /**
-   * Moves `ref` (a full `refs/heads/…` name) at `url` from `expected` to `commit`, sending the
-   * objects the remote lacks, and then points the ref's fetch ref here at `commit`. A true
-   * compare-and-swap, never a force: with `--force-with-lease=<ref>:<expected>` git sends
-   * `expected` as the old value only if the remote advertised it, and receive-pack updates the ref
-   * under its lock only if it still holds that value. A remote ref already at `commit` is reported
-   * up to date by git, so counts as pushed. The caller checks that `commit` descends from
-   * `expected`. Must run under the mirror's lock. Throws GitFailedError for network or remote
-   * failures other than a rejection of the ref.
-   */
-  async push(url: string, ref: string, expected: string, commit: string, opts: { signal?: AbortSignal; timeoutMs: number }): Promise<PushOutcome> {
-    const args = ['push', '--porcelain', '--atomic', '--no-recurse-submodules', `--force-with-lease=${ref}:${expected}`, '--end-of-options', url, `${commit}:${ref}`];
-    const r = await this.git(args, { signal: opts.signal, timeoutMs: opts.timeoutMs, allowFail: [1] });
-    // --porcelain: one "<flag>\t<src>:<dst>\t<summary>" line per ref; "!" is a rejection, "=" up to date.
-    const status = r.stdout
-      .toString('utf8')
-      .split('\n')
-      .map((l) => l.split('\t'))
-      .find((f) => f.length === 3 && f[1] === `${commit}:${ref}`);
-    const [flag = '', , summary = ''] = status ?? [];
-    if (flag === '!') return { kind: 'rejected', summary };
-    if (r.code !== 0 || !status) throw new GitFailedError(`git push to ${ref} failed: ${gitDetail(r.stderr) || summary || 'no status'}`);
-    await this.git(['update-ref', fetchRefName(ref), commit], { signal: opts.signal });
-    return { kind: 'pushed' };
-  }
-
-  /** The commit id `ref` has at `url` (one `ls-remote`), or undefined when there is no such ref. */
-  async remoteTip(url: string, ref: string, opts: { signal?: AbortSignal; timeoutMs: number }): Promise<string | undefined> {
-    const { stdout } = await this.git(['ls-remote', '--end-of-options', url, ref], { ...opts, maxOutputBytes: 1024 * 1024 });
-    return stdout
-      .toString('utf8')
-      .split('\n')
-      .map((l) => l.split('\t'))
-      .find(([, name]) => name === ref)?.[0];
   }
 
   /** Which of `shas` are objects in the mirror (one `cat-file --batch-check`). */

@@ -9,21 +9,32 @@
  *   `GateHooks`: `prepared` once the merge, config and job list are known, `awaitStart` before
  *   each job (a job runs only once the model started it), `jobDone` after each;
  * - `cancel-builds` / a build set that ended while its build runs → the build is cancelled;
- * - `submit` → `Merger.submit`: the branch moves from the state the item was merged onto to the
- *   tested commit (compare-and-swap, fast-forward only), answered `submitted`;
+ * - `submit` → the review system (`ReviewSystem`): the change is read again there (still open, at
+ *   the tested patch set, not WIP, still approved), gets the gate's Verified +2 with the build's
+ *   message, and the review system is asked to submit it; its answer (merged, with the branch tip
+ *   it left, or a refusal such as a 409) is answered `submitted`. airlock never writes a branch;
  * - `merged`, `report`, `report-start` → the `gate_events` outbox (in the same transaction).
  * Builds that end without telling the model (an infrastructure error after the retries, a crash)
  * are turned into results by `report` (this runtime is also a Scheduler Reporter).
  *
  * Restart: the snapshot is loaded, every unfinished gate build is cancelled, and `recover()`
- * resets the items whose builds were lost and re-asks submits that were in flight (a submit is
- * idempotent: a branch already at the tested commit answers merged).
+ * resets the items whose builds were lost and re-asks submits that were in flight (idempotent: a
+ * change the review system shows merged answers merged).
+ *
+ * Enqueue (`approval`): the change's dependencies are read from git, and every commit between the
+ * branch tip and the change must be the current patch set of an open change the gate knows (which
+ * then becomes a need: approved and ahead in the queue, or the change waits); a commit that is an
+ * outdated patch set or belongs to no change keeps the change out, and the reason is reported.
  */
 import type { Logger } from '../../shared/logging.js';
 import type { GateView } from '../../shared/schemas/api/gate.js';
 import type { BuildView, ChangeView, JobState } from '../../shared/schemas/api/builds.js';
 import type { ProjectConfig } from '../config.js';
+import { isAirlockError } from '../../shared/errors.js';
 import type { Merger } from '../merger/merger.js';
+import { gatePassMessage, type Links, type VotesConfig } from '../review/review-messages.js';
+import type { ReviewOutbox } from '../review/review-outbox.js';
+import { approvedBy, type ApprovalRule, type ReviewedChange, type ReviewSystem } from '../review/review-system.js';
 import type { Reporter, Scheduler } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import type { GateStore, NewGateEvent } from '../store/gate-store.js';
@@ -61,7 +72,23 @@ export interface GateRuntimeOptions {
   onMerged?: () => void;
   /** Called after each batch was applied: the queues may look different (the status page). */
   onChange?: () => void;
+  /** The review system that merges (absent: the gate tests but cannot merge anything). */
+  review?: GateReview;
 }
+
+/** What the gate needs of the review system to have a change merged. */
+export interface GateReview {
+  system: ReviewSystem;
+  outbox: Pick<ReviewOutbox, 'exclusive'>;
+  rule: ApprovalRule;
+  votes: VotesConfig;
+  links: Links;
+  /** A change read again before its submit: the CI's own record follows what the review system says. */
+  onReread?: (c: ReviewedChange) => void;
+}
+
+/** Commits between a branch tip and an approved change at most (each must belong to a reviewed change). */
+const MAX_COMMITS_BETWEEN = 1000;
 
 
 export class GateRuntime implements GateHooks, Reporter {
@@ -80,6 +107,9 @@ export class GateRuntime implements GateHooks, Reporter {
   private closed = false;
   /** Gate builds the gate itself cancelled (any other cancellation is news to the model). */
   private readonly cancelledByGate = new Set<number>();
+  /** item → its latest build set (a report names its build); build set → the commit its merge left. */
+  private readonly itemBuildSets = new Map<number, number>();
+  private readonly mergedCommits = new Map<number, string>();
   /** The tail of the ordered trigger chain (see `inOrder`). */
   private triggers: Promise<unknown> = Promise.resolve();
 
@@ -230,7 +260,29 @@ export class GateRuntime implements GateHooks, Reporter {
       });
       if (r.problems.length > 0) this.o.logger.warn({ change: c.change, project: c.project, problems: r.problems }, 'some dependencies of an approved change could not be resolved');
       if (r.sha === undefined) return { ok: false, reason: `its ref ${c.ref} was not found` };
-      return { ok: true, needs: r.needs, sha: r.sha };
+      const project = this.o.projects.find((x) => x.name === c.project);
+      if (!project) return { ok: false, reason: `project ${c.project} is not registered` };
+      // Every commit the merge would bring in must be a reviewed change's current patch set.
+      const between = await this.o.merger.commitsBetween(project, c.branch, r.sha, MAX_COMMITS_BETWEEN);
+      if (between.kind === 'missing') return { ok: false, reason: between.message };
+      if (between.kind === 'too-many') return { ok: false, reason: `more than ${MAX_COMMITS_BETWEEN} commits lie between branch ${c.branch} and it` };
+      const byCommit = new Map(r.candidates.filter((x) => x.project === c.project).map((x) => [x.sha, x]));
+      const needs = [...r.needs];
+      const unaccounted: string[] = [];
+      for (const sha of between.commits) {
+        if (sha === r.sha) continue;
+        const owner = byCommit.get(sha);
+        if (!owner) unaccounted.push(sha);
+        else if (!needs.some((n) => n.change === owner.change)) needs.push({ change: owner.change, patchset: owner.patchset });
+      }
+      if (unaccounted.length > 0) {
+        const more = unaccounted.length > 1 ? ` (and ${unaccounted.length - 1} more)` : '';
+        return {
+          ok: false,
+          reason: `commit ${unaccounted[0]!.slice(0, 12)}${more} between branch ${c.branch} and this change is not the current patch set of an open change (an outdated patch set, or a commit never reviewed): rebase the change onto ${c.branch} or onto reviewed changes`,
+        };
+      }
+      return { ok: true, needs, sha: r.sha };
     } catch (e) {
       this.o.logger.error({ err: e, change: c.change, project: c.project }, 'cannot read the dependencies of an approved change');
       return { ok: false, reason: `its dependencies could not be read from git (${(e as Error).message.slice(0, 200)}); approve it again` };
@@ -253,6 +305,11 @@ export class GateRuntime implements GateHooks, Reporter {
 
   abandoned(project: string, change: string): void {
     this.post({ type: 'abandon', change: changeKey(project, change) });
+  }
+
+  /** An abandoned change was restored: it may be approved into the gate again. */
+  restored(project: string, change: string): void {
+    this.post({ type: 'restore', change: changeKey(project, change) });
   }
 
   private isIdle(): boolean {
@@ -312,12 +369,18 @@ export class GateRuntime implements GateHooks, Reporter {
     };
     switch (e.type) {
       case 'merged': {
+        // The commit the review system's merge left on the branch (what the builder is told of).
         const build = this.buildOf(e.buildSet);
-        const commit = build !== undefined ? this.o.store.gateBuild(build)?.commit : undefined;
+        const commit = this.mergedCommits.get(e.buildSet);
+        this.mergedCommits.delete(e.buildSet);
         return { kind: 'merged', ...base(e.change, e.patchset), ...(commit ? { commit } : {}), ...(build !== undefined ? { build } : {}) };
       }
-      case 'report':
-        return { kind: 'report', ...base(e.change, e.patchset), result: e.result, message: e.message };
+      case 'report': {
+        const set = e.item !== null ? this.itemBuildSets.get(e.item) : undefined;
+        const build = set !== undefined ? this.buildOf(set) : undefined;
+        if (e.item !== null) this.itemBuildSets.delete(e.item);
+        return { kind: 'report', ...base(e.change, e.patchset), result: e.result, message: e.message, ...(build !== undefined ? { build } : {}) };
+      }
       case 'report-start':
         return { kind: 'start', ...base(e.change, e.patchset) };
       default:
@@ -328,6 +391,7 @@ export class GateRuntime implements GateHooks, Reporter {
   private perform(e: Effect): void {
     switch (e.type) {
       case 'prepare':
+        this.itemBuildSets.set(e.item, e.buildSet);
         this.startBuildSet(e.buildSet, e.change, e.patchset, e.state);
         return;
       case 'start-build': {
@@ -409,33 +473,66 @@ export class GateRuntime implements GateHooks, Reporter {
     this.preparedSets.delete(buildSet);
   }
 
+  /**
+   * Ask the review system to merge the change (see the module comment). A review system that
+   * cannot be reached is asked once more after a pause; then the item fails with MERGE_FAILURE.
+   */
   private async submit(item: number, buildSet: number, change: string, state: StateEntry[]): Promise<void> {
     const me = state[state.length - 1]!;
+    const [, number] = splitChangeKey(change);
     const build = this.buildOf(buildSet);
-    const info = build !== undefined ? this.o.store.gateBuild(build) : undefined;
-    const project = this.o.projects.find((p) => p.name === me.project);
+    const tested = build !== undefined ? this.o.store.gateBuild(build)?.commit : undefined;
+    const review = this.o.review;
+    const refused = (message: string): PipelineEvent => ({ type: 'submitted', item, merged: false, message });
     let answer: PipelineEvent;
-    if (!info?.commit || !info.base || !project) {
-      answer = { type: 'submitted', item, merged: false, message: `no tested commit is recorded for change ${change}` };
-    } else {
-      const req = { project, branch: me.branch, expected: info.base, commit: info.commit };
-      let r: Awaited<ReturnType<Merger['submit']>> | undefined;
+    if (!tested) answer = refused(`no tested commit is recorded for change ${change}`);
+    else if (!review) answer = refused('no review system is configured: airlock does not merge changes itself');
+    else {
       let failure: unknown;
-      // A push that failed may still have moved the branch: a second try (idempotent: a branch
-      // already at the tested commit answers merged) tells which.
-      for (let attempt = 1; attempt <= 2 && r === undefined; attempt++) {
+      answer = refused('not submitted');
+      for (let attempt = 1; attempt <= 2; attempt++) {
         try {
-          r = await this.o.merger.submit(req);
+          answer = await review.outbox.exclusive(me.project, number, () => this.askToMerge(review, item, buildSet, me, number, build));
+          failure = undefined;
+          break;
         } catch (e) {
           failure = e;
-          this.o.logger.warn({ err: e, change, attempt }, 'submit failed');
-          if (attempt === 1) await new Promise((res) => setTimeout(res, SUBMIT_RETRY_MS));
+          this.o.logger.warn({ err: e, change, attempt }, 'asking the review system to merge failed');
+          if (attempt === 1 && !this.closed) await new Promise((res) => setTimeout(res, SUBMIT_RETRY_MS));
         }
       }
-      if (r === undefined) answer = { type: 'submitted', item, merged: false, message: `the submit failed: ${(failure as Error).message}` };
-      else answer = r.kind === 'merged' ? { type: 'submitted', item, merged: true } : { type: 'submitted', item, merged: false, message: r.reason };
+      if (failure !== undefined) answer = refused(`the review system could not be asked to merge it: ${isAirlockError(failure) ? failure.message : (failure as Error).message}`);
     }
     this.post(answer);
+  }
+
+  /** Re-read, vote +2, submit: the review system decides. Runs with no other post for the change in between. */
+  private async askToMerge(review: GateReview, item: number, buildSet: number, me: StateEntry, number: string, build: number | undefined): Promise<PipelineEvent> {
+    const refused = (message: string): PipelineEvent => ({ type: 'submitted', item, merged: false, message });
+    const now = await review.system.change(me.project, number);
+    if (now) review.onReread?.(now);
+    if (!now) return refused('the review system no longer shows the change');
+    if (now.status === 'merged') {
+      // Merged already: by this gate before a restart (a submit re-asked), or by someone else.
+      return this.mergedAnswer(review, item, buildSet, me);
+    }
+    if (now.status === 'abandoned') return refused('it was abandoned in the review system');
+    if (now.patchset !== me.patchset) return refused(`patch set ${now.patchset} was uploaded meanwhile (this is patch set ${me.patchset})`);
+    if (now.wip) return refused('it is marked work in progress in the review system');
+    if (now.private) return refused('it is private in the review system');
+    if (!approvedBy(now.votes, review.rule, review.system.account)) return refused(`it is no longer approved in the review system (${review.rule.label} +${review.rule.value} from a reviewer, and no veto)`);
+    const view = build !== undefined ? this.o.store.build(build) : undefined;
+    await review.system.post({ project: me.project, change: number, patchset: me.patchset, ...gatePassMessage(view, review.votes, review.links) });
+    const r = await review.system.submit(me.project, number, me.branch);
+    if (r.kind === 'refused') return refused(r.reason);
+    if (r.commit) this.mergedCommits.set(buildSet, r.commit);
+    return { type: 'submitted', item, merged: true };
+  }
+
+  private async mergedAnswer(review: GateReview, item: number, buildSet: number, me: StateEntry): Promise<PipelineEvent> {
+    const tip = await review.system.branchTip(me.project, me.branch).catch(() => undefined);
+    if (tip) this.mergedCommits.set(buildSet, tip);
+    return { type: 'submitted', item, merged: true };
   }
 
   // ---- GateHooks (called by the executor) ---------------------------------------------------

@@ -38,6 +38,8 @@ export interface ResolvedNeeds {
   problems: string[];
   /** The commit the target's ref pointed at when it was read (undefined: not found). */
   sha?: string;
+  /** The commit each candidate read pointed at, keyed as the model keys changes (`change`). */
+  candidates: { change: string; project: string; patchset: number; sha: string }[];
 }
 
 /** Depends-On lines read from one message; later ones are ignored. */
@@ -157,9 +159,10 @@ export async function resolveNeeds(target: OpenChange, candidates: readonly Open
   const first = await readProject(target.project, [target.ref]);
   record(target.project, first);
   const own = first.get(target.ref);
+  const candidatesRead = () => [...commits].map(([c, info]) => ({ change: changeKey(c.project, c.change), project: c.project, patchset: c.patchset, sha: info.sha }));
   if (!own) {
     problems.push(`ref ${target.ref} of change ${targetKey} not found`);
-    return { needs: [], problems };
+    return { needs: [], problems, candidates: candidatesRead() };
   }
   const sha = own.sha;
 
@@ -190,5 +193,5 @@ export async function resolveNeeds(target: OpenChange, candidates: readonly Open
     if (projects.size > 1) problems.push(`Depends-On change ${f.number} is ambiguous: it is open in projects ${[...projects].join(', ')}`);
     else for (const c of matches) add(c);
   }
-  return { needs, problems, sha };
+  return { needs, problems, sha, candidates: candidatesRead() };
 }

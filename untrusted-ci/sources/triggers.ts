@@ -1,63 +1,168 @@
 /**
- * What the CI does with a parsed trigger event, whatever system sent it. Pure decision plus calls
- * into the scheduler and the gate:
+ * What the CI does with a parsed trigger event, whatever system sent it, and with a change the
+ * review system's catch-up read (`reconcileChange`). Decisions plus calls into the scheduler, the
+ * gate and the review state:
  * - `patchset` of a registered project on a checked branch → a check build (superseding older
- *   patchsets); the gate drops the change's older patchset;
- * - `approval` with Code-Review +2 → the gate (the change is recorded at that patchset); a
- *   Code-Review vote that takes a +2 back, or a -2 veto → the approval is withdrawn;
+ *   patchsets); the gate drops the change's older patchset. From the review system, its votes
+ *   start afresh (a trivial rebase keeps them, as the review system does);
+ * - `approval` (a review system's comment with votes) → that reviewer's votes are recorded; when
+ *   the change becomes ready for the gate (approved by a person, no veto, open, not WIP, not
+ *   private) the gate takes it in, when it stops being ready the gate takes it out. A comment
+ *   saying `recheck` runs the check again;
  * - `change-merged` → the change leaves the gate (merged in the review system);
+ * - `change-abandoned` → the gate drops it (and the changes that need it), its check builds stop;
+ *   restored, it may come back;
+ * - `change-state` → WIP or private: out of the gate; private: its check builds stop too (its
+ *   content must not reach the public CI);
  * - anything else is acknowledged and ignored, with the reason.
+ * Approvals come only from the review system: without one configured, nothing enters the gate.
  */
 import type { ApprovalEvent, PatchsetEvent, TriggerEvent } from '../../shared/schemas/events/trigger.js';
 import type { CiConfig } from '../config.js';
 import type { GateRuntime } from '../pipelines/gate-runtime.js';
+import type { ReviewState, Readiness } from '../review/review-state.js';
+import type { ReviewedChange } from '../review/review-system.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
 
 export type TriggerOutcome =
-  | { accepted: true; builds: number[]; superseded: number[]; gate?: 'approved' | 'unapproved' | 'merged' }
+  | { accepted: true; builds: number[]; superseded: number[]; gate?: 'approved' | 'unapproved' | 'merged' | 'abandoned' | 'restored' }
   | { accepted: false; reason: string };
 
-/** The label and value that approve a change for the gate. */
-export const APPROVAL_LABEL = 'Code-Review';
-export const APPROVAL_VALUE = 2;
+export interface TriggerDeps {
+  config: Readonly<CiConfig>;
+  scheduler: Scheduler;
+  store?: BuildStore;
+  gate?: GateRuntime;
+  /** What the CI knows of each change in the review system; absent: no review system, no gate. */
+  reviewState?: ReviewState;
+}
 
-export function handleTrigger(
-  event: TriggerEvent,
-  deps: { config: Readonly<CiConfig>; scheduler: Scheduler; store?: BuildStore; gate?: GateRuntime },
-): TriggerOutcome {
+/** A comment that asks for the check to run again (Zuul's convention): a line that says just `recheck`. */
+const RECHECK = /^\s*recheck\s*$/im;
+
+export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOutcome {
   const project = deps.config.projects.find((p) => p.name === event.project);
   if (!project) return { accepted: false, reason: `project ${event.project} is not registered with this CI` };
   if (event.kind === 'ref-updated') return { accepted: false, reason: 'no pipeline acts on ref-updated events yet' };
   if (project.branches.length > 0 && !project.branches.includes(event.branch)) return { accepted: false, reason: `branch ${event.branch} of ${event.project} is not checked` };
+  const review = event.source === 'gerrit' ? deps.reviewState : undefined;
 
-  if (event.kind === 'change-merged') {
-    if (!deps.gate) return { accepted: false, reason: 'the gate is not running' };
-    deps.gate.mergedElsewhere(event.project, event.change);
-    return { accepted: true, builds: [], superseded: [], gate: 'merged' };
-  }
-
-  if (event.kind === 'approval') {
-    if (!deps.gate || !deps.store) return { accepted: false, reason: 'the gate is not running' };
-    const vote = event.approvals.find((a) => a.type === APPROVAL_LABEL);
-    if (!vote) return { accepted: false, reason: `no ${APPROVAL_LABEL} vote in this comment` };
-    const approved = vote.value >= APPROVAL_VALUE;
-    // A veto (-2) always takes the change out; otherwise only a vote that lowers a +2 does.
-    // TODO(#4): votes per reviewer (one reviewer's +1 after another's +2 should not unapprove).
-    const veto = vote.value <= -APPROVAL_VALUE;
-    if (!approved && !veto && (vote.oldValue === undefined || vote.oldValue < APPROVAL_VALUE)) {
-      return { accepted: false, reason: `${APPROVAL_LABEL} ${vote.value} neither approves nor takes an approval back` };
+  switch (event.kind) {
+    case 'change-merged': {
+      review?.status(event.project, event.change, 'merged');
+      if (!deps.gate) return { accepted: false, reason: 'the gate is not running' };
+      deps.gate.mergedElsewhere(event.project, event.change);
+      return { accepted: true, builds: [], superseded: [], gate: 'merged' };
     }
-    const latest = deps.store.latestChange(event.project, event.change);
-    if (latest && latest.patchset > event.patchset) return { accepted: false, reason: `patchset ${event.patchset} is outdated (the change is at ${latest.patchset})` };
-    const c = deps.store.recordChange(newChange(event));
-    deps.gate.approval(c, approved);
-    return { accepted: true, builds: [], superseded: [], gate: approved ? 'approved' : 'unapproved' };
+    case 'change-abandoned': {
+      if (!review) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
+      const r = review.status(event.project, event.change, event.abandoned ? 'abandoned' : 'open');
+      if (event.abandoned) {
+        stopChecks(deps, event.project, event.change, 'the change was abandoned');
+        deps.gate?.abandoned(event.project, event.change);
+      } else deps.gate?.restored(event.project, event.change);
+      tellGate(deps, event.project, event.change, r);
+      return { accepted: true, builds: [], superseded: [], gate: event.abandoned ? 'abandoned' : 'restored' };
+    }
+    case 'change-state': {
+      if (!review) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
+      const r = review.flags(event.project, event.change, { ...(event.wip !== undefined ? { wip: event.wip } : {}), ...(event.private !== undefined ? { private: event.private } : {}) });
+      if (event.private) stopChecks(deps, event.project, event.change, 'the change became private');
+      tellGate(deps, event.project, event.change, r);
+      return { accepted: true, builds: [], superseded: [], ...(r.before !== r.after ? { gate: r.after ? 'approved' : 'unapproved' } : {}) };
+    }
+    case 'approval': {
+      if (!review || !deps.gate || !deps.store) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
+      const latest = deps.store.latestChange(event.project, event.change);
+      if (latest && latest.patchset > event.patchset) return { accepted: false, reason: `patchset ${event.patchset} is outdated (the change is at ${latest.patchset})` };
+      const r = review.votes({
+        project: event.project,
+        change: event.change,
+        branch: event.branch,
+        patchset: event.patchset,
+        ref: event.ref,
+        account: event.author,
+        votes: Object.fromEntries(event.approvals.map((a) => [a.type, a.value])),
+      });
+      const outcome: TriggerOutcome = { accepted: true, builds: [], superseded: [] };
+      if (r.before !== r.after) {
+        deps.gate.approval(deps.store.recordChange(newChange(event)), r.after);
+        outcome.gate = r.after ? 'approved' : 'unapproved';
+      }
+      if (event.comment !== undefined && RECHECK.test(commentBody(event.comment))) {
+        const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+        outcome.builds.push(build.id);
+        outcome.superseded.push(...superseded);
+      }
+      if (!outcome.gate && outcome.builds.length === 0) return { accepted: false, reason: 'the comment changes neither the gate nor the check' };
+      return outcome;
+    }
+    case 'patchset': {
+      const r = review?.patchset({
+        project: event.project,
+        change: event.change,
+        branch: event.branch,
+        patchset: event.patchset,
+        ref: event.ref,
+        ...(event.patchsetKind ? { kind: event.patchsetKind } : {}),
+        ...(event.wip !== undefined ? { wip: event.wip } : {}),
+      });
+      const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+      deps.gate?.patchset(build.change);
+      if (r?.after) deps.gate?.approval(build.change, true); // votes carried over to this patch set
+      return { accepted: true, builds: [build.id], superseded };
+    }
   }
+}
 
-  const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
-  deps.gate?.patchset(build.change);
-  return { accepted: true, builds: [build.id], superseded };
+/**
+ * A change as the review system's REST API shows it now (the catch-up): whatever the CI missed
+ * while it was not listening is done now, as if the events had come: a new patch set is checked,
+ * a merge or abandonment leaves the gate, votes that make or unmake an approval move it in or out.
+ */
+export function reconcileChange(c: ReviewedChange, deps: TriggerDeps): { checked?: number; gate?: 'approved' | 'unapproved' } | undefined {
+  const project = deps.config.projects.find((p) => p.name === c.project);
+  const state = deps.reviewState;
+  if (!project || !state || !deps.store) return undefined;
+  if (project.branches.length > 0 && !project.branches.includes(c.branch)) return undefined;
+  const r = state.reconcile(c);
+  if (c.status === 'merged' && r.oldStatus !== 'merged') deps.gate?.mergedElsewhere(c.project, c.change);
+  if (c.status === 'abandoned' && r.oldStatus !== 'abandoned') {
+    stopChecks(deps, c.project, c.change, 'the change was abandoned');
+    deps.gate?.abandoned(c.project, c.change);
+  }
+  if (c.status === 'open' && r.oldStatus === 'abandoned') deps.gate?.restored(c.project, c.change);
+  if (c.private) stopChecks(deps, c.project, c.change, 'the change is private');
+  const out: { checked?: number; gate?: 'approved' | 'unapproved' } = {};
+  const change: NewChange = { project: c.project, branch: c.branch, change: c.change, patchset: c.patchset, ref: c.ref, author: c.uploader ?? c.owner, ...(c.subject ? { subject: c.subject.slice(0, 1024) } : {}), source: 'gerrit' };
+  const known = deps.store.latestChange(c.project, c.change);
+  if (c.status === 'open' && !c.private && (!known || known.patchset < c.patchset)) {
+    const { build } = deps.scheduler.submit(change, 'check');
+    deps.gate?.patchset(build.change);
+    out.checked = build.id;
+  }
+  if (r.before !== r.after && deps.gate) {
+    deps.gate.approval(deps.store.recordChange(change), r.after);
+    out.gate = r.after ? 'approved' : 'unapproved';
+  }
+  return out;
+}
+
+/** The gate learns of a readiness change at the change's current patch set. */
+function tellGate(deps: TriggerDeps, project: string, change: string, r: Readiness): void {
+  if (r.before === r.after || !deps.gate || !deps.store) return;
+  const c = deps.store.latestChange(project, change);
+  if (c && c.patchset === r.patchset) deps.gate.approval(c, r.after);
+}
+
+function stopChecks(deps: TriggerDeps, project: string, change: string, why: string): void {
+  for (const id of deps.store?.unfinishedOf(project, change, 'check') ?? []) deps.scheduler.cancel(id, 'cancelled', why);
+}
+
+/** Gerrit puts `Patch Set N: <votes>` and a blank line before the reviewer's own words. */
+function commentBody(comment: string): string {
+  return comment.replace(/^Patch Set \d+:[^\n]*\n?\n?/, '');
 }
 
 /** The change an event names, as the store records it. */

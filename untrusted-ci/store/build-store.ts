@@ -127,6 +127,16 @@ export class BuildStore {
     );
   }
 
+  /** Unfinished builds of one pipeline for any patch set of a change (an abandoned or private change's builds are stopped). */
+  unfinishedOf(project: string, change: string, pipeline: Pipeline): number[] {
+    return this.db
+      .prepare<[string, string, Pipeline], { id: number }>(
+        `SELECT b.id FROM builds b JOIN changes ch ON ch.id = b.change_id WHERE ch.project = ? AND ch.change = ? AND b.pipeline = ? AND b.state != 'finished' ORDER BY b.id`,
+      )
+      .all(project, change, pipeline)
+      .map((r) => r.id);
+  }
+
   /** Record a change (an approval may name a patchset no build has run for yet); no build. */
   recordChange(c: NewChange): ChangeView {
     return this.db.transaction(() => this.changeView(this.changeRow(c)))();

@@ -115,6 +115,51 @@ const MIGRATIONS: readonly string[] = [
   // (how long it is expected to take).
   `ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
    CREATE INDEX jobs_by_name ON jobs (name, state, build_id);`,
+  // The review system (issue 14): each change's status and flags as the review system reports
+  // them, every reviewer's votes on its current patch set, the catch-up's cursor (the review
+  // system's clock, ms), and the outbox of messages and votes airlock posts there, retried until
+  // the review system answers.
+  `CREATE TABLE review_changes (
+     project TEXT NOT NULL,
+     change TEXT NOT NULL,
+     branch TEXT NOT NULL,
+     status TEXT NOT NULL,
+     patchset INTEGER NOT NULL,
+     ref TEXT NOT NULL,
+     wip INTEGER NOT NULL DEFAULT 0,
+     private INTEGER NOT NULL DEFAULT 0,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (project, change)
+   );
+   CREATE TABLE review_votes (
+     project TEXT NOT NULL,
+     change TEXT NOT NULL,
+     patchset INTEGER NOT NULL,
+     account TEXT NOT NULL,
+     label TEXT NOT NULL,
+     value INTEGER NOT NULL,
+     PRIMARY KEY (project, change, patchset, account, label)
+   );
+   CREATE TABLE review_cursor (
+     system TEXT PRIMARY KEY,
+     since INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL
+   );
+   CREATE TABLE review_outbox (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     dedupe TEXT UNIQUE,
+     project TEXT NOT NULL,
+     change TEXT NOT NULL,
+     patchset INTEGER NOT NULL,
+     labels TEXT,
+     message TEXT NOT NULL,
+     state TEXT NOT NULL,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     reason TEXT,
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL
+   );
+   CREATE INDEX review_outbox_by_state ON review_outbox (state, id);`,
 ];
 
 /** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */

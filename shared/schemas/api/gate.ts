@@ -1,14 +1,8 @@
 /**
- * The gate's wire formats: approving a change, the change queues as the status page shows them
+ * The gate's wire formats: the change queues as the status page shows them
  * (Zuul's view: each item, what it is tested on, its jobs, the window) and the gate's outbox.
  */
 import { z } from 'zod';
-
-export const ApproveAnswer = z.object({
-  change: z.object({ id: z.number().int(), project: z.string(), change: z.string(), patchset: z.number().int() }),
-  approved: z.boolean(),
-});
-export type ApproveAnswer = z.infer<typeof ApproveAnswer>;
 
 export const GateItemView = z.object({
   project: z.string(),

@@ -132,6 +132,40 @@ export const GerritChangeMerged = GerritEventEnvelope.extend({
 });
 export type GerritChangeMerged = z.infer<typeof GerritChangeMerged>;
 
+/** cmd-stream-events "Change Abandoned". */
+export const GerritChangeAbandoned = GerritEventEnvelope.extend({
+  type: z.literal('change-abandoned'),
+  change: GerritChange,
+  patchSet: GerritPatchSet,
+  abandoner: GerritAccount.optional(),
+  reason: Text(64 * 1024).optional(),
+});
+
+/** cmd-stream-events "Change Restored". */
+export const GerritChangeRestored = GerritEventEnvelope.extend({
+  type: z.literal('change-restored'),
+  change: GerritChange,
+  patchSet: GerritPatchSet,
+  restorer: GerritAccount.optional(),
+  reason: Text(64 * 1024).optional(),
+});
+
+/** cmd-stream-events "Work in Progress State Changed": `change.wip` is the new state. */
+export const GerritWipStateChanged = GerritEventEnvelope.extend({
+  type: z.literal('wip-state-changed'),
+  change: GerritChange,
+  patchSet: GerritPatchSet,
+  changer: GerritAccount.optional(),
+});
+
+/** cmd-stream-events "Private State Changed": `change.private` is the new state. */
+export const GerritPrivateStateChanged = GerritEventEnvelope.extend({
+  type: z.literal('private-state-changed'),
+  change: GerritChange,
+  patchSet: GerritPatchSet,
+  changer: GerritAccount.optional(),
+});
+
 /** cmd-stream-events "Ref Updated": any ref moved, including Gerrit's own (refs/changes/…/meta). */
 export const GerritRefUpdated = GerritEventEnvelope.extend({
   type: z.literal('ref-updated'),
@@ -145,6 +179,10 @@ export const GERRIT_EVENT_SCHEMAS = {
   'patchset-created': GerritPatchsetCreated,
   'comment-added': GerritCommentAdded,
   'change-merged': GerritChangeMerged,
+  'change-abandoned': GerritChangeAbandoned,
+  'change-restored': GerritChangeRestored,
+  'wip-state-changed': GerritWipStateChanged,
+  'private-state-changed': GerritPrivateStateChanged,
   'ref-updated': GerritRefUpdated,
 } as const;
 export type GerritEventType = keyof typeof GERRIT_EVENT_SCHEMAS;

@@ -15,7 +15,10 @@
  *   they make the change eligible. `author` is the voter, not the uploader;
  * - `change-merged`: a change landed; `commit` is the merge result when the source says it;
  * - `ref-updated`: a branch or tag moved, was created (`oldRev` all zeros) or was deleted
- *   (`newRev` all zeros; see `refUpdateKind`).
+ *   (`newRev` all zeros; see `refUpdateKind`);
+ * - `change-abandoned`: the change was abandoned (`abandoned: true`) or restored (`false`);
+ * - `change-state`: the change became (or stopped being) work in progress or private (a private
+ *   change's content must not reach the public CI).
  */
 import { z } from 'zod';
 
@@ -112,6 +115,11 @@ export const PatchsetEvent = z.strictObject({
   createdAt: z.number().int().min(0).max(8.64e15).optional(),
   /** The change is work in progress. It is still checked; Gerrit itself refuses to submit it. */
   wip: z.boolean().optional(),
+  /**
+   * How this patch set differs from the one before (Gerrit's change kind: REWORK, TRIVIAL_REBASE,
+   * MERGE_FIRST_PARENT_UPDATE, NO_CODE_CHANGE, NO_CHANGE): whether votes carry over to it.
+   */
+  patchsetKind: z.enum(['REWORK', 'TRIVIAL_REBASE', 'MERGE_FIRST_PARENT_UPDATE', 'NO_CODE_CHANGE', 'NO_CHANGE']).optional(),
 });
 export type PatchsetEvent = z.infer<typeof PatchsetEvent>;
 
@@ -143,6 +151,25 @@ export const ChangeMergedEvent = z.strictObject({
 });
 export type ChangeMergedEvent = z.infer<typeof ChangeMergedEvent>;
 
+/** The change was abandoned (`abandoned: true`) or restored (`abandoned: false`); `author` is who did it. */
+export const ChangeAbandonedEvent = z.strictObject({
+  kind: z.literal('change-abandoned'),
+  ...changeFields,
+  abandoned: z.boolean(),
+  author: z.string().min(1).max(256).optional(),
+});
+export type ChangeAbandonedEvent = z.infer<typeof ChangeAbandonedEvent>;
+
+/** The change's work-in-progress or private flag changed; the flags are the new state. */
+export const ChangeStateEvent = z.strictObject({
+  kind: z.literal('change-state'),
+  ...changeFields,
+  wip: z.boolean().optional(),
+  private: z.boolean().optional(),
+  author: z.string().min(1).max(256).optional(),
+});
+export type ChangeStateEvent = z.infer<typeof ChangeStateEvent>;
+
 /** A branch or tag moved. `ref` is the full name (`refs/heads/main`). */
 export const RefUpdatedEvent = z.strictObject({
   kind: z.literal('ref-updated'),
@@ -155,7 +182,7 @@ export const RefUpdatedEvent = z.strictObject({
 });
 export type RefUpdatedEvent = z.infer<typeof RefUpdatedEvent>;
 
-export const TriggerEvent = z.discriminatedUnion('kind', [PatchsetEvent, ApprovalEvent, ChangeMergedEvent, RefUpdatedEvent]);
+export const TriggerEvent = z.discriminatedUnion('kind', [PatchsetEvent, ApprovalEvent, ChangeMergedEvent, ChangeAbandonedEvent, ChangeStateEvent, RefUpdatedEvent]);
 export type TriggerEvent = z.infer<typeof TriggerEvent>;
 
 /**

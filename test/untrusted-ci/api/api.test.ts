@@ -25,6 +25,7 @@ import { signWebhookBody, WEBHOOK_SIGNATURE_HEADER } from '../../../untrusted-ci
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';
 import { FakeExecutor } from '../../support/fake-executor.js';
+import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
 
 const SECRET = 'a-webhook-secret-of-32-characters!';
 const TOKEN = 'an-api-token-that-is-long-enough';
@@ -45,7 +46,7 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; gate?: GateRuntime } = {}): Promise<Api> {
+async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; gate?: GateRuntime; review?: boolean } = {}): Promise<Api> {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-api-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'hook.secret'), SECRET);
@@ -94,6 +95,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
     ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
     ...(o.gate ? { gate: o.gate } : {}),
+    ...(o.review ? { reviewState: new ReviewState(db, { rule: { label: 'Code-Review', value: 2 }, self: 'airlock-ci' }) } : {}),
   });
   await scheduler.start();
   cleanups.push(() => db.close());
@@ -459,28 +461,40 @@ describe('POST /hooks/gerrit', () => {
     expect(api.store.builds({})).toHaveLength(1);
   });
 
-  describe('gate triggers', () => {
-    /** Records what the webhook asks of the gate (the gate itself is tested end to end in e2e/gate). */
+  describe('review events and the gate', () => {
+    /** Records what the webhook asks of the gate (the gate itself is tested end to end in e2e/). */
     const recorder = () => {
       const calls: string[] = [];
       const gate = {
         approval: (c: { change: string; patchset: number; project: string }, approved: boolean) => calls.push(`${approved ? 'approve' : 'unapprove'} ${c.project} ${c.change},${c.patchset}`),
         patchset: (c: { change: string; patchset: number }) => calls.push(`patchset ${c.change},${c.patchset}`),
         mergedElsewhere: (project: string, change: string) => calls.push(`merged ${project} ${change}`),
+        abandoned: (project: string, change: string) => calls.push(`abandoned ${project} ${change}`),
+        restored: (project: string, change: string) => calls.push(`restored ${project} ${change}`),
       };
       return { calls, gate: gate as unknown as GateRuntime };
     };
     const config = { projects: [{ name: 'TestRepo', url: '/srv/git/TestRepo.git' }, { name: 'TestRepo1', url: '/srv/git/TestRepo1.git' }] };
-    const vote = (value: string, oldValue?: string) => {
-      const d = JSON.parse(fixture('comment-added.json').toString('utf8')) as { approvals: { value: string; oldValue?: string }[] };
-      d.approvals = [{ ...d.approvals[0]!, value, ...(oldValue !== undefined ? { oldValue } : {}) }];
-      if (oldValue === undefined) delete d.approvals[0]!.oldValue;
+    type Json = Record<string, unknown> & { approvals: { type: string; value: string; oldValue?: string }[]; author: Record<string, string>; change: Record<string, unknown>; patchSet: Record<string, unknown> };
+    const base = (): Json => JSON.parse(fixture('comment-added.json').toString('utf8')) as Json;
+    /** A comment-added by `who` with these votes (`[label, value, oldValue?]`), and a comment. */
+    const comment = (who: string, votes: [string, string, string?][], text = 'Patch Set 2:') => {
+      const d = base();
+      d.author = { name: who, username: who, email: `${who}@example.com` };
+      d.approvals = votes.map(([type, value, oldValue]) => ({ type, description: type, value, ...(oldValue !== undefined ? { oldValue } : {}) }));
+      d.comment = text;
       return JSON.stringify(d);
     };
+    /** Another event about the same change (abandoned, restored, wip, private). */
+    const about = (type: string, extra: Record<string, unknown> = {}, change: Record<string, unknown> = {}) => {
+      const d = base() as unknown as Record<string, unknown>;
+      for (const k of ['author', 'approvals', 'comment']) delete d[k];
+      return JSON.stringify({ ...d, ...extra, type, change: { ...(d.change as object), ...change } });
+    };
 
-    it('Code-Review +2 approves the patchset for the gate and records the change', async () => {
+    it('Code-Review +2 from a reviewer approves the patchset for the gate and records the change', async () => {
       const r0 = recorder();
-      const api = await makeApi({ config, gate: r0.gate });
+      const api = await makeApi({ config, gate: r0.gate, review: true });
       const r = await hook(api, fixture('comment-added.json'));
       expect(r.statusCode, r.body).toBe(202);
       expect(r.json()).toEqual({ accepted: true, builds: [], superseded: [], gate: 'approved' });
@@ -489,28 +503,109 @@ describe('POST /hooks/gerrit', () => {
       expect(api.store.builds({})).toEqual([]);
     });
 
-    it('a vote that takes a +2 back withdraws the approval; other votes are ignored with a reason', async () => {
+    it('tracks votes per reviewer: another reviewer\'s +1 keeps the approval; the +2 taken back or anyone\'s -2 withdraws it', async () => {
       const r0 = recorder();
-      const api = await makeApi({ config, gate: r0.gate });
-      expect((await hook(api, vote('1', '2'))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
-      expect((await hook(api, vote('1'))).json()).toMatchObject({ accepted: false, reason: expect.stringContaining('neither approves') });
-      expect((await hook(api, vote('-1', '0'))).json()).toMatchObject({ accepted: false });
-      expect((await hook(api, vote('-2'))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
-      expect(r0.calls).toEqual(['unapprove TestRepo 1,2', 'unapprove TestRepo 1,2']);
+      const api = await makeApi({ config, gate: r0.gate, review: true });
+      expect((await hook(api, comment('grace', [['Code-Review', '2', '0']]))).json()).toMatchObject({ accepted: true, gate: 'approved' });
+      expect((await hook(api, comment('bob', [['Code-Review', '1', '0']]))).json()).toMatchObject({ accepted: false });
+      expect((await hook(api, comment('bob', [['Code-Review', '-2', '1']]))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect((await hook(api, comment('bob', [['Code-Review', '0', '-2']]))).json()).toMatchObject({ accepted: true, gate: 'approved' });
+      expect((await hook(api, comment('grace', [['Code-Review', '1', '2']]))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect(r0.calls).toEqual(['approve TestRepo 1,2', 'unapprove TestRepo 1,2', 'approve TestRepo 1,2', 'unapprove TestRepo 1,2']);
+    });
+
+    it('airlock\'s own vote never approves, and a vote on another label changes nothing', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate, review: true });
+      expect((await hook(api, comment('airlock-ci', [['Code-Review', '2', '0']]))).json()).toMatchObject({ accepted: false });
+      expect((await hook(api, comment('grace', [['Verified', '1', '0']]))).json()).toMatchObject({ accepted: false });
+      expect(r0.calls).toEqual([]);
+    });
+
+    it('abandoned leaves the gate and stops its checks; restored comes back approved', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate, review: true });
+      api.executor.hold('*');
+      await hook(api, comment('grace', [['Code-Review', '2', '0']]));
+      const check = await hook(api, comment('grace', [['Code-Review', '2']], 'Patch Set 2:\n\nrecheck'));
+      const build = (check.json() as { builds: number[] }).builds[0]!;
+      expect((await hook(api, about('change-abandoned', { abandoner: { username: 'ada' }, reason: 'no' }, { status: 'ABANDONED' }))).json()).toMatchObject({ accepted: true, gate: 'abandoned' });
+      await api.scheduler.idle();
+      expect(api.store.build(build)).toMatchObject({ state: 'finished', result: 'cancelled' });
+      expect((await hook(api, about('change-restored', { restorer: { username: 'ada' } }))).json()).toMatchObject({ accepted: true, gate: 'restored' });
+      expect(r0.calls).toEqual(['approve TestRepo 1,2', 'abandoned TestRepo 1', 'unapprove TestRepo 1,2', 'restored TestRepo 1', 'approve TestRepo 1,2']);
+    });
+
+    it('work in progress and private take the change out; private also stops its checks', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate, review: true });
+      await hook(api, comment('grace', [['Code-Review', '2', '0']]));
+      expect((await hook(api, about('wip-state-changed', { changer: { username: 'ada' } }, { wip: true }))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect((await hook(api, about('wip-state-changed', { changer: { username: 'ada' } }, {}))).json()).toMatchObject({ accepted: true, gate: 'approved' });
+      expect((await hook(api, about('private-state-changed', { changer: { username: 'ada' } }, { private: true }))).json()).toMatchObject({ accepted: true, gate: 'unapproved' });
+      expect(r0.calls).toEqual(['approve TestRepo 1,2', 'unapprove TestRepo 1,2', 'approve TestRepo 1,2', 'unapprove TestRepo 1,2']);
+    });
+
+    it('"recheck" runs the check again; other comments do not', async () => {
+      const api = await makeApi({ config, gate: recorder().gate, review: true });
+      api.executor.hold('*');
+      expect((await hook(api, comment('ada', [], 'Patch Set 2:\n\nrecheck'))).json()).toMatchObject({ accepted: true, builds: [1] });
+      expect((await hook(api, comment('ada', [], 'Patch Set 2:\n\nplease do not recheck this'))).json()).toMatchObject({ accepted: false });
+      expect(api.store.builds({}).map((b) => [b.pipeline, b.change.change, b.change.patchset])).toEqual([['check', '1', 2]]);
+    });
+
+    it('a trivial rebase keeps the approval for the new patch set; a rework does not', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate, review: true });
+      api.executor.hold('*');
+      await hook(api, comment('grace', [['Code-Review', '2', '0']]));
+      const ps = (n: number, kind: string) => {
+        const d = JSON.parse(fixture('patchset-created.json').toString('utf8')) as { change: Record<string, unknown>; patchSet: Record<string, unknown> };
+        d.change = { ...d.change, project: 'TestRepo', number: 1, branch: 'test_branch' };
+        d.patchSet = { ...d.patchSet, number: n, ref: `refs/changes/01/1/${n}`, kind };
+        return JSON.stringify(d);
+      };
+      await hook(api, ps(3, 'TRIVIAL_REBASE'));
+      await hook(api, ps(4, 'REWORK'));
+      expect(r0.calls).toEqual(['approve TestRepo 1,2', 'patchset 1,3', 'approve TestRepo 1,3', 'patchset 1,4']);
     });
 
     it('change-merged takes the change out of the gate; a patchset tells the gate of the new patchset', async () => {
       const r0 = recorder();
-      const api = await makeApi({ config, gate: r0.gate });
+      const api = await makeApi({ config, gate: r0.gate, review: true });
       api.executor.hold('*');
       expect((await hook(api, fixture('change-merged.json'))).json()).toMatchObject({ accepted: true, gate: 'merged' });
       expect((await hook(api, fixture('patchset-created.json'))).json()).toMatchObject({ accepted: true });
       expect(r0.calls).toEqual(['merged TestRepo 1', 'patchset 2,1']);
     });
 
-    it('an approval without a running gate is acknowledged, not acted on', async () => {
-      const api = await makeApi({ config });
-      expect((await hook(api, fixture('comment-added.json'))).json()).toEqual({ accepted: false, reason: 'the gate is not running' });
+    it('without a review system, an approval is acknowledged and nothing enters the gate', async () => {
+      const r0 = recorder();
+      const api = await makeApi({ config, gate: r0.gate });
+      expect((await hook(api, fixture('comment-added.json'))).json()).toEqual({ accepted: false, reason: 'no review system is configured: the gate takes no changes' });
+      expect(r0.calls).toEqual([]);
+    });
+  });
+
+  describe('webhook authentication', () => {
+    const body = () => fixture('change-abandoned.json');
+    const send = (api: Api, url: string, headers: Record<string, string> = {}) => api.app.inject({ method: 'POST', url, payload: body(), headers: { 'content-type': 'application/json', ...headers } });
+
+    it('takes the secret in the URL path, as Gerrit\'s webhooks plugin can send it', async () => {
+      const api = await makeApi();
+      expect((await send(api, `/hooks/gerrit/${encodeURIComponent(SECRET)}`)).statusCode).toBe(202);
+      const wrong = expectError(await send(api, '/hooks/gerrit/not-the-secret'), 401, 'AIRLOCK_E_UNAUTHORIZED');
+      expect(wrong.message).not.toContain(SECRET);
+    });
+
+    it('takes the secret as the basic-auth password, and challenges a request that brings no credential', async () => {
+      const api = await makeApi();
+      const basic = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
+      expect((await send(api, '/hooks/gerrit', basic('gerrit', SECRET))).statusCode).toBe(202);
+      expectError(await send(api, '/hooks/gerrit', basic('gerrit', 'nope')), 401, 'AIRLOCK_E_UNAUTHORIZED');
+      const bare = await send(api, '/hooks/gerrit');
+      expectError(bare, 401, 'AIRLOCK_E_UNAUTHORIZED');
+      expect(bare.headers['www-authenticate']).toBe('Basic realm="airlock webhooks"');
     });
   });
 

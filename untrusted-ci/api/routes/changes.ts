@@ -1,10 +1,11 @@
 /**
- * Submitting changes (`POST /api/changes`, what `airlock submit` calls) and reading them back.
- * A submission is durable before the 202 answer; the project must be registered in the service
- * config, the ref must be a full ref name or commit id, and a token is required when configured.
+ * Submitting changes for a check (`POST /api/changes`, what `airlock submit` calls) and reading
+ * them back. A submission is durable before the 202 answer; the project must be registered in the
+ * service config, the ref must be a full ref name or commit id, and a token is required when
+ * configured. The gate is not reachable from here: approvals come from the review system (409).
  */
 import { z } from 'zod';
-import { InvalidInputError, NotFoundError } from '../../../shared/errors.js';
+import { ConflictError, InvalidInputError, NotFoundError } from '../../../shared/errors.js';
 import { isSha, refNameProblem } from '../../../shared/git/git.js';
 import { BuildView, ChangeView, SubmitAnswer, SubmitChange } from '../../../shared/schemas/api/builds.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
@@ -35,11 +36,8 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
       }
       if (issues.length > 0) throw new InvalidInputError(issues);
       if (c.pipeline === 'gate') {
-        // The gate takes approved changes: record this one and approve it.
-        if (!deps.gate) throw new NotFoundError('the gate is not running on this CI');
-        const change = deps.store.recordChange({ project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' });
-        deps.gate.approval(change, true);
-        return reply.status(202).send({ change, builds: [] });
+        // Approvals come from the review system alone, which also merges: the API cannot put a change in the gate.
+        throw new ConflictError('the gate takes changes approved in the review system (Code-Review +2 there), not from this API');
       }
       const { build } = deps.scheduler.submit(
         { project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' },

@@ -7,12 +7,16 @@
  * - patchset-created → `patchset` (`author` = the uploader);
  * - comment-added → `approval` (`author` = whoever commented; `comment` cut to 4 KiB);
  * - change-merged → `change-merged` (`commit` = Gerrit's `newRev`, the branch tip after the merge);
+ * - change-abandoned, change-restored → `change-abandoned` (`abandoned` true or false);
+ * - wip-state-changed, private-state-changed → `change-state` with the new `wip` or `private` flag;
+ * - patchset-created carries the patch set's kind (`patchsetKind`: a trivial rebase keeps votes);
  * - ref-updated on refs/heads/* or refs/tags/* → `ref-updated`, deletions included
  *   (`newRev` all zeros: see `refUpdateKind`), so the scheduler can drop a deleted branch's queue.
  *
- * What is ignored, with a reason: event types not listed above; changes that are private or
- * drafts (their content must not reach the public CI tier or its logs); patch sets or comments on
- * a change that is already merged or abandoned; changes whose destination is not a branch
+ * What is ignored, with a reason: event types not listed above; patch sets and comments of
+ * changes that are private or drafts (their content must not reach the public CI tier or its
+ * logs; a change that *becomes* private is still told, so its builds stop); patch sets or
+ * comments on a change that is already merged or abandoned; changes whose destination is not a branch
  * (refs/meta/config holds Gerrit's project configuration, not code); ref-updated on Gerrit's own
  * refs (refs/changes/* is reported by the change events; refs/meta/*, refs/users/* … are internal).
  * Work-in-progress changes are still checked (authors want early results; Gerrit refuses to
@@ -67,6 +71,7 @@ export function parseGerritEvent(raw: Buffer): TriggerEvent | Ignored {
         subject: e.change.subject === undefined ? undefined : truncateUtf8(e.change.subject, MAX_SUBJECT_BYTES),
         createdAt: secondsToMs(e.patchSet.createdOn ?? e.eventCreatedOn),
         wip: e.change.wip === true ? true : undefined,
+        patchsetKind: patchsetKind(e.patchSet.kind),
       };
       break;
     }
@@ -90,6 +95,27 @@ export function parseGerritEvent(raw: Buffer): TriggerEvent | Ignored {
       const skip = skipChange({ ...e.change, private: false }, e.patchSet, file);
       if (skip) return ignored(type, skip);
       result = { kind: 'change-merged', ...changeFields(e.change, e.patchSet, eventId), commit: e.newRev };
+      break;
+    }
+    case 'change-abandoned':
+    case 'change-restored': {
+      const e = parseOrThrow(GERRIT_EVENT_SCHEMAS[type], json, file);
+      // No content travels with these: a private change's abandonment is told like any other.
+      const skip = skipChange({ ...e.change, private: false }, e.patchSet, file);
+      if (skip) return ignored(type, skip);
+      const who = e.type === 'change-abandoned' ? e.abandoner : e.restorer;
+      result = { kind: 'change-abandoned', ...changeFields(e.change, e.patchSet, eventId), abandoned: type === 'change-abandoned', author: optionalName(who) };
+      break;
+    }
+    case 'wip-state-changed':
+    case 'private-state-changed': {
+      const e = parseOrThrow(GERRIT_EVENT_SCHEMAS[type], json, file);
+      const skip = skipChange({ ...e.change, private: false }, e.patchSet, file);
+      if (skip) return ignored(type, skip);
+      result =
+        type === 'wip-state-changed'
+          ? { kind: 'change-state', ...changeFields(e.change, e.patchSet, eventId), wip: e.change.wip === true, author: optionalName(e.changer) }
+          : { kind: 'change-state', ...changeFields(e.change, e.patchSet, eventId), private: e.change.private === true, author: optionalName(e.changer) };
       break;
     }
     case 'ref-updated': {
@@ -202,6 +228,17 @@ function authorName(account: GerritAccount | undefined, path: string, file: stri
   const name = account?.username || account?.email || account?.name;
   if (!name) throw invalid(path, 'needs a username, email or name', file);
   return name;
+}
+
+function optionalName(account: GerritAccount | undefined): string | undefined {
+  const name = account?.username || account?.email || account?.name;
+  return name ? truncateUtf8(name, 256) : undefined;
+}
+
+const KINDS = ['REWORK', 'TRIVIAL_REBASE', 'MERGE_FIRST_PARENT_UPDATE', 'NO_CODE_CHANGE', 'NO_CHANGE'] as const;
+/** Gerrit's change kind, or undefined for one this version of airlock does not know (treated as a rework). */
+function patchsetKind(kind: string | undefined): (typeof KINDS)[number] | undefined {
+  return KINDS.find((k) => k === kind);
 }
 
 function secondsToMs(s: number | undefined): number | undefined {

@@ -1,22 +1,28 @@
 /**
- * Authenticating a Gerrit event delivery: an HMAC-SHA256 of the raw body, GitHub style.
+ * Authenticating a Gerrit event delivery. Three ways, each with the same shared secret
+ * (`webhooks.gerritSecretFile`):
+ * - **the secret in the URL path** (`POST /hooks/gerrit/<secret>`): what Gerrit's webhooks plugin
+ *   can do on its own (`remote.NAME.url` in webhooks.config);
+ * - **HTTP basic authentication** with the secret as the password (`https://airlock:<secret>@ci/hooks/gerrit`;
+ *   the plugin's HTTP client sends it after our 401 challenge);
+ * - **an HMAC-SHA256 of the raw body**, GitHub style, added by a signing relay beside Gerrit:
+ *   the only one that also protects the body in transit, and needs no secret in Gerrit's config.
  *
- * Why our own header: Gerrit's webhooks plugin (https://gerrit.googlesource.com/plugins/webhooks)
- * signs nothing. Its HttpSession POSTs `GSON.toJson(event)` with `Content-Type: application/json;
- * charset=UTF-8` plus whatever its processor adds (the Gerrit processor: `X-Origin-Url: <canonical
- * web URL>` in recent versions, nothing in older ones), and `remote.NAME.*` in webhooks.config only
- * sets url, event, connectionTimeout, socketTimeout, maxTries, retryInterval and sslVerify: no
- * secret, no token, no custom header. There is no `X-Gerrit-Signature`; some third-party receivers
- * check one, but Gerrit never sends it. A shared token in the webhook URL would not help either:
- * webhooks.config lives in refs/meta/config, readable by every project owner.
+ * The first two put the secret in webhooks.config, in refs/meta/config, which every project owner
+ * can read: anyone who reads it can announce events. That is acceptable because an event is only
+ * a hint: the CI re-reads a change from the review system's REST API (with its own account)
+ * before it votes the gate's +2 or asks for a submit, and the review system's rules decide the
+ * merge. A forged event can make the CI test something; it cannot merge or sign anything.
  *
- * So airlock accepts `X-Airlock-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`, added by
- * whatever delivers the event: a small signing relay beside Gerrit (or a Gerrit hook script),
- * airlock's CLI and demo (`signWebhookBody`). It is computed over the raw bytes, before any JSON
- * parsing, so a re-serialised body cannot pass. The secret only lets its holder announce events,
- * which are hints: the scheduler re-reads the change from Gerrit before it votes or merges.
- * A replayed delivery carries the same body, so it gets the same `eventId` (a hash of the body)
- * and is deduplicated downstream.
+ * About the HMAC: Gerrit's webhooks plugin (https://gerrit.googlesource.com/plugins/webhooks)
+ * signs nothing. It POSTs `GSON.toJson(event)` with `Content-Type: application/json;
+ * charset=UTF-8` and `X-Origin-Url`, and `remote.NAME.*` in webhooks.config only sets url, event,
+ * connectionTimeout, socketTimeout, maxTries, retryInterval and sslVerify: no secret, no custom
+ * header. So `X-Airlock-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>` is added by
+ * whatever delivers the event: a small signing relay beside Gerrit, airlock's CLI
+ * (`signWebhookBody`). It is computed over the raw bytes, before any JSON parsing, so a
+ * re-serialised body cannot pass. A replayed delivery carries the same body, so it gets the same
+ * `eventId` (a hash of the body) and is deduplicated downstream.
  *
  * Messages never contain the secret or the expected digest.
  */
@@ -55,4 +61,33 @@ export function verifyWebhookSignature(raw: Buffer, headerValue: string | readon
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
     throw new UnauthorizedError(`${WEBHOOK_SIGNATURE_HEADER} does not match the body`);
   }
+}
+
+/** Constant-time equality of a presented secret and ours (both as UTF-8); an empty secret matches nothing. */
+function sameSecret(given: string, secret: Buffer): boolean {
+  const a = createHmac('sha256', 'airlock-webhook').update(given, 'utf8').digest();
+  const b = createHmac('sha256', 'airlock-webhook').update(secret).digest();
+  return secret.length > 0 && given.length > 0 && timingSafeEqual(a, b);
+}
+
+/**
+ * One delivery authenticated by any of the three ways (see the module comment): `token` from the
+ * URL path, `authorization` (HTTP basic, the password is the secret), or the signature header.
+ * Throws UnauthorizedError naming what was wrong (never the secret); `challenge` is true when no
+ * credential came at all (the caller answers with a Basic challenge).
+ */
+export function verifyWebhook(raw: Buffer, h: { token?: string; authorization?: string; signature?: string | readonly string[] }, secret: Buffer): void {
+  if (secret.length === 0) throw new UnauthorizedError('webhook verification has no key configured');
+  if (h.token !== undefined) {
+    if (!sameSecret(h.token, secret)) throw new UnauthorizedError('the secret in the webhook URL does not match');
+    return;
+  }
+  const basic = /^Basic ([A-Za-z0-9+/=]{1,4096})$/.exec(h.authorization ?? '');
+  if (basic) {
+    const decoded = Buffer.from(basic[1]!, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon < 0 || !sameSecret(decoded.slice(colon + 1), secret)) throw new UnauthorizedError('the webhook password does not match');
+    return;
+  }
+  verifyWebhookSignature(raw, h.signature, secret);
 }

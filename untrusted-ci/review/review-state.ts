@@ -1,0 +1,191 @@
+/**
+ * What the CI knows of each change in the review system, durably (the CI database): its status,
+ * current patch set, work-in-progress and private flags, and every reviewer's votes on it. The
+ * gate takes a change in when this says it is ready (`gateReady`: open, not WIP, not private,
+ * approved by someone other than airlock and not vetoed) and takes it out when that stops.
+ *
+ * Votes are tracked per reviewer and label, as each `comment-added` event lists its author's
+ * votes: one reviewer's +1 after another's +2 leaves the change approved; the +2's author taking
+ * it back, or anyone's -2, does not. A new patch set starts with no votes except those the review
+ * system carries over: the approval label's votes on a trivial rebase or an unchanged commit (the
+ * patch set kinds in `copyOnKinds`, Gerrit's defaults), and a veto always. These are airlock's
+ * reading of events; the review system's own record wins: the catch-up (`reconcile`) replaces the
+ * votes with what its REST API says, and the gate re-reads the change before it asks for a submit.
+ *
+ * Every method returns the change's readiness before and after, so the caller tells the gate only
+ * of a change.
+ */
+import type { Db } from '../store/database.js';
+import { gateReady, type ApprovalRule, type PatchsetKind, type ReviewedChange } from './review-system.js';
+
+export type ChangeStatus = ReviewedChange['status'];
+
+/** A change's readiness for the gate before and after an update, and its (current) patch set. */
+export interface Readiness {
+  before: boolean;
+  after: boolean;
+  patchset: number;
+}
+
+export interface KnownChange {
+  project: string;
+  change: string;
+  branch: string;
+  status: ChangeStatus;
+  patchset: number;
+  ref: string;
+  wip: boolean;
+  private: boolean;
+  votes: Record<string, Record<string, number>>;
+}
+
+export interface ReviewStateOptions {
+  rule: ApprovalRule;
+  /** airlock's own account in the review system. */
+  self: string;
+  /** Patch set kinds on which the approval label's votes carry over. */
+  copyOnKinds?: readonly PatchsetKind[];
+  now?: () => number;
+}
+
+/** Labels and reviewers kept per change at most (the rest of a hostile flood is dropped). */
+const MAX_VOTES_PER_CHANGE = 1000;
+
+interface ChangeRow {
+  project: string;
+  change: string;
+  branch: string;
+  status: ChangeStatus;
+  patchset: number;
+  ref: string;
+  wip: number;
+  private: number;
+}
+
+export class ReviewState {
+  private readonly copy: ReadonlySet<PatchsetKind>;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly db: Db,
+    private readonly o: ReviewStateOptions,
+  ) {
+    this.copy = new Set(o.copyOnKinds ?? ['TRIVIAL_REBASE', 'NO_CHANGE']);
+    this.now = o.now ?? Date.now;
+  }
+
+  get(project: string, change: string): KnownChange | undefined {
+    const row = this.db.prepare<[string, string], ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?').get(project, change);
+    if (!row) return undefined;
+    return { project: row.project, change: row.change, branch: row.branch, status: row.status, patchset: row.patchset, ref: row.ref, wip: row.wip === 1, private: row.private === 1, votes: this.votesOf(row.project, row.change, row.patchset) };
+  }
+
+  ready(project: string, change: string): boolean {
+    const c = this.get(project, change);
+    return c !== undefined && gateReady(c, this.o.rule, this.o.self);
+  }
+
+  /**
+   * A new patch set (or the first one seen). Votes of the approval label carry over from the
+   * patch set before when its kind says so; a veto always does. An older patch set than the one
+   * known changes nothing.
+   */
+  patchset(p: { project: string; change: string; branch: string; patchset: number; ref: string; kind?: PatchsetKind; wip?: boolean }): Readiness {
+    return this.update(p.project, p.change, (old) => {
+      if (old && p.patchset < old.patchset) return undefined;
+      if (old && p.patchset === old.patchset) return { ...old, ref: p.ref, ...(p.wip !== undefined ? { wip: p.wip ? 1 : 0 } : {}) };
+      if (old) {
+        const carried = this.votesOf(p.project, p.change, old.patchset)[this.o.rule.label] ?? {};
+        const keepAll = p.kind !== undefined && this.copy.has(p.kind);
+        const ins = this.db.prepare('INSERT OR REPLACE INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)');
+        for (const [who, v] of Object.entries(carried)) if (keepAll || v <= -this.o.rule.value) ins.run(p.project, p.change, p.patchset, who, this.o.rule.label, v);
+        this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset < ?').run(p.project, p.change, p.patchset);
+      }
+      return { project: p.project, change: p.change, branch: p.branch, status: old?.status === 'merged' ? 'merged' : 'open', patchset: p.patchset, ref: p.ref, wip: p.wip ? 1 : (old?.wip ?? 0), private: old?.private ?? 0 };
+    });
+  }
+
+  /**
+   * A reviewer's votes on patch set `patchset` (each label listed replaces that reviewer's vote on
+   * it; 0 removes it). Votes on an outdated patch set are ignored; a newer one than known is taken
+   * as a new patch set first (its patchset-created event was missed).
+   */
+  votes(p: { project: string; change: string; branch: string; patchset: number; ref: string; account: string; votes: Readonly<Record<string, number>> }): Readiness {
+    const known = this.get(p.project, p.change);
+    if (known && p.patchset < known.patchset) return { before: this.ready(p.project, p.change), after: this.ready(p.project, p.change), patchset: known.patchset };
+    const first = !known || p.patchset > known.patchset ? this.patchset({ project: p.project, change: p.change, branch: p.branch, patchset: p.patchset, ref: p.ref }) : undefined;
+    const r = this.update(p.project, p.change, (old) => {
+      if (!old) return undefined;
+      const count = this.db.prepare<[string, string], { n: number }>('SELECT COUNT(*) AS n FROM review_votes WHERE project = ? AND change = ?').get(p.project, p.change)?.n ?? 0;
+      let room = MAX_VOTES_PER_CHANGE - count;
+      for (const [label, value] of Object.entries(p.votes)) {
+        if (value === 0) this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?').run(p.project, p.change, p.patchset, p.account, label);
+        else if (room-- > 0 || this.hasVote(p.project, p.change, p.patchset, p.account, label)) {
+          this.db.prepare('INSERT OR REPLACE INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)').run(p.project, p.change, p.patchset, p.account, label, value);
+        }
+      }
+      return old;
+    });
+    return first ? { ...r, before: first.before } : r;
+  }
+
+  /** The change was merged, abandoned or restored (`open`). */
+  status(project: string, change: string, status: ChangeStatus): Readiness {
+    return this.update(project, change, (old) => (old && old.status !== 'merged' ? { ...old, status } : undefined));
+  }
+
+  /** The work-in-progress or private flag changed. */
+  flags(project: string, change: string, f: { wip?: boolean; private?: boolean }): Readiness {
+    return this.update(project, change, (old) =>
+      old ? { ...old, ...(f.wip !== undefined ? { wip: f.wip ? 1 : 0 } : {}), ...(f.private !== undefined ? { private: f.private ? 1 : 0 } : {}) } : undefined,
+    );
+  }
+
+  /** Replace what is known of a change by what the review system says now (catch-up, re-read). */
+  reconcile(c: ReviewedChange): Readiness & { newPatchset: boolean; oldStatus?: ChangeStatus } {
+    const known = this.get(c.project, c.change);
+    const newPatchset = !known || c.patchset > known.patchset;
+    const r = this.update(c.project, c.change, (old) => {
+      if (old && c.patchset < old.patchset) return undefined;
+      this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ?').run(c.project, c.change);
+      const ins = this.db.prepare('INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)');
+      let room = MAX_VOTES_PER_CHANGE;
+      for (const [label, byWho] of Object.entries(c.votes)) for (const [who, v] of Object.entries(byWho)) if (room-- > 0) ins.run(c.project, c.change, c.patchset, who, label, v);
+      return { project: c.project, change: c.change, branch: c.branch, status: c.status, patchset: c.patchset, ref: c.ref, wip: c.wip ? 1 : 0, private: c.private ? 1 : 0 };
+    });
+    return { ...r, newPatchset, ...(known ? { oldStatus: known.status } : {}) };
+  }
+
+  private hasVote(project: string, change: string, patchset: number, account: string, label: string): boolean {
+    return this.db.prepare('SELECT 1 FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?').get(project, change, patchset, account, label) !== undefined;
+  }
+
+  private votesOf(project: string, change: string, patchset: number): Record<string, Record<string, number>> {
+    const out: Record<string, Record<string, number>> = {};
+    for (const v of this.db
+      .prepare<[string, string, number], { account: string; label: string; value: number }>('SELECT account, label, value FROM review_votes WHERE project = ? AND change = ? AND patchset = ?')
+      .all(project, change, patchset)) {
+      (out[v.label] ??= {})[v.account] = v.value;
+    }
+    return out;
+  }
+
+  /** Read the row, let `next` change it (undefined: leave it), write it; readiness before and after. */
+  private update(project: string, change: string, next: (old: ChangeRow | undefined) => ChangeRow | undefined): Readiness {
+    return this.db.transaction((): Readiness => {
+      const before = this.ready(project, change);
+      const old = this.db.prepare<[string, string], ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?').get(project, change);
+      const row = next(old);
+      if (row) {
+        this.db
+          .prepare(
+            `INSERT INTO review_changes (project, change, branch, status, patchset, ref, wip, private, updated_at) VALUES (?,?,?,?,?,?,?,?,?)
+             ON CONFLICT(project, change) DO UPDATE SET branch = excluded.branch, status = excluded.status, patchset = excluded.patchset, ref = excluded.ref, wip = excluded.wip, private = excluded.private, updated_at = excluded.updated_at`,
+          )
+          .run(row.project, row.change, row.branch, row.status, row.patchset, row.ref, row.wip, row.private, this.now());
+      }
+      const patchset = row?.patchset ?? old?.patchset ?? 0;
+      return { before, after: this.ready(project, change), patchset };
+    })();
+  }
+}

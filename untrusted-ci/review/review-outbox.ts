@@ -191,6 +191,14 @@ export class ReviewOutbox implements Reporter {
       await this.o.system.post({ project: row.project, change: row.change, patchset: row.patchset, message: row.message, ...(row.labels ? { labels: row.labels } : {}) }, signal);
       this.mark(row.id, 'posted');
     } catch (e) {
+      if (e instanceof ReviewRefusedError && e.status === 409 && row.labels) {
+        // A closed change takes no vote, but still a message: say why, without the vote.
+        const alone = await this.o.system.post({ project: row.project, change: row.change, patchset: row.patchset, message: row.message }, signal).then(
+          () => true,
+          () => false,
+        );
+        if (alone) return this.mark(row.id, 'posted', `posted without its vote: ${e.message}`);
+      }
       if (e instanceof ReviewRefusedError) {
         this.mark(row.id, 'refused', e.message);
         this.o.logger.warn({ project: row.project, change: row.change, patchset: row.patchset, reason: e.message }, 'the review system refused a message; skipped');

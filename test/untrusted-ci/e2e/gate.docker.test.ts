@@ -1,9 +1,10 @@
 /**
- * The gate end to end on real parts: a real upstream git repository, the real service (SQLite,
- * merger, scheduler, executor) and real Docker. Three changes are approved together; the middle
- * one fails its gate job. The first and the third merge, in that order, each moving the upstream
- * branch by compare-and-swap to exactly the commit that was tested; the third was first tested on
- * top of the failing change, then re-tested without it.
+ * The gate end to end on real parts: the Gerrit stand-in as the review system (its webhooks, its
+ * REST API, its submit rules and its own merges into its own bare repository), the real service
+ * (SQLite, merger, scheduler, executor) and real Docker. Three changes are approved in Gerrit; the
+ * middle one fails its gate job. The first and the third are voted Verified +2 and submitted by
+ * Gerrit, in that order; the middle one gets Verified -2. What Gerrit merged is what was tested:
+ * the branch's tree is exactly the tree the gate ran C's jobs on.
  */
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +12,8 @@ import type { GateView } from '../../../shared/schemas/api/gate.js';
 import type { BuildView } from '../../../shared/schemas/api/builds.js';
 import type { GateEventView } from '../../../untrusted-ci/store/gate-store.js';
 import { startTestCi, type TestCi } from '../../support/ci.js';
-import { createRepo, type TestRepo } from '../../support/git-repo.js';
+import { CI_ACCOUNT, startGerrit, type GerritRig } from '../../support/gerrit-rig.js';
+import { until } from '../../support/until.js';
 
 // The gate job takes a few seconds so the three build sets overlap (tested speculatively, in parallel).
 const CONFIG = `version: 1
@@ -21,114 +23,117 @@ jobs:
     command: [sh, -c, "sleep 3; if [ -f broken ]; then echo broken; exit 1; fi; cat *.txt"]
     pipelines: [gate]
 `;
+const PROJECT = 'demo/gated';
 
-describe('gate (real Docker, real git)', () => {
-  let up: TestRepo;
+describe('gate through the review system (real Docker, real git, Gerrit stand-in)', () => {
+  let rig: GerritRig;
   let ci: TestCi;
   beforeAll(async () => {
-    up = createRepo({ '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
-    ci = await startTestCi({ projects: [{ name: 'demo/gated', url: up.dir }], slots: 3 });
+    rig = await startGerrit();
+    rig.gerrit.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
+    ci = await startTestCi({ projects: [{ name: PROJECT, url: rig.gerrit.gitUrl(PROJECT) }], slots: 3 }, { review: rig });
   });
   afterAll(async () => {
     await ci?.close();
-    up?.dispose();
+    await rig?.gerrit.close();
   });
 
-  const api = async <T,>(method: 'GET' | 'POST', url: string, payload?: object): Promise<T> => {
-    const r = await ci.service.app.inject({ method, url, ...(payload ? { payload } : {}) });
-    if (r.statusCode >= 300) throw new Error(`${method} ${url} answered ${r.statusCode}: ${r.body}`);
+  const api = async <T,>(url: string): Promise<T> => {
+    const r = await ci.service.app.inject({ method: 'GET', url });
+    if (r.statusCode >= 300) throw new Error(`GET ${url} answered ${r.statusCode}: ${r.body}`);
     return r.json() as T;
   };
+  const builds = async () => {
+    const r = await api<BuildView[] | { builds: BuildView[] }>('/api/builds?limit=100');
+    return Array.isArray(r) ? r : r.builds;
+  };
+  const gateItems = async () => (await api<GateView>('/api/gate')).queues.flatMap((q) => q.items);
+  const events = async (kind: 'report' | 'merged') => (await api<{ events: GateEventView[] }>(`/api/gate/events?kind=${kind}&limit=1000`)).events;
+  const approve = async (n: number) => {
+    rig.gerrit.review(n, 'grace', { labels: { 'Code-Review': 2 } });
+    await until(`change ${n} in the gate`, async () => ((await gateItems()).some((i) => i.change === String(n)) || (await events('report')).some((e) => e.change === String(n)) ? true : undefined));
+  };
 
-  it('merges A and C, reports B, and the branch history is exactly what was tested', async () => {
-    const tip = up.tip();
-    const a = up.change(201, 1, { 'a.txt': 'A\n' });
-    const b = up.change(202, 1, { 'b.txt': 'B\n', broken: 'yes\n' });
-    const c = up.change(203, 1, { 'c.txt': 'C\n' });
+  it('A and C merge through Gerrit, B is voted -2; the branch holds exactly what was tested', async () => {
+    const g = rig.gerrit;
+    const a = g.upload({ project: PROJECT, owner: 'ada', subject: 'A', files: { 'a.txt': 'A\n' } });
+    const b = g.upload({ project: PROJECT, owner: 'ada', subject: 'B', files: { 'b.txt': 'B\n', broken: 'yes\n' } });
+    const c = g.upload({ project: PROJECT, owner: 'mallory', subject: 'C', files: { 'c.txt': 'C\n' } });
+    // Approved one after the other (the stand-in, like the webhooks plugin, does not keep order).
+    for (const x of [a, b, c]) await approve(x.number);
+    expect((await gateItems()).map((i) => i.change)).toEqual([String(a.number), String(b.number), String(c.number)]);
 
-    // A through the approve endpoint (recorded by a check submission first); B and C submitted to the gate directly.
-    const checkA = await api<{ change: { id: number } }>('POST', '/api/changes', { project: 'demo/gated', ref: a.ref, change: '201', patchset: 1 });
-    await api('POST', `/api/changes/${checkA.change.id}/approve`);
-    await api('POST', '/api/changes', { project: 'demo/gated', ref: b.ref, change: '202', patchset: 1, pipeline: 'gate' });
-    await api('POST', '/api/changes', { project: 'demo/gated', ref: c.ref, change: '203', patchset: 1, pipeline: 'gate' });
+    const reports = await until('three gate reports', async () => {
+      const r = await events('report');
+      return r.length >= 3 ? r : undefined;
+    }, 120_000);
+    expect(Object.fromEntries(reports.map((e) => [e.change, e.result]))).toEqual({ [a.number]: 'SUCCESS', [b.number]: 'FAILURE', [c.number]: 'SUCCESS' });
+    const merged = await events('merged');
+    expect(merged.map((e) => e.change)).toEqual([String(a.number), String(c.number)]);
 
-    // All three are queued at once, each on top of the ones ahead (an approval first reads the
-    // change's dependencies from git, so wait for the gate to take them in).
-    await ci.service.gate.idle();
-    const early = await api<GateView>('GET', '/api/gate');
-    expect(early.queues.map((q) => q.items.map((i) => i.change))).toEqual([['201', '202', '203']]);
+    // Gerrit merged A and C, as airlock-ci, after airlock's Verified +2; B has airlock's -2 and stays open.
+    expect(g.changeState(a.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+    expect(g.changeState(c.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+    expect(g.changeState(a.number).votes.Verified).toEqual({ [CI_ACCOUNT]: 2 });
+    expect(g.changeState(b.number)).toMatchObject({ status: 'NEW' });
+    await until('the -2 on B', async () => (g.changeState(b.number).votes.Verified?.[CI_ACCOUNT] === -2 ? true : undefined));
 
-    const reports = await waitForEvents(3);
-    const byChange = Object.fromEntries(reports.filter((e) => e.kind === 'report').map((e) => [e.change, e.result]));
-    expect(byChange).toEqual({ '201': 'SUCCESS', '202': 'FAILURE', '203': 'SUCCESS' });
-    const merged = (await api<{ events: GateEventView[] }>('GET', '/api/gate/events?kind=merged')).events;
-    expect(merged.map((e) => e.change)).toEqual(['201', '203']);
-
-    // The branch moved twice, to exactly the tested commits: A (a fast-forward), then C merged onto A.
-    expect(up.tip()).toBe(merged[1]!.commit);
-    const firstParents = git(up.dir, ['rev-list', '--first-parent', 'master']).split('\n');
-    expect(firstParents.slice(0, 3)).toEqual([merged[1]!.commit, a.sha, tip]);
-    expect(merged[0]!.commit).toBe(a.sha);
-    expect(git(up.dir, ['rev-parse', `${merged[1]!.commit}^2`])).toBe(c.sha);
-    const files = git(up.dir, ['ls-tree', '--name-only', 'master']).split('\n');
+    // The merged events name the commit Gerrit's merges left (what the builder is told of).
+    const tip = g.branchTip(PROJECT);
+    expect(merged[1]!.commit).toBe(tip);
+    expect(git(g.gitUrl(PROJECT), ['rev-parse', `${tip}^2`])).toBe(c.sha);
+    const files = git(g.gitUrl(PROJECT), ['ls-tree', '--name-only', 'master']).split('\n');
     expect(files).toEqual(expect.arrayContaining(['a.txt', 'c.txt', 'base.txt']));
     expect(files).not.toContain('b.txt');
     expect(files).not.toContain('broken');
 
-    // C ran twice: first on A+B+C, then on A+C (passed).
-    const gateBuilds = (await api<BuildView[] | { builds: BuildView[] }>('GET', '/api/builds?limit=50'));
-    const list = (Array.isArray(gateBuilds) ? gateBuilds : gateBuilds.builds).filter((x) => x.pipeline === 'gate');
-    // The gate acts on job results; a build record finishes a moment later (logs uploaded): wait for it.
-    const ofC = await Promise.all(list.filter((x) => x.change.change === '203').sort((x, y) => x.id - y.id).map((x) => ci.waitFor(x.id)));
-    // The first (on A+B+C, with B's broken file) is cancelled by the reset, or, if its own job
-    // ended first, failed: either way it was thrown away and C re-tested on A+C.
-    expect(ofC).toHaveLength(2);
+    // What Gerrit merged is what the gate tested: C's passing build ran on exactly this tree.
+    const gateBuilds = (await builds()).filter((x) => x.pipeline === 'gate');
+    const ofC = await Promise.all(gateBuilds.filter((x) => x.change.change === String(c.number)).sort((x, y) => x.id - y.id).map((x) => ci.waitFor(x.id)));
+    expect(ofC).toHaveLength(2); // first on A+B+C (thrown away by the reset), then on A+C
     expect(['cancelled', 'failed']).toContain(ofC[0]!.result);
     expect(ofC[1]!.result).toBe('passed');
-    const ofB = await Promise.all(list.filter((x) => x.change.change === '202').map((x) => ci.waitFor(x.id)));
-    expect(ofB.map((x) => x.result)).toEqual(['failed']);
+    const testedTree = git(`${ci.dataDir}/git/mirrors/${mirrorName(ci)}`, ['rev-parse', `${ofC[1]!.commit}^{tree}`]);
+    expect(git(g.gitUrl(PROJECT), ['rev-parse', 'master^{tree}'])).toBe(testedTree);
 
-    const after = await api<GateView>('GET', '/api/gate');
+    const after = await api<GateView>('/api/gate');
     expect(after.queues.flatMap((q) => q.items)).toEqual([]);
     expect(after.queues[0]!.window).toBe(Math.floor((20 + 1) / 2) + 1); // +1 (A merged), halved (B failed), +1 (C merged)
   });
 
   it('puts a git parent ahead: a child approved first waits for its parent, then both merge in order', async () => {
-    const before = (await api<{ events: GateEventView[] }>('GET', '/api/gate/events?kind=report')).events.length;
-    const parent = up.change(211, 1, { 'p.txt': 'parent\n' });
-    const child = up.change(212, 1, { 'k.txt': 'child\n' }, { parent: parent.sha });
+    const g = rig.gerrit;
+    const before = (await events('report')).length;
+    const parent = g.upload({ project: PROJECT, owner: 'ada', subject: 'parent', files: { 'p.txt': 'parent\n' } });
+    const child = g.upload({ project: PROJECT, owner: 'ada', subject: 'child', files: { 'k.txt': 'child\n' }, parent: parent.sha });
     // Both are known to the CI (checked); the child is approved first and must wait for its parent.
-    const p = await api<{ change: { id: number } }>('POST', '/api/changes', { project: 'demo/gated', ref: parent.ref, change: '211', patchset: 1 });
-    const k = await api<{ change: { id: number } }>('POST', '/api/changes', { project: 'demo/gated', ref: child.ref, change: '212', patchset: 1 });
-    await api('POST', `/api/changes/${k.change.id}/approve`);
+    await until('both checked', async () => ((await builds()).filter((b) => b.pipeline === 'check' && [String(parent.number), String(child.number)].includes(b.change.change)).length === 2 ? true : undefined));
+    g.review(child.number, 'grace', { labels: { 'Code-Review': 2 } });
+    await new Promise((r) => setTimeout(r, 500));
     await ci.service.gate.idle();
-    expect((await api<GateView>('GET', '/api/gate')).queues.flatMap((q) => q.items)).toEqual([]);
-    await api('POST', `/api/changes/${p.change.id}/approve`);
-    await ci.service.gate.idle();
-    const items = (await api<GateView>('GET', '/api/gate')).queues.flatMap((q) => q.items);
+    expect(await gateItems()).toEqual([]);
+    await approve(parent.number);
+    const items = await gateItems();
     expect(items.map((i) => [i.change, i.state])).toEqual([
-      ['211', ['211,1']],
-      ['212', ['211,1', '212,1']],
+      [String(parent.number), [`${parent.number},1`]],
+      [String(child.number), [`${parent.number},1`, `${child.number},1`]],
     ]);
-    const reports = (await waitForEvents(before + 2)).slice(before);
+    const reports = await until('two more reports', async () => {
+      const r = (await events('report')).slice(before);
+      return r.length >= 2 ? r : undefined;
+    }, 120_000);
     expect(reports.map((e) => [e.change, e.result])).toEqual([
-      ['211', 'SUCCESS'],
-      ['212', 'SUCCESS'],
+      [String(parent.number), 'SUCCESS'],
+      [String(child.number), 'SUCCESS'],
     ]);
-    expect(up.tip()).toBe(child.sha); // two fast-forwards: the child is on top of its parent
+    expect(g.branchTip(PROJECT)).toBe(child.sha); // two fast-forwards: the child is on top of its parent
   });
-
-  async function waitForEvents(reportsWanted: number, timeoutMs = 120_000): Promise<GateEventView[]> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const { events } = await api<{ events: GateEventView[] }>('GET', '/api/gate/events?kind=report');
-      if (events.length >= reportsWanted) return events;
-      if (Date.now() > end) throw new Error(`only ${events.length} gate reports after ${timeoutMs} ms: ${JSON.stringify(await api('GET', '/api/gate'))}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
 });
 
+function mirrorName(ci: TestCi): string {
+  return execFileSync('ls', [`${ci.dataDir}/git/mirrors`], { encoding: 'utf8' }).trim().split('\n')[0]!;
+}
+
 function git(dir: string, args: string[]): string {
-  return execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8' }).trim();
+  return execFileSync('git', ['--git-dir', dir, ...args], { encoding: 'utf8' }).trim();
 }

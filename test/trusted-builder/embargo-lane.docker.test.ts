@@ -1,8 +1,11 @@
 /**
- * The embargo lane end to end, both tiers on real parts: the public CI gates and merges changes
- * (real git, Docker, SQLite) and sends a promotion hint per merge; the trusted builder promotes
- * each public commit and, privately, the commit with the project's active embargoed patches on
- * top (submitted over `POST /v1/embargo` as a member's signed, encrypted request).
+ * The embargo lane end to end, both tiers on real parts: changes are uploaded to the Gerrit
+ * stand-in (test/support/gerrit-rig.ts) and approved there by a core reviewer; the public CI gates
+ * them (real git, Docker, SQLite), votes Verified and has Gerrit submit them, and sends a promotion
+ * hint per merge; the trusted builder, whose canonical repository is Gerrit's, checks the review
+ * record itself with its own read-only Gerrit account, promotes each public commit and, privately,
+ * the commit with the project's active embargoed patches on top (submitted over `POST /v1/embargo`
+ * as a member's signed, encrypted request).
  *
  *   M1  public image + patched image (E1, the canary, and E2) in `private/<image>`, signed
  *   M2  changes the line E2 patches: E2 no longer applies → no patched image, E2's team warned
@@ -11,6 +14,7 @@
  *
  * Then the canary scan: the canary patch's strings (its file name, content and message) are in
  * none of the public outputs — the CI's data dir (SQLite, logs), API answers and log lines; the
+ * review system (Gerrit's repository, every event it raised: the CI's messages among them); the
  * builder's data dir (the embargo store is encrypted), its log lines, unauthenticated endpoints
  * and public lookaside; the public images' layers; any process's command line sampled throughout;
  * the engine's container and image names; the warnings sent — while the private image does carry
@@ -35,13 +39,14 @@ import { startBuilderService, type BuilderService } from '../../trusted-builder/
 import { builderRig } from '../support/builder-rig.js';
 import { startTestCi, type TestCi } from '../support/ci.js';
 import { makeMember, writeTeam, type TestMember } from '../support/embargo.js';
-import { createRepo, type TestRepo } from '../support/git-repo.js';
+import { BUILDER_ACCOUNT, CI_ACCOUNT, startGerrit, type GerritRig } from '../support/gerrit-rig.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
 const run = promisify(execFile);
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
 const BASE = 'airlock/base:busybox';
 const HINT_SECRET = 'hint-secret-for-the-embargo-lane-test';
+const PROJECT = 'demo/app';
 const TAG = randomBytes(4).toString('hex');
 const CANARY = { file: `canary-file-${TAG}.c`, content: `CANARY_CONTENT_${TAG}_q8w7e6`, message: `CANARY-MESSAGE-${TAG}-heap-overflow` };
 const CANARIES = Object.values(CANARY);
@@ -51,7 +56,7 @@ environment: { image: ${BASE} }
 jobs:
   unit:
     command: [sh, ./test.sh]
-    pipelines: [gate]
+    pipelines: [check, gate]
 publish:
   dockerfile: Dockerfile
 `;
@@ -77,7 +82,7 @@ function capture(): { logger: pino.Logger; lines: string[] } {
 describe('embargoed patches: a private lane, and nothing of it in public (two tiers, real parts)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-lane-'));
   let registry: TestRegistry;
-  let up: TestRepo;
+  let review: GerritRig;
   let ci: TestCi;
   let builder: BuilderService;
   let builderUrl: string;
@@ -94,7 +99,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   /** A patch the way the team makes one: `git format-patch` of a commit on a private clone. */
   const patchOf = (files: Record<string, string>, message: string): string => {
     const clone = join(dir, `clone-${randomBytes(3).toString('hex')}`);
-    execFileSync('git', ['clone', '-q', up.dir, clone]);
+    execFileSync('git', ['clone', '-q', review.gerrit.gitUrl(PROJECT), clone]);
     for (const [p, text] of Object.entries(files)) {
       mkdirSync(join(clone, p, '..'), { recursive: true });
       writeFileSync(join(clone, p), text);
@@ -117,22 +122,29 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     return (answer as { result: Record<string, unknown> }).result;
   };
 
-  /** Approve a change in the public CI; wait until it merged and the builder promoted the merge. */
-  const land = async (n: number, files: Record<string, string>) => {
-    const c = up.change(n, 1, files);
-    const r = await ci.service.app.inject({ method: 'POST', url: '/api/changes', payload: { project: 'demo/app', ref: c.ref, change: String(n), patchset: 1, pipeline: 'gate' } });
-    expect(r.statusCode, r.body).toBe(202);
+  /**
+   * Upload a change to Gerrit and approve it there (Code-Review +2 by a core reviewer); wait until
+   * the gate had Gerrit merge it and the builder promoted the merge. The merged event names the
+   * branch tip Gerrit's submit left (here a fast-forward to the change: it sits on the tip).
+   */
+  const land = async (subject: string, files: Record<string, string>) => {
+    const g = review.gerrit;
+    const c = g.upload({ project: PROJECT, owner: 'ada', subject, files });
+    g.review(c.number, 'grace', { labels: { 'Code-Review': 2 } });
+    const n = String(c.number);
     const end = Date.now() + 120_000;
     for (;;) {
       const events = (await ci.service.app.inject({ method: 'GET', url: '/api/gate/events?kind=merged' })).json() as { events: { change: string; commit: string }[] };
-      const m = events.events.find((e) => e.change === String(n));
+      const m = events.events.find((e) => e.change === n);
       if (m) {
+        expect(g.changeState(c.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+        expect(m.commit).toBe(g.branchTip(PROJECT));
         for (;;) {
-          const res = builder.promoter.result('demo/app', m.commit);
+          const res = builder.promoter.result(PROJECT, m.commit);
           if (res) {
             await builder.promoter.drain();
             merged.push(m.commit);
-            return { commit: m.commit, result: res };
+            return { change: c.number, commit: m.commit, result: res };
           }
           if (Date.now() > end) throw new Error(`no promotion of ${m.commit}`);
           await new Promise((x) => setTimeout(x, 100));
@@ -183,15 +195,26 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
 
     registry = await startRegistry({ auth: true });
-    up = createRepo({ '.airlock.yaml': CONFIG, 'test.sh': 'test -f app.txt && echo unit ok\n', Dockerfile: `FROM ${BASE}\nCOPY . /app\n`, 'app.txt': 'version 1\n', 'src/main.c': 'int main(void) { return 0; }\n' });
+    review = await startGerrit();
+    const initial = review.gerrit.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'test.sh': 'test -f app.txt && echo unit ok\n', Dockerfile: `FROM ${BASE}\nCOPY . /app\n`, 'app.txt': 'version 1\n', 'src/main.c': 'int main(void) { return 0; }\n' });
     alice = await makeMember('alice');
     const teamDir = writeTeam(join(dir, 'team'), [alice]);
-    const rig = await builderRig({ dir, registry, project: { name: 'demo/app', url: up.dir, image: 'team/app' }, hintSecret: HINT_SECRET, baseImage: BASE, runnerStateDir: STATE_DIR, embargo: { teamDir } });
+    const rig = await builderRig({
+      dir,
+      registry,
+      project: { name: PROJECT, url: review.gerrit.gitUrl(PROJECT), image: 'team/app' },
+      hintSecret: HINT_SECRET,
+      baseImage: BASE,
+      runnerStateDir: STATE_DIR,
+      embargo: { teamDir },
+      // The project's first commit was made with it, not through review: review is checked from there on.
+      review: { url: review.gerrit.url, username: BUILDER_ACCOUNT, password: review.passwords[BUILDER_ACCOUNT]!, since: initial },
+    });
     builder = await startBuilderService({ ...rig, embargoWebhook: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/warn` }, { logger: builderLog.logger });
     builderUrl = await builder.listen();
     writeFileSync(join(dir, 'builder.pub.asc'), builder.publicKey);
     writeFileSync(join(dir, 'hint.secret'), HINT_SECRET, { mode: 0o600 });
-    ci = await startTestCi({ projects: [{ name: 'demo/app', url: up.dir }], hints: { url: builderUrl, secretFile: join(dir, 'hint.secret') } }, { logger: ciLog.logger });
+    ci = await startTestCi({ projects: [{ name: PROJECT, url: review.gerrit.gitUrl(PROJECT) }], hints: { url: builderUrl, secretFile: join(dir, 'hint.secret') } }, { logger: ciLog.logger, review });
     chmodSync(dir, 0o700);
   }, 120_000);
 
@@ -200,18 +223,21 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     await ci?.close();
     await builder?.close();
     await registry?.stop();
+    await review?.gerrit.close();
     hook?.close();
-    up?.dispose();
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('M1: the public image, and privately the image with the embargoed patches, signed', async () => {
-    ids.e1 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ [`src/${CANARY.file}`]: `/* ${CANARY.content} */\n` }, CANARY.message) })).id as string;
-    ids.e2 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'app.txt': 'version 1 (hardened)\n' }, 'harden the app') })).id as string;
+    ids.e1 = (await embargo({ action: 'submit', project: PROJECT, patch: patchOf({ [`src/${CANARY.file}`]: `/* ${CANARY.content} */\n` }, CANARY.message) })).id as string;
+    ids.e2 = (await embargo({ action: 'submit', project: PROJECT, patch: patchOf({ 'app.txt': 'version 1 (hardened)\n' }, 'harden the app') })).id as string;
     expect(ids.e1).toMatch(/^emb-/);
 
-    const m1 = await land(301, { 'one.txt': '1\n' });
+    const m1 = await land('one', { 'one.txt': '1\n' });
     expect(m1.result, JSON.stringify(m1.result)).toMatchObject({ state: 'published' });
+    // The builder read the review record itself: the change, approved by grace (not its owner).
+    const verified = readFileSync(builder.auditFile, 'utf8').split('\n').filter((l) => l.includes('"verify-passed"') && l.includes(m1.commit));
+    expect(verified.join('\n')).toContain(`"review":"${m1.change},1 approved by grace"`);
     expect(await tags('private/team/app')).toEqual([m1.commit]);
     const e1 = builder.embargo!.status(ids.e1);
     expect(e1.lastBuild?.commit).toBe(m1.commit);
@@ -229,7 +255,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   }, 180_000);
 
   it('M2: a public change makes E2 stop applying: no patched image, the team is warned', async () => {
-    const m2 = await land(302, { 'app.txt': 'version 2\n' });
+    const m2 = await land('version 2', { 'app.txt': 'version 2\n' });
     expect(m2.result).toMatchObject({ state: 'published' });
     expect(await tags('private/team/app')).not.toContain(m2.commit);
     expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e2, commit: m2.commit, step: 'apply' }));
@@ -241,7 +267,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   }, 180_000);
 
   it('M3: the public history now contains E2: it retires itself; the patched image has E1 alone', async () => {
-    const m3 = await land(303, { 'app.txt': 'version 1 (hardened)\n' });
+    const m3 = await land('harden the app, in public', { 'app.txt': 'version 1 (hardened)\n' });
     expect(m3.result).toMatchObject({ state: 'published' });
     expect(builder.embargo!.status(ids.e2)).toMatchObject({ state: 'retired' });
     expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e2, commit: m3.commit, step: 'retired' }));
@@ -251,8 +277,8 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   }, 180_000);
 
   it('M4: an embargoed patch that breaks the tests: no patched image, warned with step tests', async () => {
-    ids.e3 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'test.sh': 'echo the fix broke the tests; exit 1\n' }, 'a bad fix') })).id as string;
-    const m4 = await land(304, { 'four.txt': '4\n' });
+    ids.e3 = (await embargo({ action: 'submit', project: PROJECT, patch: patchOf({ 'test.sh': 'echo the fix broke the tests; exit 1\n' }, 'a bad fix') })).id as string;
+    const m4 = await land('four', { 'four.txt': '4\n' });
     expect(m4.result).toMatchObject({ state: 'published' });
     expect(await tags('private/team/app')).not.toContain(m4.commit);
     expect(warnings).toContainEqual(expect.objectContaining({ embargo: ids.e3, commit: m4.commit, step: 'tests' }));
@@ -264,7 +290,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
   it('a newly submitted patch is built at once, on the latest published commit', async () => {
     const latest = merged.at(-1)!;
     expect(await tags('private/team/app')).not.toContain(latest); // M4 had none (E3 broke its tests)
-    ids.e4 = (await embargo({ action: 'submit', project: 'demo/app', patch: patchOf({ 'late.txt': 'a late fix\n' }, 'a late fix') })).id as string;
+    ids.e4 = (await embargo({ action: 'submit', project: PROJECT, patch: patchOf({ 'late.txt': 'a late fix\n' }, 'a late fix') })).id as string;
     await builder.promoter.drain();
     expect(await tags('private/team/app')).toContain(latest);
     expect(builder.embargo!.status(ids.e4).lastBuild?.commit).toBe(latest);
@@ -282,6 +308,9 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
       check(`ci GET ${url}`, r.body);
     }
     check('ci log', ciLog.lines.join(''));
+    // The review system: its repository (every object, through git) and every event it raised (the CI's messages among them).
+    check('gerrit repository', execFileSync('git', ['--git-dir', review.gerrit.gitUrl(PROJECT), 'cat-file', '--batch-all-objects', '--batch'], { maxBuffer: 256 * 1024 * 1024 }));
+    check('gerrit events', JSON.stringify(review.gerrit.events));
     // The builder: its data dir (store encrypted, mirror and lookasides clean), log, endpoints.
     for (const f of files(join(dir, 'data'))) check(`builder ${f.path}`, f.data);
     // The mirror's objects are compressed on disk: read every one of them through git.
@@ -290,7 +319,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     expect(readdirSync(mirrors).length).toBeGreaterThan(0);
     check('builder log', builderLog.lines.join(''));
     for (const url of ['/healthz', '/lookaside/', '/v1/embargo', '/']) check(`builder GET ${url}`, (await builder.app.inject({ method: 'GET', url })).body);
-    for (const c of merged) check(`promotion result ${c}`, JSON.stringify(builder.promoter.result('demo/app', c)));
+    for (const c of merged) check(`promotion result ${c}`, JSON.stringify(builder.promoter.result(PROJECT, c)));
     // Every public image's layers.
     for (const [i, c] of merged.entries()) check(`public image ${c}`, await pull(`${registry.url}/team/app:${c}`, `${builderUrl}/lookaside`, join(dir, `pulled-scan-${i}`)));
     // Command lines seen while all of this ran, and what the engine names.

@@ -34,23 +34,35 @@ const HOSTILE = '<img src=x onerror=alert(1)>';
 const WAIT = { timeout: 90_000 };
 const PROJECT = 'demo/status';
 
-const CONFIG = `version: 1
-environment: { image: airlock/base:busybox }
-jobs:
-  slow:
-    command: |
-      if [ ! -f slow.txt ]; then echo "nothing slow here"; exit 0; fi
-      i=0
-      while [ $i -lt 1500 ]; do i=$((i+1)); echo "tick $i <b>not bold</b>"; sleep 0.2; done
-    pipelines: [check]
-    timeout: 10m
-  test:
+const GATE_JOB = `  test:
     command: |
       sleep 1
       if [ -f broken ]; then echo "broken: <script>alert(3)</script>"; exit 1; fi
       cat *.txt
     pipelines: [gate]
 `;
+/** The project's config: a quick check (the Gerrit changes' checks) and the gate job. */
+const CONFIG = `version: 1
+environment: { image: airlock/base:busybox }
+jobs:
+  lint:
+    command: [sh, -c, "echo lint ok"]
+    pipelines: [check]
+${GATE_JOB}`;
+/**
+ * The config of the change that holds the slot: its check is a job that prints a line every 0.2 s
+ * for minutes (a job name no build ran before: the page knows no usual duration for it).
+ */
+const SLOW_CONFIG = `version: 1
+environment: { image: airlock/base:busybox }
+jobs:
+  slow:
+    command: |
+      i=0
+      while [ $i -lt 1500 ]; do i=$((i+1)); echo "tick $i <b>not bold</b>"; sleep 0.2; done
+    pipelines: [check]
+    timeout: 10m
+${GATE_JOB}`;
 const BROKEN_CONFIG = `version: 1
 environment: { image: airlock/base:busybox }
 "<script>alert(2)</script>": 1
@@ -132,8 +144,8 @@ describe('status page (real browser, real service, real Docker)', () => {
     expect(await page.getByRole('heading', { level: 2 }).allTextContents()).toEqual(['Check pipeline', 'Gate pipeline', 'Recent builds']); // the log panel is hidden until asked for
     await page.evaluate('window.airlockMarker = 42'); // gone if the page ever reloads
 
-    // 0. Three changes uploaded to Gerrit (gated in step 4), each checked once Gerrit tells the CI
-    // of its patch set (their `slow` job has no slow.txt and ends at once); the CI votes on each.
+    // 0. Three changes uploaded to Gerrit (gated in step 4), each checked (a quick `lint`) once
+    // Gerrit tells the CI of its patch set; the CI votes on each in Gerrit.
     const g = rig.gerrit;
     const a = g.upload({ project: PROJECT, owner: 'ada', subject: 'add A', files: { 'a.txt': 'A\n' } });
     const b = g.upload({ project: PROJECT, owner: 'mallory', subject: 'break the build', files: { 'b.txt': 'B\n', broken: 'yes\n' } });
@@ -145,7 +157,7 @@ describe('status page (real browser, real service, real Docker)', () => {
     // 1. A check change (over the API, as `airlock submit` sends one: a commit in the project's
     // repository that is no change in Gerrit) with a hostile subject and author: shown as text,
     // its job running with a progress bar.
-    const slow = g.writeCommit(PROJECT, { 'slow.txt': 'slow\n' }, { message: 'slow\n' });
+    const slow = g.writeCommit(PROJECT, { '.airlock.yaml': SLOW_CONFIG, 'slow.txt': 'slow\n' }, { message: 'a slow check\n' });
     const slowBuild = await ci.submit({ project: PROJECT, ref: slow, change: '301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
     const slowJob = item('check', '301').locator('li.job[data-job="slow"][data-state="running"]');
     await slowJob.waitFor(WAIT);

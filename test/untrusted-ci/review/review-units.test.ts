@@ -1,0 +1,272 @@
+/**
+ * The CI's review-system pieces on their own, with a recording ReviewSystem: the per-reviewer vote
+ * state, the durable outbox (order, retries, refusals, the exclusive window of a submit), the
+ * catch-up's cursor, and what the Gerrit adapter makes of a ChangeInfo. SQLite in memory.
+ */
+import { describe, expect, it } from 'vitest';
+import { ReviewRefusedError, ReviewUnavailableError } from '../../../shared/errors.js';
+import { createLogger } from '../../../shared/logging.js';
+import type { BuildView } from '../../../shared/schemas/api/builds.js';
+import type { ChangeInfo } from '../../../shared/review/gerrit-rest.js';
+import { CatchUp, OVERLAP_MS } from '../../../untrusted-ci/review/catch-up.js';
+import { toReviewed } from '../../../untrusted-ci/review/gerrit.js';
+import { DEFAULT_VOTES } from '../../../untrusted-ci/review/review-messages.js';
+import { ReviewOutbox } from '../../../untrusted-ci/review/review-outbox.js';
+import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
+import type { ReviewedChange, ReviewMessage, ReviewSystem } from '../../../untrusted-ci/review/review-system.js';
+import { openDatabase } from '../../../untrusted-ci/store/database.js';
+import { GateStore } from '../../../untrusted-ci/store/gate-store.js';
+
+const logger = createLogger({ level: 'silent' });
+const RULE = { label: 'Code-Review', value: 2 };
+
+/** A review system that records what it is told, and fails as scripted. */
+class Recorder implements ReviewSystem {
+  readonly kind = 'gerrit' as const;
+  readonly account = 'airlock-ci';
+  readonly posted: ReviewMessage[] = [];
+  failures: Error[] = [];
+  changes: ReviewedChange[] = [];
+  parseEvent(): never {
+    throw new Error('not used');
+  }
+  async change(): Promise<undefined> {
+    return undefined;
+  }
+  async changedSince(since: number): Promise<ReviewedChange[]> {
+    const f = this.failures.shift();
+    if (f) throw f;
+    return this.changes.filter((c) => c.updated >= since);
+  }
+  async post(m: ReviewMessage): Promise<void> {
+    const f = this.failures.shift();
+    if (f) throw f;
+    this.posted.push(m);
+  }
+  async branchTip(): Promise<undefined> {
+    return undefined;
+  }
+  async submit(): Promise<{ kind: 'merged' }> {
+    return { kind: 'merged' };
+  }
+}
+
+const build = (id: number, result: BuildView['result'], source = 'gerrit'): BuildView => ({
+  id,
+  pipeline: 'check',
+  project: 'p',
+  branch: 'master',
+  change: { id: 1, project: 'p', branch: 'master', change: '7', patchset: 2, ref: 'refs/changes/07/7/2', author: 'ada', source, createdAt: 0 },
+  state: 'finished',
+  ...(result ? { result } : {}),
+  reason: 'r',
+  issues: [],
+  attempt: 1,
+  enqueuedAt: 0,
+  jobs: [{ name: 'test', state: result === 'passed' ? 'passed' : 'failed', voting: true, logBytes: 10, startedAt: 1000, finishedAt: 4000, artifacts: [] }],
+});
+
+function outbox(system: Recorder) {
+  const db = openDatabase(':memory:');
+  const gateStore = new GateStore(db);
+  const o = new ReviewOutbox({ db, system, store: { build: () => build(1, 'passed') }, gateStore, votes: DEFAULT_VOTES, links: { publicUrl: 'https://ci.example.org' }, logger, loop: { backoff: { initialMs: 1, maxMs: 5 }, pollIntervalMs: 20 } });
+  return { db, gateStore, o };
+}
+
+const settle = async (o: ReviewOutbox, n = 200): Promise<void> => {
+  for (let i = 0; i < n && o.rows({ state: 'pending' }).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+};
+
+describe('ReviewOutbox', () => {
+  it('votes on check results of review-system changes only, once per build, with log links', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    await o.report(build(1, 'passed'));
+    await o.report(build(1, 'passed')); // reported again after a restart: one row
+    await o.report(build(2, 'failed'));
+    await o.report(build(3, 'cancelled'));
+    await o.report(build(4, 'passed', 'api'));
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted.map((p) => [p.change, p.patchset, p.labels])).toEqual([
+      ['7', 2, { Verified: 1 }],
+      ['7', 2, { Verified: -1 }],
+    ]);
+    expect(sys.posted[0]!.message).toContain('- test https://ci.example.org/api/builds/1/logs/test : PASSED in 3s');
+  });
+
+  it('keeps a message through outages (retried in order), and skips one the review system refuses', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    sys.failures = [new ReviewUnavailableError('down'), new ReviewUnavailableError('still down'), new ReviewRefusedError(404, 'no such change')];
+    o.enqueue('a', 'p', '1', 1, { message: 'first' });
+    o.enqueue('b', 'p', '2', 1, { message: 'second' });
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted.map((p) => p.message)).toEqual(['second']);
+    expect(o.rows().map((r) => [r.dedupe, r.state, r.attempts])).toEqual([
+      ['a', 'refused', 3],
+      ['b', 'posted', 1],
+    ]);
+  });
+
+  it('a vote a closed change refuses (409) is posted again as the message alone', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    sys.failures = [new ReviewRefusedError(409, 'change is closed')];
+    o.enqueue('a', 'p', '1', 1, { labels: { Verified: -2 }, message: 'failed' });
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted).toEqual([{ project: 'p', change: '1', patchset: 1, message: 'failed' }]);
+    expect(o.rows()[0]).toMatchObject({ state: 'posted', reason: expect.stringContaining('without its vote') });
+  });
+
+  it('turns the gate\'s start and report events into messages, after a cursor that survives', async () => {
+    const sys = new Recorder();
+    const { o, gateStore } = outbox(sys);
+    gateStore.save('gate', {}, [
+      { kind: 'start', project: 'p', branch: 'master', change: '9', patchset: 1 },
+      { kind: 'merged', project: 'p', branch: 'master', change: '9', patchset: 1, commit: 'a'.repeat(40) },
+      { kind: 'report', project: 'p', branch: 'master', change: '9', patchset: 1, result: 'SUCCESS', message: 'merged' },
+      { kind: 'report', project: 'p', branch: 'master', change: '10', patchset: 3, result: 'FAILURE', message: 'build failed (gate): test: FAILURE', build: 1 },
+      { kind: 'report', project: 'p', branch: 'master', change: '11', patchset: 1, result: 'DEQUEUED', message: 'removed from the gate pipeline' },
+    ]);
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted.map((p) => [p.change, p.labels ?? null])).toEqual([
+      ['9', { Verified: 0 }],
+      ['10', { Verified: -2 }],
+      ['11', null],
+    ]);
+    expect(sys.posted[1]!.message).toMatch(/^Build failed \(gate pipeline\)\. build failed \(gate\): test: FAILURE/);
+  });
+
+  it('exclusive(): the change\'s queued messages go first, and nothing else of it in between', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    o.enqueue('start', 'p', '5', 1, { labels: { Verified: 0 }, message: 'Starting gate jobs.' });
+    const order: string[] = [];
+    await o.exclusive('p', '5', async () => {
+      order.push(...sys.posted.map((p) => p.message));
+      o.enqueue('later', 'p', '5', 1, { message: 'queued during the submit' });
+      order.push('+2 and submit');
+    });
+    expect(order).toEqual(['Starting gate jobs.', '+2 and submit']);
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted.map((p) => p.message)).toEqual(['Starting gate jobs.', 'queued during the submit']);
+  });
+});
+
+describe('ReviewState', () => {
+  const state = () => new ReviewState(openDatabase(':memory:'), { rule: RULE, self: 'airlock-ci' });
+  const ps = (s: ReviewState, patchset: number, kind?: 'TRIVIAL_REBASE' | 'REWORK') => s.patchset({ project: 'p', change: '1', branch: 'master', patchset, ref: `refs/changes/01/1/${patchset}`, ...(kind ? { kind } : {}) });
+  const vote = (s: ReviewState, account: string, value: number, patchset = 1) => s.votes({ project: 'p', change: '1', branch: 'master', patchset, ref: `refs/changes/01/1/${patchset}`, account, votes: { 'Code-Review': value } });
+
+  it('is ready with a +2 from a person and no veto; a veto anywhere, a rework, WIP or private take it away', () => {
+    const s = state();
+    ps(s, 1);
+    expect(vote(s, 'grace', 2)).toEqual({ before: false, after: true, patchset: 1 });
+    expect(vote(s, 'bob', -2)).toEqual({ before: true, after: false, patchset: 1 });
+    expect(vote(s, 'bob', 0).after).toBe(true);
+    expect(ps(s, 2, 'TRIVIAL_REBASE')).toEqual({ before: true, after: true, patchset: 2 });
+    expect(s.flags('p', '1', { wip: true }).after).toBe(false);
+    expect(s.flags('p', '1', { wip: false }).after).toBe(true);
+    expect(ps(s, 3, 'REWORK').after).toBe(false);
+    expect(vote(s, 'grace', 2, 2).after).toBe(false); // a vote on an outdated patch set counts nothing
+    expect(vote(s, 'grace', 2, 3).after).toBe(true);
+    expect(s.flags('p', '1', { private: true }).after).toBe(false);
+  });
+
+  it('carries a veto over a rework, and takes a missed patch set from a vote on it', () => {
+    const s = state();
+    ps(s, 1);
+    vote(s, 'linus', -2);
+    vote(s, 'grace', 2);
+    expect(ps(s, 2, 'REWORK').after).toBe(false);
+    expect(s.get('p', '1')?.votes).toEqual({ 'Code-Review': { linus: -2 } });
+    // A comment on patch set 4 before its patchset-created arrived (webhooks are not ordered).
+    // The veto carries over to it too.
+    expect(vote(s, 'grace', 2, 4)).toEqual({ before: false, after: false, patchset: 4 });
+    expect(s.get('p', '1')).toMatchObject({ patchset: 4, votes: { 'Code-Review': { linus: -2, grace: 2 } } });
+    expect(vote(s, 'linus', 0, 4).after).toBe(true);
+  });
+
+  it('reconcile replaces what it knew by the review system\'s record', () => {
+    const s = state();
+    ps(s, 1);
+    vote(s, 'grace', 2);
+    const r = s.reconcile({ project: 'p', branch: 'master', change: '1', status: 'abandoned', patchset: 1, revision: 'a'.repeat(40), ref: 'refs/changes/01/1/1', wip: false, private: false, owner: 'ada', votes: { 'Code-Review': { grace: 2 } }, updated: 0 });
+    expect(r).toMatchObject({ before: true, after: false, newPatchset: false, oldStatus: 'open' });
+  });
+});
+
+describe('CatchUp', () => {
+  const reviewed = (change: string, updated: number): ReviewedChange => ({ project: 'p', branch: 'master', change, status: 'open', patchset: 1, revision: 'a'.repeat(40), ref: `refs/changes/0${change}/${change}/1`, wip: false, private: false, owner: 'ada', votes: {}, updated });
+
+  it('starts from now on a first start, then reads from its cursor (with overlap), keeping it through a failure', async () => {
+    const db = openDatabase(':memory:');
+    const sys = new Recorder();
+    let now = 1_000_000;
+    const applied: string[] = [];
+    const c = new CatchUp({ db, system: sys, apply: (x) => applied.push(x.change), logger, everyMs: 0, now: () => now });
+    sys.changes = [reviewed('1', 900_000)];
+    c.start();
+    await c.run();
+    expect(applied).toEqual([]); // history before the first start is not replayed
+    expect(c.cursor()).toBe(1_000_000);
+    sys.changes.push(reviewed('2', 1_000_500), reviewed('3', 1_000_100));
+    expect(await c.run()).toBe(2);
+    expect(applied).toEqual(['3', '2']); // oldest first
+    expect(c.cursor()).toBe(1_000_500);
+    sys.failures = [new ReviewUnavailableError('down')];
+    now = 5_000_000;
+    expect(await c.run()).toBe(0);
+    expect(c.cursor()).toBe(1_000_500); // nothing read, nothing skipped
+    sys.changes.push(reviewed('4', 1_000_400 + OVERLAP_MS - 1));
+    expect(await c.run()).toBeGreaterThan(0);
+    expect(applied).toContain('4');
+    await c.close();
+  });
+});
+
+describe('toReviewed (Gerrit ChangeInfo)', () => {
+  it('takes the current patch set, the votes per account (no zeros), and the flags', () => {
+    const sha = 'b'.repeat(40);
+    const info: ChangeInfo = {
+      id: 'p~7',
+      project: 'p',
+      branch: 'refs/heads/main',
+      status: 'NEW',
+      updated: '2026-12-06 10:00:00.123000000',
+      _number: 7,
+      owner: { _account_id: 1, username: 'ada' },
+      current_revision: sha,
+      revisions: { [sha]: { _number: 3, kind: 'TRIVIAL_REBASE', ref: 'refs/changes/07/7/3', uploader: { username: 'ada' } } },
+      labels: { 'Code-Review': { all: [{ username: 'grace', value: 2 }, { username: 'bob', value: 0 }, { email: 'x@example.org', value: -1 }] } },
+      work_in_progress: true,
+    };
+    expect(toReviewed(info)).toEqual({
+      project: 'p',
+      branch: 'main',
+      change: '7',
+      status: 'open',
+      patchset: 3,
+      revision: sha,
+      ref: 'refs/changes/07/7/3',
+      patchsetKind: 'TRIVIAL_REBASE',
+      wip: true,
+      private: false,
+      owner: 'ada',
+      uploader: 'ada',
+      votes: { 'Code-Review': { grace: 2, 'x@example.org': -1 } },
+      updated: Date.parse('2026-12-06T10:00:00.123Z'),
+    });
+    expect(toReviewed({ ...info, current_revision: undefined })).toBeUndefined();
+  });
+});

@@ -84,7 +84,7 @@ describe('error catalogue', () => {
 
   it('only infrastructure failures (5xx) and rate limiting (429) are retryable', () => {
     const retryable = instances.filter(([, e]) => e.retryable).map(([n]) => n);
-    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'RegistryUnavailableError', 'StorageFailedError']);
+    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'RegistryUnavailableError', 'ReviewUnavailableError', 'StorageFailedError']);
     for (const [, e] of instances) if (e.retryable) expect(e.httpStatus === 429 || e.httpStatus >= 500).toBe(true);
   });
 

@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { lstat, readFile, readlink, stat, symlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { tarOf, type TarEntry } from '../../support/tar.js';
@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadJobPolicy } from '../../../shared/policy/job-policy.js';
 import { createDocker } from '../../../shared/docker/client.js';
 import { JobRunner } from '../../../shared/runner/job-runner.js';
-import { newOwnerId } from '../../../shared/runner/owner.js';
+import { newOwnerId, ownerToken } from '../../../shared/runner/owner.js';
 import { reap } from '../../../shared/runner/reaper.js';
 import { extractSource } from '../../../shared/runner/source-extract.js';
 import { MountFailedError, WorkspaceManager, type Workspace } from '../../../shared/runner/workspace.js';
@@ -45,13 +45,14 @@ let hostGid: number;
 /** Each test's own directory outside the workspace: an escape would land here. */
 let outside = '';
 const escapeName = `airlock-escape-${process.pid}`;
+const owner = newOwnerId();
 
 beforeAll(async () => {
   ({ docker, runner } = await makeRunner());
   const policy = loadJobPolicy();
   hostUid = runner.jobHostUid;
   hostGid = hostUid - policy.user.uid + policy.user.gid;
-  manager = new WorkspaceManager({ docker, stateDir: STATE_DIR, owner: newOwnerId(), hostUid, hostGid });
+  manager = new WorkspaceManager({ docker, stateDir: STATE_DIR, owner, hostUid, hostGid });
 });
 afterAll(async () => {
   await manager?.close();
@@ -67,11 +68,13 @@ afterEach(async () => {
 });
 
 /** Workspace fill mounts anywhere in this mount namespace. */
-function workspaceMounts(): string[] {
+/** Workspaces of one owner's directory still mounted (other test files' runners mount theirs meanwhile); default: this file's. */
+function workspaceMounts(ownerDir = join(STATE_DIR, 'workspaces', ownerToken(owner))): string[] {
+  const own = join(ownerDir, '');
   return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((l) => l.split(' ')[4] ?? '')
-    .filter((p) => p.startsWith(join(STATE_DIR, 'workspaces')) && p.endsWith('.mnt'));
+    .filter((p) => p.startsWith(own) && p.endsWith('.mnt'));
 }
 
 /** A fresh workspace, `fn` run on it, and the workspace destroyed whatever happens. */
@@ -324,12 +327,12 @@ describe('a runner killed while it writes a source', () => {
     const exited = new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(undefined)));
     child.kill('SIGKILL');
     await exited;
-    expect(workspaceMounts()).toEqual([root]);
+    expect(workspaceMounts(dirname(root))).toEqual([root]);
 
     const report = await reap({ docker, workspacesDir: join(STATE_DIR, 'workspaces') });
     expect(report.mounts).toEqual([root]);
     expect(report.volumes).toContain(ws.volume);
-    expect(workspaceMounts()).toEqual([]);
+    expect(workspaceMounts(dirname(root))).toEqual([]);
     expect(existsSync(root)).toBe(false);
     expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(`${ws.loopDevice} `);
     const backing = (() => {

@@ -34,7 +34,7 @@ const ID_B = `I${'b'.repeat(40)}`;
 const ID_C = `I${'0123456789'.repeat(4)}`;
 
 /** The resolved needs and problems; `sha` (the target's commit) is checked on its own. */
-const withoutSha = ({ sha: _sha, ...rest }: ResolvedNeeds): Omit<ResolvedNeeds, 'sha'> => rest;
+const withoutSha = ({ sha: _sha, candidates: _c, ...rest }: ResolvedNeeds): Omit<ResolvedNeeds, 'sha' | 'candidates'> => rest;
 
 describe('parseDependsOn', () => {
   const cases: [name: string, message: string, expected: { changeIds: string[]; numbers: string[] }][] = [
@@ -188,6 +188,10 @@ describe('resolveNeeds', () => {
     expect(withoutSha(await resolveNeeds(c, candidates, read))).toEqual({ needs: [], problems: [] });
     // The commit the ref pointed at is returned: the gate gates that commit, not the ref.
     expect((await resolveNeeds(b, candidates, read)).sha).toBe(b.sha);
+    // The commit each candidate read points at (the gate's approval-completeness check uses them).
+    expect((await resolveNeeds(b, candidates, read)).candidates.map((x) => [x.change, x.patchset, x.sha])).toEqual(
+      expect.arrayContaining([[key(a), 2, a.sha]]),
+    );
   });
 
   it('Depends-On by Change-Id names a change of another project; one read per project', async () => {

@@ -285,7 +285,7 @@ describe('openDatabase', () => {
       expect(s2.queued().map((q) => q.id)).toEqual([a, b]);
       // New ids continue after the old ones.
       expect(s2.enqueue(change('C'), 'check').buildId).toBe(b + 1);
-      expect(second.pragma('user_version', { simple: true })).toBe(4);
+      expect(second.pragma('user_version', { simple: true })).toBe(5);
     } finally {
       second.close();
     }

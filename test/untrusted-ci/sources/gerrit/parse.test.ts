@@ -54,6 +54,7 @@ describe('parseGerritEvent: fixtures', () => {
       author: 'admin',
       subject: 'test.file added',
       createdAt: 1700478731000,
+      patchsetKind: 'REWORK',
     });
   });
 
@@ -141,8 +142,37 @@ describe('parseGerritEvent: fixtures', () => {
     expect(refUpdateKind({ oldRev: 'a'.repeat(40), newRev: 'b'.repeat(40) })).toBe('updated');
   });
 
+  it('change-abandoned → change-abandoned; change-restored, wip-state-changed and private-state-changed in their shapes', () => {
+    const ab = fixture('change-abandoned');
+    expect(parseGerritEvent(raw('change-abandoned'))).toEqual({
+      kind: 'change-abandoned',
+      source: 'gerrit',
+      eventId: EVENT_ID,
+      project: 'TestRepo',
+      branch: 'test_branch',
+      change: '21',
+      changeId: 'Ifc7af9f849cbfb677ef6f1adcf05956292d4f571',
+      patchset: 1,
+      abandoned: true,
+      author: 'admin',
+    });
+    const restored = { ...ab, type: 'change-restored', restorer: ab.abandoner, change: { ...(ab.change as Json), status: 'NEW' } };
+    delete (restored as Json).abandoner;
+    expect(parse(restored)).toMatchObject({ kind: 'change-abandoned', abandoned: false, author: 'admin' });
+    const wip = { ...ab, type: 'wip-state-changed', changer: ab.abandoner, change: { ...(ab.change as Json), status: 'NEW', wip: true } };
+    expect(parse(wip)).toMatchObject({ kind: 'change-state', wip: true, change: '21' });
+    expect(parse({ ...wip, change: { ...(ab.change as Json), status: 'NEW' } })).toMatchObject({ kind: 'change-state', wip: false });
+    const priv = { ...ab, type: 'private-state-changed', changer: ab.abandoner, change: { ...(ab.change as Json), status: 'NEW', private: true } };
+    // A change that becomes private is told (so its builds stop), unlike its patch sets and comments.
+    expect(parse(priv)).toMatchObject({ kind: 'change-state', private: true });
+  });
+
+  it('a patch set kind airlock does not know is left out (treated as a rework)', () => {
+    expect(parse(edit(fixture('patchset-created'), 'patchSet.kind', 'TRIVIAL_REBASE_WITH_MESSAGE_UPDATE'))).not.toHaveProperty('patchsetKind');
+    expect(parse(edit(fixture('patchset-created'), 'patchSet.kind', 'TRIVIAL_REBASE'))).toMatchObject({ patchsetKind: 'TRIVIAL_REBASE' });
+  });
+
   it.each([
-    ['change-abandoned', 'change-abandoned', /not one airlock acts on/],
     ['ref-updated-change-meta', 'ref-updated', /change refs/],
     ['ref-updated-meta-config', 'ref-updated', /refs\/meta\/config/],
   ])('%s → ignored', (name, event, reason) => {

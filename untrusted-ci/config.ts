@@ -3,9 +3,11 @@
  * schema (unknown keys are errors, every problem is listed), deep-frozen and handed to constructors.
  * Nothing reads `process.env` after `loadCiConfig`. Defaults live in the schema, each with its unit.
  *
- * Credentials never appear in this file: the webhook secret and the API token are *paths* to files
- * (mode 0600 by convention), read once here. The service holds no secret that grants anything beyond
- * itself (ARCHITECTURE principle 1): the webhook secret only authenticates the code-review system to us.
+ * Credentials never appear in this file: the webhook secret, the API token, the hint key and the
+ * review system's account are *paths* to files (mode 0600 by convention), read once here. None
+ * writes a git ref (docs/review.md): the webhook secret only authenticates the code-review system
+ * to us; the review account may vote Verified and ask for a submit, which the review system's own
+ * rules decide.
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';

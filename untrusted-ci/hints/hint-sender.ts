@@ -25,9 +25,8 @@
  * - **Stopping.** `close()` aborts the request in flight and any wait, and resolves when the loop
  *   has stopped; the interrupted event is sent again by the next start.
  *
- * The secret is the only credential in the untrusted tier, and it grants nothing but asking the
- * builder to look at a commit it re-verifies itself (ARCHITECTURE principle 2). It is kept in a
- * private field and never logged or stored.
+ * The secret grants nothing but asking the builder to look at a commit it re-verifies itself,
+ * review included (docs/review.md). It is kept in a private field and never logged or stored.
  */
 import type { Logger } from '../../shared/logging.js';
 import { signHint } from '../../shared/hints/hint-auth.js';

@@ -61,7 +61,8 @@ export function isResultEvent(e: PipelineEvent): e is ResultEvent {
  * - MERGE_CONFLICT, CONFIG_ERROR: its state could not be built or configured;
  * - DEPENDENCY_FAILED: a change it needs left the queue without merging;
  * - DEQUEUED: abandoned, a new patchset, approval removed;
- * - MERGE_FAILURE: it passed but the submit was refused (the branch moved);
+ * - MERGE_FAILURE: it passed but the review system did not merge it (it refused the submit, or
+ *   the change was no longer approved, open or current when read again);
  * - NO_JOBS: no job of this pipeline applies to it (the gate does not merge it).
  */
 export type ReportResult = 'SUCCESS' | 'FAILURE' | 'MERGE_CONFLICT' | 'CONFIG_ERROR' | 'DEPENDENCY_FAILED' | 'DEQUEUED' | 'MERGE_FAILURE' | 'NO_JOBS';

@@ -140,6 +140,25 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     expect(g.branchTip(PROJECT)).toBe(tip);
   });
 
+  it('a submit Gerrit refuses (409: a conflict with a change merged meanwhile) is MERGE_FAILURE, voted -2', async () => {
+    const g = rig.gerrit;
+    const q = g.upload({ project: PROJECT, owner: 'ada', subject: 'Q', files: { slow: '1\n', 'shared.txt': 'from Q\n' } });
+    const other = g.upload({ project: PROJECT, owner: 'mallory', subject: 'R', files: { 'shared.txt': 'from R\n' } });
+    g.review(q.number, 'grace', { labels: { 'Code-Review': 2 } });
+    await inGate(q.number);
+    // While Q is tested, R is merged by someone with the rights to (outside the gate).
+    g.review(other.number, 'linus', { labels: { 'Code-Review': 2 } });
+    g.review(other.number, CI_ACCOUNT, { labels: { Verified: 2 } });
+    g.submitAs(other.number, CI_ACCOUNT);
+    const tip = g.branchTip(PROJECT);
+    const r = await report(q.number);
+    expect(r.result).toBe('MERGE_FAILURE');
+    expect(r.message).toMatch(/refused POST \/changes\/.*\/submit \(409\)[\s\S]*path conflict/);
+    expect(g.changeState(q.number).status).toBe('NEW');
+    await until('the -2 on Q', async () => (g.changeState(q.number).votes.Verified?.[CI_ACCOUNT] === -2 ? true : undefined));
+    expect(g.branchTip(PROJECT)).toBe(tip);
+  });
+
   it('catches up after a restart with what it missed: a new change is checked, an approval gated and merged', async () => {
     const g = rig.gerrit;
     await ci.close();

@@ -2,7 +2,8 @@
  * `npm run bench:gate`: how long the gate takes to merge a batch of approved changes, against
  * the time one job takes. Real parts: the Gerrit stand-in as the review system (test/support/
  * gerrit-rig.ts: its webhooks, REST API, submit rules and its own merges into its own bare
- * repository), the real service (SQLite, merger, scheduler, executor, review outbox) and real
+ * repository; in a process of its own, bench/gerrit-process.ts, as a real Gerrit is another
+ * server), the real service (SQLite, merger, scheduler, executor, review outbox) and real
  * containers whose only gate job sleeps T seconds.
  *
  * Baseline (measured in the same run): one raw container lifecycle of the same job (dockerode
@@ -21,8 +22,6 @@
  * The approvals' own time (first approval until the CI took the last one) is inside the measured
  * interval and printed apart (`approveSeconds`).
  * Slots: the executor runs up to N containers at once (BENCH_SLOTS, default 10, the batch size).
- * The stand-in runs in this process (as in the tests): its git work on a submit holds this
- * process's event loop while it runs, as a real Gerrit's would not.
  * The last line is JSON.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -33,8 +32,9 @@ import { createLogger } from '../shared/logging.js';
 import { loadJobPolicy } from '../shared/policy/job-policy.js';
 import { buildCiConfig } from '../untrusted-ci/config.js';
 import { startCiService } from '../untrusted-ci/service.js';
-import { CI_ACCOUNT, startGerrit } from '../test/support/gerrit-rig.js';
+import { CI_ACCOUNT } from '../test/support/gerrit-rig.js';
 import { until } from '../test/support/until.js';
+import { startGerritProcess } from './gerrit-process.js';
 import { createRawLifecycle } from './raw-lifecycle.js';
 
 const IMAGE = 'airlock/base:busybox';
@@ -62,13 +62,12 @@ jobs:
 
 // The review system, and the CI wired to it as a deployment would be: its Gerrit account's HTTP
 // password and the webhook secret in files, listening where Gerrit's webhooks reach it.
-const rig = await startGerrit();
-const g = rig.gerrit;
-g.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'README.md': 'bench\n' });
+const g = await startGerritProcess();
+await g.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'README.md': 'bench\n' });
 const credentialsFile = join(dataDir, 'gerrit.json');
 const secretFile = join(dataDir, 'hook.secret');
-writeFileSync(credentialsFile, JSON.stringify({ username: CI_ACCOUNT, password: rig.passwords[CI_ACCOUNT] }), { mode: 0o600 });
-writeFileSync(secretFile, rig.hookSecret, { mode: 0o600 });
+writeFileSync(credentialsFile, JSON.stringify({ username: CI_ACCOUNT, password: g.passwords[CI_ACCOUNT] }), { mode: 0o600 });
+writeFileSync(secretFile, g.hookSecret, { mode: 0o600 });
 const ci = await startCiService(
   buildCiConfig(
     {
@@ -78,7 +77,7 @@ const ci = await startCiService(
       slots: SLOTS,
       imageGcEveryMs: 0,
       listen: { host: '127.0.0.1', port: 0 },
-      projects: [{ name: PROJECT, url: g.gitUrl(PROJECT) }],
+      projects: [{ name: PROJECT, url: await g.gitUrl(PROJECT) }],
       review: { kind: 'gerrit', url: g.url, credentialsFile },
       webhooks: { gerritSecretFile: secretFile },
     },
@@ -87,15 +86,8 @@ const ci = await startCiService(
   { logger, workspacePool: SLOTS },
 );
 const ciUrl = await ci.listen();
-g.addWebhook({ url: `${ciUrl}/hooks/gerrit/${encodeURIComponent(rig.hookSecret)}`, retryIntervalMs: 100, maxTries: 3 });
+await g.addWebhook({ url: `${ciUrl}/hooks/gerrit/${encodeURIComponent(g.hookSecret)}`, retryIntervalMs: 100, maxTries: 3 });
 const raw = await createRawLifecycle({ docker, policy, runner: ci.runner, stateDir: STATE_DIR, image: IMAGE, slots: 1 });
-
-/** The webhook post of a reviewer's comment on change `n`, once the stand-in raised it. */
-const commentPost = (n: number, by: string) =>
-  g.posted.find((p) => {
-    const b = p.body as { change?: { number?: number }; author?: { username?: string } };
-    return p.type === 'comment-added' && b.change?.number === n && b.author?.username === by;
-  });
 
 let fileNo = 0;
 /**
@@ -103,23 +95,25 @@ let fileNo = 0;
  * after the other, and time from the first approval until every one is reported.
  */
 async function batch(failing: number | null): Promise<{ seconds: number; approveSeconds: number; merged: number; failed: number }> {
-  const changes = Array.from({ length: N }, (_, i) => {
+  const changes: Awaited<ReturnType<typeof g.upload>>[] = [];
+  for (let i = 0; i < N; i++) {
     const n = ++fileNo;
     const files: Record<string, string> = { [`f${n}.txt`]: `${n}\n` };
     if (i === failing) files.broken = 'yes\n';
-    return g.upload({ project: PROJECT, owner: 'ada', subject: `change ${n}`, files });
-  });
+    changes.push(await g.upload({ project: PROJECT, owner: 'ada', subject: `change ${n}`, files }));
+  }
   // Checked and voted in Gerrit, and everything the CI owes Gerrit posted, before the clock starts.
-  await until('the checks voted in Gerrit', () => (changes.every((c) => g.changeState(c.number).votes.Verified?.[CI_ACCOUNT] === 1) ? true : undefined), 120_000);
+  const verified = async () => (await Promise.all(changes.map((c) => g.changeState(c.number)))).every((s) => s.votes.Verified?.[CI_ACCOUNT] === 1);
+  await until('the checks voted in Gerrit', async () => ((await verified()) ? true : undefined), 120_000);
   await until('the review outbox empty', () => (ci.review!.outbox.rows({ state: 'pending' }).length === 0 ? true : undefined));
   await g.settle();
   const after = ci.gateStore.events({ limit: 100_000 }).at(-1)?.id ?? 0;
 
   const start = performance.now();
   for (const c of changes) {
-    g.review(c.number, 'grace', { labels: { 'Code-Review': 2 } });
+    await g.review(c.number, 'grace', { labels: { 'Code-Review': 2 } });
     // The CI answered its webhook: the gate has the approval, behind the ones before it.
-    await until(`the CI to take the approval of change ${c.number}`, () => (commentPost(c.number, 'grace')?.delivered ? true : undefined), 60_000, 1);
+    await until(`the CI to take the approval of change ${c.number}`, async () => ((await g.commentDelivered(c.number, 'grace')) ? true : undefined), 60_000, 1);
   }
   const approveSeconds = (performance.now() - start) / 1000;
   for (;;) {
@@ -135,7 +129,7 @@ async function batch(failing: number | null): Promise<{ seconds: number; approve
       const approvedOrder = changes.filter((_, i) => i !== failing).map((c) => String(c.number));
       if (JSON.stringify(mergedOrder) !== JSON.stringify(approvedOrder)) throw new Error(`merged in the order ${mergedOrder.join(' ')}, approved in the order ${approvedOrder.join(' ')}`);
       // Merged by Gerrit (submitted by the CI's account), the failing one left open.
-      const states = changes.map((c) => g.changeState(c.number));
+      const states = await Promise.all(changes.map((c) => g.changeState(c.number)));
       const mergedInGerrit = states.filter((s) => s.status === 'MERGED' && s.submitter === CI_ACCOUNT).length;
       if (mergedInGerrit !== wantOk) throw new Error(`expected ${wantOk} changes merged in Gerrit, found ${mergedInGerrit}: ${JSON.stringify(states.map((s) => s.status))}`);
       return { seconds, approveSeconds, merged: ok, failed: N - ok };

@@ -63,8 +63,15 @@ export const ReviewConfig = z
      * and submit; never to push.
      */
     credentialsFile: z.string().min(1),
-    /** What approves a change for the gate: `label` at `value` or more from someone other than airlock, and no `-value`. */
-    approval: z.object({ label: z.string().min(1).max(100).default('Code-Review'), value: z.number().int().min(1).max(100).default(2) }).strict().default({ label: 'Code-Review', value: 2 }),
+    /**
+     * What approves a change for the gate: `label` at `value` or more from someone other than airlock
+     * and (unless `selfApproval`) other than the change's owner and its current uploader, and no
+     * `-value`. Keep it in step with the builder's policy, which refuses what it would not accept.
+     */
+    approval: z
+      .object({ label: z.string().min(1).max(100).default('Code-Review'), value: z.number().int().min(1).max(100).default(2), selfApproval: z.boolean().default(false) })
+      .strict()
+      .default({ label: 'Code-Review', value: 2, selfApproval: false }),
     /** airlock's votes: check pass/fail, gate pass/fail (the gate also sets 0 when it starts). */
     votes: z
       .object({

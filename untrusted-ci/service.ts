@@ -38,7 +38,8 @@ import type { Links } from './review/review-messages.js';
 import { ReviewOutbox } from './review/review-outbox.js';
 import { ReviewState } from './review/review-state.js';
 import type { ReviewSystem } from './review/review-system.js';
-import { reconcileChange, type TriggerDeps } from './sources/triggers.js';
+import { Rereads } from './review/rereads.js';
+import { hideChange, reconcileChange, type TriggerDeps } from './sources/triggers.js';
 
 export interface CiService {
   readonly app: FastifyInstance;
@@ -51,7 +52,7 @@ export interface CiService {
   readonly runner: JobRunner;
   readonly docker: Docker;
   /** The review system and what the CI keeps of it (absent when none is configured). */
-  readonly review?: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp };
+  readonly review?: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp; rereads: Rereads };
   /** Listen on the configured address; resolves to the base URL. */
   listen(): Promise<string>;
   /** Stop taking work, abort running builds (they re-run at the next start), close everything. */
@@ -115,10 +116,20 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     // The review system: votes and messages out (a durable outbox), approvals in, merges asked of it.
     const links: Links = { publicUrl: (c.publicUrl ?? `http://${c.listen.host}:${c.listen.port}`).replace(/\/+$/, '') };
     let triggerDeps: TriggerDeps | undefined;
-    let review: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp } | undefined;
+    let review: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp; rereads: Rereads } | undefined;
     if (c.review && loaded.reviewCredentials) {
       const system = new GerritReviewSystem({ url: c.review.url, credentials: loaded.reviewCredentials, timeoutMs: c.review.timeoutMs });
       const state = new ReviewState(db, { rule: c.review.approval, self: system.account, copyOnKinds: c.review.copyOnKinds });
+      const rereads = new Rereads({
+        system,
+        logger: logger.child({ component: 'review' }),
+        apply: (change) => {
+          if (triggerDeps) reconcileChange(change, triggerDeps);
+        },
+        hidden: (project, change) => {
+          if (triggerDeps) hideChange(project, change, triggerDeps);
+        },
+      });
       const outbox = new ReviewOutbox({ db, system, store, gateStore, votes: c.review.votes, links, logger: logger.child({ component: 'review' }) });
       const catchUp = new CatchUp({
         db,
@@ -129,7 +140,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
           if (triggerDeps) reconcileChange(change, triggerDeps);
         },
       });
-      review = { system, state, outbox, catchUp };
+      review = { system, state, outbox, catchUp, rereads };
     }
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
@@ -207,7 +218,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       busy: () => scheduler?.busy ?? 0,
       slots: c.slots,
     });
-    triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}) };
+    const reread = review ? (project: string, change: string) => review?.rereads.request(project, change) : undefined;
+    triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };
     const app = await buildApi({
       config: c,
       store,
@@ -220,6 +232,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       logger,
       status,
       ...(review ? { reviewState: review.state } : {}),
+      ...(reread ? { reread } : {}),
       ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
       ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
     });
@@ -238,6 +251,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       cleanups.push(() => r.outbox.close());
       r.catchUp.start();
       cleanups.push(() => r.catchUp.close());
+      cleanups.push(() => r.rereads.close());
     }
     let gcTimer: NodeJS.Timeout | undefined;
     if (c.imageGcEveryMs > 0) {

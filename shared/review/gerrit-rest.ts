@@ -46,6 +46,8 @@ export const ApprovalInfo = AccountInfo.extend({
   date: GerritTimestamp.optional(),
   tag: Text(256).optional(),
   permitted_voting_range: z.looseObject({ min: z.number().int(), max: z.number().int() }).optional(),
+  /** Given after the change was merged. */
+  post_submit: z.boolean().optional(),
 });
 export type ApprovalInfo = z.infer<typeof ApprovalInfo>;
 
@@ -63,9 +65,14 @@ export const LabelInfo = z.looseObject({
 });
 export type LabelInfo = z.infer<typeof LabelInfo>;
 
+/** GitPersonInfo: a commit's author or committer. */
+const GitPersonInfo = z.looseObject({ name: Text(256).optional(), email: Text(256).optional() });
+
 /** CommitInfo (CURRENT_COMMIT / ALL_COMMITS). */
 export const CommitInfo = z.looseObject({
   commit: Sha.optional(),
+  author: GitPersonInfo.optional(),
+  committer: GitPersonInfo.optional(),
   parents: z.array(z.looseObject({ commit: Sha, subject: Text(64 * 1024).optional() })).max(64).optional(),
   subject: Text(64 * 1024).optional(),
   message: Text(1024 * 1024).optional(),
@@ -82,6 +89,8 @@ export const RevisionInfo = z.looseObject({
   ref: z.string().regex(/^refs\/changes\/[0-9]{2}\/[0-9]{1,9}\/[0-9]{1,9}$/, 'not a change ref'),
   created: GerritTimestamp.optional(),
   uploader: AccountInfo.optional(),
+  /** Who really uploaded it, when someone uploaded on another's behalf. */
+  real_uploader: AccountInfo.optional(),
   commit: CommitInfo.optional(),
 });
 export type RevisionInfo = z.infer<typeof RevisionInfo>;
@@ -249,9 +258,21 @@ export class GerritClient {
     await this.post(`/changes/${changePath(project, number)}/revisions/${encodeURIComponent(revision)}/review`, input, z.unknown(), signal);
   }
 
-  /** Ask Gerrit to submit the change; its answer is the merged change (a 409 says why not). */
-  submit(project: string, number: number, signal?: AbortSignal): Promise<ChangeInfo> {
-    return this.post(`/changes/${changePath(project, number)}/submit`, {}, ChangeInfo, signal);
+  /**
+   * Ask Gerrit to submit the change at exactly `revision` ("Submit Revision": refused with 409 when
+   * it is no longer the current patch set); its answer names the change's new status (a 409 says why
+   * not).
+   */
+  submit(project: string, number: number, revision: string, signal?: AbortSignal): Promise<{ status: string }> {
+    return this.post(`/changes/${changePath(project, number)}/revisions/${encodeURIComponent(revision)}/submit`, { wait_for_merge: true }, z.looseObject({ status: z.string().max(32) }), signal);
+  }
+
+  /** An account by username, e-mail or id, or undefined when there is none (or it is hidden). */
+  async account(name: string, signal?: AbortSignal): Promise<AccountInfo | undefined> {
+    return this.get(`/accounts/${encodeURIComponent(name)}`, AccountInfo, signal).catch((e: unknown) => {
+      if (e instanceof ReviewRefusedError && e.status === 404) return undefined;
+      throw e;
+    });
   }
 
   /** The members of a group (its included groups' too). */

@@ -49,7 +49,7 @@ describe('verifyReview (Gerrit stand-in, real git)', () => {
     const v = await verifier.verify(p, rig.gerrit.branchTip(p.name));
     expect(v.ok).toBe(true);
     const policy = { ...(p.review as ProjectReview), ...review };
-    return verifyReview({ gitDir: verifier.mirrorOf(p), review: policy, reviewProject: p.name, branch: 'master', commit: rig.gerrit.branchTip(p.name), base, reader });
+    return verifyReview({ gitDir: verifier.mirrorOf(p), review: policy, reviewProject: p.name, branch: 'master', branches: p.protectedBranches, commit: rig.gerrit.branchTip(p.name), base, reader });
   };
   const gitIn = (name: string, args: string[]): string => execFileSync('git', ['--git-dir', rig.gerrit.gitUrl(name), ...args], { encoding: 'utf8' }).trim();
 
@@ -150,6 +150,34 @@ describe('verifyReview (Gerrit stand-in, real git)', () => {
     expect(!verifiedByLinus.ok && verifiedByLinus.reason).toContain('Verified +2 from linus: airlock-ci +2 (not among the allowed approvers)');
   });
 
+  it('does not count a change merged on another branch (a sandbox): its review was held to other rules', async () => {
+    const p = project();
+    const g = rig.gerrit;
+    gitIn(p.name, ['update-ref', 'refs/heads/sandbox', p.initial]);
+    const s1 = g.upload({ project: p.name, branch: 'sandbox', owner: 'mallory', subject: 'try things', files: { 'backdoor.sh': 'evil\n' } });
+    merge(s1.number);
+    // Gerrit lets a change on master bring in what is already on another branch (an implicit merge).
+    gitIn(p.name, ['update-ref', 'refs/heads/master', s1.sha]);
+    const r = await check(p.policy, p.initial);
+    expect(r).toEqual({ ok: false, reason: `commit ${s1.sha.slice(0, 12)} on master is change ${s1.number}, merged on branch sandbox, which is not a protected branch of the project: its review was held to another branch's rules` });
+    // Listed as protected, the same branch's changes count (a stable branch merged into master).
+    expect((await check({ ...p.policy, protectedBranches: ['master', 'sandbox'] }, p.initial)).ok).toBe(true);
+  });
+
+  it('refuses an approval from someone who uploaded an earlier patch set of the change', async () => {
+    const p = project();
+    const g = rig.gerrit;
+    const c = g.upload({ project: p.name, owner: 'ada', subject: 'A', files: { 'a.txt': 'a\n' } });
+    g.upload({ project: p.name, owner: 'linus', change: c.number, files: { 'a.txt': 'a\n', 'evil.sh': 'x\n' } }); // linus's own content
+    g.review(c.number, 'linus', { labels: { 'Code-Review': 2 } });
+    const ps3 = g.upload({ project: p.name, owner: 'ada', change: c.number }); // unchanged: the +2 carries over
+    expect(['NO_CHANGE', 'TRIVIAL_REBASE']).toContain(ps3.kind);
+    g.review(c.number, CI_ACCOUNT, { labels: { Verified: 2 } });
+    g.submitAs(c.number, CI_ACCOUNT);
+    const r = await check(p.policy, p.initial);
+    expect(r).toEqual({ ok: false, reason: `change ${c.number} ("A") merged without Code-Review +2 from a reviewer: linus +2 (an uploader of one of its patch sets: self-approval is not accepted)` });
+  });
+
   it('has nothing to check when the branch has not moved, and refuses a history too long to walk', async () => {
     const p = project();
     const same = await check(p.policy, p.initial);
@@ -168,9 +196,16 @@ describe('verifyReview against hostile review records (a reader double)', () => 
   const c0 = git(['commit-tree', tree, '-m', 'root']);
   const c1 = git(['commit-tree', tree, '-p', c0, '-m', 'one']);
   const acct = (n: string) => ({ names: [n], display: n });
-  const change = (votes: MergedChange['votes']): MergedChange => ({ number: 7, project: 'p', branch: 'master', patchset: 1, revision: c1, owner: acct('ada'), votes });
-  const reader = (c: MergedChange): ReviewReader => ({ url: 'https://review.example.org', mergedChanges: async () => new Map([[c.revision, c]]), groupMembers: async () => new Set() });
-  const run = (c: MergedChange) => verifyReview({ gitDir: root, review: { system: 'g', require: CR2, selfApproval: false }, reviewProject: 'p', branch: 'master', commit: c1, base: c0, reader: reader(c) });
+  const change = (votes: MergedChange['votes']): MergedChange => ({ number: 7, project: 'p', branch: 'master', patchset: 1, revision: c1, owner: acct('ada'), uploaders: [], authorEmails: ['ada@example.org'], votes });
+  const ids: Record<string, number> = { linus: 1003, 'linus@example.org': 1003 };
+  const reader = (c: MergedChange): ReviewReader => ({
+    url: 'https://review.example.org',
+    mergedChanges: async () => new Map([[c.revision, c]]),
+    accountId: async (n) => ids[n],
+    groupMembers: async (g) => new Set(g === 'core' ? [1003] : []),
+  });
+  const run = (c: MergedChange, require: ProjectReview['require'] = CR2) =>
+    verifyReview({ gitDir: root, review: { system: 'g', require, selfApproval: false }, reviewProject: 'p', branch: 'master', branches: ['master'], commit: c1, base: c0, reader: reader(c) });
 
   it('a veto on the label refuses, whatever else was given', async () => {
     const r = await run(change([
@@ -182,6 +217,22 @@ describe('verifyReview against hostile review records (a reader double)', () => 
 
   it('a +1 is not a +2, and no vote at all says so', async () => {
     expect(await run(change([{ label: 'Code-Review', value: 1, by: acct('grace') }]))).toEqual({ ok: false, reason: 'change 7 merged without Code-Review +2 from a reviewer: no such vote' });
+  });
+
+  it('an account named like an approver is not that approver: allowed approvers are matched by account id', async () => {
+    // Gerrit usernames may contain "@": an impostor whose username is linus's e-mail.
+    const impostor = { id: 1066, names: ['linus@example.org'], display: 'linus@example.org' };
+    const c = change([{ label: 'Code-Review', value: 2, by: impostor }]);
+    expect((await run(c, [{ label: 'Code-Review', value: 2, by: { accounts: ['linus@example.org'], groups: [] } }])).ok).toBe(false);
+    expect((await run(c, [{ label: 'Code-Review', value: 2, by: { accounts: [], groups: ['core'] } }])).ok).toBe(false);
+    const real = change([{ label: 'Code-Review', value: 2, by: { id: 1003, names: ['linus', 'linus@example.org'], display: 'linus' } }]);
+    const ok = await run(real, [{ label: 'Code-Review', value: 2, by: { accounts: ['linus@example.org'], groups: [] } }]);
+    expect(ok.ok && ok.evidence.changes[0]!.approvals).toEqual([{ label: 'Code-Review', value: 2, by: 'linus', account: 1003 }]);
+  });
+
+  it('the author of the merged commit does not approve it either', async () => {
+    const r = await run(change([{ label: 'Code-Review', value: 2, by: { id: 5, names: ['ada2', 'ada@example.org'], display: 'ada2' } }]));
+    expect(r).toEqual({ ok: false, reason: 'change 7 merged without Code-Review +2 from a reviewer: ada2 +2 (the author or committer of its merged commit: self-approval is not accepted)' });
   });
 
   it('the same account under another name is still the owner (matched by account id)', async () => {

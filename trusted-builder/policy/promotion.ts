@@ -49,12 +49,12 @@ export const ProjectReview = z.strictObject({
   /** The project's name there (default: the policy name). */
   project: ProjectName.optional(),
   /**
-   * Review is checked for every first-parent commit after this one (it and its history are
-   * accepted as they are); the first promotion of a project walks back to it. Absent: to the root.
+   * Review is checked for every commit after this one (it and its history are accepted as they
+   * are); the first promotion of a project walks back to it. Absent: to the root.
    */
   since: Sha.optional(),
   require: z.array(ReviewRequirement).min(1).max(20),
-  /** Whether the change's owner or the uploader of its merged patch set may give a required approval. Default: no. */
+  /** Whether the change's own authors (its owner, an uploader of any patch set, the author or committer of its merged commit) may give a required approval. Default: no. */
   selfApproval: z.boolean().default(false),
 });
 export type ProjectReview = z.infer<typeof ProjectReview>;

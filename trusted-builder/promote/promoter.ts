@@ -147,6 +147,8 @@ const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB
 const DOCKERFILE_MAX_BYTES = 256 * 1024; // 256 KiB
 /** Promotions waiting at most (a flood of hints must not starve the real ones for ever). */
 const MAX_PENDING = 100;
+/** The review check of one promotion at most (a slow or hostile review system must not hold the queue). */
+const REVIEW_TIMEOUT_MS = 10 * 60_000; // 10 min
 /** One image build at most (a `RUN sleep infinity` must not hold the builder). */
 const BUILD_TIMEOUT_MS = 30 * 60_000; // 30 min
 
@@ -292,7 +294,7 @@ export class Promoter implements HintSink {
 
       const v = await d.verifier.verify(project, hint.commit);
       if (!v.ok) throw new Stop('refused', 'verify', v.reason);
-      const review = await this.checkReview(project, hint.commit, v.branch);
+      const review = await this.checkReview(project, hint.commit, v.branch, v.tips);
       phase('verify');
       await d.audit.append('verify-passed', {
         project: project.name,
@@ -337,17 +339,22 @@ export class Promoter implements HintSink {
   }
 
   /**
-   * Only forward, and only reviewed: `commit` must descend from the last commit of `branch` this
-   * builder promoted (an old commit signed anew, or a rewound branch, is refused), and every
-   * commit since then (or since the policy's `since`) must come from a merged change with the
-   * approvals the policy requires, as the review system tells the builder's own account.
+   * Only forward, and only reviewed: `commit` must descend from the last commit promoted of every
+   * protected branch that holds it (an old commit signed anew, or a rewound branch, is refused),
+   * and every commit since the last one promoted of `branch` (or since the policy's `since`) must
+   * come from a merged change with the approvals the policy requires, as the review system tells
+   * the builder's own account.
    */
-  private async checkReview(project: PromotedProject, commit: string, branch: string): Promise<ReviewEvidence | 'none'> {
+  private async checkReview(project: PromotedProject, commit: string, branch: string, tips: Readonly<Record<string, string>>): Promise<ReviewEvidence | 'none'> {
     const { d } = this;
-    const last = d.store.latestPublishedOn(project.name, branch);
-    if (last && last !== commit && !(await d.verifier.isAncestor(project, last, commit))) {
-      throw new Stop('refused', 'history', `commit ${commit.slice(0, 12)} does not descend from ${last.slice(0, 12)}, the last commit of ${branch} promoted: an older commit, or a rewound branch, is not promoted`);
+    for (const [b, tip] of Object.entries(tips)) {
+      const lastOfB = d.store.latestPublishedOn(project.name, b);
+      if (!lastOfB || lastOfB === commit || !(await d.verifier.isAncestor(project, commit, tip))) continue;
+      if (!(await d.verifier.isAncestor(project, lastOfB, commit))) {
+        throw new Stop('refused', 'history', `commit ${commit.slice(0, 12)} does not descend from ${lastOfB.slice(0, 12)}, the last commit of ${b} promoted: an older commit, or a rewound branch, is not promoted`);
+      }
     }
+    const last = d.store.latestPublishedOn(project.name, branch);
     const policy = project.review;
     if (policy === 'none') return 'none';
     const base = last ?? policy.since;
@@ -356,7 +363,17 @@ export class Promoter implements HintSink {
     }
     const reader = d.reviewers?.get(policy.system);
     if (!reader) throw new Stop('failed', 'review', `no reader for review system ${policy.system} (its credentials were not loaded)`);
-    const r = await verifyReview({ gitDir: d.verifier.mirrorOf(project), review: policy, reviewProject: policy.project ?? project.name, branch, commit, base, reader }).catch((e: unknown) => {
+    const r = await verifyReview({
+      gitDir: d.verifier.mirrorOf(project),
+      review: policy,
+      reviewProject: policy.project ?? project.name,
+      branch,
+      branches: project.protectedBranches,
+      commit,
+      base,
+      reader,
+      signal: AbortSignal.timeout(REVIEW_TIMEOUT_MS),
+    }).catch((e: unknown) => {
       if (isAirlockError(e)) throw new Stop(e.retryable ? 'failed' : 'refused', 'review', `reading the review record failed: ${e.message}`);
       throw e;
     });

@@ -46,6 +46,7 @@ const ReviewEvidenceSchema = z.strictObject({
       z.strictObject({
         number: z.number().int().min(1),
         changeId: z.string().max(64).optional(),
+        branch: Name,
         patchset: z.number().int().min(1),
         revision: Commit,
         subject: z.string().max(1000).optional(),
@@ -53,7 +54,7 @@ const ReviewEvidenceSchema = z.strictObject({
         uploader: Name.optional(),
         submitter: Name.optional(),
         submitted: z.string().max(64).optional(),
-        approvals: z.array(z.strictObject({ label: Name, value: z.number().int(), by: Name, date: z.string().max(64).optional() })).max(1000),
+        approvals: z.array(z.strictObject({ label: Name, value: z.number().int(), by: Name, account: z.number().int().min(0).optional(), date: z.string().max(64).optional() })).max(1000),
       }),
     )
     .max(10_000),

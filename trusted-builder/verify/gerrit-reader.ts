@@ -1,11 +1,14 @@
 /**
  * The builder's read-only view of Gerrit (`ReviewReader`), over its REST API with the builder's
  * own account (never the CI's): which merged change each commit is the merged patch set of, with
- * its owner, uploader, submitter and every vote; and the members of a group.
+ * its branch, owner, every uploader of its patch sets, the author and committer of its merged
+ * commit, its submitter and every vote given before it merged; accounts and group members by
+ * account id.
  *
- * `GET /a/changes/?q=project:<p> status:merged (commit:<a> OR commit:<b> …)` with
- * CURRENT_REVISION, DETAILED_LABELS and DETAILED_ACCOUNTS, in batches; `commit:` matches any patch
+ * `GET /a/changes/?q=project:<p> status:merged (commit:<a> OR commit:<b> …)` with ALL_REVISIONS,
+ * CURRENT_COMMIT, DETAILED_LABELS and DETAILED_ACCOUNTS, in batches; `commit:` matches any patch
  * set of a change, so only a change whose *current* (merged) revision is the commit accounts for it.
+ * Votes Gerrit marks `post_submit` are left out: they were not part of what let it merge.
  */
 import { accountName, GerritClient, type AccountInfo, type ChangeInfo } from '../../shared/review/gerrit-rest.js';
 import type { AccountRef, MergedChange, ReviewReader } from './review.js';
@@ -30,7 +33,7 @@ export class GerritReader implements ReviewReader {
     for (let i = 0; i < commits.length; i += BATCH) {
       const batch = commits.slice(i, i + BATCH);
       const q = `project:${project} status:merged (${batch.map((c) => `commit:${c}`).join(' OR ')})`;
-      const found = await this.client.query(q, ['CURRENT_REVISION', 'DETAILED_LABELS', 'DETAILED_ACCOUNTS'], { limit: 100, max: 1000, ...(signal ? { signal } : {}) });
+      const found = await this.client.query(q, ['ALL_REVISIONS', 'CURRENT_COMMIT', 'DETAILED_LABELS', 'DETAILED_ACCOUNTS'], { limit: 100, max: 1000, ...(signal ? { signal } : {}) });
       for (const info of found) {
         const c = toMerged(info);
         if (c && c.project === project && wanted.has(c.revision)) out.set(c.revision, c);
@@ -39,10 +42,14 @@ export class GerritReader implements ReviewReader {
     return out;
   }
 
-  async groupMembers(group: string, signal?: AbortSignal): Promise<Set<string>> {
-    const names = new Set<string>();
-    for (const a of await this.client.groupMembers(group, signal)) for (const n of namesOf(a)) names.add(n);
-    return names;
+  async accountId(name: string, signal?: AbortSignal): Promise<number | undefined> {
+    return (await this.client.account(name, signal))?._account_id;
+  }
+
+  async groupMembers(group: string, signal?: AbortSignal): Promise<Set<number>> {
+    const ids = new Set<number>();
+    for (const a of await this.client.groupMembers(group, signal)) if (a._account_id !== undefined) ids.add(a._account_id);
+    return ids;
   }
 }
 
@@ -66,11 +73,14 @@ function toMerged(i: ChangeInfo): MergedChange | undefined {
   for (const [label, info] of Object.entries(i.labels ?? {})) {
     for (const a of info.all ?? []) {
       const by = ref(a);
-      if (by && a.value !== undefined && a.value !== 0) votes.push({ label, value: a.value, by, ...(a.date ? { date: a.date } : {}) });
+      if (by && a.value !== undefined && a.value !== 0 && a.post_submit !== true) votes.push({ label, value: a.value, by, ...(a.date ? { date: a.date } : {}) });
     }
   }
   const uploader = ref(rev.uploader);
   const submitter = ref(i.submitter);
+  // Everyone who put a patch set of it up, and whoever the merged commit names as its author or committer.
+  const uploaders = Object.values(i.revisions ?? {}).flatMap((r) => [ref(r.uploader), ref(r.real_uploader)].filter((x): x is AccountRef => x !== undefined));
+  const authorEmails = [rev.commit?.author?.email, rev.commit?.committer?.email].filter((x): x is string => typeof x === 'string' && x !== '');
   return {
     number: i._number,
     ...(i.change_id ? { changeId: i.change_id } : {}),
@@ -81,6 +91,8 @@ function toMerged(i: ChangeInfo): MergedChange | undefined {
     revision,
     owner,
     ...(uploader ? { uploader } : {}),
+    uploaders,
+    authorEmails,
     ...(submitter ? { submitter } : {}),
     ...(i.submitted ? { submitted: i.submitted } : {}),
     votes,

@@ -6,16 +6,19 @@
  * `verifyReview` walks the history the promotion adds: every commit reachable from `commit` and not
  * from `base` (the last commit of this branch the builder promoted, else the policy's `since`,
  * else the root). Each must be accounted for:
- * - the merged patch set of a change of the project (Gerrit: the change's `current_revision` once
- *   it is MERGED; a fast-forward, or a rebase or cherry-pick the review system made on submit);
+ * - the merged patch set of a change of the project merged on one of its protected branches
+ *   (Gerrit: the change's `current_revision` once it is MERGED; a fast-forward, or a rebase or
+ *   cherry-pick the review system made on submit). A change merged on another branch (a sandbox, a
+ *   feature branch) was held to that branch's rules, not this policy's: it does not count;
  * - or a merge commit the review system made on submit: two parents, the second the merged patch
  *   set of a change, and a tree exactly the merge of its parents (recomputed here with
  *   `git merge-tree`: a merge that carries anything else, an "evil merge", is not accounted for).
  * Anything else (a commit pushed past review, an outdated patch set, an octopus) refuses the
  * promotion, naming the commit. Then each change found must carry every approval `require` names:
- * `label` at `value` or more, from an allowed account (`by`: accounts, or members of groups; absent:
- * anyone), not from the change's owner or the uploader of its merged patch set unless
- * `selfApproval`, and no vote of `-value` or less on that label (a veto).
+ * `label` at `value` or more, from an allowed account (`by`: accounts, or members of groups, matched
+ * by account id; absent: anyone), not from one of its own authors unless `selfApproval` (its owner,
+ * anyone who uploaded one of its patch sets, or the author or committer of its merged commit), and
+ * no vote of `-value` or less on that label (a veto). Votes given after the merge do not count.
  *
  * The evidence (changes, patch sets, owners, uploaders, approvers and their votes, submitters)
  * goes into the signed provenance. A review-made merge is checked with git's merge (ort); a review
@@ -47,6 +50,10 @@ export interface MergedChange {
   uploader?: AccountRef;
   submitter?: AccountRef;
   submitted?: string;
+  /** Everyone who uploaded a patch set of it (their own change, for self-approval). */
+  uploaders: AccountRef[];
+  /** The e-mail addresses the merged commit names as author and committer. */
+  authorEmails: string[];
   votes: { label: string; value: number; by: AccountRef; date?: string }[];
 }
 
@@ -55,8 +62,10 @@ export interface ReviewReader {
   readonly url: string;
   /** For each commit that is the merged patch set of a change of `project`, that change. */
   mergedChanges(project: string, commits: readonly string[], signal?: AbortSignal): Promise<Map<string, MergedChange>>;
-  /** The names (usernames, e-mails) of a group's members. */
-  groupMembers(group: string, signal?: AbortSignal): Promise<Set<string>>;
+  /** The id of the account a username or e-mail names, or undefined. */
+  accountId(name: string, signal?: AbortSignal): Promise<number | undefined>;
+  /** The account ids of a group's members. */
+  groupMembers(group: string, signal?: AbortSignal): Promise<Set<number>>;
 }
 
 /** What the signed provenance says of review. */
@@ -69,6 +78,7 @@ export interface ReviewEvidence {
   changes: {
     number: number;
     changeId?: string;
+    branch: string;
     patchset: number;
     revision: string;
     subject?: string;
@@ -76,7 +86,7 @@ export interface ReviewEvidence {
     uploader?: string;
     submitter?: string;
     submitted?: string;
-    approvals: { label: string; value: number; by: string; date?: string }[];
+    approvals: { label: string; value: number; by: string; account?: number; date?: string }[];
   }[];
   /** Merge commits the review system made, each with the change it merged. */
   merges: { commit: string; change: number }[];
@@ -94,6 +104,8 @@ export async function verifyReview(o: {
   /** The project's name in the review system. */
   reviewProject: string;
   branch: string;
+  /** Branches whose merged changes count (the project's protected branches). */
+  branches: readonly string[];
   commit: string;
   base: string | undefined;
   reader: ReviewReader;
@@ -115,13 +127,18 @@ export async function verifyReview(o: {
   const merged = asked.size > 0 ? await o.reader.mergedChanges(o.reviewProject, [...asked], o.signal) : new Map<string, MergedChange>();
   const accounting = new Map<number, MergedChange>();
   const merges: { commit: string; change: number }[] = [];
+  const offBranch = [...merged.values()].find((m) => parents.has(m.revision) && !o.branches.includes(m.branch));
+  if (offBranch) {
+    return refuse(`commit ${short(offBranch.revision)} on ${o.branch} is change ${offBranch.number}, merged on branch ${offBranch.branch}, which is not a protected branch of the project: its review was held to another branch's rules`);
+  }
   for (const [c, ps] of parents) {
     const change = merged.get(c);
     if (change) {
       accounting.set(change.number, change);
       continue;
     }
-    const second = ps.length === 2 ? merged.get(ps[1]!) : undefined;
+    const candidate = ps.length === 2 ? merged.get(ps[1]!) : undefined;
+    const second = candidate && o.branches.includes(candidate.branch) ? candidate : undefined;
     if (!second) {
       const what = ps.length > 2 ? 'an octopus merge' : ps.length === 2 ? 'a merge of no reviewed change' : 'no merged change of the review system';
       return refuse(`commit ${short(c)} on ${o.branch} is not the result of a reviewed change (${what}; pushed past review?)`);
@@ -135,24 +152,35 @@ export async function verifyReview(o: {
     merges.push({ commit: c, change: second.number });
   }
 
-  // Each change must carry every approval the policy requires.
-  const groups = new Map<string, Set<string>>();
-  const members = async (g: string): Promise<Set<string>> => {
-    let m = groups.get(g);
-    if (!m) groups.set(g, (m = await o.reader.groupMembers(g, o.signal)));
-    return m;
+  // Each change must carry every approval the policy requires. Allowed approvers by account id.
+  const groups = new Map<string, Set<number>>();
+  const ids = new Map<string, number | undefined>();
+  const allowedIds = async (by: NonNullable<ReviewRequirement['by']>): Promise<Set<number>> => {
+    const out = new Set<number>();
+    for (const name of by.accounts) {
+      if (!ids.has(name)) ids.set(name, await o.reader.accountId(name, o.signal));
+      const id = ids.get(name);
+      if (id !== undefined) out.add(id);
+    }
+    for (const g of by.groups) {
+      let m = groups.get(g);
+      if (!m) groups.set(g, (m = await o.reader.groupMembers(g, o.signal)));
+      for (const id of m) out.add(id);
+    }
+    return out;
   };
   const changes: ReviewEvidence['changes'] = [];
   for (const ch of [...accounting.values()].sort((a, b) => a.number - b.number)) {
     const approvals: ReviewEvidence['changes'][number]['approvals'] = [];
     for (const req of o.review.require) {
-      const r = await approvalsFor(ch, req, o.review.selfApproval, members);
+      const r = await approvalsFor(ch, req, o.review.selfApproval, allowedIds);
       if (!r.ok) return refuse(`change ${ch.number}${ch.subject ? ` ("${clip(ch.subject)}")` : ''} merged without ${r.reason}`);
       approvals.push(...r.approvals);
     }
     changes.push({
       number: ch.number,
       ...(ch.changeId ? { changeId: ch.changeId } : {}),
+      branch: ch.branch,
       patchset: ch.patchset,
       revision: ch.revision,
       ...(ch.subject ? { subject: clip(ch.subject) } : {}),
@@ -171,8 +199,8 @@ async function approvalsFor(
   ch: MergedChange,
   req: ReviewRequirement,
   selfApproval: boolean,
-  members: (group: string) => Promise<Set<string>>,
-): Promise<{ ok: true; approvals: { label: string; value: number; by: string; date?: string }[] } | { ok: false; reason: string }> {
+  allowedIds: (by: NonNullable<ReviewRequirement['by']>) => Promise<Set<number>>,
+): Promise<{ ok: true; approvals: { label: string; value: number; by: string; account?: number; date?: string }[] } | { ok: false; reason: string }> {
   const votes = ch.votes.filter((v) => v.label === req.label);
   const veto = votes.find((v) => v.value <= -req.value);
   const want = `${req.label} +${req.value}`;
@@ -180,12 +208,14 @@ async function approvalsFor(
   const high = votes.filter((v) => v.value >= req.value);
   const rejected: string[] = [];
   const counted: typeof high = [];
+  const allowed = req.by ? await allowedIds(req.by) : undefined;
   for (const v of high) {
-    if (!selfApproval && (same(v.by, ch.owner) || (ch.uploader && same(v.by, ch.uploader)))) {
-      rejected.push(`${v.by.display} +${v.value} (${same(v.by, ch.owner) ? "the change's owner" : 'the uploader of its merged patch set'}: self-approval is not accepted)`);
+    const self = selfApproval ? undefined : selfRole(v.by, ch);
+    if (self) {
+      rejected.push(`${v.by.display} +${v.value} (${self}: self-approval is not accepted)`);
       continue;
     }
-    if (req.by && !(await allowed(v.by, req.by, members))) {
+    if (allowed && (v.by.id === undefined || !allowed.has(v.by.id))) {
       rejected.push(`${v.by.display} +${v.value} (not among the allowed approvers)`);
       continue;
     }
@@ -195,21 +225,21 @@ async function approvalsFor(
     const from = req.by ? ` from ${[...req.by.accounts, ...req.by.groups.map((g) => `group ${g}`)].join(', ')}` : ' from a reviewer';
     return { ok: false, reason: `${want}${from}${rejected.length > 0 ? `: ${rejected.join('; ')}` : ': no such vote'}` };
   }
-  return { ok: true, approvals: counted.map((v) => ({ label: v.label, value: v.value, by: v.by.display, ...(v.date ? { date: v.date } : {}) })) };
+  return { ok: true, approvals: counted.map((v) => ({ label: v.label, value: v.value, by: v.by.display, ...(v.by.id !== undefined ? { account: v.by.id } : {}), ...(v.date ? { date: v.date } : {}) })) };
 }
 
+/** How `who` is one of the change's own authors, or undefined. */
+function selfRole(who: AccountRef, ch: MergedChange): string | undefined {
+  if (same(who, ch.owner)) return "the change's owner";
+  if (ch.uploaders.some((u) => same(who, u)) || (ch.uploader && same(who, ch.uploader))) return 'an uploader of one of its patch sets';
+  if (who.names.some((n) => ch.authorEmails.includes(n))) return 'the author or committer of its merged commit';
+  return undefined;
+}
+
+/** The same account: by id when both have one (names can be chosen to look alike), else by a shared name. */
 function same(a: AccountRef, b: AccountRef): boolean {
   if (a.id !== undefined && b.id !== undefined) return a.id === b.id;
   return a.names.some((n) => b.names.includes(n));
-}
-
-async function allowed(who: AccountRef, by: NonNullable<ReviewRequirement['by']>, members: (group: string) => Promise<Set<string>>): Promise<boolean> {
-  if (who.names.some((n) => by.accounts.includes(n))) return true;
-  for (const g of by.groups) {
-    const m = await members(g);
-    if (who.names.some((n) => m.has(n))) return true;
-  }
-  return false;
 }
 
 function clip(s: string): string {

@@ -52,6 +52,8 @@ export interface ApiDeps {
   status?: StatusFeed;
   /** What the CI knows of each change in the review system (absent: no review system). */
   reviewState?: ReviewState;
+  /** Read a change again from the review system (events are hints; see sources/triggers.ts). */
+  reread?: (project: string, change: string) => void;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;

@@ -517,13 +517,21 @@ export class GateRuntime implements GateHooks, Reporter {
       return this.mergedAnswer(review, item, buildSet, me);
     }
     if (now.status === 'abandoned') return refused('it was abandoned in the review system');
+    if (now.branch !== me.branch) return refused(`the review system says it targets branch ${now.branch}, not ${me.branch}, where it was tested`);
     if (now.patchset !== me.patchset) return refused(`patch set ${now.patchset} was uploaded meanwhile (this is patch set ${me.patchset})`);
+    // The tested commit: the one the approval was given on (recorded when the gate took it in).
+    const tested = me.ref ?? '';
+    if (now.revision !== tested) return refused(`its patch set ${me.patchset} is commit ${now.revision.slice(0, 12)} in the review system, not the tested ${tested.slice(0, 12)}`);
     if (now.wip) return refused('it is marked work in progress in the review system');
     if (now.private) return refused('it is private in the review system');
-    if (!approvedBy(now.votes, review.rule, review.system.account)) return refused(`it is no longer approved in the review system (${review.rule.label} +${review.rule.value} from a reviewer, and no veto)`);
+    const authors = [now.owner, now.uploader].filter((x): x is string => x !== undefined);
+    if (!approvedBy(now.votes, review.rule, review.system.account, authors)) {
+      return refused(`it is no longer approved in the review system (${review.rule.label} +${review.rule.value} from a reviewer${review.rule.selfApproval ? '' : ' other than its author'}, and no veto)`);
+    }
     const view = build !== undefined ? this.o.store.build(build) : undefined;
-    await review.system.post({ project: me.project, change: number, patchset: me.patchset, ...gatePassMessage(view, review.votes, review.links) });
-    const r = await review.system.submit(me.project, number, me.branch);
+    // Vote on, and submit, exactly the tested commit: the review system refuses if it is no longer current.
+    await review.system.post({ project: me.project, change: number, patchset: me.patchset, revision: tested, ...gatePassMessage(view, review.votes, review.links) });
+    const r = await review.system.submit(me.project, number, me.branch, tested);
     if (r.kind === 'refused') return refused(r.reason);
     if (r.commit) this.mergedCommits.set(buildSet, r.commit);
     return { type: 'submitted', item, merged: true };

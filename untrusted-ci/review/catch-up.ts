@@ -16,8 +16,6 @@ import type { ReviewedChange, ReviewSystem } from './review-system.js';
 
 /** Read again this long before the cursor: events and reads on the same clock, but not in one transaction. */
 export const OVERLAP_MS = 60_000; // 1 min
-/** Changes read per catch-up at most. */
-const MAX_CHANGES = 10_000;
 const CURSOR = 'review';
 
 export interface CatchUpOptions {
@@ -67,7 +65,7 @@ export class CatchUp {
     const since = (this.cursor() ?? this.now()) - OVERLAP_MS;
     let changes: ReviewedChange[];
     try {
-      changes = await this.o.system.changedSince(since, { max: MAX_CHANGES });
+      changes = await this.o.system.changedSince(since);
     } catch (err) {
       this.o.logger.warn({ err }, 'the catch-up could not read the review system; it tries again at the next round');
       return 0;
@@ -85,7 +83,6 @@ export class CatchUp {
       }
       newest = Math.max(newest, c.updated);
     }
-    if (changes.length >= MAX_CHANGES) this.o.logger.warn({ read: changes.length }, 'the catch-up read its maximum; older updates may be missed');
     if (newest > (this.cursor() ?? 0)) this.save(newest);
     if (applied > 0) this.o.logger.info({ changes: applied, since }, 'caught up with the review system');
     return applied;

@@ -66,12 +66,18 @@ export function checkMessage(b: BuildView, votes: VotesConfig, links: Links): Sa
     case 'merge-conflict':
       return { labels: { [label]: votes.check.fail }, message: body(b, `Merge failed (check pipeline): ${oneLine(b.reason ?? 'merge conflict')}. Rebase the change and upload it again.`, links) };
     case 'config-error':
+      if (noJobs(b)) return { message: body(b, 'No job runs in the check pipeline for this change (.airlock.yaml): nothing to vote on.', links) };
       return { labels: { [label]: votes.check.fail }, message: body(b, `Configuration error (check pipeline): ${oneLine(b.reason ?? '')}${b.issues.length > 0 ? `\n\n${b.issues.slice(0, 20).map((i) => `${i.file}: ${i.path || '(root)'}: ${oneLine(i.message)}`).join('\n')}` : ''}`, links) };
     case 'error':
       return { message: body(b, `airlock could not run this build (check pipeline): ${oneLine(b.reason ?? 'internal error')}. This is not a verdict on the change; comment "recheck" to try again.`, links) };
     default:
       return undefined;
   }
+}
+
+/** A project with no job in the check pipeline (only gate jobs): not a broken config to vote against. */
+function noJobs(b: BuildView): boolean {
+  return b.issues.length === 1 && b.issues[0]!.path === 'jobs' && b.issues[0]!.message === 'no job runs in the check pipeline';
 }
 
 /** The gate's report kinds (the model's ReportResult) and what each says. */

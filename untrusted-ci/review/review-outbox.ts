@@ -11,8 +11,10 @@
  *
  * Delivery: one row at a time, oldest first (DeliveryLoop). The review system unreachable, 5xx,
  * 429 or refusing our credentials: the same row again after a backoff (an operator fixes the
- * password; nothing is dropped meanwhile). A refusal about the row itself (a vote on a closed
- * change or an outdated patch set): recorded as `refused`, logged, skipped.
+ * password; nothing is dropped meanwhile), up to MAX_ATTEMPTS, then it is given up (`refused`,
+ * logged as an error) so that one row cannot hold every later one for ever. A refusal about the
+ * row itself (a vote on a closed change or an outdated patch set): recorded as `refused`, logged,
+ * skipped.
  *
  * `exclusive(project, change, fn)` runs `fn` (the gate's +2 and submit) after every pending row of
  * that change was posted and with no other post for it in between: a queued "Verified 0" must not
@@ -71,6 +73,8 @@ interface Row {
 }
 
 const GATE_CURSOR = 'gate-events';
+/** Tries of one row at most (with the loop's backoff of up to 5 min, about four hours). */
+const MAX_ATTEMPTS = 50;
 const REASON_MAX = 500;
 
 export class ReviewOutbox implements Reporter {
@@ -204,7 +208,13 @@ export class ReviewOutbox implements Reporter {
         this.o.logger.warn({ project: row.project, change: row.change, patchset: row.patchset, reason: e.message }, 'the review system refused a message; skipped');
         return;
       }
-      this.o.db.prepare('UPDATE review_outbox SET attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?').run(clip(isAirlockError(e) ? e.message : String(e)), this.now(), row.id);
+      const reason = clip(isAirlockError(e) ? e.message : String(e));
+      if (row.attempts + 1 >= MAX_ATTEMPTS) {
+        this.mark(row.id, 'refused', `gave up after ${MAX_ATTEMPTS} attempts: ${reason}`);
+        this.o.logger.error({ project: row.project, change: row.change, patchset: row.patchset, reason }, 'a message to the review system was given up');
+        return;
+      }
+      this.o.db.prepare('UPDATE review_outbox SET attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?').run(reason, this.now(), row.id);
       throw e;
     }
   }

@@ -36,6 +36,9 @@ export interface KnownChange {
   ref: string;
   wip: boolean;
   private: boolean;
+  owner?: string;
+  /** Who uploaded the current patch set. */
+  uploader?: string;
   votes: Record<string, Record<string, number>>;
 }
 
@@ -60,6 +63,8 @@ interface ChangeRow {
   ref: string;
   wip: number;
   private: number;
+  owner: string | null;
+  uploader: string | null;
 }
 
 export class ReviewState {
@@ -77,7 +82,19 @@ export class ReviewState {
   get(project: string, change: string): KnownChange | undefined {
     const row = this.db.prepare<[string, string], ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?').get(project, change);
     if (!row) return undefined;
-    return { project: row.project, change: row.change, branch: row.branch, status: row.status, patchset: row.patchset, ref: row.ref, wip: row.wip === 1, private: row.private === 1, votes: this.votesOf(row.project, row.change, row.patchset) };
+    return {
+      project: row.project,
+      change: row.change,
+      branch: row.branch,
+      status: row.status,
+      patchset: row.patchset,
+      ref: row.ref,
+      wip: row.wip === 1,
+      private: row.private === 1,
+      ...(row.owner !== null ? { owner: row.owner } : {}),
+      ...(row.uploader !== null ? { uploader: row.uploader } : {}),
+      votes: this.votesOf(row.project, row.change, row.patchset),
+    };
   }
 
   ready(project: string, change: string): boolean {
@@ -90,10 +107,11 @@ export class ReviewState {
    * patch set before when its kind says so; a veto always does. An older patch set than the one
    * known changes nothing.
    */
-  patchset(p: { project: string; change: string; branch: string; patchset: number; ref: string; kind?: PatchsetKind; wip?: boolean }): Readiness {
+  patchset(p: { project: string; change: string; branch: string; patchset: number; ref: string; kind?: PatchsetKind; wip?: boolean; owner?: string; uploader?: string }): Readiness {
     return this.update(p.project, p.change, (old) => {
       if (old && p.patchset < old.patchset) return undefined;
-      if (old && p.patchset === old.patchset) return { ...old, ref: p.ref, ...(p.wip !== undefined ? { wip: p.wip ? 1 : 0 } : {}) };
+      const people = { owner: p.owner ?? old?.owner ?? null, uploader: p.uploader ?? (old && p.patchset === old.patchset ? old.uploader : null) };
+      if (old && p.patchset === old.patchset) return { ...old, ...people, ref: p.ref, ...(p.wip !== undefined ? { wip: p.wip ? 1 : 0 } : {}) };
       if (old) {
         const carried = this.votesOf(p.project, p.change, old.patchset)[this.o.rule.label] ?? {};
         const keepAll = p.kind !== undefined && this.copy.has(p.kind);
@@ -101,7 +119,7 @@ export class ReviewState {
         for (const [who, v] of Object.entries(carried)) if (keepAll || v <= -this.o.rule.value) ins.run(p.project, p.change, p.patchset, who, this.o.rule.label, v);
         this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset < ?').run(p.project, p.change, p.patchset);
       }
-      return { project: p.project, change: p.change, branch: p.branch, status: old?.status === 'merged' ? 'merged' : 'open', patchset: p.patchset, ref: p.ref, wip: p.wip ? 1 : (old?.wip ?? 0), private: old?.private ?? 0 };
+      return { project: p.project, change: p.change, branch: p.branch, status: old?.status === 'merged' ? 'merged' : 'open', patchset: p.patchset, ref: p.ref, wip: p.wip ? 1 : (old?.wip ?? 0), private: old?.private ?? 0, ...people };
     });
   }
 
@@ -110,10 +128,10 @@ export class ReviewState {
    * it; 0 removes it). Votes on an outdated patch set are ignored; a newer one than known is taken
    * as a new patch set first (its patchset-created event was missed).
    */
-  votes(p: { project: string; change: string; branch: string; patchset: number; ref: string; account: string; votes: Readonly<Record<string, number>> }): Readiness {
+  votes(p: { project: string; change: string; branch: string; patchset: number; ref: string; account: string; votes: Readonly<Record<string, number>>; owner?: string }): Readiness {
     const known = this.get(p.project, p.change);
     if (known && p.patchset < known.patchset) return { before: this.ready(p.project, p.change), after: this.ready(p.project, p.change), patchset: known.patchset };
-    const first = !known || p.patchset > known.patchset ? this.patchset({ project: p.project, change: p.change, branch: p.branch, patchset: p.patchset, ref: p.ref }) : undefined;
+    const first = !known || p.patchset > known.patchset ? this.patchset({ project: p.project, change: p.change, branch: p.branch, patchset: p.patchset, ref: p.ref, ...(p.owner ? { owner: p.owner } : {}) }) : undefined;
     const r = this.update(p.project, p.change, (old) => {
       if (!old) return undefined;
       const count = this.db.prepare<[string, string], { n: number }>('SELECT COUNT(*) AS n FROM review_votes WHERE project = ? AND change = ?').get(p.project, p.change)?.n ?? 0;
@@ -151,7 +169,7 @@ export class ReviewState {
       const ins = this.db.prepare('INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)');
       let room = MAX_VOTES_PER_CHANGE;
       for (const [label, byWho] of Object.entries(c.votes)) for (const [who, v] of Object.entries(byWho)) if (room-- > 0) ins.run(c.project, c.change, c.patchset, who, label, v);
-      return { project: c.project, change: c.change, branch: c.branch, status: c.status, patchset: c.patchset, ref: c.ref, wip: c.wip ? 1 : 0, private: c.private ? 1 : 0 };
+      return { project: c.project, change: c.change, branch: c.branch, status: c.status, patchset: c.patchset, ref: c.ref, wip: c.wip ? 1 : 0, private: c.private ? 1 : 0, owner: c.owner, uploader: c.uploader ?? null };
     });
     return { ...r, newPatchset, ...(known ? { oldStatus: known.status } : {}) };
   }
@@ -179,10 +197,11 @@ export class ReviewState {
       if (row) {
         this.db
           .prepare(
-            `INSERT INTO review_changes (project, change, branch, status, patchset, ref, wip, private, updated_at) VALUES (?,?,?,?,?,?,?,?,?)
-             ON CONFLICT(project, change) DO UPDATE SET branch = excluded.branch, status = excluded.status, patchset = excluded.patchset, ref = excluded.ref, wip = excluded.wip, private = excluded.private, updated_at = excluded.updated_at`,
+            `INSERT INTO review_changes (project, change, branch, status, patchset, ref, wip, private, owner, uploader, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)
+             ON CONFLICT(project, change) DO UPDATE SET branch = excluded.branch, status = excluded.status, patchset = excluded.patchset, ref = excluded.ref, wip = excluded.wip,
+               private = excluded.private, owner = excluded.owner, uploader = excluded.uploader, updated_at = excluded.updated_at`,
           )
-          .run(row.project, row.change, row.branch, row.status, row.patchset, row.ref, row.wip, row.private, this.now());
+          .run(row.project, row.change, row.branch, row.status, row.patchset, row.ref, row.wip, row.private, row.owner, row.uploader, this.now());
       }
       const patchset = row?.patchset ?? old?.patchset ?? 0;
       return { before, after: this.ready(project, change), patchset };

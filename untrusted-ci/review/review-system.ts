@@ -46,6 +46,8 @@ export interface ReviewMessage {
   project: string;
   change: string;
   patchset: number;
+  /** The commit of that patch set, when known: the message goes to it (and fails if it is not the change's). */
+  revision?: string;
   message: string;
   labels?: Record<string, number>;
 }
@@ -65,24 +67,36 @@ export interface ReviewSystem {
   post(m: ReviewMessage, signal?: AbortSignal): Promise<void>;
   /** The commit a branch points at now, or undefined when there is no such branch. */
   branchTip(project: string, branch: string, signal?: AbortSignal): Promise<string | undefined>;
-  /** Ask for the change to be merged; the review system's answer (merged, or why not). */
-  submit(project: string, change: string, branch: string, signal?: AbortSignal): Promise<SubmitOutcome>;
+  /**
+   * Ask for the change to be merged at exactly `revision` (the review system refuses when it is no
+   * longer the current patch set); the review system's answer (merged, or why not).
+   */
+  submit(project: string, change: string, branch: string, revision: string, signal?: AbortSignal): Promise<SubmitOutcome>;
 }
 
-/** What makes a change approved for the gate: `label` at `value` or more from someone other than airlock, and no veto (`-value` or less). */
+/**
+ * What makes a change approved for the gate: `label` at `value` or more from someone other than
+ * airlock (and, unless `selfApproval`, other than the change's owner and the uploader of its
+ * current patch set), and no veto (`-value` or less). The trusted builder checks its own policy
+ * again, by account id and over every patch set; this rule only keeps out of the gate what the
+ * builder's default policy would refuse anyway.
+ */
 export interface ApprovalRule {
   label: string;
   value: number;
+  selfApproval?: boolean;
 }
 
-/** Whether `votes` (label → account → value) approve a change under `rule`; airlock's own `self` votes do not count. */
-export function approvedBy(votes: Readonly<Record<string, Readonly<Record<string, number>>>>, rule: ApprovalRule, self: string): boolean {
+/** Whether `votes` (label → account → value) approve a change under `rule`; votes of `self` (airlock) and of `authors` (unless the rule allows self-approval) do not count. */
+export function approvedBy(votes: Readonly<Record<string, Readonly<Record<string, number>>>>, rule: ApprovalRule, self: string, authors: readonly string[] = []): boolean {
   const label = Object.entries(votes[rule.label] ?? {});
   const vetoed = label.some(([, v]) => v <= -rule.value);
-  return !vetoed && label.some(([who, v]) => who !== self && v >= rule.value);
+  const counts = (who: string) => who !== self && (rule.selfApproval === true || !authors.includes(who));
+  return !vetoed && label.some(([who, v]) => counts(who) && v >= rule.value);
 }
 
 /** Whether a change may be in the gate: open, not work in progress, not private, approved. */
-export function gateReady(c: Pick<ReviewedChange, 'status' | 'wip' | 'private' | 'votes'>, rule: ApprovalRule, self: string): boolean {
-  return c.status === 'open' && !c.wip && !c.private && approvedBy(c.votes, rule, self);
+export function gateReady(c: Pick<ReviewedChange, 'status' | 'wip' | 'private' | 'votes'> & { owner?: string; uploader?: string }, rule: ApprovalRule, self: string): boolean {
+  const authors = [c.owner, c.uploader].filter((x): x is string => x !== undefined);
+  return c.status === 'open' && !c.wip && !c.private && approvedBy(c.votes, rule, self, authors);
 }

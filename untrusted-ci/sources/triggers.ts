@@ -16,6 +16,12 @@
  *   content must not reach the public CI);
  * - anything else is acknowledged and ignored, with the reason.
  * Approvals come only from the review system: without one configured, nothing enters the gate.
+ *
+ * With the review system's REST API at hand (`reread`), an event is only a hint, as its sender is
+ * authenticated by a secret project owners can read: what it says of votes, status and flags is
+ * not taken; the change is read again from the review system, and that record is applied
+ * (`reconcileChange`). Only `recheck` and a new patch set's check act at once (a check fetches the
+ * patch set from the project's repository; it proves nothing and merges nothing).
  */
 import type { ApprovalEvent, PatchsetEvent, TriggerEvent } from '../../shared/schemas/events/trigger.js';
 import type { CiConfig } from '../config.js';
@@ -36,6 +42,8 @@ export interface TriggerDeps {
   gate?: GateRuntime;
   /** What the CI knows of each change in the review system; absent: no review system, no gate. */
   reviewState?: ReviewState;
+  /** Read a change again from the review system and apply what it says (asynchronously). */
+  reread?: (project: string, change: string) => void;
 }
 
 /** A comment that asks for the check to run again (Zuul's convention): a line that says just `recheck`. */
@@ -47,6 +55,22 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
   if (event.kind === 'ref-updated') return { accepted: false, reason: 'no pipeline acts on ref-updated events yet' };
   if (project.branches.length > 0 && !project.branches.includes(event.branch)) return { accepted: false, reason: `branch ${event.branch} of ${event.project} is not checked` };
   const review = event.source === 'gerrit' ? deps.reviewState : undefined;
+  const reread = event.source === 'gerrit' && review ? deps.reread : undefined;
+
+  if (reread && event.kind !== 'patchset') {
+    // Votes, status and flags come from the review system's own record, not from the event.
+    const outcome: TriggerOutcome = { accepted: true, builds: [], superseded: [] };
+    if (event.kind === 'approval' && event.comment !== undefined && RECHECK.test(commentBody(event.comment))) {
+      const latest = deps.store?.latestChange(event.project, event.change);
+      if (!latest || latest.patchset <= event.patchset) {
+        const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+        outcome.builds.push(build.id);
+        outcome.superseded.push(...superseded);
+      }
+    }
+    reread(event.project, event.change);
+    return outcome;
+  }
 
   switch (event.kind) {
     case 'change-merged': {
@@ -84,6 +108,7 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
         ref: event.ref,
         account: event.author,
         votes: Object.fromEntries(event.approvals.map((a) => [a.type, a.value])),
+        ...(event.owner ? { owner: event.owner } : {}),
       });
       const outcome: TriggerOutcome = { accepted: true, builds: [], superseded: [] };
       if (r.before !== r.after) {
@@ -99,6 +124,12 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
       return outcome;
     }
     case 'patchset': {
+      // Told twice (a redelivery with another body, or the catch-up came first): checked once.
+      const known = deps.store?.latestChange(event.project, event.change);
+      if (known && known.patchset === event.patchset && (deps.store?.builds({ change: known.id, pipeline: 'check', limit: 1 }).length ?? 0) > 0) {
+        reread?.(event.project, event.change);
+        return { accepted: false, reason: `patchset ${event.patchset} of change ${event.change} is already checked` };
+      }
       const r = review?.patchset({
         project: event.project,
         change: event.change,
@@ -107,10 +138,14 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
         ref: event.ref,
         ...(event.patchsetKind ? { kind: event.patchsetKind } : {}),
         ...(event.wip !== undefined ? { wip: event.wip } : {}),
+        ...(event.owner ? { owner: event.owner } : {}),
+        uploader: event.author,
       });
       const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
       deps.gate?.patchset(build.change);
-      if (r?.after) deps.gate?.approval(build.change, true); // votes carried over to this patch set
+      // Votes carried over to this patch set: the review system's record says which.
+      if (reread) reread(event.project, event.change);
+      else if (r?.after) deps.gate?.approval(build.change, true);
       return { accepted: true, builds: [build.id], superseded };
     }
   }
@@ -147,6 +182,16 @@ export function reconcileChange(c: ReviewedChange, deps: TriggerDeps): { checked
     out.gate = r.after ? 'approved' : 'unapproved';
   }
   return out;
+}
+
+/**
+ * The review system does not show the change to airlock any more (a change made private, or
+ * deleted): it leaves the gate and its checks stop, as for a private change.
+ */
+export function hideChange(project: string, change: string, deps: TriggerDeps): void {
+  const r = deps.reviewState?.flags(project, change, { private: true });
+  stopChecks(deps, project, change, 'the review system no longer shows the change');
+  if (r) tellGate(deps, project, change, r);
 }
 
 /** The gate learns of a readiness change at the change's current patch set. */

@@ -128,6 +128,8 @@ const MIGRATIONS: readonly string[] = [
      ref TEXT NOT NULL,
      wip INTEGER NOT NULL DEFAULT 0,
      private INTEGER NOT NULL DEFAULT 0,
+     owner TEXT,
+     uploader TEXT,
      updated_at INTEGER NOT NULL,
      PRIMARY KEY (project, change)
    );

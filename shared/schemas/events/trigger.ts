@@ -100,6 +100,8 @@ const changeFields = {
   change: ChangeRef,
   changeId: ChangeId.optional(),
   patchset: z.number().int().min(1).max(999_999_999),
+  /** The change's owner in the review system (username, else e-mail, else name), when it says. */
+  owner: z.string().min(1).max(256).optional(),
 };
 
 /** A patch set to check. `ref` is what to fetch: `refs/changes/45/12345/3`, a branch, or a commit. */

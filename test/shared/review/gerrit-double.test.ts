@@ -514,7 +514,7 @@ describe('submit', () => {
     const { number } = g.upload({ project: P, owner: 'alice', files: { 'a.txt': 'A\n' } });
     const ci = client(g, 'ci');
     const refusal = async (): Promise<string> => {
-      const e: unknown = await ci.submit(P, number).catch((x: unknown) => x);
+      const e: unknown = await ci.submit(P, number, 'current').catch((x: unknown) => x);
       expect(e).toBeInstanceOf(ReviewRefusedError);
       expect((e as ReviewRefusedError).status).toBe(409);
       return (e as Error).message;
@@ -527,14 +527,14 @@ describe('submit', () => {
     g.review(number, 'carol', { labels: { 'Code-Review': -2 } });
     expect(await refusal()).toContain(`Change ${number}: blocked by Code-Review`);
     g.review(number, 'carol', { labels: { 'Code-Review': 0 } });
-    expect((await ci.submit(P, number)).status).toBe('MERGED');
+    expect((await ci.submit(P, number, 'current')).status).toBe('MERGED');
   });
 
   it('refuses without the Submit permission (403), and work in progress or closed changes (409)', async () => {
     const g = await start();
     const { number } = g.upload({ project: P, owner: 'alice', files: { 'a.txt': 'A\n' }, wip: true });
     approve(g, number);
-    await expect(client(g, 'alice').submit(P, number)).rejects.toThrow('not permitted: submit');
+    await expect(client(g, 'alice').submit(P, number, 'current')).rejects.toThrow('not permitted: submit');
     expect(() => g.submitAs(number, 'ci')).toThrow(`Change ${number}: Change ${number} is work in progress`);
     g.setWip(number, 'alice', false);
     g.submitAs(number, 'ci');
@@ -556,7 +556,8 @@ describe('submit', () => {
     const old = g.branchTip(P);
     const up = g.upload({ project: P, owner: 'alice', files: { 'a.txt': 'A\n' } });
     approve(g, up.number);
-    const merged = await client(g, 'ci').submit(P, up.number);
+    expect(await client(g, 'ci').submit(P, up.number, up.sha)).toMatchObject({ status: 'MERGED' });
+    const merged = (await client(g, 'ci').change(P, up.number, []))!;
     expect(merged).toMatchObject({ status: 'MERGED', _number: up.number, submitter: { _account_id: 1000003 } });
     expect(merged.submitted).toMatch(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{9}$/);
     expect(g.branchTip(P)).toBe(up.sha);
@@ -611,7 +612,7 @@ describe('submit', () => {
     const b = g.upload({ project: P, owner: 'alice', files: { 'b.txt': 'B\n' }, parent: a.sha });
     g.review(a.number, 'bob', { labels: { 'Code-Review': 2 } });
     approve(g, b.number);
-    await expect(client(g, 'ci').submit(P, b.number)).rejects.toThrow(`Failed to submit 2 changes due to the following problems:\nChange ${a.number}: needs Verified`);
+    await expect(client(g, 'ci').submit(P, b.number, 'current')).rejects.toThrow(`Failed to submit 2 changes due to the following problems:\nChange ${a.number}: needs Verified`);
     expect(g.branchTip(P)).toBe(tip);
     expect([g.changeState(a.number).status, g.changeState(b.number).status]).toEqual(['NEW', 'NEW']);
     expect(ofType(g, 'change-merged')).toEqual([]);
@@ -624,7 +625,7 @@ describe('submit', () => {
     g.upload({ project: P, owner: 'alice', change: a.number, files: { 'a.txt': 'A2\n' } });
     approve(g, a.number);
     approve(g, b.number);
-    await expect(client(g, 'ci').submit(P, b.number)).rejects.toThrow(
+    await expect(client(g, 'ci').submit(P, b.number, 'current')).rejects.toThrow(
       `Failed to submit 2 changes due to the following problems:\nChange ${b.number}: Depends on commit that cannot be merged. Commit ${b.sha} depends on commit ${a.sha}, which is outdated patch set 1 of change ${a.number}. The latest patch set is 2.`,
     );
     expect(g.changeState(a.number).status).toBe('NEW');
@@ -643,7 +644,7 @@ describe('submit', () => {
     const up = g.upload({ project: P, owner: 'alice', files: { 'app.txt': 'one\nTWO\nthree\n' } });
     g.directPush(P, 'master', { 'app.txt': 'one\n2\nthree\n' });
     approve(g, up.number);
-    const e: unknown = await client(g, 'ci').submit(P, up.number).catch((x: unknown) => x);
+    const e: unknown = await client(g, 'ci').submit(P, up.number, 'current').catch((x: unknown) => x);
     expect((e as ReviewRefusedError).status).toBe(409);
     expect((e as Error).message).toContain(
       `Failed to submit 1 change due to the following problems:\nChange ${up.number}: Change could not be merged due to a path conflict. Please rebase the change locally and upload the rebased commit for review.`,

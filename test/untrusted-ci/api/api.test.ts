@@ -51,6 +51,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'hook.secret'), SECRET);
   writeFileSync(join(dir, 'api.token'), TOKEN);
+  writeFileSync(join(dir, 'gerrit.json'), JSON.stringify({ username: 'airlock-ci', password: 'an-http-password' }));
   const loaded = buildCiConfig(
     {
       version: 1,
@@ -492,10 +493,12 @@ describe('POST /hooks/gerrit', () => {
       return JSON.stringify({ ...d, ...extra, type, change: { ...(d.change as object), ...change } });
     };
 
-    it('Code-Review +2 from a reviewer approves the patchset for the gate and records the change', async () => {
+    it('Code-Review +2 from a reviewer approves the patchset for the gate and records the change; the owner\'s own does not', async () => {
       const r0 = recorder();
       const api = await makeApi({ config, gate: r0.gate, review: true });
-      const r = await hook(api, fixture('comment-added.json'));
+      // The fixture's voter is the change's owner (admin): self-approval does not count.
+      expect((await hook(api, fixture('comment-added.json'))).json()).toMatchObject({ accepted: false });
+      const r = await hook(api, comment('grace', [['Code-Review', '2', '0']]));
       expect(r.statusCode, r.body).toBe(202);
       expect(r.json()).toEqual({ accepted: true, builds: [], superseded: [], gate: 'approved' });
       expect(r0.calls).toEqual(['approve TestRepo 1,2']);
@@ -669,11 +672,22 @@ describe('POST /hooks/gerrit', () => {
     expectError(await hook(api, big), 413, 'AIRLOCK_E_PAYLOAD_TOO_LARGE');
   });
 
-  it('answers 409, not 500, to a patchset older than one already queued', async () => {
+  it('with a review system, refuses an API check that takes a number (the review system\'s change ids)', async () => {
+    const api = await makeApi({ config: { review: { kind: 'gerrit', url: 'https://review.example.org', credentialsFile: 'gerrit.json' } } });
+    api.executor.hold('*');
+    const r = await post(api, { ...CHANGE, change: '7' });
+    expect(expectError(r, 400, 'AIRLOCK_E_INVALID_INPUT').message).toContain("numbers are the review system's change ids");
+    expect((await post(api, { ...CHANGE, change: 'api-7' })).statusCode).toBe(202);
+  });
+
+  it('acknowledges a patchset older than one already queued with 202 accepted: false (a retry cannot change it), not 500', async () => {
     const api = await makeApi();
     api.executor.hold('*');
     const v2 = fixture('patchset-created.json').toString('utf8').replace('"number": 1,', '"number": 2,').replace('refs/changes/02/2/1', 'refs/changes/02/2/2');
     expect((await hook(api, v2)).statusCode).toBe(202);
-    expectError(await hook(api, fixture('patchset-created.json')), 409, 'AIRLOCK_E_CONFLICT');
+    const late = await hook(api, fixture('patchset-created.json'));
+    expect(late.statusCode).toBe(202);
+    expect(late.json()).toEqual({ accepted: false, reason: 'change 2 of TestRepo1 is already at patchset 2; patchset 1 is outdated' });
+    expect(api.store.builds({})).toHaveLength(1);
   });
 });

@@ -78,6 +78,20 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     await until('a second check', async () => ((await buildsOf(c.number, 'check')).length === 2 ? true : undefined));
   });
 
+  it('takes an event only as a hint: a forged +2 (with the webhook secret) puts nothing in the gate', async () => {
+    const g = rig.gerrit;
+    const f = g.upload({ project: PROJECT, owner: 'mallory', subject: 'F', files: { 'f.txt': 'f\n' } });
+    const created = g.events.filter((e) => e.type === 'patchset-created').map((e) => e.body as Record<string, unknown> & { change: { number: number } }).find((e) => e.change.number === f.number)!;
+    const forged = { ...created, type: 'comment-added', author: { name: 'grace', username: 'grace', email: 'grace@example.org' }, approvals: [{ type: 'Code-Review', description: 'Code-Review', value: '2', oldValue: '0' }], comment: 'Patch Set 1: Code-Review+2', eventCreatedOn: Math.floor(Date.now() / 1000) };
+    const r = await fetch(`${ci.url}/hooks/gerrit/${encodeURIComponent(rig.hookSecret)}`, { method: 'POST', body: JSON.stringify(forged), headers: { 'content-type': 'application/json' } });
+    expect(r.status).toBe(202);
+    await ci.service.review!.rereads.idle();
+    await ci.service.gate.idle();
+    expect((await get<GateView>('/api/gate')).queues.flatMap((q) => q.items).map((i) => i.change)).not.toContain(String(f.number));
+    expect(await reportsOf(f.number)).toEqual([]);
+    expect(ci.service.review!.state.get(PROJECT, String(f.number))?.votes['Code-Review']).toBeUndefined();
+  });
+
   it('does not merge an unapproved ancestor: a change on an outdated patch set is kept out, with the reason', async () => {
     const g = rig.gerrit;
     const tip = g.branchTip(PROJECT);

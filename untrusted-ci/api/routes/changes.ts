@@ -34,6 +34,11 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
       else if (project.branches.length > 0 && !project.branches.includes(c.branch)) {
         issues.push({ file: 'body', path: 'branch', message: `${project.name} is checked on ${project.branches.join(', ')} only`, severity: 'error' as const });
       }
+      // With a review system, its changes are numbers: an API check must not take one's identity
+      // (a patch set number above the real one would shut the real change out of checks and the gate).
+      if (deps.config.review && /^[0-9]+$/.test(c.change ?? c.ref)) {
+        issues.push({ file: 'body', path: 'change', message: "numbers are the review system's change ids on this CI: name an API check otherwise (e.g. api-123)", severity: 'error' as const });
+      }
       if (issues.length > 0) throw new InvalidInputError(issues);
       if (c.pipeline === 'gate') {
         // Approvals come from the review system alone, which also merges: the API cannot put a change in the gate.

@@ -8,7 +8,7 @@
  * none came), 400 malformed event, 413 too large, 429 rate-limited.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { NotFoundError, UnauthorizedError } from '../../../shared/errors.js';
+import { ConflictError, NotFoundError, UnauthorizedError } from '../../../shared/errors.js';
 import { parseGerritEvent } from '../../sources/gerrit/parse.js';
 import { verifyWebhook, WEBHOOK_SIGNATURE_HEADER } from '../../sources/gerrit/verify.js';
 import { handleTrigger } from '../../sources/triggers.js';
@@ -57,6 +57,12 @@ export function registerGerritHook(app: FastifyInstance, deps: ApiDeps): void {
     } catch (e) {
       // Not acted on: let the review system's retry through.
       if (event.eventId) deps.store.forgetEvent(event.eventId);
+      if (e instanceof ConflictError) {
+        // A late event about an older patch set: a retry cannot change that, so say so and stop it.
+        deps.metrics.webhook('ignored');
+        log.info({ kind: event.kind, reason: e.message }, 'webhook ignored');
+        return reply.status(202).send({ accepted: false, reason: e.message });
+      }
       throw e;
     }
     deps.metrics.webhook(outcome.accepted ? 'accepted' : 'ignored');

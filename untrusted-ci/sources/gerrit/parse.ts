@@ -212,7 +212,9 @@ function skipRef(ref: string): string | undefined {
 }
 
 function changeFields(change: GerritChange, ps: GerritPatchSet, eventId: string) {
+  const owner = optionalName(change.owner);
   return {
+    ...(owner ? { owner } : {}),
     source: 'gerrit' as const,
     eventId,
     project: change.project,

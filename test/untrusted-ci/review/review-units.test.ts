@@ -9,7 +9,8 @@ import { createLogger } from '../../../shared/logging.js';
 import type { BuildView } from '../../../shared/schemas/api/builds.js';
 import type { ChangeInfo } from '../../../shared/review/gerrit-rest.js';
 import { CatchUp, OVERLAP_MS } from '../../../untrusted-ci/review/catch-up.js';
-import { toReviewed } from '../../../untrusted-ci/review/gerrit.js';
+import { GerritReviewSystem, toReviewed } from '../../../untrusted-ci/review/gerrit.js';
+import { CI_ACCOUNT, startGerrit } from '../../support/gerrit-rig.js';
 import { DEFAULT_VOTES } from '../../../untrusted-ci/review/review-messages.js';
 import { ReviewOutbox } from '../../../untrusted-ci/review/review-outbox.js';
 import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
@@ -110,6 +111,34 @@ describe('ReviewOutbox', () => {
       ['a', 'refused', 3],
       ['b', 'posted', 1],
     ]);
+  });
+
+  it('gives a message up after 50 failed tries, so one cannot hold the others for ever', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    sys.failures = Array.from({ length: 50 }, () => new ReviewUnavailableError('503 every time'));
+    o.enqueue('stuck', 'p', '1', 1, { message: 'never delivered' });
+    o.enqueue('next', 'p', '2', 1, { message: 'delivered after' });
+    o.start();
+    await settle(o, 2000);
+    await o.close();
+    expect(o.rows().map((r) => [r.dedupe, r.state, r.attempts])).toEqual([
+      ['stuck', 'refused', 50],
+      ['next', 'posted', 1],
+    ]);
+    expect(o.rows()[0]!.reason).toMatch(/^gave up after 50 attempts: 503 every time/);
+  });
+
+  it('a project with no job in the check pipeline is told so, without a -1', async () => {
+    const sys = new Recorder();
+    const { o } = outbox(sys);
+    await o.report({ ...build(9, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs', message: 'no job runs in the check pipeline', severity: 'error' }] });
+    await o.report({ ...build(10, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs.x.command', message: 'required', severity: 'error' }] });
+    o.start();
+    await settle(o);
+    await o.close();
+    expect(sys.posted.map((p) => p.labels ?? null)).toEqual([null, { Verified: -1 }]);
+    expect(sys.posted[0]!.message).toMatch(/^No job runs in the check pipeline/);
   });
 
   it('a vote a closed change refuses (409) is posted again as the message alone', async () => {
@@ -232,6 +261,24 @@ describe('CatchUp', () => {
     expect(await c.run()).toBeGreaterThan(0);
     expect(applied).toContain('4');
     await c.close();
+  });
+});
+
+describe('GerritReviewSystem against the stand-in', () => {
+  it('reads back every change updated since, window after window when one is full', async () => {
+    const rig = await startGerrit();
+    try {
+      rig.gerrit.createProject('w/p', { a: 'a\n' });
+      const since = Date.now() - 1000;
+      const numbers = Array.from({ length: 7 }, (_, i) => rig.gerrit.upload({ project: 'w/p', owner: 'ada', subject: `c${i}`, files: { [`f${i}`]: `${i}\n` } }).number);
+      const sys = new GerritReviewSystem({ url: rig.gerrit.url, credentials: { username: CI_ACCOUNT, password: rig.passwords[CI_ACCOUNT]! } });
+      const all = await sys.changedSince(since, { max: 3 });
+      expect(all.map((c) => Number(c.change)).sort((a, b) => a - b)).toEqual(numbers);
+      const queries = rig.gerrit.requests.filter((r) => r.path.startsWith('/changes') && r.query.includes('after'));
+      expect(queries.some((q) => decodeURIComponent(q.query).includes('before:'))).toBe(true);
+    } finally {
+      await rig.gerrit.close();
+    }
   });
 });
 

@@ -158,14 +158,14 @@ describe('status page (real browser, real service, real Docker)', () => {
     // repository that is no change in Gerrit) with a hostile subject and author: shown as text,
     // its job running with a progress bar.
     const slow = g.writeCommit(PROJECT, { '.airlock.yaml': SLOW_CONFIG, 'slow.txt': 'slow\n' }, { message: 'a slow check\n' });
-    const slowBuild = await ci.submit({ project: PROJECT, ref: slow, change: '301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
-    const slowJob = item('check', '301').locator('li.job[data-job="slow"][data-state="running"]');
+    const slowBuild = await ci.submit({ project: PROJECT, ref: slow, change: 'api-301', patchset: 1, author: 'mallory <script>', subject: HOSTILE });
+    const slowJob = item('check', 'api-301').locator('li.job[data-job="slow"][data-state="running"]');
     await slowJob.waitFor(WAIT);
-    expect(await item('check', '301').locator('.subject').textContent()).toBe(HOSTILE);
-    expect(await item('check', '301').locator('.author').textContent()).toBe('mallory <script>');
-    expect(await item('check', '301').locator('.tested-on').textContent()).toBe('the tip of master');
+    expect(await item('check', 'api-301').locator('.subject').textContent()).toBe(HOSTILE);
+    expect(await item('check', 'api-301').locator('.author').textContent()).toBe('mallory <script>');
+    expect(await item('check', 'api-301').locator('.tested-on').textContent()).toBe('the tip of master');
     // The progress bar is named for assistive technology, and says in words what its length shows.
-    const bar = item('check', '301').getByRole('progressbar', { name: /^slow: running for \d+ (ms|s) · limit 10 min$/ });
+    const bar = item('check', 'api-301').getByRole('progressbar', { name: /^slow: running for \d+ (ms|s) · limit 10 min$/ });
     expect(await bar.evaluate((el) => Number((el as { max?: number }).max))).toBe(600_000);
     expect(await slowJob.locator('.badge').textContent()).toBe('▶ running');
 
@@ -184,7 +184,7 @@ describe('status page (real browser, real service, real Docker)', () => {
 
     // 3. A broken .airlock.yaml: every problem readable, the hostile key as text.
     const broken = g.writeCommit(PROJECT, { '.airlock.yaml': BROKEN_CONFIG }, { message: 'a config with problems\n' });
-    const brokenBuild = await ci.submit({ project: PROJECT, ref: broken, change: '302', patchset: 1, subject: 'a config with problems' });
+    const brokenBuild = await ci.submit({ project: PROJECT, ref: broken, change: 'api-302', patchset: 1, subject: 'a config with problems' });
     const brokenRow = historyRow(brokenBuild);
     await brokenRow.and(page.locator('[data-result="config-error"]')).waitFor(WAIT);
     const issues = await brokenRow.locator('ul.issues li').allTextContents();

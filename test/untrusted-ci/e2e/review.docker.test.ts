@@ -6,6 +6,7 @@
  * approval withdrawn while in the gate dequeues it; events missed while the CI was down are caught
  * up; `recheck` checks again.
  */
+import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GateView } from '../../../shared/schemas/api/gate.js';
 import type { BuildView } from '../../../shared/schemas/api/builds.js';
@@ -90,6 +91,26 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     expect((await get<GateView>('/api/gate')).queues.flatMap((q) => q.items).map((i) => i.change)).not.toContain(String(f.number));
     expect(await reportsOf(f.number)).toEqual([]);
     expect(ci.service.review!.state.get(PROJECT, String(f.number))?.votes['Code-Review']).toBeUndefined();
+  });
+
+  it('votes and submits only where it tested: a change whose branch an event lied about is not merged', async () => {
+    const g = rig.gerrit;
+    execFileSync('git', ['--git-dir', g.gitUrl(PROJECT), 'update-ref', 'refs/heads/stable', g.branchTip(PROJECT)]);
+    g.pauseWebhooks({ drop: true }); // the real event never arrives
+    const s = g.upload({ project: PROJECT, branch: 'stable', owner: 'ada', subject: 'S', files: { 's.txt': 's\n' } });
+    await g.resumeWebhooks();
+    // Someone with the webhook secret announces S's patch set as a change for master.
+    const created = g.events.filter((e) => e.type === 'patchset-created').map((e) => e.body as Record<string, unknown> & { change: { number: number; branch: string } }).find((e) => e.change.number === s.number)!;
+    const forged = { ...created, change: { ...created.change, branch: 'master' } };
+    const posted = await fetch(`${ci.url}/hooks/gerrit/${encodeURIComponent(rig.hookSecret)}`, { method: 'POST', body: JSON.stringify(forged), headers: { 'content-type': 'application/json' } });
+    expect(posted.status).toBe(202);
+    expect(ci.service.store.latestChange(PROJECT, String(s.number))?.branch).toBe('master');
+    g.review(s.number, 'grace', { labels: { 'Code-Review': 2 } });
+    const r = await report(s.number);
+    expect(r.result).toBe('MERGE_FAILURE');
+    expect(r.message).toContain('the review system says it targets branch stable, not master, where it was tested');
+    expect(g.changeState(s.number).status).toBe('NEW');
+    expect(g.changeState(s.number).votes.Verified?.[CI_ACCOUNT]).not.toBe(2);
   });
 
   it('does not merge an unapproved ancestor: a change on an outdated patch set is kept out, with the reason', async () => {

@@ -97,6 +97,25 @@ describe('embargo requests', () => {
     expect(nonces.size).toBe(1);
   });
 
+  it('refuses a decompression bomb without inflating it (anyone with the embargo public key can send one)', async () => {
+    const nonces = new NonceStore(nonceFile());
+    // 64 MiB of zeros compress to a few dozen KiB: what openpgp inflates unbounded by default.
+    const bomb = await openpgp.createMessage({ binary: new Uint8Array(64 * 1024 * 1024) });
+    const armored = await openpgp.encrypt({ message: bomb, encryptionKeys: builder.publicKey, signingKeys: mallory.privateKey, format: 'armored', config: { preferredCompressionAlgorithm: openpgp.enums.compression.zlib } });
+    expect(armored.length).toBeLessThan(2 * 1024 * 1024); // within the endpoint's body limit
+    if (global.gc) global.gc();
+    const before = process.memoryUsage().arrayBuffers + process.memoryUsage().heapUsed;
+    let peak = before;
+    const watch = setInterval(() => (peak = Math.max(peak, process.memoryUsage().arrayBuffers + process.memoryUsage().heapUsed)), 1);
+    const r = await open(armored, nonces);
+    clearInterval(watch);
+    expect(r).toMatchObject({ ok: false, reason: 'undecryptable', status: 400 });
+    expect(r.ok === false && r.detail).toContain('larger than allowed once decompressed');
+    // Inflating the whole bomb would take 64 MiB (and more, in copies); bounded, a few MiB at most.
+    expect(peak - before).toBeLessThan(32 * 1024 * 1024);
+    nonces.close();
+  });
+
   it('refuses a tampered message, one encrypted to another key, and garbage, as undecryptable (400)', async () => {
     const nonces = new NonceStore(nonceFile());
     const { armored } = await request(alice);

@@ -19,7 +19,7 @@ import { parseOrThrow } from '../../shared/schemas/issues.js';
 import type { EmbargoKey } from './embargo-key.js';
 import type { NonceStore } from './nonce-store.js';
 import type { SecurityTeam, TeamMember } from './team.js';
-import { EMBARGO_REQUEST_WINDOW_MS, EMBARGO_WIRE_VERSION, EmbargoRequest, EmbargoResponse, type EmbargoAsk } from './wire.js';
+import { EMBARGO_REQUEST_WINDOW_MS, EMBARGO_WIRE_VERSION, EmbargoRequest, EmbargoResponse, MAX_DECOMPRESSED_ANSWER_BYTES, MAX_DECOMPRESSED_REQUEST_BYTES, type EmbargoAsk } from './wire.js';
 
 export type RequestRefusalReason =
   /** Not an armored OpenPGP message, not encrypted to the embargo key, or tampered with. */
@@ -91,12 +91,15 @@ export async function openRequest(armored: string, ctx: OpenRequestContext): Pro
   });
   let decrypted: openpgp.DecryptMessageResult & { data: Uint8Array };
   try {
-    const message = await openpgp.readMessage({ armoredMessage: armored });
+    // Decompression is bounded: the signature sits inside the encrypted, compressed data, so it
+    // cannot be checked first, and an anonymous sender must not inflate the builder's memory.
+    const config = { maxDecompressedMessageSize: MAX_DECOMPRESSED_REQUEST_BYTES };
+    const message = await openpgp.readMessage({ armoredMessage: armored, config });
     // Verified as of the far end of the window: a member whose clock runs a little ahead is not
     // refused by openpgp for a "signature from the future"; the time is checked below instead.
-    decrypted = await openpgp.decrypt({ message, decryptionKeys: ctx.key.privateKey, verificationKeys: ctx.team.keys, format: 'binary', date: new Date(ctx.now + windowMs) });
+    decrypted = await openpgp.decrypt({ message, decryptionKeys: ctx.key.privateKey, verificationKeys: ctx.team.keys, format: 'binary', date: new Date(ctx.now + windowMs), config });
   } catch {
-    return refuse('undecryptable', 'not an OpenPGP message encrypted to the embargo key, or altered');
+    return refuse('undecryptable', 'not an OpenPGP message encrypted to the embargo key, or altered, or larger than allowed once decompressed');
   }
   const [signature, ...more] = decrypted.signatures;
   if (!signature) return refuse('unsigned', 'the message is not signed');
@@ -145,8 +148,9 @@ export async function openResponse(armored: string, o: { memberKey: openpgp.Priv
   const now = o.now ?? new Date();
   let data: Uint8Array;
   try {
-    const message = await openpgp.readMessage({ armoredMessage: armored });
-    const r = await openpgp.decrypt({ message, decryptionKeys: o.memberKey, verificationKeys: o.builderKey, expectSigned: true, format: 'binary', date: new Date(now.getTime() + EMBARGO_REQUEST_WINDOW_MS) });
+    const config = { maxDecompressedMessageSize: MAX_DECOMPRESSED_ANSWER_BYTES };
+    const message = await openpgp.readMessage({ armoredMessage: armored, config });
+    const r = await openpgp.decrypt({ message, decryptionKeys: o.memberKey, verificationKeys: o.builderKey, expectSigned: true, format: 'binary', date: new Date(now.getTime() + EMBARGO_REQUEST_WINDOW_MS), config });
     data = r.data;
   } catch (e) {
     throw new InternalError(`the builder's answer does not decrypt with this key or is not signed by the builder key: ${(e as Error).message}`);

@@ -29,6 +29,14 @@ export const MAX_PATCH_BYTES = 1024 * 1024; // 1 MiB
 export const MAX_EMBARGO_REQUEST_BYTES = 2 * MAX_PATCH_BYTES; // 2 MiB
 /** `logs` answers with the last this many bytes of an embargo's log (and says so). */
 export const MAX_LOG_ANSWER_BYTES = 4 * 1024 * 1024; // 4 MiB
+/**
+ * What a request may decompress to at most (openpgp's `maxDecompressedMessageSize`, unlimited by
+ * default): the request itself is at most MAX_EMBARGO_REQUEST_BYTES, and a patch hardly
+ * compresses; anything beyond is a decompression bomb, refused before it is inflated further.
+ */
+export const MAX_DECOMPRESSED_REQUEST_BYTES = 2 * MAX_EMBARGO_REQUEST_BYTES; // 4 MiB
+/** The same for an answer the CLI reads (logs are capped at MAX_LOG_ANSWER_BYTES, then JSON and base64). */
+export const MAX_DECOMPRESSED_ANSWER_BYTES = 4 * MAX_LOG_ANSWER_BYTES; // 16 MiB
 const MAX_REASON_CHARS = 2000;
 
 /** `emb-` and 16 random hex digits: an embargo's only name outside the encrypted store. */

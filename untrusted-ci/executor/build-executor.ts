@@ -16,7 +16,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { CancelledError, isAirlockError, PolicyViolationError, type Issue } from '../../shared/errors.js';
+import { CancelledError, InvalidInputError, isAirlockError, PolicyViolationError, type Issue } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '../../shared/repo-config/airlock-yaml.js';
 import type { JobResult } from '../../shared/runner/result.js';
@@ -38,6 +38,8 @@ import type { Slots } from '../scheduler/slots.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
+/** Files and directories of a change's tree at most (a job's ext4 workspace of the default 2 GiB has about 131,000 inodes). */
+const SOURCE_MAX_ENTRIES = 500_000;
 
 /** The slice of JobRunner a build needs. */
 export interface JobRunnerPort {
@@ -187,7 +189,14 @@ export class CheckBuildExecutor implements BuildExecutor {
     await mkdir(work, { recursive: true });
     releases.push(() => rm(work, { recursive: true, force: true }));
     const tar = join(work, 'source.tar');
-    await o.merger.exportTar(project, commit, tar, signal);
+    // What cannot fit the job's workspace is not written out on this host either.
+    const cap = { maxBytes: o.policy.limits.workspace, maxEntries: SOURCE_MAX_ENTRIES };
+    try {
+      await o.merger.exportTar(project, commit, tar, cap, signal);
+    } catch (e) {
+      if (e instanceof InvalidInputError) return { result: 'failed', reason: `the source tree cannot be used: ${e.message}`, issues: [...e.issues] };
+      throw e;
+    }
     phase('source');
 
     const states = new Map<string, JobState>();

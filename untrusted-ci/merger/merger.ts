@@ -35,6 +35,7 @@ import type { Logger } from '../../shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
 import { archive, readBlob, repoPathProblem, treeAt } from './tree-reader.js';
+import { capArchive } from '../../shared/git/archive-cap.js';
 
 /** Where a project's code comes from; `url` is anything `remoteUrlProblem` accepts. */
 export interface Project {
@@ -343,11 +344,15 @@ export class Merger {
     return commits.length > max ? { kind: 'too-many' } : { kind: 'ok', commits };
   }
 
-  /** Writes `git archive --format=tar <commit>` to `file` (removed again on failure). */
-  async exportTar(project: Pick<Project, 'name'>, commit: string, file: string, signal?: AbortSignal): Promise<void> {
+  /**
+   * Writes `git archive --format=tar <commit>` to `file` (removed again on failure), at most
+   * `cap.maxBytes` and `cap.maxEntries`: past either, InvalidInputError naming the cap (a small
+   * pack can describe a huge tree; the archive is stopped, not written out).
+   */
+  async exportTar(project: Pick<Project, 'name'>, commit: string, file: string, cap: { maxBytes: number; maxEntries: number }, signal?: AbortSignal): Promise<void> {
     const mirror = this.existing(project.name, commit);
     try {
-      await pipeline(archive(mirror, commit, '', { signal, timeoutMs: 600_000 }), createWriteStream(file));
+      await pipeline(archive(mirror, commit, '', { signal, timeoutMs: 600_000 }), capArchive({ ...cap, what: `the tree of ${commit.slice(0, 12)}` }), createWriteStream(file));
     } catch (e) {
       await rm(file, { force: true });
       throw e;

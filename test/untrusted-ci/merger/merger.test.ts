@@ -17,6 +17,8 @@ import type { TestChange } from '../../support/git-repo.js';
 import { mergerRig } from '../../support/merger-rig.js';
 
 const { root, merger, upstream } = mergerRig('p');
+/** No cap that matters (the cap has its own test). */
+const BIG = { maxBytes: 2 ** 40, maxEntries: 1_000_000 };
 let seq = 0;
 const change = (c: TestChange): { ref: string; label: string } => ({ ref: c.ref, label: c.label });
 function prepare(req: Omit<PrepareRequest, 'buildId' | 'branch'> & { buildId?: string; branch?: string }): Promise<PrepareResult> {
@@ -219,7 +221,7 @@ describe('reading a prepared commit', () => {
 
   it('exportTar writes the whole tree, exactly as committed', async () => {
     const file = join(root, 'src.tar');
-    await merger.exportTar(project, commit, file);
+    await merger.exportTar(project, commit, file, BIG);
     const entries = await tarEntries(createReadStream(file));
     expect(entries.get('README.md')?.body).toBe('hello\n');
     expect(entries.get('link')).toMatchObject({ type: 'symlink', linkname: 'README.md' });
@@ -231,7 +233,25 @@ describe('reading a prepared commit', () => {
 
   it('exportTar of an unknown commit fails and leaves no file', async () => {
     const file = join(root, 'none.tar');
-    await expect(merger.exportTar(project, '0'.repeat(40), file)).rejects.toThrow(GitFailedError);
+    await expect(merger.exportTar(project, '0'.repeat(40), file, BIG)).rejects.toThrow(GitFailedError);
+    expect(existsSync(file)).toBe(false);
+  });
+
+  it('exportTar stops a tree that a tiny pack blows up (one blob named many times), and leaves no file', async () => {
+    // One 1 MiB blob, named 300 times in one tree (and that tree four times): a pack of a few KiB, an archive of 1.2 GiB.
+    const mib = execFileSync('git', ['--git-dir', up.dir, 'hash-object', '-w', '--stdin'], { input: Buffer.alloc(1024 * 1024, 0x61) }).toString().trim();
+    const inner = execFileSync('git', ['--git-dir', up.dir, 'mktree'], { input: Array.from({ length: 300 }, (_, i) => `100644 blob ${mib}\tf${i}\n`).join('') }).toString().trim();
+    const outer = execFileSync('git', ['--git-dir', up.dir, 'mktree'], { input: Array.from({ length: 4 }, (_, i) => `040000 tree ${inner}\td${i}\n`).join('') }).toString().trim();
+    const bomb = execFileSync('git', ['--git-dir', up.dir, 'commit-tree', outer, '-m', 'bomb'], { env: { ...process.env, GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' } }).toString().trim();
+    up.ref('refs/changes/77/77/1', bomb);
+    await merger.commitInfo(project, ['refs/changes/77/77/1']);
+    const file = join(root, 'bomb.tar');
+    const e = await merger.exportTar(project, bomb, file, { maxBytes: 16 * 1024 * 1024, maxEntries: 100_000 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InvalidInputError);
+    expect((e as InvalidInputError).message).toContain(`the tree of ${bomb.slice(0, 12)}: its archive is larger than 16777216 bytes`);
+    expect(existsSync(file)).toBe(false);
+    const many = await merger.exportTar(project, bomb, file, { maxBytes: 2 ** 40, maxEntries: 500 }).catch((x: unknown) => x);
+    expect((many as InvalidInputError).message).toContain('its archive has more than 500 entries');
     expect(existsSync(file)).toBe(false);
   });
 
@@ -301,7 +321,7 @@ describe('hostile input', () => {
     const r = merged(await prepare({ project, changes: [change(a), change(b)], buildId: 'hooked' }));
     await merger.release('hooked', project);
     await merger.gc();
-    await merger.exportTar(project, r.commit, join(root, 'hooked.tar'));
+    await merger.exportTar(project, r.commit, join(root, 'hooked.tar'), BIG);
     expect(existsSync(marker)).toBe(false);
     // The control: the planted hooks are real and would run under plain git.
     execFileSync('git', ['update-ref', 'refs/heads/x', r.commit], { env: { PATH: process.env.PATH, GIT_DIR: Mirror.of(root, project.name).dir, GIT_CONFIG_GLOBAL: '/dev/null' } });

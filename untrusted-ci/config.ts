@@ -128,8 +128,10 @@ export const CiConfig = z
       .default({ ratePerMinute: 600 }),
     api: z
       .object({
-        /** File holding a bearer token required for POST /api/changes; absent: submissions are open. */
+        /** File holding the bearer token POST /api/changes (a check) needs; absent: open (loopback only). */
         tokenFile: z.string().optional(),
+        /** File holding another bearer token, the one POST /api/builds/:id/cancel needs; absent: cancel is open only when no token is set at all (loopback only). */
+        cancelTokenFile: z.string().optional(),
         /** Largest request body accepted anywhere. */
         bodyLimit: Size.default(1024 * 1024), // 1 MiB
       })
@@ -170,6 +172,7 @@ export interface LoadedCiConfig {
   readonly config: Readonly<CiConfig>;
   readonly gerritSecret?: Buffer;
   readonly apiToken?: string;
+  readonly cancelToken?: string;
   /** The HMAC key of promotion hints (`hints.secretFile`). */
   readonly hintSecret?: Buffer;
   /** airlock's account in the review system (`review.credentialsFile`). */
@@ -218,6 +221,14 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   for (const p of windowProblems(config.gate.window)) issues.push({ file, path: 'gate.window', message: p, severity: 'error' });
   const gerritSecret = readSecret(config.webhooks.gerritSecretFile, 'webhooks.gerritSecretFile');
   const apiToken = readSecret(config.api.tokenFile, 'api.tokenFile')?.toString('utf8');
+  const cancelToken = readSecret(config.api.cancelTokenFile, 'api.cancelTokenFile')?.toString('utf8');
+  if (apiToken && cancelToken && apiToken === cancelToken) issues.push({ file, path: 'api.cancelTokenFile', message: 'must hold another token than api.tokenFile (who may submit must not thereby cancel)', severity: 'error' });
+  // Beyond loopback, anyone who reaches the port could submit and cancel: both tokens are required.
+  if (!isLoopback(config.listen.host)) {
+    for (const [k, v] of [['tokenFile', config.api.tokenFile], ['cancelTokenFile', config.api.cancelTokenFile]] as const) {
+      if (!v) issues.push({ file, path: `api.${k}`, message: `required when the service listens beyond loopback (listen.host ${config.listen.host})`, severity: 'error' });
+    }
+  }
   const hintSecret = config.hints ? readSecret(config.hints.secretFile, 'hints.secretFile') : undefined;
   let reviewCredentials: { username: string; password: string } | undefined;
   if (config.review) {
@@ -236,9 +247,15 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
     config: deepFreeze(config),
     ...(gerritSecret ? { gerritSecret } : {}),
     ...(apiToken ? { apiToken } : {}),
+    ...(cancelToken ? { cancelToken } : {}),
     ...(hintSecret ? { hintSecret } : {}),
     ...(reviewCredentials ? { reviewCredentials } : {}),
   };
+}
+
+/** Whether a listen address is this host's loopback only. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /** Read and validate the config file. */

@@ -235,6 +235,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       ...(reread ? { reread } : {}),
       ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
       ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
+      ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
     });
     cleanups.push(() => app.close());
     gate.start();

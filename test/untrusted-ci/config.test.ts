@@ -144,6 +144,29 @@ describe('buildCiConfig', () => {
     expect(issuesOf({ version: 1, dataDir: '/d', webhooks: { gerritSecretFile: 'empty' } }).map((i) => i.path)).toEqual(['webhooks.gerritSecretFile']);
   });
 
+  it('refuses to listen beyond loopback without both API tokens, and one token for both', () => {
+    writeFileSync(join(dir, 'submit.token'), 'submit-token-of-enough-length');
+    writeFileSync(join(dir, 'cancel.token'), 'cancel-token-of-enough-length');
+    const open = { version: 1, dataDir: '/d', listen: { host: '0.0.0.0', port: 8080 } };
+    const problems = (input: unknown): Issue[] => {
+      try {
+        buildCiConfig(input, 'ci.yaml', dir);
+        return [];
+      } catch (e) {
+        return [...(e as InvalidInputError).issues];
+      }
+    };
+    expect(problems(open).map((i) => [i.path, i.message])).toEqual([
+      ['api.tokenFile', 'required when the service listens beyond loopback (listen.host 0.0.0.0)'],
+      ['api.cancelTokenFile', 'required when the service listens beyond loopback (listen.host 0.0.0.0)'],
+    ]);
+    expect(problems({ ...open, api: { tokenFile: 'submit.token', cancelTokenFile: 'cancel.token' } })).toEqual([]);
+    expect(problems({ ...open, api: { tokenFile: 'submit.token', cancelTokenFile: 'submit.token' } }).map((i) => i.path)).toEqual(['api.cancelTokenFile']);
+    // On loopback, a developer's CI may run open.
+    expect(problems({ ...open, listen: { host: '127.0.0.1', port: 8080 } })).toEqual([]);
+    expect(problems({ ...open, listen: { host: '::1', port: 8080 } })).toEqual([]);
+  });
+
   it('returns a deep-frozen config, and each call gets its own', () => {
     const a = buildCiConfig({ version: 1, dataDir: '/d', projects: [{ name: 'a', url: '/r', branches: ['main'] }] }, 'ci.yaml').config;
     expect(Object.isFrozen(a)).toBe(true);

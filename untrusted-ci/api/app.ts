@@ -44,7 +44,10 @@ export interface ApiDeps {
   metrics: CiMetrics;
   logger: Logger;
   gerritSecret?: Buffer;
+  /** The token that may submit checks (`api.tokenFile`). */
   apiToken?: string;
+  /** The token that may cancel builds (`api.cancelTokenFile`): another credential than submitting. */
+  cancelToken?: string;
   /** The gate; absent in API-only tests. */
   gate?: GateRuntime;
   gateStore?: GateStore;
@@ -57,7 +60,8 @@ export interface ApiDeps {
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
-export type RequireToken = (authorization: string | undefined) => void;
+/** Checks the bearer token an endpoint needs: `submit` (POST /api/changes) or `cancel` (POST /api/builds/:id/cancel). */
+export type RequireToken = (authorization: string | undefined, action?: 'submit' | 'cancel') => void;
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
@@ -90,11 +94,17 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   const z = app.withTypeProvider<ZodTypeProvider>();
-  const requireToken: RequireToken = (authorization: string | undefined): void => {
-    if (!deps.apiToken) return;
+  // Submitting and cancelling are separate credentials: a bot that may submit cannot stop others'
+  // builds. Without any token (allowed only on loopback, see config.ts) both are open.
+  const requireToken: RequireToken = (authorization: string | undefined, action = 'submit'): void => {
+    const token = action === 'cancel' ? deps.cancelToken : deps.apiToken;
+    if (!token) {
+      if (action === 'cancel' && deps.apiToken) throw new UnauthorizedError('cancelling takes its own token (api.cancelTokenFile), and this CI has none');
+      return;
+    }
     const given = Buffer.from(/^Bearer (.+)$/.exec(authorization ?? '')?.[1] ?? '', 'utf8');
-    const want = Buffer.from(deps.apiToken, 'utf8');
-    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError('this endpoint needs the API token: Authorization: Bearer <token>');
+    const want = Buffer.from(token, 'utf8');
+    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${action} token: Authorization: Bearer <token>`);
   };
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);

@@ -19,11 +19,14 @@ export const HEARTBEAT_MS = 15_000;
 export const MAX_BUFFERED_BYTES = 4 * 1024 * 1024; // 4 MiB
 /** Event streams open at once, all routes together; more are answered 429. */
 export const MAX_OPEN_STREAMS = 500;
+/** Event streams open at once from one client address (live logs and status together): one reader cannot take them all. */
+export const MAX_STREAMS_PER_ADDRESS = 20;
 let open = 0;
+const byAddress = new Map<string, number>();
 
-/** Whether another stream may be opened now (see MAX_OPEN_STREAMS). */
-export function streamCapacityLeft(): boolean {
-  return open < MAX_OPEN_STREAMS;
+/** Whether another stream may be opened now, by this client address (see MAX_OPEN_STREAMS, MAX_STREAMS_PER_ADDRESS). */
+export function streamCapacityLeft(address: string): boolean {
+  return open < MAX_OPEN_STREAMS && (byAddress.get(address) ?? 0) < MAX_STREAMS_PER_ADDRESS;
 }
 
 export interface EventStream {
@@ -42,6 +45,8 @@ export function openEventStream(req: FastifyRequest, reply: FastifyReply, o: { h
   res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no', 'x-content-type-options': 'nosniff', ...o.headers });
   let ended = false;
   open++;
+  const address = req.ip;
+  byAddress.set(address, (byAddress.get(address) ?? 0) + 1);
   const write = (text: string): boolean => {
     if (ended) return true; // never write after end: on a real socket that is an uncaught ERR_STREAM_WRITE_AFTER_END
     if (res.writableLength > (o.maxBufferedBytes ?? MAX_BUFFERED_BYTES)) {
@@ -56,6 +61,9 @@ export function openEventStream(req: FastifyRequest, reply: FastifyReply, o: { h
     if (ended) return;
     ended = true;
     open--;
+    const left = (byAddress.get(address) ?? 1) - 1;
+    if (left > 0) byAddress.set(address, left);
+    else byAddress.delete(address);
     clearInterval(heartbeat);
     o.onEnd?.();
     if (drop) res.destroy();

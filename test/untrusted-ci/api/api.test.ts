@@ -29,6 +29,7 @@ import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
 
 const SECRET = 'a-webhook-secret-of-32-characters!';
 const TOKEN = 'an-api-token-that-is-long-enough';
+const CANCEL_TOKEN = 'another-token-that-may-cancel-builds';
 const FIXTURES = new URL('../../fixtures/gerrit/', import.meta.url);
 const fixture = (name: string): Buffer => readFileSync(new URL(name, FIXTURES));
 
@@ -46,18 +47,19 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; gate?: GateRuntime; review?: boolean } = {}): Promise<Api> {
+async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; cancelToken?: boolean; gate?: GateRuntime; review?: boolean } = {}): Promise<Api> {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-api-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'hook.secret'), SECRET);
   writeFileSync(join(dir, 'api.token'), TOKEN);
+  writeFileSync(join(dir, 'cancel.token'), CANCEL_TOKEN);
   writeFileSync(join(dir, 'gerrit.json'), JSON.stringify({ username: 'airlock-ci', password: 'an-http-password' }));
   const loaded = buildCiConfig(
     {
       version: 1,
       dataDir: join(dir, 'data'),
       slots: 1,
-      api: { bodyLimit: '16k', ...(o.token ? { tokenFile: 'api.token' } : {}) },
+      api: { bodyLimit: '16k', ...(o.token ? { tokenFile: 'api.token' } : {}), ...(o.cancelToken ? { cancelTokenFile: 'cancel.token' } : {}) },
       projects: [
         { name: 'app', url: '/srv/git/app.git' },
         { name: 'TestRepo1', url: '/srv/git/TestRepo1.git' },
@@ -95,6 +97,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     logger,
     ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
     ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
+    ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
     ...(o.gate ? { gate: o.gate } : {}),
     ...(o.review ? { reviewState: new ReviewState(db, { rule: { label: 'Code-Review', value: 2 }, self: 'airlock-ci' }) } : {}),
   });
@@ -251,6 +254,21 @@ describe('POST /api/changes', () => {
     expectError(await api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     // Reading stays open.
     expect((await api.app.inject({ method: 'GET', url: `/api/builds/${id}` })).statusCode).toBe(200);
+  });
+
+  it('cancelling takes its own token: the submit token cannot cancel, and without a cancel token nobody can', async () => {
+    const api = await makeApi({ token: true, cancelToken: true });
+    api.executor.hold('*');
+    const id = SubmitAnswer.parse((await post(api, CHANGE, { authorization: `Bearer ${TOKEN}` })).json()).builds[0]!;
+    const cancel = (token?: string) => api.app.inject({ method: 'POST', url: `/api/builds/${id}/cancel`, headers: token ? { authorization: `Bearer ${token}` } : {} });
+    expectError(await cancel(TOKEN), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    expectError(await post(api, CHANGE, { authorization: `Bearer ${CANCEL_TOKEN}` }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    expect((await cancel(CANCEL_TOKEN)).statusCode).toBe(202);
+    const onlySubmit = await makeApi({ token: true });
+    onlySubmit.executor.hold('*');
+    const id2 = SubmitAnswer.parse((await post(onlySubmit, CHANGE, { authorization: `Bearer ${TOKEN}` })).json()).builds[0]!;
+    const refused = expectError(await onlySubmit.app.inject({ method: 'POST', url: `/api/builds/${id2}/cancel`, headers: { authorization: `Bearer ${TOKEN}` } }), 401, 'AIRLOCK_E_UNAUTHORIZED');
+    expect(refused.message).toContain('its own token');
   });
 
   it('never answers 5xx, whatever JSON arrives', async () => {

@@ -7,7 +7,7 @@
 import { connect } from 'node:net';
 import Fastify from 'fastify';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openEventStream, streamCapacityLeft, type EventStream } from '../../../untrusted-ci/api/event-stream.js';
+import { MAX_STREAMS_PER_ADDRESS, openEventStream, streamCapacityLeft, type EventStream } from '../../../untrusted-ci/api/event-stream.js';
 
 describe('openEventStream', () => {
   const app = Fastify();
@@ -45,6 +45,23 @@ describe('openEventStream', () => {
     streams[1]!.end('event: end\ndata: {}\n\n');
     await reading;
     expect(got.join('').split('event: log').length - 1).toBe(100);
-    expect(streamCapacityLeft()).toBe(true);
+    expect(streamCapacityLeft('127.0.0.1')).toBe(true);
+  });
+
+  it('lets one address hold at most MAX_STREAMS_PER_ADDRESS streams; another address still gets one', async () => {
+    const url = new URL(await app.listen({ host: '127.0.0.1', port: 0 }).catch(() => `http://127.0.0.1:${(app.server.address() as { port: number }).port}`));
+    const before = streams.length;
+    const readers: AbortController[] = [];
+    for (let i = 0; i < MAX_STREAMS_PER_ADDRESS; i++) {
+      const c = new AbortController();
+      readers.push(c);
+      void fetch(`${url.origin}/events`, { signal: c.signal }).then((r) => r.body?.cancel()).catch(() => undefined);
+    }
+    await expect.poll(() => streams.length - before, { timeout: 10_000 }).toBe(MAX_STREAMS_PER_ADDRESS);
+    expect(streamCapacityLeft('127.0.0.1')).toBe(false);
+    expect(streamCapacityLeft('192.0.2.7')).toBe(true);
+    for (const s of streams.slice(before)) s.end();
+    for (const c of readers) c.abort();
+    expect(streamCapacityLeft('127.0.0.1')).toBe(true);
   });
 });

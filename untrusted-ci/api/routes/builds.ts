@@ -46,8 +46,8 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
   app.post(
     '/api/builds/:id/cancel',
     {
-      schema: { description: 'Cancel a queued or running build', params: z.object({ id: Id }), response: { 202: BuildView } },
-      onRequest: async (req) => requireToken(req.headers.authorization),
+      schema: { description: 'Cancel a queued or running build (the cancel token, not the submit token)', params: z.object({ id: Id }), response: { 202: BuildView } },
+      onRequest: async (req) => requireToken(req.headers.authorization, 'cancel'),
     },
     async (req, reply) => {
     deps.store.build(req.params.id); // 404 before anything else
@@ -82,7 +82,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
 
   app.get('/api/builds/:id/events', { schema: { description: 'Server-sent events: the build from its start, then live', params: z.object({ id: Id }) } }, async (req, reply) => {
     const build = deps.store.build(req.params.id);
-    if (!streamCapacityLeft()) throw new RateLimitedError('too many event streams are open; try again shortly');
+    if (!streamCapacityLeft(req.ip)) throw new RateLimitedError('too many event streams are open (for this address, or in all); try again shortly');
     let unsubscribe = (): void => {};
     const stream = openEventStream(req, reply, { onEnd: () => unsubscribe() });
     const send = (e: BuildEvent): boolean => stream.send(e.type, JSON.stringify(e));

@@ -12,7 +12,8 @@ import { readFileSync } from 'node:fs';
 import { PAGE_CSP } from '../../../shared/http/page-policy.js';
 import { StatusView } from '../../../shared/schemas/api/status.js';
 import type { EventStream } from '../event-stream.js';
-import { openEventStream } from '../event-stream.js';
+import { openEventStream, streamCapacityLeft } from '../event-stream.js';
+import { RateLimitedError } from '../../../shared/errors.js';
 import { StatusFeed } from '../../status/status-feed.js';
 import { statusView } from '../../status/snapshot.js';
 import type { ApiDeps, ZodApp } from '../app.js';
@@ -55,6 +56,7 @@ export function registerStatusRoutes(app: ZodApp, deps: ApiDeps): void {
     { schema: { description: 'Server-sent events: `event: status` with the status (as GET /api/status) at once and after every change; heartbeats between. 429 when too many are open' } },
     async (req, reply) => {
       let stream: EventStream | undefined;
+      if (!streamCapacityLeft(req.ip)) throw new RateLimitedError('too many event streams are open (for this address, or in all); try again shortly, or read GET /api/status');
       // Subscribed before the response starts: a full feed is answered 429 in the usual error shape.
       const sub = feed.subscribe({ send: (json) => stream?.send('status', json), end: () => stream?.end() });
       stream = openEventStream(req, reply, { onEnd: sub.unsubscribe });

@@ -9,6 +9,7 @@ import type { AirlockYaml } from '../schemas/airlock-yaml.js';
 import type { Pipeline } from '../schemas/api/builds.js';
 import { JobSpec } from '../schemas/job-spec.js';
 import { zodIssues } from '../schemas/issues.js';
+import { formatDuration } from '../units.js';
 
 export interface PlannedJob {
   name: string;
@@ -22,6 +23,8 @@ export interface CompileContext {
   attempt: number;
   pipeline: Pipeline;
   image: string;
+  /** The policy's budget of one build (`build` of the job policy) and the timeout of a job that names none. */
+  budget?: { jobs: number; timeMs: number; defaultTimeoutMs: number };
   /** Facts about the change, given to the job as AIRLOCK_* variables. Never secrets. */
   vars: { project: string; branch: string; change: string; patchset: number; commit: string };
   file?: string;
@@ -38,6 +41,12 @@ export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: Plan
     });
   }
   if (selected.length === 0) issues.push({ file, path: 'jobs', message: `no job runs in the ${ctx.pipeline} pipeline`, severity: 'error' });
+  const b = ctx.budget;
+  if (b && selected.length > b.jobs) issues.push({ file, path: 'jobs', message: `${selected.length} jobs run in the ${ctx.pipeline} pipeline; the policy allows at most ${b.jobs} per build`, severity: 'error' });
+  const total = b ? selected.reduce((sum, [, j]) => sum + (j.timeout ?? b.defaultTimeoutMs), 0) : 0;
+  if (b && total > b.timeMs) {
+    issues.push({ file, path: 'jobs', message: `the jobs of the ${ctx.pipeline} pipeline may run ${formatDuration(total)} together (the sum of their timeouts); the policy allows ${formatDuration(b.timeMs)} per build: lower their timeouts, or run fewer`, severity: 'error' });
+  }
   if (issues.length > 0) return { jobs: [], issues };
 
   // Kahn's algorithm, always taking the first ready job in file order. Cycles were refused at parse time.

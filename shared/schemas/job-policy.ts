@@ -16,6 +16,14 @@ export const JobPolicy = z
     limits: LimitsRequest.required(),
     /** How long a job has between SIGTERM and SIGKILL when it times out or is cancelled. */
     killGrace: Duration,
+    /**
+     * One build's budget: its jobs in a pipeline at most, and the sum of their timeouts (each job's
+     * own, else `limits.timeout`) at most, so a few changes cannot hold the executor slots for days.
+     */
+    build: z
+      .object({ jobs: z.number().int().min(1).max(1000).default(32), time: Duration.pipe(z.number().min(1000, 'at least 1 s')).default(8 * 3_600_000) })
+      .strict()
+      .default({ jobs: 32, time: 8 * 3_600_000 }),
     runtime: z
       .object({ default: Runtime, allowed: z.array(Runtime).min(1) })
       .strict()

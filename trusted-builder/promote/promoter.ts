@@ -402,6 +402,7 @@ export class Promoter implements HintSink {
       attempt: 1,
       pipeline: 'gate',
       image: envImage,
+      budget: { jobs: d.jobPolicy.build.jobs, timeMs: d.jobPolicy.build.time, defaultTimeoutMs: d.jobPolicy.limits.timeout },
       vars: { project: project.name, branch: l.branch, change: commit.slice(0, 12), patchset: 1, commit },
     });
     if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);

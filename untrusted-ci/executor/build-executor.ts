@@ -180,6 +180,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       attempt: build.attempt,
       pipeline: build.pipeline,
       image: env.image,
+      budget: { jobs: o.policy.build.jobs, timeMs: o.policy.build.time, defaultTimeoutMs: o.policy.limits.timeout },
       vars: { project: project.name, branch: build.branch, change: build.change.change, patchset: build.change.patchset, commit },
     });
     if (compiled.issues.length > 0) return configError(compiled.issues);

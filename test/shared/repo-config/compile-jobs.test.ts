@@ -137,4 +137,16 @@ describe('compileJobs', () => {
     expect(r.jobs).toEqual([]);
     expect(r.issues.map((i) => i.path)).toEqual(['jobs.unit.image']);
   });
+
+  it('holds a build to the policy\'s budget: jobs per build, and the sum of their timeouts', () => {
+    const budget = { jobs: 3, timeMs: 60 * 60_000, defaultTimeoutMs: 30 * 60_000 };
+    const four = yaml({ a: { command: 'true', timeout: '1m' }, b: { command: 'true', timeout: '1m' }, c: { command: 'true', timeout: '1m' }, d: { command: 'true', timeout: '1m' } });
+    expect(compileJobs(four, ctx({ budget })).issues.map((i) => i.message)).toEqual(['4 jobs run in the check pipeline; the policy allows at most 3 per build']);
+    // Two jobs with the policy's 30 min and one of 10 min: 70 min, over an hour.
+    const long = yaml({ a: { command: 'true' }, b: { command: 'true' }, c: { command: 'true', timeout: '10m' } });
+    const r = compileJobs(long, ctx({ budget }));
+    expect(r.jobs).toEqual([]);
+    expect(r.issues).toEqual([expect.objectContaining({ path: 'jobs', message: expect.stringMatching(/^the jobs of the check pipeline may run 70 min together \(the sum of their timeouts\); the policy allows 60 min per build/) })]);
+    expect(compileJobs(yaml({ a: { command: 'true' }, b: { command: 'true', timeout: '29m' } }), ctx({ budget })).issues).toEqual([]);
+  });
 });

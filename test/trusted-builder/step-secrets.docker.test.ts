@@ -26,14 +26,16 @@ const TOKEN = `npm-token-${Math.random().toString(36).slice(2)}-granted`;
 const sha = createHash('sha256').update(TOKEN).digest('hex');
 const FILE = '/run/secrets/team/app/npm/token';
 
-const config = (checkStep: string) => `version: 1
+// The granted step runs the command the secrets policy names (`sh publish-check.sh`); what the
+// script does is the repository's, as any reviewed code is.
+const config = (command = 'sh publish-check.sh') => `version: 1
 environment: { image: ${BASE} }
 jobs:
   unit:
     command: [sh, -c, "test ! -e /run/secrets && echo no secrets here"]
     pipelines: [gate]
   publish-check:
-    command: [sh, -c, ${JSON.stringify(checkStep)}]
+    command: ${command}
     pipelines: [gate]
 publish:
   dockerfile: Dockerfile
@@ -55,11 +57,11 @@ describe('trusted builder: secrets granted to a named step (tmpfs files; real Do
 
   beforeAll(async () => {
     registry = await startRegistry({ auth: true });
-    up = createRepo({ '.airlock.yaml': config(CHECKS), Dockerfile: `FROM ${BASE}\nCOPY app.txt /app.txt\n`, 'app.txt': 'app\n' });
+    up = createRepo({ '.airlock.yaml': config(), 'publish-check.sh': `${CHECKS}\n`, Dockerfile: `FROM ${BASE}\nCOPY app.txt /app.txt\n`, 'app.txt': 'app\n' });
     const rig = await builderRig({ dir, registry, project: { name: 'demo/app', url: up.dir, image: 'team/app' }, hintSecret: HINT_SECRET, baseImage: BASE, runnerStateDir: STATE_DIR });
     mkdirSync(join(dir, 'secrets', 'team/app'), { recursive: true });
     writeFileSync(join(dir, 'secrets', 'team/app/npm.json'), JSON.stringify({ token: TOKEN }), { mode: 0o600 });
-    const policy = readFileSync('policies/secrets.yaml', 'utf8').replace(/^grants: \{\}$/m, 'grants:\n  demo/app:\n    publish-check: [team/app/npm]');
+    const policy = readFileSync('policies/secrets.yaml', 'utf8').replace(/^grants: \{\}$/m, 'grants:\n  demo/app:\n    publish-check: { command: sh publish-check.sh, secrets: [team/app/npm] }');
     expect(policy).toContain('publish-check');
     writeFileSync(join(dir, 'secrets.yaml'), policy);
     builder = await startBuilderService({ ...rig, policies: { ...rig.policies, secrets: join(dir, 'secrets.yaml') } }, { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }) });
@@ -97,17 +99,30 @@ describe('trusted builder: secrets granted to a named step (tmpfs files; real Do
     expect(audit).toContain('"purpose":"step publish-check"');
     expect(audit).toContain('"path":"team/app/npm"');
     expect(audit).not.toContain(TOKEN);
+    // The public provenance says the granted step ran, not how it ended; other steps keep their result.
+    if (r?.state !== 'published') return;
+    const steps = (JSON.parse(readFileSync(r.provenance, 'utf8')) as { predicate: { buildDefinition: { internalParameters: { steps: { name: string; exitCode?: number }[] } } } }).predicate.buildDefinition.internalParameters.steps;
+    expect(steps.find((x) => x.name === 'test:publish-check')).toEqual({ name: 'test:publish-check', command: ['sh', '-c', 'sh publish-check.sh'] });
+    expect(steps.find((x) => x.name === 'test:unit')).toMatchObject({ exitCode: 0 });
+  }, 120_000);
+
+  it('a step renamed into a grant, or whose command the repository changed, gets no secret and publishes nothing', async () => {
+    const commit = up.commit({ '.airlock.yaml': config(`[sh, -c, "cat ${FILE}"]`) }, 'another command under the granted name');
+    const r = await hint(commit);
+    expect(r).toMatchObject({ state: 'refused', step: 'secrets' });
+    expect(r?.state === 'refused' && r.reason).toContain('does not run the command the secrets policy grants its secrets to');
+    up.commit({ '.airlock.yaml': config() }, 'back to the granted command');
   }, 120_000);
 
   it('a granted step that fails its checks fails the promotion (the checks can fail)', async () => {
-    const commit = up.commit({ '.airlock.yaml': config(`test "$(cat ${FILE})" = not-the-token`) }, 'wrong expectation');
+    const commit = up.commit({ 'publish-check.sh': `test "$(cat ${FILE})" = not-the-token\n` }, 'wrong expectation');
     const r = await hint(commit);
     expect(r).toMatchObject({ state: 'failed', step: 'tests' });
     expect(r?.state === 'failed' && r.reason).toMatch(/publish-check/);
   }, 120_000);
 
   it('a step that prints its secret gets the publish refused by the leak check, naming the log', async () => {
-    const commit = up.commit({ '.airlock.yaml': config(`echo "token is $(cat ${FILE})"`) }, 'print the token');
+    const commit = up.commit({ 'publish-check.sh': `echo "token is $(cat ${FILE})"\n` }, 'print the token');
     const r = await hint(commit);
     expect(r).toMatchObject({ state: 'refused', step: 'leak-check' });
     expect(r?.state === 'refused' && r.reason).toMatch(/log of publish-check/);

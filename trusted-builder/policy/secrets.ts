@@ -6,10 +6,12 @@
  *   HMAC secret that authenticates promotion hints and, optionally, the embargo lane's key (when the
  *   policy names none, or the store has no secret at that path, the lane is off) and the login of
  *   the builder's page (likewise: no such secret, no page).
- * - `grants`: per project, per named step (a job name), the secret paths that step may read. A
- *   granted secret reaches the step only as a file on a tmpfs, never as an environment variable or
- *   an image layer; every value in use is searched for in logs, artifacts and image layers before
- *   anything is published.
+ * - `grants`: per project, per named step (a job name), the command that step must run and the
+ *   secret paths it may then read. The command is part of the grant because the repository writes
+ *   `.airlock.yaml`: a job renamed or rewritten there gets nothing, and its promotion is refused.
+ *   A granted secret reaches the step only as a file on a tmpfs, never as an environment variable
+ *   or an image layer; every value in use is searched for in logs, artifacts and image layers
+ *   before anything is published, and the public provenance records no result of such a step.
  */
 import { z } from 'zod';
 import { loadPolicyFile } from '../../shared/policy/policy-file.js';
@@ -19,6 +21,13 @@ export const SecretPath = z
   .string()
   .regex(/^[a-z0-9][a-z0-9/_.-]{0,199}$/, 'a secret path (a-z 0-9 / _ . -, starting with a letter or digit)')
   .refine((p) => !p.split('/').some((s) => s === '' || s === '.' || s === '..'), 'no empty, . or .. segment');
+
+/** A command as `.airlock.yaml` writes it: a string (run with `sh -c`) or an argv. */
+const Command = z.union([z.string().min(1).max(64 * 1024), z.array(z.string().max(64 * 1024)).min(1).max(1024)]);
+
+/** One step's grant: the exact command it must run, and what it may read then. */
+export const Grant = z.strictObject({ command: Command, secrets: z.array(SecretPath).min(1).max(32) });
+export type Grant = z.infer<typeof Grant>;
 
 export const SecretsPolicy = z.strictObject({
   version: z.literal(1),
@@ -41,7 +50,7 @@ export const SecretsPolicy = z.strictObject({
      */
     dashboard: SecretPath.optional(),
   }),
-  grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), z.array(SecretPath).max(32))).default({}),
+  grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), Grant)).default({}),
 });
 export type SecretsPolicy = z.infer<typeof SecretsPolicy>;
 
@@ -49,7 +58,12 @@ export function loadSecretsPolicy(file: string): Readonly<SecretsPolicy> {
   return Object.freeze(loadPolicyFile(SecretsPolicy, file));
 }
 
-/** The secret paths step `job` of `project` may read (none unless granted). */
-export function grantsFor(p: Readonly<SecretsPolicy>, project: string, job: string): readonly string[] {
-  return p.grants[project]?.[job] ?? [];
+/** The grant of step `job` of `project`, if any. */
+export function grantFor(p: Readonly<SecretsPolicy>, project: string, job: string): Grant | undefined {
+  return p.grants[project]?.[job];
+}
+
+/** A command as the runner gets it (a string runs under `sh -c`), to compare a job's with a grant's. */
+export function argv(command: string | readonly string[]): string[] {
+  return typeof command === 'string' ? ['sh', '-c', command] : [...command];
 }

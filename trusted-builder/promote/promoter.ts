@@ -50,7 +50,7 @@ import { PatchWorkspace } from '../embargo/apply.js';
 import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
 import { buildTrustedImage, checkBases, type BaseImagePin } from '../build/image-build.js';
 import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
-import { grantsFor, type SecretsPolicy } from '../policy/secrets.js';
+import { argv, grantFor, type SecretsPolicy } from '../policy/secrets.js';
 import { pushImage, type PushOptions, type RegistryCredentials } from '../publish/registry.js';
 import { findLeaks, imageLayerSources, type Leak, type LeakSource } from '../secrets/leak-check.js';
 import { secretValues, type SecretStore } from '../secrets/secret-store.js';
@@ -394,7 +394,7 @@ export class Promoter implements HintSink {
     const pins = d.policy.policy.baseImages;
 
     // Tests: the gate jobs again, in an environment made here.
-    const steps: { name: string; command: string | string[]; exitCode: number }[] = [];
+    const steps: { name: string; command: string | string[]; exitCode?: number }[] = [];
     const logs: LeakSource[] = [];
     const envImage = await this.environment(l, cfg.environment, pins);
     const compiled = compileJobs(cfg, {
@@ -413,7 +413,7 @@ export class Promoter implements HintSink {
         continue;
       }
       const chunks: Buffer[] = [];
-      const secretFiles = await this.grantedFiles(project.name, commit, job.name, l.private !== undefined);
+      const secretFiles = await this.grantedFiles(project.name, commit, job.name, job.spec.command, l.private !== undefined);
       // A private lane's job names come from patched config: they stay out of container names.
       const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
       // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
@@ -428,7 +428,9 @@ export class Promoter implements HintSink {
       for (const a of r.artifacts) logs.push({ name: `artifact ${a.path} of ${job.name}`, data: createReadStream(join(artifactsDir, a.path)) });
       await l.private?.onJobLog(job.name, data, r.passed);
       states.set(job.name, r.passed);
-      steps.push({ name: `test:${job.name}`, command: job.spec.command, exitCode: r.exitCode ?? -1 });
+      // A step that held secrets controls its own result: it could spell them out in its exit code.
+      // The public provenance says the step ran, not how it ended (a voting failure still stops all).
+      steps.push({ name: `test:${job.name}`, command: job.spec.command, ...(secretFiles.length > 0 ? {} : { exitCode: r.exitCode ?? -1 }) });
     }
     const failed = compiled.jobs.filter((j) => j.voting && states.get(j.name) !== true).map((j) => j.name);
     if (failed.length > 0) {
@@ -493,7 +495,7 @@ export class Promoter implements HintSink {
       policyDigest: d.policy.digest,
       baseImages: image.bases.map((b) => ({ name: b.name, digest: b.digest })),
       // A private image's steps come from patched config: named by position, commands by digest.
-      steps: l.private ? steps.map((st, i) => ({ name: `step-${i}`, command: `sha256:${sha256(JSON.stringify(st.command))}`, exitCode: st.exitCode })) : steps,
+      steps: l.private ? steps.map((st, i) => ({ name: `step-${i}`, command: `sha256:${sha256(JSON.stringify(st.command))}`, ...(st.exitCode !== undefined ? { exitCode: st.exitCode } : {}) })) : steps,
       startedOn: l.startedOn,
       finishedOn: new Date(this.now()),
       invocationId: randomUUID(),
@@ -620,12 +622,19 @@ export class Promoter implements HintSink {
 
   /**
    * The secrets policy grants step `job` of `project`, as files for /run/secrets: one file per
-   * field, `<path>/<field>` (e.g. `team/app/npm/token`). Each read is an audit record (the path,
-   * never the value); the values join the leak check's list by being read through the store.
+   * field, `<path>/<field>` (e.g. `team/app/npm/token`). Only if the step runs exactly the command
+   * the grant names: otherwise the promotion is refused (the repository wrote that command; the
+   * grant was for another). Each read is an audit record (the path, never the value); the values
+   * join the leak check's list by being read through the store.
    */
-  private async grantedFiles(project: string, commit: string, job: string, privately: boolean): Promise<SecretFile[]> {
+  private async grantedFiles(project: string, commit: string, job: string, command: readonly string[], privately: boolean): Promise<SecretFile[]> {
     const files: SecretFile[] = [];
-    for (const path of grantsFor(this.d.secretsPolicy, project, job)) {
+    const grant = grantFor(this.d.secretsPolicy, project, job);
+    if (!grant) return files;
+    if (JSON.stringify(argv(grant.command)) !== JSON.stringify([...command])) {
+      throw new Stop('refused', 'secrets', `step ${job} does not run the command the secrets policy grants its secrets to: it is not given them, and nothing is published`);
+    }
+    for (const path of grant.secrets) {
       const value = await this.d.secrets.read(path).catch((e: unknown) => {
         throw new Stop('failed', 'secrets', `step ${job}: ${isAirlockError(e) ? e.message : `cannot read granted secret ${path}`}`);
       });

@@ -27,11 +27,11 @@ const Sha256 = z.string().regex(/^(?:sha256:)?[0-9a-f]{64}$/, 'must be sha256:<6
 const Commit = z.string().regex(/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/, 'must be a full git commit id');
 const Instant = z.union([z.date(), z.iso.datetime({ offset: true })]).transform((d) => new Date(d).toISOString());
 
-/** One step the builder ran (a re-run test job or the publish build) and how it ended. */
+/** One step the builder ran (a re-run test job or the publish build) and how it ended (left out for a step that held secrets). */
 export const ProvenanceStep = z.strictObject({
   name: z.string().min(1).max(256),
   command: z.union([z.string().max(64 * 1024), z.array(z.string().max(64 * 1024)).max(1024)]),
-  exitCode: z.number().int(),
+  exitCode: z.number().int().optional(),
 });
 export type ProvenanceStep = z.infer<typeof ProvenanceStep>;
 

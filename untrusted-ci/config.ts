@@ -143,7 +143,17 @@ export const CiConfig = z
      * Promotion hints to the trusted builder, one per gate merge (a durable outbox, retried). The
      * secret only authenticates the hint: the builder re-verifies everything a hint says.
      */
-    hints: z.object({ url: z.string().url().max(2048), secretFile: z.string().min(1) }).strict().optional(),
+    hints: z
+      .object({
+        url: z
+          .string()
+          .url()
+          .max(2048)
+          .refine((u) => !/\/v1\/hints\/?$/.test(new URL(u).pathname), "the builder's base URL, without /v1/hints (hints go to <url>/v1/hints)"),
+        secretFile: z.string().min(1),
+      })
+      .strict()
+      .optional(),
     /**
      * The code-review system the projects live in: where votes and messages go, where approvals
      * come from, and who merges (the review system, asked by the gate). Absent: no votes, and

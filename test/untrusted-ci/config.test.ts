@@ -167,6 +167,13 @@ describe('buildCiConfig', () => {
     expect(problems({ ...open, listen: { host: '::1', port: 8080 } })).toEqual([]);
   });
 
+  it('takes the builder\'s base URL for hints, and says so when given the endpoint', () => {
+    writeFileSync(join(dir, 'hint.secret'), 'a-hint-secret-of-enough-length');
+    expect(issuesOf({ version: 1, dataDir: '/d', hints: { url: 'http://builder:8090/v1/hints', secretFile: 'hint.secret' } }).map((i) => [i.path, i.message])).toEqual([
+      ['hints.url', "the builder's base URL, without /v1/hints (hints go to <url>/v1/hints)"],
+    ]);
+  });
+
   it('returns a deep-frozen config, and each call gets its own', () => {
     const a = buildCiConfig({ version: 1, dataDir: '/d', projects: [{ name: 'a', url: '/r', branches: ['main'] }] }, 'ci.yaml').config;
     expect(Object.isFrozen(a)).toBe(true);

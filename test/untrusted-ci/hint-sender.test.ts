@@ -182,6 +182,30 @@ describe('HintSender', () => {
     expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'delivered', status: 200, attempts: 3 }]);
   });
 
+  it('says what to fix on 401 and 404 (naming the URL and the key files), and shows the backlog until it is fixed', async () => {
+    builder.script.push({ status: 401 }, { status: 404 });
+    const port = await builder.listen();
+    const [a] = write(merged('1', sha('a')));
+    write(merged('2', sha('b')));
+    // Between attempts, the backlog and the failure are visible (to /metrics).
+    const seen: { pending: number; reason: string }[] = [];
+    const s: HintSender = sender(port, {
+      sleep: (_ms, signal) => {
+        const b = s.backlog();
+        seen.push({ pending: b.pending, reason: b.failing?.reason ?? '' });
+        return delay(2, undefined, { signal });
+      },
+    });
+    s.start();
+    await until(() => expect(s.cursor()).toBeGreaterThan(a!));
+    expect(seen.map((x) => x.pending)).toEqual([2, 2]);
+    expect(seen[0]!.reason).toContain(`http://127.0.0.1:${port}/v1/hints: HTTP 401`);
+    expect(seen[0]!.reason).toContain("hints.secretFile and the builder's hint secret");
+    expect(seen[1]!.reason).toContain("hints.url must be the builder's base URL");
+    expect(s.backlog()).toEqual({ pending: 0 });
+    expect(logLines.some((l) => l.includes('"level":50') && l.includes('a configuration error'))).toBe(true);
+  });
+
   it('honours Retry-After on 429 and caps every wait at the maximum', async () => {
     builder.script.push({ status: 429, headers: { 'retry-after': '7' } }, { status: 429, headers: { 'retry-after': '99999' } });
     const port = await builder.listen();
@@ -199,7 +223,7 @@ describe('HintSender', () => {
     s.start();
     await until(() => expect(delays.length).toBeGreaterThanOrEqual(3));
     expect(s.cursor()).toBe(0);
-    expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'retrying', reason: expect.stringMatching(/^network error: .*ECONNREFUSED/) }]);
+    expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'retrying', reason: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/v1\/hints: network error: .*ECONNREFUSED/) }]);
     expect(delays.slice(0, 3)).toEqual([750, 1500, 3000]);
 
     await builder.listen(port);

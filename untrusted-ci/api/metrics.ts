@@ -13,7 +13,15 @@ export interface CiMetrics {
   webhook(outcome: 'accepted' | 'ignored' | 'rejected' | 'duplicate'): void;
 }
 
-export function createCiMetrics(read: { queued: () => { check: number; gate: number }; busy: () => number; slots: number }): CiMetrics {
+export function createCiMetrics(read: {
+  queued: () => { check: number; gate: number };
+  busy: () => number;
+  slots: number;
+  /** The promotion hints' backlog (absent: no hints configured). */
+  hints?: () => { pending: number; failing?: unknown };
+  /** Messages and votes waiting for the review system (absent: no review system). */
+  reviewOutbox?: () => number;
+}): CiMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'airlock_ci_process_' });
   new Gauge({
@@ -36,6 +44,36 @@ export function createCiMetrics(read: { queued: () => { check: number; gate: num
     },
   });
   new Gauge({ name: 'airlock_ci_slots', help: 'Executor slots on this host', registers: [registry] }).set(read.slots);
+  const hints = read.hints;
+  if (hints) {
+    new Gauge({
+      name: 'airlock_ci_hint_backlog',
+      help: 'Merges not yet delivered to the trusted builder as promotion hints',
+      registers: [registry],
+      collect() {
+        this.set(hints().pending);
+      },
+    });
+    new Gauge({
+      name: 'airlock_ci_hint_failing',
+      help: '1 when the last attempt to deliver a hint failed (the service log says why), else 0',
+      registers: [registry],
+      collect() {
+        this.set(hints().failing ? 1 : 0);
+      },
+    });
+  }
+  const outbox = read.reviewOutbox;
+  if (outbox) {
+    new Gauge({
+      name: 'airlock_ci_review_outbox_pending',
+      help: 'Votes and messages waiting to be posted to the review system',
+      registers: [registry],
+      collect() {
+        this.set(outbox());
+      },
+    });
+  }
   const results = new Counter({ name: 'airlock_ci_builds_total', help: 'Finished builds by pipeline and result', labelNames: ['pipeline', 'result'], registers: [registry] });
   const durations = new Histogram({
     name: 'airlock_ci_build_duration_seconds',

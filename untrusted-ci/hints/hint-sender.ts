@@ -76,6 +76,9 @@ const DEFAULTS = {
   sink: 'trusted-builder',
 };
 const MAX_REASON_CHARS = 500;
+const CONFIG_401 =
+  "the builder refused the hint's signature: the CI's hints.secretFile and the builder's hint secret (the SecretStore path at builder.hintSecret of policies/secrets.yaml, field `secret`) must hold the same key";
+const CONFIG_404 = 'no hint endpoint there: hints.url must be the builder\'s base URL (hints go to <hints.url>/v1/hints)';
 
 export class HintSender {
   readonly #secret: Buffer;
@@ -184,7 +187,7 @@ export class HintSender {
       text = await readCapped(res, 2048);
     } catch (err) {
       if (this.loop.signal.aborted) return 'progress'; // closing: the next start sends it again
-      const reason = timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`;
+      const reason = `${this.endpoint}: ${timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`}`;
       this.retrying(event, undefined, reason);
       log.warn({ reason }, 'the trusted builder is unreachable; the hint will be retried');
       return {};
@@ -197,16 +200,33 @@ export class HintSender {
       return 'progress';
     }
     const reason = reasonOf(status, text);
-    // 401/404: the CI's secret or URL is wrong, not the hint: retry (with backoff) until an
-    // operator fixes it, rather than dropping every merge meanwhile.
-    if (status === 401 || status === 404 || status === 408 || status === 429 || status >= 500 || status < 400) {
-      this.retrying(event, status, reason);
-      log.warn({ status, reason }, 'the trusted builder did not take the hint; it will be retried');
+    // 401/404: the CI's secret or URL is wrong, not the hint: a configuration error, said as one
+    // (with the fix), and the same hint tried again (with backoff) until an operator fixes it,
+    // rather than dropping every merge meanwhile.
+    const misconfigured = status === 401 ? CONFIG_401 : status === 404 ? CONFIG_404 : undefined;
+    if (misconfigured) {
+      const why = `${this.endpoint}: ${reason}: ${misconfigured}`;
+      this.retrying(event, status, why);
+      log.error({ status, reason: why }, 'promotion hints cannot be delivered: a configuration error; the hint is kept and tried again');
+      return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
+    }
+    if (status === 408 || status === 429 || status >= 500 || status < 400) {
+      this.retrying(event, status, `${this.endpoint}: ${reason}`);
+      log.warn({ status, reason, url: this.endpoint }, 'the trusted builder did not take the hint; it will be retried');
       return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
     }
     this.finish(event, 'refused', status, reason, 1);
     log.error({ status, reason, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
     return 'progress';
+  }
+
+  /** Merged events not yet delivered (or given up), and the last failed attempt, if the newest attempt failed. */
+  backlog(): { pending: number; failing?: { status?: number; reason: string; at: number } } {
+    const pending = this.o.db.prepare<[number], { n: number }>("SELECT COUNT(*) AS n FROM gate_events WHERE kind = 'merged' AND id > ?").get(this.cursorId)?.n ?? 0;
+    const last = this.o.db
+      .prepare<[string], { state: HintDeliveryState; status: number | null; reason: string | null; updated_at: number }>('SELECT state, status, reason, updated_at FROM hint_deliveries WHERE sink = ? ORDER BY updated_at DESC, event_id DESC LIMIT 1')
+      .get(this.sink);
+    return { pending, ...(last?.state === 'retrying' ? { failing: { ...(last.status !== null ? { status: last.status } : {}), reason: last.reason ?? '', at: last.updated_at } } : {}) };
   }
 
   /** Record the event's final state and move the cursor past it, atomically. */

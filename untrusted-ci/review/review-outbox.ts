@@ -122,6 +122,11 @@ export class ReviewOutbox implements Reporter {
       .map(toView);
   }
 
+  /** Rows waiting to be posted. */
+  pendingCount(): number {
+    return this.o.db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM review_outbox WHERE state = 'pending'").get()?.n ?? 0;
+  }
+
   /** Run `fn` once every pending row of this change is posted, with no other post for it until it ends. */
   exclusive<T>(project: string, change: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     return this.lock.run(`${project}~${change}`, async () => {

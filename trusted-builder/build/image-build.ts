@@ -17,7 +17,7 @@ import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { withCheckedDockerfile, CHECKED_DOCKERFILE } from '../../shared/docker/build-context.js';
 import { BuildLog, followBuildStream } from '../../shared/docker/build-log.js';
-import { checkDockerfile, normalizeImageRef } from '../../shared/docker/dockerfile.js';
+import { checkDockerfile, normalizeImageRef, rewriteImageRefs } from '../../shared/docker/dockerfile.js';
 import { EnvironmentBuildFailedError, PolicyViolationError, type Issue } from '../../shared/errors.js';
 
 export interface BaseImagePin {
@@ -71,20 +71,13 @@ export async function checkBases(docker: Docker, dockerfileText: string, file: s
 /**
  * The Dockerfile with every pinned base named by its image id (`FROM sha256:…`, `COPY --from=sha256:…`):
  * checked by id and then resolved by name at build time would leave a window in which a name on a
- * shared engine could be re-pointed. Stage names and unpinned words are left as they are.
+ * shared engine could be re-pointed. Stage names and unpinned words are left as they are. The
+ * references are found by the checker's own parser (shared/docker/dockerfile.ts), which throws
+ * rather than return a file that would read differently.
  */
 export function pinBaseImages(text: string, pins: readonly BaseImagePin[]): string {
   const byName = new Map(pins.map((p) => [normalizeImageRef(p.name), p.digest]));
-  const pinned = (ref: string): string => byName.get(normalizeImageRef(ref)) ?? ref;
-  return text
-    .split('\n')
-    .map((line) => {
-      const from = /^(\s*FROM\s+(?:--platform=\S+\s+)?)(\S+)(.*)$/i.exec(line);
-      if (from) return `${from[1]}${pinned(from[2]!)}${from[3]}`;
-      if (!/^\s*COPY\s/i.test(line)) return line;
-      return line.replace(/(--from=)(\S+)/gi, (_m, flag: string, ref: string) => `${flag}${pinned(ref)}`);
-    })
-    .join('\n');
+  return rewriteImageRefs(text, (ref) => byName.get(normalizeImageRef(ref)));
 }
 
 /** Build, hermetically; returns the image id and the bases it used. */

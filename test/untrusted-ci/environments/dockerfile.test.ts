@@ -53,10 +53,10 @@ describe('checkDockerfile', () => {
     expect(r.baseImages).toEqual(bases);
   });
 
-  it('warns (does not refuse) RUN --mount and # syntax', () => {
+  it('refuses # syntax (a frontend image would read the file instead) and warns of RUN --mount', () => {
     const r = checkDockerfile('# syntax=docker/dockerfile:1\nFROM airlock/base:busybox\nRUN --mount=type=cache,target=/c true\n', F, ALLOW);
     expect(r.issues.map((i) => [i.severity, i.path])).toEqual([
-      ['warning', `${F}:1`],
+      ['error', `${F}:1`],
       ['warning', `${F}:3`],
     ]);
   });
@@ -93,7 +93,7 @@ describe('policies/environments.yaml', () => {
   it('loads with the documented values', () => {
     const p = loadEnvironmentPolicy();
     expect(p.baseImages).toEqual(ALLOW);
-    expect(p.build).toEqual({ memory: 2 * 1024 ** 3, cpus: 2, timeout: 600_000, contextMax: 100 * 1024 ** 2, logCap: 5 * 1024 ** 2 });
+    expect(p.build).toEqual({ memory: 2 * 1024 ** 3, cpus: 2, pids: 256, disk: 8 * 1024 ** 3, runtime: 'runc', timeout: 600_000, contextMax: 100 * 1024 ** 2, logCap: 5 * 1024 ** 2 });
     expect(p.cache).toEqual({ budget: 20 * 1024 ** 3, keepRecent: 2, minIdle: 600_000 });
     expect(parseEnvironmentPolicy(readFileSync(DEFAULT_ENVIRONMENT_POLICY_FILE, 'utf8'), 'x').issues).toEqual([]);
   });

@@ -129,7 +129,7 @@ console.log(`throughput (${QUEUED} queued, ${SLOTS} slots): raw ${throughput.raw
 // 3. Environments: cold builds (a RUN the layer cache has never seen) against warm lookups of the same input.
 const envPolicy = loadEnvironmentPolicy();
 const cache = new ImageCache({ docker, policy: envPolicy, logger, usageFile: join(dataDir, 'bench-usage.json'), projects: (p) => p === `bench-env-${process.pid}` });
-const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache });
+const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache, stateDir: STATE_DIR });
 const cold: number[] = [];
 const warm: number[] = [];
 const tags: string[] = [];

@@ -24,7 +24,7 @@ docker_bin=/usr/bin/docker   # Debian's client, matching Debian's engine
 export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 
 # ---- 1. Debian packages ------------------------------------------------------------------
-pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux)
+pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

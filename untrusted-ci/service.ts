@@ -104,10 +104,14 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: c.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 2 });
     cleanups.push(() => runner.close());
     const imageCache = openImageCache(loaded, docker, logger, store);
-    const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache: imageCache });
+    const slots = new Slots(c.slots);
+    // Environment builds run in sandboxes of their own and hold an executor slot, as jobs do.
+    const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache: imageCache, stateDir: c.runnerStateDir, slots });
+    await builder.reap();
+    builder.startReaper();
+    cleanups.push(() => builder.close());
     const events = new BuildEvents(paths.builds);
     const merger = new Merger({ root: paths.git, logger });
-    const slots = new Slots(c.slots);
     const gateStore = new GateStore(db);
     const hints =
       c.hints && loaded.hintSecret
@@ -217,6 +221,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       },
       busy: () => scheduler?.busy ?? 0,
       slots: c.slots,
+      ...(hints ? { hints: () => hints.backlog() } : {}),
+      ...(review ? { reviewOutbox: () => review?.outbox.pendingCount() ?? 0 } : {}),
     });
     const reread = review ? (project: string, change: string) => review?.rereads.request(project, change) : undefined;
     triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };

@@ -6,7 +6,7 @@
  */
 import { z } from 'zod';
 import { ImageRef } from './job-spec.js';
-import { Duration, Size } from './limits.js';
+import { Duration, Runtime, Size } from './limits.js';
 
 const MiB = 1024 ** 2;
 
@@ -23,9 +23,9 @@ export const EnvironmentPolicy = z
     /** Bounds of one build. */
     build: z
       .object({
-        /** Bytes of memory per RUN step (swap is set equal to it: none). */
+        /** Bytes of memory of the build's RUN steps, together (they run one at a time; no swap). */
         memory: Size.pipe(z.number().min(16 * MiB, 'at least 16 MiB')),
-        /** CPU cores per RUN step, as a CFS quota. */
+        /** CPU cores of the build's RUN steps, together, as a CFS quota. */
         cpus: z.number().min(0.01).max(1024),
         /** Wall clock for the whole build, in ms. */
         timeout: Duration,
@@ -33,6 +33,15 @@ export const EnvironmentPolicy = z
         contextMax: Size,
         /** Log bytes passed on to the caller; the rest is dropped. */
         logCap: Size,
+        /** Processes + threads of the build's RUN steps, all together (a fork bomb stops here). */
+        pids: z.number().int().min(16).max(32768).default(256),
+        /**
+         * Bytes the build may write: its own filesystem holds this much beyond its base images (the
+         * layers it makes, and a RUN step's files twice while its layer is committed).
+         */
+        disk: Size.pipe(z.number().min(64 * MiB, 'at least 64 MiB')).default(8 * 1024 * MiB),
+        /** The OCI runtime of RUN steps: runsc (gVisor) only builds on base images that passed the self-test. */
+        runtime: Runtime.default('runc'),
       })
       .strict(),
     /** The local cache of built environment images. */

@@ -1,7 +1,9 @@
 /**
- * Executor slots: at most `size` jobs run containers on this host at once. A build holds a slot
- * only while one of its jobs runs, so the next builds' git work (fetch, merge, config, source tar)
- * overlaps the running containers instead of waiting behind them. Waiters are served first come,
+ * Executor slots: at most `size` jobs run containers, or environments are built, on this host at
+ * once. A build holds a slot only while one of its jobs runs (build-executor.ts) or its environment
+ * is built (environment-builder.ts, from before its sandbox exists until it is gone), so the next
+ * builds' git work (fetch, merge, config, source tar) overlaps the running containers instead of
+ * waiting behind them. Waiters are served first come,
  * first served; a waiter whose signal aborts leaves the line with CancelledError.
  */
 import { CancelledError } from '../../shared/errors.js';

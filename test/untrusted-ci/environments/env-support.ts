@@ -10,7 +10,8 @@ import { createDocker } from '../../../shared/docker/client.js';
 import { createLogger } from '../../../shared/logging.js';
 import type { EnvironmentPolicy } from '../../../shared/schemas/environment-policy.js';
 import { contextFromDirectory } from '../../../shared/docker/build-context.js';
-import { EnvironmentBuilder, type EnsureInput } from '../../../untrusted-ci/environments/environment-builder.js';
+import { EnvironmentBuilder, type EnsureInput, type EnvironmentBuilderOptions } from '../../../untrusted-ci/environments/environment-builder.js';
+import { STATE_DIR } from '../../support/docker.js';
 import { ImageCache, LABEL_ENV, LABEL_ENV_PROJECT, type ImageCacheOptions } from '../../../untrusted-ci/environments/image-cache.js';
 import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
 
@@ -29,11 +30,11 @@ export interface Rig {
   dir: string;
 }
 
-export function makeRig(policy = testPolicy(), cacheOpts: Partial<ImageCacheOptions> = {}): Rig {
+export function makeRig(policy = testPolicy(), cacheOpts: Partial<ImageCacheOptions> = {}, builderOpts: Partial<EnvironmentBuilderOptions> = {}): Rig {
   const docker = createDocker();
   const dir = mkdtempSync(join(tmpdir(), 'airlock-env-test-'));
   const cache = new ImageCache({ docker, policy, logger, usageFile: join(dir, 'state', 'usage.json'), ...cacheOpts });
-  return { docker, policy, cache, builder: new EnvironmentBuilder({ docker, policy, logger, cache }), dir };
+  return { docker, policy, cache, builder: new EnvironmentBuilder({ docker, policy, logger, cache, stateDir: STATE_DIR, ...builderOpts }), dir };
 }
 
 let seq = 0;

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { Readable } from 'node:stream';
@@ -22,7 +23,7 @@ afterAll(async () => {
 
 describe('EnvironmentBuilder (real Docker)', () => {
   it('builds once, then reuses the unchanged environment without building', async () => {
-    const spy = vi.spyOn(rig.docker, 'buildImage');
+    const spy = vi.spyOn(rig.builder.sandboxes, 'start');
     const lines: string[] = [];
     const i = await input(rig, `${PREFIX}-a`, 'FROM airlock/base:busybox\nRUN echo hi > /hi\n', {}, { onLog: (l) => lines.push(l) });
     const first = await rig.builder.ensure(i);
@@ -55,7 +56,7 @@ describe('EnvironmentBuilder (real Docker)', () => {
   });
 
   it('refuses a FROM outside the allowlist without building or reading the context', async () => {
-    const spy = vi.spyOn(rig.docker, 'buildImage');
+    const spy = vi.spyOn(rig.builder.sandboxes, 'start');
     const openContext = vi.fn(() => Readable.from([]));
     const i = { ...(await input(rig, `${PREFIX}-c`, 'FROM debian:bookworm\n')), openContext };
     const e = await rig.builder.ensure(i).catch((x: unknown) => x);
@@ -105,7 +106,7 @@ describe('EnvironmentBuilder (real Docker)', () => {
   });
 
   it('concurrent ensures of one environment share one build', async () => {
-    const spy = vi.spyOn(rig.docker, 'buildImage');
+    const spy = vi.spyOn(rig.builder.sandboxes, 'start');
     const i = await input(rig, `${PREFIX}-g`, 'FROM airlock/base:busybox\nRUN echo shared > /s\n');
     const [a, b, c] = await Promise.all([rig.builder.ensure(i), rig.builder.ensure(i), rig.builder.ensure(i)]);
     expect(spy).toHaveBeenCalledTimes(1);
@@ -128,28 +129,27 @@ describe('EnvironmentBuilder (real Docker)', () => {
     c1.abort();
     expect(await p1).toBeInstanceOf(CancelledError);
     await new Promise((r) => setTimeout(r, 300));
-    const still = await rig.docker.listContainers({ filters: { status: ['running'] } });
+    // The step runs in the build's own engine (its sandbox).
+    const [sandbox] = rig.builder.sandboxes.list();
+    expect(sandbox).toBeDefined();
+    const still = await sandbox!.docker.listContainers({ filters: { status: ['running'] } });
     expect(still.filter((c) => c.Command.includes(marker))).toHaveLength(1);
     const t = Date.now();
     c2.abort();
     expect(await p2).toBeInstanceOf(CancelledError);
-    // The engine stops the step and removes its container.
-    await vi.waitFor(
-      async () => {
-        const running = await rig.docker.listContainers({ all: true });
-        expect(running.filter((c) => c.Command.includes(marker))).toEqual([]);
-      },
-      { timeout: 15_000, interval: 250 },
-    );
+    // The step is stopped and the whole sandbox (engine, filesystem, cgroup) goes.
+    await vi.waitFor(() => expect(rig.builder.sandboxes.list()).toEqual([]), { timeout: 15_000, interval: 100 });
+    expect(existsSync(sandbox!.dir)).toBe(false);
     expect(Date.now() - t).toBeLessThan(15_000);
   });
 
   it('a build past its timeout fails with the log so far', async () => {
-    const slow = makeRig(testPolicy({ build: { timeout: 1500 } }));
+    // The clock runs from the slot: the sandbox's start and the base image copy count (about 0.5 s here).
+    const slow = makeRig(testPolicy({ build: { timeout: 3000 } }));
     const lines: string[] = [];
     const e = await slow.builder.ensure(await input(slow, `${PREFIX}-i`, 'FROM airlock/base:busybox\nRUN echo waiting-here; sleep 30\n', {}, { onLog: collect(lines) })).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(EnvironmentBuildFailedError);
-    expect((e as Error).message).toContain('took longer than 1.5 s');
+    expect((e as Error).message).toContain('took longer than 3 s');
     expect((e as Error).message).toContain('waiting-here');
     await cleanup(slow, `${PREFIX}-i`);
   });

@@ -4,7 +4,7 @@
  * Contract:
  * - `submit` writes the change and its build before it returns, then wakes the loop; a newer patchset
  *   supersedes the older one's unfinished builds (queued ones finish at once, running ones are aborted).
- * - Each free slot takes `pickNext` of the queued builds (gate first, round-robin across projects),
+ * - Each free slot takes `pickNext` of the queued builds (gate first, round-robin across projects, then across uploaders),
  *   marks it running and hands it to the `BuildExecutor` with an AbortSignal.
  * - The executor returns an outcome (a result, even for a merge conflict or a broken config) or throws.
  *   A retryable AirlockError (engine, git, storage hiccup) re-queues the build up to `maxAttempts`;
@@ -19,7 +19,7 @@ import { isAirlockError, type Issue } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logging.js';
 import type { BuildResult, BuildView, Pipeline } from '../../shared/schemas/api/builds.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
-import { pickNext } from './fair-queue.js';
+import { pickNext, Served } from './fair-queue.js';
 import type { Slots } from './slots.js';
 
 /** What running one build came to. A failing job is an outcome, not an exception. */
@@ -65,8 +65,7 @@ const SHUTDOWN = 'shutdown';
 
 export class Scheduler {
   private readonly running = new Map<number, { controller: AbortController; done: Promise<void> }>();
-  private readonly lastServed = new Map<string, number>();
-  private served = 0;
+  private readonly served = new Served();
   private closed = false;
   private scheduled = false;
   private readonly idleWaiters = new Set<() => void>();
@@ -147,11 +146,11 @@ export class Scheduler {
     if (this.running.size >= this.inFlight) return;
     const queued = this.o.store.queued().filter((b) => !this.running.has(b.id));
     while (this.running.size < this.inFlight && queued.length > 0) {
-      const next = pickNext(queued, this.lastServed);
+      const next = pickNext(queued, this.served);
       if (!next) break;
       queued.splice(queued.indexOf(next), 1);
       if (!this.o.store.start(next.id)) continue;
-      this.lastServed.set(next.project, ++this.served);
+      this.served.mark(next);
       const controller = new AbortController();
       const done = this.run(next.id, controller).finally(() => {
         this.running.delete(next.id);

@@ -28,6 +28,8 @@ export interface QueuedBuild {
   project: string;
   pipeline: Pipeline;
   enqueuedAt: number;
+  /** The change's uploader (from the review system) or the API's author: fairness is per uploader. */
+  author: string;
 }
 
 interface ChangeRow {
@@ -205,11 +207,11 @@ export class BuildStore {
   /** Queued builds in arrival order (the scheduler applies fairness on top). */
   queued(limit = 10_000): QueuedBuild[] {
     return this.db
-      .prepare<[number], { id: number; project: string; pipeline: Pipeline; enqueued_at: number }>(
-        "SELECT id, project, pipeline, enqueued_at FROM builds WHERE state = 'queued' ORDER BY id LIMIT ?",
+      .prepare<[number], { id: number; project: string; pipeline: Pipeline; enqueued_at: number; author: string }>(
+        "SELECT b.id, b.project, b.pipeline, b.enqueued_at, c.author FROM builds b JOIN changes c ON c.id = b.change_id WHERE b.state = 'queued' ORDER BY b.id LIMIT ?",
       )
       .all(limit)
-      .map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at }));
+      .map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at, author: r.author }));
   }
 
   /** queued → running; false when the build is no longer queued (cancelled meanwhile). */

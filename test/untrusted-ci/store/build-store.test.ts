@@ -42,7 +42,7 @@ describe('BuildStore', () => {
     expect(b).toEqual({
       id: r.buildId, pipeline: 'check', project: 'p', branch: 'main', change: r.change, state: 'queued', issues: [], attempt: 0, enqueuedAt: 1001, jobs: [],
     });
-    expect(store.queued()).toEqual([{ id: r.buildId, project: 'p', pipeline: 'check', enqueuedAt: 1001 }]);
+    expect(store.queued()).toEqual([{ id: r.buildId, project: 'p', pipeline: 'check', enqueuedAt: 1001, author: 'alice' }]);
     expect(store.counts()).toEqual({ queued: 1, running: 0 });
   });
 

@@ -544,9 +544,15 @@ const splitWs = (s: string): string[] => s.split(/[\t\v\f\r ]+/);
 
 type JsonResult = { kind: 'json'; values: string[] } | { kind: 'notJson' } | { kind: 'notStrings' };
 
-/** Go's json.Unmarshal of a []any: depth over 10000 is a syntax error there. */
-function deeperThan(s: string, max: number): boolean {
+/**
+ * One pass over the brackets of `s`, outside JSON strings: how deep they nest, and where the
+ * first value ends (depth back to 0; -1 if never). Go's json.Unmarshal of a []any calls depth
+ * over 10000 a syntax error; v0.8's json.Decoder reads only the first value.
+ */
+function scanBrackets(s: string): { maxDepth: number; firstEnd: number } {
   let depth = 0;
+  let maxDepth = 0;
+  let firstEnd = -1;
   let inStr = false;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -554,15 +560,16 @@ function deeperThan(s: string, max: number): boolean {
       if (c === 0x5c) i++;
       else if (c === 0x22) inStr = false;
     } else if (c === 0x22) inStr = true;
-    else if (c === 0x5b || c === 0x7b) {
-      if (++depth > max) return true;
-    } else if (c === 0x5d || c === 0x7d) depth--;
+    else if (c === 0x5b || c === 0x7b) maxDepth = Math.max(maxDepth, ++depth);
+    else if (c === 0x5d || c === 0x7d) {
+      if (--depth === 0 && firstEnd < 0) firstEnd = i + 1;
+    }
   }
-  return false;
+  return { maxDepth, firstEnd };
 }
 
 function parseJsonArray(s: string): JsonResult {
-  if (deeperThan(s, 10_000)) return { kind: 'notJson' };
+  if (scanBrackets(s).maxDepth > 10_000) return { kind: 'notJson' };
   let v: unknown;
   try {
     v = JSON.parse(s);
@@ -571,24 +578,6 @@ function parseJsonArray(s: string): JsonResult {
   }
   if (!Array.isArray(v)) return { kind: 'notJson' };
   return v.every((x) => typeof x === 'string') ? { kind: 'json', values: v as string[] } : { kind: 'notStrings' };
-}
-
-/** Where the first JSON value of `s` (which starts with `[`) ends, for v0.8's json.Decoder; -1 if unbalanced. */
-function firstJsonValueEnd(s: string): number {
-  let depth = 0;
-  let inStr = false;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (inStr) {
-      if (c === 0x5c) i++;
-      else if (c === 0x22) inStr = false;
-    } else if (c === 0x22) inStr = true;
-    else if (c === 0x5b || c === 0x7b) depth++;
-    else if (c === 0x5d || c === 0x7d) {
-      if (--depth === 0) return i + 1;
-    }
-  }
-  return -1;
 }
 
 interface LineParse {
@@ -606,7 +595,7 @@ function maybeJson(rest: string): { r: JsonResult; ambiguous: boolean } {
   const r = parseJsonArray(lead);
   let ambiguous = false;
   if (r.kind === 'notJson') {
-    const end = firstJsonValueEnd(lead);
+    const end = scanBrackets(lead).firstEnd;
     if (end > 0 && end < lead.length) {
       const first = parseJsonArray(lead.slice(0, end));
       ambiguous = first.kind !== 'notJson';

@@ -88,6 +88,8 @@ const FULL_BYTES = 8 * MiB;
 export const DROPPED_CAPABILITIES = ['CAP_NET_RAW', 'CAP_NET_BIND_SERVICE', 'CAP_MKNOD', 'CAP_AUDIT_WRITE'] as const;
 const ENGINE_START_MS = 30_000;
 const ENGINE_STOP_MS = 10_000;
+/** How long teardown waits for the kernel to free a loop device something still held. */
+const LOOP_RELEASE_MS = 5_000;
 /** Longest unix socket path (sun_path is 108 bytes, with its NUL). */
 const MAX_SOCKET_PATH = 107;
 
@@ -193,7 +195,7 @@ export class BuildSandboxes {
       }
       if (!leaked) continue;
       try {
-        await teardown(id, dir, undefined);
+        await teardown(id, dir, undefined, this.opts.logger);
         report.sandboxes.push(id);
       } catch (e) {
         this.opts.logger?.warn({ err: e, sandbox: id }, 'build sandbox reaper: cannot remove a leftover; next pass retries');
@@ -371,7 +373,7 @@ export class BuildSandbox {
 
   /** Stop the engine and remove everything the sandbox made. Idempotent; concurrent calls share one teardown. */
   destroy(): Promise<void> {
-    this.destroying ??= teardown(this.id, this.dir, this.child).finally(() => this.forget());
+    this.destroying ??= teardown(this.id, this.dir, this.child, this.logger).finally(() => this.forget());
     return this.destroying;
   }
 }
@@ -633,7 +635,7 @@ async function removeCgroup(name: string): Promise<void> {
 
 // ---- teardown -----------------------------------------------------------------------------
 
-async function teardown(id: string, dir: string, child: ChildProcess | undefined): Promise<void> {
+async function teardown(id: string, dir: string, child: ChildProcess | undefined, logger: Logger | undefined): Promise<void> {
   const name = `${CGROUP_PREFIX}${id}`;
   // 1. The build's processes: nothing of the contributor's runs on while the engine stops.
   await killCgroup(name);
@@ -665,12 +667,19 @@ async function teardown(id: string, dir: string, child: ChildProcess | undefined
   for (const mp of mountsUnder(dir)) {
     await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
   }
-  // 5. The loop device (its backing file was unlinked when it was attached).
+  // 5. The loop device (its backing file was unlinked when it was attached). While anything still
+  // holds the filesystem (a mount namespace of a process that is still exiting, a lazy unmount),
+  // the kernel only marks the device to be freed when the last holder lets go: wait for that, a
+  // few seconds at most (seen in CI under load), so the sandbox is gone when this returns.
   for (const dev of loopDevicesUnder(dir)) {
     await run('losetup', ['-d', dev]).catch((e: Error) => {
       if (!/No such device/i.test(e.message)) throw e;
     });
   }
+  const loopDeadline = Date.now() + LOOP_RELEASE_MS;
+  while (loopDevicesUnder(dir).length > 0 && Date.now() < loopDeadline) await sleep(50);
+  const held = loopDevicesUnder(dir);
+  if (held.length > 0) logger?.warn({ sandbox: id, devices: held }, 'build sandbox: loop device still held; the kernel frees it when its last holder exits');
   // 6. The cgroup, in every hierarchy the engine made it in.
   await removeCgroup(name);
   // 7. The directory, only once nothing is mounted beneath it.

@@ -53,6 +53,8 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
   const reportsOf = async (n: number): Promise<GateEventView[]> => (await get<{ events: GateEventView[] }>('/api/gate/events?kind=report&limit=1000')).events.filter((e) => e.change === String(n));
   const report = (n: number) => until(`a gate report on change ${n}`, async () => (await reportsOf(n))[0], 60_000);
   const inGate = (n: number) => until(`change ${n} in the gate`, async () => ((await get<GateView>('/api/gate')).queues.flatMap((q) => q.items).some((i) => i.change === String(n) && i.build !== undefined) ? true : undefined));
+  /** Its gate build has merged and its job runs: what is merged from now on is news to the build. */
+  const testing = (n: number) => until(`change ${n}'s gate job running`, async () => ((await buildsOf(n, 'gate')).some((b) => b.state === 'running' && b.jobs.some((j) => j.state === 'running')) ? true : undefined));
   const messages = (n: number) => rig.gerrit.events.filter((e) => e.type === 'comment-added' && (e.body as { change: { number: number }; author: { username: string } }).change.number === n && (e.body as { author: { username: string } }).author.username === CI_ACCOUNT).map((e) => (e.body as { comment: string }).comment);
 
   it('checks each patch set and votes Verified in Gerrit, with a message linking the logs', async () => {
@@ -181,7 +183,9 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     const other = g.upload({ project: PROJECT, owner: 'mallory', subject: 'R', files: { 'shared.txt': 'from R\n' } });
     g.review(q.number, 'grace', { labels: { 'Code-Review': 2 } });
     await inGate(q.number);
-    // While Q is tested, R is merged by someone with the rights to (outside the gate).
+    // Once Q's build has merged it and runs its job (merged earlier, R would be a merge conflict the CI finds itself)…
+    await testing(q.number);
+    // …R is merged by someone with the rights to (outside the gate).
     g.review(other.number, 'linus', { labels: { 'Code-Review': 2 } });
     g.review(other.number, CI_ACCOUNT, { labels: { Verified: 2 } });
     g.submitAs(other.number, CI_ACCOUNT);

@@ -11,9 +11,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createDocker } from '../shared/docker/client.js';
-import { signHint } from '../shared/hints/hint-auth.js';
-import { createLogger } from '../shared/logging.js';
+import { createDocker } from '#shared/docker/client.js';
+import { signHint } from '#shared/hints/hint-auth.js';
+import { createLogger } from '#shared/logging.js';
 import { startBuilderService } from '../trusted-builder/service.js';
 import { provenanceStatement } from '../trusted-builder/sign/provenance.js';
 import { loadSigningKey } from '../trusted-builder/sign/signer.js';

@@ -18,11 +18,11 @@
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createDocker } from '../shared/docker/client.js';
-import { createLogger } from '../shared/logging.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
+import { createDocker } from '#shared/docker/client.js';
+import { createLogger } from '#shared/logging.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { buildCiConfig } from '../untrusted-ci/config.js';
-import { contextFromDirectory } from '../shared/docker/build-context.js';
+import { contextFromDirectory } from '#shared/docker/build-context.js';
 import { EnvironmentBuilder } from '../untrusted-ci/environments/environment-builder.js';
 import { ImageCache } from '../untrusted-ci/environments/image-cache.js';
 import { loadEnvironmentPolicy } from '../untrusted-ci/environments/policy.js';

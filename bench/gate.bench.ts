@@ -27,9 +27,9 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createDocker } from '../shared/docker/client.js';
-import { createLogger } from '../shared/logging.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
+import { createDocker } from '#shared/docker/client.js';
+import { createLogger } from '#shared/logging.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { buildCiConfig } from '../untrusted-ci/config.js';
 import { startCiService } from '../untrusted-ci/service.js';
 import { CI_ACCOUNT } from '../test/support/gerrit-rig.js';

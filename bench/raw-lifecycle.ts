@@ -6,14 +6,14 @@
  * or frees one.
  */
 import type Docker from 'dockerode';
-import { resolveLimits } from '../shared/policy/job-policy.js';
-import { toCreateOptions } from '../shared/runner/convert.js';
-import type { JobRunner } from '../shared/runner/job-runner.js';
-import { newOwnerId } from '../shared/runner/owner.js';
-import { WorkspaceManager, type Workspace } from '../shared/runner/workspace.js';
-import type { JobPolicy } from '../shared/schemas/job-policy.js';
-import { JobSpec } from '../shared/schemas/job-spec.js';
-import type { Runtime } from '../shared/schemas/limits.js';
+import { resolveLimits } from '#shared/policy/job-policy.js';
+import { toCreateOptions } from '#shared/runner/convert.js';
+import type { JobRunner } from '#shared/runner/job-runner.js';
+import { newOwnerId } from '#shared/runner/owner.js';
+import { WorkspaceManager, type Workspace } from '#shared/runner/workspace.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import { JobSpec } from '#shared/schemas/job-spec.js';
+import type { Runtime } from '#shared/schemas/limits.js';
 
 export interface RawLifecycle {
   /** One container lifecycle; `command` defaults to `true`. */

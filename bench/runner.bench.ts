@@ -12,11 +12,11 @@
  * The last stdout line is one JSON object with the figures and the ratios runner/raw.
  * Targets (issue "Foundation"): p50 ≤ 1.3× raw; throughput ≥ 0.9× raw.
  */
-import { createDocker } from '../shared/docker/client.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
-import { JobRunner } from '../shared/runner/job-runner.js';
-import { JobSpec } from '../shared/schemas/job-spec.js';
-import type { Runtime } from '../shared/schemas/limits.js';
+import { createDocker } from '#shared/docker/client.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import { JobSpec } from '#shared/schemas/job-spec.js';
+import type { Runtime } from '#shared/schemas/limits.js';
 import { createRawLifecycle } from './raw-lifecycle.js';
 
 const IMAGE = 'airlock/base:busybox';

@@ -11,7 +11,7 @@
  * kept to notice that.
  */
 import type { Command } from 'commander';
-import { AirlockError } from '../shared/errors.js';
+import { AirlockError } from '#shared/errors.js';
 import { verifyAuditLog } from '../trusted-builder/audit/audit-log.js';
 
 export const AUDIT_EXIT = { ok: 0, broken: 1 } as const;

@@ -2,7 +2,7 @@
  * `airlock builder …`: the trusted builder's commands (a separate service from `airlock ci`).
  */
 import type { Command } from 'commander';
-import { createLogger } from '../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { loadBuilderConfig } from '../trusted-builder/config.js';
 import { startBuilderService } from '../trusted-builder/service.js';
 import { registerBuilderAuditCommand } from './builder-audit.js';

@@ -8,7 +8,7 @@
  * InvalidInputError (4xx) or InternalError (5xx), their message naming the server's code. A server
  * that cannot be reached, or answers what does not parse, is an InternalError (exit 3).
  */
-import { GateView } from '../shared/schemas/api/gate.js';
+import { GateView } from '#shared/schemas/api/gate.js';
 import { z } from 'zod';
 import {
   CancelledError,
@@ -23,8 +23,8 @@ import {
   UnauthorizedError,
   type AirlockError,
   type Issue,
-} from '../shared/errors.js';
-import { BuildEvent, BuildView, QueueView, SubmitAnswer, type BuildState, type SubmitChange } from '../shared/schemas/api/builds.js';
+} from '#shared/errors.js';
+import { BuildEvent, BuildView, QueueView, SubmitAnswer, type BuildState, type SubmitChange } from '#shared/schemas/api/builds.js';
 import { parseSse } from './sse.js';
 
 /** Deadline of one plain request (not of an event stream, which lasts as long as its build). */

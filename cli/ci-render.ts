@@ -3,8 +3,8 @@
  * and the plain event lines. Pure (values and a clock in, strings out), so the output is tested as
  * data; writing to a terminal is progress.ts's and ci.ts's job.
  */
-import { formatIssues } from '../shared/errors.js';
-import type { BuildEvent, BuildView, JobState, QueueView } from '../shared/schemas/api/builds.js';
+import { formatIssues } from '#shared/errors.js';
+import type { BuildEvent, BuildView, JobState, QueueView } from '#shared/schemas/api/builds.js';
 
 /** One glyph per job state, as the progress line and `status` show them. */
 export const JOB_GLYPH: Record<JobState, string> = {

@@ -15,11 +15,11 @@
 import { serveUntilSignal } from './serve.js';
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { AirlockError, InvalidInputError, NotFoundError } from '../shared/errors.js';
-import { createLogger } from '../shared/logging.js';
-import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
-import { SubmitChange, type BuildEvent, type BuildView, type SubmitChangeInput } from '../shared/schemas/api/builds.js';
-import { parseOrThrow } from '../shared/schemas/issues.js';
+import { AirlockError, InvalidInputError, NotFoundError } from '#shared/errors.js';
+import { createLogger } from '#shared/logging.js';
+import { sanitizeForTerminal } from '#shared/runner/log-capture.js';
+import { SubmitChange, type BuildEvent, type BuildView, type SubmitChangeInput } from '#shared/schemas/api/builds.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
 import { loadCiConfig } from '../untrusted-ci/config.js';
 import { runCiGc, type CiGcReport } from '../untrusted-ci/gc.js';
 import { startCiService } from '../untrusted-ci/service.js';

@@ -3,7 +3,7 @@
  * and log text came from people and programs: it is passed through `sanitizeForTerminal`, so a
  * patch cannot drive the reader's terminal.
  */
-import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
+import { sanitizeForTerminal } from '#shared/runner/log-capture.js';
 import type { EmbargoDetail, EmbargoResult, EmbargoSummary } from '../trusted-builder/embargo/wire.js';
 import { table } from './ci-render.js';
 

@@ -16,7 +16,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
-import { InternalError, InvalidInputError, NotFoundError } from '../shared/errors.js';
+import { InternalError, InvalidInputError, NotFoundError } from '#shared/errors.js';
 import { loadEmbargoKey } from '../trusted-builder/embargo/embargo-key.js';
 import { makeRequest, openResponse, readBuilderKey } from '../trusted-builder/embargo/request.js';
 import type { EmbargoAsk, EmbargoResult } from '../trusted-builder/embargo/wire.js';

@@ -8,8 +8,8 @@
  *   stream is closed after a short grace; when it says a new attempt began, it is opened again
  *   (the server sends each attempt from its start).
  */
-import { CancelledError, InternalError } from '../shared/errors.js';
-import type { BuildEvent, BuildView } from '../shared/schemas/api/builds.js';
+import { CancelledError, InternalError } from '#shared/errors.js';
+import type { BuildEvent, BuildView } from '#shared/schemas/api/builds.js';
 import type { CiClient } from './ci-client.js';
 
 const POLL_MS = 1000;

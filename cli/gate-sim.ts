@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { InvalidInputError } from '../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { parseScenario } from '../untrusted-ci/pipelines/sim/scenario.js';
 import { simulate } from '../untrusted-ci/pipelines/sim/simulate.js';
 

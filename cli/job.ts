@@ -4,14 +4,14 @@
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { AirlockError } from '../shared/errors.js';
-import { createDocker } from '../shared/docker/client.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
-import { parseOrThrow } from '../shared/schemas/issues.js';
-import { JobSpec, type JobSpecInput } from '../shared/schemas/job-spec.js';
-import { JobRunner } from '../shared/runner/job-runner.js';
-import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
-import { createLogger } from '../shared/logging.js';
+import { AirlockError } from '#shared/errors.js';
+import { createDocker } from '#shared/docker/client.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
+import { JobSpec, type JobSpecInput } from '#shared/schemas/job-spec.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import { sanitizeForTerminal } from '#shared/runner/log-capture.js';
+import { createLogger } from '#shared/logging.js';
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 

@@ -6,7 +6,7 @@
  * policy violation · 3 airlock or engine failure.
  */
 import { Command, CommanderError } from 'commander';
-import { AirlockError } from '../shared/errors.js';
+import { AirlockError } from '#shared/errors.js';
 import { registerJobCommands } from './job.js';
 import { registerCiCommands } from './ci.js';
 import { registerGateSimCommand } from './gate-sim.js';

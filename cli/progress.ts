@@ -7,7 +7,7 @@
  * again only when the log is at the start of a line (a piece that ends mid-line keeps the live
  * line away until the log's next newline).
  */
-import type { BuildEvent, BuildView, JobState } from '../shared/schemas/api/builds.js';
+import type { BuildEvent, BuildView, JobState } from '#shared/schemas/api/builds.js';
 import { eventLine, progressLine } from './ci-render.js';
 
 const REDRAW_MS = 1000;

@@ -2,7 +2,7 @@
  * Run a service until SIGINT or SIGTERM: listen, say where, close cleanly on the first signal,
  * exit at once on a second. Shared by `airlock ci serve` and `airlock builder serve`.
  */
-import { InternalError } from '../shared/errors.js';
+import { InternalError } from '#shared/errors.js';
 
 export async function serveUntilSignal(service: { listen(): Promise<string>; close(): Promise<void> }, o: { name: string; address: string; onClose: string }): Promise<void> {
   let url: string;

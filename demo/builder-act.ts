@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
-import { signHint } from '../shared/hints/hint-auth.js';
+import { signHint } from '#shared/hints/hint-auth.js';
 import { verifyAuditLog } from '../trusted-builder/audit/audit-log.js';
 import { builderPaths } from '../trusted-builder/service.js';
 import type { CodeReview } from './code-review.js';

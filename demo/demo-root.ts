@@ -25,7 +25,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { createDocker } from '../shared/docker/client.js';
+import { createDocker } from '#shared/docker/client.js';
 import { loadSecretsPolicy } from '../trusted-builder/policy/secrets.js';
 import { dashboardSecret } from '../scripts/dashboard-password.js';
 import { generateSigningKey } from '../scripts/make-signing-key.js';

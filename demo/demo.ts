@@ -29,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CiClient } from '../cli/ci-client.js';
-import { createDocker } from '../shared/docker/client.js';
+import { createDocker } from '#shared/docker/client.js';
 import { LABEL_ENV_PROJECT } from '../untrusted-ci/environments/image-cache.js';
 import { compromisedAct, consumerAct, promotionAct, type Publication } from './builder-act.js';
 import { checkAct, gateAct, type Merge } from './ci-act.js';

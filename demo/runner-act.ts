@@ -6,12 +6,12 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createDocker } from '../shared/docker/client.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
-import { JobRunner } from '../shared/runner/job-runner.js';
-import { sanitizeForTerminal } from '../shared/runner/log-capture.js';
-import type { JobResult } from '../shared/runner/result.js';
-import { JobSpec, type JobSpecInput } from '../shared/schemas/job-spec.js';
+import { createDocker } from '#shared/docker/client.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import { sanitizeForTerminal } from '#shared/runner/log-capture.js';
+import type { JobResult } from '#shared/runner/result.js';
+import { JobSpec, type JobSpecInput } from '#shared/schemas/job-spec.js';
 import type { Story } from './story.js';
 
 const SAMPLE = fileURLToPath(new URL('./sample-project', import.meta.url));

@@ -1,6 +1,6 @@
 // `npm run schemas`: write the JSON Schemas generated from shared/schemas/ into schemas/.
 import { writeFileSync } from 'node:fs';
-import { airlockYamlJsonSchema } from '../shared/schemas/airlock-yaml.js';
+import { airlockYamlJsonSchema } from '#shared/schemas/airlock-yaml.js';
 
 export const SCHEMA_FILES = { 'schemas/airlock-yaml.schema.json': airlockYamlJsonSchema } as const;
 

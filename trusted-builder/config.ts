@@ -5,11 +5,11 @@
  * this file: secrets come from the SecretStore it names (Vault, or a directory of 0600 files).
  */
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { deepFreeze } from '../shared/deep-freeze.js';
-import { readConfigFile } from '../shared/config-file.js';
+import { deepFreeze } from '#shared/deep-freeze.js';
+import { readConfigFile } from '#shared/config-file.js';
 import { z } from 'zod';
-import { InvalidInputError } from '../shared/errors.js';
-import { zodIssues } from '../shared/schemas/issues.js';
+import { InvalidInputError } from '#shared/errors.js';
+import { zodIssues } from '#shared/schemas/issues.js';
 
 const FileSecrets = z.strictObject({ kind: z.literal('file'), dir: z.string().min(1) });
 const VaultSecrets = z.strictObject({

@@ -11,15 +11,15 @@
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
-import { deepFreeze } from '../shared/deep-freeze.js';
-import { readConfigFile } from '../shared/config-file.js';
+import { deepFreeze } from '#shared/deep-freeze.js';
+import { readConfigFile } from '#shared/config-file.js';
 import { z } from 'zod';
 import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
-import { InvalidInputError, type Issue } from '../shared/errors.js';
-import { remoteUrlProblem } from '../shared/git/git.js';
-import { zodIssues } from '../shared/schemas/issues.js';
-import { Size } from '../shared/schemas/limits.js';
-import { ArtifactStoreConfig } from '../shared/storage/config.js';
+import { InvalidInputError, type Issue } from '#shared/errors.js';
+import { remoteUrlProblem } from '#shared/git/git.js';
+import { zodIssues } from '#shared/schemas/issues.js';
+import { Size } from '#shared/schemas/limits.js';
+import { ArtifactStoreConfig } from '#shared/storage/config.js';
 
 /** A project URL that is a path on this host (no `scheme:` or `<transport>::`, not scp-like). */
 const isLocalPath = (u: string): boolean => !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u) && !u.includes('@');

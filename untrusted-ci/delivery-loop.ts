@@ -9,7 +9,7 @@
  * `close()` aborts a wait and the signal handed to each step, and resolves when the loop stopped.
  */
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Logger } from '../shared/logging.js';
+import type { Logger } from '#shared/logging.js';
 
 export type Step = 'progress' | 'idle' | { retryAfterMs?: number };
 

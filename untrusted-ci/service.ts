@@ -5,12 +5,12 @@
  */
 import { join } from 'node:path';
 import type Docker from 'dockerode';
-import { createDocker } from '../shared/docker/client.js';
-import { createLogger, type Logger } from '../shared/logging.js';
-import { loadJobPolicy } from '../shared/policy/job-policy.js';
-import { JobRunner } from '../shared/runner/job-runner.js';
-import type { ArtifactStore } from '../shared/storage/artifact-store.js';
-import { createArtifactStore } from '../shared/storage/config.js';
+import { createDocker } from '#shared/docker/client.js';
+import { createLogger, type Logger } from '#shared/logging.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import type { ArtifactStore } from '#shared/storage/artifact-store.js';
+import { createArtifactStore } from '#shared/storage/config.js';
 import { buildApi } from './api/app.js';
 import { createCiMetrics } from './api/metrics.js';
 import type { LoadedCiConfig } from './config.js';

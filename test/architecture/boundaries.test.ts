@@ -168,7 +168,7 @@ describe('checkSource', () => {
     ['shared/runner/x.ts', "import type { Gate } from '../../untrusted-ci/pipelines/gate.js';", 'shared must not import untrusted-ci'],
     ['shared/x.ts', "import '../trusted-builder/audit.js';", 'shared must not import trusted-builder'],
     ['untrusted-ci/executor/x.ts', "import vault from 'node-vault';", 'node-vault'],
-    ['untrusted-ci/executor/x.ts', "import { SecretStore } from '../../shared/secrets/store.js';", 'secrets'],
+    ['untrusted-ci/executor/x.ts', "import { SecretStore } from '#shared/secrets/store.js';", 'secrets'],
     ['untrusted-ci/pipelines/model/queue.ts', "import { readFileSync } from 'node:fs';", 'pure'],
     ['untrusted-ci/pipelines/model/queue.ts', "import { readFile } from 'node:fs/promises';", 'pure'],
     ['untrusted-ci/pipelines/model/queue.ts', "import { spawn } from 'child_process';", 'pure'],
@@ -184,8 +184,8 @@ describe('checkSource', () => {
   });
 
   it.each([
-    ['trusted-builder/build/x.ts', "import { JobSpec } from '../../shared/schemas/job-spec.js';"],
-    ['untrusted-ci/executor/x.ts', "import { JobRunner } from '../../shared/runner/job-runner.js';"],
+    ['trusted-builder/build/x.ts', "import { JobSpec } from '#shared/schemas/job-spec.js';"],
+    ['untrusted-ci/executor/x.ts', "import { JobRunner } from '#shared/runner/job-runner.js';"],
     ['untrusted-ci/executor/x.ts', "import Docker from 'dockerode';"],
     ['untrusted-ci/pipelines/model/queue.ts', "import { Change } from './change.js';"],
     ['untrusted-ci/pipelines/model/queue.ts', "import type { JobSpec } from '../../../shared/schemas/job-spec.js';"],

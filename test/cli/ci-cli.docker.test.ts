@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BuildEvent, BuildView, QueueView } from '../../shared/schemas/api/builds.js';
+import { BuildEvent, BuildView, QueueView } from '#shared/schemas/api/builds.js';
 import { startTestCi, type TestCi } from '../support/ci.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
 

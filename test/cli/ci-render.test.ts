@@ -6,8 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { errorFromAnswer, issuesOf, parseServerUrl } from '../../cli/ci-client.js';
 import { eventLine, formatBuild, formatDuration, progressLine } from '../../cli/ci-render.js';
 import { createProgress } from '../../cli/progress.js';
-import { formatIssues } from '../../shared/errors.js';
-import { BuildView } from '../../shared/schemas/api/builds.js';
+import { formatIssues } from '#shared/errors.js';
+import { BuildView } from '#shared/schemas/api/builds.js';
 
 const build = BuildView.parse({
   id: 7,

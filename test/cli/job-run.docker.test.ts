@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { JobResult } from '../../shared/runner/result.js';
+import { JobResult } from '#shared/runner/result.js';
 import { BUSYBOX, tempDir } from '../support/docker.js';
 
 const airlock = (args: string[], cwd = process.cwd()) =>

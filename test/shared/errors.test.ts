@@ -1,7 +1,7 @@
 /** The error catalogue, tested as data (STYLE §7, after fastify's test/internals/errors.test.js). */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { AirlockError, ERROR_CLASSES, formatIssues, isAirlockError, type Issue } from '../../shared/errors.js';
+import { AirlockError, ERROR_CLASSES, formatIssues, isAirlockError, type Issue } from '#shared/errors.js';
 
 type Catalogue = typeof ERROR_CLASSES;
 const ISSUES: Issue[] = [

@@ -13,8 +13,8 @@ import {
   signHint,
   verifyHint,
   type HintRequestHeaders,
-} from '../../shared/hints/hint-auth.js';
-import { PromotionHint } from '../../shared/schemas/promotion-hint.js';
+} from '#shared/hints/hint-auth.js';
+import { PromotionHint } from '#shared/schemas/promotion-hint.js';
 
 const secret = Buffer.from('s3cr3t-hint-key-for-tests-only-0123456789');
 const now = 1_700_000_000;

@@ -1,7 +1,7 @@
 /** zod failures as airlock issues: what a union wanted is said, not just "Invalid input". */
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { MAX_LISTED_ISSUES, zodIssues } from '../../shared/schemas/issues.js';
+import { MAX_LISTED_ISSUES, zodIssues } from '#shared/schemas/issues.js';
 
 const S = z.object({ command: z.union([z.string(), z.array(z.string())]), n: z.number() });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatBytes, formatDuration, parseBytes, parseDuration } from '../../shared/units.js';
+import { formatBytes, formatDuration, parseBytes, parseDuration } from '#shared/units.js';
 
 const KiB = 1024;
 const MiB = 1024 ** 2;

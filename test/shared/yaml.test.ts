@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { formatIssues } from '../../shared/errors.js';
-import { parseYaml, YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_ENTRIES } from '../../shared/yaml.js';
+import { formatIssues } from '#shared/errors.js';
+import { parseYaml, YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_ENTRIES } from '#shared/yaml.js';
 
 /** `levels` nested flow sequences around one scalar: `[[[1]]]` is 3. */
 const nested = (levels: number) => `${'['.repeat(levels)}1${']'.repeat(levels)}`;

@@ -7,7 +7,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createDocker } from '../../shared/docker/client.js';
+import { createDocker } from '#shared/docker/client.js';
 import { buildBuilderConfig, type BuilderConfig } from '../../trusted-builder/config.js';
 import { dashboardSecret } from '../../scripts/dashboard-password.js';
 import { generateEmbargoKey, generateSigningKey } from '../../scripts/make-signing-key.js';

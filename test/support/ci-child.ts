@@ -4,7 +4,7 @@
  */
 import { loadCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService } from '../../untrusted-ci/service.js';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 
 const service = await startCiService(loadCiConfig(process.argv[2]!), { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'warn' }), workspacePool: 0 });
 const url = await service.listen();

@@ -6,8 +6,8 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildCiConfig, type CiConfigInput, type LoadedCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService, type CiService } from '../../untrusted-ci/service.js';
-import { createLogger, type Logger } from '../../shared/logging.js';
-import type { BuildView, SubmitChangeInput } from '../../shared/schemas/api/builds.js';
+import { createLogger, type Logger } from '#shared/logging.js';
+import type { BuildView, SubmitChangeInput } from '#shared/schemas/api/builds.js';
 import { STATE_DIR, tempDir } from './docker.js';
 import { CI_ACCOUNT, type GerritRig } from './gerrit-rig.js';
 

@@ -7,11 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { expect } from 'vitest';
-import { createDocker } from '../../shared/docker/client.js';
-import { loadJobPolicy } from '../../shared/policy/job-policy.js';
-import { JobRunner } from '../../shared/runner/job-runner.js';
-import { LABEL_OWNER } from '../../shared/runner/labels.js';
-import { JobSpec, type JobSpecInput } from '../../shared/schemas/job-spec.js';
+import { createDocker } from '#shared/docker/client.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import { LABEL_OWNER } from '#shared/runner/labels.js';
+import { JobSpec, type JobSpecInput } from '#shared/schemas/job-spec.js';
 
 export const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
 export const BUSYBOX = 'airlock/base:busybox';

@@ -20,8 +20,8 @@
  * what the real one does: a planned job `unit`, its log line and states, and the final `build` event.
  */
 import picomatch from 'picomatch';
-import { CancelledError, ExecutorFailedError } from '../../shared/errors.js';
-import type { BuildResult, BuildView } from '../../shared/schemas/api/builds.js';
+import { CancelledError, ExecutorFailedError } from '#shared/errors.js';
+import type { BuildResult, BuildView } from '#shared/schemas/api/builds.js';
 import type { BuildEvents } from '../../untrusted-ci/logs/build-events.js';
 import type { BuildExecutor, BuildOutcome } from '../../untrusted-ci/scheduler/scheduler.js';
 import type { BuildStore } from '../../untrusted-ci/store/build-store.js';

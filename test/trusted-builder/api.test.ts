@@ -7,9 +7,9 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { signHint } from '../../shared/hints/hint-auth.js';
-import { createLogger } from '../../shared/logging.js';
-import type { PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import { signHint } from '#shared/hints/hint-auth.js';
+import { createLogger } from '#shared/logging.js';
+import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import { buildBuilderApi } from '../../trusted-builder/api/app.js';
 import { AuditLog, verifyAuditLog } from '../../trusted-builder/audit/audit-log.js';
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { registerBuilderAuditCommand, runAuditVerify } from '../../cli/builder-audit.js';
-import { ConflictError, InvalidInputError, NotFoundError } from '../../shared/errors.js';
+import { ConflictError, InvalidInputError, NotFoundError } from '#shared/errors.js';
 import { AuditLog, canonicalJson, GENESIS_HASH, isSecretLikeName, recordHash, verifyAuditLog, type AuditRecord } from '../../trusted-builder/audit/audit-log.js';
 
 let dir: string;

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { InvalidInputError, PolicyInvalidError } from '../../shared/errors.js';
+import { InvalidInputError, PolicyInvalidError } from '#shared/errors.js';
 import { buildBuilderConfig, loadBuilderConfig } from '../../trusted-builder/config.js';
 import { loadPromotionPolicy, parsePromotionPolicy, projectPolicy } from '../../trusted-builder/policy/promotion.js';
 import { grantFor, loadSecretsPolicy } from '../../trusted-builder/policy/secrets.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { buildBuilderApi } from '../../trusted-builder/api/app.js';
 import { AuditLog, verifyAuditLog } from '../../trusted-builder/audit/audit-log.js';
 import { EMBARGO_REFUSED_MESSAGE } from '../../trusted-builder/embargo/lane.js';

@@ -33,7 +33,7 @@ import { gunzipSync } from 'node:zlib';
 import * as openpgp from 'openpgp';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDocker } from '../../shared/docker/client.js';
+import { createDocker } from '#shared/docker/client.js';
 import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
 import { startBuilderService, type BuilderService } from '../../trusted-builder/service.js';
 import { builderRig } from '../support/builder-rig.js';

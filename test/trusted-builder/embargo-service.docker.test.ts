@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
 import { startBuilderService } from '../../trusted-builder/service.js';
 import { builderRig } from '../support/builder-rig.js';

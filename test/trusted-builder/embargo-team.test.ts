@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PolicyInvalidError } from '../../shared/errors.js';
+import { PolicyInvalidError } from '#shared/errors.js';
 import { generateSigningKey } from '../../scripts/make-signing-key.js';
 import { loadEmbargoKey } from '../../trusted-builder/embargo/embargo-key.js';
 import { loadSecurityTeam } from '../../trusted-builder/embargo/team.js';

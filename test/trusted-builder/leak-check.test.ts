@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InvalidInputError } from '../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { findLeaks, imageLayerSources, MIN_SECRET_LENGTH, needlesOf, skippedSecrets, type Leak, type LeakSource } from '../../trusted-builder/secrets/leak-check.js';
 import { BUSYBOX } from '../support/docker.js';
 import { tarOf } from '../support/tar.js';

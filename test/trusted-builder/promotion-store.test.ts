@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { AuditLog } from '../../trusted-builder/audit/audit-log.js';
 import { Promoter, type PromoterDeps } from '../../trusted-builder/promote/promoter.js';
 import { PromotionStore } from '../../trusted-builder/promote/promotion-store.js';

@@ -10,7 +10,7 @@ import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDocker } from '../../shared/docker/client.js';
+import { createDocker } from '#shared/docker/client.js';
 import { classifySkopeoFailure, manifestDigest, pushImage, type PushOptions, type RegistryCredentials } from '../../trusted-builder/publish/registry.js';
 import { BUSYBOX, tempDir } from '../support/docker.js';
 import { freePort, startRegistry, type TestRegistry } from '../support/registry.js';

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { InternalError, InvalidInputError, NotFoundError, UnauthorizedError } from '../../shared/errors.js';
+import { InternalError, InvalidInputError, NotFoundError, UnauthorizedError } from '#shared/errors.js';
 import { FileSecretStore, SecretAccessDeniedError, secretValues, SecretStoreUnavailableError, validateSecretPath } from '../../trusted-builder/secrets/secret-store.js';
 import { VaultSecretStore, type VaultSecretStoreOptions } from '../../trusted-builder/secrets/vault-store.js';
 import { VaultDouble } from '../support/vault-double.js';

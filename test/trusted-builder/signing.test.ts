@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InvalidInputError } from '../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { generateSigningKey } from '../../scripts/make-signing-key.js';
 import { buildStatement, canonicalJson, provenanceStatement, type ProvenanceInput } from '../../trusted-builder/sign/provenance.js';
 import { loadSigningKey, packetTags, signDetached, type SigningKey } from '../../trusted-builder/sign/signer.js';

@@ -11,9 +11,9 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signHint } from '../../shared/hints/hint-auth.js';
-import { createLogger } from '../../shared/logging.js';
-import { DEFAULT_SECRETS_TMPFS } from '../../shared/runner/secret-files.js';
+import { signHint } from '#shared/hints/hint-auth.js';
+import { createLogger } from '#shared/logging.js';
+import { DEFAULT_SECRETS_TMPFS } from '#shared/runner/secret-files.js';
 import { startBuilderService, type BuilderService } from '../../trusted-builder/service.js';
 import { builderRig } from '../support/builder-rig.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';

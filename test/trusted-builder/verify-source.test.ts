@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GitFailedError, InvalidInputError } from '../../shared/errors.js';
+import { GitFailedError, InvalidInputError } from '#shared/errors.js';
 import type { PromotedProject } from '../../trusted-builder/policy/promotion.js';
 import { SourceVerifier } from '../../trusted-builder/verify/source.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidInputError, type Issue } from '../../shared/errors.js';
+import { InvalidInputError, type Issue } from '#shared/errors.js';
 import { buildCiConfig, loadCiConfig } from '../../untrusted-ci/config.js';
 
 let dir: string;

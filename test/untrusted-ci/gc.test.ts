@@ -5,8 +5,8 @@
 import { existsSync, mkdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../../shared/logging.js';
-import type { BuildResult } from '../../shared/schemas/api/builds.js';
+import { createLogger } from '#shared/logging.js';
+import type { BuildResult } from '#shared/schemas/api/builds.js';
 import { buildCiConfig, type LoadedCiConfig } from '../../untrusted-ci/config.js';
 import { allBuildIds, runCiGc } from '../../untrusted-ci/gc.js';
 import { dataPaths } from '../../untrusted-ci/service.js';

@@ -15,10 +15,10 @@
  */
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { withCheckedDockerfile, CHECKED_DOCKERFILE } from '../../shared/docker/build-context.js';
-import { BuildLog, followBuildStream } from '../../shared/docker/build-log.js';
-import { checkDockerfile, normalizeImageRef, rewriteImageRefs } from '../../shared/docker/dockerfile.js';
-import { EnvironmentBuildFailedError, PolicyViolationError, type Issue } from '../../shared/errors.js';
+import { withCheckedDockerfile, CHECKED_DOCKERFILE } from '#shared/docker/build-context.js';
+import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
+import { checkDockerfile, normalizeImageRef, rewriteImageRefs } from '#shared/docker/dockerfile.js';
+import { EnvironmentBuildFailedError, PolicyViolationError, type Issue } from '#shared/errors.js';
 
 export interface BaseImagePin {
   name: string;

@@ -15,7 +15,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { z } from 'zod';
-import { InvalidInputError } from '../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 
 /** What bcrypt reads of a password. */
 export const BCRYPT_MAX_BYTES = 72;

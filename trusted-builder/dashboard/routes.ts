@@ -15,8 +15,8 @@
 import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { RateLimitedError, UnauthorizedError } from '../../shared/errors.js';
-import { PAGE_CSP } from '../../shared/http/page-policy.js';
+import { RateLimitedError, UnauthorizedError } from '#shared/errors.js';
+import { PAGE_CSP } from '#shared/http/page-policy.js';
 import type { BasicAuth } from './basic-auth.js';
 import { BuilderSummary } from './summary-schema.js';
 

@@ -30,8 +30,8 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isSha, runGit } from '../../shared/git/git.js';
-import { InvalidInputError } from '../../shared/errors.js';
+import { isSha, runGit } from '#shared/git/git.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { archiveToFile } from '../verify/source.js';
 
 export interface EmbargoPatch {

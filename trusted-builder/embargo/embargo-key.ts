@@ -11,7 +11,7 @@
  * answers, sealed files) and is never logged or written anywhere.
  */
 import * as openpgp from 'openpgp';
-import { InvalidInputError, type Issue } from '../../shared/errors.js';
+import { InvalidInputError, type Issue } from '#shared/errors.js';
 import { unlockPrivateKey } from '../sign/signer.js';
 
 export interface EmbargoKey {

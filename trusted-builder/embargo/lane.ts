@@ -15,8 +15,8 @@
  */
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logging.js';
+import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import { loadEmbargoKey, type EmbargoKey } from './embargo-key.js';
 import { NonceStore } from './nonce-store.js';

@@ -12,7 +12,7 @@ import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { StorageFailedError } from '../../shared/errors.js';
+import { StorageFailedError } from '#shared/errors.js';
 
 export class NonceStore {
   private readonly db: Database.Database;

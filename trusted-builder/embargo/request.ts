@@ -14,8 +14,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as openpgp from 'openpgp';
-import { InternalError, InvalidInputError } from '../../shared/errors.js';
-import { parseOrThrow } from '../../shared/schemas/issues.js';
+import { InternalError, InvalidInputError } from '#shared/errors.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
 import type { EmbargoKey } from './embargo-key.js';
 import type { NonceStore } from './nonce-store.js';
 import type { SecurityTeam, TeamMember } from './team.js';

@@ -19,9 +19,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { NotFoundError, PayloadTooLargeError, StorageFailedError } from '../../shared/errors.js';
-import { ProjectName } from '../../shared/schemas/events/trigger.js';
-import { parseOrThrow } from '../../shared/schemas/issues.js';
+import { NotFoundError, PayloadTooLargeError, StorageFailedError } from '#shared/errors.js';
+import { ProjectName } from '#shared/schemas/events/trigger.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoKey } from './embargo-key.js';
 import { SealedFiles } from './sealed-files.js';

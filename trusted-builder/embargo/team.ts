@@ -21,7 +21,7 @@
 import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { PolicyInvalidError, type Issue } from '../../shared/errors.js';
+import { PolicyInvalidError, type Issue } from '#shared/errors.js';
 
 export const MEMBER_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const KEY_SUFFIX = '.asc';

@@ -18,7 +18,7 @@
  * with the same fixed message.
  */
 import { z } from 'zod';
-import { ProjectName, Sha } from '../../shared/schemas/events/trigger.js';
+import { ProjectName, Sha } from '#shared/schemas/events/trigger.js';
 
 export const EMBARGO_WIRE_VERSION = 1;
 /** How far `issuedAt` (and the signature's time) may be from the builder's clock, either side. */

@@ -11,11 +11,11 @@
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { remoteUrlProblem } from '../../shared/git/git.js';
-import { PolicyInvalidError } from '../../shared/errors.js';
-import { parsePolicyText, readPolicyText } from '../../shared/policy/policy-file.js';
-import { ProjectName, RefName } from '../../shared/schemas/events/trigger.js';
-import { ImageRef } from '../../shared/schemas/job-spec.js';
+import { remoteUrlProblem } from '#shared/git/git.js';
+import { PolicyInvalidError } from '#shared/errors.js';
+import { parsePolicyText, readPolicyText } from '#shared/policy/policy-file.js';
+import { ProjectName, RefName } from '#shared/schemas/events/trigger.js';
+import { ImageRef } from '#shared/schemas/job-spec.js';
 
 /** A repository path in the registry (`team/app`): lowercase, as the distribution spec allows. */
 const RepositoryPath = z.string().regex(/^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$/, 'a registry repository path (lowercase a-z 0-9 . _ - and /)');

@@ -14,7 +14,7 @@
  *   before anything is published, and the public provenance records no result of such a step.
  */
 import { z } from 'zod';
-import { loadPolicyFile } from '../../shared/policy/policy-file.js';
+import { loadPolicyFile } from '#shared/policy/policy-file.js';
 
 /** A secret path as the SecretStore takes it: `team/app/npm`, no `..`, no leading `/`. */
 export const SecretPath = z

@@ -10,8 +10,8 @@
  * the next round.
  */
 import { readFile, rename, writeFile } from 'node:fs/promises';
-import type { Logger } from '../../shared/logging.js';
-import type { PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import type { Logger } from '#shared/logging.js';
+import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { PromotedProject } from '../policy/promotion.js';

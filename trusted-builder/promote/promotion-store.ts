@@ -8,8 +8,8 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { StorageFailedError } from '../../shared/errors.js';
-import { PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import { StorageFailedError } from '#shared/errors.js';
+import { PromotionHint } from '#shared/schemas/promotion-hint.js';
 
 export type PromotionState = 'queued' | 'running' | 'published' | 'refused' | 'failed';
 

@@ -48,7 +48,7 @@ import {
   RegistryAuthFailedError,
   RegistryUnavailableError,
   type Issue,
-} from '../../shared/errors.js';
+} from '#shared/errors.js';
 
 export interface RegistryCredentials {
   username: string;

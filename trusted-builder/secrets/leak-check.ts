@@ -38,7 +38,7 @@
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { InvalidInputError } from '../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 
 export type LeakForm = 'raw' | 'json-escaped' | 'url-encoded' | 'base64' | 'base64url' | 'hex';
 

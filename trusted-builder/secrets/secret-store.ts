@@ -25,7 +25,7 @@
 import { constants } from 'node:fs';
 import { lstat, open } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { InternalError, InvalidInputError, NotFoundError, StorageFailedError, UnauthorizedError, type Issue } from '../../shared/errors.js';
+import { InternalError, InvalidInputError, NotFoundError, StorageFailedError, UnauthorizedError, type Issue } from '#shared/errors.js';
 
 /** The key → value map of one secret (the `data.data` of a KV v2 read). */
 export type SecretValue = Readonly<Record<string, string>>;

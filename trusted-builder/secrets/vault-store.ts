@@ -26,8 +26,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import nodeVault from 'node-vault';
-import { InternalError, InvalidInputError, NotFoundError, UnauthorizedError } from '../../shared/errors.js';
-import { rootLogger, type Logger } from '../../shared/logging.js';
+import { InternalError, InvalidInputError, NotFoundError, UnauthorizedError } from '#shared/errors.js';
+import { rootLogger, type Logger } from '#shared/logging.js';
 import {
   readPrivateFile,
   SecretAccessDeniedError,

@@ -15,8 +15,8 @@
  *   runDetails                           builder id, invocation id, start and finish times
  */
 import { z } from 'zod';
-import { InternalError } from '../../shared/errors.js';
-import { parseOrThrow } from '../../shared/schemas/issues.js';
+import { InternalError } from '#shared/errors.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
 
 export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1';
 export const PREDICATE_TYPE = 'https://slsa.dev/provenance/v1';

@@ -13,7 +13,7 @@
  * (verifiers drop it on import); a protected key without the right passphrase.
  */
 import * as openpgp from 'openpgp';
-import { InternalError, InvalidInputError, type Issue } from '../../shared/errors.js';
+import { InternalError, InvalidInputError, type Issue } from '#shared/errors.js';
 
 /** A loaded, checked signing key. Signatures are always made by the primary key. */
 export interface SigningKey {

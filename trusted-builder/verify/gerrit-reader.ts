@@ -10,7 +10,7 @@
  * set of a change, so only a change whose *current* (merged) revision is the commit accounts for it.
  * Votes Gerrit marks `post_submit` are left out: they were not part of what let it merge.
  */
-import { accountName, GerritClient, type AccountInfo, type ChangeInfo } from '../../shared/review/gerrit-rest.js';
+import { accountName, GerritClient, type AccountInfo, type ChangeInfo } from '#shared/review/gerrit-rest.js';
 import type { AccountRef, MergedChange, ReviewReader } from './review.js';
 
 /** Commits asked about per query (a query's URL stays well under servers' limits). */

@@ -25,7 +25,7 @@
  * system whose merge differs (JGit without rename detection, say) makes the builder refuse, failing
  * closed: the reason names the commit.
  */
-import { runGit } from '../../shared/git/git.js';
+import { runGit } from '#shared/git/git.js';
 import type { ProjectReview, ReviewRequirement } from '../policy/promotion.js';
 
 /** An account as the review system named it; `names` are what a policy may list (username, e-mail). */

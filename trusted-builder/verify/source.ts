@@ -16,8 +16,8 @@ import { rm } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
-import { InvalidInputError, NotFoundError } from '../../shared/errors.js';
-import { isSha, runGit, streamGit } from '../../shared/git/git.js';
+import { InvalidInputError, NotFoundError } from '#shared/errors.js';
+import { isSha, runGit, streamGit } from '#shared/git/git.js';
 import type { PromotedProject } from '../policy/promotion.js';
 
 export type Verification =

@@ -13,10 +13,10 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RawReplyDef
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { RateLimitedError, UnauthorizedError } from '../../shared/errors.js';
-import { installWireErrors } from '../../shared/http/wire.js';
-import type { Logger } from '../../shared/logging.js';
-import type { ArtifactStore } from '../../shared/storage/artifact-store.js';
+import { RateLimitedError, UnauthorizedError } from '#shared/errors.js';
+import { installWireErrors } from '#shared/http/wire.js';
+import type { Logger } from '#shared/logging.js';
+import type { ArtifactStore } from '#shared/storage/artifact-store.js';
 import type { CiConfig } from '../config.js';
 import type { BuildEvents } from '../logs/build-events.js';
 import type { Scheduler } from '../scheduler/scheduler.js';

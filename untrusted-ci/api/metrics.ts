@@ -4,7 +4,7 @@
  * scraped; build results and durations are counted as builds finish.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { BuildView } from '../../shared/schemas/api/builds.js';
+import type { BuildView } from '#shared/schemas/api/builds.js';
 
 export interface CiMetrics {
   registry: Registry;

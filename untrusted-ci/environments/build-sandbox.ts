@@ -69,12 +69,12 @@ import { chmodSync, closeSync, existsSync, ftruncateSync, mkdirSync, openSync, r
 import { delimiter, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { createDocker } from '../../shared/docker/client.js';
-import { ExecutorFailedError } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logging.js';
-import { run } from '../../shared/runner/exec.js';
-import { newOwnerId, ownerState as defaultOwnerState } from '../../shared/runner/owner.js';
-import type { Runtime } from '../../shared/schemas/limits.js';
+import { createDocker } from '#shared/docker/client.js';
+import { ExecutorFailedError } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import { run } from '#shared/runner/exec.js';
+import { newOwnerId, ownerState as defaultOwnerState } from '#shared/runner/owner.js';
+import type { Runtime } from '#shared/schemas/limits.js';
 
 export const SANDBOX_DIR = 'envbuild';
 export const CGROUP_PREFIX = 'airlock-envbuild-';

@@ -32,16 +32,16 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { isNotFound } from '../../shared/docker/client.js';
+import { isNotFound } from '#shared/docker/client.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AirlockError, CancelledError, EnvironmentBuildFailedError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, PolicyViolationError, RuntimeUnavailableError, type Issue } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logging.js';
-import type { EnvironmentPolicy } from '../../shared/schemas/environment-policy.js';
-import { formatBytes, formatDuration } from '../../shared/units.js';
-import { CHECKED_DOCKERFILE, withCheckedDockerfile } from '../../shared/docker/build-context.js';
-import { BuildLog, followBuildStream } from '../../shared/docker/build-log.js';
-import { checkDockerfile, checkImageAllowed, normalizeImageRef } from '../../shared/docker/dockerfile.js';
+import { AirlockError, CancelledError, EnvironmentBuildFailedError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, PolicyViolationError, RuntimeUnavailableError, type Issue } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import { formatBytes, formatDuration } from '#shared/units.js';
+import { CHECKED_DOCKERFILE, withCheckedDockerfile } from '#shared/docker/build-context.js';
+import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
+import { checkDockerfile, checkImageAllowed, normalizeImageRef } from '#shared/docker/dockerfile.js';
 import { LABEL_ENV, LABEL_ENV_PROJECT, type ImageCache } from './image-cache.js';
 import { BuildSandboxes, copyImages, moveImage, type BuildSandbox, type SandboxLimits, type SandboxSample } from './build-sandbox.js';
 

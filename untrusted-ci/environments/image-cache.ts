@@ -22,11 +22,11 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Docker from 'dockerode';
-import { isNotFound } from '../../shared/docker/client.js';
-import type { Logger } from '../../shared/logging.js';
-import { LABEL_OWNER } from '../../shared/runner/labels.js';
-import { ownerState } from '../../shared/runner/owner.js';
-import type { EnvironmentPolicy } from '../../shared/schemas/environment-policy.js';
+import { isNotFound } from '#shared/docker/client.js';
+import type { Logger } from '#shared/logging.js';
+import { LABEL_OWNER } from '#shared/runner/labels.js';
+import { ownerState } from '#shared/runner/owner.js';
+import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
 
 /** On every environment image: `airlock.env=1`, and the project it was built for. */
 export const LABEL_ENV = 'airlock.env';

@@ -28,9 +28,9 @@
  * The secret grants nothing but asking the builder to look at a commit it re-verifies itself,
  * review included (docs/review.md). It is kept in a private field and never logged or stored.
  */
-import type { Logger } from '../../shared/logging.js';
-import { signHint } from '../../shared/hints/hint-auth.js';
-import { PROMOTION_HINT_VERSION, PromotionHint } from '../../shared/schemas/promotion-hint.js';
+import type { Logger } from '#shared/logging.js';
+import { signHint } from '#shared/hints/hint-auth.js';
+import { PROMOTION_HINT_VERSION, PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { Db } from '../store/database.js';
 import type { GateEventView, GateStore } from '../store/gate-store.js';
 import { DeliveryLoop, type Step } from '../delivery-loop.js';

@@ -11,7 +11,7 @@
 import { createReadStream, createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { BuildEvent } from '../../shared/schemas/api/builds.js';
+import { BuildEvent } from '#shared/schemas/api/builds.js';
 
 /** An event's receiver; a promise it returns paces a replay (the next event waits for it). */
 export type Listener = (e: BuildEvent) => void | Promise<void>;

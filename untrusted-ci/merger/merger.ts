@@ -29,13 +29,13 @@ import { createWriteStream } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { CancelledError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
-import { isSha, refNameProblem, remoteUrlProblem, streamGit } from '../../shared/git/git.js';
-import type { Logger } from '../../shared/logging.js';
+import { CancelledError, InvalidInputError, NotFoundError, type Issue } from '#shared/errors.js';
+import { isSha, refNameProblem, remoteUrlProblem, streamGit } from '#shared/git/git.js';
+import type { Logger } from '#shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
 import { archive, readBlob, repoPathProblem, treeAt } from './tree-reader.js';
-import { capArchive } from '../../shared/git/archive-cap.js';
+import { capArchive } from '#shared/git/archive-cap.js';
 
 /** Where a project's code comes from; `url` is anything `remoteUrlProblem` accepts. */
 export interface Project {

@@ -20,8 +20,8 @@
 import { createHash } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GitFailedError, InvalidInputError } from '../../shared/errors.js';
-import { runGit, type GitOptions, type GitResult } from '../../shared/git/git.js';
+import { GitFailedError, InvalidInputError } from '#shared/errors.js';
+import { runGit, type GitOptions, type GitResult } from '#shared/git/git.js';
 
 /** Serialises async work per key; a failed task does not block the next one. */
 export class KeyedLock {

@@ -4,8 +4,8 @@
  * followed (a file read refuses them, an archive carries a symlink as a symlink entry).
  */
 import type { Readable } from 'node:stream';
-import { GitFailedError, InvalidInputError, NotFoundError, type Issue } from '../../shared/errors.js';
-import { streamGit } from '../../shared/git/git.js';
+import { GitFailedError, InvalidInputError, NotFoundError, type Issue } from '#shared/errors.js';
+import { streamGit } from '#shared/git/git.js';
 import type { Mirror } from './mirror.js';
 
 /** One entry of a commit's tree, as `git ls-tree -l` shows it. */

@@ -26,11 +26,11 @@
  * then becomes a need: approved and ahead in the queue, or the change waits); a commit that is an
  * outdated patch set or belongs to no change keeps the change out, and the reason is reported.
  */
-import type { Logger } from '../../shared/logging.js';
-import type { GateView } from '../../shared/schemas/api/gate.js';
-import type { BuildView, ChangeView, JobState } from '../../shared/schemas/api/builds.js';
+import type { Logger } from '#shared/logging.js';
+import type { GateView } from '#shared/schemas/api/gate.js';
+import type { BuildView, ChangeView, JobState } from '#shared/schemas/api/builds.js';
 import type { ProjectConfig } from '../config.js';
-import { isAirlockError } from '../../shared/errors.js';
+import { isAirlockError } from '#shared/errors.js';
 import type { Merger } from '../merger/merger.js';
 import { gatePassMessage, type Links, type VotesConfig } from '../review/review-messages.js';
 import type { ReviewOutbox } from '../review/review-outbox.js';

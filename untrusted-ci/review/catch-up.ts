@@ -10,7 +10,7 @@
  * and left as they are). A read that fails leaves the cursor, so the next one covers the gap. The
  * very first start has no cursor: it begins now, and does not replay the review system's history.
  */
-import type { Logger } from '../../shared/logging.js';
+import type { Logger } from '#shared/logging.js';
 import type { Db } from '../store/database.js';
 import type { ReviewedChange, ReviewSystem } from './review-system.js';
 

@@ -11,9 +11,9 @@
  *   ancestor that cannot be submitted) is a refusal quoting Gerrit's reason; then `GET
  *   /a/projects/<project>/branches/<branch>` reads the tip the merge left, for the promotion hint.
  */
-import { accountName, GerritClient, parseGerritTime, gerritTime, type ChangeInfo, type ChangeOption } from '../../shared/review/gerrit-rest.js';
-import { ReviewRefusedError } from '../../shared/errors.js';
-import type { Ignored, TriggerEvent } from '../../shared/schemas/events/trigger.js';
+import { accountName, GerritClient, parseGerritTime, gerritTime, type ChangeInfo, type ChangeOption } from '#shared/review/gerrit-rest.js';
+import { ReviewRefusedError } from '#shared/errors.js';
+import type { Ignored, TriggerEvent } from '#shared/schemas/events/trigger.js';
 import { parseGerritEvent } from '../sources/gerrit/parse.js';
 import type { PatchsetKind, ReviewedChange, ReviewMessage, ReviewSystem, SubmitOutcome } from './review-system.js';
 

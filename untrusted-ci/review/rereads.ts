@@ -5,7 +5,7 @@
  * review system no longer shows to airlock (made private, deleted) is applied as hidden. A read
  * that fails is logged and left to the next catch-up, which reads every recently updated change.
  */
-import type { Logger } from '../../shared/logging.js';
+import type { Logger } from '#shared/logging.js';
 import type { ReviewedChange, ReviewSystem } from './review-system.js';
 
 /** Reads at once at most. */

@@ -10,7 +10,7 @@
  * airlock itself could not run (`error`) gets a message and no vote: it is not the change's fault.
  * Cancelled and superseded builds say nothing (a newer patch set or the gate speaks instead).
  */
-import type { BuildView, JobView } from '../../shared/schemas/api/builds.js';
+import type { BuildView, JobView } from '#shared/schemas/api/builds.js';
 import { truncateUtf8 } from '../sources/gerrit/parse.js';
 
 export interface VotesConfig {

@@ -20,9 +20,9 @@
  * that change was posted and with no other post for it in between: a queued "Verified 0" must not
  * land between the gate's +2 and its submit.
  */
-import type { Logger } from '../../shared/logging.js';
-import { isAirlockError, ReviewRefusedError } from '../../shared/errors.js';
-import type { BuildView } from '../../shared/schemas/api/builds.js';
+import type { Logger } from '#shared/logging.js';
+import { isAirlockError, ReviewRefusedError } from '#shared/errors.js';
+import type { BuildView } from '#shared/schemas/api/builds.js';
 import { DeliveryLoop, type DeliveryLoopOptions, type Step } from '../delivery-loop.js';
 import { KeyedLock } from '../merger/mirror.js';
 import type { Reporter } from '../scheduler/scheduler.js';

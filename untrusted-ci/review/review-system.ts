@@ -12,7 +12,7 @@
  * - Re-read: `change` is what the review system says of a change now (status, current patch set,
  *   votes per reviewer): the gate reads it again before it asks for a submit.
  */
-import type { Ignored, PatchsetEvent, TriggerEvent } from '../../shared/schemas/events/trigger.js';
+import type { Ignored, PatchsetEvent, TriggerEvent } from '#shared/schemas/events/trigger.js';
 
 export type PatchsetKind = NonNullable<PatchsetEvent['patchsetKind']>;
 

@@ -15,9 +15,9 @@
  * - `close` stops taking work and aborts running builds *without* finishing them: they stay
  *   `running` in the database and the next start re-runs them, as after a crash.
  */
-import { isAirlockError, type Issue } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logging.js';
-import type { BuildResult, BuildView, Pipeline } from '../../shared/schemas/api/builds.js';
+import { isAirlockError, type Issue } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import type { BuildResult, BuildView, Pipeline } from '#shared/schemas/api/builds.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
 import { pickNext, Served } from './fair-queue.js';
 import type { Slots } from './slots.js';

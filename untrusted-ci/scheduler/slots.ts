@@ -6,7 +6,7 @@
  * waiting behind them. Waiters are served first come,
  * first served; a waiter whose signal aborts leaves the line with CancelledError.
  */
-import { CancelledError } from '../../shared/errors.js';
+import { CancelledError } from '#shared/errors.js';
 
 export class Slots {
   private held = 0;

@@ -23,7 +23,7 @@
  * (`reconcileChange`). Only `recheck` and a new patch set's check act at once (a check fetches the
  * patch set from the project's repository; it proves nothing and merges nothing).
  */
-import type { ApprovalEvent, PatchsetEvent, TriggerEvent } from '../../shared/schemas/events/trigger.js';
+import type { ApprovalEvent, PatchsetEvent, TriggerEvent } from '#shared/schemas/events/trigger.js';
 import type { CiConfig } from '../config.js';
 import type { GateRuntime } from '../pipelines/gate-runtime.js';
 import type { ReviewState, Readiness } from '../review/review-state.js';

@@ -4,10 +4,10 @@
  * independent item), the gate's queues from `GateRuntime.view()` joined with their builds' job
  * states, and the recent finished builds. Reads only; nothing here decides anything.
  */
-import { isAirlockError } from '../../shared/errors.js';
-import type { BuildView, JobState } from '../../shared/schemas/api/builds.js';
-import type { GateItemView, GateQueueView, GateView } from '../../shared/schemas/api/gate.js';
-import type { StatusBuild, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '../../shared/schemas/api/status.js';
+import { isAirlockError } from '#shared/errors.js';
+import type { BuildView, JobState } from '#shared/schemas/api/builds.js';
+import type { GateItemView, GateQueueView, GateView } from '#shared/schemas/api/gate.js';
+import type { StatusBuild, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '#shared/schemas/api/status.js';
 import type { BuildStore } from '../store/build-store.js';
 
 /** How many finished builds the snapshot lists. */

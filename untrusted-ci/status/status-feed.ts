@@ -10,9 +10,9 @@
  * connection. `close()` ends them all (the service is stopping).
  */
 import { createHash } from 'node:crypto';
-import { RateLimitedError } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logging.js';
-import type { StatusView } from '../../shared/schemas/api/status.js';
+import { RateLimitedError } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import type { StatusView } from '#shared/schemas/api/status.js';
 
 export const MAX_STATUS_SUBSCRIBERS = 100;
 const DEBOUNCE_MS = 200;

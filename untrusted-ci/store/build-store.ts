@@ -7,8 +7,8 @@
  * cancel/supersede may finish a queued build directly. `recover()` at startup turns every `running`
  * build back into `queued` and forgets its job rows: the build is re-run from scratch.
  */
-import { ConflictError, NotFoundError, type Issue } from '../../shared/errors.js';
-import type { BuildResult, BuildState, BuildView, ChangeView, JobState, JobView, Pipeline } from '../../shared/schemas/api/builds.js';
+import { ConflictError, NotFoundError, type Issue } from '#shared/errors.js';
+import type { BuildResult, BuildState, BuildView, ChangeView, JobState, JobView, Pipeline } from '#shared/schemas/api/builds.js';
 import type { Db } from './database.js';
 
 export interface NewChange {

@@ -9,7 +9,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { StorageFailedError } from '../../shared/errors.js';
+import { StorageFailedError } from '#shared/errors.js';
 
 export type Db = Database.Database;
 

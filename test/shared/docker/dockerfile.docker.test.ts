@@ -11,10 +11,10 @@
 import { createServer, type Server } from 'node:http';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BuildLog, followBuildStream } from '../../../shared/docker/build-log.js';
-import { createDocker } from '../../../shared/docker/client.js';
-import { checkDockerfile, readDockerfile } from '../../../shared/docker/dockerfile.js';
-import { PolicyViolationError } from '../../../shared/errors.js';
+import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
+import { createDocker } from '#shared/docker/client.js';
+import { checkDockerfile, readDockerfile } from '#shared/docker/dockerfile.js';
+import { PolicyViolationError } from '#shared/errors.js';
 import { tarOf } from '../../support/tar.js';
 import { cleanup, input, makeRig } from '../../untrusted-ci/environments/env-support.js';
 

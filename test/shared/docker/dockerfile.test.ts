@@ -8,7 +8,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { checkDockerfile, dumpDockerfile, parseDockerfile, readDockerfile, rewriteImageRefs, type DockerfileNode } from '../../../shared/docker/dockerfile.js';
+import { checkDockerfile, dumpDockerfile, parseDockerfile, readDockerfile, rewriteImageRefs, type DockerfileNode } from '#shared/docker/dockerfile.js';
 import { pinBaseImages } from '../../../trusted-builder/build/image-build.js';
 import { CORPUS, type Brief } from './dockerfile-corpus.js';
 

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { text } from 'node:stream/consumers';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CancelledError, GitFailedError, InvalidInputError } from '../../../shared/errors.js';
-import { isSha, refNameProblem, remoteUrlProblem, runGit, streamGit, validateRefName } from '../../../shared/git/git.js';
+import { CancelledError, GitFailedError, InvalidInputError } from '#shared/errors.js';
+import { isSha, refNameProblem, remoteUrlProblem, runGit, streamGit, validateRefName } from '#shared/git/git.js';
 import { createRepo, type TestRepo } from '../../support/git-repo.js';
 
 const repos: TestRepo[] = [];

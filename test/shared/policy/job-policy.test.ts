@@ -1,15 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { PolicyInvalidError, PolicyViolationError } from '../../../shared/errors.js';
+import { PolicyInvalidError, PolicyViolationError } from '#shared/errors.js';
 import {
   checkAgainstPolicy,
   DEFAULT_JOB_POLICY_FILE,
   loadJobPolicy,
   parseJobPolicy,
   resolveLimits,
-} from '../../../shared/policy/job-policy.js';
-import type { JobPolicy } from '../../../shared/schemas/job-policy.js';
-import { LIMIT_KEYS, LimitsRequest, type LimitsRequestInput } from '../../../shared/schemas/limits.js';
+} from '#shared/policy/job-policy.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import { LIMIT_KEYS, LimitsRequest, type LimitsRequestInput } from '#shared/schemas/limits.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;

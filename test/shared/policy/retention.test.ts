@@ -2,7 +2,7 @@ import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { PolicyInvalidError } from '../../../shared/errors.js';
+import { PolicyInvalidError } from '#shared/errors.js';
 import {
   applyRetention,
   loadRetentionPolicy,
@@ -14,10 +14,10 @@ import {
   scanBuilds,
   type BuildResult,
   type FinishedBuild,
-} from '../../../shared/policy/retention.js';
-import { RetentionPolicy, type RetentionPolicyInput } from '../../../shared/schemas/retention-policy.js';
-import { FsArtifactStore } from '../../../shared/storage/fs-artifact-store.js';
-import { artifactPrefix, logKey, resultKey } from '../../../shared/storage/keys.js';
+} from '#shared/policy/retention.js';
+import { RetentionPolicy, type RetentionPolicyInput } from '#shared/schemas/retention-policy.js';
+import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
+import { artifactPrefix, logKey, resultKey } from '#shared/storage/keys.js';
 import { collect } from '../../contract/artifact-store.contract.js';
 
 const HOUR = 3_600_000;

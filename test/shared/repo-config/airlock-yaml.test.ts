@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { loadJobPolicy } from '../../../shared/policy/job-policy.js';
-import { parseAirlockYaml } from '../../../shared/repo-config/airlock-yaml.js';
-import { airlockYamlJsonSchema } from '../../../shared/schemas/airlock-yaml.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { parseAirlockYaml } from '#shared/repo-config/airlock-yaml.js';
+import { airlockYamlJsonSchema } from '#shared/schemas/airlock-yaml.js';
 import { render, SCHEMA_FILES } from '../../../scripts/gen-schemas.js';
 
 const policy = loadJobPolicy();

@@ -3,9 +3,9 @@
  * every case builds its input with the real schema and asserts on the compiled IR.
  */
 import { describe, expect, it } from 'vitest';
-import { AirlockYaml } from '../../../shared/schemas/airlock-yaml.js';
-import { JobId } from '../../../shared/schemas/job-spec.js';
-import { compileJobs, type CompileContext } from '../../../shared/repo-config/compile-jobs.js';
+import { AirlockYaml } from '#shared/schemas/airlock-yaml.js';
+import { JobId } from '#shared/schemas/job-spec.js';
+import { compileJobs, type CompileContext } from '#shared/repo-config/compile-jobs.js';
 
 const COMMIT = 'c0ffee'.padEnd(40, '0');
 const ctx = (over: Partial<CompileContext> = {}): CompileContext => ({

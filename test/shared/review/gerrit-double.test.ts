@@ -6,8 +6,8 @@
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ReviewAuthFailedError, ReviewRefusedError, ReviewUnavailableError } from '../../../shared/errors.js';
-import { GerritClient, gerritTime, parseGerritTime, XSSI_PREFIX, type ChangeInfo } from '../../../shared/review/gerrit-rest.js';
+import { ReviewAuthFailedError, ReviewRefusedError, ReviewUnavailableError } from '#shared/errors.js';
+import { GerritClient, gerritTime, parseGerritTime, XSSI_PREFIX, type ChangeInfo } from '#shared/review/gerrit-rest.js';
 import { GerritDouble, GerritDoubleError, type GerritAccountSpec, type GerritDoubleOptions, type LabelSpec } from '../../support/gerrit-double.js';
 
 const ACCOUNTS: GerritAccountSpec[] = [

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ArtifactRejectedError, ArtifactTooLargeError } from '../../../shared/errors.js';
-import { extractArtifacts, globBase, toWorkspacePath, type ExtractOptions } from '../../../shared/runner/artifacts.js';
+import { ArtifactRejectedError, ArtifactTooLargeError } from '#shared/errors.js';
+import { extractArtifacts, globBase, toWorkspacePath, type ExtractOptions } from '#shared/runner/artifacts.js';
 
 type Entry = Partial<tar.Header> & { name: string; body?: string };
 

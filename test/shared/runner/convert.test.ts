@@ -3,10 +3,10 @@
  * TestToConfigSmall / TestToConfigFull: a new or dropped option must show up here.
  */
 import { describe, expect, it } from 'vitest';
-import { loadJobPolicy, resolveLimits } from '../../../shared/policy/job-policy.js';
-import { JobSpec, type JobSpecInput } from '../../../shared/schemas/job-spec.js';
-import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_OWNER } from '../../../shared/runner/labels.js';
-import { RUNSC_SENTRY_PIDS, toCreateOptions, WORKSPACE_PATH, type ContainerPlan } from '../../../shared/runner/convert.js';
+import { loadJobPolicy, resolveLimits } from '#shared/policy/job-policy.js';
+import { JobSpec, type JobSpecInput } from '#shared/schemas/job-spec.js';
+import { LABEL_CREATED, LABEL_JOB, LABEL_KIND, LABEL_OWNER } from '#shared/runner/labels.js';
+import { RUNSC_SENTRY_PIDS, toCreateOptions, WORKSPACE_PATH, type ContainerPlan } from '#shared/runner/convert.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;

@@ -12,8 +12,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { JobRunner } from '../../../shared/runner/job-runner.js';
-import { sanitizeForTerminal } from '../../../shared/runner/log-capture.js';
+import type { JobRunner } from '#shared/runner/job-runner.js';
+import { sanitizeForTerminal } from '#shared/runner/log-capture.js';
 import { BUSYBOX, expectNothingLeft, makeRunner, spec, tempDir } from '../../support/docker.js';
 
 let docker: Docker;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DockerDemuxer, LogCapture, sanitizeForTerminal, type LogChunk, type LogStream } from '../../../shared/runner/log-capture.js';
+import { DockerDemuxer, LogCapture, sanitizeForTerminal, type LogChunk, type LogStream } from '#shared/runner/log-capture.js';
 
 /** One frame of Docker's multiplexed stream: type, three zero bytes, big-endian length, payload. */
 function frame(type: 0 | 1 | 2, payload: string | Buffer): Buffer {

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { newOwnerId, ownerFromToken, ownerState, ownerToken } from '../../../shared/runner/owner.js';
+import { newOwnerId, ownerFromToken, ownerState, ownerToken } from '#shared/runner/owner.js';
 
 describe('owner ids', () => {
   const me = newOwnerId();

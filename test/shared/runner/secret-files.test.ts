@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { checkSecretFiles, removeSecretFiles, writeSecretFiles } from '../../../shared/runner/secret-files.js';
+import { checkSecretFiles, removeSecretFiles, writeSecretFiles } from '#shared/runner/secret-files.js';
 
 const root = join('/dev/shm', `airlock-secret-files-test-${process.pid}`);
 afterAll(() => rmSync(root, { recursive: true, force: true }));

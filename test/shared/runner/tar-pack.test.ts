@@ -7,8 +7,8 @@ import { execFileSync } from 'node:child_process';
 import tar from 'tar-stream';
 import { tarOf, type TarEntry } from '../../support/tar.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidInputError } from '../../../shared/errors.js';
-import { packDirectory, repackTar, safeEntryName } from '../../../shared/runner/tar-pack.js';
+import { InvalidInputError } from '#shared/errors.js';
+import { packDirectory, repackTar, safeEntryName } from '#shared/runner/tar-pack.js';
 
 interface Read {
   name: string;

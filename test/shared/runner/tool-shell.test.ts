@@ -3,7 +3,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ToolShell } from '../../../shared/runner/tool-shell.js';
+import { ToolShell } from '#shared/runner/tool-shell.js';
 
 // spawn goes to the real one unless a test installs a fake (to simulate failures such as EMFILE
 // that cannot be provoked for real).

@@ -1,7 +1,7 @@
 /** Lower bounds: a "tighter" request must still be one the kernel and the engine enforce. */
 import { describe, expect, it } from 'vitest';
-import { LimitsRequest } from '../../../shared/schemas/limits.js';
-import { JobSpec } from '../../../shared/schemas/job-spec.js';
+import { LimitsRequest } from '#shared/schemas/limits.js';
+import { JobSpec } from '#shared/schemas/job-spec.js';
 
 describe('LimitsRequest lower bounds', () => {
   it.each([

@@ -2,10 +2,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { zodIssues } from '../../../shared/schemas/issues.js';
-import { ArtifactStoreConfig, createArtifactStore, loadS3Credentials } from '../../../shared/storage/config.js';
-import { FsArtifactStore } from '../../../shared/storage/fs-artifact-store.js';
-import { S3ArtifactStore } from '../../../shared/storage/s3-artifact-store.js';
+import { zodIssues } from '#shared/schemas/issues.js';
+import { ArtifactStoreConfig, createArtifactStore, loadS3Credentials } from '#shared/storage/config.js';
+import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
+import { S3ArtifactStore } from '#shared/storage/s3-artifact-store.js';
 
 const issuePaths = (input: unknown): string[] => {
   const r = ArtifactStoreConfig.safeParse(input);

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { ImageCache } from '../../../untrusted-ci/environments/image-cache.js';
 import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
 import { tempDir } from '../../support/docker.js';

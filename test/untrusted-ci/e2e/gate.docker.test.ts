@@ -8,8 +8,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GateView } from '../../../shared/schemas/api/gate.js';
-import type { BuildView } from '../../../shared/schemas/api/builds.js';
+import type { GateView } from '#shared/schemas/api/gate.js';
+import type { BuildView } from '#shared/schemas/api/builds.js';
 import type { GateEventView } from '../../../untrusted-ci/store/gate-store.js';
 import { startTestCi, type TestCi } from '../../support/ci.js';
 import { CI_ACCOUNT, startGerrit, type GerritRig } from '../../support/gerrit-rig.js';

@@ -8,9 +8,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BuildView } from '../../../shared/schemas/api/builds.js';
-import { LABEL_JOB, LABEL_OWNER } from '../../../shared/runner/labels.js';
-import { createDocker } from '../../../shared/docker/client.js';
+import { BuildView } from '#shared/schemas/api/builds.js';
+import { LABEL_JOB, LABEL_OWNER } from '#shared/runner/labels.js';
+import { createDocker } from '#shared/docker/client.js';
 import { STATE_DIR, tempDir } from '../../support/docker.js';
 import { createRepo } from '../../support/git-repo.js';
 

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { runCiGc } from '../../../untrusted-ci/gc.js';
 import { tempDir } from '../../support/docker.js';
 import { createRepo, type TestRepo } from '../../support/git-repo.js';

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { EnvironmentBuildFailedError, RuntimeUnavailableError } from '../../../shared/errors.js';
+import { EnvironmentBuildFailedError, RuntimeUnavailableError } from '#shared/errors.js';
 import { BuildSandboxes, CGROUP_PREFIX } from '../../../untrusted-ci/environments/build-sandbox.js';
 import { Slots } from '../../../untrusted-ci/scheduler/slots.js';
 import { STATE_DIR } from '../../support/docker.js';

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { PolicyInvalidError } from '../../../shared/errors.js';
-import { checkDockerfile, checkImageAllowed, normalizeImageRef, parseDockerfile } from '../../../shared/docker/dockerfile.js';
+import { PolicyInvalidError } from '#shared/errors.js';
+import { checkDockerfile, checkImageAllowed, normalizeImageRef, parseDockerfile } from '#shared/docker/dockerfile.js';
 import { DEFAULT_ENVIRONMENT_POLICY_FILE, loadEnvironmentPolicy, parseEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
-import { BuildLog } from '../../../shared/docker/build-log.js';
+import { BuildLog } from '#shared/docker/build-log.js';
 import { environmentTag, sanitizeProject } from '../../../untrusted-ci/environments/environment-builder.js';
 
 const ALLOW = ['airlock/base:busybox', 'airlock/base:bookworm'];

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { CancelledError, EnvironmentBuildFailedError, ImageNotFoundError, PolicyViolationError } from '../../../shared/errors.js';
+import { CancelledError, EnvironmentBuildFailedError, ImageNotFoundError, PolicyViolationError } from '#shared/errors.js';
 import { resolveImageEnvironment } from '../../../untrusted-ci/environments/environment-builder.js';
 import { cleanup, envImages, exists, input, makeRig, testPolicy } from './env-support.js';
 

@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, describe, expect, it } from 'vitest';
-import { LABEL_OWNER } from '../../../shared/runner/labels.js';
-import { newOwnerId } from '../../../shared/runner/owner.js';
+import { LABEL_OWNER } from '#shared/runner/labels.js';
+import { newOwnerId } from '#shared/runner/owner.js';
 import { ImageCache } from '../../../untrusted-ci/environments/image-cache.js';
 import { cleanup, exists, input, logger, makeRig, testPolicy, type Rig } from './env-support.js';
 

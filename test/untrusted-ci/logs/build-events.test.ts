@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { BuildEvent } from '../../../shared/schemas/api/builds.js';
+import type { BuildEvent } from '#shared/schemas/api/builds.js';
 import { BuildEvents } from '../../../untrusted-ci/logs/build-events.js';
 
 let dir: string;

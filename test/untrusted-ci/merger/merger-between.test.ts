@@ -3,7 +3,7 @@
  * mirror after fetching the branch (the gate's approval-completeness check stands on it).
  */
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError } from '../../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { mergerRig } from '../../support/merger-rig.js';
 
 const rig = mergerRig('between');

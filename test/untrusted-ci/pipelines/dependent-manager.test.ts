@@ -8,7 +8,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ZodError } from 'zod';
-import { InternalError } from '../../../shared/errors.js';
+import { InternalError } from '#shared/errors.js';
 import { DependentPipelineManager } from '../../../untrusted-ci/pipelines/managers/dependent.js';
 import { IndependentPipelineManager } from '../../../untrusted-ci/pipelines/managers/independent.js';
 import type { PipelineManager } from '../../../untrusted-ci/pipelines/managers/pipeline-manager.js';

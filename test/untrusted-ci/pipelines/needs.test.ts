@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it, vi } from 'vitest';
-import { InvalidInputError } from '../../../shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 import { Merger, type Project } from '../../../untrusted-ci/merger/merger.js';
 import { changeIdOf, parseDependsOn, resolveNeeds, type CommitReader, type OpenChange, type ResolvedNeeds } from '../../../untrusted-ci/pipelines/needs.js';
 import type { TestRepo } from '../../support/git-repo.js';
@@ -14,8 +14,8 @@ import { mergerRig } from '../../support/merger-rig.js';
 
 // git's output handed over in pieces of `size` bytes when set, so every split of a record is tried.
 const chunking = vi.hoisted(() => ({ size: 0 }));
-vi.mock('../../../shared/git/git.js', async (importOriginal) => {
-  const real = await importOriginal<typeof import('../../../shared/git/git.js')>();
+vi.mock('#shared/git/git.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('#shared/git/git.js')>();
   const streamGit: typeof real.streamGit = (args, opts) => {
     const out = real.streamGit(args, opts);
     const size = chunking.size;

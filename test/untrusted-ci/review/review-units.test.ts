@@ -4,10 +4,10 @@
  * catch-up's cursor, and what the Gerrit adapter makes of a ChangeInfo. SQLite in memory.
  */
 import { describe, expect, it } from 'vitest';
-import { ReviewRefusedError, ReviewUnavailableError } from '../../../shared/errors.js';
-import { createLogger } from '../../../shared/logging.js';
-import type { BuildView } from '../../../shared/schemas/api/builds.js';
-import type { ChangeInfo } from '../../../shared/review/gerrit-rest.js';
+import { ReviewRefusedError, ReviewUnavailableError } from '#shared/errors.js';
+import { createLogger } from '#shared/logging.js';
+import type { BuildView } from '#shared/schemas/api/builds.js';
+import type { ChangeInfo } from '#shared/review/gerrit-rest.js';
 import { CatchUp, OVERLAP_MS } from '../../../untrusted-ci/review/catch-up.js';
 import { GerritReviewSystem, toReviewed } from '../../../untrusted-ci/review/gerrit.js';
 import { CI_ACCOUNT, startGerrit } from '../../support/gerrit-rig.js';

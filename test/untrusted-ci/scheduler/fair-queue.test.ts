@@ -5,7 +5,7 @@
  * scheduler does (pick, remove, mark served) to pin the whole service order.
  */
 import { describe, expect, it } from 'vitest';
-import type { Pipeline } from '../../../shared/schemas/api/builds.js';
+import type { Pipeline } from '#shared/schemas/api/builds.js';
 import { pickNext, Served, type ServedView } from '../../../untrusted-ci/scheduler/fair-queue.js';
 import type { QueuedBuild } from '../../../untrusted-ci/store/build-store.js';
 

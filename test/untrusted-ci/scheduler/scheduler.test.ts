@@ -3,9 +3,9 @@
  * reporter. No Docker, no timers: tests wait on the fake's state (`until`) and on `idle()`.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../../../shared/logging.js';
-import { ConflictError, GitFailedError } from '../../../shared/errors.js';
-import type { Pipeline } from '../../../shared/schemas/api/builds.js';
+import { createLogger } from '#shared/logging.js';
+import { ConflictError, GitFailedError } from '#shared/errors.js';
+import type { Pipeline } from '#shared/schemas/api/builds.js';
 import { Scheduler } from '../../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore, type NewChange } from '../../../untrusted-ci/store/build-store.js';
 import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';

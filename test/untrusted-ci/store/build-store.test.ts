@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ConflictError, NotFoundError, StorageFailedError } from '../../../shared/errors.js';
-import { BuildView, ChangeView } from '../../../shared/schemas/api/builds.js';
+import { ConflictError, NotFoundError, StorageFailedError } from '#shared/errors.js';
+import { BuildView, ChangeView } from '#shared/schemas/api/builds.js';
 import { BuildStore, type NewChange } from '../../../untrusted-ci/store/build-store.js';
 import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';
 

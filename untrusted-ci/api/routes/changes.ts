@@ -5,9 +5,9 @@
  * configured. The gate is not reachable from here: approvals come from the review system (409).
  */
 import { z } from 'zod';
-import { ConflictError, InvalidInputError, NotFoundError } from '../../../shared/errors.js';
-import { isSha, refNameProblem } from '../../../shared/git/git.js';
-import { BuildView, ChangeView, SubmitAnswer, SubmitChange } from '../../../shared/schemas/api/builds.js';
+import { ConflictError, InvalidInputError, NotFoundError } from '#shared/errors.js';
+import { isSha, refNameProblem } from '#shared/git/git.js';
+import { BuildView, ChangeView, SubmitAnswer, SubmitChange } from '#shared/schemas/api/builds.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
 
 const IdParams = z.object({ id: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER) });

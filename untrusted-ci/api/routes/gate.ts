@@ -4,8 +4,8 @@
  * the review system (Code-Review +2 there), which also merges.
  */
 import { z } from 'zod';
-import { NotFoundError } from '../../../shared/errors.js';
-import { GateView } from '../../../shared/schemas/api/gate.js';
+import { NotFoundError } from '#shared/errors.js';
+import { GateView } from '#shared/schemas/api/gate.js';
 import { GateEventKind, GateEventView } from '../../store/gate-store.js';
 import type { ApiDeps, ZodApp } from '../app.js';
 

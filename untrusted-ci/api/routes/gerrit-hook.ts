@@ -8,7 +8,7 @@
  * none came), 400 malformed event, 413 too large, 429 rate-limited.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { ConflictError, NotFoundError, UnauthorizedError } from '../../../shared/errors.js';
+import { ConflictError, NotFoundError, UnauthorizedError } from '#shared/errors.js';
 import { parseGerritEvent } from '../../sources/gerrit/parse.js';
 import { verifyWebhook, WEBHOOK_SIGNATURE_HEADER } from '../../sources/gerrit/verify.js';
 import { handleTrigger } from '../../sources/triggers.js';

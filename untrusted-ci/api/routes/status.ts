@@ -9,11 +9,11 @@
  * from these files alone, no inline code, no other origin. Only the files listed here are served.
  */
 import { readFileSync } from 'node:fs';
-import { PAGE_CSP } from '../../../shared/http/page-policy.js';
-import { StatusView } from '../../../shared/schemas/api/status.js';
+import { PAGE_CSP } from '#shared/http/page-policy.js';
+import { StatusView } from '#shared/schemas/api/status.js';
 import type { EventStream } from '../event-stream.js';
 import { openEventStream, streamCapacityLeft } from '../event-stream.js';
-import { RateLimitedError } from '../../../shared/errors.js';
+import { RateLimitedError } from '#shared/errors.js';
 import { StatusFeed } from '../../status/status-feed.js';
 import { statusView } from '../../status/snapshot.js';
 import type { ApiDeps, ZodApp } from '../app.js';

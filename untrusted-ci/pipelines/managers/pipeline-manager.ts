@@ -13,7 +13,7 @@
  * The processing of one item (`processOneItem`) follows Zuul's `_processOneItem` step by step; the
  * comments name the Zuul behaviour each step reproduces.
  */
-import { InternalError } from '../../../shared/errors.js';
+import { InternalError } from '#shared/errors.js';
 import { BuildSet, type Fate, type JobNode, type StateEntry } from '../model/build-set.js';
 import { ChangeQueue, ChangeQueueJson } from '../model/change-queue.js';
 import { ChangeRecord, ChangeRegistry, type ChangeKey } from '../model/changes.js';

@@ -20,10 +20,10 @@
  * ```
  */
 import { z } from 'zod';
-import type { Issue } from '../../../shared/errors.js';
-import { InvalidInputError } from '../../../shared/errors.js';
-import { zodIssues } from '../../../shared/schemas/issues.js';
-import { parseYaml } from '../../../shared/yaml.js';
+import type { Issue } from '#shared/errors.js';
+import { InvalidInputError } from '#shared/errors.js';
+import { zodIssues } from '#shared/schemas/issues.js';
+import { parseYaml } from '#shared/yaml.js';
 import { WindowConfig } from '../model/window.js';
 
 const Id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a change id is 1-64 of A-Z a-z 0-9 . _ -');

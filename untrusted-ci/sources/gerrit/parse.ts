@@ -27,7 +27,7 @@
  * its path, e.g. `patchSet.number`).
  */
 import { createHash } from 'node:crypto';
-import { InvalidInputError, PayloadTooLargeError } from '../../../shared/errors.js';
+import { InvalidInputError, PayloadTooLargeError } from '#shared/errors.js';
 import {
   GERRIT_EVENT_SCHEMAS,
   GerritEventEnvelope,
@@ -35,9 +35,9 @@ import {
   type GerritChange,
   type GerritEventType,
   type GerritPatchSet,
-} from '../../../shared/schemas/events/gerrit.js';
-import { parseOrThrow } from '../../../shared/schemas/issues.js';
-import { Ignored, MAX_COMMENT_BYTES, MAX_SUBJECT_BYTES, TriggerEvent } from '../../../shared/schemas/events/trigger.js';
+} from '#shared/schemas/events/gerrit.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
+import { Ignored, MAX_COMMENT_BYTES, MAX_SUBJECT_BYTES, TriggerEvent } from '#shared/schemas/events/trigger.js';
 
 /** Largest body accepted. Real events are a few KiB; a long commit message stays far below. */
 export const MAX_GERRIT_EVENT_BYTES = 1024 * 1024; // 1 MiB

@@ -27,7 +27,7 @@
  * Messages never contain the secret or the expected digest.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { UnauthorizedError } from '../../../shared/errors.js';
+import { UnauthorizedError } from '#shared/errors.js';
 
 /** The header, lower-cased as Node and fastify present it. HTTP header names are case-insensitive. */
 export const WEBHOOK_SIGNATURE_HEADER = 'x-airlock-signature';

@@ -7,8 +7,8 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { isAirlockError } from '../../../../shared/errors.js';
-import { Ignored, TriggerEvent } from '../../../../shared/schemas/events/trigger.js';
+import { isAirlockError } from '#shared/errors.js';
+import { Ignored, TriggerEvent } from '#shared/schemas/events/trigger.js';
 import { parseGerritEvent } from '../../../../untrusted-ci/sources/gerrit/parse.js';
 
 const DIR = new URL('../../../fixtures/gerrit/', import.meta.url);

@@ -1,8 +1,8 @@
 /** The Gerrit event parser against real payloads (test/fixtures/gerrit, see its README) and hostile edits of them. */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, PayloadTooLargeError } from '../../../../shared/errors.js';
-import { Ignored, ProjectName, TriggerEvent, isSafeRefName, refUpdateKind, type RefUpdatedEvent } from '../../../../shared/schemas/events/trigger.js';
+import { InvalidInputError, PayloadTooLargeError } from '#shared/errors.js';
+import { Ignored, ProjectName, TriggerEvent, isSafeRefName, refUpdateKind, type RefUpdatedEvent } from '#shared/schemas/events/trigger.js';
 import { MAX_GERRIT_EVENT_BYTES, maxDepth, parseGerritEvent, truncateUtf8 } from '../../../../untrusted-ci/sources/gerrit/parse.js';
 
 type Json = Record<string, unknown>;

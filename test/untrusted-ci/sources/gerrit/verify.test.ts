@@ -1,7 +1,7 @@
 /** Webhook signature check: HMAC-SHA256 over the raw body, compared in constant time, failing closed. */
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { UnauthorizedError } from '../../../../shared/errors.js';
+import { UnauthorizedError } from '#shared/errors.js';
 import { WEBHOOK_SIGNATURE_HEADER, signWebhookBody, verifyWebhookSignature } from '../../../../untrusted-ci/sources/gerrit/verify.js';
 
 const SECRET = Buffer.from('hunter2-very-distinctive-shared-value');

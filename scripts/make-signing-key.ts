@@ -1,4 +1,4 @@
-// Make the trusted builder's image-signing key, the kind ../shared/SIGNING.md says gpg 2.2 and
+// Make the trusted builder's image-signing key, the kind docs/signing.md "Keys" says gpg 2.2 and
 // skopeo 1.9 accept: a v4 ed25519Legacy key whose primary is the only (signing) key, no expiry,
 // created a few minutes in the past so that a verifier whose clock is slightly behind still imports it.
 //

@@ -1,6 +1,6 @@
 /**
  * The trusted builder's configuration: its own file, port, data dir and policies; nothing shared
- * with the untrusted CI (ARCHITECTURE: a separate deploy). Validated once at startup against a
+ * with the untrusted CI (docs/architecture.md "Two tiers": a separate deploy). Validated once at startup against a
  * strict schema (every problem listed), deep-frozen and handed to constructors. No secret is in
  * this file: secrets come from the SecretStore it names (Vault, or a directory of 0600 files).
  */

@@ -1,5 +1,5 @@
 /**
- * The HTTP error body both services answer with: `{code, message, statusCode}` (STYLE §7).
+ * The HTTP error body both services answer with: `{code, message, statusCode}` (docs/conventions.md "The error catalogue").
  */
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';

@@ -1,5 +1,5 @@
 /**
- * Retention of build logs and artifacts, by `policies/retention.yaml`. Split as STYLE §2 asks:
+ * Retention of build logs and artifacts, by `policies/retention.yaml`. Split as docs/conventions.md "Pure mapping, thin I/O" says:
  * `planRetention` and `planOrphans` are pure (builds + policy + clock in, keys out) and tested as
  * tables; `scanBuilds` and `applyRetention` do the store I/O.
  *

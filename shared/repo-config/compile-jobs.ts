@@ -1,6 +1,6 @@
 /**
  * `.airlock.yaml` → the ordered JobSpecs one build runs. Pure: the executor runs the compiled IR,
- * never the YAML (STYLE 5). Jobs not in the pipeline are left out; a job that `needs` one left
+ * never the YAML (docs/conventions.md "Parse at the edge"). Jobs not in the pipeline are left out; a job that `needs` one left
  * out is a config issue (it could never run). Order is topological, ties in file order, so a
  * build's jobs run in a stable, predictable order.
  */

@@ -1,7 +1,7 @@
 /**
  * Pure mapping from (JobSpec, resolved limits, runtime) to the dockerode create options of one
- * hardened job container. No I/O here; docker-runner.ts does the calls. Every isolation default
- * of ARCHITECTURE.md is set here and asserted by test/shared/runner/convert.test.ts.
+ * hardened job container. No I/O here; job-runner.ts does the calls. Every isolation default
+ * of docs/runner.md "Isolation defaults" is set here and asserted by test/shared/runner/convert.test.ts.
  *
  * The container's filesystem:
  *   /            image, read-only (ReadonlyRootfs)

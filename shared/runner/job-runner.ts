@@ -59,7 +59,7 @@ export interface JobRunnerOptions {
    * How a job's source gets into /workspace. 'mount' (default): written by this process into the
    * workspace filesystem, mounted on the host for a moment before the container exists (measured
    * here: jobs with a source run about as fast as jobs without one, 'archive' loses 20-35%
-   * of throughput, see scratch/src.ts); after MOUNT_FAILURES_BEFORE_ARCHIVE
+   * of throughput); after MOUNT_FAILURES_BEFORE_ARCHIVE
    * failed mounts in a row it falls back to 'archive' for good. 'archive': the engine's archive
    * API (putArchive into the created container).
    */

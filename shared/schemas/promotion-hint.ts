@@ -1,6 +1,7 @@
 /**
  * `PromotionHint`: the only thing the untrusted CI sends the trusted builder (`POST /v1/hints`),
- * HMAC-signed by `shared/hints/hint-auth.ts` (ARCHITECTURE principle 2, STYLE §5).
+ * HMAC-signed by `shared/hints/hint-auth.ts` (docs/architecture.md "The builder trusts nothing it
+ * is sent", docs/conventions.md "Parse at the edge").
  *
  * It carries identifiers only: which commit of which project's branch passed the gate, and the CI
  * run that says so. Never a compiled config, image, artifact or log: the builder re-derives every

@@ -1,6 +1,6 @@
 /**
  * The `artifactStore` section of a service's config, and the one place a concrete ArtifactStore is
- * chosen (STYLE §1: the composition root calls `createArtifactStore`, nothing else names a class).
+ * chosen (docs/conventions.md "Composition root": the composition root calls `createArtifactStore`, nothing else names a class).
  *
  *   artifactStore: { kind: fs, root: /var/lib/airlock/artifacts }
  *   artifactStore:

@@ -1,5 +1,5 @@
 /**
- * The ArtifactStore contract as a suite (STYLE §12, BullMQ's adapter conformance tests): every
+ * The ArtifactStore contract as a suite (docs/testing.md "Contract tier", after BullMQ's adapter conformance tests): every
  * implementation's test file calls `describeArtifactStoreContract`, so the fs store and the S3
  * store cannot drift apart. `make` returns a fresh, empty store per test and its cleanup.
  */

@@ -1,4 +1,4 @@
-/** The error catalogue, tested as data (STYLE §7, after fastify's test/internals/errors.test.js). */
+/** The error catalogue, tested as data (docs/conventions.md "The error catalogue", after fastify's test/internals/errors.test.js). */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { AirlockError, ERROR_CLASSES, formatIssues, isAirlockError, type Issue } from '#shared/errors.js';

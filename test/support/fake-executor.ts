@@ -1,5 +1,5 @@
 /**
- * FakeExecutor: an in-process `BuildExecutor` for the scheduler's model tier (STYLE §12, after
+ * FakeExecutor: an in-process `BuildExecutor` for the scheduler's model tier (docs/testing.md "Model tier", after
  * Zuul's `hold_jobs_in_build` and Woodpecker's dummy backend). It never touches git or Docker; what
  * each build does is scripted by the test, and every run is recorded.
  *

@@ -1,6 +1,6 @@
 /**
  * Image signatures and provenance, checked by the tools consumers use: the payload's exact shape
- * (../../shared/SIGNING.md), the binary one-pass signed message, the keys we refuse, the lookaside
+ * (docs/signing.md), the binary one-pass signed message, the keys we refuse, the lookaside
  * writer, and then real gpg 2.2 (`gpg --verify` of the provenance) and real skopeo 1.9
  * (`skopeo standalone-verify`), each with a temporary GNUPGHOME.
  */

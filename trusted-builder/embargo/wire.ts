@@ -1,5 +1,5 @@
 /**
- * The embargo lane's wire format (STYLE §5: the schemas alone, in one file). Both directions are
+ * The embargo lane's wire format (docs/conventions.md "Parse at the edge": the schemas alone, in one file). Both directions are
  * JSON inside OpenPGP; nothing about an embargo crosses the wire in clear.
  *
  * Request: `POST /v1/embargo`, body = one ASCII-armored OpenPGP message, encrypted to the builder's

@@ -1,7 +1,7 @@
 /**
  * Push an image from the local Docker engine to the private registry, and read back the manifest
  * digest the registry serves for it: the digest that the simple-signing signature names
- * (../shared/SIGNING.md), so it must be the `Docker-Content-Digest` of the schema-2 manifest we
+ * (docs/signing.md), so it must be the `Docker-Content-Digest` of the schema-2 manifest we
  * pushed, never a schema-1 conversion.
  *
  * Mechanism: `skopeo copy --format v2s2 docker-daemon:<image id> docker://<registry>/<repo>:<tag>`,

@@ -1,6 +1,6 @@
 /**
  * The builder's signing key: loaded from armored text (as the SecretStore hands it over), checked
- * against what gpg 2.2 and skopeo 1.9 accept (../../shared/SIGNING.md "Keys"), and wrapped so that
+ * against what gpg 2.2 and skopeo 1.9 accept (docs/signing.md "Keys"), and wrapped so that
  * the private key never leaves this module. Every signature made here is parsed back and verified
  * with the public key before it is returned: a signature that a consumer would reject is an
  * `InternalError` here, not a failed pull later.
@@ -128,7 +128,7 @@ async function keyIssues(key: openpgp.PrivateKey, now: Date, file: string): Prom
   return issues;
 }
 
-/** Why this algorithm is not one SIGNING.md established, or undefined when it is. */
+/** Why this algorithm is not one docs/signing.md "Keys" lists, or undefined when it is. */
 function algorithmProblem(info: openpgp.AlgorithmInfo): string | undefined {
   const { algorithm, curve, bits } = info as openpgp.AlgorithmInfo & { bits?: number };
   if (algorithm === 'eddsaLegacy' && curve === 'ed25519Legacy') return undefined;

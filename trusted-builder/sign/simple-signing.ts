@@ -1,6 +1,6 @@
 /**
  * Containers "simple signing" (containers/image `docs/containers-signature.5.md`; the facts this
- * machine established are in ../../shared/SIGNING.md): the JSON payload that names an image by
+ * machine established are in docs/signing.md): the JSON payload that names an image by
  * its fully expanded reference and manifest digest, the binary OpenPGP signed message around it,
  * and the lookaside tree where consumers fetch signatures from:
  *

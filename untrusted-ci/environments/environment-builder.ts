@@ -1,6 +1,6 @@
 /**
  * Project build environments: the image a project's jobs run in, built from the project's own
- * Dockerfile (ARCHITECTURE principle 3) within SRE's bounds from policies/environments.yaml.
+ * Dockerfile (docs/architecture.md "Environments come from the repository") within SRE's bounds from policies/environments.yaml.
  *
  * `ensure()` contract:
  * - The Dockerfile text is checked first (allowlisted base images, no downloads, no network

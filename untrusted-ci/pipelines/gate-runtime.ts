@@ -1,7 +1,7 @@
 /**
  * GateRuntime: the gate's I/O around the pure DependentPipelineManager. One per service.
  *
- * Event loop (STYLE §4): `post` queues events; one async loop drains them in batches, hands each
+ * Event loop (docs/conventions.md "One event loop"): `post` queues events; one async loop drains them in batches, hands each
  * batch to the model (results before triggers), saves the model's snapshot and the batch's merges
  * and reports in one transaction (GateStore), then carries out the effects:
  * - `prepare` → a gate build in the BuildStore (its change stack, its build set), run by the

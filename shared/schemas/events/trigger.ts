@@ -1,6 +1,6 @@
 /**
  * `TriggerEvent`: what a code-review source (Gerrit's webhooks, later GitLab, or airlock's own API)
- * tells the scheduler, once parsed at the edge (STYLE §5, §6). Every source adapter turns its wire
+ * tells the scheduler, once parsed at the edge (docs/conventions.md "Parse at the edge", "Webhooks"). Every source adapter turns its wire
  * format into one of these or into an `Ignored`; nothing past the edge sees the source's JSON.
  *
  * Every string in a TriggerEvent came from outside and will reach git command lines, file paths
@@ -189,7 +189,7 @@ export type TriggerEvent = z.infer<typeof TriggerEvent>;
 
 /**
  * A well-formed event that airlock does not act on (an event type it does not handle, a private
- * change, a Gerrit-internal ref). Answered 202 and logged, never an error (STYLE §6).
+ * change, a Gerrit-internal ref). Answered 202 and logged, never an error (docs/conventions.md "Webhooks").
  * `event` is the source's event type; `reason` is for the log.
  */
 export const Ignored = z.strictObject({

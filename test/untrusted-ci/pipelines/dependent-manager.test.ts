@@ -1,5 +1,5 @@
 /**
- * Model tier (STYLE §12): the gate and check managers driven directly with events, no simulator.
+ * Model tier (docs/testing.md "Model tier"): the gate and check managers driven directly with events, no simulator.
  * The scenarios follow Zuul's tests/unit/test_scheduler.py (each `it` names the Zuul test it
  * ports). `World` plays the rest of the system the way Zuul's test executor does: prepares are
  * answered at once (or held), builds are held until released (`executor.hold_jobs_in_build` /
@@ -619,7 +619,7 @@ describe('DependentPipelineManager (gate), after Zuul test_scheduler.py', () => 
     expect(w.reports('B')).toEqual([]);
   });
 
-  it('re-tests a conflicting item without the failed change it conflicted with (GATING §9, Rule 3)', () => {
+  it('re-tests a conflicting item without the failed change it conflicted with (docs/gate.md "Merge conflicts", rule 3)', () => {
     const w = World.gate();
     w.fail('test1', 'A');
     w.conflicts.push(['A', 'B']);

@@ -1,5 +1,5 @@
 /**
- * Scenario tier (STYLE §12): every folder under test/scenarios holds a scenario.yaml and the
+ * Scenario tier (docs/testing.md "Scenario tier"): every folder under test/scenarios holds a scenario.yaml and the
  * expected.json that `airlock gate-sim` must print for it. Each is also replayed with the manager
  * saved and restored (toJSON/fromJSON) after every batch, which must not change the outcome.
  * Set AIRLOCK_BLESS=1 to write expected.json from the current output (then review the diff).

@@ -1,5 +1,5 @@
 /**
- * The gate: Zuul's dependent pipeline manager (`zuul/manager/dependent.py`, GATING.md).
+ * The gate: Zuul's dependent pipeline manager (`zuul/manager/dependent.py`; docs/gate.md).
  *
  * - Queues: projects listed together in `queues` share one change queue; every other project has
  *   its own, named after it. A queue keeps its window for the life of the manager.

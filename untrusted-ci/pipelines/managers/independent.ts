@@ -1,6 +1,6 @@
 /**
  * The check pipeline: Zuul's independent pipeline manager (`zuul/manager/independent.py`,
- * GATING.md §2). Each enqueued change gets a queue of its own, with no window. The open changes it
+ * docs/gate.md "Check and gate"). Each enqueued change gets a queue of its own, with no window. The open changes it
  * needs (recursively, dependencies first) go ahead of it as non-live items, so it is tested on
  * branch tip + its dependencies + itself; they run nothing and are never reported. Nothing merges:
  * a finished item is reported SUCCESS or FAILURE (or the merge-conflict / config-error verdicts) and

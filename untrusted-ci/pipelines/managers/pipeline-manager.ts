@@ -1,5 +1,5 @@
 /**
- * PipelineManager: Zuul's queue processor over the pure model (GATING.md §4-§13), shared by the
+ * PipelineManager: Zuul's queue processor over the pure model (docs/gate.md "The queue processor"), shared by the
  * check (independent) and gate (dependent) managers, which override a few hooks.
  *
  * Contract:
@@ -50,7 +50,7 @@ export abstract class PipelineManager {
   protected abstract meetsRequirements(item: QueueItem, change: ChangeRecord | undefined): boolean;
   /** Why a live item's needs are no longer satisfied (a needed change left the queue unmerged), or null. */
   protected abstract missingNeeds(item: QueueItem, queue: ChangeQueue): string | null;
-  /** Whether a change the item needs sits in an item that is failing (the gate's Rule 5). */
+  /** Whether a change the item needs sits in an item that is failing (docs/gate.md "Failure and reset", rule 5). */
   protected abstract needsFailingItem(item: QueueItem, queue: ChangeQueue): boolean;
   /** The item reached the head with all jobs complete: report, submit or dequeue it. */
   protected abstract finish(item: QueueItem, queue: ChangeQueue, result: ReportResult, message: string): void;
@@ -272,7 +272,7 @@ export abstract class PipelineManager {
     let ahead = q.item(item.ahead) ?? null;
     if (ahead && !ahead.live) ahead = null;
 
-    // Requirements are re-read on every pass (GATING §16.7): approval, current patchset, needs.
+    // Requirements are re-read on every pass (docs/gate.md "Requirements are re-read"): approval, current patchset, needs.
     if (item.live) {
       const change = this.changes.get(item.change);
       const unmet = !this.meetsRequirements(item, change);
@@ -414,7 +414,7 @@ export abstract class PipelineManager {
     this.effects.push({ type: 'build-set-ended', buildSet: bs.toJSON() });
   }
 
-  /** Zuul `_reportItem`'s choice of action (GATING §13). */
+  /** Zuul `_reportItem`'s choice of action (docs/gate.md "Reporting"). */
   private verdict(bs: BuildSet): { result: ReportResult; message: string } {
     if (bs.configError !== null) return { result: 'CONFIG_ERROR', message: `invalid configuration: ${bs.configError}` };
     if (bs.unableToMerge !== null) return { result: 'MERGE_CONFLICT', message: `merge failed: ${bs.unableToMerge}` };

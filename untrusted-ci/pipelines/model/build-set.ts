@@ -1,6 +1,6 @@
 /**
  * One attempt at testing a queue item against one speculative state (Zuul's `BuildSet`,
- * GATING.md §5). The state is fixed the first time the item is prepared: the changes of every item
+ * docs/gate.md "Speculative state"). The state is fixed the first time the item is prepared: the changes of every item
  * from the root of its tree down to the item itself. A reset throws the build set away and starts a
  * new one; results never carry over from another state.
  *

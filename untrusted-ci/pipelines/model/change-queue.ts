@@ -1,5 +1,5 @@
 /**
- * A change queue (Zuul's `ChangeQueue`, GATING.md §1, §16.1): an ordered list of items plus a tree
+ * A change queue (Zuul's `ChangeQueue`, docs/gate.md "Vocabulary"): an ordered list of items plus a tree
  * over them. The list (enqueue order) drives processing order and the window; the tree (`ahead`
  * pointers) decides what each item is tested on top of. Re-parenting (`moveItem`) changes only the
  * tree, never the list.

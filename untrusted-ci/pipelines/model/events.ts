@@ -1,5 +1,5 @@
 /**
- * What drives a pipeline manager and what it asks of the world (STYLE §4).
+ * What drives a pipeline manager and what it asks of the world (docs/conventions.md "One event loop").
  *
  * Events in: *results* (a prepare, a build or a submit came back) and *triggers* (facts about a
  * change, a request to enqueue it, an abandon). A manager applies a batch's results before its

@@ -1,5 +1,5 @@
 /**
- * One entry of a change queue (Zuul's `QueueItem`, GATING.md §1): a change at one patchset, its
+ * One entry of a change queue (Zuul's `QueueItem`, docs/gate.md "Vocabulary"): a change at one patchset, its
  * place in the queue's tree (`ahead`: the item whose state it is tested on top of; null at the root)
  * and its current build set. A non-live item only lends its change to the state of the items
  * behind it (the check pipeline's dependencies): it runs nothing and is never reported.

@@ -1,6 +1,6 @@
 /**
  * The active window of a dependent (gate) change queue, as Zuul's `ChangeQueue` keeps it
- * (model.py `increaseWindowSize` / `decreaseWindowSize`, GATING.md §11): only the first `window`
+ * (model.py `increaseWindowSize` / `decreaseWindowSize`, docs/gate.md "The window"): only the first `window`
  * items of the queue's list prepare and start builds. It grows by `increase` (linear) after a change
  * really merged and shrinks by `decreaseFactor` (exponential) after an item did not succeed, never
  * below `floor` nor above `ceiling`. Window 0 means unlimited and never changes.

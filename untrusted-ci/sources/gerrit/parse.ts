@@ -1,5 +1,5 @@
 /**
- * The pure half of the Gerrit webhook (STYLE §6, after Woodpecker's parseHookPayload): raw body
+ * The pure half of the Gerrit webhook (docs/conventions.md "Webhooks", after Woodpecker's parseHookPayload): raw body
  * bytes in, a validated `TriggerEvent` or a typed `Ignored` out. The fastify route checks the
  * signature over the same bytes first (verify.ts) and answers an `Ignored` with 202.
  *

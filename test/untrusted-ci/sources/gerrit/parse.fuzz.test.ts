@@ -1,7 +1,7 @@
 /**
  * Property: whatever bytes arrive, parseGerritEvent returns a value that its published schema
  * accepts, or throws an AirlockError (InvalidInputError, PayloadTooLargeError); never a TypeError,
- * RangeError or a half-validated object. Seeded from the real payloads (STYLE §6, after
+ * RangeError or a half-validated object. Seeded from the real payloads (docs/conventions.md "Webhooks", after
  * Woodpecker's fuzz_test.go), mutated with arbitrary JSON, odd keys, random bytes and deep nesting.
  */
 import { readFileSync, readdirSync } from 'node:fs';

@@ -9,6 +9,11 @@
 # Safe to run again and again: every step checks before it acts. Exits non-zero with a
 # plain message when it cannot finish, rather than leaving a half-set-up machine silently.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  '') ;;
+  *) printf '%s: unknown argument %s (it takes none; --help says what it does)\n' "bootstrap" "$1" >&2; exit 2 ;;
+esac
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }

@@ -27,10 +27,28 @@ export function dashboardSecret(username: string, password: string, rounds = DAS
 }
 
 if (process.argv[1]?.endsWith('dashboard-password.ts')) {
-  const { values } = parseArgs({ options: { username: { type: 'string' }, out: { type: 'string' }, rounds: { type: 'string', default: String(DASHBOARD_BCRYPT_ROUNDS) } } });
+  const usage = `usage: printf %s "$PASSWORD" | npx tsx scripts/dashboard-password.ts --username NAME [--out FILE] [--rounds 4-31]
+       npx tsx scripts/dashboard-password.ts --username NAME [--out FILE]     (no stdin: a random password, shown once)
+
+Makes the login of the trusted builder's page (/ui): the value of the secret at builder.dashboard of
+policies/secrets.yaml, {"username", "passwordBcrypt"}. Written to FILE (0600) or stdout. File
+SecretStore: <dir>/airlock/builder-dashboard.json; Vault (KV v2):
+vault kv put secret/airlock/builder-dashboard @FILE. The builder reads it at start.
+`;
+  let values: { username?: string | undefined; out?: string | undefined; rounds?: string | undefined; help?: boolean | undefined };
+  try {
+    ({ values } = parseArgs({ options: { username: { type: 'string' }, out: { type: 'string' }, rounds: { type: 'string', default: String(DASHBOARD_BCRYPT_ROUNDS) }, help: { type: 'boolean', short: 'h', default: false } } }));
+  } catch (e) {
+    process.stderr.write(`dashboard-password: ${e instanceof Error ? e.message : String(e)}\n${usage}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(usage);
+    process.exit(0);
+  }
   const rounds = Number(values.rounds);
   if (!values.username || !Number.isInteger(rounds) || rounds < 4 || rounds > 31) {
-    process.stderr.write('usage: printf %s "$PASSWORD" | tsx scripts/dashboard-password.ts --username NAME [--out FILE] [--rounds 4-31]\n');
+    process.stderr.write(usage);
     process.exit(2);
   }
   let password: string;

@@ -1,20 +1,9 @@
 // Make the trusted builder's image-signing key, the kind docs/signing.md "Keys" says gpg 2.2 and
 // skopeo 1.9 accept: a v4 ed25519Legacy key whose primary is the only (signing) key, no expiry,
 // created a few minutes in the past so that a verifier whose clock is slightly behind still imports it.
-//
-//   AIRLOCK_SIGNING_KEY_PASSPHRASE=… npx tsx scripts/make-signing-key.ts --out DIR [--name N] [--email E]
-//
-// Writes DIR/signing-key.asc (armored private key, 0600, passphrase-protected when the variable is
-// set) and DIR/signing-key.pub.asc (the public key consumers put in their policy.json); never
-// overwrites. The passphrase is read from the environment so that it never appears in `ps`.
-// Put the private key into the SecretStore and delete the file.
-//
-//   AIRLOCK_EMBARGO_KEY_PASSPHRASE=… npx tsx scripts/make-signing-key.ts --embargo --out DIR
-//
-// makes the embargo lane's key instead (trusted-builder/embargo/embargo-key.ts): an ed25519 primary
-// that signs the builder's answers and sealed files, with a cv25519 subkey the security team
-// encrypts requests to; DIR/embargo-key.asc goes into the SecretStore at `builder.embargoKey`
-// (`{armored, passphrase?}`), DIR/embargo-key.pub.asc to the team (their `--builder-key`).
+// `--embargo` makes the embargo lane's key instead (trusted-builder/embargo/embargo-key.ts): an
+// ed25519 primary that signs the builder's answers and sealed files, with a cv25519 subkey the
+// security team encrypts requests to. `--help` says how to use it and where each file goes.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -65,29 +54,71 @@ async function generate(opts: KeyOptions, kind: { curve: 'ed25519Legacy' | 'curv
   return { privateArmored: privateKey.armor(), publicArmored: publicKey.armor(), fingerprint: privateKey.getFingerprint().toUpperCase() };
 }
 
+/** What `--help` prints, and the usage line on a mistake. */
+export const USAGE = `usage: AIRLOCK_SIGNING_KEY_PASSPHRASE=… npx tsx scripts/make-signing-key.ts --out DIR [--name N] [--email E]
+       AIRLOCK_EMBARGO_KEY_PASSPHRASE=… npx tsx scripts/make-signing-key.ts --embargo --out DIR [--name N] [--email E]
+
+Makes the trusted builder's image-signing key (or, with --embargo, the embargo lane's key) in DIR,
+never overwriting a file there. The passphrase comes from the environment variable, so that it never
+appears in \`ps\`; without it the private key is written unprotected (a warning says so).
+
+  DIR/signing-key.json     the secret's value, {"armored", "passphrase"?} (mode 0600): put it into the
+                           SecretStore at builder.signingKey of policies/secrets.yaml (airlock/signing-key):
+                           file store: <dir>/airlock/signing-key.json; Vault (KV v2):
+                           vault kv put secret/airlock/signing-key @DIR/signing-key.json
+                           then delete DIR/signing-key.json and DIR/signing-key.asc
+  DIR/signing-key.asc      the armored private key alone (mode 0600), for gpg
+  DIR/signing-key.pub.asc  the public key: consumers name it in policy.json (docs/signing.md)
+
+With --embargo the files are embargo-key.*: the secret goes to builder.embargoKey (airlock/embargo-key;
+the lane is on when that secret exists) and embargo-key.pub.asc to the security team (their
+--builder-key; docs/security-team.md).
+
+Prints the key's fingerprint. Exit 0 done, 2 a usage mistake, 1 anything else.
+`;
+
+/** The SecretStore value of a key: what the builder reads at builder.signingKey / builder.embargoKey. */
+export function secretValue(privateArmored: string, passphrase: string | undefined): { armored: string; passphrase?: string } {
+  return { armored: privateArmored, ...(passphrase ? { passphrase } : {}) };
+}
+
+function usageError(message: string): never {
+  process.stderr.write(`make-signing-key: ${message}\n${USAGE}`);
+  process.exit(2);
+}
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      out: { type: 'string' },
-      embargo: { type: 'boolean', default: false },
-      name: { type: 'string' },
-      email: { type: 'string' },
-    },
-  });
+  let values: { out?: string | undefined; embargo?: boolean | undefined; name?: string | undefined; email?: string | undefined; help?: boolean | undefined };
+  try {
+    ({ values } = parseArgs({
+      options: {
+        out: { type: 'string' },
+        embargo: { type: 'boolean', default: false },
+        name: { type: 'string' },
+        email: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (e) {
+    usageError(e instanceof Error ? e.message : String(e));
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const kind = values.embargo
     ? { file: 'embargo-key', env: 'AIRLOCK_EMBARGO_KEY_PASSPHRASE', name: 'airlock trusted builder (embargo)', email: 'embargo@airlock.invalid', make: generateEmbargoKey }
     : { file: 'signing-key', env: 'AIRLOCK_SIGNING_KEY_PASSPHRASE', name: 'airlock trusted builder', email: 'builder@airlock.invalid', make: generateSigningKey };
-  if (!values.out) {
-    process.stderr.write('usage: AIRLOCK_SIGNING_KEY_PASSPHRASE=… tsx scripts/make-signing-key.ts --out DIR [--name N] [--email E]\n');
-    process.stderr.write('       AIRLOCK_EMBARGO_KEY_PASSPHRASE=… tsx scripts/make-signing-key.ts --embargo --out DIR [--name N] [--email E]\n');
-    process.exit(2);
-  }
+  if (!values.out) usageError('--out DIR is required');
   const passphrase = process.env[kind.env];
   if (!passphrase) process.stderr.write(`warning: ${kind.env} is not set: the private key is written unprotected\n`);
   const key = await kind.make({ name: values.name ?? kind.name, email: values.email ?? kind.email, ...(passphrase ? { passphrase } : {}) });
   mkdirSync(values.out, { recursive: true });
+  // The JSON first: `wx` refuses an existing file, so a second run changes nothing at all.
+  writeFileSync(join(values.out, `${kind.file}.json`), `${JSON.stringify(secretValue(key.privateArmored, passphrase))}\n`, { mode: 0o600, flag: 'wx' });
   writeFileSync(join(values.out, `${kind.file}.asc`), key.privateArmored, { mode: 0o600, flag: 'wx' });
   writeFileSync(join(values.out, `${kind.file}.pub.asc`), key.publicArmored, { mode: 0o644, flag: 'wx' });
+  process.stderr.write(`wrote ${join(values.out, `${kind.file}.json`)} (the SecretStore value), ${kind.file}.asc and ${kind.file}.pub.asc\n`);
   process.stdout.write(`${key.fingerprint}\n`);
 }
 

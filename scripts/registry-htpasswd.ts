@@ -68,9 +68,21 @@ export function ensureRegistryCredentials(credentialsFile: string, htpasswdFile:
 }
 
 if (process.argv[1]?.endsWith('registry-htpasswd.ts')) {
-  const [credentialsFile, htpasswdFile, username] = process.argv.slice(2);
-  if (!credentialsFile || !htpasswdFile || !username) {
-    process.stderr.write('usage: tsx scripts/registry-htpasswd.ts CREDENTIALS_JSON HTPASSWD USERNAME\n');
+  const usage = `usage: npx tsx scripts/registry-htpasswd.ts CREDENTIALS_JSON HTPASSWD USERNAME
+
+Run by scripts/bootstrap.sh. Creates CREDENTIALS_JSON ({"username","password"}, 0600, a random
+password) when it is missing, never rewrites it, and rewrites the registry's HTPASSWD file only when
+it does not hold a bcrypt hash of exactly that user and password. Prints "changed" (restart the
+registry) or "unchanged".
+`;
+  const args = process.argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(usage);
+    process.exit(0);
+  }
+  const [credentialsFile, htpasswdFile, username] = args;
+  if (!credentialsFile || !htpasswdFile || !username || args.length !== 3) {
+    process.stderr.write(usage);
     process.exit(2);
   }
   process.stdout.write(ensureRegistryCredentials(credentialsFile, htpasswdFile, username) ? 'changed\n' : 'unchanged\n');

@@ -3,6 +3,7 @@
  * InvalidInputError naming the file and every problem. Validation is the caller's schema.
  */
 import { readFileSync } from 'node:fs';
+import { basename, isAbsolute } from 'node:path';
 import { InvalidInputError } from './errors.js';
 import { parseYaml } from './yaml.js';
 
@@ -16,4 +17,16 @@ export function readConfigFile(file: string): unknown {
   const y = parseYaml(text, file);
   if (y.issues.length > 0) throw new InvalidInputError(y.issues);
   return y.value;
+}
+
+/**
+ * For an error about a path written in a config file: what a relative one was resolved against
+ * (the config file's directory), so that a path that exists in the operator's shell but not beside
+ * the config reads as what it is. `given` undefined: the path was the schema's default. An absolute
+ * path needs no note ('').
+ */
+export function resolvedNote(given: string | undefined, baseDir: string, configFile: string): string {
+  if (given !== undefined && isAbsolute(given)) return '';
+  const what = given === undefined ? 'the default, a relative path,' : `the relative path ${JSON.stringify(given)}`;
+  return ` (${what} resolves against ${baseDir}, the directory of ${basename(configFile)}; write an absolute path to use another)`;
 }

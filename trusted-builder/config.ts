@@ -4,11 +4,13 @@
  * strict schema (every problem listed), deep-frozen and handed to constructors. No secret is in
  * this file: secrets come from the SecretStore it names (Vault, or a directory of 0600 files).
  */
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { deepFreeze } from '#shared/deep-freeze.js';
-import { readConfigFile } from '#shared/config-file.js';
+import { readConfigFile, resolvedNote } from '#shared/config-file.js';
 import { z } from 'zod';
-import { InvalidInputError } from '#shared/errors.js';
+import { InvalidInputError, type Issue } from '#shared/errors.js';
 import { zodIssues } from '#shared/schemas/issues.js';
 
 const FileSecrets = z.strictObject({ kind: z.literal('file'), dir: z.string().min(1) });
@@ -70,6 +72,53 @@ export function buildBuilderConfig(input: unknown, file: string, baseDir = proce
   return deepFreeze(c);
 }
 
+/** The policies this checkout ships, named in the message when a configured one is missing. */
+const SHIPPED_POLICIES = fileURLToPath(new URL('../policies/', import.meta.url));
+
+/**
+ * Read, validate and check `file`: every path it names (or defaults to) that the builder reads at
+ * start must exist, or the error names the path, what it was resolved against, and the fix.
+ */
 export function loadBuilderConfig(file: string): Readonly<BuilderConfig> {
-  return buildBuilderConfig(readConfigFile(file), file, dirname(resolve(file)));
+  const raw = readConfigFile(file);
+  const baseDir = dirname(resolve(file));
+  const config = buildBuilderConfig(raw, file, baseDir);
+  const issues = pathProblems(config, raw, file, baseDir);
+  if (issues.length > 0) throw new InvalidInputError(issues);
+  return config;
+}
+
+function pathProblems(c: Readonly<BuilderConfig>, raw: unknown, file: string, baseDir: string): Issue[] {
+  const given = (path: readonly string[]): string | undefined => {
+    let at: unknown = raw;
+    for (const k of path) at = at !== null && typeof at === 'object' ? (at as Record<string, unknown>)[k] : undefined;
+    return typeof at === 'string' ? at : undefined;
+  };
+  const issues: Issue[] = [];
+  const check = (path: readonly string[], resolved: string, kind: 'file' | 'directory', optional = false): void => {
+    const written = given(path);
+    if (optional && written === undefined) return;
+    let problem: string | undefined;
+    if (!existsSync(resolved)) problem = 'does not exist';
+    else if (kind === 'directory' && !statSync(resolved).isDirectory()) problem = 'is not a directory';
+    else if (kind === 'file' && !statSync(resolved).isFile()) problem = 'is not a file';
+    if (!problem) return;
+    let message = `${resolved} ${problem}${resolvedNote(written, baseDir, file)}`;
+    if (path[0] === 'policies') {
+      const shipped = join(SHIPPED_POLICIES, resolved.slice(resolved.lastIndexOf('/') + 1));
+      if (existsSync(shipped)) message += `; the shipped one is ${shipped}`;
+    }
+    issues.push({ file, path: path.join('.'), message, severity: 'error' });
+  };
+  check(['policies', 'promotion'], c.policies.promotion, 'file');
+  check(['policies', 'secrets'], c.policies.secrets, 'file');
+  if (c.policies.job) check(['policies', 'job'], c.policies.job, 'file');
+  // Read only when the embargo lane is on (its key is in the SecretStore): checked when written.
+  check(['policies', 'securityTeam'], c.policies.securityTeam, 'directory', true);
+  if (c.secrets.kind === 'file') check(['secrets', 'dir'], c.secrets.dir, 'directory');
+  else {
+    check(['secrets', 'roleIdFile'], c.secrets.roleIdFile, 'file');
+    check(['secrets', 'secretIdFile'], c.secrets.secretIdFile, 'file');
+  }
+  return issues;
 }

@@ -9,10 +9,10 @@
  * to us; the review account may vote Verified and ask for a submit, which the review system's own
  * rules decide.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { deepFreeze } from '#shared/deep-freeze.js';
-import { readConfigFile } from '#shared/config-file.js';
+import { readConfigFile, resolvedNote } from '#shared/config-file.js';
 import { z } from 'zod';
 import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
 import { InvalidInputError, type Issue } from '#shared/errors.js';
@@ -216,10 +216,11 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
       if (trimmed.length < 16) issues.push({ file, path: at, message: 'the secret must be at least 16 bytes', severity: 'error' });
       return trimmed;
     } catch (e) {
-      issues.push({ file, path: at, message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, severity: 'error' });
+      issues.push({ file, path: at, message: `cannot read ${abs(path)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}${resolvedNote(path, baseDir, file)}`, severity: 'error' });
       return undefined;
     }
   };
+
   const inQueue = new Map<string, string>();
   for (const [q, ps] of Object.entries(config.gate.queues)) {
     for (const p of ps) {
@@ -242,14 +243,15 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   const hintSecret = config.hints ? readSecret(config.hints.secretFile, 'hints.secretFile') : undefined;
   let reviewCredentials: { username: string; password: string } | undefined;
   if (config.review) {
-    config.review.credentialsFile = abs(config.review.credentialsFile);
+    const written = config.review.credentialsFile;
+    config.review.credentialsFile = abs(written);
     try {
       const parsed = Credentials.safeParse(JSON.parse(readFileSync(config.review.credentialsFile, 'utf8')) as unknown);
       if (parsed.success) reviewCredentials = parsed.data;
       else issues.push({ file, path: 'review.credentialsFile', message: 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      issues.push({ file, path: 'review.credentialsFile', message: code ? `cannot read: ${code}` : 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
+      issues.push({ file, path: 'review.credentialsFile', message: code ? `cannot read ${config.review.credentialsFile}: ${code}${resolvedNote(written, baseDir, file)}` : 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
     }
   }
   if (issues.length > 0) throw new InvalidInputError(issues);
@@ -269,6 +271,22 @@ function isLoopback(host: string): boolean {
 }
 
 /** Read and validate the config file. */
+/**
+ * Read, validate and check `file`: a policy file it names must exist, or the error names the path,
+ * what a relative one was resolved against, and the fix.
+ */
 export function loadCiConfig(file: string): LoadedCiConfig {
-  return buildCiConfig(readConfigFile(file), file, dirname(resolve(file)));
+  const raw = readConfigFile(file);
+  const baseDir = dirname(resolve(file));
+  const loaded = buildCiConfig(raw, file, baseDir);
+  const written = CiConfig.shape.policies.safeParse((raw as { policies?: unknown }).policies);
+  const issues: Issue[] = [];
+  for (const k of ['job', 'environments', 'retention'] as const) {
+    const p = loaded.config.policies[k];
+    if (p && !(existsSync(p) && statSync(p).isFile())) {
+      issues.push({ file, path: `policies.${k}`, message: `${p} is not a readable file${resolvedNote(written.success ? written.data[k] : undefined, baseDir, file)}`, severity: 'error' });
+    }
+  }
+  if (issues.length > 0) throw new InvalidInputError(issues);
+  return loaded;
 }

@@ -1,6 +1,7 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidInputError, PolicyInvalidError } from '#shared/errors.js';
 import { buildBuilderConfig, loadBuilderConfig } from '../../trusted-builder/config.js';
@@ -14,11 +15,39 @@ describe('builder config', () => {
   it('fills defaults, resolves paths against the file, and freezes', () => {
     const file = join(dir, 'builder.yaml');
     writeFileSync(file, 'version: 1\ndataDir: data\nsecrets: {kind: file, dir: secrets}\n');
+    mkdirSync(join(dir, 'policies'), { recursive: true });
+    mkdirSync(join(dir, 'secrets'), { recursive: true });
+    for (const f of ['promotion.yaml', 'secrets.yaml']) writeFileSync(join(dir, 'policies', f), '');
     const c = loadBuilderConfig(file);
     expect(c).toMatchObject({ listen: { host: '127.0.0.1', port: 8090 }, dataDir: join(dir, 'data'), secrets: { kind: 'file', dir: join(dir, 'secrets') }, pollEveryMs: 0 });
     expect(c.policies.promotion).toBe(join(dir, 'policies/promotion.yaml'));
     expect(c.policies.securityTeam).toBe(join(dir, 'policies/security-team'));
     expect(Object.isFrozen(c.secrets)).toBe(true);
+  });
+
+  it('names a path that does not exist with what it was resolved against, and the shipped policy', () => {
+    const at = mkdtempSync(join(tmpdir(), 'airlock-builder-paths-'));
+    try {
+      const file = join(at, 'builder.yaml');
+      writeFileSync(file, `version: 1\ndataDir: data\npolicies: {secrets: ${JSON.stringify(join(at, 'nowhere.yaml'))}, securityTeam: team}\nsecrets: {kind: vault, address: "https://vault.example:8200", roleIdFile: role, secretIdFile: ${JSON.stringify(join(at, 'secret-id'))}}\n`);
+      writeFileSync(join(at, 'role'), 'x');
+      let thrown: unknown;
+      try {
+        loadBuilderConfig(file);
+      } catch (e) {
+        thrown = e;
+      }
+      expect(thrown).toBeInstanceOf(InvalidInputError);
+      const shipped = fileURLToPath(new URL('../../policies/promotion.yaml', import.meta.url));
+      expect((thrown as InvalidInputError).issues.map((i) => [i.path, i.message])).toEqual([
+        ['policies.promotion', `${join(at, 'policies/promotion.yaml')} does not exist (the default, a relative path, resolves against ${at}, the directory of builder.yaml; write an absolute path to use another); the shipped one is ${shipped}`],
+        ['policies.secrets', `${join(at, 'nowhere.yaml')} does not exist`],
+        ['policies.securityTeam', `${join(at, 'team')} does not exist (the relative path "team" resolves against ${at}, the directory of builder.yaml; write an absolute path to use another)`],
+        ['secrets.secretIdFile', `${join(at, 'secret-id')} does not exist`],
+      ]);
+    } finally {
+      rmSync(at, { recursive: true, force: true });
+    }
   });
 
   it('lists every problem', () => {

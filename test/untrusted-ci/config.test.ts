@@ -133,7 +133,12 @@ describe('buildCiConfig', () => {
     const e = thrown as InvalidInputError;
     expect(e.issues).toEqual([
       { file: 'ci.yaml', path: 'webhooks.gerritSecretFile', message: 'the secret must be at least 16 bytes', severity: 'error' },
-      { file: 'ci.yaml', path: 'api.tokenFile', message: 'cannot read: ENOENT', severity: 'error' },
+      {
+        file: 'ci.yaml',
+        path: 'api.tokenFile',
+        message: `cannot read ${join(dir, 'absent')}: ENOENT (the relative path "absent" resolves against ${dir}, the directory of ci.yaml; write an absolute path to use another)`,
+        severity: 'error',
+      },
     ]);
     expect(e.message).not.toContain('hunter2');
     expect(JSON.stringify(e.toWire())).not.toContain('hunter2');
@@ -199,6 +204,19 @@ describe('loadCiConfig', () => {
     const { config } = loadCiConfig(file);
     expect(config.dataDir).toBe(join(dir, 'data'));
     expect(config.slots).toBe(4);
+  });
+
+  it('names a policy file that does not exist with what it was resolved against', () => {
+    const at = mkdtempSync(join(tmpdir(), 'airlock-ci-paths-'));
+    try {
+      const file = join(at, 'ci.yaml');
+      writeFileSync(file, 'version: 1\ndataDir: data\npolicies: {job: policies/untrusted-job.yaml}\n');
+      expect(() => loadCiConfig(file)).toThrow(
+        `ci.yaml: policies.job: ${join(at, 'policies/untrusted-job.yaml')} is not a readable file (the relative path "policies/untrusted-job.yaml" resolves against ${at}, the directory of ci.yaml; write an absolute path to use another)`,
+      );
+    } finally {
+      rmSync(at, { recursive: true, force: true });
+    }
   });
 
   it('names the file in every issue, and refuses a file that cannot be read', () => {

@@ -162,9 +162,9 @@ async function publish(signatures: Uint8Array[], repository = 'team/app'): Promi
 }
 
 /** `skopeo copy` from the registry to a fresh dir: under the consumer policy. */
-async function pull(registriesD: string, repo = 'team/app:t1'): Promise<RunResult & { out: string }> {
+async function pull(registriesD: string, repo = 'team/app:t1', policy = policyFile): Promise<RunResult & { out: string }> {
   const out = join(work, `pull-${++caseSeq}`);
-  const r = await run('skopeo', ['--policy', policyFile, '--registries.d', registriesD, 'copy', '--src-tls-verify=false', `docker://${host}/${repo}`, `dir:${out}`]);
+  const r = await run('skopeo', ['--policy', policy, '--registries.d', registriesD, 'copy', '--src-tls-verify=false', `docker://${host}/${repo}`, `dir:${out}`]);
   return { ...r, out };
 }
 
@@ -227,5 +227,31 @@ describe('a consumer with the shipped policy', () => {
     const r = await pull(await publish([await signatureFor(other, `${host}/team/app:t1`)]));
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('Invalid GPG signature');
+  });
+});
+
+describe('rotating the signing key (docs/deploy.md "Rotating the signing key")', () => {
+  it('accepts either key while the keyPath file holds both public keys, and only the new one after', async () => {
+    const both = join(work, 'rotation.pub.asc');
+    writeFileSync(both, key.publicArmored + other.publicArmored);
+    const policy = JSON.parse(readFileSync(policyFile, 'utf8')) as { transports: { docker: Record<string, [{ keyPath: string }]> } };
+    policy.transports.docker[host]![0].keyPath = both;
+    const overlap = join(work, 'policy-overlap.json');
+    writeFileSync(overlap, JSON.stringify(policy));
+    for (const signer of [key, other]) {
+      const r = await pull(await publish([await signatureFor(signer, `${host}/team/app:t1`)]), 'team/app:t1', overlap);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // After the overlap: the new key alone; what only the old key signed is refused.
+    const next = join(work, 'rotation-new.pub.asc');
+    writeFileSync(next, other.publicArmored);
+    policy.transports.docker[host]![0].keyPath = next;
+    const after = join(work, 'policy-after.json');
+    writeFileSync(after, JSON.stringify(policy));
+    const old = await pull(await publish([await signatureFor(key, `${host}/team/app:t1`)]), 'team/app:t1', after);
+    expect(old.code).not.toBe(0);
+    expect(old.stderr).toContain('Invalid GPG signature');
+    const renewed = await pull(await publish([await signatureFor(other, `${host}/team/app:t1`)]), 'team/app:t1', after);
+    expect(renewed.code, renewed.stderr).toBe(0);
   });
 });

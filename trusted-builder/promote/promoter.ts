@@ -38,11 +38,9 @@ import type { Logger } from '#shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '#shared/repo-config/airlock-yaml.js';
 import { RepoPath } from '#shared/schemas/airlock-yaml.js';
 import { compileJobs } from '#shared/repo-config/compile-jobs.js';
-import type { RunOptions } from '#shared/runner/job-runner.js';
+import { runJobPlan, type JobRunnerPort } from '#shared/runner/job-plan.js';
 import type { SecretFile } from '#shared/runner/secret-files.js';
-import type { JobResult } from '#shared/runner/result.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
-import type { JobSpec } from '#shared/schemas/job-spec.js';
 import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
 import type { AuditKind, AuditLog, JsonValue } from '../audit/audit-log.js';
@@ -68,12 +66,6 @@ export const PublishSection = z.strictObject({
   /** The build context (a directory of the repository). */
   context: RepoPath.default('.'),
 });
-
-export interface JobRunnerPort {
-  run(spec: JobSpec, opts: RunOptions): Promise<JobResult>;
-  /** Resolves once the containers and workspaces of finished jobs are gone. */
-  drain?(): Promise<void>;
-}
 
 export interface PromoterDeps {
   docker: Docker;
@@ -406,33 +398,29 @@ export class Promoter implements HintSink {
       vars: { project: project.name, branch: l.branch, change: commit.slice(0, 12), patchset: 1, commit },
     });
     if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
-    const states = new Map<string, boolean>();
-    for (const [index, job] of compiled.jobs.entries()) {
-      if (job.needs.some((n) => states.get(n) !== true)) {
-        states.set(job.name, false);
-        continue;
-      }
-      const chunks: Buffer[] = [];
-      const secretFiles = await this.grantedFiles(project.name, commit, job.name, job.spec.command, l.private !== undefined);
-      // A private lane's job names come from patched config: they stay out of container names.
-      const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
-      // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
-      const artifactsDir = join(work, 'artifacts', String(index));
-      if (job.spec.artifacts.length > 0) await mkdir(artifactsDir, { recursive: true, mode: 0o700 });
-      const r = await d.runner.run(
-        { ...job.spec, id },
-        { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(job.spec.artifacts.length > 0 ? { artifactsDir } : {}), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
-      );
-      const data = Buffer.concat(chunks);
-      logs.push({ name: `log of ${job.name}`, data });
-      for (const a of r.artifacts) logs.push({ name: `artifact ${a.path} of ${job.name}`, data: createReadStream(join(artifactsDir, a.path)) });
-      await l.private?.onJobLog(job.name, data, r.passed);
-      states.set(job.name, r.passed);
-      // A step that held secrets controls its own result: it could spell them out in its exit code.
-      // The public provenance says the step ran, not how it ended (a voting failure still stops all).
-      steps.push({ name: `test:${job.name}`, command: job.spec.command, ...(secretFiles.length > 0 ? {} : { exitCode: r.exitCode ?? -1 }) });
-    }
-    const failed = compiled.jobs.filter((j) => j.voting && states.get(j.name) !== true).map((j) => j.name);
+    const { failedVoting: failed } = await runJobPlan(compiled.jobs, {
+      run: async (job, index) => {
+        const chunks: Buffer[] = [];
+        const secretFiles = await this.grantedFiles(project.name, commit, job.name, job.spec.command, l.private !== undefined);
+        // A private lane's job names come from patched config: they stay out of container names.
+        const id = l.private ? `private-${randomUUID().slice(0, 12)}-${index}` : `trusted-${randomUUID().slice(0, 12)}-${job.name}`;
+        // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
+        const artifactsDir = join(work, 'artifacts', String(index));
+        if (job.spec.artifacts.length > 0) await mkdir(artifactsDir, { recursive: true, mode: 0o700 });
+        const r = await d.runner.run(
+          { ...job.spec, id },
+          { source: { tar: source }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(job.spec.artifacts.length > 0 ? { artifactsDir } : {}), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
+        );
+        const data = Buffer.concat(chunks);
+        logs.push({ name: `log of ${job.name}`, data });
+        for (const a of r.artifacts) logs.push({ name: `artifact ${a.path} of ${job.name}`, data: createReadStream(join(artifactsDir, a.path)) });
+        await l.private?.onJobLog(job.name, data, r.passed);
+        // A step that held secrets controls its own result: it could spell them out in its exit code.
+        // The public provenance says the step ran, not how it ended (a voting failure still stops all).
+        steps.push({ name: `test:${job.name}`, command: job.spec.command, ...(secretFiles.length > 0 ? {} : { exitCode: r.exitCode ?? -1 }) });
+        return r.passed ? 'passed' : 'failed';
+      },
+    });
     if (failed.length > 0) {
       await l.audit?.('tests-failed', { jobs: failed });
       throw new Stop('failed', 'tests', `tests failed on the trusted rebuild: ${failed.join(', ')}`);

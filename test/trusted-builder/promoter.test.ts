@@ -17,11 +17,7 @@ import Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
-import type { JobRunnerPort } from '#shared/runner/job-plan.js';
-import type { RunOptions } from '#shared/runner/job-runner.js';
-import type { JobResult } from '#shared/runner/result.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
-import type { JobSpec } from '#shared/schemas/job-spec.js';
 import { generateSigningKey } from '../../scripts/make-signing-key.js';
 import { AuditLog, type AuditRecord } from '../../trusted-builder/audit/audit-log.js';
 import { parsePromotionPolicy } from '../../trusted-builder/policy/promotion.js';
@@ -33,6 +29,7 @@ import { Stop, type Lane } from '../../trusted-builder/promote/stages/lane.js';
 import type { SecretStore, SecretValue } from '../../trusted-builder/secrets/secret-store.js';
 import { loadSigningKey, type SigningKey } from '../../trusted-builder/sign/signer.js';
 import { SourceVerifier } from '../../trusted-builder/verify/source.js';
+import { FakeRunner } from '../support/fake-runner.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'airlock-promoter-'));
@@ -74,40 +71,6 @@ class MemorySecrets implements SecretStore {
     return [...new Set(this.used)];
   }
   async close(): Promise<void> {}
-}
-
-/** The job runner's port: each job passes unless `fails` says otherwise; what it ran is kept. */
-class FakeRunner implements JobRunnerPort {
-  readonly ran: { id: string; job: string; secretFiles: string[] }[] = [];
-  drains = 0;
-  constructor(private readonly fails: (spec: JobSpec) => boolean = () => false) {}
-  async run(spec: JobSpec, opts: RunOptions): Promise<JobResult> {
-    const job = spec.env.AIRLOCK_JOB ?? '?';
-    this.ran.push({ id: spec.id, job, secretFiles: (opts.secretFiles ?? []).map((f) => f.path) });
-    opts.onLog?.({ stream: 'stdout', data: Buffer.from(`log of ${job}\n`) });
-    const passed = !this.fails(spec);
-    return {
-      version: 1,
-      jobId: spec.id,
-      image: spec.image,
-      imageId: spec.image,
-      runtime: 'runc',
-      passed,
-      exitCode: passed ? 0 : 1,
-      oomKilled: false,
-      timedOut: false,
-      cancelled: false,
-      logTruncated: false,
-      logBytes: 10,
-      limits: { memoryBytes: 1, cpus: 1, pids: 1, timeoutMs: 1, logCapBytes: 1, workspaceBytes: 1, tmpBytes: 1, artifactBytes: 1, artifactFiles: 0 },
-      durations: { setupMs: 0, runMs: 0, teardownMs: 0, totalMs: 0 },
-      reason: passed ? 'exit 0' : 'exit 1',
-      artifacts: [],
-    };
-  }
-  async drain(): Promise<void> {
-    this.drains++;
-  }
 }
 
 /** The embargo store's port, in memory. */
@@ -178,7 +141,7 @@ async function rig(o: RigOptions = {}) {
   const real = realStages(deps, Date.now);
   const stub: Partial<PromotionStages> = {
     environment: async () => `sha256:${'e'.repeat(64)}`,
-    build: async (l) => ({ imageId: `sha256:${'1'.repeat(64)}`, bases: [{ name: 'airlock/base:busybox', digest: `sha256:${'b'.repeat(64)}` }], log: [], step: { name: 'publish-image', command: ['docker', 'build'], exitCode: 0 } }),
+    build: async () => ({ imageId: `sha256:${'1'.repeat(64)}`, bases: [{ name: 'airlock/base:busybox', digest: `sha256:${'b'.repeat(64)}` }], log: [], step: { name: 'publish-image', command: ['docker', 'build'], exitCode: 0 } }),
     leakCheck: async (l) => join(l.work, 'image.tar'),
     push: async (l) => ({ reference: `${REGISTRY}/${l.repository}:${l.commit}`, digest: `sha256:${'d'.repeat(64)}`, attempts: 1 }),
   };
@@ -273,7 +236,7 @@ describe('Promoter (pure tier: stages through their ports)', () => {
   });
 
   it('a failing job: its dependents are skipped, the others still run, the voting failures are audited, nothing is built', async () => {
-    const r = await rig({ runner: new FakeRunner((s) => s.env.AIRLOCK_JOB === 'unit') });
+    const r = await rig({ runner: new FakeRunner((s) => (s.env.AIRLOCK_JOB === 'unit' ? 'failed' : 'passed')) });
     const out = await r.promoter.promote(hint(up.commit({ 'app.txt': 'tests fail\n', '.airlock.yaml': config(JOBS) })));
     expect(out).toMatchObject({ state: 'failed', step: 'tests', reason: 'tests failed on the trusted rebuild: unit, after' });
     expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint']);
@@ -400,7 +363,7 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
   it('a private test failure: no patched image, the break recorded and the team warned; the public result stands', async () => {
     const commit = up.commit({ '.airlock.yaml': config(JOBS), 'app.txt': 'embargo base 2\n' });
     const embargo = new MemoryEmbargo([{ id: 'E2', patch: patchOf({ 'fix2.txt': 'fixed\n' }), digest: `sha256:${'a'.repeat(64)}` }]);
-    const r = await rig({ embargo, runner: new FakeRunner((s) => s.id.startsWith('private-') && s.env.AIRLOCK_JOB === 'lint') });
+    const r = await rig({ embargo, runner: new FakeRunner((s) => (s.id.startsWith('private-') && s.env.AIRLOCK_JOB === 'lint' ? 'failed' : 'passed')) });
     r.promoter.accept(hint(commit));
     await r.promoter.idle();
     expect(r.promoter.result(PROJECT, commit)).toMatchObject({ state: 'published' });

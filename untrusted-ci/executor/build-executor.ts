@@ -195,6 +195,8 @@ export class CheckBuildExecutor implements BuildExecutor {
     }
     phase('source');
 
+    // The jobs in needs order (shared/runner/job-plan.ts). Cancelled, even during the last job, it
+    // throws CancelledError: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
     const plan = await runJobPlan(compiled.jobs, {
       signal,
       skipped: (job, blocked) => this.setJob(build.id, job.name, 'skipped', skipReason(blocked)),

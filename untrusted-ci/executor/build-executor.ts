@@ -20,7 +20,7 @@ import { CancelledError, InvalidInputError, isAirlockError, PolicyViolationError
 import type { Logger } from '#shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '#shared/repo-config/airlock-yaml.js';
 import type { JobResult } from '#shared/runner/result.js';
-import type { RunOptions } from '#shared/runner/job-runner.js';
+import { runJobPlan, skipReason, type JobRunnerPort, type RunState } from '#shared/runner/job-plan.js';
 import type { AirlockYaml } from '#shared/schemas/airlock-yaml.js';
 import type { BuildView, JobState } from '#shared/schemas/api/builds.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
@@ -40,11 +40,6 @@ import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
 /** Files and directories of a change's tree at most (a job's ext4 workspace of the default 2 GiB has about 131,000 inodes). */
 const SOURCE_MAX_ENTRIES = 500_000;
-
-/** The slice of JobRunner a build needs. */
-export interface JobRunnerPort {
-  run(spec: JobSpec, opts: RunOptions): Promise<JobResult>;
-}
 
 /** What the environment step reads from the merged commit. */
 export interface CommitReader {
@@ -200,31 +195,25 @@ export class CheckBuildExecutor implements BuildExecutor {
     }
     phase('source');
 
-    const states = new Map<string, JobState>();
-    for (const job of compiled.jobs) {
-      if (signal.aborted) throw new CancelledError('build cancelled');
-      const blocked = job.needs.filter((n) => states.get(n) !== 'passed');
-      if (blocked.length > 0) {
-        this.setJob(build.id, job.name, 'skipped', `needs ${blocked.join(', ')}, which did not pass`);
-        states.set(job.name, 'skipped');
-        continue;
-      }
-      if (gate) await o.gate?.awaitStart(build, job.name, signal);
-      const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
-      states.set(job.name, state);
-      if (gate) o.gate?.jobDone(build, job.name, state);
-      phase(`job:${job.name}`);
-    }
-    // Cancelled during the last job: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
-    if (signal.aborted) throw new CancelledError('build cancelled');
-
-    const voting = compiled.jobs.filter((j) => j.voting);
-    const failed = voting.filter((j) => states.get(j.name) !== 'passed').map((j) => j.name);
-    if (failed.length === 0) return { result: 'passed', reason: `${voting.length} voting job${voting.length === 1 ? '' : 's'} passed` };
+    // The jobs in needs order (shared/runner/job-plan.ts). Cancelled, even during the last job, it
+    // throws CancelledError: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
+    const plan = await runJobPlan(compiled.jobs, {
+      signal,
+      skipped: (job, blocked) => this.setJob(build.id, job.name, 'skipped', skipReason(blocked)),
+      run: async (job) => {
+        if (gate) await o.gate?.awaitStart(build, job.name, signal);
+        const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
+        if (gate) o.gate?.jobDone(build, job.name, state);
+        phase(`job:${job.name}`);
+        return state;
+      },
+    });
+    const failed = plan.failedVoting;
+    if (failed.length === 0) return { result: 'passed', reason: `${plan.voting} voting job${plan.voting === 1 ? '' : 's'} passed` };
     return { result: 'failed', reason: `failed: ${failed.join(', ')}` };
   }
 
-  private async runJob(buildId: number, name: string, spec: JobSpec, tar: string, work: string, signal: AbortSignal): Promise<JobState> {
+  private async runJob(buildId: number, name: string, spec: JobSpec, tar: string, work: string, signal: AbortSignal): Promise<RunState> {
     const { o } = this;
     const log = await JobLog.open(join(o.events.buildDir(buildId), 'logs', `${name}.log`));
     const artifactsDir = join(work, 'artifacts', name);
@@ -264,7 +253,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       await o.artifacts.putDirectory(artifactPrefix(String(buildId), name), artifactsDir);
       artifacts = result.artifacts.filter((a) => a.kind === 'file').map((a) => ({ path: a.path, bytes: a.bytes }));
     }
-    const state: JobState = result.passed ? 'passed' : result.cancelled ? 'cancelled' : 'failed';
+    const state: RunState = result.passed ? 'passed' : result.cancelled ? 'cancelled' : 'failed';
     o.store.updateJob(buildId, name, { state, reason: result.reason, exitCode: result.exitCode, logBytes: bytes, artifacts });
     o.events.publish(buildId, { type: 'job', job: name, state, reason: result.reason });
     return state;

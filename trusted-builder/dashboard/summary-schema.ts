@@ -12,7 +12,7 @@ import { z } from 'zod';
 /** The wire version of the summary; bump it on any change. */
 export const BUILDER_SUMMARY_VERSION = 1;
 
-/** The steps of a promotion, in the order the promoter runs them (promote/promoter.ts). */
+/** The steps of a promotion, in the order the promoter runs them (promote/pipeline.ts). */
 export const PROMOTION_STEPS = ['verify', 'tests', 'build', 'leak-check', 'push', 'sign'] as const;
 export const PromotionStep = z.enum(PROMOTION_STEPS);
 export type PromotionStep = z.infer<typeof PromotionStep>;

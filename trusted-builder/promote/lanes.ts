@@ -13,24 +13,11 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { InvalidInputError, isAirlockError } from '#shared/errors.js';
-import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { PatchWorkspace } from '../embargo/apply.js';
-import type { PromotedProject } from '../policy/promotion.js';
 import type { ReviewEvidence } from '../verify/review.js';
 import type { SourceVerifier } from '../verify/source.js';
-import { Stop, type Lane } from './stages/lane.js';
-
-/** What every lane has: the tree it builds and the run's own bookkeeping. */
-export interface LaneRun {
-  project: PromotedProject;
-  commit: string;
-  branch: string;
-  work: string;
-  built: string[];
-  startedOn: Date;
-  log: Logger;
-}
+import { Stop, type Lane, type LaneRun } from './stages/lane.js';
 
 export function publicLane(
   run: LaneRun,

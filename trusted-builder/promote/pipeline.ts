@@ -59,7 +59,9 @@ export interface StageParts {
   signingKey: SigningKey;
   registryCredentials: RegistryCredentials;
   pushOptions?: PushOptions;
+  /** The durable queue and record of promotions. */
   store: PromotionStore;
+  /** Readers of the review systems the policy names (`reviewSystems`), each with the builder's own account. */
   reviewers?: ReadonlyMap<string, ReviewReader>;
 }
 

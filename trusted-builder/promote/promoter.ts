@@ -32,51 +32,27 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type Docker from 'dockerode';
 import { InternalError, isAirlockError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
-import type { JobRunnerPort } from '#shared/runner/job-plan.js';
-import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
-import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoNotifier } from '../notify/webhook.js';
-import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
-import type { SecretsPolicy } from '../policy/secrets.js';
-import type { PushOptions, RegistryCredentials } from '../publish/registry.js';
-import type { SecretStore } from '../secrets/secret-store.js';
-import type { SigningKey } from '../sign/signer.js';
-import type { SourceVerifier } from '../verify/source.js';
-import type { ReviewReader } from '../verify/review.js';
+import type { PromotedProject } from '../policy/promotion.js';
 import { embargoLane, type EmbargoPort } from './embargo-lane.js';
 import { publicLane } from './lanes.js';
 import { buildLane, realStages, type PromotionStages } from './pipeline.js';
-import type { PromotionStore } from './promotion-store.js';
 import { Stop } from './stages/lane.js';
 
 export { PublishSection } from './stages/config.js';
 export type { EmbargoPort } from './embargo-lane.js';
 export type { PromotionStages } from './pipeline.js';
+import type { StageParts } from './pipeline.js';
 
-export interface PromoterDeps {
-  docker: Docker;
-  runner: JobRunnerPort;
-  verifier: SourceVerifier;
-  policy: LoadedPromotionPolicy;
-  secretsPolicy: Readonly<SecretsPolicy>;
-  secrets: SecretStore;
-  jobPolicy: JobPolicy;
-  audit: AuditLog;
-  signingKey: SigningKey;
-  registryCredentials: RegistryCredentials;
+/** What the promoter is made of: the stages' parts (pipeline.ts), and its own. */
+export interface PromoterDeps extends StageParts {
   lookasideDir: string;
   workDir: string;
   logger: Logger;
-  pushOptions?: PushOptions;
-  /** The durable queue and record of promotions. */
-  store: PromotionStore;
-  /** Readers of the review systems the policy names (`reviewSystems`), each with the builder's own account. */
-  reviewers?: ReadonlyMap<string, ReviewReader>;
   /** The embargo lane: active embargoed patches of each promoted project (absent: the lane is off). */
   embargo?: EmbargoPort;
   /** Warnings to the security team when an embargoed patch breaks. */

@@ -44,7 +44,8 @@ export interface LaneNames {
   job(name: string, index: number): string;
 }
 
-export interface Lane {
+/** What every lane has: the tree it builds and the run's own bookkeeping. */
+export interface LaneRun {
   project: PromotedProject;
   commit: string;
   branch: string;
@@ -53,8 +54,11 @@ export interface Lane {
   /** Tags of the images this lane made, removed when it ends. */
   built: string[];
   startedOn: Date;
-  phase: (name: string) => void;
   log: Logger;
+}
+
+export interface Lane extends LaneRun {
+  phase: (name: string) => void;
   source: LaneSource;
   /** The registry repository pushed to: the project's image, or `private/<image>`. */
   repository: string;

@@ -5,6 +5,7 @@
  * Exit codes: 0 job passed · 1 job failed (non-zero exit, killed, timed out) · 2 bad input or
  * policy violation · 3 airlock or engine failure.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { AirlockError } from '#shared/errors.js';
 import { registerJobCommands } from './job.js';
@@ -23,8 +24,15 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
+/** The version of the package this file belongs to, read from its package.json (one source of truth). */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
+
 const program = new Command('airlock')
   .description('airlock: public untrusted CI and a separate trusted builder')
+  .version(`airlock ${packageVersion()}`, '-V, --version', 'print the version of airlock')
   .exitOverride()
   .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 registerJobCommands(program);

@@ -13,6 +13,7 @@ import { registerCiCommands } from './ci.js';
 import { registerGateSimCommand } from './gate-sim.js';
 import { registerBuilderCommands } from './builder.js';
 import { registerEmbargoCommands } from './embargo.js';
+import { registerLintCommand } from './lint.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -40,6 +41,7 @@ registerCiCommands(program);
 registerGateSimCommand(program);
 registerBuilderCommands(program);
 registerEmbargoCommands(program);
+registerLintCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,7 +1,8 @@
 import { defineConfig } from 'vitest/config';
 
-// Tiers by file name: `*.test.ts` pure (no Docker), `*.docker.test.ts` real engine.
-// `npx vitest run .docker.test` selects one tier.
+// Tiers by file name: `*.test.ts` pure (no Docker engine, no root: `npm run test:unit` runs them
+// as any user), `*.docker.test.ts` the host tier (a real engine, root, what the bootstrap sets up).
+// `npx vitest run .docker.test` selects the host tier.
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],

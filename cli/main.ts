@@ -5,6 +5,7 @@
  * Exit codes: 0 job passed · 1 job failed (non-zero exit, killed, timed out) · 2 bad input or
  * policy violation · 3 airlock or engine failure.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { AirlockError } from '#shared/errors.js';
 import { registerJobCommands } from './job.js';
@@ -12,6 +13,7 @@ import { registerCiCommands } from './ci.js';
 import { registerGateSimCommand } from './gate-sim.js';
 import { registerBuilderCommands } from './builder.js';
 import { registerEmbargoCommands } from './embargo.js';
+import { registerLintCommand } from './lint.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -23,8 +25,15 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
+/** The version of the package this file belongs to, read from its package.json (one source of truth). */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
+
 const program = new Command('airlock')
   .description('airlock: public untrusted CI and a separate trusted builder')
+  .version(`airlock ${packageVersion()}`, '-V, --version', 'print the version of airlock')
   .exitOverride()
   .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 registerJobCommands(program);
@@ -32,6 +41,7 @@ registerCiCommands(program);
 registerGateSimCommand(program);
 registerBuilderCommands(program);
 registerEmbargoCommands(program);
+registerLintCommand(program);
 
 try {
   await program.parseAsync(process.argv);

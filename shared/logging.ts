@@ -1,10 +1,13 @@
 /**
  * The one logger. pino, JSON lines on stderr, with redaction on by default: anything that looks
  * like a credential is censored wherever it appears in the paths below, so a secret that reaches
- * a log call by mistake does not reach the log. Everything else logs through `withIds`, so each
- * line carries the correlation ids in scope (event, change, job).
+ * a log call by mistake does not reach the log. Every line names the host and the process it came
+ * from (`hostname`, `pid`), so lines of several services collected in one place can be told
+ * apart. Everything else logs through `withIds`, so each line carries the correlation ids in
+ * scope (event, change, job).
  */
-import { pino, type Logger } from 'pino';
+import { hostname } from 'node:os';
+import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
@@ -24,15 +27,16 @@ export const REDACT_PATHS = [
   '*.env',
 ];
 
-export function createLogger(options: { level?: string; name?: string } = {}): Logger {
+/** `destination`: where the lines go (default stderr). */
+export function createLogger(options: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
   return pino(
     {
       name: options.name ?? 'airlock',
       level: options.level ?? process.env.AIRLOCK_LOG_LEVEL ?? 'info',
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      base: undefined,
+      base: { hostname: hostname(), pid: process.pid },
     },
-    pino.destination(2),
+    options.destination ?? pino.destination(2),
   );
 }
 

@@ -14,8 +14,9 @@
  * loaded and checked, and any problem stops the start. With no such secret the lane is off (an
  * audit record says so) and `POST /v1/embargo` answers 404.
  *
- * The builder's page (trusted-builder/dashboard/) is on when the secret at `builder.dashboard`
- * exists (`{username, passwordBcrypt}`; a malformed one stops the start); otherwise `/ui` is 404.
+ * The builder's page (trusted-builder/dashboard/) and its Prometheus metrics (`/metrics`, fed by the
+ * promotion store) are on when the secret at `builder.dashboard` exists (`{username,
+ * passwordBcrypt}`; a malformed one stops the start); otherwise `/ui` and `/metrics` are 404.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -27,6 +28,7 @@ import { createLogger, type Logger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { JobRunner } from '#shared/runner/job-runner.js';
 import { buildBuilderApi } from './api/app.js';
+import { createBuilderMetrics } from './api/metrics.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { BuilderConfig } from './config.js';
 import { AuditDigest } from './dashboard/audit-digest.js';
@@ -125,7 +127,7 @@ export async function startBuilderService(
     const dashboardPath = secretsPolicy.builder.dashboard;
     const dashboardSecret = dashboardPath ? await read(dashboardPath, ['username', 'passwordBcrypt']).catch(absent) : undefined;
     const dashboardLogin = dashboardSecret && parseDashboardLogin(dashboardSecret, `secret ${dashboardPath}`);
-    if (!dashboardLogin) logger.info({ path: dashboardPath ?? null }, 'no login for the builder page: /ui is off');
+    if (!dashboardLogin) logger.info({ path: dashboardPath ?? null }, 'no login for the builder page: /ui and /metrics are off');
 
     // The review systems the policy names, each read with the builder's own read-only account.
     const reviewers = new Map<string, ReviewReader>();
@@ -139,6 +141,9 @@ export async function startBuilderService(
     const verifier = new SourceVerifier(paths.git);
     const store = new PromotionStore(paths.promotions);
     cleanups.push(() => store.close());
+    // Watching from the start: promotions resumed below are timed too.
+    const metrics = createBuilderMetrics({ queued: () => store.count('queued'), running: () => store.count('running') });
+    cleanups.push(store.watch(metrics.onPromotion));
     // What a promotion that a crash interrupted left in its work dir (sources, image exports, an
     // embargo lane's patched tree) is removed before anything runs again.
     await rm(paths.work, { recursive: true, force: true });
@@ -173,7 +178,11 @@ export async function startBuilderService(
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
     const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: embargoPath ? [embargoPath] : [] });
-    const dashboard = dashboardLogin && { auth: new BasicAuth(dashboardLogin), summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: paths.lookaside }) };
+    const dashboard = dashboardLogin && {
+      auth: new BasicAuth(dashboardLogin),
+      summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: paths.lookaside }),
+      metrics: metrics.registry,
+    };
     const app = await buildBuilderApi({
       logger,
       audit,

@@ -13,6 +13,7 @@ import type { ArtifactStore } from '#shared/storage/artifact-store.js';
 import { createArtifactStore } from '#shared/storage/config.js';
 import { buildApi } from './api/app.js';
 import { createCiMetrics } from './api/metrics.js';
+import { gateQueues } from './pipelines/gate-metrics.js';
 import type { LoadedCiConfig } from './config.js';
 import { EnvironmentBuilder } from './environments/environment-builder.js';
 import { ImageCache } from './environments/image-cache.js';
@@ -149,10 +150,23 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
     let status: StatusFeed | undefined;
-    events.watch((_build, e) => {
+    const metrics = createCiMetrics({
+      queued: () => {
+        const q = store.queued();
+        return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
+      },
+      busy: () => scheduler?.busy ?? 0,
+      slots: c.slots,
+      ...(hints ? { hints: () => hints.backlog() } : {}),
+      ...(review ? { reviewOutbox: () => review?.outbox.pendingCount() ?? 0 } : {}),
+      gateQueues: () => gateQueues(gate.model),
+    });
+    events.watch((build, e) => {
       if (e.type !== 'log') status?.notify();
+      metrics.onEvent(build, e);
     });
     const gate = new GateRuntime({
+      metrics: metrics.gate,
       store,
       gateStore,
       scheduler: () => {
@@ -198,7 +212,6 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       slots,
       gate,
     });
-    let metrics: ReturnType<typeof createCiMetrics> | undefined;
     scheduler = new Scheduler({
       store,
       executor,
@@ -208,22 +221,12 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       prepareAhead: c.slots,
       logger,
       onChange: (b) => {
-        metrics?.onBuild(b);
+        metrics.onBuild(b);
         status?.notify();
       },
     });
     const sched = scheduler;
     status = new StatusFeed({ snapshot: () => statusView({ store, scheduler: sched, gate }), logger: logger.child({ component: 'status' }) });
-    metrics = createCiMetrics({
-      queued: () => {
-        const q = store.queued();
-        return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
-      },
-      busy: () => scheduler?.busy ?? 0,
-      slots: c.slots,
-      ...(hints ? { hints: () => hints.backlog() } : {}),
-      ...(review ? { reviewOutbox: () => review?.outbox.pendingCount() ?? 0 } : {}),
-    });
     const reread = review ? (project: string, change: string) => review?.rereads.request(project, change) : undefined;
     triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };
     const app = await buildApi({

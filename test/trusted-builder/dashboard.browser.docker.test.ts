@@ -248,6 +248,41 @@ describe('the builder page (real browser, real builder service, real Docker and 
     expect(seen.responses.map((x) => `${x.status} ${x.path}`).filter((s) => !/^(2\d\d|401 \/ui)\b/.test(s))).toEqual([]);
   });
 
+  it('works opened with the login in its address (http://user:password@host/ui): its requests go to the origin, without the credentials', async () => {
+    const bare = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      const p = await bare.newPage();
+      const w = watchPage(p);
+      const withLogin = new URL('/ui', url);
+      withLogin.username = LOGIN.username;
+      withLogin.password = LOGIN.password;
+      const response = await p.goto(withLogin.href);
+      expect(response!.status()).toBe(200);
+      // Live, or the error it shows when its request was refused ("Cannot reach the builder (…)").
+      const connection = p.locator('#connection');
+      await p.locator('#connection[data-state="live"], #connection[data-state="error"]').waitFor(WAIT);
+      expect(await connection.getAttribute('data-state'), (await connection.textContent()) ?? '').toBe('live');
+      expect(await p.locator('#promotion-list').textContent()).toContain(commit);
+      expect(w.errors).toEqual([]);
+      expect(w.responses.filter((x) => x.path === '/v1/ui/summary').map((x) => [x.status, new URL(x.url).username])).toContainEqual([200, '']);
+    } finally {
+      await bare.close();
+    }
+  });
+
+  it('serves its Prometheus metrics behind the same login, counting the promotion it published', async () => {
+    expect((await fetch(`${url}/metrics`)).status).toBe(401);
+    const r = await fetch(`${url}/metrics`, { headers: { authorization: `Basic ${Buffer.from(`${LOGIN.username}:${LOGIN.password}`).toString('base64')}` } });
+    expect(r.status).toBe(200);
+    const body = await r.text();
+    expect(body).toMatch(/^airlock_builder_promotions_total\{outcome="published"\} 1$/m);
+    expect(body).toMatch(/^airlock_builder_promotion_duration_seconds_count\{outcome="published"\} 1$/m);
+    expect(body).toMatch(/^airlock_builder_promotions_queued 0$/m);
+    const last = /^airlock_builder_last_publish_timestamp_seconds (\S+)$/m.exec(body);
+    expect(Number(last?.[1])).toBeGreaterThan(Date.parse('2020-01-01') / 1000);
+    expect(body).toMatch(/^airlock_builder_process_cpu_seconds_total /m);
+  });
+
   it('refuses a browser with wrong credentials or none: 401 with a Basic challenge, and nothing of the page', async () => {
     const wrong = await browser.newContext({ httpCredentials: { username: LOGIN.username, password: 'not the password' } });
     const anonymous = await browser.newContext();

@@ -20,6 +20,7 @@ import { BasicAuth, parseBasic, parseDashboardLogin } from '../../trusted-builde
 import { builderSummary } from '../../trusted-builder/dashboard/summary.js';
 import type { BuilderSummary } from '../../trusted-builder/dashboard/summary-schema.js';
 import { PromotionStore } from '../../trusted-builder/promote/promotion-store.js';
+import { createBuilderMetrics } from '../../trusted-builder/api/metrics.js';
 import { dashboardSecret } from '../../scripts/dashboard-password.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'airlock-dashboard-'));
@@ -54,6 +55,9 @@ async function builder(o: { records?: [string, Record<string, JsonValue>][]; das
   const audit = await AuditLog.open(join(base, 'audit.jsonl'), { now: () => (t += 1000) });
   for (const [kind, fields] of o.records ?? []) await audit.append(kind as never, fields);
   const store = new PromotionStore(':memory:', () => T0);
+  const clock = { now: T0 };
+  const metrics = createBuilderMetrics({ queued: () => store.count('queued'), running: () => store.count('running'), now: () => clock.now });
+  store.watch(metrics.onPromotion);
   const digest = new AuditDigest(audit.file, { hiddenSecretPaths: ['airlock/embargo-key'] });
   const app = await buildBuilderApi({
     logger: createLogger({ level: 'silent' }),
@@ -63,11 +67,17 @@ async function builder(o: { records?: [string, Record<string, JsonValue>][]; das
     lookasideDir: lookaside,
     ...(o.dashboard === false
       ? {}
-      : { dashboard: { auth: new BasicAuth(parseDashboardLogin({ username: USER, passwordBcrypt: HASH }, 'test')), summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: lookaside, now: () => T0 }) } }),
+      : {
+          dashboard: {
+            auth: new BasicAuth(parseDashboardLogin({ username: USER, passwordBcrypt: HASH }, 'test')),
+            summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: lookaside, now: () => T0 }),
+            metrics: metrics.registry,
+          },
+        }),
   });
   apps.push(app, audit, { close: async () => store.close() });
   const get = (url: string, authorization?: string) => app.inject({ method: 'GET', url, headers: authorization ? { authorization } : {} });
-  return { app, audit, store, lookaside, get };
+  return { app, audit, store, lookaside, get, clock };
 }
 
 /** What a real public promotion of demo/app@A and a refused demo/other@B leave in the log, plus the embargo lane's records. */
@@ -273,6 +283,66 @@ describe('the builder page: the summary', () => {
     expect(broken.chain).toEqual({ ok: false, line: 3, problem: 'hash does not match the record: the record was edited' });
     expect(broken.refusals.map((r) => r.reason)).toEqual(['replayed', 'stale-timestamp']);
     expect(JSON.stringify(broken)).not.toContain('forged');
+  });
+});
+
+describe('the builder\'s metrics', () => {
+  const hint = (commit: string) => ({ version: 1 as const, project: 'demo/app', branch: 'master', commit });
+  const sample = (body: string, name: string): number | undefined => {
+    const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+    return line === undefined ? undefined : Number(line.slice(name.length + 1));
+  };
+
+  it('are served at /metrics behind the page\'s login (401 with a challenge without it), and not at all without the login secret', async () => {
+    const b = await builder();
+    const none = await b.get('/metrics');
+    expect(none.statusCode).toBe(401);
+    expect(none.headers['www-authenticate']).toMatch(/^Basic /);
+    expect(none.body).not.toContain('airlock_builder_');
+    expect((await b.get('/metrics', basic(USER, 'wrong'))).statusCode).toBe(401);
+    const ok = await b.get('/metrics', GOOD);
+    expect(ok.statusCode).toBe(200);
+    expect(ok.headers['content-type']).toMatch(/^text\/plain/);
+    expect(ok.headers['cache-control']).toBe('no-store');
+    expect(ok.body).toMatch(/^# TYPE airlock_builder_process_cpu_seconds_total counter$/m);
+    expect(ok.body).not.toContain('process_process_');
+    for (const m of ok.body.matchAll(/^# TYPE (\S+) counter$/gm)) expect(m[1]).toMatch(/_total$/);
+    for (const m of ok.body.matchAll(/^([a-z_:]+)[{ ]/gm)) expect(m[1]).toMatch(/^airlock_builder_/);
+    const off = await builder({ dashboard: false });
+    expect((await off.get('/metrics', GOOD)).statusCode).toBe(404);
+  });
+
+  it('count promotions by outcome with their durations, the queue, and when one last published', async () => {
+    const b = await builder();
+    const scrape = async () => (await b.get('/metrics', GOOD)).body;
+    let body = await scrape();
+    for (const outcome of ['published', 'refused', 'failed']) expect(sample(body, `airlock_builder_promotions_total{outcome="${outcome}"}`)).toBe(0);
+    expect(sample(body, 'airlock_builder_last_publish_timestamp_seconds')).toBe(0);
+
+    b.store.enqueue('demo/app@a', hint(A));
+    b.store.enqueue('demo/app@b', hint(B));
+    b.store.enqueue('demo/app@c', hint('c'.repeat(40)));
+    body = await scrape();
+    expect(sample(body, 'airlock_builder_promotions_queued')).toBe(3);
+
+    b.store.set('demo/app@a', 'running');
+    b.clock.now = T0 + 42_000;
+    b.store.set('demo/app@a', 'published', { state: 'published' });
+    b.store.set('demo/app@b', 'running');
+    b.clock.now = T0 + 45_000;
+    b.store.set('demo/app@b', 'refused', { state: 'refused' });
+    b.store.set('demo/app@c', 'running');
+    body = await scrape();
+    expect(sample(body, 'airlock_builder_promotions_queued')).toBe(0);
+    expect(sample(body, 'airlock_builder_promotions_running')).toBe(1);
+    expect(sample(body, 'airlock_builder_promotions_total{outcome="published"}')).toBe(1);
+    expect(sample(body, 'airlock_builder_promotions_total{outcome="refused"}')).toBe(1);
+    expect(sample(body, 'airlock_builder_promotions_total{outcome="failed"}')).toBe(0);
+    expect(sample(body, 'airlock_builder_promotion_duration_seconds_sum{outcome="published"}')).toBe(42);
+    expect(sample(body, 'airlock_builder_promotion_duration_seconds_bucket{le="30",outcome="published"}')).toBe(0);
+    expect(sample(body, 'airlock_builder_promotion_duration_seconds_bucket{le="60",outcome="published"}')).toBe(1);
+    expect(sample(body, 'airlock_builder_promotion_duration_seconds_sum{outcome="refused"}')).toBe(3);
+    expect(sample(body, 'airlock_builder_last_publish_timestamp_seconds')).toBe((T0 + 42_000) / 1000);
   });
 });
 

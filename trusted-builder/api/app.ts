@@ -14,8 +14,9 @@
  *   embargo key (trusted-builder/embargo/wire.ts), answered 200 with an armored message encrypted
  *   to that member. A refusal is 400/401 with one fixed message; the reason is in the audit log.
  *   At most 30 requests a minute per client (then 429, before any decryption).
- * - `GET /ui` and `GET /v1/ui/summary` (only when the page's login secret exists; otherwise 404):
- *   the builder's page for SRE, behind HTTP Basic (trusted-builder/dashboard/routes.ts).
+ * - `GET /ui`, `GET /v1/ui/summary` and `GET /metrics` (only when the page's login secret exists;
+ *   otherwise 404): the builder's page for SRE and its Prometheus metrics, behind HTTP Basic
+ *   (trusted-builder/dashboard/routes.ts).
  * - `GET /healthz`.
  * Nothing here reveals a secret, a policy detail or an embargoed item; error bodies are
  * `{code, message, statusCode}` with messages that name only what the caller sent.

@@ -1,8 +1,11 @@
 /**
  * The builder's page, for SRE: `GET /ui` (plain HTML, CSS and JS modules from
- * trusted-builder/dashboard/page/, no build step) and `GET /v1/ui/summary` (its data,
- * summary-schema.ts), registered only when the login secret exists (trusted-builder/service.ts);
- * otherwise these paths are 404 like any unknown route.
+ * trusted-builder/dashboard/page/, no build step), `GET /v1/ui/summary` (its data,
+ * summary-schema.ts) and `GET /metrics` (Prometheus text, api/metrics.ts; a scraper sends the same
+ * Basic credentials), registered only when the login secret exists (trusted-builder/service.ts);
+ * otherwise these paths are 404 like any unknown route. The metrics sit behind the login because
+ * the builder is the trusted tier: when it is busy, and with what outcome, is SRE's to see, not the
+ * public's (the untrusted CI, which holds nothing of the kind, serves its own openly).
  *
  * Every request here needs HTTP Basic credentials (basic-auth.ts). A request whose header has not
  * passed recently counts against a limit of `ATTEMPTS_PER_MINUTE` per client address, checked
@@ -24,6 +27,8 @@ import { BuilderSummary } from './summary-schema.js';
 export interface DashboardDeps {
   auth: BasicAuth;
   summary: () => Promise<BuilderSummary>;
+  /** The builder's Prometheus metrics (api/metrics.ts), served at `/metrics` behind the same login; absent: no `/metrics`. */
+  metrics?: { contentType: string; metrics(): Promise<string> };
 }
 
 /** Requests a minute per client address with credentials not yet proven (failed logins, mostly). */
@@ -74,5 +79,7 @@ export async function registerDashboard(app: FastifyInstance, d: DashboardDeps):
       ui.get(url, async (_req, reply) => reply.type(type).header('content-security-policy', PAGE_CSP).send(bodies.get(file)));
     }
     ui.withTypeProvider<ZodTypeProvider>().get('/v1/ui/summary', { schema: { response: { 200: BuilderSummary } } }, async () => d.summary());
+    const metrics = d.metrics;
+    if (metrics) ui.get('/metrics', async (_req, reply) => reply.type(metrics.contentType).send(await metrics.metrics()));
   });
 }

@@ -21,8 +21,12 @@ interface Row {
   updated_at: number;
 }
 
+/** Told of each state a promotion is put in, once it is recorded (the builder's metrics). */
+export type PromotionListener = (key: string, state: PromotionState) => void;
+
 export class PromotionStore {
   private readonly db: Database.Database;
+  private readonly listeners = new Set<PromotionListener>();
 
   constructor(
     file: string,
@@ -55,10 +59,29 @@ export class PromotionStore {
     this.db
       .prepare("INSERT INTO promotions (key, hint, state, updated_at) VALUES (?,?,'queued',?) ON CONFLICT(key) DO UPDATE SET hint = excluded.hint, state = 'queued', result = NULL, updated_at = excluded.updated_at")
       .run(key, JSON.stringify(hint), this.now());
+    this.tell(key, 'queued');
   }
 
   set(key: string, state: PromotionState, result?: unknown): void {
     this.db.prepare('UPDATE promotions SET state = ?, result = ?, updated_at = ? WHERE key = ?').run(state, result === undefined ? null : JSON.stringify(result), this.now(), key);
+    this.tell(key, state);
+  }
+
+  /** Calls `fn` after each enqueue and state change from now on, until the returned function is called. */
+  watch(fn: PromotionListener): () => void {
+    this.listeners.add(fn);
+    return () => void this.listeners.delete(fn);
+  }
+
+  private tell(key: string, state: PromotionState): void {
+    // A listener's failure is its own: the state is recorded whatever it does.
+    for (const fn of this.listeners) {
+      try {
+        fn(key, state);
+      } catch {
+        /* ignored */
+      }
+    }
   }
 
   result<T>(key: string): T | undefined {

@@ -41,7 +41,8 @@ import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
 import { formatBytes, formatDuration } from '#shared/units.js';
 import { CHECKED_DOCKERFILE, withCheckedDockerfile } from '#shared/docker/build-context.js';
 import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
-import { checkDockerfile, checkImageAllowed, normalizeImageRef } from '#shared/docker/dockerfile.js';
+import { checkDockerfile, normalizeImageRef } from '#shared/docker/dockerfile.js';
+import { imageEnvironmentIssues } from '../executor/config-check.js';
 import { LABEL_ENV, LABEL_ENV_PROJECT, type ImageCache } from './image-cache.js';
 import { BuildSandboxes, copyImages, moveImage, type BuildSandbox, type SandboxLimits, type SandboxSample } from './build-sandbox.js';
 
@@ -109,7 +110,7 @@ export function environmentTag(project: string, parts: { contextDigest: string; 
 
 /** An `environment: {image}` environment: allowlisted and present on this engine. */
 export async function resolveImageEnvironment(docker: Docker, image: string, policy: EnvironmentPolicy, file = '.airlock.yaml'): Promise<{ image: string; imageId: string }> {
-  const issues = checkImageAllowed(image, policy.baseImages, file, 'environment.image');
+  const issues = imageEnvironmentIssues(image, policy, file);
   if (issues.length > 0) throw new PolicyViolationError(issues);
   const ref = normalizeImageRef(image);
   return { image: ref, imageId: await imageId(docker, ref) };

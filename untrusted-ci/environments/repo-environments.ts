@@ -4,13 +4,13 @@
  * unchanged environment is found by tag without reading a byte of the context; `{image}` must be
  * on the policy's allowlist and present locally.
  */
-import { posix } from 'node:path';
 import type Docker from 'dockerode';
 import { InvalidInputError } from '#shared/errors.js';
 import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
 import type { EnvironmentProvider } from '../executor/build-executor.js';
 import { DOCKERFILE_MAX_BYTES } from '#shared/docker/dockerfile.js';
 import { resolveImageEnvironment, type EnvironmentBuilder } from './environment-builder.js';
+import { dockerfileLocation, missingDockerfile } from '../executor/config-check.js';
 
 const FILE = '.airlock.yaml';
 
@@ -21,12 +21,11 @@ export function createRepoEnvironments(deps: { docker: Docker; policy: Environme
         const r = await resolveImageEnvironment(deps.docker, environment.image, deps.policy, FILE);
         return { image: r.image, cached: true, release: () => {} };
       }
-      const dockerfile = posix.normalize(environment.dockerfile);
-      const context = posix.normalize(environment.context ?? posix.dirname(dockerfile));
-      const inContext = posix.relative(context, dockerfile);
-      if (inContext.startsWith('..')) throw bad('environment.dockerfile', `must be inside the build context ${context}`);
+      const where = dockerfileLocation(environment, FILE);
+      if ('issue' in where) throw new InvalidInputError([where.issue]);
+      const { dockerfile, context, inContext } = where;
       const text = await commit.readFile(dockerfile, DOCKERFILE_MAX_BYTES);
-      if (!text) throw bad('environment.dockerfile', `${dockerfile} is not in the repository`);
+      if (!text) throw new InvalidInputError([missingDockerfile(dockerfile, FILE)]);
       const treePath = context === '.' ? '' : context;
       const digest = await commit.treeId(treePath);
       if (!digest) throw bad('environment.context', `${context} is not a directory in the repository`);

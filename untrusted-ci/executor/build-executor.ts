@@ -30,10 +30,10 @@ import { artifactPrefix, logKey } from '#shared/storage/keys.js';
 import type { ProjectConfig } from '../config.js';
 import type { BuildEvents } from '../logs/build-events.js';
 import type { Merger } from '../merger/merger.js';
-import { compileJobs } from '#shared/repo-config/compile-jobs.js';
 import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
+import { configErrorReason, planJobs } from './config-check.js';
 import type { Slots } from '../scheduler/slots.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 
@@ -170,12 +170,11 @@ export class CheckBuildExecutor implements BuildExecutor {
     say(env.cached ? `environment ${env.image} (cached)\n` : `environment ${env.image} (built)\n`);
 
     // 4. Jobs.
-    const compiled = compileJobs(cfg, {
+    const compiled = planJobs(cfg, o.policy, {
       buildId: build.id,
       attempt: build.attempt,
       pipeline: build.pipeline,
       image: env.image,
-      budget: { jobs: o.policy.build.jobs, timeMs: o.policy.build.time, defaultTimeoutMs: o.policy.limits.timeout },
       vars: { project: project.name, branch: build.branch, change: build.change.change, patchset: build.change.patchset, commit },
     });
     if (compiled.issues.length > 0) return configError(compiled.issues);
@@ -270,6 +269,5 @@ function issue(file: string, path: string, message: string): Issue {
 }
 
 function configError(issues: Issue[]): BuildOutcome {
-  const errors = issues.filter((i) => i.severity === 'error');
-  return { result: 'config-error', reason: `${AIRLOCK_YAML} has ${errors.length} problem${errors.length === 1 ? '' : 's'}`, issues };
+  return { result: 'config-error', reason: configErrorReason(issues), issues };
 }

@@ -45,6 +45,7 @@ import { resolveNeeds, type OpenChange } from './needs.js';
 import type { Effect, PipelineEvent, PrepareOutcome } from './model/events.js';
 import type { NeededChange } from './model/changes.js';
 import type { WindowConfig } from './model/window.js';
+import { observeBatch, residents, type GateMetricsPort, type Residents } from './gate-metrics.js';
 
 const PIPELINE = 'gate';
 /** Wait before a failed submit is tried once more. */
@@ -74,6 +75,8 @@ export interface GateRuntimeOptions {
   onChange?: () => void;
   /** The review system that merges (absent: the gate tests but cannot merge anything). */
   review?: GateReview;
+  /** Told of resets and of items leaving their queue (the service's metrics). */
+  metrics?: GateMetricsPort;
 }
 
 /** What the gate needs of the review system to have a change merged. */
@@ -139,7 +142,8 @@ export class GateRuntime implements GateHooks, Reporter {
     this.manager.reserveIds(this.o.store.maxGateBuildSet() + 1);
     const cancelled = this.o.store.cancelUnfinished('gate', 'the service restarted; the gate runs this build set again');
     if (cancelled.length > 0) this.o.logger.warn({ builds: cancelled }, 'gate builds of the last run cancelled; their items are tested again');
-    this.apply(this.manager.recover());
+    const before = this.residentsNow();
+    this.apply(this.manager.recover(), before);
   }
 
   /** Queue events for the model. */
@@ -320,7 +324,8 @@ export class GateRuntime implements GateHooks, Reporter {
     try {
       while (this.pending.length > 0 && !this.closed) {
         const batch = this.pending.splice(0);
-        this.apply(this.manager.handle(batch));
+        const before = this.residentsNow();
+        this.apply(this.manager.handle(batch), before);
       }
     } catch (e) {
       this.o.logger.error({ err: e }, 'the gate failed to process events');
@@ -334,8 +339,13 @@ export class GateRuntime implements GateHooks, Reporter {
     if (this.isIdle()) for (const w of [...this.idleWaiters]) (this.idleWaiters.delete(w), w());
   }
 
+  /** The items in the queues, when someone counts how long they stay. */
+  private residentsNow(): Residents | undefined {
+    return this.o.metrics ? residents(this.manager) : undefined;
+  }
+
   /** Persist the snapshot with the batch's outbox records, then carry out the requests. */
-  private apply(effects: Effect[]): void {
+  private apply(effects: Effect[], before: Residents | undefined): void {
     const outbox: NewGateEvent[] = [];
     for (const e of effects) {
       const rec = this.outboxRecord(e);
@@ -350,6 +360,13 @@ export class GateRuntime implements GateHooks, Reporter {
       return;
     }
     if (outbox.some((r) => r.kind === 'merged')) this.o.onMerged?.();
+    if (this.o.metrics && before) {
+      try {
+        observeBatch(this.o.metrics, PIPELINE, before, this.manager, effects, this.now());
+      } catch (err) {
+        this.o.logger.warn({ err }, 'the gate could not update its metrics');
+      }
+    }
     for (const e of effects) {
       try {
         this.perform(e);

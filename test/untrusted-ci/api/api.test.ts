@@ -87,6 +87,8 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     busy: () => scheduler.busy,
     slots: loaded.config.slots,
   });
+  const unwatch = events.watch((build, e) => metrics?.onEvent(build, e));
+  cleanups.push(unwatch);
   const app = await buildApi({
     config: loaded.config,
     store,
@@ -425,6 +427,26 @@ describe('builds, queue, logs, events', () => {
     expect(r.body).toMatch(/^airlock_ci_queue_depth\{pipeline="check"\} 0$/m);
     expect(r.body).toMatch(/^airlock_ci_builds_total\{pipeline="check",result="passed"\} 1$/m);
     expect(r.body).toMatch(/^airlock_ci_slots 1$/m);
+  });
+
+  it('counts jobs as they start and finish, with their durations by result; process metrics carry the prefix once', async () => {
+    const api = await makeApi();
+    api.executor.fail('2');
+    await post(api, CHANGE);
+    await post(api, { ...CHANGE, ref: 'refs/changes/02/2/1', change: '2' });
+    await api.scheduler.idle();
+    const body = (await api.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(body).toMatch(/^airlock_ci_jobs_started_total\{pipeline="check"\} 2$/m);
+    expect(body).toMatch(/^airlock_ci_jobs_finished_total\{pipeline="check",result="passed"\} 1$/m);
+    expect(body).toMatch(/^airlock_ci_jobs_finished_total\{pipeline="check",result="failed"\} 1$/m);
+    expect(body).toMatch(/^airlock_ci_job_duration_seconds_count\{pipeline="check",result="passed"\} 1$/m);
+    expect(body).toMatch(/^airlock_ci_job_duration_seconds_count\{pipeline="check",result="failed"\} 1$/m);
+    expect(body).toMatch(/^# TYPE airlock_ci_process_cpu_seconds_total counter$/m);
+    expect(body).toMatch(/^# TYPE airlock_ci_nodejs_heap_size_total_bytes gauge$/m);
+    expect(body).not.toContain('process_process_');
+    // Every counter ends in _total; every sample name carries the service's prefix.
+    for (const m of body.matchAll(/^# TYPE (\S+) counter$/gm)) expect(m[1]).toMatch(/_total$/);
+    for (const m of body.matchAll(/^([a-z_:]+)[{ ]/gm)) expect(m[1]).toMatch(/^airlock_ci_/);
   });
 
   it('publishes an OpenAPI 3.1 document with the API’s paths', async () => {

@@ -5,6 +5,12 @@ import { chainText, renderAudit, renderPromotions, renderRefusals } from './rend
 
 const EVERY_MS = 5000;
 const byId = (id) => document.getElementById(id);
+/**
+ * An API URL on this page's origin. The page's own login invites opening it as
+ * http://user:password@host/ui; a relative URL would then carry those credentials, and Chromium
+ * refuses to fetch such a URL. The origin has none (the browser still sends the login it was given).
+ */
+const api = (path) => new URL(path, location.origin).href;
 const sections = [
   ['promotion-list', (s) => s.promotions, renderPromotions],
   ['refusal-list', (s) => s.refusals, renderRefusals],
@@ -34,7 +40,7 @@ function apply(summary) {
 async function refresh() {
   let again = true;
   try {
-    const r = await fetch('/v1/ui/summary', { headers: { accept: 'application/json' }, cache: 'no-store' });
+    const r = await fetch(api('/v1/ui/summary'), { headers: { accept: 'application/json' }, cache: 'no-store' });
     if (r.status === 401) {
       // Polling on would only count as failed logins.
       again = false;

@@ -10,6 +10,12 @@ const MAX_CHARS = 1_000_000;
 const ESCAPES = /\u001b\[[0-9;?]*[ -\/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b.?/g;
 const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f]/g;
 
+/**
+ * An API URL on this page's origin: opened as http://user:password@host/, a relative URL would
+ * carry the credentials, and Chromium refuses to fetch (or stream from) such a URL.
+ */
+export const api = (path) => new URL(path, location.origin).href;
+
 export function cleanLogText(text) {
   return text.replace(/\r\n?/g, '\n').replace(ESCAPES, '').replace(CONTROLS, '');
 }
@@ -38,7 +44,7 @@ export class LogView {
     this.title.focus();
     let opened = 0;
     let trimmed = false;
-    const source = new EventSource(`/api/builds/${Number(buildId)}/events`);
+    const source = new EventSource(api(`/api/builds/${Number(buildId)}/events`));
     this.source = source;
     source.addEventListener('open', () => {
       // A reconnect replays the build from its start: begin again rather than show it twice.

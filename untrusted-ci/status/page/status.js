@@ -2,7 +2,7 @@
 // and redraws the part that changed; running jobs' progress and "… ago" times tick every second
 // against the server's clock. `#log/<build>/<job>` opens a job's live log.
 
-import { LogView } from './log-view.js';
+import { api, LogView } from './log-view.js';
 import { h, renderHistory, renderPipeline, summaryText } from './render.js';
 
 const RETRY_MS = 10_000;
@@ -58,7 +58,7 @@ function setConnection(text, state) {
 }
 
 function connect() {
-  const source = new EventSource('/api/status/stream');
+  const source = new EventSource(api('/api/status/stream'));
   source.addEventListener('status', (ev) => {
     try {
       apply(JSON.parse(ev.data));
@@ -81,7 +81,7 @@ function connect() {
 
 async function poll() {
   try {
-    const r = await fetch('/api/status', { headers: { accept: 'application/json' } });
+    const r = await fetch(api('/api/status'), { headers: { accept: 'application/json' } });
     if (r.ok) apply(await r.json());
   } catch {
     // The next stream attempt says how things are.

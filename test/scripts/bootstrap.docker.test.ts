@@ -1,5 +1,7 @@
 /**
  * The bootstrap refuses clearly, and changes nothing, where it cannot finish: not root, no apt-get.
+ * Host tier: both cases run as root (the first drops to nobody itself; the second must get past
+ * the root check to reach the apt-get one).
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';

@@ -38,7 +38,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import { syncDir } from '#shared/durable-file.js';
+import { syncDir } from '../durable-file.js';
 import { ConflictError, InternalError, InvalidInputError, isAirlockError, NotFoundError, StorageFailedError, type Issue } from '#shared/errors.js';
 import { canonicalJson, type JsonValue } from '../canonical-json.js';
 

@@ -27,7 +27,7 @@
  * outdated patch set or belongs to no change keeps the change out, and the reason is reported.
  */
 import type { Logger } from '#shared/logging.js';
-import type { GateView } from '#shared/schemas/api/gate.js';
+import type { GateView } from '../api/schemas/gate.js';
 import type { BuildView, ChangeView, JobState } from '#shared/schemas/api/builds.js';
 import type { ProjectConfig } from '../config.js';
 import { isAirlockError } from '#shared/errors.js';

@@ -18,8 +18,8 @@ import { lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from 'node
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { InvalidInputError, NotFoundError, StorageFailedError, isAirlockError } from '../errors.js';
-import { retry } from '../retry.js';
+import { InvalidInputError, NotFoundError, StorageFailedError, isAirlockError } from '#shared/errors.js';
+import { retry } from '#shared/retry.js';
 import {
   RESERVED_SEGMENT_PREFIX,
   compareKeys,

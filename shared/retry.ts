@@ -35,7 +35,7 @@ export interface Backoff {
 }
 
 export interface RetryOptions extends Backoff {
-  /** Attempts in all, the first included (at least 1). */
+  /** Attempts in all, the first included (at least 1; a fraction rounds up). */
   attempts: number;
   /** Whether a failure is worth another attempt (default: every failure is). */
   retryable?: (failure: unknown, attempt: number) => boolean;
@@ -62,7 +62,7 @@ export function backoffDelay(failures: number, b: Backoff, retryAfterMs?: number
 
 /** Runs `op(attempt)` (attempt 1, 2, …) under `o`; see the module comment. */
 export async function retry<T>(op: (attempt: number) => Promise<T>, o: RetryOptions): Promise<T> {
-  if (!Number.isInteger(o.attempts) || o.attempts < 1) throw new RangeError(`retry: attempts must be a whole number ≥ 1, not ${o.attempts}`);
+  if (!(o.attempts >= 1)) throw new RangeError(`retry: attempts must be at least 1, not ${o.attempts}`);
   const sleep = o.sleep ?? ((ms: number, signal?: AbortSignal) => delay(ms, undefined, signal ? { signal } : {}));
   const abort = (): unknown => (o.aborted ? o.aborted() : o.signal?.reason);
   for (let attempt = 1; ; attempt++) {

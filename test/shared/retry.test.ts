@@ -52,11 +52,15 @@ describe('retry', () => {
     expect(waits).toEqual([10]);
   });
 
-  it('one attempt means no retry; fewer is refused', async () => {
+  it('one attempt means no retry; a fraction rounds up; fewer than one is refused', async () => {
     const { op, calls } = failing([new Error('x')]);
     await expect(retry(op, { attempts: 1, baseDelayMs: 10 })).rejects.toThrow('x');
     expect(calls).toEqual([1]);
-    await expect(retry(op, { attempts: 0, baseDelayMs: 10 })).rejects.toBeInstanceOf(RangeError);
+    const { op: op2, calls: calls2 } = failing([new Error('1'), new Error('2'), new Error('3')]);
+    await expect(retry(op2, { attempts: 2.5, baseDelayMs: 1, sleep: recorder().sleep })).rejects.toThrow('3');
+    expect(calls2).toEqual([1, 2, 3]);
+    for (const attempts of [0, -1, Number.NaN]) await expect(retry(op, { attempts, baseDelayMs: 10 })).rejects.toBeInstanceOf(RangeError);
+    expect(calls).toEqual([1]);
   });
 
   it('a Retry-After lengthens a wait, never past the cap', async () => {

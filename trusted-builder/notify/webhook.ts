@@ -62,6 +62,7 @@ export class WebhookNotifier implements EmbargoNotifier {
     const body = Buffer.from(JSON.stringify({ version: 1, event: w.step === 'retired' ? 'embargo-retired' : 'embargo-broken', embargo: w.embargo, commit: w.commit, step: w.step, at: new Date(now()).toISOString() }));
     const signature = Buffer.from(await this.o.signingKey.signDetached(body)).toString('base64');
     const attempts = this.o.attempts ?? 4;
+    if (!(attempts >= 1)) return { delivered: false, attempts: 0, error: '' };
     try {
       return await retry(
         async (attempt) => {
@@ -85,8 +86,8 @@ export class WebhookNotifier implements EmbargoNotifier {
         { attempts, baseDelayMs: this.o.baseDelayMs ?? 500, retryable: (e) => (e as Undelivered).retryable },
       );
     } catch (e) {
-      if (!(e instanceof Undelivered)) return { delivered: false, attempts: 0, error: (e as Error).message };
-      return { delivered: false, attempts: e.attempt, error: e.message };
+      if (e instanceof Undelivered) return { delivered: false, attempts: e.attempt, error: e.message };
+      return { delivered: false, attempts, error: (e as Error).message }; // warn never throws
     }
   }
 }

@@ -232,7 +232,7 @@ function baseUrl(registry: string): string {
 async function withRetries<T>(what: string, registry: string, options: RegistryRequestOptions, op: () => Promise<T>): Promise<{ value: T; attempts: number }> {
   const policy = { ...DEFAULT_RETRY, ...options.retry };
   return retry(async (attempt) => ({ value: await op(), attempts: attempt }), {
-    attempts: policy.attempts,
+    attempts: Math.max(1, policy.attempts), // the first attempt is always made
     baseDelayMs: policy.baseDelayMs,
     maxDelayMs: policy.maxDelayMs,
     retryable: (e) => e instanceof TransientFailure,

@@ -8,7 +8,7 @@
  * InvalidInputError (4xx) or InternalError (5xx), their message naming the server's code. A server
  * that cannot be reached, or answers what does not parse, is an InternalError (exit 3).
  */
-import { GateView } from '#shared/schemas/api/gate.js';
+import { GateView } from '../untrusted-ci/api/schemas/gate.js';
 import { z } from 'zod';
 import {
   CancelledError,

@@ -19,7 +19,7 @@ import { InvalidInputError, type Issue } from '#shared/errors.js';
 import { remoteUrlProblem } from '#shared/git/git.js';
 import { zodIssues } from '#shared/schemas/issues.js';
 import { Size } from '#shared/schemas/limits.js';
-import { ArtifactStoreConfig } from '#shared/storage/config.js';
+import { ArtifactStoreConfig } from './storage/config.js';
 
 /** A project URL that is a path on this host (no `scheme:` or `<transport>::`, not scp-like). */
 const isLocalPath = (u: string): boolean => !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u) && !u.includes('@');

@@ -10,6 +10,7 @@
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from '#shared/logging.js';
+import { backoffDelay } from '#shared/retry.js';
 
 export type Step = 'progress' | 'idle' | { retryAfterMs?: number };
 
@@ -84,11 +85,8 @@ export class DeliveryLoop {
 
   /** Equal jitter: d = min(max, initial·2^(n-1)), wait in [d/2, d]; Retry-After may lengthen it. */
   private backoff(failures: number, retryAfterMs?: number): number {
-    const initial = this.o.backoff?.initialMs ?? DEFAULTS.initialMs;
-    const max = this.o.backoff?.maxMs ?? DEFAULTS.maxMs;
-    const d = Math.min(max, initial * 2 ** Math.min(failures - 1, 40));
-    const jittered = d / 2 + ((this.o.random ?? Math.random)() * d) / 2;
-    return Math.round(Math.min(max, Math.max(jittered, retryAfterMs ?? 0)));
+    const backoff = { baseDelayMs: this.o.backoff?.initialMs ?? DEFAULTS.initialMs, maxDelayMs: this.o.backoff?.maxMs ?? DEFAULTS.maxMs, jitter: 'equal' as const };
+    return backoffDelay(failures, this.o.random ? { ...backoff, random: this.o.random } : backoff, retryAfterMs);
   }
 
   private async sleep(ms: number): Promise<void> {

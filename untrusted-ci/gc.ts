@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import type { Logger } from '#shared/logging.js';
-import { applyRetention, loadRetentionPolicy, planOrphans, planRetention, scanBuilds, type BuildResult as RetentionResult, type FinishedBuild } from '#shared/policy/retention.js';
+import { applyRetention, loadRetentionPolicy, planOrphans, planRetention, scanBuilds, type BuildResult as RetentionResult, type FinishedBuild } from './policy/retention.js';
 import type { BuildResult } from '#shared/schemas/api/builds.js';
 import type { LoadedCiConfig } from './config.js';
 import type { GcReport } from './environments/image-cache.js';

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { loadPolicyFile, parsePolicyText } from './policy-file.js';
 import { PolicyViolationError, type Issue } from '../errors.js';
 import { JobPolicy } from '../schemas/job-policy.js';
-import { LIMIT_KEYS, type Limits, type LimitsRequest, type Runtime } from '../schemas/limits.js';
+import { LIMIT_UNITS, type Limits, type LimitsRequest, type Runtime } from '../schemas/limits.js';
 import { formatBytes, formatDuration } from '../units.js';
 
 export const DEFAULT_JOB_POLICY_FILE = fileURLToPath(new URL('../../policies/untrusted-job.yaml', import.meta.url));
@@ -25,9 +25,8 @@ export function loadJobPolicy(file: string = DEFAULT_JOB_POLICY_FILE): JobPolicy
 const RUNTIME_STRICTNESS: Record<Runtime, number> = { runc: 0, runsc: 1 };
 
 function describe(key: keyof Limits, v: number): string {
-  if (key === 'timeoutMs') return formatDuration(v);
-  if (key === 'cpus' || key === 'pids' || key === 'artifactFiles') return String(v);
-  return formatBytes(v);
+  const unit = LIMIT_UNITS[key];
+  return unit === 'ms' ? formatDuration(v) : unit === 'count' ? String(v) : formatBytes(v);
 }
 
 /**
@@ -36,14 +35,14 @@ function describe(key: keyof Limits, v: number): string {
  */
 export function checkAgainstPolicy(request: LimitsRequest, runtime: Runtime | undefined, policy: JobPolicy, file = 'job'): Issue[] {
   const issues: Issue[] = [];
-  const ceiling = toLimits(policy.limits);
-  for (const [field, key] of Object.entries(LIMIT_KEYS) as [keyof Limits, keyof LimitsRequest][]) {
+  const ceiling: Limits = policy.limits;
+  for (const key of Object.keys(LIMIT_UNITS) as (keyof Limits)[]) {
     const asked = request[key];
-    if (asked !== undefined && asked > ceiling[field]) {
+    if (asked !== undefined && asked > ceiling[key]) {
       issues.push({
         file,
         path: `limits.${key}`,
-        message: `asks for ${describe(field, asked)}, policy allows at most ${describe(field, ceiling[field])}`,
+        message: `asks for ${describe(key, asked)}, policy allows at most ${describe(key, ceiling[key])}`,
         severity: 'error',
       });
     }
@@ -58,20 +57,6 @@ export function checkAgainstPolicy(request: LimitsRequest, runtime: Runtime | un
   return issues;
 }
 
-function toLimits(l: Required<LimitsRequest>): Limits {
-  return {
-    memoryBytes: l.memory,
-    cpus: l.cpus,
-    pids: l.pids,
-    timeoutMs: l.timeout,
-    logCapBytes: l.logCap,
-    workspaceBytes: l.workspace,
-    tmpBytes: l.tmp,
-    artifactBytes: l.artifacts,
-    artifactFiles: l.artifactFiles,
-  };
-}
-
 /** The limits and runtime a job gets: its request where it tightens, policy elsewhere. Throws on any loosening. */
 export function resolveLimits(
   request: LimitsRequest,
@@ -81,9 +66,10 @@ export function resolveLimits(
 ): { limits: Limits; runtime: Runtime } {
   const issues = checkAgainstPolicy(request, runtime, policy, file);
   if (issues.length > 0) throw new PolicyViolationError(issues);
-  const merged = { ...policy.limits };
-  for (const [k, v] of Object.entries(request) as [keyof LimitsRequest, number | undefined][]) {
-    if (v !== undefined) (merged as Record<string, number>)[k] = v;
+  const limits: Limits = { ...policy.limits };
+  for (const key of Object.keys(LIMIT_UNITS) as (keyof Limits)[]) {
+    const asked = request[key];
+    if (asked !== undefined) limits[key] = asked;
   }
-  return { limits: toLimits(merged), runtime: runtime ?? policy.runtime.default };
+  return { limits, runtime: runtime ?? policy.runtime.default };
 }

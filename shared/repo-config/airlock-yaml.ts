@@ -61,7 +61,7 @@ function checkNeeds(cfg: AirlockYaml, file: string): Issue[] {
 
 function checkResources(cfg: AirlockYaml, policy: JobPolicy, file: string): Issue[] {
   return Object.entries(cfg.jobs).flatMap(([name, job]) =>
-    checkAgainstPolicy({ ...job.resources, ...(job.timeout !== undefined ? { timeout: job.timeout } : {}) }, undefined, policy, file).map((i) => ({
+    checkAgainstPolicy(job.limits, undefined, policy, file).map((i) => ({
       ...i,
       path: i.path === 'limits.timeout' ? `jobs.${name}.timeout` : `jobs.${name}.resources.${i.path.replace(/^limits\./, '')}`,
     })),

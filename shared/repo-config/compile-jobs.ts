@@ -11,6 +11,8 @@ import { JobSpec } from '../schemas/job-spec.js';
 import { zodIssues } from '../schemas/issues.js';
 import { formatDuration } from '../units.js';
 
+const JobSpecWithoutLimits = JobSpec.omit({ limits: true });
+
 export interface PlannedJob {
   name: string;
   voting: boolean;
@@ -43,7 +45,7 @@ export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: Plan
   if (selected.length === 0) issues.push({ file, path: 'jobs', message: `no job runs in the ${ctx.pipeline} pipeline`, severity: 'error' });
   const b = ctx.budget;
   if (b && selected.length > b.jobs) issues.push({ file, path: 'jobs', message: `${selected.length} jobs run in the ${ctx.pipeline} pipeline; the policy allows at most ${b.jobs} per build`, severity: 'error' });
-  const total = b ? selected.reduce((sum, [, j]) => sum + (j.timeout ?? b.defaultTimeoutMs), 0) : 0;
+  const total = b ? selected.reduce((sum, [, j]) => sum + (j.limits.timeout ?? b.defaultTimeoutMs), 0) : 0;
   if (b && total > b.timeMs) {
     issues.push({ file, path: 'jobs', message: `the jobs of the ${ctx.pipeline} pipeline may run ${formatDuration(total)} together (the sum of their timeouts); the policy allows ${formatDuration(b.timeMs)} per build: lower their timeouts, or run fewer`, severity: 'error' });
   }
@@ -73,17 +75,17 @@ export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: Plan
   const jobs: PlannedJob[] = [];
   order.forEach((name, index) => {
     const job = cfg.jobs[name]!;
-    const r = JobSpec.safeParse({
+    // The limits were parsed with the file and are carried as they are; the rest is checked
+    // against the JobSpec's own caps (the environment added here counts towards them).
+    const r = JobSpecWithoutLimits.safeParse({
       id: `b${ctx.buildId}-a${ctx.attempt}-j${index}`,
       image: ctx.image,
       command: typeof job.command === 'string' ? ['sh', '-c', job.command] : job.command,
       env: { ...job.env, ...env, AIRLOCK_JOB: name },
       artifacts: job.artifacts,
-      // Already parsed: sizes are bytes (a bare number means bytes), but a bare duration means seconds.
-      limits: { ...job.resources, ...(job.timeout !== undefined ? { timeout: `${job.timeout}ms` } : {}) },
     });
     if (!r.success) issues.push(...zodIssues(r.error, file).map((i) => ({ ...i, path: `jobs.${name}${i.path ? `.${i.path}` : ''}` })));
-    else jobs.push({ name, voting: job.voting, needs: job.needs, spec: r.data });
+    else jobs.push({ name, voting: job.voting, needs: job.needs, spec: { ...r.data, limits: job.limits } });
   });
   return { jobs: issues.length ? [] : jobs, issues };
 }

@@ -5,9 +5,9 @@
  *
  * The container's filesystem:
  *   /            image, read-only (ReadonlyRootfs)
- *   /workspace   the job's own ext4 filesystem of `workspaceBytes` (a Docker volume on a loop
+ *   /workspace   the job's own ext4 filesystem of `limits.workspace` bytes (a Docker volume on a loop
  *                device; nosuid, nodev), owned by the job user; the source tar is put here
- *   /tmp         tmpfs of `tmpBytes`, nosuid, nodev (its pages count against the memory limit)
+ *   /tmp         tmpfs of `limits.tmp` bytes, nosuid, nodev (its pages count against the memory limit)
  *   /dev/shm     Docker's default 64 MiB shm, private IPC namespace
  *   VOLUME paths of the image: a tmpfs like /tmp each, instead of an unbounded anonymous volume
  *   /run/secrets only for a trusted-builder step granted secrets: a read-only bind of a host tmpfs
@@ -55,7 +55,7 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
   const { spec, limits } = plan;
   const nanoCpus = Math.round(limits.cpus * 1e9);
   if (nanoCpus < MIN_NANO_CPUS) throw new RangeError(`cpus ${limits.cpus} is below the smallest enforceable quota`);
-  const tmpfs = `rw,exec,nosuid,nodev,size=${limits.tmpBytes},mode=1777`;
+  const tmpfs = `rw,exec,nosuid,nodev,size=${limits.tmp},mode=1777`;
   const covered = Object.fromEntries(plan.imageVolumes.filter((p) => p !== WORKSPACE_PATH && p !== '/tmp').map((p) => [p, tmpfs]));
   // The job may set HOME and anything else, but not the variables airlock itself vouches for.
   const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...(plan.secretsDir ? { AIRLOCK_SECRETS_DIR: SECRETS_PATH } : {}) };
@@ -92,8 +92,8 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
       Privileged: false,
       IpcMode: 'private',
       PidMode: '',
-      Memory: limits.memoryBytes,
-      MemorySwap: limits.memoryBytes, // swap == memory: no swap at all
+      Memory: limits.memory,
+      MemorySwap: limits.memory, // swap == memory: no swap at all
       MemorySwappiness: 0,
       OomKillDisable: false,
       OomScoreAdj: 500, // the kernel picks a job before host processes

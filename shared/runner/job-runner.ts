@@ -199,11 +199,11 @@ export class JobRunner {
     let secretsDir: string | undefined;
     try {
       if (ro.secretFiles?.length) secretsDir = await writeSecretFiles(this.opts.secretsTmpfs ?? DEFAULT_SECRETS_TMPFS, ro.secretFiles, { uid: this.hostUid, gid: this.hostGid });
-      ws = await this.workspaces.take(limits.workspaceBytes);
+      ws = await this.workspaces.take(limits.workspace);
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
       // The source is written while the engine creates the container: creating does not mount
       // the workspace volume (NoCopy; the engine mounts it at start), so the two do not meet.
-      const writing = ro.source ? this.writeSource(ws, ro.source, limits.workspaceBytes, log) : Promise.resolve(true);
+      const writing = ro.source ? this.writeSource(ws, ro.source, limits.workspace, log) : Promise.resolve(true);
       const [written, created] = await Promise.allSettled([
         writing,
         this.opts.docker.createContainer(
@@ -221,7 +221,7 @@ export class JobRunner {
       if (created.status === 'rejected') throw created.reason;
       container = created.value;
       if (ro.signal?.aborted) throw cancelledBeforeStart();
-      if (ro.source && !written.value) await container.putArchive(this.sourceTar(ro.source, limits.workspaceBytes), { path: WORKSPACE_PATH });
+      if (ro.source && !written.value) await container.putArchive(this.sourceTar(ro.source, limits.workspace), { path: WORKSPACE_PATH });
       if (ro.signal?.aborted) throw cancelledBeforeStart();
       const run = await this.execute(container, limits, ro);
       const t1 = performance.now();
@@ -287,7 +287,7 @@ export class JobRunner {
   }
 
   private async execute(container: Docker.Container, limits: Limits, ro: RunOptions) {
-    const capture = new LogCapture(limits.logCapBytes);
+    const capture = new LogCapture(limits.logCap);
     const demux = new DockerDemuxer();
     const stream = (await container.attach({ stream: true, stdout: true, stderr: true, logs: false })) as NodeJS.ReadableStream & { destroy?: () => void };
     const ended = new Promise<void>((resolve) => {
@@ -339,12 +339,12 @@ export class JobRunner {
     const timeout = setTimeout(() => {
       timedOut = true;
       stop();
-    }, limits.timeoutMs);
+    }, limits.timeout);
     const stats = this.opts.collectStats === false ? undefined : watchPeakMemory(container, STATS_AFTER_MS);
     try {
       // The job is killed at its timeout; if the engine still has not reported its end well after
       // that, the runner gives up on this container rather than hang (cleanup force-removes it).
-      const deadline = limits.timeoutMs + this.opts.policy.killGrace + ENGINE_GRACE_MS;
+      const deadline = limits.timeout + this.opts.policy.killGrace + ENGINE_GRACE_MS;
       const status = (await withDeadline(container.wait(), deadline, `the engine did not report the end of the job within ${formatDuration(deadline)}`)) as { StatusCode: number };
       await Promise.race([ended, sleep(STREAM_DRAIN_MS)]);
       stream.destroy?.();
@@ -391,7 +391,7 @@ export class JobRunner {
         const files = await extractArtifacts(archive, staging, {
           globs,
           archivedDir: base,
-          maxBytes: limits.artifactBytes - bytes,
+          maxBytes: limits.artifacts - bytes,
           maxFiles: limits.artifactFiles - all.length,
         });
         for (const f of files) bytes += f.bytes;

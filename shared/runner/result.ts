@@ -56,14 +56,14 @@ const SIGNALS: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT'
 export function describeOutcome(r: Pick<JobResult, 'exitCode' | 'oomKilled' | 'timedOut' | 'cancelled' | 'logTruncated' | 'logBytes' | 'limits' | 'artifactError'> & { runMs: number }): string {
   let reason: string;
   if (r.cancelled) reason = `cancelled after ${formatDuration(Math.round(r.runMs))}`;
-  else if (r.timedOut) reason = `timed out after ${formatDuration(r.limits.timeoutMs)}`;
-  else if (r.oomKilled) reason = `killed: exceeded memory limit of ${formatBytes(r.limits.memoryBytes)}`;
+  else if (r.timedOut) reason = `timed out after ${formatDuration(r.limits.timeout)}`;
+  else if (r.oomKilled) reason = `killed: exceeded memory limit of ${formatBytes(r.limits.memory)}`;
   else if (r.exitCode === 0) reason = 'succeeded';
   else if (r.exitCode > 128 && r.exitCode < 160) {
     const sig = r.exitCode - 128;
     reason = `killed by signal ${sig}${SIGNALS[sig] ? ` (${SIGNALS[sig]})` : ''}`;
   } else reason = `exited with code ${r.exitCode}`;
   if (r.artifactError) reason += `; artifacts refused: ${r.artifactError.message}`;
-  if (r.logTruncated) reason += `; log truncated at ${formatBytes(r.limits.logCapBytes)} of ${formatBytes(r.logBytes)} written`;
+  if (r.logTruncated) reason += `; log truncated at ${formatBytes(r.limits.logCap)} of ${formatBytes(r.logBytes)} written`;
   return reason;
 }

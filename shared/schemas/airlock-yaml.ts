@@ -40,7 +40,13 @@ export const JobDefinition = z
     /** A non-voting job reports but never blocks or resets the gate. */
     voting: z.boolean().default(true),
   })
-  .strict();
+  .strict()
+  // The file keeps `timeout` beside `resources`; past the parse a job has one `limits`, the shape
+  // the policy check, the JobSpec and the runner all take (shared/schemas/limits.ts).
+  .transform(({ resources, timeout, ...job }) => {
+    const limits: LimitsRequest = { ...resources, ...(timeout !== undefined ? { timeout } : {}) };
+    return { ...job, limits };
+  });
 export type JobDefinition = z.infer<typeof JobDefinition>;
 
 export const AirlockYaml = z

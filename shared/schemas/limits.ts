@@ -1,7 +1,14 @@
 /**
- * Resource limits of one job, in two forms:
- * - `LimitsRequest`: what a policy file or a job writes (human units, every key optional);
- * - `Limits`: the resolved numbers the runner applies (bytes, milliseconds, counts).
+ * Resource limits of one job: one shape from `.airlock.yaml` and the policy file to the container.
+ * Parsing (`LimitsRequest`) turns what a person writes (`256m`, `30s`) into numbers once, at the
+ * edge; from then on every layer — the policy check, the JobSpec, the runner, the container
+ * options, the job's result — carries the same keys with the same numbers:
+ *   memory, logCap, workspace, tmp, artifacts   bytes
+ *   timeout                                     milliseconds
+ *   cpus                                        CPUs (fractional; the container gets cpus·1e9 nano-CPUs)
+ *   pids, artifactFiles                         counts
+ * `LimitsRequest` is the partial form (a job asks for some; policy fills the rest), `Limits` the
+ * complete one (what a job runs with).
  */
 import { z } from 'zod';
 import { parseBytes, parseDuration } from '../units.js';
@@ -55,31 +62,31 @@ export const LimitsRequest = z
 export type LimitsRequest = z.infer<typeof LimitsRequest>;
 export type LimitsRequestInput = z.input<typeof LimitsRequest>;
 
-/** Resolved limits the runner applies. */
+/** Complete limits: what a job runs with (policy's, tightened by the job's request). */
 export const Limits = z
   .object({
-    memoryBytes: z.number().int().positive(),
+    memory: z.number().int().positive(),
     cpus: z.number().positive(),
     pids: z.number().int().positive(),
-    timeoutMs: z.number().int().positive(),
-    logCapBytes: z.number().int().positive(),
-    workspaceBytes: z.number().int().positive(),
-    tmpBytes: z.number().int().positive(),
-    artifactBytes: z.number().int().positive(),
+    timeout: z.number().int().positive(),
+    logCap: z.number().int().positive(),
+    workspace: z.number().int().positive(),
+    tmp: z.number().int().positive(),
+    artifacts: z.number().int().positive(),
     artifactFiles: z.number().int().min(0),
   })
   .strict();
-export type Limits = z.infer<typeof Limits>;
+export type Limits = Required<LimitsRequest>;
 
-/** Which request key each resolved field comes from, for messages that name the field as written. */
-export const LIMIT_KEYS: Record<keyof Limits, keyof LimitsRequest> = {
-  memoryBytes: 'memory',
-  cpus: 'cpus',
-  pids: 'pids',
-  timeoutMs: 'timeout',
-  logCapBytes: 'logCap',
-  workspaceBytes: 'workspace',
-  tmpBytes: 'tmp',
-  artifactBytes: 'artifacts',
-  artifactFiles: 'artifactFiles',
+/** The unit of each limit, for messages. */
+export const LIMIT_UNITS: Record<keyof Limits, 'bytes' | 'ms' | 'count'> = {
+  memory: 'bytes',
+  cpus: 'count',
+  pids: 'count',
+  timeout: 'ms',
+  logCap: 'bytes',
+  workspace: 'bytes',
+  tmp: 'bytes',
+  artifacts: 'bytes',
+  artifactFiles: 'count',
 };

@@ -23,7 +23,7 @@ describe('airlock job run', () => {
     const result = JobResult.parse(JSON.parse(lines[0]!));
     expect(result.passed).toBe(true);
     expect(result.log).toBe('from the workspace\n');
-    expect(result.limits.memoryBytes).toBe(128 * 1024 * 1024);
+    expect(result.limits.memory).toBe(128 * 1024 * 1024);
     expect(readFileSync(join(out, 'made/x.txt'), 'utf8')).toBe('x\n');
   });
 

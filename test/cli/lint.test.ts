@@ -14,7 +14,7 @@ import Docker from 'dockerode';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
-import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
+import { FsArtifactStore } from '../../untrusted-ci/storage/fs-artifact-store.js';
 import { runLint } from '../../cli/lint.js';
 import { ProjectConfig } from '../../untrusted-ci/config.js';
 import { loadEnvironmentPolicy } from '../../untrusted-ci/environments/policy.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ArtifactTooLargeError } from '#shared/errors.js';
-import { compareKeys, type ArtifactStore, type StoredObject } from '#shared/storage/artifact-store.js';
+import { compareKeys, type ArtifactStore, type StoredObject } from '../../untrusted-ci/storage/artifact-store.js';
 
 export interface StoreFixture {
   store: ArtifactStore;

@@ -36,7 +36,7 @@ export class FakeRunner implements JobRunnerPort {
       cancelled: false,
       logTruncated: false,
       logBytes: `log of ${job}\n`.length,
-      limits: { memoryBytes: 1, cpus: 1, pids: 1, timeoutMs: 1, logCapBytes: 1, workspaceBytes: 1, tmpBytes: 1, artifactBytes: 1, artifactFiles: 0 },
+      limits: { memory: 1, cpus: 1, pids: 1, timeout: 1, logCap: 1, workspace: 1, tmp: 1, artifacts: 1, artifactFiles: 0 },
       durations: { setupMs: 0, runMs: 0, teardownMs: 0, totalMs: 0 },
       reason: passed ? 'exit 0' : 'exit 1',
       artifacts: [],

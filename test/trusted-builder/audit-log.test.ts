@@ -7,7 +7,8 @@ import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { registerBuilderAuditCommand, runAuditVerify } from '../../cli/builder-audit.js';
 import { ConflictError, InvalidInputError, NotFoundError } from '#shared/errors.js';
-import { AuditLog, canonicalJson, GENESIS_HASH, isSecretLikeName, recordHash, verifyAuditLog, type AuditRecord } from '../../trusted-builder/audit/audit-log.js';
+import { canonicalJson } from '../../trusted-builder/canonical-json.js';
+import { AuditLog, GENESIS_HASH, isSecretLikeName, recordHash, verifyAuditLog, type AuditRecord } from '../../trusted-builder/audit/audit-log.js';
 
 let dir: string;
 let file: string;
@@ -49,6 +50,14 @@ describe('AuditLog', () => {
     expect(await verifyAuditLog(file)).toEqual({ ok: true, records: 5, head: records[4]!.hash });
     expect((await stat(file)).mode & 0o777).toBe(0o600);
     expect((await stat(join(dir, 'audit'))).mode & 0o777).toBe(0o700);
+  });
+
+  it('records hostile strings and fractional numbers as they come, and they verify (a lone surrogate, -0, 1e-7)', async () => {
+    const log = await AuditLog.open(file);
+    await log.append('hint-refused', { reason: 'bad \ud800 branch', ['k\udfff']: [0.1, -0, 1e-7, 1e21] });
+    await log.close();
+    expect(await verifyAuditLog(file)).toMatchObject({ ok: true, records: 1 });
+    expect(await readFile(file, 'utf8')).toContain('bad \\ud800 branch');
   });
 
   it('an empty or new log verifies with the genesis head', async () => {
@@ -125,11 +134,13 @@ describe('AuditLog', () => {
         seq: 99,
         n: Number.NaN,
         when: new Date() as unknown as string,
+        // eslint-disable-next-line no-sparse-arrays
+        holes: [1, , 2] as unknown as string,
       })
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidInputError);
     expect((err as InvalidInputError).issues.map((i) => i.path).sort()).toEqual(
-      ['PRIVATE_KEY', 'details.apiToken', 'details.nested[0].client_secret', 'n', 'registryPassword', 'seq', 'value', 'when'].sort(),
+      ['PRIVATE_KEY', 'details.apiToken', 'details.nested[0].client_secret', 'holes[1]', 'n', 'registryPassword', 'seq', 'value', 'when'].sort(),
     );
     await log.close();
     expect(await readFile(file, 'utf8')).toBe('');

@@ -13,7 +13,8 @@ import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidInputError } from '#shared/errors.js';
 import { generateSigningKey } from '../../scripts/make-signing-key.js';
-import { buildStatement, canonicalJson, provenanceStatement, type ProvenanceInput } from '../../trusted-builder/sign/provenance.js';
+import { canonicalJson } from '../../trusted-builder/canonical-json.js';
+import { buildStatement, provenanceStatement, type ProvenanceInput } from '../../trusted-builder/sign/provenance.js';
 import { loadSigningKey, packetTags, signDetached, type SigningKey } from '../../trusted-builder/sign/signer.js';
 import { lookasideDir, parseSimpleSigningPayload, signImage, simpleSigningPayload, writeLookaside } from '../../trusted-builder/sign/simple-signing.js';
 
@@ -281,7 +282,10 @@ describe('provenance statement', () => {
     expect(bytes.startsWith('{"_type":')).toBe(true);
     expect(provenanceStatement({ ...INPUT }).toString()).toBe(bytes);
     expect(canonicalJson({ b: 1, a: [{ d: null, c: 'é' }], B: true })).toBe('{"B":true,"a":[{"c":"é","d":null}],"b":1}');
-    expect(() => canonicalJson({ x: 1.5 })).toThrow();
+    // Every number in a statement is a safe integer (the input schema refuses others), so no
+    // consumer's number formatting can matter.
+    expect(() => buildStatement({ ...INPUT, steps: [{ name: 's', command: 'c', exitCode: 1.5 }] })).toThrow(/exitCode/);
+    expect(() => buildStatement({ ...INPUT, steps: [{ name: 's', command: 'c', exitCode: 2 ** 53 }] })).toThrow(/exitCode/);
   });
 
   it('lists every bad field', () => {

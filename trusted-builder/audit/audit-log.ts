@@ -10,9 +10,9 @@
  *   - `kind` an `AuditKind`
  *   - `prev` the previous record's `hash`, or `GENESIS_HASH` (64 zeros) for the first record
  *   - `hash` hex sha256 of the canonical JSON of the record without `hash`
- * Canonical JSON is RFC 8785 style: object keys sorted by UTF-16 code units, no whitespace, numbers
- * and strings as `JSON.stringify` writes them. Lines are written in a readable key order; the hash
- * does not depend on it, so verification is independent of key order and whitespace.
+ * Canonical JSON is RFC 8785 (trusted-builder/canonical-json.ts; a string with a lone surrogate keeps
+ * `JSON.stringify`'s escape, as records have always been hashed). Lines are written in a readable key
+ * order; the hash does not depend on it, so verification is independent of key order and whitespace.
  *
  * What the chain cannot show: records removed from the END leave a shorter but valid chain. The
  * file alone cannot tell; a caller that remembers (or publishes) an earlier `head` can, since the
@@ -38,8 +38,9 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import { syncDir } from '#shared/durable-file.js';
+import { syncDir } from '../durable-file.js';
 import { ConflictError, InternalError, InvalidInputError, isAirlockError, NotFoundError, StorageFailedError, type Issue } from '#shared/errors.js';
+import { canonicalJson, type JsonValue } from '../canonical-json.js';
 
 export const AuditKind = z.enum([
   'hint-accepted',
@@ -58,7 +59,7 @@ export const AuditKind = z.enum([
 ]);
 export type AuditKind = z.infer<typeof AuditKind>;
 
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type { JsonValue };
 
 /** One parsed record. The header fields are fixed; the rest are the caller's fields. */
 export type AuditRecord = { seq: number; at: string; kind: AuditKind; prev: string; hash: string } & { readonly [field: string]: JsonValue };
@@ -80,14 +81,6 @@ const Hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'not a hex sha256');
 /** The header of a record; the caller's fields are kept from the raw object, not from zod's copy. */
 const RecordHeader = z.object({ seq: z.number().int().positive(), at: z.iso.datetime(), kind: AuditKind, prev: Hex64, hash: Hex64 });
 
-/** RFC 8785-style canonical JSON of a value that is already known to be JSON. */
-export function canonicalJson(value: JsonValue): string {
-  if (value === null || typeof value !== 'object') return JSON.stringify(value);
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  const keys = Object.keys(value).sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k] as JsonValue)}`).join(',')}}`;
-}
-
 /** The hash a record must carry: sha256 of the canonical JSON of everything but `hash`. */
 export function recordHash(record: Readonly<Record<string, JsonValue>>): string {
   const { hash: _ignored, ...rest } = record;
@@ -106,7 +99,13 @@ export function auditFieldIssues(fields: unknown, file = 'audit record'): Issue[
       if (!Number.isFinite(v)) add(path, `not a JSON number: ${v}`);
       return;
     }
-    if (Array.isArray(v)) return v.forEach((x, i) => walk(x, `${path}[${i}]`));
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        if (i in v) walk(v[i], `${path}[${i}]`);
+        else add(`${path}[${i}]`, 'not a JSON value (an array hole)');
+      }
+      return;
+    }
     const proto: unknown = typeof v === 'object' ? Object.getPrototypeOf(v) : undefined;
     if (typeof v !== 'object' || (proto !== Object.prototype && proto !== null)) {
       const what = typeof v === 'object' ? ((v as object).constructor?.name ?? 'object') : typeof v;

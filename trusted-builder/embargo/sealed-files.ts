@@ -18,7 +18,7 @@ import { mkdirSync } from 'node:fs';
 import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { syncDir, writeDurably } from '#shared/durable-file.js';
+import { syncDir, writeDurably } from '../durable-file.js';
 import { StorageFailedError } from '#shared/errors.js';
 import type { EmbargoKey } from './embargo-key.js';
 

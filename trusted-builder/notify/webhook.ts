@@ -14,7 +14,7 @@
  * caller (who records it in the audit log and the embargo's encrypted log); the next promotion of
  * the project warns again.
  */
-import { setTimeout as delay } from 'node:timers/promises';
+import { retry } from '#shared/retry.js';
 import type { SigningKey } from '../sign/signer.js';
 
 export interface BreakWarning {
@@ -62,26 +62,43 @@ export class WebhookNotifier implements EmbargoNotifier {
     const body = Buffer.from(JSON.stringify({ version: 1, event: w.step === 'retired' ? 'embargo-retired' : 'embargo-broken', embargo: w.embargo, commit: w.commit, step: w.step, at: new Date(now()).toISOString() }));
     const signature = Buffer.from(await this.o.signingKey.signDetached(body)).toString('base64');
     const attempts = this.o.attempts ?? 4;
-    let error = '';
-    for (let attempt = 1; attempt <= attempts; attempt++) {
-      try {
-        const res = await fetch(this.o.url, {
-          method: 'POST',
-          body,
-          headers: { 'content-type': 'application/json', [SIGNATURE_HEADER]: signature },
-          signal: AbortSignal.timeout(this.o.timeoutMs ?? 10_000),
-          redirect: 'error',
-        });
-        await res.arrayBuffer().catch(() => undefined);
-        if (res.ok) return { delivered: true, attempts: attempt };
-        error = `HTTP ${res.status}`;
-        if (res.status < 500 && res.status !== 429) return { delivered: false, attempts: attempt, error };
-      } catch (e) {
-        const cause = (e as { cause?: { code?: string } }).cause;
-        error = cause?.code ?? (e as Error).name;
-      }
-      if (attempt < attempts) await delay((this.o.baseDelayMs ?? 500) * 2 ** (attempt - 1));
+    if (!(attempts >= 1)) return { delivered: false, attempts: 0, error: '' };
+    try {
+      return await retry(
+        async (attempt) => {
+          let res: Response;
+          try {
+            res = await fetch(this.o.url, {
+              method: 'POST',
+              body,
+              headers: { 'content-type': 'application/json', [SIGNATURE_HEADER]: signature },
+              signal: AbortSignal.timeout(this.o.timeoutMs ?? 10_000),
+              redirect: 'error',
+            });
+          } catch (e) {
+            const cause = (e as { cause?: { code?: string } }).cause;
+            throw new Undelivered(cause?.code ?? (e as Error).name, true, attempt);
+          }
+          await res.arrayBuffer().catch(() => undefined);
+          if (res.ok) return { delivered: true, attempts: attempt };
+          throw new Undelivered(`HTTP ${res.status}`, res.status >= 500 || res.status === 429, attempt);
+        },
+        { attempts, baseDelayMs: this.o.baseDelayMs ?? 500, retryable: (e) => (e as Undelivered).retryable },
+      );
+    } catch (e) {
+      if (e instanceof Undelivered) return { delivered: false, attempts: e.attempt, error: e.message };
+      return { delivered: false, attempts, error: (e as Error).message }; // warn never throws
     }
-    return { delivered: false, attempts, error };
+  }
+}
+
+/** Why attempt `attempt` did not deliver: the network error's code or `HTTP <status>`. */
+class Undelivered extends Error {
+  constructor(
+    message: string,
+    readonly retryable: boolean,
+    readonly attempt: number,
+  ) {
+    super(message);
   }
 }

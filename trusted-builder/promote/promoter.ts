@@ -33,6 +33,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InternalError, isAirlockError } from '#shared/errors.js';
+import { retry } from '#shared/retry.js';
 import type { Logger } from '#shared/logging.js';
 import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
@@ -164,19 +165,18 @@ export class Promoter implements HintSink {
     if (tags.length === 0) return;
     const p = (async () => {
       for (const tag of tags) {
-        for (let attempt = 1; ; attempt++) {
-          const status = await this.d.docker
-            .getImage(tag)
-            .remove()
-            .then(() => 200)
-            .catch((e: unknown) => (e as { statusCode?: number }).statusCode ?? 500);
-          if (status === 200 || status === 404) break;
-          if (status !== 409 || attempt >= 10) {
-            log.warn({ image: tag, status }, 'cannot remove an image the promotion built');
-            break;
-          }
-          await new Promise((r) => setTimeout(r, 500));
-        }
+        // 200 removed, 404 already gone; 409 (still in use) is worth ten tries half a second apart.
+        await retry(
+          async () => {
+            const status = await this.d.docker
+              .getImage(tag)
+              .remove()
+              .then(() => 200)
+              .catch((e: unknown) => (e as { statusCode?: number }).statusCode ?? 500);
+            if (status !== 200 && status !== 404) throw new RemovalAnswer(status);
+          },
+          { attempts: 10, baseDelayMs: 500, factor: 1, retryable: (e) => e instanceof RemovalAnswer && e.status === 409 },
+        ).catch((e: unknown) => log.warn({ image: tag, status: e instanceof RemovalAnswer ? e.status : null }, 'cannot remove an image the promotion built'));
       }
     })().finally(() => this.removals.delete(p));
     this.removals.add(p);
@@ -251,5 +251,12 @@ export class Promoter implements HintSink {
       commit,
       branch,
     );
+  }
+}
+
+/** The engine's answer to removing an image, when it is neither 200 nor 404. */
+class RemovalAnswer extends Error {
+  constructor(readonly status: number) {
+    super(`image removal answered ${status}`);
   }
 }

@@ -35,7 +35,6 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import {
   AirlockError,
@@ -49,6 +48,7 @@ import {
   RegistryUnavailableError,
   type Issue,
 } from '#shared/errors.js';
+import { retry } from '#shared/retry.js';
 
 export interface RegistryCredentials {
   username: string;
@@ -231,26 +231,17 @@ function baseUrl(registry: string): string {
 /** Run `op` until it succeeds, throws something other than a TransientFailure, or runs out of attempts. */
 async function withRetries<T>(what: string, registry: string, options: RegistryRequestOptions, op: () => Promise<T>): Promise<{ value: T; attempts: number }> {
   const policy = { ...DEFAULT_RETRY, ...options.retry };
-  const sleep = options.sleep ?? ((ms: number) => delay(ms, undefined, { signal: options.signal }));
-  for (let attempt = 1; ; attempt++) {
-    throwIfAborted(options.signal);
-    try {
-      return { value: await op(), attempts: attempt };
-    } catch (e) {
-      if (!(e instanceof TransientFailure)) throw e;
-      if (attempt >= policy.attempts) {
-        throw new RegistryUnavailableError(`${what}: registry ${registry} still unavailable after ${attempt} attempts: ${e.message}`, { cause: e });
-      }
-      const ms = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
-      options.logger?.warn({ registry, attempt, delayMs: ms, reason: e.message }, `${what} failed; retrying`);
-      try {
-        await sleep(ms);
-      } catch (err) {
-        throwIfAborted(options.signal);
-        throw err;
-      }
-    }
-  }
+  return retry(async (attempt) => ({ value: await op(), attempts: attempt }), {
+    attempts: Math.max(1, policy.attempts), // the first attempt is always made
+    baseDelayMs: policy.baseDelayMs,
+    maxDelayMs: policy.maxDelayMs,
+    retryable: (e) => e instanceof TransientFailure,
+    exhausted: (e, attempts) => new RegistryUnavailableError(`${what}: registry ${registry} still unavailable after ${attempts} attempts: ${(e as Error).message}`, { cause: e }),
+    onRetry: (e, attempt, ms) => options.logger?.warn({ registry, attempt, delayMs: ms, reason: (e as Error).message }, `${what} failed; retrying`),
+    ...(options.signal ? { signal: options.signal } : {}),
+    aborted: () => new CancelledError('registry operation cancelled'),
+    ...(options.sleep ? { sleep: options.sleep } : {}),
+  });
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {

@@ -28,6 +28,7 @@ import { readFile } from 'node:fs/promises';
 import nodeVault from 'node-vault';
 import { InternalError, InvalidInputError, NotFoundError, UnauthorizedError } from '#shared/errors.js';
 import { rootLogger, type Logger } from '#shared/logging.js';
+import { retry } from '#shared/retry.js';
 import {
   readPrivateFile,
   SecretAccessDeniedError,
@@ -307,32 +308,47 @@ export class VaultSecretStore implements SecretStore {
    * transient failures on every attempt) or InternalError (a client-side failure).
    */
   async #call<T>(op: string, fn: () => Promise<T>, maxAttempts = this.#o.maxAttempts): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      let failure: Failure;
-      try {
-        return await fn();
-      } catch (e) {
-        failure = classify(e);
-      }
-      if (failure.kind === 'status' && failure.status === 503 && failure.errors.some((m) => /sealed/i.test(m))) {
-        throw new SecretStoreUnavailableError('sealed', `Vault at ${this.#o.endpoint} is sealed: ${op} refused (HTTP 503); an operator must unseal it`);
-      }
-      if (failure.kind === 'other') throw new InternalError(`Vault ${op} failed in the client: ${failure.summary}`);
-      const transient = failure.kind === 'network' || TRANSIENT_STATUSES.has(failure.status);
-      if (!transient && failure.kind === 'status') throw new VaultHttpError(failure.status, failure.errors);
-      const last = failure.kind === 'network' ? failure.code : `HTTP ${failure.status}`;
-      if (attempt >= maxAttempts) {
-        throw new SecretStoreUnavailableError(
-          failure.kind === 'network' ? 'unreachable' : 'server-error',
-          `Vault at ${this.#o.endpoint}: ${op} failed after ${attempt} attempt${attempt === 1 ? '' : 's'} (last: ${last})`,
-          { cause: new Error(last) },
-        );
-      }
-      const ceiling = Math.min(this.#o.maxDelayMs, this.#o.baseDelayMs * 2 ** (attempt - 1));
-      const delayMs = Math.round(ceiling / 2 + (this.#o.random() * ceiling) / 2);
-      this.#log.warn({ op, attempt, last, delayMs }, 'vault: transient failure, retrying');
-      await this.#o.sleep(delayMs);
-    }
+    const lastOf = (f: Transient): string => (f.failure.kind === 'network' ? f.failure.code : `HTTP ${f.failure.status}`);
+    return retry(
+      async () => {
+        try {
+          return await fn();
+        } catch (e) {
+          const failure = classify(e);
+          if (failure.kind === 'status' && failure.status === 503 && failure.errors.some((m) => /sealed/i.test(m))) {
+            throw new SecretStoreUnavailableError('sealed', `Vault at ${this.#o.endpoint} is sealed: ${op} refused (HTTP 503); an operator must unseal it`);
+          }
+          if (failure.kind === 'other') throw new InternalError(`Vault ${op} failed in the client: ${failure.summary}`);
+          if (failure.kind === 'status' && !TRANSIENT_STATUSES.has(failure.status)) throw new VaultHttpError(failure.status, failure.errors);
+          throw new Transient(failure);
+        }
+      },
+      {
+        attempts: maxAttempts,
+        baseDelayMs: this.#o.baseDelayMs,
+        maxDelayMs: this.#o.maxDelayMs,
+        jitter: 'equal',
+        random: this.#o.random,
+        sleep: this.#o.sleep,
+        retryable: (e) => e instanceof Transient,
+        onRetry: (e, attempt, delayMs) => this.#log.warn({ op, attempt, last: lastOf(e as Transient), delayMs }, 'vault: transient failure, retrying'),
+        exhausted: (e, attempts) => {
+          const last = lastOf(e as Transient);
+          return new SecretStoreUnavailableError(
+            (e as Transient).failure.kind === 'network' ? 'unreachable' : 'server-error',
+            `Vault at ${this.#o.endpoint}: ${op} failed after ${attempts} attempt${attempts === 1 ? '' : 's'} (last: ${last})`,
+            { cause: new Error(last) },
+          );
+        },
+      },
+    );
+  }
+}
+
+/** A failure worth another try: a network error or a transient status (internal to #call). */
+class Transient extends Error {
+  constructor(readonly failure: Extract<Failure, { kind: 'network' | 'status' }>) {
+    super('transient Vault failure');
   }
 }
 

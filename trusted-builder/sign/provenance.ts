@@ -1,8 +1,9 @@
 /**
  * Build provenance: an in-toto Statement v1 whose predicate is SLSA provenance v1
- * (https://slsa.dev/spec/v1.0/provenance), written as canonical JSON bytes (keys sorted by UTF-16
- * code unit at every level, no whitespace, as RFC 8785 does for the values used here) so that the
- * same build always yields the same bytes. The builder signs exactly these bytes with a detached
+ * (https://slsa.dev/spec/v1.0/provenance), written as RFC 8785 canonical JSON bytes
+ * (../canonical-json.ts: keys sorted by UTF-16 code unit at every level, no whitespace; every number
+ * in it is a safe integer, the input schema sees to that) so that the same build always yields the
+ * same bytes. The builder signs exactly these bytes with a detached
  * signature (`signDetached` in ./signer.ts); consumers check it with
  * `gpg --verify statement.json.asc statement.json`. A detached PGP signature is not the DSSE
  * envelope that cosign or slsa-verifier read: that is a later step.
@@ -15,8 +16,8 @@
  *   runDetails                           builder id, invocation id, start and finish times
  */
 import { z } from 'zod';
-import { InternalError } from '#shared/errors.js';
 import { parseOrThrow } from '#shared/schemas/issues.js';
+import { canonicalJson } from '../canonical-json.js';
 
 export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1';
 export const PREDICATE_TYPE = 'https://slsa.dev/provenance/v1';
@@ -153,24 +154,4 @@ export function buildStatement(input: ProvenanceInput): ProvenanceStatement {
 function gitUri(repo: string): string {
   if (repo.startsWith('git+')) return repo;
   return repo.startsWith('/') ? `git+file://${repo}` : `git+${repo}`;
-}
-
-/**
- * Canonical JSON for plain data: object keys sorted by UTF-16 code unit (JavaScript's default
- * sort, as RFC 8785 specifies), no whitespace, strings escaped by JSON.stringify. Only integers are
- * allowed as numbers, so number formatting cannot differ between implementations.
- */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value === 'boolean' || typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'number') {
-    if (!Number.isSafeInteger(value)) throw new InternalError(`canonical JSON: ${value} is not a safe integer`);
-    return JSON.stringify(value);
-  }
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
-    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
-    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
-  }
-  throw new InternalError(`canonical JSON: cannot encode a ${typeof value}`);
 }

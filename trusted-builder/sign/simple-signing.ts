@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { link, mkdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { syncDir, writeDurably } from '#shared/durable-file.js';
+import { syncDir, writeDurably } from '../durable-file.js';
 import { InvalidInputError, StorageFailedError } from '#shared/errors.js';
 import { parseOrThrow } from '#shared/schemas/issues.js';
 import type { SigningKey } from './signer.js';

@@ -16,7 +16,7 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTyp
 import { RateLimitedError, UnauthorizedError } from '#shared/errors.js';
 import { installWireErrors } from '#shared/http/wire.js';
 import type { Logger } from '#shared/logging.js';
-import type { ArtifactStore } from '#shared/storage/artifact-store.js';
+import type { ArtifactStore } from '../storage/artifact-store.js';
 import type { CiConfig } from '../config.js';
 import type { BuildEvents } from '../logs/build-events.js';
 import type { Scheduler } from '../scheduler/scheduler.js';

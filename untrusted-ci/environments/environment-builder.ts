@@ -37,7 +37,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AirlockError, CancelledError, EnvironmentBuildFailedError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, PolicyViolationError, RuntimeUnavailableError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
-import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import { formatBytes, formatDuration } from '#shared/units.js';
 import { CHECKED_DOCKERFILE, withCheckedDockerfile } from '#shared/docker/build-context.js';
 import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';

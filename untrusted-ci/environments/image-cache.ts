@@ -26,7 +26,7 @@ import { isNotFound } from '#shared/docker/client.js';
 import type { Logger } from '#shared/logging.js';
 import { LABEL_OWNER } from '#shared/runner/labels.js';
 import { ownerState } from '#shared/runner/owner.js';
-import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 
 /** On every environment image: `airlock.env=1`, and the project it was built for. */
 export const LABEL_ENV = 'airlock.env';

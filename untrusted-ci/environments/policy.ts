@@ -5,7 +5,7 @@
 import { fileURLToPath } from 'node:url';
 import { loadPolicyFile, parsePolicyText } from '#shared/policy/policy-file.js';
 import type { Issue } from '#shared/errors.js';
-import { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import { EnvironmentPolicy } from '../schemas/environment-policy.js';
 
 export const DEFAULT_ENVIRONMENT_POLICY_FILE = fileURLToPath(new URL('../../policies/environments.yaml', import.meta.url));
 

@@ -6,7 +6,7 @@
  */
 import type Docker from 'dockerode';
 import { InvalidInputError } from '#shared/errors.js';
-import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import type { EnvironmentProvider } from '../executor/build-executor.js';
 import { DOCKERFILE_MAX_BYTES } from '#shared/docker/dockerfile.js';
 import { resolveImageEnvironment, type EnvironmentBuilder } from './environment-builder.js';

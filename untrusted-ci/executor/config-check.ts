@@ -12,7 +12,7 @@ import { AIRLOCK_YAML, parseAirlockYaml } from '#shared/repo-config/airlock-yaml
 import { compileJobs, type PlannedJob } from '#shared/repo-config/compile-jobs.js';
 import { PIPELINES, type AirlockYaml } from '#shared/schemas/airlock-yaml.js';
 import type { Pipeline } from '#shared/schemas/api/builds.js';
-import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
 
 /** The job policy's budget of one build, as compileJobs checks it. */

@@ -35,7 +35,7 @@ import type { Logger } from '#shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
 import { archive, readBlob, repoPathProblem, treeAt } from './tree-reader.js';
-import { capArchive } from '#shared/git/archive-cap.js';
+import { capArchive } from './archive-cap.js';
 
 /** Where a project's code comes from; `url` is anything `remoteUrlProblem` accepts. */
 export interface Project {

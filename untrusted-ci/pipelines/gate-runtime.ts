@@ -27,10 +27,11 @@
  * outdated patch set or belongs to no change keeps the change out, and the reason is reported.
  */
 import type { Logger } from '#shared/logging.js';
-import type { GateView } from '#shared/schemas/api/gate.js';
+import type { GateView } from '../api/schemas/gate.js';
 import type { BuildView, ChangeView, JobState } from '#shared/schemas/api/builds.js';
 import type { ProjectConfig } from '../config.js';
 import { isAirlockError } from '#shared/errors.js';
+import { retry } from '#shared/retry.js';
 import type { Merger } from '../merger/merger.js';
 import { gatePassMessage, type Links, type VotesConfig } from '../review/review-messages.js';
 import type { ReviewOutbox } from '../review/review-outbox.js';
@@ -505,20 +506,22 @@ export class GateRuntime implements GateHooks, Reporter {
     if (!tested) answer = refused(`no tested commit is recorded for change ${change}`);
     else if (!review) answer = refused('no review system is configured: airlock does not merge changes itself');
     else {
-      let failure: unknown;
-      answer = refused('not submitted');
-      for (let attempt = 1; attempt <= 2; attempt++) {
-        try {
-          answer = await review.outbox.exclusive(me.project, number, () => this.askToMerge(review, item, buildSet, me, number, build));
-          failure = undefined;
-          break;
-        } catch (e) {
-          failure = e;
-          this.o.logger.warn({ err: e, change, attempt }, 'asking the review system to merge failed');
-          if (attempt === 1 && !this.closed) await new Promise((res) => setTimeout(res, SUBMIT_RETRY_MS));
-        }
+      try {
+        answer = await retry(
+          async (attempt) => {
+            try {
+              return await review.outbox.exclusive(me.project, number, () => this.askToMerge(review, item, buildSet, me, number, build));
+            } catch (e) {
+              this.o.logger.warn({ err: e, change, attempt }, 'asking the review system to merge failed');
+              throw e;
+            }
+          },
+          // a gate that is closing asks the second time without the pause
+          { attempts: 2, baseDelayMs: SUBMIT_RETRY_MS, sleep: (ms) => (this.closed ? Promise.resolve() : new Promise((res) => setTimeout(res, ms))) },
+        );
+      } catch (failure) {
+        answer = refused(`the review system could not be asked to merge it: ${isAirlockError(failure) ? failure.message : (failure as Error).message}`);
       }
-      if (failure !== undefined) answer = refused(`the review system could not be asked to merge it: ${isAirlockError(failure) ? failure.message : (failure as Error).message}`);
     }
     this.post(answer);
   }

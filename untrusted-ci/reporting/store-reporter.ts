@@ -4,8 +4,8 @@
  * outlives the database row and travels with the logs to S3. Idempotent: a re-report overwrites.
  * A Gerrit REST reporter (a review with a `Verified` vote) implements the same interface later.
  */
-import type { ArtifactStore } from '#shared/storage/artifact-store.js';
-import { resultKey } from '#shared/storage/keys.js';
+import type { ArtifactStore } from '../storage/artifact-store.js';
+import { resultKey } from '../storage/keys.js';
 import type { BuildView } from '#shared/schemas/api/builds.js';
 import type { Reporter } from '../scheduler/scheduler.js';
 

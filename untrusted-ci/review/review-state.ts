@@ -27,20 +27,8 @@ export interface Readiness {
   patchset: number;
 }
 
-export interface KnownChange {
-  project: string;
-  change: string;
-  branch: string;
-  status: ChangeStatus;
-  patchset: number;
-  ref: string;
-  wip: boolean;
-  private: boolean;
-  owner?: string;
-  /** Who uploaded the current patch set. */
-  uploader?: string;
-  votes: Record<string, Record<string, number>>;
-}
+/** What the review state keeps of a `ReviewedChange` (an event may not name the owner). */
+export type KnownChange = Pick<ReviewedChange, 'project' | 'change' | 'branch' | 'status' | 'patchset' | 'ref' | 'wip' | 'private' | 'uploader' | 'votes'> & { owner?: string };
 
 export interface ReviewStateOptions {
   rule: ApprovalRule;

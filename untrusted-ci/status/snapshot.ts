@@ -6,8 +6,8 @@
  */
 import { isAirlockError } from '#shared/errors.js';
 import type { BuildView, JobState } from '#shared/schemas/api/builds.js';
-import type { GateItemView, GateQueueView, GateView } from '#shared/schemas/api/gate.js';
-import type { StatusBuild, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '#shared/schemas/api/status.js';
+import type { GateItemView, GateQueueView, GateView } from '../api/schemas/gate.js';
+import type { StatusBuild, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '../api/schemas/status.js';
 import type { BuildStore } from '../store/build-store.js';
 
 /** How many finished builds the snapshot lists. */

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { RateLimitedError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
-import type { StatusView } from '#shared/schemas/api/status.js';
+import type { StatusView } from '../api/schemas/status.js';
 
 export const MAX_STATUS_SUBSCRIBERS = 100;
 const DEBOUNCE_MS = 200;

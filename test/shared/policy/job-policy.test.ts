@@ -9,7 +9,7 @@ import {
   resolveLimits,
 } from '#shared/policy/job-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
-import { LIMIT_KEYS, LimitsRequest, type LimitsRequestInput } from '#shared/schemas/limits.js';
+import { LIMIT_UNITS, LimitsRequest, type LimitsRequestInput } from '#shared/schemas/limits.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -130,7 +130,7 @@ const LIMIT_TABLE: { key: keyof LimitsRequestInput; tighter: unknown; looser: un
 
 describe('checkAgainstPolicy', () => {
   it('has a table row for every limit', () => {
-    expect(LIMIT_TABLE.map((r) => r.key).sort()).toEqual(Object.values(LIMIT_KEYS).sort());
+    expect(LIMIT_TABLE.map((r) => r.key).sort()).toEqual(Object.keys(LIMIT_UNITS).sort());
   });
 
   it('accepts an empty request and the policy itself', () => {
@@ -196,14 +196,14 @@ describe('resolveLimits', () => {
     const r = resolveLimits({}, undefined, policy);
     expect(r.runtime).toBe('runc');
     expect(r.limits).toEqual({
-      memoryBytes: GiB,
+      memory: GiB,
       cpus: 1,
       pids: 256,
-      timeoutMs: 30 * 60_000,
-      logCapBytes: 10 * MiB,
-      workspaceBytes: 2 * GiB,
-      tmpBytes: 64 * MiB,
-      artifactBytes: 256 * MiB,
+      timeout: 30 * 60_000,
+      logCap: 10 * MiB,
+      workspace: 2 * GiB,
+      tmp: 64 * MiB,
+      artifacts: 256 * MiB,
       artifactFiles: 10_000,
     });
   });
@@ -211,12 +211,12 @@ describe('resolveLimits', () => {
   it('merges the request over the policy where it tightens', () => {
     const r = resolveLimits(request({ memory: '256m', timeout: '5m', artifactFiles: 0 }), 'runsc', policy);
     expect(r.runtime).toBe('runsc');
-    expect(r.limits.memoryBytes).toBe(256 * MiB);
-    expect(r.limits.timeoutMs).toBe(300_000);
+    expect(r.limits.memory).toBe(256 * MiB);
+    expect(r.limits.timeout).toBe(300_000);
     expect(r.limits.artifactFiles).toBe(0);
     expect(r.limits.cpus).toBe(policy.limits.cpus);
     expect(r.limits.pids).toBe(policy.limits.pids);
-    expect(r.limits.workspaceBytes).toBe(policy.limits.workspace);
+    expect(r.limits.workspace).toBe(policy.limits.workspace);
   });
 
   it('does not change the policy it was given', () => {

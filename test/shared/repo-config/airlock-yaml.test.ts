@@ -34,8 +34,10 @@ describe('.airlock.yaml', () => {
     const r = parse(GOOD);
     expect(r.issues).toEqual([]);
     expect(r.value?.environment).toEqual({ dockerfile: 'ci/Dockerfile' });
-    expect(r.value?.jobs.build?.resources).toEqual({ memory: 512 * 1024 ** 2, cpus: 0.5 });
-    expect(r.value?.jobs.build?.timeout).toBe(300_000);
+    // resources and timeout become one limits object, in bytes and milliseconds
+    expect(r.value?.jobs.build?.limits).toEqual({ memory: 512 * 1024 ** 2, cpus: 0.5, timeout: 300_000 });
+    expect(r.value?.jobs.build).not.toHaveProperty('resources');
+    expect(r.value?.jobs.build).not.toHaveProperty('timeout');
     expect(r.value?.jobs.test?.pipelines).toEqual(['check']);
     expect(r.value?.jobs.lint?.pipelines).toEqual(['check', 'gate']);
     expect(r.value?.jobs.lint?.voting).toBe(false);

@@ -70,7 +70,7 @@ describe.each([
     expect(hc.PortBindings).toBeUndefined();
   });
   it('applies memory with no swap, CPU and pids limits', () => {
-    expect(hc.Memory).toBe(p.limits.memoryBytes);
+    expect(hc.Memory).toBe(p.limits.memory);
     expect(hc.MemorySwap).toBe(hc.Memory);
     expect(hc.NanoCpus).toBe(Math.round(p.limits.cpus * 1e9));
     expect(hc.PidsLimit).toBe(p.runtime === 'runsc' ? p.limits.pids + RUNSC_SENTRY_PIDS : p.limits.pids);
@@ -89,7 +89,7 @@ describe.each([
     ]);
     expect(Object.keys(hc.Tmpfs ?? {})).toEqual(['/tmp']);
     const tmp = hc.Tmpfs!['/tmp']!.split(',');
-    expect(tmp).toContain(`size=${p.limits.tmpBytes}`);
+    expect(tmp).toContain(`size=${p.limits.tmp}`);
     expect(tmp).toContain('nosuid');
     expect(tmp).toContain('nodev');
   });

@@ -8,7 +8,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GateView } from '#shared/schemas/api/gate.js';
+import type { GateView } from '../../../untrusted-ci/api/schemas/gate.js';
 import type { BuildView } from '#shared/schemas/api/builds.js';
 import type { GateEventView } from '../../../untrusted-ci/store/gate-store.js';
 import { startTestCi, type TestCi } from '../../support/ci.js';

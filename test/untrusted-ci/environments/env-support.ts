@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import { createLogger } from '#shared/logging.js';
-import type { EnvironmentPolicy } from '#shared/schemas/environment-policy.js';
+import type { EnvironmentPolicy } from '../../../untrusted-ci/schemas/environment-policy.js';
 import { contextFromDirectory } from '#shared/docker/build-context.js';
 import { EnvironmentBuilder, type EnsureInput, type EnvironmentBuilderOptions } from '../../../untrusted-ci/environments/environment-builder.js';
 import { STATE_DIR } from '../../support/docker.js';

@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { NotFoundError, RateLimitedError } from '#shared/errors.js';
 import { JobName } from '#shared/schemas/airlock-yaml.js';
 import { BuildState, BuildView, QueueView, type BuildEvent } from '#shared/schemas/api/builds.js';
-import { logKey } from '#shared/storage/keys.js';
+import { logKey } from '../../storage/keys.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
 import { openEventStream, streamCapacityLeft } from '../event-stream.js';
 

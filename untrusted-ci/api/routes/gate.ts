@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { NotFoundError } from '#shared/errors.js';
-import { GateView } from '#shared/schemas/api/gate.js';
+import { GateView } from '../schemas/gate.js';
 import { GateEventKind, GateEventView } from '../../store/gate-store.js';
 import type { ApiDeps, ZodApp } from '../app.js';
 

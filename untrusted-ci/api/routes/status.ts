@@ -10,7 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { PAGE_CSP } from '#shared/http/page-policy.js';
-import { StatusView } from '#shared/schemas/api/status.js';
+import { StatusView } from '../schemas/status.js';
 import type { EventStream } from '../event-stream.js';
 import { openEventStream, streamCapacityLeft } from '../event-stream.js';
 import { RateLimitedError } from '#shared/errors.js';

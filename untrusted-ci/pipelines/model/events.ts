@@ -11,18 +11,13 @@
  * to know which requests are still wanted.
  */
 import type { BuildSetJson, JobNode, StateEntry } from './build-set.js';
-import type { ChangeKey, NeededChange } from './changes.js';
+import type { ChangeKey, ChangeRecord } from './changes.js';
 
-/** The facts about a change at its current patchset. A higher patchset replaces the old one. */
-export interface ChangeFacts {
-  id: ChangeKey;
-  project: string;
-  branch: string;
-  patchset: number;
-  needs: NeededChange[];
-  approved: boolean;
-  ref: string | null;
-}
+/**
+ * The facts about a change at its current patchset: the model's record of it without its status
+ * (which the model keeps itself). A higher patchset replaces the old one.
+ */
+export type ChangeFacts = Omit<ChangeRecord, 'status'>;
 
 export type TriggerEvent =
   /** Insert or update a change. A new patchset dequeues the old one's items. */

@@ -35,7 +35,7 @@ import {
   type GerritChange,
   type GerritEventType,
   type GerritPatchSet,
-} from '#shared/schemas/events/gerrit.js';
+} from '../../schemas/events/gerrit.js';
 import { parseOrThrow } from '#shared/schemas/issues.js';
 import { Ignored, MAX_COMMENT_BYTES, MAX_SUBJECT_BYTES, TriggerEvent } from '#shared/schemas/events/trigger.js';
 

@@ -1,4 +1,4 @@
-// The status page's DOM, built from one StatusView (shared/schemas/api/status.ts).
+// The status page's DOM, built from one StatusView (untrusted-ci/api/schemas/status.ts).
 //
 // Every string in a snapshot may be written by an attacker: change subjects, authors, job names,
 // reasons, config messages. So nothing here parses markup: `h()` makes elements, puts text in as

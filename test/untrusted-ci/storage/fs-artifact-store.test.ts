@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
+import { FsArtifactStore } from '../../../untrusted-ci/storage/fs-artifact-store.js';
 import { collect, describeArtifactStoreContract } from '../../contract/artifact-store.contract.js';
 
 const temp = (): Promise<string> => mkdtemp(join(tmpdir(), 'airlock-fs-store-'));

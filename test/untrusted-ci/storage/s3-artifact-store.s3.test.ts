@@ -6,8 +6,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ArtifactStoreConfig, createArtifactStore } from '#shared/storage/config.js';
-import { S3ArtifactStore } from '#shared/storage/s3-artifact-store.js';
+import { ArtifactStoreConfig, createArtifactStore } from '../../../untrusted-ci/storage/config.js';
+import { S3ArtifactStore } from '../../../untrusted-ci/storage/s3-artifact-store.js';
 import { collect, describeArtifactStoreContract } from '../../contract/artifact-store.contract.js';
 import { startS3, type TestS3 } from '../../support/s3.js';
 

@@ -26,7 +26,7 @@ import {
   S3Client,
   type PutObjectCommandInput,
 } from '@aws-sdk/client-s3';
-import { NotFoundError, PayloadTooLargeError, StorageFailedError, isAirlockError } from '../errors.js';
+import { NotFoundError, PayloadTooLargeError, StorageFailedError, isAirlockError } from '#shared/errors.js';
 import { keyProblems, readCapped, validateKey, validatePrefix, type ArtifactStore, type StoredObject } from './artifact-store.js';
 import { putDirectoryWith } from './local-tree.js';
 

@@ -17,9 +17,9 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { InvalidInputError } from '../errors.js';
-import { zodIssues } from '../schemas/issues.js';
-import { parseYaml } from '../yaml.js';
+import { InvalidInputError } from '#shared/errors.js';
+import { zodIssues } from '#shared/schemas/issues.js';
+import { parseYaml } from '#shared/yaml.js';
 import { keyProblems, type ArtifactStore } from './artifact-store.js';
 import { FsArtifactStore } from './fs-artifact-store.js';
 import { S3ArtifactStore } from './s3-artifact-store.js';

@@ -18,7 +18,8 @@ import { lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from 'node
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { InvalidInputError, NotFoundError, StorageFailedError, isAirlockError } from '../errors.js';
+import { InvalidInputError, NotFoundError, StorageFailedError, isAirlockError } from '#shared/errors.js';
+import { retry } from '#shared/retry.js';
 import {
   RESERVED_SEGMENT_PREFIX,
   compareKeys,
@@ -103,18 +104,22 @@ export class FsArtifactStore implements ArtifactStore {
       try {
         if (body instanceof Readable) await pipeline(body, createWriteStream(tmp, { flags: 'wx', flush: true }));
         else await writeFile(tmp, body, { flag: 'wx', flush: true });
-        // A concurrent deletePrefix may remove the folder between mkdir and rename: make it again.
-        for (let attempt = 0; ; attempt++) {
-          const target = (await this.pathOf(key, true)) as string;
-          try {
-            await rename(tmp, target);
-            return;
-          } catch (e) {
-            if (code(e) === 'ENOENT' && attempt < 3) continue;
-            if (code(e) === 'EISDIR' || code(e) === 'ENOTEMPTY' || code(e) === 'EEXIST') throw folderConflict(key);
-            throw e;
-          }
-        }
+        // A concurrent deletePrefix may remove the folder between mkdir and rename: make it again
+        // (4 renames at most, no wait: the race is with one delete, not with a slow service).
+        let renameFailure: unknown;
+        await retry(
+          async () => {
+            const target = (await this.pathOf(key, true)) as string;
+            try {
+              await rename(tmp, target);
+            } catch (e) {
+              if (code(e) === 'EISDIR' || code(e) === 'ENOTEMPTY' || code(e) === 'EEXIST') throw folderConflict(key);
+              renameFailure = e;
+              throw e;
+            }
+          },
+          { attempts: 4, baseDelayMs: 0, retryable: (e) => e === renameFailure && code(e) === 'ENOENT' },
+        );
       } finally {
         await unlink(tmp).catch(() => undefined); // gone after a successful rename
       }

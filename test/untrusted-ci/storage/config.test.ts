@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { zodIssues } from '#shared/schemas/issues.js';
-import { ArtifactStoreConfig, createArtifactStore, loadS3Credentials } from '#shared/storage/config.js';
-import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
-import { S3ArtifactStore } from '#shared/storage/s3-artifact-store.js';
+import { ArtifactStoreConfig, createArtifactStore, loadS3Credentials } from '../../../untrusted-ci/storage/config.js';
+import { FsArtifactStore } from '../../../untrusted-ci/storage/fs-artifact-store.js';
+import { S3ArtifactStore } from '../../../untrusted-ci/storage/s3-artifact-store.js';
 
 const issuePaths = (input: unknown): string[] => {
   const r = ArtifactStoreConfig.safeParse(input);

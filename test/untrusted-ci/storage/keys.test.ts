@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { validateKey } from '#shared/storage/artifact-store.js';
-import { artifactPrefix, buildIdOf, buildPrefix, logKey, logsPrefix, resultKey } from '#shared/storage/keys.js';
+import { validateKey } from '../../../untrusted-ci/storage/artifact-store.js';
+import { artifactPrefix, buildIdOf, buildPrefix, logKey, logsPrefix, resultKey } from '../../../untrusted-ci/storage/keys.js';
 
 describe('key layout', () => {
   it('lays one build out under builds/<id>/', () => {

@@ -9,7 +9,7 @@
  * Logs have no per-job override: a build's logs go together.
  */
 import { z } from 'zod';
-import { JobName } from './airlock-yaml.js';
+import { JobName } from '#shared/schemas/airlock-yaml.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;

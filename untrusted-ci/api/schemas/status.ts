@@ -9,7 +9,7 @@
  * as text, never as markup. Version 1; a breaking change gets a new path.
  */
 import { z } from 'zod';
-import { BuildView, JobState, Pipeline } from './builds.js';
+import { BuildView, JobState, Pipeline } from '#shared/schemas/api/builds.js';
 
 /** One job of a queue item: its state in the item's build, and what is known of how long it takes. */
 export const StatusJob = z.object({

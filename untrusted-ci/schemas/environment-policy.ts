@@ -5,8 +5,8 @@
  * `EnvironmentPolicy` (sizes in bytes, durations in milliseconds).
  */
 import { z } from 'zod';
-import { ImageRef } from './job-spec.js';
-import { Duration, Runtime, Size } from './limits.js';
+import { ImageRef } from '#shared/schemas/job-spec.js';
+import { Duration, Runtime, Size } from '#shared/schemas/limits.js';
 
 const MiB = 1024 ** 2;
 

@@ -14,10 +14,10 @@ import {
   scanBuilds,
   type BuildResult,
   type FinishedBuild,
-} from '#shared/policy/retention.js';
-import { RetentionPolicy, type RetentionPolicyInput } from '#shared/schemas/retention-policy.js';
-import { FsArtifactStore } from '#shared/storage/fs-artifact-store.js';
-import { artifactPrefix, logKey, resultKey } from '#shared/storage/keys.js';
+} from '../../../untrusted-ci/policy/retention.js';
+import { RetentionPolicy, type RetentionPolicyInput } from '../../../untrusted-ci/schemas/retention-policy.js';
+import { FsArtifactStore } from '../../../untrusted-ci/storage/fs-artifact-store.js';
+import { artifactPrefix, logKey, resultKey } from '../../../untrusted-ci/storage/keys.js';
 import { collect } from '../../contract/artifact-store.contract.js';
 
 const HOUR = 3_600_000;

@@ -19,7 +19,7 @@
  * airlock reads are strictly typed; fields it reads only when present are optional.
  */
 import { z } from 'zod';
-import { ChangeId, LabelName, ProjectName, RefName, Sha } from './trigger.js';
+import { ChangeId, LabelName, ProjectName, RefName, Sha } from '#shared/schemas/events/trigger.js';
 
 /** A positive integer that old Gerrit versions send as a numeric string. */
 const Count = z

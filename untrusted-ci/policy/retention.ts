@@ -14,8 +14,8 @@
  * the CI remembers the build, and goes with the orphan sweep once it does not.
  */
 import { fileURLToPath } from 'node:url';
-import { loadPolicyFile, parsePolicyText } from './policy-file.js';
-import { StorageFailedError, type Issue } from '../errors.js';
+import { loadPolicyFile, parsePolicyText } from '#shared/policy/policy-file.js';
+import { StorageFailedError, type Issue } from '#shared/errors.js';
 import { RetentionPolicy } from '../schemas/retention-policy.js';
 import type { ArtifactStore } from '../storage/artifact-store.js';
 import { BUILDS_PREFIX, artifactPrefix, buildIdOf, buildPrefix, logsPrefix } from '../storage/keys.js';

@@ -8,11 +8,11 @@
  *     artifacts/<job>/<path…>        the files the job declared as artifacts
  *
  * Ids are checked here (InvalidInputError), so a key is never built from an unchecked string.
- * Retention (shared/policy/retention.ts) relies on this layout.
+ * Retention (untrusted-ci/policy/retention.ts) relies on this layout.
  */
 import { z } from 'zod';
-import { JobName } from '../schemas/airlock-yaml.js';
-import { parseOrThrow } from '../schemas/issues.js';
+import { JobName } from '#shared/schemas/airlock-yaml.js';
+import { parseOrThrow } from '#shared/schemas/issues.js';
 
 /** A build id: one path segment of letters, digits and `. _ -`, starting with a letter or digit (so never `.` or `..`). */
 export const BuildId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'build ids are 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit');

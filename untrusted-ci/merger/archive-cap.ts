@@ -10,7 +10,7 @@
  * work for whoever reads the archive.
  */
 import { Transform } from 'node:stream';
-import { InvalidInputError } from '../errors.js';
+import { InvalidInputError } from '#shared/errors.js';
 
 const BLOCK = 512;
 

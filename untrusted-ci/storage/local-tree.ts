@@ -5,7 +5,7 @@
  */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InvalidInputError, StorageFailedError, isAirlockError, type Issue } from '../errors.js';
+import { InvalidInputError, StorageFailedError, isAirlockError, type Issue } from '#shared/errors.js';
 import { keyProblems, validatePrefix } from './artifact-store.js';
 
 /** Regular files under `dir`, as '/'-joined paths relative to it. */

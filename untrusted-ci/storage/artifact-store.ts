@@ -9,7 +9,7 @@
  * keys that share a prefix; the layout airlock uses is in keys.ts.
  */
 import type { Readable } from 'node:stream';
-import { InvalidInputError, PayloadTooLargeError, type Issue } from '../errors.js';
+import { InvalidInputError, PayloadTooLargeError, type Issue } from '#shared/errors.js';
 
 /** What `stat` and `list` tell about one stored object. */
 export interface StoredObject {

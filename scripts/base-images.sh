@@ -5,13 +5,8 @@
 #   airlock/base:bookworm  a debootstrap minbase rootfs (minutes; rootfs tarball cached)
 # Each image is rebuilt only when missing. The self-test result is keyed by image id.
 set -euo pipefail
-case "${1:-}" in
-  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  '') ;;
-  *) printf '%s: unknown argument %s (it takes none; --help says what it does)\n' "base-images" "$1" >&2; exit 2 ;;
-esac
-say() { printf 'base-images: %s\n' "$*" >&2; }
-die() { printf 'base-images: error: %s\n' "$*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+script_setup base-images "${BASH_SOURCE[0]}" "$@"
 
 docker_bin=/usr/bin/docker
 state_dir=${AIRLOCK_STATE_DIR:-/var/lib/airlock}

@@ -9,14 +9,8 @@
 # Safe to run again and again: every step checks before it acts. Exits non-zero with a
 # plain message when it cannot finish, rather than leaving a half-set-up machine silently.
 set -euo pipefail
-case "${1:-}" in
-  -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  '') ;;
-  *) printf '%s: unknown argument %s (it takes none; --help says what it does)\n' "bootstrap" "$1" >&2; exit 2 ;;
-esac
-
-say() { printf 'bootstrap: %s\n' "$*" >&2; }
-die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+script_setup bootstrap "${BASH_SOURCE[0]}" "$@"
 
 # Checked first, with shell builtins only, so the message is clear whatever the machine lacks.
 [ "${EUID:-$(id -u)}" -eq 0 ] || die "must run as root (it installs Debian packages and starts dockerd); try: sudo npm run bootstrap"

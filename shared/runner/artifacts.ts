@@ -15,7 +15,7 @@
  * glob base): staged directories merge into existing real directories, and an entry that already
  * exists there is an error, checked for every entry before anything is moved.
  */
-import { constants, createWriteStream, type Stats } from 'node:fs';
+import { constants, createWriteStream } from 'node:fs';
 import { link, lstat, mkdir, open, readdir, realpath, rename, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -26,6 +26,7 @@ import tar from 'tar-stream';
 import { ArtifactRejectedError, ArtifactTooLargeError } from '../errors.js';
 import { formatBytes } from '../units.js';
 import { safeEntryName } from './tar-pack.js';
+import { absentAsUndefined } from '../absent.js';
 
 export interface ArtifactFile {
   /** Path relative to the workspace, as the globs see it. */
@@ -86,7 +87,7 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
     let at = stagingReal;
     for (const part of parts) {
       at = join(at, part);
-      const st = await lstatOrUndefined(at);
+      const st = await absentAsUndefined(lstat(at));
       if (st === undefined) await mkdir(at);
       else if (!st.isDirectory()) reject(`artifact ${JSON.stringify(rel)}: ${JSON.stringify(part)} in its path is not a directory (nothing is written through a link)`);
     }
@@ -161,14 +162,6 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
   }
 }
 
-async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
-  try {
-    return await lstat(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
 
 /**
  * Move everything in `from` into `to`, merging into directories that exist. Every move is planned
@@ -187,7 +180,7 @@ async function planMoves(from: string, to: string, rel: string, moves: [string, 
     const src = join(from, e.name);
     const dst = join(to, e.name);
     const path = rel ? `${rel}/${e.name}` : e.name;
-    const existing = await lstatOrUndefined(dst);
+    const existing = await absentAsUndefined(lstat(dst));
     if (existing === undefined) moves.push([src, dst]);
     else if (existing.isDirectory() && e.isDirectory()) await planMoves(src, dst, path, moves);
     else throw new ArtifactRejectedError(`artifact ${JSON.stringify(path)} already exists in the artifacts directory`);

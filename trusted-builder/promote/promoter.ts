@@ -34,6 +34,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InternalError, isAirlockError } from '#shared/errors.js';
 import { retry } from '#shared/retry.js';
+import { phaseClock } from '#shared/phase-clock.js';
 import type { Logger } from '#shared/logging.js';
 import type { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import type { HintSink } from '../api/app.js';
@@ -194,13 +195,7 @@ export class Promoter implements HintSink {
     const work = join(d.workDir, randomUUID());
     const built: string[] = []; // tags of the images this promotion made, removed when it ends
     const startedOn = new Date(this.now());
-    const phases: Record<string, number> = {};
-    let mark = performance.now();
-    const phase = (name: string): void => {
-      const t = performance.now();
-      phases[name] = Math.round(t - mark);
-      mark = t;
-    };
+    const { phases, phase } = phaseClock();
     try {
       await mkdir(work, { recursive: true, mode: 0o700 });
       const project = d.policy.policy.projects.find((p) => p.name === hint.project);

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { syncDir, writeDurably } from '../durable-file.js';
 import { InvalidInputError, StorageFailedError } from '#shared/errors.js';
+import { absentAsUndefined } from '#shared/absent.js';
 import { parseOrThrow } from '#shared/schemas/issues.js';
 import type { SigningKey } from './signer.js';
 
@@ -140,7 +141,7 @@ export async function writeLookaside(root: string, repository: string, manifestD
     await mkdir(dir, { recursive: true });
     let n = 1;
     for (;;) {
-      const existing = await readIfExists(join(dir, `signature-${n}`));
+      const existing = await absentAsUndefined(readFile(join(dir, `signature-${n}`)));
       if (existing === undefined) break;
       if (existing.equals(bytes)) return { n, path: join(dir, `signature-${n}`), created: false };
       n++;
@@ -158,7 +159,7 @@ export async function writeLookaside(root: string, repository: string, manifestD
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
           // A concurrent writer took n: if it published the same bytes, that is ours too.
-          if ((await readIfExists(path))?.equals(bytes)) return { n, path, created: false };
+          if ((await absentAsUndefined(readFile(path)))?.equals(bytes)) return { n, path, created: false };
           n++;
         }
       }
@@ -170,11 +171,3 @@ export async function writeLookaside(root: string, repository: string, manifestD
   }
 }
 
-async function readIfExists(path: string): Promise<Buffer | undefined> {
-  try {
-    return await readFile(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}

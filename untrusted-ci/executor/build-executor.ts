@@ -17,6 +17,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { CancelledError, InvalidInputError, isAirlockError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { phaseClock } from '#shared/phase-clock.js';
 import type { Logger } from '#shared/logging.js';
 import { AIRLOCK_YAML, parseAirlockYaml } from '#shared/repo-config/airlock-yaml.js';
 import type { JobResult } from '#shared/runner/result.js';
@@ -102,13 +103,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     const project = o.projects.find((p) => p.name === build.project);
     if (!project) return { result: 'config-error', reason: `project ${build.project} is not registered with this CI` };
     const say = (text: string): void => o.events.publish(build.id, { type: 'log', job: 'setup', text });
-    const phases: Record<string, number> = {};
-    let mark = performance.now();
-    const phase = (name: string): void => {
-      const now = performance.now();
-      phases[name] = Math.round(now - mark);
-      mark = now;
-    };
+    const { phases, phase } = phaseClock();
     releases.push(() => o.logger.debug({ build: build.id, phases }, 'build phases (ms)'));
 
     // 1. The change merged onto the current branch tip (a gate build: after the changes ahead of it).

@@ -27,8 +27,9 @@ async function api(clock: () => number = () => NOW) {
   mkdirSync(join(lookaside, 'team/app@sha256=abc'), { recursive: true });
   writeFileSync(join(lookaside, 'team/app@sha256=abc/signature-1'), 'SIG');
   writeFileSync(join(dir, 'outside.txt'), 'secret-ish');
+  const logs: Record<string, unknown>[] = [];
   const app = await buildBuilderApi({
-    logger: createLogger({ level: 'silent' }),
+    logger: createLogger({ level: 'info', destination: { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) } }),
     audit,
     hintSecret: SECRET,
     promoter: { accept: (h) => (accepted.push(h), { queued: true }) },
@@ -36,7 +37,7 @@ async function api(clock: () => number = () => NOW) {
     now: clock,
   });
   const records = () => readFileSync(auditFile, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { app, accepted, auditFile, records };
+  return { app, accepted, auditFile, records, logs };
 }
 
 const HINT = { version: 1, project: 'demo/app', branch: 'master', commit: 'a'.repeat(40), ciRun: '17' };
@@ -83,6 +84,15 @@ describe('POST /v1/hints', () => {
       ['hint-refused', 'replayed'],
     ]);
     expect(await verifyAuditLog(a.auditFile)).toMatchObject({ ok: true, records: 7 });
+    // The service log carries each refusal too, at warn, with its reason.
+    expect(a.logs.filter((l) => l.msg === 'promotion hint refused').map((l) => [l.level, l.reason])).toEqual([
+      [40, 'bad-signature'],
+      [40, 'bad-signature'],
+      [40, 'stale-timestamp'],
+      [40, 'stale-timestamp'],
+      [40, 'missing-header'],
+      [40, 'replayed'],
+    ]);
   });
 
   it('answers 400 to a signed body that is not a valid hint, naming the field; 413 to a huge one', async () => {

@@ -117,6 +117,7 @@ async function rig(o: RigOptions = {}) {
   const privateLookasideDir = join(dir, `private-lookaside-${id}`);
   const workDir = join(dir, `work-${id}`);
   const calls: { stage: string; repository: string }[] = [];
+  const logs: Record<string, unknown>[] = [];
   const deps: PromoterDeps = {
     // Never reached: the stages that use the engine are stand-ins, and they build nothing to remove.
     docker: new Docker({ socketPath: join(dir, 'no-engine.sock') }),
@@ -134,7 +135,7 @@ async function rig(o: RigOptions = {}) {
     registryCredentials: { username: 'u', password: 'p' },
     lookasideDir,
     workDir,
-    logger: createLogger({ level: 'silent' }),
+    logger: createLogger({ level: 'info', destination: { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) } }),
     store,
     ...(o.embargo ? { embargo: o.embargo, privateLookasideDir } : {}),
   };
@@ -167,7 +168,7 @@ async function rig(o: RigOptions = {}) {
     store.close();
     await audit.close();
   };
-  return { promoter, runner, calls, records, lookasideDir, privateLookasideDir, workDir, close, stages: () => calls.map((c) => c.stage) };
+  return { promoter, runner, calls, records, logs, lookasideDir, privateLookasideDir, workDir, close, stages: () => calls.map((c) => c.stage) };
 }
 
 const hint = (commit: string, project = PROJECT) => ({ version: 1 as const, project, branch: 'master', commit });
@@ -283,6 +284,8 @@ describe('Promoter (pure tier: stages through their ports)', () => {
       expect(out).toEqual({ state: stop.state, project: PROJECT, commit: up.tip(), step: stop.step, reason: stop.message });
       expect(r.stages()).toEqual(PUBLIC_STAGES.slice(0, PUBLIC_STAGES.indexOf(stage) + 1));
       expect(r.records().at(-1)).toMatchObject({ kind: 'promotion-failed', step: stop.step, state: stop.state, reason: stop.message });
+      // The service log says it too: a refusal at warn, a failure at error, with step and reason.
+      expect(r.logs.at(-1)).toMatchObject({ level: stop.state === 'refused' ? 40 : 50, msg: `promotion ${stop.state}`, project: PROJECT, step: stop.step, reason: stop.message });
       expect(existsSync(r.lookasideDir)).toBe(false);
       await r.close();
     });
@@ -298,6 +301,7 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     });
     expect(await r.promoter.promote(hint(up.tip()))).toMatchObject({ state: 'failed', step: 'internal', reason: 'internal error: socket hang up' });
     expect(r.records().at(-1)).toMatchObject({ kind: 'promotion-failed', step: 'internal' });
+    expect(r.logs.at(-1)).toMatchObject({ level: 50, msg: 'promotion failed', step: 'internal', err: { message: 'socket hang up' } });
     await r.close();
   });
 

@@ -82,7 +82,11 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
   const throttle = new RefusalThrottle(REFUSALS_AUDITED_PER_MINUTE, now);
   const refused = async (reason: string, from: string): Promise<void> => {
     const t = throttle.take();
-    if (t.record) await d.audit.append('hint-refused', { reason, from, ...(t.suppressedBefore > 0 ? { suppressedBefore: t.suppressedBefore } : {}) });
+    if (!t.record) return;
+    const suppressed: Record<string, number> = t.suppressedBefore > 0 ? { suppressedBefore: t.suppressedBefore } : {};
+    // The service log says what the audit log says (the same throttle), so an operator sees it.
+    d.logger.warn({ reason, from, ...suppressed }, 'promotion hint refused');
+    await d.audit.append('hint-refused', { reason, from, ...suppressed });
   };
   await app.register(rateLimit, {
     global: false,

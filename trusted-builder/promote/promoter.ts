@@ -17,8 +17,8 @@
  *   build       the publish image, hermetically (network off, no cache, pinned bases only)
  *   leak check  every secret value in use is searched for in the image's layers and config, the
  *               job logs and the build log (raw, base64, JSON-escaped…); a hit ends it, unpushed
- *   push        that very export of the image to the private registry, with retries; the digest
- *               the registry serves is kept
+ *   push        that very export of the image to the registry (the embargo lane: to its own), with
+ *               retries; the digest the registry serves is kept
  *   sign        a simple-signing signature of that digest in the lookaside, and a detached
  *               signature over an in-toto/SLSA provenance statement next to it (naming the
  *               reviewed changes, their approvers and submitters)
@@ -68,6 +68,7 @@ export interface PromoterDeps {
   jobPolicy: JobPolicy;
   audit: AuditLog;
   signingKey: SigningKey;
+  /** The builder's login to the public registry (the policy's `registry`). */
   registryCredentials: RegistryCredentials;
   lookasideDir: string;
   workDir: string;
@@ -83,6 +84,8 @@ export interface PromoterDeps {
   notifier?: EmbargoNotifier;
   /** Signatures and provenance of private images (never served without authentication). */
   privateLookasideDir?: string;
+  /** The builder's login to the embargo lane's own registry (the policy's `embargoRegistry`); needed with `embargo`. */
+  embargoRegistryCredentials?: RegistryCredentials;
   now?: () => number;
   /**
    * Stages run instead of the real ones (pipeline.ts `realStages`), each on its own: the
@@ -117,6 +120,9 @@ export class Promoter implements HintSink {
     this.now = d.now ?? Date.now;
     this.stages = { ...realStages(d, this.now), ...d.stages };
     if (d.embargo && !d.privateLookasideDir) throw new InternalError('the embargo lane needs a private lookaside directory');
+    if (d.embargo && (!d.policy.policy.embargoRegistry || !d.embargoRegistryCredentials)) {
+      throw new InternalError('the embargo lane needs its own registry (embargoRegistry in the promotion policy) and the builder’s login there');
+    }
   }
 
   /** Queue again what the last process accepted but did not finish (call once, at start). */
@@ -234,7 +240,7 @@ export class Promoter implements HintSink {
       phase('verify');
       const lane = publicLane(
         { project, commit: hint.commit, branch: v.branch, work, built, startedOn, log },
-        { verifier: d.verifier, audit: d.audit, lookasideDir: d.lookasideDir, review: v.review, phase },
+        { verifier: d.verifier, audit: d.audit, registry: { host: d.policy.policy.registry, credentials: d.registryCredentials }, lookasideDir: d.lookasideDir, review: v.review, phase },
       );
       const out = await buildLane(this.stages, lane);
       log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
@@ -265,7 +271,9 @@ export class Promoter implements HintSink {
         audit: d.audit,
         mirrorOf: (p) => d.verifier.mirrorOf(p),
         workDir: d.workDir,
-        privateLookasideDir: d.privateLookasideDir!, // checked in the constructor
+        // Both checked in the constructor.
+        registry: { host: d.policy.policy.embargoRegistry!, credentials: d.embargoRegistryCredentials! },
+        privateLookasideDir: d.privateLookasideDir!,
         logger: d.logger,
         now: this.now,
         stages: this.stages,

@@ -177,7 +177,8 @@ export async function startBuilderService(
     lane?.onSubmitted((project) => promoter.buildPrivately(project));
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
-    const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: embargoPath ? [embargoPath] : [] });
+    // The page shows nothing of the embargo lane: not the reads of its key or of its registry's login.
+    const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: [embargoPath, secretsPolicy.builder.embargoRegistry].filter((x): x is string => x !== undefined) });
     const dashboard = dashboardLogin && { auth: new BasicAuth(dashboardLogin), summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: paths.lookaside }) };
     const app = await buildBuilderApi({
       logger,

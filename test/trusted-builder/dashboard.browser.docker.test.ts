@@ -227,7 +227,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
     expect(kinds).not.toContain('embargo');
     const text = (await page.locator('main').textContent()) ?? ''; // the footer names what is never shown
     const summary = (await page.evaluate(`fetch('/v1/ui/summary').then((r) => r.text())`)) as string;
-    for (const hidden of [embargoId, 'private/', 'private-lookaside', 'airlock/embargo-key', 'lane-open', 'alice', CANARY.file, CANARY.content, CANARY.message, LOGIN.password]) {
+    for (const hidden of [embargoId, 'private/', 'private-lookaside', 'airlock/embargo-key', 'airlock/embargo-registry', embargoRegistry.url, 'lane-open', 'alice', CANARY.file, CANARY.content, CANARY.message, LOGIN.password]) {
       expect(text, hidden).not.toContain(hidden);
       expect(summary, hidden).not.toContain(hidden);
     }

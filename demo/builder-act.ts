@@ -14,7 +14,7 @@ import { signHint } from '#shared/hints/hint-auth.js';
 import { verifyAuditLog } from '../trusted-builder/audit/audit-log.js';
 import { builderPaths } from '../trusted-builder/service.js';
 import type { CodeReview } from './code-review.js';
-import { BASE_IMAGE, IMAGE, PROJECT, type DemoLayout } from './demo-root.js';
+import { BASE_IMAGE, EMBARGO_REGISTRY, IMAGE, PROJECT, type DemoLayout } from './demo-root.js';
 import type { Merge } from './ci-act.js';
 import type { Story } from './story.js';
 import { consumer, firstErrorLine } from './verify-image.js';
@@ -158,7 +158,24 @@ export async function consumerAct(c: Ctx, image: Publication): Promise<void> {
     return;
   }
   const refused = await cons.pull(unsigned).then(() => undefined, (e: unknown) => firstErrorLine(e));
-  story.check(`an unsigned image in the same registry (${unsigned}) is refused`, refused !== undefined && /signature/i.test(refused), refused ?? 'it was accepted');
+  // The consumers' login can push (htpasswd has no read-only users): what it pushes is unsigned, so refused.
+  story.check(`an unsigned image in the same registry (${unsigned}, pushed with the consumers' login) is refused`, refused !== undefined && /signature/i.test(refused), refused ?? 'it was accepted');
+
+  // Embargoed images live in a registry of their own, which the consumers' login cannot read.
+  const basic = `Basic ${Buffer.from(`${layout.registry.username}:${layout.registry.password}`).toString('base64')}`;
+  const catalog = (host: string): Promise<{ status: number; repositories: string[] }> =>
+    fetch(`http://${host}/v2/_catalog`, { headers: { authorization: basic }, signal: c.signal }).then(
+      async (r) => ({ status: r.status, repositories: r.status === 200 ? (((await r.json()) as { repositories?: string[] }).repositories ?? []) : [] }),
+      () => ({ status: 0, repositories: [] }),
+    );
+  const pub = await catalog(layout.registry.host);
+  const priv = await catalog(EMBARGO_REGISTRY);
+  const privateInPublic = pub.repositories.filter((r) => r === 'private' || r.startsWith('private/'));
+  story.check(
+    `the consumers' login reads no embargoed image: ${EMBARGO_REGISTRY} refuses it, ${layout.registry.host} holds no private/`,
+    pub.status === 200 && privateInPublic.length === 0 && priv.status === 401,
+    `GET /v2/_catalog with the consumers' login: ${layout.registry.host} → ${pub.status}${privateInPublic.length > 0 ? ` listing ${privateInPublic.join(', ')}` : ''}, ${EMBARGO_REGISTRY} → ${priv.status}`,
+  );
 }
 
 /**

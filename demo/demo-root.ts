@@ -9,15 +9,19 @@
  *     ci/gerrit.json        the CI's account in code review (airlock-ci: votes Verified, submits)
  *     ci/hook.secret        the secret in the URL code review posts its events to
  *     builder/builder.yaml  the builder's config; builder/data (audit log, lookaside, promotions),
- *     builder/secrets/      its file SecretStore (0600 JSON): signing key, registry credentials,
- *                           hint key, its own read-only account in code review (airlock-builder)
+ *     builder/secrets/      its file SecretStore (0600 JSON): signing key, its logins to both
+ *                           registries, hint key, its own read-only account in code review
+ *                           (airlock-builder)
  *     builder/promotion.yaml  the promotion policy: this project only, base image pinned by image id,
  *                           review checked in code review (Code-Review +2 from someone else)
  *     builder/signing-key.pub.asc  the signing key's public half (what a consumer's policy names)
  *     ci.log, builder.log   the services' logs
  *
- * The registry is the bootstrap's (127.0.0.1:5000, htpasswd); its credentials come from the file the
- * bootstrap wrote. The repository's own policies (job limits, environments, secrets.yaml for the
+ * The registries are the bootstrap's (scripts/bootstrap.sh, step 5), their logins the files it wrote:
+ * public images on 127.0.0.1:5000 (the builder pushes with its own login; the demo's consumer pulls
+ * with the consumers' login, never the builder's), and the embargo lane's own on 127.0.0.1:5001
+ * (the builder's login there goes into its SecretStore; the demo submits no embargoed patch, so the
+ * lane stays off, but the policy and the secret are what a lane that is on needs). The repository's own policies (job limits, environments, secrets.yaml for the
  * secret paths) are used as shipped.
  */
 import { randomBytes } from 'node:crypto';
@@ -33,8 +37,10 @@ import { BUILDER_ACCOUNT, CI_ACCOUNT } from '../test/support/gerrit-rig.js';
 import type { CodeReview } from './code-review.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
-/** The bootstrap's registry (scripts/bootstrap.sh, step 5). */
+/** The bootstrap's registry of public images (scripts/bootstrap.sh, step 5). */
 export const REGISTRY = '127.0.0.1:5000';
+/** The bootstrap's registry of the embargo lane (its logins: the builder's and the security team's). */
+export const EMBARGO_REGISTRY = '127.0.0.1:5001';
 /** Names no test uses: the demo removes the images it made by these names, so they must be its own. */
 export const PROJECT = 'demo/greeter';
 /** Where the builder publishes the project: `<registry>/<image>:<commit>`. */
@@ -54,6 +60,7 @@ export interface DemoLayout {
   publicKeyFile: string;
   /** The signing key's fingerprint (what skopeo and gpg will see). */
   fingerprint: string;
+  /** The public registry with the consumers' login (what the demo's consumer pulls with). */
   registry: { host: string; username: string; password: string };
   /** The login of the builder's page (`/ui`). */
   dashboard: { username: string; password: string };
@@ -81,7 +88,9 @@ export function layout(root: string, stateDir: string): Omit<DemoLayout, 'finger
  */
 export async function prepareDemoRoot(root: string, stateDir: string, review: CodeReview): Promise<DemoLayout> {
   const l = layout(root, stateDir);
-  const registry = registryCredentials(stateDir);
+  const registry = registryCredentials(stateDir, join('registry', 'credentials.json'));
+  const consumerLogin = registryCredentials(stateDir, join('registry', 'consumer.json'));
+  const embargoRegistry = registryCredentials(stateDir, join('registry-private', 'builder.json'));
   for (const d of ['review', 'ci', 'builder']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
 
   // The hint key: one random value, in the CI's file and in the builder's SecretStore.
@@ -99,6 +108,8 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
   };
   put(paths.signingKey, { armored: key.privateArmored });
   put(paths.registry, { username: registry.username, password: registry.password });
+  if (!paths.embargoRegistry) throw new Error('policies/secrets.yaml names no builder.embargoRegistry');
+  put(paths.embargoRegistry, { username: embargoRegistry.username, password: embargoRegistry.password });
   put(paths.hintSecret, { secret: hintSecret });
   // The builder's own account in code review: it only reads (never the CI's account).
   put('airlock/gerrit-reader', { username: BUILDER_ACCOUNT, password: review.passwords[BUILDER_ACCOUNT]! });
@@ -117,6 +128,7 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
       version: 1,
       builderId: 'https://airlock.invalid/trusted-builder/demo',
       registry: REGISTRY,
+      embargoRegistry: EMBARGO_REGISTRY,
       reviewSystems: { gerrit: { kind: 'gerrit', url: review.gerrit.url, credentials: 'airlock/gerrit-reader' } },
       projects: [
         {
@@ -141,7 +153,7 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
       secrets: { kind: 'file', dir: secrets },
     }),
   );
-  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...registry }, dashboard };
+  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...consumerLogin }, dashboard };
 }
 
 /** The CI's config: the project in code review, its own data dir, and where its hints go. */
@@ -164,14 +176,14 @@ export function writeCiConfig(l: DemoLayout, builderUrl: string, review: CodeRev
   );
 }
 
-/** The bootstrap's registry user (`<state>/registry/credentials.json`, 0600). */
-function registryCredentials(stateDir: string): { username: string; password: string } {
-  const file = join(stateDir, 'registry', 'credentials.json');
+/** A registry login the bootstrap wrote (`<state>/<rel>`, 0600: registry/credentials.json, registry/consumer.json, registry-private/builder.json). */
+function registryCredentials(stateDir: string, rel: string): { username: string; password: string } {
+  const file = join(stateDir, rel);
   let value: { username?: unknown; password?: unknown };
   try {
     value = JSON.parse(readFileSync(file, 'utf8')) as typeof value;
   } catch (e) {
-    throw new Error(`cannot read the registry credentials ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): run scripts/bootstrap.sh`);
+    throw new Error(`cannot read the registry credentials ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): run scripts/bootstrap.sh (as root) to write it`);
   }
   if (typeof value.username !== 'string' || typeof value.password !== 'string') throw new Error(`${file}: expected {"username", "password"}`);
   return { username: value.username, password: value.password };

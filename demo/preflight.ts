@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import type Docker from 'dockerode';
-import { BASE_IMAGE, REGISTRY } from './demo-root.js';
+import { BASE_IMAGE, EMBARGO_REGISTRY, REGISTRY } from './demo-root.js';
 
 /** Every problem found; empty when the machine is ready. */
 export async function preflight(docker: Docker): Promise<string[]> {
@@ -19,7 +19,10 @@ export async function preflight(docker: Docker): Promise<string[]> {
   const engine = await docker.ping().then(() => true, () => false);
   if (!engine) problems.push('the Docker engine does not answer');
   else if (!(await docker.getImage(BASE_IMAGE).inspect().then(() => true, () => false))) problems.push(`the base image ${BASE_IMAGE} is missing`);
-  const registry = await fetch(`http://${REGISTRY}/v2/`, { signal: AbortSignal.timeout(5_000) }).then((r) => r.status, () => 0);
-  if (registry !== 401) problems.push(registry === 0 ? `no registry answers on ${REGISTRY}` : `the registry on ${REGISTRY} answered GET /v2/ with ${registry}, not 401 (it must ask for credentials)`);
+  // Both of the bootstrap's registries: public images, and the embargo lane's own.
+  for (const host of [REGISTRY, EMBARGO_REGISTRY]) {
+    const registry = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(5_000) }).then((r) => r.status, () => 0);
+    if (registry !== 401) problems.push(registry === 0 ? `no registry answers on ${host} (scripts/bootstrap.sh starts it)` : `the registry on ${host} answered GET /v2/ with ${registry}, not 401 (it must ask for credentials)`);
+  }
   return problems;
 }

@@ -5,8 +5,14 @@
 #   airlock/base:bookworm  a debootstrap minbase rootfs (minutes; rootfs tarball cached)
 # Each image is rebuilt only when missing. The self-test result is keyed by image id.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-script_setup base-images "${BASH_SOURCE[0]}" "$@"
+# --help prints the header above; it takes no argument. Builtins only (PATH may be empty here).
+case "${1:-}" in
+  -h|--help) while IFS= read -r line; do case $line in '#!'*) ;; '#'*) line=${line#\#}; printf '%s\n' "${line# }" ;; *) break ;; esac; done < "${BASH_SOURCE[0]:-/dev/null}"; exit 0 ;;
+  '') ;;
+  *) printf '%s: unknown argument %s (it takes none; --help says what it does)\n' "base-images" "$1" >&2; exit 2 ;;
+esac
+say() { printf 'base-images: %s\n' "$*" >&2; }
+die() { printf 'base-images: error: %s\n' "$*" >&2; exit 1; }
 
 docker_bin=/usr/bin/docker
 state_dir=${AIRLOCK_STATE_DIR:-/var/lib/airlock}

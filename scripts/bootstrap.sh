@@ -5,12 +5,20 @@
 #   - dockerd with user-namespace remapping, no bridge, no iptables, runsc registered
 #   - base images built locally (no registry to pull from): airlock/base:busybox, airlock/base:bookworm
 #   - a runsc compatibility self-test per base image, recorded for policy
-#   - the private registry (docker-registry on 127.0.0.1:5000, htpasswd auth) for the trusted builder
+#   - the registries (docker-registry, htpasswd auth) the trusted builder pushes to: public images on
+#     127.0.0.1:5000 (logins: the builder's, the consumers'), the embargo lane's patched images on
+#     127.0.0.1:5001 (logins: the builder's, the security team's)
 # Safe to run again and again: every step checks before it acts. Exits non-zero with a
 # plain message when it cannot finish, rather than leaving a half-set-up machine silently.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-script_setup bootstrap "${BASH_SOURCE[0]}" "$@"
+# --help prints the header above; it takes no argument. Builtins only (PATH may be empty here).
+case "${1:-}" in
+  -h|--help) while IFS= read -r line; do case $line in '#!'*) ;; '#'*) line=${line#\#}; printf '%s\n' "${line# }" ;; *) break ;; esac; done < "${BASH_SOURCE[0]:-/dev/null}"; exit 0 ;;
+  '') ;;
+  *) printf '%s: unknown argument %s (it takes none; --help says what it does)\n' "bootstrap" "$1" >&2; exit 2 ;;
+esac
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
 # Checked first, with shell builtins only, so the message is clear whatever the machine lacks.
 [ "${EUID:-$(id -u)}" -eq 0 ] || die "must run as root (it installs Debian packages and starts dockerd); try: sudo npm run bootstrap"
@@ -78,90 +86,113 @@ fi
 # ---- 4. base images -------------------------------------------------------------------------
 "$repo/scripts/base-images.sh"
 
-# ---- 5. private registry --------------------------------------------------------------------
-# The trusted builder's push target for the demo: Debian's docker-registry on 127.0.0.1:5000 only,
-# run as the package's unprivileged docker-registry user, with htpasswd auth for one generated user.
-# Its password sits in credentials.json (0600), which the builder's file SecretStore serves.
-# No systemd here: it runs under nohup with a pid file, and is (re)started only when it does not
-# answer or when its config or htpasswd changed.
-reg_addr=127.0.0.1:5000
-reg_user=airlock-builder
-reg_conf_dir=/etc/airlock/registry
-reg_dir="$state_dir/registry"
-reg_creds="$reg_dir/credentials.json"
-reg_pid_file=/run/airlock/registry.pid
-reg_log=/var/log/airlock-registry.log
-mkdir -p "$reg_conf_dir" "$reg_dir/data" /run/airlock
-chmod 0711 "$reg_dir"   # the docker-registry user may reach data/, not list credentials.json
-[ "$(stat -c %U "$reg_dir/data")" = docker-registry ] || chown -R docker-registry:docker-registry "$reg_dir/data"
-chmod 0700 "$reg_dir/data"
-want_reg_conf="version: 0.1
+# ---- 5. registries ---------------------------------------------------------------------------
+# Two registries, each Debian's docker-registry on 127.0.0.1 only, run as the package's
+# unprivileged docker-registry user, with htpasswd auth:
+#   127.0.0.1:5000  public images. Logins: the trusted builder's push login (airlock-builder,
+#                   registry/credentials.json) and the consumers' (airlock-consumer,
+#                   registry/consumer.json): the demo hands consumers that one, never the builder's.
+#   127.0.0.1:5001  the embargo lane's own registry: patched images, before disclosure. Logins: the
+#                   builder's (airlock-builder, registry-private/builder.json) and the security
+#                   team's (security-team, registry-private/team.json), no other. Consumers and the
+#                   public tier never get one, and the public registry never holds private/.
+# docker-registry's htpasswd has no per-user rights: every login may read and push everything in
+# its registry. The consumer login cannot be made read-only; that is safe because consumers verify
+# the builder's signature, so whatever a consumer login pushes is an image no consumer accepts. For
+# the same reason embargoed images get a registry of their own rather than a namespace rule.
+# Each password sits in its credentials file (0600, never rewritten), which the builder's file
+# SecretStore serves. No systemd here: each runs under nohup with a pid file, and is (re)started
+# only when it does not answer or when its config or htpasswd changed.
+
+# GET /v2/ on registry $1 (host:port) with bash's /dev/tcp (curl is not among our packages); $2 =
+# optional base64 user:password. Prints the HTTP status, or 000 when nothing answers.
+registry_status() (
+  addr=$1 auth=''
+  [ -n "${2:-}" ] && auth="Authorization: Basic $2"$'\r\n'
+  { exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}"; } 2>/dev/null || { echo 000; exit 0; }
+  printf 'GET /v2/ HTTP/1.0\r\nHost: %s\r\n%s\r\n' "$addr" "$auth" >&3
+  read -r -t 5 _ code _ <&3 2>/dev/null || code=000
+  echo "${code:-000}"
+)
+
+# run_registry NAME ADDR USER=CREDENTIALS_JSON…: config in /etc/airlock/NAME, data in
+# $state_dir/NAME/data, pid file /run/airlock/NAME.pid, log /var/log/airlock-NAME.log; an htpasswd
+# of exactly those logins. Ready when GET /v2/ is 401 without credentials and 200 with each login's.
+run_registry() {
+  local name=$1 addr=$2; shift 2
+  local conf_dir=/etc/airlock/$name dir=$state_dir/$name pid_file=/run/airlock/$name.pid log=/var/log/airlock-$name.log
+  local logins=("$@") login user file users restart=false stale=false changed pid basic
+  users=$(for login in "${logins[@]}"; do echo "${login%%=*}"; done | sort | tr '\n' ' ')
+  mkdir -p "$conf_dir" "$dir/data" /run/airlock
+  chmod 0711 "$dir"   # the docker-registry user may reach data/, not list the credentials files
+  [ "$(stat -c %U "$dir/data")" = docker-registry ] || chown -R docker-registry:docker-registry "$dir/data"
+  chmod 0700 "$dir/data"
+  local want_conf="version: 0.1
 log:
   level: info
   fields:
-    service: airlock-registry
+    service: airlock-$name
 storage:
   filesystem:
-    rootdirectory: $reg_dir/data
+    rootdirectory: $dir/data
 http:
-  addr: $reg_addr
+  addr: $addr
   headers:
     X-Content-Type-Options: [nosniff]
 auth:
   htpasswd:
-    realm: airlock-registry
-    path: $reg_conf_dir/htpasswd"
-reg_restart=false
-if [ "$(cat "$reg_conf_dir/config.yml" 2>/dev/null)" != "$want_reg_conf" ]; then
-  printf '%s\n' "$want_reg_conf" > "$reg_conf_dir/config.yml"
-  reg_restart=true
-fi
-# bcrypt needs the helper (no htpasswd binary here); skipped when both files exist and the htpasswd
-# is not older than the credentials. It never rewrites an existing password.
-if [ ! -s "$reg_creds" ] || [ ! -s "$reg_conf_dir/htpasswd" ] || [ "$reg_creds" -nt "$reg_conf_dir/htpasswd" ]; then
-  changed=$("$repo/node_modules/.bin/tsx" "$repo/scripts/registry-htpasswd.ts" "$reg_creds" "$reg_conf_dir/htpasswd" "$reg_user") \
-    || die "could not write the registry credentials ($reg_creds, $reg_conf_dir/htpasswd)"
-  [ "$changed" = changed ] && { say "registry credentials written for $reg_user"; reg_restart=true; }
-fi
-chown root:docker-registry "$reg_conf_dir/htpasswd"
-chmod 0640 "$reg_conf_dir/htpasswd"
-chmod 0600 "$reg_creds"
+    realm: airlock-$name
+    path: $conf_dir/htpasswd"
+  if [ "$(cat "$conf_dir/config.yml" 2>/dev/null)" != "$want_conf" ]; then
+    printf '%s\n' "$want_conf" > "$conf_dir/config.yml"
+    restart=true
+  fi
+  # bcrypt needs the helper (no htpasswd binary here); skipped when the htpasswd names exactly these
+  # users and no credentials file is missing or newer than it. It never rewrites an existing password.
+  [ -s "$conf_dir/htpasswd" ] && [ "$(cut -d: -f1 "$conf_dir/htpasswd" | sort | tr '\n' ' ')" = "$users" ] || stale=true
+  for login in "${logins[@]}"; do
+    file=${login#*=}
+    [ -s "$file" ] && [ ! "$file" -nt "$conf_dir/htpasswd" ] || stale=true
+  done
+  if [ "$stale" = true ]; then
+    changed=$("$repo/node_modules/.bin/tsx" "$repo/scripts/registry-htpasswd.ts" --users "$conf_dir/htpasswd" "${logins[@]}") \
+      || die "could not write the logins of $name ($conf_dir/htpasswd and ${logins[*]})"
+    [ "$changed" = changed ] && { say "$name: logins written for $users"; restart=true; }
+  fi
+  chown root:docker-registry "$conf_dir/htpasswd"
+  chmod 0640 "$conf_dir/htpasswd"
+  for login in "${logins[@]}"; do chmod 0600 "${login#*=}"; done
 
-# GET /v2/ on the registry with bash's /dev/tcp (curl is not among our packages); $1 = optional
-# base64 user:password. Prints the HTTP status, or 000 when nothing answers.
-registry_status() (
-  auth=''
-  [ -n "${1:-}" ] && auth="Authorization: Basic $1"$'\r\n'
-  { exec 3<>"/dev/tcp/${reg_addr%:*}/${reg_addr#*:}"; } 2>/dev/null || { echo 000; exit 0; }
-  printf 'GET /v2/ HTTP/1.0\r\nHost: %s\r\n%s\r\n' "$reg_addr" "$auth" >&3
-  read -r -t 5 _ code _ <&3 2>/dev/null || code=000
-  echo "${code:-000}"
-)
-# The pid from our pid file, only if that process is still our docker-registry.
-registry_pid() {
-  local pid
-  pid=$(cat "$reg_pid_file" 2>/dev/null) || return 1
-  [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "docker-registry serve $reg_conf_dir/config.yml" && echo "$pid"
+  # The pid from our pid file, only if that process is still this docker-registry.
+  pid=$(cat "$pid_file" 2>/dev/null || true)
+  if [ -n "$pid" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "docker-registry serve $conf_dir/config.yml"; then pid=''; fi
+  if [ "$restart" = true ] && [ -n "$pid" ]; then
+    say "$name: config or logins changed: restarting it"
+    kill "$pid"
+    for _ in $(seq 1 100); do [ "$(registry_status "$addr")" = 000 ] && break; sleep 0.1; done
+  fi
+  if [ "$(registry_status "$addr")" = 000 ]; then
+    say "starting docker-registry ($name) on $addr"
+    nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups --no-new-privs --inh-caps=-all \
+      /usr/bin/docker-registry serve "$conf_dir/config.yml" >>"$log" 2>&1 &
+    echo $! > "$pid_file"
+    for i in $(seq 1 100); do
+      [ "$(registry_status "$addr")" != 000 ] && break
+      [ "$i" -eq 100 ] && die "docker-registry ($name) did not answer on $addr in 10 s; see $log"
+      sleep 0.1
+    done
+  fi
+  [ "$(registry_status "$addr")" = 401 ] || die "the registry on $addr ($name) does not ask for credentials (GET /v2/ → $(registry_status "$addr"), want 401); is something else on that port? see $log"
+  for login in "${logins[@]}"; do
+    user=${login%%=*} file=${login#*=}
+    basic=$(sed -n 's/.*"username": *"\([^"]*\)".*"password": *"\([^"]*\)".*/\1:\2/p' "$file" | tr -d '\n' | base64 -w0)
+    [ "$(registry_status "$addr" "$basic")" = 200 ] || die "the registry on $addr ($name) refuses $user's credentials from $file; see $log"
+  done
 }
 
-if [ "$reg_restart" = true ] && pid=$(registry_pid); then
-  say "registry config or credentials changed: restarting it"
-  kill "$pid"
-  for _ in $(seq 1 100); do [ "$(registry_status)" = 000 ] && break; sleep 0.1; done
-fi
-if [ "$(registry_status)" = 000 ]; then
-  say "starting docker-registry on $reg_addr"
-  nohup setpriv --reuid=docker-registry --regid=docker-registry --init-groups --no-new-privs --inh-caps=-all \
-    /usr/bin/docker-registry serve "$reg_conf_dir/config.yml" >>"$reg_log" 2>&1 &
-  echo $! > "$reg_pid_file"
-  for i in $(seq 1 100); do
-    [ "$(registry_status)" != 000 ] && break
-    [ "$i" -eq 100 ] && die "docker-registry did not answer on $reg_addr in 10 s; see $reg_log"
-    sleep 0.1
-  done
-fi
-reg_basic=$(sed -n 's/.*"username": *"\([^"]*\)".*"password": *"\([^"]*\)".*/\1:\2/p' "$reg_creds" | tr -d '\n' | base64 -w0)
-[ "$(registry_status)" = 401 ] || die "the registry on $reg_addr does not ask for credentials (GET /v2/ → $(registry_status), want 401); is something else on that port? see $reg_log"
-[ "$(registry_status "$reg_basic")" = 200 ] || die "the registry on $reg_addr refuses $reg_user's credentials from $reg_creds; see $reg_log"
+run_registry registry 127.0.0.1:5000 \
+  "airlock-builder=$state_dir/registry/credentials.json" "airlock-consumer=$state_dir/registry/consumer.json"
+run_registry registry-private 127.0.0.1:5001 \
+  "airlock-builder=$state_dir/registry-private/builder.json" "security-team=$state_dir/registry-private/team.json"
 
 say "ready"

@@ -1,12 +1,14 @@
-// Credentials for the private registry, run by scripts/bootstrap.sh (there is no `htpasswd` binary
-// on the machine: apache2-utils is not installed, and docker-registry only accepts bcrypt).
+// Logins of a registry, run by scripts/bootstrap.sh (there is no `htpasswd` binary on the machine:
+// apache2-utils is not installed, and docker-registry only accepts bcrypt).
 //
-//   tsx scripts/registry-htpasswd.ts CREDENTIALS_JSON HTPASSWD USERNAME
+//   tsx scripts/registry-htpasswd.ts CREDENTIALS_JSON HTPASSWD USERNAME          one login
+//   tsx scripts/registry-htpasswd.ts --users HTPASSWD USERNAME=CREDENTIALS_JSON…  several
 //
-// CREDENTIALS_JSON (`{"username","password"}`, mode 0600) is the source of truth: it is created with
-// a random password only when missing, and never rewritten. HTPASSWD is rewritten only when it does
-// not hold a bcrypt hash of exactly that user and password. Prints `changed` or `unchanged`, so the
-// caller knows whether a running registry must be restarted. The password never goes through argv.
+// Each CREDENTIALS_JSON (`{"username","password"}`, mode 0600) is the source of truth: it is created
+// with a random password only when missing, and never rewritten. HTPASSWD is rewritten only when it
+// does not hold a bcrypt hash of exactly those users and passwords (no other user). Prints `changed`
+// or `unchanged`, so the caller knows whether a running registry must be restarted. No password
+// ever goes through argv.
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
@@ -46,44 +48,89 @@ function readCredentials(file: string): RegistryCredentials {
   return { username: value.username, password: value.password };
 }
 
-/** Does `htpasswd` hold a hash of exactly `creds` (and nothing for other users)? */
-function htpasswdMatches(file: string, creds: RegistryCredentials): boolean {
+/** Does `htpasswd` hold a hash of exactly each of `logins`, and nothing for any other user? */
+function htpasswdMatches(file: string, logins: readonly RegistryCredentials[]): boolean {
   if (!existsSync(file)) return false;
   const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l !== '');
-  const line = lines.length === 1 ? lines[0]! : '';
-  const colon = line.indexOf(':');
-  const hash = line.slice(colon + 1);
-  return colon > 0 && line.slice(0, colon) === creds.username && /^\$2[aby]\$/.test(hash) && bcrypt.compareSync(creds.password, hash);
+  if (lines.length !== logins.length) return false;
+  const hashes = new Map<string, string>();
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    if (colon <= 0) return false;
+    hashes.set(line.slice(0, colon), line.slice(colon + 1));
+  }
+  return logins.every((c) => {
+    const hash = hashes.get(c.username);
+    return hash !== undefined && /^\$2[aby]\$/.test(hash) && bcrypt.compareSync(c.password, hash);
+  });
 }
 
-/** Make both files consistent; true when the htpasswd file was (re)written. */
-export function ensureRegistryCredentials(credentialsFile: string, htpasswdFile: string, username: string): boolean {
-  if (!existsSync(credentialsFile)) {
-    writeAtomic(credentialsFile, `${JSON.stringify({ username, password: randomPassword() })}\n`, 0o600);
+/** One login of a registry: the user it is created for, and its credentials file. */
+export interface RegistryLogin {
+  username: string;
+  credentialsFile: string;
+}
+
+/**
+ * Make every credentials file and the one htpasswd of all of them consistent (each file created
+ * with a random password when missing, never rewritten); true when the htpasswd was (re)written.
+ */
+export function ensureRegistryLogins(htpasswdFile: string, logins: readonly RegistryLogin[]): boolean {
+  if (logins.length === 0) throw new Error(`${htpasswdFile}: no login to write (a registry nobody can log in to)`);
+  const creds = logins.map((l) => {
+    if (!existsSync(l.credentialsFile)) writeAtomic(l.credentialsFile, `${JSON.stringify({ username: l.username, password: randomPassword() })}\n`, 0o600);
+    return { file: l.credentialsFile, ...readCredentials(l.credentialsFile) };
+  });
+  const seen = new Map<string, string>();
+  for (const c of creds) {
+    const other = seen.get(c.username);
+    if (other !== undefined) throw new Error(`${c.file} and ${other} both hold user ${JSON.stringify(c.username)}: each login of a registry needs a user of its own`);
+    seen.set(c.username, c.file);
   }
-  const creds = readCredentials(credentialsFile);
-  if (htpasswdMatches(htpasswdFile, creds)) return false;
-  writeAtomic(htpasswdFile, htpasswdLine(creds.username, creds.password), 0o600);
+  const wanted = creds.map(({ username, password }) => ({ username, password }));
+  if (htpasswdMatches(htpasswdFile, wanted)) return false;
+  writeAtomic(htpasswdFile, wanted.map((c) => htpasswdLine(c.username, c.password)).join(''), 0o600);
   return true;
+}
+
+/** Make both files consistent for one login; true when the htpasswd file was (re)written. */
+export function ensureRegistryCredentials(credentialsFile: string, htpasswdFile: string, username: string): boolean {
+  return ensureRegistryLogins(htpasswdFile, [{ username, credentialsFile }]);
 }
 
 if (process.argv[1]?.endsWith('registry-htpasswd.ts')) {
   const usage = `usage: npx tsx scripts/registry-htpasswd.ts CREDENTIALS_JSON HTPASSWD USERNAME
+       npx tsx scripts/registry-htpasswd.ts --users HTPASSWD USERNAME=CREDENTIALS_JSON...
 
-Run by scripts/bootstrap.sh. Creates CREDENTIALS_JSON ({"username","password"}, 0600, a random
+Run by scripts/bootstrap.sh. Creates each CREDENTIALS_JSON ({"username","password"}, 0600, a random
 password) when it is missing, never rewrites it, and rewrites the registry's HTPASSWD file only when
-it does not hold a bcrypt hash of exactly that user and password. Prints "changed" (restart the
-registry) or "unchanged".
+it does not hold a bcrypt hash of exactly those users and passwords, and no other user (docker-
+registry's htpasswd gives every user it lists all of the registry: list only who may read it all).
+Prints "changed" (restart the registry) or "unchanged".
 `;
   const args = process.argv.slice(2);
   if (args.includes('--help') || args.includes('-h')) {
     process.stdout.write(usage);
     process.exit(0);
   }
-  const [credentialsFile, htpasswdFile, username] = args;
-  if (!credentialsFile || !htpasswdFile || !username || args.length !== 3) {
-    process.stderr.write(usage);
+  const fail = (why: string): never => {
+    process.stderr.write(`${why ? `registry-htpasswd: ${why}\n` : ''}${usage}`);
     process.exit(2);
+  };
+  let changed: boolean;
+  if (args[0] === '--users') {
+    const [, htpasswdFile, ...pairs] = args;
+    if (!htpasswdFile || pairs.length === 0) fail('--users needs HTPASSWD and at least one USERNAME=CREDENTIALS_JSON');
+    const logins = pairs.map((p) => {
+      const eq = p.indexOf('=');
+      if (eq <= 0 || eq === p.length - 1) fail(`${JSON.stringify(p)} is not USERNAME=CREDENTIALS_JSON`);
+      return { username: p.slice(0, eq), credentialsFile: p.slice(eq + 1) };
+    });
+    changed = ensureRegistryLogins(htpasswdFile!, logins);
+  } else {
+    const [credentialsFile, htpasswdFile, username] = args;
+    if (!credentialsFile || !htpasswdFile || !username || args.length !== 3 || args.some((a) => a.startsWith('-'))) fail('');
+    changed = ensureRegistryCredentials(credentialsFile!, htpasswdFile!, username!);
   }
-  process.stdout.write(ensureRegistryCredentials(credentialsFile, htpasswdFile, username) ? 'changed\n' : 'unchanged\n');
+  process.stdout.write(changed ? 'changed\n' : 'unchanged\n');
 }

@@ -11,7 +11,10 @@
  *
  * The embargo lane (trusted-builder/embargo/) is on when the secret at `builder.embargoKey` exists:
  * its key, the security team (`policies.securityTeam`) and its store (`<dataDir>/embargo/`) are then
- * loaded and checked, and any problem stops the start. With no such secret the lane is off (an
+ * loaded and checked, and any problem stops the start. The lane pushes patched images only to a
+ * registry of its own (the promotion policy's `embargoRegistry`, the builder's login there at
+ * `builder.embargoRegistry`): with the key present and either missing, the builder does not start
+ * (the lane would otherwise have nowhere safe to push). With no such secret the lane is off (an
  * audit record says so) and `POST /v1/embargo` answers 404.
  *
  * The builder's page (trusted-builder/dashboard/) and its Prometheus metrics (`/metrics`, fed by the
@@ -23,7 +26,7 @@ import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { FastifyInstance } from 'fastify';
 import { createDocker } from '#shared/docker/client.js';
-import { InvalidInputError, NotFoundError } from '#shared/errors.js';
+import { InvalidInputError, NotFoundError, PolicyInvalidError, type Issue } from '#shared/errors.js';
 import { createLogger, type Logger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { JobRunner } from '#shared/runner/job-runner.js';
@@ -36,13 +39,13 @@ import { BasicAuth, parseDashboardLogin } from './dashboard/basic-auth.js';
 import { builderSummary } from './dashboard/summary.js';
 import { openEmbargoLane, type EmbargoLane } from './embargo/lane.js';
 import type { EmbargoStore } from './embargo/store.js';
-import { loadPromotionPolicy, projectPolicy } from './policy/promotion.js';
+import { loadPromotionPolicy, projectPolicy, type LoadedPromotionPolicy } from './policy/promotion.js';
 import { loadSecretsPolicy } from './policy/secrets.js';
 import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
 import { WebhookNotifier } from './notify/webhook.js';
 import { PromotionStore } from './promote/promotion-store.js';
-import type { PushOptions } from './publish/registry.js';
+import type { PushOptions, RegistryCredentials } from './publish/registry.js';
 import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
 import { VaultSecretStore } from './secrets/vault-store.js';
 import { loadSigningKey } from './sign/signer.js';
@@ -113,6 +116,7 @@ export async function startBuilderService(
     const embargoPath = secretsPolicy.builder.embargoKey;
     const absent = (e: unknown): Promise<undefined> => (e instanceof NotFoundError ? Promise.resolve(undefined) : Promise.reject(e));
     const embargoKey = embargoPath ? await read(embargoPath, ['armored']).catch(absent) : undefined;
+    const embargoRegistry = embargoPath && embargoKey ? await embargoRegistryLogin(policy, config.policies, secretsPolicy.builder.embargoRegistry, embargoPath, read) : undefined;
     if (embargoPath && embargoKey) {
       const secret = { armored: embargoKey.armored!, ...(embargoKey.passphrase ? { passphrase: embargoKey.passphrase } : {}) };
       const knownProject = (p: string): boolean => projectPolicy(policy.policy, p) !== undefined;
@@ -169,6 +173,7 @@ export async function startBuilderService(
         ? {
             embargo: lane.store,
             privateLookasideDir: paths.privateLookaside,
+            ...(embargoRegistry ? { embargoRegistryCredentials: embargoRegistry } : {}),
             ...(config.embargoWebhook ? { notifier: new WebhookNotifier({ url: config.embargoWebhook, signingKey: lane }) } : {}),
           }
         : {}),
@@ -177,7 +182,8 @@ export async function startBuilderService(
     lane?.onSubmitted((project) => promoter.buildPrivately(project));
     const resumed = promoter.resume();
     if (resumed > 0) logger.warn({ promotions: resumed }, 'promotions accepted before the last stop are run now');
-    const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: embargoPath ? [embargoPath] : [] });
+    // The page shows nothing of the embargo lane: not the reads of its key or of its registry's login.
+    const digest = new AuditDigest(paths.audit, { hiddenSecretPaths: [embargoPath, secretsPolicy.builder.embargoRegistry].filter((x): x is string => x !== undefined) });
     const dashboard = dashboardLogin && {
       auth: new BasicAuth(dashboardLogin),
       summary: () => builderSummary({ promotions: store, audit: digest, lookasideDir: paths.lookaside }),
@@ -217,4 +223,32 @@ export async function startBuilderService(
     for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => {});
     throw e;
   }
+}
+
+/**
+ * The builder's login to the embargo lane's own registry, when the lane is on: every problem at
+ * once (the policy's `embargoRegistry`, the secrets policy's path, the secret itself), each saying
+ * why — without them the lane's patched images would have nowhere consumers cannot read.
+ */
+async function embargoRegistryLogin(
+  policy: LoadedPromotionPolicy,
+  files: { promotion: string; secrets: string },
+  secretPath: string | undefined,
+  embargoKeyPath: string,
+  read: (path: string, fields: readonly string[]) => Promise<SecretValue>,
+): Promise<RegistryCredentials> {
+  const why = `the embargo key (secret ${embargoKeyPath}) turns the embargo lane on, and its patched images go only to a registry of its own that no consumer or public-tier login can read (docs/security-team.md); add it, or remove the embargo key to turn the lane off`;
+  const issues: Issue[] = [];
+  if (!policy.policy.embargoRegistry) issues.push({ file: files.promotion, path: 'embargoRegistry', message: `missing (host:port of the embargo lane's registry): ${why}`, severity: 'error' });
+  let login: SecretValue | undefined;
+  if (!secretPath) issues.push({ file: files.secrets, path: 'builder.embargoRegistry', message: `missing (the secret path of the builder's login to the embargo lane's registry, e.g. airlock/embargo-registry): ${why}`, severity: 'error' });
+  else {
+    login = await read(secretPath, ['username', 'password']).catch((e: unknown) => {
+      if (!(e instanceof NotFoundError)) throw e;
+      issues.push({ file: `secret ${secretPath}`, path: '', message: `missing ({username, password}: the builder's login to the embargo lane's registry): ${why}`, severity: 'error' });
+      return undefined;
+    });
+  }
+  if (issues.length > 0 || !login) throw new PolicyInvalidError(issues);
+  return { username: login.username!, password: login.password! };
 }

@@ -57,6 +57,7 @@ describe('npm run demo -- --once', () => {
       /✔ commit [0-9a-f]{10} promoted/,
       /✔ skopeo copy docker:\/\/127\.0\.0\.1:5000\/demo\/greeter:[0-9a-f]{40}: signature accepted/,
       /✔ an unsigned image in the same registry .* is refused — .*signature/,
+      /✔ the consumers' login reads no embargoed image: 127\.0\.0\.1:5001 refuses it, 127\.0\.0\.1:5000 holds no private\//,
       /digest {5}sha256:[0-9a-f]{64}/,
       /signature {2}\/.*\/signature-1/,
       /CI \(untrusted\) +http:\/\/127\.0\.0\.1:\d+\//,

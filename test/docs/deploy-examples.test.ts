@@ -128,6 +128,10 @@ describe('examples/builder', () => {
     const { policy } = loadPromotionPolicy(c.policies.promotion);
     expect(policy.projects.map((p) => p.image)).toEqual(['team/app']);
     expect(loadSecretsPolicy(c.policies.secrets).builder.registry).toBe('airlock/registry');
+    // The embargo lane's own registry, and the builder's login there (docs/deploy.md, security-team.md).
+    expect(policy.embargoRegistry).toMatch(/\./);
+    expect(policy.embargoRegistry).not.toBe(policy.registry);
+    expect(loadSecretsPolicy(c.policies.secrets).builder.embargoRegistry).toBe('airlock/embargo-registry');
   });
 
   it('the Vault policy grants read on exactly the KV v2 paths the secrets policy names', () => {

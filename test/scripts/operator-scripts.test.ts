@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadEmbargoKey } from '../../trusted-builder/embargo/embargo-key.js';
 import { FileSecretStore } from '../../trusted-builder/secrets/secret-store.js';
@@ -101,5 +102,57 @@ describe('make-signing-key writes what the SecretStore reads', () => {
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('EEXIST');
     expect(readFileSync(join(out, `${file}.json`), 'utf8')).toBe(before);
+  });
+});
+
+describe('registry-htpasswd writes one htpasswd for the logins of a registry', () => {
+  const users = (file: string): string[] => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => l.slice(0, l.indexOf(':')));
+  const creds = (file: string): { username: string; password: string } => JSON.parse(readFileSync(file, 'utf8')) as { username: string; password: string };
+  const holds = (htpasswd: string, c: { username: string; password: string }): boolean => {
+    const line = readFileSync(htpasswd, 'utf8').split('\n').find((l) => l.startsWith(`${c.username}:`));
+    return line !== undefined && bcrypt.compareSync(c.password, line.slice(c.username.length + 1));
+  };
+
+  it('one login, as before: creates the credentials, then changes nothing', () => {
+    const dir = join(tmp, 'one');
+    mkdirSync(dir);
+    const first = tsx('registry-htpasswd.ts', [join(dir, 'credentials.json'), join(dir, 'htpasswd'), 'airlock-builder']);
+    expect(first.stdout, first.stderr).toBe('changed\n');
+    expect(holds(join(dir, 'htpasswd'), creds(join(dir, 'credentials.json')))).toBe(true);
+    expect(tsx('registry-htpasswd.ts', [join(dir, 'credentials.json'), join(dir, 'htpasswd'), 'airlock-builder']).stdout).toBe('unchanged\n');
+  });
+
+  it('--users: every login in one htpasswd, each credentials file 0600; only exactly those users', () => {
+    const dir = join(tmp, 'several');
+    mkdirSync(dir);
+    const [htpasswd, builder, team, consumer] = ['htpasswd', 'builder.json', 'team.json', 'consumer.json'].map((f) => join(dir, f)) as [string, string, string, string];
+    const r = tsx('registry-htpasswd.ts', ['--users', htpasswd, `airlock-builder=${builder}`, `security-team=${team}`]);
+    expect(r.stdout, r.stderr).toBe('changed\n');
+    expect(users(htpasswd)).toEqual(['airlock-builder', 'security-team']);
+    for (const f of [builder, team, htpasswd]) expect(statSync(f).mode & 0o777).toBe(0o600);
+    expect(holds(htpasswd, creds(builder))).toBe(true);
+    expect(holds(htpasswd, creds(team))).toBe(true);
+    expect(creds(builder).password).not.toBe(creds(team).password);
+    const passwords = [creds(builder).password, creds(team).password];
+    // Again: nothing to do, no password rewritten.
+    expect(tsx('registry-htpasswd.ts', ['--users', htpasswd, `airlock-builder=${builder}`, `security-team=${team}`]).stdout).toBe('unchanged\n');
+    // A user the list does not name (a consumer's login added by hand) is taken out again.
+    tsx('registry-htpasswd.ts', ['--users', htpasswd, `airlock-builder=${builder}`, `security-team=${team}`, `consumer=${consumer}`]);
+    expect(users(htpasswd)).toEqual(['airlock-builder', 'security-team', 'consumer']);
+    expect(tsx('registry-htpasswd.ts', ['--users', htpasswd, `airlock-builder=${builder}`, `security-team=${team}`]).stdout).toBe('changed\n');
+    expect(users(htpasswd)).toEqual(['airlock-builder', 'security-team']);
+    expect([creds(builder).password, creds(team).password]).toEqual(passwords);
+  });
+
+  it('--users refuses a malformed login and two files of one user, naming them', () => {
+    const dir = join(tmp, 'bad');
+    mkdirSync(dir);
+    const bad = tsx('registry-htpasswd.ts', ['--users', join(dir, 'htpasswd'), 'airlock-builder']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('"airlock-builder" is not USERNAME=CREDENTIALS_JSON');
+    tsx('registry-htpasswd.ts', ['--users', join(dir, 'htpasswd'), `same=${join(dir, 'a.json')}`]);
+    const twice = tsx('registry-htpasswd.ts', ['--users', join(dir, 'htpasswd'), `same=${join(dir, 'a.json')}`, `same=${join(dir, 'b.json')}`]);
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toContain(`${join(dir, 'b.json')} and ${join(dir, 'a.json')} both hold user "same"`);
   });
 });

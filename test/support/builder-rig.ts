@@ -2,7 +2,9 @@
  * What a trusted builder needs around it, for tests and benchmarks: a fresh signing key, its
  * three secrets as 0600 files (the file SecretStore's layout), and a promotion policy for one
  * project whose base image is pinned by the id the local engine has. Returns the builder config.
- * With `embargo`, also an embargo key (the lane is on) and that security team directory; with
+ * With `embargo`, also an embargo key (the lane is on), that security team directory and the lane's
+ * own registry (`embargoRegistry` and the builder's login there; left out, the builder refuses to
+ * start: the test of that refusal leaves it out); with
  * `dashboard`, the login of the builder's page (the page is on).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -21,8 +23,11 @@ export interface BuilderRigOptions {
   baseImage: string;
   runnerStateDir: string;
   builderId?: string;
-  /** Turn the embargo lane on, with the member keys in `teamDir` (`<name>.asc` files). */
-  embargo?: { teamDir: string };
+  /**
+   * Turn the embargo lane on, with the member keys in `teamDir` (`<name>.asc` files), pushing to
+   * `registry` (a second test registry: never the public one).
+   */
+  embargo?: { teamDir: string; registry?: Pick<TestRegistry, 'url' | 'username' | 'password'> };
   /** Turn the builder's page on, with this login (bcrypt at the lowest cost: tests need no strength). */
   dashboard?: { username: string; password: string };
   /**
@@ -44,6 +49,7 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
   put('airlock/hint-hmac', { secret: o.hintSecret });
   if (o.dashboard) put('airlock/builder-dashboard', { ...dashboardSecret(o.dashboard.username, o.dashboard.password, 4) });
   if (o.review) put('airlock/gerrit-reader', { username: o.review.username, password: o.review.password });
+  if (o.embargo?.registry) put('airlock/embargo-registry', { username: o.embargo.registry.username, password: o.embargo.registry.password });
   if (o.embargo) put('airlock/embargo-key', { armored: (await generateEmbargoKey({ name: 'airlock test embargo', email: 'embargo@airlock.invalid' })).privateArmored });
   const id = ((await createDocker().getImage(o.baseImage).inspect()) as { Id: string }).Id;
   const promotion = join(o.dir, 'promotion.yaml');
@@ -52,7 +58,7 @@ export async function builderRig(o: BuilderRigOptions): Promise<Readonly<Builder
     `version: 1
 builderId: ${o.builderId ?? 'https://airlock.invalid/trusted-builder/test'}
 registry: ${o.registry.url}
-${o.review ? `reviewSystems:\n  gerrit: {kind: gerrit, url: "${o.review.url}", credentials: airlock/gerrit-reader}\n` : ''}projects:
+${o.embargo?.registry ? `embargoRegistry: ${o.embargo.registry.url}\n` : ''}${o.review ? `reviewSystems:\n  gerrit: {kind: gerrit, url: "${o.review.url}", credentials: airlock/gerrit-reader}\n` : ''}projects:
   - {name: ${o.project.name}, url: ${o.project.url}, protectedBranches: [master], image: ${o.project.image}, review: ${reviewYaml(o.review)}}
 baseImages:
   - {name: "${o.baseImage}", digest: "${id}"}

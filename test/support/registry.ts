@@ -1,7 +1,7 @@
 /**
  * A real image registry for tests: Debian's `docker-registry serve` in a child process on
  * 127.0.0.1, storing blobs in a fresh temp directory, with htpasswd auth for one generated user
- * (or none). Tests never use the demo's registry on :5000 that the bootstrap runs.
+ * and any `others` (or none). Tests never use the demo's registry on :5000 that the bootstrap runs.
  *
  * `port` omitted: the registry binds port 0 and we read the port it got from its "listening on"
  * log line, so two test files never race for a port. `port` given (e.g. to start a registry late,
@@ -23,6 +23,8 @@ export interface TestRegistry {
   port: number;
   username: string;
   password: string;
+  /** The `others`' logins, by user name. */
+  logins: Readonly<Record<string, { username: string; password: string }>>;
   /** The registry's process id. */
   pid: number;
   stop(): Promise<void>;
@@ -34,6 +36,8 @@ export interface StartRegistryOptions {
   port?: number;
   username?: string;
   password?: string;
+  /** More htpasswd users, each with a generated password (as a registry with several logins: a consumer's, a team's). */
+  others?: readonly string[];
 }
 
 const STARTUP_TIMEOUT_MS = 15_000;
@@ -61,7 +65,9 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   const username = options.username ?? 'airlock-test';
   const password = options.password ?? randomPassword();
   const dir = await mkdtemp(join(tmpdir(), 'airlock-registry-'));
-  await writeFile(join(dir, 'htpasswd'), htpasswdLine(username, password, TEST_BCRYPT_ROUNDS), { mode: 0o600 });
+  const logins = Object.fromEntries((options.others ?? []).map((u) => [u, { username: u, password: randomPassword() }]));
+  const htpasswd = [htpasswdLine(username, password, TEST_BCRYPT_ROUNDS), ...Object.values(logins).map((l) => htpasswdLine(l.username, l.password, TEST_BCRYPT_ROUNDS))].join('');
+  await writeFile(join(dir, 'htpasswd'), htpasswd, { mode: 0o600 });
   const config = [
     'version: 0.1',
     'log:',
@@ -116,7 +122,7 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
       }
       await new Promise((r) => setTimeout(r, 20));
     }
-    return { url: `127.0.0.1:${port!}`, port: port!, username, password, pid: child.pid!, stop };
+    return { url: `127.0.0.1:${port!}`, port: port!, username, password, logins, pid: child.pid!, stop };
   } catch (e) {
     await stop();
     throw e;

@@ -75,6 +75,8 @@ describe('policies', () => {
     const s = loadSecretsPolicy('policies/secrets.yaml');
     expect(s.builder.signingKey).toBe('airlock/signing-key');
     expect(s.builder.embargoKey).toBe('airlock/embargo-key');
+    expect(s.builder.embargoRegistry).toBe('airlock/embargo-registry');
+    expect(p.policy.embargoRegistry).toBe('127.0.0.1:5001');
     expect(grantFor(s, 'demo/app', 'publish')).toBeUndefined();
   });
 
@@ -102,6 +104,23 @@ baseImages: [{name: "airlock/base:busybox", digest: sha1:abc}]
     // Duplicates are a second pass, once the shape is right.
     const dup = text.replace('not-a-url', 'https://b.invalid/x').replace('"Bad Host"', '127.0.0.1:5000').replace('"ext::sh -c evil"', '/srv/b.git').replace('protectedBranches: []', 'protectedBranches: [main]').replace('Team/App', 'team/app').replace('sha1:abc', `sha256:${'a'.repeat(64)}`);
     expect(() => parsePromotionPolicy(dup, 'promotion.yaml')).toThrow(/listed twice/);
+  });
+
+  it('wants the embargo lane’s registry to be another registry than the public one', () => {
+    const policy = (embargoRegistry: string): string => `version: 1\nbuilderId: https://b.invalid/x\nregistry: registry.example.org\nembargoRegistry: ${embargoRegistry}\nprojects: []\n`;
+    const issuesOf = (text: string): string[] => {
+      try {
+        parsePromotionPolicy(text, 'promotion.yaml');
+        return [];
+      } catch (x) {
+        return (x as PolicyInvalidError).issues.map((i) => `${i.path}: ${i.message}`);
+      }
+    };
+    expect(issuesOf(policy('embargo.example.org:5001'))).toEqual([]);
+    for (const same of ['registry.example.org', 'registry.example.org:443']) {
+      expect(issuesOf(policy(same))).toEqual([expect.stringMatching(/^embargoRegistry: is the public registry registry\.example\.org: every login of that registry \(consumers' too\) could read the embargoed images/)]);
+    }
+    expect(issuesOf(policy('"Bad Host"'))).toEqual([expect.stringMatching(/^embargoRegistry: /)]);
   });
 
   it('wants every project to say how its review is checked, and names a review system that is not defined', () => {

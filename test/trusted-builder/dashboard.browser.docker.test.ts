@@ -57,6 +57,8 @@ publish: { dockerfile: Dockerfile }
 describe('the builder page (real browser, real builder service, real Docker and registry)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-builder-page-'));
   let registry: TestRegistry;
+  /** The embargo lane's own registry (the private lane pushes there). */
+  let embargoRegistry: TestRegistry;
   let up: TestRepo;
   let builder: BuilderService;
   let url: string;
@@ -104,6 +106,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
   beforeAll(async () => {
     mkdirSync(SHOTS, { recursive: true });
     registry = await startRegistry({ auth: true });
+    embargoRegistry = await startRegistry({ auth: true, username: 'airlock-builder' });
     up = createRepo({ '.airlock.yaml': CONFIG, Dockerfile: `FROM ${BASE}\nCOPY . /app\n`, 'app.txt': 'hello from the trusted build\n' });
     alice = await makeMember('alice');
     const config = await builderRig({
@@ -113,7 +116,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
       hintSecret: HINT_SECRET,
       baseImage: BASE,
       runnerStateDir: STATE_DIR,
-      embargo: { teamDir: writeTeam(join(dir, 'team'), [alice]) },
+      embargo: { teamDir: writeTeam(join(dir, 'team'), [alice]), registry: embargoRegistry },
       dashboard: LOGIN,
     });
     builder = await startBuilderService(config, { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), pushOptions: { retry: { attempts: 3, baseDelayMs: 10, maxDelayMs: 20 } } });
@@ -144,6 +147,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
     await browser?.close();
     await builder?.close();
     await registry?.stop();
+    await embargoRegistry?.stop();
     up?.dispose();
     const docker = createDocker();
     const images = await docker.listImages({ filters: { reference: ['airlock-trusted/*', 'airlock-trusted-private/*'] } }).catch(() => []);
@@ -223,7 +227,7 @@ describe('the builder page (real browser, real builder service, real Docker and 
     expect(kinds).not.toContain('embargo');
     const text = (await page.locator('main').textContent()) ?? ''; // the footer names what is never shown
     const summary = (await page.evaluate(`fetch('/v1/ui/summary').then((r) => r.text())`)) as string;
-    for (const hidden of [embargoId, 'private/', 'private-lookaside', 'airlock/embargo-key', 'lane-open', 'alice', CANARY.file, CANARY.content, CANARY.message, LOGIN.password]) {
+    for (const hidden of [embargoId, 'private/', 'private-lookaside', 'airlock/embargo-key', 'airlock/embargo-registry', embargoRegistry.url, 'lane-open', 'alice', CANARY.file, CANARY.content, CANARY.message, LOGIN.password]) {
       expect(text, hidden).not.toContain(hidden);
       expect(summary, hidden).not.toContain(hidden);
     }

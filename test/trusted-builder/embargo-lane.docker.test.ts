@@ -7,7 +7,10 @@
  * the commit with the project's active embargoed patches on top (submitted over `POST /v1/embargo`
  * as a member's signed, encrypted request).
  *
- *   M1  public image + patched image (E1, the canary, and E2) in `private/<image>`, signed
+ *   M1  public image + patched image (E1, the canary, and E2) in `private/<image>` of the embargo
+ *       lane's own registry, signed; that registry refuses every login but the builder's and the
+ *       team's (the consumer's, the builder's public push login, none), and the public registry
+ *       holds no `private/` repository
  *   M2  changes the line E2 patches: E2 no longer applies → no patched image, E2's team warned
  *   M3  contains E2's change: E2 retires itself; patched image with E1 alone
  *   M4  with E3 (breaks the tests) active: the patched tests fail → warned, no patched image
@@ -81,7 +84,10 @@ function capture(): { logger: pino.Logger; lines: string[] } {
 
 describe('embargoed patches: a private lane, and nothing of it in public (two tiers, real parts)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-lane-'));
+  /** The public registry: the builder's push login, and a consumer's. */
   let registry: TestRegistry;
+  /** The embargo lane's own registry: the builder's login, and the security team's; no other. */
+  let embargoRegistry: TestRegistry;
   let review: GerritRig;
   let ci: TestCi;
   let builder: BuilderService;
@@ -155,19 +161,24 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     }
   };
 
+  const basic = (login: { username: string; password: string }): string => `Basic ${Buffer.from(`${login.username}:${login.password}`).toString('base64')}`;
+  /** The patched images' tags, as the builder's login to the embargo lane's registry lists them. */
   const tags = async (repo: string): Promise<string[]> => {
-    const r = await fetch(`http://${registry.url}/v2/${repo}/tags/list`, { headers: { authorization: `Basic ${Buffer.from(`${registry.username}:${registry.password}`).toString('base64')}` } });
+    const r = await fetch(`http://${embargoRegistry.url}/v2/${repo}/tags/list`, { headers: { authorization: basic(embargoRegistry) } });
     return r.status === 200 ? (((await r.json()) as { tags: string[] | null }).tags ?? []) : [];
   };
 
-  /** skopeo under a policy requiring the builder's signature, looking for signatures in `lookaside` (a URL). */
-  const pull = async (reference: string, lookaside: string, out: string) => {
-    const policy = { default: [{ type: 'reject' }], transports: { docker: { [registry.url]: [{ type: 'signedBy', keyType: 'GPGKeys', keyPath: join(dir, 'builder.pub.asc') }] } } };
+  /**
+   * skopeo under a policy requiring the builder's signature, looking for signatures in `lookaside`
+   * (a URL); from the public registry with the consumer's login unless another registry and login are given.
+   */
+  const pull = async (reference: string, lookaside: string, out: string, from: { url: string; login: { username: string; password: string } } = { url: registry.url, login: registry.logins.consumer! }) => {
+    const policy = { default: [{ type: 'reject' }], transports: { docker: { [from.url]: [{ type: 'signedBy', keyType: 'GPGKeys', keyPath: join(dir, 'builder.pub.asc') }] } } };
     writeFileSync(join(dir, 'policy.json'), JSON.stringify(policy));
     const regd = join(dir, `registries.d-${randomBytes(3).toString('hex')}`);
     mkdirSync(regd);
-    writeFileSync(join(regd, 'r.yaml'), `docker:\n  ${registry.url}:\n    lookaside: ${lookaside}\n`);
-    await run('skopeo', ['--policy', join(dir, 'policy.json'), '--registries.d', regd, 'copy', '--src-tls-verify=false', '--src-creds', `${registry.username}:${registry.password}`, `docker://${reference}`, `dir:${out}`]);
+    writeFileSync(join(regd, 'r.yaml'), `docker:\n  ${from.url}:\n    lookaside: ${lookaside}\n`);
+    await run('skopeo', ['--policy', join(dir, 'policy.json'), '--registries.d', regd, 'copy', '--src-tls-verify=false', '--src-creds', `${from.login.username}:${from.login.password}`, `docker://${reference}`, `dir:${out}`]);
     // Every layer, uncompressed, as one buffer to search.
     return Buffer.concat(readdirSync(out).filter((f) => /^[0-9a-f]{64}$/.test(f)).map((f) => { const b = readFileSync(join(out, f)); return b[0] === 0x1f && b[1] === 0x8b ? gunzipSync(b) : b; }));
   };
@@ -194,7 +205,8 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     });
     await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
 
-    registry = await startRegistry({ auth: true });
+    registry = await startRegistry({ auth: true, username: 'airlock-builder', others: ['consumer'] });
+    embargoRegistry = await startRegistry({ auth: true, username: 'airlock-builder', others: ['security-team'] });
     review = await startGerrit();
     const initial = review.gerrit.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'test.sh': 'test -f app.txt && echo unit ok\n', Dockerfile: `FROM ${BASE}\nCOPY . /app\n`, 'app.txt': 'version 1\n', 'src/main.c': 'int main(void) { return 0; }\n' });
     alice = await makeMember('alice');
@@ -206,7 +218,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
       hintSecret: HINT_SECRET,
       baseImage: BASE,
       runnerStateDir: STATE_DIR,
-      embargo: { teamDir },
+      embargo: { teamDir, registry: embargoRegistry },
       // The project's first commit was made with it, not through review: review is checked from there on.
       review: { url: review.gerrit.url, username: BUILDER_ACCOUNT, password: review.passwords[BUILDER_ACCOUNT]!, since: initial },
     });
@@ -223,6 +235,7 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     await ci?.close();
     await builder?.close();
     await registry?.stop();
+    await embargoRegistry?.stop();
     await review?.gerrit.close();
     hook?.close();
     rmSync(dir, { recursive: true, force: true });
@@ -242,8 +255,11 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     const e1 = builder.embargo!.status(ids.e1);
     expect(e1.lastBuild?.commit).toBe(m1.commit);
 
-    // The patched image carries the fix and is signed (its signature in the private lookaside).
-    const privateLayers = await pull(`${registry.url}/private/team/app:${m1.commit}`, `file://${join(dir, 'data', 'private-lookaside')}`, join(dir, 'pulled-private'));
+    // The patched image carries the fix and is signed (its signature in the private lookaside); the
+    // security team pulls it from the lane's own registry with its own login.
+    const team = embargoRegistry.logins['security-team']!;
+    const privateRef = `${embargoRegistry.url}/private/team/app:${m1.commit}`;
+    const privateLayers = await pull(privateRef, `file://${join(dir, 'data', 'private-lookaside')}`, join(dir, 'pulled-private'), { url: embargoRegistry.url, login: team });
     expect(hits(privateLayers)).toEqual(expect.arrayContaining([CANARY.file, CANARY.content]));
     expect(privateLayers.includes('version 1 (hardened)')).toBe(true);
     // The public image does not, and it is signed in the public lookaside as usual.
@@ -252,6 +268,40 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     expect(hits(publicLayers)).toEqual([]);
     // The private image's signature is not served publicly.
     expect(files(join(dir, 'data', 'lookaside')).some((f) => f.path.includes('private'))).toBe(false);
+
+    // The public registry holds the public image and no private/ repository at all.
+    const catalog = async (url: string, authorization?: string): Promise<{ status: number; repositories?: string[] }> => {
+      const r = await fetch(`http://${url}/v2/_catalog`, authorization ? { headers: { authorization } } : {});
+      return { status: r.status, ...(r.status === 200 ? ((await r.json()) as { repositories: string[] }) : {}) };
+    };
+    const publicCatalog = await catalog(registry.url, basic(registry.logins.consumer!));
+    expect(publicCatalog.repositories).toContain('team/app');
+    expect(publicCatalog.repositories!.filter((r) => r.startsWith('private'))).toEqual([]);
+    expect((await catalog(registry.url, basic(registry))).repositories!.filter((r) => r.startsWith('private'))).toEqual([]);
+
+    // The lane's registry refuses the consumer's login, the builder's public push login and no login
+    // at all: its catalog, the private image's manifest, and a skopeo copy of it. The team's login
+    // (and the builder's) get the very same things: the refusals are about the login.
+    const manifest = async (authorization?: string): Promise<number> =>
+      (await fetch(`http://${embargoRegistry.url}/v2/private/team/app/manifests/${m1.commit}`, { headers: { accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json', ...(authorization ? { authorization } : {}) } })).status;
+    const copy = (creds: string[]): Promise<string> =>
+      run('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', ...creds, `docker://${privateRef}`, `dir:${join(dir, `refused-${randomBytes(3).toString('hex')}`)}`]).then(
+        () => 'copied',
+        (e: unknown) => String((e as { stderr?: string }).stderr ?? e),
+      );
+    expect(await catalog(embargoRegistry.url, basic(team))).toEqual({ status: 200, repositories: ['private/team/app'] });
+    expect(await manifest(basic(team))).toBe(200);
+    expect(await manifest(basic(embargoRegistry))).toBe(200);
+    const outsiders: [string, string[], string | undefined][] = [
+      ['the consumer', ['--src-creds', `${registry.logins.consumer!.username}:${registry.logins.consumer!.password}`], basic(registry.logins.consumer!)],
+      ['the builder’s public push login', ['--src-creds', `${registry.username}:${registry.password}`], basic(registry)],
+      ['no login', ['--src-no-creds'], undefined],
+    ];
+    for (const [who, creds, authorization] of outsiders) {
+      expect((await catalog(embargoRegistry.url, authorization)).status, `${who}: GET /v2/_catalog`).toBe(401);
+      expect(await manifest(authorization), `${who}: GET the private manifest`).toBe(401);
+      expect(await copy(creds), `${who}: skopeo copy`).toMatch(/401|unauthorized|authentication required/i);
+    }
   }, 180_000);
 
   it('M2: a public change makes E2 stop applying: no patched image, the team is warned', async () => {

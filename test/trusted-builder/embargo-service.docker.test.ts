@@ -2,7 +2,8 @@
  * The embargo lane in the real builder service (startBuilderService, real Docker for its runner):
  * off when the SecretStore has no embargo key (404, an audit record), on when it has one (the store
  * on `service.embargo` for the promoter, requests answered), and a broken security team directory
- * stops the start naming the file.
+ * stops the start naming the file, as does a key without the lane's own registry (`embargoRegistry`)
+ * and the builder's login there.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,7 +27,9 @@ beforeAll(async () => {
 });
 
 let n = 0;
-const rig = (embargo?: { teamDir: string }) =>
+/** The lane's own registry, as the policy and the secret name it (nothing listens there: these cases push nothing). */
+const EMBARGO_REGISTRY = { url: '127.0.0.1:5998', username: 'airlock-builder', password: 'pe' };
+const rig = (embargo?: { teamDir: string; registry?: typeof EMBARGO_REGISTRY }) =>
   builderRig({
     dir: join(root, `case-${++n}`),
     registry: { url: '127.0.0.1:5999', username: 'u', password: 'p' },
@@ -51,7 +54,7 @@ describe('the builder service and its embargo lane', () => {
   });
 
   it('with one: the store is on service.embargo and a member’s request is answered', async () => {
-    const service = await startBuilderService(await rig({ teamDir: writeTeam(join(root, 'team-ok'), [alice]) }), { logger, workspacePool: 0 });
+    const service = await startBuilderService(await rig({ teamDir: writeTeam(join(root, 'team-ok'), [alice]), registry: EMBARGO_REGISTRY }), { logger, workspacePool: 0 });
     try {
       const store = service.embargo!;
       const builderKey = await openpgp.readKey({ armoredKey: store.publicKey });
@@ -69,7 +72,28 @@ describe('the builder service and its embargo lane', () => {
   it('refuses to start when the security team directory holds a private key, naming the file', async () => {
     const team = writeTeam(join(root, 'team-bad'), [alice]);
     writeFileSync(join(team, 'oops.asc'), (await makeMember('oops')).privateArmored);
-    const config = await rig({ teamDir: team });
+    const config = await rig({ teamDir: team, registry: EMBARGO_REGISTRY });
     await expect(startBuilderService(config, { logger, workspacePool: 0 })).rejects.toThrow(new RegExp(`${join(team, 'oops.asc')}: \\(root\\): holds a PRIVATE key`));
+  });
+
+  it('refuses to start with the embargo key but no registry of the lane’s own, naming what is missing and why', async () => {
+    const team = writeTeam(join(root, 'team-noreg'), [alice]);
+    const config = await rig({ teamDir: team });
+    const refusal = await startBuilderService(config, { logger, workspacePool: 0 }).then(
+      async (s) => (await s.close(), 'started'),
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    const why = 'the embargo key \\(secret airlock/embargo-key\\) turns the embargo lane on, and its patched images go only to a registry of its own that no consumer or public-tier login can read';
+    // Both at once: the policy names no registry, and the SecretStore has no login for it.
+    expect(refusal).toMatch(new RegExp(`^${config.policies.promotion}: embargoRegistry: missing \\(host:port of the embargo lane's registry\\): ${why}`, 'm'));
+    expect(refusal).toMatch(new RegExp(`^secret airlock/embargo-registry: \\(root\\): missing \\(\\{username, password\\}: the builder's login to the embargo lane's registry\\): ${why}`, 'm'));
+    // With the registry in the policy but its login still missing: refused, naming the secret alone.
+    const policy = readFileSync(config.policies.promotion, 'utf8');
+    writeFileSync(config.policies.promotion, policy.replace(/^registry: .*$/m, (line) => `${line}\nembargoRegistry: ${EMBARGO_REGISTRY.url}`));
+    const second = await startBuilderService(config, { logger, workspacePool: 0 }).then(
+      async (s) => (await s.close(), 'started'),
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
+    expect(second.split('\n')).toEqual([expect.stringMatching(/^secret airlock\/embargo-registry: \(root\): missing /)]);
   });
 });

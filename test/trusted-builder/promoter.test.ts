@@ -14,6 +14,7 @@ import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
+import * as openpgp from 'openpgp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
@@ -28,6 +29,7 @@ import { PromotionStore } from '../../trusted-builder/promote/promotion-store.js
 import { Stop, type Lane } from '../../trusted-builder/promote/stages/lane.js';
 import type { SecretStore, SecretValue } from '../../trusted-builder/secrets/secret-store.js';
 import { loadSigningKey, type SigningKey } from '../../trusted-builder/sign/signer.js';
+import { parseSimpleSigningPayload } from '../../trusted-builder/sign/simple-signing.js';
 import { SourceVerifier } from '../../trusted-builder/verify/source.js';
 import { FakeRunner } from '../support/fake-runner.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
@@ -36,6 +38,8 @@ const dir = mkdtempSync(join(tmpdir(), 'airlock-promoter-'));
 const PROJECT = 'demo/app';
 const IMAGE = 'team/app';
 const REGISTRY = 'registry.invalid:5000';
+/** The embargo lane's own registry: its pushes and signatures name it, never REGISTRY. */
+const EMBARGO_REGISTRY = 'embargo-registry.invalid:5001';
 const TOKEN = 'npm-token-value-0123456789';
 const config = (jobs: string) => `version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n${jobs}publish:\n  dockerfile: Dockerfile\n`;
 const JOBS = `  build:\n    command: [sh, -c, "echo build"]\n    pipelines: [gate]\n  unit:\n    command: [sh, -c, "echo unit"]\n    needs: [build]\n    pipelines: [gate]\n  lint:\n    command: [sh, -c, "echo lint"]\n    pipelines: [gate]\n  after:\n    command: [sh, -c, "echo after"]\n    needs: [unit]\n    pipelines: [gate]\n`;
@@ -118,13 +122,15 @@ async function rig(o: RigOptions = {}) {
   const workDir = join(dir, `work-${id}`);
   const calls: { stage: string; repository: string }[] = [];
   const logs: Record<string, unknown>[] = [];
+  /** Where each push went, with which login (the stand-in push stage records what the real one would use). */
+  const pushes: { reference: string; username: string }[] = [];
   const deps: PromoterDeps = {
     // Never reached: the stages that use the engine are stand-ins, and they build nothing to remove.
     docker: new Docker({ socketPath: join(dir, 'no-engine.sock') }),
     runner,
     verifier: new SourceVerifier(join(dir, `git-${id}`)),
     policy: parsePromotionPolicy(
-      `version: 1\nbuilderId: https://airlock.invalid/trusted-builder/test\nregistry: ${REGISTRY}\nprojects:\n  - {name: ${PROJECT}, url: ${up.dir}, protectedBranches: [master], image: ${IMAGE}, review: none}\n`,
+      `version: 1\nbuilderId: https://airlock.invalid/trusted-builder/test\nregistry: ${REGISTRY}\nembargoRegistry: ${EMBARGO_REGISTRY}\nprojects:\n  - {name: ${PROJECT}, url: ${up.dir}, protectedBranches: [master], image: ${IMAGE}, review: none}\n`,
       'promotion.yaml',
     ),
     secretsPolicy: SecretsPolicy.parse({ version: 1, builder: { signingKey: 'b/key', registry: 'b/registry', hintSecret: 'b/hint' }, grants: o.grants ? { [PROJECT]: o.grants } : {} }),
@@ -137,14 +143,18 @@ async function rig(o: RigOptions = {}) {
     workDir,
     logger: createLogger({ level: 'info', destination: { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) } }),
     store,
-    ...(o.embargo ? { embargo: o.embargo, privateLookasideDir } : {}),
+    ...(o.embargo ? { embargo: o.embargo, privateLookasideDir, embargoRegistryCredentials: { username: 'builder-e', password: 'pe' } } : {}),
   };
   const real = realStages(deps, Date.now);
   const stub: Partial<PromotionStages> = {
     environment: async () => `sha256:${'e'.repeat(64)}`,
     build: async () => ({ imageId: `sha256:${'1'.repeat(64)}`, bases: [{ name: 'airlock/base:busybox', digest: `sha256:${'b'.repeat(64)}` }], log: [], step: { name: 'publish-image', command: ['docker', 'build'], exitCode: 0 } }),
     leakCheck: async (l) => join(l.work, 'image.tar'),
-    push: async (l) => ({ reference: `${REGISTRY}/${l.repository}:${l.commit}`, digest: `sha256:${'d'.repeat(64)}`, attempts: 1 }),
+    push: async (l) => {
+      const reference = `${l.registry.host}/${l.repository}:${l.commit}`;
+      pushes.push({ reference, username: l.registry.credentials.username });
+      return { reference, digest: `sha256:${'d'.repeat(64)}`, attempts: 1 };
+    },
   };
   const all: PromotionStages = { ...real, ...stub, ...o.stages };
   const recorded = Object.fromEntries(
@@ -168,7 +178,7 @@ async function rig(o: RigOptions = {}) {
     store.close();
     await audit.close();
   };
-  return { promoter, runner, calls, records, logs, lookasideDir, privateLookasideDir, workDir, close, stages: () => calls.map((c) => c.stage) };
+  return { promoter, runner, calls, pushes, records, logs, lookasideDir, privateLookasideDir, workDir, close, stages: () => calls.map((c) => c.stage) };
 }
 
 const hint = (commit: string, project = PROJECT) => ({ version: 1 as const, project, branch: 'master', commit });
@@ -343,7 +353,12 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
     ]);
     const privateJobs = r.runner.ran.slice(5);
     expect(privateJobs.map((x) => x.id)).toEqual([0, 1, 2, 3, 4].map((i) => expect.stringMatching(new RegExp(`^private-[0-9a-f-]{12}-${i}$`))));
-    expect(embargo.builds).toEqual([{ id: 'E1', reference: `${REGISTRY}/private/${IMAGE}:${commit}` }]);
+    // The patched image goes to the embargo lane's own registry with the builder's login there; the public one is unchanged.
+    expect(embargo.builds).toEqual([{ id: 'E1', reference: `${EMBARGO_REGISTRY}/private/${IMAGE}:${commit}` }]);
+    expect(r.pushes).toEqual([
+      { reference: `${REGISTRY}/${IMAGE}:${commit}`, username: 'u' },
+      { reference: `${EMBARGO_REGISTRY}/private/${IMAGE}:${commit}`, username: 'builder-e' },
+    ]);
     expect(embargo.logs.get('E1')).toContain('job unit: passed');
     // Audited: the private lane's secret read names no project; the lane itself ids and digests only.
     const records = r.records();
@@ -361,6 +376,13 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
     expect(statement).toContain('"step-0"');
     expect(statement).toContain('embargoedPatches');
     expect(statement).not.toContain('test:unit');
+    // The provenance's subject and the image signature's docker reference name the registry pushed to.
+    expect(JSON.parse(statement)).toMatchObject({ subject: [{ name: `${EMBARGO_REGISTRY}/private/${IMAGE}` }] });
+    const [signature] = readdirSync(r.privateLookasideDir, { recursive: true }).map(String).filter((f) => /signature-\d+$/.test(f));
+    expect(signature, 'a simple-signing signature in the private lookaside').toBeDefined();
+    const signed = await openpgp.readMessage({ binaryMessage: readFileSync(join(r.privateLookasideDir, signature!)) });
+    const claims = parseSimpleSigningPayload(new Uint8Array(Buffer.from((await signed.getLiteralData()) as Uint8Array)));
+    expect(claims.critical.identity['docker-reference']).toBe(`${EMBARGO_REGISTRY}/private/${IMAGE}:${commit}`);
     await r.close();
   });
 

@@ -4,8 +4,8 @@
  *
  * - Nothing of the embargo lane. Left out: every `embargo` record; every record any of whose
  *   strings names a `private/` repository or the private lookaside (`PRIVATE_MARK`; a public
- *   project whose name has a `private` segment is hidden too: failing closed); the `secret-read`
- *   of the embargo key's path; and (in audit-digest.ts, which has the history) a `secret-read` for
+ *   project whose name has a `private` segment is hidden too: failing closed); the `secret-read`s
+ *   of the embargo key's path and of the lane's registry login; and (in audit-digest.ts, which has the history) a `secret-read` for
  *   a commit after that commit was signed, which only the private lane does. The page shows no
  *   count or sequence number of records either, so what was left out leaves no gap.
  * - No secret value. The log holds none (audit-log.ts refuses secret-like field names), and still
@@ -47,7 +47,7 @@ export function namesPrivate(value: JsonValue): boolean {
 
 /**
  * Whether the page may show `record` at all, by the rules that need no history: its kind, the
- * private namespace, the embargo key's secret path (`hiddenSecretPaths`).
+ * private namespace, the embargo lane's secret paths (`hiddenSecretPaths`: its key, its registry login).
  */
 export function mayShow(record: AuditRecord, hiddenSecretPaths: ReadonlySet<string>): boolean {
   if (SHOWN_FIELDS[record.kind] === 'never') return false;

@@ -19,6 +19,8 @@ import { ImageRef } from '#shared/schemas/job-spec.js';
 
 /** A repository path in the registry (`team/app`): lowercase, as the distribution spec allows. */
 const RepositoryPath = z.string().regex(/^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$/, 'a registry repository path (lowercase a-z 0-9 . _ - and /)');
+/** A registry as an image reference names it: `host` or `host:port` (lowercase). */
+const RegistryHost = z.string().regex(/^[a-z0-9.-]+(?::\d{1,5})?$/, 'host or host:port');
 const Digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, 'a sha256 digest');
 
 const Sha = z.string().regex(/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/, 'a full commit id');
@@ -76,8 +78,15 @@ export const PromotionPolicy = z.strictObject({
   version: z.literal(1),
   /** The `builder.id` written into provenance. */
   builderId: z.string().url().max(500),
-  /** The private registry, `host:port`. */
-  registry: z.string().regex(/^[a-z0-9.-]+(?::\d{1,5})?$/, 'host or host:port'),
+  /** The registry public images are pushed to (consumers pull from it), `host[:port]`. */
+  registry: RegistryHost,
+  /**
+   * The embargo lane's own registry, `host[:port]`: patched images go to `private/<image>` there,
+   * never to `registry`, whose logins consumers and the public tier have. Its logins are the
+   * builder's (`builder.embargoRegistry` in secrets.yaml) and the security team's, no other. The
+   * lane needs it: with the embargo key present and this absent, the builder does not start.
+   */
+  embargoRegistry: RegistryHost.optional(),
   /** Review systems by name, each with the builder's own read-only account. */
   reviewSystems: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,99}$/, 'a name of lowercase a-z 0-9 _ -'), ReviewSystemDef).default({}),
   projects: z.array(PromotedProject).max(10_000),
@@ -109,8 +118,22 @@ export function parsePromotionPolicy(text: string, file: string): LoadedPromotio
       issues.push({ file, path: `projects[${i}].review.system`, message: `no review system ${JSON.stringify(p.review.system)} in reviewSystems`, severity: 'error' as const });
     }
   }
+  if (r.value.embargoRegistry !== undefined && sameRegistry(r.value.embargoRegistry, r.value.registry)) {
+    issues.push({
+      file,
+      path: 'embargoRegistry',
+      message: `is the public registry ${r.value.registry}: every login of that registry (consumers' too) could read the embargoed images; name a registry of its own, with only the builder's and the security team's logins`,
+      severity: 'error' as const,
+    });
+  }
   if (issues.length > 0) throw new PolicyInvalidError(issues);
   return { policy: Object.freeze(r.value), digest: `sha256:${createHash('sha256').update(text).digest('hex')}`, file };
+}
+
+/** The same registry, however spelt (docker's default port for a bare host is 443). */
+function sameRegistry(a: string, b: string): boolean {
+  const norm = (h: string): string => (h.includes(':') ? h : `${h}:443`);
+  return norm(a) === norm(b);
 }
 
 /** The project's policy entry, or why it may not be promoted. */

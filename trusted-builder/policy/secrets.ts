@@ -4,7 +4,8 @@
  * for grants).
  * - `builder`: the paths the builder itself uses: the signing key, the registry credentials, the
  *   HMAC secret that authenticates promotion hints and, optionally, the embargo lane's key (when the
- *   policy names none, or the store has no secret at that path, the lane is off) and the login of
+ *   policy names none, or the store has no secret at that path, the lane is off), the login of the
+ *   embargo lane's own registry (needed when the lane is on) and the login of
  *   the builder's page (likewise: no such secret, no page).
  * - `grants`: per project, per named step (a job name), the command that step must run and the
  *   secret paths it may then read. The command is part of the grant because the repository writes
@@ -43,6 +44,12 @@ export const SecretsPolicy = z.strictObject({
      * key; trusted-builder/embargo/embargo-key.ts). Optional: without it the lane is off.
      */
     embargoKey: SecretPath.optional(),
+    /**
+     * `{username, password}` for the embargo lane's own registry (the promotion policy's
+     * `embargoRegistry`), where patched images are pushed. Needed when the lane is on: with the
+     * embargo key present and this path or its secret missing, the builder does not start.
+     */
+    embargoRegistry: SecretPath.optional(),
     /**
      * `{username, passwordBcrypt}`: the HTTP Basic login of the builder's page (`GET /ui`,
      * trusted-builder/dashboard/); `scripts/dashboard-password.ts` makes the value. Optional:

@@ -2,8 +2,9 @@
  * The private lane (embargoed security patches): the project's active embargoed patches — first
  * retiring any the public history now contains — applied in order on the verified public commit,
  * then the same stages as the public lane (pipeline.ts) in a private lane (lanes.ts): the tests
- * re-run and the image built, signed and pushed to `<registry>/private/<image>`, with its
- * signature and provenance in the private lookaside. A patch that does not apply, failing tests
+ * re-run and the image built, signed and pushed to `<embargoRegistry>/private/<image>` (the lane's
+ * own registry, whose only logins are the builder's and the security team's), with its signature
+ * and provenance in the private lookaside. A patch that does not apply, failing tests
  * or a failing build: no patched image for this commit, and the team is warned. Whatever happens
  * here never changes the public result, and nothing of a patch reaches a public place: details go
  * to the embargo's encrypted log; the audit log and the builder's log get embargo ids, digests
@@ -18,6 +19,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { PatchWorkspace } from '../embargo/apply.js';
 import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
 import type { PromotedProject } from '../policy/promotion.js';
+import type { RegistryCredentials } from '../publish/registry.js';
 import { privateLane } from './lanes.js';
 import { buildLane, type PromotionStages } from './pipeline.js';
 import { Stop } from './stages/lane.js';
@@ -39,6 +41,8 @@ export interface EmbargoLanePort {
   /** The builder's own mirror of the project (the patches are applied in a workspace over it). */
   mirrorOf(project: PromotedProject): string;
   workDir: string;
+  /** The lane's own registry (the promotion policy's `embargoRegistry`) and the builder's login there. */
+  registry: { host: string; credentials: RegistryCredentials };
   privateLookasideDir: string;
   logger: Logger;
   now: () => number;
@@ -87,6 +91,7 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
       {
         workspace: ws,
         tree: applied.tree,
+        registry: p.registry,
         privateLookasideDir: p.privateLookasideDir,
         patches: live.map((x) => x.digest),
         onJobLog: async (job, data, passed) => {

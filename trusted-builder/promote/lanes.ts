@@ -3,9 +3,10 @@
  * it pushes and signs, what it names things, what it records.
  *
  *   public   the verified commit, read from the builder's own mirror; pushed to the project's
- *            image; every stage an audit record naming the project and commit; the provenance
+ *            image in the public registry; every stage an audit record naming the project and commit; the provenance
  *            names the review and each step
- *   private  the embargo lane's patched tree; pushed to `private/<image>`, signed into the private
+ *   private  the embargo lane's patched tree; pushed to `private/<image>` in the embargo lane's own
+ *            registry (no consumer or public-tier login reads it), signed into the private
  *            lookaside; nothing it makes is named after the project, the commit or a job (those
  *            come from patched config); no stage record (the embargo lane records ids and digests
  *            only); job logs go to the embargo's encrypted log; the provenance names the patches
@@ -15,6 +16,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { InvalidInputError, isAirlockError } from '#shared/errors.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { PatchWorkspace } from '../embargo/apply.js';
+import type { RegistryCredentials } from '../publish/registry.js';
 import type { ReviewEvidence } from '../verify/review.js';
 import type { SourceVerifier } from '../verify/source.js';
 import { Stop, type Lane, type LaneRun } from './stages/lane.js';
@@ -24,6 +26,8 @@ export function publicLane(
   o: {
     verifier: Pick<SourceVerifier, 'readFile' | 'archive'>;
     audit: Pick<AuditLog, 'append'>;
+    /** The public registry (the promotion policy's `registry`) and the builder's login there. */
+    registry: { host: string; credentials: RegistryCredentials };
     lookasideDir: string;
     review: ReviewEvidence | 'none';
     phase: (name: string) => void;
@@ -49,6 +53,7 @@ export function publicLane(
           throw e;
         }),
     },
+    registry: o.registry,
     repository: project.image,
     lookasideRoot: o.lookasideDir,
     names: {
@@ -69,6 +74,8 @@ export function privateLane(
     workspace: Pick<PatchWorkspace, 'readFile' | 'archive'>;
     /** The patched tree (PatchWorkspace.apply). */
     tree: string;
+    /** The embargo lane's own registry (`embargoRegistry`) and the builder's login there: never the public one. */
+    registry: { host: string; credentials: RegistryCredentials };
     privateLookasideDir: string;
     /** The digests of the patches applied, in order. */
     patches: string[];
@@ -92,6 +99,7 @@ export function privateLane(
           throw err instanceof InvalidInputError ? new Stop('refused', 'source', err.message) : err;
         }),
     },
+    registry: o.registry,
     repository: `private/${project.image}`,
     lookasideRoot: o.privateLookasideDir,
     // A private lane's job names come from patched config: they stay out of container names.

@@ -18,7 +18,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import type { BaseImagePin } from '../build/image-build.js';
 import type { LoadedPromotionPolicy, PromotedProject } from '../policy/promotion.js';
 import type { SecretsPolicy } from '../policy/secrets.js';
-import type { PushOptions, PushResult, RegistryCredentials } from '../publish/registry.js';
+import type { PushOptions, PushResult } from '../publish/registry.js';
 import type { LeakSource } from '../secrets/leak-check.js';
 import type { SecretStore } from '../secrets/secret-store.js';
 import type { SigningKey } from '../sign/signer.js';
@@ -57,7 +57,6 @@ export interface StageParts {
   jobPolicy: JobPolicy;
   audit: AuditLog;
   signingKey: SigningKey;
-  registryCredentials: RegistryCredentials;
   pushOptions?: PushOptions;
   /** The durable queue and record of promotions. */
   store: PromotionStore;
@@ -68,11 +67,10 @@ export interface StageParts {
 /** The stages as the builder runs them, each given only its port. */
 export function realStages(d: StageParts, now: () => number): PromotionStages {
   const pins = d.policy.policy.baseImages;
-  const registry = d.policy.policy.registry;
   const build = { docker: d.docker, pins };
   const tests = { runner: d.runner, jobPolicy: d.jobPolicy, secretsPolicy: d.secretsPolicy, secrets: d.secrets, audit: d.audit };
-  const pushPort = { registry, credentials: d.registryCredentials, ...(d.pushOptions ? { options: d.pushOptions } : {}) };
-  const signPort = { signingKey: d.signingKey, registry, builderId: d.policy.policy.builderId, policyDigest: d.policy.digest, now };
+  const pushPort = d.pushOptions ? { options: d.pushOptions } : {};
+  const signPort = { signingKey: d.signingKey, builderId: d.policy.policy.builderId, policyDigest: d.policy.digest, now };
   const verifyPort = { verifier: d.verifier, store: d.store, policy: d.policy, audit: d.audit, ...(d.reviewers ? { reviewers: d.reviewers } : {}) };
   return {
     verify: (project, hint) => verify(verifyPort, project, hint),

@@ -17,8 +17,8 @@
  *   build       the publish image, hermetically (network off, no cache, pinned bases only)
  *   leak check  every secret value in use is searched for in the image's layers and config, the
  *               job logs and the build log (raw, base64, JSON-escaped…); a hit ends it, unpushed
- *   push        that very export of the image to the private registry, with retries; the digest
- *               the registry serves is kept
+ *   push        that very export of the image to the registry (the embargo lane: to its own), with
+ *               retries; the digest the registry serves is kept
  *   sign        a simple-signing signature of that digest in the lookaside, and a detached
  *               signature over an in-toto/SLSA provenance statement next to it (naming the
  *               reviewed changes, their approvers and submitters)
@@ -49,9 +49,12 @@ export { PublishSection } from './stages/config.js';
 export type { EmbargoPort } from './embargo-lane.js';
 export type { PromotionStages } from './pipeline.js';
 import type { StageParts } from './pipeline.js';
+import type { RegistryCredentials } from '../publish/registry.js';
 
 /** What the promoter is made of: the stages' parts (pipeline.ts), and its own. */
 export interface PromoterDeps extends StageParts {
+  /** The builder's login to the public registry (the policy's `registry`). */
+  registryCredentials: RegistryCredentials;
   lookasideDir: string;
   workDir: string;
   logger: Logger;
@@ -61,6 +64,8 @@ export interface PromoterDeps extends StageParts {
   notifier?: EmbargoNotifier;
   /** Signatures and provenance of private images (never served without authentication). */
   privateLookasideDir?: string;
+  /** The builder's login to the embargo lane's own registry (the policy's `embargoRegistry`); needed with `embargo`. */
+  embargoRegistryCredentials?: RegistryCredentials;
   now?: () => number;
   /**
    * Stages run instead of the real ones (pipeline.ts `realStages`), each on its own: the
@@ -95,6 +100,9 @@ export class Promoter implements HintSink {
     this.now = d.now ?? Date.now;
     this.stages = { ...realStages(d, this.now), ...d.stages };
     if (d.embargo && !d.privateLookasideDir) throw new InternalError('the embargo lane needs a private lookaside directory');
+    if (d.embargo && (!d.policy.policy.embargoRegistry || !d.embargoRegistryCredentials)) {
+      throw new InternalError('the embargo lane needs its own registry (embargoRegistry in the promotion policy) and the builder’s login there');
+    }
   }
 
   /** Queue again what the last process accepted but did not finish (call once, at start). */
@@ -205,7 +213,7 @@ export class Promoter implements HintSink {
       phase('verify');
       const lane = publicLane(
         { project, commit: hint.commit, branch: v.branch, work, built, startedOn, log },
-        { verifier: d.verifier, audit: d.audit, lookasideDir: d.lookasideDir, review: v.review, phase },
+        { verifier: d.verifier, audit: d.audit, registry: { host: d.policy.policy.registry, credentials: d.registryCredentials }, lookasideDir: d.lookasideDir, review: v.review, phase },
       );
       const out = await buildLane(this.stages, lane);
       log.info({ reference: out.reference, digest: out.digest, phases }, 'promoted');
@@ -238,7 +246,9 @@ export class Promoter implements HintSink {
         audit: d.audit,
         mirrorOf: (p) => d.verifier.mirrorOf(p),
         workDir: d.workDir,
-        privateLookasideDir: d.privateLookasideDir!, // checked in the constructor
+        // Both checked in the constructor.
+        registry: { host: d.policy.policy.embargoRegistry!, credentials: d.embargoRegistryCredentials! },
+        privateLookasideDir: d.privateLookasideDir!,
         logger: d.logger,
         now: this.now,
         stages: this.stages,

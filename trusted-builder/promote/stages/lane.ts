@@ -2,12 +2,13 @@
  * What the stages of a promotion share: the refusal/failure they throw, and the lane they build
  * in. A lane is one build of one source tree — the public one (the verified commit, pushed to the
  * project's repository, audited step by step) or the embargo lane's private one (the patched tree,
- * pushed to `private/<image>`, named so that nothing of the patch reaches a public place). The
+ * pushed to `private/<image>` in the embargo lane's own registry, named so that nothing of the patch reaches a public place). The
  * stages do not ask which lane they are in: everything that differs is a field of the lane.
  */
 import type { Logger } from '#shared/logging.js';
 import type { AuditKind, JsonValue } from '../../audit/audit-log.js';
 import type { PromotedProject } from '../../policy/promotion.js';
+import type { RegistryCredentials } from '../../publish/registry.js';
 import type { ReviewEvidence } from '../../verify/review.js';
 
 /** A step's refusal (the policy or the source said no) or failure (tests, build, registry…). */
@@ -60,6 +61,11 @@ export interface LaneRun {
 export interface Lane extends LaneRun {
   phase: (name: string) => void;
   source: LaneSource;
+  /**
+   * The registry pushed to, and the builder's login there: the public registry (`registry` of the
+   * promotion policy), or the embargo lane's own (`embargoRegistry`), which no consumer can read.
+   */
+  registry: { host: string; credentials: RegistryCredentials };
   /** The registry repository pushed to: the project's image, or `private/<image>`. */
   repository: string;
   lookasideRoot: string;

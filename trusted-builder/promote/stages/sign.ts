@@ -16,8 +16,6 @@ import type { Lane, ProvenanceStep } from './lane.js';
 
 export interface SignPort {
   signingKey: SigningKey;
-  /** The registry's host[:port]: the provenance's subject is named in it. */
-  registry: string;
   builderId: string;
   policyDigest: string;
   now: () => number;
@@ -34,7 +32,8 @@ export interface Signed {
 
 export async function sign(p: SignPort, l: Lane, pushed: PushResult, bases: readonly BaseImagePin[], steps: readonly ProvenanceStep[]): Promise<Signed> {
   const statement = provenanceStatement({
-    subject: { name: `${p.registry}/${l.repository}`, digest: pushed.digest },
+    // Named in the registry the lane pushed to (as the signature's docker reference is: pushed.reference).
+    subject: { name: `${l.registry.host}/${l.repository}`, digest: pushed.digest },
     builderId: p.builderId,
     source: { repo: l.project.url, commit: l.commit },
     policyDigest: p.policyDigest,

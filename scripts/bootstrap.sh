@@ -165,7 +165,7 @@ auth:
 
   # The pid from our pid file, only if that process is still this docker-registry.
   pid=$(cat "$pid_file" 2>/dev/null || true)
-  if [ -n "$pid" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "docker-registry serve $conf_dir/config.yml"; then pid=''; fi
+  if [ -n "$pid" ] && ! { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q "docker-registry serve $conf_dir/config.yml"; then pid=''; fi
   if [ "$restart" = true ] && [ -n "$pid" ]; then
     say "$name: config or logins changed: restarting it"
     kill "$pid"

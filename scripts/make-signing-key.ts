@@ -114,11 +114,16 @@ async function main(): Promise<void> {
   if (!passphrase) process.stderr.write(`warning: ${kind.env} is not set: the private key is written unprotected\n`);
   const key = await kind.make({ name: values.name ?? kind.name, email: values.email ?? kind.email, ...(passphrase ? { passphrase } : {}) });
   mkdirSync(values.out, { recursive: true });
-  // The JSON first: `wx` refuses an existing file, so a second run changes nothing at all.
-  writeFileSync(join(values.out, `${kind.file}.json`), `${JSON.stringify(secretValue(key.privateArmored, passphrase))}\n`, { mode: 0o600, flag: 'wx' });
-  writeFileSync(join(values.out, `${kind.file}.asc`), key.privateArmored, { mode: 0o600, flag: 'wx' });
+  // `wx` refuses an existing file (a second run changes nothing) and never follows a link. The
+  // secret's JSON, which holds the passphrase beside the key, comes last: a failure before it leaves
+  // no passphrase on disk.
   writeFileSync(join(values.out, `${kind.file}.pub.asc`), key.publicArmored, { mode: 0o644, flag: 'wx' });
-  process.stderr.write(`wrote ${join(values.out, `${kind.file}.json`)} (the SecretStore value), ${kind.file}.asc and ${kind.file}.pub.asc\n`);
+  writeFileSync(join(values.out, `${kind.file}.asc`), key.privateArmored, { mode: 0o600, flag: 'wx' });
+  writeFileSync(join(values.out, `${kind.file}.json`), `${JSON.stringify(secretValue(key.privateArmored, passphrase))}\n`, { mode: 0o600, flag: 'wx' });
+  process.stderr.write(
+    `wrote ${join(values.out, `${kind.file}.json`)} (the SecretStore value), ${kind.file}.asc and ${kind.file}.pub.asc\n` +
+      `once the secret is in the store, delete ${kind.file}.json and ${kind.file}.asc: together they are the key and its passphrase\n`,
+  );
   process.stdout.write(`${key.fingerprint}\n`);
 }
 

@@ -10,7 +10,7 @@
 // or `unchanged`, so the caller knows whether a running registry must be restarted. No password
 // ever goes through argv.
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 
 export interface RegistryCredentials {
@@ -35,8 +35,10 @@ export function randomPassword(): string {
 /** Write `text` to `file` with `mode` by rename, so no reader ever sees a partial file. */
 export function writeAtomic(file: string, text: string, mode: number): void {
   const part = `${file}.part`;
-  writeFileSync(part, text, { mode });
-  chmodSync(part, mode); // in case `.part` was left behind by an earlier run with another mode
+  // A `.part` left behind (or put there: a link to elsewhere) is removed, never written through.
+  rmSync(part, { force: true });
+  writeFileSync(part, text, { mode, flag: 'wx' });
+  chmodSync(part, mode); // the umask may have narrowed `mode`
   renameSync(part, file);
 }
 
@@ -79,7 +81,10 @@ export function ensureRegistryLogins(htpasswdFile: string, logins: readonly Regi
   if (logins.length === 0) throw new Error(`${htpasswdFile}: no login to write (a registry nobody can log in to)`);
   const creds = logins.map((l) => {
     if (!existsSync(l.credentialsFile)) writeAtomic(l.credentialsFile, `${JSON.stringify({ username: l.username, password: randomPassword() })}\n`, 0o600);
-    return { file: l.credentialsFile, ...readCredentials(l.credentialsFile) };
+    const c = readCredentials(l.credentialsFile);
+    // A file copied from another login must not slip that login into this registry.
+    if (c.username !== l.username) throw new Error(`${l.credentialsFile} holds user ${JSON.stringify(c.username)}, not ${JSON.stringify(l.username)}: fix the file or the login it is named for`);
+    return { file: l.credentialsFile, ...c };
   });
   const seen = new Map<string, string>();
   for (const c of creds) {

@@ -62,7 +62,7 @@ export function backoffDelay(failures: number, b: Backoff, retryAfterMs?: number
 
 /** Runs `op(attempt)` (attempt 1, 2, …) under `o`; see the module comment. */
 export async function retry<T>(op: (attempt: number) => Promise<T>, o: RetryOptions): Promise<T> {
-  if (!(o.attempts >= 1)) throw new RangeError(`retry: attempts must be at least 1, not ${o.attempts}`);
+  if (!(o.attempts >= 1) || !Number.isFinite(o.attempts)) throw new RangeError(`retry: attempts must be a finite number, at least 1, not ${o.attempts}`);
   const sleep = o.sleep ?? ((ms: number, signal?: AbortSignal) => delay(ms, undefined, signal ? { signal } : {}));
   const abort = (): unknown => (o.aborted ? o.aborted() : o.signal?.reason);
   for (let attempt = 1; ; attempt++) {

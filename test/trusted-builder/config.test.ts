@@ -66,6 +66,26 @@ describe('builder config', () => {
 });
 
 describe('policies', () => {
+  it("refuses a grant of one of the builder's own secrets to a project's step", () => {
+    const file = join(dir, 'secrets-grant.yaml');
+    writeFileSync(
+      file,
+      'version: 1\nbuilder: {signingKey: airlock/signing-key, registry: airlock/registry, hintSecret: airlock/hint-hmac, embargoRegistry: airlock/embargo-registry}\n' +
+        'grants:\n  team/app:\n    publish: {command: sh x.sh, secrets: [team/app/npm, airlock/embargo-registry]}\n    other: {command: sh y.sh, secrets: [airlock/registry/extra]}\n    fine: {command: sh z.sh, secrets: [airlock/registry-mirror]}\n',
+    );
+    expect(() => loadSecretsPolicy(file)).toThrow(PolicyInvalidError);
+    let message = '';
+    try {
+      loadSecretsPolicy(file);
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toContain('grants.team/app.publish.secrets[1]');
+    expect(message).toContain("airlock/embargo-registry is the builder's own secret (builder.embargoRegistry): no project step may read it");
+    expect(message).toContain('airlock/registry/extra is the builder');
+    expect(message).not.toContain('airlock/registry-mirror');
+  });
+
   it('the shipped promotion and secrets policies load', () => {
     const p = loadPromotionPolicy('policies/promotion.yaml');
     expect(p.digest).toMatch(/^sha256:[0-9a-f]{64}$/);

@@ -284,7 +284,8 @@ describe('the builder page (real browser, real builder service, real Docker and 
     expect(body).toMatch(/^airlock_builder_promotions_queued 0$/m);
     const last = /^airlock_builder_last_publish_timestamp_seconds (\S+)$/m.exec(body);
     expect(Number(last?.[1])).toBeGreaterThan(Date.parse('2020-01-01') / 1000);
-    expect(body).toMatch(/^airlock_builder_process_cpu_seconds_total /m);
+    expect(body).toMatch(/^airlock_builder_start_time_seconds /m);
+    expect(body).not.toMatch(/process_|nodejs_/);
   });
 
   it('refuses a browser with wrong credentials or none: 401 with a Basic challenge, and nothing of the page', async () => {

@@ -1,11 +1,16 @@
 /**
  * Prometheus metrics of the trusted builder, on a registry of its own, named as Prometheus names
- * things (`airlock_builder_` prefix, base units, `_total` on counters): the process's own metrics,
- * promotions by outcome and how long they ran, the queue, and when one last published. Fed by the
+ * things (`airlock_builder_` prefix, base units, `_total` on counters): promotions by outcome and
+ * how long they ran, the queue, and when one last published.
+ *
+ * No process metrics (CPU, heap, event-loop lag, handles): the embargo lane runs in this process,
+ * and its work would show in them to anyone with the page's login, who need not be on the security
+ * team (a CPU spike after project X publishes says X has an embargoed fix). Only what the store
+ * records of public promotions is here, and the process start time. Fed by the
  * promotion store (`PromotionStore.watch`), so they count what the store records. Served at
  * `GET /metrics` behind the builder page's login (trusted-builder/dashboard/routes.ts).
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PromotionState } from '../promote/promotion-store.js';
 
 export interface BuilderMetrics {
@@ -19,7 +24,15 @@ const OUTCOMES: readonly PromotionState[] = ['published', 'refused', 'failed'];
 export function createBuilderMetrics(read: { queued: () => number; running: () => number; now?: () => number }): BuilderMetrics {
   const now = read.now ?? Date.now;
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'airlock_builder_' });
+  const startedAt = Math.floor(now() / 1000);
+  new Gauge({
+    name: 'airlock_builder_start_time_seconds',
+    help: 'When this builder process started, in seconds since the epoch',
+    registers: [registry],
+    collect() {
+      this.set(startedAt);
+    },
+  });
   new Gauge({
     name: 'airlock_builder_promotions_queued',
     help: 'Promotions accepted and waiting to run',

@@ -58,6 +58,19 @@ export const SecretsPolicy = z.strictObject({
     dashboard: SecretPath.optional(),
   }),
   grants: z.record(z.string().min(1).max(200), z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a job name'), Grant)).default({}),
+}).superRefine((p, ctx) => {
+  // A project's step never gets one of the builder's own secrets (its signing key, its registry
+  // logins, the hint key…): repository-controlled code would then hold it, and a leak check cannot
+  // find every encoding of it in an image.
+  const own = Object.entries(p.builder).filter((e): e is [string, string] => typeof e[1] === 'string');
+  for (const [project, jobs] of Object.entries(p.grants)) {
+    for (const [job, grant] of Object.entries(jobs)) {
+      grant.secrets.forEach((path, i) => {
+        const hit = own.find(([, b]) => path === b || path.startsWith(`${b}/`) || b.startsWith(`${path}/`));
+        if (hit) ctx.addIssue({ code: 'custom', path: ['grants', project, job, 'secrets', i], message: `${path} is the builder's own secret (builder.${hit[0]}): no project step may read it` });
+      });
+    }
+  }
 });
 export type SecretsPolicy = z.infer<typeof SecretsPolicy>;
 

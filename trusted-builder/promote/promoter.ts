@@ -223,10 +223,12 @@ export class Promoter implements HintSink {
     } catch (e) {
       const stop = e instanceof Stop ? e : new Stop('failed', 'internal', isAirlockError(e) ? `${e.code}: ${e.message}` : `internal error: ${(e as Error).message}`);
       // Every end but a publish is in the service log too, with its step and reason.
-      if (stop.state === 'refused') log.warn({ step: stop.step, reason: stop.message }, 'promotion refused');
-      else log.error({ step: stop.step, reason: stop.message, ...(e instanceof Stop ? {} : { err: e }) }, 'promotion failed');
+      // (The reason is cut as the audit record cuts it: a hostile .airlock.yaml can make it long.)
+      const reason = stop.message.slice(0, 2000);
+      if (stop.state === 'refused') log.warn({ step: stop.step, reason }, 'promotion refused');
+      else log.error({ step: stop.step, reason, ...(e instanceof Stop ? {} : { err: e }) }, 'promotion failed');
       await d.audit
-        .append(['policy', 'verify', 'history', 'review'].includes(stop.step) ? 'verify-refused' : 'promotion-failed', { project: hint.project, commit: hint.commit, step: stop.step, state: stop.state, reason: stop.message.slice(0, 2000) })
+        .append(['policy', 'verify', 'history', 'review'].includes(stop.step) ? 'verify-refused' : 'promotion-failed', { project: hint.project, commit: hint.commit, step: stop.step, state: stop.state, reason })
         .catch((err: unknown) => log.error({ err }, 'cannot write the audit record'));
       return { state: stop.state, ...base, step: stop.step, reason: stop.message };
     } finally {

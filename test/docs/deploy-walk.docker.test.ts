@@ -287,7 +287,9 @@ describe('docs/deploy.md, walked end to end with examples/', () => {
     const containers = join(root, 'etc/containers');
     const policy = edit(join(EXAMPLES, 'consumer', 'policy.json'), join(containers, 'policy.json'), 'policy.json', rows);
     const registriesD = dirname(edit(join(EXAMPLES, 'consumer', 'registries.d', 'airlock.yaml'), join(containers, 'registries.d', 'airlock.yaml'), 'registries.d/airlock.yaml', rows));
-    // The consumers' login to the registry (a plain-HTTP test registry, hence no TLS verification).
+    // The guide's `skopeo copy docker://<registry>/team/app:<commit> dir:/tmp/app`, with the files
+    // above in place of /etc/containers' and the consumers' login to the registry (docs/deploy.md,
+    // "The hosts"); --src-tls-verify=false only because the test registry speaks plain HTTP.
     const consumer = registry.logins.consumer!;
     const authFile = join(root, 'consumer-auth.json');
     writeFileSync(authFile, JSON.stringify({ auths: { [registry.url]: { auth: Buffer.from(`${consumer.username}:${consumer.password}`).toString('base64') } } }), { mode: 0o600 });

@@ -173,7 +173,7 @@ describe('status page (real browser, real service, real Docker)', () => {
     await slowJob.getByRole('link', { name: /live log/ }).click();
     await page.locator('#log:not([hidden])').waitFor(WAIT);
     await page.locator('#log-text').filter({ hasText: /tick 5 / }).waitFor(WAIT);
-    expect(await page.locator('#log-title').textContent()).toBe(`Log of job slow in build ${slowBuild}`);
+    expect(await page.locator('#log-title').textContent()).toBe(`Log of job slow in build #${slowBuild}`);
     expect(await page.locator('#log-text').textContent()).toContain('tick 1 <b>not bold</b>\n');
     expect(await page.locator('#log-text b').count()).toBe(0);
     // The progress bar moves on its own (the page ticks against the server's clock).

@@ -63,14 +63,19 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(sub.status, sub.stderr).toBe(0);
     const b = BuildView.parse(JSON.parse(sub.stdout));
     expect(b).toMatchObject({ state: 'finished', result: 'passed', project: 'demo/app', change: { change: 'c1', author: 'alice' } });
+    // The CI's build id, as #id, on stderr before the wait (also with --json, whose stdout is JSON only).
+    expect(sub.stderr).toContain(`airlock: build #${b.id} queued: demo/app change c1,1; following it`);
 
-    const [one, all, logs, logsJson, logsFinished] = await Promise.all([
+    const [one, all, logs, logsJson, logsFinished, queued] = await Promise.all([
       airlock(['status', String(b.id), '--json']),
       airlock(['status', '--json', '--project', 'demo/app']),
       airlock(['logs', String(b.id)]),
       airlock(['logs', String(b.id), '--json']),
       airlock(['logs', '-f', String(b.id)]), // already finished: shown as without -f
+      airlock(['submit', '--project', 'demo/app', '--ref', 'refs/heads/master', '--change', 'c2']),
     ]);
+    expect([queued.status, queued.stderr]).toEqual([0, '']);
+    expect(queued.stdout).toMatch(/^build #\d+ queued: check of demo\/app change c2,1\n$/);
     expect(one.status).toBe(0);
     expect(BuildView.parse(JSON.parse(one.stdout)).jobs.map((j) => [j.name, j.state])).toEqual([['test', 'passed']]);
     expect(all.status).toBe(0);

@@ -17,7 +17,8 @@
 import { InvalidInputError, NotFoundError } from '#shared/errors.js';
 import { ChangeName, type ChangeLookup } from '#shared/schemas/api/builds.js';
 
-export type BuildRef = { kind: 'id'; id: number } | { kind: 'change'; change: string; patchset?: number; project?: string };
+/** `project` with an id: the build must be of that project (checked, never ignored). */
+export type BuildRef = { kind: 'id'; id: number; project?: string } | { kind: 'change'; change: string; patchset?: number; project?: string };
 
 /** A build id as the CLI shows it: `#17`. */
 export const buildName = (id: number): string => `#${id}`;
@@ -30,13 +31,13 @@ const bad = (path: string, message: string): InvalidInputError => new InvalidInp
 /**
  * The reference from a command's arguments: the positional `build` (`#17` or `17`) or `--change`
  * (with `--project`), exactly one of them. `required`: whether no reference at all is an error
- * (`logs`) or undefined (`status` shows the overview).
+ * (`logs`) or undefined (`status` shows the overview, `--project` filtering it).
  */
 export function parseBuildRef(a: { build?: string; change?: string; project?: string }, required: boolean): BuildRef | undefined {
   if (a.build !== undefined && a.change !== undefined) {
     throw bad('build', `give a build id (${a.build}) or --change ${a.change}, not both: each names a build on its own`);
   }
-  if (a.build !== undefined) return { kind: 'id', id: parseBuildId(a.build) };
+  if (a.build !== undefined) return { kind: 'id', id: parseBuildId(a.build), ...(a.project !== undefined ? { project: a.project } : {}) };
   if (a.change !== undefined) return { kind: 'change', ...parseChange(a.change), ...(a.project !== undefined ? { project: a.project } : {}) };
   if (required) throw bad('build', 'name a build: its id (#17 or 17, as submit and status print it), or --change N[,PS] with --project P');
   return undefined;
@@ -68,8 +69,15 @@ export function parseChange(value: string): { change: string; patchset?: number 
 
 /** How the reference was written, for messages: `--change 3,2 --project app`. */
 export function describeRef(r: BuildRef): string {
-  if (r.kind === 'id') return buildName(r.id);
+  if (r.kind === 'id') return `${buildName(r.id)}${r.project !== undefined ? ` --project ${r.project}` : ''}`;
   return `--change ${r.change}${r.patchset !== undefined ? `,${r.patchset}` : ''}${r.project !== undefined ? ` --project ${r.project}` : ''}`;
+}
+
+/** A build named by id with `--project` must be of that project: an error otherwise, naming both. */
+export function checkBuildProject(r: BuildRef, b: { id: number; project: string }): void {
+  if (r.kind === 'id' && r.project !== undefined && b.project !== r.project) {
+    throw bad('project', `${describeRef(r)}: build ${buildName(b.id)} is of project ${b.project}, not ${r.project}; check the build id, or name the build by --change N --project ${r.project}`);
+  }
 }
 
 /**

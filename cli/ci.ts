@@ -27,7 +27,7 @@ import { loadCiConfig } from '../untrusted-ci/config.js';
 import { runCiGc, type CiGcReport } from '../untrusted-ci/gc.js';
 import { startCiService } from '../untrusted-ci/service.js';
 import { CiClient, parseServerUrl } from './ci-client.js';
-import { buildName, describeRef, parseBuildRef, resolveChangeRef, type BuildRef } from './build-ref.js';
+import { buildName, checkBuildProject, describeRef, parseBuildRef, resolveChangeRef, type BuildRef } from './build-ref.js';
 import { buildStatus, formatBuild, formatDuration, formatOverview } from './ci-render.js';
 import { followBuild } from './follow.js';
 import { createProgress } from './progress.js';
@@ -130,7 +130,7 @@ export function registerCiCommands(program: Command): void {
     .action(async (build: string | undefined, f: RefFlags & { limit: string }) =>
       withJsonErrors(f.json, async () => {
         const client = clientFor(f.server);
-        const ref = parseBuildRef({ ...(build !== undefined ? { build } : {}), ...refOf(f) }, false);
+        const ref = parseBuildRef(refArgs(build, f), false);
         if (ref !== undefined) {
           const b = await client.build(await resolveBuild(client, ref));
           process.stdout.write(f.json ? `${JSON.stringify(b)}\n` : formatBuild(b, Date.now()));
@@ -156,7 +156,7 @@ export function registerCiCommands(program: Command): void {
     .action(async (build: string | undefined, f: RefFlags & { follow?: boolean; job?: string }) =>
       withJsonErrors(f.json, async () => {
         const client = clientFor(f.server);
-        const ref = parseBuildRef({ ...(build !== undefined ? { build } : {}), ...refOf(f) }, true)!;
+        const ref = parseBuildRef(refArgs(build, f), true)!;
         const id = await resolveBuild(client, ref);
         const b = f.follow ? await followLogs(client, id, f) : await printLogs(client, id, f);
         if (!f.json) process.stderr.write(`airlock: build ${buildName(b.id)} ${summary(b)}\n`);
@@ -271,14 +271,16 @@ function readToken(file: string): string {
   return token;
 }
 
-function refOf(f: RefFlags): { change?: string; project?: string } {
-  // Without --change, `status --project` filters the overview: it names no build.
-  return f.change !== undefined ? { change: f.change, ...(f.project !== undefined ? { project: f.project } : {}) } : {};
+function refArgs(build: string | undefined, f: RefFlags): { build?: string; change?: string; project?: string } {
+  return { ...(build !== undefined ? { build } : {}), ...(f.change !== undefined ? { change: f.change } : {}), ...(f.project !== undefined ? { project: f.project } : {}) };
 }
 
 /** The CI's id of the build a reference names, asking the CI for a `--change` one; a note (an outdated patch set) goes to stderr. */
 async function resolveBuild(client: CiClient, ref: BuildRef): Promise<number> {
-  if (ref.kind === 'id') return ref.id;
+  if (ref.kind === 'id') {
+    if (ref.project !== undefined) checkBuildProject(ref, await client.build(ref.id));
+    return ref.id;
+  }
   const lookup = await client.lookupChange({ change: ref.change, ...(ref.project !== undefined ? { project: ref.project } : {}), ...(ref.patchset !== undefined ? { patchset: ref.patchset } : {}) });
   const { id, note } = resolveChangeRef(ref, lookup);
   if (note) process.stderr.write(`airlock: note: ${describeRef(ref)}: ${note}\n`);

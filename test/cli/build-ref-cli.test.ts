@@ -131,8 +131,8 @@ describe('naming a build by change or by #id, against a running CI API', { timeo
     expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: 'AIRLOCK_E_INVALID_INPUT', statusCode: 400 } });
   });
 
-  it('a missing change, patch set or build id is an error naming the reference, exit 2', async () => {
-    const [change, inProject, ps, id, both, none, bad] = await Promise.all([
+  it('a missing change, patch set or build id, or a build of another project, is an error naming the reference, exit 2', async () => {
+    const [change, inProject, ps, id, both, none, bad, other] = await Promise.all([
       airlock(['status', '--change', '99']),
       airlock(['status', '--change', '7', '--project', 'lib']),
       airlock(['logs', '--change', '7,3']),
@@ -140,8 +140,10 @@ describe('naming a build by change or by #id, against a running CI API', { timeo
       airlock(['status', '7', '--change', '7']),
       airlock(['logs']),
       airlock(['status', '3,2']),
+      airlock(['logs', `#${ids.c7}`, '--project', 'lib']),
     ]);
-    for (const r of [change, inProject, ps, id, both, none, bad]) expect([r.status, r.stdout]).toEqual([2, '']);
+    for (const r of [change, inProject, ps, id, both, none, bad, other]) expect([r.status, r.stdout]).toEqual([2, '']);
+    expect(other.stderr).toContain(`build #${ids.c7} is of project app, not lib`);
     expect(change.stderr).toContain('AIRLOCK_E_NOT_FOUND: --change 99: this CI has no change 99; check the number and the project');
     expect(inProject.stderr).toContain('AIRLOCK_E_NOT_FOUND: --change 7 --project lib: this CI has no change 7 in project lib');
     expect(ps.stderr).toContain('AIRLOCK_E_NOT_FOUND: --change 7,3: change 7 of app has no patch set 3 on this CI; it is at patch set 1');

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { AirlockError, InvalidInputError, NotFoundError } from '#shared/errors.js';
 import type { ChangeLookup } from '#shared/schemas/api/builds.js';
-import { buildName, describeRef, parseBuildId, parseBuildRef, parseChange, resolveChangeRef } from '../../cli/build-ref.js';
+import { buildName, checkBuildProject, describeRef, parseBuildId, parseBuildRef, parseChange, resolveChangeRef } from '../../cli/build-ref.js';
 
 function thrown(fn: () => unknown): AirlockError {
   try {
@@ -45,6 +45,17 @@ describe('parsing a build reference', () => {
     expect(thrown(() => parseBuildRef({ build: '17', change: '3' }, true)).message).toContain('not both');
     expect(thrown(() => parseBuildRef({}, true)).message).toContain('--change N[,PS]');
     expect(parseBuildRef({ project: 'app' }, false)).toBeUndefined();
+    expect(thrown(() => parseBuildRef({ project: 'app' }, true))).toBeInstanceOf(InvalidInputError);
+  });
+
+  it('an id with --project is checked against the build\'s project, never ignored', () => {
+    const ref = parseBuildRef({ build: '#4', project: 'app' }, true)!;
+    expect(ref).toEqual({ kind: 'id', id: 4, project: 'app' });
+    expect(() => checkBuildProject(ref, { id: 4, project: 'app' })).not.toThrow();
+    expect(() => checkBuildProject({ kind: 'id', id: 4 }, { id: 4, project: 'lib' })).not.toThrow();
+    const e = thrown(() => checkBuildProject(ref, { id: 4, project: 'lib' }));
+    expect(e).toBeInstanceOf(InvalidInputError);
+    expect(e.message).toContain('#4 --project app: build #4 is of project lib, not app');
   });
 
   it('describes a reference as it was written', () => {

@@ -24,7 +24,7 @@ import {
   type AirlockError,
   type Issue,
 } from '#shared/errors.js';
-import { BuildEvent, BuildView, QueueView, SubmitAnswer, type BuildState, type SubmitChange } from '#shared/schemas/api/builds.js';
+import { BuildEvent, BuildView, ChangeLookup, QueueView, SubmitAnswer, type BuildState, type SubmitChange } from '#shared/schemas/api/builds.js';
 import { parseSse } from './sse.js';
 
 /** Deadline of one plain request (not of an event stream, which lasts as long as its build). */
@@ -80,6 +80,14 @@ export class CiClient {
     return (await this.json('GET', `/api/builds${query}`, z.object({ builds: z.array(BuildView) }))).builds;
   }
 
+  /** A change by its review-system id (`GET /api/changes?change=`): the projects that have it, its patch sets and their latest builds. */
+  lookupChange(q: { change: string; project?: string; patchset?: number }): Promise<ChangeLookup> {
+    const params = new URLSearchParams({ change: q.change });
+    if (q.project !== undefined) params.set('project', q.project);
+    if (q.patchset !== undefined) params.set('patchset', String(q.patchset));
+    return this.json('GET', `/api/changes?${params}`, ChangeLookup);
+  }
+
   queue(): Promise<QueueView> {
     return this.json('GET', '/api/queue', QueueView);
   }
@@ -95,7 +103,7 @@ export class CiClient {
    */
   async *events(id: number, signal?: AbortSignal): AsyncGenerator<BuildEvent> {
     const res = await this.request('GET', `/api/builds/${id}/events`, undefined, { stream: true, ...(signal ? { signal } : {}) });
-    if (!res.body) throw new InternalError(`${this.server} answered the event stream of build ${id} with no body`);
+    if (!res.body) throw new InternalError(`${this.server} answered the event stream of build #${id} with no body`);
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let rest = '';
@@ -110,11 +118,11 @@ export class CiClient {
         for (const e of parsed.events) {
           if (e.event === 'end') return;
           if (e.event !== 'log' && e.event !== 'job' && e.event !== 'build') continue; // a later server's new kinds
-          yield this.parse(BuildEvent, jsonOf(e.data), `an event of build ${id}`);
+          yield this.parse(BuildEvent, jsonOf(e.data), `an event of build #${id}`);
         }
         if (done) {
           if (signal?.aborted) return;
-          throw new InternalError(`the event stream of build ${id} from ${this.server} ended before the build did`);
+          throw new InternalError(`the event stream of build #${id} from ${this.server} ended before the build did`);
         }
       }
     } finally {

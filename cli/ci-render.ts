@@ -5,6 +5,7 @@
  */
 import { formatIssues } from '#shared/errors.js';
 import type { BuildEvent, BuildView, JobState, QueueView } from '#shared/schemas/api/builds.js';
+import { buildName } from './build-ref.js';
 
 /** One glyph per job state, as the progress line and `status` show them. */
 export const JOB_GLYPH: Record<JobState, string> = {
@@ -44,7 +45,7 @@ export function formatOverview(queue: QueueView, builds: readonly BuildView[], n
   const head = `slots: ${queue.busy}/${queue.slots} busy · ${queue.running.length} running · ${queue.queued.length} queued\n`;
   if (builds.length === 0) return `${head}no builds\n`;
   const rows = builds.map((b) => [
-    String(b.id),
+    buildName(b.id),
     b.pipeline,
     b.project,
     `${b.change.change},${b.change.patchset}`,
@@ -59,7 +60,7 @@ export function formatOverview(queue: QueueView, builds: readonly BuildView[], n
 /** One build in detail: what it tested, how it ended, each job, and the config issues. */
 export function formatBuild(b: BuildView, now: number): string {
   const lines = [
-    `build ${b.id} · ${b.pipeline} · ${b.project} ${b.branch} · change ${b.change.change},${b.change.patchset} by ${b.change.author}`,
+    `build ${buildName(b.id)} · ${b.pipeline} · ${b.project} ${b.branch} · change ${b.change.change},${b.change.patchset} by ${b.change.author}`,
     `status: ${buildStatus(b)}${b.reason ? ` (${b.reason})` : ''}${b.attempt > 1 ? ` · attempt ${b.attempt}` : ''}`,
   ];
   if (b.startedAt !== undefined) lines.push(`took:   ${formatDuration((b.finishedAt ?? now) - b.startedAt)}${b.finishedAt === undefined ? ' so far' : ''}`);
@@ -90,7 +91,7 @@ export function progressLine(jobs: ReadonlyMap<string, JobState>, status: string
 /** A state change as one plain line (when stderr is not a terminal); undefined for log pieces. */
 export function eventLine(buildId: number, e: BuildEvent): string | undefined {
   const reason = e.type !== 'log' && e.reason ? ` (${e.reason})` : '';
-  if (e.type === 'job') return `build ${buildId}: job ${e.job} ${e.state}${reason}`;
-  if (e.type === 'build') return `build ${buildId}: ${e.state === 'finished' ? (e.result ?? 'finished') : e.state}${reason}`;
+  if (e.type === 'job') return `build ${buildName(buildId)}: job ${e.job} ${e.state}${reason}`;
+  if (e.type === 'build') return `build ${buildName(buildId)}: ${e.state === 'finished' ? (e.result ?? 'finished') : e.state}${reason}`;
   return undefined;
 }

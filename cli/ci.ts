@@ -7,6 +7,9 @@
  *   airlock status [BUILD]                   the queue and recent builds, or one build in detail
  *   airlock logs BUILD [-f]                  job logs, or the live stream of a running build
  *
+ * BUILD is the CI's build id (`#17` or `17`, as `submit` prints it), or `--change N[,PS]` with
+ * `--project P` (cli/build-ref.ts: the one place a build reference is parsed and resolved).
+ *
  * Client commands talk to `--server` (default $AIRLOCK_SERVER, else http://127.0.0.1:8080); the
  * environment is read once, when the commands are registered. Exit codes as in main.ts; the
  * commands that end with a build (`submit --wait`, `logs`) exit 0 when it passed and 1 otherwise.
@@ -24,6 +27,7 @@ import { loadCiConfig } from '../untrusted-ci/config.js';
 import { runCiGc, type CiGcReport } from '../untrusted-ci/gc.js';
 import { startCiService } from '../untrusted-ci/service.js';
 import { CiClient, parseServerUrl } from './ci-client.js';
+import { buildName, checkBuildProject, describeRef, parseBuildRef, resolveChangeRef, type BuildRef } from './build-ref.js';
 import { buildStatus, formatBuild, formatDuration, formatOverview } from './ci-render.js';
 import { followBuild } from './follow.js';
 import { createProgress } from './progress.js';
@@ -35,6 +39,10 @@ const SETUP_JOB = 'setup';
 interface ClientFlags {
   server: string;
   json?: boolean;
+}
+interface RefFlags extends ClientFlags {
+  project?: string;
+  change?: string;
 }
 interface SubmitFlags extends ClientFlags {
   project: string;
@@ -113,16 +121,18 @@ export function registerCiCommands(program: Command): void {
   program
     .command('status')
     .description('the queue and recent builds, or one build with its jobs')
-    .argument('[build]', 'a build id')
+    .argument('[build]', "a build: the CI's id, #17 or 17")
     .option(...serverOption)
-    .option('--project <name>', 'only builds of this project')
+    .option('--change <N[,PS]>', "instead of an id: the latest build of change N's current patch set, or of patch set PS")
+    .option('--project <name>', 'the project of --change; without --change, only builds of this project')
     .option('--limit <n>', 'how many recent builds', '20')
     .option('--json', 'print JSON: the build, or {queue, builds}')
-    .action(async (build: string | undefined, f: ClientFlags & { project?: string; limit: string }) =>
+    .action(async (build: string | undefined, f: RefFlags & { limit: string }) =>
       withJsonErrors(f.json, async () => {
         const client = clientFor(f.server);
-        if (build !== undefined) {
-          const b = await client.build(buildIdArg(build));
+        const ref = parseBuildRef(refArgs(build, f), false);
+        if (ref !== undefined) {
+          const b = await client.build(await resolveBuild(client, ref));
           process.stdout.write(f.json ? `${JSON.stringify(b)}\n` : formatBuild(b, Date.now()));
           return;
         }
@@ -136,17 +146,20 @@ export function registerCiCommands(program: Command): void {
   program
     .command('logs')
     .description("a build's job logs; with -f, follow it live to its end (exit 0 if it passed, 1 otherwise)")
-    .argument('<build>', 'a build id')
+    .argument('[build]', "a build: the CI's id, #17 or 17 (or --change)")
     .option(...serverOption)
+    .option('--change <N[,PS]>', "instead of an id: the latest build of change N's current patch set, or of patch set PS")
+    .option('--project <name>', 'the project of --change')
     .option('-f, --follow', 'stream the log as the build runs, with its progress on stderr')
     .option('--job <name>', 'only this job')
     .option('--json', 'print each build event as one JSON line')
-    .action(async (build: string, f: ClientFlags & { follow?: boolean; job?: string }) =>
+    .action(async (build: string | undefined, f: RefFlags & { follow?: boolean; job?: string }) =>
       withJsonErrors(f.json, async () => {
         const client = clientFor(f.server);
-        const id = buildIdArg(build);
+        const ref = parseBuildRef(refArgs(build, f), true)!;
+        const id = await resolveBuild(client, ref);
         const b = f.follow ? await followLogs(client, id, f) : await printLogs(client, id, f);
-        if (!f.json) process.stderr.write(`airlock: build ${b.id} ${summary(b)}\n`);
+        if (!f.json) process.stderr.write(`airlock: build ${buildName(b.id)} ${summary(b)}\n`);
         process.exitCode = b.result === 'passed' ? 0 : 1;
       }),
     );
@@ -173,11 +186,12 @@ async function submit(f: SubmitFlags): Promise<number> {
   const answer = await client.submit(change);
   const id = answer.builds[0];
   if (!f.wait || id === undefined) {
-    const text = answer.builds.map((b) => `build ${b} queued: ${change.pipeline} of ${change.project} change ${answer.change.change},${answer.change.patchset} (change id ${answer.change.id})\n`).join('');
+    const text = answer.builds.map((b) => `build ${buildName(b)} queued: ${change.pipeline} of ${change.project} change ${answer.change.change},${answer.change.patchset}\n`).join('');
     process.stdout.write(f.json ? `${JSON.stringify(answer)}\n` : text);
     return 0;
   }
-  if (!f.json) process.stderr.write(`airlock: build ${id} queued; following it (${client.server}/api/builds/${id})\n`);
+  // On stderr also with --json: the id is known before the wait ends (or is interrupted).
+  process.stderr.write(`airlock: build ${buildName(id)} queued: ${change.project} change ${answer.change.change},${answer.change.patchset}; following it (${client.server}/api/builds/${id})\n`);
   const b = await followWithProgress(client, id, { json: f.json, printLog: false });
   process.stdout.write(f.json ? `${JSON.stringify(b)}\n` : formatBuild(b, Date.now()));
   return b.result === 'passed' ? 0 : 1;
@@ -257,9 +271,19 @@ function readToken(file: string): string {
   return token;
 }
 
-function buildIdArg(value: string): number {
-  const id = Number(value);
-  if (!/^\d{1,15}$/.test(value) || id < 1) throw badFlag('build', `${JSON.stringify(value)} is not a build id (a whole number from 1)`);
+function refArgs(build: string | undefined, f: RefFlags): { build?: string; change?: string; project?: string } {
+  return { ...(build !== undefined ? { build } : {}), ...(f.change !== undefined ? { change: f.change } : {}), ...(f.project !== undefined ? { project: f.project } : {}) };
+}
+
+/** The CI's id of the build a reference names, asking the CI for a `--change` one; a note (an outdated patch set) goes to stderr. */
+async function resolveBuild(client: CiClient, ref: BuildRef): Promise<number> {
+  if (ref.kind === 'id') {
+    if (ref.project !== undefined) checkBuildProject(ref, await client.build(ref.id));
+    return ref.id;
+  }
+  const lookup = await client.lookupChange({ change: ref.change, ...(ref.project !== undefined ? { project: ref.project } : {}), ...(ref.patchset !== undefined ? { patchset: ref.patchset } : {}) });
+  const { id, note } = resolveChangeRef(ref, lookup);
+  if (note) process.stderr.write(`airlock: note: ${describeRef(ref)}: ${note}\n`);
   return id;
 }
 

@@ -63,7 +63,7 @@ async function waitFinished(client: CiClient, id: number): Promise<BuildView> {
   for (;;) {
     const b = await client.build(id);
     if (b.state === 'finished') return b;
-    if (Date.now() > end) throw new InternalError(`build ${id} is still ${b.state} after its event stream ended (is the CI shutting down?)`);
+    if (Date.now() > end) throw new InternalError(`build #${id} is still ${b.state} after its event stream ended (is the CI shutting down?)`);
     await sleep(200);
   }
 }

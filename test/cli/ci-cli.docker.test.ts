@@ -63,14 +63,19 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(sub.status, sub.stderr).toBe(0);
     const b = BuildView.parse(JSON.parse(sub.stdout));
     expect(b).toMatchObject({ state: 'finished', result: 'passed', project: 'demo/app', change: { change: 'c1', author: 'alice' } });
+    // The CI's build id, as #id, on stderr before the wait (also with --json, whose stdout is JSON only).
+    expect(sub.stderr).toContain(`airlock: build #${b.id} queued: demo/app change c1,1; following it`);
 
-    const [one, all, logs, logsJson, logsFinished] = await Promise.all([
+    const [one, all, logs, logsJson, logsFinished, queued] = await Promise.all([
       airlock(['status', String(b.id), '--json']),
       airlock(['status', '--json', '--project', 'demo/app']),
       airlock(['logs', String(b.id)]),
       airlock(['logs', String(b.id), '--json']),
       airlock(['logs', '-f', String(b.id)]), // already finished: shown as without -f
+      airlock(['submit', '--project', 'demo/app', '--ref', 'refs/heads/master', '--change', 'c2']),
     ]);
+    expect([queued.status, queued.stderr]).toEqual([0, '']);
+    expect(queued.stdout).toMatch(/^build #\d+ queued: check of demo\/app change c2,1\n$/);
     expect(one.status).toBe(0);
     expect(BuildView.parse(JSON.parse(one.stdout)).jobs.map((j) => [j.name, j.state])).toEqual([['test', 'passed']]);
     expect(all.status).toBe(0);
@@ -79,7 +84,7 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(overview.builds.map((x) => BuildView.parse(x).id)).toContain(b.id);
     expect(logs.status).toBe(0);
     expect(logs.stdout).toBe('hi\n');
-    expect(logs.stderr).toContain(`airlock: build ${b.id} passed`);
+    expect(logs.stderr).toContain(`airlock: build #${b.id} passed`);
     expect(logsJson.stdout.trim().split('\n').map((l) => BuildEvent.parse(JSON.parse(l)))).toEqual([
       { type: 'log', job: 'test', text: 'hi\n' },
       { type: 'build', state: 'finished', result: 'passed', reason: '1 voting job passed' },
@@ -101,10 +106,10 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(follow.stdout).toBe('start\nhi\n');
     // On a loaded machine the CLI (tsx start-up) may meet the build already finished: then it prints
     // the stored logs, which is also right. When it met it running, the live extras must be there.
-    if (follow.stderr.includes(`build ${id}: job test running`)) {
+    if (follow.stderr.includes(`build #${id}: job test running`)) {
       expect(follow.stderr).toContain(`merged ${slow.ref} onto master`); // the setup log goes with the progress
-      expect(follow.stderr).toContain(`build ${id}: passed`); // stderr is not a terminal: one plain line per state change
-    } else expect(follow.stderr).toContain(`airlock: build ${id} passed`);
+      expect(follow.stderr).toContain(`build #${id}: passed`); // stderr is not a terminal: one plain line per state change
+    } else expect(follow.stderr).toContain(`airlock: build #${id} passed`);
 
     expect(followJson.status).toBe(0);
     const events = followJson.stdout.trim().split('\n').map((l) => BuildEvent.parse(JSON.parse(l)));
@@ -112,9 +117,9 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(events.at(-1)).toMatchObject({ type: 'build', state: 'finished', result: 'passed' });
 
     expect(failed.status, failed.stderr).toBe(1);
-    expect(failed.stdout).toMatch(/^build \d+ · check · demo\/app master · change 202,1 by anonymous\nstatus: failed \(failed: test\)/);
+    expect(failed.stdout).toMatch(/^build #\d+ · check · demo\/app master · change 202,1 by anonymous\nstatus: failed \(failed: test\)/);
     expect(failed.stdout).toMatch(/✗ test\s+failed\s+3/);
-    const failedId = Number(/build (\d+) queued/.exec(failed.stderr)?.[1]);
+    const failedId = Number(/build #(\d+) queued/.exec(failed.stderr)?.[1]);
     const failedLogs = await airlock(['logs', String(failedId), '--job', 'test']);
     expect(failedLogs.status).toBe(1);
     expect(failedLogs.stdout).toBe('nope\n');
@@ -134,7 +139,7 @@ describe('airlock submit / status / logs against a running CI', () => {
     expect(JSON.parse(badRef.stdout)).toMatchObject({ error: { code: 'AIRLOCK_E_INVALID_INPUT', statusCode: 400 } });
     expect(badRef.stderr).toContain('body: ref: must be a full ref name');
     expect(missing.status).toBe(2);
-    expect(missing.stderr).toContain('AIRLOCK_E_NOT_FOUND: no build 999999');
+    expect(missing.stderr).toContain('AIRLOCK_E_NOT_FOUND: no build #999999');
     expect(unreachable.status).toBe(3);
     expect(unreachable.stderr).toContain(`airlock: AIRLOCK_E_INTERNAL: cannot reach the CI at http://127.0.0.1:${port}: ECONNREFUSED`);
   });

@@ -40,7 +40,7 @@ describe('CI text output', () => {
   it('shows one build with its jobs and its config issues as file: path: message', () => {
     const b = { ...build, state: 'finished' as const, result: 'config-error' as const, reason: 'bad config', finishedAt: 5000, issues: [{ file: '.airlock.yaml', path: 'jobs.test.command', message: 'required', severity: 'error' as const }] };
     const text = formatBuild(b, 10_000);
-    expect(text).toContain('build 7 · check · demo/app master · change 101,2 by alice');
+    expect(text).toContain('build #7 · check · demo/app master · change 101,2 by alice');
     expect(text).toContain('status: config-error (bad config)');
     expect(text).toMatch(/✓ build\s+passed\s+0\s+2\.5s/);
     expect(text).toMatch(/· report\s+waiting \(non-voting\)/);
@@ -48,8 +48,8 @@ describe('CI text output', () => {
   });
 
   it('writes plain lines for state changes only', () => {
-    expect(eventLine(7, { type: 'job', job: 'test', state: 'failed', reason: 'exited with code 1' })).toBe('build 7: job test failed (exited with code 1)');
-    expect(eventLine(7, { type: 'build', state: 'finished', result: 'passed' })).toBe('build 7: passed');
+    expect(eventLine(7, { type: 'job', job: 'test', state: 'failed', reason: 'exited with code 1' })).toBe('build #7: job test failed (exited with code 1)');
+    expect(eventLine(7, { type: 'build', state: 'finished', result: 'passed' })).toBe('build #7: passed');
     expect(eventLine(7, { type: 'log', job: 'test', text: 'x' })).toBeUndefined();
   });
 
@@ -78,7 +78,7 @@ describe('CI text output', () => {
     p.update({ type: 'job', job: 'test', state: 'passed' });
     p.update({ type: 'build', state: 'finished', result: 'passed' });
     p.close();
-    expect(out).toEqual(['build 7: job test passed\n', 'build 7: passed\n']);
+    expect(out).toEqual(['build #7: job test passed\n', 'build #7: passed\n']);
   });
 });
 

@@ -49,7 +49,7 @@ function body(b: BuildView | undefined, headline: string, links: Links): string 
   if (b) {
     for (const j of b.jobs) lines.push(jobLine(b, j, links));
     if (b.jobs.length > 0) lines.push('');
-    lines.push(`Build ${b.id}: ${links.publicUrl}/api/builds/${b.id}`);
+    lines.push(`Build #${b.id}: ${links.publicUrl}/api/builds/${b.id}`);
   }
   lines.push(`Status: ${links.publicUrl}/`);
   return truncateUtf8(lines.join('\n'), MAX_MESSAGE_BYTES);

@@ -8,7 +8,7 @@
  * build back into `queued` and forgets its job rows: the build is re-run from scratch.
  */
 import { ConflictError, NotFoundError, type Issue } from '#shared/errors.js';
-import type { BuildResult, BuildState, BuildView, ChangeView, JobState, JobView, Pipeline } from '#shared/schemas/api/builds.js';
+import { LOOKUP_PATCHSETS, LOOKUP_PROJECTS, type BuildResult, type BuildState, type BuildView, type ChangeLookup, type ChangeView, type JobState, type JobView, type Pipeline } from '#shared/schemas/api/builds.js';
 import type { Db } from './database.js';
 
 export interface NewChange {
@@ -150,6 +150,30 @@ export class BuildStore {
       .prepare<[string, string], { id: number }>('SELECT id FROM changes WHERE project = ? AND change = ? ORDER BY patchset DESC LIMIT 1')
       .get(project, change);
     return row ? this.changeView(row.id) : undefined;
+  }
+
+  /** A change by its review-system id, in every project (or one) that has it: see ChangeLookup. Bounded. */
+  lookupChange(q: { change: string; project?: string; patchset?: number }): ChangeLookup {
+    const projects = this.db
+      .prepare<(string | number)[], { project: string; current: number }>(
+        `SELECT project, MAX(patchset) AS current FROM changes WHERE change = ?${q.project !== undefined ? ' AND project = ?' : ''} GROUP BY project ORDER BY project LIMIT ?`,
+      )
+      .all(...[q.change, ...(q.project !== undefined ? [q.project] : []), LOOKUP_PROJECTS + 1]);
+    const patchsets = this.db.prepare<(string | number)[], { patchset: number; build: number | null }>(
+      `SELECT c.patchset, (SELECT MAX(b.id) FROM builds b WHERE b.change_id = c.id) AS build FROM changes c
+       WHERE c.project = ? AND c.change = ?${q.patchset !== undefined ? ' AND c.patchset = ?' : ''} ORDER BY c.patchset DESC LIMIT ?`,
+    );
+    return {
+      changes: projects.slice(0, LOOKUP_PROJECTS).map((p) => ({
+        project: p.project,
+        change: q.change,
+        current: p.current,
+        patchsets: patchsets
+          .all(...[p.project, q.change, ...(q.patchset !== undefined ? [q.patchset] : []), LOOKUP_PATCHSETS])
+          .map((r) => ({ patchset: r.patchset, ...(r.build !== null ? { build: r.build } : {}) })),
+      })),
+      more: projects.length > LOOKUP_PROJECTS,
+    };
   }
 
   /**
@@ -328,7 +352,7 @@ export class BuildStore {
 
   build(id: number): BuildView {
     const row = this.db.prepare<[number], BuildRow>('SELECT * FROM builds WHERE id = ?').get(id);
-    if (!row) throw new NotFoundError(`no build ${id}`);
+    if (!row) throw new NotFoundError(`no build #${id}`);
     return this.buildView(row);
   }
 

@@ -29,6 +29,9 @@ export type JobState = z.infer<typeof JobState>;
 
 const Sha = z.string().regex(/^[0-9a-f]{40}(?:[0-9a-f]{24})?$/, 'a full commit id (40 or 64 hex)');
 
+/** A change's id in the review system (or an API check's own name). */
+export const ChangeName = z.string().min(1).max(200).regex(/^[\w.,:/@+-]+$/, 'letters, digits and . , : / @ + - _');
+
 /** A change as submitted by `POST /api/changes` or `airlock submit`. */
 export const SubmitChange = z
   .object({
@@ -37,7 +40,7 @@ export const SubmitChange = z
     /** What to fetch from the project's repository: a ref name (refs/changes/…, refs/heads/…) or a commit id. */
     ref: z.string().min(1).max(255),
     /** The change's own id in the review system; defaults to the ref. */
-    change: z.string().min(1).max(200).regex(/^[\w.,:/@+-]+$/, 'letters, digits and . , : / @ + - _').optional(),
+    change: ChangeName.optional(),
     patchset: z.number().int().min(1).max(1_000_000).default(1),
     author: z.string().min(1).max(200).default('anonymous'),
     subject: z.string().max(1000).optional(),
@@ -101,6 +104,31 @@ export type BuildView = z.infer<typeof BuildView>;
 
 export const SubmitAnswer = z.object({ change: ChangeView, builds: z.array(z.number().int()) });
 export type SubmitAnswer = z.infer<typeof SubmitAnswer>;
+
+/** How many projects, and patch sets of each, one `GET /api/changes?change=` answer lists at most. */
+export const LOOKUP_PROJECTS = 20;
+export const LOOKUP_PATCHSETS = 100;
+
+/**
+ * `GET /api/changes?change=N[&project=P][&patchset=PS]`: every project this CI knows change N in,
+ * with the change's current patch set (the newest it has recorded) and its patch sets, newest
+ * first, each with its latest build (the highest build id, of any pipeline) if it has one. With
+ * `patchset`, only that patch set is listed (none when it is unknown). What the CLI resolves
+ * `--change N[,PS]` with (cli/build-ref.ts).
+ */
+export const ChangeLookup = z.object({
+  changes: z.array(
+    z.object({
+      project: z.string(),
+      change: z.string(),
+      current: z.number().int(),
+      patchsets: z.array(z.object({ patchset: z.number().int(), build: z.number().int().optional() })),
+    }),
+  ),
+  /** More projects have the change than are listed. */
+  more: z.boolean(),
+});
+export type ChangeLookup = z.infer<typeof ChangeLookup>;
 
 export const QueueView = z.object({
   slots: z.number().int(),

@@ -11,7 +11,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
-import { BuildEvent, BuildView, QueueView, SubmitAnswer, ChangeView, type SubmitChangeInput } from '#shared/schemas/api/builds.js';
+import { BuildEvent, BuildView, ChangeLookup, QueueView, SubmitAnswer, ChangeView, LOOKUP_PROJECTS, type SubmitChangeInput } from '#shared/schemas/api/builds.js';
 import { FsArtifactStore } from '../../../untrusted-ci/storage/fs-artifact-store.js';
 import { logKey, resultKey } from '../../../untrusted-ci/storage/keys.js';
 import type { GateRuntime } from '../../../untrusted-ci/pipelines/gate-runtime.js';
@@ -315,7 +315,54 @@ describe('builds, queue, logs, events', () => {
     expect(filtered.builds.map((x) => x.id)).toEqual([b]);
   });
 
+  it('GET /api/changes?change= finds a change by its review id: each project with it, its current patch set, each patch set\'s latest build', async () => {
+    const api = await makeApi();
+    const submit = async (c: Partial<SubmitChangeInput>): Promise<number> => SubmitAnswer.parse((await post(api, { ...CHANGE, ...c })).json()).builds[0]!;
+    const ps1 = await submit({ patchset: 1 });
+    const ps2 = await submit({ patchset: 2, ref: 'refs/changes/01/1/2' });
+    const ps2again = await submit({ patchset: 2, ref: 'refs/changes/01/1/2' });
+    const other = await submit({ project: 'TestRepo1', patchset: 1 });
+    await api.scheduler.idle();
+    // An approval may record a patch set no build has run for yet.
+    api.store.recordChange({ project: 'app', branch: 'master', change: '1', patchset: 3, ref: 'refs/changes/01/1/3', author: 'alice', source: 'gerrit' });
+    const get = async (q: string): Promise<ChangeLookup> => {
+      const r = await api.app.inject({ method: 'GET', url: `/api/changes?${q}` });
+      expect(r.statusCode, r.body).toBe(200);
+      return ChangeLookup.parse(r.json());
+    };
+    expect(await get('change=1&project=app')).toEqual({
+      changes: [{ project: 'app', change: '1', current: 3, patchsets: [{ patchset: 3 }, { patchset: 2, build: Math.max(ps2, ps2again) }, { patchset: 1, build: ps1 }] }],
+      more: false,
+    });
+    expect(await get('change=1&project=app&patchset=1')).toEqual({ changes: [{ project: 'app', change: '1', current: 3, patchsets: [{ patchset: 1, build: ps1 }] }], more: false });
+    expect(await get('change=1&project=app&patchset=9')).toEqual({ changes: [{ project: 'app', change: '1', current: 3, patchsets: [] }], more: false });
+    const both = await get('change=1');
+    expect(both.changes.map((c) => [c.project, c.current, c.patchsets[0]?.build])).toEqual([
+      ['TestRepo1', 1, other],
+      ['app', 3, undefined],
+    ]);
+    expect(await get('change=2')).toEqual({ changes: [], more: false });
+    expect(await get('change=1&project=picky')).toEqual({ changes: [], more: false });
+  });
+
+  it('GET /api/changes?change= is bounded: at most LOOKUP_PROJECTS projects, and says there are more', async () => {
+    const api = await makeApi();
+    for (let i = 0; i <= LOOKUP_PROJECTS; i++) {
+      api.store.recordChange({ project: `p${String(i).padStart(2, '0')}`, branch: 'master', change: '5', patchset: 1, ref: 'refs/changes/05/5/1', author: 'a', source: 'api' });
+    }
+    const r = ChangeLookup.parse((await api.app.inject({ method: 'GET', url: '/api/changes?change=5' })).json());
+    expect(r.changes).toHaveLength(LOOKUP_PROJECTS);
+    expect(r.more).toBe(true);
+  });
+
   it.each([
+    ['GET', '/api/changes', 400],
+    ['GET', '/api/changes?change=', 400],
+    ['GET', '/api/changes?change=a%20b', 400],
+    ['GET', `/api/changes?change=${'x'.repeat(201)}`, 400],
+    ['GET', '/api/changes?change=1&patchset=0', 400],
+    ['GET', '/api/changes?change=1&patchset=two', 400],
+    ['GET', '/api/changes?change=1&sort=id', 400],
     ['GET', '/api/builds/abc', 400],
     ['GET', '/api/builds/0', 400],
     ['GET', '/api/builds/-1', 400],

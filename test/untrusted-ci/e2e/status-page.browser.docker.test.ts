@@ -173,7 +173,7 @@ describe('status page (real browser, real service, real Docker)', () => {
     await slowJob.getByRole('link', { name: /live log/ }).click();
     await page.locator('#log:not([hidden])').waitFor(WAIT);
     await page.locator('#log-text').filter({ hasText: /tick 5 / }).waitFor(WAIT);
-    expect(await page.locator('#log-title').textContent()).toBe(`Log of job slow in build ${slowBuild}`);
+    expect(await page.locator('#log-title').textContent()).toBe(`Log of job slow in build #${slowBuild}`);
     expect(await page.locator('#log-text').textContent()).toContain('tick 1 <b>not bold</b>\n');
     expect(await page.locator('#log-text b').count()).toBe(0);
     // The progress bar moves on its own (the page ticks against the server's clock).
@@ -195,6 +195,7 @@ describe('status page (real browser, real service, real Docker)', () => {
       ]),
     );
     expect(await brokenRow.locator('.reason').textContent()).toMatch(/^\.airlock\.yaml has \d+ problems$/);
+    expect(await brokenRow.locator('th').textContent()).toBe(`#${brokenBuild}`); // the CI's build id, as the CLI names it
 
     // 4. The three changes approved in Gerrit (Code-Review +2 by a core reviewer), one after the
     // other: in the gate, in order, each tested on the ones ahead. The slot is still held, so they
@@ -212,7 +213,7 @@ describe('status page (real browser, real service, real Docker)', () => {
 
     // 5. Cancel the check: the slot frees, the gate runs; everything reaches the page over SSE.
     await api('POST', `/api/builds/${slowBuild}/cancel`);
-    await page.locator('#log-state').filter({ hasText: /^Build \d+ finished: cancelled \(cancelled by request\)/ }).waitFor(WAIT);
+    await page.locator('#log-state').filter({ hasText: /^Build #\d+ finished: cancelled \(cancelled by request\)/ }).waitFor(WAIT);
     await historyRow(slowBuild).and(page.locator('[data-result="cancelled"]')).waitFor(WAIT);
     await page.locator('#gate-queues p.empty').waitFor({ timeout: 120_000 });
     /** The results of a change's gate builds in the history, newest first (its check, in step 0, passed). */

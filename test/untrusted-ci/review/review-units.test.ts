@@ -95,6 +95,7 @@ describe('ReviewOutbox', () => {
       ['7', 2, { Verified: -1 }],
     ]);
     expect(sys.posted[0]!.message).toContain('- test https://ci.example.org/api/builds/1/logs/test : PASSED in 3s');
+    expect(sys.posted[0]!.message).toContain('Build #1: https://ci.example.org/api/builds/1\n'); // the CI's build id, as the CLI names it
   });
 
   it('keeps a message through outages (retried in order), and skips one the review system refuses', async () => {

@@ -75,7 +75,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
       void reply.type('text/plain; charset=utf-8').header('x-content-type-options', 'nosniff');
       const local = join(deps.events.buildDir(build.id), 'logs', `${req.params.job}.log`);
       if (deps.events.isLive(build.id) && (await stat(local).catch(() => undefined))) return reply.send(createReadStream(local));
-      if (!build.jobs.some((j) => j.name === req.params.job)) throw new NotFoundError(`build ${build.id} has no job ${req.params.job}`);
+      if (!build.jobs.some((j) => j.name === req.params.job)) throw new NotFoundError(`build #${build.id} has no job ${req.params.job}`);
       return reply.send(await deps.artifacts.get(logKey(String(build.id), req.params.job)));
     },
   );

@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import { ConflictError, InvalidInputError, NotFoundError } from '#shared/errors.js';
 import { isSha, refNameProblem } from '#shared/git/git.js';
-import { BuildView, ChangeView, SubmitAnswer, SubmitChange } from '#shared/schemas/api/builds.js';
+import { BuildView, ChangeLookup, ChangeName, ChangeView, SubmitAnswer, SubmitChange } from '#shared/schemas/api/builds.js';
 import type { ApiDeps, RequireToken, ZodApp } from '../app.js';
 
 const IdParams = z.object({ id: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER) });
@@ -51,6 +51,23 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
       deps.gate?.patchset(build.change); // the gate learns of it (a possible dependency; an older patchset leaves)
       return reply.status(202).send({ change: build.change, builds: [build.id] });
     },
+  );
+
+  app.get(
+    '/api/changes',
+    {
+      schema: {
+        description: "A change by its review-system id: each project that has it, its current patch set, and each patch set's latest build",
+        querystring: z.object({ change: ChangeName, project: z.string().min(1).max(200).optional(), patchset: z.coerce.number().int().min(1).max(1_000_000).optional() }).strict(),
+        response: { 200: ChangeLookup },
+      },
+    },
+    async (req) =>
+      deps.store.lookupChange({
+        change: req.query.change,
+        ...(req.query.project !== undefined ? { project: req.query.project } : {}),
+        ...(req.query.patchset !== undefined ? { patchset: req.query.patchset } : {}),
+      }),
   );
 
   app.get(

@@ -39,7 +39,7 @@ export class LogView {
     this.close();
     this.key = key;
     this.root.hidden = false;
-    this.title.textContent = `Log of job ${job} in build ${buildId}`;
+    this.title.textContent = `Log of job ${job} in build #${buildId}`;
     this.setState('Connecting…');
     this.title.focus();
     let opened = 0;
@@ -69,8 +69,8 @@ export class LogView {
     source.addEventListener('build', (ev) => {
       const e = parse(ev.data);
       if (!e) return;
-      if (e.state === 'finished') this.setState(`Build ${buildId} finished: ${e.result ?? 'done'}${e.reason ? ` (${e.reason})` : ''}`);
-      else if (e.state === 'queued') this.setState(`Build ${buildId} is queued; the log starts when it runs.`);
+      if (e.state === 'finished') this.setState(`Build #${buildId} finished: ${e.result ?? 'done'}${e.reason ? ` (${e.reason})` : ''}`);
+      else if (e.state === 'queued') this.setState(`Build #${buildId} is queued; the log starts when it runs.`);
     });
     source.addEventListener('end', () => {
       source.close();

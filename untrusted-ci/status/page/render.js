@@ -187,7 +187,7 @@ function itemView(pipeline, item, index, now, ticks) {
       item.active ? null : h('p', { class: 'note' }, 'Waiting outside the window: it runs when the changes ahead of it leave.'),
       item.failing.length > 0 ? h('p', { class: 'failing-note' }, h('strong', {}, h('span', { 'aria-hidden': 'true' }, '✗ '), 'Failing: '), item.failing.join('; ')) : null,
       build
-        ? h('p', { class: 'build', 'data-build': build.id }, `Build ${build.id}: `, resultBadge(build), build.attempt > 1 ? ` (attempt ${build.attempt})` : '', build.reason ? h('span', { class: 'reason' }, build.reason) : null)
+        ? h('p', { class: 'build', 'data-build': build.id }, `Build #${build.id}: `, resultBadge(build), build.attempt > 1 ? ` (attempt ${build.attempt})` : '', build.reason ? h('span', { class: 'reason' }, build.reason) : null)
         : h('p', { class: 'build' }, 'No build yet.'),
       issueList(build?.issues),
       item.jobs.length > 0 ? h('ul', { class: 'jobs', 'aria-label': `Jobs of ${label}` }, item.jobs.map((j) => jobRow(j, build, now, ticks))) : h('p', { class: 'note' }, 'Jobs are listed once its configuration is read.'),
@@ -234,7 +234,7 @@ export function renderHistory(builds, now) {
     return h(
       'tr',
       { 'data-build': b.id, 'data-result': b.result ?? 'finished' },
-      h('th', { scope: 'row' }, String(b.id)),
+      h('th', { scope: 'row' }, `#${b.id}`),
       h('td', {}, b.pipeline),
       h('td', {}, h('span', { class: 'change' }, `${b.change.change},${b.change.patchset}`), ' ', h('span', { class: 'project' }, b.project), b.change.subject ? h('span', { class: 'subject' }, b.change.subject) : null),
       h('td', {}, resultBadge(b), b.reason ? h('span', { class: 'reason' }, b.reason) : null, issueList(b.issues)),

@@ -43,7 +43,7 @@ function announce(history) {
   if (known) {
     const fresh = history.filter((b) => !known.has(b.id)).reverse();
     for (const b of fresh) {
-      byId('announcer').append(h('p', {}, `Build ${b.id} (${b.pipeline}, change ${b.change.change},${b.change.patchset} of ${b.project}) finished: ${b.result ?? 'done'}.`));
+      byId('announcer').append(h('p', {}, `Build #${b.id} (${b.pipeline}, change ${b.change.change},${b.change.patchset} of ${b.project}) finished: ${b.result ?? 'done'}.`));
     }
     const lines = byId('announcer').children;
     while (lines.length > 5) lines[0].remove();

@@ -31,6 +31,7 @@ import { HintSender } from './hints/hint-sender.js';
 import { GateRuntime } from './pipelines/gate-runtime.js';
 import { openDatabase, type Db } from './store/database.js';
 import { statusView } from './status/snapshot.js';
+import { startupChecks } from './startup-checks.js';
 import { StatusFeed } from './status/status-feed.js';
 import type { FastifyInstance } from 'fastify';
 import { CatchUp } from './review/catch-up.js';
@@ -95,6 +96,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
   const docker = opts.docker ?? createDocker();
   const jobPolicy = loadJobPolicy(c.policies.job);
   const envPolicy = loadEnvironmentPolicy(c.policies.environments);
+  // Every project URL fetchable and hints.url a builder, before anything is opened (docs/ci.md).
+  await startupChecks(c, logger, loaded.file ? { file: loaded.file } : {});
   let db: Db | undefined;
   const cleanups: (() => unknown)[] = [];
   try {

@@ -6,6 +6,7 @@ import { createLogger } from '#shared/logging.js';
 import { loadBuilderConfig } from '../trusted-builder/config.js';
 import { startBuilderService } from '../trusted-builder/service.js';
 import { registerBuilderAuditCommand } from './builder-audit.js';
+import { registerBuilderPromoteCommand } from './builder-promote.js';
 import { serveUntilSignal } from './serve.js';
 
 export function registerBuilderCommands(program: Command): void {
@@ -20,5 +21,6 @@ export function registerBuilderCommands(program: Command): void {
       const service = await startBuilderService(config, { logger: createLogger({ name: 'airlock-builder', ...(level ? { level } : {}) }) });
       await serveUntilSignal(service, { name: 'trusted builder', address: `${config.listen.host}:${config.listen.port}`, onClose: 'a promotion in progress finishes first' });
     });
+  registerBuilderPromoteCommand(builder);
   registerBuilderAuditCommand(builder);
 }

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { FastifyInstance } from 'fastify';
 import { createDocker } from '#shared/docker/client.js';
-import { InvalidInputError, NotFoundError, PolicyInvalidError, type Issue } from '#shared/errors.js';
+import { InvalidInputError, NotFoundError, PolicyInvalidError, RegistryAuthFailedError, type Issue } from '#shared/errors.js';
 import { createLogger, type Logger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { JobRunner } from '#shared/runner/job-runner.js';
@@ -45,7 +45,7 @@ import { Poller } from './promote/poller.js';
 import { Promoter } from './promote/promoter.js';
 import { WebhookNotifier } from './notify/webhook.js';
 import { PromotionStore } from './promote/promotion-store.js';
-import type { PushOptions, RegistryCredentials } from './publish/registry.js';
+import { checkRegistryLogin, type PushOptions, type RegistryCredentials } from './publish/registry.js';
 import { FileSecretStore, type SecretStore, type SecretValue } from './secrets/secret-store.js';
 import { VaultSecretStore } from './secrets/vault-store.js';
 import { loadSigningKey } from './sign/signer.js';
@@ -80,6 +80,13 @@ export function builderPaths(dataDir: string): { audit: string; git: string; wor
   };
 }
 
+/** The SecretStore the config names (a directory of 0600 files, or Vault). */
+export function openSecretStore(config: Readonly<BuilderConfig>, logger: Logger): SecretStore {
+  return config.secrets.kind === 'file'
+    ? new FileSecretStore(config.secrets.dir)
+    : new VaultSecretStore({ endpoint: config.secrets.address, mount: config.secrets.mount, roleIdFile: config.secrets.roleIdFile, secretIdFile: config.secrets.secretIdFile, logger });
+}
+
 export async function startBuilderService(
   config: Readonly<BuilderConfig>,
   opts: { logger?: Logger; docker?: Docker; secrets?: SecretStore; pushOptions?: PushOptions; workspacePool?: number } = {},
@@ -92,11 +99,7 @@ export async function startBuilderService(
     const policy = loadPromotionPolicy(config.policies.promotion);
     const secretsPolicy = loadSecretsPolicy(config.policies.secrets);
     const jobPolicy = loadJobPolicy(config.policies.job);
-    const secrets =
-      opts.secrets ??
-      (config.secrets.kind === 'file'
-        ? new FileSecretStore(config.secrets.dir)
-        : new VaultSecretStore({ endpoint: config.secrets.address, mount: config.secrets.mount, roleIdFile: config.secrets.roleIdFile, secretIdFile: config.secrets.secretIdFile, logger }));
+    const secrets = opts.secrets ?? openSecretStore(config, logger);
     cleanups.push(() => secrets.close());
     const audit = await AuditLog.open(paths.audit);
     cleanups.push(() => audit.close());
@@ -126,6 +129,12 @@ export async function startBuilderService(
     } else {
       await audit.append('embargo', { event: 'lane-off', ...(embargoPath ? { path: embargoPath } : {}) });
       logger.info({ path: embargoPath ?? null }, 'no embargo key: the embargo lane is off');
+    }
+
+    // Log in to every registry the builder pushes to now, not at the first push (docs/deploy.md).
+    await registryLoginAtStart(policy.policy.registry, { username: registry.username!, password: registry.password! }, `secret ${secretsPolicy.builder.registry} (${secrets.kind} store)`, logger);
+    if (embargoRegistry && policy.policy.embargoRegistry) {
+      await registryLoginAtStart(policy.policy.embargoRegistry, embargoRegistry, `secret ${secretsPolicy.builder.embargoRegistry} (${secrets.kind} store)`, logger);
     }
 
     const dashboardPath = secretsPolicy.builder.dashboard;
@@ -223,6 +232,32 @@ export async function startBuilderService(
     for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => {});
     throw e;
   }
+}
+
+/** How long the start waits for a registry's answer to its login check. */
+const LOGIN_CHECK_TIMEOUT_MS = 10_000;
+
+/**
+ * `GET /v2/` with the builder's login, once, at start. A refusal (401/403) stops the start: every
+ * push would fail the same way, and only an operator can fix it. A registry that does not answer
+ * is a warning: pushes retry with backoff, and a promotion that failed meanwhile can be asked for
+ * again (`airlock builder promote`).
+ */
+async function registryLoginAtStart(host: string, credentials: RegistryCredentials, source: string, logger: Logger): Promise<void> {
+  let r: Awaited<ReturnType<typeof checkRegistryLogin>>;
+  try {
+    r = await checkRegistryLogin(host, credentials, { requestTimeoutMs: LOGIN_CHECK_TIMEOUT_MS, retry: { attempts: 1 } });
+  } catch (e) {
+    if (e instanceof RegistryAuthFailedError) {
+      throw new RegistryAuthFailedError(
+        `${e.message}: the builder's login is read from ${source}; put there the {username, password} that registry accepts (or add that user to the registry's htpasswd), then start the builder again (docs/deploy.md "When something is wrong")`,
+        { cause: e },
+      );
+    }
+    throw e;
+  }
+  if (r === 'ok') logger.info({ registry: host }, 'registry login checked');
+  else logger.warn({ registry: host, reason: r.unreachable }, `registry ${host} does not answer GET /v2/ (${r.unreachable}): starting anyway; pushes retry, and a promotion that failed meanwhile can be asked for again with airlock builder promote`);
 }
 
 /**

@@ -180,6 +180,8 @@ export type CiConfigInput = z.input<typeof CiConfig>;
 /** A loaded config plus the secrets its files named, read once. */
 export interface LoadedCiConfig {
   readonly config: Readonly<CiConfig>;
+  /** The config file it was read from (for messages). */
+  readonly file?: string;
   readonly gerritSecret?: Buffer;
   readonly apiToken?: string;
   readonly cancelToken?: string;
@@ -257,6 +259,7 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   if (issues.length > 0) throw new InvalidInputError(issues);
   return {
     config: deepFreeze(config),
+    file,
     ...(gerritSecret ? { gerritSecret } : {}),
     ...(apiToken ? { apiToken } : {}),
     ...(cancelToken ? { cancelToken } : {}),

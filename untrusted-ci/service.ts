@@ -31,6 +31,7 @@ import { HintSender } from './hints/hint-sender.js';
 import { GateRuntime } from './pipelines/gate-runtime.js';
 import { openDatabase, type Db } from './store/database.js';
 import { statusView } from './status/snapshot.js';
+import { startupChecks } from './startup-checks.js';
 import { StatusFeed } from './status/status-feed.js';
 import type { FastifyInstance } from 'fastify';
 import { CatchUp } from './review/catch-up.js';
@@ -95,6 +96,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
   const docker = opts.docker ?? createDocker();
   const jobPolicy = loadJobPolicy(c.policies.job);
   const envPolicy = loadEnvironmentPolicy(c.policies.environments);
+  // Every project URL fetchable and hints.url a builder, before anything is opened (docs/ci.md).
+  await startupChecks(c, logger, loaded.file ? { file: loaded.file } : {});
   let db: Db | undefined;
   const cleanups: (() => unknown)[] = [];
   try {
@@ -116,7 +119,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const gateStore = new GateStore(db);
     const hints =
       c.hints && loaded.hintSecret
-        ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }) })
+        ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }), onChange: () => status?.notify() })
         : undefined;
     // The review system: votes and messages out (a durable outbox), approvals in, merges asked of it.
     const links: Links = { publicUrl: (c.publicUrl ?? `http://${c.listen.host}:${c.listen.port}`).replace(/\/+$/, '') };
@@ -226,7 +229,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       },
     });
     const sched = scheduler;
-    status = new StatusFeed({ snapshot: () => statusView({ store, scheduler: sched, gate }), logger: logger.child({ component: 'status' }) });
+    status = new StatusFeed({ snapshot: () => statusView({ store, scheduler: sched, gate, ...(hints ? { hints: () => hints.backlog() } : {}) }), logger: logger.child({ component: 'status' }) });
     const reread = review ? (project: string, change: string) => review?.rereads.request(project, change) : undefined;
     triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };
     const app = await buildApi({

@@ -139,3 +139,38 @@ describe('GET /lookaside', () => {
     expect((await app.inject({ method: 'GET', url: '/healthz' })).json()).toEqual({ ok: true });
   });
 });
+
+describe('POST /v1/promotions/status', () => {
+  it('answers who holds the hint key where a promotion stands (the same request twice too); 401 unsigned, 404 unknown, 400 malformed', async () => {
+    const audit = await AuditLog.open(join(dir, `audit-status.jsonl`));
+    const known = { project: 'demo/app', commit: HINT.commit };
+    const app = await buildBuilderApi({
+      logger: createLogger({ level: 'silent' }),
+      audit,
+      hintSecret: SECRET,
+      promoter: {
+        accept: () => ({ queued: true }),
+        status: (project, commit) => (project === known.project && commit === known.commit ? { state: 'failed', result: { step: 'push', reason: 'registry down' } } : undefined),
+      },
+      lookasideDir: join(dir, 'lookaside-status'),
+      now: () => NOW,
+    });
+    const ask = (body: string, secret = SECRET) => {
+      const raw = Buffer.from(body);
+      return app.inject({ method: 'POST', url: '/v1/promotions/status', payload: raw, headers: { ...signHint(secret, raw, NOW / 1000), 'content-type': 'application/json' } });
+    };
+    for (let i = 0; i < 2; i++) {
+      const r = await ask(JSON.stringify(known));
+      expect(r.statusCode, r.body).toBe(200);
+      expect(r.json()).toEqual({ state: 'failed', result: { step: 'push', reason: 'registry down' } });
+    }
+    expect((await ask(JSON.stringify(known), Buffer.from('another key'))).statusCode).toBe(401);
+    expect((await app.inject({ method: 'POST', url: '/v1/promotions/status', payload: JSON.stringify(known), headers: { 'content-type': 'application/json' } })).statusCode).toBe(401);
+    const unknown = await ask(JSON.stringify({ ...known, project: 'demo/other' }));
+    expect([unknown.statusCode, (unknown.json() as { message: string }).message]).toEqual([404, `no promotion of demo/other@${HINT.commit}`]);
+    expect((await ask(JSON.stringify({ ...known, extra: 1 }))).statusCode).toBe(400);
+    expect((await ask('not json')).statusCode).toBe(400);
+    await app.close();
+    await audit.close();
+  });
+});

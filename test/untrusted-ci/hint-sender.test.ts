@@ -18,6 +18,9 @@ import { PromotionHint } from '#shared/schemas/promotion-hint.js';
 import { HintSender, type HintSenderOptions } from '../../untrusted-ci/hints/hint-sender.js';
 import { openDatabase, type Db } from '../../untrusted-ci/store/database.js';
 import { GateStore, type NewGateEvent } from '../../untrusted-ci/store/gate-store.js';
+import { StatusView } from '../../untrusted-ci/api/schemas/status.js';
+import { statusView } from '../../untrusted-ci/status/snapshot.js';
+import { BuildStore } from '../../untrusted-ci/store/build-store.js';
 
 const secret = Buffer.from('hint-secret-used-only-by-this-test-0123456789');
 const sha = (c: string) => c.repeat(40);
@@ -244,12 +247,12 @@ describe('HintSender', () => {
 
     expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('c')]);
     expect(s.deliveries()).toEqual([
-      { eventId: a, state: 'refused', status: 400, reason: 'HTTP 400: AIRLOCK_E_INVALID_INPUT: project not in policy', attempts: 1, updatedAt: expect.any(Number) },
+      { eventId: a, state: 'refused', status: 400, reason: `http://127.0.0.1:${port}/v1/hints: HTTP 400: AIRLOCK_E_INVALID_INPUT: project not in policy`, attempts: 1, updatedAt: expect.any(Number) },
       { eventId: b, state: 'invalid', reason: expect.stringContaining('commit'), attempts: 0, updatedAt: expect.any(Number) },
       { eventId: c, state: 'delivered', status: 200, attempts: 1, updatedAt: expect.any(Number) },
     ]);
     expect(delays).toEqual([]);
-    expect(logLines.some((l) => l.includes('refused a promotion hint') && l.includes('"status":400'))).toBe(true);
+    expect(logLines.some((l) => l.includes('refused a promotion hint') && l.includes('"status":400') && l.includes(`"url":"http://127.0.0.1:${port}/v1/hints"`))).toBe(true);
   });
 
   it('resumes after the cursor on restart (new sender, same database file) without re-sending', async () => {
@@ -327,5 +330,30 @@ describe('HintSender', () => {
   it('refuses a non-http URL and an empty secret at construction', () => {
     expect(() => sender(1, { url: 'file:///etc/passwd' })).toThrow(TypeError);
     expect(() => sender(1, { secret: Buffer.alloc(0) })).toThrow(RangeError);
+  });
+});
+
+describe('the hint backlog on the status page', () => {
+  it('the snapshot shows the backlog and the failing delivery (naming the URL), and the page is told of every attempt', async () => {
+    builder.script.push({ status: 401 });
+    const port = await builder.listen();
+    const [a] = write(merged('1', sha('a')));
+    const store = new BuildStore(db);
+    let told = 0;
+    const views: StatusView[] = [];
+    const s: HintSender = sender(port, {
+      onChange: () => void told++,
+      sleep: (_ms, signal) => {
+        views.push(StatusView.parse(statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() })));
+        return delay(2, undefined, { signal });
+      },
+    });
+    s.start();
+    await until(() => expect(s.cursor()).toBe(a));
+    expect(views[0]!.hints).toEqual({ pending: 1, failing: { status: 401, reason: expect.stringContaining(`http://127.0.0.1:${port}/v1/hints: HTTP 401`), at: expect.any(Number) } });
+    expect(views[0]!.hints!.failing!.reason).toContain("hints.secretFile and the builder's hint secret");
+    expect(statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() }).hints).toEqual({ pending: 0 });
+    expect(statusView({ store, scheduler: { slots: 1, busy: 0 } })).not.toHaveProperty('hints');
+    expect(told).toBe(2); // the failed attempt, then the delivery
   });
 });

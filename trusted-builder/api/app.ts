@@ -7,6 +7,9 @@
  *   minute they are counted into the next record instead: a flood must not fill the disk), and a
  *   client may send 300 hints a minute (then 429). An accepted hint
  *   is only a trigger (202): the promoter re-derives every fact from its own clone and policy.
+ * - `POST /v1/promotions/status`: `{project, commit}`, signed like a hint (no replay guard: a read),
+ *   answered `{state, result?}` (the promotion's result once it ended) or 404. What
+ *   `airlock builder promote` polls; nothing in it is more than the builder's page shows.
  * - `GET /lookaside/…`: the image signatures, as static files (the lookaside layout consumers'
  *   `registries.d` points at). Public by design: signatures are meant to be fetched.
  * - `POST /v1/embargo` (only when the embargo lane is on; otherwise 404 like any unknown route): one
@@ -24,6 +27,7 @@
 import { createReadStream } from 'node:fs';
 import { lstat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
+import { z } from 'zod';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import { InvalidInputError, NotFoundError, RateLimitedError, UnauthorizedError } from '#shared/errors.js';
@@ -39,8 +43,14 @@ import { MAX_EMBARGO_REQUEST_BYTES } from '../embargo/wire.js';
 
 /** Takes an authenticated hint; answers at once (the promotion runs in the background). */
 export interface HintSink {
-  accept(hint: PromotionHint): { queued: boolean; reason?: string };
+  accept(hint: PromotionHint): { queued: boolean; reason?: string; retryOf?: string };
+  /** Where a promotion stands (absent: `POST /v1/promotions/status` answers 404 for everything). */
+  status?(project: string, commit: string): { state: string; result?: unknown } | undefined;
 }
+
+/** What `POST /v1/promotions/status` is asked: which promotion. */
+const PromotionQuery = PromotionHint.pick({ project: true, commit: true }).strict();
+type PromotionQuery = z.infer<typeof PromotionQuery>;
 
 /** Answers an embargo request (trusted-builder/embargo/lane.ts); throws a 400/401 AirlockError to refuse it. */
 export interface EmbargoSink {
@@ -115,8 +125,36 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
         throw e;
       }
       const r = d.promoter.accept(hint);
-      await d.audit.append('hint-accepted', { project: hint.project, branch: hint.branch, commit: hint.commit, ...(hint.ciRun ? { ciRun: hint.ciRun } : {}), queued: r.queued, ...(r.reason ? { note: r.reason } : {}) });
-      return reply.status(202).send({ accepted: true, queued: r.queued, ...(r.reason ? { reason: r.reason } : {}) });
+      await d.audit.append('hint-accepted', {
+        project: hint.project,
+        branch: hint.branch,
+        commit: hint.commit,
+        ...(hint.ciRun ? { ciRun: hint.ciRun } : {}),
+        queued: r.queued,
+        ...(r.reason ? { note: r.reason } : {}),
+        ...(r.retryOf ? { retryOf: r.retryOf } : {}),
+      });
+      return reply.status(202).send({ accepted: true, queued: r.queued, ...(r.reason ? { reason: r.reason } : {}), ...(r.retryOf ? { retryOf: r.retryOf } : {}) });
+    });
+    // Where a promotion stands, for whoever holds the hint key (`airlock builder promote` polls it).
+    // Signed like a hint, over the body; a read changes nothing, so no replay guard.
+    hints.post('/v1/promotions/status', { config: { rateLimit: { max: HINTS_PER_MINUTE, timeWindow: '1 minute' } } }, async (req) => {
+      const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      const v = verifyHint(d.hintSecret, raw, req.headers, Math.floor(now() / 1000));
+      if (!v.ok) {
+        await refused(v.reason, req.ip);
+        throw new UnauthorizedError(`promotion status refused: ${v.reason}`);
+      }
+      let q: PromotionQuery;
+      try {
+        q = parseOrThrow(PromotionQuery, JSON.parse(raw.toString('utf8')) as unknown, 'promotion status');
+      } catch (e) {
+        if (e instanceof SyntaxError) throw new InvalidInputError([{ file: 'promotion status', path: '', message: 'not JSON', severity: 'error' }]);
+        throw e;
+      }
+      const status = d.promoter.status?.(q.project, q.commit);
+      if (!status) throw new NotFoundError(`no promotion of ${q.project}@${q.commit}`);
+      return status;
     });
   });
 

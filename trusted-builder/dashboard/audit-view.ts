@@ -17,7 +17,7 @@ import type { AuditKind, AuditRecord, JsonValue } from '../audit/audit-log.js';
 
 /** Per kind, the fields shown and in that order; `never`: the kind is not shown at all. */
 export const SHOWN_FIELDS: Readonly<Record<AuditKind, readonly string[] | 'never'>> = {
-  'hint-accepted': ['source', 'project', 'branch', 'commit', 'ciRun', 'queued', 'note'],
+  'hint-accepted': ['source', 'project', 'branch', 'commit', 'ciRun', 'queued', 'note', 'retryOf'],
   'hint-refused': ['reason', 'from', 'suppressedBefore'],
   'verify-passed': ['project', 'commit', 'branch', 'hintBranch', 'policy', 'review'],
   'verify-refused': ['project', 'commit', 'step', 'state', 'reason'],

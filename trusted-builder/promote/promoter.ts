@@ -50,6 +50,7 @@ export type { EmbargoPort } from './embargo-lane.js';
 export type { PromotionStages } from './pipeline.js';
 import type { StageParts } from './pipeline.js';
 import type { RegistryCredentials } from '../publish/registry.js';
+import type { PromotionState } from './promotion-store.js';
 
 /** What the promoter is made of: the stages' parts (pipeline.ts), and its own. */
 export interface PromoterDeps extends StageParts {
@@ -112,14 +113,29 @@ export class Promoter implements HintSink {
     return left.length;
   }
 
-  accept(hint: PromotionHint): { queued: boolean; reason?: string } {
+  /**
+   * Queue a promotion of the hint's commit. A commit already published is never promoted again
+   * (it would sign a second digest under its tag); one whose last promotion was refused or failed
+   * is promoted afresh, every step again (`retryOf` says which it was, for the audit record).
+   */
+  accept(hint: PromotionHint): { queued: boolean; reason?: string; retryOf?: 'refused' | 'failed' } {
     const key = `${hint.project}@${hint.commit}`;
     if (this.pending.has(key)) return { queued: false, reason: 'already queued' };
     if (this.pending.size >= MAX_PENDING) return { queued: false, reason: `${MAX_PENDING} promotions are already waiting; try again later` };
-    if (this.d.store.state(key) === 'published') return { queued: false, reason: 'already published' };
+    const before = this.d.store.state(key);
+    if (before === 'published') return { queued: false, reason: 'already published' };
     this.d.store.enqueue(key, hint); // durable before the hint is answered
     this.schedule(key, hint);
-    return { queued: true };
+    return { queued: true, ...(before === 'refused' || before === 'failed' ? { retryOf: before } : {}) };
+  }
+
+  /** Where the promotion of `commit` stands: its state, and its result once it has ended (`airlock builder promote` polls it). */
+  status(project: string, commit: string): { state: PromotionState; result?: PromotionResult } | undefined {
+    const key = `${project}@${commit}`;
+    const state = this.d.store.state(key);
+    if (!state) return undefined;
+    const result = state === 'published' || state === 'refused' || state === 'failed' ? this.d.store.result<PromotionResult>(key) : undefined;
+    return { state, ...(result ? { result } : {}) };
   }
 
   private schedule(key: string, hint: PromotionHint): void {

@@ -271,6 +271,24 @@ function throwForStatus(status: number, registry: string, credentials: RegistryC
   throw new InternalError(`registry ${registry} answered ${what} with ${status}`);
 }
 
+/**
+ * The builder's login check at start (`GET /v2/` with the credentials, the probe each push makes
+ * first, tried once): `'ok'`, or `{ unreachable }` (no answer, a 5xx or 429: the pushes retry later).
+ * Throws `RegistryAuthFailedError` when the registry refuses the credentials (401/403),
+ * `RegistryUnavailableError` when the address answers but is not a v2 registry, `InvalidInputError`
+ * for a malformed host or empty credentials.
+ */
+export async function checkRegistryLogin(registry: string, credentials: RegistryCredentials, options: RegistryRequestOptions = {}): Promise<'ok' | { unreachable: string }> {
+  checkTarget({ registry, repository: 'airlock', tag: 'login' }, credentials);
+  try {
+    await ping(registry, credentials, options);
+    return 'ok';
+  } catch (e) {
+    if (e instanceof TransientFailure) return { unreachable: e.message };
+    throw e;
+  }
+}
+
 /** `GET /v2/` with the credentials: is the registry up, and does it take them? */
 async function ping(registry: string, credentials: RegistryCredentials, options: RegistryRequestOptions): Promise<void> {
   const res = await request(`${baseUrl(registry)}/v2/`, credentials, {}, options);

@@ -28,7 +28,7 @@ export function createCiMetrics(read: {
   busy: () => number;
   slots: number;
   /** The promotion hints' backlog (absent: no hints configured). */
-  hints?: () => { pending: number; failing?: unknown };
+  hints?: () => { pending: number; failing?: { at: number } };
   /** Messages and votes waiting for the review system (absent: no review system). */
   reviewOutbox?: () => number;
   /** The gate's queues: window size (0: unlimited) and items in each (absent: no gate). */
@@ -73,6 +73,15 @@ export function createCiMetrics(read: {
       registers: [registry],
       collect() {
         this.set(hints().failing ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'airlock_ci_hint_last_failure_timestamp_seconds',
+      help: 'When the failing delivery attempt was made (unix seconds); 0 while the last attempt succeeded',
+      registers: [registry],
+      collect() {
+        const f = hints().failing;
+        this.set(f ? Math.floor(f.at / 1000) : 0);
       },
     });
   }

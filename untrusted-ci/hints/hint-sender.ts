@@ -69,6 +69,8 @@ export interface HintSenderOptions {
   requestTimeoutMs?: number;
   /** The cursor's key, should one database ever feed two builders. */
   sink?: string;
+  /** Told after each delivery record is written (the status page shows the backlog). */
+  onChange?: () => void;
 }
 
 const DEFAULTS = {
@@ -189,7 +191,7 @@ export class HintSender {
       if (this.loop.signal.aborted) return 'progress'; // closing: the next start sends it again
       const reason = `${this.endpoint}: ${timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`}`;
       this.retrying(event, undefined, reason);
-      log.warn({ reason }, 'the trusted builder is unreachable; the hint will be retried');
+      log.warn({ reason, url: this.endpoint }, 'the trusted builder is unreachable; the hint will be retried');
       return {};
     }
 
@@ -207,7 +209,7 @@ export class HintSender {
     if (misconfigured) {
       const why = `${this.endpoint}: ${reason}: ${misconfigured}`;
       this.retrying(event, status, why);
-      log.error({ status, reason: why }, 'promotion hints cannot be delivered: a configuration error; the hint is kept and tried again');
+      log.error({ status, reason: why, url: this.endpoint }, 'promotion hints cannot be delivered: a configuration error; the hint is kept and tried again');
       return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
     }
     if (status === 408 || status === 429 || status >= 500 || status < 400) {
@@ -215,8 +217,8 @@ export class HintSender {
       log.warn({ status, reason, url: this.endpoint }, 'the trusted builder did not take the hint; it will be retried');
       return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
     }
-    this.finish(event, 'refused', status, reason, 1);
-    log.error({ status, reason, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
+    this.finish(event, 'refused', status, `${this.endpoint}: ${reason}`, 1);
+    log.error({ status, reason, url: this.endpoint, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
     return 'progress';
   }
 
@@ -252,6 +254,7 @@ export class HintSender {
            attempts = hint_deliveries.attempts + excluded.attempts, updated_at = excluded.updated_at`,
       )
       .run(this.sink, event.id, state, status ?? null, reason ?? null, attempt, this.now());
+    this.o.onChange?.();
   }
 }
 

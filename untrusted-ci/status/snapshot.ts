@@ -7,7 +7,7 @@
 import { isAirlockError } from '#shared/errors.js';
 import type { BuildView, JobState } from '#shared/schemas/api/builds.js';
 import type { GateItemView, GateQueueView, GateView } from '../api/schemas/gate.js';
-import type { StatusBuild, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '../api/schemas/status.js';
+import type { StatusBuild, StatusHints, StatusItem, StatusJob, StatusPipeline, StatusQueue, StatusView } from '../api/schemas/status.js';
 import type { BuildStore } from '../store/build-store.js';
 
 /** How many finished builds the snapshot lists. */
@@ -20,6 +20,8 @@ export interface StatusSources {
   scheduler: { readonly slots: number; readonly busy: number };
   /** The gate; absent where it does not run (its pipeline is then shown empty). */
   gate?: { view(): GateView };
+  /** The hint sender's backlog (absent: no hints configured). */
+  hints?: () => StatusHints;
   now?: () => number;
 }
 
@@ -36,6 +38,7 @@ export function statusView(src: StatusSources): StatusView {
     busy: src.scheduler.busy,
     pipelines: [checkPipeline(src.store, expected), gatePipeline(src, expected)],
     history: src.store.builds({ state: 'finished', limit: HISTORY_LIMIT }),
+    ...(src.hints ? { hints: src.hints() } : {}),
   };
 }
 

@@ -65,6 +65,15 @@ export type StatusQueue = z.infer<typeof StatusQueue>;
 export const StatusPipeline = z.object({ name: Pipeline, queues: z.array(StatusQueue) });
 export type StatusPipeline = z.infer<typeof StatusPipeline>;
 
+/** The promotion hints to the trusted builder (present when `hints` is configured). */
+export const StatusHints = z.object({
+  /** Merges not yet delivered (or given up on). */
+  pending: z.number().int(),
+  /** The newest delivery attempt, when it failed: the builder's status if it answered, the reason (naming the URL), when (ms since epoch). */
+  failing: z.object({ status: z.number().int().optional(), reason: z.string(), at: z.number() }).optional(),
+});
+export type StatusHints = z.infer<typeof StatusHints>;
+
 export const StatusView = z.object({
   version: z.literal(1),
   /** The server's clock when the snapshot was taken (ms since epoch): a client measures elapsed times against it. */
@@ -75,5 +84,6 @@ export const StatusView = z.object({
   pipelines: z.array(StatusPipeline),
   /** Recently finished builds, newest first. */
   history: z.array(BuildView),
+  hints: StatusHints.optional(),
 });
 export type StatusView = z.infer<typeof StatusView>;

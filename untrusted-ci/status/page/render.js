@@ -267,3 +267,15 @@ export function summaryText(view) {
   });
   return `${view.busy} of ${view.slots} executor slot${view.slots === 1 ? '' : 's'} busy · ${parts.join(' · ')}`;
 }
+
+/**
+ * The promotion hints' line (absent when hints are not configured, or nothing waits and nothing
+ * fails): the backlog, and the failing delivery with its reason (which names the builder's URL).
+ */
+export function hintsText(hints, now) {
+  if (!hints || (hints.pending === 0 && !hints.failing)) return undefined;
+  const waiting = `${hints.pending} promotion hint${hints.pending === 1 ? '' : 's'} waiting for the trusted builder`;
+  if (!hints.failing) return { text: waiting, failing: false };
+  const secs = Math.max(0, Math.round((now - hints.failing.at) / 1000));
+  return { text: `${waiting} · last delivery failed ${duration(secs * 1000)} ago: ${hints.failing.reason}`, failing: true };
+}

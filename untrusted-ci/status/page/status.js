@@ -3,7 +3,7 @@
 // against the server's clock. `#log/<build>/<job>` opens a job's live log.
 
 import { api, LogView } from './log-view.js';
-import { h, renderHistory, renderPipeline, summaryText } from './render.js';
+import { h, hintsText, renderHistory, renderPipeline, summaryText } from './render.js';
 
 const RETRY_MS = 10_000;
 const byId = (id) => document.getElementById(id);
@@ -23,6 +23,10 @@ function apply(view) {
   for (const p of view.pipelines) if (containers[p.name]) redraw(p.name, p, () => renderPipeline(p, now()));
   redraw('history', view.history, () => renderHistory(view.history, now()));
   byId('summary').textContent = summaryText(view);
+  const hints = hintsText(view.hints, now());
+  byId('hints').textContent = hints?.text ?? '';
+  byId('hints').hidden = !hints;
+  byId('hints').classList.toggle('failing', Boolean(hints?.failing));
   announce(view.history);
 }
 

@@ -135,6 +135,7 @@ export async function startBuilderService(
     await registryLoginAtStart(policy.policy.registry, { username: registry.username!, password: registry.password! }, `secret ${secretsPolicy.builder.registry} (${secrets.kind} store)`, logger);
     if (embargoRegistry && policy.policy.embargoRegistry) {
       await registryLoginAtStart(policy.policy.embargoRegistry, embargoRegistry, `secret ${secretsPolicy.builder.embargoRegistry} (${secrets.kind} store)`, logger);
+      await embargoRegistryIsApart(policy.policy.embargoRegistry, policy.policy.registry, { username: registry.username!, password: registry.password! }, config.policies.promotion, logger);
     }
 
     const dashboardPath = secretsPolicy.builder.dashboard;
@@ -258,6 +259,33 @@ async function registryLoginAtStart(host: string, credentials: RegistryCredentia
   }
   if (r === 'ok') logger.info({ registry: host }, 'registry login checked');
   else logger.warn({ registry: host, reason: r.unreachable }, `registry ${host} does not answer GET /v2/ (${r.unreachable}): starting anyway; pushes retry, and a promotion that failed meanwhile can be asked for again with airlock builder promote`);
+}
+
+/**
+ * The embargo lane's registry must refuse the builder's login to the public one. If it takes it, it
+ * is the same registry under another name (`localhost:5000` and `127.0.0.1:5000`, a DNS alias) or it
+ * shares the public one's logins, and consumers' logins could read patched images: the start stops.
+ * A registry that does not answer cannot tell, and is a warning like the login check's.
+ */
+async function embargoRegistryIsApart(embargo: string, pub: string, publicLogin: RegistryCredentials, file: string, logger: Logger): Promise<void> {
+  let r: Awaited<ReturnType<typeof checkRegistryLogin>>;
+  try {
+    r = await checkRegistryLogin(embargo, publicLogin, { requestTimeoutMs: LOGIN_CHECK_TIMEOUT_MS, retry: { attempts: 1 } });
+  } catch (e) {
+    if (e instanceof RegistryAuthFailedError) return; // refused: a registry apart, as it must be
+    throw e;
+  }
+  if (r === 'ok') {
+    throw new PolicyInvalidError([
+      {
+        file,
+        path: 'embargoRegistry',
+        severity: 'error',
+        message: `the embargo lane's registry ${embargo} accepts the builder's login to the public registry ${pub}: it is the same registry under another name, or shares its logins, so a consumer's login could read embargoed images; give embargoRegistry a registry of its own whose htpasswd holds only the builder's and the security team's logins (docs/security-team.md)`,
+      },
+    ]);
+  }
+  logger.warn({ registry: embargo, reason: r.unreachable }, `cannot check that ${embargo} refuses the public registry's login: it does not answer`);
 }
 
 /**

@@ -14,6 +14,7 @@ import { createLogger } from '#shared/logging.js';
 import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
 import { startBuilderService } from '../../trusted-builder/service.js';
 import { builderRig } from '../support/builder-rig.js';
+import { startRegistry } from '../support/registry.js';
 import { CANARY_PATCH, makeMember, writeTeam, type TestMember } from '../support/embargo.js';
 
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
@@ -29,10 +30,10 @@ beforeAll(async () => {
 let n = 0;
 /** The lane's own registry, as the policy and the secret name it (nothing listens there: these cases push nothing). */
 const EMBARGO_REGISTRY = { url: '127.0.0.1:5998', username: 'airlock-builder', password: 'pe' };
-const rig = (embargo?: { teamDir: string; registry?: typeof EMBARGO_REGISTRY }) =>
+const rig = (embargo?: { teamDir: string; registry?: typeof EMBARGO_REGISTRY }, registry = { url: '127.0.0.1:5999', username: 'u', password: 'p' }) =>
   builderRig({
     dir: join(root, `case-${++n}`),
-    registry: { url: '127.0.0.1:5999', username: 'u', password: 'p' },
+    registry,
     project: { name: 'demo/app', url: '/nonexistent/repo.git', image: 'team/app' },
     hintSecret: 'hint-secret',
     baseImage: 'airlock/base:busybox',
@@ -95,5 +96,22 @@ describe('the builder service and its embargo lane', () => {
       (e: unknown) => (e instanceof Error ? e.message : String(e)),
     );
     expect(second.split('\n')).toEqual([expect.stringMatching(/^secret airlock\/embargo-registry: \(root\): missing /)]);
+  });
+
+  it('refuses to start when the lane’s registry is the public one under another name (it takes the public login)', async () => {
+    const reg = await startRegistry();
+    try {
+      const pub = { url: reg.url, username: reg.username, password: reg.password };
+      // localhost:PORT is 127.0.0.1:PORT: the policy's "differs from registry" cannot see that; the login check can.
+      const alias = { ...pub, url: reg.url.replace('127.0.0.1', 'localhost') };
+      const config = await rig({ teamDir: writeTeam(join(root, 'team-alias'), [alice]), registry: alias }, pub);
+      const refusal = await startBuilderService(config, { logger, workspacePool: 0 }).then(
+        async (s) => (await s.close(), 'started'),
+        (e: unknown) => (e instanceof Error ? e.message : String(e)),
+      );
+      expect(refusal).toContain(`${config.policies.promotion}: embargoRegistry: the embargo lane's registry ${alias.url} accepts the builder's login to the public registry ${pub.url}`);
+    } finally {
+      await reg.stop();
+    }
   });
 });

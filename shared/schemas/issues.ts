@@ -51,6 +51,26 @@ function describe(i: z.core.$ZodIssue, ctx: IssueContext): string {
     const why = i.issues.map((n) => n.message).join('; ');
     return `invalid name ${JSON.stringify(String(key))}${why ? `: ${why}` : ''}`;
   }
+  if (i.code === 'invalid_union' && i.errors.length > 0 && ctx.schema) {
+    // A map that fits no alternative: name its unknown keys (with the nearest known one), or the
+    // keys each alternative lacks, rather than zod's "Invalid input".
+    const value = valueAt(ctx.input, i.path);
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      const known = knownKeys(ctx.schema, i.path);
+      const unknown = Object.keys(value).filter((k) => !known.includes(k));
+      if (known.length > 0 && unknown.length > 0) {
+        return unknown
+          .slice(0, 10)
+          .map((k) => {
+            const near = nearMiss(k, known);
+            return `Unrecognized key: ${JSON.stringify(k)}${near !== undefined ? `; did you mean ${JSON.stringify(near)}?` : ''}`;
+          })
+          .join('; ');
+      }
+      const lacks = i.errors.map((alt) => alt.filter((x) => x.path.length === 1 && x.code === 'invalid_type' && x.message.endsWith('received undefined')).map((x) => JSON.stringify(String(x.path[0]))));
+      if (lacks.every((l, k) => l.length > 0 && l.length === i.errors[k]!.length)) return `required: ${lacks.map((l) => l.join(' and ')).join(' or ')}`;
+    }
+  }
   if (i.code === 'invalid_union' && i.errors.length > 0) {
     // zod says only "Invalid input" for a union: say what was expected, or that it is missing.
     const first = i.errors.map((alt) => alt[0]).filter((x): x is z.core.$ZodIssue => x !== undefined && x.path.length === 0);
@@ -67,6 +87,16 @@ export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, fil
   const r = schema.safeParse(input);
   if (!r.success) throw new InvalidInputError(zodIssues(r.error, file));
   return r.data;
+}
+
+/** The value at `path` of `input`, or undefined. */
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v: unknown = input;
+  for (const part of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[part as string];
+  }
+  return v;
 }
 
 /** True when the last key of `path` is absent from an object that is there (it was not written). */

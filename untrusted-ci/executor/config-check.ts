@@ -206,7 +206,8 @@ async function publishIssues(part: PartialAirlockYaml, policy: EnvironmentPolicy
 /** A file of the repository, or the issue (at `path` of .airlock.yaml) that says why it cannot be read. */
 async function readRepoFile(repo: RepoFiles, file: string, path: string): Promise<string | Issue | undefined> {
   const r = await guarded(() => repo.readFile(file, DOCKERFILE_MAX_BYTES));
-  return typeof r === 'object' ? { ...r, file: AIRLOCK_YAML, path } : r;
+  if (typeof r !== 'object') return r;
+  return { ...r, file: AIRLOCK_YAML, path, message: r.message.startsWith(file) ? r.message : `${file} ${r.message}` };
 }
 
 /** `f()`, or the first issue of the IssuesError it throws (the change's problem); anything else is rethrown. */

@@ -23,7 +23,7 @@ import { Merger } from '../../../untrusted-ci/merger/merger.js';
 import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { FakeRunner } from '../../support/fake-runner.js';
-import { createRepo, type TestRepo } from '../../support/git-repo.js';
+import { createRepo, type FileContent, type TestRepo } from '../../support/git-repo.js';
 
 const root = mkdtempSync(join(tmpdir(), 'airlock-executor-'));
 const repos: TestRepo[] = [];
@@ -45,7 +45,7 @@ interface RigOptions {
   environments?: EnvironmentProvider;
   yaml?: string;
   /** More files in the change, beside .airlock.yaml. */
-  files?: Record<string, string>;
+  files?: Record<string, FileContent>;
 }
 
 async function rig(o: RigOptions = {}) {
@@ -186,6 +186,12 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
       expect(lines).toEqual(["error: .airlock.yaml: publish.context: app is not in the repository: the trusted builder sends this directory as the published image's build context; commit it, or name another (default .)"]);
       const file = await run({ yaml: withPublish('{ dockerfile: Dockerfile, context: Dockerfile }'), files: { Dockerfile: 'FROM airlock/base:busybox\n' } });
       expect(file.lines).toEqual(['error: .airlock.yaml: publish.context: Dockerfile is not a directory: the build context is a directory of the repository (default .)']);
+    });
+
+    it('a publish Dockerfile that is a symbolic link (it could point out of the repository) is a config error saying so', async () => {
+      const { out, lines } = await run({ yaml: withPublish('{ dockerfile: Dockerfile }'), files: { Dockerfile: { symlink: '/etc/passwd' } } });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
+      expect(lines).toEqual(['error: .airlock.yaml: publish.dockerfile: Dockerfile is a symbolic link, not a regular file']);
     });
 
     it('a good publish section passes; no section at all is a warning in the setup log, and the build still passes', async () => {

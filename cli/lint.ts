@@ -13,9 +13,9 @@
  * or when FILE cannot be read (on stderr; `file not found` is what the CI says of a missing file).
  */
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve, sep } from 'node:path';
 import type { Command } from 'commander';
-import { formatIssues, type Issue } from '#shared/errors.js';
+import { formatIssues, InvalidInputError, type Issue } from '#shared/errors.js';
 import { AIRLOCK_YAML } from '#shared/repo-config/airlock-yaml.js';
 import { DEFAULT_JOB_POLICY_FILE, loadJobPolicy } from '#shared/policy/job-policy.js';
 import { configErrorReason, lintAirlockYaml, type LintProblem } from '../untrusted-ci/executor/config-check.js';
@@ -53,9 +53,18 @@ export async function runLint(file: string, flags: LintFlags, write: (s: string)
     return LINT_EXIT.problems;
   }
   const root = dirname(resolve(file));
-  const result = await lintAirlockYaml(text, { job, environments }, async (path) => {
-    const t = await readText(join(root, path));
-    return typeof t === 'string' ? t : undefined;
+  const result = await lintAirlockYaml(text, { job, environments }, {
+    readFile: async (path, maxBytes) => {
+      const t = await readText(join(root, path), maxBytes);
+      if (typeof t === 'string') return t;
+      // Not there is the checks' own message; anything else (a directory, too large) is said as it is.
+      if (t.message === NOT_FOUND) return undefined;
+      throw new InvalidInputError([{ ...t, message: t.message.replace(root + sep, '') }]);
+    },
+    isDirectory: async (path) => {
+      const s = await stat(join(root, path)).catch(() => undefined);
+      return s === undefined ? undefined : s.isDirectory();
+    },
   });
   return report(file, result, flags, write);
 }
@@ -70,17 +79,19 @@ function report(file: string, r: { ok: boolean; issues: Issue[]; problems: LintP
   return r.ok ? LINT_EXIT.ok : LINT_EXIT.problems;
 }
 
+const NOT_FOUND = 'file not found';
+
 /** The file's text, or the issue that says why there is none. */
-async function readText(path: string): Promise<string | Issue> {
+async function readText(path: string, maxBytes = READ_MAX_BYTES): Promise<string | Issue> {
   const fail = (message: string): Issue => ({ file: AIRLOCK_YAML, path: '', message, severity: 'error' });
   try {
     const s = await stat(path);
     if (!s.isFile()) return fail(`${path} is not a file`);
-    if (s.size > READ_MAX_BYTES) return fail(`${path} is larger than ${READ_MAX_BYTES} bytes`);
+    if (s.size > maxBytes) return fail(`${path} is larger than ${maxBytes} bytes`);
     return await readFile(path, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    return fail(code === 'ENOENT' ? 'file not found' : `cannot read ${path}: ${code ?? (e as Error).message}`);
+    return fail(code === 'ENOENT' ? NOT_FOUND : `cannot read ${path}: ${code ?? (e as Error).message}`);
   }
 }
 

@@ -38,6 +38,9 @@ export interface Issue {
   path: string;
   message: string;
   severity: 'error' | 'warning';
+  /** Where in the file, 1-based, when it is known (a YAML syntax error); the message says it too. */
+  line?: number;
+  column?: number;
 }
 
 export function formatIssues(issues: readonly Issue[]): string {

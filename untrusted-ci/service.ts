@@ -209,6 +209,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       environments: createRepoEnvironments({ docker, policy: envPolicy, builder }),
       artifacts,
       policy: jobPolicy,
+      environmentPolicy: envPolicy,
       projects: c.projects,
       workDir: paths.work,
       logger,

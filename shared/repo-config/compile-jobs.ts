@@ -30,26 +30,33 @@ export interface CompileContext {
   /** Facts about the change, given to the job as AIRLOCK_* variables. Never secrets. */
   vars: { project: string; branch: string; change: string; patchset: number; commit: string };
   file?: string;
+  /**
+   * Jobs of the file the schema refused (left out of `cfg`), when a file with problems is checked
+   * for all of them at once: a `needs` on one is not judged, and with any, no pipeline is said to
+   * run no job. The budget counts the others only. Nothing is compiled then.
+   */
+  brokenJobs?: readonly string[];
 }
 
 export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: PlannedJob[]; issues: Issue[] } {
   const file = ctx.file ?? '.airlock.yaml';
   const selected = Object.entries(cfg.jobs).filter(([, j]) => j.pipelines.includes(ctx.pipeline));
   const names = new Set(selected.map(([n]) => n));
+  const broken = new Set(ctx.brokenJobs ?? []);
   const issues: Issue[] = [];
   for (const [name, job] of selected) {
     job.needs.forEach((n, i) => {
-      if (!names.has(n)) issues.push({ file, path: `jobs.${name}.needs[${i}]`, message: `needs ${n}, which does not run in the ${ctx.pipeline} pipeline`, severity: 'error' });
+      if (!names.has(n) && !broken.has(n) && Object.hasOwn(cfg.jobs, n)) issues.push({ file, path: `jobs.${name}.needs[${i}]`, message: `needs ${n}, which does not run in the ${ctx.pipeline} pipeline`, severity: 'error' });
     });
   }
-  if (selected.length === 0) issues.push({ file, path: 'jobs', message: `no job runs in the ${ctx.pipeline} pipeline`, severity: 'error' });
+  if (selected.length === 0 && broken.size === 0) issues.push({ file, path: 'jobs', message: `no job runs in the ${ctx.pipeline} pipeline`, severity: 'error' });
   const b = ctx.budget;
   if (b && selected.length > b.jobs) issues.push({ file, path: 'jobs', message: `${selected.length} jobs run in the ${ctx.pipeline} pipeline; the policy allows at most ${b.jobs} per build`, severity: 'error' });
   const total = b ? selected.reduce((sum, [, j]) => sum + (j.limits.timeout ?? b.defaultTimeoutMs), 0) : 0;
   if (b && total > b.timeMs) {
     issues.push({ file, path: 'jobs', message: `the jobs of the ${ctx.pipeline} pipeline may run ${formatDuration(total)} together (the sum of their timeouts); the policy allows ${formatDuration(b.timeMs)} per build: lower their timeouts, or run fewer`, severity: 'error' });
   }
-  if (issues.length > 0) return { jobs: [], issues };
+  if (issues.length > 0 || broken.size > 0) return { jobs: [], issues };
 
   // Kahn's algorithm, always taking the first ready job in file order. Cycles were refused at parse time.
   const order: string[] = [];

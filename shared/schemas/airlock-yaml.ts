@@ -26,6 +26,21 @@ export const Environment = z.union([
   z.object({ image: ImageRef }).strict(),
 ]);
 
+/**
+ * The `publish` section: the Dockerfile of the image the trusted builder publishes after the
+ * merge, and its build context. The builder refuses to promote a project without one; the CI
+ * checks it (the file is there and passes the Dockerfile checks) so nothing unpublishable merges.
+ */
+export const PublishSection = z
+  .object({
+    /** The Dockerfile of the published image, relative to the repository root. */
+    dockerfile: RepoPath,
+    /** The build context (a directory of the repository). */
+    context: RepoPath.default('.'),
+  })
+  .strict();
+export type PublishSection = z.infer<typeof PublishSection>;
+
 export const JobDefinition = z
   .object({
     /** A list is run as is; a string is run by `sh -c`. */
@@ -54,8 +69,8 @@ export const AirlockYaml = z
     version: z.literal(1),
     environment: Environment,
     jobs: z.record(JobName, JobDefinition).refine((j) => Object.keys(j).length >= 1, 'at least one job').refine((j) => Object.keys(j).length <= 256, 'at most 256 jobs'),
-    /** Reserved for the trusted builder, which reads it from its own clone: never acted on here. */
-    publish: z.record(z.string(), z.unknown()).optional(),
+    /** The published image, built by the trusted builder from its own clone; the CI only checks it. */
+    publish: PublishSection.optional(),
   })
   .strict();
 export type AirlockYaml = z.infer<typeof AirlockYaml>;

@@ -15,7 +15,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { FsArtifactStore } from '../../untrusted-ci/storage/fs-artifact-store.js';
+import { formatIssues, type Issue } from '#shared/errors.js';
 import { runLint } from '../../cli/lint.js';
+import { NO_PUBLISH_SECTION } from '../../untrusted-ci/executor/config-check.js';
 import { ProjectConfig } from '../../untrusted-ci/config.js';
 import { loadEnvironmentPolicy } from '../../untrusted-ci/environments/policy.js';
 import type { EnvironmentBuilder } from '../../untrusted-ci/environments/environment-builder.js';
@@ -51,11 +53,17 @@ async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
     environments: createRepoEnvironments({ docker: new Docker({ socketPath: '/nonexistent/docker.sock' }), policy: loadEnvironmentPolicy(), builder: { ensure: never('the environment builder') } as unknown as EnvironmentBuilder }),
     artifacts: new FsArtifactStore(mkdtempSync(join(dir, 'artifacts-'))),
     policy: loadJobPolicy(),
+    environmentPolicy: loadEnvironmentPolicy(),
     projects: [ProjectConfig.parse(project)],
     workDir: mkdtempSync(join(dir, 'work-')),
     logger: createLogger({ level: 'silent' }),
   });
   return executor.execute(store.build(buildId), new AbortController().signal);
+}
+
+/** Issues as `airlock lint` prints them: one a line, warnings marked. */
+function asLintPrints(issues: readonly Issue[]): string {
+  return issues.map((i) => `${i.severity === 'warning' ? 'warning: ' : ''}${formatIssues([i])}\n`).join('');
 }
 
 /** These files in a fresh directory; returns the path of its .airlock.yaml. */
@@ -91,6 +99,21 @@ const STRUCTURE = [
 ].join('\n');
 const NEEDS = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  build: { command: make }', '  test: { command: make test, needs: [biuld] }', ''].join('\n');
 const OVER_POLICY = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test:', '    command: make test', '    resources: { memory: 64g, pids: 100000 }', ''].join('\n');
+const SYNTAX = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test: { command: make test', ''].join('\n');
+const MISSING_KEY = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test: { timeout: 5m }', ''].join('\n');
+const NEAR_MISS = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  build: { command: make }', '  test: { command: make test, nedds: [build] }', ''].join('\n');
+const PUBLISHED = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test: { command: make test }', 'publish: { dockerfile: Dockerfile }', ''].join('\n');
+/** A structural, a needs and a policy problem, and a publish Dockerfile that is not there. */
+const ALL_AT_ONCE = [
+  'version: 1',
+  'environment: { image: airlock/base:busybox }',
+  'jobs:',
+  '  build: { command: make, colour: blue }',
+  '  test: { command: make test, needs: [biuld] }',
+  '  big: { command: make, resources: { memory: 64g } }',
+  'publish: { dockerfile: deploy/Dockerfile }',
+  '',
+].join('\n');
 const IMAGE_NOT_ALLOWED = ['version: 1', 'environment: { image: "debian:12" }', 'jobs:', '  test: { command: make test }', ''].join('\n');
 
 describe('airlock lint', () => {
@@ -105,34 +128,71 @@ describe('airlock lint', () => {
     expect(j.status).toBe(0);
   });
 
-  for (const [name, text, code] of [
+  for (const [name, text, code, more] of [
     ['a structurally bad file', STRUCTURE, 'AIRLOCK_E_INVALID_INPUT'],
     ['a job that needs one that does not exist', NEEDS, 'AIRLOCK_E_INVALID_INPUT'],
     ['resources over the job policy', OVER_POLICY, 'AIRLOCK_E_POLICY_VIOLATION'],
     ['an image the environment policy does not allow', IMAGE_NOT_ALLOWED, 'AIRLOCK_E_POLICY_VIOLATION'],
+    ['a YAML syntax error (line and column)', SYNTAX, 'AIRLOCK_E_INVALID_INPUT'],
+    ['a missing key', MISSING_KEY, 'AIRLOCK_E_INVALID_INPUT'],
+    ['a near-miss key', NEAR_MISS, 'AIRLOCK_E_INVALID_INPUT'],
+    ['a publish Dockerfile that is not there', PUBLISHED, 'AIRLOCK_E_INVALID_INPUT'],
+    ['a publish Dockerfile on a base the CI does not allow', PUBLISHED, 'AIRLOCK_E_POLICY_VIOLATION', { Dockerfile: 'FROM debian:12\n' }],
+    ['a publish Dockerfile that fetches from the network', PUBLISHED, 'AIRLOCK_E_POLICY_VIOLATION', { Dockerfile: 'FROM airlock/base:busybox\nADD https://example.com/x.tgz /x\n' }],
   ] as const) {
     it(`${name}: the issues and reason the CI's build ends with, exit 2`, async () => {
-      const ci = await ciVerdict({ '.airlock.yaml': text });
+      const files = { '.airlock.yaml': text, ...more };
+      const ci = await ciVerdict(files);
       expect(ci.result).toBe('config-error');
       expect(ci.issues?.length).toBeGreaterThan(0);
 
-      const file = workingCopy({ '.airlock.yaml': text });
+      const file = workingCopy(files);
       const r = await lint(file);
       expect(r.status).toBe(2);
-      const expected = ci.issues!.map((i) => `${i.file}: ${i.path || '(root)'}: ${i.message}\n`).join('');
-      expect(r.stdout).toBe(`${expected}${file}: ${ci.reason}\n`);
+      expect(r.stdout).toBe(`${asLintPrints(ci.issues!)}${file}: ${ci.reason}\n`);
 
       const j = await lint(file, { json: true });
       expect(j.status).toBe(2);
-      expect(JSON.parse(j.stdout)).toEqual({ ok: false, problems: ci.issues!.map((i) => ({ path: i.path, message: i.message, code, severity: 'error' })) });
+      const problems = ci.issues!.map((i) => ({
+        path: i.path,
+        message: i.message,
+        code: i.severity === 'error' ? code : 'AIRLOCK_E_INVALID_INPUT',
+        severity: i.severity,
+        ...(i.line !== undefined ? { line: i.line, column: i.column } : {}),
+      }));
+      expect(JSON.parse(j.stdout)).toEqual({ ok: false, problems });
     });
   }
 
+  it('a structural, a needs, a policy and a publish problem: all in one pass, as the CI lists them, each with its code', async () => {
+    const ci = await ciVerdict({ '.airlock.yaml': ALL_AT_ONCE });
+    const file = workingCopy({ '.airlock.yaml': ALL_AT_ONCE });
+    const r = await lint(file);
+    expect(r.stdout).toBe(`${asLintPrints(ci.issues!)}${file}: ${ci.reason}\n`);
+    expect(ci.reason).toBe('.airlock.yaml has 4 problems');
+    const j = JSON.parse((await lint(file, { json: true })).stdout) as { problems: { path: string; message: string; code: string }[] };
+    expect(j.problems.map((p) => `${p.code}: ${p.path}: ${p.message}`)).toEqual([
+      'AIRLOCK_E_INVALID_INPUT: jobs.build: Unrecognized key: "colour"',
+      'AIRLOCK_E_INVALID_INPUT: jobs.test.needs[0]: no job named "biuld"; did you mean "build"?',
+      'AIRLOCK_E_POLICY_VIOLATION: jobs.big.resources.memory: asks for 64 GiB, policy allows at most 1 GiB',
+      'AIRLOCK_E_INVALID_INPUT: publish.dockerfile: deploy/Dockerfile is not in the repository: the trusted builder builds the published image from it after the merge; commit it, or fix the path',
+    ]);
+  });
+
   it('the messages name what is wrong', async () => {
     expect((await lint(workingCopy({ '.airlock.yaml': STRUCTURE }))).stdout).toContain('.airlock.yaml: jobs.build: Unrecognized key: "colour"\n');
-    expect((await lint(workingCopy({ '.airlock.yaml': NEEDS }))).stdout).toContain('.airlock.yaml: jobs.test.needs[0]: no job named "biuld"\n');
+    expect((await lint(workingCopy({ '.airlock.yaml': NEEDS }))).stdout).toContain('.airlock.yaml: jobs.test.needs[0]: no job named "biuld"; did you mean "build"?\n');
     expect((await lint(workingCopy({ '.airlock.yaml': OVER_POLICY }))).stdout).toContain('.airlock.yaml: jobs.test.resources.memory: asks for 64 GiB, policy allows at most 1 GiB\n');
     expect((await lint(workingCopy({ '.airlock.yaml': IMAGE_NOT_ALLOWED }))).stdout).toContain('is not an allowed base image');
+    expect((await lint(workingCopy({ '.airlock.yaml': SYNTAX }))).stdout).toMatch(/^\.airlock\.yaml: \(root\): YAML: .* \(line 5, column 1\)\n/);
+    expect(JSON.parse((await lint(workingCopy({ '.airlock.yaml': SYNTAX }), { json: true })).stdout).problems[0]).toMatchObject({ line: 5, column: 1 });
+    expect((await lint(workingCopy({ '.airlock.yaml': MISSING_KEY }))).stdout).toContain('.airlock.yaml: jobs.test.command: required\n');
+    expect((await lint(workingCopy({ '.airlock.yaml': NEAR_MISS }))).stdout).toContain('.airlock.yaml: jobs.test: Unrecognized key: "nedds"; did you mean "needs"?\n');
+    expect((await lint(workingCopy({ '.airlock.yaml': PUBLISHED }))).stdout).toContain('.airlock.yaml: publish.dockerfile: Dockerfile is not in the repository: the trusted builder builds the published image from it after the merge; commit it, or fix the path\n');
+    expect((await lint(workingCopy({ '.airlock.yaml': PUBLISHED, Dockerfile: 'FROM debian:12\n' }))).stdout).toContain('Dockerfile: Dockerfile:1: FROM image "debian:12" is not an allowed base image');
+    expect((await lint(workingCopy({ '.airlock.yaml': PUBLISHED, Dockerfile: 'FROM airlock/base:busybox\nADD https://example.com/x.tgz /x\n' }))).stdout).toContain(
+      'Dockerfile: Dockerfile:2: ADD "https://example.com/x.tgz" would download during the build: builds have no network; vendor the file into the repository\n',
+    );
   });
 
   it('a missing file: exit 2 with "file not found" (as the CI says) on stderr, in JSON on stdout', () => {
@@ -161,7 +221,7 @@ describe('airlock lint', () => {
   it('a job in one pipeline only: a warning for the other, still exit 0', async () => {
     const file = workingCopy({ '.airlock.yaml': ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test: { command: make, pipelines: [check] }', ''].join('\n') });
     const r = await lint(file);
-    expect(r.stdout).toBe(`warning: .airlock.yaml: jobs: no job runs in the gate pipeline\n${file}: ok\n`);
+    expect(r.stdout).toBe(`warning: .airlock.yaml: publish: ${NO_PUBLISH_SECTION}\nwarning: .airlock.yaml: jobs: no job runs in the gate pipeline\n${file}: ok\n`);
     expect(r.status).toBe(0);
   });
 });

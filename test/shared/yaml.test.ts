@@ -96,6 +96,9 @@ describe('parseYaml', () => {
     expect(r.issues[0]).toMatchObject({ file: 'policies/bad.yaml', severity: 'error' });
     expect(r.issues[0]?.message).toMatch(/^YAML: /);
     expect(formatIssues(r.issues)).toContain('policies/bad.yaml: (root): YAML:');
+    // Where: the unclosed flow sequence is found at the start of line 2; in the message and in the fields.
+    expect(r.issues[0]).toMatchObject({ line: 2, column: 1 });
+    expect(r.issues[0]?.message).toMatch(/ \(line 2, column 1\)$/);
   });
 
   it('rejects unknown tags instead of passing them on as strings', () => {
@@ -119,6 +122,7 @@ describe('parseYaml bounds (a hostile config must not hold the event loop)', () 
     let dup = 'jobs:\n';
     for (let i = 0; i < 5000; i++) dup += `  j${i}: 1\n`;
     dup += '  j17: 2\n';
-    expect(parseYaml(dup, 'f').issues.map((i) => i.message)).toEqual(['YAML: map keys must be unique ("j17" is given twice)']);
+    // Named where it is given the second time: after `jobs:` and the 5000 keys, line 5002, column 3.
+    expect(parseYaml(dup, 'f').issues).toEqual([{ file: 'f', path: '', message: 'YAML: map keys must be unique ("j17" is given twice) (line 5002, column 3)', severity: 'error', line: 5002, column: 3 }]);
   });
 });

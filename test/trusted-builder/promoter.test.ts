@@ -237,11 +237,17 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     expect(r.stages()).toEqual(['verify', 'config']);
     expect(r.records().at(-1)).toMatchObject({ kind: 'promotion-failed', step: 'config', state: 'refused' });
 
+    // No publish section: nothing to publish, refused at config, saying what to add.
+    const unpublished = up.commit({ '.airlock.yaml': config(JOBS).replace(/publish:\n.*\n$/, '') });
+    const none = await r.promoter.promote(hint(unpublished));
+    expect(none).toMatchObject({ state: 'refused', step: 'config' });
+    expect(none.state !== 'published' && none.reason).toContain('.airlock.yaml: publish: required (the Dockerfile of the published image: publish: { dockerfile: Dockerfile })');
+
     const four = up.commit({ '.airlock.yaml': config(JOBS) });
     const over = await r.promoter.promote(hint(four));
     expect(over).toMatchObject({ state: 'refused', step: 'config' });
     expect(over.state !== 'published' && over.reason).toContain('4 jobs run in the gate pipeline; the policy allows at most 2 per build');
-    expect(r.stages().slice(2)).toEqual(['verify', 'config', 'environment', 'tests']);
+    expect(r.stages().slice(4)).toEqual(['verify', 'config', 'environment', 'tests']);
     expect(r.runner.ran).toEqual([]);
     await r.close();
   });

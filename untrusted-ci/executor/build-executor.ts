@@ -2,7 +2,9 @@
  * CheckBuildExecutor: runs one build end to end on this host.
  *
  *   merger.prepare (change merged on the branch tip; conflict → result)
- *   → read .airlock.yaml from the merged commit (absent or broken → config-error listing every issue)
+ *   → read .airlock.yaml from the merged commit and check all of it before anything runs: the
+ *     file, its environment, the publish Dockerfile the trusted builder will build, the pipeline's
+ *     jobs against the budget (absent or any error → config-error listing every issue at once)
  *   → environment ready and pinned (Dockerfile built once per content hash, or an allowlisted image)
  *   → compile jobs for the pipeline → export the merged tree as a tar
  *   → each job in order in the hardened runner (skipped when a job it needs did not pass),
@@ -19,7 +21,7 @@ import type { Readable } from 'node:stream';
 import { CancelledError, InvalidInputError, isAirlockError, PolicyViolationError, type Issue } from '#shared/errors.js';
 import { phaseClock } from '#shared/phase-clock.js';
 import type { Logger } from '#shared/logging.js';
-import { AIRLOCK_YAML, parseAirlockYaml } from '#shared/repo-config/airlock-yaml.js';
+import { AIRLOCK_YAML } from '#shared/repo-config/airlock-yaml.js';
 import type { JobResult } from '#shared/runner/result.js';
 import { runJobPlan, skipReason, type JobRunnerPort, type RunState } from '#shared/runner/job-plan.js';
 import type { AirlockYaml } from '#shared/schemas/airlock-yaml.js';
@@ -29,12 +31,13 @@ import type { JobSpec } from '#shared/schemas/job-spec.js';
 import type { ArtifactStore } from '../storage/artifact-store.js';
 import { artifactPrefix, logKey } from '../storage/keys.js';
 import type { ProjectConfig } from '../config.js';
+import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import type { BuildEvents } from '../logs/build-events.js';
 import type { Merger } from '../merger/merger.js';
 import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
-import { configErrorReason, planJobs } from './config-check.js';
+import { checkConfig, configErrorReason, planJobs, type RepoFiles } from './config-check.js';
 import type { Slots } from '../scheduler/slots.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 
@@ -68,6 +71,8 @@ export interface CheckBuildExecutorOptions {
   environments: EnvironmentProvider;
   artifacts: ArtifactStore;
   policy: JobPolicy;
+  /** The environment policy: the base-image allowlist the environment and publish Dockerfiles are checked against. */
+  environmentPolicy: EnvironmentPolicy;
   projects: readonly ProjectConfig[];
   workDir: string;
   logger: Logger;
@@ -144,9 +149,10 @@ export class CheckBuildExecutor implements BuildExecutor {
       throw e;
     }
     if (!text) return { result: 'config-error', reason: `no ${AIRLOCK_YAML} in the repository`, issues: [issue(AIRLOCK_YAML, '', 'file not found')] };
-    const parsed = parseAirlockYaml(text.toString('utf8'), o.policy);
-    if (!parsed.value) return configError(parsed.issues);
-    const cfg = parsed.value;
+    const checked = await checkConfig(text.toString('utf8'), { job: o.policy, environments: o.environmentPolicy }, repoFiles(reader), { pipelines: [build.pipeline] });
+    if (!checked.cfg) return configError(checked.issues);
+    const cfg = checked.cfg;
+    for (const w of checked.issues) say(`[airlock] warning: ${w.file}: ${w.path || '(root)'}: ${w.message}\n`);
     phase('config');
 
     // 3. The environment, pinned for the whole build.
@@ -257,6 +263,21 @@ export class CheckBuildExecutor implements BuildExecutor {
     this.o.store.updateJob(buildId, name, { state, ...(reason !== undefined ? { reason } : {}) });
     this.o.events.publish(buildId, { type: 'job', job: name, state, ...(reason !== undefined ? { reason } : {}) });
   }
+}
+
+/** The merged commit as the config checks read it. */
+function repoFiles(reader: CommitReader): RepoFiles {
+  return {
+    readFile: async (path, maxBytes) => (await reader.readFile(path, maxBytes))?.toString('utf8'),
+    isDirectory: async (path) => {
+      try {
+        return (await reader.treeId(path === '.' ? '' : path)) !== undefined ? true : undefined;
+      } catch (e) {
+        if (e instanceof InvalidInputError) return false; // there, but not a directory
+        throw e;
+      }
+    },
+  };
 }
 
 function issue(file: string, path: string, message: string): Issue {

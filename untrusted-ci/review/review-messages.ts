@@ -75,9 +75,10 @@ export function checkMessage(b: BuildView, votes: VotesConfig, links: Links): Sa
   }
 }
 
-/** A project with no job in the check pipeline (only gate jobs): not a broken config to vote against. */
+/** A project with no job in the check pipeline (only gate jobs): not a broken config to vote against (warnings beside it do not count). */
 function noJobs(b: BuildView): boolean {
-  return b.issues.length === 1 && b.issues[0]!.path === 'jobs' && b.issues[0]!.message === 'no job runs in the check pipeline';
+  const errors = b.issues.filter((i) => i.severity === 'error');
+  return errors.length === 1 && errors[0]!.path === 'jobs' && errors[0]!.message === 'no job runs in the check pipeline';
 }
 
 /** The gate's report kinds (the model's ReportResult) and what each says. */

@@ -50,7 +50,14 @@ export const SubmitChange = z
 export type SubmitChange = z.infer<typeof SubmitChange>;
 export type SubmitChangeInput = z.input<typeof SubmitChange>;
 
-export const IssueView = z.object({ file: z.string(), path: z.string(), message: z.string(), severity: z.enum(['error', 'warning']) });
+export const IssueView = z.object({
+  file: z.string(),
+  path: z.string(),
+  message: z.string(),
+  severity: z.enum(['error', 'warning']),
+  line: z.number().int().positive().optional(),
+  column: z.number().int().positive().optional(),
+});
 
 export const JobView = z.object({
   name: z.string(),

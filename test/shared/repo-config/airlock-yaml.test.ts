@@ -26,7 +26,7 @@ jobs:
     command: make lint
     voting: false
 publish:
-  image: team/app
+  dockerfile: deploy/Dockerfile
 `;
 
 describe('.airlock.yaml', () => {
@@ -41,6 +41,7 @@ describe('.airlock.yaml', () => {
     expect(r.value?.jobs.test?.pipelines).toEqual(['check']);
     expect(r.value?.jobs.lint?.pipelines).toEqual(['check', 'gate']);
     expect(r.value?.jobs.lint?.voting).toBe(false);
+    expect(r.value?.publish).toEqual({ dockerfile: 'deploy/Dockerfile', context: '.' });
   });
 
   it('lists every problem at once, each named by file and path', () => {
@@ -100,6 +101,72 @@ jobs:
       expect(r.value).toBeUndefined();
       expect(r.issues.length).toBeGreaterThan(0);
     }
+  });
+
+  it('a YAML syntax error names its line and column, in the issue and in its message', () => {
+    const r = parse('version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n  test: { command: make\n  lint: { command: make lint }\n');
+    expect(r.value).toBeUndefined();
+    expect(r.partial).toBeUndefined();
+    expect(r.issues[0]).toMatchObject({ file: '.airlock.yaml', path: '', severity: 'error', line: 5, column: 3 });
+    expect(r.issues[0]?.message).toMatch(/^YAML: .* \(line 5, column 3\)$/);
+  });
+
+  it('a missing key says "required", whatever its type', () => {
+    const r = parse('environment: { image: airlock/base:busybox }\njobs:\n  test: { timeout: 5m }\npublish: { context: . }\n');
+    expect(r.issues.map((i) => `${i.path}: ${i.message}`)).toEqual(['version: required', 'jobs.test.command: required', 'publish.dockerfile: required']);
+    const none = parse('version: 1\n');
+    expect(none.issues.map((i) => `${i.path}: ${i.message}`)).toEqual(['environment: required', 'jobs: required']);
+  });
+
+  it('an unknown key that is a near miss of a known one says which: within 2 edits, or in another case', () => {
+    const r = parse(
+      [
+        'version: 1',
+        'Environment: { image: airlock/base:busybox }',
+        'jobs:',
+        '  build: { command: make }',
+        '  test: { comand: make test, nedds: [build], resources: { memroy: 512m }, colour: blue }',
+        'pubish: { dockerfile: Dockerfile }',
+        '',
+      ].join('\n'),
+    );
+    expect(r.issues.map((i) => `${i.path}: ${i.message}`).sort()).toEqual(
+      [
+        '(root): Unrecognized key: "Environment"; did you mean "environment"?',
+        '(root): Unrecognized key: "pubish"; did you mean "publish"?',
+        'environment: required',
+        'jobs.test.command: required',
+        'jobs.test: Unrecognized key: "comand"; did you mean "command"?',
+        'jobs.test: Unrecognized key: "nedds"; did you mean "needs"?',
+        'jobs.test: Unrecognized key: "colour"',
+        'jobs.test.resources: Unrecognized key: "memroy"; did you mean "memory"?',
+      ]
+        .map((x) => x.replace(/^\(root\)/, ''))
+        .sort(),
+    );
+  });
+
+  it('lists structural, needs and policy problems together; a broken job is skipped, not the others', () => {
+    const r = parse(
+      [
+        'version: 1',
+        'environment: { image: airlock/base:busybox }',
+        'jobs:',
+        '  build: { command: make, colour: blue }', // structural: this job is not checked further
+        '  test: { command: make test, needs: [biuld] }', // needs
+        '  big: { command: make, needs: [build], resources: { memory: 64g } }', // policy; needing the broken job is not "no job named"
+        '',
+      ].join('\n'),
+    );
+    expect(r.value).toBeUndefined();
+    expect(r.issues.map((i) => `${i.path}: ${i.message}`)).toEqual([
+      'jobs.build: Unrecognized key: "colour"',
+      'jobs.test.needs[0]: no job named "biuld"; did you mean "build"?',
+      'jobs.big.resources.memory: asks for 64 GiB, policy allows at most 1 GiB',
+    ]);
+    expect(Object.keys(r.partial?.jobs ?? {})).toEqual(['test', 'big']);
+    expect(r.partial?.brokenJobs).toEqual(['build']);
+    expect(r.partial?.environment).toEqual({ image: 'airlock/base:busybox' });
   });
 
   it('keeps the committed JSON Schema in step with the zod schema', () => {

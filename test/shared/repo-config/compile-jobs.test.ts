@@ -19,6 +19,21 @@ const ctx = (over: Partial<CompileContext> = {}): CompileContext => ({
 const yaml = (jobs: Record<string, unknown>): AirlockYaml => AirlockYaml.parse({ version: 1, environment: { image: 'airlock/base:busybox' }, jobs });
 
 describe('compileJobs', () => {
+  it('with jobs the schema refused (a file checked for all its problems at once): needs on them not judged, no "no job runs", nothing compiled', () => {
+    const cfg = yaml({ unit: { command: 'make test', needs: ['build'] }, other: { command: 'x', pipelines: ['gate'] } });
+    const without = compileJobs(cfg, ctx());
+    // A need on a job that is not in the file at all is parseAirlockYaml's to say ("no job named"), not said twice.
+    expect(without.issues).toEqual([]);
+    const broken = compileJobs(cfg, ctx({ brokenJobs: ['build'] }));
+    expect(broken).toEqual({ jobs: [], issues: [] });
+    const none = compileJobs(yaml({ other: { command: 'x', pipelines: ['gate'] } }), ctx({ brokenJobs: ['build'] }));
+    expect(none.issues).toEqual([]);
+    expect(compileJobs(yaml({ other: { command: 'x', pipelines: ['gate'] } }), ctx()).issues.map((i) => i.message)).toEqual(['no job runs in the check pipeline']);
+    // A need on a job that is in the file but not in this pipeline is still said.
+    const gateOnly = compileJobs(yaml({ unit: { command: 'x', needs: ['other'] }, other: { command: 'x', pipelines: ['gate'] } }), ctx({ brokenJobs: ['build'] }));
+    expect(gateOnly.issues.map((i) => i.message)).toEqual(['needs other, which does not run in the check pipeline']);
+  });
+
   it('orders jobs topologically, ties in file order', () => {
     const cfg = yaml({
       package: { command: 'make package', needs: ['build', 'test'] },

@@ -190,7 +190,7 @@ describe('status page (real browser, real service, real Docker)', () => {
     const issues = await brokenRow.locator('ul.issues li').allTextContents();
     expect(issues).toEqual(
       expect.arrayContaining([
-        'error: .airlock.yaml at jobs.other: Unrecognized key: "comand"',
+        'error: .airlock.yaml at jobs.other: Unrecognized key: "comand"; did you mean "command"?',
         'error: .airlock.yaml (top level): Unrecognized key: "<script>alert(2)</script>"',
       ]),
     );

@@ -14,6 +14,7 @@ import { CancelledError, PolicyViolationError } from '#shared/errors.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
 import { FsArtifactStore } from '../../../untrusted-ci/storage/fs-artifact-store.js';
 import { logKey } from '../../../untrusted-ci/storage/keys.js';
 import { CheckBuildExecutor, type EnvironmentProvider } from '../../../untrusted-ci/executor/build-executor.js';
@@ -22,7 +23,7 @@ import { Merger } from '../../../untrusted-ci/merger/merger.js';
 import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { FakeRunner } from '../../support/fake-runner.js';
-import { createRepo, type TestRepo } from '../../support/git-repo.js';
+import { createRepo, type FileContent, type TestRepo } from '../../support/git-repo.js';
 
 const root = mkdtempSync(join(tmpdir(), 'airlock-executor-'));
 const repos: TestRepo[] = [];
@@ -35,6 +36,7 @@ const job = (name: string, extra = '') => `  ${name}:\n    command: [sh, -c, "ec
 const JOBS = job('build') + job('unit', '    needs: [build]\n') + job('lint') + job('after', '    needs: [unit]\n') + job('docs', '    voting: false\n');
 const config = (jobs: string) => `version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n${jobs}`;
 const policy = loadJobPolicy();
+const environmentPolicy = loadEnvironmentPolicy();
 let n = 0;
 
 interface RigOptions {
@@ -42,21 +44,26 @@ interface RigOptions {
   policy?: JobPolicy;
   environments?: EnvironmentProvider;
   yaml?: string;
+  /** More files in the change, beside .airlock.yaml. */
+  files?: Record<string, FileContent>;
 }
 
 async function rig(o: RigOptions = {}) {
   const id = ++n;
   const up = createRepo({ 'README.md': 'hello\n' });
   repos.push(up);
-  const change = up.change(100 + id, 1, { '.airlock.yaml': o.yaml ?? config(JOBS) });
+  const change = up.change(100 + id, 1, { '.airlock.yaml': o.yaml ?? config(JOBS), ...o.files });
   const store = new BuildStore(openDatabase(':memory:'));
   const events = new BuildEvents(join(root, `events-${id}`));
   const artifacts = new FsArtifactStore(join(root, `artifacts-${id}`));
   const runner = o.runner ?? new FakeRunner();
   let released = 0;
+  let prepared = 0;
   const environments: EnvironmentProvider = o.environments ?? {
-    prepare: async () => ({ image: `sha256:${'e'.repeat(64)}`, cached: true, release: () => void released++ }),
+    prepare: async () => (prepared++, { image: `sha256:${'e'.repeat(64)}`, cached: true, release: () => void released++ }),
   };
+  const log: string[] = [];
+  events.watch((b, e) => void (e.type === 'log' && e.job === 'setup' && log.push(e.text)));
   const project = { name: `org/app${id}`, url: up.url, branches: [] };
   const executor = new CheckBuildExecutor({
     store,
@@ -66,6 +73,7 @@ async function rig(o: RigOptions = {}) {
     environments,
     artifacts,
     policy: o.policy ?? policy,
+    environmentPolicy,
     projects: [project],
     workDir: join(root, `work-${id}`),
     logger: createLogger({ level: 'silent' }),
@@ -73,7 +81,7 @@ async function rig(o: RigOptions = {}) {
   const { buildId } = store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
   store.start(buildId);
   const jobs = () => Object.fromEntries(store.build(buildId).jobs.map((j) => [j.name, j.reason ? `${j.state}: ${j.reason}` : j.state]));
-  return { executor, store, runner, buildId, artifacts, jobs, released: () => released, build: () => store.build(buildId) };
+  return { executor, store, runner, buildId, artifacts, jobs, released: () => released, prepared: () => prepared, log, build: () => store.build(buildId) };
 }
 
 describe('CheckBuildExecutor (pure tier: runner and environment through their ports)', () => {
@@ -138,5 +146,84 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
     expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'waiting' });
     expect(r.released()).toBe(1);
+  });
+
+  describe('the publish section: nothing the trusted builder cannot publish passes the check', () => {
+    const withPublish = (publish: string) => `${config(JOBS)}publish: ${publish}\n`;
+    const run = async (o: RigOptions) => {
+      const r = await rig(o);
+      const out = await r.executor.execute(r.build(), new AbortController().signal);
+      return { r, out, lines: (out.issues ?? []).map((i) => `${i.severity}: ${i.file}: ${i.path}: ${i.message}`) };
+    };
+
+    it('a publish Dockerfile that is not in the commit: a config error naming the path and the fix; nothing is prepared or run', async () => {
+      const { r, out, lines } = await run({ yaml: withPublish('{ dockerfile: deploy/Dockerfile }') });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
+      expect(lines).toEqual(['error: .airlock.yaml: publish.dockerfile: deploy/Dockerfile is not in the repository: the trusted builder builds the published image from it after the merge; commit it, or fix the path']);
+      expect(r.prepared()).toBe(0);
+      expect(r.runner.ran).toEqual([]);
+    });
+
+    it('a publish Dockerfile on a base the CI does not allow: a config error naming the file, the line and the allowed bases', async () => {
+      const { out, lines } = await run({ yaml: withPublish('{ dockerfile: deploy/Dockerfile }'), files: { 'deploy/Dockerfile': 'FROM airlock/base:busybox AS build\nRUN true\nFROM debian:12\nCOPY --from=build /bin/true /true\n' } });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
+      expect(lines).toEqual(['error: deploy/Dockerfile: deploy/Dockerfile:3: FROM image "debian:12" is not an allowed base image (allowed: airlock/base:busybox, airlock/base:bookworm)']);
+    });
+
+    it('a publish Dockerfile that fetches from the network (and names an image by a variable): every problem, each with its fix', async () => {
+      const dockerfile = 'ARG B=evil/image\nFROM airlock/base:busybox\nADD https://example.com/tool.tgz /opt/\nCOPY --from=$B /x /x\n';
+      const { out, lines } = await run({ yaml: withPublish('{ dockerfile: Dockerfile.release }'), files: { 'Dockerfile.release': dockerfile } });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 2 problems' });
+      expect(lines).toEqual([
+        'error: Dockerfile.release: Dockerfile.release:3: ADD "https://example.com/tool.tgz" would download during the build: builds have no network; vendor the file into the repository',
+        'error: Dockerfile.release: Dockerfile.release:4: COPY --from "$B" uses variable substitution: write the image name out (build arguments are chosen after the allowlist check)',
+      ]);
+    });
+
+    it('a publish context that is not a directory of the commit is a config error too', async () => {
+      const { out, lines } = await run({ yaml: withPublish('{ dockerfile: Dockerfile, context: app }'), files: { Dockerfile: 'FROM airlock/base:busybox\n' } });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
+      expect(lines).toEqual(["error: .airlock.yaml: publish.context: app is not in the repository: the trusted builder sends this directory as the published image's build context; commit it, or name another (default .)"]);
+      const file = await run({ yaml: withPublish('{ dockerfile: Dockerfile, context: Dockerfile }'), files: { Dockerfile: 'FROM airlock/base:busybox\n' } });
+      expect(file.lines).toEqual(['error: .airlock.yaml: publish.context: Dockerfile is not a directory: the build context is a directory of the repository (default .)']);
+    });
+
+    it('a publish Dockerfile that is a symbolic link (it could point out of the repository) is a config error saying so', async () => {
+      const { out, lines } = await run({ yaml: withPublish('{ dockerfile: Dockerfile }'), files: { Dockerfile: { symlink: '/etc/passwd' } } });
+      expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
+      expect(lines).toEqual(['error: .airlock.yaml: publish.dockerfile: Dockerfile is a symbolic link, not a regular file']);
+    });
+
+    it('a good publish section passes; no section at all is a warning in the setup log, and the build still passes', async () => {
+      const good = await run({ yaml: withPublish('{ dockerfile: deploy/Dockerfile, context: deploy }'), files: { 'deploy/Dockerfile': 'FROM airlock/base:bookworm\nCOPY . /app\n', 'deploy/app.sh': 'echo hi\n' } });
+      expect(good.out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
+      expect(good.r.log.join('')).not.toContain('warning');
+      const none = await run({});
+      expect(none.out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
+      expect(none.r.log.join('')).toContain('[airlock] warning: .airlock.yaml: publish: no publish section: the trusted builder will not publish this project');
+    });
+  });
+
+  it('lists a structural, a needs and a policy problem of .airlock.yaml together, with the publish problem, in one build', async () => {
+    const yaml = [
+      'version: 1',
+      'environment: { image: airlock/base:busybox }',
+      'jobs:',
+      '  build: { command: make, pipelines: [check], nedds: [] }',
+      '  unit: { command: make test, pipelines: [check], needs: [biuld] }',
+      '  big: { command: make, pipelines: [check], resources: { memory: 64g } }',
+      'publish: { dockerfile: Dockerfile }',
+      '',
+    ].join('\n');
+    const r = await rig({ yaml });
+    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 4 problems' });
+    expect(out.issues?.map((i) => `${i.path}: ${i.message}`)).toEqual([
+      'jobs.build: Unrecognized key: "nedds"; did you mean "needs"?',
+      'jobs.unit.needs[0]: no job named "biuld"; did you mean "build"?',
+      'jobs.big.resources.memory: asks for 64 GiB, policy allows at most 1 GiB',
+      'publish.dockerfile: Dockerfile is not in the repository: the trusted builder builds the published image from it after the merge; commit it, or fix the path',
+    ]);
+    expect(r.prepared()).toBe(0);
   });
 });

@@ -135,11 +135,15 @@ describe('ReviewOutbox', () => {
     const { o } = outbox(sys);
     await o.report({ ...build(9, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs', message: 'no job runs in the check pipeline', severity: 'error' }] });
     await o.report({ ...build(10, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs.x.command', message: 'required', severity: 'error' }] });
+    // A warning beside it (no publish section) does not make it a broken config.
+    const warning = { file: '.airlock.yaml', path: 'publish', message: 'no publish section: …', severity: 'warning' as const };
+    await o.report({ ...build(11, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs', message: 'no job runs in the check pipeline', severity: 'error' }, warning] });
     o.start();
     await settle(o);
     await o.close();
-    expect(sys.posted.map((p) => p.labels ?? null)).toEqual([null, { Verified: -1 }]);
+    expect(sys.posted.map((p) => p.labels ?? null)).toEqual([null, { Verified: -1 }, null]);
     expect(sys.posted[0]!.message).toMatch(/^No job runs in the check pipeline/);
+    expect(sys.posted[2]!.message).toMatch(/^No job runs in the check pipeline/);
   });
 
   it('a vote a closed change refuses (409) is posted again as the message alone', async () => {

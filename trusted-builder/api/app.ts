@@ -118,10 +118,9 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
       }
       let hint: PromotionHint;
       try {
-        hint = parseOrThrow(PromotionHint, JSON.parse(raw.toString('utf8')) as unknown, 'hint');
+        hint = parseJsonBody(PromotionHint, raw, 'hint');
       } catch (e) {
         await refused('malformed', req.ip);
-        if (e instanceof SyntaxError) throw new InvalidInputError([{ file: 'hint', path: '', message: 'not JSON', severity: 'error' }]);
         throw e;
       }
       const r = d.promoter.accept(hint);
@@ -145,13 +144,7 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
         await refused(v.reason, req.ip);
         throw new UnauthorizedError(`promotion status refused: ${v.reason}`);
       }
-      let q: PromotionQuery;
-      try {
-        q = parseOrThrow(PromotionQuery, JSON.parse(raw.toString('utf8')) as unknown, 'promotion status');
-      } catch (e) {
-        if (e instanceof SyntaxError) throw new InvalidInputError([{ file: 'promotion status', path: '', message: 'not JSON', severity: 'error' }]);
-        throw e;
-      }
+      const q = parseJsonBody(PromotionQuery, raw, 'promotion status');
       const status = d.promoter.status?.(q.project, q.commit);
       if (!status) throw new NotFoundError(`no promotion of ${q.project}@${q.commit}`);
       return status;
@@ -185,4 +178,15 @@ export async function buildBuilderApi(d: BuilderApiDeps): Promise<FastifyInstanc
 
   app.get('/healthz', async () => ({ ok: true }));
   return app;
+}
+
+/** A signed body's JSON, checked against `schema`: InvalidInputError naming `file` when it is not JSON or not valid. */
+function parseJsonBody<T>(schema: z.ZodType<T>, raw: Buffer, file: string): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw.toString('utf8')) as unknown;
+  } catch {
+    throw new InvalidInputError([{ file, path: '', message: 'not JSON', severity: 'error' }]);
+  }
+  return parseOrThrow(schema, value, file);
 }

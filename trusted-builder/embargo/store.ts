@@ -26,7 +26,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoKey } from './embargo-key.js';
 import { SealedFiles } from './sealed-files.js';
 import type { SecurityTeam } from './team.js';
-import { ArtifactInfo, BreakInfo, BuildInfo, EmbargoSummary, PatchText, RetiredInfo, type EmbargoDetail, type EmbargoState } from './wire.js';
+import { ArtifactInfo, BreakInfo, BuildInfo, EmbargoSummary, PatchText, RetiredInfo, type BreakStep, type EmbargoDetail, type EmbargoState } from './wire.js';
 
 /** Breaks kept per embargo (the newest). */
 const MAX_BREAKS = 50;
@@ -184,10 +184,10 @@ export class EmbargoStore {
   }
 
   /** A public commit the patch does not apply to, or whose patched tests fail. */
-  recordBreak(id: string, b: { commit: string; reason: string }): Promise<void> {
+  recordBreak(id: string, b: { commit: string; step?: BreakStep; reason: string }): Promise<void> {
     return this.serial(async () => {
       const e = this.entry(id);
-      const entry = parseOrThrow(BreakInfo, { at: this.time(), commit: b.commit, reason: b.reason }, 'break');
+      const entry = parseOrThrow(BreakInfo, { at: this.time(), commit: b.commit, ...(b.step ? { step: b.step } : {}), reason: b.reason }, 'break');
       await this.commit(this.replace({ ...e, breaks: [...e.breaks, entry].slice(-MAX_BREAKS) }));
       await this.o.audit.append('embargo', { event: 'break', embargo: id, digest: e.digest });
     });

@@ -71,14 +71,28 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 export const RetiredInfo = z.strictObject({ at: Time, by: z.string().max(200), reason: Reason });
 export type RetiredInfo = z.infer<typeof RetiredInfo>;
-/** A public commit the patch no longer applies to, or whose patched tests fail. */
-export const BreakInfo = z.strictObject({ at: Time, commit: Sha, reason: z.string().max(MAX_REASON_CHARS) });
+/**
+ * Why a private build left an embargo without a patched image: its patch no longer applies
+ * (`apply`), another patch of the set does not (`blocked`: this one is fine), the patched tests or
+ * build failed (`tests`, `build`), or the lane itself failed (`internal`).
+ */
+export const BreakStep = z.enum(['apply', 'blocked', 'tests', 'build', 'internal']);
+export type BreakStep = z.infer<typeof BreakStep>;
+/** A public commit the patch no longer applies to, or whose patched tests fail (`step`: absent in breaks recorded before it existed). */
+export const BreakInfo = z.strictObject({ at: Time, commit: Sha, step: BreakStep.optional(), reason: z.string().max(MAX_REASON_CHARS) });
 export type BreakInfo = z.infer<typeof BreakInfo>;
 /** A patched (private) image produced for a public commit: its reference and manifest digest. */
 export const BuildInfo = z.strictObject({ at: Time, commit: Sha, reference: z.string().min(1).max(500), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'not a sha256 digest') });
 export type BuildInfo = z.infer<typeof BuildInfo>;
 export const ArtifactInfo = z.strictObject({ name: z.string().min(1).max(200), size: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/), at: Time });
 export type ArtifactInfo = z.infer<typeof ArtifactInfo>;
+
+/**
+ * The artifacts a private build leaves with each embargo it carried (`show` lists them, `verify`
+ * fetches them): the image's simple-signing signature, its provenance statement and that
+ * statement's detached signature, as the private lookaside holds them.
+ */
+export const PRIVATE_ARTIFACTS = ['image.signature', 'provenance.json', 'provenance.json.asc'] as const;
 
 export const EmbargoState = z.enum(['active', 'retired']);
 export type EmbargoState = z.infer<typeof EmbargoState>;

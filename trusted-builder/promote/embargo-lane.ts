@@ -11,12 +11,13 @@
  * and step names only.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isAirlockError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import { PatchWorkspace } from '../embargo/apply.js';
+import { PRIVATE_ARTIFACTS, type BreakStep } from '../embargo/wire.js';
 import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
 import type { PromotedProject } from '../policy/promotion.js';
 import type { RegistryCredentials } from '../publish/registry.js';
@@ -29,8 +30,10 @@ export interface EmbargoPort {
   active(project: string): Promise<readonly { id: string; patch: string; digest: string }[]>;
   retire(id: string, reason: string): Promise<unknown>;
   appendLog(id: string, text: string): Promise<unknown>;
-  recordBreak(id: string, b: { commit: string; reason: string }): Promise<unknown>;
+  recordBreak(id: string, b: { commit: string; step: BreakStep; reason: string }): Promise<unknown>;
   recordBuild(id: string, b: { commit: string; reference: string; digest: string }): Promise<unknown>;
+  /** Keep a copy of the private image's signature and provenance with the embargo (sealed), for `airlock embargo verify`. */
+  putArtifact(id: string, name: string, bytes: Uint8Array): Promise<unknown>;
 }
 
 export interface EmbargoLanePort {
@@ -100,7 +103,12 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
       },
     );
     const out = await buildLane(p.stages, lane);
-    for (const x of live) await e.recordBuild(x.id, { commit, reference: out.reference, digest: out.digest });
+    // The signature and provenance stay in the private lookaside too; the team reads these copies.
+    const files = await Promise.all([readFile(out.signature), readFile(out.provenance), readFile(`${out.provenance}.asc`)]);
+    for (const x of live) {
+      for (const [i, name] of PRIVATE_ARTIFACTS.entries()) await e.putArtifact(x.id, name, files[i]!);
+      await e.recordBuild(x.id, { commit, reference: out.reference, digest: out.digest });
+    }
     // Ids and patch digests only: a commit or an image digest would name the project.
     await p.audit.append('embargo', { event: 'published', embargoes: ids, patches: live.map((x) => x.digest) });
   } catch (err) {
@@ -117,9 +125,9 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
 }
 
 /** No patched image for `commit`: recorded (encrypted), audited (ids), and the team warned. */
-async function broken(p: EmbargoLanePort, ids: readonly string[], commit: string, step: BreakWarning['step'], what: string): Promise<void> {
+async function broken(p: EmbargoLanePort, ids: readonly string[], commit: string, step: BreakStep, what: string): Promise<void> {
   // The store records each break in the audit log (id and digest).
-  for (const id of ids) await p.embargo.recordBreak(id, { commit, reason: `${step}: ${what}` });
+  for (const id of ids) await p.embargo.recordBreak(id, { commit, step, reason: `${step}: ${what}` });
   for (const id of ids) await warn(p, id, commit, step);
 }
 

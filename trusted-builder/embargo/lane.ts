@@ -18,6 +18,7 @@ import * as openpgp from 'openpgp';
 import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
+import type { EmbargoNotifier } from '../notify/webhook.js';
 import { loadEmbargoKey, type EmbargoKey } from './embargo-key.js';
 import { NonceStore } from './nonce-store.js';
 import { openRequest, sealResponse } from './request.js';
@@ -42,12 +43,20 @@ export interface EmbargoLaneDeps {
 
 export class EmbargoLane {
   private submitted: ((project: string) => void) | undefined;
+  private notifier: EmbargoNotifier | undefined;
+  /** Warnings under way (a member's retirement is answered without waiting for the webhook). */
+  private readonly warnings = new Set<Promise<void>>();
 
   constructor(private readonly d: EmbargoLaneDeps) {}
 
   /** Called with the project after each new submission (the promoter then builds it at once). */
   onSubmitted(fn: (project: string) => void): void {
     this.submitted = fn;
+  }
+
+  /** Where warnings go (the builder's `embargoWebhook`): a member's retirement warns as the builder's own does. */
+  notifyWith(notifier: EmbargoNotifier | undefined): void {
+    this.notifier = notifier;
   }
 
   get store(): EmbargoStore {
@@ -117,8 +126,12 @@ export class EmbargoLane {
         return { action: 'list', embargoes: store.list(r.project === undefined ? {} : { project: r.project }) };
       case 'show':
         return { action: 'show', embargo: await store.get(r.id) };
-      case 'retire':
-        return { action: 'retire', embargo: await store.retire(r.id, r.reason ?? `retired by ${member.name}`, member.name) };
+      case 'retire': {
+        const was = store.status(r.id).state;
+        const embargo = await store.retire(r.id, r.reason ?? `retired by ${member.name}`, member.name);
+        if (was === 'active') this.warn(r.id);
+        return { action: 'retire', embargo };
+      }
       case 'logs': {
         const all = Buffer.from(await store.logs(r.id), 'utf8');
         const truncated = all.length > MAX_LOG_ANSWER_BYTES;
@@ -127,8 +140,25 @@ export class EmbargoLane {
     }
   }
 
-  /** Waits for the store's pending operations, then closes the nonce table. */
+  /** An opaque warning (webhook.ts), audited with the embargo's id like the promoter's; in the background. */
+  private warn(embargo: string): void {
+    const p = (async () => {
+      const sent = (await this.notifier?.warn()) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+      await this.d.audit.append('embargo', { event: 'warned', embargo, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
+    })()
+      .catch((err: unknown) => this.d.logger.error({ err, embargo }, 'cannot record an embargo warning'))
+      .finally(() => this.warnings.delete(p));
+    this.warnings.add(p);
+  }
+
+  /** Resolves when the warnings under way were sent (or given up) and audited. */
+  async idle(): Promise<void> {
+    while (this.warnings.size > 0) await Promise.all(this.warnings);
+  }
+
+  /** Waits for the warnings under way and the store's pending operations, then closes the nonce table. */
   async close(): Promise<void> {
+    await Promise.all(this.warnings);
     await this.d.store.close();
     this.d.nonces.close();
   }

@@ -18,7 +18,7 @@ import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import { PatchWorkspace } from '../embargo/apply.js';
 import { PRIVATE_ARTIFACTS, type BreakStep } from '../embargo/wire.js';
-import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
+import type { EmbargoNotifier } from '../notify/webhook.js';
 import type { PromotedProject } from '../policy/promotion.js';
 import type { RegistryCredentials } from '../publish/registry.js';
 import { privateLane } from './lanes.js';
@@ -38,7 +38,7 @@ export interface EmbargoPort {
 
 export interface EmbargoLanePort {
   embargo: EmbargoPort;
-  /** Warnings to the security team when an embargoed patch breaks. */
+  /** Warnings to the security team when an embargoed patch breaks or retires. */
   notifier?: EmbargoNotifier;
   audit: Pick<AuditLog, 'append'>;
   /** The builder's own mirror of the project (the patches are applied in a workspace over it). */
@@ -74,7 +74,7 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
       if (pub.public) {
         // The store records the retirement in the audit log (id and digest); the team is told.
         await e.retire(x.id, `the public history contains it at ${commit} (${pub.how}${pub.match ? ` ${pub.match}` : ''})`);
-        await warn(p, x.id, commit, 'retired');
+        await warn(p, x.id);
       } else live.push(x);
     }
     ids = live.map((x) => x.id);
@@ -128,10 +128,11 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
 async function broken(p: EmbargoLanePort, ids: readonly string[], commit: string, step: BreakStep, what: string): Promise<void> {
   // The store records each break in the audit log (id and digest).
   for (const id of ids) await p.embargo.recordBreak(id, { commit, step, reason: `${step}: ${what}` });
-  for (const id of ids) await warn(p, id, commit, step);
+  for (const id of ids) await warn(p, id);
 }
 
-async function warn(p: EmbargoLanePort, embargo: string, commit: string, step: BreakWarning['step']): Promise<void> {
-  const sent = (await p.notifier?.warn({ embargo, commit, step })) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+/** One opaque warning per embargo that changed (the body names none of them: webhook.ts); the audit record names the id. */
+export async function warn(p: Pick<EmbargoLanePort, 'notifier' | 'audit'>, embargo: string): Promise<void> {
+  const sent = (await p.notifier?.warn()) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
   await p.audit.append('embargo', { event: 'warned', embargo, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
 }

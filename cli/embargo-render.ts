@@ -21,6 +21,8 @@ export function formatEmbargoResult(r: EmbargoResult): string {
       return `${r.embargo.id} retired${r.embargo.retired ? ` by ${r.embargo.retired.by} at ${r.embargo.retired.at}: ${clean(r.embargo.retired.reason)}` : ''}\n`;
     case 'logs':
       return r.text === '' ? '' : clean(r.text.endsWith('\n') ? r.text : `${r.text}\n`);
+    case 'artifacts':
+      return `${r.id}: ${r.build.reference}@${r.build.digest}\n${r.files.map((f) => `artifact:   ${f.name} (${Buffer.from(f.base64, 'base64').length} bytes)`).join('\n')}\n`;
   }
 }
 

@@ -13,6 +13,10 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CANARY, CANARY_PATCH, canaryHits, makeBuilderKey, makeMember, type TestMember } from '../support/embargo.js';
 import { laneApi, type LaneApi } from '../support/embargo-lane.js';
+import { generateSigningKey } from '../../scripts/make-signing-key.js';
+import { provenanceStatement } from '../../trusted-builder/sign/provenance.js';
+import { loadSigningKey } from '../../trusted-builder/sign/signer.js';
+import { signImage, simpleSigningPayload } from '../../trusted-builder/sign/simple-signing.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-cli-'));
@@ -130,6 +134,63 @@ describe('airlock embargo', () => {
     const notDiff = await airlock(['submit', '--project', CANARY.project, '--patch', badPatch, '--key', join(dir, 'alice.key.asc')], { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
     expect(notDiff.code).toBe(2);
     expect(notDiff.stderr).toMatch(/not a unified diff/);
+  });
+
+  it('verify: checks the last patched image’s signature and provenance with the signing key, full digests; refuses a mismatch or another key', async () => {
+    const alicePass = { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' };
+    const key = ['--key', join(dir, 'alice.key.asc')];
+    const submitted = await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'fix.patch'), ...key, '--json'], alicePass);
+    const { id, digest: patch } = JSON.parse(submitted.stdout) as { id: string; digest: string };
+    // What the private lane leaves (embargo-lane.ts): real signatures by a real signing key.
+    const signing = await loadSigningKey((await generateSigningKey({ name: 'airlock builder', email: 'b@airlock.invalid' })).privateArmored);
+    const other = await loadSigningKey((await generateSigningKey({ name: 'someone else', email: 'x@airlock.invalid' })).privateArmored);
+    writeFileSync(join(dir, 'signing.pub.asc'), signing.publicArmored);
+    writeFileSync(join(dir, 'other.pub.asc'), other.publicArmored);
+    const none = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc')], alicePass);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/has no patched image yet/);
+
+    const commit = '1'.repeat(40);
+    const digest = `sha256:${'2'.repeat(64)}`;
+    const reference = `127.0.0.1:5001/private/team/app:${commit}`;
+    const build = async (by: typeof signing, o: { digest?: string; patches?: string[] } = {}): Promise<void> => {
+      const now = new Date();
+      const statement = provenanceStatement({ subject: { name: '127.0.0.1:5001/private/team/app', digest: o.digest ?? digest }, builderId: 'https://airlock.invalid/builder', source: { repo: 'https://example.invalid/app.git', commit }, policyDigest: `sha256:${'3'.repeat(64)}`, baseImages: [], steps: [], startedOn: now, finishedOn: now, invocationId: 'i', patches: (o.patches ?? [patch]).map((d) => ({ digest: d })) });
+      const files: [string, Uint8Array][] = [
+        ['image.signature', await signImage(by, simpleSigningPayload({ dockerReference: reference, manifestDigest: digest, creator: 'airlock trusted-builder', timestamp: now }))],
+        ['provenance.json', statement],
+        ['provenance.json.asc', Buffer.from(await by.signDetached(statement))],
+      ];
+      for (const [name, bytes] of files) await api.lane.store.putArtifact(id, name, bytes);
+      await api.lane.store.recordBuild(id, { commit, reference, digest });
+    };
+    await build(signing);
+    const ok = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc')], alicePass);
+    expect(ok, ok.stderr).toMatchObject({ code: 0 });
+    expect(ok.stdout).toContain(`embargo ${id}: the patched image verifies\nimage:      ${reference}@${digest}\ncommit:     ${commit}\nsigned by:  ${signing.fingerprint.toUpperCase()}`);
+    expect(ok.stdout).toContain(`patches:    ${patch}`);
+    const json = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc'), '--json'], alicePass);
+    expect(JSON.parse(json.stdout)).toMatchObject({ id, digest, reference, commit, subject: `127.0.0.1:5001/private/team/app@${digest}` });
+    // `show` lists the image and the three artifacts, digests in full.
+    const show = await airlock(['show', id, ...key], alicePass);
+    expect(show.stdout).toContain(`image:      ${reference}@${digest}`);
+    expect(show.stdout.match(/^artifact: +(image\.signature|provenance\.json|provenance\.json\.asc) \(\d+ bytes, sha256:[0-9a-f]{64}, /gm)).toHaveLength(3);
+
+    const refused = async (why: RegExp, signingKey = 'signing.pub.asc'): Promise<void> => {
+      const r = await airlock(['verify', id, ...key, '--signing-key', join(dir, signingKey)], alicePass);
+      expect(r.code, r.stdout).toBe(2);
+      expect(r.stderr).toMatch(/AIRLOCK_E_SIGNATURE_INVALID/);
+      expect(r.stderr).toMatch(why);
+    };
+    await refused(/the image signature does not verify with the signing key/, 'other.pub.asc');
+    await build(other);
+    await refused(/the image signature does not verify with the signing key/);
+    await build(signing, { digest: `sha256:${'4'.repeat(64)}` });
+    await refused(/the provenance's subject digest is sha256:4{64}, not the image's sha256:2{64}/);
+    await build(signing, { patches: [`sha256:${'5'.repeat(64)}`] });
+    await refused(/does not list this embargo's patch/);
+    const priv = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'alice.key.asc')], alicePass);
+    expect(priv.stderr).toMatch(/is a private key: pass the builder's public signing key/);
   });
 
   it('leaves nothing of the canary in the builder’s audit log or log lines', () => {

@@ -15,7 +15,7 @@
  */
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
+import { InvalidInputError, isAirlockError, NotFoundError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoNotifier } from '../notify/webhook.js';
@@ -24,7 +24,7 @@ import { NonceStore } from './nonce-store.js';
 import { openRequest, sealResponse } from './request.js';
 import { EmbargoStore } from './store.js';
 import { loadSecurityTeam, type SecurityTeam, type TeamMember } from './team.js';
-import { EMBARGO_WIRE_VERSION, MAX_LOG_ANSWER_BYTES, type EmbargoRequest, type EmbargoResponse, type EmbargoResult } from './wire.js';
+import { EMBARGO_WIRE_VERSION, MAX_LOG_ANSWER_BYTES, PRIVATE_ARTIFACTS, type EmbargoRequest, type EmbargoResponse, type EmbargoResult } from './wire.js';
 
 /** The one message a refused request gets, whatever the reason. */
 export const EMBARGO_REFUSED_MESSAGE = 'embargo request refused';
@@ -132,6 +132,13 @@ export class EmbargoLane {
         if (was === 'active') this.warn(r.id);
         return { action: 'retire', embargo };
       }
+      case 'artifacts': {
+        const e = store.status(r.id);
+        if (!e.lastBuild) throw new NotFoundError(`embargo ${r.id} has no patched image yet (airlock embargo list says why)`);
+        const files = [];
+        for (const name of PRIVATE_ARTIFACTS) files.push({ name, base64: Buffer.from(await store.artifact(r.id, name)).toString('base64') });
+        return { action: 'artifacts', id: r.id, digest: store.list().find((x) => x.id === r.id)!.digest, build: e.lastBuild, files };
+      }
       case 'logs': {
         const all = Buffer.from(await store.logs(r.id), 'utf8');
         const truncated = all.length > MAX_LOG_ANSWER_BYTES;
@@ -165,7 +172,7 @@ export class EmbargoLane {
 }
 
 function embargoOf(r: EmbargoResult): string | undefined {
-  if (r.action === 'submit' || r.action === 'logs') return r.id;
+  if (r.action === 'submit' || r.action === 'logs' || r.action === 'artifacts') return r.id;
   if (r.action === 'show' || r.action === 'retire') return r.embargo.id;
   return undefined;
 }

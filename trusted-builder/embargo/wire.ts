@@ -5,8 +5,9 @@
  * Request: `POST /v1/embargo`, body = one ASCII-armored OpenPGP message, encrypted to the builder's
  * embargo key and signed (inside the encryption) by exactly one security team member. Its literal
  * data is UTF-8 JSON, an `EmbargoRequest`: `{version: 1, action, issuedAt, nonce, …}` with the
- * fields its action needs (`submit`: project + patch; `list`: project?; `show`/`logs`: id;
- * `retire`: id + reason?). `issuedAt` must be within ±5 minutes of the builder's clock, and a
+ * fields its action needs (`submit`: project + patch; `list`: project?; `show`/`logs`/`artifacts`:
+ * id; `retire`: id + reason?). `artifacts` answers the last patched image's signature and
+ * provenance (what `airlock embargo verify` checks). `issuedAt` must be within ±5 minutes of the builder's clock, and a
  * member's `nonce` is accepted once.
  *
  * Answer to an authenticated request: 200, `application/pgp-encrypted`, one armored OpenPGP
@@ -62,6 +63,7 @@ export const EmbargoRequest = z.discriminatedUnion('action', [
   z.strictObject({ ...RequestBase, action: z.literal('show'), id: EmbargoId }),
   z.strictObject({ ...RequestBase, action: z.literal('retire'), id: EmbargoId, reason: Reason.optional() }),
   z.strictObject({ ...RequestBase, action: z.literal('logs'), id: EmbargoId }),
+  z.strictObject({ ...RequestBase, action: z.literal('artifacts'), id: EmbargoId }),
 ]);
 export type EmbargoRequest = z.infer<typeof EmbargoRequest>;
 export type EmbargoAction = EmbargoRequest['action'];
@@ -126,6 +128,16 @@ export const EmbargoResult = z.discriminatedUnion('action', [
   z.strictObject({ action: z.literal('show'), embargo: EmbargoDetail }),
   z.strictObject({ action: z.literal('retire'), embargo: EmbargoSummary }),
   z.strictObject({ action: z.literal('logs'), id: EmbargoId, text: z.string(), truncated: z.boolean() }),
+  z.strictObject({
+    action: z.literal('artifacts'),
+    id: EmbargoId,
+    /** The embargo's patch digest (the provenance lists it among the embargoed patches). */
+    digest: PatchDigest,
+    /** The last patched image: its reference in the lane's registry and manifest digest. */
+    build: BuildInfo,
+    /** PRIVATE_ARTIFACTS, each base64. */
+    files: z.array(z.strictObject({ name: z.enum(PRIVATE_ARTIFACTS), base64: z.base64().max(64 * 1024 * 1024) })),
+  }),
 ]);
 export type EmbargoResult = z.infer<typeof EmbargoResult>;
 

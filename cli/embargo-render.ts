@@ -21,6 +21,10 @@ export function formatEmbargoResult(r: EmbargoResult): string {
       return `${r.embargo.id} retired${r.embargo.retired ? ` by ${r.embargo.retired.by} at ${r.embargo.retired.at}: ${clean(r.embargo.retired.reason)}` : ''}\n`;
     case 'logs':
       return r.text === '' ? '' : clean(r.text.endsWith('\n') ? r.text : `${r.text}\n`);
+    case 'replace':
+      return `${r.id} now carries ${r.digest} (was ${r.previous}): ${r.queued ? 'a private build is queued' : 'the project has no published commit yet; its first promotion builds it'}\n`;
+    case 'rebuild':
+      return r.queued ? `${r.id}: a private build of its project's latest published commit is queued (airlock embargo list shows how it went)\n` : `${r.id}: its project has no published commit yet; its first promotion builds it\n`;
     case 'artifacts':
       return `${r.id}: ${r.build.reference}@${r.build.digest}\n${r.files.map((f) => `artifact:   ${f.name} (${Buffer.from(f.base64, 'base64').length} bytes)`).join('\n')}\n`;
   }
@@ -69,6 +73,7 @@ function formatDetail(e: EmbargoDetail): string {
     `last:       ${lastEvent(e)}`,
   ];
   if (e.retired) lines.push(`retired:    ${e.retired.at} by ${clean(e.retired.by)}: ${clean(e.retired.reason)}`);
+  for (const x of e.replaced ?? []) lines.push(`replaced:   ${x.at} by ${clean(x.by)}: was ${x.digest}`);
   for (const b of e.breaks) lines.push(`break:      ${b.at} at ${b.commit}: ${clean(b.reason)}`);
   if (e.lastBuild) lines.push(`image:      ${e.lastBuild.reference}@${e.lastBuild.digest} (public commit ${e.lastBuild.commit}; check it with airlock embargo verify ${e.id})`);
   for (const a of e.artifacts) lines.push(`artifact:   ${clean(a.name)} (${a.size} bytes, sha256:${a.sha256}, ${a.at})`);

@@ -193,6 +193,33 @@ describe('airlock embargo', () => {
     expect(priv.stderr).toMatch(/is a private key: pass the builder's public signing key/);
   });
 
+  it('replace and rebuild: the rebase under the same id, a build queued; refused for a retired embargo or the same patch', async () => {
+    const alicePass = { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' };
+    const key = ['--key', join(dir, 'alice.key.asc')];
+    const patch = CANARY_PATCH.replace('return 0;', 'return 1;');
+    writeFileSync(join(dir, 'v1.patch'), patch);
+    writeFileSync(join(dir, 'v2.patch'), patch.replace('return 1;', 'return 2;'));
+    const { id, digest } = JSON.parse((await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'v1.patch'), ...key, '--json'], alicePass)).stdout) as { id: string; digest: string };
+    api.built.length = 0;
+    const replaced = await airlock(['replace', id, '--patch', join(dir, 'v2.patch'), ...key], alicePass);
+    expect(replaced, replaced.stderr).toMatchObject({ code: 0 });
+    expect(replaced.stdout).toMatch(new RegExp(`^${id} now carries sha256:[0-9a-f]{64} \\(was ${digest}\\): a private build is queued\n$`));
+    const same = await airlock(['replace', id, '--patch', join(dir, 'v2.patch'), ...key], alicePass);
+    expect(same.code).toBe(2);
+    expect(same.stderr).toMatch(/AIRLOCK_E_CONFLICT: .*nothing to replace/);
+    const rebuilt = await airlock(['rebuild', id, ...key], alicePass);
+    expect(rebuilt.stdout).toBe(`${id}: a private build of its project's latest published commit is queued (airlock embargo list shows how it went)\n`);
+    expect((await airlock(['show', id, ...key], alicePass)).stdout).toMatch(new RegExp(`^replaced: +\\S+ by alice: was ${digest}$`, 'm'));
+    // A member's retirement queues a build too (the others of the project may apply again).
+    await airlock(['retire', id, ...key], alicePass);
+    expect(api.built).toEqual([CANARY.project, CANARY.project, CANARY.project]);
+    const late = await airlock(['rebuild', id, ...key], alicePass);
+    expect(late.code).toBe(2);
+    expect(late.stderr).toMatch(/is retired: nothing of it is built any more/);
+    const retiredReplace = await airlock(['replace', id, '--patch', join(dir, 'v1.patch'), ...key], alicePass);
+    expect(retiredReplace.stderr).toMatch(/is retired: submit the new patch with airlock embargo submit/);
+  });
+
   it('leaves nothing of the canary in the builder’s audit log or log lines', () => {
     expect(canaryHits(readFileSync(api.auditFile))).toEqual([]);
     expect(canaryHits(api.logs.join(''))).toEqual([]);

@@ -20,6 +20,8 @@ export interface LaneApi {
   auditFile: string;
   /** Every line the builder logged. */
   logs: string[];
+  /** The projects the lane asked the promoter to build privately (in order); the stand-in says each was queued. */
+  built: string[];
   close(): Promise<void>;
 }
 
@@ -41,6 +43,8 @@ export async function laneApi(dir: string, o: { builderArmored: string; members:
     ...(known ? { knownProject: (p: string) => known.includes(p) } : {}),
   });
   // As the service does: the lane's own warnings (a member's retirement) go to the webhook, signed by the embargo key.
+  const built: string[] = [];
+  lane.onSubmitted((project) => (built.push(project), true));
   if (o.webhook) lane.notifyWith(new WebhookNotifier({ url: o.webhook, signingKey: lane, baseDelayMs: 10 }));
   const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from('hint secret'), promoter: { accept: () => ({ queued: false }) }, lookasideDir: join(dir, 'lookaside'), embargo: lane });
   return {
@@ -48,6 +52,7 @@ export async function laneApi(dir: string, o: { builderArmored: string; members:
     lane,
     auditFile,
     logs,
+    built,
     async close() {
       await app.close();
       await lane.close();

@@ -15,7 +15,7 @@
  */
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { InvalidInputError, isAirlockError, NotFoundError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
+import { ConflictError, InvalidInputError, isAirlockError, NotFoundError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoNotifier } from '../notify/webhook.js';
@@ -42,15 +42,19 @@ export interface EmbargoLaneDeps {
 }
 
 export class EmbargoLane {
-  private submitted: ((project: string) => void) | undefined;
+  private submitted: ((project: string) => boolean) | undefined;
   private notifier: EmbargoNotifier | undefined;
   /** Warnings under way (a member's retirement is answered without waiting for the webhook). */
   private readonly warnings = new Set<Promise<void>>();
 
   constructor(private readonly d: EmbargoLaneDeps) {}
 
-  /** Called with the project after each new submission (the promoter then builds it at once). */
-  onSubmitted(fn: (project: string) => void): void {
+  /**
+   * Called with the project whenever its set of active patches changed (a submission, a
+   * replacement, a member's retirement) or a member asked for a rebuild: the promoter then builds
+   * it privately at once, on its latest published commit (false: it has none yet).
+   */
+  onSubmitted(fn: (project: string) => boolean): void {
     this.submitted = fn;
   }
 
@@ -129,7 +133,11 @@ export class EmbargoLane {
       case 'retire': {
         const was = store.status(r.id).state;
         const embargo = await store.retire(r.id, r.reason ?? `retired by ${member.name}`, member.name);
-        if (was === 'active') this.warn(r.id);
+        if (was === 'active') {
+          this.warn(r.id);
+          // The others of its project: without it they may apply again (it may have blocked them).
+          this.submitted?.(embargo.project);
+        }
         return { action: 'retire', embargo };
       }
       case 'artifacts': {
@@ -138,6 +146,16 @@ export class EmbargoLane {
         const files = [];
         for (const name of PRIVATE_ARTIFACTS) files.push({ name, base64: Buffer.from(await store.artifact(r.id, name)).toString('base64') });
         return { action: 'artifacts', id: r.id, digest: store.list().find((x) => x.id === r.id)!.digest, build: e.lastBuild, files };
+      }
+      case 'replace': {
+        const done = await store.replacePatch(r.id, r.patch, member.name);
+        const queued = this.submitted?.(store.status(r.id).project) ?? false;
+        return { action: 'replace', id: r.id, ...done, queued };
+      }
+      case 'rebuild': {
+        const e = store.status(r.id);
+        if (e.state !== 'active') throw new ConflictError(`embargo ${r.id} is retired: nothing of it is built any more (submit its patch again to embargo it anew)`);
+        return { action: 'rebuild', id: r.id, queued: this.submitted?.(e.project) ?? false };
       }
       case 'logs': {
         const all = Buffer.from(await store.logs(r.id), 'utf8');
@@ -172,7 +190,7 @@ export class EmbargoLane {
 }
 
 function embargoOf(r: EmbargoResult): string | undefined {
-  if (r.action === 'submit' || r.action === 'logs' || r.action === 'artifacts') return r.id;
+  if (r.action === 'submit' || r.action === 'logs' || r.action === 'artifacts' || r.action === 'replace' || r.action === 'rebuild') return r.id;
   if (r.action === 'show' || r.action === 'retire') return r.embargo.id;
   return undefined;
 }

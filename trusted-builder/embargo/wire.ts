@@ -6,7 +6,7 @@
  * embargo key and signed (inside the encryption) by exactly one security team member. Its literal
  * data is UTF-8 JSON, an `EmbargoRequest`: `{version: 1, action, issuedAt, nonce, …}` with the
  * fields its action needs (`submit`: project + patch; `list`: project?; `show`/`logs`/`artifacts`:
- * id; `retire`: id + reason?). `artifacts` answers the last patched image's signature and
+ * id; `retire`: id + reason?; `replace`: id + patch; `rebuild`: id). `artifacts` answers the last patched image's signature and
  * provenance (what `airlock embargo verify` checks). `issuedAt` must be within ±5 minutes of the builder's clock, and a
  * member's `nonce` is accepted once.
  *
@@ -64,6 +64,8 @@ export const EmbargoRequest = z.discriminatedUnion('action', [
   z.strictObject({ ...RequestBase, action: z.literal('retire'), id: EmbargoId, reason: Reason.optional() }),
   z.strictObject({ ...RequestBase, action: z.literal('logs'), id: EmbargoId }),
   z.strictObject({ ...RequestBase, action: z.literal('artifacts'), id: EmbargoId }),
+  z.strictObject({ ...RequestBase, action: z.literal('replace'), id: EmbargoId, patch: PatchText }),
+  z.strictObject({ ...RequestBase, action: z.literal('rebuild'), id: EmbargoId }),
 ]);
 export type EmbargoRequest = z.infer<typeof EmbargoRequest>;
 export type EmbargoAction = EmbargoRequest['action'];
@@ -86,6 +88,9 @@ export type BreakInfo = z.infer<typeof BreakInfo>;
 /** A patched (private) image produced for a public commit: its reference and manifest digest. */
 export const BuildInfo = z.strictObject({ at: Time, commit: Sha, reference: z.string().min(1).max(500), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'not a sha256 digest') });
 export type BuildInfo = z.infer<typeof BuildInfo>;
+/** A patch an embargo carried before `replace` (its digest), who replaced it and when. */
+export const ReplacedInfo = z.strictObject({ at: Time, by: z.string().max(200), digest: PatchDigest });
+export type ReplacedInfo = z.infer<typeof ReplacedInfo>;
 export const ArtifactInfo = z.strictObject({ name: z.string().min(1).max(200), size: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/), at: Time });
 export type ArtifactInfo = z.infer<typeof ArtifactInfo>;
 
@@ -117,6 +122,8 @@ export const EmbargoDetail = EmbargoSummary.extend({
   /** The most recent breaks, oldest first. */
   breaks: z.array(BreakInfo),
   artifacts: z.array(ArtifactInfo),
+  /** The patches it carried before, oldest first (`replace`). */
+  replaced: z.array(ReplacedInfo).optional(),
   /** Bytes of log kept. */
   logBytes: z.number().int().min(0),
 });
@@ -128,6 +135,10 @@ export const EmbargoResult = z.discriminatedUnion('action', [
   z.strictObject({ action: z.literal('show'), embargo: EmbargoDetail }),
   z.strictObject({ action: z.literal('retire'), embargo: EmbargoSummary }),
   z.strictObject({ action: z.literal('logs'), id: EmbargoId, text: z.string(), truncated: z.boolean() }),
+  /** The embargo keeps its id; `previous` is the patch digest it replaced. */
+  z.strictObject({ action: z.literal('replace'), id: EmbargoId, digest: PatchDigest, previous: PatchDigest, queued: z.boolean() }),
+  /** `queued`: false when the project has no published commit yet (its first promotion builds it). */
+  z.strictObject({ action: z.literal('rebuild'), id: EmbargoId, queued: z.boolean() }),
   z.strictObject({
     action: z.literal('artifacts'),
     id: EmbargoId,

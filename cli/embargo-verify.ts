@@ -15,7 +15,9 @@
 import { createHash } from 'node:crypto';
 import * as openpgp from 'openpgp';
 import { InvalidInputError, SignatureInvalidError } from '#shared/errors.js';
-import { parseSimpleSigningPayload, splitDockerReference } from '../trusted-builder/sign/simple-signing.js';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { lookasideDir, parseSimpleSigningPayload, splitDockerReference } from '../trusted-builder/sign/simple-signing.js';
 import type { EmbargoResult } from '../trusted-builder/embargo/wire.js';
 
 type Artifacts = Extract<EmbargoResult, { action: 'artifacts' }>;
@@ -33,6 +35,25 @@ export interface VerifiedImage {
   patches: string[];
   /** sha256 of each artifact as received. */
   files: { name: string; sha256: string }[];
+  /** Where `--lookaside` wrote the signature (for skopeo). */
+  lookaside?: string;
+}
+
+/**
+ * Write verified artifacts under `root` as containers/image reads a lookaside:
+ * `<repository>@sha256=<hex>/signature-1`, the provenance (and its `.asc`) next to it.
+ * Returns the signature's path.
+ */
+export async function writeVerifiedLookaside(a: Artifacts, root: string): Promise<string> {
+  const ref = splitDockerReference(a.build.reference);
+  if (!ref) throw new InvalidInputError([{ file: 'answer', path: 'build.reference', message: `not a full image reference: ${a.build.reference}`, severity: 'error' }]);
+  const dir = join(root, lookasideDir(ref.repository, a.build.digest));
+  await mkdir(dir, { recursive: true });
+  const bytes = (name: string): Buffer => Buffer.from(a.files.find((f) => f.name === name)!.base64, 'base64');
+  await writeFile(join(dir, 'provenance.json'), bytes('provenance.json'));
+  await writeFile(join(dir, 'provenance.json.asc'), bytes('provenance.json.asc'));
+  await writeFile(join(dir, 'signature-1'), bytes('image.signature'));
+  return join(dir, 'signature-1');
 }
 
 /** Read the builder's image signing public key (armored); an InvalidInputError naming `source` otherwise. */
@@ -121,6 +142,7 @@ export function formatVerified(v: VerifiedImage): string {
     `subject:    ${v.subject}`,
     `patches:    ${v.patches.join(' ')}`,
     ...v.files.map((f) => `artifact:   ${f.name} ${f.sha256}`),
+    ...(v.lookaside ? [`lookaside:  ${v.lookaside}`] : []),
     '',
   ].join('\n');
 }

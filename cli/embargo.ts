@@ -26,7 +26,7 @@ import type { EmbargoAsk, EmbargoResult } from '../trusted-builder/embargo/wire.
 import { errorFromAnswer, parseServerUrl } from './ci-client.js';
 import { withJsonErrors } from './ci.js';
 import { formatEmbargoResult } from './embargo-render.js';
-import { formatVerified, readSigningPublicKey, verifyArtifacts } from './embargo-verify.js';
+import { formatVerified, readSigningPublicKey, verifyArtifacts, writeVerifiedLookaside } from './embargo-verify.js';
 
 export const DEFAULT_BUILDER = 'http://127.0.0.1:8090';
 /** A submit carries up to a MiB of patch; the builder answers within seconds. */
@@ -78,13 +78,15 @@ export function registerEmbargoCommands(program: Command): void {
   );
   client(embargo.command('verify').description("check the embargo's last patched image: its signature and provenance, here, against the builder's signing key").argument('<id>', 'the embargo id (emb-…)'))
     .option('--signing-key <file>', "the builder's image signing public key, signing-key.pub.asc (env AIRLOCK_SIGNING_PUBLIC_KEY)", process.env.AIRLOCK_SIGNING_PUBLIC_KEY)
-    .action((id: string, f: EmbargoFlags & { signingKey?: string }) =>
+    .option('--lookaside <dir>', 'also write the verified signature and provenance there, laid out as a lookaside for skopeo (lookaside: file://DIR)')
+    .action((id: string, f: EmbargoFlags & { signingKey?: string; lookaside?: string }) =>
       withJsonErrors(f.json, async () => {
         if (!f.signingKey) throw missing('signing-key', "--signing-key FILE (or AIRLOCK_SIGNING_PUBLIC_KEY): the builder's image signing public key");
         const signingKey = await readSigningPublicKey(readText(f.signingKey, 'signing-key'), f.signingKey);
         const result = await embargoRequest({ action: 'artifacts', id }, f);
         if (result.action !== 'artifacts') throw new InternalError(`the builder answered ${result.action} to artifacts`);
         const verified = await verifyArtifacts(result, signingKey);
+        if (f.lookaside) verified.lookaside = await writeVerifiedLookaside(result, f.lookaside);
         process.stdout.write(f.json ? `${JSON.stringify(verified)}\n` : formatVerified(verified));
       }),
     );

@@ -169,8 +169,10 @@ describe('airlock embargo', () => {
     expect(ok, ok.stderr).toMatchObject({ code: 0 });
     expect(ok.stdout).toContain(`embargo ${id}: the patched image verifies\nimage:      ${reference}@${digest}\ncommit:     ${commit}\nsigned by:  ${signing.fingerprint.toUpperCase()}`);
     expect(ok.stdout).toContain(`patches:    ${patch}`);
-    const json = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc'), '--json'], alicePass);
-    expect(JSON.parse(json.stdout)).toMatchObject({ id, digest, reference, commit, subject: `127.0.0.1:5001/private/team/app@${digest}` });
+    const json = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc'), '--json', '--lookaside', join(dir, 'team-lookaside')], alicePass);
+    const signatureFile = join(dir, 'team-lookaside', `private/team/app@sha256=${'2'.repeat(64)}`, 'signature-1');
+    expect(JSON.parse(json.stdout)).toMatchObject({ id, digest, reference, commit, subject: `127.0.0.1:5001/private/team/app@${digest}`, lookaside: signatureFile });
+    expect(readFileSync(signatureFile)).toEqual(Buffer.from(await api.lane.store.artifact(id, 'image.signature')));
     // `show` lists the image and the three artifacts, digests in full.
     const show = await airlock(['show', id, ...key], alicePass);
     expect(show.stdout).toContain(`image:      ${reference}@${digest}`);

@@ -39,7 +39,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDocker } from '#shared/docker/client.js';
 import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
 import type { EmbargoResult } from '../../trusted-builder/embargo/wire.js';
-import { readSigningPublicKey, verifyArtifacts } from '../../cli/embargo-verify.js';
+import { readSigningPublicKey, verifyArtifacts, writeVerifiedLookaside } from '../../cli/embargo-verify.js';
 import { startBuilderService, type BuilderService } from '../../trusted-builder/service.js';
 import { builderRig } from '../support/builder-rig.js';
 import { startTestCi, type TestCi } from '../support/ci.js';
@@ -262,23 +262,26 @@ describe('embargoed patches: a private lane, and nothing of it in public (two ti
     const e1 = builder.embargo!.status(ids.e1);
     expect(e1.lastBuild?.commit).toBe(m1.commit);
 
+    // `airlock embargo verify`: the team gets the signature and provenance over the lane's API and
+    // checks them against the builder's signing key, without the private lookaside.
+    const artifacts = (await embargo({ action: 'artifacts', id: ids.e1 })) as Extract<EmbargoResult, { action: 'artifacts' }>;
+    const checked = await verifyArtifacts(artifacts, await readSigningPublicKey(builder.publicKey, 'signing-key.pub.asc'));
+    expect(checked).toMatchObject({ reference: `${embargoRegistry.url}/private/team/app:${m1.commit}`, digest: e1.lastBuild!.digest, commit: m1.commit });
+    expect(checked.files.map((f) => f.name)).toEqual(['image.signature', 'provenance.json', 'provenance.json.asc']);
+    // `verify --lookaside DIR` lays the signature out for skopeo: the team's pull below checks it from there.
+    const teamLookaside = join(dir, 'team-lookaside');
+    await writeVerifiedLookaside(artifacts, teamLookaside);
     // The patched image carries the fix and is signed (its signature in the private lookaside); the
     // security team pulls it from the lane's own registry with its own login.
     const team = embargoRegistry.logins['security-team']!;
     const privateRef = `${embargoRegistry.url}/private/team/app:${m1.commit}`;
-    const privateLayers = await pull(privateRef, `file://${join(dir, 'data', 'private-lookaside')}`, join(dir, 'pulled-private'), { url: embargoRegistry.url, login: team });
+    const privateLayers = await pull(privateRef, `file://${teamLookaside}`, join(dir, 'pulled-private'), { url: embargoRegistry.url, login: team });
     expect(hits(privateLayers)).toEqual(expect.arrayContaining([CANARY.file, CANARY.content]));
     expect(privateLayers.includes('version 1 (hardened)')).toBe(true);
     // The public image does not, and it is signed in the public lookaside as usual.
     const publicLayers = await pull(`${registry.url}/team/app:${m1.commit}`, `${builderUrl}/lookaside`, join(dir, 'pulled-public-1'));
     expect(publicLayers.includes('version 1\n')).toBe(true);
     expect(hits(publicLayers)).toEqual([]);
-    // `airlock embargo verify`: the team gets the signature and provenance over the lane's API and
-    // checks them against the builder's signing key, without the private lookaside.
-    const artifacts = (await embargo({ action: 'artifacts', id: ids.e1 })) as Extract<EmbargoResult, { action: 'artifacts' }>;
-    const checked = await verifyArtifacts(artifacts, await readSigningPublicKey(builder.publicKey, 'signing-key.pub.asc'));
-    expect(checked).toMatchObject({ reference: privateRef, digest: e1.lastBuild!.digest, commit: m1.commit });
-    expect(checked.files.map((f) => f.name)).toEqual(['image.signature', 'provenance.json', 'provenance.json.asc']);
     // The private image's signature is not served publicly.
     expect(files(join(dir, 'data', 'lookaside')).some((f) => f.path.includes('private'))).toBe(false);
 

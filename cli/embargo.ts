@@ -6,6 +6,9 @@
  *   airlock embargo show ID                                one embargo with its patch and breaks
  *   airlock embargo retire ID [--reason TEXT]              stop applying it (the fix is public)
  *   airlock embargo logs ID                                its private build log
+ *   airlock embargo replace ID --patch FILE                its patch replaced (a rebase), built again at once
+ *   airlock embargo rebuild ID                             its project built privately again now
+ *   airlock embargo verify ID --signing-key FILE           check its last patched image's signature and provenance
  *
  * Every command takes `--key FILE` (your armored private key, as `gpg --armor --export-secret-keys`
  * writes it; env AIRLOCK_EMBARGO_KEY; its passphrase only from env AIRLOCK_KEY_PASSPHRASE, never a
@@ -23,6 +26,7 @@ import type { EmbargoAsk, EmbargoResult } from '../trusted-builder/embargo/wire.
 import { errorFromAnswer, parseServerUrl } from './ci-client.js';
 import { withJsonErrors } from './ci.js';
 import { formatEmbargoResult } from './embargo-render.js';
+import { formatVerified, readSigningPublicKey, verifyArtifacts, writeVerifiedLookaside } from './embargo-verify.js';
 
 export const DEFAULT_BUILDER = 'http://127.0.0.1:8090';
 /** A submit carries up to a MiB of patch; the builder answers within seconds. */
@@ -66,6 +70,26 @@ export function registerEmbargoCommands(program: Command): void {
   client(embargo.command('retire').description('retire an embargo: its patch is no longer applied').argument('<id>', 'the embargo id (emb-…)'))
     .option('--reason <text>', 'why (e.g. "disclosed as CVE-…, fix merged")')
     .action((id: string, f: EmbargoFlags & { reason?: string }) => run(f, () => ({ action: 'retire', id, ...(f.reason ? { reason: f.reason } : {}) })));
+  client(embargo.command('replace').description("replace an active embargo's patch (e.g. its rebase after it broke): same id, built again at once").argument('<id>', 'the embargo id (emb-…)'))
+    .requiredOption('--patch <file>', 'the new fix as a unified diff')
+    .action((id: string, f: EmbargoFlags & { patch: string }) => run(f, () => ({ action: 'replace', id, patch: readText(f.patch, 'patch') })));
+  client(embargo.command('rebuild').description("build an active embargo's project privately again now, on its latest published commit").argument('<id>', 'the embargo id (emb-…)')).action(
+    (id: string, f: EmbargoFlags) => run(f, () => ({ action: 'rebuild', id })),
+  );
+  client(embargo.command('verify').description("check the embargo's last patched image: its signature and provenance, here, against the builder's signing key").argument('<id>', 'the embargo id (emb-…)'))
+    .option('--signing-key <file>', "the builder's image signing public key, signing-key.pub.asc (env AIRLOCK_SIGNING_PUBLIC_KEY)", process.env.AIRLOCK_SIGNING_PUBLIC_KEY)
+    .option('--lookaside <dir>', 'also write the verified signature and provenance there, laid out as a lookaside for skopeo (lookaside: file://DIR)')
+    .action((id: string, f: EmbargoFlags & { signingKey?: string; lookaside?: string }) =>
+      withJsonErrors(f.json, async () => {
+        if (!f.signingKey) throw missing('signing-key', "--signing-key FILE (or AIRLOCK_SIGNING_PUBLIC_KEY): the builder's image signing public key");
+        const signingKey = await readSigningPublicKey(readText(f.signingKey, 'signing-key'), f.signingKey);
+        const result = await embargoRequest({ action: 'artifacts', id }, f);
+        if (result.action !== 'artifacts') throw new InternalError(`the builder answered ${result.action} to artifacts`);
+        const verified = await verifyArtifacts(result, signingKey);
+        if (f.lookaside) verified.lookaside = await writeVerifiedLookaside(result, f.lookaside);
+        process.stdout.write(f.json ? `${JSON.stringify(verified)}\n` : formatVerified(verified));
+      }),
+    );
   client(embargo.command('logs').description("an embargo's private build log").argument('<id>', 'the embargo id (emb-…)')).action((id: string, f: EmbargoFlags) =>
     run(f, () => ({ action: 'logs', id })),
   );

@@ -212,6 +212,12 @@ export class ReviewRefusedError extends AirlockError {
   }
 }
 
+/** A signature or provenance does not verify, or vouches for something else than what it came with (the message says what differs). */
+export class SignatureInvalidError extends AirlockError {
+  readonly code = 'AIRLOCK_E_SIGNATURE_INVALID';
+  override readonly httpStatus = 422;
+}
+
 /** A bug or an unexpected failure inside airlock; the message names no internals beyond the cause's summary. */
 export class InternalError extends AirlockError {
   readonly code = 'AIRLOCK_E_INTERNAL';
@@ -243,6 +249,7 @@ export const ERROR_CLASSES = {
   ReviewUnavailableError,
   ReviewAuthFailedError,
   ReviewRefusedError,
+  SignatureInvalidError,
   InternalError,
 } as const;
 

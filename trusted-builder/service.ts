@@ -63,6 +63,8 @@ export interface BuilderService {
   readonly publicKey: string;
   /** The embargo store when the lane is on (its `publicKey` is what the security team encrypts to). */
   readonly embargo?: EmbargoStore;
+  /** The lane itself when it is on (`idle()`: its warnings sent). */
+  readonly embargoLane?: EmbargoLane;
   listen(): Promise<string>;
   close(): Promise<void>;
 }
@@ -162,6 +164,9 @@ export async function startBuilderService(
     // embargo lane's patched tree) is removed before anything runs again.
     await rm(paths.work, { recursive: true, force: true });
     await mkdir(paths.work, { recursive: true, mode: 0o700 });
+    // One notifier for the promoter's warnings (breaks, automatic retirements) and the lane's (a member's retirement).
+    const notifier = lane && config.embargoWebhook ? new WebhookNotifier({ url: config.embargoWebhook, signingKey: lane }) : undefined;
+    lane?.notifyWith(notifier);
     const promoter = new Promoter({
       docker,
       runner,
@@ -184,7 +189,7 @@ export async function startBuilderService(
             embargo: lane.store,
             privateLookasideDir: paths.privateLookaside,
             ...(embargoRegistry ? { embargoRegistryCredentials: embargoRegistry } : {}),
-            ...(config.embargoWebhook ? { notifier: new WebhookNotifier({ url: config.embargoWebhook, signingKey: lane }) } : {}),
+            ...(notifier ? { notifier } : {}),
           }
         : {}),
     });
@@ -221,7 +226,7 @@ export async function startBuilderService(
       auditFile: paths.audit,
       lookasideDir: paths.lookaside,
       publicKey: signingKey.publicArmored,
-      ...(lane ? { embargo: lane.store } : {}),
+      ...(lane ? { embargo: lane.store, embargoLane: lane } : {}),
       async listen() {
         return app.listen({ host: config.listen.host, port: config.listen.port });
       },

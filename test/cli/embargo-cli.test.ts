@@ -13,6 +13,10 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CANARY, CANARY_PATCH, canaryHits, makeBuilderKey, makeMember, type TestMember } from '../support/embargo.js';
 import { laneApi, type LaneApi } from '../support/embargo-lane.js';
+import { generateSigningKey } from '../../scripts/make-signing-key.js';
+import { provenanceStatement } from '../../trusted-builder/sign/provenance.js';
+import { loadSigningKey } from '../../trusted-builder/sign/signer.js';
+import { signImage, simpleSigningPayload } from '../../trusted-builder/sign/simple-signing.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(join(tmpdir(), 'airlock-embargo-cli-'));
@@ -130,6 +134,92 @@ describe('airlock embargo', () => {
     const notDiff = await airlock(['submit', '--project', CANARY.project, '--patch', badPatch, '--key', join(dir, 'alice.key.asc')], { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' });
     expect(notDiff.code).toBe(2);
     expect(notDiff.stderr).toMatch(/not a unified diff/);
+  });
+
+  it('verify: checks the last patched image’s signature and provenance with the signing key, full digests; refuses a mismatch or another key', async () => {
+    const alicePass = { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' };
+    const key = ['--key', join(dir, 'alice.key.asc')];
+    const submitted = await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'fix.patch'), ...key, '--json'], alicePass);
+    const { id, digest: patch } = JSON.parse(submitted.stdout) as { id: string; digest: string };
+    // What the private lane leaves (embargo-lane.ts): real signatures by a real signing key.
+    const signing = await loadSigningKey((await generateSigningKey({ name: 'airlock builder', email: 'b@airlock.invalid' })).privateArmored);
+    const other = await loadSigningKey((await generateSigningKey({ name: 'someone else', email: 'x@airlock.invalid' })).privateArmored);
+    writeFileSync(join(dir, 'signing.pub.asc'), signing.publicArmored);
+    writeFileSync(join(dir, 'other.pub.asc'), other.publicArmored);
+    const none = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc')], alicePass);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/has no patched image yet/);
+
+    const commit = '1'.repeat(40);
+    const digest = `sha256:${'2'.repeat(64)}`;
+    const reference = `127.0.0.1:5001/private/team/app:${commit}`;
+    const build = async (by: typeof signing, o: { digest?: string; patches?: string[] } = {}): Promise<void> => {
+      const now = new Date();
+      const statement = provenanceStatement({ subject: { name: '127.0.0.1:5001/private/team/app', digest: o.digest ?? digest }, builderId: 'https://airlock.invalid/builder', source: { repo: 'https://example.invalid/app.git', commit }, policyDigest: `sha256:${'3'.repeat(64)}`, baseImages: [], steps: [], startedOn: now, finishedOn: now, invocationId: 'i', patches: (o.patches ?? [patch]).map((d) => ({ digest: d })) });
+      const files: [string, Uint8Array][] = [
+        ['image.signature', await signImage(by, simpleSigningPayload({ dockerReference: reference, manifestDigest: digest, creator: 'airlock trusted-builder', timestamp: now }))],
+        ['provenance.json', statement],
+        ['provenance.json.asc', Buffer.from(await by.signDetached(statement))],
+      ];
+      for (const [name, bytes] of files) await api.lane.store.putArtifact(id, name, bytes);
+      await api.lane.store.recordBuild(id, { commit, reference, digest });
+    };
+    await build(signing);
+    const ok = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc')], alicePass);
+    expect(ok, ok.stderr).toMatchObject({ code: 0 });
+    expect(ok.stdout).toContain(`embargo ${id}: the patched image verifies\nimage:      ${reference}@${digest}\ncommit:     ${commit}\nsigned by:  ${signing.fingerprint.toUpperCase()}`);
+    expect(ok.stdout).toContain(`patches:    ${patch}`);
+    const json = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'signing.pub.asc'), '--json', '--lookaside', join(dir, 'team-lookaside')], alicePass);
+    const signatureFile = join(dir, 'team-lookaside', `private/team/app@sha256=${'2'.repeat(64)}`, 'signature-1');
+    expect(JSON.parse(json.stdout)).toMatchObject({ id, digest, reference, commit, subject: `127.0.0.1:5001/private/team/app@${digest}`, lookaside: signatureFile });
+    expect(readFileSync(signatureFile)).toEqual(Buffer.from(await api.lane.store.artifact(id, 'image.signature')));
+    // `show` lists the image and the three artifacts, digests in full.
+    const show = await airlock(['show', id, ...key], alicePass);
+    expect(show.stdout).toContain(`image:      ${reference}@${digest}`);
+    expect(show.stdout.match(/^artifact: +(image\.signature|provenance\.json|provenance\.json\.asc) \(\d+ bytes, sha256:[0-9a-f]{64}, /gm)).toHaveLength(3);
+
+    const refused = async (why: RegExp, signingKey = 'signing.pub.asc'): Promise<void> => {
+      const r = await airlock(['verify', id, ...key, '--signing-key', join(dir, signingKey)], alicePass);
+      expect(r.code, r.stdout).toBe(2);
+      expect(r.stderr).toMatch(/AIRLOCK_E_SIGNATURE_INVALID/);
+      expect(r.stderr).toMatch(why);
+    };
+    await refused(/the image signature does not verify with the signing key/, 'other.pub.asc');
+    await build(other);
+    await refused(/the image signature does not verify with the signing key/);
+    await build(signing, { digest: `sha256:${'4'.repeat(64)}` });
+    await refused(/the provenance's subject digest is sha256:4{64}, not the image's sha256:2{64}/);
+    await build(signing, { patches: [`sha256:${'5'.repeat(64)}`] });
+    await refused(/does not list this embargo's patch/);
+    const priv = await airlock(['verify', id, ...key, '--signing-key', join(dir, 'alice.key.asc')], alicePass);
+    expect(priv.stderr).toMatch(/is a private key: pass the builder's public signing key/);
+  });
+
+  it('replace and rebuild: the rebase under the same id, a build queued; refused for a retired embargo or the same patch', async () => {
+    const alicePass = { AIRLOCK_KEY_PASSPHRASE: 'alice-pass' };
+    const key = ['--key', join(dir, 'alice.key.asc')];
+    const patch = CANARY_PATCH.replace('return 0;', 'return 1;');
+    writeFileSync(join(dir, 'v1.patch'), patch);
+    writeFileSync(join(dir, 'v2.patch'), patch.replace('return 1;', 'return 2;'));
+    const { id, digest } = JSON.parse((await airlock(['submit', '--project', CANARY.project, '--patch', join(dir, 'v1.patch'), ...key, '--json'], alicePass)).stdout) as { id: string; digest: string };
+    api.built.length = 0;
+    const replaced = await airlock(['replace', id, '--patch', join(dir, 'v2.patch'), ...key], alicePass);
+    expect(replaced, replaced.stderr).toMatchObject({ code: 0 });
+    expect(replaced.stdout).toMatch(new RegExp(`^${id} now carries sha256:[0-9a-f]{64} \\(was ${digest}\\): a private build is queued\n$`));
+    const same = await airlock(['replace', id, '--patch', join(dir, 'v2.patch'), ...key], alicePass);
+    expect(same.code).toBe(2);
+    expect(same.stderr).toMatch(/AIRLOCK_E_CONFLICT: .*nothing to replace/);
+    const rebuilt = await airlock(['rebuild', id, ...key], alicePass);
+    expect(rebuilt.stdout).toBe(`${id}: a private build of its project's latest published commit is queued (airlock embargo list shows how it went)\n`);
+    expect((await airlock(['show', id, ...key], alicePass)).stdout).toMatch(new RegExp(`^replaced: +\\S+ by alice: was ${digest}$`, 'm'));
+    // A member's retirement queues a build too (the others of the project may apply again).
+    await airlock(['retire', id, ...key], alicePass);
+    expect(api.built).toEqual([CANARY.project, CANARY.project, CANARY.project]);
+    const late = await airlock(['rebuild', id, ...key], alicePass);
+    expect(late.code).toBe(2);
+    expect(late.stderr).toMatch(/is retired: nothing of it is built any more/);
+    const retiredReplace = await airlock(['replace', id, '--patch', join(dir, 'v1.patch'), ...key], alicePass);
+    expect(retiredReplace.stderr).toMatch(/is retired: submit the new patch with airlock embargo submit/);
   });
 
   it('leaves nothing of the canary in the builder’s audit log or log lines', () => {

@@ -34,6 +34,7 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   ReviewUnavailableError: () => new ERROR_CLASSES.ReviewUnavailableError('the review system at https://review.example.org answered 503 to POST /changes/x/submit'),
   ReviewAuthFailedError: () => new ERROR_CLASSES.ReviewAuthFailedError('the review system refused airlock\'s credentials (401)'),
   ReviewRefusedError: () => new ERROR_CLASSES.ReviewRefusedError(409, 'the review system refused POST /changes/x/submit (409): change is closed'),
+  SignatureInvalidError: () => new ERROR_CLASSES.SignatureInvalidError('the image signature is for sha256:…, not sha256:…'),
   InternalError: () => new ERROR_CLASSES.InternalError('internal error'),
 };
 

@@ -11,6 +11,7 @@ import { pino } from 'pino';
 import { buildBuilderApi } from '../../trusted-builder/api/app.js';
 import { AuditLog } from '../../trusted-builder/audit/audit-log.js';
 import { openEmbargoLane, type EmbargoLane } from '../../trusted-builder/embargo/lane.js';
+import { WebhookNotifier } from '../../trusted-builder/notify/webhook.js';
 import { writeTeam, type TestMember } from './embargo.js';
 
 export interface LaneApi {
@@ -19,11 +20,13 @@ export interface LaneApi {
   auditFile: string;
   /** Every line the builder logged. */
   logs: string[];
+  /** The projects the lane asked the promoter to build privately (in order); the stand-in says each was queued. */
+  built: string[];
   close(): Promise<void>;
 }
 
 /** Open the lane on `dir` (again: a restart keeps the store and the nonces). */
-export async function laneApi(dir: string, o: { builderArmored: string; members: readonly TestMember[]; projects?: readonly string[] }): Promise<LaneApi> {
+export async function laneApi(dir: string, o: { builderArmored: string; members: readonly TestMember[]; projects?: readonly string[]; webhook?: string }): Promise<LaneApi> {
   mkdirSync(dir, { recursive: true });
   const logs: string[] = [];
   const logger = pino({ level: 'debug' }, new Writable({ write: (chunk: Buffer, _enc, done) => (logs.push(chunk.toString('utf8')), done()) }));
@@ -39,12 +42,17 @@ export async function laneApi(dir: string, o: { builderArmored: string; members:
     logger,
     ...(known ? { knownProject: (p: string) => known.includes(p) } : {}),
   });
+  // As the service does: the lane's own warnings (a member's retirement) go to the webhook, signed by the embargo key.
+  const built: string[] = [];
+  lane.onSubmitted((project) => (built.push(project), true));
+  if (o.webhook) lane.notifyWith(new WebhookNotifier({ url: o.webhook, signingKey: lane, baseDelayMs: 10 }));
   const app = await buildBuilderApi({ logger, audit, hintSecret: Buffer.from('hint secret'), promoter: { accept: () => ({ queued: false }) }, lookasideDir: join(dir, 'lookaside'), embargo: lane });
   return {
     app,
     lane,
     auditFile,
     logs,
+    built,
     async close() {
       await app.close();
       await lane.close();

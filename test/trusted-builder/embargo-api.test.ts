@@ -6,6 +6,8 @@
  * canary in no HTTP body, audit record or log line.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
@@ -14,6 +16,7 @@ import { createLogger } from '#shared/logging.js';
 import { buildBuilderApi } from '../../trusted-builder/api/app.js';
 import { AuditLog, verifyAuditLog } from '../../trusted-builder/audit/audit-log.js';
 import { EMBARGO_REFUSED_MESSAGE } from '../../trusted-builder/embargo/lane.js';
+import { WARNING_NOTICE } from '../../trusted-builder/notify/webhook.js';
 import { makeRequest, openResponse } from '../../trusted-builder/embargo/request.js';
 import { EMBARGO_REQUEST_WINDOW_MS, MAX_EMBARGO_REQUEST_BYTES, type EmbargoAsk, type EmbargoResponse } from '../../trusted-builder/embargo/wire.js';
 import { CANARY, CANARY_PATCH, canaryHits, makeBuilderKey, makeMember, type TestMember } from '../support/embargo.js';
@@ -58,7 +61,15 @@ describe('POST /v1/embargo', () => {
   });
 
   it('submit → list → show → logs → retire for members, answered sealed; the canary appears in no body, audit record or log line', async () => {
-    const api = await open();
+    // A member's retirement warns the team (opaque, signed) as the builder's own retirements do.
+    const hooked: string[] = [];
+    const hook = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => (hooked.push(Buffer.concat(chunks).toString('utf8')), res.writeHead(204).end()));
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+    const api = await laneApi(join(root, `case-${++n}`), { builderArmored, members: [alice, bob], projects: [CANARY.project], webhook: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/warn` });
     const submitted = await send(api, alice, { action: 'submit', project: CANARY.project, patch: CANARY_PATCH });
     expect(submitted.status).toBe(200);
     expect(submitted.body).toMatch(/^-----BEGIN PGP MESSAGE-----/);
@@ -79,9 +90,13 @@ describe('POST /v1/embargo', () => {
     expect(await api.lane.store.active(CANARY.project)).toEqual([]);
 
     for (const r of [submitted, list, show, logs, retired]) expect(canaryHits(r.body)).toEqual([]);
-    expect(canaryHits(readFileSync(api.auditFile))).toEqual([]);
     expect(canaryHits(api.logs.join(''))).toEqual([]);
-    expect(records(api).map((r) => [r.event, r.action, r.by, r.embargo])).toEqual([
+    await api.close(); // waits for the warning
+    hook.close();
+    expect(hooked.map((b) => JSON.parse(b) as unknown)).toEqual([{ version: 2, event: 'embargo-changed', notice: WARNING_NOTICE, at: expect.any(String), nonce: expect.any(String) }]);
+    expect(records(api).filter((r) => r.event === 'warned')).toEqual([expect.objectContaining({ embargo: id, delivered: true, attempts: 1 })]);
+    expect(canaryHits(readFileSync(api.auditFile))).toEqual([]);
+    expect(records(api).filter((r) => r.event !== 'warned').map((r) => [r.event, r.action, r.by, r.embargo])).toEqual([
       ['lane-open', undefined, undefined, undefined],
       ['submitted', undefined, 'alice', id],
       ['request', 'submit', 'alice', id],
@@ -92,7 +107,6 @@ describe('POST /v1/embargo', () => {
       ['request', 'retire', 'bob', id],
     ]);
     expect(await verifyAuditLog(api.auditFile)).toMatchObject({ ok: true });
-    await api.close();
   });
 
   it('answers what goes wrong after admission inside the sealed answer: an unknown id, a project not in policy, a patch that is not a diff', async () => {

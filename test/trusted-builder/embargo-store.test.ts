@@ -50,7 +50,7 @@ describe('embargo store', () => {
     expect(await s.active(CANARY.project)).toEqual([{ id: sub.id, project: CANARY.project, patch: CANARY_PATCH, digest: sub.digest, submittedBy: 'alice', submittedAt: expect.any(String) }]);
     expect(s.list().map((e) => e.id)).toEqual([sub.id, other.id]);
     expect(s.list({ project: 'other/project' }).map((e) => e.id)).toEqual([other.id]);
-    expect(s.status(sub.id)).toEqual({ id: sub.id, state: 'active', broken: false });
+    expect(s.status(sub.id)).toEqual({ id: sub.id, project: CANARY.project, state: 'active', broken: false });
 
     await s.recordBreak(sub.id, { commit: COMMIT, reason: 'does not apply' });
     expect(s.status(sub.id)).toMatchObject({ broken: true, lastBreak: { commit: COMMIT, reason: 'does not apply' } });
@@ -81,6 +81,28 @@ describe('embargo store', () => {
     expect(await again.logs(sub.id)).toContain(CANARY.content);
     await expect(again.get('emb-0000000000000000')).rejects.toMatchObject({ code: 'AIRLOCK_E_NOT_FOUND' });
     await expect(again.submit('a/b', 'not a diff', 'alice')).rejects.toMatchObject({ code: 'AIRLOCK_E_INVALID_INPUT' });
+  });
+
+  it('replaces an active patch in place (same id, old digest kept, old file gone); refuses a retired one, the same patch, a twin', async () => {
+    const f = await fixture();
+    const s = f.store;
+    const sub = await s.submit(CANARY.project, CANARY_PATCH, 'alice');
+    const twin = await s.submit(CANARY.project, OTHER_PATCH, 'alice');
+    const rebased = CANARY_PATCH.replace('return 0;', 'return 0; ');
+    await s.recordBreak(sub.id, { commit: COMMIT, step: 'apply', reason: 'apply: does not apply' });
+    const filesBefore = sealedFiles(f.dir).length;
+    expect(await s.replacePatch(sub.id, rebased, 'bob')).toEqual({ digest: patchDigest(rebased), previous: sub.digest });
+    expect(sealedFiles(f.dir)).toHaveLength(filesBefore); // one new patch file, the old one removed
+    expect(await s.get(sub.id)).toMatchObject({ id: sub.id, state: 'active', digest: patchDigest(rebased), patch: rebased, submittedBy: 'alice', replaced: [{ by: 'bob', digest: sub.digest }], breaks: [{ step: 'apply' }] });
+    expect((await s.active(CANARY.project)).map((x) => x.digest)).toEqual([patchDigest(rebased), twin.digest]);
+    await expect(s.replacePatch(sub.id, rebased, 'bob')).rejects.toThrow(/already embargo emb-[0-9a-f]{16}'s .*nothing to replace/);
+    await expect(s.replacePatch(sub.id, OTHER_PATCH, 'bob')).rejects.toThrow(new RegExp(`already embargoed as ${twin.id}`));
+    await s.retire(sub.id, 'public', 'bob');
+    await expect(s.replacePatch(sub.id, CANARY_PATCH, 'bob')).rejects.toMatchObject({ code: 'AIRLOCK_E_CONFLICT', message: expect.stringMatching(/is retired: submit the new patch/) });
+    const audit = readFileSync(f.auditFile, 'utf8');
+    expect(audit).toContain(`"event":"replaced","embargo":"${sub.id}","digest":"${patchDigest(rebased)}","previous":"${sub.digest}","by":"bob"`);
+    await s.close();
+    expect(await (await f.openStore()).get(sub.id)).toMatchObject({ patch: rebased });
   });
 
   it('keeps nothing in clear: no canary string in any at-rest file name or byte, nor in the audit log (which names only ids and digests)', async () => {

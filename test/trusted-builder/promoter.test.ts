@@ -82,6 +82,7 @@ class MemoryEmbargo implements EmbargoPort {
   readonly logs = new Map<string, string>();
   readonly breaks: { id: string; commit: string; reason: string }[] = [];
   readonly builds: { id: string; reference: string }[] = [];
+  readonly artifacts = new Map<string, Buffer>();
   constructor(readonly patches: { id: string; patch: string; digest: string }[]) {}
   async active(): Promise<readonly { id: string; patch: string; digest: string }[]> {
     return this.patches;
@@ -99,6 +100,10 @@ class MemoryEmbargo implements EmbargoPort {
   }
   async recordBuild(id: string, b: { commit: string; reference: string; digest: string }): Promise<unknown> {
     this.builds.push({ id, reference: b.reference });
+    return undefined;
+  }
+  async putArtifact(id: string, name: string, bytes: Uint8Array): Promise<unknown> {
+    this.artifacts.set(`${id} ${name}`, Buffer.from(bytes));
     return undefined;
   }
 }
@@ -382,6 +387,9 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
     expect(statement).toContain('"step-0"');
     expect(statement).toContain('embargoedPatches');
     expect(statement).not.toContain('test:unit');
+    // …and the embargo keeps copies of the signature and provenance (airlock embargo show / verify).
+    expect([...embargo.artifacts.keys()]).toEqual(['E1 image.signature', 'E1 provenance.json', 'E1 provenance.json.asc']);
+    expect(embargo.artifacts.get('E1 provenance.json')!.toString('utf8')).toBe(statement);
     // The provenance's subject and the image signature's docker reference name the registry pushed to.
     expect(JSON.parse(statement)).toMatchObject({ subject: [{ name: `${EMBARGO_REGISTRY}/private/${IMAGE}` }] });
     const [signature] = readdirSync(r.privateLookasideDir, { recursive: true }).map(String).filter((f) => /signature-\d+$/.test(f));
@@ -401,7 +409,8 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
     expect(r.promoter.result(PROJECT, commit)).toMatchObject({ state: 'published' });
     expect(r.stages().slice(PUBLIC_STAGES.length)).toEqual(['config', 'environment', 'tests']);
     expect(embargo.builds).toEqual([]);
-    expect(embargo.breaks).toEqual([{ id: 'E2', commit, reason: 'tests: tests' }]);
+    expect(embargo.breaks).toEqual([{ id: 'E2', commit, step: 'tests', reason: 'tests: tests' }]);
+    expect(embargo.artifacts.size).toBe(0);
     expect(r.records().filter((x) => x.kind === 'embargo')).toEqual([expect.objectContaining({ event: 'warned', embargo: 'E2', delivered: false, error: 'no notifier configured' })]);
     // No public audit record of the private lane's tests.
     expect(r.records().filter((x) => x.kind === 'tests-failed')).toEqual([]);

@@ -1,6 +1,6 @@
 /**
- * The embargo break warning webhook against a real HTTP server on 127.0.0.1: the body names only
- * the embargo id, the commit and the step; its signature verifies with the real gpg and the
+ * The embargo warning webhook against a real HTTP server on 127.0.0.1: the body is an opaque notice
+ * (no embargo id, commit or step) with a time and a nonce; its signature verifies with the real gpg and the
  * builder's public key (and fails on a changed body); 5xx is retried, 4xx is not.
  */
 import { execFile } from 'node:child_process';
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SIGNATURE_HEADER, WebhookNotifier } from '../../trusted-builder/notify/webhook.js';
+import { SIGNATURE_HEADER, WARNING_NOTICE, WebhookNotifier } from '../../trusted-builder/notify/webhook.js';
 import { loadSigningKey, type SigningKey } from '../../trusted-builder/sign/signer.js';
 import { generateSigningKey } from '../../scripts/make-signing-key.js';
 
@@ -47,31 +47,33 @@ describe('embargo break warnings (webhook, signed)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('posts only id, commit and step, signed; gpg verifies it and refuses a changed body', async () => {
+  it('posts only the opaque notice, a time and a nonce, signed; gpg verifies it and refuses a changed body', async () => {
     got.length = 0;
-    const r = await new WebhookNotifier({ url, signingKey: key }).warn({ embargo: 'emb-1', commit: 'a'.repeat(40), step: 'apply' });
+    const r = await new WebhookNotifier({ url, signingKey: key }).warn();
     expect(r).toEqual({ delivered: true, attempts: 1 });
     const { body, signature } = got[0]!;
-    expect(Object.keys(JSON.parse(body.toString()) as object).sort()).toEqual(['at', 'commit', 'embargo', 'event', 'step', 'version']);
+    const parsed = JSON.parse(body.toString()) as Record<string, unknown>;
+    expect(parsed).toEqual({ version: 2, event: 'embargo-changed', notice: WARNING_NOTICE, at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/), nonce: expect.stringMatching(/^[0-9a-f]{32}$/) });
+    expect(WARNING_NOTICE).toBe('something changed: run `airlock embargo list`');
     writeFileSync(join(dir, 'body'), body);
     writeFileSync(join(dir, 'body.asc'), Buffer.from(signature, 'base64'));
     const ok = await run('gpg', ['--homedir', dir, '--batch', '--status-fd', '1', '--verify', join(dir, 'body.asc'), join(dir, 'body')]);
     expect(ok.stdout).toMatch(/VALIDSIG/);
-    writeFileSync(join(dir, 'body'), body.toString().replace('apply', 'tests'));
+    writeFileSync(join(dir, 'body'), body.toString().replace('something', 'nothing'));
     await expect(run('gpg', ['--homedir', dir, '--batch', '--verify', join(dir, 'body.asc'), join(dir, 'body')])).rejects.toThrow(/BAD signature/);
   });
 
   it('retries 503 and 429 with backoff, gives up on 400 at once, and reports an unreachable hook without throwing', async () => {
     got.length = 0;
     answers.push(503, 429, 204);
-    expect(await new WebhookNotifier({ url, signingKey: key, baseDelayMs: 1 }).warn({ embargo: 'e', commit: 'b'.repeat(40), step: 'tests' })).toEqual({ delivered: true, attempts: 3 });
+    expect(await new WebhookNotifier({ url, signingKey: key, baseDelayMs: 1 }).warn()).toEqual({ delivered: true, attempts: 3 });
     answers.push(400);
-    expect(await new WebhookNotifier({ url, signingKey: key, baseDelayMs: 1 }).warn({ embargo: 'e', commit: 'b'.repeat(40), step: 'tests' })).toEqual({ delivered: false, attempts: 1, error: 'HTTP 400' });
+    expect(await new WebhookNotifier({ url, signingKey: key, baseDelayMs: 1 }).warn()).toEqual({ delivered: false, attempts: 1, error: 'HTTP 400' });
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as AddressInfo).port;
     await new Promise((r) => closed.close(r));
-    const down = await new WebhookNotifier({ url: `http://127.0.0.1:${port}/x`, signingKey: key, baseDelayMs: 1, attempts: 2 }).warn({ embargo: 'e', commit: 'b'.repeat(40), step: 'build' });
+    const down = await new WebhookNotifier({ url: `http://127.0.0.1:${port}/x`, signingKey: key, baseDelayMs: 1, attempts: 2 }).warn();
     expect(down).toMatchObject({ delivered: false, attempts: 2, error: 'ECONNREFUSED' });
   });
 

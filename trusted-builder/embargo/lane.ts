@@ -15,15 +15,16 @@
  */
 import { join } from 'node:path';
 import * as openpgp from 'openpgp';
-import { InvalidInputError, isAirlockError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
+import { ConflictError, InvalidInputError, isAirlockError, NotFoundError, PolicyInvalidError, UnauthorizedError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
+import type { EmbargoNotifier } from '../notify/webhook.js';
 import { loadEmbargoKey, type EmbargoKey } from './embargo-key.js';
 import { NonceStore } from './nonce-store.js';
 import { openRequest, sealResponse } from './request.js';
 import { EmbargoStore } from './store.js';
 import { loadSecurityTeam, type SecurityTeam, type TeamMember } from './team.js';
-import { EMBARGO_WIRE_VERSION, MAX_LOG_ANSWER_BYTES, type EmbargoRequest, type EmbargoResponse, type EmbargoResult } from './wire.js';
+import { EMBARGO_WIRE_VERSION, MAX_LOG_ANSWER_BYTES, PRIVATE_ARTIFACTS, type EmbargoRequest, type EmbargoResponse, type EmbargoResult } from './wire.js';
 
 /** The one message a refused request gets, whatever the reason. */
 export const EMBARGO_REFUSED_MESSAGE = 'embargo request refused';
@@ -41,13 +42,25 @@ export interface EmbargoLaneDeps {
 }
 
 export class EmbargoLane {
-  private submitted: ((project: string) => void) | undefined;
+  private submitted: ((project: string) => boolean) | undefined;
+  private notifier: EmbargoNotifier | undefined;
+  /** Warnings under way (a member's retirement is answered without waiting for the webhook). */
+  private readonly warnings = new Set<Promise<void>>();
 
   constructor(private readonly d: EmbargoLaneDeps) {}
 
-  /** Called with the project after each new submission (the promoter then builds it at once). */
-  onSubmitted(fn: (project: string) => void): void {
+  /**
+   * Called with the project whenever its set of active patches changed (a submission, a
+   * replacement, a member's retirement) or a member asked for a rebuild: the promoter then builds
+   * it privately at once, on its latest published commit (false: it has none yet).
+   */
+  onSubmitted(fn: (project: string) => boolean): void {
     this.submitted = fn;
+  }
+
+  /** Where warnings go (the builder's `embargoWebhook`): a member's retirement warns as the builder's own does. */
+  notifyWith(notifier: EmbargoNotifier | undefined): void {
+    this.notifier = notifier;
   }
 
   get store(): EmbargoStore {
@@ -117,8 +130,33 @@ export class EmbargoLane {
         return { action: 'list', embargoes: store.list(r.project === undefined ? {} : { project: r.project }) };
       case 'show':
         return { action: 'show', embargo: await store.get(r.id) };
-      case 'retire':
-        return { action: 'retire', embargo: await store.retire(r.id, r.reason ?? `retired by ${member.name}`, member.name) };
+      case 'retire': {
+        const was = store.status(r.id).state;
+        const embargo = await store.retire(r.id, r.reason ?? `retired by ${member.name}`, member.name);
+        if (was === 'active') {
+          this.warn(r.id);
+          // The others of its project: without it they may apply again (it may have blocked them).
+          this.submitted?.(embargo.project);
+        }
+        return { action: 'retire', embargo };
+      }
+      case 'artifacts': {
+        const e = store.status(r.id);
+        if (!e.lastBuild) throw new NotFoundError(`embargo ${r.id} has no patched image yet (airlock embargo list says why)`);
+        const files = [];
+        for (const name of PRIVATE_ARTIFACTS) files.push({ name, base64: Buffer.from(await store.artifact(r.id, name)).toString('base64') });
+        return { action: 'artifacts', id: r.id, digest: store.list().find((x) => x.id === r.id)!.digest, build: e.lastBuild, files };
+      }
+      case 'replace': {
+        const done = await store.replacePatch(r.id, r.patch, member.name);
+        const queued = this.submitted?.(store.status(r.id).project) ?? false;
+        return { action: 'replace', id: r.id, ...done, queued };
+      }
+      case 'rebuild': {
+        const e = store.status(r.id);
+        if (e.state !== 'active') throw new ConflictError(`embargo ${r.id} is retired: nothing of it is built any more (submit its patch again to embargo it anew)`);
+        return { action: 'rebuild', id: r.id, queued: this.submitted?.(e.project) ?? false };
+      }
       case 'logs': {
         const all = Buffer.from(await store.logs(r.id), 'utf8');
         const truncated = all.length > MAX_LOG_ANSWER_BYTES;
@@ -127,15 +165,32 @@ export class EmbargoLane {
     }
   }
 
-  /** Waits for the store's pending operations, then closes the nonce table. */
+  /** An opaque warning (webhook.ts), audited with the embargo's id like the promoter's; in the background. */
+  private warn(embargo: string): void {
+    const p = (async () => {
+      const sent = (await this.notifier?.warn()) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+      await this.d.audit.append('embargo', { event: 'warned', embargo, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
+    })()
+      .catch((err: unknown) => this.d.logger.error({ err, embargo }, 'cannot record an embargo warning'))
+      .finally(() => this.warnings.delete(p));
+    this.warnings.add(p);
+  }
+
+  /** Resolves when the warnings under way were sent (or given up) and audited. */
+  async idle(): Promise<void> {
+    while (this.warnings.size > 0) await Promise.all(this.warnings);
+  }
+
+  /** Waits for the warnings under way and the store's pending operations, then closes the nonce table. */
   async close(): Promise<void> {
+    await Promise.all(this.warnings);
     await this.d.store.close();
     this.d.nonces.close();
   }
 }
 
 function embargoOf(r: EmbargoResult): string | undefined {
-  if (r.action === 'submit' || r.action === 'logs') return r.id;
+  if (r.action === 'submit' || r.action === 'logs' || r.action === 'artifacts' || r.action === 'replace' || r.action === 'rebuild') return r.id;
   if (r.action === 'show' || r.action === 'retire') return r.embargo.id;
   return undefined;
 }

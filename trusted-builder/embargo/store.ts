@@ -19,14 +19,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { NotFoundError, PayloadTooLargeError, StorageFailedError } from '#shared/errors.js';
+import { ConflictError, NotFoundError, PayloadTooLargeError, StorageFailedError } from '#shared/errors.js';
 import { ProjectName } from '#shared/schemas/events/trigger.js';
 import { parseOrThrow } from '#shared/schemas/issues.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { EmbargoKey } from './embargo-key.js';
 import { SealedFiles } from './sealed-files.js';
 import type { SecurityTeam } from './team.js';
-import { ArtifactInfo, BreakInfo, BuildInfo, EmbargoSummary, PatchText, RetiredInfo, type EmbargoDetail, type EmbargoState } from './wire.js';
+import { ArtifactInfo, BreakInfo, BuildInfo, EmbargoSummary, PatchText, ReplacedInfo, RetiredInfo, type BreakStep, type EmbargoDetail, type EmbargoState } from './wire.js';
 
 /** Breaks kept per embargo (the newest). */
 const MAX_BREAKS = 50;
@@ -45,6 +45,7 @@ const Entry = EmbargoSummary.omit({ lastBreak: true, lastBuild: true }).extend({
   build: BuildInfo.optional(),
   logs: z.array(z.strictObject({ file: FileName, bytes: z.number().int().min(0) })),
   artifacts: z.array(ArtifactInfo.extend({ file: FileName })),
+  replaced: z.array(ReplacedInfo).optional(),
 });
 type Entry = z.infer<typeof Entry>;
 const Index = z.strictObject({ version: z.literal(1), recipients: z.array(z.string()), embargoes: z.array(Entry) });
@@ -62,6 +63,7 @@ export interface ActiveEmbargo {
 
 export interface EmbargoStatus {
   id: string;
+  project: string;
   state: EmbargoState;
   /** The last break is newer than the last patched image (or there is no patched image yet). */
   broken: boolean;
@@ -159,7 +161,7 @@ export class EmbargoStore {
   get(id: string): Promise<EmbargoDetail> {
     return this.serial(async () => {
       const e = this.entry(id);
-      return { ...summaryOf(e), patch: await this.patchOf(e), breaks: e.breaks, artifacts: e.artifacts.map(({ file: _f, ...a }) => a), logBytes: e.logs.reduce((n, l) => n + l.bytes, 0) };
+      return { ...summaryOf(e), patch: await this.patchOf(e), breaks: e.breaks, artifacts: e.artifacts.map(({ file: _f, ...a }) => a), ...(e.replaced ? { replaced: e.replaced } : {}), logBytes: e.logs.reduce((n, l) => n + l.bytes, 0) };
     });
   }
 
@@ -167,7 +169,7 @@ export class EmbargoStore {
     const e = this.entry(id);
     const lastBreak = e.breaks.at(-1);
     const broken = lastBreak !== undefined && (e.build === undefined || lastBreak.at >= e.build.at);
-    return { id, state: e.state, broken, ...(lastBreak ? { lastBreak } : {}), ...(e.build ? { lastBuild: e.build } : {}), ...(e.retired ? { retired: e.retired } : {}) };
+    return { id, project: e.project, state: e.state, broken, ...(lastBreak ? { lastBreak } : {}), ...(e.build ? { lastBuild: e.build } : {}), ...(e.retired ? { retired: e.retired } : {}) };
   }
 
   /** Retire an embargo (a member, or the builder when the public history has the fix). Idempotent. */
@@ -183,11 +185,36 @@ export class EmbargoStore {
     });
   }
 
-  /** A public commit the patch does not apply to, or whose patched tests fail. */
-  recordBreak(id: string, b: { commit: string; reason: string }): Promise<void> {
+  /**
+   * Replace an active embargo's patch (a rebase after it broke): same id, project, submitter and
+   * log; the new patch is applied from the next private build on, the old digest is kept in
+   * `replaced`. Refused (ConflictError, saying what to do) for a retired embargo, the same patch,
+   * or a patch another active embargo of the project already carries.
+   */
+  replacePatch(id: string, patch: string, by: string): Promise<{ digest: string; previous: string }> {
+    parseOrThrow(PatchText, patch, 'patch');
     return this.serial(async () => {
       const e = this.entry(id);
-      const entry = parseOrThrow(BreakInfo, { at: this.time(), commit: b.commit, reason: b.reason }, 'break');
+      const digest = patchDigest(patch);
+      if (e.state !== 'active') throw new ConflictError(`embargo ${id} is retired: submit the new patch with airlock embargo submit`);
+      if (digest === e.digest) throw new ConflictError(`that patch is already embargo ${id}'s (${digest}): nothing to replace`);
+      const twin = this.index.embargoes.find((x) => x.id !== id && x.project === e.project && x.digest === digest && x.state === 'active');
+      if (twin) throw new ConflictError(`that patch is already embargoed as ${twin.id}: retire one of the two instead`);
+      const patchFile = SealedFiles.newName();
+      await this.files.write(patchFile, Buffer.from(patch, 'utf8'));
+      const replaced = [...(e.replaced ?? []), parseOrThrow(ReplacedInfo, { at: this.time(), by, digest: e.digest }, 'replacement')].slice(-MAX_BREAKS);
+      await this.commit(this.replace({ ...e, digest, patchFile, replaced }));
+      await this.files.remove(e.patchFile);
+      await this.o.audit.append('embargo', { event: 'replaced', embargo: id, digest, previous: e.digest, by });
+      return { digest, previous: e.digest };
+    });
+  }
+
+  /** A public commit the patch does not apply to, or whose patched tests fail. */
+  recordBreak(id: string, b: { commit: string; step?: BreakStep; reason: string }): Promise<void> {
+    return this.serial(async () => {
+      const e = this.entry(id);
+      const entry = parseOrThrow(BreakInfo, { at: this.time(), commit: b.commit, ...(b.step ? { step: b.step } : {}), reason: b.reason }, 'break');
       await this.commit(this.replace({ ...e, breaks: [...e.breaks, entry].slice(-MAX_BREAKS) }));
       await this.o.audit.append('embargo', { event: 'break', embargo: id, digest: e.digest });
     });

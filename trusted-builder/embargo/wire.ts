@@ -5,8 +5,9 @@
  * Request: `POST /v1/embargo`, body = one ASCII-armored OpenPGP message, encrypted to the builder's
  * embargo key and signed (inside the encryption) by exactly one security team member. Its literal
  * data is UTF-8 JSON, an `EmbargoRequest`: `{version: 1, action, issuedAt, nonce, …}` with the
- * fields its action needs (`submit`: project + patch; `list`: project?; `show`/`logs`: id;
- * `retire`: id + reason?). `issuedAt` must be within ±5 minutes of the builder's clock, and a
+ * fields its action needs (`submit`: project + patch; `list`: project?; `show`/`logs`/`artifacts`:
+ * id; `retire`: id + reason?; `replace`: id + patch; `rebuild`: id). `artifacts` answers the last patched image's signature and
+ * provenance (what `airlock embargo verify` checks). `issuedAt` must be within ±5 minutes of the builder's clock, and a
  * member's `nonce` is accepted once.
  *
  * Answer to an authenticated request: 200, `application/pgp-encrypted`, one armored OpenPGP
@@ -62,6 +63,9 @@ export const EmbargoRequest = z.discriminatedUnion('action', [
   z.strictObject({ ...RequestBase, action: z.literal('show'), id: EmbargoId }),
   z.strictObject({ ...RequestBase, action: z.literal('retire'), id: EmbargoId, reason: Reason.optional() }),
   z.strictObject({ ...RequestBase, action: z.literal('logs'), id: EmbargoId }),
+  z.strictObject({ ...RequestBase, action: z.literal('artifacts'), id: EmbargoId }),
+  z.strictObject({ ...RequestBase, action: z.literal('replace'), id: EmbargoId, patch: PatchText }),
+  z.strictObject({ ...RequestBase, action: z.literal('rebuild'), id: EmbargoId }),
 ]);
 export type EmbargoRequest = z.infer<typeof EmbargoRequest>;
 export type EmbargoAction = EmbargoRequest['action'];
@@ -71,14 +75,31 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 export const RetiredInfo = z.strictObject({ at: Time, by: z.string().max(200), reason: Reason });
 export type RetiredInfo = z.infer<typeof RetiredInfo>;
-/** A public commit the patch no longer applies to, or whose patched tests fail. */
-export const BreakInfo = z.strictObject({ at: Time, commit: Sha, reason: z.string().max(MAX_REASON_CHARS) });
+/**
+ * Why a private build left an embargo without a patched image: its patch no longer applies
+ * (`apply`), another patch of the set does not (`blocked`: this one is fine), the patched tests or
+ * build failed (`tests`, `build`), or the lane itself failed (`internal`).
+ */
+export const BreakStep = z.enum(['apply', 'blocked', 'tests', 'build', 'internal']);
+export type BreakStep = z.infer<typeof BreakStep>;
+/** A public commit the patch no longer applies to, or whose patched tests fail (`step`: absent in breaks recorded before it existed). */
+export const BreakInfo = z.strictObject({ at: Time, commit: Sha, step: BreakStep.optional(), reason: z.string().max(MAX_REASON_CHARS) });
 export type BreakInfo = z.infer<typeof BreakInfo>;
 /** A patched (private) image produced for a public commit: its reference and manifest digest. */
 export const BuildInfo = z.strictObject({ at: Time, commit: Sha, reference: z.string().min(1).max(500), digest: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'not a sha256 digest') });
 export type BuildInfo = z.infer<typeof BuildInfo>;
+/** A patch an embargo carried before `replace` (its digest), who replaced it and when. */
+export const ReplacedInfo = z.strictObject({ at: Time, by: z.string().max(200), digest: PatchDigest });
+export type ReplacedInfo = z.infer<typeof ReplacedInfo>;
 export const ArtifactInfo = z.strictObject({ name: z.string().min(1).max(200), size: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/), at: Time });
 export type ArtifactInfo = z.infer<typeof ArtifactInfo>;
+
+/**
+ * The artifacts a private build leaves with each embargo it carried (`show` lists them, `verify`
+ * fetches them): the image's simple-signing signature, its provenance statement and that
+ * statement's detached signature, as the private lookaside holds them.
+ */
+export const PRIVATE_ARTIFACTS = ['image.signature', 'provenance.json', 'provenance.json.asc'] as const;
 
 export const EmbargoState = z.enum(['active', 'retired']);
 export type EmbargoState = z.infer<typeof EmbargoState>;
@@ -101,6 +122,8 @@ export const EmbargoDetail = EmbargoSummary.extend({
   /** The most recent breaks, oldest first. */
   breaks: z.array(BreakInfo),
   artifacts: z.array(ArtifactInfo),
+  /** The patches it carried before, oldest first (`replace`). */
+  replaced: z.array(ReplacedInfo).optional(),
   /** Bytes of log kept. */
   logBytes: z.number().int().min(0),
 });
@@ -112,6 +135,20 @@ export const EmbargoResult = z.discriminatedUnion('action', [
   z.strictObject({ action: z.literal('show'), embargo: EmbargoDetail }),
   z.strictObject({ action: z.literal('retire'), embargo: EmbargoSummary }),
   z.strictObject({ action: z.literal('logs'), id: EmbargoId, text: z.string(), truncated: z.boolean() }),
+  /** The embargo keeps its id; `previous` is the patch digest it replaced. */
+  z.strictObject({ action: z.literal('replace'), id: EmbargoId, digest: PatchDigest, previous: PatchDigest, queued: z.boolean() }),
+  /** `queued`: false when the project has no published commit yet (its first promotion builds it). */
+  z.strictObject({ action: z.literal('rebuild'), id: EmbargoId, queued: z.boolean() }),
+  z.strictObject({
+    action: z.literal('artifacts'),
+    id: EmbargoId,
+    /** The embargo's patch digest (the provenance lists it among the embargoed patches). */
+    digest: PatchDigest,
+    /** The last patched image: its reference in the lane's registry and manifest digest. */
+    build: BuildInfo,
+    /** PRIVATE_ARTIFACTS, each base64. */
+    files: z.array(z.strictObject({ name: z.enum(PRIVATE_ARTIFACTS), base64: z.base64().max(64 * 1024 * 1024) })),
+  }),
 ]);
 export type EmbargoResult = z.infer<typeof EmbargoResult>;
 

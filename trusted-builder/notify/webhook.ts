@@ -1,40 +1,49 @@
 /**
- * Private warnings to the security team: an embargoed patch no longer applies on a public commit,
- * or its tests fail there, so no patched image exists for that commit; or it retired itself.
+ * Warnings to the security team: something happened to an embargo — a patch no longer applies on a
+ * public commit, another patch of its set does not (it is blocked), its patched tests or build
+ * failed, or it was retired (by the builder, finding the fix public, or by a member).
  *
- * The payload says as little as it can: the embargo's id (meaningless outside the team), the
- * public commit and the step that broke. No project name, patch content or message: the team reads
- * those with `airlock embargo show <id>` (encrypted to them). It is signed by the builder's embargo key —
- * a detached OpenPGP signature over the exact body bytes, base64 of the armored text in the
- * `X-Airlock-Signature` header, verifiable with `gpg --verify` and that key's public half — so
- * a receiver can tell a real warning from a forged one.
+ * The body says nothing of which: `{version: 2, event: "embargo-changed", notice, at, nonce}`, where
+ * `notice` is always WARNING_NOTICE. The webhook's receiver (a chat bridge, a mail relay, their
+ * operators and logs) is not the team, and an embargo id next to a public commit, or the mere
+ * step, tells which project has an undisclosed fix and when it changed; the team reads what
+ * changed with `airlock embargo list` (encrypted to them). `at` and the random `nonce` are what a
+ * receiver needs to refuse a replayed warning; the body is signed by the builder's embargo key — a
+ * detached OpenPGP signature over the exact body bytes, base64 of the armored text in the
+ * `X-Airlock-Signature` header, verifiable with `gpg --verify` and that key's public half — so a
+ * receiver can tell a real warning from a forged one.
  *
  * Delivery: POST, JSON, retried with exponential backoff on network errors, timeouts, 429 and
  * 5xx; a 4xx other than 429 is not retried. A warning that cannot be delivered is reported to the
- * caller (who records it in the audit log and the embargo's encrypted log); the next promotion of
- * the project warns again.
+ * caller (who records it in the audit log); the next private build warns again if it still fails.
  */
+import { randomBytes } from 'node:crypto';
 import { retry } from '#shared/retry.js';
 import type { SigningKey } from '../sign/signer.js';
 
-export interface BreakWarning {
-  /** The embargo's id. */
-  embargo: string;
-  /** The public commit it broke on. */
-  commit: string;
-  /**
-   * What happened: the patch no longer applies (`apply`); another patch of the set does not, so
-   * this one got no image either (`blocked`); the patched tests or build failed (`tests`, `build`);
-   * the lane failed for another reason (`internal`: the builder's log has it); or the public
-   * history now contains the fix and the embargo retired itself (`retired`: not a break, but the
-   * team should know the private image no longer carries it).
-   */
-  step: 'apply' | 'blocked' | 'tests' | 'build' | 'internal' | 'retired';
+/** The whole message of every warning. */
+export const WARNING_NOTICE = 'something changed: run `airlock embargo list`';
+export const WARNING_VERSION = 2;
+
+export interface WarningBody {
+  version: typeof WARNING_VERSION;
+  event: 'embargo-changed';
+  notice: typeof WARNING_NOTICE;
+  /** When it was sent (ISO 8601). */
+  at: string;
+  /** 32 hex digits, random: a receiver keeps the recent ones to refuse a replay. */
+  nonce: string;
+}
+
+export interface WarnResult {
+  delivered: boolean;
+  attempts: number;
+  error?: string;
 }
 
 export interface EmbargoNotifier {
-  /** Resolves with how it went; never throws. */
-  warn(w: BreakWarning): Promise<{ delivered: boolean; attempts: number; error?: string }>;
+  /** Send one opaque warning; resolves with how it went, never throws. */
+  warn(): Promise<WarnResult>;
 }
 
 export interface WebhookOptions {
@@ -57,9 +66,10 @@ export class WebhookNotifier implements EmbargoNotifier {
     }
   }
 
-  async warn(w: BreakWarning): Promise<{ delivered: boolean; attempts: number; error?: string }> {
+  async warn(): Promise<WarnResult> {
     const now = this.o.now ?? Date.now;
-    const body = Buffer.from(JSON.stringify({ version: 1, event: w.step === 'retired' ? 'embargo-retired' : 'embargo-broken', embargo: w.embargo, commit: w.commit, step: w.step, at: new Date(now()).toISOString() }));
+    const warning: WarningBody = { version: WARNING_VERSION, event: 'embargo-changed', notice: WARNING_NOTICE, at: new Date(now()).toISOString(), nonce: randomBytes(16).toString('hex') };
+    const body = Buffer.from(JSON.stringify(warning));
     const signature = Buffer.from(await this.o.signingKey.signDetached(body)).toString('base64');
     const attempts = this.o.attempts ?? 4;
     if (!(attempts >= 1)) return { delivered: false, attempts: 0, error: '' };

@@ -11,13 +11,14 @@
  * and step names only.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isAirlockError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { AuditLog } from '../audit/audit-log.js';
 import { PatchWorkspace } from '../embargo/apply.js';
-import type { BreakWarning, EmbargoNotifier } from '../notify/webhook.js';
+import { PRIVATE_ARTIFACTS, type BreakStep } from '../embargo/wire.js';
+import type { EmbargoNotifier } from '../notify/webhook.js';
 import type { PromotedProject } from '../policy/promotion.js';
 import type { RegistryCredentials } from '../publish/registry.js';
 import { privateLane } from './lanes.js';
@@ -29,13 +30,15 @@ export interface EmbargoPort {
   active(project: string): Promise<readonly { id: string; patch: string; digest: string }[]>;
   retire(id: string, reason: string): Promise<unknown>;
   appendLog(id: string, text: string): Promise<unknown>;
-  recordBreak(id: string, b: { commit: string; reason: string }): Promise<unknown>;
+  recordBreak(id: string, b: { commit: string; step: BreakStep; reason: string }): Promise<unknown>;
   recordBuild(id: string, b: { commit: string; reference: string; digest: string }): Promise<unknown>;
+  /** Keep a copy of the private image's signature and provenance with the embargo (sealed), for `airlock embargo verify`. */
+  putArtifact(id: string, name: string, bytes: Uint8Array): Promise<unknown>;
 }
 
 export interface EmbargoLanePort {
   embargo: EmbargoPort;
-  /** Warnings to the security team when an embargoed patch breaks. */
+  /** Warnings to the security team when an embargoed patch breaks or retires. */
   notifier?: EmbargoNotifier;
   audit: Pick<AuditLog, 'append'>;
   /** The builder's own mirror of the project (the patches are applied in a workspace over it). */
@@ -71,7 +74,7 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
       if (pub.public) {
         // The store records the retirement in the audit log (id and digest); the team is told.
         await e.retire(x.id, `the public history contains it at ${commit} (${pub.how}${pub.match ? ` ${pub.match}` : ''})`);
-        await warn(p, x.id, commit, 'retired');
+        await warn(p, x.id);
       } else live.push(x);
     }
     ids = live.map((x) => x.id);
@@ -100,7 +103,12 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
       },
     );
     const out = await buildLane(p.stages, lane);
-    for (const x of live) await e.recordBuild(x.id, { commit, reference: out.reference, digest: out.digest });
+    // The signature and provenance stay in the private lookaside too; the team reads these copies.
+    const files = await Promise.all([readFile(out.signature), readFile(out.provenance), readFile(`${out.provenance}.asc`)]);
+    for (const x of live) {
+      for (const [i, name] of PRIVATE_ARTIFACTS.entries()) await e.putArtifact(x.id, name, files[i]!);
+      await e.recordBuild(x.id, { commit, reference: out.reference, digest: out.digest });
+    }
     // Ids and patch digests only: a commit or an image digest would name the project.
     await p.audit.append('embargo', { event: 'published', embargoes: ids, patches: live.map((x) => x.digest) });
   } catch (err) {
@@ -117,13 +125,14 @@ export async function embargoLane(p: EmbargoLanePort, project: PromotedProject, 
 }
 
 /** No patched image for `commit`: recorded (encrypted), audited (ids), and the team warned. */
-async function broken(p: EmbargoLanePort, ids: readonly string[], commit: string, step: BreakWarning['step'], what: string): Promise<void> {
+async function broken(p: EmbargoLanePort, ids: readonly string[], commit: string, step: BreakStep, what: string): Promise<void> {
   // The store records each break in the audit log (id and digest).
-  for (const id of ids) await p.embargo.recordBreak(id, { commit, reason: `${step}: ${what}` });
-  for (const id of ids) await warn(p, id, commit, step);
+  for (const id of ids) await p.embargo.recordBreak(id, { commit, step, reason: `${step}: ${what}` });
+  for (const id of ids) await warn(p, id);
 }
 
-async function warn(p: EmbargoLanePort, embargo: string, commit: string, step: BreakWarning['step']): Promise<void> {
-  const sent = (await p.notifier?.warn({ embargo, commit, step })) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
+/** One opaque warning per embargo that changed (the body names none of them: webhook.ts); the audit record names the id. */
+export async function warn(p: Pick<EmbargoLanePort, 'notifier' | 'audit'>, embargo: string): Promise<void> {
+  const sent = (await p.notifier?.warn()) ?? { delivered: false, attempts: 0, error: 'no notifier configured' };
   await p.audit.append('embargo', { event: 'warned', embargo, delivered: sent.delivered, attempts: sent.attempts, ...(sent.error ? { error: sent.error } : {}) });
 }

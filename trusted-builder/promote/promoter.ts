@@ -153,18 +153,19 @@ export class Promoter implements HintSink {
 
   /**
    * A private build of `project`'s most recently published commit, now (after a new embargoed
-   * patch was submitted: it need not wait for the next public merge). Nothing happens when the
+   * patch was submitted: it need not wait for the next public merge). Nothing happens (false) when the
    * project was never published or the lane is off.
    */
-  buildPrivately(projectName: string): void {
+  buildPrivately(projectName: string): boolean {
     const e = this.d.embargo;
     const project = this.d.policy.policy.projects.find((p) => p.name === projectName);
     const commit = this.d.store.latestPublished(projectName);
-    if (!e || !project || !commit) return;
+    if (!e || !project || !commit) return false;
     // Verified when it was published (no second fetch here: the public chain may be fetching).
     const published = this.d.store.result<PromotionResult>(`${projectName}@${commit}`);
     const branch = (published?.state === 'published' ? published.branch : undefined) ?? project.protectedBranches[0]!;
     this.privateChain = this.privateChain.then(() => this.embargoLane(project, commit, branch));
+    return true;
   }
 
   /** Resolves when every accepted hint has been dealt with (and the private builds they started). */

@@ -56,7 +56,7 @@ describe('Promoter with its store', () => {
     expect(p.result('demo/none', 'a'.repeat(40))).toMatchObject({ state: 'refused', step: 'policy' });
     expect(s2.unfinished()).toEqual([]);
     // A refused commit may be asked for again; a published one is not rebuilt.
-    expect(p.accept(hint('a'))).toEqual({ queued: true });
+    expect(p.accept(hint('a'))).toEqual({ queued: true, retryOf: 'refused' });
     await p.idle();
     s2.enqueue('demo/none@' + 'b'.repeat(40), hint('b'));
     s2.set('demo/none@' + 'b'.repeat(40), 'published', { state: 'published' });

@@ -144,12 +144,14 @@ describe('EnvironmentBuilder (real Docker)', () => {
   });
 
   it('a build past its timeout fails with the log so far', async () => {
-    // The clock runs from the slot: the sandbox's start and the base image copy count (about 0.5 s here).
-    const slow = makeRig(testPolicy({ build: { timeout: 3000 } }));
+    // The clock runs from the slot: the sandbox's start and the base image copy count (about 0.5 s
+    // here, several seconds on a loaded machine: a 3 s budget once ran out before the RUN step had
+    // printed anything). 10 s leaves the step time to start; its sleep 30 still outlasts it.
+    const slow = makeRig(testPolicy({ build: { timeout: 10_000 } }));
     const lines: string[] = [];
     const e = await slow.builder.ensure(await input(slow, `${PREFIX}-i`, 'FROM airlock/base:busybox\nRUN echo waiting-here; sleep 30\n', {}, { onLog: collect(lines) })).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(EnvironmentBuildFailedError);
-    expect((e as Error).message).toContain('took longer than 3 s');
+    expect((e as Error).message).toContain('took longer than 10 s');
     expect((e as Error).message).toContain('waiting-here');
     await cleanup(slow, `${PREFIX}-i`);
   });

@@ -205,6 +205,7 @@ function printSummary(layout: DemoLayout, merged: Merge[], published: Publicatio
     story.line(`  try                  npx airlock gate --server ${ci!.url}`);
     story.line(`                       npx airlock status --server ${ci!.url}`);
     story.line(`                       npx airlock builder audit verify ${join(layout.builderData, 'audit.jsonl')}`);
+    if (layout.securityTeam) story.line(`                       npx airlock embargo list --builder ${builder!.url} --key ${layout.securityTeam.memberKeyFile} --builder-key ${layout.securityTeam.builderKeyFile}`);
   }
   const seconds = Math.round((Date.now() - started) / 1000);
   story.line(`\n${story.bold(story.failures === 0 ? `demo: every step did what it should (${seconds} s)` : `demo: ${story.failures} step(s) did not do what they should (${seconds} s)`)}`);

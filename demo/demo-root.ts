@@ -20,8 +20,11 @@
  * The registries are the bootstrap's (scripts/bootstrap.sh, step 5), their logins the files it wrote:
  * public images on 127.0.0.1:5000 (the builder pushes with its own login; the demo's consumer pulls
  * with the consumers' login, never the builder's), and the embargo lane's own on 127.0.0.1:5001
- * (the builder's login there goes into its SecretStore; the demo submits no embargoed patch, so the
- * lane stays off, but the policy and the secret are what a lane that is on needs). The repository's own policies (job limits, environments, secrets.yaml for the
+ * (the builder's login there goes into its SecretStore; the plain demo submits no embargoed patch,
+ * so the lane stays off, but the policy and the secret are what a lane that is on needs). With
+ * `--security-team` the lane is on: builder/secrets gets the embargo key, builder/embargo-key.pub.asc
+ * its public half, security-team/keys/dana.asc is the team directory of the builder's config and
+ * security-team/dana.key.asc (0600) the member's private key. The repository's own policies (job limits, environments, secrets.yaml for the
  * secret paths) are used as shipped.
  */
 import { randomBytes } from 'node:crypto';
@@ -32,7 +35,7 @@ import { stringify } from 'yaml';
 import { createDocker } from '#shared/docker/client.js';
 import { loadSecretsPolicy } from '../trusted-builder/policy/secrets.js';
 import { dashboardSecret } from '../scripts/dashboard-password.js';
-import { generateSigningKey } from '../scripts/make-signing-key.js';
+import { generateEmbargoKey, generateSigningKey, secretValue } from '../scripts/make-signing-key.js';
 import { BUILDER_ACCOUNT, CI_ACCOUNT } from '../test/support/gerrit-rig.js';
 import type { CodeReview } from './code-review.js';
 
@@ -65,6 +68,21 @@ export interface DemoLayout {
   /** The login of the builder's page (`/ui`). */
   dashboard: { username: string; password: string };
   stateDir: string;
+  /** With `--security-team` only: the embargo lane is on, and one team member's files. */
+  securityTeam?: SecurityTeamLayout;
+}
+
+/** What the security team holds (`--security-team`): as docs/security-team.md has a member set up. */
+export interface SecurityTeamLayout {
+  /** The member's armored private key (0600), what `airlock embargo --key` reads. */
+  memberKeyFile: string;
+  memberFingerprint: string;
+  /** The builder's embargo public key (`embargo-key.pub.asc`), what `--builder-key` reads. */
+  builderKeyFile: string;
+  /** The team's login to the lane's registry (the bootstrap's registry-private/team.json). */
+  registryLogin: { username: string; password: string };
+  /** The consumers' login, which the lane's registry must refuse. */
+  consumerLogin: { username: string; password: string };
 }
 
 export function layout(root: string, stateDir: string): Omit<DemoLayout, 'fingerprint' | 'registry' | 'dashboard'> {
@@ -86,7 +104,7 @@ export function layout(root: string, stateDir: string): Omit<DemoLayout, 'finger
  * is written by `writeCiConfig` once the builder's address is known. `review` is the code-review
  * stand-in, already started (its repositories are under `<root>/review`).
  */
-export async function prepareDemoRoot(root: string, stateDir: string, review: CodeReview): Promise<DemoLayout> {
+export async function prepareDemoRoot(root: string, stateDir: string, review: CodeReview, opts: { securityTeam?: boolean } = {}): Promise<DemoLayout> {
   const l = layout(root, stateDir);
   const registry = registryCredentials(stateDir, join('registry', 'credentials.json'));
   const consumerLogin = registryCredentials(stateDir, join('registry', 'consumer.json'));
@@ -120,6 +138,29 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
   const dashboard = { username: 'airlock-demo-sre', password: randomBytes(12).toString('base64url') };
   if (paths.dashboard) put(paths.dashboard, { ...dashboardSecret(dashboard.username, dashboard.password, 8) });
 
+  // --security-team: the lane on (its key in the store, as `make-signing-key.ts --embargo` writes
+  // embargo-key.json), and one member whose public key is the team directory the config names.
+  let team: SecurityTeamLayout | undefined;
+  if (opts.securityTeam) {
+    if (!paths.embargoKey) throw new Error('policies/secrets.yaml names no builder.embargoKey');
+    const embargoKey = await generateEmbargoKey({ name: 'airlock demo builder embargo', email: 'embargo@airlock.invalid' });
+    put(paths.embargoKey, secretValue(embargoKey.privateArmored, undefined) as Record<string, string>);
+    const builderKeyFile = join(root, 'builder', 'embargo-key.pub.asc');
+    writeFileSync(builderKeyFile, embargoKey.publicArmored);
+    const member = await generateEmbargoKey({ name: 'dana', email: 'dana@security.invalid' });
+    mkdirSync(join(root, 'security-team', 'keys'), { recursive: true, mode: 0o700 });
+    writeFileSync(join(root, 'security-team', 'keys', 'dana.asc'), member.publicArmored);
+    const memberKeyFile = join(root, 'security-team', 'dana.key.asc');
+    writeFileSync(memberKeyFile, member.privateArmored, { mode: 0o600 });
+    team = {
+      memberKeyFile,
+      memberFingerprint: member.fingerprint,
+      builderKeyFile,
+      registryLogin: registryCredentials(stateDir, join('registry-private', 'team.json')),
+      consumerLogin,
+    };
+  }
+
   const baseId = ((await createDocker().getImage(BASE_IMAGE).inspect()) as { Id: string }).Id;
   const promotion = join(root, 'builder', 'promotion.yaml');
   writeFileSync(
@@ -149,11 +190,11 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
       listen: { host: '127.0.0.1', port: 0 },
       dataDir: l.builderData,
       runnerStateDir: stateDir,
-      policies: { promotion, secrets: join(REPO_ROOT, 'policies', 'secrets.yaml'), securityTeam: join(REPO_ROOT, 'policies', 'security-team') },
+      policies: { promotion, secrets: join(REPO_ROOT, 'policies', 'secrets.yaml'), securityTeam: team ? join(root, 'security-team', 'keys') : join(REPO_ROOT, 'policies', 'security-team') },
       secrets: { kind: 'file', dir: secrets },
     }),
   );
-  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...consumerLogin }, dashboard };
+  return { ...l, fingerprint: key.fingerprint, registry: { host: REGISTRY, ...consumerLogin }, dashboard, ...(team ? { securityTeam: team } : {}) };
 }
 
 /** The CI's config: the project in code review, its own data dir, and where its hints go. */

@@ -17,7 +17,10 @@
  * then a summary with the URLs of both services. It keeps both running until Ctrl-C; with `--once`
  * it stops when done, exiting 0 only if every step did what it should.
  *
- *   tsx demo/demo.ts [--once] [--dir DIR]
+ *   8. (`--security-team` only) the security team's embargo lane: a member's embargoed patch, built
+ *      privately, verified and pulled with the team's login, and found in no public output;
+ *
+ *   tsx demo/demo.ts [--once] [--security-team] [--dir DIR]
  *
  * The demo root is a fresh temp directory, removed at the end; `--dir DIR` (empty or absent) is
  * kept. Both services are always stopped by pid (also on failure or Ctrl-C), and the images the
@@ -37,18 +40,19 @@ import { startCodeReview, type CodeReview } from './code-review.js';
 import { preflight } from './preflight.js';
 import { IMAGE, layout as demoLayout, PROJECT, prepareDemoRoot, writeCiConfig, type DemoLayout } from './demo-root.js';
 import { runnerAct } from './runner-act.js';
+import { securityTeamAct } from './security-team-act.js';
 import { logTail, startService, type ServiceProcess } from './services.js';
 import { Story } from './story.js';
 import { Interrupted } from './wait.js';
 
 const EXIT = { ok: 0, stepFailed: 1, badArgs: 2, internal: 3, interrupted: 130 } as const;
 
-let args: { once: boolean; dir?: string };
+let args: { once: boolean; securityTeam: boolean; dir?: string };
 try {
-  const { values } = parseArgs({ options: { once: { type: 'boolean', default: false }, dir: { type: 'string' } } });
-  args = { once: values.once ?? false, ...(values.dir ? { dir: resolve(values.dir) } : {}) };
+  const { values } = parseArgs({ options: { once: { type: 'boolean', default: false }, 'security-team': { type: 'boolean', default: false }, dir: { type: 'string' } } });
+  args = { once: values.once ?? false, securityTeam: values['security-team'] ?? false, ...(values.dir ? { dir: resolve(values.dir) } : {}) };
 } catch (e) {
-  process.stderr.write(`demo: ${(e as Error).message}\nusage: tsx demo/demo.ts [--once] [--dir DIR]\n`);
+  process.stderr.write(`demo: ${(e as Error).message}\nusage: tsx demo/demo.ts [--once] [--security-team] [--dir DIR]\n`);
   process.exit(EXIT.badArgs);
 }
 
@@ -111,6 +115,10 @@ try {
   const newest = published.at(-1);
   if (newest) await between(() => consumerAct(builderCtx, newest));
   else story.check('a signed image to verify', false, 'nothing was published');
+  if (args.securityTeam) {
+    if (newest) await between(() => securityTeamAct({ ...builderCtx, review: review!, published: published.map((p) => p.commit) }));
+    else story.check("the security team's lane", false, 'nothing was published to build privately');
+  }
   printSummary(layout, merged, published);
   if (!args.once && !stop.signal.aborted) {
     story.line(`\nBoth services keep running: open the pages above. Ctrl-C stops them${args.dir ? '' : ' and removes the demo root'}.`);
@@ -148,8 +156,9 @@ async function startTiers(): Promise<DemoLayout> {
   story.begin('code review and two tiers, two processes', `demo root ${demoRoot}: generated configs, keys and secrets, one data dir per service`);
   review = await startCodeReview(demoLayout(demoRoot, stateDir).review, PROJECT);
   story.check(`code review: ${review.gerrit.url} — a stand-in for Gerrit (its REST API, submit rules and webhooks, as airlock's tests use it), in this process`, true, `project ${PROJECT}; reviewers grace, linus; the CI's account airlock-ci may vote Verified and submit, nothing else`);
-  const layout = await prepareDemoRoot(demoRoot, stateDir, review);
+  const layout = await prepareDemoRoot(demoRoot, stateDir, review, { securityTeam: args.securityTeam });
   story.info(`signing key ${layout.fingerprint} (public half: ${layout.publicKeyFile})`);
+  if (layout.securityTeam) story.info(`embargo lane on: its key in the builder's store (public half: ${layout.securityTeam.builderKeyFile}); the team: ${join(demoRoot, 'security-team', 'keys')}`);
   const env = { AIRLOCK_LOG_LEVEL: process.env.AIRLOCK_LOG_LEVEL ?? 'info' };
   const builder = await startService({ name: 'trusted builder', args: ['builder', 'serve', '--config', layout.builderConfig], logFile: layout.builderLog, env, signal: stop.signal });
   services.push(builder);
@@ -196,6 +205,7 @@ function printSummary(layout: DemoLayout, merged: Merge[], published: Publicatio
     story.line(`  try                  npx airlock gate --server ${ci!.url}`);
     story.line(`                       npx airlock status --server ${ci!.url}`);
     story.line(`                       npx airlock builder audit verify ${join(layout.builderData, 'audit.jsonl')}`);
+    if (layout.securityTeam) story.line(`                       npx airlock embargo list --builder ${builder!.url} --key ${layout.securityTeam.memberKeyFile} --builder-key ${layout.securityTeam.builderKeyFile}`);
   }
   const seconds = Math.round((Date.now() - started) / 1000);
   story.line(`\n${story.bold(story.failures === 0 ? `demo: every step did what it should (${seconds} s)` : `demo: ${story.failures} step(s) did not do what they should (${seconds} s)`)}`);

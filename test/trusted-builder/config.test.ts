@@ -86,6 +86,13 @@ describe('policies', () => {
     expect(message).not.toContain('airlock/registry-mirror');
   });
 
+  it('says what a base image entry is when given a bare name', () => {
+    const text = 'version: 1\nbuilderId: https://b.invalid/x\nregistry: 127.0.0.1:5000\nprojects: []\nbaseImages: [airlock/base:busybox]\n';
+    expect(() => parsePromotionPolicy(text, 'promotion.yaml')).toThrow(
+      "promotion.yaml: baseImages[0]: a base image is {name, digest}, digest being its image id: docker image inspect --format '{{.Id}}' NAME",
+    );
+  });
+
   it('the shipped promotion and secrets policies load', () => {
     const p = loadPromotionPolicy('policies/promotion.yaml');
     expect(p.digest).toMatch(/^sha256:[0-9a-f]{64}$/);

@@ -91,7 +91,16 @@ export const PromotionPolicy = z.strictObject({
   reviewSystems: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,99}$/, 'a name of lowercase a-z 0-9 _ -'), ReviewSystemDef).default({}),
   projects: z.array(PromotedProject).max(10_000),
   /** Base images a rebuild may use, by name, each pinned to the image id it must have. */
-  baseImages: z.array(z.strictObject({ name: ImageRef, digest: Digest })).max(1000).default([]),
+  baseImages: z
+    .array(
+      z.strictObject(
+        { name: ImageRef, digest: Digest },
+        // What a bare image name gets: say the shape, and where the id comes from.
+        { error: (iss) => (iss.code === 'invalid_type' ? "a base image is {name, digest}, digest being its image id: docker image inspect --format '{{.Id}}' NAME" : undefined) },
+      ),
+    )
+    .max(1000)
+    .default([]),
 });
 export type PromotionPolicy = z.infer<typeof PromotionPolicy>;
 

@@ -4,7 +4,6 @@
  * built by `buildApi` from real parts (SQLite BuildStore, the Scheduler, BuildEvents, an
  * FsArtifactStore) with the FakeExecutor in place of Docker, as in test/untrusted-ci/api/api.test.ts.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import { BuildStore } from '../../untrusted-ci/store/build-store.js';
 import { openDatabase } from '../../untrusted-ci/store/database.js';
 import { FsArtifactStore } from '../../untrusted-ci/storage/fs-artifact-store.js';
 import { FakeExecutor } from '../support/fake-executor.js';
+import { runAirlock } from '../support/run-child.js';
 
 interface Run {
   status: number | null;
@@ -31,18 +31,7 @@ interface Run {
 
 let server = '';
 function airlock(args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(process.cwd(), 'bin/airlock.js'), ...args], {
-      env: { ...process.env, AIRLOCK_SERVER: server, AIRLOCK_LOG_LEVEL: 'error' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+  return runAirlock(args, { AIRLOCK_SERVER: server, AIRLOCK_LOG_LEVEL: 'error' }).then((r) => ({ status: r.code, stdout: r.stdout, stderr: r.stderr }));
 }
 
 describe('naming a build by change or by #id, against a running CI API', { timeout: 300_000 }, () => {

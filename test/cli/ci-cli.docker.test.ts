@@ -3,13 +3,12 @@
  * service on a real port, with a real git upstream and real Docker. The CLI runs asynchronously:
  * the service lives in this process and must keep answering while the command waits.
  */
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEvent, BuildView, QueueView } from '#shared/schemas/api/builds.js';
 import { startTestCi, type TestCi } from '../support/ci.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
+import { runAirlock } from '../support/run-child.js';
 
 const config = (command: string): string => `version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n  test:\n    command: ${command}\n`;
 
@@ -21,18 +20,7 @@ interface Run {
 
 let server = '';
 function airlock(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(process.cwd(), 'bin/airlock.js'), ...args], {
-      env: { ...process.env, AIRLOCK_SERVER: server, AIRLOCK_LOG_LEVEL: 'error', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+  return runAirlock(args, { AIRLOCK_SERVER: server, AIRLOCK_LOG_LEVEL: 'error', ...env }).then((r) => ({ status: r.code, stdout: r.stdout, stderr: r.stderr }));
 }
 
 /** A port nobody listens on: one the kernel just handed out and took back. */

@@ -10,7 +10,6 @@
  *   operator) and it is published; asked once more, nothing is signed again;
  * - an unknown project is refused by the builder, with the hint's reason, exit 1.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import { startBuilderService, type BuilderService } from '../../trusted-builder/
 import { builderRig } from '../support/builder-rig.js';
 import { createRepo, type TestRepo } from '../support/git-repo.js';
 import { freePort, startRegistry, type TestRegistry } from '../support/registry.js';
+import { runAirlock } from '../support/run-child.js';
 
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
 const HINT_SECRET = 'hint-secret-for-the-promote-cli-test';
@@ -38,11 +38,7 @@ publish:
 
 /** `airlock …` in a child process (the builder runs in this one, so never a synchronous spawn). */
 function airlock(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [join(process.cwd(), 'bin/airlock.js'), ...args], { timeout: 120_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
-    });
-  });
+  return runAirlock(args, {}, 120_000).then((r) => ({ code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr }));
 }
 
 describe('builder start: the registry login is checked', () => {

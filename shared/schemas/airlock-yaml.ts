@@ -20,9 +20,19 @@ export const JobName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'job names
 
 export const PIPELINES = ['check', 'gate'] as const;
 
+/**
+ * What a build or job may reach: `none` (the default: loopback only) or `packages` (the package
+ * sources the SRE's egress policy allows, on the container's own loopback: an HTTP proxy for
+ * Debian's mirrors at 127.0.0.1:3142 and an npm registry at 127.0.0.1:4873; see docs/dependencies.md).
+ * In the public CI that is the caching proxy; in the trusted builder, only the files of the
+ * project's lockfiles, fetched and verified by the builder itself.
+ */
+export const NetworkMode = z.enum(['none', 'packages']);
+export type NetworkMode = z.infer<typeof NetworkMode>;
+
 /** The build environment: a Dockerfile in the repo, or a base image from the policy's allowlist. */
 export const Environment = z.union([
-  z.object({ dockerfile: RepoPath, context: RepoPath.optional() }).strict(),
+  z.object({ dockerfile: RepoPath, context: RepoPath.optional(), network: NetworkMode.optional() }).strict(),
   z.object({ image: ImageRef }).strict(),
 ]);
 
@@ -37,9 +47,25 @@ export const PublishSection = z
     dockerfile: RepoPath,
     /** The build context (a directory of the repository). */
     context: RepoPath.default('.'),
+    /** `packages`: its RUN steps get the project's locked dependencies (the builder's own fetch). */
+    network: NetworkMode.optional(),
   })
   .strict();
 export type PublishSection = z.infer<typeof PublishSection>;
+
+/**
+ * The lockfiles of a project, read by the trusted builder, which fetches every file they name
+ * itself and verifies it against its digest: npm `package-lock.json` files (their `integrity`),
+ * and Debian lockfiles (packages by name, version and architecture, verified by the SHA256 of
+ * the mirror's signed index). The public CI reads them only to check them.
+ */
+export const DependenciesSection = z
+  .object({
+    npm: z.array(RepoPath).max(16).default([]),
+    debian: z.array(RepoPath).max(16).default([]),
+  })
+  .strict();
+export type DependenciesSection = z.infer<typeof DependenciesSection>;
 
 export const JobDefinition = z
   .object({
@@ -54,6 +80,8 @@ export const JobDefinition = z
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'not an environment variable name'), z.string().max(32 * 1024)).default({}),
     /** A non-voting job reports but never blocks or resets the gate. */
     voting: z.boolean().default(true),
+    /** `packages`: the job reaches the allowed package sources (see NetworkMode). */
+    network: NetworkMode.optional(),
   })
   .strict()
   // The file keeps `timeout` beside `resources`; past the parse a job has one `limits`, the shape
@@ -71,6 +99,8 @@ export const AirlockYaml = z
     jobs: z.record(JobName, JobDefinition).refine((j) => Object.keys(j).length >= 1, 'at least one job').refine((j) => Object.keys(j).length <= 256, 'at most 256 jobs'),
     /** The published image, built by the trusted builder from its own clone; the CI only checks it. */
     publish: PublishSection.optional(),
+    /** The lockfiles the trusted builder fetches from, by digest, for `network: packages` (docs/dependencies.md). */
+    dependencies: DependenciesSection.optional(),
   })
   .strict();
 export type AirlockYaml = z.infer<typeof AirlockYaml>;

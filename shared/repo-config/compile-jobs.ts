@@ -90,6 +90,7 @@ export function compileJobs(cfg: AirlockYaml, ctx: CompileContext): { jobs: Plan
       command: typeof job.command === 'string' ? ['sh', '-c', job.command] : job.command,
       env: { ...job.env, ...env, AIRLOCK_JOB: name },
       artifacts: job.artifacts,
+      network: job.network ?? 'none',
     });
     if (!r.success) issues.push(...zodIssues(r.error, file).map((i) => ({ ...i, path: `jobs.${name}${i.path ? `.${i.path}` : ''}` })));
     else jobs.push({ name, voting: job.voting, needs: job.needs, spec: { ...r.data, limits: job.limits } });

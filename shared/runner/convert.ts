@@ -46,6 +46,11 @@ export interface ContainerPlan {
   createdAt: number;
   /** A host tmpfs directory of the step's granted secret files, bind-mounted read-only at /run/secrets. */
   secretsDir?: string;
+  /**
+   * The job's package network (`container:<holder>`, shared/egress/package-network.ts) and what it
+   * puts in the environment; absent: `none`, loopback only.
+   */
+  packages?: { networkMode: string; env: Record<string, string> };
 }
 
 /** Below 10 ms of CPU per 100 ms period the kernel (and runc) ignore or refuse the quota. */
@@ -58,7 +63,7 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
   const tmpfs = `rw,exec,nosuid,nodev,size=${limits.tmp},mode=1777`;
   const covered = Object.fromEntries(plan.imageVolumes.filter((p) => p !== WORKSPACE_PATH && p !== '/tmp').map((p) => [p, tmpfs]));
   // The job may set HOME and anything else, but not the variables airlock itself vouches for.
-  const env = { HOME: WORKSPACE_PATH, ...spec.env, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...(plan.secretsDir ? { AIRLOCK_SECRETS_DIR: SECRETS_PATH } : {}) };
+  const env = { HOME: WORKSPACE_PATH, ...spec.env, ...plan.packages?.env, CI: 'true', AIRLOCK_JOB_ID: spec.id, ...(plan.secretsDir ? { AIRLOCK_SECRETS_DIR: SECRETS_PATH } : {}) };
   return {
     name: plan.name,
     Image: plan.imageId,
@@ -67,13 +72,14 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
     Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
     User: `${plan.user.uid}:${plan.user.gid}`,
     WorkingDir: WORKSPACE_PATH,
-    Hostname: 'airlock-job',
+    // A container that joins another's network namespace takes its hostname too (the engine refuses both).
+    ...(plan.packages ? {} : { Hostname: 'airlock-job' }),
     Tty: false,
     OpenStdin: false,
     AttachStdin: false,
     AttachStdout: true,
     AttachStderr: true,
-    NetworkDisabled: true,
+    NetworkDisabled: !plan.packages,
     StopSignal: 'SIGTERM',
     Labels: {
       [LABEL_JOB]: spec.id,
@@ -83,7 +89,7 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
     },
     HostConfig: {
       Runtime: plan.runtime,
-      NetworkMode: 'none',
+      NetworkMode: plan.packages?.networkMode ?? 'none',
       Init: true, // docker-init (tini) as pid 1: reaps orphans, forwards SIGTERM
       ReadonlyRootfs: true,
       CapDrop: ['ALL'],

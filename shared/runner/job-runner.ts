@@ -23,6 +23,7 @@ import {
   ExecutorFailedError,
   ImageNotFoundError,
   InvalidInputError,
+  PolicyViolationError,
   RuntimeUnavailableError,
 } from '../errors.js';
 import type { Logger } from '../logging.js';
@@ -42,6 +43,10 @@ import { checkSecretFiles, DEFAULT_SECRETS_TMPFS, removeSecretFiles, writeSecret
 import { packDirectory, repackTar } from './tar-pack.js';
 import { MountFailedError, WorkspaceManager, type Workspace } from './workspace.js';
 import { isNotFound } from '../docker/client.js';
+import { openPackageNetwork, packageEnv, type PackageHandlers, type PackageNetwork } from '../egress/package-network.js';
+
+/** The holder of a package network: the bootstrap's busybox image (it has `sleep`). */
+export const DEFAULT_HOLDER_IMAGE = 'airlock/base:busybox';
 
 export interface JobRunnerOptions {
   docker: Docker;
@@ -66,6 +71,8 @@ export interface JobRunnerOptions {
   sourceVia?: 'mount' | 'archive';
   /** The host tmpfs for steps' secret files (default DEFAULT_SECRETS_TMPFS); see secret-files.ts. */
   secretsTmpfs?: string;
+  /** The image of a package network's holder container: local, with `sleep` (default DEFAULT_HOLDER_IMAGE). */
+  holderImage?: string;
 }
 
 export interface RunOptions {
@@ -87,6 +94,12 @@ export interface RunOptions {
    * granted secrets. The untrusted tier never passes any: it holds none.
    */
   secretFiles?: readonly SecretFile[];
+  /**
+   * Who answers a `network: packages` job's two loopback ports (shared/egress/package-network.ts):
+   * the CI's egress front, or the trusted builder's verified files. A job that asks for packages
+   * without them is refused.
+   */
+  packages?: PackageHandlers;
 }
 
 /** Waits that must never hang a runner, whatever the engine or the job does. */
@@ -190,6 +203,10 @@ export class JobRunner {
     }
     if (ro.source) await checkSource(ro.source, spec.id);
     if (ro.secretFiles?.length) checkSecretFiles(ro.secretFiles, spec.id);
+    if (spec.network === 'packages') {
+      if (!ro.packages) throw new PolicyViolationError([{ file: `job ${spec.id}`, path: 'network', message: 'asks for network: packages, and no package sources are served to this job', severity: 'error' }]);
+      if (runtime === 'runsc') throw new RuntimeUnavailableError(`job ${spec.id} asks for network: packages, which runs under runc only (gVisor keeps a network stack of its own)`);
+    }
     const cancelledBeforeStart = () => new CancelledError(`job ${spec.id} cancelled before it started`);
     if (ro.signal?.aborted) throw cancelledBeforeStart();
 
@@ -197,7 +214,14 @@ export class JobRunner {
     let ws: Workspace | undefined;
     let container: Docker.Container | undefined;
     let secretsDir: string | undefined;
+    let net: PackageNetwork | undefined;
     try {
+      if (spec.network === 'packages' && ro.packages) {
+        net = await openPackageNetwork({
+          docker: this.opts.docker, image: this.opts.holderImage ?? DEFAULT_HOLDER_IMAGE, dir: join(this.opts.stateDir, 'pn'),
+          owner: this.owner, runId: spec.id, handlers: ro.packages, ...(log ? { logger: log } : {}),
+        });
+      }
       if (ro.secretFiles?.length) secretsDir = await writeSecretFiles(this.opts.secretsTmpfs ?? DEFAULT_SECRETS_TMPFS, ro.secretFiles, { uid: this.hostUid, gid: this.hostGid });
       ws = await this.workspaces.take(limits.workspace);
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
@@ -211,6 +235,7 @@ export class JobRunner {
             spec, limits, runtime, imageId: image.id, imageVolumes: image.volumes,
             user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now(),
             ...(secretsDir ? { secretsDir } : {}),
+            ...(net ? { packages: { networkMode: net.networkMode, env: packageEnv() } } : {}),
           }),
         ),
       ]);
@@ -236,10 +261,11 @@ export class JobRunner {
       }
       // Removal runs after the result is returned: the caller need not wait for the engine to
       // unmount and delete. drain() waits for it; the reaper covers a crash in between.
-      this.cleanupLater(container, ws, log, secretsDir);
+      this.cleanupLater(container, ws, log, secretsDir, net);
       container = undefined;
       ws = undefined;
       secretsDir = undefined;
+      net = undefined;
       const t2 = performance.now();
       const facts = {
         exitCode: run.exitCode,
@@ -270,7 +296,7 @@ export class JobRunner {
     } catch (e) {
       throw wrapEngineError(e, `job ${spec.id}`);
     } finally {
-      if (container || ws || secretsDir) this.cleanupLater(container, ws, log, secretsDir);
+      if (container || ws || secretsDir || net) this.cleanupLater(container, ws, log, secretsDir, net);
     }
   }
 
@@ -279,8 +305,8 @@ export class JobRunner {
     while (this.pendingCleanups.size > 0) await Promise.allSettled([...this.pendingCleanups]);
   }
 
-  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined, secretsDir?: string): void {
-    const p: Promise<void> = this.destroy(container, ws, secretsDir)
+  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined, secretsDir?: string, net?: PackageNetwork): void {
+    const p: Promise<void> = this.destroy(container, ws, secretsDir, net)
       .catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'))
       .finally(() => this.pendingCleanups.delete(p));
     this.pendingCleanups.add(p);
@@ -451,7 +477,7 @@ export class JobRunner {
     }
   }
 
-  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string): Promise<void> {
+  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string, net?: PackageNetwork): Promise<void> {
     try {
       if (container) {
         try {
@@ -463,7 +489,11 @@ export class JobRunner {
       }
       if (ws) await this.workspaces.release(ws);
     } finally {
-      if (secretsDir) await removeSecretFiles(secretsDir);
+      try {
+        if (secretsDir) await removeSecretFiles(secretsDir);
+      } finally {
+        await net?.close(); // after the job's container: it was in the holder's namespace
+      }
     }
   }
 }

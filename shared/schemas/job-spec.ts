@@ -52,6 +52,8 @@ export const JobSpec = z
     artifacts: z.array(ArtifactGlob).max(64).default([]),
     limits: LimitsRequest.default({}),
     runtime: Runtime.optional(),
+    /** `packages`: the job reaches the package sources its caller serves (shared/egress/package-network.ts); default none. */
+    network: z.enum(['none', 'packages']).default('none'),
   })
   .strict();
 export type JobSpec = z.infer<typeof JobSpec>;

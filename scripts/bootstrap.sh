@@ -31,7 +31,8 @@ docker_bin=/usr/bin/docker   # Debian's client, matching Debian's engine
 export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 
 # ---- 1. Debian packages ------------------------------------------------------------------
-pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq)
+# socat and apt-cacher-ng: the package network of `network: packages` runs (docs/dependencies.md).
+pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq socat apt-cacher-ng)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -43,6 +44,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+fi
+# The CI starts apt-cacher-ng itself, on loopback, with its own config: Debian's system service
+# (which listens on every interface) must not run beside it.
+if [ -x /etc/init.d/apt-cacher-ng ] && [ -f /var/run/apt-cacher-ng/pid ]; then
+  say "stopping Debian's apt-cacher-ng service (the CI runs its own)"
+  /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
+fi
+command -v systemctl >/dev/null && systemctl disable --now apt-cacher-ng >/dev/null 2>&1 || true
+# The package proxies run as a user of their own, which owns nothing but their cache.
+if ! id airlock-proxy >/dev/null 2>&1; then
+  say "adding the system user airlock-proxy (the package proxies run as it)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin airlock-proxy || die "useradd airlock-proxy failed"
 fi
 
 # ---- 2. npm dependencies ------------------------------------------------------------------

@@ -10,7 +10,7 @@
  */
 import { type Issue } from '../errors.js';
 import { checkAgainstPolicy } from '../policy/job-policy.js';
-import { AirlockYaml, Environment, JobDefinition, JobName, PublishSection } from '../schemas/airlock-yaml.js';
+import { AirlockYaml, DependenciesSection, Environment, JobDefinition, JobName, PublishSection } from '../schemas/airlock-yaml.js';
 import { nearMiss, zodIssues } from '../schemas/issues.js';
 import type { JobPolicy } from '../schemas/job-policy.js';
 import { parseYaml } from '../yaml.js';
@@ -29,6 +29,7 @@ export interface PartialAirlockYaml {
   hasPublish: boolean;
   jobs: AirlockYaml['jobs'];
   brokenJobs: string[];
+  dependencies?: AirlockYaml['dependencies'];
 }
 
 export interface ParsedAirlockYaml {
@@ -44,7 +45,7 @@ export function parseAirlockYaml(text: string, policy: JobPolicy, file = AIRLOCK
   if (y.issues.length > 0) return { issues: y.issues };
   const r = AirlockYaml.safeParse(y.value);
   const partial: PartialAirlockYaml = r.success
-    ? { environment: r.data.environment, publish: r.data.publish, hasPublish: r.data.publish !== undefined, jobs: r.data.jobs, brokenJobs: [] }
+    ? { environment: r.data.environment, publish: r.data.publish, hasPublish: r.data.publish !== undefined, jobs: r.data.jobs, brokenJobs: [], dependencies: r.data.dependencies }
     : goodParts(y.value);
   const issues = [
     ...(r.success ? [] : zodIssues(r.error, file, { input: y.value, schema: AirlockYaml })),
@@ -64,6 +65,8 @@ function goodParts(raw: unknown): PartialAirlockYaml {
   out.hasPublish = raw.publish !== undefined;
   const publish = PublishSection.safeParse(raw.publish);
   if (publish.success) out.publish = publish.data;
+  const deps = DependenciesSection.safeParse(raw.dependencies);
+  if (deps.success) out.dependencies = deps.data;
   if (isMap(raw.jobs)) {
     for (const [name, def] of Object.entries(raw.jobs)) {
       if (!JobName.safeParse(name).success) continue;

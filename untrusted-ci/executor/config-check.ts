@@ -17,6 +17,7 @@ import { PIPELINES, type AirlockYaml } from '#shared/schemas/airlock-yaml.js';
 import type { Pipeline } from '#shared/schemas/api/builds.js';
 import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import { allowedSources, NO_EGRESS, type EgressPolicy } from '../egress/policy.js';
 
 /** The job policy's budget of one build, as compileJobs checks it. */
 export function buildBudget(policy: JobPolicy): { jobs: number; timeMs: number; defaultTimeoutMs: number } {
@@ -112,7 +113,7 @@ export interface ConfigCheck {
  */
 export async function checkConfig(
   text: string,
-  policies: { job: JobPolicy; environments: EnvironmentPolicy },
+  policies: { job: JobPolicy; environments: EnvironmentPolicy; egress?: EgressPolicy },
   repo: RepoFiles,
   opts: { pipelines: readonly Pipeline[]; noJobIsWarning?: boolean },
 ): Promise<ConfigCheck> {
@@ -143,6 +144,10 @@ export async function checkConfig(
     }
   }
 
+  // What each run may reach (policies/egress.yaml): `network: packages` only where sources are allowed.
+  fromPolicy(networkIssues(part, policies.egress ?? NO_EGRESS));
+  issues.push(...(await lockfileIssues(part, repo)));
+
   // What the trusted builder will need after the merge.
   const publish = await publishIssues(part, policies.environments, repo);
   fromPolicy(publish.policy);
@@ -169,6 +174,34 @@ export async function checkConfig(
   // Errors first (what stops the build), then warnings; each in the order found.
   const ordered = [...issues.filter((i) => i.severity === 'error'), ...issues.filter((i) => i.severity !== 'error')];
   return { ...(cfg ? { cfg } : {}), issues: ordered, policyIssues: policy };
+}
+
+/** `network: packages` where the egress policy gives that kind of run no package source. */
+function networkIssues(part: PartialAirlockYaml, egress: EgressPolicy): Issue[] {
+  const out: Issue[] = [];
+  const refuse = (path: string, kind: 'environments' | 'jobs') => {
+    const what = kind === 'jobs' ? 'jobs' : 'environment builds';
+    out.push({ file: AIRLOCK_YAML, path, message: `network: packages is not allowed here: policies/egress.yaml gives ${what} no package source (allow.${kind} is empty); use network: none, or ask SRE`, severity: 'error' });
+  };
+  const env = part.environment;
+  if (env && 'dockerfile' in env && env.network === 'packages' && allowedSources(egress, 'environments').length === 0) refuse('environment.network', 'environments');
+  if (allowedSources(egress, 'jobs').length === 0) {
+    for (const [name, job] of Object.entries(part.jobs)) if (job.network === 'packages') refuse(`jobs.${name}.network`, 'jobs');
+  }
+  return out;
+}
+
+/** The lockfiles `dependencies` names must be there: the trusted builder fetches from them after the merge. */
+async function lockfileIssues(part: PartialAirlockYaml, repo: RepoFiles): Promise<Issue[]> {
+  const out: Issue[] = [];
+  for (const kind of ['npm', 'debian'] as const) {
+    const files = part.dependencies?.[kind] ?? [];
+    for (const [i, file] of files.entries()) {
+      const r = await readRepoFile(repo, file, `dependencies.${kind}[${i}]`);
+      if (typeof r !== 'string') out.push(r ?? { file: AIRLOCK_YAML, path: `dependencies.${kind}[${i}]`, message: `${file} is not in the repository: the trusted builder fetches ${kind} dependencies from it`, severity: 'error' });
+    }
+  }
+  return out;
 }
 
 /** The message of a file with no `publish` section (a warning: a project need not publish). */
@@ -225,7 +258,7 @@ async function guarded<T>(f: () => Promise<T>): Promise<T | Issue> {
  * both pipelines. A pipeline with no job at all is a warning here (a project may run no job in
  * one pipeline; its builds there end with that message).
  */
-export async function lintAirlockYaml(text: string, policies: { job: JobPolicy; environments: EnvironmentPolicy }, repo: RepoFiles): Promise<LintResult> {
+export async function lintAirlockYaml(text: string, policies: { job: JobPolicy; environments: EnvironmentPolicy; egress?: EgressPolicy }, repo: RepoFiles): Promise<LintResult> {
   const r = await checkConfig(text, policies, repo, { pipelines: PIPELINES, noJobIsWarning: true });
   const problems = r.issues.map(
     (i): LintProblem => ({

@@ -1,0 +1,98 @@
+/**
+ * The CI's egress end to end, on real parts: apt-cacher-ng and verdaccio started by the CI's code,
+ * the real npm registry and Debian mirror behind them, a real job container on the package network.
+ * An allowed fetch works, anything else is refused and counted, the second run is served from the
+ * cache (counted), and the size bound empties it.
+ */
+import { chmodSync, readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type Docker from 'dockerode';
+import type { JobRunner } from '#shared/runner/job-runner.js';
+import { Egress, type RunKind } from '../../../untrusted-ci/egress/egress.js';
+import type { EgressEvent } from '../../../untrusted-ci/egress/front.js';
+import { EgressPolicy } from '../../../untrusted-ci/egress/policy.js';
+import { BUSYBOX, expectNothingLeft, makeRunner, spec, tempDir } from '../../support/docker.js';
+
+let docker: Docker;
+let runner: JobRunner;
+let egress: Egress;
+const events: { kind: RunKind; e: EgressEvent }[] = [];
+
+const policy = EgressPolicy.parse({
+  version: 1,
+  sources: { debian: { mirrors: ['http://deb.debian.org/debian'] }, npm: { registry: 'https://registry.npmjs.org/' } },
+  allow: { environments: ['debian'], jobs: ['debian', 'npm'] },
+  cache: { maxSize: '1GiB' },
+});
+
+beforeAll(async () => {
+  ({ docker, runner } = await makeRunner());
+  const stateDir = tempDir('airlock-egress-');
+  chmodSync(stateDir, 0o711); // the proxies' own user passes through it
+  egress = await Egress.start({ stateDir, policy, onEvent: (kind, e) => events.push({ kind, e }) });
+}, 60_000);
+afterAll(async () => {
+  await egress?.stop();
+  await expectNothingLeft(docker, runner.owner, runner);
+});
+
+const FETCH = [
+  // the tarball, from the npm port (busybox wget ignores no_proxy: the proxy variable is dropped here)
+  'env -u http_proxy wget -q -O /tmp/n.tgz "${npm_config_registry}is-number/-/is-number-7.0.0.tgz" && sha1sum /tmp/n.tgz',
+  // Debian's signed index, through the apt proxy
+  'wget -q -O - http://deb.debian.org/debian/dists/bookworm/InRelease | grep "^Origin:"',
+  // a host off the allowlist
+  'wget -q -O /dev/null http://example.com/ 2>&1; echo "example: $?"',
+  // the registry's other endpoints
+  'env -u http_proxy wget -q -O /dev/null "${npm_config_registry}-/v1/search?text=x" 2>&1; echo "search: $?"',
+].join('\n');
+
+async function fetchRun(): Promise<{ log: string; summary: string }> {
+  const lines: string[] = [];
+  const run = egress.forRun('jobs', (l) => lines.push(l));
+  expect(run).toBeDefined();
+  const r = await runner.run(spec({ image: BUSYBOX, command: ['sh', '-c', FETCH], network: 'packages' }), { packages: run!.handlers });
+  expect(r.exitCode, r.log).toBe(0);
+  return { log: `${r.log}${lines.join('')}`, summary: run!.summary() };
+}
+
+describe('egress through the caching proxies', () => {
+  it('runs the proxies as their own user', () => {
+    const uid = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('airlock-proxy:'))?.split(':')[2];
+    expect(uid).toBeDefined();
+    const pids = egress.proxies!.pids();
+    expect(pids).toHaveLength(2);
+    for (const pid of pids) expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(new RegExp(`^Uid:\\s+${uid}\\s+${uid}\\s`, 'm'));
+  });
+
+  it('fetches what is allowed, refuses the rest with a reason in the log, and serves the second run from the cache', async () => {
+    const first = await fetchRun();
+    expect(first.log).toMatch(/[0-9a-f]{40}\s+\/tmp\/n\.tgz/);
+    expect(first.log).toContain('Origin: Debian');
+    expect(first.log).toContain('example: 1');
+    expect(first.log).toContain('search: 1');
+    expect(first.log).toMatch(/refused GET http:\/\/example\.com\/: example\.com is not an allowed package source/);
+    expect(first.log).toMatch(/refused GET \/-\/v1\/search/);
+    expect(first.summary).toMatch(/2 refused, 0 failed/);
+    expect(first.summary).toMatch(/0 from the cache, 2 fetched/);
+
+    const second = await fetchRun();
+    expect(second.summary).toMatch(/2 from the cache, 0 fetched, 2 refused/);
+    expect(events.filter((x) => x.e.outcome === 'hit').map((x) => x.e.source).sort()).toEqual(['debian', 'npm']);
+    expect(events.every((x) => x.kind === 'jobs')).toBe(true);
+  }, 120_000);
+
+  it('a run of a kind the policy gives no source is not served', () => {
+    const p = EgressPolicy.parse({ ...policy, allow: { environments: [], jobs: ['npm'] } });
+    expect(p.allow.environments).toEqual([]);
+    expect(egress.forRun('environments', () => undefined)?.allowed).toEqual(['debian']);
+  });
+
+  it('the size bound removes the least recently used files', async () => {
+    const report = await (await import('../../../untrusted-ci/egress/cache-gc.js')).pruneCache(egress.proxies!.cacheDirs, 0);
+    expect(report.files).toBeGreaterThanOrEqual(2);
+    expect(report.keptBytes).toBe(0);
+    const third = await fetchRun();
+    expect(third.summary).toMatch(/0 from the cache, 2 fetched/);
+  }, 120_000);
+});

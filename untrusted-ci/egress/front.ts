@@ -1,0 +1,181 @@
+/**
+ * The egress front: what answers a public run's two package ports (shared/egress/package-network.ts).
+ * It is the allowlist and the count, not a cache: every request is checked against the sources the
+ * egress policy gives this kind of run, then handed to the caching proxy made for it (./proxies.ts).
+ *
+ *   apt port (3142)  an absolute-form proxy request (`GET http://mirror/path`) whose URL lies under
+ *                    an allowed Debian mirror → apt-cacher-ng
+ *   npm port (4873)  a packument (`/name`, `/@scope%2fname`) or a tarball (`/name/-/file.tgz`)
+ *                    → verdaccio, as the registry at http://127.0.0.1:4873/
+ *
+ * Everything else is refused with 403 and a line saying why: another host, a tunnel (CONNECT),
+ * a method other than GET/HEAD (nobody publishes), npm's other endpoints (search, audit, login).
+ * Each request becomes one event: hit (the file was in the cache), miss (fetched), refused, or
+ * error (the proxy was down or failed). A hit also marks the file used, for the LRU bound.
+ */
+import { statSync, utimesSync } from 'node:fs';
+import { request, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import type { PackageHandlers } from '#shared/egress/package-network.js';
+import { NPM_REGISTRY_PORT } from '#shared/egress/package-network.js';
+import type { SourceKind } from './policy.js';
+import type { PackageProxies } from './proxies.js';
+
+export type EgressOutcome = 'hit' | 'miss' | 'refused' | 'error';
+
+export interface EgressEvent {
+  source: SourceKind | 'other';
+  outcome: EgressOutcome;
+  method: string;
+  /** What was asked for (at most 512 characters). */
+  url: string;
+  /** Why it was refused or failed. */
+  reason?: string;
+}
+
+export interface FrontOptions {
+  proxies: PackageProxies;
+  /** The sources this run may use (allowedSources of the policy, for its kind). */
+  allowed: readonly SourceKind[];
+  onEvent: (e: EgressEvent) => void;
+}
+
+/** Request headers passed on to the proxies; the rest (cookies, authorization…) stay behind. */
+const PASSED_HEADERS = ['accept', 'accept-encoding', 'range', 'if-range', 'if-modified-since', 'if-none-match', 'cache-control', 'pragma', 'user-agent', 'npm-command', 'npm-session'];
+const UPSTREAM_TIMEOUT_MS = 120_000;
+/** An npm package name as the registry accepts it (lowercase, url-safe; a scope is @scope/name). */
+const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]{0,213}\/)?[a-z0-9][a-z0-9._~-]{0,213}$/;
+
+export function egressHandlers(o: FrontOptions): PackageHandlers {
+  const refuse = (res: ServerResponse, e: Omit<EgressEvent, 'outcome'>, status = 403) => {
+    o.onEvent({ ...e, outcome: 'refused' });
+    if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+    res.end(`airlock: refused: ${e.reason}\n`);
+  };
+  return {
+    connect: (req) => o.onEvent({ source: 'other', outcome: 'refused', method: 'CONNECT', url: clip(req.url ?? ''), reason: 'tunnels (CONNECT) are refused: use the package ports' }),
+
+    apt: (req, res) => {
+      const method = req.method ?? '';
+      const raw = req.url ?? '';
+      const base = { source: 'other' as const, method, url: clip(raw) };
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        return refuse(res, { ...base, reason: 'not a proxy request for a package mirror (absolute http:// URL expected)' }, 400);
+      }
+      if (url.protocol !== 'http:' || url.username || url.password) return refuse(res, { ...base, reason: 'only plain http:// mirror URLs go through the apt proxy' });
+      const target = `http://${url.host}${url.pathname}`;
+      const mirror = o.allowed.includes('debian') ? o.proxies.mirrors.filter((m) => target.startsWith(m.prefix)).sort((a, b) => b.prefix.length - a.prefix.length)[0] : undefined;
+      if (!mirror) return refuse(res, { ...base, reason: `${url.host} is not an allowed package source for this build (policies/egress.yaml)` });
+      const e = { source: 'debian' as const, method, url: clip(target) };
+      if (method !== 'GET' && method !== 'HEAD') return refuse(res, { ...e, reason: `${method} is refused: package sources are read-only` }, 405);
+      if (!o.proxies.up('debian') || o.proxies.aptPort === undefined) return fail(res, o, e, 'the Debian cache is not running');
+      const file = join(mirror.dir, decodeSafe(target.slice(mirror.prefix.length)));
+      const cached = file.startsWith(`${mirror.dir}/`) && touchIfCached(file); // never a path outside the cache
+      forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { host: '127.0.0.1', port: o.proxies.aptPort, path: `${target}${url.search}`, headers: { ...pass(req), host: url.host } });
+    },
+
+    npm: (req, res) => {
+      const method = req.method ?? '';
+      const raw = req.url ?? '';
+      const e = { source: 'npm' as const, method, url: clip(raw) };
+      if (!o.allowed.includes('npm')) return refuse(res, { ...e, source: 'other', reason: 'the npm registry is not an allowed package source for this build (policies/egress.yaml)' });
+      if (method !== 'GET' && method !== 'HEAD') return refuse(res, { ...e, reason: `${method} is refused: the registry is read-only here (nobody publishes through the CI)` }, 405);
+      const file = npmCacheFile(o.proxies.npmStorage, raw);
+      if (!file) return refuse(res, { ...e, reason: 'only packuments and tarballs are served (no search, audit, login or other registry endpoints)' });
+      if (!o.proxies.up('npm') || !o.proxies.npmSocket) return fail(res, o, e, 'the npm cache is not running');
+      const cached = touchIfCached(file);
+      forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { socketPath: o.proxies.npmSocket, path: raw, headers: { ...pass(req), host: `127.0.0.1:${NPM_REGISTRY_PORT}` } });
+    },
+  };
+}
+
+/**
+ * The cache file of an npm request (its packument or tarball in verdaccio's storage), or undefined
+ * for a request that is neither. Exported for tests.
+ */
+export function npmCacheFile(storage: string, rawPath: string): string | undefined {
+  const q = rawPath.indexOf('?');
+  const path = q >= 0 ? rawPath.slice(0, q) : rawPath;
+  if (!path.startsWith('/') || path.includes('//')) return undefined;
+  const parts = path.slice(1).split('/').map(decodeSafe);
+  if (parts.some((p) => p === '' || p === '.' || p === '..' || p.includes('\0') || p.includes('\\'))) return undefined;
+  // `/@scope%2fname` is the encoded form of `/@scope/name`.
+  const flat = parts.flatMap((p) => (p.startsWith('@') && p.includes('/') ? p.split('/') : [p]));
+  const scoped = flat[0]?.startsWith('@') === true;
+  const nameParts = scoped ? 2 : 1;
+  const name = flat.slice(0, nameParts).join('/');
+  if (!NPM_NAME.test(name)) return undefined;
+  const rest = flat.slice(nameParts);
+  if (rest.length === 0) return join(storage, name, 'package.json');
+  if (rest.length === 2 && rest[0] === '-' && /^[a-z0-9][a-z0-9._~-]{0,255}\.tgz$/.test(rest[1]!)) return join(storage, name, rest[1]!);
+  return undefined;
+}
+
+function forward(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: EgressEvent, to: { host?: string; port?: number; socketPath?: string; path: string; headers: OutgoingHttpHeaders }): void {
+  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS }, (r) => {
+    res.writeHead(r.statusCode ?? 502, filterResponse(r.headers));
+    r.pipe(res);
+    r.on('error', () => res.destroy());
+    o.onEvent(r.statusCode !== undefined && r.statusCode < 500 ? e : { ...e, outcome: 'error', reason: `the cache answered ${r.statusCode}` });
+  });
+  up.on('timeout', () => up.destroy(new Error('timed out')));
+  up.on('error', (err) => {
+    if (res.headersSent) return void res.destroy();
+    fail(res, o, e, `the cache did not answer: ${err.message}`);
+  });
+  req.on('aborted', () => up.destroy());
+  up.end();
+}
+
+function fail(res: ServerResponse, o: FrontOptions, e: Omit<EgressEvent, 'outcome'>, reason: string): void {
+  o.onEvent({ ...e, outcome: 'error', reason });
+  if (!res.headersSent) res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8', 'retry-after': '5' });
+  res.end(`airlock: ${reason}\n`);
+}
+
+function pass(req: IncomingMessage): OutgoingHttpHeaders {
+  const h: OutgoingHttpHeaders = {};
+  for (const k of PASSED_HEADERS) {
+    const v = req.headers[k];
+    if (v !== undefined) h[k] = v;
+  }
+  return h;
+}
+
+/** Response headers minus hop-by-hop ones. */
+function filterResponse(h: IncomingMessage['headers']): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || ['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'set-cookie'].includes(k)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+/** Whether `file` is in the cache; if so it is marked used now (the LRU bound goes by mtime). */
+function touchIfCached(file: string): boolean {
+  try {
+    if (!statSync(file).isFile()) return false;
+    const now = new Date();
+    utimesSync(file, now, now);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function decodeSafe(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function clip(s: string): string {
+  const clean = s.replace(/[\u0000-\u001f\u007f]/g, '?');
+  return clean.length > 512 ? `${clean.slice(0, 509)}...` : clean;
+}

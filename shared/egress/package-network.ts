@@ -40,6 +40,8 @@ export const APT_PROXY_PORT = 3142;
 export const NPM_REGISTRY_PORT = 4873;
 export const APT_PROXY_URL = `http://127.0.0.1:${APT_PROXY_PORT}`;
 export const NPM_REGISTRY_URL = `http://127.0.0.1:${NPM_REGISTRY_PORT}/`;
+/** The holder of a package network: the bootstrap's busybox image (it has `sleep`). */
+export const DEFAULT_HOLDER_IMAGE = 'airlock/base:busybox';
 /** Connections one relay carries at once (each is a socat process on the host). */
 export const MAX_CONNECTIONS = 32;
 const RELAY_START_MS = 10_000;

@@ -43,10 +43,7 @@ import { checkSecretFiles, DEFAULT_SECRETS_TMPFS, removeSecretFiles, writeSecret
 import { packDirectory, repackTar } from './tar-pack.js';
 import { MountFailedError, WorkspaceManager, type Workspace } from './workspace.js';
 import { isNotFound } from '../docker/client.js';
-import { openPackageNetwork, packageEnv, type PackageHandlers, type PackageNetwork } from '../egress/package-network.js';
-
-/** The holder of a package network: the bootstrap's busybox image (it has `sleep`). */
-export const DEFAULT_HOLDER_IMAGE = 'airlock/base:busybox';
+import { DEFAULT_HOLDER_IMAGE, openPackageNetwork, packageEnv, type PackageHandlers, type PackageNetwork } from '../egress/package-network.js';
 
 export interface JobRunnerOptions {
   docker: Docker;

@@ -44,6 +44,7 @@ import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
 import { checkDockerfile, normalizeImageRef } from '#shared/docker/dockerfile.js';
 import { imageEnvironmentIssues } from '../executor/config-check.js';
 import { LABEL_ENV, LABEL_ENV_PROJECT, type ImageCache } from './image-cache.js';
+import { DEFAULT_HOLDER_IMAGE, openPackageNetwork, packageEnv, type PackageHandlers, type PackageNetwork } from '#shared/egress/package-network.js';
 import { BuildSandboxes, copyImages, moveImage, type BuildSandbox, type SandboxLimits, type SandboxSample } from './build-sandbox.js';
 
 /** Bump when the way images are built changes, so every environment is rebuilt once. */
@@ -64,6 +65,12 @@ export interface EnsureInput {
   /** Build output, line by line, up to the policy's log cap. */
   onLog?: (line: string) => void;
   signal?: AbortSignal;
+  /**
+   * `network: packages`: who answers the RUN steps' two package ports (the egress front of this
+   * run; shared/egress/package-network.ts). Absent: no network. Part of the tag: an environment
+   * built with packages is not the one built without.
+   */
+  packages?: PackageHandlers;
 }
 
 export interface EnsuredEnvironment {
@@ -91,6 +98,12 @@ export interface EnvironmentBuilderOptions {
   sandboxes?: BuildSandboxes;
 }
 
+/** The package variables a build gets: the proxy (predefined build arguments) and the npm registry. */
+function buildArgs(): Record<string, string> {
+  const env = packageEnv();
+  return Object.fromEntries(['http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY', 'npm_config_registry'].map((k) => [k, env[k] ?? '']));
+}
+
 /** How often a running build's limits are read. */
 const SAMPLE_MS = 100;
 
@@ -101,9 +114,9 @@ export function sanitizeProject(project: string): string {
 }
 
 /** The content-addressed tag of an environment (pure). */
-export function environmentTag(project: string, parts: { contextDigest: string; dockerfilePath: string; dockerfileText: string; baseImageIds: readonly string[] }): string {
+export function environmentTag(project: string, parts: { contextDigest: string; dockerfilePath: string; dockerfileText: string; baseImageIds: readonly string[]; network?: 'packages' }): string {
   const h = createHash('sha256')
-    .update(JSON.stringify([BUILDER_VERSION, project, parts.contextDigest, parts.dockerfilePath, parts.dockerfileText, parts.baseImageIds]))
+    .update(JSON.stringify([BUILDER_VERSION, project, parts.contextDigest, parts.dockerfilePath, parts.dockerfileText, parts.baseImageIds, ...(parts.network ? [parts.network] : [])]))
     .digest('hex');
   return `${ENV_REPOSITORY_PREFIX}${sanitizeProject(project)}:${h.slice(0, 32)}`;
 }
@@ -175,7 +188,7 @@ export class EnvironmentBuilder {
     for (const w of check.issues) input.onLog?.(`[airlock] warning: ${w.path}: ${w.message}`);
 
     const baseImageIds = await Promise.all(check.baseImages.map((b) => imageId(docker, b)));
-    const tag = environmentTag(input.project, { ...input, baseImageIds });
+    const tag = environmentTag(input.project, { ...input, baseImageIds, ...(input.packages ? { network: 'packages' as const } : {}) });
     const log = logger.child({ project: input.project, image: tag });
     // Pinned before the lookup: GC (under the same lock) either ran before and the lookup misses,
     // or sees the pin. The pin then covers the build and the caller's use, until release().
@@ -266,6 +279,7 @@ export class EnvironmentBuilder {
       let watch: NodeJS.Timeout | undefined;
       let releaseSlot: (() => void) | undefined;
       let sandbox: BuildSandbox | undefined;
+      let net: PackageNetwork | undefined;
       // Cancelled (timeout, a limit, nobody waiting): the sandbox goes at once, and every request to its engine with it.
       const onAbort = (): void => void sandbox?.destroy().catch(() => undefined);
       controller.signal.addEventListener('abort', onAbort, { once: true });
@@ -279,8 +293,15 @@ export class EnvironmentBuilder {
         sandbox = await this.sandboxes.start(limits, baseBytes, { usernsRemap: await this.usernsRemap() });
         if (failure) throw failure;
         const sb = sandbox;
-        buildLog.write(`[airlock] building in a sandbox of its own: no network, at most ${limits.pids} processes, ${formatBytes(limits.memory)} of memory, ${limits.cpus} CPUs, ${formatBytes(limits.disk)} written, ${formatDuration(build.timeout)}, runtime ${limits.runtime}\n`);
+        const network = input.packages ? 'network: packages only (the allowed package sources, through the CI host\'s cache)' : 'no network';
+        buildLog.write(`[airlock] building in a sandbox of its own: ${network}, at most ${limits.pids} processes, ${formatBytes(limits.memory)} of memory, ${limits.cpus} CPUs, ${formatBytes(limits.disk)} written, ${formatDuration(build.timeout)}, runtime ${limits.runtime}\n`);
         await copyImages(docker, sb.docker, bases);
+        if (input.packages) {
+          // The RUN steps join a holder's namespace in the build's own engine (networkmode container:…).
+          const holder = await imageId(docker, DEFAULT_HOLDER_IMAGE);
+          if (!bases.has(holder)) await copyImages(docker, sb.docker, new Map([[holder, [DEFAULT_HOLDER_IMAGE]]]));
+          net = await openPackageNetwork({ docker: sb.docker, image: DEFAULT_HOLDER_IMAGE, dir: join(this.opts.stateDir, 'pn'), owner: this.sandboxes.owner, runId: tag, handlers: input.packages, logger: log });
+        }
         watch = setInterval(() => {
           const s = sb.sample();
           if (!s.limitsIntact) flight.cancel(new ExecutorFailedError(`environment build of ${tag}: its cgroup limits are gone`));
@@ -293,7 +314,10 @@ export class EnvironmentBuilder {
           t: tag,
           dockerfile: CHECKED_DOCKERFILE,
           version: '1', // the classic builder: honours networkmode for every RUN, fetches no frontend
-          networkmode: 'none',
+          networkmode: net?.networkMode ?? 'none',
+          // http_proxy, no_proxy: Docker's predefined build arguments (kept out of the image's history);
+          // npm_config_registry reaches a RUN step that declares `ARG npm_config_registry`.
+          ...(net ? { buildargs: buildArgs() } : {}),
           labels: { [LABEL_ENV]: '1', [LABEL_ENV_PROJECT]: input.project },
           rm: true,
           forcerm: true,
@@ -320,6 +344,7 @@ export class EnvironmentBuilder {
         clearTimeout(timer);
         clearInterval(watch);
         controller.signal.removeEventListener('abort', onAbort);
+        await net?.close().catch((e: unknown) => log.warn({ err: e }, 'package network teardown failed'));
         if (sandbox) await sandbox.destroy().catch((e: unknown) => log.warn({ err: e }, 'build sandbox teardown failed; the reaper retries'));
         releaseSlot?.();
         flight.settled = true;

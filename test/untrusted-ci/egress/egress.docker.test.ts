@@ -12,6 +12,7 @@ import { Egress, type RunKind } from '../../../untrusted-ci/egress/egress.js';
 import type { EgressEvent } from '../../../untrusted-ci/egress/front.js';
 import { EgressPolicy } from '../../../untrusted-ci/egress/policy.js';
 import { BUSYBOX, expectNothingLeft, makeRunner, spec, tempDir } from '../../support/docker.js';
+import { envImages, input, makeRig } from '../environments/env-support.js';
 
 let docker: Docker;
 let runner: JobRunner;
@@ -87,6 +88,39 @@ describe('egress through the caching proxies', () => {
     expect(p.allow.environments).toEqual([]);
     expect(egress.forRun('environments', () => undefined)?.allowed).toEqual(['debian']);
   });
+
+  it('an environment build installs a Debian package through the proxy; its second build is served from the cache', async () => {
+    const rig = makeRig();
+    const dockerfile = [
+      'FROM airlock/base:bookworm',
+      // apt honours http_proxy, a build argument the CI passes; the base image's sources are deb.debian.org
+      'RUN apt-get update -o Acquire::Languages=none && apt-get install -y --no-install-recommends jq && jq --version',
+      // the proxy's other ports and the internet are out of reach from a RUN step too
+      'RUN if wget -q -T 3 -O /dev/null http://example.com/ 2>/dev/null || curl -s -m 3 http://127.0.0.1:5000/ >/dev/null 2>&1; then exit 1; fi; echo isolated',
+    ].join('\n');
+    const build = async (project: string) => {
+      const lines: string[] = [];
+      const run = egress.forRun('environments', (l) => lines.push(l));
+      const r = await rig.builder.ensure(await input(rig, project, dockerfile, {}, { packages: run!.handlers, onLog: (l) => lines.push(l) }));
+      r.release();
+      return { r, log: lines.join('\n'), summary: run!.summary() };
+    };
+    try {
+      const first = await build('egress-env-a');
+      expect(first.r.cached).toBe(false);
+      expect(first.log).toMatch(/jq-1\.6/);
+      expect(first.log).toContain('network: packages only');
+      expect(first.summary).toMatch(/\(debian\): \d+ requests, \d+ from the cache, [1-9]\d* fetched, 0 refused, 0 failed/);
+      // another project, the same packages: built again (another tag), its .debs from the cache
+      const second = await build('egress-env-b');
+      expect(second.r.cached).toBe(false);
+      expect(Number(/(\d+) from the cache/.exec(second.summary)?.[1])).toBeGreaterThanOrEqual(3);
+      // jobs of this policy may not use Debian: the environments' front is not the jobs'
+      expect(egress.forRun('jobs', () => undefined)?.allowed).toEqual(['debian', 'npm']);
+    } finally {
+      for (const i of await envImages(rig.docker, 'egress-env-')) await rig.docker.getImage(i.Id).remove({ force: true }).catch(() => undefined);
+    }
+  }, 300_000);
 
   it('the size bound removes the least recently used files', async () => {
     const report = await (await import('../../../untrusted-ci/egress/cache-gc.js')).pruneCache(egress.proxies!.cacheDirs, 0);

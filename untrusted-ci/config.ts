@@ -114,6 +114,8 @@ export const CiConfig = z
         job: z.string().optional(),
         environments: z.string().optional(),
         retention: z.string().optional(),
+        /** policies/egress.yaml: the package sources `network: packages` runs may reach (docs/dependencies.md). */
+        egress: z.string().optional(),
       })
       .strict()
       .default({}),
@@ -201,7 +203,7 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(baseDir, p));
   config.dataDir = abs(config.dataDir);
   config.runnerStateDir = abs(config.runnerStateDir);
-  for (const k of ['job', 'environments', 'retention'] as const) if (config.policies[k]) config.policies[k] = abs(config.policies[k]!);
+  for (const k of ['job', 'environments', 'retention', 'egress'] as const) if (config.policies[k]) config.policies[k] = abs(config.policies[k]!);
   if (config.artifactStore?.kind === 'fs') config.artifactStore.root = abs(config.artifactStore.root);
   const issues: Issue[] = [];
   const names = new Set<string>();
@@ -284,7 +286,7 @@ export function loadCiConfig(file: string): LoadedCiConfig {
   const loaded = buildCiConfig(raw, file, baseDir);
   const written = CiConfig.shape.policies.safeParse((raw as { policies?: unknown }).policies);
   const issues: Issue[] = [];
-  for (const k of ['job', 'environments', 'retention'] as const) {
+  for (const k of ['job', 'environments', 'retention', 'egress'] as const) {
     const p = loaded.config.policies[k];
     if (p && !(existsSync(p) && statSync(p).isFile())) {
       issues.push({ file, path: `policies.${k}`, message: `${p} is not a readable file${resolvedNote(written.success ? written.data[k] : undefined, baseDir, file)}`, severity: 'error' });

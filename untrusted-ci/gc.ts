@@ -18,6 +18,8 @@
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pruneCache, type PruneReport } from './egress/cache-gc.js';
+import { loadEgressPolicy } from './egress/policy.js';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import type { Logger } from '#shared/logging.js';
@@ -46,6 +48,8 @@ export interface CiGcOptions {
 
 /** What a pass deleted (or, with `dryRun`, would delete). */
 export interface CiGcReport {
+  /** The package cache (untrusted-ci/egress/cache-gc.ts). */
+  packages?: PruneReport;
   retention: {
     /** Builds whose logs expired. */
     logs: string[];
@@ -120,6 +124,12 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
 
     if (opts.images ?? true) {
       report.images = await openImageCache(loaded, opts.docker ?? createDocker(), log, store).gc();
+    }
+    if (opts.images ?? true) {
+      // The package cache (the proxies' files), to the egress policy's size, least recently used first.
+      const egress = loadEgressPolicy(c.policies.egress);
+      report.packages = await pruneCache(['debian', 'npm'].map((d) => join(c.runnerStateDir, 'egress', 'cache', d)), egress.cache.maxSize);
+      log.info(report.packages, 'package cache pruned');
     }
     if (opts.git ?? true) {
       // The service's unfinished builds keep their refs: only a dead process's are dropped.

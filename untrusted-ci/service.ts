@@ -19,6 +19,9 @@ import { EnvironmentBuilder } from './environments/environment-builder.js';
 import { ImageCache } from './environments/image-cache.js';
 import { loadEnvironmentPolicy } from './environments/policy.js';
 import { createRepoEnvironments } from './environments/repo-environments.js';
+import { Egress, type RunKind } from './egress/egress.js';
+import type { EgressEvent } from './egress/front.js';
+import { loadEgressPolicy } from './egress/policy.js';
 import { CheckBuildExecutor } from './executor/build-executor.js';
 import { BuildEvents } from './logs/build-events.js';
 import { Merger } from './merger/merger.js';
@@ -107,6 +110,10 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const artifacts = openArtifactStore(loaded);
     const runner = await JobRunner.create({ docker, policy: jobPolicy, stateDir: c.runnerStateDir, logger, workspacePool: opts.workspacePool ?? 2 });
     cleanups.push(() => runner.close());
+    // The package proxies, when policies/egress.yaml gives any run a source (docs/dependencies.md).
+    const egressReport: { to?: (kind: RunKind, e: EgressEvent) => void } = {};
+    const egress = await Egress.start({ stateDir: c.runnerStateDir, policy: loadEgressPolicy(c.policies.egress), logger, onEvent: (kind, e) => egressReport.to?.(kind, e) });
+    cleanups.push(() => egress.stop());
     const imageCache = openImageCache(loaded, docker, logger, store);
     const slots = new Slots(c.slots);
     // Environment builds run in sandboxes of their own and hold an executor slot, as jobs do.
@@ -164,6 +171,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       ...(review ? { reviewOutbox: () => review?.outbox.pendingCount() ?? 0 } : {}),
       gateQueues: () => gateQueues(gate.model),
     });
+    egressReport.to = (kind, e) => metrics.egress(kind, e.source, e.outcome);
     events.watch((build, e) => {
       if (e.type !== 'log') status?.notify();
       metrics.onEvent(build, e);
@@ -206,7 +214,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       events,
       merger,
       runner,
-      environments: createRepoEnvironments({ docker, policy: envPolicy, builder }),
+      environments: createRepoEnvironments({ docker, policy: envPolicy, builder, egress }),
       artifacts,
       policy: jobPolicy,
       environmentPolicy: envPolicy,
@@ -215,6 +223,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       logger,
       slots,
       gate,
+      egress,
     });
     scheduler = new Scheduler({
       store,
@@ -269,7 +278,10 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     }
     let gcTimer: NodeJS.Timeout | undefined;
     if (c.imageGcEveryMs > 0) {
-      gcTimer = setInterval(() => void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed')), c.imageGcEveryMs).unref();
+      gcTimer = setInterval(() => {
+        void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed'));
+        void egress.gc().catch((e: unknown) => logger.warn({ err: e }, 'package cache GC failed'));
+      }, c.imageGcEveryMs).unref();
       cleanups.push(() => clearInterval(gcTimer));
     }
     return {

@@ -19,6 +19,8 @@ export interface CiMetrics {
   webhook(outcome: 'accepted' | 'ignored' | 'rejected' | 'duplicate'): void;
   /** What the gate runtime reports. */
   gate: GateMetricsPort;
+  /** One request of a `network: packages` run (untrusted-ci/egress/front.ts). */
+  egress(kind: 'environments' | 'jobs', source: string, outcome: 'hit' | 'miss' | 'refused' | 'error'): void;
 }
 
 const DURATION_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
@@ -165,8 +167,17 @@ export function createCiMetrics(read: {
   const counted = new Set<number>();
   /** The pipeline of each running build (job events do not name it); bounded. */
   const running = new Map<number, string>();
+  const egressRequests = new Counter({
+    name: 'airlock_ci_egress_requests_total',
+    help: 'Requests of network: packages runs, by kind of run, source and outcome (hit: from the cache; miss: fetched; refused: off the allowlist; error: the cache failed)',
+    labelNames: ['kind', 'source', 'outcome'],
+    registers: [registry],
+  });
   return {
     registry,
+    egress(kind, source, outcome) {
+      egressRequests.inc({ kind, source, outcome });
+    },
     onBuild(b) {
       // Remembers which builds were counted (a finished build is announced again when reported); bounded.
       if (counted.size > 50_000) counted.delete(counted.values().next().value!);

@@ -4,7 +4,11 @@
  * with the run's own tally. What a run reached is written to its log (each refusal at once, a
  * summary at the end) and counted in /metrics (`airlock_ci_egress_requests_total`).
  */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ExecutorFailedError } from '#shared/errors.js';
+import { newOwnerId, ownerState } from '#shared/runner/owner.js';
 import type { PackageHandlers } from '#shared/egress/package-network.js';
 import type { Logger } from '#shared/logging.js';
 import { pruneCache, type PruneReport } from './cache-gc.js';
@@ -35,40 +39,93 @@ export interface EgressRun {
 }
 
 export class Egress {
-  private constructor(
-    private readonly o: EgressOptions,
-    readonly proxies: PackageProxies | undefined,
-  ) {}
+  private proxiesStarting: Promise<PackageProxies> | undefined;
+  private started: PackageProxies | undefined;
+  private privateDir: string | undefined;
+  private stopped = false;
+  private readonly owner = newOwnerId();
 
-  /** Starts the proxies when the policy allows any run any source; otherwise nothing runs and no run may ask. */
+  private constructor(private readonly o: EgressOptions) {}
+
+  /**
+   * Nothing starts here: the proxies start at the first run that asks for packages (most CI
+   * processes in tests never do), and only when the policy allows any run any source.
+   */
   static async start(o: EgressOptions): Promise<Egress> {
-    const used = new Set([...allowedSources(o.policy, 'environments'), ...allowedSources(o.policy, 'jobs')]);
-    if (used.size === 0) return new Egress(o, undefined);
-    const sources: EgressPolicy['sources'] = {};
-    if (used.has('debian') && o.policy.sources.debian) sources.debian = o.policy.sources.debian;
-    if (used.has('npm') && o.policy.sources.npm) sources.npm = o.policy.sources.npm;
-    const proxies = await PackageProxies.start({
-      dir: join(o.stateDir, 'egress'),
-      policy: { ...o.policy, sources },
-      ...(o.logger ? { logger: o.logger.child({ component: 'egress' }) } : {}),
-      ...(o.user ? { user: o.user } : {}),
+    return new Egress(o);
+  }
+
+  /** The running proxies (undefined until a run asked for packages, or when none may). */
+  get proxies(): PackageProxies | undefined {
+    return this.started;
+  }
+
+  /** The proxies, started on first use; a failed start is tried again by the next run. */
+  private ready(): Promise<PackageProxies> {
+    if (this.stopped) return Promise.reject(new ExecutorFailedError('the CI is stopping'));
+    this.proxiesStarting ??= (async () => {
+      const used = new Set([...allowedSources(this.o.policy, 'environments'), ...allowedSources(this.o.policy, 'jobs')]);
+      const sources: EgressPolicy['sources'] = {};
+      if (used.has('debian') && this.o.policy.sources.debian) sources.debian = this.o.policy.sources.debian;
+      if (used.has('npm') && this.o.policy.sources.npm) sources.npm = this.o.policy.sources.npm;
+      const p = await PackageProxies.start({
+        dir: this.claimDir(),
+        policy: { ...this.o.policy, sources },
+        ...(this.o.logger ? { logger: this.o.logger.child({ component: 'egress' }) } : {}),
+        ...(this.o.user ? { user: this.o.user } : {}),
+      });
+      this.started = p;
+      return p;
+    })();
+    this.proxiesStarting.catch((e: unknown) => {
+      this.o.logger?.warn({ err: e }, 'package proxies did not start; the next run that asks tries again');
+      this.proxiesStarting = undefined;
     });
-    return new Egress(o, proxies);
+    return this.proxiesStarting;
+  }
+
+  /**
+   * `<stateDir>/egress`, the host's shared cache, when no live process holds it (its `owner` file);
+   * else a private directory of this process's, removed at stop (two CI processes on one host, as
+   * in tests: two verdaccios must not share one storage).
+   */
+  private claimDir(): string {
+    const base = join(this.o.stateDir, 'egress');
+    mkdirSync(base, { recursive: true, mode: 0o711 });
+    const lock = join(base, 'owner');
+    let holder = '';
+    try {
+      holder = readFileSync(lock, 'utf8').trim();
+    } catch {
+      // nobody
+    }
+    if (holder === '' || holder === this.owner || ownerState(holder) === 'dead') {
+      writeFileSync(lock, `${this.owner}\n`, { mode: 0o600 });
+      return base;
+    }
+    this.privateDir = join(base, `private-${randomBytes(4).toString('hex')}`);
+    return this.privateDir;
+  }
+
+  /** The policy the proxies were started from (what the config check bounds `network: packages` by). */
+  get policy(): EgressPolicy {
+    return this.o.policy;
   }
 
   /** The sources a run of `kind` may use ([] when none: then it may not ask). */
   allowed(kind: RunKind): SourceKind[] {
-    return this.proxies ? allowedSources(this.o.policy, kind) : [];
+    return allowedSources(this.o.policy, kind);
   }
 
   /** The front of one run; `log` gets a line for each refusal. Undefined when runs of `kind` get no source. */
   forRun(kind: RunKind, log: (line: string) => void): EgressRun | undefined {
     const allowed = this.allowed(kind);
-    if (!this.proxies || allowed.length === 0) return undefined;
+    if (allowed.length === 0) return undefined;
     const tally = { hit: 0, miss: 0, refused: 0, error: 0 };
     const handlers = egressHandlers({
-      proxies: this.proxies,
+      proxies: () => this.ready(),
       allowed,
+      mirrors: this.o.policy.sources.debian?.mirrors ?? [],
       onEvent: (e) => {
         tally[e.outcome] += 1;
         this.o.onEvent?.(kind, e);
@@ -87,11 +144,15 @@ export class Egress {
 
   /** Bring the cache back under the policy's size, least recently used first. */
   async gc(): Promise<PruneReport> {
-    if (!this.proxies) return { files: 0, bytes: 0, keptBytes: 0 };
-    return pruneCache(this.proxies.cacheDirs, this.o.policy.cache.maxSize);
+    if (!this.started) return { files: 0, bytes: 0, keptBytes: 0 };
+    return pruneCache(this.started.cacheDirs, this.o.policy.cache.maxSize);
   }
 
   async stop(): Promise<void> {
-    await this.proxies?.stop();
+    this.stopped = true;
+    const p = await this.proxiesStarting?.catch(() => undefined);
+    await p?.stop();
+    if (this.privateDir) rmSync(this.privateDir, { recursive: true, force: true });
+    else if (p) rmSync(join(this.o.stateDir, 'egress', 'owner'), { force: true });
   }
 }

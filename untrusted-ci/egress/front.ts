@@ -34,9 +34,12 @@ export interface EgressEvent {
 }
 
 export interface FrontOptions {
-  proxies: PackageProxies;
+  /** The proxies, started on first use (a rejection: they cannot start). */
+  proxies: () => Promise<PackageProxies>;
   /** The sources this run may use (allowedSources of the policy, for its kind). */
   allowed: readonly SourceKind[];
+  /** The policy's Debian mirrors (URL prefixes ending in /). */
+  mirrors: readonly string[];
   onEvent: (e: EgressEvent) => void;
 }
 
@@ -67,14 +70,17 @@ export function egressHandlers(o: FrontOptions): PackageHandlers {
       }
       if (url.protocol !== 'http:' || url.username || url.password) return refuse(res, { ...base, reason: 'only plain http:// mirror URLs go through the apt proxy' });
       const target = `http://${url.host}${url.pathname}`;
-      const mirror = o.allowed.includes('debian') ? o.proxies.mirrors.filter((m) => target.startsWith(m.prefix)).sort((a, b) => b.prefix.length - a.prefix.length)[0] : undefined;
+      const mirror = o.allowed.includes('debian') ? o.mirrors.filter((m) => target.startsWith(m)).sort((a, b) => b.length - a.length)[0] : undefined;
       if (!mirror) return refuse(res, { ...base, reason: `${url.host} is not an allowed package source for this build (policies/egress.yaml)` });
       const e = { source: 'debian' as const, method, url: clip(target) };
       if (method !== 'GET' && method !== 'HEAD') return refuse(res, { ...e, reason: `${method} is refused: package sources are read-only` }, 405);
-      if (!o.proxies.up('debian') || o.proxies.aptPort === undefined) return fail(res, o, e, 'the Debian cache is not running');
-      const file = join(mirror.dir, decodeSafe(target.slice(mirror.prefix.length)));
-      const cached = file.startsWith(`${mirror.dir}/`) && touchIfCached(file); // never a path outside the cache
-      forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { host: '127.0.0.1', port: o.proxies.aptPort, path: `${target}${url.search}`, headers: { ...pass(req), host: url.host } });
+      withProxies(res, o, e, (p) => {
+        const cache = p.mirrors.find((m) => m.prefix === mirror);
+        if (!p.up('debian') || p.aptPort === undefined || !cache) return fail(res, o, e, 'the Debian cache is not running');
+        const file = join(cache.dir, decodeSafe(target.slice(mirror.length)));
+        const cached = file.startsWith(`${cache.dir}/`) && touchIfCached(file); // never a path outside the cache
+        forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { host: '127.0.0.1', port: p.aptPort, path: `${target}${url.search}`, headers: { ...pass(req), host: url.host } });
+      });
     },
 
     npm: (req, res) => {
@@ -83,11 +89,12 @@ export function egressHandlers(o: FrontOptions): PackageHandlers {
       const e = { source: 'npm' as const, method, url: clip(raw) };
       if (!o.allowed.includes('npm')) return refuse(res, { ...e, source: 'other', reason: 'the npm registry is not an allowed package source for this build (policies/egress.yaml)' });
       if (method !== 'GET' && method !== 'HEAD') return refuse(res, { ...e, reason: `${method} is refused: the registry is read-only here (nobody publishes through the CI)` }, 405);
-      const file = npmCacheFile(o.proxies.npmStorage, raw);
-      if (!file) return refuse(res, { ...e, reason: 'only packuments and tarballs are served (no search, audit, login or other registry endpoints)' });
-      if (!o.proxies.up('npm') || !o.proxies.npmSocket) return fail(res, o, e, 'the npm cache is not running');
-      const cached = touchIfCached(file);
-      forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { socketPath: o.proxies.npmSocket, path: raw, headers: { ...pass(req), host: `127.0.0.1:${NPM_REGISTRY_PORT}` } });
+      if (!npmCacheFile('/', raw)) return refuse(res, { ...e, reason: 'only packuments and tarballs are served (no search, audit, login or other registry endpoints)' });
+      withProxies(res, o, e, (p) => {
+        if (!p.up('npm') || !p.npmSocket) return fail(res, o, e, 'the npm cache is not running');
+        const cached = touchIfCached(npmCacheFile(p.npmStorage, raw)!);
+        forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { socketPath: p.npmSocket, path: raw, headers: { ...pass(req), host: `127.0.0.1:${NPM_REGISTRY_PORT}` } });
+      });
     },
   };
 }
@@ -128,6 +135,10 @@ function forward(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: 
   });
   req.on('aborted', () => up.destroy());
   up.end();
+}
+
+function withProxies(res: ServerResponse, o: FrontOptions, e: Omit<EgressEvent, 'outcome'>, then: (p: PackageProxies) => void): void {
+  o.proxies().then(then, (err: unknown) => fail(res, o, e, `the package cache cannot start: ${(err as Error).message}`));
 }
 
 function fail(res: ServerResponse, o: FrontOptions, e: Omit<EgressEvent, 'outcome'>, reason: string): void {

@@ -5,16 +5,17 @@
  * on the policy's allowlist and present locally.
  */
 import type Docker from 'dockerode';
-import { InvalidInputError } from '#shared/errors.js';
+import { InvalidInputError, PolicyViolationError } from '#shared/errors.js';
 import type { EnvironmentPolicy } from '../schemas/environment-policy.js';
 import type { EnvironmentProvider } from '../executor/build-executor.js';
 import { DOCKERFILE_MAX_BYTES } from '#shared/docker/dockerfile.js';
 import { resolveImageEnvironment, type EnvironmentBuilder } from './environment-builder.js';
+import type { Egress } from '../egress/egress.js';
 import { dockerfileLocation, missingDockerfile } from '../executor/config-check.js';
 
 const FILE = '.airlock.yaml';
 
-export function createRepoEnvironments(deps: { docker: Docker; policy: EnvironmentPolicy; builder: EnvironmentBuilder }): EnvironmentProvider {
+export function createRepoEnvironments(deps: { docker: Docker; policy: EnvironmentPolicy; builder: EnvironmentBuilder; egress?: Egress }): EnvironmentProvider {
   return {
     async prepare({ project, environment, commit, onLog, signal }) {
       if ('image' in environment) {
@@ -29,15 +30,24 @@ export function createRepoEnvironments(deps: { docker: Docker; policy: Environme
       const treePath = context === '.' ? '' : context;
       const digest = await commit.treeId(treePath);
       if (!digest) throw bad('environment.context', `${context} is not a directory in the repository`);
-      return deps.builder.ensure({
+      // network: packages — the RUN steps reach the sources policies/egress.yaml gives environment builds.
+      const say = (line: string) => onLog(line.endsWith('\n') ? line : `${line}\n`);
+      const run = environment.network === 'packages' ? deps.egress?.forRun('environments', say) : undefined;
+      if (environment.network === 'packages' && !run) {
+        throw new PolicyViolationError([{ file: FILE, path: 'environment.network', message: 'network: packages is not allowed here: policies/egress.yaml gives environment builds no package source', severity: 'error' }]);
+      }
+      const ensured = await deps.builder.ensure({
         project,
         dockerfilePath: inContext,
         dockerfileText: text.toString('utf8'),
         contextDigest: `git-tree:${digest}`,
         openContext: () => commit.archiveTree(treePath),
-        onLog: (line) => onLog(line.endsWith('\n') ? line : `${line}\n`),
+        onLog: say,
         signal,
+        ...(run ? { packages: run.handlers } : {}),
       });
+      if (run && !ensured.cached) say(run.summary());
+      return ensured;
     },
   };
 }

@@ -39,6 +39,8 @@ import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
 import { checkConfig, configErrorReason, planJobs, type RepoFiles } from './config-check.js';
 import type { Slots } from '../scheduler/slots.js';
+import type { Egress, EgressRun } from '../egress/egress.js';
+import { NO_EGRESS } from '../egress/policy.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
@@ -80,6 +82,8 @@ export interface CheckBuildExecutorOptions {
   slots?: Slots;
   /** The gate, for gate builds: told when the job list is known and each job's result; starts each job. */
   gate?: GateHooks;
+  /** Package sources for `network: packages` runs (policies/egress.yaml); absent: none, and a file that asks is refused. */
+  egress?: Egress;
 }
 
 export class CheckBuildExecutor implements BuildExecutor {
@@ -149,7 +153,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       throw e;
     }
     if (!text) return { result: 'config-error', reason: `no ${AIRLOCK_YAML} in the repository`, issues: [issue(AIRLOCK_YAML, '', 'file not found')] };
-    const checked = await checkConfig(text.toString('utf8'), { job: o.policy, environments: o.environmentPolicy }, repoFiles(reader), { pipelines: [build.pipeline] });
+    const checked = await checkConfig(text.toString('utf8'), { job: o.policy, environments: o.environmentPolicy, egress: o.egress?.policy ?? NO_EGRESS }, repoFiles(reader), { pipelines: [build.pipeline] });
     if (!checked.cfg) return configError(checked.issues);
     const cfg = checked.cfg;
     for (const w of checked.issues) say(`[airlock] warning: ${w.file}: ${w.path || '(root)'}: ${w.message}\n`);
@@ -219,11 +223,18 @@ export class CheckBuildExecutor implements BuildExecutor {
     const artifactsDir = join(work, 'artifacts', name);
     let result: JobResult;
     let releaseSlot: (() => void) | undefined;
+    let packages: EgressRun | undefined;
     try {
       releaseSlot = await o.slots?.acquire(signal);
       // Running from the moment it has an executor slot: a job waiting for one is still queued.
       this.setJob(buildId, name, 'running');
+      const say = (text: string) => {
+        log.write(Buffer.from(text));
+        o.events.publish(buildId, { type: 'log', job: name, text });
+      };
+      packages = spec.network === 'packages' ? o.egress?.forRun('jobs', say) : undefined;
       result = await o.runner.run(spec, {
+        ...(packages ? { packages: packages.handlers } : {}),
         signal,
         source: { tar },
         includeLog: false,
@@ -245,6 +256,11 @@ export class CheckBuildExecutor implements BuildExecutor {
       throw e;
     } finally {
       releaseSlot?.();
+    }
+    if (packages) {
+      const text = packages.summary();
+      log.write(Buffer.from(text));
+      o.events.publish(buildId, { type: 'log', job: name, text });
     }
     const bytes = await log.close();
     await o.artifacts.putFile(logKey(String(buildId), name), log.file);

@@ -13,6 +13,7 @@
  * or when FILE cannot be read (on stderr; `file not found` is what the CI says of a missing file).
  */
 import { readFile, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import type { Command } from 'commander';
 import { formatIssues, InvalidInputError, type Issue } from '#shared/errors.js';
@@ -20,6 +21,7 @@ import { AIRLOCK_YAML } from '#shared/repo-config/airlock-yaml.js';
 import { DEFAULT_JOB_POLICY_FILE, loadJobPolicy } from '#shared/policy/job-policy.js';
 import { configErrorReason, lintAirlockYaml, type LintProblem } from '../untrusted-ci/executor/config-check.js';
 import { DEFAULT_ENVIRONMENT_POLICY_FILE, loadEnvironmentPolicy } from '../untrusted-ci/environments/policy.js';
+import { DEFAULT_EGRESS_POLICY_FILE, loadEgressPolicy, NO_EGRESS } from '../untrusted-ci/egress/policy.js';
 
 export const LINT_EXIT = { ok: 0, problems: 2 } as const;
 /** Bigger files are not read at all (the YAML loader refuses far less: 1 MiB). */
@@ -35,7 +37,7 @@ export function registerLintCommand(program: Command): void {
     .command('lint')
     .description(`check a ${AIRLOCK_YAML} as the CI does, before pushing (exit 2 on errors)`)
     .argument('[file]', `the file to check`, `./${AIRLOCK_YAML}`)
-    .option('--policies <dir>', 'the policies directory (untrusted-job.yaml, environments.yaml); default: the ones the CI uses by default')
+    .option('--policies <dir>', 'the policies directory (untrusted-job.yaml, environments.yaml, egress.yaml); default: the ones the CI uses by default')
     .option('--json', 'print {ok, problems} as one JSON object')
     .action(async (file: string, flags: LintFlags) => {
       process.exitCode = await runLint(file, flags);
@@ -46,6 +48,9 @@ export function registerLintCommand(program: Command): void {
 export async function runLint(file: string, flags: LintFlags, write: (s: string) => void = (s) => void process.stdout.write(s)): Promise<number> {
   const job = loadJobPolicy(flags.policies !== undefined ? join(flags.policies, 'untrusted-job.yaml') : DEFAULT_JOB_POLICY_FILE);
   const environments = loadEnvironmentPolicy(flags.policies !== undefined ? join(flags.policies, 'environments.yaml') : DEFAULT_ENVIRONMENT_POLICY_FILE);
+  // egress.yaml may be absent from an older policies directory: then no run may ask for packages.
+  const egressFile = flags.policies !== undefined ? join(flags.policies, 'egress.yaml') : DEFAULT_EGRESS_POLICY_FILE;
+  const egress = existsSync(egressFile) ? loadEgressPolicy(egressFile) : NO_EGRESS;
   const text = await readText(file);
   if (typeof text !== 'string') {
     if (flags.json) write(`${JSON.stringify({ ok: false, problems: [problem(text)] })}\n`);
@@ -53,7 +58,7 @@ export async function runLint(file: string, flags: LintFlags, write: (s: string)
     return LINT_EXIT.problems;
   }
   const root = dirname(resolve(file));
-  const result = await lintAirlockYaml(text, { job, environments }, {
+  const result = await lintAirlockYaml(text, { job, environments, egress }, {
     readFile: async (path, maxBytes) => {
       const t = await readText(join(root, path), maxBytes);
       if (typeof t === 'string') return t;

@@ -29,6 +29,8 @@ import type { BuildOutcome } from '../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore } from '../../untrusted-ci/store/build-store.js';
 import { openDatabase } from '../../untrusted-ci/store/database.js';
 import { mergerRig } from '../support/merger-rig.js';
+import { Egress } from '../../untrusted-ci/egress/egress.js';
+import { loadEgressPolicy } from '../../untrusted-ci/egress/policy.js';
 
 const bin = new URL('../../bin/airlock.js', import.meta.url).pathname;
 const SAMPLE = new URL('../../demo/sample-project/', import.meta.url).pathname;
@@ -57,6 +59,7 @@ async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
     projects: [ProjectConfig.parse(project)],
     workDir: mkdtempSync(join(dir, 'work-')),
     logger: createLogger({ level: 'silent' }),
+    egress: await Egress.start({ stateDir: mkdtempSync(join(dir, 'egress-')), policy: loadEgressPolicy() }),
   });
   return executor.execute(store.build(buildId), new AbortController().signal);
 }
@@ -114,6 +117,7 @@ const ALL_AT_ONCE = [
   'publish: { dockerfile: deploy/Dockerfile }',
   '',
 ].join('\n');
+const LOCKFILE_MISSING = ['version: 1', 'environment: { image: airlock/base:busybox }', 'jobs:', '  test: { command: npm test, network: packages }', 'dependencies: { npm: [package-lock.json] }', ''].join('\n');
 const IMAGE_NOT_ALLOWED = ['version: 1', 'environment: { image: "debian:12" }', 'jobs:', '  test: { command: make test }', ''].join('\n');
 
 describe('airlock lint', () => {
@@ -138,6 +142,7 @@ describe('airlock lint', () => {
     ['a near-miss key', NEAR_MISS, 'AIRLOCK_E_INVALID_INPUT'],
     ['a publish Dockerfile that is not there', PUBLISHED, 'AIRLOCK_E_INVALID_INPUT'],
     ['a publish Dockerfile on a base the CI does not allow', PUBLISHED, 'AIRLOCK_E_POLICY_VIOLATION', { Dockerfile: 'FROM debian:12\n' }],
+    ['a lockfile the builder would fetch from that is not there', LOCKFILE_MISSING, 'AIRLOCK_E_INVALID_INPUT'],
     ['a publish Dockerfile that fetches from the network', PUBLISHED, 'AIRLOCK_E_POLICY_VIOLATION', { Dockerfile: 'FROM airlock/base:busybox\nADD https://example.com/x.tgz /x\n' }],
   ] as const) {
     it(`${name}: the issues and reason the CI's build ends with, exit 2`, async () => {

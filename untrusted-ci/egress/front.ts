@@ -46,8 +46,8 @@ export interface FrontOptions {
 /** Request headers passed on to the proxies; the rest (cookies, authorization…) stay behind. */
 const PASSED_HEADERS = ['accept', 'accept-encoding', 'range', 'if-range', 'if-modified-since', 'if-none-match', 'cache-control', 'pragma', 'user-agent', 'npm-command', 'npm-session'];
 const UPSTREAM_TIMEOUT_MS = 120_000;
-/** An npm package name as the registry accepts it (lowercase, url-safe; a scope is @scope/name). */
-const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]{0,213}\/)?[a-z0-9][a-z0-9._~-]{0,213}$/;
+/** An npm package name as the registry holds it (url-safe; old names may have capitals; a scope is @scope/name). */
+const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]{0,213}\/)?[A-Za-z0-9][A-Za-z0-9._~-]{0,213}$/;
 
 export function egressHandlers(o: FrontOptions): PackageHandlers {
   const refuse = (res: ServerResponse, e: Omit<EgressEvent, 'outcome'>, status = 403) => {
@@ -117,7 +117,7 @@ export function npmCacheFile(storage: string, rawPath: string): string | undefin
   if (!NPM_NAME.test(name)) return undefined;
   const rest = flat.slice(nameParts);
   if (rest.length === 0) return join(storage, name, 'package.json');
-  if (rest.length === 2 && rest[0] === '-' && /^[a-z0-9][a-z0-9._~-]{0,255}\.tgz$/.test(rest[1]!)) return join(storage, name, rest[1]!);
+  if (rest.length === 2 && rest[0] === '-' && /^[A-Za-z0-9][A-Za-z0-9._~-]{0,255}\.tgz$/.test(rest[1]!)) return join(storage, name, rest[1]!);
   return undefined;
 }
 

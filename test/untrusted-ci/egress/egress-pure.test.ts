@@ -1,0 +1,182 @@
+/**
+ * The egress pieces that need no engine: the policy's schema, the config check's bounds, the
+ * front's refusals (with a stand-in for the proxies: nothing allowed reaches them here), the npm
+ * request → cache file mapping, and the cache's size bound.
+ */
+import { mkdirSync, mkdtempSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { request, createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { pruneCache } from '../../../untrusted-ci/egress/cache-gc.js';
+import { egressHandlers, npmCacheFile, type EgressEvent } from '../../../untrusted-ci/egress/front.js';
+import { EgressPolicy, loadEgressPolicy, NO_EGRESS, parseEgressPolicy } from '../../../untrusted-ci/egress/policy.js';
+import type { PackageProxies } from '../../../untrusted-ci/egress/proxies.js';
+import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
+import { checkConfig } from '../../../untrusted-ci/executor/config-check.js';
+
+describe('egress policy', () => {
+  it('the shipped policy loads', () => {
+    const p = loadEgressPolicy();
+    expect(p.sources.debian?.mirrors).toContain('http://deb.debian.org/debian/');
+    expect(p.allow.jobs).toEqual(['npm']);
+  });
+
+  it.each([
+    ['an https Debian mirror', { sources: { debian: { mirrors: ['https://deb.debian.org/debian'] } } }, /sources\.debian\.mirrors\[0\].*must be http/],
+    ['credentials in a URL', { sources: { npm: { registry: 'https://u:p@registry.example/' } } }, /must not carry credentials/],
+    ['a query', { sources: { npm: { registry: 'https://registry.example/?x=1' } } }, /no query or fragment/],
+    ['an allowed source with no entry', { allow: { jobs: ['npm'] } }, /allow\.jobs\[0\].*npm is allowed but has no entry under sources/],
+    ['an unknown source kind', { allow: { jobs: ['pypi'] } }, /allow\.jobs\[0\]/],
+  ])('refuses %s, naming it', (_name, over, message) => {
+    const r = parseEgressPolicy(JSON.stringify({ version: 1, ...over }), 'egress.yaml');
+    expect(r.value).toBeUndefined();
+    expect(r.issues.map((i) => `${i.path}: ${i.message}`).join('\n')).toMatch(message);
+  });
+});
+
+describe('the config check bounds network: packages by the policy', () => {
+  const repo = { readFile: async (path: string) => (path === 'ci/Dockerfile' ? 'FROM airlock/base:busybox\n' : path === 'package-lock.json' ? '{}' : undefined) };
+  const file = (net: string) =>
+    ['version: 1', `environment: { dockerfile: ci/Dockerfile, network: ${net} }`, 'jobs:', `  test: { command: make, network: ${net} }`, 'dependencies: { npm: [package-lock.json], debian: [debian.lock] }', ''].join('\n');
+  const check = (text: string, egress: EgressPolicy) => checkConfig(text, { job: loadJobPolicy(), environments: loadEnvironmentPolicy(), egress }, repo, { pipelines: ['check'] });
+
+  it('with no source allowed, each run that asks is refused, with the key and the policy named', async () => {
+    const r = await check(file('packages'), NO_EGRESS);
+    const msgs = r.issues.map((i) => `${i.path}: ${i.message}`);
+    expect(msgs).toContainEqual(expect.stringMatching(/^environment\.network: network: packages is not allowed here: policies\/egress\.yaml gives environment builds no package source/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^jobs\.test\.network: network: packages is not allowed here: policies\/egress\.yaml gives jobs no package source/));
+    expect(r.issues.filter((i) => i.path.endsWith('network')).every((i) => r.policyIssues.has(i))).toBe(true);
+  });
+
+  it('a lockfile named in dependencies must be in the repository', async () => {
+    const r = await check(file('none'), NO_EGRESS);
+    const errors = r.issues.filter((i) => i.severity === 'error').map((i) => `${i.path}: ${i.message}`);
+    expect(errors).toEqual([expect.stringMatching(/^dependencies\.debian\[0\]: .*debian\.lock/)]);
+  });
+
+  it('with the shipped policy both may ask', async () => {
+    const r = await check(file('packages'), loadEgressPolicy());
+    expect(r.issues.filter((i) => i.path.endsWith('network'))).toEqual([]);
+  });
+});
+
+describe('npm requests and the cache', () => {
+  it.each([
+    ['/is-number', 'S/is-number/package.json'],
+    ['/JSONStream', 'S/JSONStream/package.json'],
+    ['/@types%2fnode', 'S/@types/node/package.json'],
+    ['/@types/node', 'S/@types/node/package.json'],
+    ['/is-number/-/is-number-7.0.0.tgz', 'S/is-number/is-number-7.0.0.tgz'],
+    ['/@types/node/-/node-20.1.0.tgz', 'S/@types/node/node-20.1.0.tgz'],
+    ['/is-number?write=true', 'S/is-number/package.json'],
+  ])('%s → %s', (path, file) => {
+    expect(npmCacheFile('S', path)).toBe(file);
+  });
+
+  it.each(['/-/v1/search?text=x', '/-/whoami', '/-/npm/v1/security/advisories/bulk', '/../etc/passwd', '/%2e%2e/x', '/a/../b', '/x/-/..%2f..%2fy.tgz', '/x/-/y.tgz/z', '//x', '/x/y', '/', 'x', '/@/x', '/x%00y'])('%s is not a packument or a tarball', (path) => {
+    expect(npmCacheFile('S', path)).toBeUndefined();
+  });
+});
+
+describe('the front refuses, with a reason, before any proxy is asked', () => {
+  let server: Server;
+  let port: number;
+  const events: EgressEvent[] = [];
+  let asked = 0;
+  beforeAll(async () => {
+    const handlers = egressHandlers({
+      proxies: () => {
+        asked += 1;
+        return Promise.reject(new Error('not in this test'));
+      },
+      allowed: ['debian', 'npm'],
+      mirrors: ['http://deb.debian.org/debian/'],
+      onEvent: (e) => events.push(e),
+    });
+    // One server for both handlers: the path's first segment picks (a test convenience).
+    server = createServer((req, res) => {
+      const apt = req.headers['x-port'] === 'apt';
+      (apt ? handlers.apt : handlers.npm)(req, res);
+    });
+    server.on('connect', (req, socket) => {
+      handlers.connect?.(req);
+      socket.end('HTTP/1.1 403 Forbidden\r\n\r\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(() => server.close());
+
+  const ask = (method: string, path: string, portKind: 'apt' | 'npm') =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const r = request({ host: '127.0.0.1', port, method, path, headers: { 'x-port': portKind } }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      r.on('error', reject);
+      r.end();
+    });
+
+  it.each([
+    ['apt', 'GET', '/debian/dists/bookworm/InRelease', 400, /absolute http:\/\/ URL expected/],
+    ['apt', 'GET', 'http://example.com/debian/x', 403, /example\.com is not an allowed package source/],
+    ['apt', 'GET', 'http://deb.debian.org/debian-evil/x', 403, /not an allowed package source/],
+    ['apt', 'GET', 'http://deb.debian.org.evil.example/debian/x', 403, /not an allowed package source/],
+    ['apt', 'GET', 'http://user:pw@deb.debian.org/debian/x', 403, /only plain http/],
+    ['apt', 'POST', 'http://deb.debian.org/debian/x', 405, /POST is refused/],
+    ['npm', 'PUT', '/is-number', 405, /PUT is refused/],
+    ['npm', 'GET', '/-/whoami', 403, /only packuments and tarballs/],
+  ] as const)('%s %s %s → %i', async (kind, method, path, status, body) => {
+    const before = asked;
+    const r = await ask(method, path, kind);
+    expect(r.status).toBe(status);
+    expect(r.body).toMatch(body);
+    expect(asked).toBe(before);
+    expect(events.at(-1)?.outcome).toBe('refused');
+  });
+
+  it('an allowed request whose proxy cannot start is an error (503) with the reason', async () => {
+    const r = await ask('GET', 'http://deb.debian.org/debian/dists/bookworm/InRelease', 'apt');
+    expect(r.status).toBe(503);
+    expect(r.body).toMatch(/the package cache cannot start: not in this test/);
+    expect(events.at(-1)).toMatchObject({ source: 'debian', outcome: 'error' });
+  });
+
+  it('a policy without the source refuses it', async () => {
+    const h = egressHandlers({ proxies: () => Promise.resolve({} as PackageProxies), allowed: ['npm'], mirrors: ['http://deb.debian.org/debian/'], onEvent: (e) => events.push(e) });
+    const s = createServer(h.apt);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const p = (s.address() as AddressInfo).port;
+    const status = await new Promise<number>((resolve) => request({ host: '127.0.0.1', port: p, path: 'http://deb.debian.org/debian/x' }, (res) => (res.resume(), resolve(res.statusCode ?? 0))).end());
+    s.close();
+    expect(status).toBe(403);
+  });
+});
+
+describe('the cache size bound', () => {
+  it('removes the least recently used first, with their .head files, until the rest fits', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'airlock-cache-'));
+    const a = join(root, 'debian', 'm0', 'pool');
+    const n = join(root, 'npm', 'x');
+    mkdirSync(a, { recursive: true });
+    mkdirSync(n, { recursive: true });
+    const put = (path: string, bytes: number, ageS: number) => {
+      writeFileSync(path, Buffer.alloc(bytes));
+      const t = new Date(Date.now() - ageS * 1000);
+      utimesSync(path, t, t);
+    };
+    put(join(a, 'old.deb'), 1000, 300);
+    put(join(a, 'old.deb.head'), 100, 300);
+    put(join(n, 'x-1.tgz'), 1000, 200);
+    put(join(a, 'new.deb'), 1000, 10);
+    const r = await pruneCache([join(root, 'debian'), join(root, 'npm')], 1500);
+    expect(r).toEqual({ files: 2, bytes: 2100, keptBytes: 1000 });
+    expect(readdirSync(a)).toEqual(['new.deb']);
+    expect(readdirSync(n)).toEqual([]);
+    expect(await pruneCache([join(root, 'debian')], 1500)).toEqual({ files: 0, bytes: 0, keptBytes: 1000 });
+  });
+});

@@ -59,10 +59,10 @@ const refused = async (p: Promise<unknown>): Promise<string> => {
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** A mirror on 127.0.0.1 that passes requests through to Debian's, with `alter` changing what it answers. */
-async function lyingMirror(alter: (path: string, body: Buffer) => Buffer): Promise<{ uri: string; close: () => Promise<void> }> {
+async function lyingMirror(alter: (path: string, body: Buffer) => Buffer, remap: (path: string) => string = (x) => x): Promise<{ uri: string; close: () => Promise<void> }> {
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').replace(/^\/debian/, '');
-    fetch(`${MIRROR}${path}`)
+    fetch(`${MIRROR}${remap(path)}`)
       .then(async (up) => {
         if (up.status !== 200) return void res.writeHead(up.status).end();
         const body = alter(path, Buffer.from(await up.arrayBuffer()));
@@ -217,6 +217,23 @@ describe('a mirror that lies', () => {
     } finally {
       await m.close();
     }
+  }, 120_000);
+
+  it('refuses a correctly signed InRelease of another suite (a downgrade: bookworm-updates served for bookworm)', async () => {
+    const m = await lyingMirror((_, body) => body, (path) => path.replace('/dists/bookworm/', '/dists/bookworm-updates/'));
+    try {
+      expect(await refused(fetchDeb(lockfile({ uri: m.uri }), policy([m.uri])))).toMatch(/the signed InRelease is for "bookworm-updates", not "bookworm"/);
+    } finally {
+      await m.close();
+    }
+  }, 120_000);
+
+  it('refuses a correctly signed InRelease past its Valid-Until (a replayed old copy)', async () => {
+    const security = 'http://deb.debian.org/debian-security';
+    const text = `version: 1\nsources:\n  - { uri: "${security}", suite: bookworm-security, components: [main], architectures: [amd64] }\npackages: []\n`;
+    const inAYear = Date.now() + 365 * 86_400_000;
+    const message = await refused(fetchDependencies({ npm: [], debian: [{ file: 'sec.yaml', text }] }, { policy: policy([security]), dir: work(), now: () => inAYear }));
+    expect(message).toMatch(/sec\.yaml: http:\/\/deb\.debian\.org\/debian-security bookworm-security: the signed InRelease expired at .* \(Valid-Until\)/);
   }, 120_000);
 
   it('refuses a Packages index that is not the one the signed InRelease names', async () => {

@@ -335,6 +335,12 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     expect(none.records().at(-1)).toMatchObject({ kind: 'promotion-failed', step: 'dependencies', state: 'refused' });
     await none.close();
 
+    // A lockfile that is not in the commit: refused at this step (not at config), naming it.
+    const missing = up.commit({ '.airlock.yaml': `${config(JOBS)}dependencies:\n  npm: [web/package-lock.json]\n` });
+    const m = await rig({ dependencies: '{ npmRegistry: "https://registry.npmjs.org/" }' });
+    expect(await m.promoter.promote(hint(missing))).toMatchObject({ state: 'refused', step: 'dependencies', reason: expect.stringContaining('lockfile no web/package-lock.json at') });
+    await m.close();
+
     let seen: Lane['dependencies'];
     const r = await rig({
       dependencies: '{ npmRegistry: "https://registry.npmjs.org/" }',

@@ -16,7 +16,7 @@
 import { z } from 'zod';
 import { parseYaml } from '#shared/yaml.js';
 import { zodIssues } from '#shared/schemas/issues.js';
-import { DependencyRefused } from './errors.js';
+import { DependencyRefused, quote } from './errors.js';
 
 /** Debian policy 5.6.1: lowercase letters, digits, + - . ; two characters at least, starting alphanumeric. */
 export const DebName = z.string().max(128).regex(/^[a-z0-9][a-z0-9+.-]+$/, 'not a Debian package name');
@@ -64,7 +64,20 @@ export function parseDebianLockfile(text: string, file: string): DebianLockfile 
   };
   if (y.value === undefined) return problems(y.issues);
   const r = DebianLockfile.safeParse(y.value);
-  if (!r.success) return problems(zodIssues(r.error, file));
+  if (!r.success) {
+    // Name the package (or source) an issue is about: `packages[3] ("../x" 1.0): name: …`.
+    const doc = y.value as { packages?: unknown; sources?: unknown };
+    const entry = (list: unknown, i: number): string => {
+      const e = Array.isArray(list) ? (list[i] as Record<string, unknown> | undefined) : undefined;
+      return e && typeof e === 'object' ? ` (${[e.name ?? e.uri, e.version ?? e.suite].filter((x) => x !== undefined).map((x) => quote(x, 80)).join(' ')})` : '';
+    };
+    return problems(
+      zodIssues(r.error, file).map((i) => ({
+        ...i,
+        path: i.path.replace(/^(packages|sources)\[(\d+)\]/, (m, list: string, n: string) => `${m}${entry(list === 'packages' ? doc.packages : doc.sources, Number(n))}`),
+      })),
+    );
+  }
   const seen = new Set<string>();
   for (const p of r.data.packages) {
     const key = `${p.name} ${p.architecture}`;

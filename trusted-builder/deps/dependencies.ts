@@ -73,6 +73,10 @@ export interface FetchDependenciesOptions {
   signal?: AbortSignal;
 }
 
+/** Packages of all lockfiles together, at most (one provenance statement lists them all). */
+export const MAX_NPM_TOTAL = 40_000;
+export const MAX_DEB_TOTAL = 5_000;
+
 export const NO_DEPENDENCIES: VerifiedDependencies = verified([], [], [], []);
 
 /** What `lockfiles` name, fetched and verified into `o.dir`. */
@@ -92,6 +96,10 @@ export async function fetchDependencies(lockfiles: Lockfiles, o: FetchDependenci
   // Every lockfile parsed before anything is fetched: a refusal costs no download.
   const npmWanted: NpmPackage[] = lockfiles.npm.flatMap((l) => parseNpmLockfile(l.text, l.file, p.npmRegistry!));
   const debLocks = lockfiles.debian.map((l) => ({ file: l.file, lock: parseDebianLockfile(l.text, l.file) }));
+  // What one provenance statement can list (trusted-builder/sign/provenance.ts caps it too).
+  if (npmWanted.length > MAX_NPM_TOTAL) throw new DependencyRefused(`${lockfiles.npm.map((l) => l.file).join(', ')}: ${npmWanted.length} npm packages in all, at most ${MAX_NPM_TOTAL}`);
+  const debTotal = debLocks.reduce((n, d) => n + d.lock.packages.length, 0);
+  if (debTotal > MAX_DEB_TOTAL) throw new DependencyRefused(`${lockfiles.debian.map((l) => l.file).join(', ')}: ${debTotal} Debian packages in all, at most ${MAX_DEB_TOTAL}`);
   const npm = npmWanted.length ? await fetchNpmPackages(npmWanted, { ...common, registry: p.npmRegistry! }) : [];
   const debian: VerifiedDeb[] = [];
   const indexes: VerifiedIndex[] = [];

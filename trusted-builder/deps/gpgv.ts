@@ -5,7 +5,7 @@
  * keyring, or no signature at all is a refusal.
  */
 import { execFile } from 'node:child_process';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { DependencyFailed, DependencyRefused } from './errors.js';
 
 const GPGV_TIMEOUT_MS = 60_000;
@@ -14,13 +14,16 @@ const GPGV_TIMEOUT_MS = 60_000;
 export async function verifyInRelease(inRelease: Buffer, keyring: string, scratch: string, what: string): Promise<string> {
   const input = `${scratch}.in`;
   const output = `${scratch}.signed`;
+  // An empty home of its own: gpgv reads no keyring but the one named (not ~/.gnupg/trustedkeys.kbx).
+  const home = `${scratch}.gnupg`;
+  await mkdir(home, { mode: 0o700 });
   await writeFile(input, inRelease, { mode: 0o600 });
   try {
     const { code, status, stderr } = await new Promise<{ code: number; status: string; stderr: string }>((resolve, reject) => {
       execFile(
         'gpgv',
         ['--status-fd', '1', '--keyring', keyring, '--output', output, input],
-        { timeout: GPGV_TIMEOUT_MS, maxBuffer: 1024 * 1024, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' } },
+        { timeout: GPGV_TIMEOUT_MS, maxBuffer: 1024 * 1024, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C', GNUPGHOME: home } },
         (err, stdout, stderr) => {
           if (err && typeof (err as { code?: unknown }).code !== 'number') return reject(err);
           resolve({ code: err ? Number((err as { code?: number }).code) : 0, status: stdout, stderr });
@@ -40,5 +43,6 @@ export async function verifyInRelease(inRelease: Buffer, keyring: string, scratc
   } finally {
     await rm(input, { force: true });
     await rm(output, { force: true });
+    await rm(home, { recursive: true, force: true });
   }
 }

@@ -141,6 +141,18 @@ describe('npm tarballs from the real registry, served to the host’s npm ci', (
     expect(existsSync(join(dir, 'tampered'))).toBe(true);
   });
 
+  it('caps each file and the whole fetch', async () => {
+    const fetchWith = (limits: { maxFileBytes?: number; maxTotalBytes?: number }, to: string) =>
+      fetchDependencies({ npm: [{ file: 'package-lock.json', text: lockText }], debian: [] }, { policy: { npmRegistry: REGISTRY, debianMirrors: [] }, dir: join(dir, to), limits: { ...limits, concurrency: 1 } }).catch((e: unknown) => e);
+    // is-number-7.0.0.tgz is 3.3 kB, @types/ms 0.7.34 about 2 kB.
+    const one = await fetchWith({ maxFileBytes: 1000 }, 'cap-file');
+    expect(one).toBeInstanceOf(DependencyRefused);
+    expect((one as Error).message).toMatch(/(is-number@7\.0\.0|@types\/ms@0\.7\.34) \(package-lock\.json\): https:\/\/registry\.npmjs\.org\/.* (is larger than|bytes, more than) 1000/);
+    const all = await fetchWith({ maxTotalBytes: 4000 }, 'cap-total');
+    expect(all).toBeInstanceOf(DependencyRefused);
+    expect((all as Error).message).toMatch(/the dependencies exceed 4000 bytes in all/);
+  });
+
   it('refuses when the promotion policy names no registry, saying what to set', async () => {
     const err = await fetchDependencies({ npm: [{ file: 'package-lock.json', text: lockText }], debian: [] }, { policy: undefined, dir: join(dir, 'none') }).catch((e: unknown) => e);
     expect((err as Error).message).toMatch(/no `dependencies` section: SRE sets dependencies.npmRegistry/);

@@ -153,6 +153,31 @@ describe('npm tarballs from the real registry, served to the host’s npm ci', (
     expect((all as Error).message).toMatch(/the dependencies exceed 4000 bytes in all/);
   });
 
+  it('stops reading a file at its cap when the registry sends no length (chunked, endless)', async () => {
+    let sent = 0;
+    const endless = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' }); // no content-length: chunked
+      const more = (): void => {
+        if (res.destroyed || sent > 64 * 1024 * 1024) return void res.end();
+        sent += 16 * 1024;
+        if (res.write(Buffer.alloc(16 * 1024))) setImmediate(more);
+        else res.once('drain', more);
+      };
+      more();
+    });
+    await new Promise<void>((r) => endless.listen(0, '127.0.0.1', r));
+    try {
+      const registry = `http://127.0.0.1:${(endless.address() as AddressInfo).port}/`;
+      const err = await fetchDependencies({ npm: [{ file: 'package-lock.json', text: lockText }], debian: [] }, { policy: { npmRegistry: registry, debianMirrors: [] }, dir: join(dir, 'endless'), limits: { maxFileBytes: 100_000, concurrency: 1 } }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DependencyRefused);
+      expect((err as Error).message).toMatch(/is larger than 100000 bytes/);
+      expect(sent).toBeLessThan(64 * 1024 * 1024);
+    } finally {
+      endless.closeAllConnections();
+      await new Promise<void>((r) => endless.close(() => r()));
+    }
+  });
+
   it('refuses when the promotion policy names no registry, saying what to set', async () => {
     const err = await fetchDependencies({ npm: [{ file: 'package-lock.json', text: lockText }], debian: [] }, { policy: undefined, dir: join(dir, 'none') }).catch((e: unknown) => e);
     expect((err as Error).message).toMatch(/no `dependencies` section: SRE sets dependencies.npmRegistry/);

@@ -70,7 +70,8 @@ export interface DebianFetchOptions {
   signal?: AbortSignal;
 }
 
-const trimSlash = (u: string): string => u.replace(/\/+$/, '');
+/** A mirror URL as apt will ask for it through a proxy (host lowercased, default port dropped), without a trailing slash. */
+const trimSlash = (u: string): string => new URL(u).href.replace(/\/+$/, '');
 
 export async function fetchDebian(lock: DebianLockfile, file: string, o: DebianFetchOptions, serial: string): Promise<VerifiedDebian> {
   const allowed = new Set(o.mirrors.map(trimSlash));

@@ -6,12 +6,15 @@
  * was asked. The docker tier (promote.docker.test.ts, embargo-lane.docker.test.ts…) runs the real
  * ones.
  *
- * Covered: the stage order; the dependencies stage (a real fetch of one npm package, listed in
- * the provenance; refused without a policy for it); a refusal or failure at each stage (what the result says, what is
+ * Covered: the stage order; the dependencies stage (one npm package from a registry on 127.0.0.1,
+ * listed in the provenance; refused without a policy for it); a refusal or failure at each stage (what the result says, what is
  * audited, and that no later stage runs); the budget of a build; needs ordering and skipping; the
  * embargo lane running the same stages in its private lane.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
@@ -44,7 +47,9 @@ const EMBARGO_REGISTRY = 'embargo-registry.invalid:5001';
 const TOKEN = 'npm-token-value-0123456789';
 const config = (jobs: string) => `version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n${jobs}publish:\n  dockerfile: Dockerfile\n`;
 const JOBS = `  build:\n    command: [sh, -c, "echo build"]\n    pipelines: [gate]\n  unit:\n    command: [sh, -c, "echo unit"]\n    needs: [build]\n    pipelines: [gate]\n  lint:\n    command: [sh, -c, "echo lint"]\n    pipelines: [gate]\n  after:\n    command: [sh, -c, "echo after"]\n    needs: [unit]\n    pipelines: [gate]\n`;
-const IS_NUMBER_INTEGRITY = 'sha512-41Cifkg6e8TylSpdtTpeLVMqvSBEVzTttHvERD741+pnZ8ANv0004MRL43QKPDlK9cGvNp6NZWZUBlbGXYxxng==';
+/** A package on a registry of this test's own on 127.0.0.1 (the pure tier reaches no other network; the real registry is in deps/npm.net.test.ts). */
+const TARBALL = Buffer.from('not really a tarball: the stage checks digests, npm checks the rest');
+const IS_NUMBER_INTEGRITY = `sha512-${createHash('sha512').update(TARBALL).digest('base64')}`;
 const PUBLISH_JOB = `  publish-npm:\n    command: [sh, -c, "npm publish"]\n    pipelines: [gate]\n`;
 
 let up: TestRepo;
@@ -318,7 +323,13 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     });
   }
 
-  it('fetches the locked dependencies after config (the real registry), lists them in the provenance, audits them; no policy for them: refused, saying what to set', async () => {
+  it('fetches the locked dependencies after config, lists them in the provenance, audits them; no policy for them: refused, saying what to set', async () => {
+    const registry = createServer((req, res) => {
+      if (req.url === '/is-number/-/is-number-7.0.0.tgz') return void res.writeHead(200, { 'content-length': TARBALL.length }).end(TARBALL);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => registry.listen(0, '127.0.0.1', r));
+    const REG = `http://127.0.0.1:${(registry.address() as AddressInfo).port}/`;
     const lockfile = JSON.stringify({
       name: 'app',
       lockfileVersion: 3,
@@ -337,13 +348,13 @@ describe('Promoter (pure tier: stages through their ports)', () => {
 
     // A lockfile that is not in the commit: refused at this step (not at config), naming it.
     const missing = up.commit({ '.airlock.yaml': `${config(JOBS)}dependencies:\n  npm: [web/package-lock.json]\n` });
-    const m = await rig({ dependencies: '{ npmRegistry: "https://registry.npmjs.org/" }' });
+    const m = await rig({ dependencies: `{ npmRegistry: "${REG}" }` });
     expect(await m.promoter.promote(hint(missing))).toMatchObject({ state: 'refused', step: 'dependencies', reason: expect.stringContaining('lockfile no web/package-lock.json at') });
     await m.close();
 
     let seen: Lane['dependencies'];
     const r = await rig({
-      dependencies: '{ npmRegistry: "https://registry.npmjs.org/" }',
+      dependencies: `{ npmRegistry: "${REG}" }`,
       stages: {
         environment: async (l) => {
           seen = l.dependencies;
@@ -361,9 +372,10 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     expect(statement.predicate.buildDefinition.resolvedDependencies).toContainEqual({
       uri: 'pkg:npm/is-number@7.0.0',
       digest: { sha512: Buffer.from(IS_NUMBER_INTEGRITY.slice('sha512-'.length), 'base64').toString('hex') },
-      downloadLocation: 'https://registry.npmjs.org/is-number/-/is-number-7.0.0.tgz',
+      downloadLocation: `${REG}is-number/-/is-number-7.0.0.tgz`,
     });
     await r.close();
+    await new Promise<void>((res) => registry.close(() => res()));
     // The tip again without lockfiles, for the tests after this one.
     up.commit({ '.airlock.yaml': config(JOBS) });
   });

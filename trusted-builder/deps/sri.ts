@@ -4,8 +4,6 @@
  * refused by the caller. The strongest algorithm present is the one checked, and a file matches
  * if it matches any digest of that algorithm (as the SRI specification says).
  */
-import { createHash } from 'node:crypto';
-
 export type SriAlgorithm = 'sha512' | 'sha384' | 'sha256';
 const STRENGTH: Readonly<Record<SriAlgorithm, number>> = { sha256: 1, sha384: 2, sha512: 3 };
 const DIGEST_BYTES: Readonly<Record<SriAlgorithm, number>> = { sha256: 32, sha384: 48, sha512: 64 };
@@ -40,9 +38,4 @@ export function parseSri(integrity: string): SriParse {
     return { ok: false, problem: `integrity has no sha512, sha384 or sha256 digest${seen.size ? ` (only ${[...seen].join(', ')})` : ''}` };
   }
   return { ok: true, sri: { algorithm: best, hex: found.get(best)! } };
-}
-
-/** A hash of the checked algorithm, fed as the file streams in. */
-export function sriHash(sri: Sri): ReturnType<typeof createHash> {
-  return createHash(sri.algorithm);
 }

@@ -6,11 +6,15 @@
  * was asked. The docker tier (promote.docker.test.ts, embargo-lane.docker.test.ts…) runs the real
  * ones.
  *
- * Covered: the stage order; a refusal or failure at each stage (what the result says, what is
+ * Covered: the stage order; the dependencies stage (one npm package from a registry on 127.0.0.1,
+ * listed in the provenance; refused without a policy for it); a refusal or failure at each stage (what the result says, what is
  * audited, and that no later stage runs); the budget of a build; needs ordering and skipping; the
  * embargo lane running the same stages in its private lane.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
@@ -43,6 +47,9 @@ const EMBARGO_REGISTRY = 'embargo-registry.invalid:5001';
 const TOKEN = 'npm-token-value-0123456789';
 const config = (jobs: string) => `version: 1\nenvironment: { image: airlock/base:busybox }\njobs:\n${jobs}publish:\n  dockerfile: Dockerfile\n`;
 const JOBS = `  build:\n    command: [sh, -c, "echo build"]\n    pipelines: [gate]\n  unit:\n    command: [sh, -c, "echo unit"]\n    needs: [build]\n    pipelines: [gate]\n  lint:\n    command: [sh, -c, "echo lint"]\n    pipelines: [gate]\n  after:\n    command: [sh, -c, "echo after"]\n    needs: [unit]\n    pipelines: [gate]\n`;
+/** A package on a registry of this test's own on 127.0.0.1 (the pure tier reaches no other network; the real registry is in deps/npm.net.test.ts). */
+const TARBALL = Buffer.from('not really a tarball: the stage checks digests, npm checks the rest');
+const IS_NUMBER_INTEGRITY = `sha512-${createHash('sha512').update(TARBALL).digest('base64')}`;
 const PUBLISH_JOB = `  publish-npm:\n    command: [sh, -c, "npm publish"]\n    pipelines: [gate]\n`;
 
 let up: TestRepo;
@@ -115,6 +122,8 @@ interface RigOptions {
   /** Stages replaced on top of the engine-free stand-ins (e.g. one that refuses). */
   stages?: Partial<PromotionStages>;
   embargo?: MemoryEmbargo;
+  /** The promotion policy's `dependencies` section, as YAML (absent: none). */
+  dependencies?: string;
 }
 
 async function rig(o: RigOptions = {}) {
@@ -135,7 +144,7 @@ async function rig(o: RigOptions = {}) {
     runner,
     verifier: new SourceVerifier(join(dir, `git-${id}`)),
     policy: parsePromotionPolicy(
-      `version: 1\nbuilderId: https://airlock.invalid/trusted-builder/test\nregistry: ${REGISTRY}\nembargoRegistry: ${EMBARGO_REGISTRY}\nprojects:\n  - {name: ${PROJECT}, url: ${up.dir}, protectedBranches: [master], image: ${IMAGE}, review: none}\n`,
+      `version: 1\nbuilderId: https://airlock.invalid/trusted-builder/test\nregistry: ${REGISTRY}\nembargoRegistry: ${EMBARGO_REGISTRY}\n${o.dependencies ? `dependencies: ${o.dependencies}\n` : ''}projects:\n  - {name: ${PROJECT}, url: ${up.dir}, protectedBranches: [master], image: ${IMAGE}, review: none}\n`,
       'promotion.yaml',
     ),
     secretsPolicy: SecretsPolicy.parse({ version: 1, builder: { signingKey: 'b/key', registry: 'b/registry', hintSecret: 'b/hint' }, grants: o.grants ? { [PROJECT]: o.grants } : {} }),
@@ -187,7 +196,7 @@ async function rig(o: RigOptions = {}) {
 }
 
 const hint = (commit: string, project = PROJECT) => ({ version: 1 as const, project, branch: 'master', commit });
-const PUBLIC_STAGES = ['verify', 'config', 'environment', 'tests', 'build', 'leakCheck', 'push', 'sign'];
+const PUBLIC_STAGES = ['verify', 'config', 'dependencies', 'environment', 'tests', 'build', 'leakCheck', 'push', 'sign'];
 
 describe('Promoter (pure tier: stages through their ports)', () => {
   it('runs the stages in order, the jobs in needs order, and publishes what it signed; each stage audited', async () => {
@@ -252,7 +261,7 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     const over = await r.promoter.promote(hint(four));
     expect(over).toMatchObject({ state: 'refused', step: 'config' });
     expect(over.state !== 'published' && over.reason).toContain('4 jobs run in the gate pipeline; the policy allows at most 2 per build');
-    expect(r.stages().slice(4)).toEqual(['verify', 'config', 'environment', 'tests']);
+    expect(r.stages().slice(4)).toEqual(['verify', 'config', 'dependencies', 'environment', 'tests']);
     expect(r.runner.ran).toEqual([]);
     await r.close();
   });
@@ -262,7 +271,7 @@ describe('Promoter (pure tier: stages through their ports)', () => {
     const out = await r.promoter.promote(hint(up.commit({ 'app.txt': 'tests fail\n', '.airlock.yaml': config(JOBS) })));
     expect(out).toMatchObject({ state: 'failed', step: 'tests', reason: 'tests failed on the trusted rebuild: unit, after' });
     expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint']);
-    expect(r.stages()).toEqual(['verify', 'config', 'environment', 'tests']);
+    expect(r.stages()).toEqual(['verify', 'config', 'dependencies', 'environment', 'tests']);
     expect(r.records().map((x) => x.kind)).toEqual(['verify-passed', 'tests-failed', 'promotion-failed']);
     expect(r.records()[1]).toMatchObject({ jobs: ['unit', 'after'] });
     expect(r.runner.drains).toBe(0);
@@ -287,6 +296,8 @@ describe('Promoter (pure tier: stages through their ports)', () => {
   });
 
   const stopAt: [keyof PromotionStages, Stop][] = [
+    ['dependencies', new Stop('refused', 'dependencies', 'is-number@7.0.0 (package-lock.json): integrity mismatch: expected sha512-AAAA, got sha512-BBBB')],
+    ['dependencies', new Stop('failed', 'dependencies', 'is-number@7.0.0 (package-lock.json): cannot fetch https://registry.npmjs.org/is-number/-/is-number-7.0.0.tgz: timed out')],
     ['environment', new Stop('refused', 'environment', 'not a pinned base image')],
     ['build', new Stop('failed', 'build', 'the publish image failed to build')],
     ['leakCheck', new Stop('refused', 'leak-check', 'a secret in use appears in log of unit (raw): nothing was published')],
@@ -311,6 +322,63 @@ describe('Promoter (pure tier: stages through their ports)', () => {
       await r.close();
     });
   }
+
+  it('fetches the locked dependencies after config, lists them in the provenance, audits them; no policy for them: refused, saying what to set', async () => {
+    const registry = createServer((req, res) => {
+      if (req.url === '/is-number/-/is-number-7.0.0.tgz') return void res.writeHead(200, { 'content-length': TARBALL.length }).end(TARBALL);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => registry.listen(0, '127.0.0.1', r));
+    const REG = `http://127.0.0.1:${(registry.address() as AddressInfo).port}/`;
+    const lockfile = JSON.stringify({
+      name: 'app',
+      lockfileVersion: 3,
+      requires: true,
+      packages: { '': { name: 'app', dependencies: { 'is-number': '^7.0.0' } }, 'node_modules/is-number': { version: '7.0.0', integrity: IS_NUMBER_INTEGRITY } },
+    });
+    const commit = up.commit({ '.airlock.yaml': `${config(JOBS)}dependencies:\n  npm: [package-lock.json]\n`, 'package-lock.json': lockfile });
+
+    const none = await rig();
+    const refused = await none.promoter.promote(hint(commit));
+    expect(refused).toMatchObject({ state: 'refused', step: 'dependencies' });
+    expect(refused.state !== 'published' && refused.reason).toContain('the promotion policy has no `dependencies` section: SRE sets dependencies.npmRegistry');
+    expect(none.stages()).toEqual(['verify', 'config', 'dependencies']);
+    expect(none.records().at(-1)).toMatchObject({ kind: 'promotion-failed', step: 'dependencies', state: 'refused' });
+    await none.close();
+
+    // A lockfile that is not in the commit: refused at this step (not at config), naming it.
+    const missing = up.commit({ '.airlock.yaml': `${config(JOBS)}dependencies:\n  npm: [web/package-lock.json]\n` });
+    const m = await rig({ dependencies: `{ npmRegistry: "${REG}" }` });
+    expect(await m.promoter.promote(hint(missing))).toMatchObject({ state: 'refused', step: 'dependencies', reason: expect.stringContaining('lockfile no web/package-lock.json at') });
+    await m.close();
+
+    let seen: Lane['dependencies'];
+    const r = await rig({
+      dependencies: `{ npmRegistry: "${REG}" }`,
+      stages: {
+        environment: async (l) => {
+          seen = l.dependencies;
+          return `sha256:${'e'.repeat(64)}`;
+        },
+      },
+    });
+    const out = await r.promoter.promote(hint(commit));
+    expect(out).toMatchObject({ state: 'published' });
+    expect(r.stages()).toEqual(PUBLIC_STAGES);
+    // The later stages reach the verified set through the lane.
+    expect(seen?.npm.map((p) => `${p.name}@${p.version}`)).toEqual(['is-number@7.0.0']);
+    expect(r.records().find((x) => x.kind === 'dependencies-verified')).toMatchObject({ project: PROJECT, commit, lockfiles: ['package-lock.json'], npm: 1, debian: 0 });
+    const statement = JSON.parse(readFileSync(out.state === 'published' ? out.provenance : '', 'utf8')) as { predicate: { buildDefinition: { resolvedDependencies: unknown[] } } };
+    expect(statement.predicate.buildDefinition.resolvedDependencies).toContainEqual({
+      uri: 'pkg:npm/is-number@7.0.0',
+      digest: { sha512: Buffer.from(IS_NUMBER_INTEGRITY.slice('sha512-'.length), 'base64').toString('hex') },
+      downloadLocation: `${REG}is-number/-/is-number-7.0.0.tgz`,
+    });
+    await r.close();
+    await new Promise<void>((res) => registry.close(() => res()));
+    // The tip again without lockfiles, for the tests after this one.
+    up.commit({ '.airlock.yaml': config(JOBS) });
+  });
 
   it('an unexpected error in a stage is a failure at step internal, with the error', async () => {
     const r = await rig({
@@ -407,7 +475,7 @@ describe('Promoter: the embargo lane runs the same stages in a private lane', ()
     r.promoter.accept(hint(commit));
     await r.promoter.idle();
     expect(r.promoter.result(PROJECT, commit)).toMatchObject({ state: 'published' });
-    expect(r.stages().slice(PUBLIC_STAGES.length)).toEqual(['config', 'environment', 'tests']);
+    expect(r.stages().slice(PUBLIC_STAGES.length)).toEqual(['config', 'dependencies', 'environment', 'tests']);
     expect(embargo.builds).toEqual([]);
     expect(embargo.breaks).toEqual([{ id: 'E2', commit, step: 'tests', reason: 'tests: tests' }]);
     expect(embargo.artifacts.size).toBe(0);

@@ -47,6 +47,7 @@ export const AuditKind = z.enum([
   'hint-refused',
   'verify-passed',
   'verify-refused',
+  'dependencies-verified',
   'secret-read',
   'tests-passed',
   'tests-failed',

@@ -44,6 +44,7 @@ const STEP_OF: Readonly<Record<string, PromotionStep>> = {
   history: 'verify',
   review: 'verify',
   config: 'tests',
+  dependencies: 'tests',
   environment: 'tests',
   source: 'tests',
   secrets: 'tests',

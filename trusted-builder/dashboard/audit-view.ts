@@ -21,6 +21,7 @@ export const SHOWN_FIELDS: Readonly<Record<AuditKind, readonly string[] | 'never
   'hint-refused': ['reason', 'from', 'suppressedBefore'],
   'verify-passed': ['project', 'commit', 'branch', 'hintBranch', 'policy', 'review'],
   'verify-refused': ['project', 'commit', 'step', 'state', 'reason'],
+  'dependencies-verified': ['project', 'commit', 'lockfiles', 'npm', 'debian', 'indexes'],
   'secret-read': ['path', 'store', 'purpose', 'project', 'commit'],
   'tests-passed': ['project', 'commit', 'jobs'],
   'tests-failed': ['project', 'commit', 'jobs'],

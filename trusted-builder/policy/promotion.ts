@@ -74,6 +74,27 @@ export const PromotedProject = z.strictObject({
 });
 export type PromotedProject = z.infer<typeof PromotedProject>;
 
+const HttpUrl = z
+  .string()
+  .max(2048)
+  .url()
+  .refine((u) => /^https?:$/.test(new URL(u).protocol), 'an http:// or https:// URL')
+  .refine((u) => !new URL(u).username && !new URL(u).password && !new URL(u).search && !new URL(u).hash, 'no credentials, query or fragment in the URL');
+
+/**
+ * Where the builder may fetch a project's locked dependencies from (trusted-builder/deps/). Absent:
+ * it fetches none, and a project whose `.airlock.yaml` names lockfiles is refused, saying what to set.
+ */
+export const DependencyPolicy = z.strictObject({
+  /** The npm registry tarballs are fetched from (`<registry>/<name>/-/<base>-<version>.tgz`); absent: npm lockfiles are refused. */
+  npmRegistry: HttpUrl.optional(),
+  /** The Debian mirrors a Debian lockfile's `sources[].uri` may name, exactly. */
+  debianMirrors: z.array(HttpUrl).max(32).default([]),
+  /** The keyring every InRelease is checked against with gpgv (an absolute path on the builder's host). */
+  debianKeyring: z.string().min(2).max(1024).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'an absolute path').optional(),
+});
+export type DependencyPolicy = z.infer<typeof DependencyPolicy>;
+
 export const PromotionPolicy = z.strictObject({
   version: z.literal(1),
   /** The `builder.id` written into provenance. */
@@ -101,6 +122,8 @@ export const PromotionPolicy = z.strictObject({
     )
     .max(1000)
     .default([]),
+  /** Where locked dependencies may be fetched from (absent: nowhere). */
+  dependencies: DependencyPolicy.optional(),
 });
 export type PromotionPolicy = z.infer<typeof PromotionPolicy>;
 

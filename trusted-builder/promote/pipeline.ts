@@ -1,7 +1,7 @@
 /**
  * The stages of a promotion, and the one order a lane runs them in:
  *
- *   config → source archive → environment → tests → build → leak check → push → sign
+ *   config → dependencies → source archive → environment → tests → build → leak check → push → sign
  *
  * (verify comes first, on the public lane only: the embargo lane builds on a commit that lane
  * already verified). Each stage is its own module with a port of only what it needs; the
@@ -27,6 +27,7 @@ import type { SourceVerifier } from '../verify/source.js';
 import type { PromotionStore } from './promotion-store.js';
 import { environment, publishImage, type BuiltImage, type EnvironmentSpec } from './stages/build.js';
 import { readConfig, type LaneConfig } from './stages/config.js';
+import { dependencies, type VerifiedDependencies } from './stages/dependencies.js';
 import type { Lane, ProvenanceStep } from './stages/lane.js';
 import { leakCheck } from './stages/leak-check.js';
 import { push } from './stages/push.js';
@@ -37,6 +38,8 @@ import { verify, type Verified } from './stages/verify.js';
 export interface PromotionStages {
   verify(project: PromotedProject, hint: PromotionHint): Promise<Verified>;
   config(l: Lane): Promise<LaneConfig>;
+  /** The lockfiles `.airlock.yaml` names, fetched and verified; buildLane sets the result as `l.dependencies`. */
+  dependencies(l: Lane, section: AirlockYaml['dependencies']): Promise<VerifiedDependencies>;
   environment(l: Lane, env: EnvironmentSpec): Promise<string>;
   tests(l: Lane, cfg: AirlockYaml, envImage: string, sourceTar: string): Promise<TestsOutcome>;
   build(l: Lane, publish: LaneConfig['publish']): Promise<BuiltImage>;
@@ -75,6 +78,7 @@ export function realStages(d: StageParts, now: () => number): PromotionStages {
   return {
     verify: (project, hint) => verify(verifyPort, project, hint),
     config: (l) => readConfig(l.source, d.jobPolicy),
+    dependencies: (l, section) => dependencies({ policy: d.policy.policy.dependencies, now }, l, section),
     environment: (l, env) => environment(build, l, env),
     tests: (l, cfg, envImage, sourceTar) => runTests(tests, l, cfg, envImage, sourceTar),
     build: (l, publish) => publishImage(build, l, publish),
@@ -85,11 +89,13 @@ export function realStages(d: StageParts, now: () => number): PromotionStages {
 }
 
 /**
- * One build of a lane's tree, public or private: config → tests → image → leak check → push →
- * sign. Throws Stop (or anything unexpected); returns what was published.
+ * One build of a lane's tree, public or private: config → dependencies → tests → image → leak
+ * check → push → sign. Throws Stop (or anything unexpected); returns what was published.
  */
 export async function buildLane(s: PromotionStages, l: Lane): Promise<Signed> {
   const { cfg, publish } = await s.config(l);
+  // Before anything is built: later stages serve these (l.dependencies) and the provenance lists them.
+  l.dependencies = await s.dependencies(l, cfg.dependencies);
   const source = join(l.work, 'source.tar');
   await l.source.archive(source, '.');
   // Tests: the gate jobs again, in an environment made here.

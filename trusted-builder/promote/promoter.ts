@@ -10,6 +10,9 @@
  *               approvals the policy requires (verify/review.ts; else refused)
  *   config      `.airlock.yaml` read from that commit in the builder's own mirror; its `publish`
  *               section names the Dockerfile of the published image (else refused)
+ *   dependencies every file the lockfiles `.airlock.yaml` names, fetched by the builder from the
+ *               sources the policy allows and checked against its digest (trusted-builder/deps/);
+ *               a weak or missing digest, a git source, a mismatch: refused
  *   tests       the project's gate jobs re-run in the hardened runner, on the builder's own
  *               archive of the commit, in an environment the builder made itself (a pinned base
  *               image, or its Dockerfile built here without cache); a step the secrets policy

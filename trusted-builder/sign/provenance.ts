@@ -12,7 +12,9 @@
  *   buildDefinition.externalParameters   the source the build was asked for (repository, commit)
  *   buildDefinition.internalParameters   what the builder decided: policy digest, the steps it ran,
  *                                        the review it found (changes, approvers, submitters)
- *   buildDefinition.resolvedDependencies the source commit and every base image, by digest
+ *   buildDefinition.resolvedDependencies the source commit, every base image, and every locked
+ *                                        dependency the builder fetched and verified (a purl, its
+ *                                        digest and the URL it came from), by digest
  *   runDetails                           builder id, invocation id, start and finish times
  */
 import { z } from 'zod';
@@ -77,6 +79,21 @@ export const ProvenanceInput = z
     startedOn: Instant,
     finishedOn: Instant,
     invocationId: z.string().min(1).max(256),
+    /**
+     * The project's locked dependencies as the builder fetched and verified them
+     * (trusted-builder/deps/dependencies.ts): a purl (or a verified index's URL), its digest by
+     * algorithm (hex), the URL it came from.
+     */
+    dependencies: z
+      .array(
+        z.strictObject({
+          uri: z.string().min(1).max(4096),
+          digest: z.record(z.string().regex(/^sha(?:256|384|512)$/, 'sha256, sha384 or sha512'), z.string().regex(/^[0-9a-f]{64,128}$/, 'hex')).refine((d) => Object.keys(d).length >= 1, 'a digest'),
+          downloadLocation: z.string().url().max(4096),
+        }),
+      )
+      .max(50_000)
+      .optional(),
     /** Embargoed patches applied on top of the source (private images only), by digest alone. */
     patches: z.array(z.strictObject({ digest: Sha256 })).max(100).optional(),
     /**
@@ -94,6 +111,7 @@ interface ResourceDescriptor {
   name?: string;
   uri?: string;
   digest: Record<string, string>;
+  downloadLocation?: string;
 }
 
 /** The statement as written (before canonical serialisation). */
@@ -139,6 +157,7 @@ export function buildStatement(input: ProvenanceInput): ProvenanceStatement {
         resolvedDependencies: [
           { uri: gitUri(p.source.repo), digest: { gitCommit: p.source.commit } },
           ...p.baseImages.map((b) => ({ name: b.name, digest: { sha256: hex(b.digest) } })),
+          ...(p.dependencies ?? []).map((x) => ({ uri: x.uri, digest: { ...x.digest }, downloadLocation: x.downloadLocation })),
           ...(p.patches ?? []).map((x) => ({ name: 'embargoed-patch', digest: { sha256: hex(x.digest) } })),
         ],
       },

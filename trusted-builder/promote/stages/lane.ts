@@ -10,6 +10,7 @@ import type { AuditKind, JsonValue } from '../../audit/audit-log.js';
 import type { PromotedProject } from '../../policy/promotion.js';
 import type { RegistryCredentials } from '../../publish/registry.js';
 import type { ReviewEvidence } from '../../verify/review.js';
+import type { VerifiedDependencies } from '../../deps/dependencies.js';
 
 /** A step's refusal (the policy or the source said no) or failure (tests, build, registry…). */
 export class Stop extends Error {
@@ -78,6 +79,13 @@ export interface Lane extends LaneRun {
   onJobLog?: (job: string, data: Buffer, passed: boolean) => Promise<void>;
   /** The logger the push reports its attempts to (none for the private lane). */
   pushLog?: Logger;
+  /**
+   * The project's locked dependencies, fetched and verified by the builder (stages/dependencies.ts).
+   * Set by pipeline.ts `buildLane` once that stage has run, before any later stage: the
+   * environment, tests and build stages serve them to their containers with
+   * `dependencies.handlers()`, and the sign stage lists them in the provenance.
+   */
+  dependencies?: VerifiedDependencies;
   /** What the provenance says of the lane's steps, patches and review. */
   provenance: {
     steps(steps: readonly ProvenanceStep[]): ProvenanceStep[];

@@ -1,6 +1,6 @@
 /**
  * sign: what the registry serves, signed. An in-toto/SLSA provenance statement of the build
- * (source, policy, base images, steps; the review or the embargoed patches as the lane says) with
+ * (source, policy, base images, locked dependencies, steps; the review or the embargoed patches as the lane says) with
  * a detached signature next to it in the lane's lookaside, and last the simple-signing signature
  * of the image digest: once that is there, everything it vouches for is in place.
  */
@@ -42,6 +42,7 @@ export async function sign(p: SignPort, l: Lane, pushed: PushResult, bases: read
     startedOn: l.startedOn,
     finishedOn: new Date(p.now()),
     invocationId: randomUUID(),
+    ...(l.dependencies && l.dependencies.provenance.length > 0 ? { dependencies: l.dependencies.provenance.map((x) => ({ ...x, digest: { ...x.digest } })) } : {}),
     ...(l.provenance.patches ? { patches: l.provenance.patches.map((digest) => ({ digest })) } : {}),
     ...(l.provenance.review ? { review: l.provenance.review } : {}),
   });

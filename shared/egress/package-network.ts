@@ -72,6 +72,12 @@ export function packageEnv(): Record<string, string> {
   };
 }
 
+/** What an image build gets of packageEnv(), as build arguments (the rest would only be reported unused). */
+export function packageBuildArgs(): Record<string, string> {
+  const env = packageEnv();
+  return Object.fromEntries(['http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY', 'npm_config_registry'].map((k) => [k, env[k] ?? '']));
+}
+
 export interface PackageNetworkOptions {
   docker: Docker;
   /** A local image with `sleep` (the holder's; default airlock/base:busybox). */

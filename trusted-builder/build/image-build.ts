@@ -39,6 +39,12 @@ export interface TrustedBuildInput {
   logCapBytes?: number;
   onLine?: (line: string) => void;
   signal?: AbortSignal;
+  /**
+   * `network: packages`: the RUN steps join this namespace (`container:<holder>`, a loopback where
+   * only the builder's verified files are served; shared/egress/package-network.ts) and get these
+   * build arguments. Absent: `--network none`.
+   */
+  packages?: { networkMode: string; buildArgs: Record<string, string> };
 }
 
 const DEFAULT_CONTEXT_MAX = 512 * 1024 * 1024; // 512 MiB
@@ -94,7 +100,8 @@ export async function buildTrustedImage(i: TrustedBuildInput): Promise<{ imageId
     t: i.tag,
     dockerfile: CHECKED_DOCKERFILE,
     version: '1', // the classic builder: honours networkmode for every RUN, fetches no frontend
-    networkmode: 'none',
+    networkmode: i.packages?.networkMode ?? 'none',
+    ...(i.packages ? { buildargs: i.packages.buildArgs } : {}),
     nocache: true,
     pull: false,
     rm: true,

@@ -44,7 +44,7 @@ import { BuildLog, followBuildStream } from '#shared/docker/build-log.js';
 import { checkDockerfile, normalizeImageRef } from '#shared/docker/dockerfile.js';
 import { imageEnvironmentIssues } from '../executor/config-check.js';
 import { LABEL_ENV, LABEL_ENV_PROJECT, type ImageCache } from './image-cache.js';
-import { DEFAULT_HOLDER_IMAGE, openPackageNetwork, packageEnv, type PackageHandlers, type PackageNetwork } from '#shared/egress/package-network.js';
+import { DEFAULT_HOLDER_IMAGE, openPackageNetwork, packageBuildArgs, type PackageHandlers, type PackageNetwork } from '#shared/egress/package-network.js';
 import { BuildSandboxes, copyImages, moveImage, type BuildSandbox, type SandboxLimits, type SandboxSample } from './build-sandbox.js';
 
 /** Bump when the way images are built changes, so every environment is rebuilt once. */
@@ -96,12 +96,6 @@ export interface EnvironmentBuilderOptions {
   slots?: { acquire(signal?: AbortSignal): Promise<() => void> };
   /** Injected for tests (e.g. another owner, to play a crashed process). */
   sandboxes?: BuildSandboxes;
-}
-
-/** The package variables a build gets: the proxy (predefined build arguments) and the npm registry. */
-function buildArgs(): Record<string, string> {
-  const env = packageEnv();
-  return Object.fromEntries(['http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY', 'npm_config_registry'].map((k) => [k, env[k] ?? '']));
 }
 
 /** How often a running build's limits are read. */
@@ -317,7 +311,7 @@ export class EnvironmentBuilder {
           networkmode: net?.networkMode ?? 'none',
           // http_proxy, no_proxy: Docker's predefined build arguments (kept out of the image's history);
           // npm_config_registry reaches a RUN step that declares `ARG npm_config_registry`.
-          ...(net ? { buildargs: buildArgs() } : {}),
+          ...(net ? { buildargs: packageBuildArgs() } : {}),
           labels: { [LABEL_ENV]: '1', [LABEL_ENV_PROJECT]: input.project },
           rm: true,
           forcerm: true,

@@ -38,7 +38,7 @@ describe('egress policy', () => {
 });
 
 describe('the config check bounds network: packages by the policy', () => {
-  const repo = { readFile: async (path: string) => (path === 'ci/Dockerfile' ? 'FROM airlock/base:busybox\n' : path === 'package-lock.json' ? '{}' : undefined) };
+  const repo = { readFile: async (path: string) => (path === 'ci/Dockerfile' ? 'FROM airlock/base:busybox\n' : path === 'package-lock.json' ? '{}' : undefined), isDirectory: async () => false };
   const file = (net: string) =>
     ['version: 1', `environment: { dockerfile: ci/Dockerfile, network: ${net} }`, 'jobs:', `  test: { command: make, network: ${net} }`, 'dependencies: { npm: [package-lock.json], debian: [debian.lock] }', ''].join('\n');
   const check = (text: string, egress: EgressPolicy) => checkConfig(text, { job: loadJobPolicy(), environments: loadEnvironmentPolicy(), egress }, repo, { pipelines: ['check'] });

@@ -19,6 +19,7 @@ import type { AuditLog, JsonValue } from '../../audit/audit-log.js';
 import { argv, grantFor, type SecretsPolicy } from '../../policy/secrets.js';
 import type { LeakSource } from '../../secrets/leak-check.js';
 import type { SecretStore } from '../../secrets/secret-store.js';
+import { lockedHandlers } from './locked-packages.js';
 import { Stop, type Lane, type ProvenanceStep } from './lane.js';
 
 export interface TestsPort {
@@ -57,10 +58,17 @@ export async function runTests(p: TestsPort, l: Lane, cfg: AirlockYaml, envImage
       // Artifacts are taken out as in the CI, only to be searched for secrets with the logs.
       const artifactsDir = join(l.work, 'artifacts', String(index));
       if (job.spec.artifacts.length > 0) await mkdir(artifactsDir, { recursive: true, mode: 0o700 });
+      // network: packages — only the lane's verified lockfile files answer (stages/locked-packages.ts).
+      const unserved: string[] = [];
+      const packages = job.spec.network === 'packages' ? lockedHandlers(l, 'tests', unserved) : undefined;
       const r = await p.runner.run(
         { ...job.spec, id: l.names.job(job.name, index) },
-        { source: { tar: sourceTar }, includeLog: false, onLog: (c) => chunks.push(c.data), ...(job.spec.artifacts.length > 0 ? { artifactsDir } : {}), ...(secretFiles.length > 0 ? { secretFiles } : {}) },
+        {
+          source: { tar: sourceTar }, includeLog: false, onLog: (c) => chunks.push(c.data),
+          ...(job.spec.artifacts.length > 0 ? { artifactsDir } : {}), ...(secretFiles.length > 0 ? { secretFiles } : {}), ...(packages ? { packages } : {}),
+        },
       );
+      if (unserved.length > 0) chunks.push(Buffer.from(`[airlock] not in the verified lockfile files, so not served: ${unserved.slice(0, 10).join(', ')}${unserved.length > 10 ? ', …' : ''}\n`));
       const data = Buffer.concat(chunks);
       logs.push({ name: `log of ${job.name}`, data });
       for (const a of r.artifacts) logs.push({ name: `artifact ${a.path} of ${job.name}`, data: createReadStream(join(artifactsDir, a.path)) });

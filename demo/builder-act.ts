@@ -82,6 +82,8 @@ export async function promotionAct(c: Ctx, merged: Merge[]): Promise<Publication
     const tests = of('tests-passed');
     const leak = of('leak-check');
     if (verify) story.info(`verified: on protected branch ${String(verify.branch)} of its own clone; review read from code review: ${String(verify.review)}`);
+    const deps = of('dependencies-verified');
+    if (deps) story.info(`fetched the locked dependencies itself, each checked against its digest: ${JSON.stringify(deps.npm)} npm, ${JSON.stringify(deps.debian)} Debian (never the CI's cache)`);
     if (tests) story.info(`re-ran the gate jobs itself: ${(tests.jobs as string[]).join(', ')} passed`);
     if (of('image-built')) story.info(`built the image with the network off, no cache, ${BASE_IMAGE} pinned by id`);
     if (leak) story.info(`leak check: ${String(leak.searched)} secrets in use searched for in layers and logs, ${String(leak.leaks)} found`);
@@ -147,6 +149,15 @@ export async function consumerAct(c: Ctx, image: Publication): Promise<void> {
     const statement = JSON.parse(readFileSync(image.provenance, 'utf8')) as { subject?: { digest?: { sha256?: string } }[] };
     const names = statement.subject?.[0]?.digest?.sha256 === image.digest.replace('sha256:', '') && readFileSync(image.provenance, 'utf8').includes(image.commit);
     story.check('its SLSA provenance names the commit and the digest; gpg verifies its signature', /\[GNUPG:\] VALIDSIG/.test(v) && names, relative(layout.root, image.provenance));
+    // Every locked dependency, by digest: the builder fetched and verified them, and served only those.
+    const resolved = (JSON.parse(readFileSync(image.provenance, 'utf8')) as { predicate?: { buildDefinition?: { resolvedDependencies?: { uri?: string; name?: string; digest?: Record<string, string> }[] } } }).predicate?.buildDefinition?.resolvedDependencies ?? [];
+    const packages = resolved.filter((d) => d.uri?.startsWith('pkg:'));
+    for (const d of packages) story.info(`│ ${d.uri} ${Object.entries(d.digest ?? {}).map(([k, v]) => `${k}:${v.slice(0, 16)}…`).join(' ')}`);
+    story.check(
+      'the provenance names each locked dependency (npm and Debian) by digest',
+      packages.some((d) => d.uri?.startsWith('pkg:npm/spdx-license-ids@')) && packages.some((d) => d.uri?.startsWith('pkg:deb/debian/jq@')),
+      `${packages.length} packages in resolvedDependencies`,
+    );
   } finally {
     rmSync(gnupg, { recursive: true, force: true });
   }

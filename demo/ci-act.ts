@@ -89,10 +89,19 @@ export async function checkAct(c: Ctx): Promise<SampleChange[]> {
     return mine.every((b) => b !== undefined) ? (mine as BuildView[]) : undefined;
   }, { signal: c.signal, timeoutMs: 30_000, everyMs: 50 });
   story.info(`following build ${builds[0]!.id} live (GET /api/builds/${builds[0]!.id}/events):`);
+  const packageLines: string[] = [];
   for await (const e of client.events(builds[0]!.id, c.signal)) {
+    if (e.type === 'log' && e.text.includes('[airlock] packages')) packageLines.push(`[${e.job}] ${sanitizeForTerminal(e.text).trim()}`);
     if (e.type === 'job') story.info(`│ ${e.job} → ${e.state}${e.reason ? ` (${e.reason})` : ''}`);
     else if (e.type === 'log' && e.job !== 'setup') story.info(`│ [${e.job}] ${sanitizeForTerminal(e.text).replace(/\n$/, '').replace(/\n/g, `\n│ [${e.job}] `)}`);
   }
+  // The environment's apt-get and the license job's npm package came through the CI host's cache.
+  for (const l of packageLines) story.info(`│ ${l}`);
+  story.check(
+    'packages came only through the CI\'s allowlisting cache (the license job\'s npm package; the environment\'s apt-get, when this build built it)',
+    packageLines.some((l) => l.startsWith('[license]')),
+    packageLines.length === 0 ? 'no package summary in the build log' : undefined,
+  );
   for (const [i, ch] of changes.entries()) {
     const b = await finished(c, builds[i]!.id, CHECK_TIMEOUT_MS);
     story.check(`check of change ${ch.number} "${ch.subject}": ${b.result}`, b.result === 'passed', describe(b));

@@ -50,6 +50,8 @@ export const PROJECT = 'demo/greeter';
 export const IMAGE = 'demo/greeter';
 /** The base image every FROM of the sample project names, pinned by id in the promotion policy. */
 export const BASE_IMAGE = 'airlock/base:busybox';
+/** The base of the sample project's CI environment (Debian, for apt), pinned too: the builder re-runs the tests in it. */
+export const ENV_BASE_IMAGE = 'airlock/base:bookworm';
 
 export interface DemoLayout {
   root: string;
@@ -162,6 +164,7 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
   }
 
   const baseId = ((await createDocker().getImage(BASE_IMAGE).inspect()) as { Id: string }).Id;
+  const envBaseId = ((await createDocker().getImage(ENV_BASE_IMAGE).inspect()) as { Id: string }).Id;
   const promotion = join(root, 'builder', 'promotion.yaml');
   writeFileSync(
     promotion,
@@ -180,7 +183,12 @@ export async function prepareDemoRoot(root: string, stateDir: string, review: Co
           review: { system: 'gerrit', since: review.initial, require: [{ label: 'Code-Review', value: 2 }], selfApproval: false },
         },
       ],
-      baseImages: [{ name: BASE_IMAGE, digest: baseId }],
+      baseImages: [
+        { name: BASE_IMAGE, digest: baseId },
+        { name: ENV_BASE_IMAGE, digest: envBaseId },
+      ],
+      // Where the builder fetches the project's locked dependencies from (docs/dependencies.md).
+      dependencies: { npmRegistry: 'https://registry.npmjs.org/', debianMirrors: ['http://deb.debian.org/debian'], debianKeyring: '/usr/share/keyrings/debian-archive-keyring.gpg' },
     })}`,
   );
   writeFileSync(

@@ -34,7 +34,7 @@ export interface EgressRun {
   handlers: PackageHandlers;
   /** The sources this run may use. */
   allowed: readonly SourceKind[];
-  /** One line for the log: how many requests, from the cache, fetched, refused, failed. */
+  /** One line for the log: how many requests, from the cache, fetched, refused, failed ('' when the run made none). */
   summary(): string;
 }
 
@@ -137,6 +137,7 @@ export class Egress {
       allowed,
       summary: () => {
         const n = tally.hit + tally.miss + tally.refused + tally.error;
+        if (n === 0) return '';
         return `[airlock] packages (${allowed.join(', ')}): ${n} request${n === 1 ? '' : 's'}, ${tally.hit} from the cache, ${tally.miss} fetched, ${tally.refused} refused, ${tally.error} failed\n`;
       },
     };

@@ -46,7 +46,8 @@ export function createRepoEnvironments(deps: { docker: Docker; policy: Environme
         signal,
         ...(run ? { packages: run.handlers } : {}),
       });
-      if (run && !ensured.cached) say(run.summary());
+      const summary = run?.summary();
+      if (summary) say(summary); // none when the build was another's (a shared build) or cached
       return ensured;
     },
   };

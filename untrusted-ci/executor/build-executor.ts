@@ -257,8 +257,8 @@ export class CheckBuildExecutor implements BuildExecutor {
     } finally {
       releaseSlot?.();
     }
-    if (packages) {
-      const text = packages.summary();
+    const text = packages?.summary();
+    if (text) {
       log.write(Buffer.from(text));
       o.events.publish(buildId, { type: 'log', job: name, text });
     }

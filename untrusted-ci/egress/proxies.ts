@@ -215,9 +215,8 @@ export class PackageProxies {
     const s: Supervised = { name, up: false, backoff: 1_000, tail: '' };
     this.procs.push(s);
     const launch = (): ChildProcess => {
-      const child = spawn(cmd, args, {
-        uid: this.ids.uid,
-        gid: this.ids.gid,
+      // setpriv: the proxy user, and SIGTERM when this process dies (a crashed CI leaves no proxy behind).
+      const child = spawn('setpriv', [`--reuid=${this.ids.uid}`, `--regid=${this.ids.gid}`, '--clear-groups', '--pdeathsig', 'TERM', '--', cmd, ...args], {
         cwd: this.o.dir,
         stdio: ['ignore', 'pipe', 'pipe'],
         env: {

@@ -185,7 +185,8 @@ function startRelay(pid: number, port: number, socket: string): Promise<ChildPro
       'socat',
       '-d',
       '-d',
-      `TCP4-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork,max-children=${MAX_CONNECTIONS},backlog=64`,
+      // nodelay: requests and answers are small writes on kept-alive connections; Nagle would hold them back.
+      `TCP4-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork,max-children=${MAX_CONNECTIONS},backlog=64,nodelay`,
       `UNIX-CONNECT:${socket}`,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },

@@ -14,7 +14,7 @@
  * error (the proxy was down or failed). A hit also marks the file used, for the LRU bound.
  */
 import { statSync, utimesSync } from 'node:fs';
-import { request, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { Agent, request, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { PackageHandlers } from '#shared/egress/package-network.js';
 import { NPM_REGISTRY_PORT } from '#shared/egress/package-network.js';
@@ -46,6 +46,8 @@ export interface FrontOptions {
 /** Request headers passed on to the proxies; the rest (cookies, authorization…) stay behind. */
 const PASSED_HEADERS = ['accept', 'accept-encoding', 'range', 'if-range', 'if-modified-since', 'if-none-match', 'cache-control', 'pragma', 'user-agent', 'npm-command', 'npm-session'];
 const UPSTREAM_TIMEOUT_MS = 120_000;
+/** Connections to the proxies are kept open between requests (they are local: a new one per request costs more than the answer). */
+const agent = new Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 });
 /** An npm package name as the registry holds it (url-safe; old names may have capitals; a scope is @scope/name). */
 const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]{0,213}\/)?[A-Za-z0-9][A-Za-z0-9._~-]{0,213}$/;
 
@@ -122,7 +124,7 @@ export function npmCacheFile(storage: string, rawPath: string): string | undefin
 }
 
 function forward(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: EgressEvent, to: { host?: string; port?: number; socketPath?: string; path: string; headers: OutgoingHttpHeaders }): void {
-  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS }, (r) => {
+  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS, agent }, (r) => {
     res.writeHead(r.statusCode ?? 502, filterResponse(r.headers));
     r.pipe(res);
     r.on('error', () => res.destroy());

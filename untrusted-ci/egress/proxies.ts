@@ -180,6 +180,8 @@ export class PackageProxies {
         '    timeout: 60s',
         '    max_fails: 4',
         '    fail_timeout: 30s',
+        // kept-alive TLS connections to the registry: a cold install asks it for every packument and tarball
+        '    agent_options: { keepAlive: true, maxSockets: 32, maxFreeSockets: 16 }',
         'packages:',
         "  '**':",
         '    access: $all',

@@ -42,6 +42,8 @@ export interface CiGcOptions {
   images?: boolean;
   /** `git gc --auto` in the project mirrors (default true). */
   git?: boolean;
+  /** Prune the package cache to policies/egress.yaml's `cache.maxSize` (default: as `images`). */
+  packages?: boolean;
   /** Plan only: report what retention would delete; no image or git GC. */
   dryRun?: boolean;
 }
@@ -125,7 +127,7 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
     if (opts.images ?? true) {
       report.images = await openImageCache(loaded, opts.docker ?? createDocker(), log, store).gc();
     }
-    if (opts.images ?? true) {
+    if (opts.packages ?? opts.images ?? true) {
       // The package cache (the proxies' files), to the egress policy's size, least recently used first.
       const egress = loadEgressPolicy(c.policies.egress);
       report.packages = await pruneCache(['debian', 'npm'].map((d) => join(c.runnerStateDir, 'egress', 'cache', d)), egress.cache.maxSize);

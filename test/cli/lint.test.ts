@@ -29,7 +29,7 @@ import type { BuildOutcome } from '../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore } from '../../untrusted-ci/store/build-store.js';
 import { openDatabase } from '../../untrusted-ci/store/database.js';
 import { mergerRig } from '../support/merger-rig.js';
-import { Egress } from '../../untrusted-ci/egress/egress.js';
+import type { Egress } from '../../untrusted-ci/egress/egress.js';
 import { loadEgressPolicy } from '../../untrusted-ci/egress/policy.js';
 
 const bin = new URL('../../bin/airlock.js', import.meta.url).pathname;
@@ -59,7 +59,8 @@ async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
     projects: [ProjectConfig.parse(project)],
     workDir: mkdtempSync(join(dir, 'work-')),
     logger: createLogger({ level: 'silent' }),
-    egress: await Egress.start({ stateDir: mkdtempSync(join(dir, 'egress-')), policy: loadEgressPolicy() }),
+    // The shipped egress policy, as lint reads it; no run gets as far as asking for packages here.
+    egress: { policy: loadEgressPolicy(), forRun: never('the package proxies') } as unknown as Egress,
   });
   return executor.execute(store.build(buildId), new AbortController().signal);
 }

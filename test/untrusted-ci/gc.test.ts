@@ -67,6 +67,25 @@ describe('runCiGc', () => {
     rmSync(dataDir, { recursive: true, force: true });
   });
 
+  it('prunes the package cache to the egress policy\'s size, least recently used first', async () => {
+    const stateDir = tempDir('airlock-gc-state-');
+    const egress = join(dataDir, 'egress.yaml');
+    writeFileSync(egress, 'version: 1\ncache: { maxSize: 1500 }\n');
+    const l = buildCiConfig({ version: 1, dataDir, runnerStateDir: stateDir, policies: { egress } }, 'test-config');
+    const file = (p: string, bytes: number, ageS: number) => {
+      const f = join(stateDir, 'egress', 'cache', p);
+      mkdirSync(join(f, '..'), { recursive: true });
+      writeFileSync(f, Buffer.alloc(bytes));
+      utimesSync(f, new Date(NOW - ageS * 1000), new Date(NOW - ageS * 1000));
+    };
+    file('debian/m0/pool/a.deb', 1000, 100);
+    file('npm/x/x-1.tgz', 1000, 10);
+    const report = await runCiGc(l, { logger, now: NOW, images: false, git: false, packages: true });
+    expect(report.packages).toEqual({ files: 1, bytes: 1000, keptBytes: 1000 });
+    expect(existsSync(join(stateDir, 'egress', 'cache', 'npm', 'x', 'x-1.tgz'))).toBe(true);
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
   it('deletes expired logs and artifacts by result class, sweeps old orphans, keeps running builds', async () => {
     const passedOld = finished('passed', 10); // logs 7d, artifacts 5d: both go
     const passedRecent = finished('passed', 6); // artifacts go, logs stay

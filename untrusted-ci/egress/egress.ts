@@ -49,10 +49,22 @@ export class Egress {
 
   /**
    * Nothing starts here: the proxies start at the first run that asks for packages (most CI
-   * processes in tests never do), and only when the policy allows any run any source.
+   * processes in tests never do), and only when the policy allows any run any source. What they
+   * need is checked here, though (PackageProxies.preflight): the CI does not start without it.
    */
   static async start(o: EgressOptions): Promise<Egress> {
-    return new Egress(o);
+    const e = new Egress(o);
+    if (e.allowed('environments').length + e.allowed('jobs').length > 0) PackageProxies.preflight(e.usedPolicy(), o.user);
+    return e;
+  }
+
+  /** The policy with only the sources some run may use (what the proxies are started for). */
+  private usedPolicy(): EgressPolicy {
+    const used = new Set([...allowedSources(this.o.policy, 'environments'), ...allowedSources(this.o.policy, 'jobs')]);
+    const sources: EgressPolicy['sources'] = {};
+    if (used.has('debian') && this.o.policy.sources.debian) sources.debian = this.o.policy.sources.debian;
+    if (used.has('npm') && this.o.policy.sources.npm) sources.npm = this.o.policy.sources.npm;
+    return { ...this.o.policy, sources };
   }
 
   /** The running proxies (undefined until a run asked for packages, or when none may). */
@@ -64,13 +76,9 @@ export class Egress {
   private ready(): Promise<PackageProxies> {
     if (this.stopped) return Promise.reject(new ExecutorFailedError('the CI is stopping'));
     this.proxiesStarting ??= (async () => {
-      const used = new Set([...allowedSources(this.o.policy, 'environments'), ...allowedSources(this.o.policy, 'jobs')]);
-      const sources: EgressPolicy['sources'] = {};
-      if (used.has('debian') && this.o.policy.sources.debian) sources.debian = this.o.policy.sources.debian;
-      if (used.has('npm') && this.o.policy.sources.npm) sources.npm = this.o.policy.sources.npm;
       const p = await PackageProxies.start({
         dir: this.claimDir(),
-        policy: { ...this.o.policy, sources },
+        policy: this.usedPolicy(),
         ...(this.o.logger ? { logger: this.o.logger.child({ component: 'egress' }) } : {}),
         ...(this.o.user ? { user: this.o.user } : {}),
       });

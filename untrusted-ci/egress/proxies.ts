@@ -84,6 +84,26 @@ export class PackageProxies {
     return this.procs.find((p) => p.name === name)?.up ?? false;
   }
 
+  /**
+   * What starting would need, checked without starting anything (the CI does it at its own start,
+   * so a host without them is told then, not at the first build that asks): the proxy user, root
+   * (to become it), and each tool the policy's sources need.
+   */
+  static preflight(policy: EgressPolicy, user = PROXY_USER): void {
+    userIds(user);
+    if (process.getuid?.() !== 0) throw new ExecutorFailedError('the package proxies are started by root (as the user airlock-proxy): run the CI as root, or give no run a package source in policies/egress.yaml');
+    const missing = ['socat', 'setpriv', 'nsenter'].filter((t) => !onPath(t));
+    if (policy.sources.debian && !existsSync('/usr/sbin/apt-cacher-ng')) missing.push('apt-cacher-ng');
+    if (missing.length > 0) throw new ExecutorFailedError(`policies/egress.yaml gives runs package sources, and this host lacks ${missing.join(', ')} (run npm run bootstrap)`);
+    if (policy.sources.npm) {
+      try {
+        createRequire(import.meta.url).resolve('verdaccio/package.json');
+      } catch {
+        throw new ExecutorFailedError('policies/egress.yaml names an npm registry, and verdaccio is not installed (npm ci)');
+      }
+    }
+  }
+
   static async start(o: ProxiesOptions): Promise<PackageProxies> {
     const ids = userIds(o.user ?? PROXY_USER);
     const p = new PackageProxies(o, ids);
@@ -297,6 +317,10 @@ async function freePort(): Promise<number> {
     if (ok) return port;
   }
   throw new ExecutorFailedError('no free loopback port for the Debian package cache between 20000 and 32000');
+}
+
+function onPath(tool: string): boolean {
+  return (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').some((d) => d !== '' && existsSync(join(d, tool)));
 }
 
 /** The proxies run as another user: every directory above theirs must let others pass (x). */

@@ -110,3 +110,15 @@ describe('gate metrics', () => {
     expect(sample(body, 'airlock_ci_gate_resets_total{pipeline="gate",project="org/lib"}')).toBeUndefined();
   });
 });
+
+describe('egress metrics', () => {
+  it('counts each request of a network: packages run by kind, source and outcome', async () => {
+    const m = createCiMetrics({ queued: () => ({ check: 0, gate: 0 }), busy: () => 0, slots: 1 });
+    m.egress('jobs', 'npm', 'hit');
+    m.egress('jobs', 'npm', 'hit');
+    m.egress('environments', 'other', 'refused');
+    const body = await m.registry.metrics();
+    expect(sample(body, 'airlock_ci_egress_requests_total{kind="jobs",source="npm",outcome="hit"}')).toBe(2);
+    expect(sample(body, 'airlock_ci_egress_requests_total{kind="environments",source="other",outcome="refused"}')).toBe(1);
+  });
+});

@@ -4,47 +4,14 @@
  * the policy does not allow, and a policy without a keyring, are refused before anything is
  * fetched. The real fetch is in debian.net.test.ts.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fetchDependencies, type VerifiedDependencies } from '../../../trusted-builder/deps/dependencies.js';
+import { fetchDeb as fetchWith, lockfile, MIRROR, policy, refused, workDirs } from './debian-support.js';
 import { parseDebianLockfile } from '../../../trusted-builder/deps/debian-lockfile.js';
-import { DependencyRefused } from '../../../trusted-builder/deps/errors.js';
 import type { DependencyPolicy } from '../../../trusted-builder/policy/promotion.js';
 
-const MIRROR = 'http://deb.debian.org/debian';
-const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
-const JQ = '1.6-2.1+deb12u2';
-const ONIG = '6.9.8-1';
-const dir = mkdtempSync(join(tmpdir(), 'airlock-deps-deblock-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-let n = 0;
-const work = (): string => join(dir, `w${++n}`);
-const lockfile = (o: { uri?: string; packages?: { name: string; version: string; architecture?: string }[] } = {}): string =>
-  [
-    'version: 1',
-    'sources:',
-    `  - { uri: "${o.uri ?? MIRROR}", suite: bookworm, components: [main], architectures: [amd64] }`,
-    'packages:',
-    ...(o.packages ?? [
-      { name: 'jq', version: JQ },
-      { name: 'libjq1', version: JQ },
-      { name: 'libonig5', version: ONIG },
-    ]).map((p) => `  - { name: ${JSON.stringify(p.name)}, version: ${JSON.stringify(p.version)}, architecture: ${p.architecture ?? 'amd64'} }`),
-    '',
-  ].join('\n');
-const policy = (mirrors: string[] = [MIRROR]): DependencyPolicy => ({ debianMirrors: mirrors, debianKeyring: KEYRING });
-const fetchDeb = (text: string, p: DependencyPolicy = policy()): Promise<VerifiedDependencies> =>
-  fetchDependencies({ npm: [], debian: [{ file: 'debian.lock.yaml', text }] }, { policy: p, dir: work() });
-const refused = async (p: Promise<unknown>): Promise<string> => {
-  const e = await p.then(
-    () => new Error('not refused'),
-    (x: unknown) => x,
-  );
-  expect(e).toBeInstanceOf(DependencyRefused);
-  return (e as Error).message;
-};
+const work = workDirs('airlock-deps-deblock-');
+const fetchDeb = (text: string, p: DependencyPolicy = policy()): Promise<VerifiedDependencies> => fetchWith(work, text, p);
 
 describe('the Debian lockfile, read as a hostile file', () => {
   it.each([

@@ -11,51 +11,20 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchDependencies, type VerifiedDependencies } from '../../../trusted-builder/deps/dependencies.js';
-import { DependencyRefused } from '../../../trusted-builder/deps/errors.js';
+import { fetchDeb as fetchWith, JQ, KEYRING, lockfile, MIRROR, ONIG, policy, refused, workDirs } from './debian-support.js';
 import type { DependencyRequest } from '../../../trusted-builder/deps/server.js';
 import type { DependencyPolicy } from '../../../trusted-builder/policy/promotion.js';
 
-const MIRROR = 'http://deb.debian.org/debian';
-const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
-/** As in bookworm's main/binary-amd64/Packages when this was written (a point release may move jq). */
-const JQ = '1.6-2.1+deb12u2';
-const ONIG = '6.9.8-1';
-const dir = mkdtempSync(join(tmpdir(), 'airlock-deps-deb-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-let n = 0;
-const work = (): string => join(dir, `w${++n}`);
-
-const lockfile = (o: { uri?: string; packages?: { name: string; version: string; architecture?: string }[] } = {}): string =>
-  [
-    'version: 1',
-    'sources:',
-    `  - { uri: "${o.uri ?? MIRROR}", suite: bookworm, components: [main], architectures: [amd64] }`,
-    'packages:',
-    ...(o.packages ?? [
-      { name: 'jq', version: JQ },
-      { name: 'libjq1', version: JQ },
-      { name: 'libonig5', version: ONIG },
-    ]).map((p) => `  - { name: ${JSON.stringify(p.name)}, version: ${JSON.stringify(p.version)}, architecture: ${p.architecture ?? 'amd64'} }`),
-    '',
-  ].join('\n');
-const policy = (mirrors: string[] = [MIRROR]): DependencyPolicy => ({ debianMirrors: mirrors, debianKeyring: KEYRING });
-const fetchDeb = (text: string, p: DependencyPolicy = policy()): Promise<VerifiedDependencies> =>
-  fetchDependencies({ npm: [], debian: [{ file: 'debian.lock.yaml', text }] }, { policy: p, dir: work() });
-const refused = async (p: Promise<unknown>): Promise<string> => {
-  const e = await p.then(
-    () => new Error('not refused'),
-    (x: unknown) => x,
-  );
-  expect(e).toBeInstanceOf(DependencyRefused);
-  return (e as Error).message;
-};
+const work = workDirs('airlock-deps-deb-');
+const dir = work();
+mkdirSync(dir, { recursive: true });
+const fetchDeb = (text: string, p: DependencyPolicy = policy()): Promise<VerifiedDependencies> => fetchWith(work, text, p);
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** A mirror on 127.0.0.1 that passes requests through to Debian's, with `alter` changing what it answers. */

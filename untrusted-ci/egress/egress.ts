@@ -18,6 +18,9 @@ import { PackageProxies } from './proxies.js';
 
 export type RunKind = 'environments' | 'jobs';
 
+/** Refused or failed requests written to a run's log, at most (the rest are counted only). */
+export const LOGGED_PROBLEMS = 50;
+
 export interface EgressOptions {
   /** The runner's state directory; the proxies keep theirs under `egress/`. */
   stateDir: string;
@@ -27,6 +30,8 @@ export interface EgressOptions {
   onEvent?: (kind: RunKind, e: EgressEvent) => void;
   /** The user the proxies run as (default airlock-proxy). */
   user?: string;
+  /** Check at start that this host can run the proxies (default true; false: tests of the front alone). */
+  checkHost?: boolean;
 }
 
 /** One run's side of the front: its handlers, and what it reached. */
@@ -54,7 +59,7 @@ export class Egress {
    */
   static async start(o: EgressOptions): Promise<Egress> {
     const e = new Egress(o);
-    if (e.allowed('environments').length + e.allowed('jobs').length > 0) PackageProxies.preflight(e.usedPolicy(), o.user);
+    if (o.checkHost !== false && e.allowed('environments').length + e.allowed('jobs').length > 0) PackageProxies.preflight(e.usedPolicy(), o.user);
     return e;
   }
 
@@ -130,6 +135,7 @@ export class Egress {
     const allowed = this.allowed(kind);
     if (allowed.length === 0) return undefined;
     const tally = { hit: 0, miss: 0, refused: 0, error: 0 };
+    let logged = 0;
     const handlers = egressHandlers({
       proxies: () => this.ready(),
       allowed,
@@ -137,7 +143,11 @@ export class Egress {
       onEvent: (e) => {
         tally[e.outcome] += 1;
         this.o.onEvent?.(kind, e);
-        if (e.outcome === 'refused' || e.outcome === 'error') log(`[airlock] packages: ${e.outcome} ${e.method} ${e.url}: ${e.reason ?? ''}\n`);
+        if (e.outcome !== 'refused' && e.outcome !== 'error') return;
+        // A run may ask as often as it likes: its log gets the first LOGGED_PROBLEMS, then one line.
+        logged += 1;
+        if (logged <= LOGGED_PROBLEMS) log(`[airlock] packages: ${e.outcome} ${e.method} ${e.url}: ${e.reason ?? ''}\n`);
+        else if (logged === LOGGED_PROBLEMS + 1) log(`[airlock] packages: more refused or failed requests than ${LOGGED_PROBLEMS}: counted in the summary, not logged\n`);
       },
     });
     return {

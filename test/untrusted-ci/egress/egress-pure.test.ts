@@ -157,6 +157,29 @@ describe('the front refuses, with a reason, before any proxy is asked', () => {
   });
 });
 
+describe('a run\'s log of refusals', () => {
+  it('holds the first ones and then one line, however many a run makes; the summary counts them all', async () => {
+    const { Egress, LOGGED_PROBLEMS } = await import('../../../untrusted-ci/egress/egress.js');
+    const e = await Egress.start({ stateDir: mkdtempSync(join(tmpdir(), 'airlock-egress-log-')), policy: EgressPolicy.parse({ version: 1 }) });
+    expect(e.forRun('jobs', () => undefined)).toBeUndefined(); // no source: nothing to serve
+    const lines: string[] = [];
+    const p = EgressPolicy.parse({ version: 1, sources: { npm: { registry: 'https://registry.npmjs.org/' } }, allow: { jobs: ['npm'] } });
+    // the proxies are never started: every request below is refused before any is asked
+    const e2 = await Egress.start({ stateDir: '/nonexistent', policy: p, checkHost: false });
+    const run = e2.forRun('jobs', (l: string) => lines.push(l))!;
+    const server = createServer(run.handlers.npm);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    for (let i = 0; i < LOGGED_PROBLEMS + 20; i++) {
+      await new Promise<void>((resolve) => request({ host: '127.0.0.1', port, path: `/-/whoami?${i}` }, (res) => (res.resume(), res.on('end', resolve))).end());
+    }
+    server.close();
+    expect(lines).toHaveLength(LOGGED_PROBLEMS + 1);
+    expect(lines.at(-1)).toMatch(/more refused or failed requests than 50/);
+    expect(run.summary()).toMatch(/70 requests, 0 from the cache, 0 fetched, 70 refused/);
+  });
+});
+
 describe('the cache size bound', () => {
   it('removes the least recently used first, with their .head files, until the rest fits', async () => {
     const root = mkdtempSync(join(tmpdir(), 'airlock-cache-'));

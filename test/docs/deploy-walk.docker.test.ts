@@ -24,7 +24,7 @@ import { createDocker } from '#shared/docker/client.js';
 import { startService, logTail, type ServiceProcess } from '../../demo/services.js';
 import { firstErrorLine } from '../../demo/verify-image.js';
 import { LABEL_ENV_PROJECT } from '../../untrusted-ci/environments/image-cache.js';
-import { STATE_DIR, BUSYBOX } from '../support/docker.js';
+import { STATE_DIR, BOOKWORM, BUSYBOX } from '../support/docker.js';
 import { BUILDER_ACCOUNT, CI_ACCOUNT, filesOf, startGerrit, type GerritRig } from '../support/gerrit-rig.js';
 import { freePort, startRegistry, type TestRegistry } from '../support/registry.js';
 import { startS3, type TestS3 } from '../support/s3.js';
@@ -72,6 +72,8 @@ interface Site {
   ciPort: number;
   builderPort: number;
   baseImageId: string;
+  /** The sample project's CI environment is built on bookworm: pinned too. */
+  envImageId: string;
   publicKey: string;
   /** The protected branch's tip when the operator adopts airlock. */
   since: string;
@@ -105,8 +107,8 @@ function site(s: Site): Row[] {
     {
       file: 'promotion.yaml',
       from: '{ name: airlock/base:bookworm, digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000" }',
-      to: `{ name: ${BUSYBOX}, digest: "${s.baseImageId}" }`,
-      why: "the base image this project's Dockerfile names, pinned to `docker image inspect`'s id",
+      to: `{ name: ${BOOKWORM}, digest: "${s.envImageId}" }\n  - { name: ${BUSYBOX}, digest: "${s.baseImageId}" }`,
+      why: "the base images this project's Dockerfiles name (its CI environment's and its published image's), pinned to `docker image inspect`'s id",
     },
     // the consumer's files (step 6: "the registry's host:port ... the lookaside is the builder's base URL plus /lookaside")
     { file: 'policy.json', from: 'registry.internal.example.org:5000', to: s.registry.url, why: 'the registry' },
@@ -187,6 +189,7 @@ describe('docs/deploy.md, walked end to end with examples/', () => {
     // Step 1: pin the base image (docker image inspect --format '{{.Id}}').
     const baseImageId = (await run('docker', ['image', 'inspect', '--format', '{{.Id}}', BUSYBOX])).stdout.trim();
     expect(baseImageId).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const envImageId = (await run('docker', ['image', 'inspect', '--format', '{{.Id}}', BOOKWORM])).stdout.trim();
 
     // Step 2: secrets. The key with make-signing-key.ts, the hint key with /dev/urandom.
     const keyDir = join(work, 'key');
@@ -212,7 +215,7 @@ describe('docs/deploy.md, walked end to end with examples/', () => {
     const [ciPort, builderPort] = [await freePort(), await freePort()];
     const since = (await run('git', ['ls-remote', gerrit.gerrit.gitUrl(PROJECT), `refs/heads/${BRANCH}`])).stdout.split('\t')[0]!;
     expect(since).toBe(initial);
-    const rows = [...placement(root), ...site({ gerrit, vault, registry, embargoRegistry, s3, ciPort, builderPort, baseImageId, publicKey, since })];
+    const rows = [...placement(root), ...site({ gerrit, vault, registry, embargoRegistry, s3, ciPort, builderPort, baseImageId, envImageId, publicKey, since })];
 
     // Step 3: the CI host's files.
     const ciYaml = edit(join(EXAMPLES, 'ci', 'ci.yaml'), join(etcCi, 'ci.yaml'), 'ci.yaml', rows);

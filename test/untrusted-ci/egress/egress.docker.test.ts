@@ -4,7 +4,10 @@
  * An allowed fetch works, anything else is refused and counted, the second run is served from the
  * cache (counted), and the size bound empties it.
  */
-import { chmodSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type Docker from 'dockerode';
 import type { JobRunner } from '#shared/runner/job-runner.js';
@@ -14,6 +17,7 @@ import { EgressPolicy } from '../../../untrusted-ci/egress/policy.js';
 import { BUSYBOX, expectNothingLeft, makeRunner, spec, tempDir } from '../../support/docker.js';
 import { envImages, input, makeRig } from '../environments/env-support.js';
 
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 let docker: Docker;
 let runner: JobRunner;
 let egress: Egress;
@@ -121,6 +125,34 @@ describe('egress through the caching proxies', () => {
       for (const i of await envImages(rig.docker, 'egress-env-')) await rig.docker.getImage(i.Id).remove({ force: true }).catch(() => undefined);
     }
   }, 300_000);
+
+  it('the proxies die with the CI process that started them (kill -9 included)', async () => {
+    const stateDir = tempDir('airlock-egress-crash-');
+    chmodSync(stateDir, 0o711);
+    const script = [
+      "import { PackageProxies } from './untrusted-ci/egress/proxies.ts';",
+      "import { EgressPolicy } from './untrusted-ci/egress/policy.ts';",
+      `const policy = EgressPolicy.parse(${JSON.stringify({ version: 1, sources: { npm: { registry: 'https://registry.npmjs.org/' }, debian: { mirrors: ['http://deb.debian.org/debian'] } }, allow: { jobs: ['npm', 'debian'] } })});`,
+      `const p = await PackageProxies.start({ dir: ${JSON.stringify(join(stateDir, 'egress'))}, policy });`,
+      "console.log(JSON.stringify(p.pids()));",
+      'setInterval(() => undefined, 1000);',
+    ].join('\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    const pids = await new Promise<number[]>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!) as number[]);
+      });
+      child.on('exit', (code) => reject(new Error(`the child exited ${code} before starting the proxies`)));
+    });
+    expect(pids).toHaveLength(2);
+    const alive = () => pids.filter((pid) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '));
+    expect(alive()).toHaveLength(2);
+    child.kill('SIGKILL');
+    for (let i = 0; i < 100 && alive().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(alive()).toEqual([]);
+  }, 60_000);
 
   it('the size bound removes the least recently used files', async () => {
     const report = await (await import('../../../untrusted-ci/egress/cache-gc.js')).pruneCache(egress.proxies!.cacheDirs, 0);

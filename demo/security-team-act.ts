@@ -75,7 +75,9 @@ export async function securityTeamAct(c: Ctx): Promise<void> {
     const r = await embargoRequest({ action: 'show', id }, flags);
     if (r.action !== 'show') throw new Error(`the builder answered ${r.action} to show`);
     return r.embargo.lastBuild || r.embargo.lastBreak ? r.embargo : undefined;
-  }, { signal: c.signal, timeoutMs: BUILD_TIMEOUT_MS, everyMs: 500 }).catch((e: Error): Detail | undefined => (story.check(`airlock embargo show ${id}: built`, false, e.message), undefined));
+    // Every 2.5 s: the embargo API takes 30 requests a minute from one address, and the private
+    // build (its dependencies fetched and verified, its environment built) takes a while.
+  }, { signal: c.signal, timeoutMs: BUILD_TIMEOUT_MS, everyMs: 2_500 }).catch((e: Error): Detail | undefined => (story.check(`airlock embargo show ${id}: built`, false, e.message), undefined));
   if (!shown) return done();
   const build = shown.lastBuild;
   if (!story.check(`airlock embargo show ${id}: built privately on the published commit ${build?.commit.slice(0, 10) ?? '?'}`, build !== undefined && !shown.lastBreak, build ? build.reference : `broken: ${shown.lastBreak?.step ?? '?'} ${shown.lastBreak?.reason ?? ''}`) || !build) return done();

@@ -27,7 +27,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { join } from 'node:path';
@@ -47,11 +47,15 @@ export const MAX_CONNECTIONS = 32;
 const RELAY_START_MS = 10_000;
 const MAX_SOCKET_PATH = 107;
 
-/** The answers of the two ports, for one run. `connect` hears a CONNECT (a tunnel), which is always refused. */
+/**
+ * The answers of the two ports, for one run. `connect` hears a CONNECT (a tunnel), which is always
+ * refused; `close` is called when the run's network goes (to free what the handlers hold).
+ */
 export interface PackageHandlers {
   apt: RequestListener;
   npm: RequestListener;
   connect?: (req: IncomingMessage) => void;
+  close?: () => void;
 }
 
 /**
@@ -118,9 +122,11 @@ export async function openPackageNetwork(o: PackageNetworkOptions): Promise<Pack
     );
     if (holder) await holder.remove({ force: true }).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
+    o.handlers.close?.();
   };
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ownDirectory(o.dir);
+    mkdirSync(dir, { mode: 0o700 });
     const ports: [number, string, RequestListener][] = [
       [APT_PROXY_PORT, join(dir, 'apt.sock'), o.handlers.apt],
       [NPM_REGISTRY_PORT, join(dir, 'npm.sock'), o.handlers.npm],
@@ -158,10 +164,31 @@ export async function openPackageNetwork(o: PackageNetworkOptions): Promise<Pack
   }
 }
 
+/**
+ * `dir` as a directory of this process's user alone (made 0700 if absent): the relays connect to
+ * sockets below it by path at each connection, so nobody else may be able to rename or replace
+ * anything there (a shared /tmp would let another local user answer a build's package ports).
+ */
+function ownDirectory(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const s = lstatSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (!s.isDirectory() || s.uid !== uid || (s.mode & 0o022) !== 0) {
+    throw new ExecutorFailedError(`${dir} must be a directory of uid ${uid} that nobody else can write to (it holds the package networks' sockets)`);
+  }
+}
+
 function listenUnix(path: string, handler: RequestListener, onConnect: PackageHandlers['connect']): Promise<Server> {
   const server = createServer({ requestTimeout: 300_000, headersTimeout: 30_000, maxHeaderSize: 16 * 1024 }, handler);
   server.on('connect', (req: IncomingMessage, socket: Duplex) => {
-    onConnect?.(req);
+    // Node has taken its own error handler off a CONNECT's socket: without this one, a client that
+    // resets it while the refusal is written would be an uncaught error in this process.
+    socket.on('error', () => socket.destroy());
+    try {
+      onConnect?.(req);
+    } catch {
+      // counting is best effort; the refusal still goes out
+    }
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nairlock: tunnels (CONNECT) are refused; only the allowed package sources are reachable\n');
   });
   server.on('clientError', (_err, socket) => socket.destroy());

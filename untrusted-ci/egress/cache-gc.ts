@@ -5,8 +5,8 @@
  * file beside each file it caches; the two go together. Files that vanish meanwhile are skipped:
  * the proxies may be writing while this runs, and a file they miss is fetched again.
  */
-import { lstat, readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, readdir, realpath, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 export interface PruneReport {
   /** Files removed (a `.head` companion not counted). */
@@ -24,7 +24,8 @@ interface Entry {
 
 export async function pruneCache(dirs: readonly string[], maxBytes: number): Promise<PruneReport> {
   const entries: Entry[] = [];
-  for (const d of dirs) await walk(d, entries, 0);
+  // From the real paths of the roots: stillInside compares against what the walk saw.
+  for (const d of dirs) await walk(await realpath(d).catch(() => d), entries, 0);
   const heads = new Map<string, Entry>();
   const files: Entry[] = [];
   for (const e of entries) (e.path.endsWith('.head') ? heads.set(e.path.slice(0, -5), e) : files.push(e));
@@ -36,6 +37,8 @@ export async function pruneCache(dirs: readonly string[], maxBytes: number): Pro
   unit.sort((a, b) => a.mtimeMs - b.mtimeMs);
   for (const f of unit) {
     if (total <= maxBytes) break;
+    // The proxies' user owns these directories: one swapped for a link since the walk is not followed.
+    if (!(await stillInside(f.path))) continue;
     await rm(f.path, { force: true });
     if (heads.has(f.path)) await rm(`${f.path}.head`, { force: true });
     total -= f.bytes;
@@ -44,6 +47,15 @@ export async function pruneCache(dirs: readonly string[], maxBytes: number): Pro
   }
   report.keptBytes = total;
   return report;
+}
+
+/** Whether the file's directory is still the real directory the walk found (no link on the way). */
+async function stillInside(path: string): Promise<boolean> {
+  try {
+    return (await realpath(dirname(path))) === dirname(path);
+  } catch {
+    return false;
+  }
 }
 
 async function walk(dir: string, out: Entry[], depth: number): Promise<void> {

@@ -49,6 +49,8 @@ export class Egress {
   private privateDir: string | undefined;
   private stopped = false;
   private readonly owner = newOwnerId();
+  private fetchedSinceGc = 0;
+  private collecting: Promise<unknown> | undefined;
 
   private constructor(private readonly o: EgressOptions) {}
 
@@ -140,6 +142,16 @@ export class Egress {
       proxies: () => this.ready(),
       allowed,
       mirrors: this.o.policy.sources.debian?.mirrors ?? [],
+      // The size bound is kept between the periodic passes too: after a tenth of it was fetched.
+      onFetched: (bytes) => {
+        this.fetchedSinceGc += bytes;
+        if (this.fetchedSinceGc >= this.o.policy.cache.maxSize / 10 && !this.collecting) {
+          this.fetchedSinceGc = 0;
+          this.collecting = this.gc()
+            .catch((err: unknown) => this.o.logger?.warn({ err }, 'package cache GC failed'))
+            .then(() => (this.collecting = undefined));
+        }
+      },
       onEvent: (e) => {
         tally[e.outcome] += 1;
         this.o.onEvent?.(kind, e);

@@ -13,7 +13,7 @@
  * Each request becomes one event: hit (the file was in the cache), miss (fetched), refused, or
  * error (the proxy was down or failed). A hit also marks the file used, for the LRU bound.
  */
-import { statSync, utimesSync } from 'node:fs';
+import { lstatSync, lutimesSync } from 'node:fs';
 import { Agent, request, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { PackageHandlers } from '#shared/egress/package-network.js';
@@ -41,23 +41,48 @@ export interface FrontOptions {
   /** The policy's Debian mirrors (URL prefixes ending in /). */
   mirrors: readonly string[];
   onEvent: (e: EgressEvent) => void;
+  /** Bytes this run may have the caches fetch (default RUN_FETCH_BUDGET). */
+  fetchBudget?: number;
+  /** Told the bytes of each answer the caches had to fetch (a miss). */
+  onFetched?: (bytes: number) => void;
 }
 
 /** Request headers passed on to the proxies; the rest (cookies, authorization…) stay behind. */
 const PASSED_HEADERS = ['accept', 'accept-encoding', 'range', 'if-range', 'if-modified-since', 'if-none-match', 'cache-control', 'pragma', 'user-agent', 'npm-command', 'npm-session'];
 const UPSTREAM_TIMEOUT_MS = 120_000;
-/** Connections to the proxies are kept open between requests (they are local: a new one per request costs more than the answer). */
-const agent = new Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 });
+/**
+ * One run's share of the proxies: at most this many of its requests are forwarded at once (each on
+ * a kept-alive connection of the run's own agent), at most RUN_WAITING more wait, and the rest are
+ * answered 503 at once. HTTP pipelining hands the server every request of a connection at once:
+ * without these a run could hold every connection to the proxies, or queue without end.
+ */
+export const RUN_IN_FLIGHT = 16;
+export const RUN_WAITING = 256;
+/** Bytes a run may have the caches fetch (misses); past it, further misses are refused. Hits are free. */
+export const RUN_FETCH_BUDGET = 4 * 1024 ** 3;
 /** An npm package name as the registry holds it (url-safe; old names may have capitals; a scope is @scope/name). */
 const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]{0,213}\/)?[A-Za-z0-9][A-Za-z0-9._~-]{0,213}$/;
 
 export function egressHandlers(o: FrontOptions): PackageHandlers {
+  const agent = new Agent({ keepAlive: true, maxSockets: RUN_IN_FLIGHT, maxFreeSockets: RUN_IN_FLIGHT });
+  const gate = new RunGate(o.fetchBudget ?? RUN_FETCH_BUDGET);
   const refuse = (res: ServerResponse, e: Omit<EgressEvent, 'outcome'>, status = 403) => {
     o.onEvent({ ...e, outcome: 'refused' });
     if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
     res.end(`airlock: refused: ${e.reason}\n`);
   };
+  const forward = (req: IncomingMessage, res: ServerResponse, e: EgressEvent, to: Upstream): void => {
+    if (e.outcome === 'miss' && gate.overBudget()) return refuse(res, { ...e, reason: `this run had the caches fetch more than ${gate.budget} bytes; the rest of what it asks is refused` });
+    if (!gate.enter(() => send(req, res, o, e, { ...to, agent }, (bytes) => {
+      if (e.outcome !== 'miss') return;
+      gate.fetched(bytes);
+      o.onFetched?.(bytes);
+    }, () => gate.leave()))) {
+      fail(res, o, e, `this run has more than ${RUN_IN_FLIGHT + RUN_WAITING} requests open at once`);
+    }
+  };
   return {
+    close: () => agent.destroy(),
     connect: (req) => o.onEvent({ source: 'other', outcome: 'refused', method: 'CONNECT', url: clip(req.url ?? ''), reason: 'tunnels (CONNECT) are refused: use the package ports' }),
 
     apt: (req, res) => {
@@ -81,7 +106,7 @@ export function egressHandlers(o: FrontOptions): PackageHandlers {
         if (!p.up('debian') || p.aptPort === undefined || !cache) return fail(res, o, e, 'the Debian cache is not running');
         const file = join(cache.dir, decodeSafe(target.slice(mirror.length)));
         const cached = file.startsWith(`${cache.dir}/`) && touchIfCached(file); // never a path outside the cache
-        forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { host: '127.0.0.1', port: p.aptPort, path: `${target}${url.search}`, headers: { ...pass(req), host: url.host } });
+        forward(req, res, { ...e, outcome: cached ? 'hit' : 'miss' }, { host: '127.0.0.1', port: p.aptPort, path: `${target}${url.search}`, headers: { ...pass(req), host: url.host } });
       });
     },
 
@@ -95,7 +120,7 @@ export function egressHandlers(o: FrontOptions): PackageHandlers {
       withProxies(res, o, e, (p) => {
         if (!p.up('npm') || !p.npmSocket) return fail(res, o, e, 'the npm cache is not running');
         const cached = touchIfCached(npmCacheFile(p.npmStorage, raw)!);
-        forward(req, res, o, { ...e, outcome: cached ? 'hit' : 'miss' }, { socketPath: p.npmSocket, path: raw, headers: { ...pass(req), host: `127.0.0.1:${NPM_REGISTRY_PORT}` } });
+        forward(req, res, { ...e, outcome: cached ? 'hit' : 'miss' }, { socketPath: p.npmSocket, path: raw, headers: { ...pass(req), host: `127.0.0.1:${NPM_REGISTRY_PORT}` } });
       });
     },
   };
@@ -123,9 +148,58 @@ export function npmCacheFile(storage: string, rawPath: string): string | undefin
   return undefined;
 }
 
-function forward(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: EgressEvent, to: { host?: string; port?: number; socketPath?: string; path: string; headers: OutgoingHttpHeaders }): void {
-  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS, agent }, (r) => {
+interface Upstream {
+  host?: string;
+  port?: number;
+  socketPath?: string;
+  path: string;
+  headers: OutgoingHttpHeaders;
+}
+
+/** A run's admission: RUN_IN_FLIGHT at once, RUN_WAITING in line, and its fetch budget. */
+class RunGate {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  private bytes = 0;
+  constructor(readonly budget: number) {}
+  /** Runs `start` now or when a place frees; false when the line is full (nothing runs). */
+  enter(start: () => void): boolean {
+    if (this.active < RUN_IN_FLIGHT) {
+      this.active += 1;
+      start();
+      return true;
+    }
+    if (this.waiting.length >= RUN_WAITING) return false;
+    this.waiting.push(start);
+    return true;
+  }
+  leave(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.active -= 1;
+  }
+  fetched(bytes: number): void {
+    this.bytes += bytes;
+  }
+  overBudget(): boolean {
+    return this.bytes >= this.budget;
+  }
+}
+
+function send(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: EgressEvent, to: Upstream & { agent: Agent }, counted: (bytes: number) => void, done: () => void): void {
+  let finished = false;
+  let bytes = 0;
+  const end = () => {
+    if (finished) return;
+    finished = true;
+    counted(bytes);
+    done();
+  };
+  if (req.destroyed || res.destroyed) return end(); // the client left while it waited
+  res.on('close', end);
+  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS }, (r) => {
     res.writeHead(r.statusCode ?? 502, filterResponse(r.headers));
+    r.on('data', (d: Buffer) => (bytes += d.length));
     r.pipe(res);
     r.on('error', () => res.destroy());
     o.onEvent(r.statusCode !== undefined && r.statusCode < 500 ? e : { ...e, outcome: 'error', reason: `the cache answered ${r.statusCode}` });
@@ -135,7 +209,9 @@ function forward(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: 
     if (res.headersSent) return void res.destroy();
     fail(res, o, e, `the cache did not answer: ${err.message}`);
   });
-  req.on('aborted', () => up.destroy());
+  res.on('close', () => {
+    if (!res.writableFinished) up.destroy(); // the client left mid-answer
+  });
   up.end();
 }
 
@@ -171,9 +247,10 @@ function filterResponse(h: IncomingMessage['headers']): OutgoingHttpHeaders {
 /** Whether `file` is in the cache; if so it is marked used now (the LRU bound goes by mtime). */
 function touchIfCached(file: string): boolean {
   try {
-    if (!statSync(file).isFile()) return false;
+    // lstat and lutimes: a link the proxies' user made in their cache is not followed by this (root) process.
+    if (!lstatSync(file).isFile()) return false;
     const now = new Date();
-    utimesSync(file, now, now);
+    lutimesSync(file, now, now);
     return true;
   } catch {
     return false;

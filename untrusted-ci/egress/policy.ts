@@ -43,7 +43,8 @@ export const EgressPolicy = z
       .object({
         /** apt-cacher-ng only fetches http mirrors (apt checks the signed index itself). */
         debian: z.object({ mirrors: z.array(SourceUrl(['http'])).min(1).max(32) }).strict().optional(),
-        npm: z.object({ registry: SourceUrl(['https', 'http']) }).strict().optional(),
+        // https only: verdaccio fetches the tarball URLs a registry's answers name, so the answers must be the registry's.
+        npm: z.object({ registry: SourceUrl(['https']) }).strict().optional(),
       })
       .strict()
       .default({}),

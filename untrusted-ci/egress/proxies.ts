@@ -14,7 +14,7 @@
  * after a backoff (1 s doubling to 30 s); while it is down the front answers 503.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { connect, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -108,13 +108,16 @@ export class PackageProxies {
     const ids = userIds(o.user ?? PROXY_USER);
     const p = new PackageProxies(o, ids);
     try {
+      // Root owns every directory above what the proxies write (so they cannot put a symbolic link
+      // where root later writes or changes owners): egress/, cache/ and conf/ are root's; the
+      // proxies own only cache/debian, cache/npm, run/ and log/. Top down, each checked with lstat.
       mkdirSync(o.dir, { recursive: true, mode: 0o711 });
-      chmodSync(o.dir, 0o711);
       untraversable(dirname(o.dir));
-      for (const d of ['cache', 'cache/debian', 'cache/npm', 'run', 'log', 'conf']) {
-        mkdirSync(join(o.dir, d), { recursive: true, mode: 0o700 });
-        chownSync(join(o.dir, d), ids.uid, ids.gid);
-      }
+      const root = { uid: 0, gid: 0 };
+      ownedDir(o.dir, root, 0o711);
+      ownedDir(join(o.dir, 'cache'), root, 0o711);
+      ownedDir(join(o.dir, 'conf'), root, 0o755);
+      for (const d of ['cache/debian', 'cache/npm', 'run', 'log']) ownedDir(join(o.dir, d), ids, 0o700);
       const starting: Promise<void>[] = [];
       if (o.policy.sources.debian) starting.push(p.startApt(o.policy.sources.debian.mirrors));
       if (o.policy.sources.npm) starting.push(p.startNpm(o.policy.sources.npm.registry));
@@ -152,7 +155,7 @@ export class PackageProxies {
       return `Remap-${name}: ${u.host}${u.pathname.replace(/\/$/, '')} ; ${m.replace(/\/$/, '')}`;
     });
     const conf = join(dir, 'conf', 'apt-cacher-ng');
-    mkdirSync(conf, { recursive: true, mode: 0o755 });
+    ownedDir(conf, { uid: 0, gid: 0 }, 0o755);
     writeFileSync(
       join(conf, 'acng.conf'),
       [
@@ -321,6 +324,18 @@ async function freePort(): Promise<number> {
 
 function onPath(tool: string): boolean {
   return (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').some((d) => d !== '' && existsSync(join(d, tool)));
+}
+
+/** `dir` (made if absent) as a real directory of `owner` with `mode`; a symbolic link or anything else is refused. */
+function ownedDir(dir: string, owner: { uid: number; gid: number }, mode: number): void {
+  try {
+    mkdirSync(dir, { mode });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  if (!lstatSync(dir).isDirectory()) throw new ExecutorFailedError(`${dir} is not a directory (a symbolic link?): the package proxies' state must be plain directories`);
+  lchownSync(dir, owner.uid, owner.gid);
+  chmodSync(dir, mode);
 }
 
 /** The proxies run as another user: every directory above theirs must let others pass (x). */

@@ -4,14 +4,14 @@
  * request → cache file mapping, and the cache's size bound.
  */
 import { mkdirSync, mkdtempSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
-import { request, createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { request, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { pruneCache } from '../../../untrusted-ci/egress/cache-gc.js';
-import { egressHandlers, npmCacheFile, type EgressEvent } from '../../../untrusted-ci/egress/front.js';
+import { egressHandlers, npmCacheFile, RUN_IN_FLIGHT, RUN_WAITING, type EgressEvent } from '../../../untrusted-ci/egress/front.js';
 import { EgressPolicy, loadEgressPolicy, NO_EGRESS, parseEgressPolicy } from '../../../untrusted-ci/egress/policy.js';
 import type { PackageProxies } from '../../../untrusted-ci/egress/proxies.js';
 import { loadEnvironmentPolicy } from '../../../untrusted-ci/environments/policy.js';
@@ -177,6 +177,65 @@ describe('a run\'s log of refusals', () => {
     expect(lines).toHaveLength(LOGGED_PROBLEMS + 1);
     expect(lines.at(-1)).toMatch(/more refused or failed requests than 50/);
     expect(run.summary()).toMatch(/70 requests, 0 from the cache, 0 fetched, 70 refused/);
+  });
+});
+
+describe('a run\'s share of the proxies', () => {
+  /** A stand-in for verdaccio on a unix socket: `answer` decides what each request gets. */
+  async function fakeRegistry(answer: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ socket: string; close: () => void }> {
+    const socket = join(mkdtempSync(join(tmpdir(), 'airlock-fake-')), 'npm.sock');
+    const s = createServer(answer);
+    await new Promise<void>((r) => s.listen(socket, r));
+    return { socket, close: () => (s.closeAllConnections(), s.close()) };
+  }
+  const proxiesAt = (socket: string) => ({ up: () => true, npmSocket: socket, npmStorage: mkdtempSync(join(tmpdir(), 'airlock-store-')), mirrors: [] }) as unknown as PackageProxies;
+  const serve = async (h: ReturnType<typeof egressHandlers>) => {
+    const s = createServer(h.npm);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return { port: (s.address() as AddressInfo).port, close: () => (s.closeAllConnections(), s.close()) };
+  };
+
+  it('forwards at most RUN_IN_FLIGHT at once, holds RUN_WAITING, and answers the rest at once (pipelining included)', async () => {
+    let seen = 0;
+    const hung: ServerResponse[] = [];
+    const reg = await fakeRegistry((_req, res) => {
+      seen += 1;
+      hung.push(res); // never answered: the run's requests pile up
+    });
+    const events: EgressEvent[] = [];
+    const h = egressHandlers({ proxies: async () => proxiesAt(reg.socket), allowed: ['npm'], mirrors: [], onEvent: (e) => events.push(e) });
+    const srv = await serve(h);
+    const extra = 5;
+    const n = RUN_IN_FLIGHT + RUN_WAITING + extra;
+    // Every request on one connection, pipelined, none of the answers read.
+    const sock = connect(srv.port, '127.0.0.1');
+    sock.on('error', () => undefined);
+    sock.write(Array.from({ length: n }, (_, i) => `GET /p${i} HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
+    for (let i = 0; i < 100 && events.filter((e) => e.outcome === 'error').length < extra; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && seen < RUN_IN_FLIGHT; i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 200)); // and no more than that arrive
+    expect(seen).toBe(RUN_IN_FLIGHT);
+    expect(events.filter((e) => e.outcome === 'error').map((e) => e.reason)).toEqual(Array(extra).fill(`this run has more than ${RUN_IN_FLIGHT + RUN_WAITING} requests open at once`));
+    sock.destroy();
+    for (const r of hung) r.end();
+    srv.close();
+    reg.close();
+    h.close?.();
+  });
+
+  it('refuses further misses once a run had the caches fetch its budget; the count is of bytes answered', async () => {
+    const reg = await fakeRegistry((_req, res) => res.end(Buffer.alloc(1000)));
+    const events: EgressEvent[] = [];
+    const h = egressHandlers({ proxies: async () => proxiesAt(reg.socket), allowed: ['npm'], mirrors: [], onEvent: (e) => events.push(e), fetchBudget: 1500 });
+    const srv = await serve(h);
+    const get = (path: string) => new Promise<number>((resolve) => request({ host: '127.0.0.1', port: srv.port, path }, (res) => (res.resume(), res.on('end', () => resolve(res.statusCode ?? 0)))).end());
+    expect(await get('/a')).toBe(200);
+    expect(await get('/b')).toBe(200);
+    expect(await get('/c')).toBe(403);
+    expect(events.at(-1)?.reason).toMatch(/fetch more than 1500 bytes/);
+    srv.close();
+    reg.close();
+    h.close?.();
   });
 });
 

@@ -5,7 +5,7 @@
  * cache (counted), and the size bound empties it.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +19,7 @@ import { envImages, input, makeRig } from '../environments/env-support.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 let docker: Docker;
+let stateDirOf = '';
 let runner: JobRunner;
 let egress: Egress;
 const events: { kind: RunKind; e: EgressEvent }[] = [];
@@ -33,6 +34,7 @@ const policy = EgressPolicy.parse({
 beforeAll(async () => {
   ({ docker, runner } = await makeRunner());
   const stateDir = tempDir('airlock-egress-');
+  stateDirOf = stateDir;
   chmodSync(stateDir, 0o711); // the proxies' own user passes through it
   egress = await Egress.start({ stateDir, policy, onEvent: (kind, e) => events.push({ kind, e }) });
 }, 60_000);
@@ -85,6 +87,10 @@ describe('egress through the caching proxies', () => {
     const pids = egress.proxies!.pids();
     expect(pids).toHaveLength(2);
     for (const pid of pids) expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(new RegExp(`^Uid:\\s+${uid}\\s+${uid}\\s`, 'm'));
+    // Root owns every directory above what they write: they cannot plant a link where root writes.
+    const dir = join(stateDirOf, 'egress');
+    for (const d of ['', 'cache', 'conf', 'conf/apt-cacher-ng']) expect(statSync(join(dir, d)).uid, d).toBe(0);
+    for (const d of ['cache/debian', 'cache/npm', 'run', 'log']) expect(String(statSync(join(dir, d)).uid), d).toBe(uid);
   });
 
   it('a run of a kind the policy gives no source is not served', () => {

@@ -5,12 +5,13 @@
  * project's lockfiles, each checked against its digest before it was kept. The CI's cache is never
  * asked.
  */
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { DEFAULT_HOLDER_IMAGE, openPackageNetwork, type PackageHandlers, type PackageNetwork } from '#shared/egress/package-network.js';
 import { newOwnerId } from '#shared/runner/owner.js';
 import { Stop, type Lane } from './lane.js';
+
+/** Where the package networks' sockets are (checked to be this user's alone, 0700). */
+export const SOCKET_DIR = '/run/airlock-packages';
 
 /** The owner label of this process's holders (the runner's reaper removes them once it is dead). */
 const OWNER = newOwnerId();
@@ -30,6 +31,7 @@ export function lockedHandlers(l: Lane, step: string, unserved: string[]): Packa
 /** A package network on the builder's engine for one image build of the lane. */
 export async function openLockedPackages(docker: Docker, l: Lane, step: string, unserved: string[]): Promise<PackageNetwork> {
   const handlers = lockedHandlers(l, step, unserved);
-  // Sockets live under the system's temporary directory: the lane's work path may be too long for one.
-  return openPackageNetwork({ docker, image: DEFAULT_HOLDER_IMAGE, dir: join(tmpdir(), 'airlock-pn'), owner: OWNER, runId: `${l.project.name}@${l.commit.slice(0, 12)}`.replace(/[^\w.@-]/g, '_'), handlers });
+  // Sockets live in a directory of root's alone under /run (the lane's work path may be too long
+  // for a socket; a shared /tmp would let another local user answer the build's ports).
+  return openPackageNetwork({ docker, image: DEFAULT_HOLDER_IMAGE, dir: SOCKET_DIR, owner: OWNER, runId: `${l.project.name}@${l.commit.slice(0, 12)}`.replace(/[^\w.@-]/g, '_'), handlers });
 }

@@ -7,8 +7,10 @@
  *     jobs against the budget (absent or any error → config-error listing every issue at once)
  *   → environment ready and pinned (Dockerfile built once per content hash, or an allowlisted image)
  *   → compile jobs for the pipeline → export the merged tree as a tar
- *   → each job in order in the hardened runner (skipped when a job it needs did not pass),
- *     log streamed live and uploaded to the ArtifactStore, artifacts uploaded
+ *   → the jobs as a graph of their needs in the hardened runner: each as soon as the jobs it needs
+ *     passed and an executor slot has room for its memory and CPUs, independent ones at once
+ *     (skipped when a job it needs did not pass), each log streamed live to its own file and
+ *     uploaded to the ArtifactStore, artifacts uploaded
  *   → result: passed when every voting job passed.
  * Everything it made (work dir, build ref, pin) is released whatever happens.
  *
@@ -199,19 +201,24 @@ export class CheckBuildExecutor implements BuildExecutor {
     }
     phase('source');
 
-    // The jobs in needs order (shared/runner/job-plan.ts). Cancelled, even during the last job, it
-    // throws CancelledError: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
+    // The jobs as a graph of their needs (shared/runner/job-plan.ts): a job starts once the jobs it
+    // needs passed, alongside any other ready job, each when the executor slots have room for its
+    // limits (scheduler/slots.ts). Cancelled, even during the last job, it throws CancelledError
+    // once the running jobs ended: the scheduler decides what that is (cancelled, superseded,
+    // shutdown), not a failure.
     const plan = await runJobPlan(compiled.jobs, {
       signal,
       skipped: (job, blocked) => this.setJob(build.id, job.name, 'skipped', skipReason(blocked)),
       run: async (job) => {
         if (gate) await o.gate?.awaitStart(build, job.name, signal);
         const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
+        // Before the plan learns the result: a job that needs this one then waits in awaitStart
+        // until the model, told first, has started it.
         if (gate) o.gate?.jobDone(build, job.name, state);
-        phase(`job:${job.name}`);
         return state;
       },
     });
+    phase('jobs'); // the jobs overlap: one figure for them all
     const failed = plan.failedVoting;
     if (failed.length === 0) return { result: 'passed', reason: `${plan.voting} voting job${plan.voting === 1 ? '' : 's'} passed` };
     return { result: 'failed', reason: `failed: ${failed.join(', ')}` };

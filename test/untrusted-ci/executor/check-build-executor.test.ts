@@ -2,7 +2,7 @@
  * CheckBuildExecutor on the pure tier: the real merger (git), build store, event stream and
  * artifact store; the environment provider and the job runner are in-memory stand-ins of their
  * ports (the docker tier — test/untrusted-ci/e2e — runs the real ones). What a build does with
- * its jobs: needs order, a dependent of a failed job skipped with the reason, the others still
+ * its jobs: a graph of their needs, a dependent of a failed job skipped with the reason, the others still
  * run, the build budget, a job the runner refuses, cancellation, and that whatever it took is
  * released.
  */
@@ -85,11 +85,12 @@ async function rig(o: RigOptions = {}) {
 }
 
 describe('CheckBuildExecutor (pure tier: runner and environment through their ports)', () => {
-  it('runs the jobs in needs order; all voting jobs passing is a pass; logs uploaded; the environment released', async () => {
+  it('runs the jobs as a graph of their needs; all voting jobs passing is a pass; logs uploaded; the environment released', async () => {
     const r = await rig();
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint', 'after', 'docs']);
+    // build, lint and docs need nothing and start together (in plan order); unit once build passed, after once unit did.
+    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit', 'after']);
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
     expect(readFileSync(join(r.artifacts.root, logKey(String(r.buildId), 'unit')), 'utf8')).toBe('log of unit\n');
     expect(r.released()).toBe(1);
@@ -99,7 +100,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const r = await rig({ runner: new FakeRunner((s) => (['unit', 'docs'].includes(s.env.AIRLOCK_JOB ?? '') ? 'failed' : 'passed')) });
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: unit, after' });
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint', 'docs']);
+    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit']);
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'failed: exit 1', lint: 'passed: exit 0', after: 'skipped: needs unit, which did not pass', docs: 'failed: exit 1' });
     expect(r.released()).toBe(1);
   });
@@ -134,7 +135,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect(r.runner.ran).toEqual([]);
   });
 
-  it('cancelled during a job: no further job runs, and the build throws CancelledError (not a failure)', async () => {
+  it('cancelled during a job: no further job starts, and the build throws CancelledError (not a failure)', async () => {
     const ac = new AbortController();
     const r = await rig({
       runner: new FakeRunner((s) => {
@@ -143,8 +144,8 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
       }),
     });
     await expect(r.executor.execute(r.build(), ac.signal)).rejects.toBeInstanceOf(CancelledError);
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
-    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'waiting' });
+    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit']);
+    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'waiting' });
     expect(r.released()).toBe(1);
   });
 

@@ -80,7 +80,7 @@ export interface CheckBuildExecutorOptions {
   projects: readonly ProjectConfig[];
   workDir: string;
   logger: Logger;
-  /** Executor slots: taken around each job's container run. Absent: no limit beyond the scheduler's. */
+  /** Executor slots: taken around each job's container run, with room for its memory and CPUs. Absent: no limit beyond the scheduler's. */
   slots?: Slots;
   /** The gate, for gate builds: told when the job list is known and each job's result; starts each job. */
   gate?: GateHooks;
@@ -232,7 +232,10 @@ export class CheckBuildExecutor implements BuildExecutor {
     let releaseSlot: (() => void) | undefined;
     let packages: EgressRun | undefined;
     try {
-      releaseSlot = await o.slots?.acquire(signal);
+      // A slot with room for the job's memory and CPUs; a job larger than the host's whole
+      // capacity is refused here (a PolicyViolationError: the job fails with it, below).
+      // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
+      releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
       // Running from the moment it has an executor slot: a job waiting for one is still queued.
       this.setJob(buildId, name, 'running');
       const say = (text: string) => {

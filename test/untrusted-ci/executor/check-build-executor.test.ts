@@ -23,6 +23,7 @@ import { Merger } from '../../../untrusted-ci/merger/merger.js';
 import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { FakeRunner } from '../../support/fake-runner.js';
+import { Slots } from '../../../untrusted-ci/scheduler/slots.js';
 import { createRepo, type FileContent, type TestRepo } from '../../support/git-repo.js';
 
 const root = mkdtempSync(join(tmpdir(), 'airlock-executor-'));
@@ -46,6 +47,7 @@ interface RigOptions {
   yaml?: string;
   /** More files in the change, beside .airlock.yaml. */
   files?: Record<string, FileContent>;
+  slots?: Slots;
 }
 
 async function rig(o: RigOptions = {}) {
@@ -77,6 +79,7 @@ async function rig(o: RigOptions = {}) {
     projects: [project],
     workDir: join(root, `work-${id}`),
     logger: createLogger({ level: 'silent' }),
+    ...(o.slots ? { slots: o.slots } : {}),
   });
   const { buildId } = store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
   store.start(buildId);
@@ -89,8 +92,12 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const r = await rig();
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
-    // build, lint and docs need nothing and start together (in plan order); unit once build passed, after once unit did.
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit', 'after']);
+    // build, lint and docs need nothing and start together (which reaches the runner first is the
+    // file system's race); unit once build passed, after once unit did.
+    const ran = r.runner.ran.map((x) => x.job);
+    expect([...ran].sort()).toEqual(['after', 'build', 'docs', 'lint', 'unit']);
+    expect(ran.indexOf('build')).toBeLessThan(ran.indexOf('unit'));
+    expect(ran.indexOf('unit')).toBeLessThan(ran.indexOf('after'));
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
     expect(readFileSync(join(r.artifacts.root, logKey(String(r.buildId), 'unit')), 'utf8')).toBe('log of unit\n');
     expect(r.released()).toBe(1);
@@ -100,7 +107,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const r = await rig({ runner: new FakeRunner((s) => (['unit', 'docs'].includes(s.env.AIRLOCK_JOB ?? '') ? 'failed' : 'passed')) });
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: unit, after' });
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit']);
+    expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'failed: exit 1', lint: 'passed: exit 0', after: 'skipped: needs unit, which did not pass', docs: 'failed: exit 1' });
     expect(r.released()).toBe(1);
   });
@@ -111,6 +118,22 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: build, unit, after' });
     expect(r.jobs()).toMatchObject({ build: `failed: ${refusal.message}`, unit: 'skipped: needs build, which did not pass', lint: 'passed: exit 0' });
+  });
+
+  it('places each job by its memory and CPUs: one larger than the whole host fails naming the figures, the others run and free their room', async () => {
+    const slots = new Slots(4, { memory: 768 * 1024 ** 2, cpus: 2 });
+    const yaml = config(job('build', '    resources: { memory: 512m }\n') + job('unit', '    needs: [build]\n    resources: { memory: 256m }\n') + job('lint'));
+    const r = await rig({ yaml, slots });
+    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    // lint takes the policy's 1 GiB: more than the host's 768 MiB for jobs.
+    expect(out).toEqual({ result: 'failed', reason: 'failed: lint' });
+    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
+    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0' });
+    expect(r.jobs().lint).toBe(
+      "failed: ci.yaml: capacity: the job's limits ask for 1 GiB of memory, more than the 768 MiB this host has for jobs: it could never start here (ask for less in .airlock.yaml, or the operator raises capacity)",
+    );
+    expect(slots.usage).toMatchObject({ memory: 0, cpus: 0 });
+    expect(slots.busy).toBe(0);
   });
 
   it('refuses jobs over the build budget as a config error, before any job runs', async () => {
@@ -144,7 +167,8 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
       }),
     });
     await expect(r.executor.execute(r.build(), ac.signal)).rejects.toBeInstanceOf(CancelledError);
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'lint', 'docs', 'unit']);
+    // build, lint and docs started together before the abort; after, which needs unit, never starts.
+    expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
     expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'waiting' });
     expect(r.released()).toBe(1);
   });

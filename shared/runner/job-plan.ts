@@ -101,13 +101,15 @@ export async function runJobPlan<J extends PlanJob>(jobs: readonly J[], hooks: J
 
   for (;;) {
     // One pass in plan order decides every job it can: a job's needs are all earlier, so a skip
-    // that unblocks (by blocking) a later job is seen in the same pass.
+    // that decides a later job is seen in the same pass.
+    let decided = false;
     for (const index of waiting) {
       if (stopped() || running.size >= limit) break;
       const job = jobs[index]!;
       const needs = job.needs.map((n) => needState(n, index));
       if (needs.some((s) => s === undefined)) continue;
       waiting.delete(index);
+      decided = true;
       const blocked = job.needs.filter((_, i) => needs[i] !== 'passed');
       if (blocked.length === 0) {
         start(job, index);
@@ -120,8 +122,11 @@ export async function runJobPlan<J extends PlanJob>(jobs: readonly J[], hooks: J
         failure ??= { error };
       }
     }
-    if (running.size === 0) break;
-    await Promise.race(running.values());
+    if (running.size > 0) await Promise.race(running.values());
+    // Nothing running and nothing decided: every job is decided, or the plan stopped. (A job that
+    // ended while a skip was being recorded, after the pass had looked at its dependants, has
+    // `decided` true: the next pass sees them.)
+    else if (!decided) break;
   }
   if (failure) throw failure.error;
   if (hooks.signal?.aborted) throw new CancelledError('build cancelled');

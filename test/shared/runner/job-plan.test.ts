@@ -235,6 +235,26 @@ describe('runJobPlan as a graph (the default)', () => {
     expect(r.events).toEqual(['start a', 'start b', 'end a', 'end b']);
   });
 
+  it('a job that ends while a skip is being recorded still lets its dependants start', async () => {
+    const r = new HeldRunner();
+    let recorded: () => void = () => undefined;
+    // y comes before x: the pass that records x's skip has already looked at y (b was running then).
+    const p = runJobPlan([job('a'), job('b'), job('y', ['b']), job('x', ['a'])], {
+      run: r.run,
+      // Recording the skip takes a while (the CI writes it to its store): b ends meanwhile.
+      skipped: (j) => new Promise<void>((res) => (r.events.push(`skipping ${j.name}`), (recorded = res))),
+    });
+    await settle();
+    await r.end('a', 'failed');
+    expect(r.events.at(-1)).toBe('skipping x');
+    await r.end('b');
+    recorded();
+    await settle();
+    expect(r.names()).toEqual(['y']);
+    await r.end('y');
+    expect([...(await p).states.entries()]).toEqual([['a', 'failed'], ['b', 'passed'], ['y', 'passed'], ['x', 'skipped']]);
+  });
+
   it('runs at most `concurrency` jobs at once, starting the ready ones in plan order', async () => {
     const r = new HeldRunner();
     const p = runJobPlan([job('a'), job('b'), job('c'), job('d')], { run: r.run, concurrency: 2 });

@@ -206,12 +206,19 @@ export class CheckBuildExecutor implements BuildExecutor {
     // limits (scheduler/slots.ts). Cancelled, even during the last job, it throws CancelledError
     // once the running jobs ended: the scheduler decides what that is (cancelled, superseded,
     // shutdown), not a failure.
+    // A job that throws (the engine failed: the build is run again) stops its running siblings
+    // too, rather than leaving the retry to wait for them: they see `jobs`, the build's signal or this.
+    const stopJobs = new AbortController();
+    const jobs = AbortSignal.any([signal, stopJobs.signal]);
     const plan = await runJobPlan(compiled.jobs, {
       signal,
       skipped: (job, blocked) => this.setJob(build.id, job.name, 'skipped', skipReason(blocked)),
       run: async (job) => {
-        if (gate) await o.gate?.awaitStart(build, job.name, signal);
-        const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
+        if (gate) await o.gate?.awaitStart(build, job.name, jobs);
+        const state = await this.runJob(build.id, job.name, job.spec, tar, work, jobs).catch((e: unknown) => {
+          stopJobs.abort(e);
+          throw e;
+        });
         // Before the plan learns the result: a job that needs this one then waits in awaitStart
         // until the model, told first, has started it.
         if (gate) o.gate?.jobDone(build, job.name, state);

@@ -10,7 +10,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CancelledError, PolicyViolationError } from '#shared/errors.js';
+import { CancelledError, ExecutorFailedError, PolicyViolationError } from '#shared/errors.js';
+import type { RunOptions } from '#shared/runner/job-runner.js';
+import type { JobSpec } from '#shared/schemas/job-spec.js';
+import { until } from '../../support/until.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
@@ -134,6 +137,30 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     );
     expect(slots.usage).toMatchObject({ memory: 0, cpus: 0 });
     expect(slots.busy).toBe(0);
+  });
+
+  it('an engine failure of one job stops the jobs running beside it, and the build throws it (to be run again)', async () => {
+    let lintStopped = false;
+    // lint runs until it is stopped; build's engine fails meanwhile.
+    class Held extends FakeRunner {
+      override async run(spec: JobSpec, opts: RunOptions) {
+        if (spec.env.AIRLOCK_JOB === 'lint') {
+          await new Promise((res) => opts.signal?.addEventListener('abort', res, { once: true }));
+          lintStopped = true;
+        }
+        return super.run(spec, opts);
+      }
+    }
+    const r = await rig({ runner: new Held((s) => (s.env.AIRLOCK_JOB === 'build' ? new ExecutorFailedError('engine gone') : 'passed')) });
+    const cancel = new AbortController(); // only to free lint should the build not stop it
+    const out = r.executor.execute(r.build(), cancel.signal);
+    out.catch(() => undefined);
+    await until('lint stopped by the engine failure beside it', () => (lintStopped ? true : undefined), 30_000).catch((e: unknown) => {
+      cancel.abort();
+      throw e;
+    });
+    await expect(out).rejects.toMatchObject({ code: 'AIRLOCK_E_EXECUTOR_FAILED', message: 'engine gone' });
+    expect(r.released()).toBe(1);
   });
 
   it('refuses jobs over the build budget as a config error, before any job runs', async () => {

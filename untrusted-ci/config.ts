@@ -105,8 +105,23 @@ export const CiConfig = z
     dataDir: z.string().min(1),
     /** Where the job runner keeps workspaces and the runsc self-test (the bootstrap's directory). */
     runnerStateDir: z.string().min(1).default('/var/lib/airlock'),
-    /** Builds run at once on this host; each build runs its jobs one after another in one slot. */
+    /** Job containers and environment builds at once on this host (a build's independent jobs each take one). */
     slots: z.number().int().min(1).max(256).default(2),
+    /**
+     * What the running jobs' limits may add up to on this host (untrusted-ci/scheduler/capacity.ts);
+     * a job waits for room, and one larger than all of it fails. Absent figures come from the machine
+     * at start: memory its total minus `reserve` (at least half of it), CPUs `availableParallelism()`.
+     */
+    capacity: z
+      .object({
+        memory: Size.optional(),
+        reserve: Size.default(1024 ** 3),
+        cpus: z.number().min(0.01).max(4096).optional(),
+        /** How often later jobs that fit may pass one that waits for room, before they wait behind it (0: strict FIFO). */
+        overtakes: z.number().int().min(0).max(1000).default(4),
+      })
+      .strict()
+      .default({ reserve: 1024 ** 3, overtakes: 4 }),
     projects: z.array(ProjectConfig).max(10_000).default([]),
     artifactStore: ArtifactStoreConfig.optional(),
     policies: z

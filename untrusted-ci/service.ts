@@ -4,6 +4,7 @@
  * and the benchmark all start the service through `startCiService`.
  */
 import { join } from 'node:path';
+import { availableParallelism, totalmem } from 'node:os';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import { createLogger, type Logger } from '#shared/logging.js';
@@ -28,6 +29,7 @@ import { Merger } from './merger/merger.js';
 import { createStoreReporter } from './reporting/store-reporter.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { Slots } from './scheduler/slots.js';
+import { capacityFor, tooLarge } from './scheduler/capacity.js';
 import { BuildStore } from './store/build-store.js';
 import { GateStore } from './store/gate-store.js';
 import { HintSender } from './hints/hint-sender.js';
@@ -115,7 +117,11 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const egress = await Egress.start({ stateDir: c.runnerStateDir, policy: loadEgressPolicy(c.policies.egress), logger, onEvent: (kind, e) => egressReport.to?.(kind, e) });
     cleanups.push(() => egress.stop());
     const imageCache = openImageCache(loaded, docker, logger, store);
-    const slots = new Slots(c.slots);
+    // Jobs are placed by their memory and CPUs within the host's capacity (scheduler/capacity.ts).
+    const capacity = capacityFor(c.slots, c.capacity, { memory: totalmem(), cpus: availableParallelism() });
+    const slots = new Slots(c.slots, capacity);
+    const unplaceable = tooLarge(capacity, jobPolicy.limits);
+    if (unplaceable) logger.warn({ capacity }, `the job policy's own limits do not fit this host: every job that does not ask for less fails (${unplaceable.message})`);
     // Environment builds run in sandboxes of their own and hold an executor slot, as jobs do.
     const builder = new EnvironmentBuilder({ docker, policy: envPolicy, logger, cache: imageCache, stateDir: c.runnerStateDir, slots });
     await builder.reap();

@@ -37,6 +37,7 @@ describe('buildCiConfig', () => {
       dataDir: '/srv/airlock',
       runnerStateDir: '/var/lib/airlock',
       slots: 2,
+      capacity: { reserve: 1024 ** 3, overtakes: 4 },
       projects: [],
       policies: {},
       webhooks: { ratePerMinute: 600 },

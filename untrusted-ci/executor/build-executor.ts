@@ -7,8 +7,10 @@
  *     jobs against the budget (absent or any error → config-error listing every issue at once)
  *   → environment ready and pinned (Dockerfile built once per content hash, or an allowlisted image)
  *   → compile jobs for the pipeline → export the merged tree as a tar
- *   → each job in order in the hardened runner (skipped when a job it needs did not pass),
- *     log streamed live and uploaded to the ArtifactStore, artifacts uploaded
+ *   → the jobs as a graph of their needs in the hardened runner: each as soon as the jobs it needs
+ *     passed and an executor slot has room for its memory and CPUs, independent ones at once
+ *     (skipped when a job it needs did not pass), each log streamed live to its own file and
+ *     uploaded to the ArtifactStore, artifacts uploaded
  *   → result: passed when every voting job passed.
  * Everything it made (work dir, build ref, pin) is released whatever happens.
  *
@@ -78,7 +80,7 @@ export interface CheckBuildExecutorOptions {
   projects: readonly ProjectConfig[];
   workDir: string;
   logger: Logger;
-  /** Executor slots: taken around each job's container run. Absent: no limit beyond the scheduler's. */
+  /** Executor slots: taken around each job's container run, with room for its memory and CPUs. Absent: no limit beyond the scheduler's. */
   slots?: Slots;
   /** The gate, for gate builds: told when the job list is known and each job's result; starts each job. */
   gate?: GateHooks;
@@ -199,19 +201,31 @@ export class CheckBuildExecutor implements BuildExecutor {
     }
     phase('source');
 
-    // The jobs in needs order (shared/runner/job-plan.ts). Cancelled, even during the last job, it
-    // throws CancelledError: the scheduler decides what that is (cancelled, superseded, shutdown), not a failure.
+    // The jobs as a graph of their needs (shared/runner/job-plan.ts): a job starts once the jobs it
+    // needs passed, alongside any other ready job, each when the executor slots have room for its
+    // limits (scheduler/slots.ts). Cancelled, even during the last job, it throws CancelledError
+    // once the running jobs ended: the scheduler decides what that is (cancelled, superseded,
+    // shutdown), not a failure.
+    // A job that throws (the engine failed: the build is run again) stops its running siblings
+    // too, rather than leaving the retry to wait for them: they see `jobs`, the build's signal or this.
+    const stopJobs = new AbortController();
+    const jobs = AbortSignal.any([signal, stopJobs.signal]);
     const plan = await runJobPlan(compiled.jobs, {
       signal,
       skipped: (job, blocked) => this.setJob(build.id, job.name, 'skipped', skipReason(blocked)),
       run: async (job) => {
-        if (gate) await o.gate?.awaitStart(build, job.name, signal);
-        const state = await this.runJob(build.id, job.name, job.spec, tar, work, signal);
+        if (gate) await o.gate?.awaitStart(build, job.name, jobs);
+        const state = await this.runJob(build.id, job.name, job.spec, tar, work, jobs).catch((e: unknown) => {
+          stopJobs.abort(e);
+          throw e;
+        });
+        // Before the plan learns the result: a job that needs this one then waits in awaitStart
+        // until the model, told first, has started it.
         if (gate) o.gate?.jobDone(build, job.name, state);
-        phase(`job:${job.name}`);
         return state;
       },
     });
+    phase('jobs'); // the jobs overlap: one figure for them all
     const failed = plan.failedVoting;
     if (failed.length === 0) return { result: 'passed', reason: `${plan.voting} voting job${plan.voting === 1 ? '' : 's'} passed` };
     return { result: 'failed', reason: `failed: ${failed.join(', ')}` };
@@ -225,7 +239,10 @@ export class CheckBuildExecutor implements BuildExecutor {
     let releaseSlot: (() => void) | undefined;
     let packages: EgressRun | undefined;
     try {
-      releaseSlot = await o.slots?.acquire(signal);
+      // A slot with room for the job's memory and CPUs; a job larger than the host's whole
+      // capacity is refused here (a PolicyViolationError: the job fails with it, below).
+      // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
+      releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
       // Running from the moment it has an executor slot: a job waiting for one is still queued.
       this.setJob(buildId, name, 'running');
       const say = (text: string) => {

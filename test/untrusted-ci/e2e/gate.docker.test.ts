@@ -15,13 +15,23 @@ import { startTestCi, type TestCi } from '../../support/ci.js';
 import { CI_ACCOUNT, startGerrit, type GerritRig } from '../../support/gerrit-rig.js';
 import { until } from '../../support/until.js';
 
-// The gate job takes a few seconds so the three build sets overlap (tested speculatively, in parallel).
+// The gate jobs take a few seconds so the three build sets overlap (tested speculatively, in
+// parallel), and each build set runs test and lint at once, then report once both passed: the gate
+// is told of jobs of one item that run together, and B's failing test resets C while B's lint and
+// C's own jobs are still running.
 const CONFIG = `version: 1
 environment: { image: airlock/base:busybox }
 jobs:
   test:
     command: [sh, -c, "sleep 3; if [ -f broken ]; then echo broken; exit 1; fi; cat *.txt"]
     pipelines: [gate]
+  lint:
+    command: [sh, -c, "sleep 3; cat base.txt"]
+    pipelines: [gate]
+  report:
+    command: [sh, -c, "echo tested"]
+    pipelines: [gate]
+    needs: [test, lint]
 `;
 const PROJECT = 'demo/gated';
 
@@ -31,7 +41,8 @@ describe('gate through the review system (real Docker, real git, Gerrit stand-in
   beforeAll(async () => {
     rig = await startGerrit();
     rig.gerrit.createProject(PROJECT, { '.airlock.yaml': CONFIG, 'base.txt': 'base\n' });
-    ci = await startTestCi({ projects: [{ name: PROJECT, url: rig.gerrit.gitUrl(PROJECT) }], slots: 3 }, { review: rig });
+    // Room for the jobs of the three build sets at once (each asks for the policy's 1 CPU), whatever this machine has.
+    ci = await startTestCi({ projects: [{ name: PROJECT, url: rig.gerrit.gitUrl(PROJECT) }], slots: 6, capacity: { cpus: 6 } }, { review: rig });
   });
   afterAll(async () => {
     await ci?.close();
@@ -93,6 +104,14 @@ describe('gate through the review system (real Docker, real git, Gerrit stand-in
     expect(ofC).toHaveLength(2); // first on A+B+C (thrown away by the reset), then on A+C
     expect(['cancelled', 'failed']).toContain(ofC[0]!.result);
     expect(ofC[1]!.result).toBe('passed');
+    const states = (b: BuildView) => Object.fromEntries(b.jobs.map((j) => [j.name, j.state]));
+    expect(states(ofC[1]!)).toEqual({ test: 'passed', lint: 'passed', report: 'passed' });
+    // B: its test failed, its lint (running beside it) still ended and passed, report was skipped.
+    const ofB = await Promise.all(gateBuilds.filter((x) => x.change.change === String(b.number)).map((x) => ci.waitFor(x.id)));
+    expect(ofB.map((x) => [x.result, states(x)])).toEqual([['failed', { test: 'failed', lint: 'passed', report: 'skipped' }]]);
+    // C's first build, cancelled by the reset while its jobs ran: none is left running, none passed after it.
+    expect(ofC[0]!.jobs.filter((j) => j.state === 'running')).toEqual([]);
+    expect(states(ofC[0]!).report).not.toBe('passed');
     const testedTree = git(`${ci.dataDir}/git/mirrors/${mirrorName(ci)}`, ['rev-parse', `${ofC[1]!.commit}^{tree}`]);
     expect(git(g.gitUrl(PROJECT), ['rev-parse', 'master^{tree}'])).toBe(testedTree);
 

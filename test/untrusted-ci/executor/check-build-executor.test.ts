@@ -2,7 +2,7 @@
  * CheckBuildExecutor on the pure tier: the real merger (git), build store, event stream and
  * artifact store; the environment provider and the job runner are in-memory stand-ins of their
  * ports (the docker tier — test/untrusted-ci/e2e — runs the real ones). What a build does with
- * its jobs: needs order, a dependent of a failed job skipped with the reason, the others still
+ * its jobs: a graph of their needs, a dependent of a failed job skipped with the reason, the others still
  * run, the build budget, a job the runner refuses, cancellation, and that whatever it took is
  * released.
  */
@@ -10,7 +10,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CancelledError, PolicyViolationError } from '#shared/errors.js';
+import { CancelledError, ExecutorFailedError, PolicyViolationError } from '#shared/errors.js';
+import type { RunOptions } from '#shared/runner/job-runner.js';
+import type { JobSpec } from '#shared/schemas/job-spec.js';
+import { until } from '../../support/until.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
@@ -23,6 +26,7 @@ import { Merger } from '../../../untrusted-ci/merger/merger.js';
 import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { FakeRunner } from '../../support/fake-runner.js';
+import { Slots } from '../../../untrusted-ci/scheduler/slots.js';
 import { createRepo, type FileContent, type TestRepo } from '../../support/git-repo.js';
 
 const root = mkdtempSync(join(tmpdir(), 'airlock-executor-'));
@@ -46,6 +50,7 @@ interface RigOptions {
   yaml?: string;
   /** More files in the change, beside .airlock.yaml. */
   files?: Record<string, FileContent>;
+  slots?: Slots;
 }
 
 async function rig(o: RigOptions = {}) {
@@ -77,6 +82,7 @@ async function rig(o: RigOptions = {}) {
     projects: [project],
     workDir: join(root, `work-${id}`),
     logger: createLogger({ level: 'silent' }),
+    ...(o.slots ? { slots: o.slots } : {}),
   });
   const { buildId } = store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
   store.start(buildId);
@@ -85,11 +91,16 @@ async function rig(o: RigOptions = {}) {
 }
 
 describe('CheckBuildExecutor (pure tier: runner and environment through their ports)', () => {
-  it('runs the jobs in needs order; all voting jobs passing is a pass; logs uploaded; the environment released', async () => {
+  it('runs the jobs as a graph of their needs; all voting jobs passing is a pass; logs uploaded; the environment released', async () => {
     const r = await rig();
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint', 'after', 'docs']);
+    // build, lint and docs need nothing and start together (which reaches the runner first is the
+    // file system's race); unit once build passed, after once unit did.
+    const ran = r.runner.ran.map((x) => x.job);
+    expect([...ran].sort()).toEqual(['after', 'build', 'docs', 'lint', 'unit']);
+    expect(ran.indexOf('build')).toBeLessThan(ran.indexOf('unit'));
+    expect(ran.indexOf('unit')).toBeLessThan(ran.indexOf('after'));
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
     expect(readFileSync(join(r.artifacts.root, logKey(String(r.buildId), 'unit')), 'utf8')).toBe('log of unit\n');
     expect(r.released()).toBe(1);
@@ -99,7 +110,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const r = await rig({ runner: new FakeRunner((s) => (['unit', 'docs'].includes(s.env.AIRLOCK_JOB ?? '') ? 'failed' : 'passed')) });
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: unit, after' });
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit', 'lint', 'docs']);
+    expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
     expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'failed: exit 1', lint: 'passed: exit 0', after: 'skipped: needs unit, which did not pass', docs: 'failed: exit 1' });
     expect(r.released()).toBe(1);
   });
@@ -110,6 +121,46 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const out = await r.executor.execute(r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: build, unit, after' });
     expect(r.jobs()).toMatchObject({ build: `failed: ${refusal.message}`, unit: 'skipped: needs build, which did not pass', lint: 'passed: exit 0' });
+  });
+
+  it('places each job by its memory and CPUs: one larger than the whole host fails naming the figures, the others run and free their room', async () => {
+    const slots = new Slots(4, { memory: 768 * 1024 ** 2, cpus: 2 });
+    const yaml = config(job('build', '    resources: { memory: 512m }\n') + job('unit', '    needs: [build]\n    resources: { memory: 256m }\n') + job('lint'));
+    const r = await rig({ yaml, slots });
+    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    // lint takes the policy's 1 GiB: more than the host's 768 MiB for jobs.
+    expect(out).toEqual({ result: 'failed', reason: 'failed: lint' });
+    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
+    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0' });
+    expect(r.jobs().lint).toBe(
+      "failed: ci.yaml: capacity: the job's limits ask for 1 GiB of memory, more than the 768 MiB this host has for jobs: it could never start here (ask for less in .airlock.yaml, or the operator raises capacity)",
+    );
+    expect(slots.usage).toMatchObject({ memory: 0, cpus: 0 });
+    expect(slots.busy).toBe(0);
+  });
+
+  it('an engine failure of one job stops the jobs running beside it, and the build throws it (to be run again)', async () => {
+    let lintStopped = false;
+    // lint runs until it is stopped; build's engine fails meanwhile.
+    class Held extends FakeRunner {
+      override async run(spec: JobSpec, opts: RunOptions) {
+        if (spec.env.AIRLOCK_JOB === 'lint') {
+          await new Promise((res) => opts.signal?.addEventListener('abort', res, { once: true }));
+          lintStopped = true;
+        }
+        return super.run(spec, opts);
+      }
+    }
+    const r = await rig({ runner: new Held((s) => (s.env.AIRLOCK_JOB === 'build' ? new ExecutorFailedError('engine gone') : 'passed')) });
+    const cancel = new AbortController(); // only to free lint should the build not stop it
+    const out = r.executor.execute(r.build(), cancel.signal);
+    out.catch(() => undefined);
+    await until('lint stopped by the engine failure beside it', () => (lintStopped ? true : undefined), 30_000).catch((e: unknown) => {
+      cancel.abort();
+      throw e;
+    });
+    await expect(out).rejects.toMatchObject({ code: 'AIRLOCK_E_EXECUTOR_FAILED', message: 'engine gone' });
+    expect(r.released()).toBe(1);
   });
 
   it('refuses jobs over the build budget as a config error, before any job runs', async () => {
@@ -134,7 +185,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect(r.runner.ran).toEqual([]);
   });
 
-  it('cancelled during a job: no further job runs, and the build throws CancelledError (not a failure)', async () => {
+  it('cancelled during a job: no further job starts, and the build throws CancelledError (not a failure)', async () => {
     const ac = new AbortController();
     const r = await rig({
       runner: new FakeRunner((s) => {
@@ -143,8 +194,9 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
       }),
     });
     await expect(r.executor.execute(r.build(), ac.signal)).rejects.toBeInstanceOf(CancelledError);
-    expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
-    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'waiting' });
+    // build, lint and docs started together before the abort; after, which needs unit, never starts.
+    expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
+    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'waiting' });
     expect(r.released()).toBe(1);
   });
 

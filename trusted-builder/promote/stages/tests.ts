@@ -1,6 +1,6 @@
 /**
- * tests: the project's gate jobs re-run in the hardened runner, in `needs` order (the job plan the
- * CI runs too), on the lane's own archive of its tree, in the environment the builder made. A step
+ * tests: the project's gate jobs re-run in the hardened runner, one at a time in `needs` order (the
+ * job plan the CI runs too, as a graph there), on the lane's own archive of its tree, in the environment the builder made. A step
  * the secrets policy grants secrets gets them as read-only files (each read an audit record); a
  * voting job that does not pass ends the promotion. Each job's log and artifacts are kept for the
  * leak check.
@@ -51,7 +51,12 @@ export async function runTests(p: TestsPort, l: Lane, cfg: AirlockYaml, envImage
     vars: { project: project.name, branch: l.branch, change: commit.slice(0, 12), patchset: 1, commit },
   });
   if (compiled.issues.length > 0) throw new Stop('refused', 'config', `${AIRLOCK_YAML}: ${compiled.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+  // One job at a time, in plan order (the CI runs them as a graph): the provenance lists the test
+  // steps and the audit log the secret reads in the order they ran, which must be the same for every
+  // rebuild of a commit; and the builder host has no executor slots or capacity of its own to keep
+  // concurrent test containers within its memory next to the image build.
   const { failedVoting: failed } = await runJobPlan(compiled.jobs, {
+    concurrency: 1,
     run: async (job, index) => {
       const chunks: Buffer[] = [];
       const secretFiles = await grantedFiles(p, l, job.name, job.spec.command);

@@ -108,6 +108,9 @@ const STREAM_DRAIN_MS = 5_000;
 const STATS_AFTER_MS = 500;
 /** How long past its timeout and kill grace a job may take before the runner gives up on the engine. */
 const ENGINE_GRACE_MS = 60_000;
+/** How often, and how far apart, the engine is asked again whether an unexplained SIGKILL was an OOM kill. */
+const OOM_RECHECKS = 5;
+const OOM_RECHECK_MS = 100;
 /** Failed workspace mounts in a row after which sources go through the archive API for good. */
 const MOUNT_FAILURES_BEFORE_ARCHIVE = 3;
 
@@ -372,11 +375,18 @@ export class JobRunner {
       await Promise.race([ended, sleep(STREAM_DRAIN_MS)]);
       stream.destroy?.();
       const info = await container.inspect();
-      const state = info.State;
+      let oomKilled = Boolean(info.State.OOMKilled);
+      // The engine learns of an OOM kill from an event of its own, which can come after the exit
+      // it reported (seen under load: a 64 MiB hog ended by SIGKILL, OOMKilled still false). A
+      // SIGKILL the runner did not send is asked about again, briefly.
+      for (let i = 0; !oomKilled && status.StatusCode === 137 && !timedOut && !cancelled && i < OOM_RECHECKS; i++) {
+        await sleep(OOM_RECHECK_MS);
+        oomKilled = Boolean((await container.inspect()).State.OOMKilled);
+      }
       return {
         imageId: info.Image,
         exitCode: status.StatusCode,
-        oomKilled: Boolean(state.OOMKilled),
+        oomKilled,
         timedOut: timedOut && !cancelled,
         cancelled,
         capture,

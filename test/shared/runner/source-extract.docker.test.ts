@@ -220,7 +220,9 @@ describe('extractSource into a mounted workspace', () => {
     await withWorkspace(async (ws) => {
       await expect(manager.withMounted(ws, async () => { throw new Error('boom'); })).rejects.toThrow('boom');
       expect(workspaceMounts()).toEqual([]);
-      expect(readdirSync(manager.workspacesDir, { recursive: true }).map(String).filter((n) => n.endsWith('.mnt'))).toEqual([]);
+      // Only this manager's directory: other files' runners mount their workspaces under the same root meanwhile.
+      const own = join(manager.workspacesDir, ownerToken(owner));
+      expect(readdirSync(own, { recursive: true }).map(String).filter((n) => n.endsWith('.mnt'))).toEqual([]);
     });
   });
 });

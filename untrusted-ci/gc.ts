@@ -20,6 +20,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pruneCache, type PruneReport } from './egress/cache-gc.js';
 import { loadEgressPolicy } from './egress/policy.js';
+import { PackageProxies } from './egress/proxies.js';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import type { Logger } from '#shared/logging.js';
@@ -130,7 +131,7 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
     if (opts.packages ?? opts.images ?? true) {
       // The package cache (the proxies' files), to the egress policy's size, least recently used first.
       const egress = loadEgressPolicy(c.policies.egress);
-      report.packages = await pruneCache(['debian', 'npm'].map((d) => join(c.runnerStateDir, 'egress', 'cache', d)), egress.cache.maxSize);
+      report.packages = await pruneCache(PackageProxies.cacheDirsOf(join(c.runnerStateDir, 'egress')), egress.cache.maxSize);
       log.info(report.packages, 'package cache pruned');
     }
     if (opts.git ?? true) {

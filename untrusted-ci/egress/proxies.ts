@@ -71,7 +71,12 @@ export class PackageProxies {
 
   /** The directories the cache lives in (for the size bound). */
   get cacheDirs(): string[] {
-    return [join(this.o.dir, 'cache', 'debian'), this.npmStorage];
+    return PackageProxies.cacheDirsOf(this.o.dir);
+  }
+
+  /** The cache directories under an egress directory (`airlock ci gc` prunes them with no proxy running). */
+  static cacheDirsOf(dir: string): string[] {
+    return [join(dir, 'cache', 'debian'), join(dir, 'cache', 'npm')];
   }
 
   /** The proxies' process ids now (for tests and status). */

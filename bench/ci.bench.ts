@@ -62,7 +62,7 @@ async function submit(c: { ref: string; change: string }): Promise<number> {
 /** Resolves when the build's result is recorded (polling the database in-process: microseconds a read). */
 async function finished(id: number): Promise<void> {
   for (;;) {
-    const b = ci.store.build(id);
+    const b = await ci.store.build(id);
     if (b.state === 'finished') {
       if (b.result !== 'passed') throw new Error(`bench build ${id} ${b.result}: ${b.reason}`);
       return;
@@ -121,7 +121,7 @@ await ci.scheduler.idle();
 const checkSec = (performance.now() - t) / 1000;
 const cpu = process.cpuUsage(cpu0);
 const serviceCpuPerBuildMs = r1((cpu.user + cpu.system) / 1000 / QUEUED);
-const notPassed = ids.map((id) => ci.store.build(id)).filter((b) => b.result !== 'passed');
+const notPassed = (await Promise.all(ids.map((id) => ci.store.build(id)))).filter((b) => b.result !== 'passed');
 if (notPassed.length > 0) throw new Error(`${notPassed.length} bench builds did not pass: ${notPassed[0]!.result} ${notPassed[0]!.reason}`);
 const throughput = { queued: QUEUED, slots: SLOTS, serviceCpuPerBuildMs, rawPerSec: r2(QUEUED / rawSec), checkPerSec: r2(QUEUED / checkSec), ratio: r2(rawSec / checkSec) };
 console.log(`throughput (${QUEUED} queued, ${SLOTS} slots): raw ${throughput.rawPerSec}/s | check ${throughput.checkPerSec}/s | check/raw ${throughput.ratio}× | service process CPU ${serviceCpuPerBuildMs} ms per build`);

@@ -105,9 +105,9 @@ async function batch(failing: number | null): Promise<{ seconds: number; approve
   // Checked and voted in Gerrit, and everything the CI owes Gerrit posted, before the clock starts.
   const verified = async () => (await Promise.all(changes.map((c) => g.changeState(c.number)))).every((s) => s.votes.Verified?.[CI_ACCOUNT] === 1);
   await until('the checks voted in Gerrit', async () => ((await verified()) ? true : undefined), 120_000);
-  await until('the review outbox empty', () => (ci.review!.outbox.rows({ state: 'pending' }).length === 0 ? true : undefined));
+  await until('the review outbox empty', async () => ((await ci.review!.outbox.rows({ state: 'pending' })).length === 0 ? true : undefined));
   await g.settle();
-  const after = ci.gateStore.events({ limit: 100_000 }).at(-1)?.id ?? 0;
+  const after = (await ci.gateStore.events({ limit: 100_000 })).at(-1)?.id ?? 0;
 
   const start = performance.now();
   for (const c of changes) {
@@ -117,15 +117,15 @@ async function batch(failing: number | null): Promise<{ seconds: number; approve
   }
   const approveSeconds = (performance.now() - start) / 1000;
   for (;;) {
-    const reports = ci.gateStore.events({ kind: 'report', after, limit: 1000 });
+    const reports = await ci.gateStore.events({ kind: 'report', after, limit: 1000 });
     if (reports.length >= N) {
       const seconds = (performance.now() - start) / 1000;
-      if (process.env.BENCH_TRACE === '1') trace(after, Date.now() - (performance.now() - start));
+      if (process.env.BENCH_TRACE === '1') await trace(after, Date.now() - (performance.now() - start));
       const ok = reports.filter((e) => e.result === 'SUCCESS').length;
       const wantOk = failing === null ? N : N - 1;
       if (ok !== wantOk) throw new Error(`expected ${wantOk} merges, got ${ok}: ${JSON.stringify(reports.map((e) => [e.change, e.result]))}`);
       // Merged in the order approved (the gate queue's order): the 3rd was the 3rd.
-      const mergedOrder = ci.gateStore.events({ kind: 'merged', after, limit: 1000 }).map((e) => e.change);
+      const mergedOrder = (await ci.gateStore.events({ kind: 'merged', after, limit: 1000 })).map((e) => e.change);
       const approvedOrder = changes.filter((_, i) => i !== failing).map((c) => String(c.number));
       if (JSON.stringify(mergedOrder) !== JSON.stringify(approvedOrder)) throw new Error(`merged in the order ${mergedOrder.join(' ')}, approved in the order ${approvedOrder.join(' ')}`);
       // Merged by Gerrit (submitted by the CI's account), the failing one left open.
@@ -139,14 +139,14 @@ async function batch(failing: number | null): Promise<{ seconds: number; approve
 }
 
 /** BENCH_TRACE=1: where the time of a batch went (ms after the first approval). */
-function trace(afterEvent: number, t0: number): void {
+async function trace(afterEvent: number, t0: number): Promise<void> {
   const rel = (t: number | undefined) => (t === undefined ? '-' : String(Math.round(t - t0)));
-  const builds = ci.store.builds({ limit: 500 }).filter((b) => b.pipeline === 'gate' && (b.startedAt ?? 0) >= t0 - 1000).reverse();
+  const builds = (await ci.store.builds({ limit: 500 })).filter((b) => b.pipeline === 'gate' && (b.startedAt ?? 0) >= t0 - 1000).reverse();
   for (const b of builds) {
     const j = b.jobs[0];
     console.log(`  build ${b.id} change ${b.change.change}: queued ${rel(b.enqueuedAt)} started ${rel(b.startedAt)} job ${rel(j?.startedAt)}..${rel(j?.finishedAt)} finished ${rel(b.finishedAt)} ${b.result}`);
   }
-  for (const e of ci.gateStore.events({ after: afterEvent, limit: 1000 })) console.log(`  ${e.kind} ${e.change} ${e.result ?? ''} at ${rel(e.createdAt)}`);
+  for (const e of await ci.gateStore.events({ after: afterEvent, limit: 1000 })) console.log(`  ${e.kind} ${e.change} ${e.result ?? ''} at ${rel(e.createdAt)}`);
 }
 
 // Warm up: the environment image and the mirror exist before anything is timed.

@@ -83,13 +83,8 @@ const RETENTION_CLASS: Record<BuildResult, RetentionResult> = {
 };
 
 /** Every build id the database holds, whatever its state: retention's "known" set. */
-export function allBuildIds(db: Db): Set<string> {
-  return new Set(
-    db
-      .prepare<[], { id: number }>('SELECT id FROM builds')
-      .all()
-      .map((r) => String(r.id)),
-  );
+export async function allBuildIds(db: Db): Promise<Set<string>> {
+  return new Set((await db.all<{ id: number }>('SELECT id FROM builds')).map((r) => String(r.id)));
 }
 
 export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promise<CiGcReport> {
@@ -105,8 +100,8 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
 
     // Known ids are read before the finished builds: a build finishing in between is then known
     // (not an orphan) and simply not yet planned, never the other way round.
-    const known = allBuildIds(db);
-    const finished: FinishedBuild[] = store.finishedBuilds().map((b) => ({ buildId: String(b.buildId), result: RETENTION_CLASS[b.result], finishedAt: b.finishedAt, jobs: b.jobs }));
+    const known = await allBuildIds(db);
+    const finished: FinishedBuild[] = (await store.finishedBuilds()).map((b) => ({ buildId: String(b.buildId), result: RETENTION_CLASS[b.result], finishedAt: b.finishedAt, jobs: b.jobs }));
     const plan = planRetention(finished, policy, now);
     plan.orphans = planOrphans(await scanBuilds(artifacts), known, policy, now);
     const report: CiGcReport = { retention: { logs: plan.logs, artifacts: plan.artifacts, orphans: plan.orphans, deletedObjects: 0, eventDirs: 0 } };
@@ -136,12 +131,12 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
     }
     if (opts.git ?? true) {
       // The service's unfinished builds keep their refs: only a dead process's are dropped.
-      const live = new Set(store.builds({ state: 'running', limit: 500 }).map((b) => String(b.id)));
+      const live = new Set((await store.builds({ state: 'running', limit: 500 })).map((b) => String(b.id)));
       await new Merger({ root: paths.git, logger: log }).gc({ keep: (id) => live.has(id) });
       report.git = true;
     }
     return report;
   } finally {
-    db.close();
+    await db.close();
   }
 }

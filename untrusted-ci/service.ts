@@ -144,11 +144,11 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       const rereads = new Rereads({
         system,
         logger: logger.child({ component: 'review' }),
-        apply: (change) => {
-          if (triggerDeps) reconcileChange(change, triggerDeps);
+        apply: async (change) => {
+          if (triggerDeps) await reconcileChange(change, triggerDeps);
         },
-        hidden: (project, change) => {
-          if (triggerDeps) hideChange(project, change, triggerDeps);
+        hidden: async (project, change) => {
+          if (triggerDeps) await hideChange(project, change, triggerDeps);
         },
       });
       const outbox = new ReviewOutbox({ db, system, store, gateStore, votes: c.review.votes, links, logger: logger.child({ component: 'review' }) });
@@ -157,8 +157,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
         system,
         everyMs: c.review.catchUpEveryMs,
         logger: logger.child({ component: 'catch-up' }),
-        apply: (change) => {
-          if (triggerDeps) reconcileChange(change, triggerDeps);
+        apply: async (change) => {
+          if (triggerDeps) await reconcileChange(change, triggerDeps);
         },
       });
       review = { system, state, outbox, catchUp, rereads };
@@ -167,8 +167,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
     let status: StatusFeed | undefined;
     const metrics = createCiMetrics({
-      queued: () => {
-        const q = store.queued();
+      queued: async () => {
+        const q = await store.queued();
         return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
       },
       busy: () => scheduler?.busy ?? 0,
@@ -209,7 +209,7 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
               votes: c.review.votes,
               links,
               onReread: (change) => {
-                if (triggerDeps) reconcileChange(change, triggerDeps);
+                if (triggerDeps) void reconcileChange(change, triggerDeps).catch((err: unknown) => logger.error({ err, change: change.change }, 'a change read again could not be applied'));
               },
             },
           }
@@ -266,12 +266,12 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
     });
     cleanups.push(() => app.close());
-    gate.start();
+    await gate.start();
     cleanups.push(() => gate.close());
     await scheduler.start();
     cleanups.push(() => scheduler?.close());
     if (hints) {
-      hints.start();
+      await hints.start();
       cleanups.push(() => hints.close());
     }
     if (review) {

@@ -26,13 +26,13 @@ export interface CiMetrics {
 const DURATION_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
 
 export function createCiMetrics(read: {
-  queued: () => { check: number; gate: number };
+  queued: () => Promise<{ check: number; gate: number }> | { check: number; gate: number };
   busy: () => number;
   slots: number;
   /** The promotion hints' backlog (absent: no hints configured). */
-  hints?: () => { pending: number; failing?: { at: number } };
+  hints?: () => Promise<{ pending: number; failing?: { at: number } }> | { pending: number; failing?: { at: number } };
   /** Messages and votes waiting for the review system (absent: no review system). */
-  reviewOutbox?: () => number;
+  reviewOutbox?: () => Promise<number> | number;
   /** The gate's queues: window size (0: unlimited) and items in each (absent: no gate). */
   gateQueues?: () => { queue: string; window: number; items: number }[];
 }): CiMetrics {
@@ -44,8 +44,8 @@ export function createCiMetrics(read: {
     help: 'Builds waiting for a slot, per pipeline',
     labelNames: ['pipeline'],
     registers: [registry],
-    collect() {
-      const q = read.queued();
+    async collect() {
+      const q = await read.queued();
       this.set({ pipeline: 'check' }, q.check);
       this.set({ pipeline: 'gate' }, q.gate);
     },
@@ -65,24 +65,24 @@ export function createCiMetrics(read: {
       name: 'airlock_ci_hint_backlog',
       help: 'Merges not yet delivered to the trusted builder as promotion hints',
       registers: [registry],
-      collect() {
-        this.set(hints().pending);
+      async collect() {
+        this.set((await hints()).pending);
       },
     });
     new Gauge({
       name: 'airlock_ci_hint_failing',
       help: '1 when the last attempt to deliver a hint failed (the service log says why), else 0',
       registers: [registry],
-      collect() {
-        this.set(hints().failing ? 1 : 0);
+      async collect() {
+        this.set((await hints()).failing ? 1 : 0);
       },
     });
     new Gauge({
       name: 'airlock_ci_hint_last_failure_timestamp_seconds',
       help: 'When the failing delivery attempt was made (unix seconds); 0 while the last attempt succeeded',
       registers: [registry],
-      collect() {
-        const f = hints().failing;
+      async collect() {
+        const f = (await hints()).failing;
         this.set(f ? Math.floor(f.at / 1000) : 0);
       },
     });
@@ -93,8 +93,8 @@ export function createCiMetrics(read: {
       name: 'airlock_ci_review_outbox_pending',
       help: 'Votes and messages waiting to be posted to the review system',
       registers: [registry],
-      collect() {
-        this.set(outbox());
+      async collect() {
+        this.set(await outbox());
       },
     });
   }

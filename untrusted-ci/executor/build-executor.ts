@@ -118,7 +118,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     releases.push(() => o.logger.debug({ build: build.id, phases }, 'build phases (ms)'));
 
     // 1. The change merged onto the current branch tip (a gate build: after the changes ahead of it).
-    const gate = o.gate ? o.store.gateBuild(build.id) : undefined;
+    const gate = o.gate ? await o.store.gateBuild(build.id) : undefined;
     const prep = await o.merger.prepare({
       project,
       branch: build.branch,
@@ -136,9 +136,9 @@ export class CheckBuildExecutor implements BuildExecutor {
     if (gate?.commit && gate.commit !== commit) {
       return { result: 'error', reason: `retried on a different state (${commit.slice(0, 12)}, first ${gate.commit.slice(0, 12)}): the gate tests this change again` };
     }
-    o.store.setCommit(build.id, commit);
+    await o.store.setCommit(build.id, commit);
     // What the branch must still be at when the gate submits this change: the state just before it.
-    if (gate) o.store.setBase(build.id, prep.steps.length >= 2 ? prep.steps[prep.steps.length - 2]!.result : prep.branchTip);
+    if (gate) await o.store.setBase(build.id, prep.steps.length >= 2 ? prep.steps[prep.steps.length - 2]!.result : prep.branchTip);
     say(`merged ${build.change.ref} onto ${build.branch} at ${prep.branchTip.slice(0, 12)}: ${commit}\n`);
     const reader: CommitReader = {
       readFile: (path, max) => o.merger.readFile(project, commit, path, max, signal),
@@ -173,7 +173,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     }
     releases.push(env.release);
     phase('environment');
-    o.store.setEnvironment(build.id, env.image, env.cached);
+    await o.store.setEnvironment(build.id, env.image, env.cached);
     say(env.cached ? `environment ${env.image} (cached)\n` : `environment ${env.image} (built)\n`);
 
     // 4. Jobs.
@@ -185,7 +185,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       vars: { project: project.name, branch: build.branch, change: build.change.change, patchset: build.change.patchset, commit },
     });
     if (compiled.issues.length > 0) return configError(compiled.issues);
-    o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting, timeoutMs: j.spec.limits.timeout ?? o.policy.limits.timeout })));
+    await o.store.planJobs(build.id, compiled.jobs.map((j) => ({ name: j.name, voting: j.voting, timeoutMs: j.spec.limits.timeout ?? o.policy.limits.timeout })));
     if (gate) o.gate?.prepared(build, { kind: 'ok', jobs: jobNodes(compiled.jobs) });
 
     await mkdir(work, { recursive: true });
@@ -244,7 +244,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
       releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
       // Running from the moment it has an executor slot: a job waiting for one is still queued.
-      this.setJob(buildId, name, 'running');
+      await this.setJob(buildId, name, 'running');
       const say = (text: string) => {
         log.write(Buffer.from(text));
         o.events.publish(buildId, { type: 'log', job: name, text });
@@ -267,7 +267,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       if (signal.aborted) throw e;
       if (isAirlockError(e) && !e.retryable) {
         // The job asked for something the runner refused: the change's fault, with the reason.
-        this.setJob(buildId, name, 'failed', e.message);
+        await this.setJob(buildId, name, 'failed', e.message);
         return 'failed';
       }
       throw e;
@@ -287,13 +287,13 @@ export class CheckBuildExecutor implements BuildExecutor {
       artifacts = result.artifacts.filter((a) => a.kind === 'file').map((a) => ({ path: a.path, bytes: a.bytes }));
     }
     const state: RunState = result.passed ? 'passed' : result.cancelled ? 'cancelled' : 'failed';
-    o.store.updateJob(buildId, name, { state, reason: result.reason, exitCode: result.exitCode, logBytes: bytes, artifacts });
+    await o.store.updateJob(buildId, name, { state, reason: result.reason, exitCode: result.exitCode, logBytes: bytes, artifacts });
     o.events.publish(buildId, { type: 'job', job: name, state, reason: result.reason });
     return state;
   }
 
-  private setJob(buildId: number, name: string, state: JobState, reason?: string): void {
-    this.o.store.updateJob(buildId, name, { state, ...(reason !== undefined ? { reason } : {}) });
+  private async setJob(buildId: number, name: string, state: JobState, reason?: string): Promise<void> {
+    await this.o.store.updateJob(buildId, name, { state, ...(reason !== undefined ? { reason } : {}) });
     this.o.events.publish(buildId, { type: 'job', job: name, state, ...(reason !== undefined ? { reason } : {}) });
   }
 }

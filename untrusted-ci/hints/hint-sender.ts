@@ -31,7 +31,7 @@
 import type { Logger } from '#shared/logging.js';
 import { signHint } from '#shared/hints/hint-auth.js';
 import { PROMOTION_HINT_VERSION, PromotionHint } from '#shared/schemas/promotion-hint.js';
-import type { Db } from '../store/database.js';
+import { greatest, type Db, type Sql } from '../store/sql.js';
 import type { GateEventView, GateStore } from '../store/gate-store.js';
 import { DeliveryLoop, type Step } from '../delivery-loop.js';
 
@@ -117,11 +117,11 @@ export class HintSender {
   }
 
   /** Start the delivery loop (once). Throws if the cursor cannot be read. */
-  start(): void {
+  async start(): Promise<void> {
     if (this.loop.signal.aborted) throw new Error('the hint sender is closed');
     if (this.started) return;
-    this.cursorId = this.cursor();
     this.started = true;
+    this.cursorId = await this.cursor();
     this.loop.start();
   }
 
@@ -136,19 +136,19 @@ export class HintSender {
   }
 
   /** The id of the last `merged` event handled (delivered, refused or invalid); 0 before the first. */
-  cursor(): number {
-    const row = this.o.db.prepare<[string], { id: number }>('SELECT last_event_id AS id FROM hint_cursor WHERE sink = ?').get(this.sink);
+  async cursor(): Promise<number> {
+    const row = await this.o.db.get<{ id: number }>('SELECT last_event_id AS id FROM hint_cursor WHERE sink = ?', [this.sink]);
     return row?.id ?? 0;
   }
 
   /** Delivery records, oldest event first. */
-  deliveries(q: { after?: number; limit?: number } = {}): HintDelivery[] {
-    return this.o.db
-      .prepare<[string, number, number], { event_id: number; state: HintDeliveryState; status: number | null; reason: string | null; attempts: number; updated_at: number }>(
+  async deliveries(q: { after?: number; limit?: number } = {}): Promise<HintDelivery[]> {
+    return (
+      await this.o.db.all<{ event_id: number; state: HintDeliveryState; status: number | null; reason: string | null; attempts: number; updated_at: number }>(
         'SELECT * FROM hint_deliveries WHERE sink = ? AND event_id > ? ORDER BY event_id LIMIT ?',
+        [this.sink, q.after ?? 0, Math.min(q.limit ?? 100, 1000)],
       )
-      .all(this.sink, q.after ?? 0, Math.min(q.limit ?? 100, 1000))
-      .map((r) => ({
+    ).map((r) => ({
         eventId: r.event_id,
         state: r.state,
         ...(r.status !== null ? { status: r.status } : {}),
@@ -160,7 +160,7 @@ export class HintSender {
 
   /** Handle the next `merged` event after the cursor, if any. */
   private async step(): Promise<Step> {
-    const [event] = this.o.gateStore.events({ kind: 'merged', after: this.cursorId, limit: 1 });
+    const [event] = await this.o.gateStore.events({ kind: 'merged', after: this.cursorId, limit: 1 });
     if (!event) return 'idle';
     const log = this.o.logger.child({ gateEvent: event.id, project: event.project, change: `${event.change},${event.patchset}` });
 
@@ -173,7 +173,7 @@ export class HintSender {
     });
     if (!hint.success) {
       const reason = clip(`no valid promotion hint: ${hint.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
-      this.finish(event, 'invalid', undefined, reason, 0);
+      await this.finish(event, 'invalid', undefined, reason, 0);
       log.error({ reason }, 'a merge cannot be sent as a promotion hint; skipped');
       return 'progress';
     }
@@ -190,14 +190,14 @@ export class HintSender {
     } catch (err) {
       if (this.loop.signal.aborted) return 'progress'; // closing: the next start sends it again
       const reason = `${this.endpoint}: ${timeout.aborted ? 'the request timed out' : `network error: ${describeError(err)}`}`;
-      this.retrying(event, undefined, reason);
+      await this.retrying(event, undefined, reason);
       log.warn({ reason, url: this.endpoint }, 'the trusted builder is unreachable; the hint will be retried');
       return {};
     }
 
     const status = res.status;
     if (status >= 200 && status < 300) {
-      this.finish(event, 'delivered', status, undefined, 1);
+      await this.finish(event, 'delivered', status, undefined, 1);
       log.info({ commit: hint.data.commit, status }, 'promotion hint delivered');
       return 'progress';
     }
@@ -208,53 +208,55 @@ export class HintSender {
     const misconfigured = status === 401 ? CONFIG_401 : status === 404 ? CONFIG_404 : undefined;
     if (misconfigured) {
       const why = `${this.endpoint}: ${reason}: ${misconfigured}`;
-      this.retrying(event, status, why);
+      await this.retrying(event, status, why);
       log.error({ status, reason: why, url: this.endpoint }, 'promotion hints cannot be delivered: a configuration error; the hint is kept and tried again');
       return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
     }
     if (status === 408 || status === 429 || status >= 500 || status < 400) {
-      this.retrying(event, status, `${this.endpoint}: ${reason}`);
+      await this.retrying(event, status, `${this.endpoint}: ${reason}`);
       log.warn({ status, reason, url: this.endpoint }, 'the trusted builder did not take the hint; it will be retried');
       return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
     }
-    this.finish(event, 'refused', status, `${this.endpoint}: ${reason}`, 1);
+    await this.finish(event, 'refused', status, `${this.endpoint}: ${reason}`, 1);
     log.error({ status, reason, url: this.endpoint, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
     return 'progress';
   }
 
   /** Merged events not yet delivered (or given up), and the last failed attempt, if the newest attempt failed. */
-  backlog(): { pending: number; failing?: { status?: number; reason: string; at: number } } {
-    const pending = this.o.db.prepare<[number], { n: number }>("SELECT COUNT(*) AS n FROM gate_events WHERE kind = 'merged' AND id > ?").get(this.cursorId)?.n ?? 0;
-    const last = this.o.db
-      .prepare<[string], { state: HintDeliveryState; status: number | null; reason: string | null; updated_at: number }>('SELECT state, status, reason, updated_at FROM hint_deliveries WHERE sink = ? ORDER BY updated_at DESC, event_id DESC LIMIT 1')
-      .get(this.sink);
+  async backlog(): Promise<{ pending: number; failing?: { status?: number; reason: string; at: number } }> {
+    const pending = (await this.o.db.get<{ n: number }>("SELECT COUNT(*) AS n FROM gate_events WHERE kind = 'merged' AND id > ?", [this.cursorId]))?.n ?? 0;
+    const last = await this.o.db.get<{ state: HintDeliveryState; status: number | null; reason: string | null; updated_at: number }>(
+      'SELECT state, status, reason, updated_at FROM hint_deliveries WHERE sink = ? ORDER BY updated_at DESC, event_id DESC LIMIT 1',
+      [this.sink],
+    );
     return { pending, ...(last?.state === 'retrying' ? { failing: { ...(last.status !== null ? { status: last.status } : {}), reason: last.reason ?? '', at: last.updated_at } } : {}) };
   }
 
   /** Record the event's final state and move the cursor past it, atomically. */
-  private finish(event: GateEventView, state: Exclude<HintDeliveryState, 'retrying'>, status: number | undefined, reason: string | undefined, attempt: 0 | 1): void {
-    this.o.db.transaction(() => {
-      this.record(event, state, status, reason, attempt);
-      this.o.db
-        .prepare('INSERT INTO hint_cursor (sink, last_event_id, updated_at) VALUES (?,?,?) ON CONFLICT(sink) DO UPDATE SET last_event_id = MAX(last_event_id, excluded.last_event_id), updated_at = excluded.updated_at')
-        .run(this.sink, event.id, this.now());
-    })();
+  private async finish(event: GateEventView, state: Exclude<HintDeliveryState, 'retrying'>, status: number | undefined, reason: string | undefined, attempt: 0 | 1): Promise<void> {
+    await this.o.db.tx(async (t) => {
+      await this.record(t, event, state, status, reason, attempt);
+      await t.run(
+        `INSERT INTO hint_cursor (sink, last_event_id, updated_at) VALUES (?,?,?) ON CONFLICT(sink) DO UPDATE SET last_event_id = ${greatest(t, 'hint_cursor.last_event_id', 'excluded.last_event_id')}, updated_at = excluded.updated_at`,
+        [this.sink, event.id, this.now()],
+      );
+    });
     this.cursorId = Math.max(this.cursorId, event.id);
-  }
-
-  private retrying(event: GateEventView, status: number | undefined, reason: string): void {
-    this.record(event, 'retrying', status, reason, 1);
-  }
-
-  private record(event: GateEventView, state: HintDeliveryState, status: number | undefined, reason: string | undefined, attempt: 0 | 1): void {
-    this.o.db
-      .prepare(
-        `INSERT INTO hint_deliveries (sink, event_id, state, status, reason, attempts, updated_at) VALUES (?,?,?,?,?,?,?)
-         ON CONFLICT(sink, event_id) DO UPDATE SET state = excluded.state, status = excluded.status, reason = excluded.reason,
-           attempts = hint_deliveries.attempts + excluded.attempts, updated_at = excluded.updated_at`,
-      )
-      .run(this.sink, event.id, state, status ?? null, reason ?? null, attempt, this.now());
     this.o.onChange?.();
+  }
+
+  private async retrying(event: GateEventView, status: number | undefined, reason: string): Promise<void> {
+    await this.record(this.o.db, event, 'retrying', status, reason, 1);
+    this.o.onChange?.();
+  }
+
+  private async record(on: Sql, event: GateEventView, state: HintDeliveryState, status: number | undefined, reason: string | undefined, attempt: 0 | 1): Promise<void> {
+    await on.run(
+      `INSERT INTO hint_deliveries (sink, event_id, state, status, reason, attempts, updated_at) VALUES (?,?,?,?,?,?,?)
+       ON CONFLICT(sink, event_id) DO UPDATE SET state = excluded.state, status = excluded.status, reason = excluded.reason,
+         attempts = hint_deliveries.attempts + excluded.attempts, updated_at = excluded.updated_at`,
+      [this.sink, event.id, state, status ?? null, reason ?? null, attempt, this.now()],
+    );
   }
 }
 

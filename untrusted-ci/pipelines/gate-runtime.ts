@@ -101,8 +101,9 @@ export class GateRuntime implements GateHooks, Reporter {
   private draining = false;
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly idleWaiters = new Set<() => void>();
-  /** build set → gate build id */
+  /** build set → gate build id, and back (the gate's own builds of this run: a restart cancels the others) */
   private readonly builds = new Map<number, number>();
+  private readonly buildSetOf = new Map<number, number>();
   /** build set → jobs the model started / jobs whose result was handed in */
   private readonly started = new Map<number, Set<string>>();
   private readonly answered = new Map<number, Set<string>>();
@@ -127,24 +128,30 @@ export class GateRuntime implements GateHooks, Reporter {
   private readonly now = (): number => (this.o.now ?? Date.now)();
 
   /** Load the last snapshot and make its lost work run again. Call before the scheduler starts. */
-  start(): void {
-    const json = this.o.gateStore.loadState(PIPELINE);
+  async start(): Promise<void> {
+    const json = await this.o.gateStore.loadState(PIPELINE);
     if (json !== undefined) {
       try {
         this.manager = DependentPipelineManager.fromJSON({ now: this.now, window: this.o.window, queues: this.o.queues }, json);
       } catch (e) {
         const kept = `${PIPELINE}.unreadable.${this.now()}`;
-        this.o.gateStore.save(kept, json, []);
+        await this.o.gateStore.save(kept, json, []);
         this.o.logger.error({ err: e, kept }, 'the saved gate state cannot be read; it is kept aside and the gate starts empty');
         this.manager = this.fresh();
       }
     }
     // Build set ids go on after those that gate builds in the store already name.
-    this.manager.reserveIds(this.o.store.maxGateBuildSet() + 1);
-    const cancelled = this.o.store.cancelUnfinished('gate', 'the service restarted; the gate runs this build set again');
+    this.manager.reserveIds((await this.o.store.maxGateBuildSet()) + 1);
+    const cancelled = await this.o.store.cancelUnfinished('gate', 'the service restarted; the gate runs this build set again');
     if (cancelled.length > 0) this.o.logger.warn({ builds: cancelled }, 'gate builds of the last run cancelled; their items are tested again');
     const before = this.residentsNow();
-    this.apply(this.manager.recover(), before);
+    this.draining = true;
+    try {
+      await this.apply(this.manager.recover(), before);
+    } finally {
+      this.draining = false;
+    }
+    if (this.pending.length > 0) this.post();
   }
 
   /** Queue events for the model. */
@@ -153,7 +160,7 @@ export class GateRuntime implements GateHooks, Reporter {
     this.pending.push(...events);
     if (!this.draining) {
       this.draining = true;
-      queueMicrotask(() => this.drain());
+      queueMicrotask(() => void this.drain());
     }
   }
 
@@ -221,7 +228,7 @@ export class GateRuntime implements GateHooks, Reporter {
       const r = await resolved;
       if (!r.ok) {
         // Fail closed: without its dependencies the change could merge before (or without) them.
-        this.o.gateStore.save(PIPELINE, this.manager.toJSON(), [
+        await this.o.gateStore.save(PIPELINE, this.manager.toJSON(), [
           { kind: 'report', project: c.project, branch: c.branch, change: c.change, patchset: c.patchset, result: 'FAILURE', message: `not enqueued: ${r.reason}` },
         ]);
         return [];
@@ -321,12 +328,13 @@ export class GateRuntime implements GateHooks, Reporter {
     return this.pending.length === 0 && !this.draining && this.inFlight.size === 0;
   }
 
-  private drain(): void {
+  /** Hand the pending events to the model, batch after batch, until none is left (one drain at a time). */
+  private async drain(): Promise<void> {
     try {
       while (this.pending.length > 0 && !this.closed) {
         const batch = this.pending.splice(0);
         const before = this.residentsNow();
-        this.apply(this.manager.handle(batch), before);
+        await this.apply(this.manager.handle(batch), before);
       }
     } catch (e) {
       this.o.logger.error({ err: e }, 'the gate failed to process events');
@@ -346,14 +354,14 @@ export class GateRuntime implements GateHooks, Reporter {
   }
 
   /** Persist the snapshot with the batch's outbox records, then carry out the requests. */
-  private apply(effects: Effect[], before: Residents | undefined): void {
+  private async apply(effects: Effect[], before: Residents | undefined): Promise<void> {
     const outbox: NewGateEvent[] = [];
     for (const e of effects) {
       const rec = this.outboxRecord(e);
       if (rec) outbox.push(rec);
     }
     try {
-      this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
+      await this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
     } catch (e) {
       // The model moved on but the database did not: stop here; the next start recovers from the last snapshot.
       this.closed = true;
@@ -370,7 +378,7 @@ export class GateRuntime implements GateHooks, Reporter {
     }
     for (const e of effects) {
       try {
-        this.perform(e);
+        await this.perform(e);
       } catch (err) {
         this.o.logger.error({ err, effect: e.type }, 'a gate request failed');
       }
@@ -406,11 +414,11 @@ export class GateRuntime implements GateHooks, Reporter {
     }
   }
 
-  private perform(e: Effect): void {
+  private async perform(e: Effect): Promise<void> {
     switch (e.type) {
       case 'prepare':
         this.itemBuildSets.set(e.item, e.buildSet);
-        this.startBuildSet(e.buildSet, e.change, e.patchset, e.state);
+        await this.startBuildSet(e.buildSet, e.change, e.patchset, e.state);
         return;
       case 'start-build': {
         let s = this.started.get(e.buildSet);
@@ -456,18 +464,19 @@ export class GateRuntime implements GateHooks, Reporter {
     });
   }
 
-  private startBuildSet(buildSet: number, change: string, patchset: number, state: StateEntry[]): void {
+  private async startBuildSet(buildSet: number, change: string, patchset: number, state: StateEntry[]): Promise<void> {
     const me = state[state.length - 1]!;
     const [, number] = splitChangeKey(change);
-    const row = this.o.store.latestChange(me.project, number);
+    const row = await this.o.store.latestChange(me.project, number);
     if (!row || row.patchset !== patchset) {
       this.post({ type: 'prepared', buildSet, outcome: { kind: 'config-error', message: `change ${number},${patchset} of ${me.project} is not recorded` } });
       return;
     }
     // The merger builds one repository: the changes of this project and branch, in state order.
     const stack = state.filter((s) => s.project === me.project && s.branch === me.branch && s.ref !== null).map((s) => ({ ref: s.ref!, label: `${splitChangeKey(s.change)[1]},${s.patchset}` }));
-    const id = this.o.store.enqueueGateBuild(row.id, stack, buildSet);
+    const id = await this.o.store.enqueueGateBuild(row.id, stack, buildSet);
     this.builds.set(buildSet, id);
+    this.buildSetOf.set(id, buildSet);
     this.o.scheduler().kick();
   }
 
@@ -475,16 +484,24 @@ export class GateRuntime implements GateHooks, Reporter {
     const id = this.buildOf(buildSet);
     if (id !== undefined) {
       this.cancelledByGate.add(id);
-      this.o.scheduler().cancel(id, 'cancelled', reason);
+      this.track(this.o.scheduler().cancel(id, 'cancelled', reason).catch((err: unknown) => this.o.logger.error({ err, build: id }, 'a gate build could not be cancelled')));
     }
   }
 
-  /** The gate build running a build set (the store knows it after a restart too). */
+  /** The gate build running a build set (builds of the last run were cancelled at start: none of theirs is current). */
   private buildOf(buildSet: number): number | undefined {
-    return this.builds.get(buildSet) ?? this.o.store.buildForBuildSet(buildSet);
+    return this.builds.get(buildSet);
+  }
+
+  /** What a gate build of this run runs (its build set), if it is one. */
+  private infoOf(build: number): { buildSet: number } | undefined {
+    const buildSet = this.buildSetOf.get(build);
+    return buildSet === undefined ? undefined : { buildSet };
   }
 
   private forget(buildSet: number): void {
+    const id = this.builds.get(buildSet);
+    if (id !== undefined) this.buildSetOf.delete(id);
     this.builds.delete(buildSet);
     this.started.delete(buildSet);
     this.answered.delete(buildSet);
@@ -499,7 +516,7 @@ export class GateRuntime implements GateHooks, Reporter {
     const me = state[state.length - 1]!;
     const [, number] = splitChangeKey(change);
     const build = this.buildOf(buildSet);
-    const tested = build !== undefined ? this.o.store.gateBuild(build)?.commit : undefined;
+    const tested = build !== undefined ? (await this.o.store.gateBuild(build))?.commit : undefined;
     const review = this.o.review;
     const refused = (message: string): PipelineEvent => ({ type: 'submitted', item, merged: false, message });
     let answer: PipelineEvent;
@@ -548,7 +565,7 @@ export class GateRuntime implements GateHooks, Reporter {
     if (!approvedBy(now.votes, review.rule, review.system.account, authors)) {
       return refused(`it is no longer approved in the review system (${review.rule.label} +${review.rule.value} from a reviewer${review.rule.selfApproval ? '' : ' other than its author'}, and no veto)`);
     }
-    const view = build !== undefined ? this.o.store.build(build) : undefined;
+    const view = build !== undefined ? await this.o.store.build(build) : undefined;
     // Vote on, and submit, exactly the tested commit: the review system refuses if it is no longer current.
     await review.system.post({ project: me.project, change: number, patchset: me.patchset, revision: tested, ...gatePassMessage(view, review.votes, review.links) });
     const r = await review.system.submit(me.project, number, me.branch, tested);
@@ -566,14 +583,14 @@ export class GateRuntime implements GateHooks, Reporter {
   // ---- GateHooks (called by the executor) ---------------------------------------------------
 
   prepared(build: BuildView, outcome: PrepareOutcome): void {
-    const info = this.o.store.gateBuild(build.id);
+    const info = this.infoOf(build.id);
     if (!info || this.preparedSets.has(info.buildSet) || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     this.preparedSets.add(info.buildSet);
     this.post({ type: 'prepared', buildSet: info.buildSet, outcome });
   }
 
   awaitStart(build: BuildView, job: string, signal: AbortSignal): Promise<void> {
-    const info = this.o.store.gateBuild(build.id);
+    const info = this.infoOf(build.id);
     if (!info || this.started.get(info.buildSet)?.has(job) || this.closed) return Promise.resolve();
     const key = `${info.buildSet}:${job}`;
     return new Promise((resolve, reject) => {
@@ -593,7 +610,7 @@ export class GateRuntime implements GateHooks, Reporter {
 
   jobDone(build: BuildView, job: string, state: JobState): void {
     if (state !== 'passed' && state !== 'failed' && state !== 'error') return; // the model skips and cancels on its own
-    const info = this.o.store.gateBuild(build.id);
+    const info = this.infoOf(build.id);
     if (!info || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     let s = this.answered.get(info.buildSet);
     if (!s) this.answered.set(info.buildSet, (s = new Set()));
@@ -605,7 +622,7 @@ export class GateRuntime implements GateHooks, Reporter {
   async report(build: BuildView): Promise<void> {
     if (build.pipeline !== 'gate') return;
     if ((build.result === 'cancelled' || build.result === 'superseded') && this.cancelledByGate.delete(build.id)) return;
-    const info = this.o.store.gateBuild(build.id);
+    const info = this.infoOf(build.id);
     // Builds of build sets that ended, or that the restart cancelled, are no news to the model.
     if (!info || this.buildOf(info.buildSet) !== build.id || !this.manager.isCurrentBuildSet(info.buildSet)) return;
     const why = `build ${build.id} ended ${build.result ?? 'without a result'}: ${build.reason ?? ''}`.trim();

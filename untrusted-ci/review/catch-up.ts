@@ -11,7 +11,7 @@
  * very first start has no cursor: it begins now, and does not replay the review system's history.
  */
 import type { Logger } from '#shared/logging.js';
-import type { Db } from '../store/database.js';
+import { greatest, type Db } from '../store/sql.js';
 import type { ReviewedChange, ReviewSystem } from './review-system.js';
 
 /** Read again this long before the cursor: events and reads on the same clock, but not in one transaction. */
@@ -21,7 +21,7 @@ const CURSOR = 'review';
 export interface CatchUpOptions {
   db: Db;
   system: Pick<ReviewSystem, 'changedSince'>;
-  apply: (c: ReviewedChange) => void;
+  apply: (c: ReviewedChange) => Promise<void> | void;
   logger: Logger;
   everyMs: number;
   now?: () => number;
@@ -39,7 +39,6 @@ export class CatchUp {
 
   /** Read back what was missed now (in the background), then every `everyMs`. */
   start(): void {
-    if (this.cursor() === undefined) this.save(this.now());
     void this.run();
     if (this.o.everyMs > 0) this.timer = setInterval(() => void this.run(), this.o.everyMs).unref();
   }
@@ -57,12 +56,21 @@ export class CatchUp {
     await this.running?.catch(() => undefined);
   }
 
-  cursor(): number | undefined {
-    return this.o.db.prepare<[string], { since: number }>('SELECT since FROM review_cursor WHERE system = ?').get(CURSOR)?.since;
+  async cursor(): Promise<number | undefined> {
+    return (await this.o.db.get<{ since: number }>('SELECT since FROM review_cursor WHERE system = ?', [CURSOR]))?.since;
   }
 
   private async once(): Promise<number> {
-    const since = (this.cursor() ?? this.now()) - OVERLAP_MS;
+    let cursor: number | undefined;
+    try {
+      cursor = await this.cursor();
+      // The very first start begins now (kept even if this read fails).
+      if (cursor === undefined) await this.save((cursor = this.now()));
+    } catch (err) {
+      this.o.logger.warn({ err }, 'the catch-up could not read its cursor; it tries again at the next round');
+      return 0;
+    }
+    const since = cursor - OVERLAP_MS;
     let changes: ReviewedChange[];
     try {
       changes = await this.o.system.changedSince(since);
@@ -76,21 +84,26 @@ export class CatchUp {
     for (const c of [...changes].sort((a, b) => a.updated - b.updated)) {
       if (this.closed) break;
       try {
-        this.o.apply(c);
+        await this.o.apply(c);
         applied++;
       } catch (err) {
         this.o.logger.error({ err, project: c.project, change: c.change }, 'the catch-up could not apply a change');
       }
       newest = Math.max(newest, c.updated);
     }
-    if (newest > (this.cursor() ?? 0)) this.save(newest);
+    try {
+      if (newest > ((await this.cursor()) ?? 0)) await this.save(newest);
+    } catch (err) {
+      this.o.logger.warn({ err }, 'the catch-up could not move its cursor; the next round reads the same changes again');
+    }
     if (applied > 0) this.o.logger.info({ changes: applied, since }, 'caught up with the review system');
     return applied;
   }
 
-  private save(ms: number): void {
-    this.o.db
-      .prepare('INSERT INTO review_cursor (system, since, updated_at) VALUES (?,?,?) ON CONFLICT(system) DO UPDATE SET since = MAX(since, excluded.since), updated_at = excluded.updated_at')
-      .run(CURSOR, Math.floor(ms), this.now());
+  private async save(ms: number): Promise<void> {
+    await this.o.db.run(
+      `INSERT INTO review_cursor (system, since, updated_at) VALUES (?,?,?) ON CONFLICT(system) DO UPDATE SET since = ${greatest(this.o.db, 'review_cursor.since', 'excluded.since')}, updated_at = excluded.updated_at`,
+      [CURSOR, Math.floor(ms), this.now()],
+    );
   }
 }

@@ -13,8 +13,8 @@ const CONCURRENCY = 4;
 
 export interface RereadsOptions {
   system: Pick<ReviewSystem, 'change'>;
-  apply: (c: ReviewedChange) => void;
-  hidden: (project: string, change: string) => void;
+  apply: (c: ReviewedChange) => Promise<void> | void;
+  hidden: (project: string, change: string) => Promise<void> | void;
   logger: Logger;
 }
 
@@ -73,8 +73,8 @@ export class Rereads {
     try {
       const c = await this.o.system.change(project, change);
       if (this.closed) return;
-      if (c) this.o.apply(c);
-      else this.o.hidden(project, change);
+      if (c) await this.o.apply(c);
+      else await this.o.hidden(project, change);
     } catch (err) {
       this.o.logger.warn({ err, project, change }, 'cannot read a change from the review system; the catch-up will');
     }

@@ -27,7 +27,7 @@ import { DeliveryLoop, type DeliveryLoopOptions, type Step } from '../delivery-l
 import { KeyedLock } from '../merger/mirror.js';
 import type { Reporter } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
-import type { Db } from '../store/database.js';
+import { greatest, type Db, type Sql } from '../store/sql.js';
 import type { GateStore } from '../store/gate-store.js';
 import { checkMessage, gateMessage, gateStartMessage, type Links, type Said, type VotesConfig } from './review-messages.js';
 import type { ReviewSystem } from './review-system.js';
@@ -103,80 +103,81 @@ export class ReviewOutbox implements Reporter {
   async report(build: BuildView): Promise<void> {
     if (build.pipeline !== 'check' || build.change.source !== 'gerrit') return;
     const said = checkMessage(build, this.o.votes, this.o.links);
-    if (said) this.enqueue(`check:${build.id}`, build.change.project, build.change.change, build.change.patchset, said);
+    if (said) await this.enqueue(`check:${build.id}`, build.change.project, build.change.change, build.change.patchset, said);
   }
 
   /** Queue a row (once per `dedupe` key) and wake the sender. */
-  enqueue(dedupe: string, project: string, change: string, patchset: number, said: Said): void {
-    this.insert(dedupe, project, change, patchset, said);
+  async enqueue(dedupe: string, project: string, change: string, patchset: number, said: Said): Promise<void> {
+    await this.insert(this.o.db, dedupe, project, change, patchset, said);
     this.loop.kick();
   }
 
   /** Rows, oldest first (tests, operators). */
-  rows(q: { state?: OutboxState; limit?: number } = {}): OutboxRow[] {
+  async rows(q: { state?: OutboxState; limit?: number } = {}): Promise<OutboxRow[]> {
     const where = q.state ? 'WHERE state = ?' : '';
     const args: (string | number)[] = q.state ? [q.state] : [];
-    return this.o.db
-      .prepare<(string | number)[], Row>(`SELECT * FROM review_outbox ${where} ORDER BY id LIMIT ?`)
-      .all(...args, Math.min(q.limit ?? 1000, 10_000))
-      .map(toView);
+    return (await this.o.db.all<Row>(`SELECT * FROM review_outbox ${where} ORDER BY id LIMIT ?`, [...args, Math.min(q.limit ?? 1000, 10_000)])).map(toView);
   }
 
   /** Rows waiting to be posted. */
-  pendingCount(): number {
-    return this.o.db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM review_outbox WHERE state = 'pending'").get()?.n ?? 0;
+  async pendingCount(): Promise<number> {
+    return (await this.o.db.get<{ n: number }>("SELECT COUNT(*) AS n FROM review_outbox WHERE state = 'pending'"))?.n ?? 0;
   }
 
   /** Run `fn` once every pending row of this change is posted, with no other post for it until it ends. */
   exclusive<T>(project: string, change: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     return this.lock.run(`${project}~${change}`, async () => {
-      for (const row of this.pendingOf(project, change)) await this.deliver(row, signal);
+      for (const row of await this.pendingOf(project, change)) await this.deliver(row, signal);
       return fn();
     });
   }
 
-  private insert(dedupe: string, project: string, change: string, patchset: number, said: Said): void {
-    this.o.db
-      .prepare("INSERT OR IGNORE INTO review_outbox (dedupe, project, change, patchset, labels, message, state, created_at, updated_at) VALUES (?,?,?,?,?,?,'pending',?,?)")
-      .run(dedupe, project, change, patchset, said.labels ? JSON.stringify(said.labels) : null, said.message, this.now(), this.now());
+  private async insert(on: Sql, dedupe: string, project: string, change: string, patchset: number, said: Said): Promise<void> {
+    await on.run(
+      "INSERT INTO review_outbox (dedupe, project, change, patchset, labels, message, state, created_at, updated_at) VALUES (?,?,?,?,?,?,'pending',?,?) ON CONFLICT (dedupe) DO NOTHING",
+      [dedupe, project, change, patchset, said.labels ? JSON.stringify(said.labels) : null, said.message, this.now(), this.now()],
+    );
   }
 
-  private pendingOf(project: string, change: string): OutboxRow[] {
-    return this.o.db
-      .prepare<[string, string], Row>("SELECT * FROM review_outbox WHERE state = 'pending' AND project = ? AND change = ? ORDER BY id")
-      .all(project, change)
-      .map(toView);
+  private async pendingOf(project: string, change: string): Promise<OutboxRow[]> {
+    return (await this.o.db.all<Row>("SELECT * FROM review_outbox WHERE state = 'pending' AND project = ? AND change = ? ORDER BY id", [project, change])).map(toView);
   }
 
-  /** Turn the gate's new `start` and `report` events into rows, moving the cursor in the same transaction. */
-  private importGateEvents(): void {
-    const cursor = this.o.db.prepare<[string], { since: number }>('SELECT since FROM review_cursor WHERE system = ?').get(GATE_CURSOR)?.since ?? 0;
-    const events = this.o.gateStore.events({ after: cursor, limit: 200 });
+  /**
+   * Turn the gate's new `start` and `report` events into rows, moving the cursor in the same
+   * transaction (the messages are made first: they read the builds).
+   */
+  private async importGateEvents(): Promise<void> {
+    const cursor = (await this.o.db.get<{ since: number }>('SELECT since FROM review_cursor WHERE system = ?', [GATE_CURSOR]))?.since ?? 0;
+    const events = await this.o.gateStore.events({ after: cursor, limit: 200 });
     if (events.length === 0) return;
-    this.o.db.transaction(() => {
-      for (const e of events) {
-        if (e.kind === 'merged') continue;
-        const build = e.build !== undefined ? this.buildOrUndefined(e.build) : undefined;
-        const said = e.kind === 'start' ? gateStartMessage(this.o.votes, this.o.links) : gateMessage(e.result ?? '', e.message ?? '', build, this.o.votes, this.o.links);
-        if (said) this.insert(`gate:${e.id}`, e.project, e.change, e.patchset, said);
-      }
-      this.o.db
-        .prepare('INSERT INTO review_cursor (system, since, updated_at) VALUES (?,?,?) ON CONFLICT(system) DO UPDATE SET since = MAX(since, excluded.since), updated_at = excluded.updated_at')
-        .run(GATE_CURSOR, events[events.length - 1]!.id, this.now());
-    })();
+    const rows: { e: (typeof events)[number]; said: Said }[] = [];
+    for (const e of events) {
+      if (e.kind === 'merged') continue;
+      const build = e.build !== undefined ? await this.buildOrUndefined(e.build) : undefined;
+      const said = e.kind === 'start' ? gateStartMessage(this.o.votes, this.o.links) : gateMessage(e.result ?? '', e.message ?? '', build, this.o.votes, this.o.links);
+      if (said) rows.push({ e, said });
+    }
+    await this.o.db.tx(async (t) => {
+      for (const { e, said } of rows) await this.insert(t, `gate:${e.id}`, e.project, e.change, e.patchset, said);
+      await t.run(
+        `INSERT INTO review_cursor (system, since, updated_at) VALUES (?,?,?) ON CONFLICT(system) DO UPDATE SET since = ${greatest(t, 'review_cursor.since', 'excluded.since')}, updated_at = excluded.updated_at`,
+        [GATE_CURSOR, events[events.length - 1]!.id, this.now()],
+      );
+    });
   }
 
-  private buildOrUndefined(id: number): BuildView | undefined {
+  private async buildOrUndefined(id: number): Promise<BuildView | undefined> {
     try {
-      return this.o.store.build(id);
+      return await this.o.store.build(id);
     } catch {
       return undefined;
     }
   }
 
   private async step(signal: AbortSignal): Promise<Step> {
-    this.importGateEvents();
-    const next = this.o.db.prepare<[], Row>("SELECT * FROM review_outbox WHERE state = 'pending' ORDER BY id LIMIT 1").get();
+    await this.importGateEvents();
+    const next = await this.o.db.get<Row>("SELECT * FROM review_outbox WHERE state = 'pending' ORDER BY id LIMIT 1");
     if (!next) return 'idle';
     const row = toView(next);
     try {
@@ -194,11 +195,11 @@ export class ReviewOutbox implements Reporter {
    * anything else is thrown, with the attempt counted, for the caller to retry.
    */
   private async deliver(row: OutboxRow, signal?: AbortSignal): Promise<void> {
-    const current = this.o.db.prepare<[number], { state: OutboxState }>('SELECT state FROM review_outbox WHERE id = ?').get(row.id);
+    const current = await this.o.db.get<{ state: OutboxState }>('SELECT state FROM review_outbox WHERE id = ?', [row.id]);
     if (current?.state !== 'pending') return;
     try {
       await this.o.system.post({ project: row.project, change: row.change, patchset: row.patchset, message: row.message, ...(row.labels ? { labels: row.labels } : {}) }, signal);
-      this.mark(row.id, 'posted');
+      await this.mark(row.id, 'posted');
     } catch (e) {
       if (e instanceof ReviewRefusedError && e.status === 409 && row.labels) {
         // A closed change takes no vote, but still a message: say why, without the vote.
@@ -209,23 +210,23 @@ export class ReviewOutbox implements Reporter {
         if (alone) return this.mark(row.id, 'posted', `posted without its vote: ${e.message}`);
       }
       if (e instanceof ReviewRefusedError) {
-        this.mark(row.id, 'refused', e.message);
+        await this.mark(row.id, 'refused', e.message);
         this.o.logger.warn({ project: row.project, change: row.change, patchset: row.patchset, reason: e.message }, 'the review system refused a message; skipped');
         return;
       }
       const reason = clip(isAirlockError(e) ? e.message : String(e));
       if (row.attempts + 1 >= MAX_ATTEMPTS) {
-        this.mark(row.id, 'refused', `gave up after ${MAX_ATTEMPTS} attempts: ${reason}`);
+        await this.mark(row.id, 'refused', `gave up after ${MAX_ATTEMPTS} attempts: ${reason}`);
         this.o.logger.error({ project: row.project, change: row.change, patchset: row.patchset, reason }, 'a message to the review system was given up');
         return;
       }
-      this.o.db.prepare('UPDATE review_outbox SET attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?').run(reason, this.now(), row.id);
+      await this.o.db.run('UPDATE review_outbox SET attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?', [reason, this.now(), row.id]);
       throw e;
     }
   }
 
-  private mark(id: number, state: OutboxState, reason?: string): void {
-    this.o.db.prepare('UPDATE review_outbox SET state = ?, attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?').run(state, reason ? clip(reason) : null, this.now(), id);
+  private async mark(id: number, state: OutboxState, reason?: string): Promise<void> {
+    await this.o.db.run('UPDATE review_outbox SET state = ?, attempts = attempts + 1, reason = ?, updated_at = ? WHERE id = ?', [state, reason ? clip(reason) : null, this.now(), id]);
   }
 }
 

@@ -15,7 +15,7 @@
  * Every method returns the change's readiness before and after, so the caller tells the gate only
  * of a change.
  */
-import type { Db } from '../store/database.js';
+import type { Db, Sql } from '../store/sql.js';
 import { gateReady, type ApprovalRule, type PatchsetKind, type ReviewedChange } from './review-system.js';
 
 export type ChangeStatus = ReviewedChange['status'];
@@ -67,8 +67,8 @@ export class ReviewState {
     this.now = o.now ?? Date.now;
   }
 
-  get(project: string, change: string): KnownChange | undefined {
-    const row = this.db.prepare<[string, string], ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?').get(project, change);
+  async get(project: string, change: string, on: Sql = this.db): Promise<KnownChange | undefined> {
+    const row = await on.get<ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?', [project, change]);
     if (!row) return undefined;
     return {
       project: row.project,
@@ -81,12 +81,12 @@ export class ReviewState {
       private: row.private === 1,
       ...(row.owner !== null ? { owner: row.owner } : {}),
       ...(row.uploader !== null ? { uploader: row.uploader } : {}),
-      votes: this.votesOf(row.project, row.change, row.patchset),
+      votes: await this.votesOf(on, row.project, row.change, row.patchset),
     };
   }
 
-  ready(project: string, change: string): boolean {
-    const c = this.get(project, change);
+  async ready(project: string, change: string, on: Sql = this.db): Promise<boolean> {
+    const c = await this.get(project, change, on);
     return c !== undefined && gateReady(c, this.o.rule, this.o.self);
   }
 
@@ -95,17 +95,16 @@ export class ReviewState {
    * patch set before when its kind says so; a veto always does. An older patch set than the one
    * known changes nothing.
    */
-  patchset(p: { project: string; change: string; branch: string; patchset: number; ref: string; kind?: PatchsetKind; wip?: boolean; owner?: string; uploader?: string }): Readiness {
-    return this.update(p.project, p.change, (old) => {
+  patchset(p: { project: string; change: string; branch: string; patchset: number; ref: string; kind?: PatchsetKind; wip?: boolean; owner?: string; uploader?: string }): Promise<Readiness> {
+    return this.update(p.project, p.change, async (t, old) => {
       if (old && p.patchset < old.patchset) return undefined;
       const people = { owner: p.owner ?? old?.owner ?? null, uploader: p.uploader ?? (old && p.patchset === old.patchset ? old.uploader : null) };
       if (old && p.patchset === old.patchset) return { ...old, ...people, ref: p.ref, ...(p.wip !== undefined ? { wip: p.wip ? 1 : 0 } : {}) };
       if (old) {
-        const carried = this.votesOf(p.project, p.change, old.patchset)[this.o.rule.label] ?? {};
+        const carried = (await this.votesOf(t, p.project, p.change, old.patchset))[this.o.rule.label] ?? {};
         const keepAll = p.kind !== undefined && this.copy.has(p.kind);
-        const ins = this.db.prepare('INSERT OR REPLACE INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)');
-        for (const [who, v] of Object.entries(carried)) if (keepAll || v <= -this.o.rule.value) ins.run(p.project, p.change, p.patchset, who, this.o.rule.label, v);
-        this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset < ?').run(p.project, p.change, p.patchset);
+        for (const [who, v] of Object.entries(carried)) if (keepAll || v <= -this.o.rule.value) await putVote(t, p.project, p.change, p.patchset, who, this.o.rule.label, v);
+        await t.run('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset < ?', [p.project, p.change, p.patchset]);
       }
       return { project: p.project, change: p.change, branch: p.branch, status: old?.status === 'merged' ? 'merged' : 'open', patchset: p.patchset, ref: p.ref, wip: p.wip ? 1 : (old?.wip ?? 0), private: old?.private ?? 0, ...people };
     });
@@ -116,19 +115,20 @@ export class ReviewState {
    * it; 0 removes it). Votes on an outdated patch set are ignored; a newer one than known is taken
    * as a new patch set first (its patchset-created event was missed).
    */
-  votes(p: { project: string; change: string; branch: string; patchset: number; ref: string; account: string; votes: Readonly<Record<string, number>>; owner?: string }): Readiness {
-    const known = this.get(p.project, p.change);
-    if (known && p.patchset < known.patchset) return { before: this.ready(p.project, p.change), after: this.ready(p.project, p.change), patchset: known.patchset };
-    const first = !known || p.patchset > known.patchset ? this.patchset({ project: p.project, change: p.change, branch: p.branch, patchset: p.patchset, ref: p.ref, ...(p.owner ? { owner: p.owner } : {}) }) : undefined;
-    const r = this.update(p.project, p.change, (old) => {
+  async votes(p: { project: string; change: string; branch: string; patchset: number; ref: string; account: string; votes: Readonly<Record<string, number>>; owner?: string }): Promise<Readiness> {
+    const known = await this.get(p.project, p.change);
+    if (known && p.patchset < known.patchset) {
+      const ready = await this.ready(p.project, p.change);
+      return { before: ready, after: ready, patchset: known.patchset };
+    }
+    const first = !known || p.patchset > known.patchset ? await this.patchset({ project: p.project, change: p.change, branch: p.branch, patchset: p.patchset, ref: p.ref, ...(p.owner ? { owner: p.owner } : {}) }) : undefined;
+    const r = await this.update(p.project, p.change, async (t, old) => {
       if (!old) return undefined;
-      const count = this.db.prepare<[string, string], { n: number }>('SELECT COUNT(*) AS n FROM review_votes WHERE project = ? AND change = ?').get(p.project, p.change)?.n ?? 0;
+      const count = (await t.get<{ n: number }>('SELECT COUNT(*) AS n FROM review_votes WHERE project = ? AND change = ?', [p.project, p.change]))?.n ?? 0;
       let room = MAX_VOTES_PER_CHANGE - count;
       for (const [label, value] of Object.entries(p.votes)) {
-        if (value === 0) this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?').run(p.project, p.change, p.patchset, p.account, label);
-        else if (room-- > 0 || this.hasVote(p.project, p.change, p.patchset, p.account, label)) {
-          this.db.prepare('INSERT OR REPLACE INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)').run(p.project, p.change, p.patchset, p.account, label, value);
-        }
+        if (value === 0) await t.run('DELETE FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?', [p.project, p.change, p.patchset, p.account, label]);
+        else if (room-- > 0 || (await hasVote(t, p.project, p.change, p.patchset, p.account, label))) await putVote(t, p.project, p.change, p.patchset, p.account, label, value);
       }
       return old;
     });
@@ -136,63 +136,75 @@ export class ReviewState {
   }
 
   /** The change was merged, abandoned or restored (`open`). */
-  status(project: string, change: string, status: ChangeStatus): Readiness {
-    return this.update(project, change, (old) => (old && old.status !== 'merged' ? { ...old, status } : undefined));
+  status(project: string, change: string, status: ChangeStatus): Promise<Readiness> {
+    return this.update(project, change, async (_t, old) => (old && old.status !== 'merged' ? { ...old, status } : undefined));
   }
 
   /** The work-in-progress or private flag changed. */
-  flags(project: string, change: string, f: { wip?: boolean; private?: boolean }): Readiness {
-    return this.update(project, change, (old) =>
+  flags(project: string, change: string, f: { wip?: boolean; private?: boolean }): Promise<Readiness> {
+    return this.update(project, change, async (_t, old) =>
       old ? { ...old, ...(f.wip !== undefined ? { wip: f.wip ? 1 : 0 } : {}), ...(f.private !== undefined ? { private: f.private ? 1 : 0 } : {}) } : undefined,
     );
   }
 
   /** Replace what is known of a change by what the review system says now (catch-up, re-read). */
-  reconcile(c: ReviewedChange): Readiness & { newPatchset: boolean; oldStatus?: ChangeStatus } {
-    const known = this.get(c.project, c.change);
+  async reconcile(c: ReviewedChange): Promise<Readiness & { newPatchset: boolean; oldStatus?: ChangeStatus }> {
+    const known = await this.get(c.project, c.change);
     const newPatchset = !known || c.patchset > known.patchset;
-    const r = this.update(c.project, c.change, (old) => {
+    const r = await this.update(c.project, c.change, async (t, old) => {
       if (old && c.patchset < old.patchset) return undefined;
-      this.db.prepare('DELETE FROM review_votes WHERE project = ? AND change = ?').run(c.project, c.change);
-      const ins = this.db.prepare('INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)');
+      await t.run('DELETE FROM review_votes WHERE project = ? AND change = ?', [c.project, c.change]);
       let room = MAX_VOTES_PER_CHANGE;
-      for (const [label, byWho] of Object.entries(c.votes)) for (const [who, v] of Object.entries(byWho)) if (room-- > 0) ins.run(c.project, c.change, c.patchset, who, label, v);
+      for (const [label, byWho] of Object.entries(c.votes)) {
+        for (const [who, v] of Object.entries(byWho)) {
+          if (room-- > 0) await t.run('INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)', [c.project, c.change, c.patchset, who, label, v]);
+        }
+      }
       return { project: c.project, change: c.change, branch: c.branch, status: c.status, patchset: c.patchset, ref: c.ref, wip: c.wip ? 1 : 0, private: c.private ? 1 : 0, owner: c.owner, uploader: c.uploader ?? null };
     });
     return { ...r, newPatchset, ...(known ? { oldStatus: known.status } : {}) };
   }
 
-  private hasVote(project: string, change: string, patchset: number, account: string, label: string): boolean {
-    return this.db.prepare('SELECT 1 FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?').get(project, change, patchset, account, label) !== undefined;
-  }
-
-  private votesOf(project: string, change: string, patchset: number): Record<string, Record<string, number>> {
+  private async votesOf(on: Sql, project: string, change: string, patchset: number): Promise<Record<string, Record<string, number>>> {
     const out: Record<string, Record<string, number>> = {};
-    for (const v of this.db
-      .prepare<[string, string, number], { account: string; label: string; value: number }>('SELECT account, label, value FROM review_votes WHERE project = ? AND change = ? AND patchset = ?')
-      .all(project, change, patchset)) {
+    for (const v of await on.all<{ account: string; label: string; value: number }>('SELECT account, label, value FROM review_votes WHERE project = ? AND change = ? AND patchset = ? ORDER BY account, label', [
+      project,
+      change,
+      patchset,
+    ])) {
       (out[v.label] ??= {})[v.account] = v.value;
     }
     return out;
   }
 
   /** Read the row, let `next` change it (undefined: leave it), write it; readiness before and after. */
-  private update(project: string, change: string, next: (old: ChangeRow | undefined) => ChangeRow | undefined): Readiness {
-    return this.db.transaction((): Readiness => {
-      const before = this.ready(project, change);
-      const old = this.db.prepare<[string, string], ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?').get(project, change);
-      const row = next(old);
+  private update(project: string, change: string, next: (t: Sql, old: ChangeRow | undefined) => Promise<ChangeRow | undefined>): Promise<Readiness> {
+    return this.db.tx(async (t): Promise<Readiness> => {
+      const before = await this.ready(project, change, t);
+      const old = await t.get<ChangeRow>('SELECT * FROM review_changes WHERE project = ? AND change = ?', [project, change]);
+      const row = await next(t, old);
       if (row) {
-        this.db
-          .prepare(
-            `INSERT INTO review_changes (project, change, branch, status, patchset, ref, wip, private, owner, uploader, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)
-             ON CONFLICT(project, change) DO UPDATE SET branch = excluded.branch, status = excluded.status, patchset = excluded.patchset, ref = excluded.ref, wip = excluded.wip,
-               private = excluded.private, owner = excluded.owner, uploader = excluded.uploader, updated_at = excluded.updated_at`,
-          )
-          .run(row.project, row.change, row.branch, row.status, row.patchset, row.ref, row.wip, row.private, row.owner, row.uploader, this.now());
+        await t.run(
+          `INSERT INTO review_changes (project, change, branch, status, patchset, ref, wip, private, owner, uploader, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)
+           ON CONFLICT(project, change) DO UPDATE SET branch = excluded.branch, status = excluded.status, patchset = excluded.patchset, ref = excluded.ref, wip = excluded.wip,
+             private = excluded.private, owner = excluded.owner, uploader = excluded.uploader, updated_at = excluded.updated_at`,
+          [row.project, row.change, row.branch, row.status, row.patchset, row.ref, row.wip, row.private, row.owner, row.uploader, this.now()],
+        );
       }
       const patchset = row?.patchset ?? old?.patchset ?? 0;
-      return { before, after: this.ready(project, change), patchset };
-    })();
+      return { before, after: await this.ready(project, change, t), patchset };
+    });
   }
+}
+
+function hasVote(t: Sql, project: string, change: string, patchset: number, account: string, label: string): Promise<boolean> {
+  return t.get('SELECT 1 AS one FROM review_votes WHERE project = ? AND change = ? AND patchset = ? AND account = ? AND label = ?', [project, change, patchset, account, label]).then((r) => r !== undefined);
+}
+
+async function putVote(t: Sql, project: string, change: string, patchset: number, account: string, label: string, value: number): Promise<void> {
+  await t.run(
+    `INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)
+     ON CONFLICT (project, change, patchset, account, label) DO UPDATE SET value = excluded.value`,
+    [project, change, patchset, account, label, value],
+  );
 }

@@ -68,6 +68,9 @@ export class Scheduler {
   private readonly served = new Served();
   private closed = false;
   private scheduled = false;
+  /** A fill pass is running (they are asynchronous now: one at a time, and one more if kicked meanwhile). */
+  private filling = false;
+  private refill = false;
   private readonly idleWaiters = new Set<() => void>();
 
   constructor(private readonly o: SchedulerOptions) {}
@@ -88,30 +91,30 @@ export class Scheduler {
 
   /** Recover from the last process, report what was never reported, and start taking work. */
   async start(): Promise<void> {
-    const requeued = this.o.store.recover();
+    const requeued = await this.o.store.recover();
     if (requeued.length > 0) this.o.logger.warn({ builds: requeued }, 'builds that were running at the last stop are queued again');
-    for (const id of this.o.store.unreported()) await this.report(id);
+    for (const id of await this.o.store.unreported()) await this.report(id);
     this.kick();
   }
 
   /** Accept a change: durable before this returns. */
-  submit(change: NewChange, pipeline: Pipeline): { build: BuildView; superseded: number[] } {
-    const r = this.o.store.enqueue(change, pipeline);
-    for (const id of r.superseded) this.cancel(id, SUPERSEDED, `superseded by patchset ${change.patchset}`);
-    const build = this.o.store.build(r.buildId);
+  async submit(change: NewChange, pipeline: Pipeline): Promise<{ build: BuildView; superseded: number[] }> {
+    const r = await this.o.store.enqueue(change, pipeline);
+    for (const id of r.superseded) await this.cancel(id, SUPERSEDED, `superseded by patchset ${change.patchset}`);
+    const build = await this.o.store.build(r.buildId);
     this.o.onChange?.(build);
     this.kick();
     return { build, superseded: r.superseded };
   }
 
   /** Cancel a queued or running build; a finished one is left as it is. */
-  cancel(id: number, why: typeof SUPERSEDED | typeof CANCELLED = CANCELLED, reason = 'cancelled'): void {
+  async cancel(id: number, why: typeof SUPERSEDED | typeof CANCELLED = CANCELLED, reason = 'cancelled'): Promise<void> {
     const run = this.running.get(id);
     if (run) {
       run.controller.abort(new CancelReason(why, reason));
       return;
     }
-    if (this.o.store.finish(id, why === SUPERSEDED ? 'superseded' : 'cancelled', reason)) void this.report(id);
+    if (await this.o.store.finish(id, why === SUPERSEDED ? 'superseded' : 'cancelled', reason)) void this.report(id);
   }
 
   /** Wake the loop (coalesced: many kicks in one tick schedule one pass). */
@@ -120,14 +123,17 @@ export class Scheduler {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.fill();
+      void this.fillOnce();
     });
   }
 
   /** Resolves when no build is queued or running (tests, the benchmark, the demo). */
-  idle(): Promise<void> {
-    if (this.isIdle()) return Promise.resolve();
-    return new Promise((res) => this.idleWaiters.add(res));
+  async idle(): Promise<void> {
+    if (await this.isIdle()) return;
+    return new Promise((res) => {
+      this.idleWaiters.add(res);
+      this.kick(); // a pass that finds it idle wakes the waiter
+    });
   }
 
   async close(): Promise<void> {
@@ -136,30 +142,65 @@ export class Scheduler {
     await Promise.all([...this.running.values()].map((r) => r.done));
   }
 
-  private isIdle(): boolean {
-    const c = this.o.store.counts();
+  private async isIdle(): Promise<boolean> {
+    if (this.running.size > 0) return false;
+    const c = await this.o.store.counts();
     return this.running.size === 0 && c.queued === 0;
   }
 
-  private fill(): void {
-    if (this.closed) return;
-    if (this.running.size >= this.inFlight) return;
-    const queued = this.o.store.queued().filter((b) => !this.running.has(b.id));
-    while (this.running.size < this.inFlight && queued.length > 0) {
-      const next = pickNext(queued, this.served);
-      if (!next) break;
-      queued.splice(queued.indexOf(next), 1);
-      if (!this.o.store.start(next.id)) continue;
-      this.served.mark(next);
-      const controller = new AbortController();
-      const done = this.run(next.id, controller).finally(() => {
-        this.running.delete(next.id);
-        this.kick();
-        if (this.isIdle()) for (const w of this.drainWaiters()) w();
-      });
-      this.running.set(next.id, { controller, done });
+  /** One fill pass at a time; a kick during one asks for another after it. Never throws. */
+  private async fillOnce(): Promise<void> {
+    if (this.filling) {
+      this.refill = true;
+      return;
     }
-    if (this.running.size === 0 && this.isIdle()) for (const w of this.drainWaiters()) w();
+    this.filling = true;
+    try {
+      do {
+        this.refill = false;
+        await this.fill();
+      } while (this.refill && !this.closed);
+    } catch (err) {
+      // The database did not answer (e.g. PostgreSQL restarting): try again shortly.
+      this.o.logger.warn({ err }, 'the scheduler could not read the queue; it tries again');
+      setTimeout(() => this.kick(), 1000).unref();
+    } finally {
+      this.filling = false;
+    }
+  }
+
+  private async fill(): Promise<void> {
+    if (this.closed) return;
+    if (this.running.size < this.inFlight) {
+      const queued = (await this.o.store.queued()).filter((b) => !this.running.has(b.id));
+      while (this.running.size < this.inFlight && queued.length > 0 && !this.closed) {
+        const next = pickNext(queued, this.served);
+        if (!next) break;
+        queued.splice(queued.indexOf(next), 1);
+        // Held in `running` before the store says so: a cancel meanwhile aborts it instead of
+        // finishing a build that is about to run.
+        const controller = new AbortController();
+        let started!: (ok: boolean) => void;
+        const gate = new Promise<boolean>((r) => (started = r));
+        const done = gate
+          .then((ok) => (ok ? this.run(next.id, controller) : undefined))
+          // The database failed under the build (its record stays `running`: the next start re-runs it).
+          .catch((err: unknown) => this.o.logger.error({ err, build: next.id }, 'a build could not be run or recorded'))
+          .finally(() => {
+            this.running.delete(next.id);
+            this.kick();
+          });
+        this.running.set(next.id, { controller, done });
+        let ok = false;
+        try {
+          ok = await this.o.store.start(next.id);
+        } finally {
+          started(ok);
+        }
+        if (ok) this.served.mark(next);
+      }
+    }
+    if (this.idleWaiters.size > 0 && (await this.isIdle())) for (const w of this.drainWaiters()) w();
   }
 
   private drainWaiters(): (() => void)[] {
@@ -169,7 +210,7 @@ export class Scheduler {
   }
 
   private async run(id: number, controller: AbortController): Promise<void> {
-    const build = this.o.store.build(id);
+    const build = await this.o.store.build(id);
     const log = this.o.logger.child({ build: id, project: build.project, change: `${build.change.change},${build.change.patchset}` });
     this.o.onChange?.(build);
     let outcome: BuildOutcome;
@@ -181,7 +222,7 @@ export class Scheduler {
       if (why) outcome = { result: why.kind === SUPERSEDED ? 'superseded' : 'cancelled', reason: why.reason };
       else if (isAirlockError(e) && e.retryable && build.attempt < (this.o.maxAttempts ?? 3)) {
         log.warn({ err: e, attempt: build.attempt }, 'build failed for a reason outside the change; queued again');
-        this.o.store.requeue(id);
+        await this.o.store.requeue(id);
         return;
       } else {
         log.error({ err: e }, 'build errored');
@@ -193,17 +234,17 @@ export class Scheduler {
     if (why && outcome.result !== 'superseded' && outcome.result !== 'cancelled') {
       outcome = { result: why.kind === SUPERSEDED ? 'superseded' : 'cancelled', reason: why.reason };
     }
-    this.o.store.finish(id, outcome.result, outcome.reason, outcome.issues);
+    await this.o.store.finish(id, outcome.result, outcome.reason, outcome.issues);
     log.info({ result: outcome.result, reason: outcome.reason }, 'build finished');
     await this.report(id);
   }
 
   private async report(id: number): Promise<void> {
-    const build = this.o.store.build(id);
-    this.o.onChange?.(build);
     try {
+      const build = await this.o.store.build(id);
+      this.o.onChange?.(build);
       for (const r of this.o.reporters) await r.report(build);
-      this.o.store.markReported(id);
+      await this.o.store.markReported(id);
     } catch (e) {
       // Left unreported: the next start reports it again.
       this.o.logger.error({ err: e, build: id }, 'reporting failed');

@@ -30,6 +30,7 @@ import type { ReviewState, Readiness } from '../review/review-state.js';
 import type { ReviewedChange } from '../review/review-system.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
+import { KeyedLock } from '../merger/mirror.js';
 
 export type TriggerOutcome =
   | { accepted: true; builds: number[]; superseded: number[]; gate?: 'approved' | 'unapproved' | 'merged' | 'abandoned' | 'restored' }
@@ -49,7 +50,18 @@ export interface TriggerDeps {
 /** A comment that asks for the check to run again (Zuul's convention): a line that says just `recheck`. */
 const RECHECK = /^\s*recheck\s*$/im;
 
-export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOutcome {
+/**
+ * One change's events are acted on one at a time (in this process): each reads what is known of
+ * the change, then writes, and two deliveries of one patch set must not both find it unchecked.
+ */
+const perChange = new KeyedLock();
+const changeKey = (project: string, change: string): string => `${project}\u0000${change}`;
+
+export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): Promise<TriggerOutcome> {
+  return perChange.run(changeKey(event.project, 'change' in event ? event.change : ''), () => handleTriggerNow(event, deps));
+}
+
+async function handleTriggerNow(event: TriggerEvent, deps: TriggerDeps): Promise<TriggerOutcome> {
   const project = deps.config.projects.find((p) => p.name === event.project);
   if (!project) return { accepted: false, reason: `project ${event.project} is not registered with this CI` };
   if (event.kind === 'ref-updated') return { accepted: false, reason: 'no pipeline acts on ref-updated events yet' };
@@ -61,9 +73,9 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
     // Votes, status and flags come from the review system's own record, not from the event.
     const outcome: TriggerOutcome = { accepted: true, builds: [], superseded: [] };
     if (event.kind === 'approval' && event.comment !== undefined && RECHECK.test(commentBody(event.comment))) {
-      const latest = deps.store?.latestChange(event.project, event.change);
+      const latest = await deps.store?.latestChange(event.project, event.change);
       if (!latest || latest.patchset <= event.patchset) {
-        const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+        const { build, superseded } = await deps.scheduler.submit(newChange(event), 'check');
         outcome.builds.push(build.id);
         outcome.superseded.push(...superseded);
       }
@@ -74,33 +86,33 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
 
   switch (event.kind) {
     case 'change-merged': {
-      review?.status(event.project, event.change, 'merged');
+      await review?.status(event.project, event.change, 'merged');
       if (!deps.gate) return { accepted: false, reason: 'the gate is not running' };
       deps.gate.mergedElsewhere(event.project, event.change);
       return { accepted: true, builds: [], superseded: [], gate: 'merged' };
     }
     case 'change-abandoned': {
       if (!review) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
-      const r = review.status(event.project, event.change, event.abandoned ? 'abandoned' : 'open');
+      const r = await review.status(event.project, event.change, event.abandoned ? 'abandoned' : 'open');
       if (event.abandoned) {
-        stopChecks(deps, event.project, event.change, 'the change was abandoned');
+        await stopChecks(deps, event.project, event.change, 'the change was abandoned');
         deps.gate?.abandoned(event.project, event.change);
       } else deps.gate?.restored(event.project, event.change);
-      tellGate(deps, event.project, event.change, r);
+      await tellGate(deps, event.project, event.change, r);
       return { accepted: true, builds: [], superseded: [], gate: event.abandoned ? 'abandoned' : 'restored' };
     }
     case 'change-state': {
       if (!review) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
-      const r = review.flags(event.project, event.change, { ...(event.wip !== undefined ? { wip: event.wip } : {}), ...(event.private !== undefined ? { private: event.private } : {}) });
-      if (event.private) stopChecks(deps, event.project, event.change, 'the change became private');
-      tellGate(deps, event.project, event.change, r);
+      const r = await review.flags(event.project, event.change, { ...(event.wip !== undefined ? { wip: event.wip } : {}), ...(event.private !== undefined ? { private: event.private } : {}) });
+      if (event.private) await stopChecks(deps, event.project, event.change, 'the change became private');
+      await tellGate(deps, event.project, event.change, r);
       return { accepted: true, builds: [], superseded: [], ...(r.before !== r.after ? { gate: r.after ? 'approved' : 'unapproved' } : {}) };
     }
     case 'approval': {
       if (!review || !deps.gate || !deps.store) return { accepted: false, reason: 'no review system is configured: the gate takes no changes' };
-      const latest = deps.store.latestChange(event.project, event.change);
+      const latest = await deps.store.latestChange(event.project, event.change);
       if (latest && latest.patchset > event.patchset) return { accepted: false, reason: `patchset ${event.patchset} is outdated (the change is at ${latest.patchset})` };
-      const r = review.votes({
+      const r = await review.votes({
         project: event.project,
         change: event.change,
         branch: event.branch,
@@ -112,11 +124,11 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
       });
       const outcome: TriggerOutcome = { accepted: true, builds: [], superseded: [] };
       if (r.before !== r.after) {
-        deps.gate.approval(deps.store.recordChange(newChange(event)), r.after);
+        deps.gate.approval(await deps.store.recordChange(newChange(event)), r.after);
         outcome.gate = r.after ? 'approved' : 'unapproved';
       }
       if (event.comment !== undefined && RECHECK.test(commentBody(event.comment))) {
-        const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+        const { build, superseded } = await deps.scheduler.submit(newChange(event), 'check');
         outcome.builds.push(build.id);
         outcome.superseded.push(...superseded);
       }
@@ -125,12 +137,12 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
     }
     case 'patchset': {
       // Told twice (a redelivery with another body, or the catch-up came first): checked once.
-      const known = deps.store?.latestChange(event.project, event.change);
-      if (known && known.patchset === event.patchset && (deps.store?.builds({ change: known.id, pipeline: 'check', limit: 1 }).length ?? 0) > 0) {
+      const known = await deps.store?.latestChange(event.project, event.change);
+      if (known && known.patchset === event.patchset && ((await deps.store?.builds({ change: known.id, pipeline: 'check', limit: 1 }))?.length ?? 0) > 0) {
         reread?.(event.project, event.change);
         return { accepted: false, reason: `patchset ${event.patchset} of change ${event.change} is already checked` };
       }
-      const r = review?.patchset({
+      const r = await review?.patchset({
         project: event.project,
         change: event.change,
         branch: event.branch,
@@ -141,7 +153,7 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
         ...(event.owner ? { owner: event.owner } : {}),
         uploader: event.author,
       });
-      const { build, superseded } = deps.scheduler.submit(newChange(event), 'check');
+      const { build, superseded } = await deps.scheduler.submit(newChange(event), 'check');
       deps.gate?.patchset(build.change);
       // Votes carried over to this patch set: the review system's record says which.
       if (reread) reread(event.project, event.change);
@@ -156,29 +168,33 @@ export function handleTrigger(event: TriggerEvent, deps: TriggerDeps): TriggerOu
  * while it was not listening is done now, as if the events had come: a new patch set is checked,
  * a merge or abandonment leaves the gate, votes that make or unmake an approval move it in or out.
  */
-export function reconcileChange(c: ReviewedChange, deps: TriggerDeps): { checked?: number; gate?: 'approved' | 'unapproved' } | undefined {
+export function reconcileChange(c: ReviewedChange, deps: TriggerDeps): Promise<{ checked?: number; gate?: 'approved' | 'unapproved' } | undefined> {
+  return perChange.run(changeKey(c.project, c.change), () => reconcileChangeNow(c, deps));
+}
+
+async function reconcileChangeNow(c: ReviewedChange, deps: TriggerDeps): Promise<{ checked?: number; gate?: 'approved' | 'unapproved' } | undefined> {
   const project = deps.config.projects.find((p) => p.name === c.project);
   const state = deps.reviewState;
   if (!project || !state || !deps.store) return undefined;
   if (project.branches.length > 0 && !project.branches.includes(c.branch)) return undefined;
-  const r = state.reconcile(c);
+  const r = await state.reconcile(c);
   if (c.status === 'merged' && r.oldStatus !== 'merged') deps.gate?.mergedElsewhere(c.project, c.change);
   if (c.status === 'abandoned' && r.oldStatus !== 'abandoned') {
-    stopChecks(deps, c.project, c.change, 'the change was abandoned');
+    await stopChecks(deps, c.project, c.change, 'the change was abandoned');
     deps.gate?.abandoned(c.project, c.change);
   }
   if (c.status === 'open' && r.oldStatus === 'abandoned') deps.gate?.restored(c.project, c.change);
-  if (c.private) stopChecks(deps, c.project, c.change, 'the change is private');
+  if (c.private) await stopChecks(deps, c.project, c.change, 'the change is private');
   const out: { checked?: number; gate?: 'approved' | 'unapproved' } = {};
   const change: NewChange = { project: c.project, branch: c.branch, change: c.change, patchset: c.patchset, ref: c.ref, author: c.uploader ?? c.owner, ...(c.subject ? { subject: c.subject.slice(0, 1024) } : {}), source: 'gerrit' };
-  const known = deps.store.latestChange(c.project, c.change);
+  const known = await deps.store.latestChange(c.project, c.change);
   if (c.status === 'open' && !c.private && (!known || known.patchset < c.patchset)) {
-    const { build } = deps.scheduler.submit(change, 'check');
+    const { build } = await deps.scheduler.submit(change, 'check');
     deps.gate?.patchset(build.change);
     out.checked = build.id;
   }
   if (r.before !== r.after && deps.gate) {
-    deps.gate.approval(deps.store.recordChange(change), r.after);
+    deps.gate.approval(await deps.store.recordChange(change), r.after);
     out.gate = r.after ? 'approved' : 'unapproved';
   }
   return out;
@@ -188,21 +204,23 @@ export function reconcileChange(c: ReviewedChange, deps: TriggerDeps): { checked
  * The review system does not show the change to airlock any more (a change made private, or
  * deleted): it leaves the gate and its checks stop, as for a private change.
  */
-export function hideChange(project: string, change: string, deps: TriggerDeps): void {
-  const r = deps.reviewState?.flags(project, change, { private: true });
-  stopChecks(deps, project, change, 'the review system no longer shows the change');
-  if (r) tellGate(deps, project, change, r);
+export function hideChange(project: string, change: string, deps: TriggerDeps): Promise<void> {
+  return perChange.run(changeKey(project, change), async () => {
+    const r = await deps.reviewState?.flags(project, change, { private: true });
+    await stopChecks(deps, project, change, 'the review system no longer shows the change');
+    if (r) await tellGate(deps, project, change, r);
+  });
 }
 
 /** The gate learns of a readiness change at the change's current patch set. */
-function tellGate(deps: TriggerDeps, project: string, change: string, r: Readiness): void {
+async function tellGate(deps: TriggerDeps, project: string, change: string, r: Readiness): Promise<void> {
   if (r.before === r.after || !deps.gate || !deps.store) return;
-  const c = deps.store.latestChange(project, change);
+  const c = await deps.store.latestChange(project, change);
   if (c && c.patchset === r.patchset) deps.gate.approval(c, r.after);
 }
 
-function stopChecks(deps: TriggerDeps, project: string, change: string, why: string): void {
-  for (const id of deps.store?.unfinishedOf(project, change, 'check') ?? []) deps.scheduler.cancel(id, 'cancelled', why);
+async function stopChecks(deps: TriggerDeps, project: string, change: string, why: string): Promise<void> {
+  for (const id of (await deps.store?.unfinishedOf(project, change, 'check')) ?? []) await deps.scheduler.cancel(id, 'cancelled', why);
 }
 
 /** Gerrit puts `Patch Set N: <votes>` and a blank line before the reviewer's own words. */

@@ -21,46 +21,56 @@ export interface StatusSources {
   /** The gate; absent where it does not run (its pipeline is then shown empty). */
   gate?: { view(): GateView };
   /** The hint sender's backlog (absent: no hints configured). */
-  hints?: () => StatusHints;
+  hints?: () => StatusHints | Promise<StatusHints>;
   now?: () => number;
 }
 
 /** The gate model's job verdicts, as the job states the build record uses. */
 const STATE_OF_RESULT: Record<string, JobState> = { SUCCESS: 'passed', FAILURE: 'failed', ERROR: 'error', SKIPPED: 'skipped', ABORTED: 'cancelled', CANCELED: 'cancelled' };
 
-export function statusView(src: StatusSources): StatusView {
+export async function statusView(src: StatusSources): Promise<StatusView> {
   const now = (src.now ?? Date.now)();
-  const expected = expectedDurations(src.store);
+  const expected = new ExpectedDurations(src.store);
+  const check = await checkPipeline(src.store, expected);
+  const gate = await gatePipeline(src, expected);
+  const history = await src.store.builds({ state: 'finished', limit: HISTORY_LIMIT });
+  const hints = src.hints ? await src.hints() : undefined;
   return {
     version: 1,
     generatedAt: now,
     slots: src.scheduler.slots,
     busy: src.scheduler.busy,
-    pipelines: [checkPipeline(src.store, expected), gatePipeline(src, expected)],
-    history: src.store.builds({ state: 'finished', limit: HISTORY_LIMIT }),
-    ...(src.hints ? { hints: src.hints() } : {}),
+    pipelines: [check, gate],
+    history,
+    ...(hints ? { hints } : {}),
   };
+}
+
+/** Recent passing durations, read once per project and job within one snapshot (load, then get). */
+class ExpectedDurations {
+  private readonly memo = new Map<string, number | undefined>();
+  constructor(private readonly store: BuildStore) {}
+  private key = (project: string, job: string): string => JSON.stringify([project, job]);
+  async load(project: string, jobs: readonly string[]): Promise<void> {
+    for (const job of jobs) {
+      const key = this.key(project, job);
+      if (!this.memo.has(key)) this.memo.set(key, await this.store.recentJobDuration(project, job));
+    }
+  }
+  readonly get: Expected = (project, job) => this.memo.get(this.key(project, job));
 }
 
 type Expected = (project: string, job: string) => number | undefined;
 
-/** Recent passing durations, read once per project and job within one snapshot. */
-function expectedDurations(store: BuildStore): Expected {
-  const memo = new Map<string, number | undefined>();
-  return (project, job) => {
-    const key = JSON.stringify([project, job]);
-    if (!memo.has(key)) memo.set(key, store.recentJobDuration(project, job));
-    return memo.get(key);
-  };
-}
-
 /** Unfinished check builds in arrival order, one queue per project. */
-function checkPipeline(store: BuildStore, expected: Expected): StatusPipeline {
-  const unfinished = [...store.builds({ pipeline: 'check', state: 'running', limit: CHECK_ITEMS_LIMIT }), ...store.builds({ pipeline: 'check', state: 'queued', limit: CHECK_ITEMS_LIMIT })]
+async function checkPipeline(store: BuildStore, durations: ExpectedDurations): Promise<StatusPipeline> {
+  const expected = durations.get;
+  const unfinished = [...(await store.builds({ pipeline: 'check', state: 'running', limit: CHECK_ITEMS_LIMIT })), ...(await store.builds({ pipeline: 'check', state: 'queued', limit: CHECK_ITEMS_LIMIT }))]
     .sort((a, b) => a.id - b.id)
     .slice(0, CHECK_ITEMS_LIMIT);
   const queues = new Map<string, StatusQueue>();
   for (const b of unfinished) {
+    await durations.load(b.project, b.jobs.map((j) => j.name));
     let q = queues.get(b.project);
     if (!q) queues.set(b.project, (q = { name: b.project, items: [] }));
     q.items.push({
@@ -81,14 +91,22 @@ function checkPipeline(store: BuildStore, expected: Expected): StatusPipeline {
   return { name: 'check', queues: [...queues.values()] };
 }
 
-function gatePipeline(src: StatusSources, expected: Expected): StatusPipeline {
+async function gatePipeline(src: StatusSources, durations: ExpectedDurations): Promise<StatusPipeline> {
   const view = src.gate?.view() ?? { queues: [] };
-  return { name: 'gate', queues: view.queues.map((q) => ({ name: q.name, window: q.window, items: q.items.map((i) => gateItem(src.store, q, i, expected)) })) };
+  const queues: StatusQueue[] = [];
+  for (const q of view.queues) {
+    const items: StatusItem[] = [];
+    for (const i of q.items) items.push(await gateItem(src.store, q, i, durations));
+    queues.push({ name: q.name, window: q.window, items });
+  }
+  return { name: 'gate', queues };
 }
 
-function gateItem(store: BuildStore, q: GateQueueView, i: GateItemView, expected: Expected): StatusItem {
-  const build = i.build !== undefined ? buildOrNone(store, i.build) : undefined;
-  const change = store.latestChange(i.project, i.change);
+async function gateItem(store: BuildStore, q: GateQueueView, i: GateItemView, durations: ExpectedDurations): Promise<StatusItem> {
+  const expected = durations.get;
+  const build = i.build !== undefined ? await buildOrNone(store, i.build) : undefined;
+  const change = await store.latestChange(i.project, i.change);
+  await durations.load(i.project, [...i.jobs.map((m) => m.name), ...(build?.jobs ?? []).map((j) => j.name)]);
   const byName = new Map((build?.jobs ?? []).map((j) => [j.name, j]));
   // The model's job list once the build set is prepared; the build's own plan until then.
   const jobs = i.jobs.length > 0 ? i.jobs.map((m) => statusJob(i.project, byName.get(m.name) ?? { name: m.name, voting: m.voting, state: 'waiting' }, m.result, expected)) : (build?.jobs ?? []).map((j) => statusJob(i.project, j, undefined, expected));
@@ -156,9 +174,9 @@ function changeText(c: BuildView['change']): Pick<StatusItem, 'subject' | 'autho
   return { author: c.author, ...(c.subject !== undefined ? { subject: c.subject } : {}) };
 }
 
-function buildOrNone(store: BuildStore, id: number): BuildView | undefined {
+async function buildOrNone(store: BuildStore, id: number): Promise<BuildView | undefined> {
   try {
-    return store.build(id);
+    return await store.build(id);
   } catch (e) {
     if (isAirlockError(e) && e.code === 'AIRLOCK_E_NOT_FOUND') return undefined;
     throw e;

@@ -27,7 +27,7 @@ export interface StatusSubscriber {
 }
 
 export interface StatusFeedOptions {
-  snapshot: () => StatusView;
+  snapshot: () => StatusView | Promise<StatusView>;
   logger?: Logger;
   maxSubscribers?: number;
   debounceMs?: number;
@@ -39,6 +39,10 @@ export class StatusFeed {
   private readonly subscribers = new Map<StatusSubscriber, string>();
   /** The last snapshot made, reused until something changes or a second has passed. */
   private cached: { at: number; view: StatusView } | undefined;
+  /** The snapshot being made: callers meanwhile share it. */
+  private making: Promise<StatusView> | undefined;
+  /** Bumped by notify(): a snapshot begun before a change is not cached as current after it. */
+  private generation = 0;
   private timer: NodeJS.Timeout | undefined;
   /** When the oldest change not yet sent was notified. */
   private pendingSince: number | undefined;
@@ -47,12 +51,20 @@ export class StatusFeed {
   constructor(private readonly o: StatusFeedOptions) {}
 
   /** A fresh snapshot (`GET /api/status`, and the first event of each stream). */
-  current(): StatusView {
+  async current(): Promise<StatusView> {
     const now = Date.now();
     if (this.cached && now - this.cached.at < SNAPSHOT_REUSE_MS) return this.cached.view;
-    const view = this.o.snapshot();
-    this.cached = { at: now, view };
-    return view;
+    if (!this.making) {
+      const generation = this.generation;
+      this.making = Promise.resolve()
+        .then(() => this.o.snapshot())
+        .then((view) => {
+          if (generation === this.generation) this.cached = { at: now, view };
+          return view;
+        })
+        .finally(() => (this.making = undefined));
+    }
+    return this.making;
   }
 
   get size(): number {
@@ -63,30 +75,36 @@ export class StatusFeed {
    * Adds a subscriber and answers the snapshot to send it first, and the function that removes it
    * (call it when its connection closes). Throws RateLimitedError when the feed is full.
    */
-  subscribe(s: StatusSubscriber): { first: string; unsubscribe: () => void } {
+  async subscribe(s: StatusSubscriber): Promise<{ first: string; unsubscribe: () => void }> {
     const max = this.o.maxSubscribers ?? MAX_STATUS_SUBSCRIBERS;
     if (this.closed) throw new RateLimitedError('the service is stopping');
     if (this.subscribers.size >= max) throw new RateLimitedError(`the live status has its ${max} subscribers; try again later, or read GET /api/status`);
-    const view = this.current();
-    this.subscribers.set(s, withoutClock(view));
-    return {
-      first: JSON.stringify(view),
-      unsubscribe: () => {
-        this.subscribers.delete(s);
-        if (this.subscribers.size === 0) this.cancelTimer();
-      },
+    // The place is taken before the snapshot is read (another subscribe meanwhile counts it).
+    this.subscribers.set(s, '');
+    const unsubscribe = (): void => {
+      this.subscribers.delete(s);
+      if (this.subscribers.size === 0) this.cancelTimer();
     };
+    try {
+      const view = await this.current();
+      if (this.subscribers.has(s)) this.subscribers.set(s, withoutClock(view));
+      return { first: JSON.stringify(view), unsubscribe };
+    } catch (e) {
+      unsubscribe();
+      throw e;
+    }
   }
 
   /** Something the page shows may have changed. */
   notify(): void {
     this.cached = undefined;
+    this.generation++;
     if (this.closed || this.subscribers.size === 0) return;
     const now = Date.now();
     this.pendingSince ??= now;
     const deadline = this.pendingSince + (this.o.maxWaitMs ?? MAX_WAIT_MS);
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.flush(), Math.max(0, Math.min(this.o.debounceMs ?? DEBOUNCE_MS, deadline - now)));
+    this.timer = setTimeout(() => void this.flush(), Math.max(0, Math.min(this.o.debounceMs ?? DEBOUNCE_MS, deadline - now)));
     this.timer.unref();
   }
 
@@ -104,18 +122,19 @@ export class StatusFeed {
     this.pendingSince = undefined;
   }
 
-  private flush(): void {
+  private async flush(): Promise<void> {
     this.cancelTimer();
     if (this.closed || this.subscribers.size === 0) return;
     let view: StatusView;
     try {
-      view = this.current();
+      view = await this.current();
     } catch (e) {
       this.o.logger?.error({ err: e }, 'the status snapshot failed');
       return;
     }
     const content = withoutClock(view);
     let json: string | undefined;
+    if (this.closed) return;
     for (const [s, last] of this.subscribers) {
       if (last === content) continue;
       json ??= JSON.stringify(view);

@@ -1,7 +1,7 @@
 /**
- * BuildStore: changes, builds and jobs in SQLite — the durable queue and the record the API serves.
- * All methods are synchronous (better-sqlite3) and each state change is one transaction, so the
- * scheduler's view and the database never disagree after a crash.
+ * BuildStore: changes, builds and jobs in the CI database — the durable queue and the record the API serves.
+ * Each state change is one transaction (on either engine, see sql.ts), so the scheduler's view
+ * and the database never disagree after a crash.
  *
  * Build lifecycle: enqueue (queued) → start (running, attempt+1) → finish (finished + result);
  * cancel/supersede may finish a queued build directly. `recover()` at startup turns every `running`
@@ -9,7 +9,7 @@
  */
 import { ConflictError, NotFoundError, type Issue } from '#shared/errors.js';
 import { LOOKUP_PATCHSETS, LOOKUP_PROJECTS, type BuildResult, type BuildState, type BuildView, type ChangeLookup, type ChangeView, type JobState, type JobView, type Pipeline } from '#shared/schemas/api/builds.js';
-import type { Db } from './database.js';
+import type { Db, Sql, SqlValue } from './sql.js';
 
 export interface NewChange {
   project: string;
@@ -91,89 +91,90 @@ export class BuildStore {
    * change supersedes the older one's unfinished builds of this pipeline: they are returned so the
    * caller can abort the running ones. An older patchset than one already known is refused.
    */
-  enqueue(c: NewChange, pipeline: Pipeline): { change: ChangeView; buildId: number; superseded: number[] } {
-    return this.db.transaction(() => {
-      const newest = this.db
-        .prepare<[string, string], { p: number | null }>('SELECT MAX(patchset) AS p FROM changes WHERE project = ? AND change = ?')
-        .get(c.project, c.change);
+  enqueue(c: NewChange, pipeline: Pipeline): Promise<{ change: ChangeView; buildId: number; superseded: number[] }> {
+    return this.db.tx(async (t) => {
+      const newest = await t.get<{ p: number | null }>('SELECT MAX(patchset) AS p FROM changes WHERE project = ? AND change = ?', [c.project, c.change]);
       if (newest?.p != null && newest.p > c.patchset) {
         throw new ConflictError(`change ${c.change} of ${c.project} is already at patchset ${newest.p}; patchset ${c.patchset} is outdated`);
       }
-      const changeId = this.changeRow(c);
-      const superseded = this.db
-        .prepare<[string, string, number, Pipeline], { id: number }>(
+      const changeId = await this.changeRow(t, c);
+      const superseded = (
+        await t.all<{ id: number }>(
           `SELECT b.id FROM builds b JOIN changes ch ON ch.id = b.change_id
-           WHERE ch.project = ? AND ch.change = ? AND ch.patchset < ? AND b.pipeline = ? AND b.state != 'finished'`,
+           WHERE ch.project = ? AND ch.change = ? AND ch.patchset < ? AND b.pipeline = ? AND b.state != 'finished' ORDER BY b.id`,
+          [c.project, c.change, c.patchset, pipeline],
         )
-        .all(c.project, c.change, c.patchset, pipeline)
-        .map((r) => r.id);
-      const buildId = Number(
-        this.db
-          .prepare("INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at) VALUES (?,?,?,?,'queued',?)")
-          .run(changeId, c.project, c.branch, pipeline, this.now()).lastInsertRowid,
-      );
-      return { change: this.changeView(changeId), buildId, superseded };
-    })();
+      ).map((r) => r.id);
+      const buildId = await insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at) VALUES (?,?,?,?,'queued',?) RETURNING id", [
+        changeId,
+        c.project,
+        c.branch,
+        pipeline,
+        this.now(),
+      ]);
+      return { change: await this.changeView(changeId, t), buildId, superseded };
+    });
   }
 
   /** The row of this change at this patchset, inserted if new. */
-  private changeRow(c: NewChange): number {
-    const existing = this.db
-      .prepare<[string, string, number], ChangeRow>('SELECT * FROM changes WHERE project = ? AND change = ? AND patchset = ?')
-      .get(c.project, c.change, c.patchset);
+  private async changeRow(t: Sql, c: NewChange): Promise<number> {
+    const existing = await t.get<{ id: number }>('SELECT id FROM changes WHERE project = ? AND change = ? AND patchset = ?', [c.project, c.change, c.patchset]);
     if (existing) return existing.id;
-    return Number(
-      this.db
-        .prepare('INSERT INTO changes (project, branch, change, patchset, ref, author, subject, source, created_at) VALUES (?,?,?,?,?,?,?,?,?)')
-        .run(c.project, c.branch, c.change, c.patchset, c.ref, c.author, c.subject ?? null, c.source, this.now()).lastInsertRowid,
-    );
+    return insertId(t, 'INSERT INTO changes (project, branch, change, patchset, ref, author, subject, source, created_at) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id', [
+      c.project,
+      c.branch,
+      c.change,
+      c.patchset,
+      c.ref,
+      c.author,
+      c.subject ?? null,
+      c.source,
+      this.now(),
+    ]);
   }
 
   /** Unfinished builds of one pipeline for any patch set of a change (an abandoned or private change's builds are stopped). */
-  unfinishedOf(project: string, change: string, pipeline: Pipeline): number[] {
-    return this.db
-      .prepare<[string, string, Pipeline], { id: number }>(
+  async unfinishedOf(project: string, change: string, pipeline: Pipeline): Promise<number[]> {
+    return (
+      await this.db.all<{ id: number }>(
         `SELECT b.id FROM builds b JOIN changes ch ON ch.id = b.change_id WHERE ch.project = ? AND ch.change = ? AND b.pipeline = ? AND b.state != 'finished' ORDER BY b.id`,
+        [project, change, pipeline],
       )
-      .all(project, change, pipeline)
-      .map((r) => r.id);
+    ).map((r) => r.id);
   }
 
   /** Record a change (an approval may name a patchset no build has run for yet); no build. */
-  recordChange(c: NewChange): ChangeView {
-    return this.db.transaction(() => this.changeView(this.changeRow(c)))();
+  recordChange(c: NewChange): Promise<ChangeView> {
+    return this.db.tx(async (t) => this.changeView(await this.changeRow(t, c), t));
   }
 
   /** The newest patchset recorded for a change, if any. */
-  latestChange(project: string, change: string): ChangeView | undefined {
-    const row = this.db
-      .prepare<[string, string], { id: number }>('SELECT id FROM changes WHERE project = ? AND change = ? ORDER BY patchset DESC LIMIT 1')
-      .get(project, change);
+  async latestChange(project: string, change: string): Promise<ChangeView | undefined> {
+    const row = await this.db.get<{ id: number }>('SELECT id FROM changes WHERE project = ? AND change = ? ORDER BY patchset DESC LIMIT 1', [project, change]);
     return row ? this.changeView(row.id) : undefined;
   }
 
   /** A change by its review-system id, in every project (or one) that has it: see ChangeLookup. Bounded. */
-  lookupChange(q: { change: string; project?: string; patchset?: number }): ChangeLookup {
-    const projects = this.db
-      .prepare<(string | number)[], { project: string; current: number }>(
-        `SELECT project, MAX(patchset) AS current FROM changes WHERE change = ?${q.project !== undefined ? ' AND project = ?' : ''} GROUP BY project ORDER BY project LIMIT ?`,
-      )
-      .all(...[q.change, ...(q.project !== undefined ? [q.project] : []), LOOKUP_PROJECTS + 1]);
-    const patchsets = this.db.prepare<(string | number)[], { patchset: number; build: number | null }>(
-      `SELECT c.patchset, (SELECT MAX(b.id) FROM builds b WHERE b.change_id = c.id) AS build FROM changes c
-       WHERE c.project = ? AND c.change = ?${q.patchset !== undefined ? ' AND c.patchset = ?' : ''} ORDER BY c.patchset DESC LIMIT ?`,
+  async lookupChange(q: { change: string; project?: string; patchset?: number }): Promise<ChangeLookup> {
+    const projects = await this.db.all<{ project: string; current: number }>(
+      `SELECT project, MAX(patchset) AS current FROM changes WHERE change = ?${q.project !== undefined ? ' AND project = ?' : ''} GROUP BY project ORDER BY project LIMIT ?`,
+      [q.change, ...(q.project !== undefined ? [q.project] : []), LOOKUP_PROJECTS + 1],
     );
-    return {
-      changes: projects.slice(0, LOOKUP_PROJECTS).map((p) => ({
+    const changes: ChangeLookup['changes'] = [];
+    for (const p of projects.slice(0, LOOKUP_PROJECTS)) {
+      const patchsets = await this.db.all<{ patchset: number; build: number | null }>(
+        `SELECT c.patchset, (SELECT MAX(b.id) FROM builds b WHERE b.change_id = c.id) AS build FROM changes c
+         WHERE c.project = ? AND c.change = ?${q.patchset !== undefined ? ' AND c.patchset = ?' : ''} ORDER BY c.patchset DESC LIMIT ?`,
+        [p.project, q.change, ...(q.patchset !== undefined ? [q.patchset] : []), LOOKUP_PATCHSETS],
+      );
+      changes.push({
         project: p.project,
         change: q.change,
         current: p.current,
-        patchsets: patchsets
-          .all(...[p.project, q.change, ...(q.patchset !== undefined ? [q.patchset] : []), LOOKUP_PATCHSETS])
-          .map((r) => ({ patchset: r.patchset, ...(r.build !== null ? { build: r.build } : {}) })),
-      })),
-      more: projects.length > LOOKUP_PROJECTS,
-    };
+        patchsets: patchsets.map((r) => ({ patchset: r.patchset, ...(r.build !== null ? { build: r.build } : {}) })),
+      });
+    }
+    return { changes, more: projects.length > LOOKUP_PROJECTS };
   }
 
   /**
@@ -181,182 +182,196 @@ export class BuildStore {
    * in order (the changes ahead, then this one). Queued like any build; never superseded by the
    * store (the gate model decides when it is cancelled).
    */
-  enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): number {
-    const c = this.changeView(changeId);
-    return Number(
-      this.db
-        .prepare("INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack) VALUES (?,?,?,'gate','queued',?,?,?)")
-        .run(changeId, c.project, c.branch, this.now(), buildSet, JSON.stringify(stack)).lastInsertRowid,
-    );
+  enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): Promise<number> {
+    return this.db.tx(async (t) => {
+      const c = await this.changeView(changeId, t);
+      return insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack) VALUES (?,?,?,'gate','queued',?,?,?) RETURNING id", [
+        changeId,
+        c.project,
+        c.branch,
+        this.now(),
+        buildSet,
+        JSON.stringify(stack),
+      ]);
+    });
   }
 
   /** What a gate build merges and which build set it runs; undefined for other builds. */
-  gateBuild(id: number): { buildSet: number; stack: { ref: string; label: string }[]; base: string | null; commit: string | null } | undefined {
-    const row = this.db
-      .prepare<[number], { gate_buildset: number | null; stack: string | null; base_sha: string | null; commit_sha: string | null }>(
-        'SELECT gate_buildset, stack, base_sha, commit_sha FROM builds WHERE id = ?',
-      )
-      .get(id);
+  async gateBuild(id: number): Promise<{ buildSet: number; stack: { ref: string; label: string }[]; base: string | null; commit: string | null } | undefined> {
+    const row = await this.db.get<{ gate_buildset: number | null; stack: string | null; base_sha: string | null; commit_sha: string | null }>(
+      'SELECT gate_buildset, stack, base_sha, commit_sha FROM builds WHERE id = ?',
+      [id],
+    );
     if (!row || row.gate_buildset === null || row.stack === null) return undefined;
     return { buildSet: row.gate_buildset, stack: JSON.parse(row.stack) as { ref: string; label: string }[], base: row.base_sha, commit: row.commit_sha };
   }
 
   /** The highest build set id any gate build names (0 if none). */
-  maxGateBuildSet(): number {
-    return this.db.prepare<[], { m: number | null }>('SELECT MAX(gate_buildset) AS m FROM builds').get()?.m ?? 0;
+  async maxGateBuildSet(): Promise<number> {
+    return (await this.db.get<{ m: number | null }>('SELECT MAX(gate_buildset) AS m FROM builds'))?.m ?? 0;
   }
 
   /** The newest gate build of a build set. */
-  buildForBuildSet(buildSet: number): number | undefined {
-    return this.db.prepare<[number], { id: number }>('SELECT id FROM builds WHERE gate_buildset = ? ORDER BY id DESC LIMIT 1').get(buildSet)?.id;
+  async buildForBuildSet(buildSet: number): Promise<number | undefined> {
+    return (await this.db.get<{ id: number }>('SELECT id FROM builds WHERE gate_buildset = ? ORDER BY id DESC LIMIT 1', [buildSet]))?.id;
   }
 
   /** The state a gate build's own change was merged onto: what the branch must still be at when it is submitted. */
-  setBase(id: number, base: string): void {
-    this.db.prepare('UPDATE builds SET base_sha = ? WHERE id = ?').run(base, id);
+  async setBase(id: number, base: string): Promise<void> {
+    await this.db.run('UPDATE builds SET base_sha = ? WHERE id = ?', [base, id]);
   }
 
   /** Finish every unfinished build of a pipeline as cancelled (the gate re-runs its work after a restart). */
-  cancelUnfinished(pipeline: Pipeline, reason: string): number[] {
-    return this.db.transaction(() => {
-      const ids = this.db
-        .prepare<[Pipeline], { id: number }>("SELECT id FROM builds WHERE pipeline = ? AND state != 'finished'")
-        .all(pipeline)
-        .map((r) => r.id);
-      for (const id of ids) this.finish(id, 'cancelled', reason);
+  cancelUnfinished(pipeline: Pipeline, reason: string): Promise<number[]> {
+    return this.db.tx(async (t) => {
+      const ids = (await t.all<{ id: number }>("SELECT id FROM builds WHERE pipeline = ? AND state != 'finished' ORDER BY id", [pipeline])).map((r) => r.id);
+      for (const id of ids) await this.finishIn(t, id, 'cancelled', reason, []);
       return ids;
-    })();
+    });
   }
 
   /** Queued builds in arrival order (the scheduler applies fairness on top). */
-  queued(limit = 10_000): QueuedBuild[] {
-    return this.db
-      .prepare<[number], { id: number; project: string; pipeline: Pipeline; enqueued_at: number; author: string }>(
+  async queued(limit = 10_000): Promise<QueuedBuild[]> {
+    return (
+      await this.db.all<{ id: number; project: string; pipeline: Pipeline; enqueued_at: number; author: string }>(
         "SELECT b.id, b.project, b.pipeline, b.enqueued_at, c.author FROM builds b JOIN changes c ON c.id = b.change_id WHERE b.state = 'queued' ORDER BY b.id LIMIT ?",
+        [limit],
       )
-      .all(limit)
-      .map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at, author: r.author }));
+    ).map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at, author: r.author }));
   }
 
   /** queued → running; false when the build is no longer queued (cancelled meanwhile). */
-  start(id: number): boolean {
-    const r = this.db.prepare("UPDATE builds SET state = 'running', started_at = ?, attempt = attempt + 1 WHERE id = ? AND state = 'queued'").run(this.now(), id);
+  async start(id: number): Promise<boolean> {
+    const r = await this.db.run("UPDATE builds SET state = 'running', started_at = ?, attempt = attempt + 1 WHERE id = ? AND state = 'queued'", [this.now(), id]);
     return r.changes === 1;
   }
 
   /** Remember what a build runs on (and pins, for the image GC of another process). */
-  setCommit(id: number, commit: string): void {
-    this.db.prepare('UPDATE builds SET commit_sha = ? WHERE id = ?').run(commit, id);
+  async setCommit(id: number, commit: string): Promise<void> {
+    await this.db.run('UPDATE builds SET commit_sha = ? WHERE id = ?', [commit, id]);
   }
-  setEnvironment(id: number, image: string, cached: boolean): void {
-    this.db.prepare('UPDATE builds SET env_image = ?, env_cached = ? WHERE id = ?').run(image, cached ? 1 : 0, id);
+  async setEnvironment(id: number, image: string, cached: boolean): Promise<void> {
+    await this.db.run('UPDATE builds SET env_image = ?, env_cached = ? WHERE id = ?', [image, cached ? 1 : 0, id]);
   }
 
   /** The jobs a build will run, in order; replaces any earlier plan of the same build. */
-  planJobs(id: number, jobs: { name: string; voting: boolean; timeoutMs?: number }[]): void {
-    this.db.transaction(() => {
-      this.db.prepare('DELETE FROM jobs WHERE build_id = ?').run(id);
-      const ins = this.db.prepare("INSERT INTO jobs (build_id, name, seq, state, voting, timeout_ms) VALUES (?,?,?,'waiting',?,?)");
-      jobs.forEach((j, i) => ins.run(id, j.name, i, j.voting ? 1 : 0, j.timeoutMs ?? null));
-    })();
+  planJobs(id: number, jobs: { name: string; voting: boolean; timeoutMs?: number }[]): Promise<void> {
+    return this.db.tx(async (t) => {
+      await t.run('DELETE FROM jobs WHERE build_id = ?', [id]);
+      for (const [i, j] of jobs.entries()) {
+        await t.run("INSERT INTO jobs (build_id, name, seq, state, voting, timeout_ms) VALUES (?,?,?,'waiting',?,?)", [id, j.name, i, j.voting ? 1 : 0, j.timeoutMs ?? null]);
+      }
+    });
   }
 
   /** How long job `name` of `project` took on average in its last `runs` passing runs (ms); undefined if it never passed. */
-  recentJobDuration(project: string, name: string, runs = 5): number | undefined {
-    const row = this.db
-      .prepare<[string, string, number], { ms: number | null }>(
-        `SELECT AVG(ms) AS ms FROM (
-           SELECT j.finished_at - j.started_at AS ms FROM jobs j JOIN builds b ON b.id = j.build_id
-           WHERE j.name = ? AND j.state = 'passed' AND b.project = ? AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
-           ORDER BY j.build_id DESC LIMIT ?)`,
-      )
-      .get(name, project, runs);
+  async recentJobDuration(project: string, name: string, runs = 5): Promise<number | undefined> {
+    const row = await this.db.get<{ ms: number | null }>(
+      `SELECT AVG(ms) AS ms FROM (
+         SELECT j.finished_at - j.started_at AS ms FROM jobs j JOIN builds b ON b.id = j.build_id
+         WHERE j.name = ? AND j.state = 'passed' AND b.project = ? AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
+         ORDER BY j.build_id DESC LIMIT ?) recent`,
+      [name, project, runs],
+    );
     return row?.ms == null ? undefined : Math.round(row.ms);
   }
 
-  updateJob(
+  async updateJob(
     id: number,
     name: string,
     u: { state: JobState; reason?: string; exitCode?: number; logBytes?: number; artifacts?: { path: string; bytes: number }[] },
-  ): void {
+  ): Promise<void> {
     const t = this.now();
-    this.db
-      .prepare(
-        `UPDATE jobs SET state = ?, reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code), log_bytes = COALESCE(?, log_bytes),
-           artifacts = COALESCE(?, artifacts),
-           started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
-           finished_at = CASE WHEN ? IN ('passed','failed','skipped','cancelled','error') THEN ? ELSE finished_at END
-         WHERE build_id = ? AND name = ?`,
-      )
-      .run(u.state, u.reason ?? null, u.exitCode ?? null, u.logBytes ?? null, u.artifacts ? JSON.stringify(u.artifacts) : null, u.state, t, u.state, t, id, name);
+    const ends = ['passed', 'failed', 'skipped', 'cancelled', 'error'].includes(u.state);
+    await this.db.run(
+      `UPDATE jobs SET state = ?, reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code), log_bytes = COALESCE(?, log_bytes),
+         artifacts = COALESCE(?, artifacts), started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at)
+       WHERE build_id = ? AND name = ?`,
+      [
+        u.state,
+        u.reason ?? null,
+        u.exitCode ?? null,
+        u.logBytes ?? null,
+        u.artifacts ? JSON.stringify(u.artifacts) : null,
+        u.state === 'running' ? t : null,
+        ends ? t : null,
+        id,
+        name,
+      ],
+    );
   }
 
   /** → finished with a result; idempotent (a second finish of a finished build changes nothing). */
-  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = []): boolean {
-    return this.db.transaction(() => {
-      const r = this.db
-        .prepare("UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND state != 'finished'")
-        .run(result, reason, issues.length ? JSON.stringify(issues) : null, this.now(), id);
-      if (r.changes === 1) {
-        // Jobs that never got to run end with the build.
-        const end: JobState = result === 'cancelled' || result === 'superseded' ? 'cancelled' : 'skipped';
-        this.db.prepare("UPDATE jobs SET state = ?, finished_at = ? WHERE build_id = ? AND state IN ('waiting','running')").run(end, this.now(), id);
-      }
-      return r.changes === 1;
-    })();
+  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = []): Promise<boolean> {
+    return this.db.tx((t) => this.finishIn(t, id, result, reason, issues));
+  }
+
+  private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[]): Promise<boolean> {
+    const r = await t.run("UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND state != 'finished'", [
+      result,
+      reason,
+      issues.length ? JSON.stringify(issues) : null,
+      this.now(),
+      id,
+    ]);
+    if (r.changes === 1) {
+      // Jobs that never got to run end with the build.
+      const end: JobState = result === 'cancelled' || result === 'superseded' ? 'cancelled' : 'skipped';
+      await t.run("UPDATE jobs SET state = ?, finished_at = ? WHERE build_id = ? AND state IN ('waiting','running')", [end, this.now(), id]);
+    }
+    return r.changes === 1;
   }
 
   /** Records a webhook delivery id; true when it was seen before (a redelivery to ignore). */
-  seenEvent(eventId: string): boolean {
-    return this.db.prepare('INSERT OR IGNORE INTO seen_events (event_id, seen_at) VALUES (?, ?)').run(eventId, this.now()).changes === 0;
+  async seenEvent(eventId: string): Promise<boolean> {
+    return (await this.db.run('INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING', [eventId, this.now()])).changes === 0;
   }
 
   /** Undo `seenEvent` when acting on the event failed, so a redelivery is acted on. */
-  forgetEvent(eventId: string): void {
-    this.db.prepare('DELETE FROM seen_events WHERE event_id = ?').run(eventId);
+  async forgetEvent(eventId: string): Promise<void> {
+    await this.db.run('DELETE FROM seen_events WHERE event_id = ?', [eventId]);
   }
 
-  markReported(id: number): void {
-    this.db.prepare('UPDATE builds SET reported_at = ? WHERE id = ?').run(this.now(), id);
+  async markReported(id: number): Promise<void> {
+    await this.db.run('UPDATE builds SET reported_at = ? WHERE id = ?', [this.now(), id]);
   }
 
   /** Finished builds whose result has not reached the reporter yet (e.g. the process died in between). */
-  unreported(): number[] {
-    return this.db.prepare<[], { id: number }>("SELECT id FROM builds WHERE state = 'finished' AND reported_at IS NULL ORDER BY id").all().map((r) => r.id);
+  async unreported(): Promise<number[]> {
+    return (await this.db.all<{ id: number }>("SELECT id FROM builds WHERE state = 'finished' AND reported_at IS NULL ORDER BY id")).map((r) => r.id);
   }
 
   /** running → queued, to be run again from scratch (a retryable failure outside the change). */
-  requeue(id: number): void {
-    this.db.transaction(() => {
-      this.db.prepare('DELETE FROM jobs WHERE build_id = ?').run(id);
-      this.db.prepare("UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'").run(id);
-    })();
+  requeue(id: number): Promise<void> {
+    return this.db.tx((t) => this.requeueIn(t, id));
+  }
+
+  private async requeueIn(t: Sql, id: number): Promise<void> {
+    await t.run('DELETE FROM jobs WHERE build_id = ?', [id]);
+    await t.run("UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'", [id]);
   }
 
   /** Restart recovery: every build that was running is queued again from scratch. Returns their ids. */
-  recover(): number[] {
-    return this.db.transaction(() => {
-      const ids = this.db.prepare<[], { id: number }>("SELECT id FROM builds WHERE state = 'running'").all().map((r) => r.id);
-      for (const id of ids) this.requeue(id);
+  recover(): Promise<number[]> {
+    return this.db.tx(async (t) => {
+      const ids = (await t.all<{ id: number }>("SELECT id FROM builds WHERE state = 'running' ORDER BY id")).map((r) => r.id);
+      for (const id of ids) await this.requeueIn(t, id);
       return ids;
-    })();
+    });
   }
 
   /** Environment images that queued or running builds need: the image GC must keep them. */
-  pinnedImages(): string[] {
-    return this.db
-      .prepare<[], { env_image: string }>("SELECT DISTINCT env_image FROM builds WHERE state != 'finished' AND env_image IS NOT NULL")
-      .all()
-      .map((r) => r.env_image);
+  async pinnedImages(): Promise<string[]> {
+    return (await this.db.all<{ env_image: string }>("SELECT DISTINCT env_image FROM builds WHERE state != 'finished' AND env_image IS NOT NULL")).map((r) => r.env_image);
   }
 
-  build(id: number): BuildView {
-    const row = this.db.prepare<[number], BuildRow>('SELECT * FROM builds WHERE id = ?').get(id);
+  async build(id: number): Promise<BuildView> {
+    const row = await this.db.get<BuildRow>('SELECT * FROM builds WHERE id = ?', [id]);
     if (!row) throw new NotFoundError(`no build #${id}`);
     return this.buildView(row);
   }
 
-  builds(q: { project?: string; pipeline?: Pipeline; state?: BuildState; change?: number; limit?: number; before?: number }): BuildView[] {
+  async builds(q: { project?: string; pipeline?: Pipeline; state?: BuildState; change?: number; limit?: number; before?: number }): Promise<BuildView[]> {
     const where: string[] = [];
     const args: (string | number)[] = [];
     if (q.project) (where.push('project = ?'), args.push(q.project));
@@ -365,21 +380,26 @@ export class BuildStore {
     if (q.change !== undefined) (where.push('change_id = ?'), args.push(q.change));
     if (q.before !== undefined) (where.push('id < ?'), args.push(q.before));
     const sql = `SELECT * FROM builds ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-    return this.db
-      .prepare<(string | number)[], BuildRow>(sql)
-      .all(...args, Math.min(q.limit ?? 50, 500))
-      .map((r) => this.buildView(r));
+    const rows = await this.db.all<BuildRow>(sql, [...args, Math.min(q.limit ?? 50, 500)]);
+    const out: BuildView[] = [];
+    for (const r of rows) out.push(await this.buildView(r));
+    return out;
   }
 
   /** Finished builds for retention: id, result, finish time and job names. */
-  finishedBuilds(): { buildId: number; result: BuildResult; finishedAt: number; jobs: string[] }[] {
-    const rows = this.db.prepare<[], { id: number; result: BuildResult; finished_at: number }>("SELECT id, result, finished_at FROM builds WHERE state = 'finished'").all();
-    const jobs = this.db.prepare<[number], { name: string }>('SELECT name FROM jobs WHERE build_id = ?');
-    return rows.map((r) => ({ buildId: r.id, result: r.result, finishedAt: r.finished_at, jobs: jobs.all(r.id).map((j) => j.name) }));
+  async finishedBuilds(): Promise<{ buildId: number; result: BuildResult; finishedAt: number; jobs: string[] }[]> {
+    const rows = await this.db.all<{ id: number; result: BuildResult; finished_at: number }>("SELECT id, result, finished_at FROM builds WHERE state = 'finished' ORDER BY id");
+    const jobs = new Map<number, string[]>();
+    for (const j of await this.db.all<{ build_id: number; name: string }>("SELECT j.build_id, j.name FROM jobs j JOIN builds b ON b.id = j.build_id WHERE b.state = 'finished' ORDER BY j.build_id, j.seq")) {
+      let names = jobs.get(j.build_id);
+      if (!names) jobs.set(j.build_id, (names = []));
+      names.push(j.name);
+    }
+    return rows.map((r) => ({ buildId: r.id, result: r.result, finishedAt: r.finished_at, jobs: jobs.get(r.id) ?? [] }));
   }
 
-  changeView(id: number): ChangeView {
-    const c = this.db.prepare<[number], ChangeRow>('SELECT * FROM changes WHERE id = ?').get(id);
+  async changeView(id: number, on: Sql = this.db): Promise<ChangeView> {
+    const c = await on.get<ChangeRow>('SELECT * FROM changes WHERE id = ?', [id]);
     if (!c) throw new NotFoundError(`no change ${id}`);
     return {
       id: c.id,
@@ -395,19 +415,19 @@ export class BuildStore {
     };
   }
 
-  counts(): { queued: number; running: number } {
-    const rows = this.db.prepare<[], { state: BuildState; n: number }>("SELECT state, COUNT(*) AS n FROM builds WHERE state != 'finished' GROUP BY state").all();
+  async counts(): Promise<{ queued: number; running: number }> {
+    const rows = await this.db.all<{ state: BuildState; n: number }>("SELECT state, COUNT(*) AS n FROM builds WHERE state != 'finished' GROUP BY state");
     return { queued: rows.find((r) => r.state === 'queued')?.n ?? 0, running: rows.find((r) => r.state === 'running')?.n ?? 0 };
   }
 
-  private buildView(b: BuildRow): BuildView {
-    const jobs = this.db.prepare<[number], JobRow>('SELECT * FROM jobs WHERE build_id = ? ORDER BY seq').all(b.id);
+  private async buildView(b: BuildRow): Promise<BuildView> {
+    const jobs = await this.db.all<JobRow>('SELECT * FROM jobs WHERE build_id = ? ORDER BY seq', [b.id]);
     return {
       id: b.id,
       pipeline: b.pipeline,
       project: b.project,
       branch: b.branch,
-      change: this.changeView(b.change_id),
+      change: await this.changeView(b.change_id),
       state: b.state,
       ...(b.result ? { result: b.result } : {}),
       ...(b.reason !== null ? { reason: b.reason } : {}),
@@ -421,6 +441,13 @@ export class BuildStore {
       jobs: jobs.map((j) => jobView(j)),
     };
   }
+}
+
+/** Insert a row and return its id (the statement ends in `RETURNING id`). */
+async function insertId(t: Sql, sql: string, params: readonly SqlValue[]): Promise<number> {
+  const row = await t.get<{ id: number }>(sql, params);
+  if (!row) throw new Error(`no id returned by: ${sql.slice(0, 60)}`);
+  return row.id;
 }
 
 function jobView(j: JobRow): JobView {

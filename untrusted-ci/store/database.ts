@@ -1,17 +1,20 @@
 /**
- * The CI's durable state in SQLite (better-sqlite3, WAL). Everything the service accepts is
- * written here before it is answered, so a `kill -9` loses nothing: on restart, builds found
- * `running` are put back in the queue and run again from scratch (see BuildStore.recover).
+ * The CI's durable state: the schema and how a database is opened, on either engine (sql.ts).
+ * Everything the service accepts is written here before it is answered, so a `kill -9` loses
+ * nothing: on restart, builds found `running` are put back in the queue and run again from
+ * scratch (see BuildStore.recover).
  *
- * `synchronous = FULL`: a committed enqueue survives power loss as well as a process crash — the
- * fsync per commit costs about a millisecond, which the queue can afford.
+ * The migrations are written once, in SQLite's words; `forPostgres` turns them into PostgreSQL's
+ * (an auto-increment key becomes BIGSERIAL, an INTEGER a BIGINT: ids and millisecond times are
+ * 64-bit there). Both engines keep the number of migrations applied (SQLite in `user_version`,
+ * PostgreSQL in `airlock_schema`) and refuse a database newer than the code.
  */
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { StorageFailedError } from '#shared/errors.js';
+import { PostgresDb } from './postgres.js';
+import type { Db } from './sql.js';
+import { SqliteDb } from './sqlite.js';
 
-export type Db = Database.Database;
+export type { Db } from './sql.js';
 
 /** Each entry migrates from version i to i+1; never edit a shipped one, append. */
 const MIGRATIONS: readonly string[] = [
@@ -164,29 +167,32 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX review_outbox_by_state ON review_outbox (state, id);`,
 ];
 
-/** Open (creating if needed) and migrate the database at `file` (':memory:' for tests). */
+/** A migration in PostgreSQL's words. */
+export function forPostgres(ddl: string): string {
+  return ddl.replace(/\bINTEGER PRIMARY KEY AUTOINCREMENT\b/g, 'BIGSERIAL PRIMARY KEY').replace(/\bINTEGER\b/g, 'BIGINT');
+}
+
+/** Open (creating if needed) and migrate the SQLite database at `file` (':memory:' for tests). */
 export function openDatabase(file: string): Db {
   try {
-    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-    const db = new Database(file);
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL');
-    db.pragma('foreign_keys = ON');
-    db.pragma('busy_timeout = 5000');
-    migrate(db);
+    const db = SqliteDb.open(file);
+    const version = db.version;
+    if (version > MIGRATIONS.length) throw new Error(`database schema ${version} is newer than this airlock (${MIGRATIONS.length})`);
+    for (let v = version; v < MIGRATIONS.length; v++) db.migrateTo(v + 1, MIGRATIONS[v]!);
     return db;
   } catch (e) {
     throw new StorageFailedError(`cannot open the database ${file}: ${(e as Error).message}`, { cause: e });
   }
 }
 
-function migrate(db: Db): void {
-  const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) throw new Error(`database schema ${version} is newer than this airlock (${MIGRATIONS.length})`);
-  for (let v = version; v < MIGRATIONS.length; v++) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v]!);
-      db.pragma(`user_version = ${v + 1}`);
-    })();
+/** Connect to and migrate the PostgreSQL database at `url` (its password is never logged). */
+export async function openPostgres(url: string, o: { max?: number; onIdleError?: (err: Error) => void } = {}): Promise<Db> {
+  const db = new PostgresDb({ url, ...o });
+  try {
+    await db.migrate(MIGRATIONS.map(forPostgres));
+    return db;
+  } catch (e) {
+    await db.close().catch(() => undefined);
+    throw e instanceof StorageFailedError ? e : new StorageFailedError(`cannot open the database ${db.where}: ${(e as Error).message}`, { cause: e });
   }
 }

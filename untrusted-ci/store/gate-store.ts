@@ -8,7 +8,7 @@
  *   one transaction, so after a crash the model and the outbox agree.
  */
 import { z } from 'zod';
-import type { Db } from './database.js';
+import type { Db } from './sql.js';
 
 export const GateEventKind = z.enum(['merged', 'report', 'start']);
 export type GateEventKind = z.infer<typeof GateEventKind>;
@@ -50,34 +50,43 @@ export class GateStore {
     private readonly now: () => number = Date.now,
   ) {}
 
-  loadState(pipeline: string): unknown {
-    const row = this.db.prepare<[string], { json: string }>('SELECT json FROM pipeline_state WHERE pipeline = ?').get(pipeline);
+  async loadState(pipeline: string): Promise<unknown> {
+    const row = await this.db.get<{ json: string }>('SELECT json FROM pipeline_state WHERE pipeline = ?', [pipeline]);
     return row ? (JSON.parse(row.json) as unknown) : undefined;
   }
 
   /** The model's new snapshot and the events of the same batch, atomically. */
-  save(pipeline: string, state: unknown, events: readonly NewGateEvent[]): void {
-    this.db.transaction(() => {
-      this.db
-        .prepare('INSERT INTO pipeline_state (pipeline, json, updated_at) VALUES (?,?,?) ON CONFLICT(pipeline) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at')
-        .run(pipeline, JSON.stringify(state), this.now());
-      const ins = this.db.prepare(
-        'INSERT INTO gate_events (kind, project, branch, change, patchset, result, message, commit_sha, build_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)',
-      );
+  save(pipeline: string, state: unknown, events: readonly NewGateEvent[]): Promise<void> {
+    const json = JSON.stringify(state);
+    return this.db.tx(async (t) => {
+      await t.run('INSERT INTO pipeline_state (pipeline, json, updated_at) VALUES (?,?,?) ON CONFLICT(pipeline) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at', [
+        pipeline,
+        json,
+        this.now(),
+      ]);
       for (const e of events) {
-        ins.run(e.kind, e.project, e.branch, e.change, e.patchset, e.result ?? null, e.message ?? null, e.commit ?? null, e.build ?? null, this.now());
+        await t.run('INSERT INTO gate_events (kind, project, branch, change, patchset, result, message, commit_sha, build_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)', [
+          e.kind,
+          e.project,
+          e.branch,
+          e.change,
+          e.patchset,
+          e.result ?? null,
+          e.message ?? null,
+          e.commit ?? null,
+          e.build ?? null,
+          this.now(),
+        ]);
       }
-    })();
+    });
   }
 
   /** Events after `after` (an event id), oldest first. */
-  events(q: { kind?: GateEventKind; after?: number; limit?: number } = {}): GateEventView[] {
+  async events(q: { kind?: GateEventKind; after?: number; limit?: number } = {}): Promise<GateEventView[]> {
     const where = ['id > ?'];
     const args: (string | number)[] = [q.after ?? 0];
     if (q.kind) (where.push('kind = ?'), args.push(q.kind));
-    return this.db
-      .prepare<(string | number)[], Row>(`SELECT * FROM gate_events WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`)
-      .all(...args, Math.min(q.limit ?? 100, 1000))
+    return (await this.db.all<Row>(`SELECT * FROM gate_events WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`, [...args, Math.min(q.limit ?? 100, 1000)]))
       .map((r) => ({
         id: r.id,
         kind: r.kind,

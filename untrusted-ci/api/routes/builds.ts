@@ -30,7 +30,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
       },
     },
     async (req) => ({
-      builds: deps.store.builds({
+      builds: await deps.store.builds({
         limit: req.query.limit,
         ...(req.query.project ? { project: req.query.project } : {}),
         ...(req.query.state ? { state: req.query.state } : {}),
@@ -50,15 +50,15 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
       onRequest: async (req) => requireToken(req.headers.authorization, 'cancel'),
     },
     async (req, reply) => {
-    deps.store.build(req.params.id); // 404 before anything else
-    deps.scheduler.cancel(req.params.id, 'cancelled', 'cancelled by request');
-    return reply.status(202).send(deps.store.build(req.params.id));
+    await deps.store.build(req.params.id); // 404 before anything else
+    await deps.scheduler.cancel(req.params.id, 'cancelled', 'cancelled by request');
+    return reply.status(202).send(await deps.store.build(req.params.id));
     },
   );
 
   app.get('/api/queue', { schema: { description: 'What is queued and running', response: { 200: QueueView } } }, async () => {
-    const queued = deps.store.builds({ state: 'queued', limit: 500 }).reverse();
-    const running = deps.store.builds({ state: 'running', limit: 500 });
+    const queued = (await deps.store.builds({ state: 'queued', limit: 500 })).reverse();
+    const running = await deps.store.builds({ state: 'running', limit: 500 });
     return {
       slots: deps.scheduler.slots,
       busy: deps.scheduler.busy,
@@ -71,7 +71,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
     '/api/builds/:id/logs/:job',
     { schema: { description: "One job's whole log, as text", params: z.object({ id: Id, job: JobName.or(z.literal('setup')) }) } },
     async (req, reply) => {
-      const build = deps.store.build(req.params.id);
+      const build = await deps.store.build(req.params.id);
       void reply.type('text/plain; charset=utf-8').header('x-content-type-options', 'nosniff');
       const local = join(deps.events.buildDir(build.id), 'logs', `${req.params.job}.log`);
       if (deps.events.isLive(build.id) && (await stat(local).catch(() => undefined))) return reply.send(createReadStream(local));
@@ -81,7 +81,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
   );
 
   app.get('/api/builds/:id/events', { schema: { description: 'Server-sent events: the build from its start, then live', params: z.object({ id: Id }) } }, async (req, reply) => {
-    const build = deps.store.build(req.params.id);
+    const build = await deps.store.build(req.params.id);
     if (!streamCapacityLeft(req.ip)) throw new RateLimitedError('too many event streams are open (for this address, or in all); try again shortly');
     let unsubscribe = (): void => {};
     const stream = openEventStream(req, reply, { onEnd: () => unsubscribe() });
@@ -94,7 +94,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
     let attempt = build.attempt;
     let delivered = 0;
     const follow = async (): Promise<void> => {
-      const current = deps.store.build(build.id).attempt;
+      const current = (await deps.store.build(build.id)).attempt;
       if (current !== attempt) {
         attempt = current;
         delivered = 0;
@@ -121,7 +121,7 @@ export function registerBuildRoutes(app: ZodApp, deps: ApiDeps, requireToken: Re
       unsubscribe = sub.unsubscribe;
       if (stream.ended) unsubscribe();
       if (!sub.live && !stream.ended) {
-        const record = deps.store.build(build.id);
+        const record = await deps.store.build(build.id);
         if (record.state === 'finished') {
           send({ type: 'build', state: 'finished', ...(record.result ? { result: record.result } : {}), ...(record.reason ? { reason: record.reason } : {}) });
           end();

@@ -44,7 +44,7 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
         // Approvals come from the review system alone, which also merges: the API cannot put a change in the gate.
         throw new ConflictError('the gate takes changes approved in the review system (Code-Review +2 there), not from this API');
       }
-      const { build } = deps.scheduler.submit(
+      const { build } = await deps.scheduler.submit(
         { project: c.project, branch: c.branch, change: c.change ?? c.ref, patchset: c.patchset, ref: c.ref, author: c.author, ...(c.subject ? { subject: c.subject } : {}), source: 'api' },
         c.pipeline,
       );
@@ -74,8 +74,8 @@ export function registerChangeRoutes(app: ZodApp, deps: ApiDeps, requireToken: R
     '/api/changes/:id',
     { schema: { description: 'A change and its builds', params: IdParams, response: { 200: z.object({ change: ChangeView, builds: z.array(BuildView) }) } } },
     async (req) => {
-      const change = deps.store.changeView(req.params.id);
-      return { change, builds: deps.store.builds({ change: change.id, limit: 100 }) };
+      const change = await deps.store.changeView(req.params.id);
+      return { change, builds: await deps.store.builds({ change: change.id, limit: 100 }) };
     },
   );
 }

@@ -27,7 +27,7 @@ export function registerGateRoutes(app: ZodApp, deps: ApiDeps): void {
     },
     async (req) => {
       if (!deps.gateStore) throw new NotFoundError('the gate is not running on this CI');
-      return { events: deps.gateStore.events({ after: req.query.after, limit: req.query.limit, ...(req.query.kind ? { kind: req.query.kind } : {}) }) };
+      return { events: await deps.gateStore.events({ after: req.query.after, limit: req.query.limit, ...(req.query.kind ? { kind: req.query.kind } : {}) }) };
     },
   );
 }

@@ -47,16 +47,16 @@ export function registerGerritHook(app: FastifyInstance, deps: ApiDeps): void {
       log.info({ event: event.event, reason: event.reason }, 'webhook ignored');
       return reply.status(202).send({ accepted: false, reason: event.reason });
     }
-    if (event.eventId && deps.store.seenEvent(event.eventId)) {
+    if (event.eventId && (await deps.store.seenEvent(event.eventId))) {
       deps.metrics.webhook('duplicate');
       return reply.status(202).send({ accepted: false, reason: 'already received (redelivery)' });
     }
     let outcome;
     try {
-      outcome = handleTrigger(event, deps);
+      outcome = await handleTrigger(event, deps);
     } catch (e) {
       // Not acted on: let the review system's retry through.
-      if (event.eventId) deps.store.forgetEvent(event.eventId);
+      if (event.eventId) await deps.store.forgetEvent(event.eventId).catch(() => undefined);
       if (e instanceof ConflictError) {
         // A late event about an older patch set: a retry cannot change that, so say so and stop it.
         deps.metrics.webhook('ignored');

@@ -58,7 +58,7 @@ export function registerStatusRoutes(app: ZodApp, deps: ApiDeps): void {
       let stream: EventStream | undefined;
       if (!streamCapacityLeft(req.ip)) throw new RateLimitedError('too many event streams are open (for this address, or in all); try again shortly, or read GET /api/status');
       // Subscribed before the response starts: a full feed is answered 429 in the usual error shape.
-      const sub = feed.subscribe({ send: (json) => stream?.send('status', json), end: () => stream?.end() });
+      const sub = await feed.subscribe({ send: (json) => stream?.send('status', json), end: () => stream?.end() });
       stream = openEventStream(req, reply, { onEnd: sub.unsubscribe });
       stream.send('status', sub.first);
     },

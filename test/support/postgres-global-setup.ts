@@ -12,12 +12,11 @@
  *
  * The teardown stops the server (deleting its directory) and the broker.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { type PgServer, postgresAvailability, startPostgres } from './postgres.js';
+import { ownedTempDir, type PgServer, postgresAvailability, startPostgres } from './postgres.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -34,7 +33,8 @@ export function mustRunPostgres(env: NodeJS.ProcessEnv = process.env, uid = proc
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const dir = mkdtempSync(join(tmpdir(), 'airlock-pgbroker-'));
+  // Named like a server's directory, with an owner: reaped like one if this process is killed.
+  const dir = ownedTempDir('broker-');
   const socket = join(dir, 'broker.sock');
   let server: Promise<PgServer> | undefined;
   let answer: Promise<BrokerAnswer> | undefined;

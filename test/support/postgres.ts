@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Client } from 'pg';
 
 /** Where Debian installs each major version's server binaries. */
@@ -108,8 +108,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   const a = postgresAvailability();
   if (!a.ok) throw new Error(`cannot start PostgreSQL: ${a.reason}`);
   reapStaleServers();
-  const dir = realpathSync(mkdtempSync(join(tmpdir(), DIR_PREFIX)));
-  writeFileSync(join(dir, 'owner'), `${ownerId(process.pid)}\n`);
+  const dir = ownedTempDir();
   try {
     const server = new Server(a, dir, options);
     await server.init();
@@ -118,6 +117,13 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** A fresh `<tmpdir>/airlock-pg-<kind>XXXXXX` (mode 0700) that names this process as its owner, so that `reapStaleServers` deletes it once this process is gone. */
+export function ownedTempDir(kind = ''): string {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), `${DIR_PREFIX}${kind}`)));
+  writeFileSync(join(dir, 'owner'), `${ownerId(process.pid)}\n`);
+  return dir;
 }
 
 /** A fresh database on the server at `adminUrl` (a superuser's), owned by a new role of the same name with a random password; PUBLIC may not connect to it. Returns the owner's URL. */
@@ -178,6 +184,12 @@ class Server implements PgServer {
 
   async init(): Promise<void> {
     const { uid, gid } = this.a.runAs;
+    // As root the server's user must be able to walk down to its directory (a TMPDIR under /root would not do).
+    for (let p = dirname(this.dir); uid !== process.getuid?.(); p = dirname(p)) {
+      const st = statSync(p);
+      if (st.uid !== uid && (st.mode & 0o001) === 0) throw new Error(`the server's user (uid ${uid}) cannot reach ${this.dir}: ${p} is closed to it; set TMPDIR to a directory it can reach, such as /tmp`);
+      if (p === '/') break;
+    }
     chownSync(this.dir, uid, gid);
     mkdirSync(this.sock, { mode: 0o700 });
     chownSync(this.sock, uid, gid);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # airlock bootstrap: make this machine ready to run airlock, idempotently.
-#   - Debian packages (Docker engine, gVisor, base-image tools, skopeo, registry, git, chromium)
+#   - Debian packages (Docker engine, gVisor, base-image tools, skopeo, registry, git, chromium,
+#     postgresql: the tests start servers of their own; Debian's own cluster is neither made nor run)
 #   - npm dependencies
 #   - dockerd with user-namespace remapping, no bridge, no iptables, runsc registered
 #   - base images built locally (no registry to pull from): airlock/base:busybox, airlock/base:bookworm
@@ -32,7 +33,15 @@ export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 
 # ---- 1. Debian packages ------------------------------------------------------------------
 # socat and apt-cacher-ng: the package network of `network: packages` runs (docs/dependencies.md).
-pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq socat apt-cacher-ng)
+# postgresql: the tests run private servers of its binaries (test/support/postgres.ts, docs/testing.md).
+pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq socat apt-cacher-ng postgresql)
+# Debian's postgresql makes a cluster 'main' on 5432 at install and starts it. Nothing of airlock's
+# uses it, so it is not made (postgresql-common reads this drop-in before it would make it).
+mkdir -p /etc/postgresql-common/createcluster.d
+want_pg_dropin='# airlock (scripts/bootstrap.sh): the tests start PostgreSQL servers of their own; no system cluster.
+create_main_cluster = off'
+[ "$(cat /etc/postgresql-common/createcluster.d/airlock.conf 2>/dev/null)" = "$want_pg_dropin" ] \
+  || printf '%s\n' "$want_pg_dropin" > /etc/postgresql-common/createcluster.d/airlock.conf
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -52,6 +61,22 @@ if [ -x /etc/init.d/apt-cacher-ng ] && [ -f /var/run/apt-cacher-ng/pid ]; then
   /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
 fi
 command -v systemctl >/dev/null && systemctl disable --now apt-cacher-ng >/dev/null 2>&1 || true
+# A 'main' cluster made before the drop-in above (an earlier install) is stopped and set to start
+# only by hand (start.conf 'manual', which Debian's service and boot scripts honour); its data stays.
+if command -v pg_lsclusters >/dev/null; then
+  while read -r ver name _ status _; do
+    [ "$name" = main ] || continue
+    if [ "${status%%,*}" = online ]; then
+      say "stopping Debian's PostgreSQL cluster $ver/main (the tests run their own)"
+      pg_ctlcluster "$ver" main stop >/dev/null 2>&1 || die "could not stop PostgreSQL cluster $ver/main (pg_ctlcluster $ver main stop)"
+    fi
+    start_conf=/etc/postgresql/$ver/main/start.conf
+    [ ! -f "$start_conf" ] || [ "$(grep -v '^[[:space:]]*#' "$start_conf" | tr -d '[:space:]')" = manual ] || {
+      say "PostgreSQL cluster $ver/main: start.conf set to manual (not started at boot)"
+      printf '# airlock (scripts/bootstrap.sh): started by hand only; the tests run servers of their own.\nmanual\n' > "$start_conf"
+    }
+  done < <(pg_lsclusters -h 2>/dev/null)
+fi
 # The package proxies run as a user of their own, which owns nothing but their cache.
 if ! id airlock-proxy >/dev/null 2>&1; then
   say "adding the system user airlock-proxy (the package proxies run as it)"

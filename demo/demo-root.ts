@@ -2,8 +2,8 @@
  * Everything the two services need, generated in the demo root and never in the repository:
  *
  *   <root>/
- *     review/git/demo/greeter.git  the project's repository in the code-review stand-in (Gerrit's
- *                                  role): what the CI fetches and the builder's canonical source
+ *     review/git/demo/greeter-<suffix>.git  the project's repository in the code-review stand-in
+ *                           (Gerrit's role): what the CI fetches and the builder's canonical source
  *     ci/ci.yaml            the CI's config; ci/data (SQLite, mirrors, logs), ci/artifacts,
  *     ci/hint.secret        the HMAC key of promotion hints
  *     ci/gerrit.json        the CI's account in code review (airlock-ci: votes Verified, submits)
@@ -44,10 +44,16 @@ export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const REGISTRY = '127.0.0.1:5000';
 /** The bootstrap's registry of the embargo lane (its logins: the builder's and the security team's). */
 export const EMBARGO_REGISTRY = '127.0.0.1:5001';
-/** Names no test uses: the demo removes the images it made by these names, so they must be its own. */
-export const PROJECT = 'demo/greeter';
+/**
+ * This run's own namespace: the project's name ends in a suffix new in each demo process, and every
+ * image the run makes is named after it (the CI's `airlock-env/demo-greeter-<suffix>:…`, the
+ * builder's `airlock-trusted(-env)/demo/greeter-<suffix>:…`). The demo removes the images made
+ * under it at the end, and two demos at once (the two demo tests) never share or remove one
+ * another's; a test checks nothing of it is left (test/support/demo-run.ts).
+ */
+export const PROJECT = `demo/greeter-${randomBytes(4).toString('hex')}`;
 /** Where the builder publishes the project: `<registry>/<image>:<commit>`. */
-export const IMAGE = 'demo/greeter';
+export const IMAGE = PROJECT;
 /** The base image every FROM of the sample project names, pinned by id in the promotion policy. */
 export const BASE_IMAGE = 'airlock/base:busybox';
 /** The base of the sample project's CI environment (Debian, for apt), pinned too: the builder re-runs the tests in it. */

@@ -14,7 +14,7 @@
  * error (the proxy was down or failed). A hit also marks the file used, for the LRU bound.
  */
 import { lstatSync, lutimesSync } from 'node:fs';
-import { Agent, request, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { Agent, request, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { PackageHandlers } from '#shared/egress/package-network.js';
 import { NPM_REGISTRY_PORT } from '#shared/egress/package-network.js';
@@ -50,6 +50,8 @@ export interface FrontOptions {
 /** Request headers passed on to the proxies; the rest (cookies, authorization…) stay behind. */
 const PASSED_HEADERS = ['accept', 'accept-encoding', 'range', 'if-range', 'if-modified-since', 'if-none-match', 'cache-control', 'pragma', 'user-agent', 'npm-command', 'npm-session'];
 const UPSTREAM_TIMEOUT_MS = 120_000;
+/** How a request fails on a kept-alive connection the other end had already closed. */
+const STALE_CONNECTION = new Set(['ECONNRESET', 'EPIPE']);
 /**
  * One run's share of the proxies: at most this many of its requests are forwarded at once (each on
  * a kept-alive connection of the run's own agent), at most RUN_WAITING more wait, and the rest are
@@ -197,22 +199,33 @@ function send(req: IncomingMessage, res: ServerResponse, o: FrontOptions, e: Egr
   };
   if (req.destroyed || res.destroyed) return end(); // the client left while it waited
   res.on('close', end);
-  const up = request({ ...to, method: req.method, timeout: UPSTREAM_TIMEOUT_MS }, (r) => {
-    res.writeHead(r.statusCode ?? 502, filterResponse(r.headers));
-    r.on('data', (d: Buffer) => (bytes += d.length));
-    r.pipe(res);
-    r.on('error', () => res.destroy());
-    o.onEvent(r.statusCode !== undefined && r.statusCode < 500 ? e : { ...e, outcome: 'error', reason: `the cache answered ${r.statusCode}` });
-  });
-  up.on('timeout', () => up.destroy(new Error('timed out')));
-  up.on('error', (err) => {
-    if (res.headersSent) return void res.destroy();
-    fail(res, o, e, `the cache did not answer: ${err.message}`);
-  });
+  let up: ClientRequest | undefined;
+  const attempt = (fresh: boolean) => {
+    // fresh: a connection of its own, closed after the answer (the run's agent might hand out another stale one)
+    const r = request({ ...to, ...(fresh ? { agent: false } : {}), method: req.method, timeout: UPSTREAM_TIMEOUT_MS }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, filterResponse(answer.headers));
+      answer.on('data', (d: Buffer) => (bytes += d.length));
+      answer.pipe(res);
+      answer.on('error', () => res.destroy());
+      o.onEvent(answer.statusCode !== undefined && answer.statusCode < 500 ? e : { ...e, outcome: 'error', reason: `the cache answered ${answer.statusCode}` });
+    });
+    up = r;
+    r.on('timeout', () => r.destroy(new Error('timed out')));
+    r.on('error', (err: NodeJS.ErrnoException) => {
+      if (res.headersSent) return void res.destroy();
+      // A kept-alive connection the cache had closed as this request went out on it: apt-cacher-ng
+      // closes some after an answer without saying so (no `Connection: close`), and the agent can
+      // reuse one before its close arrives. Nothing was answered and only GET and HEAD come here:
+      // asked again once, on a new connection, unless the client left meanwhile.
+      if (!fresh && r.reusedSocket && STALE_CONNECTION.has(err.code ?? '') && !finished) return attempt(true);
+      fail(res, o, e, `the cache did not answer: ${err.message}`);
+    });
+    r.end();
+  };
   res.on('close', () => {
-    if (!res.writableFinished) up.destroy(); // the client left mid-answer
+    if (!res.writableFinished) up?.destroy(); // the client left mid-answer
   });
-  up.end();
+  attempt(false);
 }
 
 function withProxies(res: ServerResponse, o: FrontOptions, e: Omit<EgressEvent, 'outcome'>, then: (p: PackageProxies) => void): void {

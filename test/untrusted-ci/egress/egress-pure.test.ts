@@ -239,6 +239,74 @@ describe('a run\'s share of the proxies', () => {
   });
 });
 
+describe('the front and the caches\' kept-alive connections', () => {
+  /**
+   * A stand-in for apt-cacher-ng that answers the first request of each connection and, like it,
+   * says nothing of closing: a later request on that connection finds it closed (`drop` decides
+   * which are dropped). The front's agent keeps the connection alive and reuses it.
+   */
+  async function fakeAcng(drop: (nth: number) => boolean): Promise<{ port: number; seen: string[]; close: () => void }> {
+    const seen: string[] = [];
+    const perSocket = new WeakMap<object, number>();
+    const s = createServer((req, res) => {
+      const nth = (perSocket.get(req.socket) ?? 0) + 1;
+      perSocket.set(req.socket, nth);
+      seen.push(`${req.url} #${nth}`);
+      if (drop(nth)) return void req.socket.destroy(); // closed before any answer: what a reused stale connection meets
+      res.end('deb');
+    });
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return { port: (s.address() as AddressInfo).port, seen, close: () => (s.closeAllConnections(), s.close()) };
+  }
+  const MIRROR = 'http://deb.debian.org/debian/';
+  const frontTo = async (acngPort: number, events: EgressEvent[]) => {
+    const proxies = { up: () => true, aptPort: acngPort, mirrors: [{ prefix: MIRROR, dir: mkdtempSync(join(tmpdir(), 'airlock-acng-')) }] } as unknown as PackageProxies;
+    const h = egressHandlers({ proxies: async () => proxies, allowed: ['debian'], mirrors: [MIRROR], onEvent: (e) => events.push(e) });
+    const s = createServer(h.apt);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as AddressInfo).port;
+    const get = (file: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const r = request({ host: '127.0.0.1', port, path: `${MIRROR}${file}`, agent: false }, (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        r.on('error', reject);
+        r.end();
+      });
+    return { get, close: () => (s.closeAllConnections(), s.close(), h.close?.()) };
+  };
+
+  it('a request that meets a kept-alive connection the cache closed is asked again once, on a new one: apt sees no failure', async () => {
+    const acng = await fakeAcng((nth) => nth > 1);
+    const events: EgressEvent[] = [];
+    const front = await frontTo(acng.port, events);
+    expect(await front.get('dists/bookworm/InRelease')).toEqual({ status: 200, body: 'deb' });
+    const index = await front.get('dists/bookworm/main/binary-amd64/by-hash/SHA256/00');
+    const deb = await front.get('pool/main/j/jq/jq_1.6_amd64.deb');
+    front.close();
+    acng.close();
+    expect(index).toEqual({ status: 200, body: 'deb' });
+    expect(deb).toEqual({ status: 200, body: 'deb' });
+    // the index went out on the kept-alive connection first, then once on a new one; the .deb on a new kept-alive one
+    expect(acng.seen).toEqual([`${MIRROR}dists/bookworm/InRelease #1`, `${MIRROR}dists/bookworm/main/binary-amd64/by-hash/SHA256/00 #2`, `${MIRROR}dists/bookworm/main/binary-amd64/by-hash/SHA256/00 #1`, `${MIRROR}pool/main/j/jq/jq_1.6_amd64.deb #1`]);
+    expect(events.map((e) => e.outcome)).toEqual(['miss', 'miss', 'miss']);
+  });
+
+  it('a new connection that fails is not asked again: the request is an error, named', async () => {
+    const acng = await fakeAcng(() => true);
+    const events: EgressEvent[] = [];
+    const front = await frontTo(acng.port, events);
+    const r = await front.get('pool/main/j/jq/jq_1.6_amd64.deb');
+    front.close();
+    acng.close();
+    expect(r.status).toBe(503);
+    expect(acng.seen).toEqual([`${MIRROR}pool/main/j/jq/jq_1.6_amd64.deb #1`]);
+    expect(events).toMatchObject([{ outcome: 'error', reason: 'the cache did not answer: socket hang up' }]);
+  });
+});
+
 describe('the cache size bound', () => {
   it('removes the least recently used first, with their .head files, until the rest fits', async () => {
     const root = mkdtempSync(join(tmpdir(), 'airlock-cache-'));

@@ -101,8 +101,26 @@ export const CiConfig = z
       })
       .strict()
       .default({ host: '127.0.0.1', port: 8080 }),
-    /** The service's own state: the SQLite database, git mirrors, live logs, work files. */
+    /** The service's own state: the SQLite database (the default engine), git mirrors, live logs, work files. */
     dataDir: z.string().min(1),
+    /**
+     * Where the CI's state lives (untrusted-ci/store/sql.ts): `sqlite` (default) is a file in
+     * `dataDir`, for one host; `postgres` is a server several replicas share. Its URL, with the
+     * password, is in `urlFile` (never in this file, never logged).
+     */
+    database: z
+      .discriminatedUnion('engine', [
+        z.object({ engine: z.literal('sqlite') }).strict(),
+        z
+          .object({
+            engine: z.literal('postgres'),
+            urlFile: z.string().min(1),
+            /** Connections this process opens at most. */
+            maxConnections: z.number().int().min(1).max(100).default(10),
+          })
+          .strict(),
+      ])
+      .default({ engine: 'sqlite' }),
     /** Where the job runner keeps workspaces and the runsc self-test (the bootstrap's directory). */
     runnerStateDir: z.string().min(1).default('/var/lib/airlock'),
     /** Job containers and environment builds at once on this host (a build's independent jobs each take one). */
@@ -206,6 +224,8 @@ export interface LoadedCiConfig {
   readonly hintSecret?: Buffer;
   /** airlock's account in the review system (`review.credentialsFile`). */
   readonly reviewCredentials?: { username: string; password: string };
+  /** The PostgreSQL URL (`database.urlFile`), with its password. */
+  readonly databaseUrl?: string;
 }
 
 const Credentials = z.object({ username: z.string().min(1).max(256), password: z.string().min(1).max(4096) }).strict();
@@ -273,9 +293,25 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
       issues.push({ file, path: 'review.credentialsFile', message: code ? `cannot read ${config.review.credentialsFile}: ${code}${resolvedNote(written, baseDir, file)}` : 'must hold JSON {"username": "…", "password": "…"}', severity: 'error' });
     }
   }
+  let databaseUrl: string | undefined;
+  if (config.database.engine === 'postgres') {
+    const written = config.database.urlFile;
+    config.database.urlFile = abs(written);
+    try {
+      databaseUrl = readFileSync(config.database.urlFile, 'utf8').trim();
+      const proto = URL.canParse(databaseUrl) ? new URL(databaseUrl).protocol : '';
+      if (proto !== 'postgres:' && proto !== 'postgresql:') {
+        issues.push({ file, path: 'database.urlFile', message: `must hold one postgres://user:password@host:port/database URL (${config.database.urlFile} does not)`, severity: 'error' });
+        databaseUrl = undefined;
+      }
+    } catch (e) {
+      issues.push({ file, path: 'database.urlFile', message: `cannot read ${config.database.urlFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}${resolvedNote(written, baseDir, file)}`, severity: 'error' });
+    }
+  }
   if (issues.length > 0) throw new InvalidInputError(issues);
   return {
     config: deepFreeze(config),
+    ...(databaseUrl ? { databaseUrl } : {}),
     file,
     ...(gerritSecret ? { gerritSecret } : {}),
     ...(apiToken ? { apiToken } : {}),

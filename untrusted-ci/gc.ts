@@ -31,7 +31,7 @@ import type { GcReport } from './environments/image-cache.js';
 import { Merger } from './merger/merger.js';
 import { dataPaths, openArtifactStore, openImageCache } from './service.js';
 import { BuildStore } from './store/build-store.js';
-import { openDatabase, type Db } from './store/database.js';
+import { openCiDatabase, type Db } from './store/database.js';
 
 export interface CiGcOptions {
   logger: Logger;
@@ -93,7 +93,7 @@ export async function runCiGc(loaded: LoadedCiConfig, opts: CiGcOptions): Promis
   const log = opts.logger.child({ component: 'gc' });
   const paths = dataPaths(c.dataDir);
   const policy = loadRetentionPolicy(c.policies.retention);
-  const db = openDatabase(paths.db);
+  const db = await openCiDatabase(c, loaded.databaseUrl);
   try {
     const store = new BuildStore(db);
     const artifacts = openArtifactStore(loaded);

@@ -34,7 +34,7 @@ import { BuildStore } from './store/build-store.js';
 import { GateStore } from './store/gate-store.js';
 import { HintSender } from './hints/hint-sender.js';
 import { GateRuntime } from './pipelines/gate-runtime.js';
-import { openDatabase, type Db } from './store/database.js';
+import { openCiDatabase, type Db } from './store/database.js';
 import { statusView } from './status/snapshot.js';
 import { startupChecks } from './startup-checks.js';
 import { StatusFeed } from './status/status-feed.js';
@@ -106,7 +106,8 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
   let db: Db | undefined;
   const cleanups: (() => unknown)[] = [];
   try {
-    db = openDatabase(paths.db);
+    db = await openCiDatabase(c, loaded.databaseUrl, (err) => logger.warn({ err: err.message }, 'a database connection was lost; a new one is opened for the next statement'));
+    logger.info({ database: db.where }, 'database open');
     cleanups.push(() => db?.close());
     const store = new BuildStore(db);
     const artifacts = openArtifactStore(loaded);

@@ -101,7 +101,10 @@ describe('examples/ci/ci.yaml', () => {
     for (const f of ['gerrit-hook.secret', 'api.token', 'cancel.token', 'hint.secret']) secretFile(join(etc, f));
     secretFile(join(etc, 'gerrit.json'), JSON.stringify({ username: 'airlock-ci', password: randomBytes(16).toString('base64') }));
     secretFile(join(etc, 's3.json'), JSON.stringify({ accessKeyId: 'AKIAEXAMPLE', secretAccessKey: randomBytes(20).toString('base64') }));
+    secretFile(join(etc, 'database.url'), `postgres://airlock_ci:${randomBytes(16).toString('hex')}@db.internal:5432/airlock_ci`);
     const loaded = loadCiConfig(file);
+    expect(loaded.config.database).toMatchObject({ engine: 'postgres' });
+    expect(loaded.databaseUrl).toMatch(/^postgres:\/\/airlock_ci:/);
     expect(loaded.config.projects.map((p) => p.name)).toEqual(['team/app']);
     expect(loaded.config.policies.job).toBe(join(ROOT, 'policies/untrusted-job.yaml'));
     expect(loaded.hintSecret?.length).toBeGreaterThanOrEqual(32);

@@ -28,6 +28,7 @@ import { STATE_DIR, BOOKWORM, BUSYBOX } from '../support/docker.js';
 import { BUILDER_ACCOUNT, CI_ACCOUNT, filesOf, startGerrit, type GerritRig } from '../support/gerrit-rig.js';
 import { freePort, startRegistry, type TestRegistry } from '../support/registry.js';
 import { startS3, type TestS3 } from '../support/s3.js';
+import { sharedPostgres } from '../support/postgres-shared.js';
 import { until } from '../support/until.js';
 import { VaultDouble, type Capability, type Policy } from '../support/vault-double.js';
 
@@ -226,6 +227,8 @@ describe('docs/deploy.md, walked end to end with examples/', () => {
     chmodSync(join(etcCi, 'hint.secret'), 0o600);
     writeFileSync(join(etcCi, 'gerrit.json'), `${JSON.stringify({ username: CI_ACCOUNT, password: gerrit.passwords[CI_ACCOUNT] })}\n`, { mode: 0o600 });
     writeFileSync(join(etcCi, 's3.json'), `${JSON.stringify({ accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey })}\n`, { mode: 0o600 });
+    // createuser / createdb / the URL file: a database of its own on the run's PostgreSQL.
+    writeFileSync(join(etcCi, 'database.url'), `${await (await sharedPostgres()).createDatabase()}\n`, { mode: 0o600 });
     expect(readFileSync(join(etcCi, 'hint.secret'), 'utf8').trim()).toBe(hintSecret);
 
     // Step 4: the builder host's files.

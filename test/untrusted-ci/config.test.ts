@@ -28,6 +28,25 @@ function issuesOf(input: unknown, baseDir = dir): Issue[] {
 
 const SECRET = 'correct-horse-battery-staple-42';
 
+describe('buildCiConfig: database', () => {
+  it('reads a PostgreSQL URL from database.urlFile, and refuses a file that does not hold one', () => {
+    writeFileSync(join(dir, 'db.url'), 'postgres://ci:pw@db.internal:5432/ci\n');
+    const ok = buildCiConfig({ version: 1, dataDir: '/srv/airlock', database: { engine: 'postgres', urlFile: 'db.url' } }, 'ci.yaml', dir);
+    expect(ok.databaseUrl).toBe('postgres://ci:pw@db.internal:5432/ci');
+    expect(ok.config.database).toEqual({ engine: 'postgres', urlFile: join(dir, 'db.url'), maxConnections: 10 });
+    writeFileSync(join(dir, 'bad.url'), 'mysql://ci:pw@db/ci\n');
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', database: { engine: 'postgres', urlFile: 'bad.url' } }, dir)).toEqual([
+      expect.objectContaining({ path: 'database.urlFile', message: expect.stringMatching(/must hold one postgres:\/\/.*does not/) }),
+    ]);
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', database: { engine: 'postgres', urlFile: 'missing.url' } }, dir)).toEqual([
+      expect.objectContaining({ path: 'database.urlFile', message: expect.stringContaining('ENOENT') }),
+    ]);
+    // The password of a refused URL is not in the message.
+    writeFileSync(join(dir, 'bad.url'), 'http://ci:hunter2-password@db/ci\n');
+    expect(JSON.stringify(issuesOf({ version: 1, dataDir: '/srv/airlock', database: { engine: 'postgres', urlFile: 'bad.url' } }, dir))).not.toContain('hunter2');
+  });
+});
+
 describe('buildCiConfig', () => {
   it('fills every default', () => {
     const { config, gerritSecret, apiToken } = buildCiConfig({ version: 1, dataDir: '/srv/airlock' }, 'ci.yaml');
@@ -35,6 +54,7 @@ describe('buildCiConfig', () => {
       version: 1,
       listen: { host: '127.0.0.1', port: 8080 },
       dataDir: '/srv/airlock',
+      database: { engine: 'sqlite' },
       runnerStateDir: '/var/lib/airlock',
       slots: 2,
       capacity: { reserve: 1024 ** 3, overtakes: 4 },

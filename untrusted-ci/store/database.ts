@@ -9,6 +9,7 @@
  * 64-bit there). Both engines keep the number of migrations applied (SQLite in `user_version`,
  * PostgreSQL in `airlock_schema`) and refuse a database newer than the code.
  */
+import { join } from 'node:path';
 import { StorageFailedError } from '#shared/errors.js';
 import { PostgresDb } from './postgres.js';
 import type { Db } from './sql.js';
@@ -17,7 +18,7 @@ import { SqliteDb } from './sqlite.js';
 export type { Db } from './sql.js';
 
 /** Each entry migrates from version i to i+1; never edit a shipped one, append. */
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   `CREATE TABLE changes (
      id INTEGER PRIMARY KEY AUTOINCREMENT,
      project TEXT NOT NULL,
@@ -195,4 +196,15 @@ export async function openPostgres(url: string, o: { max?: number; onIdleError?:
     await db.close().catch(() => undefined);
     throw e instanceof StorageFailedError ? e : new StorageFailedError(`cannot open the database ${db.where}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** The CI database a loaded config names: its SQLite file in `dataDir`, or its PostgreSQL server. */
+export async function openCiDatabase(
+  config: { dataDir: string; database: { engine: 'sqlite' } | { engine: 'postgres'; maxConnections: number } },
+  databaseUrl: string | undefined,
+  onIdleError?: (err: Error) => void,
+): Promise<Db> {
+  if (config.database.engine === 'sqlite') return openDatabase(join(config.dataDir, 'ci.sqlite'));
+  if (!databaseUrl) throw new StorageFailedError('database.engine is postgres but no URL was read from database.urlFile');
+  return openPostgres(databaseUrl, { max: config.database.maxConnections, ...(onIdleError ? { onIdleError } : {}) });
 }

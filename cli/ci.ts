@@ -167,7 +167,16 @@ export function registerCiCommands(program: Command): void {
 
 async function serve(configFile: string, logLevel: string | undefined): Promise<void> {
   const loaded = loadCiConfig(configFile);
-  const service = await startCiService(loaded, { logger: createLogger({ name: 'airlock-ci', ...(logLevel ? { level: logLevel } : {}) }) });
+  const logger = createLogger({ name: 'airlock-ci', ...(logLevel ? { level: logLevel } : {}) });
+  const service = await startCiService(loaded, {
+    logger,
+    // A replica that stopped leading exits (its supervisor starts it again, as a follower): its
+    // leader parts are not started twice in one process.
+    onLeadershipLost: (why) => {
+      logger.fatal({ why }, 'this replica stopped leading; it exits to start again as a follower');
+      void service.close().finally(() => process.exit(75));
+    },
+  });
   await serveUntilSignal(service, { name: 'CI', address: `${loaded.config.listen.host}:${loaded.config.listen.port}`, onClose: 'running builds will run again at the next start' });
 }
 

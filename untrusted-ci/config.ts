@@ -175,6 +175,18 @@ export const CiConfig = z
     /** How often the image cache is trimmed to its budget (0: only by `airlock ci gc`). */
     imageGcEveryMs: z.number().int().min(0).default(10 * 60_000), // 10 min
     /**
+     * Several replicas on one PostgreSQL database (untrusted-ci/leadership.ts): the leader holds a
+     * lease of `leaseMs`; `advertiseUrl` is how the other replicas reach this one (default: the
+     * listen address, with a wildcard host read as loopback).
+     */
+    replicas: z
+      .object({
+        leaseMs: z.number().int().min(1000).max(600_000).default(10_000),
+        advertiseUrl: z.url({ protocol: /^https?$/ }).optional(),
+      })
+      .strict()
+      .default({ leaseMs: 10_000 }),
+    /**
      * Promotion hints to the trusted builder, one per gate merge (a durable outbox, retried). The
      * secret only authenticates the hint: the builder re-verifies everything a hint says.
      */

@@ -47,6 +47,8 @@ import { ReviewState } from './review/review-state.js';
 import type { ReviewSystem } from './review/review-system.js';
 import { Rereads } from './review/rereads.js';
 import { hideChange, reconcileChange, type TriggerDeps } from './sources/triggers.js';
+import { Leadership } from './leadership.js';
+import { Lease, holderId } from './store/lease.js';
 
 export interface CiService {
   readonly app: FastifyInstance;
@@ -62,6 +64,8 @@ export interface CiService {
   readonly review?: { system: ReviewSystem; state: ReviewState; outbox: ReviewOutbox; catchUp: CatchUp; rereads: Rereads };
   /** Listen on the configured address; resolves to the base URL. */
   listen(): Promise<string>;
+  /** Whether this replica leads (runs the gate and the scheduler); see leadership.ts. */
+  readonly isLeader: boolean;
   /** Stop taking work, abort running builds (they re-run at the next start), close everything. */
   close(): Promise<void>;
 }
@@ -94,7 +98,10 @@ export function openImageCache(loaded: LoadedCiConfig, docker: Docker, logger: L
   });
 }
 
-export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Logger; docker?: Docker; workspacePool?: number } = {}): Promise<CiService> {
+export async function startCiService(
+  loaded: LoadedCiConfig,
+  opts: { logger?: Logger; docker?: Docker; workspacePool?: number; /** This replica stopped leading for good (`airlock ci serve` exits then). */ onLeadershipLost?: (why: string) => void } = {},
+): Promise<CiService> {
   const c = loaded.config;
   const logger = opts.logger ?? createLogger({ name: 'airlock-ci' });
   const paths = dataPaths(c.dataDir);
@@ -130,7 +137,13 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     cleanups.push(() => builder.close());
     const events = new BuildEvents(paths.builds);
     const merger = new Merger({ root: paths.git, logger });
-    const gateStore = new GateStore(db);
+    // Only the leader writes the gate's state: each save checks, in its transaction, that this
+    // replica still holds the lease it had (lease.ts), so a deposed leader cannot write over its successor.
+    const fence: { lease?: Lease } = {};
+    const gateStore = new GateStore(db, Date.now, async (t) => {
+      if (fence.lease) await fence.lease.fenced(t);
+    });
+    let leadership: Leadership | undefined;
     const hints =
       c.hints && loaded.hintSecret
         ? new HintSender({ gateStore, db, url: c.hints.url, secret: loaded.hintSecret, logger: logger.child({ component: 'hints' }), onChange: () => status?.notify() })
@@ -250,6 +263,11 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     const reread = review ? (project: string, change: string) => review?.rereads.request(project, change) : undefined;
     triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };
     const app = await buildApi({
+      forwarding: {
+        isLeader: () => leadership?.isLeader ?? false,
+        leader: async () => (await (fence.lease ?? new Lease(db!, 'leader', '', c.replicas.leaseMs)).current())?.address,
+        logger: logger.child({ component: 'forward' }),
+      },
       config: c,
       store,
       scheduler,
@@ -267,30 +285,58 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
     });
     cleanups.push(() => app.close());
-    await gate.start();
-    cleanups.push(() => gate.close());
-    await scheduler.start();
-    cleanups.push(() => scheduler?.close());
-    if (hints) {
-      await hints.start();
-      cleanups.push(() => hints.close());
-    }
+    // Leading (leadership.ts): the gate, the scheduler, the outboxes and the GC run on one replica
+    // at a time; a single replica leads as soon as it starts.
+    const lease = new Lease(db, 'leader', holderId(), c.replicas.leaseMs);
+    fence.lease = lease;
+    let listened: string | undefined;
+    const advertise = (): string => c.replicas.advertiseUrl ?? listened ?? `http://${wildcardToLoopback(c.listen.host)}:${c.listen.port}`;
+    const leaderParts: (() => unknown)[] = [];
+    const stopLeading = async (): Promise<void> => {
+      for (const fn of leaderParts.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
+    };
+    leadership = new Leadership({
+      lease,
+      ttlMs: c.replicas.leaseMs,
+      logger: logger.child({ component: 'leadership' }),
+      address: advertise,
+      onAcquired: async () => {
+        await gate.start();
+        leaderParts.push(() => gate.close());
+        await sched.start();
+        leaderParts.push(() => sched.close());
+        if (hints) {
+          await hints.start();
+          leaderParts.push(() => hints.close());
+        }
+        if (review) {
+          const r = review;
+          r.outbox.start();
+          leaderParts.push(() => r.outbox.close());
+          r.catchUp.start();
+          leaderParts.push(() => r.catchUp.close());
+        }
+        if (c.imageGcEveryMs > 0) {
+          const gcTimer = setInterval(() => {
+            void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed'));
+            void egress.gc().catch((e: unknown) => logger.warn({ err: e }, 'package cache GC failed'));
+          }, c.imageGcEveryMs).unref();
+          leaderParts.push(() => clearInterval(gcTimer));
+        }
+      },
+      onLost: async (why) => {
+        await stopLeading();
+        opts.onLeadershipLost?.(why);
+      },
+    });
+    const lead = leadership;
+    cleanups.push(() => lead.close());
+    cleanups.push(stopLeading);
     if (review) {
       const r = review;
-      r.outbox.start();
-      cleanups.push(() => r.outbox.close());
-      r.catchUp.start();
-      cleanups.push(() => r.catchUp.close());
       cleanups.push(() => r.rereads.close());
     }
-    let gcTimer: NodeJS.Timeout | undefined;
-    if (c.imageGcEveryMs > 0) {
-      gcTimer = setInterval(() => {
-        void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed'));
-        void egress.gc().catch((e: unknown) => logger.warn({ err: e }, 'package cache GC failed'));
-      }, c.imageGcEveryMs).unref();
-      cleanups.push(() => clearInterval(gcTimer));
-    }
+    await lead.start();
     return {
       app,
       scheduler,
@@ -305,7 +351,12 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
       async listen() {
         const url = await app.listen({ host: c.listen.host, port: c.listen.port });
         if (!c.publicUrl) links.publicUrl = url; // the port the system chose, when the config said 0
+        listened = url.replace(/^(https?:\/\/)(0\.0\.0\.0|\[::\])(?=[:/]|$)/, '$1127.0.0.1');
+        await lead.readvertise();
         return url;
+      },
+      get isLeader() {
+        return lead.isLeader;
       },
       async close() {
         for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
@@ -315,4 +366,9 @@ export async function startCiService(loaded: LoadedCiConfig, opts: { logger?: Lo
     for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => {});
     throw e;
   }
+}
+
+/** A wildcard listen host, as other processes of this host reach it. */
+function wildcardToLoopback(host: string): string {
+  return host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
 }

@@ -6,7 +6,12 @@ import { loadCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService } from '../../untrusted-ci/service.js';
 import { createLogger } from '#shared/logging.js';
 
-const service = await startCiService(loadCiConfig(process.argv[2]!), { logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'warn' }), workspacePool: 0 });
+const service = await startCiService(loadCiConfig(process.argv[2]!), {
+  logger: createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'warn' }),
+  workspacePool: 0,
+  // As `airlock ci serve` does: a replica that stopped leading exits.
+  onLeadershipLost: () => void service.close().finally(() => process.exit(75)),
+});
 const url = await service.listen();
 process.stdout.write(`LISTENING ${url}\n`);
 process.on('SIGTERM', () => void service.close().then(() => process.exit(0)));

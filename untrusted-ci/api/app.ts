@@ -22,6 +22,7 @@ import type { BuildEvents } from '../logs/build-events.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import type { CiMetrics } from './metrics.js';
+import { registerForwarding, type Forwarding } from './forward.js';
 import { registerBuildRoutes } from './routes/builds.js';
 import { registerChangeRoutes } from './routes/changes.js';
 import { registerGerritHook } from './routes/gerrit-hook.js';
@@ -57,6 +58,8 @@ export interface ApiDeps {
   reviewState?: ReviewState;
   /** Read a change again from the review system (events are hints; see sources/triggers.ts). */
   reread?: (project: string, change: string) => void;
+  /** Replicas: what a follower forwards to the leader (api/forward.ts); absent: this process does everything. */
+  forwarding?: Forwarding;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
@@ -93,6 +96,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     errorResponseBuilder: (_req, ctx) => new RateLimitedError(`rate limit of ${ctx.max} requests per ${ctx.after} exceeded`),
   });
 
+  if (deps.forwarding) registerForwarding(app, deps.forwarding);
   const z = app.withTypeProvider<ZodTypeProvider>();
   // Submitting and cancelling are separate credentials: a bot that may submit cannot stop others'
   // builds. Without any token (allowed only on loopback, see config.ts) both are open.
@@ -112,7 +116,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
 
-  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  // `leading`: whether this replica runs the gate and the scheduler (leadership.ts).
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true, leading: deps.forwarding ? deps.forwarding.isLeader() : true }));
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
     void reply.type(deps.metrics.registry.contentType);
     return deps.metrics.registry.metrics();

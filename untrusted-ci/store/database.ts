@@ -166,6 +166,16 @@ export const MIGRATIONS: readonly string[] = [
      updated_at INTEGER NOT NULL
    );
    CREATE INDEX review_outbox_by_state ON review_outbox (state, id);`,
+  // Replicas (issue 18): who leads (runs the gate, the scheduler and the outboxes) until when, on
+  // the database's clock; `epoch` counts the changes of leader, and fences a leader that lost it.
+  `CREATE TABLE leases (
+     name TEXT PRIMARY KEY,
+     holder TEXT NOT NULL,
+     address TEXT,
+     epoch INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL
+   );`,
 ];
 
 /** A migration in PostgreSQL's words. */

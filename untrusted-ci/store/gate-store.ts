@@ -8,7 +8,7 @@
  *   one transaction, so after a crash the model and the outbox agree.
  */
 import { z } from 'zod';
-import type { Db } from './sql.js';
+import type { Db, Sql } from './sql.js';
 
 export const GateEventKind = z.enum(['merged', 'report', 'start']);
 export type GateEventKind = z.infer<typeof GateEventKind>;
@@ -48,6 +48,8 @@ export class GateStore {
   constructor(
     private readonly db: Db,
     private readonly now: () => number = Date.now,
+    /** Checked inside each save's transaction: throws when this process may no longer write the gate's state (lease.ts). */
+    private readonly fence?: (t: Sql) => Promise<void>,
   ) {}
 
   async loadState(pipeline: string): Promise<unknown> {
@@ -59,6 +61,7 @@ export class GateStore {
   save(pipeline: string, state: unknown, events: readonly NewGateEvent[]): Promise<void> {
     const json = JSON.stringify(state);
     return this.db.tx(async (t) => {
+      await this.fence?.(t);
       await t.run('INSERT INTO pipeline_state (pipeline, json, updated_at) VALUES (?,?,?) ON CONFLICT(pipeline) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at', [
         pipeline,
         json,

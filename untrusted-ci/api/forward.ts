@@ -1,0 +1,82 @@
+/**
+ * What a follower replica forwards to the leader (leadership.ts): every request that changes
+ * something (a submission, a cancel, a webhook) and every read of what only the leader holds in
+ * memory (the gate's queues, the status page's data, live event streams and logs, the queue's
+ * slots). A follower answers the rest from the database: builds, changes, the gate's outbox, the
+ * page's files, metrics and health.
+ *
+ * The request goes as it came — method, path and query, the body's bytes (a webhook's signature is
+ * over them), the headers that matter — and the leader's answer comes back as it is, streamed
+ * (server-sent events pass through). No leader, or one that does not answer: 503 with Retry-After,
+ * which the review system's webhook retries and a client understands. A request that was already
+ * forwarded once is never forwarded again (two replicas that each think the other leads do not
+ * bounce it).
+ */
+import { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from '#shared/logging.js';
+
+export interface Forwarding {
+  /** Whether this replica leads now (then nothing is forwarded). */
+  isLeader(): boolean;
+  /** The leader's base URL, if some replica leads. */
+  leader(): Promise<string | undefined>;
+  logger: Logger;
+}
+
+const FORWARDED = 'x-airlock-forwarded';
+/** Headers passed on, both ways; hop-by-hop ones and the host are not. */
+const REQUEST_HEADERS = ['authorization', 'content-type', 'accept', 'last-event-id', 'x-gerrit-event-signature', 'x-hub-signature-256', 'x-request-id', 'user-agent'];
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'content-length']);
+
+/** Paths a follower answers itself (GET): what the database holds. */
+const LOCAL_GET = [/^\/api\/builds\/?$/, /^\/api\/builds\/[^/]+\/?$/, /^\/api\/changes(\/[^/]+)?\/?$/, /^\/api\/gate\/events\/?$/, /^\/healthz$/, /^\/metrics$/, /^\/openapi\.json$/];
+
+export function isLocal(method: string, path: string): boolean {
+  if (method !== 'GET' && method !== 'HEAD') return false;
+  if (!path.startsWith('/api/') && !path.startsWith('/hooks/')) return true; // the page's files
+  return LOCAL_GET.some((r) => r.test(path));
+}
+
+export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
+  app.addHook('onRequest', async (req, reply) => {
+    if (f.isLeader()) return;
+    const path = req.url.split('?')[0] ?? '/';
+    if (isLocal(req.method, path)) return;
+    return forward(req, reply, f);
+  });
+}
+
+async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding): Promise<FastifyReply> {
+  const unavailable = (message: string): FastifyReply =>
+    reply.status(503).header('retry-after', '2').send({ code: 'AIRLOCK_E_UNAVAILABLE', message, statusCode: 503 });
+  if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
+  const base = await f.leader().catch(() => undefined);
+  if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
+  const headers: Record<string, string> = { [FORWARDED]: '1' };
+  for (const h of REQUEST_HEADERS) {
+    const v = req.headers[h];
+    if (typeof v === 'string') headers[h] = v;
+  }
+  const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+  const abort = new AbortController();
+  req.raw.once('close', () => abort.abort());
+  let res: Response;
+  try {
+    res = await fetch(new URL(req.url, base), {
+      method: req.method,
+      headers,
+      ...(hasBody ? { body: Readable.toWeb(req.raw) as ReadableStream<Uint8Array>, duplex: 'half' } : {}),
+      redirect: 'manual',
+      signal: abort.signal,
+    } as RequestInit);
+  } catch (err) {
+    f.logger.warn({ err: (err as Error).message, leader: base, path: req.url.split('?')[0] }, 'the leader did not answer a forwarded request');
+    return unavailable('the leading replica does not answer; try again shortly');
+  }
+  reply.status(res.status);
+  res.headers.forEach((v, k) => {
+    if (!HOP_BY_HOP.has(k)) void reply.header(k, v);
+  });
+  return reply.send(res.body ? Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>) : '');
+}

@@ -69,14 +69,14 @@ describe('naming a build by change or by #id, against a running CI API', { timeo
     ids.lib5 = await submit({ project: 'lib', change: '5', patchset: 2, ref: 'refs/changes/05/5/2' });
     ids.c7 = await submit({ change: '7', patchset: 1, ref: 'refs/changes/07/7/1' });
     await scheduler.idle();
-    store.recordChange({ project: 'app', branch: 'master', change: '3', patchset: 4, ref: 'refs/changes/03/3/4', author: 'alice', source: 'gerrit' });
+    await store.recordChange({ project: 'app', branch: 'master', change: '3', patchset: 4, ref: 'refs/changes/03/3/4', author: 'alice', source: 'gerrit' });
     server = await app.listen({ host: '127.0.0.1', port: 0 });
   });
   afterAll(async () => {
     await app?.close();
     await scheduler.close();
     executor.release('*');
-    db.close();
+    await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -43,7 +43,7 @@ async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
   const { up, project } = upstream();
   const c = up.change(1, 1, files);
   const store = new BuildStore(openDatabase(':memory:'));
-  const { buildId } = store.enqueue({ project: project.name, branch: 'master', change: '1', patchset: 1, ref: c.ref, author: 'alice', source: 'test' }, 'check');
+  const { buildId } = await store.enqueue({ project: project.name, branch: 'master', change: '1', patchset: 1, ref: c.ref, author: 'alice', source: 'test' }, 'check');
   const never = (what: string) => () => {
     throw new Error(`${what} is not reached by a config error`);
   };
@@ -62,7 +62,7 @@ async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
     // The shipped egress policy, as lint reads it; no run gets as far as asking for packages here.
     egress: { policy: loadEgressPolicy(), forRun: never('the package proxies') } as unknown as Egress,
   });
-  return executor.execute(store.build(buildId), new AbortController().signal);
+  return executor.execute(await store.build(buildId), new AbortController().signal);
 }
 
 /** Issues as `airlock lint` prints them: one a line, warnings marked. */

@@ -126,7 +126,7 @@ export class FakeExecutor implements BuildExecutor {
     this.maxConcurrent = Math.max(this.maxConcurrent, this.active.size);
     const { events, store } = this.o;
     events?.begin(build.id);
-    store?.planJobs(build.id, [{ name: 'unit', voting: true }]);
+    await store?.planJobs(build.id, [{ name: 'unit', voting: true }]);
     try {
       if ([...this.holds].some((p) => matches(p, run))) await this.waitForRelease(run, signal);
       else this.notify();
@@ -146,10 +146,10 @@ export class FakeExecutor implements BuildExecutor {
       const result: BuildResult = [...this.failing].some((p) => matches(p, run)) ? 'failed' : 'passed';
       const reason = result === 'passed' ? '1 voting job passed' : 'failed: unit';
       const state = result === 'passed' ? 'passed' : 'failed';
-      store?.updateJob(build.id, 'unit', { state: 'running' });
+      await store?.updateJob(build.id, 'unit', { state: 'running' });
       events?.publish(build.id, { type: 'job', job: 'unit', state: 'running' });
       events?.publish(build.id, { type: 'log', job: 'unit', text: `unit of ${run.change},${run.patchset}\n` });
-      store?.updateJob(build.id, 'unit', { state, exitCode: result === 'passed' ? 0 : 1 });
+      await store?.updateJob(build.id, 'unit', { state, exitCode: result === 'passed' ? 0 : 1 });
       events?.publish(build.id, { type: 'job', job: 'unit', state });
       events?.publish(build.id, { type: 'build', state: 'finished', result, reason });
       run.result = result;

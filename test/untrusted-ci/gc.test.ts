@@ -38,18 +38,18 @@ describe('runCiGc', () => {
   const has = (key: string): boolean => existsSync(join(root(), key));
 
   /** A build of one job `unit` with a log, an artifact and a result, finished `ageDays` before NOW. */
-  const finished = (result: BuildResult, ageDays: number): string => {
+  const finished = async (result: BuildResult, ageDays: number): Promise<string> => {
     clock = NOW - ageDays * DAY - 60_000;
-    const id = running();
+    const id = await running();
     clock = NOW - ageDays * DAY;
-    store.finish(Number(id), result, result);
+    await store.finish(Number(id), result, result);
     return id;
   };
-  const running = (): string => {
+  const running = async (): Promise<string> => {
     seq++;
-    const { buildId } = store.enqueue({ project: 'p', branch: 'master', change: `c${seq}`, patchset: 1, ref: 'refs/heads/x', author: 'a', source: 'api' }, 'check');
-    store.start(buildId);
-    store.planJobs(buildId, [{ name: 'unit', voting: true }]);
+    const { buildId } = await store.enqueue({ project: 'p', branch: 'master', change: `c${seq}`, patchset: 1, ref: 'refs/heads/x', author: 'a', source: 'api' }, 'check');
+    await store.start(buildId);
+    await store.planJobs(buildId, [{ name: 'unit', voting: true }]);
     const id = String(buildId);
     for (const key of [`builds/${id}/logs/unit.log`, `builds/${id}/artifacts/unit/out/a.txt`, `builds/${id}/result.json`]) put(key, 100);
     mkdirSync(join(dataPaths(dataDir).builds, id, 'logs'), { recursive: true });
@@ -62,8 +62,8 @@ describe('runCiGc', () => {
     db = openDatabase(dataPaths(dataDir).db);
     store = new BuildStore(db, () => clock);
   });
-  afterEach(() => {
-    db.close();
+  afterEach(async () => {
+    await db.close();
     rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -87,13 +87,13 @@ describe('runCiGc', () => {
   });
 
   it('deletes expired logs and artifacts by result class, sweeps old orphans, keeps running builds', async () => {
-    const passedOld = finished('passed', 10); // logs 7d, artifacts 5d: both go
-    const passedRecent = finished('passed', 6); // artifacts go, logs stay
-    const failedOld = finished('failed', 10); // failed: 30d / 15d: both stay
-    const failedVeryOld = finished('failed', 20); // artifacts go, logs stay
-    const superseded = finished('superseded', 8); // counts as passed: both go
-    const conflict = finished('merge-conflict', 20); // counts as failed: logs stay
-    const busy = running(); // objects 100 days old, never finished: kept
+    const passedOld = await finished('passed', 10); // logs 7d, artifacts 5d: both go
+    const passedRecent = await finished('passed', 6); // artifacts go, logs stay
+    const failedOld = await finished('failed', 10); // failed: 30d / 15d: both stay
+    const failedVeryOld = await finished('failed', 20); // artifacts go, logs stay
+    const superseded = await finished('superseded', 8); // counts as passed: both go
+    const conflict = await finished('merge-conflict', 20); // counts as failed: logs stay
+    const busy = await running(); // objects 100 days old, never finished: kept
     put('builds/9001/logs/unit.log', 40); // unknown to the database, older than 30d: swept
     put('builds/9002/logs/unit.log', 3); // unknown but recent: kept
 
@@ -130,7 +130,7 @@ describe('runCiGc', () => {
   });
 
   it('a dry run plans the same and deletes nothing', async () => {
-    const old = finished('passed', 10);
+    const old = await finished('passed', 10);
     put('builds/9001/logs/unit.log', 40);
     const report = await runCiGc(loaded, { logger, now: NOW, dryRun: true });
     expect(report.retention).toMatchObject({ logs: [old], artifacts: [{ buildId: old, job: 'unit' }], orphans: ['9001'], deletedObjects: 0, eventDirs: 0 });
@@ -140,11 +140,11 @@ describe('runCiGc', () => {
     expect(has('builds/9001/logs/unit.log')).toBe(true);
   });
 
-  it('knows every build the database holds, queued and running ones included', () => {
-    const a = finished('passed', 1);
-    const b = running();
-    const { buildId: c } = store.enqueue({ project: 'p', branch: 'master', change: 'q', patchset: 1, ref: 'refs/heads/x', author: 'a', source: 'api' }, 'check');
-    expect(allBuildIds(db)).toEqual(new Set([a, b, String(c)]));
+  it('knows every build the database holds, queued and running ones included', async () => {
+    const a = await finished('passed', 1);
+    const b = await running();
+    const { buildId: c } = await store.enqueue({ project: 'p', branch: 'master', change: 'q', patchset: 1, ref: 'refs/heads/x', author: 'a', source: 'api' }, 'check');
+    expect(await allBuildIds(db)).toEqual(new Set([a, b, String(c)]));
   });
 
   it('runs git gc in the mirrors (none yet: nothing to do) and opens the database while another handle holds it', async () => {

@@ -88,7 +88,7 @@ beforeEach(() => {
 afterEach(async () => {
   await Promise.all(senders.splice(0).map((s) => s.close()));
   await builder.close();
-  if (db.open) db.close();
+  await db.close(); // a second close of a closed database does nothing
   expect(builder.unauthenticated).toEqual([]);
   expect(logLines.join('\n')).not.toContain(secret.toString());
 });
@@ -117,9 +117,9 @@ function merged(change: string, commit: string | undefined, build?: number, proj
   return { kind: 'merged', project, branch: 'main', change, patchset: 1, ...(commit ? { commit } : {}), ...(build !== undefined ? { build } : {}) };
 }
 
-function write(...events: NewGateEvent[]): number[] {
-  gate.save('gate', {}, events);
-  return gate.events({ after: 0, limit: 1000 }).slice(-events.length).map((e) => e.id);
+async function write(...events: NewGateEvent[]): Promise<number[]> {
+  await gate.save('gate', {}, events);
+  return (await gate.events({ after: 0, limit: 1000 })).slice(-events.length).map((e) => e.id);
 }
 
 async function freePort(): Promise<number> {
@@ -130,25 +130,25 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-const until = (f: () => void) => vi.waitFor(f, { timeout: 10_000, interval: 5 });
+const until = (f: () => unknown) => vi.waitFor(f, { timeout: 10_000, interval: 5 });
 
 describe('HintSender', () => {
   it('delivers every merge in order as a signed PromotionHint, and only merges; kick() wakes it', async () => {
     const port = await builder.listen();
-    const [a, , b] = write(merged('1', sha('a'), 11), { kind: 'report', project: 'tools/airlock', branch: 'main', change: '1', patchset: 1, result: 'SUCCESS' }, merged('2', sha('b'), 12));
+    const [a, , b] = await write(merged('1', sha('a'), 11), { kind: 'report', project: 'tools/airlock', branch: 'main', change: '1', patchset: 1, result: 'SUCCESS' }, merged('2', sha('b'), 12));
     const s = sender(port);
-    s.start();
-    await until(() => expect(s.cursor()).toBe(b));
-    const [c] = write(merged('3', sha('c'))); // no build id: no ciRun
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(b));
+    const [c] = await write(merged('3', sha('c'))); // no build id: no ciRun
     s.kick();
-    await until(() => expect(s.cursor()).toBe(c));
+    await until(async () => expect(await s.cursor()).toBe(c));
 
     expect(builder.hints).toEqual([
       { version: 1, project: 'tools/airlock', branch: 'main', commit: sha('a'), ciRun: '11' },
       { version: 1, project: 'tools/airlock', branch: 'main', commit: sha('b'), ciRun: '12' },
       { version: 1, project: 'tools/airlock', branch: 'main', commit: sha('c') },
     ]);
-    expect(s.deliveries().map((d) => [d.eventId, d.state, d.status, d.attempts])).toEqual([
+    expect((await s.deliveries()).map((d) => [d.eventId, d.state, d.status, d.attempts])).toEqual([
       [a, 'delivered', 200, 1],
       [b, 'delivered', 200, 1],
       [c, 'delivered', 200, 1],
@@ -159,16 +159,16 @@ describe('HintSender', () => {
   it('retries the same event after 503 twice with growing, jittered backoff, then goes on in order', async () => {
     builder.script.push({ status: 503, body: '{"code":"AIRLOCK_E_ENGINE_UNAVAILABLE","message":"busy"}' }, 503);
     const port = await builder.listen();
-    const [a, b] = write(merged('1', sha('a'), 1), merged('2', sha('b'), 2));
+    const [a, b] = await write(merged('1', sha('a'), 1), merged('2', sha('b'), 2));
     let r = 0;
     const s = sender(port, { random: () => [0, 0.999][r++ % 2]! });
-    s.start();
-    await until(() => expect(s.cursor()).toBe(b));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(b));
 
     expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('a'), sha('a'), sha('b')]);
     // equal jitter: the n-th wait is in [d/2, d] for d = 1 s · 2^(n-1)
     expect(delays).toEqual([500, 1999]);
-    expect(s.deliveries()).toMatchObject([
+    expect(await s.deliveries()).toMatchObject([
       { eventId: a, state: 'delivered', status: 200, attempts: 3 },
       { eventId: b, state: 'delivered', status: 200, attempts: 1 },
     ]);
@@ -177,76 +177,76 @@ describe('HintSender', () => {
   it('retries 401 and 404 (a wrong secret or URL on our side) instead of dropping the merge', async () => {
     builder.script.push({ status: 401 }, { status: 404 });
     const port = await builder.listen();
-    const [a] = write(merged('1', sha('a')));
+    const [a] = await write(merged('1', sha('a')));
     const s = sender(port);
-    s.start();
-    await until(() => expect(s.cursor()).toBe(a));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(a));
     expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('a'), sha('a')]);
-    expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'delivered', status: 200, attempts: 3 }]);
+    expect(await s.deliveries()).toMatchObject([{ eventId: a, state: 'delivered', status: 200, attempts: 3 }]);
   });
 
   it('says what to fix on 401 and 404 (naming the URL and the key files), and shows the backlog until it is fixed', async () => {
     builder.script.push({ status: 401 }, { status: 404 });
     const port = await builder.listen();
-    const [a] = write(merged('1', sha('a')));
-    write(merged('2', sha('b')));
+    const [a] = await write(merged('1', sha('a')));
+    await write(merged('2', sha('b')));
     // Between attempts, the backlog and the failure are visible (to /metrics).
     const seen: { pending: number; reason: string }[] = [];
     const s: HintSender = sender(port, {
-      sleep: (_ms, signal) => {
-        const b = s.backlog();
+      sleep: async (_ms, signal) => {
+        const b = await s.backlog();
         seen.push({ pending: b.pending, reason: b.failing?.reason ?? '' });
         return delay(2, undefined, { signal });
       },
     });
-    s.start();
-    await until(() => expect(s.cursor()).toBeGreaterThan(a!));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBeGreaterThan(a!));
     expect(seen.map((x) => x.pending)).toEqual([2, 2]);
     expect(seen[0]!.reason).toContain(`http://127.0.0.1:${port}/v1/hints: HTTP 401`);
     expect(seen[0]!.reason).toContain("hints.secretFile and the builder's hint secret");
     expect(seen[1]!.reason).toContain("hints.url must be the builder's base URL");
-    expect(s.backlog()).toEqual({ pending: 0 });
+    expect(await s.backlog()).toEqual({ pending: 0 });
     expect(logLines.some((l) => l.includes('"level":50') && l.includes('a configuration error'))).toBe(true);
   });
 
   it('honours Retry-After on 429 and caps every wait at the maximum', async () => {
     builder.script.push({ status: 429, headers: { 'retry-after': '7' } }, { status: 429, headers: { 'retry-after': '99999' } });
     const port = await builder.listen();
-    const [a] = write(merged('1', sha('a')));
+    const [a] = await write(merged('1', sha('a')));
     const s = sender(port, { backoff: { initialMs: 1_000, maxMs: 60_000 } });
-    s.start();
-    await until(() => expect(s.cursor()).toBe(a));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(a));
     expect(delays).toEqual([7_000, 60_000]);
   });
 
   it('survives the builder being down at first: records the failures, then delivers once it is up', async () => {
     const port = await freePort();
-    const [a] = write(merged('1', sha('a'), 5));
+    const [a] = await write(merged('1', sha('a'), 5));
     const s = sender(port);
-    s.start();
+    await s.start();
     await until(() => expect(delays.length).toBeGreaterThanOrEqual(3));
-    expect(s.cursor()).toBe(0);
-    expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'retrying', reason: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/v1\/hints: network error: .*ECONNREFUSED/) }]);
+    expect(await s.cursor()).toBe(0);
+    expect(await s.deliveries()).toMatchObject([{ eventId: a, state: 'retrying', reason: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/v1\/hints: network error: .*ECONNREFUSED/) }]);
     expect(delays.slice(0, 3)).toEqual([750, 1500, 3000]);
 
     await builder.listen(port);
-    await until(() => expect(s.cursor()).toBe(a));
+    await until(async () => expect(await s.cursor()).toBe(a));
     expect(builder.hints).toEqual([{ version: 1, project: 'tools/airlock', branch: 'main', commit: sha('a'), ciRun: '5' }]);
-    expect(s.deliveries()).toMatchObject([{ eventId: a, state: 'delivered', status: 200 }]);
-    expect(s.deliveries()[0]!.attempts).toBeGreaterThanOrEqual(4);
+    expect(await s.deliveries()).toMatchObject([{ eventId: a, state: 'delivered', status: 200 }]);
+    expect((await s.deliveries())[0]!.attempts).toBeGreaterThanOrEqual(4);
   });
 
   it('skips an event the builder refuses with 400, records why, and never sends it again; an event with no commit is recorded invalid', async () => {
     builder.script.push({ status: 400, body: JSON.stringify({ code: 'AIRLOCK_E_INVALID_INPUT', message: 'project not in policy', statusCode: 400 }) });
     const port = await builder.listen();
-    const [a, b, c] = write(merged('1', sha('a')), merged('2', undefined), merged('3', sha('c')));
+    const [a, b, c] = await write(merged('1', sha('a')), merged('2', undefined), merged('3', sha('c')));
     const s = sender(port);
-    s.start();
-    await until(() => expect(s.cursor()).toBe(c));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(c));
     await delay(50);
 
     expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('c')]);
-    expect(s.deliveries()).toEqual([
+    expect(await s.deliveries()).toEqual([
       { eventId: a, state: 'refused', status: 400, reason: `http://127.0.0.1:${port}/v1/hints: HTTP 400: AIRLOCK_E_INVALID_INPUT: project not in policy`, attempts: 1, updatedAt: expect.any(Number) },
       { eventId: b, state: 'invalid', reason: expect.stringContaining('commit'), attempts: 0, updatedAt: expect.any(Number) },
       { eventId: c, state: 'delivered', status: 200, attempts: 1, updatedAt: expect.any(Number) },
@@ -258,28 +258,28 @@ describe('HintSender', () => {
   it('resumes after the cursor on restart (new sender, same database file) without re-sending', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'airlock-hints-'));
     try {
-      db.close();
+      await db.close();
       const file = join(dir, 'ci.sqlite');
       db = openDatabase(file);
       gate = new GateStore(db);
       const port = await builder.listen();
-      const [, b] = write(merged('1', sha('a')), merged('2', sha('b')));
+      const [, b] = await write(merged('1', sha('a')), merged('2', sha('b')));
       const first = sender(port);
-      first.start();
-      await until(() => expect(first.cursor()).toBe(b));
+      await first.start();
+      await until(async () => expect(await first.cursor()).toBe(b));
       await first.close();
-      db.close();
+      await db.close();
 
       db = openDatabase(file);
       gate = new GateStore(db);
-      const [c] = write(merged('3', sha('c')));
+      const [c] = await write(merged('3', sha('c')));
       const second = sender(port);
-      expect(second.cursor()).toBe(b);
-      second.start();
-      await until(() => expect(second.cursor()).toBe(c));
+      expect(await second.cursor()).toBe(b);
+      await second.start();
+      await until(async () => expect(await second.cursor()).toBe(c));
       expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('b'), sha('c')]);
       await second.close();
-      db.close();
+      await db.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -287,10 +287,10 @@ describe('HintSender', () => {
 
   it('close() is prompt during a backoff wait', async () => {
     const port = await freePort();
-    write(merged('1', sha('a')));
+    await write(merged('1', sha('a')));
     const s = sender(port, { sleep: undefined, backoff: { initialMs: 600_000, maxMs: 600_000 } });
-    s.start();
-    await until(() => expect(s.deliveries()).toMatchObject([{ state: 'retrying' }]));
+    await s.start();
+    await until(async () => expect(await s.deliveries()).toMatchObject([{ state: 'retrying' }]));
     const t0 = performance.now();
     await s.close();
     expect(performance.now() - t0).toBeLessThan(200);
@@ -299,32 +299,32 @@ describe('HintSender', () => {
   it('close() is prompt during a request the builder never answers; the event stays pending and is sent again (at least once)', async () => {
     builder.script.push('hang');
     const port = await builder.listen();
-    const [a] = write(merged('1', sha('a')));
+    const [a] = await write(merged('1', sha('a')));
     const s = sender(port);
-    s.start();
+    await s.start();
     await until(() => expect(builder.hints).toHaveLength(1));
     const t0 = performance.now();
     await s.close();
     expect(performance.now() - t0).toBeLessThan(200);
-    expect(s.cursor()).toBe(0);
-    expect(s.deliveries()).toEqual([]);
+    expect(await s.cursor()).toBe(0);
+    expect(await s.deliveries()).toEqual([]);
 
     const again = sender(port);
-    again.start();
-    await until(() => expect(again.cursor()).toBe(a));
+    await again.start();
+    await until(async () => expect(await again.cursor()).toBe(a));
     expect(builder.hints.map((h) => h.commit)).toEqual([sha('a'), sha('a')]);
   });
 
   it('close() is prompt when idle, and an idle sender also notices merges at the poll interval', async () => {
     const port = await builder.listen();
     const s = sender(port, { pollIntervalMs: 20 });
-    s.start();
-    const [a] = write(merged('1', sha('a'))); // no kick
-    await until(() => expect(s.cursor()).toBe(a));
+    await s.start();
+    const [a] = await write(merged('1', sha('a'))); // no kick
+    await until(async () => expect(await s.cursor()).toBe(a));
     const t0 = performance.now();
     await s.close();
     expect(performance.now() - t0).toBeLessThan(100);
-    expect(() => s.start()).toThrow(/closed/);
+    await expect(s.start()).rejects.toThrow(/closed/);
   });
 
   it('refuses a non-http URL and an empty secret at construction', () => {
@@ -337,23 +337,23 @@ describe('the hint backlog on the status page', () => {
   it('the snapshot shows the backlog and the failing delivery (naming the URL), and the page is told of every attempt', async () => {
     builder.script.push({ status: 401 });
     const port = await builder.listen();
-    const [a] = write(merged('1', sha('a')));
+    const [a] = await write(merged('1', sha('a')));
     const store = new BuildStore(db);
     let told = 0;
     const views: StatusView[] = [];
     const s: HintSender = sender(port, {
       onChange: () => void told++,
-      sleep: (_ms, signal) => {
-        views.push(StatusView.parse(statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() })));
+      sleep: async (_ms, signal) => {
+        views.push(StatusView.parse(await statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() })));
         return delay(2, undefined, { signal });
       },
     });
-    s.start();
-    await until(() => expect(s.cursor()).toBe(a));
+    await s.start();
+    await until(async () => expect(await s.cursor()).toBe(a));
     expect(views[0]!.hints).toEqual({ pending: 1, failing: { status: 401, reason: expect.stringContaining(`http://127.0.0.1:${port}/v1/hints: HTTP 401`), at: expect.any(Number) } });
     expect(views[0]!.hints!.failing!.reason).toContain("hints.secretFile and the builder's hint secret");
-    expect(statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() }).hints).toEqual({ pending: 0 });
-    expect(statusView({ store, scheduler: { slots: 1, busy: 0 } })).not.toHaveProperty('hints');
+    expect((await statusView({ store, scheduler: { slots: 1, busy: 0 }, hints: () => s.backlog() })).hints).toEqual({ pending: 0 });
+    expect(await statusView({ store, scheduler: { slots: 1, busy: 0 } })).not.toHaveProperty('hints');
     expect(told).toBe(2); // the failed attempt, then the delivery
   });
 });

@@ -80,8 +80,8 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
   let metrics: ReturnType<typeof createCiMetrics> | undefined;
   const scheduler = new Scheduler({ store, executor, reporters: [createStoreReporter(artifacts)], slots: loaded.config.slots, logger, onChange: (b) => metrics?.onBuild(b) });
   metrics = createCiMetrics({
-    queued: () => {
-      const q = store.queued();
+    queued: async () => {
+      const q = await store.queued();
       return { check: q.filter((b) => b.pipeline === 'check').length, gate: q.filter((b) => b.pipeline === 'gate').length };
     },
     busy: () => scheduler.busy,
@@ -157,7 +157,7 @@ describe('POST /api/changes', () => {
     const answer = SubmitAnswer.parse(r.json());
     expect(answer.change).toMatchObject({ project: 'app', branch: 'master', change: '1', patchset: 1, ref: 'refs/changes/01/1/1', author: 'alice', subject: 'fix', source: 'api' });
     expect(answer.builds).toHaveLength(1);
-    expect(api.store.build(answer.builds[0]!)).toMatchObject({ pipeline: 'check', project: 'app' });
+    expect(await api.store.build(answer.builds[0]!)).toMatchObject({ pipeline: 'check', project: 'app' });
     const back = await api.app.inject({ method: 'GET', url: `/api/changes/${answer.change.id}` });
     expect(back.statusCode).toBe(200);
     const parsed = (back.json() as { change: unknown; builds: unknown[] });
@@ -193,7 +193,7 @@ describe('POST /api/changes', () => {
     const api = await makeApi();
     const r = await api.app.inject({ method: 'POST', url: '/api/changes', payload: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
     expectError(r, 400, 'AIRLOCK_E_INVALID_INPUT');
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
   });
 
   it('names every bad field in one answer', async () => {
@@ -231,7 +231,7 @@ describe('POST /api/changes', () => {
     expectError(await send('project=app&ref=refs/heads/x', 'application/x-www-form-urlencoded'), 415, 'AIRLOCK_E_INVALID_INPUT');
     expectError(await send('{"project": "app"}'), 415, 'AIRLOCK_E_INVALID_INPUT');
     expectError(await send(undefined), 400, 'AIRLOCK_E_INVALID_INPUT');
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
   });
 
   it('answers 413 to a body over the limit', async () => {
@@ -249,7 +249,7 @@ describe('POST /api/changes', () => {
     expectError(await post(api, { nonsense: true }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     expect(new Set([none.message, wrong.message, short.message, basic.message]).size).toBe(1);
     expect(none.message).not.toContain(TOKEN);
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
     const ok = await post(api, CHANGE, { authorization: `Bearer ${TOKEN}` });
     expect(ok.statusCode, ok.body).toBe(202);
     const id = SubmitAnswer.parse(ok.json()).builds[0]!;
@@ -324,7 +324,7 @@ describe('builds, queue, logs, events', () => {
     const other = await submit({ project: 'TestRepo1', patchset: 1 });
     await api.scheduler.idle();
     // An approval may record a patch set no build has run for yet.
-    api.store.recordChange({ project: 'app', branch: 'master', change: '1', patchset: 3, ref: 'refs/changes/01/1/3', author: 'alice', source: 'gerrit' });
+    await api.store.recordChange({ project: 'app', branch: 'master', change: '1', patchset: 3, ref: 'refs/changes/01/1/3', author: 'alice', source: 'gerrit' });
     const get = async (q: string): Promise<ChangeLookup> => {
       const r = await api.app.inject({ method: 'GET', url: `/api/changes?${q}` });
       expect(r.statusCode, r.body).toBe(200);
@@ -348,7 +348,7 @@ describe('builds, queue, logs, events', () => {
   it('GET /api/changes?change= is bounded: at most LOOKUP_PROJECTS projects, and says there are more', async () => {
     const api = await makeApi();
     for (let i = 0; i <= LOOKUP_PROJECTS; i++) {
-      api.store.recordChange({ project: `p${String(i).padStart(2, '0')}`, branch: 'master', change: '5', patchset: 1, ref: 'refs/changes/05/5/1', author: 'a', source: 'api' });
+      await api.store.recordChange({ project: `p${String(i).padStart(2, '0')}`, branch: 'master', change: '5', patchset: 1, ref: 'refs/changes/05/5/1', author: 'a', source: 'api' });
     }
     const r = ChangeLookup.parse((await api.app.inject({ method: 'GET', url: '/api/changes?change=5' })).json());
     expect(r.changes).toHaveLength(LOOKUP_PROJECTS);
@@ -394,7 +394,7 @@ describe('builds, queue, logs, events', () => {
     expect(r.statusCode, r.body).toBe(202);
     expect(BuildView.parse(r.json()).id).toBe(id);
     await api.scheduler.idle();
-    expect(api.store.build(id)).toMatchObject({ result: 'cancelled', reason: 'cancelled by request' });
+    expect(await api.store.build(id)).toMatchObject({ result: 'cancelled', reason: 'cancelled by request' });
   });
 
   it('serves a job log from the artifact store, and 404 for a job the build does not have', async () => {
@@ -530,7 +530,7 @@ describe('POST /hooks/gerrit', () => {
     expect(r.statusCode, r.body).toBe(202);
     const out = r.json() as { accepted: boolean; builds: number[]; superseded: number[] };
     expect(out).toMatchObject({ accepted: true, superseded: [] });
-    expect(api.store.build(out.builds[0]!)).toMatchObject({
+    expect(await api.store.build(out.builds[0]!)).toMatchObject({
       project: 'TestRepo1',
       branch: 'patch_create',
       pipeline: 'check',
@@ -546,7 +546,7 @@ describe('POST /hooks/gerrit', () => {
     const again = await hook(api, body);
     expect(again.statusCode).toBe(202);
     expect(again.json()).toEqual({ accepted: false, reason: 'already received (redelivery)' });
-    expect(api.store.builds({})).toHaveLength(1);
+    expect(await api.store.builds({})).toHaveLength(1);
   });
 
   describe('review events and the gate', () => {
@@ -589,8 +589,8 @@ describe('POST /hooks/gerrit', () => {
       expect(r.statusCode, r.body).toBe(202);
       expect(r.json()).toEqual({ accepted: true, builds: [], superseded: [], gate: 'approved' });
       expect(r0.calls).toEqual(['approve TestRepo 1,2']);
-      expect(api.store.latestChange('TestRepo', '1')).toMatchObject({ patchset: 2, branch: 'test_branch', source: 'gerrit' });
-      expect(api.store.builds({})).toEqual([]);
+      expect(await api.store.latestChange('TestRepo', '1')).toMatchObject({ patchset: 2, branch: 'test_branch', source: 'gerrit' });
+      expect(await api.store.builds({})).toEqual([]);
     });
 
     it('tracks votes per reviewer: another reviewer\'s +1 keeps the approval; the +2 taken back or anyone\'s -2 withdraws it', async () => {
@@ -621,7 +621,7 @@ describe('POST /hooks/gerrit', () => {
       const build = (check.json() as { builds: number[] }).builds[0]!;
       expect((await hook(api, about('change-abandoned', { abandoner: { username: 'ada' }, reason: 'no' }, { status: 'ABANDONED' }))).json()).toMatchObject({ accepted: true, gate: 'abandoned' });
       await api.scheduler.idle();
-      expect(api.store.build(build)).toMatchObject({ state: 'finished', result: 'cancelled' });
+      expect(await api.store.build(build)).toMatchObject({ state: 'finished', result: 'cancelled' });
       expect((await hook(api, about('change-restored', { restorer: { username: 'ada' } }))).json()).toMatchObject({ accepted: true, gate: 'restored' });
       expect(r0.calls).toEqual(['approve TestRepo 1,2', 'abandoned TestRepo 1', 'unapprove TestRepo 1,2', 'restored TestRepo 1', 'approve TestRepo 1,2']);
     });
@@ -641,7 +641,7 @@ describe('POST /hooks/gerrit', () => {
       api.executor.hold('*');
       expect((await hook(api, comment('ada', [], 'Patch Set 2:\n\nrecheck'))).json()).toMatchObject({ accepted: true, builds: [1] });
       expect((await hook(api, comment('ada', [], 'Patch Set 2:\n\nplease do not recheck this'))).json()).toMatchObject({ accepted: false });
-      expect(api.store.builds({}).map((b) => [b.pipeline, b.change.change, b.change.patchset])).toEqual([['check', '1', 2]]);
+      expect((await api.store.builds({})).map((b) => [b.pipeline, b.change.change, b.change.patchset])).toEqual([['check', '1', 2]]);
     });
 
     it('a trivial rebase keeps the approval for the new patch set; a rework does not', async () => {
@@ -704,7 +704,7 @@ describe('POST /hooks/gerrit', () => {
     const r = await hook(api, fixture('change-abandoned.json'));
     expect(r.statusCode).toBe(202);
     expect(r.json()).toMatchObject({ accepted: false, reason: expect.any(String) });
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
   });
 
   it('acknowledges a patchset of a project it does not check without queueing it', async () => {
@@ -713,7 +713,7 @@ describe('POST /hooks/gerrit', () => {
     const r = await hook(api, body);
     expect(r.statusCode).toBe(202);
     expect(r.json()).toMatchObject({ accepted: false });
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
   });
 
   it('answers 401 to an unsigned or wrongly signed body, and 400 to signed garbage', async () => {
@@ -726,7 +726,7 @@ describe('POST /hooks/gerrit', () => {
     expectError(await hook(api, '{"type": "patchset-created", '), 400, 'AIRLOCK_E_INVALID_INPUT');
     expectError(await hook(api, '{"type": "patchset-created"}'), 400, 'AIRLOCK_E_INVALID_INPUT');
     expectError(await hook(api, Buffer.from([0xff, 0xfe, 0x00])), 400, 'AIRLOCK_E_INVALID_INPUT');
-    expect(api.store.builds({})).toEqual([]);
+    expect(await api.store.builds({})).toEqual([]);
   });
 
   it('takes any content type, since the signature covers the raw bytes', async () => {
@@ -775,6 +775,6 @@ describe('POST /hooks/gerrit', () => {
     const late = await hook(api, fixture('patchset-created.json'));
     expect(late.statusCode).toBe(202);
     expect(late.json()).toEqual({ accepted: false, reason: 'change 2 of TestRepo1 is already at patchset 2; patchset 1 is outdated' });
-    expect(api.store.builds({})).toHaveLength(1);
+    expect(await api.store.builds({})).toHaveLength(1);
   });
 });

@@ -44,82 +44,82 @@ function recorder(): StatusSubscriber & { got: StatusView[]; ended: number } {
 }
 
 describe('StatusFeed', () => {
-  it('debounces a burst into one snapshot, sends nothing when only the clock moved, and never waits past maxWaitMs', () => {
+  it('debounces a burst into one snapshot, sends nothing when only the clock moved, and never waits past maxWaitMs', async () => {
     vi.useFakeTimers();
     let view: StatusView = { ...EMPTY };
     const snapshot = vi.fn(() => ({ ...view, generatedAt: Date.now() }));
     const feed = new StatusFeed({ snapshot, debounceMs: 100, maxWaitMs: 250 });
     feed.notify(); // nobody is watching: no work at all
-    vi.advanceTimersByTime(1_000);
+    await vi.advanceTimersByTimeAsync(1_000);
     expect(snapshot).not.toHaveBeenCalled();
 
     const a = recorder();
-    const { first } = feed.subscribe(a);
+    const { first } = await feed.subscribe(a);
     expect(StatusView.parse(JSON.parse(first)).busy).toBe(0);
     view = { ...view, busy: 1 };
     for (let i = 0; i < 5; i++) feed.notify();
-    vi.advanceTimersByTime(99);
+    await vi.advanceTimersByTimeAsync(99);
     expect(a.got).toEqual([]);
-    vi.advanceTimersByTime(1);
+    await vi.advanceTimersByTimeAsync(1);
     expect(a.got.map((v) => v.busy)).toEqual([1]);
     feed.notify(); // same content, a later clock: not sent
-    vi.advanceTimersByTime(100);
+    await vi.advanceTimersByTimeAsync(100);
     expect(a.got).toHaveLength(1);
 
     // A change every 50 ms keeps postponing the debounce, but a snapshot still goes out by maxWaitMs.
     for (let i = 0; i < 10; i++) {
       view = { ...view, slots: 2 + i };
       feed.notify();
-      vi.advanceTimersByTime(50);
+      await vi.advanceTimersByTimeAsync(50);
     }
     expect(a.got.length).toBeGreaterThanOrEqual(2);
-    vi.advanceTimersByTime(100);
+    await vi.advanceTimersByTimeAsync(100);
     expect(a.got.at(-1)!.slots).toBe(11);
   });
 
-  it('refuses a subscriber past the bound, forgets one that unsubscribed, and ends all on close', () => {
+  it('refuses a subscriber past the bound, forgets one that unsubscribed, and ends all on close', async () => {
     const feed = new StatusFeed({ snapshot: () => EMPTY, maxSubscribers: 2 });
     const a = recorder();
     const b = recorder();
-    feed.subscribe(a);
-    const sb = feed.subscribe(b);
-    expect(() => feed.subscribe(recorder())).toThrow(RateLimitedError);
+    await feed.subscribe(a);
+    const sb = await feed.subscribe(b);
+    await expect(feed.subscribe(recorder())).rejects.toThrow(RateLimitedError);
     sb.unsubscribe();
     expect(feed.size).toBe(1);
-    feed.subscribe(recorder());
+    await feed.subscribe(recorder());
     feed.close();
     expect(a.ended).toBe(1);
     expect(b.ended).toBe(0);
     expect(feed.size).toBe(0);
-    expect(() => feed.subscribe(recorder())).toThrow(RateLimitedError);
+    await expect(feed.subscribe(recorder())).rejects.toThrow(RateLimitedError);
   });
 });
 
 describe('statusView', () => {
-  it('shows unfinished check builds as independent items and the gate’s queues with their builds’ jobs', () => {
+  it('shows unfinished check builds as independent items and the gate’s queues with their builds’ jobs', async () => {
     let clock = 1_000;
     const store = new BuildStore(openDatabase(':memory:'), () => clock);
     const change = (change: string, subject?: string) => ({ project: 'p', branch: 'main', change, patchset: 1, ref: `refs/changes/${change}/1`, author: 'eve', source: 'api', ...(subject ? { subject } : {}) });
     // A check build running its first job; one job of this project passed before in 4 s.
-    const before = store.enqueue(change('0'), 'check').buildId;
-    store.start(before);
-    store.planJobs(before, [{ name: 'unit', voting: true }]);
-    store.updateJob(before, 'unit', { state: 'running' });
+    const before = (await store.enqueue(change('0'), 'check')).buildId;
+    await store.start(before);
+    await store.planJobs(before, [{ name: 'unit', voting: true }]);
+    await store.updateJob(before, 'unit', { state: 'running' });
     clock = 5_000;
-    store.updateJob(before, 'unit', { state: 'passed' });
-    store.finish(before, 'passed', '1 voting job passed');
-    const check = store.enqueue(change('1', '<b>hi</b>'), 'check').buildId;
-    store.start(check);
-    store.planJobs(check, [{ name: 'unit', voting: true, timeoutMs: 60_000 }, { name: 'lint', voting: false }]);
+    await store.updateJob(before, 'unit', { state: 'passed' });
+    await store.finish(before, 'passed', '1 voting job passed');
+    const check = (await store.enqueue(change('1', '<b>hi</b>'), 'check')).buildId;
+    await store.start(check);
+    await store.planJobs(check, [{ name: 'unit', voting: true, timeoutMs: 60_000 }, { name: 'lint', voting: false }]);
     clock = 6_000;
-    store.updateJob(check, 'unit', { state: 'running' });
+    await store.updateJob(check, 'unit', { state: 'running' });
     // Gate: A's build set has run (its build is known), B has no build yet.
-    const a = store.recordChange(change('A', 'add A'));
-    store.recordChange(change('B'));
-    const gateBuild = store.enqueueGateBuild(a.id, [{ ref: a.ref, label: 'A,1' }], 7);
-    store.start(gateBuild);
-    store.planJobs(gateBuild, [{ name: 'unit', voting: true }]);
-    store.updateJob(gateBuild, 'unit', { state: 'failed' });
+    const a = await store.recordChange(change('A', 'add A'));
+    await store.recordChange(change('B'));
+    const gateBuild = await store.enqueueGateBuild(a.id, [{ ref: a.ref, label: 'A,1' }], 7);
+    await store.start(gateBuild);
+    await store.planJobs(gateBuild, [{ name: 'unit', voting: true }]);
+    await store.updateJob(gateBuild, 'unit', { state: 'failed' });
     const gate: GateView = {
       queues: [
         {
@@ -132,7 +132,7 @@ describe('statusView', () => {
         },
       ],
     };
-    const view = StatusView.parse(statusView({ store, scheduler: { slots: 2, busy: 1 }, gate: { view: () => gate }, now: () => 9_000 }));
+    const view = StatusView.parse(await statusView({ store, scheduler: { slots: 2, busy: 1 }, gate: { view: () => gate }, now: () => 9_000 }));
     expect(view).toMatchObject({ generatedAt: 9_000, slots: 2, busy: 1 });
     const [checkP, gateP] = view.pipelines;
     expect(checkP!.queues).toEqual([

@@ -91,7 +91,7 @@ jobs:
   it('cancels a running build when a newer patchset arrives, and runs the new one', async () => {
     const ps1 = up.change(105, 1, { slow: '1' });
     const old = await ci.submit({ project: 'demo/app', ref: ps1.ref, change: '105', patchset: 1 });
-    await until(() => ci.service.store.build(old).jobs.some((j) => j.state === 'running'));
+    await until(async () => (await ci.service.store.build(old)).jobs.some((j) => j.state === 'running'));
     const ps2 = up.change(105, 2, { 'hello.txt': 'fixed\n' });
     const next = await ci.submit({ project: 'demo/app', ref: ps2.ref, change: '105', patchset: 2 });
     const o = await ci.waitFor(old);
@@ -106,9 +106,9 @@ jobs:
   });
 });
 
-async function until(cond: () => boolean, ms = 30_000): Promise<void> {
+async function until(cond: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 25));
   }

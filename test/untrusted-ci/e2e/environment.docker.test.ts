@@ -81,17 +81,17 @@ cache: { budget: 20g, keepRecent: 0, minIdle: 0 }
     const id = await ci.submit({ project: PROJECT, ref: up.change(5, 1, { slow: '1', 'ci/Dockerfile': 'FROM airlock/base:busybox\nRUN echo tool-v3 > /tool.txt\n' }).ref, change: '5' });
     // Wait until its job runs (the environment is built and the build holds it).
     for (let i = 0; i < 600; i++) {
-      const b = ci.service.store.build(id);
+      const b = await ci.service.store.build(id);
       if (b.jobs.some((j) => j.state === 'running')) break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    const running = ci.service.store.build(id);
+    const running = await ci.service.store.build(id);
     const image = running.environment!.image;
     const report = await cache().gc({ budgetBytes: 0 });
     expect(report.removed).not.toContain(image);
     expect(report.removed.length).toBeGreaterThan(0); // the idle images of the earlier builds went
     await expect(ci.service.docker.getImage(image).inspect()).resolves.toBeTruthy();
-    ci.service.scheduler.cancel(id);
+    await ci.service.scheduler.cancel(id);
     expect((await ci.waitFor(id)).result).toBe('cancelled');
     // Nothing holds it now: the next GC may take it.
     const after = await cache().gc({ budgetBytes: 0 });

@@ -92,7 +92,7 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     await ci.service.gate.idle();
     expect((await get<GateView>('/api/gate')).queues.flatMap((q) => q.items).map((i) => i.change)).not.toContain(String(f.number));
     expect(await reportsOf(f.number)).toEqual([]);
-    expect(ci.service.review!.state.get(PROJECT, String(f.number))?.votes['Code-Review']).toBeUndefined();
+    expect((await ci.service.review!.state.get(PROJECT, String(f.number)))?.votes['Code-Review']).toBeUndefined();
   });
 
   it('votes and submits only where it tested: a change whose branch an event lied about is not merged', async () => {
@@ -106,7 +106,7 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     const forged = { ...created, change: { ...created.change, branch: 'master' } };
     const posted = await fetch(`${ci.url}/hooks/gerrit/${encodeURIComponent(rig.hookSecret)}`, { method: 'POST', body: JSON.stringify(forged), headers: { 'content-type': 'application/json' } });
     expect(posted.status).toBe(202);
-    expect(ci.service.store.latestChange(PROJECT, String(s.number))?.branch).toBe('master');
+    expect((await ci.service.store.latestChange(PROJECT, String(s.number)))?.branch).toBe('master');
     g.review(s.number, 'grace', { labels: { 'Code-Review': 2 } });
     const r = await report(s.number);
     expect(r.result).toBe('MERGE_FAILURE');

@@ -84,16 +84,16 @@ async function rig(o: RigOptions = {}) {
     logger: createLogger({ level: 'silent' }),
     ...(o.slots ? { slots: o.slots } : {}),
   });
-  const { buildId } = store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
-  store.start(buildId);
-  const jobs = () => Object.fromEntries(store.build(buildId).jobs.map((j) => [j.name, j.reason ? `${j.state}: ${j.reason}` : j.state]));
+  const { buildId } = await store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
+  await store.start(buildId);
+  const jobs = async () => Object.fromEntries((await store.build(buildId)).jobs.map((j) => [j.name, j.reason ? `${j.state}: ${j.reason}` : j.state]));
   return { executor, store, runner, buildId, artifacts, jobs, released: () => released, prepared: () => prepared, log, build: () => store.build(buildId) };
 }
 
 describe('CheckBuildExecutor (pure tier: runner and environment through their ports)', () => {
   it('runs the jobs as a graph of their needs; all voting jobs passing is a pass; logs uploaded; the environment released', async () => {
     const r = await rig();
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
     // build, lint and docs need nothing and start together (which reaches the runner first is the
     // file system's race); unit once build passed, after once unit did.
@@ -101,38 +101,38 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect([...ran].sort()).toEqual(['after', 'build', 'docs', 'lint', 'unit']);
     expect(ran.indexOf('build')).toBeLessThan(ran.indexOf('unit'));
     expect(ran.indexOf('unit')).toBeLessThan(ran.indexOf('after'));
-    expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
+    expect(await r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
     expect(readFileSync(join(r.artifacts.root, logKey(String(r.buildId), 'unit')), 'utf8')).toBe('log of unit\n');
     expect(r.released()).toBe(1);
   });
 
   it('skips the dependents of a failed job with the reason, still runs the others, and fails on the voting ones', async () => {
     const r = await rig({ runner: new FakeRunner((s) => (['unit', 'docs'].includes(s.env.AIRLOCK_JOB ?? '') ? 'failed' : 'passed')) });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: unit, after' });
     expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
-    expect(r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'failed: exit 1', lint: 'passed: exit 0', after: 'skipped: needs unit, which did not pass', docs: 'failed: exit 1' });
+    expect(await r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'failed: exit 1', lint: 'passed: exit 0', after: 'skipped: needs unit, which did not pass', docs: 'failed: exit 1' });
     expect(r.released()).toBe(1);
   });
 
   it('a job the runner refuses (the change asked for too much) fails with the reason; the build goes on', async () => {
     const refusal = new PolicyViolationError([{ file: 'job', path: 'limits.memory', message: 'more memory than the policy allows', severity: 'error' }]);
     const r = await rig({ runner: new FakeRunner((s) => (s.env.AIRLOCK_JOB === 'build' ? refusal : 'passed')) });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toEqual({ result: 'failed', reason: 'failed: build, unit, after' });
-    expect(r.jobs()).toMatchObject({ build: `failed: ${refusal.message}`, unit: 'skipped: needs build, which did not pass', lint: 'passed: exit 0' });
+    expect(await r.jobs()).toMatchObject({ build: `failed: ${refusal.message}`, unit: 'skipped: needs build, which did not pass', lint: 'passed: exit 0' });
   });
 
   it('places each job by its memory and CPUs: one larger than the whole host fails naming the figures, the others run and free their room', async () => {
     const slots = new Slots(4, { memory: 768 * 1024 ** 2, cpus: 2 });
     const yaml = config(job('build', '    resources: { memory: 512m }\n') + job('unit', '    needs: [build]\n    resources: { memory: 256m }\n') + job('lint'));
     const r = await rig({ yaml, slots });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     // lint takes the policy's 1 GiB: more than the host's 768 MiB for jobs.
     expect(out).toEqual({ result: 'failed', reason: 'failed: lint' });
     expect(r.runner.ran.map((x) => x.job)).toEqual(['build', 'unit']);
-    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0' });
-    expect(r.jobs().lint).toBe(
+    expect(await r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0' });
+    expect((await r.jobs()).lint).toBe(
       "failed: ci.yaml: capacity: the job's limits ask for 1 GiB of memory, more than the 768 MiB this host has for jobs: it could never start here (ask for less in .airlock.yaml, or the operator raises capacity)",
     );
     expect(slots.usage).toMatchObject({ memory: 0, cpus: 0 });
@@ -153,7 +153,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     }
     const r = await rig({ runner: new Held((s) => (s.env.AIRLOCK_JOB === 'build' ? new ExecutorFailedError('engine gone') : 'passed')) });
     const cancel = new AbortController(); // only to free lint should the build not stop it
-    const out = r.executor.execute(r.build(), cancel.signal);
+    const out = r.executor.execute(await r.build(), cancel.signal);
     out.catch(() => undefined);
     await until('lint stopped by the engine failure beside it', () => (lintStopped ? true : undefined), 30_000).catch((e: unknown) => {
       cancel.abort();
@@ -165,11 +165,11 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
 
   it('refuses jobs over the build budget as a config error, before any job runs', async () => {
     const r = await rig({ policy: { ...policy, build: { ...policy.build, jobs: 3 } } });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem' });
     expect(out.issues?.[0]?.message).toBe('5 jobs run in the check pipeline; the policy allows at most 3 per build');
     expect(r.runner.ran).toEqual([]);
-    expect(r.build().jobs).toEqual([]);
+    expect((await r.build()).jobs).toEqual([]);
   });
 
   it('a policy violation of the environment is a config error listing it; no job runs', async () => {
@@ -180,7 +180,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
         },
       },
     });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 1 problem', issues: [{ path: 'environment.image' }] });
     expect(r.runner.ran).toEqual([]);
   });
@@ -193,10 +193,10 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
         return 'passed';
       }),
     });
-    await expect(r.executor.execute(r.build(), ac.signal)).rejects.toBeInstanceOf(CancelledError);
+    await expect(r.executor.execute(await r.build(), ac.signal)).rejects.toBeInstanceOf(CancelledError);
     // build, lint and docs started together before the abort; after, which needs unit, never starts.
     expect(r.runner.ran.map((x) => x.job).sort()).toEqual(['build', 'docs', 'lint', 'unit']);
-    expect(r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'waiting' });
+    expect(await r.jobs()).toMatchObject({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'waiting' });
     expect(r.released()).toBe(1);
   });
 
@@ -204,7 +204,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     const withPublish = (publish: string) => `${config(JOBS)}publish: ${publish}\n`;
     const run = async (o: RigOptions) => {
       const r = await rig(o);
-      const out = await r.executor.execute(r.build(), new AbortController().signal);
+      const out = await r.executor.execute(await r.build(), new AbortController().signal);
       return { r, out, lines: (out.issues ?? []).map((i) => `${i.severity}: ${i.file}: ${i.path}: ${i.message}`) };
     };
 
@@ -268,7 +268,7 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
       '',
     ].join('\n');
     const r = await rig({ yaml });
-    const out = await r.executor.execute(r.build(), new AbortController().signal);
+    const out = await r.executor.execute(await r.build(), new AbortController().signal);
     expect(out).toMatchObject({ result: 'config-error', reason: '.airlock.yaml has 4 problems' });
     expect(out.issues?.map((i) => `${i.path}: ${i.message}`)).toEqual([
       'jobs.build: Unrecognized key: "nedds"; did you mean "needs"?',

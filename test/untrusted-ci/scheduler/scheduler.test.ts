@@ -26,7 +26,7 @@ afterEach(async () => {
   for (const r of open.splice(0)) {
     r.executor.release('*');
     await r.scheduler.close();
-    r.db.close();
+    await r.db.close();
   }
 });
 
@@ -47,8 +47,8 @@ function change(project: string, id: string, patchset = 1): NewChange {
   return { project, branch: 'main', change: id, patchset, ref: `refs/changes/${id}/${patchset}`, author: 'alice', source: 'test' };
 }
 
-function submit(r: Rig, project: string, id: string, patchset = 1, pipeline: Pipeline = 'check'): number {
-  return r.scheduler.submit(change(project, id, patchset), pipeline).build.id;
+async function submit(r: Rig, project: string, id: string, patchset = 1, pipeline: Pipeline = 'check'): Promise<number> {
+  return (await r.scheduler.submit(change(project, id, patchset), pipeline)).build.id;
 }
 
 /** A few turns of the event loop: lets a scheduler that would (wrongly) start more builds do so. */
@@ -60,25 +60,26 @@ describe('Scheduler', () => {
   it('never runs more builds than it has slots, and runs and reports every build exactly once', async () => {
     const r = await rig({ slots: 2 });
     r.executor.hold('*');
-    const ids = ['A', 'B', 'C', 'D', 'E'].map((c) => submit(r, 'p', c));
+    const ids: number[] = [];
+    for (const c of ['A', 'B', 'C', 'D', 'E']) ids.push(await submit(r, 'p', c));
     await r.executor.until((x) => x.held.length === 2);
     await turns();
     expect(r.executor.running).toHaveLength(2);
     expect(r.scheduler.busy).toBe(2);
-    expect(r.store.counts()).toEqual({ queued: 3, running: 2 });
+    expect(await r.store.counts()).toEqual({ queued: 3, running: 2 });
     r.executor.release('*');
     await r.scheduler.idle();
     expect(r.executor.maxConcurrent).toBe(2);
     expect(r.executor.history.map((h) => h.buildId).sort()).toEqual(ids);
     expect(r.reporter.ids().sort()).toEqual(ids);
-    for (const id of ids) expect(r.store.build(id)).toMatchObject({ state: 'finished', result: 'passed', attempt: 1 });
-    expect(r.store.unreported()).toEqual([]);
+    for (const id of ids) expect(await r.store.build(id)).toMatchObject({ state: 'finished', result: 'passed', attempt: 1 });
+    expect(await r.store.unreported()).toEqual([]);
   });
 
   it('uses every slot it has', async () => {
     const r = await rig({ slots: 3 });
     r.executor.hold('*');
-    for (const c of ['A', 'B', 'C', 'D']) submit(r, `p${c}`, c);
+    for (const c of ['A', 'B', 'C', 'D']) await submit(r, `p${c}`, c);
     await r.executor.until((x) => x.held.length === 3);
     r.executor.release('*');
     await r.scheduler.idle();
@@ -88,33 +89,33 @@ describe('Scheduler', () => {
   it('reports a failing change as failed, not as an error', async () => {
     const r = await rig();
     r.executor.fail('B');
-    const a = submit(r, 'p', 'A');
-    const b = submit(r, 'p', 'B');
+    const a = await submit(r, 'p', 'A');
+    const b = await submit(r, 'p', 'B');
     await r.scheduler.idle();
-    expect(r.store.build(a).result).toBe('passed');
-    expect(r.store.build(b)).toMatchObject({ result: 'failed', reason: 'failed: unit' });
+    expect((await r.store.build(a)).result).toBe('passed');
+    expect(await r.store.build(b)).toMatchObject({ result: 'failed', reason: 'failed: unit' });
   });
 
   it('stores the outcome the executor returns, issues included', async () => {
     const r = await rig();
     const issues = [{ file: 'src/a.ts', path: '', message: 'conflict', severity: 'error' as const }];
     r.executor.outcome('A', { result: 'merge-conflict', reason: 'src/a.ts conflicts', issues });
-    const id = submit(r, 'p', 'A');
+    const id = await submit(r, 'p', 'A');
     await r.scheduler.idle();
-    expect(r.store.build(id)).toMatchObject({ result: 'merge-conflict', reason: 'src/a.ts conflicts', issues });
+    expect(await r.store.build(id)).toMatchObject({ result: 'merge-conflict', reason: 'src/a.ts conflicts', issues });
     expect(r.reporter.reported[0]).toMatchObject({ id, result: 'merge-conflict', issues });
   });
 
   it('supersedes a running build when a newer patchset arrives, and runs the newer one', async () => {
     const r = await rig();
     r.executor.hold('A,1');
-    const old = submit(r, 'p', 'A', 1);
+    const old = await submit(r, 'p', 'A', 1);
     await r.executor.until((x) => x.held.length === 1);
-    const { build, superseded } = r.scheduler.submit(change('p', 'A', 2), 'check');
+    const { build, superseded } = await r.scheduler.submit(change('p', 'A', 2), 'check');
     expect(superseded).toEqual([old]);
     await r.scheduler.idle();
-    expect(r.store.build(old)).toMatchObject({ state: 'finished', result: 'superseded', reason: 'superseded by patchset 2' });
-    expect(r.store.build(build.id)).toMatchObject({ state: 'finished', result: 'passed' });
+    expect(await r.store.build(old)).toMatchObject({ state: 'finished', result: 'superseded', reason: 'superseded by patchset 2' });
+    expect(await r.store.build(build.id)).toMatchObject({ state: 'finished', result: 'passed' });
     expect(r.executor.history.map((h) => [h.change, h.patchset, h.result])).toEqual([
       ['A', 1, 'aborted'],
       ['A', 2, 'passed'],
@@ -125,11 +126,11 @@ describe('Scheduler', () => {
   it('supersedes a queued build without running it', async () => {
     const r = await rig({ slots: 1 });
     r.executor.hold('X');
-    const blocker = submit(r, 'p', 'X');
+    const blocker = await submit(r, 'p', 'X');
     await r.executor.until((x) => x.held.length === 1);
-    const old = submit(r, 'p', 'A', 1);
-    const newer = submit(r, 'p', 'A', 3);
-    expect(r.store.build(old)).toMatchObject({ state: 'finished', result: 'superseded' });
+    const old = await submit(r, 'p', 'A', 1);
+    const newer = await submit(r, 'p', 'A', 3);
+    expect(await r.store.build(old)).toMatchObject({ state: 'finished', result: 'superseded' });
     r.executor.release('*');
     await r.scheduler.idle();
     expect(r.executor.history.map((h) => h.buildId)).toEqual([blocker, newer]);
@@ -139,66 +140,66 @@ describe('Scheduler', () => {
   it('supersedes only the same pipeline', async () => {
     const r = await rig({ slots: 1 });
     r.executor.hold('X');
-    submit(r, 'p', 'X');
+    await submit(r, 'p', 'X');
     await r.executor.until((x) => x.held.length === 1);
-    const gate = submit(r, 'p', 'A', 1, 'gate');
-    const { superseded } = r.scheduler.submit(change('p', 'A', 2), 'check');
+    const gate = await submit(r, 'p', 'A', 1, 'gate');
+    const { superseded } = await r.scheduler.submit(change('p', 'A', 2), 'check');
     expect(superseded).toEqual([]);
-    expect(r.store.build(gate).state).toBe('queued');
+    expect((await r.store.build(gate)).state).toBe('queued');
     r.executor.release('*');
     await r.scheduler.idle();
-    expect(r.store.build(gate).result).toBe('passed');
+    expect((await r.store.build(gate)).result).toBe('passed');
   });
 
   it('refuses a patchset older than the newest known, with ConflictError and nothing queued', async () => {
     const r = await rig();
-    submit(r, 'p', 'A', 2);
+    await submit(r, 'p', 'A', 2);
     await r.scheduler.idle();
-    expect(() => submit(r, 'p', 'A', 1)).toThrow(ConflictError);
-    expect(r.store.builds({})).toHaveLength(1);
+    await expect(submit(r, 'p', 'A', 1)).rejects.toThrow(ConflictError);
+    expect(await r.store.builds({})).toHaveLength(1);
   });
 
   it('cancels a running build and a queued one; cancelling a finished build changes nothing', async () => {
     const r = await rig({ slots: 1 });
     r.executor.hold('*');
-    const running = submit(r, 'p', 'A');
-    const queued = submit(r, 'p', 'B');
+    const running = await submit(r, 'p', 'A');
+    const queued = await submit(r, 'p', 'B');
     await r.executor.until((x) => x.held.length === 1);
-    r.scheduler.cancel(queued);
-    r.scheduler.cancel(running);
+    await r.scheduler.cancel(queued);
+    await r.scheduler.cancel(running);
     await r.scheduler.idle();
-    expect(r.store.build(running)).toMatchObject({ result: 'cancelled', reason: 'cancelled' });
-    expect(r.store.build(queued)).toMatchObject({ result: 'cancelled', attempt: 0 });
+    expect(await r.store.build(running)).toMatchObject({ result: 'cancelled', reason: 'cancelled' });
+    expect(await r.store.build(queued)).toMatchObject({ result: 'cancelled', attempt: 0 });
     expect(r.executor.history.map((h) => h.buildId)).toEqual([running]);
     r.executor.release('*');
-    const done = submit(r, 'p', 'C');
+    const done = await submit(r, 'p', 'C');
     await r.scheduler.idle();
-    r.scheduler.cancel(done);
-    expect(r.store.build(done).result).toBe('passed');
+    await r.scheduler.cancel(done);
+    expect((await r.store.build(done)).result).toBe('passed');
     expect(r.reporter.ids().sort()).toEqual([running, queued, done].sort());
   });
 
   it('re-queues a build after a retryable error and passes on a later attempt', async () => {
     const r = await rig({ maxAttempts: 3 });
     r.executor.throwRetryable(2);
-    const id = submit(r, 'p', 'A');
+    const id = await submit(r, 'p', 'A');
     await r.scheduler.idle();
     expect(r.executor.history.map((h) => [h.attempt, h.result])).toEqual([
       [1, 'threw'],
       [2, 'threw'],
       [3, 'passed'],
     ]);
-    expect(r.store.build(id)).toMatchObject({ result: 'passed', attempt: 3 });
+    expect(await r.store.build(id)).toMatchObject({ result: 'passed', attempt: 3 });
     expect(r.reporter.ids()).toEqual([id]);
   });
 
   it('gives up after maxAttempts retryable errors with result error and the code in the reason', async () => {
     const r = await rig({ maxAttempts: 2 });
     r.executor.throwRetryable(5);
-    const id = submit(r, 'p', 'A');
+    const id = await submit(r, 'p', 'A');
     await r.scheduler.idle();
     expect(r.executor.history).toHaveLength(2);
-    const b = r.store.build(id);
+    const b = await r.store.build(id);
     expect(b).toMatchObject({ state: 'finished', result: 'error', attempt: 2 });
     expect(b.reason).toMatch(/^AIRLOCK_E_EXECUTOR_FAILED: /);
     expect(r.reporter.ids()).toEqual([id]);
@@ -207,43 +208,43 @@ describe('Scheduler', () => {
   it('finishes a build with error and the message when the executor throws something that is not an AirlockError', async () => {
     const r = await rig();
     r.executor.throwError('A', new TypeError('boom'));
-    const id = submit(r, 'p', 'A');
+    const id = await submit(r, 'p', 'A');
     await r.scheduler.idle();
     expect(r.executor.history).toHaveLength(1); // not retried
-    expect(r.store.build(id)).toMatchObject({ result: 'error', reason: 'internal error: boom' });
+    expect(await r.store.build(id)).toMatchObject({ result: 'error', reason: 'internal error: boom' });
   });
 
   it('does not retry a retryable error the signal caused', async () => {
     const r = await rig();
     r.executor.hold('*');
     r.executor.throwError('A', new GitFailedError('fetch interrupted'));
-    const id = submit(r, 'p', 'A');
+    const id = await submit(r, 'p', 'A');
     await r.executor.until((x) => x.held.length === 1);
-    r.scheduler.cancel(id);
+    await r.scheduler.cancel(id);
     await r.scheduler.idle();
-    expect(r.store.build(id)).toMatchObject({ result: 'cancelled', attempt: 1 });
+    expect(await r.store.build(id)).toMatchObject({ result: 'cancelled', attempt: 1 });
   });
 
   it('close() leaves running builds running; a new scheduler on the same database re-runs them', async () => {
     const db = openDatabase(':memory:');
     const first = await rig({ db, slots: 1 });
     first.executor.hold('*');
-    const running = submit(first, 'p', 'A');
-    const queued = submit(first, 'p', 'B');
+    const running = await submit(first, 'p', 'A');
+    const queued = await submit(first, 'p', 'B');
     await first.executor.until((x) => x.held.length === 1);
     await first.scheduler.close();
-    expect(first.store.build(running)).toMatchObject({ state: 'running', attempt: 1 });
-    expect(first.store.build(queued).state).toBe('queued');
+    expect(await first.store.build(running)).toMatchObject({ state: 'running', attempt: 1 });
+    expect((await first.store.build(queued)).state).toBe('queued');
     expect(first.reporter.reported).toEqual([]);
     // A closed scheduler takes no more work.
-    const late = submit(first, 'p', 'C');
+    const late = await submit(first, 'p', 'C');
     await turns();
     expect(first.executor.history).toHaveLength(1);
 
     const second = await rig({ db, slots: 1 });
     open.push(second);
     await second.scheduler.idle();
-    expect(second.store.build(running)).toMatchObject({ state: 'finished', result: 'passed', attempt: 2 });
+    expect(await second.store.build(running)).toMatchObject({ state: 'finished', result: 'passed', attempt: 2 });
     expect(second.executor.history.map((h) => [h.buildId, h.attempt])).toEqual([
       [running, 2],
       [queued, 1],
@@ -255,13 +256,13 @@ describe('Scheduler', () => {
   it('reports at start the finished builds the last process never reported', async () => {
     const db = openDatabase(':memory:');
     const store = new BuildStore(db);
-    const { buildId } = store.enqueue(change('p', 'A'), 'check');
-    store.start(buildId);
-    store.finish(buildId, 'failed', 'failed: unit');
+    const { buildId } = await store.enqueue(change('p', 'A'), 'check');
+    await store.start(buildId);
+    await store.finish(buildId, 'failed', 'failed: unit');
     const r = await rig({ db });
     open.push(r);
     expect(r.reporter.ids()).toEqual([buildId]);
-    expect(r.store.unreported()).toEqual([]);
+    expect(await r.store.unreported()).toEqual([]);
     expect(r.executor.history).toEqual([]);
   });
 
@@ -269,10 +270,10 @@ describe('Scheduler', () => {
     const db = openDatabase(':memory:');
     const first = await rig({ db });
     first.reporter.failNext();
-    const id = submit(first, 'p', 'A');
+    const id = await submit(first, 'p', 'A');
     await first.scheduler.idle();
-    expect(first.store.build(id).result).toBe('passed');
-    expect(first.store.unreported()).toEqual([id]);
+    expect((await first.store.build(id)).result).toBe('passed');
+    expect(await first.store.unreported()).toEqual([id]);
     await first.scheduler.close();
     const second = await rig({ db });
     open.push(second);
@@ -283,10 +284,10 @@ describe('Scheduler', () => {
   it('is fair across projects end to end: with one slot, the project with one change is served second', async () => {
     const r = await rig({ slots: 1 });
     r.executor.hold('*');
-    for (const c of ['A1', 'A2', 'A3', 'A4']) submit(r, 'a', c);
-    submit(r, 'b', 'B1');
-    submit(r, 'c', 'C1');
-    submit(r, 'a', 'A5');
+    for (const c of ['A1', 'A2', 'A3', 'A4']) await submit(r, 'a', c);
+    await submit(r, 'b', 'B1');
+    await submit(r, 'c', 'C1');
+    await submit(r, 'a', 'A5');
     await r.executor.until((x) => x.held.length === 1);
     r.executor.release('*');
     await r.scheduler.idle();
@@ -296,11 +297,11 @@ describe('Scheduler', () => {
   it('runs gate builds before check builds', async () => {
     const r = await rig({ slots: 1 });
     r.executor.hold('X');
-    submit(r, 'x', 'X');
+    await submit(r, 'x', 'X');
     await r.executor.until((x) => x.held.length === 1);
-    submit(r, 'p', 'C1');
-    submit(r, 'p', 'C2');
-    submit(r, 'q', 'G1', 1, 'gate');
+    await submit(r, 'p', 'C1');
+    await submit(r, 'p', 'C2');
+    await submit(r, 'q', 'G1', 1, 'gate');
     r.executor.release('*');
     await r.scheduler.idle();
     expect(r.executor.history.map((h) => h.change)).toEqual(['X', 'G1', 'C1', 'C2']);
@@ -310,7 +311,7 @@ describe('Scheduler', () => {
     const r = await rig();
     await r.scheduler.idle();
     r.executor.hold('*');
-    submit(r, 'p', 'A');
+    await submit(r, 'p', 'A');
     let resolved = false;
     const idle = r.scheduler.idle().then(() => (resolved = true));
     await r.executor.until((x) => x.held.length === 1);
@@ -318,7 +319,7 @@ describe('Scheduler', () => {
     expect(resolved).toBe(false);
     r.executor.release('*');
     await idle;
-    expect(r.store.counts()).toEqual({ queued: 0, running: 0 });
+    expect(await r.store.counts()).toEqual({ queued: 0, running: 0 });
   });
 
   it('calls onChange for every state a build goes through', async () => {
@@ -334,10 +335,10 @@ describe('Scheduler', () => {
       onChange: (b) => seen.push(`${b.id}:${b.state}${b.result ? `:${b.result}` : ''}`),
     });
     await scheduler.start();
-    const { build } = scheduler.submit(change('p', 'A'), 'check');
+    const { build } = await scheduler.submit(change('p', 'A'), 'check');
     await scheduler.idle();
     await scheduler.close();
-    db.close();
+    await db.close();
     expect(seen).toEqual([`${build.id}:queued`, `${build.id}:running`, `${build.id}:finished:passed`]);
   });
 });

@@ -5,7 +5,8 @@
  * container's own `memory.oom_control` through an eventfd and drops the event when the container's
  * cgroup is already deleted by the time it reads it. A job whose only process is the one killed
  * ends at once, its cgroup goes with it, and the engine may never say OOMKilled (seen here: 1 of
- * 16 bare `dd` hogs at once, 1 run in 4 of test/shared/runner/oom.docker.test.ts).
+ * 16 bare `dd` hogs started at once; with this watch off, at least one of 60 in 3 runs of 5 of
+ * test/shared/runner/oom.docker.test.ts).
  *
  * So the runner owns a parent cgroup per job and watches that one itself:
  *   <memory hierarchy>/airlock-jobs/<runner>/<job>   memory (and memory+swap) limited to the job's

@@ -323,7 +323,8 @@ export const startPerlWatch: StartWatch = (dir) =>
   new Promise<OomWatch>((resolve, reject) => {
     const nr = EVENTFD2[process.arch];
     if (nr === undefined) return reject(new Error(`no eventfd2 system call number known for ${process.arch}`));
-    const child = spawn('perl', ['-e', WATCH_PL, dir, String(nr)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // Nothing of this process's environment but PATH: no PERL5OPT or PERL5LIB reaches perl.
+    const child = spawn('perl', ['-e', WATCH_PL, dir, String(nr)], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' } });
     let out = '';
     let err = '';
     let exited = false;

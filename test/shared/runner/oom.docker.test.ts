@@ -8,8 +8,10 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { JobRunner } from '#shared/runner/job-runner.js';
-import { JOBS_CGROUP, localCgroupMounts, OomCgroups } from '#shared/runner/oom-cgroups.js';
+import { createDocker } from '#shared/docker/client.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import { JobRunner } from '#shared/runner/job-runner.js';
+import { CHILD_HEADROOM, JOBS_CGROUP, localCgroupMounts, OomCgroups } from '#shared/runner/oom-cgroups.js';
 import { BUSYBOX, expectNothingLeft, makeRunner, spec, STATE_DIR } from '../../support/docker.js';
 
 let docker: Docker;
@@ -50,6 +52,22 @@ describe('OOM kills', () => {
         expect(readdirSync(join(dir, r.name), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name)).toEqual([]);
       }
     }
+  });
+
+  it('where the watch is off, jobs run as before: the engine\'s limit and parent cgroup, nothing of the runner\'s in cgroupfs', async () => {
+    const off = await JobRunner.create({ docker: createDocker(), policy: loadJobPolicy(), stateDir: STATE_DIR, workspacePool: 0, oomCgroups: false, reapEveryMs: 0 });
+    try {
+      expect(off.oomWatch).toBe('engine');
+      const r = await off.run(spec({ image: BUSYBOX, command: ['sh', '-c', 'grep memory /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes'], limits: { memory: '64m', timeout: '60s' } }));
+      expect(r.passed).toBe(true);
+      if (V1) expect(r.log).toMatch(new RegExp(`^\\d+:memory:/docker/[0-9a-f]{64}\n${64 * 1024 * 1024}\n$`));
+      // And with it on, the job is in a parent of the runner's, with the container's limit above the job's.
+      const on = await runner.run(spec({ image: BUSYBOX, command: ['sh', '-c', 'grep memory /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes'], limits: { memory: '64m', timeout: '60s' } }));
+      if (V1) expect(on.log).toMatch(new RegExp(`^\\d+:memory:/${JOBS_CGROUP}/[0-9a-f]{16}/[0-9a-f]{16}/[0-9a-f]{64}\n${64 * 1024 * 1024 + CHILD_HEADROOM}\n$`));
+    } finally {
+      await off.close();
+    }
+    await expectNothingLeft(docker, off.owner, off);
   });
 
   it('a job that stays under its limit is not reported OOM-killed', async () => {

@@ -276,8 +276,11 @@ export class JobRunner {
         });
       }
       if (ro.secretFiles?.length) secretsDir = await writeSecretFiles(this.opts.secretsTmpfs ?? DEFAULT_SECRETS_TMPFS, ro.secretFiles, { uid: this.hostUid, gid: this.hostGid });
-      ws = await this.workspaces.take(limits.workspace);
-      cg = await this.openCgroup(limits.memory, runtime, log);
+      // The job's cgroup and its watch are set up while the workspace is taken (openCgroup never throws).
+      const [took, opened] = await Promise.allSettled([this.workspaces.take(limits.workspace), this.openCgroup(limits.memory, runtime, log)]);
+      if (opened.status === 'fulfilled') cg = opened.value;
+      if (took.status === 'rejected') throw took.reason;
+      ws = took.value;
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
       // The source is written while the engine creates the container: creating does not mount
       // the workspace volume (NoCopy; the engine mounts it at start), so the two do not meet.

@@ -51,6 +51,12 @@ export interface ContainerPlan {
    * puts in the environment; absent: `none`, loopback only.
    */
   packages?: { networkMode: string; env: Record<string, string> };
+  /**
+   * The job's parent cgroup, which the runner limits to `limits.memory` and watches for OOM kills
+   * (oom-cgroups.ts), and the container's own memory limit, a little above it so the parent is the
+   * cgroup a charge fails at. Absent: the container's limit is the job's, under the engine's parent.
+   */
+  cgroup?: { parent: string; containerMemory: number };
 }
 
 /** Below 10 ms of CPU per 100 ms period the kernel (and runc) ignore or refuse the quota. */
@@ -98,8 +104,9 @@ export function toCreateOptions(plan: ContainerPlan): Docker.ContainerCreateOpti
       Privileged: false,
       IpcMode: 'private',
       PidMode: '',
-      Memory: limits.memory,
-      MemorySwap: limits.memory, // swap == memory: no swap at all
+      ...(plan.cgroup ? { CgroupParent: plan.cgroup.parent } : {}),
+      Memory: plan.cgroup?.containerMemory ?? limits.memory,
+      MemorySwap: plan.cgroup?.containerMemory ?? limits.memory, // swap == memory: no swap at all
       MemorySwappiness: 0,
       OomKillDisable: false,
       OomScoreAdj: 500, // the kernel picks a job before host processes

@@ -7,8 +7,9 @@
  *   resolve limits against policy → check image (and runsc compatibility) → workspace →
  *   source into it (mounted on the host for a moment, see source-extract.ts) → create →
  *   [source through the engine's archive API instead, where the workspace cannot be mounted] →
- *   attach → start → (log, stats, timeout timer) → wait → inspect →
- *   artifacts → result; then, off the caller's path, remove container → release workspace.
+ *   [a parent cgroup and its OOM watch, oom-cgroups.ts] → attach → start → (log, stats, timeout
+ *   timer) → wait → inspect [→ the watch's count] → artifacts → result; then, off the caller's
+ *   path, remove container → release workspace → remove the parent cgroup.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
@@ -36,6 +37,7 @@ import { extractArtifacts, globBase, moveInto, type ArtifactFile } from './artif
 import { toCreateOptions, WORKSPACE_PATH } from './convert.js';
 import { DockerDemuxer, LogCapture, type LogChunk } from './log-capture.js';
 import { newOwnerId } from './owner.js';
+import { engineRulesOut, localCgroupMounts, OomCgroups, type JobCgroup } from './oom-cgroups.js';
 import { reap, type ReapReport } from './reaper.js';
 import { describeOutcome, type JobResult } from './result.js';
 import { extractSource } from './source-extract.js';
@@ -70,6 +72,11 @@ export interface JobRunnerOptions {
   secretsTmpfs?: string;
   /** The image of a package network's holder container: local, with `sleep` (default DEFAULT_HOLDER_IMAGE). */
   holderImage?: string;
+  /**
+   * Watch each runc job's memory cgroup for OOM kills itself where it can (oom-cgroups.ts; default
+   * true). Where it cannot, or false, a job's OOM kill is what the engine reports.
+   */
+  oomCgroups?: boolean;
 }
 
 export interface RunOptions {
@@ -119,6 +126,9 @@ export class JobRunner {
   private readonly pendingCleanups = new Set<Promise<void>>();
   private sourceVia: 'mount' | 'archive';
   private mountFailures = 0;
+  private cgroups: OomCgroups | undefined;
+  /** Why jobs' OOM kills are the engine's word alone, when they are. */
+  private cgroupsOff: string | undefined;
 
   private constructor(
     /** This runner's owner id: on every container and workspace it makes. */
@@ -133,9 +143,9 @@ export class JobRunner {
 
   /** Connects, learns the engine's user-namespace mapping and reaps leftovers of dead runners. */
   static async create(opts: JobRunnerOptions): Promise<JobRunner> {
-    let info: { SecurityOptions?: string[] };
+    let info: { SecurityOptions?: string[]; CgroupDriver?: string; CgroupVersion?: string };
     try {
-      info = (await opts.docker.info()) as { SecurityOptions?: string[] };
+      info = (await opts.docker.info()) as typeof info;
     } catch (e) {
       throw new EngineUnavailableError(`cannot reach the Docker engine: ${(e as Error).message}`, { cause: e });
     }
@@ -154,6 +164,7 @@ export class JobRunner {
     });
     const runner = new JobRunner(owner, opts, workspaces, base + uid, base + gid);
     await runner.reap();
+    await runner.setUpCgroups(info);
     if ((opts.reapEveryMs ?? 60_000) > 0) runner.startReaper(opts.reapEveryMs ?? 60_000);
     return runner;
   }
@@ -161,6 +172,11 @@ export class JobRunner {
   /** The host uid the job user maps to (100000 + uid under userns-remap). */
   get jobHostUid(): number {
     return this.hostUid;
+  }
+
+  /** How a job's OOM kill is known: 'cgroup' (its runc jobs' own cgroups are watched, oom-cgroups.ts) or 'engine'. */
+  get oomWatch(): 'cgroup' | 'engine' {
+    return this.cgroups && this.cgroupsOff === undefined ? 'cgroup' : 'engine';
   }
 
   /** How sources get into /workspace now: 'mount' until mounting failed repeatedly (see JobRunnerOptions.sourceVia). */
@@ -175,7 +191,8 @@ export class JobRunner {
       docker: this.opts.docker,
       workspacesDir: this.workspaces.workspacesDir,
       logger: this.opts.logger,
-      self: { owner: this.owner, held: () => this.workspaces.heldVolumes() },
+      self: { owner: this.owner, held: () => this.workspaces.heldVolumes(), heldCgroups: () => this.cgroups?.heldNames() ?? new Set<string>() },
+      cgroupRecordsDir: this.cgroupRecordsDir,
       maxAgeMs: policy.limits.timeout + policy.killGrace + 2 * ENGINE_GRACE_MS,
     });
   }
@@ -190,6 +207,41 @@ export class JobRunner {
     if (this.reaperTimer) clearInterval(this.reaperTimer);
     await this.drain();
     await this.workspaces.close();
+    const cgroups = this.cgroups;
+    this.cgroups = undefined;
+    await cgroups?.close().catch((e: unknown) => this.opts.logger?.warn({ err: e }, 'cannot remove the runner\'s job cgroups; the reaper will'));
+  }
+
+  private get cgroupRecordsDir(): string {
+    return join(this.opts.stateDir, 'cgroups');
+  }
+
+  /** Turns the runner's own OOM watch on where this host and engine allow it; otherwise says why not, once. */
+  private async setUpCgroups(info: { CgroupDriver?: string; CgroupVersion?: string }): Promise<void> {
+    const mounts = localCgroupMounts();
+    const off =
+      this.opts.oomCgroups === false ? 'turned off'
+      : engineRulesOut(info) ?? (!mounts ? 'no cgroup v1 memory hierarchy is mounted here' : process.getuid?.() !== 0 ? 'the runner is not root' : undefined);
+    if (off === undefined && mounts) {
+      try {
+        this.cgroups = await OomCgroups.create({ mounts, recordsDir: this.cgroupRecordsDir, owner: this.owner, ...(this.opts.logger ? { logger: this.opts.logger } : {}) });
+        return;
+      } catch (e) {
+        this.cgroupsOff = `cannot watch a cgroup: ${(e as Error).message}`;
+      }
+    } else this.cgroupsOff = off;
+    this.opts.logger?.info({ reason: this.cgroupsOff }, 'OOM kills are as the engine reports them');
+  }
+
+  /** A parent cgroup for a runc job, or undefined (the engine's word alone) where there is none. */
+  private async openCgroup(memory: number, runtime: Runtime, log: Logger | undefined): Promise<JobCgroup | undefined> {
+    if (!this.cgroups || this.cgroupsOff !== undefined || runtime !== 'runc') return undefined;
+    try {
+      return await this.cgroups.open(memory);
+    } catch (e) {
+      log?.warn({ err: e }, 'cannot set up the job\'s cgroup; its OOM kill is as the engine reports it');
+      return undefined;
+    }
   }
 
   /** Run one job. Throws AirlockError for bad requests and airlock's own failures; a failing job is a result. */
@@ -215,6 +267,7 @@ export class JobRunner {
     let container: Docker.Container | undefined;
     let secretsDir: string | undefined;
     let net: PackageNetwork | undefined;
+    let cg: JobCgroup | undefined;
     try {
       if (spec.network === 'packages' && ro.packages) {
         net = await openPackageNetwork({
@@ -223,7 +276,11 @@ export class JobRunner {
         });
       }
       if (ro.secretFiles?.length) secretsDir = await writeSecretFiles(this.opts.secretsTmpfs ?? DEFAULT_SECRETS_TMPFS, ro.secretFiles, { uid: this.hostUid, gid: this.hostGid });
-      ws = await this.workspaces.take(limits.workspace);
+      // The job's cgroup and its watch are set up while the workspace is taken (openCgroup never throws).
+      const [took, opened] = await Promise.allSettled([this.workspaces.take(limits.workspace), this.openCgroup(limits.memory, runtime, log)]);
+      if (opened.status === 'fulfilled') cg = opened.value;
+      if (took.status === 'rejected') throw took.reason;
+      ws = took.value;
       const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
       // The source is written while the engine creates the container: creating does not mount
       // the workspace volume (NoCopy; the engine mounts it at start), so the two do not meet.
@@ -236,6 +293,7 @@ export class JobRunner {
             user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now(),
             ...(secretsDir ? { secretsDir } : {}),
             ...(net ? { packages: { networkMode: net.networkMode, env: packageEnv() } } : {}),
+            ...(cg ? { cgroup: { parent: cg.parent, containerMemory: cg.containerMemory } } : {}),
           }),
         ),
       ]);
@@ -248,7 +306,7 @@ export class JobRunner {
       if (ro.signal?.aborted) throw cancelledBeforeStart();
       if (ro.source && !written.value) await container.putArchive(this.sourceTar(ro.source, limits.workspace), { path: WORKSPACE_PATH });
       if (ro.signal?.aborted) throw cancelledBeforeStart();
-      const run = await this.execute(container, limits, ro);
+      const run = await this.execute(container, limits, ro, cg, log);
       const t1 = performance.now();
       let artifacts: ArtifactFile[] = [];
       let artifactError: JobResult['artifactError'];
@@ -261,11 +319,12 @@ export class JobRunner {
       }
       // Removal runs after the result is returned: the caller need not wait for the engine to
       // unmount and delete. drain() waits for it; the reaper covers a crash in between.
-      this.cleanupLater(container, ws, log, secretsDir, net);
+      this.cleanupLater(container, ws, log, secretsDir, net, cg);
       container = undefined;
       ws = undefined;
       secretsDir = undefined;
       net = undefined;
+      cg = undefined;
       const t2 = performance.now();
       const facts = {
         exitCode: run.exitCode,
@@ -296,7 +355,7 @@ export class JobRunner {
     } catch (e) {
       throw wrapEngineError(e, `job ${spec.id}`);
     } finally {
-      if (container || ws || secretsDir || net) this.cleanupLater(container, ws, log, secretsDir, net);
+      if (container || ws || secretsDir || net || cg) this.cleanupLater(container, ws, log, secretsDir, net, cg);
     }
   }
 
@@ -305,14 +364,14 @@ export class JobRunner {
     while (this.pendingCleanups.size > 0) await Promise.allSettled([...this.pendingCleanups]);
   }
 
-  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined, secretsDir?: string, net?: PackageNetwork): void {
-    const p: Promise<void> = this.destroy(container, ws, secretsDir, net)
+  private cleanupLater(container: Docker.Container | undefined, ws: Workspace | undefined, log: Logger | undefined, secretsDir?: string, net?: PackageNetwork, cg?: JobCgroup): void {
+    const p: Promise<void> = this.destroy(container, ws, secretsDir, net, cg)
       .catch((e: unknown) => log?.warn({ err: e }, 'cleanup failed; the reaper will retry'))
       .finally(() => this.pendingCleanups.delete(p));
     this.pendingCleanups.add(p);
   }
 
-  private async execute(container: Docker.Container, limits: Limits, ro: RunOptions) {
+  private async execute(container: Docker.Container, limits: Limits, ro: RunOptions, cg: JobCgroup | undefined, log: Logger | undefined) {
     const capture = new LogCapture(limits.logCap);
     const demux = new DockerDemuxer();
     const stream = (await container.attach({ stream: true, stdout: true, stderr: true, logs: false })) as NodeJS.ReadableStream & { destroy?: () => void };
@@ -376,10 +435,13 @@ export class JobRunner {
       stream.destroy?.();
       const info = await container.inspect();
       let oomKilled = Boolean(info.State.OOMKilled);
-      // The engine learns of an OOM kill from an event of its own, which can come after the exit
-      // it reported (seen under load: a 64 MiB hog ended by SIGKILL, OOMKilled still false). A
-      // SIGKILL the runner did not send is asked about again, briefly.
-      for (let i = 0; !oomKilled && status.StatusCode === 137 && !timedOut && !cancelled && i < OOM_RECHECKS; i++) {
+      // The job's own cgroup, where there is one, says for sure (oom-cgroups.ts): the engine's
+      // OOM event can be lost when the container ends at once.
+      const watched = cg ? await this.oomEventsOf(cg, log) : undefined;
+      if (watched !== undefined) oomKilled ||= watched > 0;
+      // Without it: the engine's event can also come after the exit it reported. A SIGKILL the
+      // runner did not send is asked about again, briefly.
+      for (let i = 0; watched === undefined && !oomKilled && status.StatusCode === 137 && !timedOut && !cancelled && i < OOM_RECHECKS; i++) {
         await sleep(OOM_RECHECK_MS);
         oomKilled = Boolean((await container.inspect()).State.OOMKilled);
       }
@@ -399,6 +461,23 @@ export class JobRunner {
       ro.signal?.removeEventListener('abort', onAbort);
       stats?.stop();
     }
+  }
+
+  /** The OOMs the kernel signalled in the job's cgroup; undefined when the watch cannot say (then it is turned off if the engine did not use the cgroup). */
+  private async oomEventsOf(cg: JobCgroup, log: Logger | undefined): Promise<number | undefined> {
+    try {
+      const { oomEvents, charged } = await cg.finish();
+      if (charged) return oomEvents;
+      // The container was not charged to the parent: the engine does not see the cgroups this
+      // process sees. Its jobs would get the headroom and no watch: stop asking for it.
+      if (this.cgroupsOff === undefined) {
+        this.cgroupsOff = 'a job\'s memory was not charged to the parent cgroup the runner made for it';
+        log?.warn({ reason: this.cgroupsOff }, 'OOM kills are as the engine reports them from now on');
+      }
+    } catch (e) {
+      log?.warn({ err: e }, 'the job\'s OOM watch failed; its OOM kill is as the engine reports it');
+    }
+    return undefined;
   }
 
   private async collectArtifacts(container: Docker.Container, globs: readonly string[], dest: string, limits: Limits): Promise<ArtifactFile[]> {
@@ -484,7 +563,7 @@ export class JobRunner {
     }
   }
 
-  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string, net?: PackageNetwork): Promise<void> {
+  private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string, net?: PackageNetwork, cg?: JobCgroup): Promise<void> {
     try {
       if (container) {
         try {
@@ -499,7 +578,11 @@ export class JobRunner {
       try {
         if (secretsDir) await removeSecretFiles(secretsDir);
       } finally {
-        await net?.close(); // after the job's container: it was in the holder's namespace
+        try {
+          await net?.close(); // after the job's container: it was in the holder's namespace
+        } finally {
+          await cg?.remove(); // after the job's container: its cgroup was inside
+        }
       }
     }
   }

@@ -14,6 +14,10 @@
  * volume and its loop device, which the mount would otherwise keep busy. Only mounts visible in
  * this process's mount namespace can be seen: runners sharing a workspaces directory must share
  * their mount namespace too (they do when they run on the host, as the engine's loop devices need).
+ *
+ * Job cgroups (oom-cgroups.ts): a dead runner's directories under `airlock-jobs/` in every
+ * hierarchy, and the calling runner's own that it no longer holds, are removed last, after the
+ * containers that were in them.
  */
 import { readdirSync, readFileSync, realpathSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +25,7 @@ import type Docker from 'dockerode';
 import type { Logger } from '../logging.js';
 import { run } from './exec.js';
 import { LABEL_CREATED, LABEL_LOOP, LABEL_OWNER } from './labels.js';
+import { localCgroupMounts, reapJobCgroups } from './oom-cgroups.js';
 import { ownerFromToken, ownerState, ownerToken } from './owner.js';
 import { detachLoop, removeVolumeQuietly, WORKSPACE_MOUNT_SUFFIX, WORKSPACE_VOLUME_PREFIX } from './workspace.js';
 import { isNotFound } from '../docker/client.js';
@@ -31,6 +36,8 @@ export interface ReapReport {
   mounts: string[];
   volumes: string[];
   loopDevices: string[];
+  /** Job cgroups removed, as `<runner>/<job>` and `<runner>` (oom-cgroups.ts). */
+  cgroups: string[];
 }
 
 export interface ReaperOptions {
@@ -38,7 +45,9 @@ export interface ReaperOptions {
   workspacesDir: string;
   logger?: Logger;
   /** The calling runner's owner id and the volumes it holds: its other volumes are leaks. */
-  self?: { owner: string; held: () => ReadonlySet<string> };
+  self?: { owner: string; held: () => ReadonlySet<string>; heldCgroups?: () => ReadonlySet<string> };
+  /** `<stateDir>/cgroups`, where runners record their job cgroups; absent: none are reaped. */
+  cgroupRecordsDir?: string;
   /** A container older than this is removed whoever owns it. */
   maxAgeMs?: number;
   now?: () => number;
@@ -49,7 +58,7 @@ export interface ReaperOptions {
 export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   const state = opts.ownerState ?? ownerState;
   const now = (opts.now ?? Date.now)();
-  const report: ReapReport = { containers: [], mounts: [], volumes: [], loopDevices: [] };
+  const report: ReapReport = { containers: [], mounts: [], volumes: [], loopDevices: [], cgroups: [] };
   const isSelf = (owner: string) => opts.self?.owner === owner;
 
   const containers = await opts.docker.listContainers({ all: true, filters: { label: [LABEL_OWNER] } });
@@ -121,7 +130,18 @@ export async function reap(opts: ReaperOptions): Promise<ReapReport> {
   }
   removeEmptyOwnerDirs(opts.workspacesDir, (token) => token !== selfToken && (ownerFromToken(token) === undefined || state(ownerFromToken(token) as string) === 'dead'));
 
-  if (report.containers.length + report.mounts.length + report.volumes.length + report.loopDevices.length > 0) {
+  const cgroupMounts = opts.cgroupRecordsDir ? localCgroupMounts() : undefined;
+  if (opts.cgroupRecordsDir && cgroupMounts) {
+    report.cgroups = await reapJobCgroups({
+      mounts: cgroupMounts,
+      recordsDir: opts.cgroupRecordsDir,
+      ownerState: state,
+      ...(opts.self ? { self: { owner: opts.self.owner, held: opts.self.heldCgroups ?? (() => new Set<string>()) } } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    });
+  }
+
+  if (report.containers.length + report.mounts.length + report.volumes.length + report.loopDevices.length + report.cgroups.length > 0) {
     opts.logger?.info(report, 'reaper: removed leftovers');
   }
   return report;

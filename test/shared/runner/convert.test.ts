@@ -199,6 +199,15 @@ describe('toCreateOptions, whole objects', () => {
     expect(with_).toEqual(without);
   });
 
+  it('a job in a parent cgroup of the runner (oom-cgroups.ts) names it, with its own memory limit as given; nothing else changes', () => {
+    const o = toCreateOptions({ ...small, cgroup: { parent: '/airlock-jobs/0123456789abcdef/fedcba9876543210', containerMemory: GiB + 8 * MiB } });
+    const { CgroupParent, Memory, MemorySwap, ...rest } = o.HostConfig!;
+    expect({ CgroupParent, Memory, MemorySwap }).toEqual({ CgroupParent: '/airlock-jobs/0123456789abcdef/fedcba9876543210', Memory: GiB + 8 * MiB, MemorySwap: GiB + 8 * MiB });
+    const { Memory: _m, MemorySwap: _s, ...without } = toCreateOptions(small).HostConfig!;
+    expect(rest).toEqual(without);
+    expect(toCreateOptions(small).HostConfig!.CgroupParent).toBeUndefined();
+  });
+
   it('takes the created and owner labels from the plan', () => {
     const o = toCreateOptions({ ...small, createdAt: 42, owner: 'h/1/2' });
     expect(o.Labels?.[LABEL_CREATED]).toBe('42');

@@ -301,6 +301,8 @@ export async function startCiService(
       logger: logger.child({ component: 'leadership' }),
       address: advertise,
       onAcquired: async () => {
+        // A leader that died on this host left its containers: gone before its builds run again here.
+        await runner.reap().catch((e: unknown) => logger.warn({ err: e }, 'the reaper failed; it runs again later'));
         await gate.start();
         leaderParts.push(() => gate.close());
         await sched.start();

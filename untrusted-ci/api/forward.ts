@@ -32,6 +32,9 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'up
 /** Paths a follower answers itself (GET): what the database holds. */
 const LOCAL_GET = [/^\/api\/builds\/?$/, /^\/api\/builds\/[^/]+\/?$/, /^\/api\/changes(\/[^/]+)?\/?$/, /^\/api\/gate\/events\/?$/, /^\/healthz$/, /^\/metrics$/, /^\/openapi\.json$/];
 
+const WARN_EVERY_MS = 10_000;
+let lastWarned = 0;
+
 export function isLocal(method: string, path: string): boolean {
   if (method !== 'GET' && method !== 'HEAD') return false;
   if (!path.startsWith('/api/') && !path.startsWith('/hooks/')) return true; // the page's files
@@ -59,8 +62,11 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
     if (typeof v === 'string') headers[h] = v;
   }
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+  // The client went away before the answer was sent: stop asking the leader.
   const abort = new AbortController();
-  req.raw.once('close', () => abort.abort());
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) abort.abort();
+  });
   let res: Response;
   try {
     res = await fetch(new URL(req.url, base), {
@@ -71,7 +77,10 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
       signal: abort.signal,
     } as RequestInit);
   } catch (err) {
-    f.logger.warn({ err: (err as Error).message, leader: base, path: req.url.split('?')[0] }, 'the leader did not answer a forwarded request');
+    if (Date.now() - lastWarned > WARN_EVERY_MS) {
+      lastWarned = Date.now();
+      f.logger.warn({ err: (err as Error).message, leader: base, path: req.url.split('?')[0] }, 'the leader did not answer a forwarded request (said once per 10 s)');
+    }
     return unavailable('the leading replica does not answer; try again shortly');
   }
   reply.status(res.status);

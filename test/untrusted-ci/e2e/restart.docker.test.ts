@@ -91,7 +91,8 @@ describe('restart recovery', () => {
     // The killed process's containers are gone (reaped by the new runner at start).
     const docker = createDocker();
     const left = await docker.listContainers({ all: true, filters: { label: [LABEL_OWNER] } });
-    const ours = left.filter((c) => c.Labels[LABEL_JOB]?.startsWith(`b${ids[0]}-a1-`));
+    // (Another file's service may run a build of the same number: this one's command tells them apart.)
+    const ours = left.filter((c) => c.Labels[LABEL_JOB]?.startsWith(`b${ids[0]}-a1-`) && c.Command.includes('echo started'));
     expect(ours).toEqual([]);
     second.child.kill('SIGTERM');
     await new Promise((r) => second.child.once('exit', r));

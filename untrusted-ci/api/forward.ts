@@ -50,12 +50,33 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
   });
 }
 
+/**
+ * The leader's URL for a request target: the leader's origin and the target's path and query, as
+ * sent. `new URL(target, base)` would not do: a scheme-relative target (`//host/…`) or an
+ * absolute-form one (`http://host/…`, which HTTP/1.1 allows) names another host, and the follower
+ * would fetch it for anyone who can reach its port. Anything but a path is refused (undefined).
+ */
+export function leaderUrl(base: string, target: string): URL | undefined {
+  if (!target.startsWith('/')) return undefined;
+  let origin: string;
+  try {
+    origin = new URL(base).origin;
+  } catch {
+    return undefined;
+  }
+  // Two leading slashes would make the path read as a host: the leader's router sees one.
+  const url = new URL(`${origin}/${target.replace(/^\/+/, '')}`);
+  return url.origin === origin ? url : undefined;
+}
+
 async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding): Promise<FastifyReply> {
   const unavailable = (message: string): FastifyReply =>
     reply.status(503).header('retry-after', '2').send({ code: 'AIRLOCK_E_UNAVAILABLE', message, statusCode: 503 });
   if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
   const base = await f.leader().catch(() => undefined);
   if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
+  const target = leaderUrl(base, req.url);
+  if (!target) return reply.status(400).send({ code: 'AIRLOCK_E_INVALID_INPUT', message: 'the request target must be a path', statusCode: 400 });
   const headers: Record<string, string> = { [FORWARDED]: '1' };
   for (const h of REQUEST_HEADERS) {
     const v = req.headers[h];
@@ -69,7 +90,7 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
   });
   let res: Response;
   try {
-    res = await fetch(new URL(req.url, base), {
+    res = await fetch(target, {
       method: req.method,
       headers,
       ...(hasBody ? { body: Readable.toWeb(req.raw) as ReadableStream<Uint8Array>, duplex: 'half' } : {}),

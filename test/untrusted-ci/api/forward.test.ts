@@ -1,0 +1,64 @@
+/**
+ * The follower's forwarder (untrusted-ci/api/forward.ts) against real sockets: whatever the
+ * request line says, a forwarded request goes to the leader's address and nowhere else.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import { createServer, type Server } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { registerForwarding } from '../../../untrusted-ci/api/forward.js';
+import { createLogger } from '../../../shared/logging.js';
+
+/** A server that records what reaches it. */
+async function recorder(name: string, hits: string[]): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    hits.push(`${name} ${req.method} ${req.url}`);
+    res.end(name);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** One raw HTTP/1.1 request (its request line as given), the answer's status line. */
+function raw(port: number, requestLine: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () => s.write(`${requestLine}\r\nHost: follower\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`));
+    let buf = '';
+    s.on('data', (d: Buffer) => (buf += d.toString('latin1')));
+    s.on('end', () => resolve(buf.split('\r\n')[0] ?? ''));
+    s.on('error', reject);
+  });
+}
+
+describe('the forwarder', () => {
+  const hits: string[] = [];
+  let leader: { server: Server; port: number };
+  let other: { server: Server; port: number };
+  let app: FastifyInstance;
+  let port: number;
+  beforeEach(async () => {
+    hits.length = 0;
+    leader = await recorder('leader', hits);
+    other = await recorder('other', hits);
+    app = Fastify();
+    registerForwarding(app, { isLeader: () => false, leader: async () => `http://127.0.0.1:${leader.port}`, logger: createLogger({ level: 'silent' }) });
+    port = Number(new URL(await app.listen({ host: '127.0.0.1', port: 0 })).port);
+  });
+  afterEach(async () => {
+    await app.close();
+    leader.server.close();
+    other.server.close();
+  });
+
+  it('forwards a request to the leader, path and query as sent', async () => {
+    expect(await raw(port, 'POST /api/changes?x=1 HTTP/1.1')).toBe('HTTP/1.1 200 OK');
+    expect(hits).toEqual(['leader POST /api/changes?x=1']);
+  });
+
+  it('never sends a request elsewhere: not for a scheme-relative path, not for an absolute-form request line', async () => {
+    for (const line of [`POST //127.0.0.1:${other.port}/api/x HTTP/1.1`, `POST http://127.0.0.1:${other.port}/api/x HTTP/1.1`, `DELETE //127.0.0.1:${other.port}/ HTTP/1.1`]) {
+      await raw(port, line);
+    }
+    expect(hits.filter((h) => h.startsWith('other'))).toEqual([]);
+  });
+});

@@ -174,6 +174,8 @@ async function serve(configFile: string, logLevel: string | undefined): Promise<
     // leader parts are not started twice in one process.
     onLeadershipLost: (why) => {
       logger.fatal({ why }, 'this replica stopped leading; it exits to start again as a follower');
+      // Closing may hang on the database that cost the lease: exit after a while regardless.
+      setTimeout(() => process.exit(75), 10_000).unref();
       void service.close().finally(() => process.exit(75));
     },
   });

@@ -34,6 +34,7 @@ export class Leadership {
   private closed = false;
   private lastRenewed = 0;
   private ticking: Promise<void> | undefined;
+  private starting: Promise<void> | undefined;
   private readonly now: () => number;
 
   constructor(private readonly o: LeadershipOptions) {
@@ -44,10 +45,17 @@ export class Leadership {
     return this.leading;
   }
 
-  /** Try once now (a single replica leads before this returns), then every third of the lease. */
+  /**
+   * Try once now (a single replica leads before this returns, its leader parts starting), then
+   * every third of the lease. Each round first checks the last renewal's age on its own, so that a
+   * renewal that never answers (a database cut off without a reset) still ends the leading in time.
+   */
   async start(): Promise<void> {
     await this.tick();
-    this.timer = setInterval(() => void this.tick(), Math.max(50, Math.floor(this.o.ttlMs / 3)));
+    this.timer = setInterval(() => {
+      this.watchdog();
+      void this.tick();
+    }, Math.max(50, Math.floor(this.o.ttlMs / 3)));
     this.timer.unref();
   }
 
@@ -60,7 +68,8 @@ export class Leadership {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    await this.ticking;
+    // A round that hangs on the database is not waited for once leading has ended.
+    if (!this.lost) await this.ticking;
     if (this.leading) await this.o.lease.release().catch((err: unknown) => this.o.logger.warn({ err }, 'the leader lease could not be released; another replica takes it when it expires'));
     this.leading = false;
   }
@@ -70,14 +79,27 @@ export class Leadership {
     return this.ticking;
   }
 
+  /** Leading, but the last renewal that succeeded was sent too long ago: stop, whatever is in flight. */
+  private watchdog(): void {
+    if (!this.leading || this.lost) return;
+    const silent = this.now() - this.lastRenewed;
+    // At two thirds (the second round after a renewal), not after: the round after that is when
+    // the lease runs out.
+    if (silent >= (this.o.ttlMs * 2) / 3) void this.lose(`the leader lease was not renewed for ${silent} ms (the database does not answer)`);
+  }
+
   private async step(): Promise<void> {
     if (this.closed || this.lost) return;
     if (this.leading) {
+      // The lease runs from when the database ran the renewal, at or after it was sent: counting
+      // from the answer would overrate a slow one.
+      const sent = this.now();
       let renewed = false;
       try {
         renewed = await this.o.lease.renew();
+        if (this.lost) return;
         if (!renewed) return await this.lose('another replica holds the leader lease (this one let it expire)');
-        this.lastRenewed = this.now();
+        this.lastRenewed = sent;
       } catch (err) {
         const silent = this.now() - this.lastRenewed;
         this.o.logger.warn({ err, sinceRenewedMs: silent }, 'the leader lease could not be renewed');
@@ -85,6 +107,7 @@ export class Leadership {
       }
       return;
     }
+    const sent = this.now();
     let won = false;
     try {
       won = await this.o.lease.acquire(this.o.address());
@@ -94,14 +117,19 @@ export class Leadership {
     }
     if (!won || this.closed) return;
     this.leading = true;
-    this.lastRenewed = this.now();
+    this.lastRenewed = sent;
     this.o.logger.info({ epoch: this.o.lease.epoch, holder: this.o.lease.holder }, 'this replica leads: it runs the gate and the scheduler');
-    try {
-      await this.o.onAcquired();
-    } catch (err) {
+    // Not awaited by this round: starting (the reaper, the gate's recovery) may take longer than
+    // the lease, and the renewals go on meanwhile.
+    this.starting = this.o.onAcquired().catch(async (err: unknown) => {
       this.o.logger.error({ err }, 'this replica could not start leading');
       await this.lose('its leader parts did not start');
-    }
+    });
+  }
+
+  /** Settles once the leader parts have started (or failed to); for tests and a clean close. */
+  started(): Promise<void> {
+    return this.starting ?? Promise.resolve();
   }
 
   private async lose(why: string): Promise<void> {

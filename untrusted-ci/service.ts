@@ -292,6 +292,7 @@ export async function startCiService(
     let listened: string | undefined;
     const advertise = (): string => c.replicas.advertiseUrl ?? listened ?? `http://${wildcardToLoopback(c.listen.host)}:${c.listen.port}`;
     const leaderParts: (() => unknown)[] = [];
+    let deposed = false;
     const stopLeading = async (): Promise<void> => {
       for (const fn of leaderParts.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
     };
@@ -301,32 +302,38 @@ export async function startCiService(
       logger: logger.child({ component: 'leadership' }),
       address: advertise,
       onAcquired: async () => {
+        // Leading may end while the parts are still starting (leadership.ts does not wait for
+        // them): a part started after that is stopped at once rather than left running.
+        const part = async (start: () => unknown, stop: () => unknown): Promise<void> => {
+          if (deposed) return;
+          await start();
+          leaderParts.push(stop);
+          if (deposed) await stopLeading();
+        };
         // A leader that died on this host left its containers: gone before its builds run again here.
         await runner.reap().catch((e: unknown) => logger.warn({ err: e }, 'the reaper failed; it runs again later'));
-        await gate.start();
-        leaderParts.push(() => gate.close());
-        await sched.start();
-        leaderParts.push(() => sched.close());
-        if (hints) {
-          await hints.start();
-          leaderParts.push(() => hints.close());
-        }
+        await part(() => gate.start(), () => gate.close());
+        await part(() => sched.start(), () => sched.close());
+        if (hints) await part(() => hints.start(), () => hints.close());
         if (review) {
           const r = review;
-          r.outbox.start();
-          leaderParts.push(() => r.outbox.close());
-          r.catchUp.start();
-          leaderParts.push(() => r.catchUp.close());
+          await part(() => r.outbox.start(), () => r.outbox.close());
+          await part(() => r.catchUp.start(), () => r.catchUp.close());
         }
         if (c.imageGcEveryMs > 0) {
-          const gcTimer = setInterval(() => {
-            void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed'));
-            void egress.gc().catch((e: unknown) => logger.warn({ err: e }, 'package cache GC failed'));
-          }, c.imageGcEveryMs).unref();
-          leaderParts.push(() => clearInterval(gcTimer));
+          let gcTimer: NodeJS.Timeout | undefined;
+          await part(
+            () =>
+              (gcTimer = setInterval(() => {
+                void imageCache.gc().catch((e: unknown) => logger.warn({ err: e }, 'image GC failed'));
+                void egress.gc().catch((e: unknown) => logger.warn({ err: e }, 'package cache GC failed'));
+              }, c.imageGcEveryMs).unref()),
+            () => clearInterval(gcTimer),
+          );
         }
       },
       onLost: async (why) => {
+        deposed = true;
         await stopLeading();
         opts.onLeadershipLost?.(why);
       },
@@ -339,6 +346,8 @@ export async function startCiService(
       cleanups.push(() => r.rereads.close());
     }
     await lead.start();
+    // A single replica has its gate and scheduler running when this returns.
+    await lead.started();
     return {
       app,
       scheduler,

@@ -12,6 +12,7 @@
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { ConflictError } from '#shared/errors.js';
 import type { Db, Sql } from './sql.js';
 
@@ -32,15 +33,38 @@ export function dbNow(s: Sql): string {
   return s.engine === 'postgres' ? 'CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)' : "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 }
 
-/** This process as a lease holder: `<host>:<pid>:<random>` (the random part tells two lives of one pid apart). */
-export function holderId(): string {
-  return `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+/**
+ * This machine and PID namespace: the kernel's boot id (unique per boot of a machine, so two hosts
+ * cloned with one host name differ) and the PID namespace (containers of one host, sharing its
+ * name under host networking, differ). Empty where unreadable: then no holder is judged gone.
+ */
+function machine(): string {
+  try {
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const ns = /\[([0-9]+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
+    return boot && ns ? `${boot}.${ns}` : '';
+  } catch {
+    return '';
+  }
+}
+const MACHINE = machine();
+
+/**
+ * This process as a lease holder: `<host>:<pid>:<random>:<machine>` (the random part tells two
+ * lives of one pid apart; `pid` is for tests that name another process of this machine).
+ */
+export function holderId(pid: number = process.pid): string {
+  return `${hostname()}:${pid}:${randomBytes(4).toString('hex')}:${MACHINE}`;
 }
 
-/** Whether `holder` names a process of this host that no longer exists. */
+/**
+ * Whether `holder` names a process of this machine and PID namespace that no longer exists. A
+ * host name alone says too little: a pid that does not exist here may be a live leader's on a
+ * machine of the same name, and taking its lease would make two leaders.
+ */
 function goneHere(holder: string): boolean {
-  const [host, pid] = holder.split(':');
-  if (host !== hostname() || !pid || !/^[0-9]{1,10}$/.test(pid) || Number(pid) === process.pid) return false;
+  const [host, pid, , where] = holder.split(':');
+  if (!MACHINE || where !== MACHINE || host !== hostname() || !pid || !/^[0-9]{1,10}$/.test(pid) || Number(pid) === process.pid) return false;
   try {
     process.kill(Number(pid), 0);
     return false;

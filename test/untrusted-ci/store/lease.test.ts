@@ -66,9 +66,9 @@ describe.each(engines)('the lease on $name', ({ skip, fresh }) => {
 
   it('is taken at once from a process of this host that is gone (a restart after kill -9), not from a live one', async () => {
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
-    const gone = new Lease(db, 'leader', `${hostname()}:${dead}:0000`, 60_000);
+    const gone = new Lease(db, 'leader', holderId(Number(dead)), 60_000);
     expect(await gone.acquire()).toBe(true);
-    const live = new Lease(db, 'other', `${hostname()}:1:0000`, 60_000); // pid 1 exists
+    const live = new Lease(db, 'other', holderId(1), 60_000); // pid 1 exists
     expect(await live.acquire()).toBe(true);
     const elsewhere = new Lease(db, 'third', `another-host:${dead}:0000`, 60_000);
     expect(await elsewhere.acquire()).toBe(true);
@@ -76,5 +76,12 @@ describe.each(engines)('the lease on $name', ({ skip, fresh }) => {
     expect(await me('leader').acquire()).toBe(true);
     expect(await me('other').acquire()).toBe(false);
     expect(await me('third').acquire()).toBe(false); // another host's pid says nothing here
+  });
+
+  it('is not taken from a process of another machine or container that has this host name (cloned hosts, host networking)', async () => {
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    const twin = new Lease(db, 'leader', `${hostname()}:${dead}:0000:another-boot-another-pid-namespace`, 60_000);
+    expect(await twin.acquire()).toBe(true);
+    expect(await new Lease(db, 'leader', holderId(), 60_000).acquire()).toBe(false);
   });
 });

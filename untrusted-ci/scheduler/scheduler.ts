@@ -109,12 +109,20 @@ export class Scheduler {
 
   /** Cancel a queued or running build; a finished one is left as it is. */
   async cancel(id: number, why: typeof SUPERSEDED | typeof CANCELLED = CANCELLED, reason = 'cancelled'): Promise<void> {
-    const run = this.running.get(id);
-    if (run) {
-      run.controller.abort(new CancelReason(why, reason));
-      return;
-    }
-    if (await this.o.store.finish(id, why === SUPERSEDED ? 'superseded' : 'cancelled', reason)) void this.report(id);
+    const stop = (): boolean => {
+      const run = this.running.get(id);
+      run?.controller.abort(new CancelReason(why, reason));
+      return run !== undefined;
+    };
+    if (stop()) return;
+    const result = why === SUPERSEDED ? 'superseded' : 'cancelled';
+    // Only a queued build is finished here. The database may run a fill pass's start of it before
+    // this write (PostgreSQL: another connection); the pass holds it in `running` before that
+    // start, so it is stopped there instead of marked finished while it runs.
+    if (await this.o.store.finishQueued(id, result, reason)) return void this.report(id);
+    if (stop()) return;
+    // Running with no run here (left by a scheduler that was closed): finished as before.
+    if (await this.o.store.finish(id, result, reason)) void this.report(id);
   }
 
   /** Wake the loop (coalesced: many kicks in one tick schedule one pass). */
@@ -215,6 +223,8 @@ export class Scheduler {
     this.o.onChange?.(build);
     let outcome: BuildOutcome;
     try {
+      // Cancelled while it was being started: not run at all.
+      controller.signal.throwIfAborted();
       outcome = await this.o.executor.execute(build, controller.signal);
     } catch (e) {
       const why = controller.signal.reason instanceof CancelReason ? controller.signal.reason : undefined;

@@ -306,8 +306,16 @@ export class BuildStore {
     return this.db.tx((t) => this.finishIn(t, id, result, reason, issues));
   }
 
-  private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[]): Promise<boolean> {
-    const r = await t.run("UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND state != 'finished'", [
+  /**
+   * → finished, only from queued; false when it is not queued (running, or finished). What a cancel
+   * uses: a build that became running meanwhile is its runner's to stop, not to be marked over.
+   */
+  finishQueued(id: number, result: BuildResult, reason: string): Promise<boolean> {
+    return this.db.tx((t) => this.finishIn(t, id, result, reason, [], 'queued'));
+  }
+
+  private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[], from?: 'queued'): Promise<boolean> {
+    const r = await t.run(`UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND ${from === 'queued' ? "state = 'queued'" : "state != 'finished'"}`, [
       result,
       reason,
       issues.length ? JSON.stringify(issues) : null,

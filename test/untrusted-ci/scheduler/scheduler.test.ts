@@ -9,6 +9,7 @@ import type { Pipeline } from '#shared/schemas/api/builds.js';
 import { Scheduler } from '../../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore, type NewChange } from '../../../untrusted-ci/store/build-store.js';
 import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';
+import type { Sql, SqlValue } from '../../../untrusted-ci/store/sql.js';
 import { FakeExecutor, RecordingReporter } from '../../support/fake-executor.js';
 
 const logger = createLogger({ level: 'silent' });
@@ -54,6 +55,39 @@ async function submit(r: Rig, project: string, id: string, patchset = 1, pipelin
 /** A few turns of the event loop: lets a scheduler that would (wrongly) start more builds do so. */
 async function turns(n = 5): Promise<void> {
   for (let i = 0; i < n; i++) await new Promise((res) => setImmediate(res));
+}
+
+/**
+ * A database whose transactions may be held back while single statements go on: the order
+ * PostgreSQL's pool gives statements of different callers (each on its own connection) is not the
+ * order they were asked in. `afterStart` is told when a build was marked running.
+ */
+class ReorderingDb implements Db {
+  readonly engine;
+  readonly where = 'reordering';
+  txGate: Promise<void> | undefined;
+  afterStart: (() => void) | undefined;
+  constructor(private readonly inner: Db) {
+    this.engine = inner.engine;
+  }
+  all<T>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
+    return this.inner.all<T>(sql, params);
+  }
+  get<T>(sql: string, params?: readonly SqlValue[]): Promise<T | undefined> {
+    return this.inner.get<T>(sql, params);
+  }
+  async run(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }> {
+    const r = await this.inner.run(sql, params);
+    if (sql.includes("SET state = 'running'")) this.afterStart?.();
+    return r;
+  }
+  async tx<T>(fn: (t: Sql) => Promise<T>): Promise<T> {
+    await this.txGate;
+    return this.inner.tx(fn);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }
 
 describe('Scheduler', () => {
@@ -177,6 +211,24 @@ describe('Scheduler', () => {
     await r.scheduler.cancel(done);
     expect((await r.store.build(done)).result).toBe('passed');
     expect(r.reporter.ids().sort()).toEqual([running, queued, done].sort());
+  });
+
+  it('a cancel that crosses the build being started stops its run, when the database runs the start first', async () => {
+    const db = new ReorderingDb(openDatabase(':memory:'));
+    const r = await rig({ db, slots: 2 });
+    open.push(r);
+    r.executor.hold('*');
+    const id = await submit(r, 'p', 'A'); // the scheduler's pass for it comes on a later turn
+    let go!: () => void;
+    db.txGate = new Promise<void>((res) => (go = res));
+    db.afterStart = () => go();
+    await r.scheduler.cancel(id); // its write is held back until the pass has marked the build running
+    db.txGate = undefined;
+    for (let i = 0; i < 100 && r.scheduler.busy > 0; i++) await turns(1);
+    expect(r.executor.running).toEqual([]);
+    expect(r.scheduler.busy).toBe(0);
+    expect(await r.store.build(id)).toMatchObject({ state: 'finished', result: 'cancelled' });
+    expect(r.reporter.ids()).toEqual([id]);
   });
 
   it('re-queues a build after a retryable error and passes on a later attempt', async () => {

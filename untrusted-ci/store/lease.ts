@@ -134,9 +134,17 @@ export class Lease {
     return { holder: row.holder, ...(row.address ? { address: row.address } : {}), epoch: row.epoch };
   }
 
-  /** Throws LeadershipLostError unless we hold the lease at our epoch (call inside the write's transaction). */
+  /**
+   * Throws LeadershipLostError unless we hold the lease at our epoch (call inside the write's
+   * transaction). On PostgreSQL the row is locked (FOR SHARE) until the write commits: a takeover
+   * waits for it, so the successor reads what a write that passed this check wrote. Unlocked, the
+   * takeover could commit in between and its leader read the state before that write landed on it.
+   * (SQLite has one writer at a time: a takeover waits anyway.)
+   */
   async fenced(t: Sql): Promise<void> {
-    const row = this.epochHeld === undefined ? undefined : await t.get<{ one: number }>('SELECT 1 AS one FROM leases WHERE name = ? AND holder = ? AND epoch = ?', [this.name, this.holder, this.epochHeld]);
+    const lock = t.engine === 'postgres' ? ' FOR SHARE' : '';
+    const row =
+      this.epochHeld === undefined ? undefined : await t.get<{ one: number }>(`SELECT 1 AS one FROM leases WHERE name = ? AND holder = ? AND epoch = ?${lock}`, [this.name, this.holder, this.epochHeld]);
     if (!row) throw new LeadershipLostError(`this process no longer holds the ${this.name} lease: another replica took over`);
   }
 }

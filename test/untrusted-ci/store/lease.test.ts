@@ -84,4 +84,32 @@ describe.each(engines)('the lease on $name', ({ skip, fresh }) => {
     expect(await twin.acquire()).toBe(true);
     expect(await new Lease(db, 'leader', holderId(), 60_000).acquire()).toBe(false);
   });
+
+  it('a fenced write that passed its check commits before the lease can pass on (the successor then reads it)', async () => {
+    const a = new Lease(db, 'leader', holderId(), 300);
+    const b = new Lease(db, 'leader', holderId(), 60_000);
+    expect(await a.acquire()).toBe(true);
+    await until('the lease to expire', async () => ((await a.current()) === undefined ? true : undefined), 10_000, 50);
+    const order: string[] = [];
+    let checked!: () => void;
+    const fenceDone = new Promise<void>((r) => (checked = r));
+    let finish!: () => void;
+    const held = new Promise<void>((r) => (finish = r));
+    // A deposed leader's save: its check passed (the lease expired, but nobody took it yet).
+    const save = db
+      .tx(async (t) => {
+        await a.fenced(t);
+        checked();
+        await held;
+        await t.run("INSERT INTO leases (name, holder, address, epoch, expires_at, updated_at) VALUES ('marker', 'a', NULL, 1, 0, 0)");
+      })
+      .then(() => order.push('save'));
+    await fenceDone;
+    const takeover = b.acquire().then((won) => order.push(won ? 'takeover' : 'refused'));
+    // Give the takeover every chance to pass the open save (it must wait for it).
+    await Promise.race([takeover, new Promise((r) => setTimeout(r, 1000))]);
+    finish();
+    await Promise.all([save, takeover]);
+    expect(order).toEqual(['save', 'takeover']);
+  });
 });

@@ -18,6 +18,7 @@ import {
   NotFoundError,
   PayloadTooLargeError,
   PolicyViolationError,
+  NoLeaderError,
   RateLimitedError,
   StorageFailedError,
   UnauthorizedError,
@@ -196,6 +197,8 @@ export function errorFromAnswer(status: number, body: string, what: string): Air
       return new ConflictError(message);
     case 'AIRLOCK_E_RATE_LIMITED':
       return new RateLimitedError(message);
+    case 'AIRLOCK_E_UNAVAILABLE':
+      return new NoLeaderError(message);
     case 'AIRLOCK_E_PAYLOAD_TOO_LARGE':
       return new PayloadTooLargeError(message);
     case 'AIRLOCK_E_STORAGE_FAILED':

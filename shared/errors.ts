@@ -138,6 +138,13 @@ export class ConflictError extends AirlockError {
 }
 
 /** Too many requests from one client in the window (webhooks, API): try again later. */
+/** No CI replica leads at the moment, or the leader does not answer a follower (untrusted-ci/api/forward.ts): one takes over within seconds. */
+export class NoLeaderError extends AirlockError {
+  readonly code = 'AIRLOCK_E_UNAVAILABLE';
+  override readonly httpStatus = 503;
+  override readonly retryable = true;
+}
+
 export class RateLimitedError extends AirlockError {
   readonly code = 'AIRLOCK_E_RATE_LIMITED';
   override readonly httpStatus = 429;
@@ -240,6 +247,7 @@ export const ERROR_CLASSES = {
   UnauthorizedError,
   ConflictError,
   RateLimitedError,
+  NoLeaderError,
   PayloadTooLargeError,
   StorageFailedError,
   GitFailedError,

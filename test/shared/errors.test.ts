@@ -25,6 +25,7 @@ const MAKE: { [K in keyof Catalogue]: () => InstanceType<Catalogue[K]> } = {
   UnauthorizedError: () => new ERROR_CLASSES.UnauthorizedError('bad webhook signature'),
   ConflictError: () => new ERROR_CLASSES.ConflictError('patchset 1 is older than patchset 2'),
   RateLimitedError: () => new ERROR_CLASSES.RateLimitedError('too many requests'),
+  NoLeaderError: () => new ERROR_CLASSES.NoLeaderError('no replica leads at the moment'),
   PayloadTooLargeError: () => new ERROR_CLASSES.PayloadTooLargeError('body larger than 1 MiB'),
   StorageFailedError: () => new ERROR_CLASSES.StorageFailedError('S3 PutObject failed'),
   GitFailedError: () => new ERROR_CLASSES.GitFailedError('git fetch failed'),
@@ -85,7 +86,7 @@ describe('error catalogue', () => {
 
   it('only infrastructure failures (5xx) and rate limiting (429) are retryable', () => {
     const retryable = instances.filter(([, e]) => e.retryable).map(([n]) => n);
-    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'RateLimitedError', 'RegistryUnavailableError', 'ReviewUnavailableError', 'StorageFailedError']);
+    expect(retryable.sort()).toEqual(['EngineUnavailableError', 'ExecutorFailedError', 'GitFailedError', 'NoLeaderError', 'RateLimitedError', 'RegistryUnavailableError', 'ReviewUnavailableError', 'StorageFailedError']);
     for (const [, e] of instances) if (e.retryable) expect(e.httpStatus === 429 || e.httpStatus >= 500).toBe(true);
   });
 

@@ -14,7 +14,9 @@
  */
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { InvalidInputError, NoLeaderError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
+import { toWire } from '#shared/http/wire.js';
 
 export interface Forwarding {
   /** Whether this replica leads now (then nothing is forwarded). */
@@ -71,12 +73,12 @@ export function leaderUrl(base: string, target: string): URL | undefined {
 
 async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding): Promise<FastifyReply> {
   const unavailable = (message: string): FastifyReply =>
-    reply.status(503).header('retry-after', '2').send({ code: 'AIRLOCK_E_UNAVAILABLE', message, statusCode: 503 });
+    reply.status(503).header('retry-after', '2').send(toWire(new NoLeaderError(message)));
   if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
   const base = await f.leader().catch(() => undefined);
   if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
   const target = leaderUrl(base, req.url);
-  if (!target) return reply.status(400).send({ code: 'AIRLOCK_E_INVALID_INPUT', message: 'the request target must be a path', statusCode: 400 });
+  if (!target) return reply.status(400).send(toWire(new InvalidInputError([{ file: 'request', path: '', message: 'the request target must be a path', severity: 'error' }])));
   const headers: Record<string, string> = { [FORWARDED]: '1' };
   for (const h of REQUEST_HEADERS) {
     const v = req.headers[h];

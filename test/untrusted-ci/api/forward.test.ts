@@ -8,6 +8,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { registerForwarding } from '../../../untrusted-ci/api/forward.js';
 import { createLogger } from '../../../shared/logging.js';
+import { readFileSync } from 'node:fs';
 
 /** A server that records what reaches it. */
 async function recorder(name: string, hits: string[]): Promise<{ server: Server; port: number }> {
@@ -60,5 +61,20 @@ describe('the forwarder', () => {
       await raw(port, line);
     }
     expect(hits.filter((h) => h.startsWith('other'))).toEqual([]);
+  });
+
+  it('answers 503 with Retry-After and a catalogued, retryable code when no replica leads', async () => {
+    const lone = Fastify();
+    registerForwarding(lone, { isLeader: () => false, leader: async () => undefined, logger: createLogger({ level: 'silent' }) });
+    const res = await lone.inject({ method: 'POST', url: '/api/changes', payload: {} });
+    await lone.close();
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['retry-after']).toBeDefined();
+    const { code } = res.json<{ code: string }>();
+    // The catalogue's table (test/shared/errors.test.ts holds it to shared/errors.ts).
+    const row = readFileSync(new URL('../../../docs/errors.md', import.meta.url), 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(`| \`${code}\` |`));
+    expect(row).toMatch(/^\| `[A-Z_]+` \| 503 \| yes \|/);
   });
 });

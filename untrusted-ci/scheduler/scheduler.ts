@@ -232,7 +232,7 @@ export class Scheduler {
       if (why) outcome = { result: why.kind === SUPERSEDED ? 'superseded' : 'cancelled', reason: why.reason };
       else if (isAirlockError(e) && e.retryable && build.attempt < (this.o.maxAttempts ?? 3)) {
         log.warn({ err: e, attempt: build.attempt }, 'build failed for a reason outside the change; queued again');
-        await this.o.store.requeue(id);
+        await this.o.store.requeue(id, build.attempt);
         return;
       } else {
         log.error({ err: e }, 'build errored');
@@ -244,7 +244,12 @@ export class Scheduler {
     if (why && outcome.result !== 'superseded' && outcome.result !== 'cancelled') {
       outcome = { result: why.kind === SUPERSEDED ? 'superseded' : 'cancelled', reason: why.reason };
     }
-    await this.o.store.finish(id, outcome.result, outcome.reason, outcome.issues);
+    // This run's result only: if the build was started again elsewhere meanwhile (this replica
+    // lost the lead and did not know yet), nothing is recorded or reported.
+    if (!(await this.o.store.finish(id, outcome.result, outcome.reason, outcome.issues, build.attempt))) {
+      log.warn({ result: outcome.result, attempt: build.attempt }, 'build ended, but its record is no longer this run\'s (finished, or started again by another replica): its result is dropped');
+      return;
+    }
     log.info({ result: outcome.result, reason: outcome.reason }, 'build finished');
     await this.report(id);
   }

@@ -301,9 +301,13 @@ export class BuildStore {
     );
   }
 
-  /** → finished with a result; idempotent (a second finish of a finished build changes nothing). */
-  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = []): Promise<boolean> {
-    return this.db.tx((t) => this.finishIn(t, id, result, reason, issues));
+  /**
+   * → finished with a result; idempotent (a second finish of a finished build changes nothing).
+   * With `attempt`, only that run of it: a run that another process started again since (a
+   * leader that lost its lease and did not know yet) records nothing over its successor's.
+   */
+  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = [], attempt?: number): Promise<boolean> {
+    return this.db.tx((t) => this.finishIn(t, id, result, reason, issues, undefined, attempt));
   }
 
   /**
@@ -314,14 +318,11 @@ export class BuildStore {
     return this.db.tx((t) => this.finishIn(t, id, result, reason, [], 'queued'));
   }
 
-  private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[], from?: 'queued'): Promise<boolean> {
-    const r = await t.run(`UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND ${from === 'queued' ? "state = 'queued'" : "state != 'finished'"}`, [
-      result,
-      reason,
-      issues.length ? JSON.stringify(issues) : null,
-      this.now(),
-      id,
-    ]);
+  private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[], from?: 'queued', attempt?: number): Promise<boolean> {
+    const r = await t.run(
+      `UPDATE builds SET state = 'finished', result = ?, reason = ?, issues = ?, finished_at = ? WHERE id = ? AND ${from === 'queued' ? "state = 'queued'" : "state != 'finished'"}${attempt === undefined ? '' : ' AND attempt = ?'}`,
+      [result, reason, issues.length ? JSON.stringify(issues) : null, this.now(), id, ...(attempt === undefined ? [] : [attempt])],
+    );
     if (r.changes === 1) {
       // Jobs that never got to run end with the build.
       const end: JobState = result === 'cancelled' || result === 'superseded' ? 'cancelled' : 'skipped';
@@ -349,14 +350,17 @@ export class BuildStore {
     return (await this.db.all<{ id: number }>("SELECT id FROM builds WHERE state = 'finished' AND reported_at IS NULL ORDER BY id")).map((r) => r.id);
   }
 
-  /** running → queued, to be run again from scratch (a retryable failure outside the change). */
-  requeue(id: number): Promise<void> {
-    return this.db.tx((t) => this.requeueIn(t, id));
+  /** running → queued, to be run again from scratch (a retryable failure outside the change); with `attempt`, only that run (see finish). */
+  requeue(id: number, attempt?: number): Promise<void> {
+    return this.db.tx((t) => this.requeueIn(t, id, attempt));
   }
 
-  private async requeueIn(t: Sql, id: number): Promise<void> {
-    await t.run('DELETE FROM jobs WHERE build_id = ?', [id]);
-    await t.run("UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'", [id]);
+  private async requeueIn(t: Sql, id: number, attempt?: number): Promise<void> {
+    const r = await t.run(
+      `UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'${attempt === undefined ? '' : ' AND attempt = ?'}`,
+      [id, ...(attempt === undefined ? [] : [attempt])],
+    );
+    if (r.changes === 1) await t.run('DELETE FROM jobs WHERE build_id = ?', [id]);
   }
 
   /** Restart recovery: every build that was running is queued again from scratch. Returns their ids. */

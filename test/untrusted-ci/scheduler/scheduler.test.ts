@@ -277,6 +277,37 @@ describe('Scheduler', () => {
     expect(await r.store.build(id)).toMatchObject({ result: 'cancelled', attempt: 1 });
   });
 
+  it("a deposed leader's late result does not land on its successor's run of the build (nor its re-queue)", async () => {
+    const db = openDatabase(':memory:');
+    const old = await rig({ db, slots: 2 });
+    open.push(old);
+    old.executor.hold('*');
+    old.executor.fail('A');
+    old.executor.throwError('B', new GitFailedError('fetch interrupted')); // retryable: the old one re-queues it
+    const a = await submit(old, 'p', 'A');
+    const b = await submit(old, 'p', 'B');
+    await old.executor.until((x) => x.held.length === 2);
+    // The old leader is cut off (its scheduler not closed: it does not know yet); the successor
+    // re-runs what was running, as its start does.
+    const next = await rig({ db, slots: 2, start: false });
+    open.push(next);
+    next.executor.hold('*');
+    await next.scheduler.start();
+    await next.executor.until((x) => x.held.length === 2);
+    expect(await next.store.build(a)).toMatchObject({ state: 'running', attempt: 2 });
+    // The old leader's runs end now: A failed, B threw a retryable error.
+    old.executor.release('*');
+    await old.executor.until((x) => x.running.length === 0);
+    for (let i = 0; i < 50; i++) await turns(1);
+    expect(await next.store.build(a)).toMatchObject({ state: 'running', attempt: 2 });
+    expect(await next.store.build(b)).toMatchObject({ state: 'running', attempt: 2 });
+    expect(old.reporter.reported).toEqual([]);
+    next.executor.release('*');
+    await next.scheduler.idle();
+    expect(await next.store.build(a)).toMatchObject({ state: 'finished', result: 'passed', attempt: 2 });
+    expect(await next.store.build(b)).toMatchObject({ state: 'finished', result: 'passed', attempt: 2 });
+  });
+
   it('close() leaves running builds running; a new scheduler on the same database re-runs them', async () => {
     const db = openDatabase(':memory:');
     const first = await rig({ db, slots: 1 });

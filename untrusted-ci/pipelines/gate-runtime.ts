@@ -100,6 +100,8 @@ export class GateRuntime implements GateHooks, Reporter {
   private readonly pending: PipelineEvent[] = [];
   private draining = false;
   private readonly inFlight = new Set<Promise<unknown>>();
+  /** The last save (persist): the next waits for it. */
+  private saving: Promise<void> = Promise.resolve();
   private readonly idleWaiters = new Set<() => void>();
   /** build set → gate build id, and back (the gate's own builds of this run: a restart cancels the others) */
   private readonly builds = new Map<number, number>();
@@ -228,7 +230,7 @@ export class GateRuntime implements GateHooks, Reporter {
       const r = await resolved;
       if (!r.ok) {
         // Fail closed: without its dependencies the change could merge before (or without) them.
-        await this.o.gateStore.save(PIPELINE, this.manager.toJSON(), [
+        await this.persist([
           { kind: 'report', project: c.project, branch: c.branch, change: c.change, patchset: c.patchset, result: 'FAILURE', message: `not enqueued: ${r.reason}` },
         ]);
         return [];
@@ -361,7 +363,7 @@ export class GateRuntime implements GateHooks, Reporter {
       if (rec) outbox.push(rec);
     }
     try {
-      await this.o.gateStore.save(PIPELINE, this.manager.toJSON(), outbox);
+      await this.persist(outbox);
     } catch (e) {
       // The model moved on but the database did not: stop here; the next start recovers from the last snapshot.
       this.closed = true;
@@ -454,6 +456,18 @@ export class GateRuntime implements GateHooks, Reporter {
       default:
         return;
     }
+  }
+
+  /**
+   * Save the model's snapshot with outbox records, one save after another, each taking the snapshot
+   * when its turn comes. Two saves at once (a batch's, and a refused approval's from the trigger
+   * chain) could otherwise commit in either order (PostgreSQL: two connections; a retried
+   * transaction keeps its snapshot), and the older snapshot stay.
+   */
+  private persist(events: NewGateEvent[]): Promise<void> {
+    const mine = this.saving.then(() => this.o.gateStore.save(PIPELINE, this.manager.toJSON(), events));
+    this.saving = mine.catch(() => undefined);
+    return mine;
   }
 
   private track(p: Promise<unknown>): void {

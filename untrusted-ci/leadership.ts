@@ -38,7 +38,8 @@ export class Leadership {
   private readonly now: () => number;
 
   constructor(private readonly o: LeadershipOptions) {
-    this.now = o.now ?? Date.now;
+    // Monotonic: a wall clock set back (NTP) must not stretch the time a leader leads unrenewed.
+    this.now = o.now ?? (() => performance.now());
   }
 
   get isLeader(): boolean {

@@ -57,4 +57,15 @@ describe('leadership', { timeout: 10_000 }, () => {
     started();
     await l.close();
   });
+
+  it("steps down in time when the host's wall clock is set back meanwhile (it counts on a monotonic clock)", async () => {
+    const { lease } = fakeLease(() => new Promise<boolean>(() => {}));
+    const lost: string[] = [];
+    const l = new Leadership({ lease, ttlMs: TTL, logger: createLogger({ level: 'silent' }), address: () => 'http://me', onAcquired: async () => {}, onLost: async (why) => void lost.push(why) });
+    await l.start();
+    vi.setSystemTime(Date.now() - 3_600_000); // NTP steps the clock back an hour
+    await vi.advanceTimersByTimeAsync(TTL - 1);
+    expect(lost).toHaveLength(1);
+    await l.close();
+  });
 });

@@ -340,7 +340,11 @@ export async function startCiService(
     });
     const lead = leadership;
     cleanups.push(() => lead.close());
-    cleanups.push(stopLeading);
+    // Closing ends leading too: a part that finishes starting after this is stopped at once.
+    cleanups.push(async () => {
+      deposed = true;
+      await stopLeading();
+    });
     if (review) {
       const r = review;
       cleanups.push(() => r.rereads.close());

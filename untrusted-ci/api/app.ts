@@ -96,8 +96,6 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     errorResponseBuilder: (_req, ctx) => new RateLimitedError(`rate limit of ${ctx.max} requests per ${ctx.after} exceeded`),
   });
 
-  if (deps.forwarding) registerForwarding(app, deps.forwarding);
-  const z = app.withTypeProvider<ZodTypeProvider>();
   // Submitting and cancelling are separate credentials: a bot that may submit cannot stop others'
   // builds. Without any token (allowed only on loopback, see config.ts) both are open.
   const requireToken: RequireToken = (authorization: string | undefined, action = 'submit'): void => {
@@ -110,6 +108,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const want = Buffer.from(token, 'utf8');
     if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${action} token: Authorization: Bearer <token>`);
   };
+  if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken });
+  const z = app.withTypeProvider<ZodTypeProvider>();
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);
   registerGateRoutes(z, deps);

@@ -24,6 +24,12 @@ export interface Forwarding {
   /** The leader's base URL, if some replica leads. */
   leader(): Promise<string | undefined>;
   logger: Logger;
+  /**
+   * This replica's own token check (api/app.ts), made before a submission or a cancel is forwarded:
+   * a replica that listens beyond loopback has its tokens (config.ts), the leader it forwards to
+   * may have none (it may listen on loopback only, where that is allowed).
+   */
+  requireToken?: (authorization: string | undefined, action?: 'submit' | 'cancel') => void;
 }
 
 const FORWARDED = 'x-airlock-forwarded';
@@ -43,11 +49,33 @@ export function isLocal(method: string, path: string): boolean {
   return LOCAL_GET.some((r) => r.test(path));
 }
 
+/** The path as the router matches it, near enough: percent-decoded (not `/`), leading slashes as one (as leaderUrl sends it). */
+function routed(path: string): string {
+  let p = `/${path.replace(/^\/+/, '')}`;
+  try {
+    p = decodeURI(p);
+  } catch {
+    // left as sent: the router answers 400 or 404
+  }
+  return p;
+}
+
+/** Which token a request needs (the routes that call requireToken in api/routes/). */
+export function tokenAction(method: string, path: string): 'submit' | 'cancel' | undefined {
+  if (method !== 'POST') return undefined;
+  const p = routed(path);
+  if (/^\/api\/changes\/?$/i.test(p)) return 'submit';
+  if (/^\/api\/builds\/[^/]+\/cancel\/?$/i.test(p)) return 'cancel';
+  return undefined;
+}
+
 export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
   app.addHook('onRequest', async (req, reply) => {
     if (f.isLeader()) return;
     const path = req.url.split('?')[0] ?? '/';
     if (isLocal(req.method, path)) return;
+    const action = tokenAction(req.method, path);
+    if (action && f.requireToken) f.requireToken(req.headers.authorization, action);
     return forward(req, reply, f);
   });
 }

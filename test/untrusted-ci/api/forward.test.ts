@@ -77,4 +77,32 @@ describe('the forwarder', () => {
       .find((l) => l.startsWith(`| \`${code}\` |`));
     expect(row).toMatch(/^\| `[A-Z_]+` \| 503 \| yes \|/);
   });
+
+  it("checks its own submit and cancel tokens before forwarding (the leader's config may have none: loopback)", async () => {
+    const guarded = Fastify();
+    const seen: string[] = [];
+    registerForwarding(guarded, {
+      isLeader: () => false,
+      leader: async () => `http://127.0.0.1:${leader.port}`,
+      logger: createLogger({ level: 'silent' }),
+      requireToken: (authorization, action) => {
+        seen.push(action ?? 'submit');
+        if (authorization !== `Bearer ${action}-token`) throw Object.assign(new Error('no'), { statusCode: 401 });
+      },
+    });
+    const post = (url: string, authorization?: string) => guarded.inject({ method: 'POST', url, payload: {}, headers: authorization ? { authorization } : {} });
+    expect((await post('/api/changes')).statusCode).toBe(401);
+    expect((await post('/api/builds/7/cancel')).statusCode).toBe(401);
+    expect((await post('/api/builds/7/cancel', 'Bearer submit-token')).statusCode).toBe(401);
+    // Spellings the leader's router reads as the same routes.
+    expect((await post('//api/changes')).statusCode).toBe(401);
+    expect((await post('/api/%63hanges')).statusCode).toBe(401);
+    expect((await post('/api/builds/7/%63ancel?x=1')).statusCode).toBe(401);
+    expect(hits).toEqual([]);
+    expect((await post('/api/changes', 'Bearer submit-token')).statusCode).toBe(200);
+    expect((await post('/api/builds/7/cancel/', 'Bearer cancel-token')).statusCode).toBe(200);
+    expect(hits).toEqual(['leader POST /api/changes', 'leader POST /api/builds/7/cancel/']);
+    expect(seen).toEqual(['submit', 'cancel', 'cancel', 'submit', 'submit', 'cancel', 'submit', 'cancel']);
+    await guarded.close();
+  });
 });

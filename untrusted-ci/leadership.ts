@@ -69,9 +69,11 @@ export class Leadership {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    // A round that hangs on the database is not waited for once leading has ended.
-    if (!this.lost) await this.ticking;
-    if (this.leading) await this.o.lease.release().catch((err: unknown) => this.o.logger.warn({ err }, 'the leader lease could not be released; another replica takes it when it expires'));
+    // A round in flight is waited for, but not for longer than a leader may go unrenewed: one that
+    // hangs on the database (no more watchdog once the timer is cleared) must not hold the close.
+    const bound = (this.o.ttlMs * 2) / 3;
+    if (!this.lost && this.ticking) await within(this.ticking, bound);
+    if (this.leading) await within(this.o.lease.release(), bound).catch((err: unknown) => this.o.logger.warn({ err }, 'the leader lease could not be released; another replica takes it when it expires'));
     this.leading = false;
   }
 
@@ -139,7 +141,20 @@ export class Leadership {
     this.leading = false;
     if (this.timer) clearInterval(this.timer);
     this.o.logger.error({ why }, 'this replica no longer leads');
-    await this.o.lease.release().catch(() => undefined);
+    // The leader parts stop first: given up before, the lease could pass to a successor while they
+    // still run. Giving it up is then only quicker than its expiry: not waited for long (the
+    // database that cost the lease may not answer).
     await this.o.onLost(why);
+    await within(this.o.lease.release(), (this.o.ttlMs * 2) / 3).catch(() => undefined);
+  }
+}
+
+/** `p`, or nothing once `ms` have passed (what it does then is left to it). */
+async function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -334,8 +334,9 @@ export async function startCiService(
       },
       onLost: async (why) => {
         deposed = true;
-        await stopLeading();
+        // Told first: `airlock ci serve` then bounds how long stopping may take (cli/ci.ts).
         opts.onLeadershipLost?.(why);
+        await stopLeading();
       },
     });
     const lead = leadership;

@@ -28,6 +28,8 @@ describe('leadership', { timeout: 10_000 }, () => {
 
   it('steps down when a renewal hangs (the database unreachable, no answer at all), before the lease could pass on', async () => {
     const { lease } = fakeLease(() => new Promise<boolean>(() => {}));
+    // The database answers nothing at all: giving the lease up hangs too.
+    (lease as unknown as { release: () => Promise<void> }).release = () => new Promise<void>(() => {});
     const lost: string[] = [];
     const l = new Leadership({ lease, ttlMs: TTL, logger: createLogger({ level: 'silent' }), address: () => 'http://me', onAcquired: async () => {}, onLost: async (why) => void lost.push(why) });
     await l.start();
@@ -67,5 +69,18 @@ describe('leadership', { timeout: 10_000 }, () => {
     await vi.advanceTimersByTimeAsync(TTL - 1);
     expect(lost).toHaveLength(1);
     await l.close();
+  });
+
+  it('closes even while a renewal hangs', async () => {
+    const { lease } = fakeLease(async () => true);
+    const l = new Leadership({ lease, ttlMs: TTL, logger: createLogger({ level: 'silent' }), address: () => 'http://me', onAcquired: async () => {}, onLost: async () => {} });
+    await l.start();
+    (lease as unknown as { renew: () => Promise<boolean> }).renew = () => new Promise<boolean>(() => {});
+    await vi.advanceTimersByTimeAsync(TTL / 3); // a round starts, and hangs
+    let closed = false;
+    const closing = l.close().then(() => (closed = true));
+    await vi.advanceTimersByTimeAsync(TTL);
+    expect(closed).toBe(true);
+    await closing;
   });
 });

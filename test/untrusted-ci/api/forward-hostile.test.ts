@@ -1,5 +1,5 @@
 /**
- * The follower's forwarder (untrusted-ci/api/forward.ts) against real sockets: whatever the
+ * The follower's forwarder (untrusted-ci/api/forward.ts) against hostile requests, on real sockets: whatever the
  * request line says, a forwarded request goes to the leader's address and nowhere else.
  */
 import Fastify, { type FastifyInstance } from 'fastify';

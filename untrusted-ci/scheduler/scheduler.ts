@@ -213,6 +213,9 @@ export class Scheduler {
     this.o.onChange?.(build);
     let outcome: BuildOutcome;
     try {
+      // Cancelled between being chosen and being marked running (a slower database leaves room):
+      // the executor is not asked to start what is already stopped.
+      if (controller.signal.aborted) throw controller.signal.reason;
       outcome = await this.o.executor.execute(build, controller.signal);
     } catch (e) {
       const why = controller.signal.reason instanceof CancelReason ? controller.signal.reason : undefined;

@@ -56,6 +56,11 @@ export class Leadership {
     if (this.leading) await this.o.lease.acquire(this.o.address());
   }
 
+  /** Stop leading for good, now (a leader part cannot go on: the gate could not save its state). */
+  async abdicate(why: string): Promise<void> {
+    if (this.leading) await this.lose(why);
+  }
+
   /** Stop trying; give the lease up if held, so another replica takes over at once. */
   async close(): Promise<void> {
     this.closed = true;

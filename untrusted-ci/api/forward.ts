@@ -15,6 +15,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '#shared/logging.js';
+import { WEBHOOK_SIGNATURE_HEADER } from '../sources/gerrit/verify.js';
 
 export interface Forwarding {
   /** Whether this replica leads now (then nothing is forwarded). */
@@ -26,7 +27,7 @@ export interface Forwarding {
 
 const FORWARDED = 'x-airlock-forwarded';
 /** Headers passed on, both ways; hop-by-hop ones and the host are not. */
-const REQUEST_HEADERS = ['authorization', 'content-type', 'accept', 'last-event-id', 'x-gerrit-event-signature', 'x-hub-signature-256', 'x-request-id', 'user-agent'];
+const REQUEST_HEADERS = ['authorization', 'content-type', 'accept', 'last-event-id', WEBHOOK_SIGNATURE_HEADER, 'x-gerrit-event-signature', 'x-hub-signature-256', 'x-request-id', 'user-agent'];
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'content-length']);
 
 /** Paths a follower answers itself (GET): what the database holds. */
@@ -54,8 +55,22 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
   const unavailable = (message: string): FastifyReply =>
     reply.status(503).header('retry-after', '2').send({ code: 'AIRLOCK_E_UNAVAILABLE', message, statusCode: 503 });
   if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
+  // Only an origin-form target (`/path?query`) is forwarded, and only to the leader's origin: a
+  // request line of `http://elsewhere/…` or `//elsewhere/…`, resolved against the leader's URL,
+  // would name another host, and the follower would send the body (and its credentials) there.
+  if (!req.url.startsWith('/'))
+    return reply.status(400).send({ code: 'AIRLOCK_E_INVALID_INPUT', message: 'the request target must be a path (/…)', statusCode: 400 });
   const base = await f.leader().catch(() => undefined);
   if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
+  let target: URL;
+  try {
+    const origin = new URL(base).origin;
+    target = new URL(`${origin}${req.url}`);
+    if (target.origin !== origin) throw new Error(`the target ${target.origin} is not the leader's ${origin}`);
+  } catch (err) {
+    f.logger.warn({ err: (err as Error).message, leader: base }, 'a request could not be forwarded to the leader');
+    return unavailable('the leading replica cannot be reached from here; try again shortly');
+  }
   const headers: Record<string, string> = { [FORWARDED]: '1' };
   for (const h of REQUEST_HEADERS) {
     const v = req.headers[h];
@@ -69,7 +84,7 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
   });
   let res: Response;
   try {
-    res = await fetch(new URL(req.url, base), {
+    res = await fetch(target, {
       method: req.method,
       headers,
       ...(hasBody ? { body: Readable.toWeb(req.raw) as ReadableStream<Uint8Array>, duplex: 'half' } : {}),

@@ -65,6 +65,11 @@ export class Leadership {
     if (this.leading) await this.o.lease.acquire(this.o.address());
   }
 
+  /** Stop leading for good, now (a leader part cannot go on: the gate could not save its state). */
+  async abdicate(why: string): Promise<void> {
+    if (this.leading) await this.lose(why);
+  }
+
   /** Stop trying; give the lease up if held, so another replica takes over at once. */
   async close(): Promise<void> {
     this.closed = true;
@@ -88,7 +93,7 @@ export class Leadership {
     const silent = this.now() - this.lastRenewed;
     // At two thirds (the second round after a renewal), not after: the round after that is when
     // the lease runs out.
-    if (silent >= (this.o.ttlMs * 2) / 3) void this.lose(`the leader lease was not renewed for ${silent} ms (the database does not answer)`);
+    if (silent >= (this.o.ttlMs * 2) / 3) void this.lose(`the leader lease could not be renewed for ${silent} ms (the database does not answer)`);
   }
 
   private async step(): Promise<void> {

@@ -210,6 +210,7 @@ export async function startCiService(
       queues: c.gate.queues,
       logger: logger.child({ component: 'gate' }),
       onMerged: () => hints?.kick(),
+      onStateLost: (err) => void leadership?.abdicate(`the gate could not save its state: ${(err as Error).message}`),
       onChange: () => {
         status?.notify();
         review?.outbox.kick();

@@ -133,7 +133,10 @@ export async function openPackageNetwork(o: PackageNetworkOptions): Promise<Pack
     ];
     for (const [, path, handler] of ports) servers.push(await listenUnix(path, handler, o.handlers.connect));
 
-    holder = await o.docker.createContainer({
+    // Started once more if the engine fails to start it: seen once under heavy load ("cannot start
+    // a stopped process": its runtime's init died before the command ran); a sleeping holder is safe
+    // to start again, and a second failure is the engine's, said as one.
+    const createHolder = (): Promise<Docker.Container> => o.docker.createContainer({
       Image: o.image,
       Cmd: ['sleep', '2147483647'],
       Entrypoint: [],
@@ -145,7 +148,8 @@ export async function openPackageNetwork(o: PackageNetworkOptions): Promise<Pack
         ReadonlyRootfs: true,
         CapDrop: ['ALL'],
         SecurityOpt: ['no-new-privileges'],
-        PidsLimit: 4,
+        // `sleep` needs one; the rest is room for the runtime's own init while it starts the holder.
+        PidsLimit: 16,
         Memory: 16 * 1024 * 1024,
         MemorySwap: 16 * 1024 * 1024,
         NanoCpus: 100_000_000,
@@ -153,7 +157,18 @@ export async function openPackageNetwork(o: PackageNetworkOptions): Promise<Pack
         AutoRemove: false,
       },
     });
-    await holder.start();
+    for (let attempt = 1; ; attempt++) {
+      holder = await createHolder();
+      try {
+        await holder.start();
+        break;
+      } catch (e) {
+        await holder.remove({ force: true }).catch(() => undefined);
+        holder = undefined;
+        const why = (e as { json?: { message?: string } }).json?.message ?? (e as Error).message;
+        if (attempt >= 2) throw new ExecutorFailedError(`the package network's holder container did not start: ${why}`, { cause: e });
+      }
+    }
     const pid = (await holder.inspect()).State.Pid;
     if (!pid) throw new ExecutorFailedError('the package network holder has no process');
     for (const [port, path] of ports) relays.push(await startRelay(pid, port, path));

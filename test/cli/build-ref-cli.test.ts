@@ -4,6 +4,7 @@
  * built by `buildApi` from real parts (SQLite BuildStore, the Scheduler, BuildEvents, an
  * FsArtifactStore) with the FakeExecutor in place of Docker, as in test/untrusted-ci/api/api.test.ts.
  */
+import { testDatabase } from '../support/store-engines.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,9 +35,11 @@ function airlock(args: string[]): Promise<Run> {
   return runAirlock(args, { AIRLOCK_SERVER: server, AIRLOCK_LOG_LEVEL: 'error' }).then((r) => ({ status: r.code, stdout: r.stdout, stderr: r.stderr }));
 }
 
+const refDb = await testDatabase();
+
 describe('naming a build by change or by #id, against a running CI API', { timeout: 300_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-ref-'));
-  const db = openDatabase(':memory:');
+  const db = refDb;
   const store = new BuildStore(db);
   const events = new BuildEvents(join(dir, 'builds'));
   const artifacts = new FsArtifactStore(join(dir, 'artifacts'));

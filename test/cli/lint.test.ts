@@ -6,6 +6,7 @@
  * exactly the issues the build ends with, and its one-line reason. The command itself runs
  * through bin/airlock.js in a child process, for its output and exit code.
  */
+import { testDatabase } from '../support/store-engines.js';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -42,7 +43,7 @@ const { merger, upstream } = mergerRig('lint');
 async function ciVerdict(files: Record<string, string>): Promise<BuildOutcome> {
   const { up, project } = upstream();
   const c = up.change(1, 1, files);
-  const store = new BuildStore(openDatabase(':memory:'));
+  const store = new BuildStore((await testDatabase()));
   const { buildId } = await store.enqueue({ project: project.name, branch: 'master', change: '1', patchset: 1, ref: c.ref, author: 'alice', source: 'test' }, 'check');
   const never = (what: string) => () => {
     throw new Error(`${what} is not reached by a config error`);

@@ -6,6 +6,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildCiConfig, type CiConfigInput, type LoadedCiConfig } from '../../untrusted-ci/config.js';
 import { startCiService, type CiService } from '../../untrusted-ci/service.js';
+import { sharedPostgres } from './postgres-shared.js';
 import { createLogger, type Logger } from '#shared/logging.js';
 import type { BuildView, SubmitChangeInput } from '#shared/schemas/api/builds.js';
 import { STATE_DIR, tempDir } from './docker.js';
@@ -40,7 +41,14 @@ export async function startTestCi(
     writeFileSync(join(dataDir, 'hook.secret'), r.hookSecret, { mode: 0o600 });
   }
   const review = r ? { review: { kind: 'gerrit' as const, url: r.gerrit.url, credentialsFile: join(dataDir, 'gerrit.json'), ...(opts.catchUpEveryMs !== undefined ? { catchUpEveryMs: opts.catchUpEveryMs } : {}) }, webhooks: { gerritSecretFile: join(dataDir, 'hook.secret'), ...config.webhooks } } : {};
-  const loaded = buildCiConfig({ version: 1, dataDir, runnerStateDir: STATE_DIR, slots: 2, imageGcEveryMs: 0, ...config, ...review, ...(r ? { listen: { host: '127.0.0.1', port: 0 } } : {}) }, 'test-config');
+  // `npm run test:postgres` runs the service on a PostgreSQL database of its own instead of SQLite.
+  let database = {};
+  if (process.env.AIRLOCK_TEST_DATABASE === 'postgres' && !config.database) {
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(join(dataDir, 'database.url'), await (await sharedPostgres()).createDatabase(), { mode: 0o600 });
+    database = { database: { engine: 'postgres', urlFile: join(dataDir, 'database.url') } };
+  }
+  const loaded = buildCiConfig({ version: 1, dataDir, runnerStateDir: STATE_DIR, slots: 2, imageGcEveryMs: 0, ...database, ...config, ...review, ...(r ? { listen: { host: '127.0.0.1', port: 0 } } : {}) }, 'test-config');
   const service = await startCiService(loaded, { logger: opts.logger ?? createLogger({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }), workspacePool: 0 });
   let url: string | undefined;
   if (r) {

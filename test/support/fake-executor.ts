@@ -165,6 +165,8 @@ export class FakeExecutor implements BuildExecutor {
   }
 
   private waitForRelease(run: FakeRun, signal: AbortSignal): Promise<void> {
+    // Aborted already (while planJobs awaited the database): nothing to wait for.
+    if (signal.aborted) return Promise.resolve();
     return new Promise((res) => {
       const w: Waiting = {
         run,

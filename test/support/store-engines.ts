@@ -70,3 +70,15 @@ export async function storeEngines(): Promise<StoreEngine[]> {
     },
   ];
 }
+
+/**
+ * The database a test of the service's parts runs on: SQLite in memory, or — with
+ * `AIRLOCK_TEST_DATABASE=postgres` (`npm run test:postgres`) — a fresh database on the run's
+ * PostgreSQL server, so the same tests run on the other engine.
+ */
+export async function testDatabase(): Promise<Db> {
+  if (process.env.AIRLOCK_TEST_DATABASE !== 'postgres') return openDatabase(':memory:');
+  const pg = await sharedPostgres();
+  if (pg.skip) throw new Error(`AIRLOCK_TEST_DATABASE=postgres, but PostgreSQL cannot run here: ${pg.skip}`);
+  return openPostgres(await pg.createDatabase());
+}

@@ -5,6 +5,7 @@
  * Backoff waits are recorded and shortened to a few ms by the injected `sleep`, so the schedule is
  * asserted without waiting for it.
  */
+import { testDatabase } from '../support/store-engines.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -78,8 +79,8 @@ let delays: number[];
 let logLines: string[];
 const senders: HintSender[] = [];
 
-beforeEach(() => {
-  db = openDatabase(':memory:');
+beforeEach(async () => {
+  db = await testDatabase();
   gate = new GateStore(db);
   builder = new FakeBuilder();
   delays = [];

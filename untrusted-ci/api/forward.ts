@@ -17,6 +17,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { InvalidInputError, NoLeaderError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { toWire } from '#shared/http/wire.js';
+import { WEBHOOK_SIGNATURE_HEADER } from '../sources/gerrit/verify.js';
 
 export interface Forwarding {
   /** Whether this replica leads now (then nothing is forwarded). */
@@ -34,7 +35,7 @@ export interface Forwarding {
 
 const FORWARDED = 'x-airlock-forwarded';
 /** Headers passed on, both ways; hop-by-hop ones and the host are not. */
-const REQUEST_HEADERS = ['authorization', 'content-type', 'accept', 'last-event-id', 'x-gerrit-event-signature', 'x-hub-signature-256', 'x-request-id', 'user-agent'];
+const REQUEST_HEADERS = ['authorization', 'content-type', 'accept', 'last-event-id', WEBHOOK_SIGNATURE_HEADER, 'x-gerrit-event-signature', 'x-hub-signature-256', 'x-request-id', 'user-agent'];
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'content-length']);
 
 /** Paths a follower answers itself (GET): what the database holds. */
@@ -49,7 +50,7 @@ export function isLocal(method: string, path: string): boolean {
   return LOCAL_GET.some((r) => r.test(path));
 }
 
-/** The path as the router matches it, near enough: percent-decoded (not `/`), leading slashes as one (as leaderUrl sends it). */
+/** The path as a router might match it: percent-decoded (not `/`), leading slashes as one (stricter than the leader's router, which takes `//api/…` for no route). */
 function routed(path: string): string {
   let p = `/${path.replace(/^\/+/, '')}`;
   try {
@@ -80,33 +81,26 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
   });
 }
 
-/**
- * The leader's URL for a request target: the leader's origin and the target's path and query, as
- * sent. `new URL(target, base)` would not do: a scheme-relative target (`//host/…`) or an
- * absolute-form one (`http://host/…`, which HTTP/1.1 allows) names another host, and the follower
- * would fetch it for anyone who can reach its port. Anything but a path is refused (undefined).
- */
-export function leaderUrl(base: string, target: string): URL | undefined {
-  if (!target.startsWith('/')) return undefined;
-  let origin: string;
-  try {
-    origin = new URL(base).origin;
-  } catch {
-    return undefined;
-  }
-  // Two leading slashes would make the path read as a host: the leader's router sees one.
-  const url = new URL(`${origin}/${target.replace(/^\/+/, '')}`);
-  return url.origin === origin ? url : undefined;
-}
-
 async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding): Promise<FastifyReply> {
   const unavailable = (message: string): FastifyReply =>
     reply.status(503).header('retry-after', '2').send(toWire(new NoLeaderError(message)));
   if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
+  // Only an origin-form target (`/path?query`) is forwarded, and only to the leader's origin: a
+  // request line of `http://elsewhere/…` or `//elsewhere/…`, resolved against the leader's URL,
+  // would name another host, and the follower would send the body (and its credentials) there.
+  if (!req.url.startsWith('/'))
+    return reply.status(400).send(toWire(new InvalidInputError([{ file: 'request', path: '', message: 'the request target must be a path (/…)', severity: 'error' }])));
   const base = await f.leader().catch(() => undefined);
   if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
-  const target = leaderUrl(base, req.url);
-  if (!target) return reply.status(400).send(toWire(new InvalidInputError([{ file: 'request', path: '', message: 'the request target must be a path', severity: 'error' }])));
+  let target: URL;
+  try {
+    const origin = new URL(base).origin;
+    target = new URL(`${origin}${req.url}`);
+    if (target.origin !== origin) throw new Error(`the target ${target.origin} is not the leader's ${origin}`);
+  } catch (err) {
+    f.logger.warn({ err: (err as Error).message, leader: base }, 'a request could not be forwarded to the leader');
+    return unavailable('the leading replica cannot be reached from here; try again shortly');
+  }
   const headers: Record<string, string> = { [FORWARDED]: '1' };
   for (const h of REQUEST_HEADERS) {
     const v = req.headers[h];

@@ -72,6 +72,12 @@ export interface GateRuntimeOptions {
   now?: () => number;
   /** Called after a batch that merged something was saved (the hint sender wakes up). */
   onMerged?: () => void;
+  /**
+   * The gate could not save its state (the database failed, or this replica no longer leads): it
+   * stops taking events, and the service stops leading (the next leader, or this process started
+   * again, recovers from the last snapshot saved).
+   */
+  onStateLost?: (err: unknown) => void;
   /** Called after each batch was applied: the queues may look different (the status page). */
   onChange?: () => void;
   /** The review system that merges (absent: the gate tests but cannot merge anything). */
@@ -367,7 +373,8 @@ export class GateRuntime implements GateHooks, Reporter {
     } catch (e) {
       // The model moved on but the database did not: stop here; the next start recovers from the last snapshot.
       this.closed = true;
-      this.o.logger.fatal({ err: e }, 'the gate cannot save its state; it stops taking events until the service restarts');
+      this.o.logger.fatal({ err: e }, 'the gate cannot save its state; it stops taking events, and this replica stops leading');
+      this.o.onStateLost?.(e);
       return;
     }
     if (outbox.some((r) => r.kind === 'merged')) this.o.onMerged?.();

@@ -26,6 +26,46 @@ export function pickNext(queued: readonly QueuedBuild[], served: ServedView): Qu
   return leastRecent(own, (b) => b.author, (b) => served.author(b.project, b.author));
 }
 
+/** What `pickNextFrom` reads of the queue (BuildStore): group heads, never the whole queue. */
+export interface QueueHeads {
+  queuedProjects(pipeline: 'check' | 'gate'): Promise<{ project: string; id: number }[]>;
+  queuedUploaders(pipeline: 'check' | 'gate', project: string): Promise<{ author: string; id: number }[]>;
+  queuedBuild(id: number): Promise<QueuedBuild | undefined>;
+}
+
+/**
+ * `pickNext`'s choice, read from the store's group heads instead of the whole queue (a deployment's
+ * queue holds thousands of builds; the groups waiting are far fewer). The same rules, the same
+ * ties: gate before check; the project served longest ago (ties: its oldest build first); for check
+ * work, that project's uploader served longest ago (ties: the older build); the group's oldest.
+ * Undefined when nothing is queued (or the build chosen stopped being queued meanwhile).
+ */
+export async function pickNextFrom(q: QueueHeads, served: ServedView): Promise<QueuedBuild | undefined> {
+  for (const pipeline of ['gate', 'check'] as const) {
+    const projects = await q.queuedProjects(pipeline);
+    const project = leastRecentHead(projects, (p) => served.project(p.project));
+    if (!project) continue;
+    if (pipeline === 'gate') return q.queuedBuild(project.id);
+    const uploaders = await q.queuedUploaders(pipeline, project.project);
+    const uploader = leastRecentHead(uploaders, (u) => served.author(project.project, u.author));
+    return uploader ? q.queuedBuild(uploader.id) : undefined;
+  }
+  return undefined;
+}
+
+function leastRecentHead<T extends { id: number }>(heads: readonly T[], servedAt: (h: T) => number): T | undefined {
+  let best: T | undefined;
+  let bestServed = Infinity;
+  for (const h of heads) {
+    const s = servedAt(h);
+    if (s < bestServed || (s === bestServed && best !== undefined && h.id < best.id)) {
+      best = h;
+      bestServed = s;
+    }
+  }
+  return best;
+}
+
 /** Of each group's oldest build, the one whose group was served longest ago (ties: the older build). */
 function leastRecent(pool: readonly QueuedBuild[], group: (b: QueuedBuild) => string, servedAt: (b: QueuedBuild) => number): QueuedBuild | undefined {
   const first = new Map<string, QueuedBuild>();

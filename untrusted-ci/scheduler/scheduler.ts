@@ -19,7 +19,7 @@ import { isAirlockError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { BuildResult, BuildView, Pipeline } from '#shared/schemas/api/builds.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
-import { pickNext, Served } from './fair-queue.js';
+import { pickNextFrom, Served } from './fair-queue.js';
 import type { Slots } from './slots.js';
 
 /** What running one build came to. A failing job is an outcome, not an exception. */
@@ -179,34 +179,32 @@ export class Scheduler {
 
   private async fill(): Promise<void> {
     if (this.closed) return;
-    if (this.running.size < this.inFlight) {
-      const queued = (await this.o.store.queued()).filter((b) => !this.running.has(b.id));
-      while (this.running.size < this.inFlight && queued.length > 0 && !this.closed) {
-        const next = pickNext(queued, this.served);
-        if (!next) break;
-        queued.splice(queued.indexOf(next), 1);
-        // Held in `running` before the store says so: a cancel meanwhile aborts it instead of
-        // finishing a build that is about to run.
-        const controller = new AbortController();
-        let started!: (ok: boolean) => void;
-        const gate = new Promise<boolean>((r) => (started = r));
-        const done = gate
-          .then((ok) => (ok ? this.run(next.id, controller) : undefined))
-          // The database failed under the build (its record stays `running`: the next start re-runs it).
-          .catch((err: unknown) => this.o.logger.error({ err, build: next.id }, 'a build could not be run or recorded'))
-          .finally(() => {
-            this.running.delete(next.id);
-            this.kick();
-          });
-        this.running.set(next.id, { controller, done });
-        let ok = false;
-        try {
-          ok = await this.o.store.start(next.id);
-        } finally {
-          started(ok);
-        }
-        if (ok) this.served.mark(next);
+    // Each pick reads the queue's group heads (pickNextFrom), not the whole queue: a build this
+    // pass started is no longer queued when the next pick reads them.
+    while (this.running.size < this.inFlight && !this.closed) {
+      const next = await pickNextFrom(this.o.store, this.served);
+      if (!next || this.running.has(next.id)) break;
+      // Held in `running` before the store says so: a cancel meanwhile aborts it instead of
+      // finishing a build that is about to run.
+      const controller = new AbortController();
+      let started!: (ok: boolean) => void;
+      const gate = new Promise<boolean>((r) => (started = r));
+      const done = gate
+        .then((ok) => (ok ? this.run(next.id, controller) : undefined))
+        // The database failed under the build (its record stays `running`: the next start re-runs it).
+        .catch((err: unknown) => this.o.logger.error({ err, build: next.id }, 'a build could not be run or recorded'))
+        .finally(() => {
+          this.running.delete(next.id);
+          this.kick();
+        });
+      this.running.set(next.id, { controller, done });
+      let ok = false;
+      try {
+        ok = await this.o.store.start(next.id);
+      } finally {
+        started(ok);
       }
+      if (ok) this.served.mark(next);
     }
     if (this.idleWaiters.size > 0 && (await this.isIdle())) for (const w of this.drainWaiters()) w();
   }
@@ -223,8 +221,9 @@ export class Scheduler {
     this.o.onChange?.(build);
     let outcome: BuildOutcome;
     try {
-      // Cancelled while it was being started: not run at all.
-      controller.signal.throwIfAborted();
+      // Cancelled between being chosen and being marked running (a slower database leaves room):
+      // the executor is not asked to start what is already stopped.
+      if (controller.signal.aborted) throw controller.signal.reason;
       outcome = await this.o.executor.execute(build, controller.signal);
     } catch (e) {
       const why = controller.signal.reason instanceof CancelReason ? controller.signal.reason : undefined;

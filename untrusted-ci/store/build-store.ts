@@ -105,14 +105,16 @@ export class BuildStore {
           [c.project, c.change, c.patchset, pipeline],
         )
       ).map((r) => r.id);
-      const buildId = await insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at) VALUES (?,?,?,?,'queued',?) RETURNING id", [
+      const change = await this.changeView(changeId, t);
+      const buildId = await insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, author) VALUES (?,?,?,?,'queued',?,?) RETURNING id", [
         changeId,
         c.project,
         c.branch,
         pipeline,
         this.now(),
+        change.author,
       ]);
-      return { change: await this.changeView(changeId, t), buildId, superseded };
+      return { change, buildId, superseded };
     });
   }
 
@@ -185,13 +187,14 @@ export class BuildStore {
   enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): Promise<number> {
     return this.db.tx(async (t) => {
       const c = await this.changeView(changeId, t);
-      return insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack) VALUES (?,?,?,'gate','queued',?,?,?) RETURNING id", [
+      return insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack, author) VALUES (?,?,?,'gate','queued',?,?,?,?) RETURNING id", [
         changeId,
         c.project,
         c.branch,
         this.now(),
         buildSet,
         JSON.stringify(stack),
+        c.author,
       ]);
     });
   }
@@ -238,6 +241,46 @@ export class BuildStore {
         [limit],
       )
     ).map((r) => ({ id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at, author: r.author }));
+  }
+
+  /**
+   * The projects with queued builds of a pipeline, each with its oldest one's id: what the fair
+   * queue chooses a project from (scheduler/fair-queue.ts `pickNextFrom`). Read by index seeks, one
+   * per project (a skip scan), not by reading the queue: its cost grows with the projects waiting,
+   * not with the builds.
+   */
+  async queuedProjects(pipeline: Pipeline): Promise<{ project: string; id: number }[]> {
+    return this.db.all<{ project: string; id: number }>(
+      `WITH RECURSIVE p(project) AS (
+         SELECT MIN(project) FROM builds WHERE state = 'queued' AND pipeline = ?
+         UNION ALL
+         SELECT (SELECT MIN(b.project) FROM builds b WHERE b.state = 'queued' AND b.pipeline = ? AND b.project > p.project) FROM p WHERE p.project IS NOT NULL
+       )
+       SELECT p.project AS project, (SELECT MIN(b.id) FROM builds b WHERE b.state = 'queued' AND b.pipeline = ? AND b.project = p.project) AS id FROM p WHERE p.project IS NOT NULL`,
+      [pipeline, pipeline, pipeline],
+    );
+  }
+
+  /** Of one project's queued builds of a pipeline, each uploader's oldest (a skip scan, as queuedProjects). */
+  async queuedUploaders(pipeline: Pipeline, project: string): Promise<{ author: string; id: number }[]> {
+    return this.db.all<{ author: string; id: number }>(
+      `WITH RECURSIVE a(author) AS (
+         SELECT MIN(author) FROM builds WHERE state = 'queued' AND pipeline = ? AND project = ?
+         UNION ALL
+         SELECT (SELECT MIN(b.author) FROM builds b WHERE b.state = 'queued' AND b.pipeline = ? AND b.project = ? AND b.author > a.author) FROM a WHERE a.author IS NOT NULL
+       )
+       SELECT a.author AS author, (SELECT MIN(b.id) FROM builds b WHERE b.state = 'queued' AND b.pipeline = ? AND b.project = ? AND b.author = a.author) AS id FROM a WHERE a.author IS NOT NULL`,
+      [pipeline, project, pipeline, project, pipeline, project],
+    );
+  }
+
+  /** One queued build as the scheduler sees it (undefined once it is no longer queued). */
+  async queuedBuild(id: number): Promise<QueuedBuild | undefined> {
+    const r = await this.db.get<{ id: number; project: string; pipeline: Pipeline; enqueued_at: number; author: string }>(
+      "SELECT id, project, pipeline, enqueued_at, author FROM builds WHERE id = ? AND state = 'queued'",
+      [id],
+    );
+    return r ? { id: r.id, project: r.project, pipeline: r.pipeline, enqueuedAt: r.enqueued_at, author: r.author } : undefined;
   }
 
   /** queued → running; false when the build is no longer queued (cancelled meanwhile). */

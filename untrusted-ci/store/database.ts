@@ -176,6 +176,13 @@ export const MIGRATIONS: readonly string[] = [
      expires_at INTEGER NOT NULL,
      updated_at INTEGER NOT NULL
    );`,
+  // The scheduler's choice at a large queue's size (issue 18): each build carries its uploader, and
+  // the queued ones are indexed by the fair queue's groups, so the oldest of each is read without
+  // the rest of the queue (BuildStore.queuedHeads).
+  `ALTER TABLE builds ADD COLUMN author TEXT;
+   UPDATE builds SET author = (SELECT author FROM changes WHERE changes.id = builds.change_id);
+   CREATE INDEX builds_queued ON builds (pipeline, project, author, id) WHERE state = 'queued';
+   CREATE INDEX builds_queued_age ON builds (pipeline, project, id) WHERE state = 'queued';`,
 ];
 
 /** A migration in PostgreSQL's words. */

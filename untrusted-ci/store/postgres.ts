@@ -27,6 +27,16 @@ const TX_ATTEMPTS = 20;
  */
 const RETRYABLE = new Set(['40001', '40P01', '23505']);
 
+/**
+ * SQLSTATEs that say the connection or the server is going or gone, not that the statement was
+ * wrong: class 08 (connection exception) and an administrator's or a crash's shutdown, or a
+ * server still starting (57P01, 57P02, 57P03). A statement that meets one failed as the database
+ * failed, like one whose socket broke.
+ */
+function connectionLost(state: string): boolean {
+  return state.startsWith('08') || state === '57P01' || state === '57P02' || state === '57P03';
+}
+
 /** The advisory lock key migrations hold (any constant; 'airl' in ASCII). */
 const MIGRATION_LOCK = 0x6169726c;
 
@@ -58,6 +68,7 @@ export class PostgresDb implements Db {
   readonly where: string;
   private readonly pool: pg.Pool;
   private readonly texts = new Map<string, { text: string; name: string }>();
+  private readonly guarded = new WeakSet<pg.PoolClient>();
 
   constructor(o: PostgresOptions) {
     this.where = redact(o.url);
@@ -135,9 +146,9 @@ export class PostgresDb implements Db {
         run: async (sql: string, params: readonly SqlValue[] = []) => ({ changes: (await q(sql, params)).rowCount ?? 0 }),
       };
       try {
-        await client.query('BEGIN ISOLATION LEVEL SERIALIZABLE');
+        await this.control(client, 'BEGIN ISOLATION LEVEL SERIALIZABLE');
         const out = await fn(t);
-        await client.query('COMMIT');
+        await this.control(client, 'COMMIT');
         return out;
       } catch (e) {
         open = false;
@@ -159,11 +170,37 @@ export class PostgresDb implements Db {
   }
 
   private async connect(): Promise<pg.PoolClient> {
+    let client: pg.PoolClient;
     try {
-      return await this.pool.connect();
+      client = await this.pool.connect();
     } catch (e) {
       throw new StorageFailedError(`cannot reach the database ${this.where}: ${(e as Error).message}`, { cause: e });
     }
+    // While a connection is checked out the pool does not listen for its errors, and an 'error'
+    // event with no listener ends the process: a server that restarts during a transaction would
+    // take the service down. The statement that meets the break fails on its own (and the
+    // connection is released as broken); the event needs only a listener. Once per connection.
+    if (!this.guarded.has(client)) {
+      this.guarded.add(client);
+      client.on('error', () => undefined);
+    }
+    return client;
+  }
+
+  /** A transaction's own statement (BEGIN, COMMIT): errors as `query`'s. */
+  private async control(client: pg.PoolClient, text: string): Promise<void> {
+    try {
+      await client.query(text);
+    } catch (e) {
+      throw this.failure(e);
+    }
+  }
+
+  /** A server's answer to the statement stays as it is (the caller's to handle); a broken or closing connection is StorageFailedError. */
+  private failure(e: unknown): unknown {
+    const state = sqlState(e);
+    if (state !== undefined && !connectionLost(state)) return e;
+    return new StorageFailedError(`the database ${this.where} failed: ${(e as Error).message}`, { cause: e });
   }
 
   private async query(on: pg.Pool | pg.PoolClient, sql: string, params: readonly SqlValue[]): Promise<pg.QueryResult> {
@@ -172,8 +209,7 @@ export class PostgresDb implements Db {
       // A parameterless statement may hold several (migrations): the simple protocol, unnamed.
       return params.length === 0 && text.includes(';') ? await on.query(text) : await on.query({ text, name, values: params as SqlValue[] });
     } catch (e) {
-      if (sqlState(e) !== undefined) throw e; // the server's answer to this statement: the caller's to handle
-      throw new StorageFailedError(`the database ${this.where} failed: ${(e as Error).message}`, { cause: e });
+      throw this.failure(e);
     }
   }
 

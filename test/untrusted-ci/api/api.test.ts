@@ -4,6 +4,7 @@
  * a temp dir, the store reporter, metrics, a silent logger. Every hostile or broken request must get
  * a 4xx in the `{code, message, statusCode}` shape — never a 500.
  */
+import { testDatabase } from '../../support/store-engines.js';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,7 +73,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     dir,
   );
   const logger = createLogger({ level: 'silent' });
-  const db: Db = openDatabase(':memory:');
+  const db: Db = (await testDatabase());
   const store = new BuildStore(db);
   const events = new BuildEvents(join(dir, 'builds'));
   const artifacts = new FsArtifactStore(join(dir, 'artifacts'));

@@ -6,6 +6,7 @@
  * heartbeats). The real service's wiring
  * and the page itself are tested in a real browser (e2e/status-page.browser.docker.test.ts).
  */
+import { testDatabase } from '../../support/store-engines.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { get, type IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -98,7 +99,7 @@ describe('StatusFeed', () => {
 describe('statusView', () => {
   it('shows unfinished check builds as independent items and the gate’s queues with their builds’ jobs', async () => {
     let clock = 1_000;
-    const store = new BuildStore(openDatabase(':memory:'), () => clock);
+    const store = new BuildStore((await testDatabase()), () => clock);
     const change = (change: string, subject?: string) => ({ project: 'p', branch: 'main', change, patchset: 1, ref: `refs/changes/${change}/1`, author: 'eve', source: 'api', ...(subject ? { subject } : {}) });
     // A check build running its first job; one job of this project passed before in 4 s.
     const before = (await store.enqueue(change('0'), 'check')).buildId;
@@ -167,7 +168,7 @@ describe('status routes', () => {
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const config = buildCiConfig({ version: 1, dataDir: dir, slots: 1, projects: [{ name: 'app', url: '/srv/git/app.git' }] }, 'test-config').config;
     const logger = createLogger({ level: 'silent' });
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const store = new BuildStore(db);
     const events = new BuildEvents(join(dir, 'builds'));
     const executor = new FakeExecutor({ events, store });

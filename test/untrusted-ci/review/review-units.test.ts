@@ -3,6 +3,7 @@
  * state, the durable outbox (order, retries, refusals, the exclusive window of a submit), the
  * catch-up's cursor, and what the Gerrit adapter makes of a ChangeInfo. SQLite in memory.
  */
+import { testDatabase } from '../../support/store-engines.js';
 import { describe, expect, it } from 'vitest';
 import { ReviewRefusedError, ReviewUnavailableError } from '#shared/errors.js';
 import { createLogger } from '#shared/logging.js';
@@ -67,8 +68,8 @@ const build = (id: number, result: BuildView['result'], source = 'gerrit'): Buil
   jobs: [{ name: 'test', state: result === 'passed' ? 'passed' : 'failed', voting: true, logBytes: 10, startedAt: 1000, finishedAt: 4000, artifacts: [] }],
 });
 
-function outbox(system: Recorder) {
-  const db = openDatabase(':memory:');
+async function outbox(system: Recorder) {
+  const db = (await testDatabase());
   const gateStore = new GateStore(db);
   const o = new ReviewOutbox({ db, system, store: { build: async () => build(1, 'passed') }, gateStore, votes: DEFAULT_VOTES, links: { publicUrl: 'https://ci.example.org' }, logger, loop: { backoff: { initialMs: 1, maxMs: 5 }, pollIntervalMs: 20 } });
   return { db, gateStore, o };
@@ -81,7 +82,7 @@ const settle = async (o: ReviewOutbox, n = 200): Promise<void> => {
 describe('ReviewOutbox', () => {
   it('votes on check results of review-system changes only, once per build, with log links', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     await o.report(build(1, 'passed'));
     await o.report(build(1, 'passed')); // reported again after a restart: one row
     await o.report(build(2, 'failed'));
@@ -100,7 +101,7 @@ describe('ReviewOutbox', () => {
 
   it('keeps a message through outages (retried in order), and skips one the review system refuses', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     sys.failures = [new ReviewUnavailableError('down'), new ReviewUnavailableError('still down'), new ReviewRefusedError(404, 'no such change')];
     await o.enqueue('a', 'p', '1', 1, { message: 'first' });
     await o.enqueue('b', 'p', '2', 1, { message: 'second' });
@@ -116,7 +117,7 @@ describe('ReviewOutbox', () => {
 
   it('gives a message up after 50 failed tries, so one cannot hold the others for ever', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     sys.failures = Array.from({ length: 50 }, () => new ReviewUnavailableError('503 every time'));
     await o.enqueue('stuck', 'p', '1', 1, { message: 'never delivered' });
     await o.enqueue('next', 'p', '2', 1, { message: 'delivered after' });
@@ -132,7 +133,7 @@ describe('ReviewOutbox', () => {
 
   it('a project with no job in the check pipeline is told so, without a -1', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     await o.report({ ...build(9, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs', message: 'no job runs in the check pipeline', severity: 'error' }] });
     await o.report({ ...build(10, 'config-error'), jobs: [], issues: [{ file: '.airlock.yaml', path: 'jobs.x.command', message: 'required', severity: 'error' }] });
     // A warning beside it (no publish section) does not make it a broken config.
@@ -148,7 +149,7 @@ describe('ReviewOutbox', () => {
 
   it('a vote a closed change refuses (409) is posted again as the message alone', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     sys.failures = [new ReviewRefusedError(409, 'change is closed')];
     await o.enqueue('a', 'p', '1', 1, { labels: { Verified: -2 }, message: 'failed' });
     o.start();
@@ -160,7 +161,7 @@ describe('ReviewOutbox', () => {
 
   it('turns the gate\'s start and report events into messages, after a cursor that survives', async () => {
     const sys = new Recorder();
-    const { o, gateStore } = outbox(sys);
+    const { o, gateStore } = await outbox(sys);
     await gateStore.save('gate', {}, [
       { kind: 'start', project: 'p', branch: 'master', change: '9', patchset: 1 },
       { kind: 'merged', project: 'p', branch: 'master', change: '9', patchset: 1, commit: 'a'.repeat(40) },
@@ -184,7 +185,7 @@ describe('ReviewOutbox', () => {
 
   it('exclusive(): the change\'s queued messages go first, and nothing else of it in between', async () => {
     const sys = new Recorder();
-    const { o } = outbox(sys);
+    const { o } = await outbox(sys);
     await o.enqueue('start', 'p', '5', 1, { labels: { Verified: 0 }, message: 'Starting gate jobs.' });
     const order: string[] = [];
     await o.exclusive('p', '5', async () => {
@@ -201,12 +202,12 @@ describe('ReviewOutbox', () => {
 });
 
 describe('ReviewState', () => {
-  const state = () => new ReviewState(openDatabase(':memory:'), { rule: RULE, self: 'airlock-ci' });
+  const state = async () => new ReviewState(await testDatabase(), { rule: RULE, self: 'airlock-ci' });
   const ps = (s: ReviewState, patchset: number, kind?: 'TRIVIAL_REBASE' | 'REWORK') => s.patchset({ project: 'p', change: '1', branch: 'master', patchset, ref: `refs/changes/01/1/${patchset}`, ...(kind ? { kind } : {}) });
   const vote = (s: ReviewState, account: string, value: number, patchset = 1) => s.votes({ project: 'p', change: '1', branch: 'master', patchset, ref: `refs/changes/01/1/${patchset}`, account, votes: { 'Code-Review': value } });
 
   it('is ready with a +2 from a person and no veto; a veto anywhere, a rework, WIP or private take it away', async () => {
-    const s = state();
+    const s = await state();
     await ps(s, 1);
     expect(await vote(s, 'grace', 2)).toEqual({ before: false, after: true, patchset: 1 });
     expect(await vote(s, 'bob', -2)).toEqual({ before: true, after: false, patchset: 1 });
@@ -221,7 +222,7 @@ describe('ReviewState', () => {
   });
 
   it('carries a veto over a rework, and takes a missed patch set from a vote on it', async () => {
-    const s = state();
+    const s = await state();
     await ps(s, 1);
     await vote(s, 'linus', -2);
     await vote(s, 'grace', 2);
@@ -235,7 +236,7 @@ describe('ReviewState', () => {
   });
 
   it('reconcile replaces what it knew by the review system\'s record', async () => {
-    const s = state();
+    const s = await state();
     await ps(s, 1);
     await vote(s, 'grace', 2);
     const r = await s.reconcile({ project: 'p', branch: 'master', change: '1', status: 'abandoned', patchset: 1, revision: 'a'.repeat(40), ref: 'refs/changes/01/1/1', wip: false, private: false, owner: 'ada', votes: { 'Code-Review': { grace: 2 } }, updated: 0 });
@@ -247,7 +248,7 @@ describe('CatchUp', () => {
   const reviewed = (change: string, updated: number): ReviewedChange => ({ project: 'p', branch: 'master', change, status: 'open', patchset: 1, revision: 'a'.repeat(40), ref: `refs/changes/0${change}/${change}/1`, wip: false, private: false, owner: 'ada', votes: {}, updated });
 
   it('starts from now on a first start, then reads from its cursor (with overlap), keeping it through a failure', async () => {
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const sys = new Recorder();
     let now = 1_000_000;
     const applied: string[] = [];

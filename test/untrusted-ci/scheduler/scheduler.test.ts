@@ -2,6 +2,7 @@
  * The scheduler's model tier: a real BuildStore on in-memory SQLite, the FakeExecutor, a recording
  * reporter. No Docker, no timers: tests wait on the fake's state (`until`) and on `idle()`.
  */
+import { testDatabase } from '../../support/store-engines.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '#shared/logging.js';
 import { ConflictError, GitFailedError } from '#shared/errors.js';
@@ -32,7 +33,7 @@ afterEach(async () => {
 });
 
 async function rig(o: { slots?: number; maxAttempts?: number; db?: Db; start?: boolean } = {}): Promise<Rig> {
-  const db = o.db ?? openDatabase(':memory:');
+  const db = o.db ?? (await testDatabase());
   const store = new BuildStore(db);
   const executor = new FakeExecutor();
   const reporter = new RecordingReporter();
@@ -309,7 +310,7 @@ describe('Scheduler', () => {
   });
 
   it('close() leaves running builds running; a new scheduler on the same database re-runs them', async () => {
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const first = await rig({ db, slots: 1 });
     first.executor.hold('*');
     const running = await submit(first, 'p', 'A');
@@ -337,7 +338,7 @@ describe('Scheduler', () => {
   });
 
   it('reports at start the finished builds the last process never reported', async () => {
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const store = new BuildStore(db);
     const { buildId } = await store.enqueue(change('p', 'A'), 'check');
     await store.start(buildId);
@@ -350,7 +351,7 @@ describe('Scheduler', () => {
   });
 
   it('leaves a build unreported when the reporter fails, and reports it at the next start', async () => {
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const first = await rig({ db });
     first.reporter.failNext();
     const id = await submit(first, 'p', 'A');
@@ -406,7 +407,7 @@ describe('Scheduler', () => {
   });
 
   it('calls onChange for every state a build goes through', async () => {
-    const db = openDatabase(':memory:');
+    const db = (await testDatabase());
     const store = new BuildStore(db);
     const seen: string[] = [];
     const scheduler = new Scheduler({

@@ -50,13 +50,18 @@ export function isLocal(method: string, path: string): boolean {
   return LOCAL_GET.some((r) => r.test(path));
 }
 
-/** The path as a router might match it: percent-decoded (not `/`), leading slashes as one (stricter than the leader's router, which takes `//api/…` for no route). */
+/**
+ * The path as the leader will be asked for it: what the URL parser makes of it when the forwarded
+ * URL is built (dot segments resolved, `\\` read as `/`), then percent-decoded (not `/`), leading
+ * slashes as one (stricter than the leader's router, which takes `//api/…` for no route).
+ */
 function routed(path: string): string {
-  let p = `/${path.replace(/^\/+/, '')}`;
+  let p = path;
   try {
-    p = decodeURI(p);
+    p = new URL(`http://leader${path.startsWith('/') ? '' : '/'}${path}`).pathname;
+    p = decodeURI(`/${p.replace(/^\/+/, '')}`);
   } catch {
-    // left as sent: the router answers 400 or 404
+    // left as parsed: the router answers 400 or 404
   }
   return p;
 }

@@ -105,4 +105,22 @@ describe('the forwarder', () => {
     expect(seen).toEqual(['submit', 'cancel', 'cancel', 'submit', 'submit', 'cancel', 'submit', 'cancel']);
     await guarded.close();
   });
+
+  it('checks the tokens of a path spelled with dot segments or backslashes too (the forwarded URL resolves them)', async () => {
+    const guarded = Fastify();
+    registerForwarding(guarded, {
+      isLeader: () => false,
+      leader: async () => `http://127.0.0.1:${leader.port}`,
+      logger: createLogger({ level: 'silent' }),
+      requireToken: () => {
+        throw Object.assign(new Error('no'), { statusCode: 401 });
+      },
+    });
+    const gport = Number(new URL(await guarded.listen({ host: '127.0.0.1', port: 0 })).port);
+    for (const line of ['POST /api/./changes HTTP/1.1', 'POST /api/x/../changes HTTP/1.1', 'POST /api/builds/7/./cancel HTTP/1.1', 'POST /api/%2e/changes HTTP/1.1', 'POST /api\\changes HTTP/1.1']) {
+      await raw(gport, line);
+    }
+    await guarded.close();
+    expect(hits).toEqual([]);
+  });
 });

@@ -35,6 +35,7 @@ export class Leadership {
   private lastRenewed = 0;
   private ticking: Promise<void> | undefined;
   private starting: Promise<void> | undefined;
+  private ready = false;
   private readonly now: () => number;
 
   constructor(private readonly o: LeadershipOptions) {
@@ -44,6 +45,14 @@ export class Leadership {
 
   get isLeader(): boolean {
     return this.leading;
+  }
+
+  /**
+   * Leading, and its leader parts have started: what may answer requests only the leader can
+   * (until then a takeover's gate has not loaded its snapshot; such requests get 503 meanwhile).
+   */
+  get isReady(): boolean {
+    return this.leading && this.ready;
   }
 
   /**
@@ -129,7 +138,9 @@ export class Leadership {
     this.o.logger.info({ epoch: this.o.lease.epoch, holder: this.o.lease.holder }, 'this replica leads: it runs the gate and the scheduler');
     // Not awaited by this round: starting (the reaper, the gate's recovery) may take longer than
     // the lease, and the renewals go on meanwhile.
-    this.starting = this.o.onAcquired().catch(async (err: unknown) => {
+    this.starting = this.o.onAcquired().then(() => {
+      this.ready = true;
+    }).catch(async (err: unknown) => {
       this.o.logger.error({ err }, 'this replica could not start leading');
       await this.lose('its leader parts did not start');
     });

@@ -265,7 +265,7 @@ export async function startCiService(
     triggerDeps = { config: c, scheduler, store, gate, ...(review ? { reviewState: review.state } : {}), ...(reread ? { reread } : {}) };
     const app = await buildApi({
       forwarding: {
-        isLeader: () => leadership?.isLeader ?? false,
+        isLeader: () => leadership?.isReady ?? false,
         leader: async () => (await (fence.lease ?? new Lease(db!, 'leader', '', c.replicas.leaseMs)).current())?.address,
         logger: logger.child({ component: 'forward' }),
       },

@@ -94,7 +94,8 @@ webhooks: { gerritSecretFile: ${dir}/hook.secret }
     await rig?.gerrit.close();
   });
 
-  it('one leads, the other forwards; kill -9 of the leader mid-gate: the other takes over and every change merges once', async () => {
+  // Its own waits name the step that did not come (their bounds add up to more than the default test timeout).
+  it('one leads, the other forwards; kill -9 of the leader mid-gate: the other takes over and every change merges once', { timeout: 480_000 }, async () => {
     const a = await startReplica('a', configs.a);
     const b = await startReplica('b', configs.b);
     expect((await get<{ leading: boolean }>(a, '/healthz')).body.leading).toBe(true);

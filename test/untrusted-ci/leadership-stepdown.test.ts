@@ -5,7 +5,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Leadership } from '../../untrusted-ci/leadership.js';
 import type { Lease } from '../../untrusted-ci/store/lease.js';
-import { createLogger } from '../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 
 const TTL = 9_000;
 

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { registerForwarding } from '../../../untrusted-ci/api/forward.js';
-import { createLogger } from '../../../shared/logging.js';
+import { createLogger } from '#shared/logging.js';
 import { readFileSync } from 'node:fs';
 
 /** A server that records what reaches it. */

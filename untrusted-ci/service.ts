@@ -139,10 +139,8 @@ export async function startCiService(
     const merger = new Merger({ root: paths.git, logger });
     // Only the leader writes the gate's state: each save checks, in its transaction, that this
     // replica still holds the lease it had (lease.ts), so a deposed leader cannot write over its successor.
-    const fence: { lease?: Lease } = {};
-    const gateStore = new GateStore(db, Date.now, async (t) => {
-      if (fence.lease) await fence.lease.fenced(t);
-    });
+    const lease = new Lease(db, 'leader', holderId(), c.replicas.leaseMs);
+    const gateStore = new GateStore(db, Date.now, (t) => lease.fenced(t));
     let leadership: Leadership | undefined;
     const hints =
       c.hints && loaded.hintSecret
@@ -266,7 +264,7 @@ export async function startCiService(
     const app = await buildApi({
       forwarding: {
         isLeader: () => leadership?.isReady ?? false,
-        leader: async () => (await (fence.lease ?? new Lease(db!, 'leader', '', c.replicas.leaseMs)).current())?.address,
+        leader: async () => (await lease.current())?.address,
         logger: logger.child({ component: 'forward' }),
       },
       config: c,
@@ -288,8 +286,6 @@ export async function startCiService(
     cleanups.push(() => app.close());
     // Leading (leadership.ts): the gate, the scheduler, the outboxes and the GC run on one replica
     // at a time; a single replica leads as soon as it starts.
-    const lease = new Lease(db, 'leader', holderId(), c.replicas.leaseMs);
-    fence.lease = lease;
     let listened: string | undefined;
     const advertise = (): string => c.replicas.advertiseUrl ?? listened ?? `http://${wildcardToLoopback(c.listen.host)}:${c.listen.port}`;
     const leaderParts: (() => unknown)[] = [];

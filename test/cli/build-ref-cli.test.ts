@@ -19,7 +19,6 @@ import { BuildEvents } from '../../untrusted-ci/logs/build-events.js';
 import { createStoreReporter } from '../../untrusted-ci/reporting/store-reporter.js';
 import { Scheduler } from '../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore } from '../../untrusted-ci/store/build-store.js';
-import { openDatabase } from '../../untrusted-ci/store/database.js';
 import { FsArtifactStore } from '../../untrusted-ci/storage/fs-artifact-store.js';
 import { FakeExecutor } from '../support/fake-executor.js';
 import { runAirlock } from '../support/run-child.js';

@@ -28,7 +28,6 @@ import type { JobRunnerPort } from '#shared/runner/job-plan.js';
 import { BuildEvents } from '../../untrusted-ci/logs/build-events.js';
 import type { BuildOutcome } from '../../untrusted-ci/scheduler/scheduler.js';
 import { BuildStore } from '../../untrusted-ci/store/build-store.js';
-import { openDatabase } from '../../untrusted-ci/store/database.js';
 import { mergerRig } from '../support/merger-rig.js';
 import type { Egress } from '../../untrusted-ci/egress/egress.js';
 import { loadEgressPolicy } from '../../untrusted-ci/egress/policy.js';

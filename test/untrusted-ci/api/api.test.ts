@@ -24,7 +24,7 @@ import { createStoreReporter } from '../../../untrusted-ci/reporting/store-repor
 import { Scheduler } from '../../../untrusted-ci/scheduler/scheduler.js';
 import { signWebhookBody, WEBHOOK_SIGNATURE_HEADER } from '../../../untrusted-ci/sources/gerrit/verify.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
-import { openDatabase, type Db } from '../../../untrusted-ci/store/database.js';
+import type { Db } from '../../../untrusted-ci/store/database.js';
 import { FakeExecutor } from '../../support/fake-executor.js';
 import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
 

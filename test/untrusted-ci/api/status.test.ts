@@ -28,7 +28,6 @@ import { Scheduler } from '../../../untrusted-ci/scheduler/scheduler.js';
 import { statusView } from '../../../untrusted-ci/status/snapshot.js';
 import { StatusFeed, type StatusSubscriber } from '../../../untrusted-ci/status/status-feed.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
-import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { FakeExecutor } from '../../support/fake-executor.js';
 
 const cleanups: (() => unknown)[] = [];

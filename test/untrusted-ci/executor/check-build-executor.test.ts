@@ -24,7 +24,6 @@ import { logKey } from '../../../untrusted-ci/storage/keys.js';
 import { CheckBuildExecutor, type EnvironmentProvider } from '../../../untrusted-ci/executor/build-executor.js';
 import { BuildEvents } from '../../../untrusted-ci/logs/build-events.js';
 import { Merger } from '../../../untrusted-ci/merger/merger.js';
-import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import { FakeRunner } from '../../support/fake-runner.js';
 import { Slots } from '../../../untrusted-ci/scheduler/slots.js';

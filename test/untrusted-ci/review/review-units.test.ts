@@ -16,7 +16,6 @@ import { DEFAULT_VOTES } from '../../../untrusted-ci/review/review-messages.js';
 import { ReviewOutbox } from '../../../untrusted-ci/review/review-outbox.js';
 import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
 import type { ReviewedChange, ReviewMessage, ReviewSystem } from '../../../untrusted-ci/review/review-system.js';
-import { openDatabase } from '../../../untrusted-ci/store/database.js';
 import { GateStore } from '../../../untrusted-ci/store/gate-store.js';
 
 const logger = createLogger({ level: 'silent' });

@@ -34,7 +34,8 @@ export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
 # ---- 1. Debian packages ------------------------------------------------------------------
 # socat and apt-cacher-ng: the package network of `network: packages` runs (docs/dependencies.md).
 # postgresql: the tests run private servers of its binaries (test/support/postgres.ts, docs/testing.md).
-pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux jq socat apt-cacher-ng postgresql)
+# iproute2 (ip netns, veth) and util-linux (nsenter, setpriv): the tests' executor hosts (test/support/hosts.ts).
+pkgs=(docker.io busybox-static debootstrap runsc skopeo docker-registry git gnupg uidmap ca-certificates e2fsprogs util-linux iproute2 jq socat apt-cacher-ng postgresql)
 # Debian's postgresql makes a cluster 'main' on 5432 at install and starts it. Nothing of airlock's
 # uses it, so it is not made (postgresql-common reads this drop-in before it would make it).
 mkdir -p /etc/postgresql-common/createcluster.d

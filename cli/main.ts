@@ -14,6 +14,7 @@ import { registerGateSimCommand } from './gate-sim.js';
 import { registerBuilderCommands } from './builder.js';
 import { registerEmbargoCommands } from './embargo.js';
 import { registerLintCommand } from './lint.js';
+import { registerExecutorCommands } from './executor.js';
 
 export const EXIT = { passed: 0, failed: 1, badInput: 2, internal: 3 } as const;
 
@@ -42,6 +43,7 @@ registerGateSimCommand(program);
 registerBuilderCommands(program);
 registerEmbargoCommands(program);
 registerLintCommand(program);
+registerExecutorCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -20,6 +20,7 @@ import { remoteUrlProblem } from '#shared/git/git.js';
 import { zodIssues } from '#shared/schemas/issues.js';
 import { Size } from '#shared/schemas/limits.js';
 import { ArtifactStoreConfig } from './storage/config.js';
+import { ExecutorName } from './remote/protocol.js';
 
 /** A project URL that is a path on this host (no `scheme:` or `<transport>::`, not scp-like). */
 const isLocalPath = (u: string): boolean => !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u) && !u.includes('@');
@@ -187,6 +188,21 @@ export const CiConfig = z
       .strict()
       .default({ leaseMs: 10_000 }),
     /**
+     * Executor hosts (`airlock executor serve`, untrusted-ci/remote/): each named, with a token of
+     * its own. With any listed, the jobs run on them (a `network: packages` job still runs on this
+     * host); the leader takes a job back from a host that has not renewed its lease in `leaseMs`.
+     */
+    executors: z
+      .object({
+        hosts: z
+          .array(z.object({ name: ExecutorName, tokenFile: z.string().min(1) }).strict())
+          .max(10_000)
+          .default([]),
+        leaseMs: z.number().int().min(1000).max(600_000).default(15_000),
+      })
+      .strict()
+      .default({ hosts: [], leaseMs: 15_000 }),
+    /**
      * Promotion hints to the trusted builder, one per gate merge (a durable outbox, retried). The
      * secret only authenticates the hint: the builder re-verifies everything a hint says.
      */
@@ -238,6 +254,8 @@ export interface LoadedCiConfig {
   readonly reviewCredentials?: { username: string; password: string };
   /** The PostgreSQL URL (`database.urlFile`), with its password. */
   readonly databaseUrl?: string;
+  /** Each executor host's token (`executors.hosts[].tokenFile`), by host name. */
+  readonly executorTokens?: ReadonlyMap<string, string>;
 }
 
 const Credentials = z.object({ username: z.string().min(1).max(256), password: z.string().min(1).max(4096) }).strict();
@@ -320,9 +338,19 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
       issues.push({ file, path: 'database.urlFile', message: `cannot read ${config.database.urlFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}${resolvedNote(written, baseDir, file)}`, severity: 'error' });
     }
   }
+  const executorTokens = new Map<string, string>();
+  config.executors.hosts.forEach((h, i) => {
+    if (executorTokens.has(h.name)) issues.push({ file, path: `executors.hosts[${i}].name`, message: `duplicate executor host ${h.name}`, severity: 'error' });
+    const t = readSecret(h.tokenFile, `executors.hosts[${i}].tokenFile`)?.toString('utf8');
+    if (t === undefined) return;
+    const same = [...executorTokens.entries()].find(([, v]) => v === t)?.[0] ?? (t === apiToken || t === cancelToken ? 'the API' : undefined);
+    if (same) issues.push({ file, path: `executors.hosts[${i}].tokenFile`, message: `must hold a token of its own (the same as ${same}'s)`, severity: 'error' });
+    executorTokens.set(h.name, t);
+  });
   if (issues.length > 0) throw new InvalidInputError(issues);
   return {
     config: deepFreeze(config),
+    ...(executorTokens.size > 0 ? { executorTokens } : {}),
     ...(databaseUrl ? { databaseUrl } : {}),
     file,
     ...(gerritSecret ? { gerritSecret } : {}),

@@ -49,6 +49,7 @@ import { Rereads } from './review/rereads.js';
 import { hideChange, reconcileChange, type TriggerDeps } from './sources/triggers.js';
 import { Leadership } from './leadership.js';
 import { Lease, holderId } from './store/lease.js';
+import { RemoteJobs } from './remote/dispatch.js';
 
 export interface CiService {
   readonly app: FastifyInstance;
@@ -228,6 +229,9 @@ export async function startCiService(
           }
         : {}),
     });
+    // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
+    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
+    if (remote) cleanups.push(() => remote.close());
     const executor = new CheckBuildExecutor({
       store,
       events,
@@ -243,6 +247,7 @@ export async function startCiService(
       slots,
       gate,
       egress,
+      ...(remote ? { remote } : {}),
     });
     scheduler = new Scheduler({
       store,
@@ -282,6 +287,8 @@ export async function startCiService(
       ...(loaded.gerritSecret ? { gerritSecret: loaded.gerritSecret } : {}),
       ...(loaded.apiToken ? { apiToken: loaded.apiToken } : {}),
       ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
+      ...(remote ? { remote } : {}),
+      ...(loaded.executorTokens ? { executorTokens: loaded.executorTokens } : {}),
     });
     cleanups.push(() => app.close());
     // Leading (leadership.ts): the gate, the scheduler, the outboxes and the GC run on one replica
@@ -309,6 +316,8 @@ export async function startCiService(
         };
         // A leader that died on this host left its containers: gone before its builds run again here.
         await runner.reap().catch((e: unknown) => logger.warn({ err: e }, 'the reaper failed; it runs again later'));
+        // Stopped last: the scheduler's stop cancels the remote jobs first (their hosts are told).
+        if (remote) await part(() => undefined, () => remote.close());
         await part(() => gate.start(), () => gate.close());
         await part(() => sched.start(), () => sched.close());
         if (hints) await part(() => hints.start(), () => hints.close());

@@ -32,6 +32,8 @@ import type { GateStore } from '../store/gate-store.js';
 import type { StatusFeed } from '../status/status-feed.js';
 import type { ReviewState } from '../review/review-state.js';
 import { registerStatusRoutes } from './routes/status.js';
+import { registerExecutorRoutes } from './routes/executors.js';
+import type { RemoteJobs } from '../remote/dispatch.js';
 
 /** For every answer that does not set its own policy (API, logs, metrics). */
 const NOTHING_CSP = "default-src 'none'; frame-ancestors 'none'";
@@ -60,6 +62,9 @@ export interface ApiDeps {
   reread?: (project: string, change: string) => void;
   /** Replicas: what a follower forwards to the leader (api/forward.ts); absent: this process does everything. */
   forwarding?: Forwarding;
+  /** Executor hosts (remote/dispatch.ts) and each one's token; absent: jobs run on this host only. */
+  remote?: RemoteJobs;
+  executorTokens?: ReadonlyMap<string, string>;
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
@@ -115,6 +120,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   registerGateRoutes(z, deps);
   registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
+  await app.register(async (hosts) => registerExecutorRoutes(hosts, deps));
 
   // `leading`: whether this replica runs the gate and the scheduler (leadership.ts).
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true, leading: deps.forwarding ? deps.forwarding.isLeader() : true }));

@@ -400,7 +400,8 @@ export async function moveImage(from: Docker, to: Docker, ref: string): Promise<
   await loadImage(to, tar);
 }
 
-async function loadImage(to: Docker, tar: Readable): Promise<void> {
+/** `docker load` of a tar stream into `to`; an error the engine reports in its progress throws. */
+export async function loadImage(to: Docker, tar: Readable): Promise<void> {
   const res = (await to.loadImage(tar, { quiet: true })) as unknown as Readable;
   let text = '';
   for await (const chunk of res) {

@@ -44,6 +44,7 @@ import type { Slots } from '../scheduler/slots.js';
 import type { Egress, EgressRun } from '../egress/egress.js';
 import { NO_EGRESS } from '../egress/policy.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
+import type { RemoteJobs } from '../remote/dispatch.js';
 
 const CONFIG_MAX_BYTES = 1024 * 1024; // 1 MiB, the YAML loader's own cap
 /** Files and directories of a change's tree at most (a job's ext4 workspace of the default 2 GiB has about 131,000 inodes). */
@@ -86,6 +87,11 @@ export interface CheckBuildExecutorOptions {
   gate?: GateHooks;
   /** Package sources for `network: packages` runs (policies/egress.yaml); absent: none, and a file that asks is refused. */
   egress?: Egress;
+  /**
+   * Executor hosts (remote/dispatch.ts): every job but a `network: packages` one runs on one of
+   * them instead of `runner`, placed there by its memory and CPUs (the local slots are not taken).
+   */
+  remote?: RemoteJobs;
 }
 
 export class CheckBuildExecutor implements BuildExecutor {
@@ -238,30 +244,45 @@ export class CheckBuildExecutor implements BuildExecutor {
     let result: JobResult;
     let releaseSlot: (() => void) | undefined;
     let packages: EgressRun | undefined;
+    const remote = spec.network === 'packages' ? undefined : o.remote;
+    const onLog = (data: Buffer): void => {
+      log.write(data);
+      o.events.publish(buildId, { type: 'log', job: name, text: data.toString('utf8') });
+    };
     try {
-      // A slot with room for the job's memory and CPUs; a job larger than the host's whole
-      // capacity is refused here (a PolicyViolationError: the job fails with it, below).
-      // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
-      releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
-      // Running from the moment it has an executor slot: a job waiting for one is still queued.
-      await this.setJob(buildId, name, 'running');
-      const say = (text: string) => {
-        log.write(Buffer.from(text));
-        o.events.publish(buildId, { type: 'log', job: name, text });
-      };
-      packages = spec.network === 'packages' ? o.egress?.forRun('jobs', say) : undefined;
-      result = await o.runner.run(spec, {
-        ...(packages ? { packages: packages.handlers } : {}),
-        signal,
-        source: { tar },
-        includeLog: false,
-        ...(spec.artifacts.length > 0 ? { artifactsDir } : {}),
-        onLog: (chunk) => {
-          const text = chunk.data.toString('utf8');
-          log.write(chunk.data);
-          o.events.publish(buildId, { type: 'log', job: name, text });
-        },
-      });
+      if (remote) {
+        // On an executor host: running from the moment a host claims it (again, if it is taken back).
+        result = await remote.run({
+          build: buildId,
+          job: name,
+          spec,
+          source: tar,
+          ...(spec.artifacts.length > 0 ? { artifactsDir } : {}),
+          signal,
+          onLog,
+          onClaimed: async (host) => {
+            await this.setJob(buildId, name, 'running');
+            onLog(Buffer.from(`[airlock] on executor host ${host}\n`));
+          },
+        });
+      } else {
+        // A slot with room for the job's memory and CPUs; a job larger than the host's whole
+        // capacity is refused here (a PolicyViolationError: the job fails with it, below).
+        // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
+        releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
+        // Running from the moment it has an executor slot: a job waiting for one is still queued.
+        await this.setJob(buildId, name, 'running');
+        const say = (text: string) => onLog(Buffer.from(text));
+        packages = spec.network === 'packages' ? o.egress?.forRun('jobs', say) : undefined;
+        result = await o.runner.run(spec, {
+          ...(packages ? { packages: packages.handlers } : {}),
+          signal,
+          source: { tar },
+          includeLog: false,
+          ...(spec.artifacts.length > 0 ? { artifactsDir } : {}),
+          onLog: (chunk) => onLog(chunk.data),
+        });
+      }
     } catch (e) {
       await log.close();
       if (signal.aborted) throw e;

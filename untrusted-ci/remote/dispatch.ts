@@ -1,0 +1,411 @@
+/**
+ * RemoteJobs: the leader's side of executor hosts. A build's job that is ready to run (its needs
+ * passed) is put here instead of on the local runner; an executor host claims it over HTTP
+ * (protocol.ts), runs it on its own Docker engine and sends its log, artifacts and result back.
+ * `run` resolves to the JobResult, as JobRunner.run does, so the build executor does not care where
+ * a job ran.
+ *
+ * The queue lives in the leader's memory, not in the database: a job only exists while the build
+ * that runs it does, and a build outlives a leader only as a database row that the next leader
+ * runs again from the start (scheduler.ts, `recover`). What a claim holds is a lease:
+ * - each claim gets a new random run id; the host renews the lease with heartbeats (and with every
+ *   log piece) at least every third of `leaseMs`;
+ * - a lease not renewed in `leaseMs` (the host died, or lost its network) is taken back: the job is
+ *   queued again, first in line, and the next host that claims it gets a new run id. What the first
+ *   host still sends under its old id is refused (409), and it has stopped the job by then: an
+ *   executor host stops a job itself when it could not renew for two thirds of the lease
+ *   (executor-host.ts). So a job never runs on two hosts at once, as long as the two machines'
+ *   clocks run at the same rate;
+ * - a job taken back `maxClaims` times fails its build with a retryable error (the scheduler runs
+ *   the build again, up to its attempts);
+ * - cancelled (its build's signal): `run` throws CancelledError at once, queued or claimed; the host
+ *   is told at its next heartbeat or log piece (at most a third of the lease later) and stops the
+ *   job then. Its result after that is taken and dropped.
+ *
+ * Placement: a claim says what the host has free (slots, memory, CPUs) and which runtimes it has;
+ * it gets the first queued job that fits. A job that does not fit a host's free room now is passed
+ * over, but at most `overtakes` times: then that host gets nothing until the job fits (its running
+ * jobs end), as scheduler/capacity.ts does on one host. A job that fits no registered host's whole
+ * capacity fails at once, naming the figures.
+ *
+ * What an executor host sends is hostile: the log is capped at the job's `logCap` (plus a margin
+ * for the runner's own lines), artifacts go through the same extraction as a container's
+ * (shared/runner/artifacts.ts: the job's globs, its byte and file caps), the result is validated.
+ * A host only ever reaches the runs it claimed: every call names its run id and is checked
+ * against the host's name.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import type Docker from 'dockerode';
+import { ArtifactRejectedError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import { resolveLimits } from '#shared/policy/job-policy.js';
+import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
+import { JobResult } from '#shared/runner/result.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import type { JobSpec } from '#shared/schemas/job-spec.js';
+import type { Runtime } from '#shared/schemas/limits.js';
+import { formatBytes } from '#shared/units.js';
+import type { Assignment, Capacity, ClaimRequest, RunAnswer } from './protocol.js';
+
+export interface RemoteRunRequest {
+  build: number;
+  job: string;
+  spec: JobSpec;
+  /** The source tar on this host; absent: none. */
+  source?: string;
+  /** Where the artifacts go on this host; required when the spec names artifact globs. */
+  artifactsDir?: string;
+  signal?: AbortSignal;
+  onLog?: (data: Buffer) => void;
+  /** A host claimed the job (called for each claim: a job taken back is claimed again). */
+  onClaimed?: (executor: string) => void | Promise<void>;
+}
+
+export interface RemoteJobsOptions {
+  /** This host's engine: where the jobs' images are (environments are built here). */
+  docker: Docker;
+  policy: JobPolicy;
+  leaseMs: number;
+  logger: Logger;
+  /** How often a job may be claimed before its build fails (default 3). */
+  maxClaims?: number;
+  /** How often a job may be passed over by hosts it does not fit before they wait for it (default 4). */
+  overtakes?: number;
+  /** Monotonic milliseconds (tests). */
+  now?: () => number;
+}
+
+export interface ExecutorView {
+  name: string;
+  capacity: Capacity;
+  version?: string;
+  /** Milliseconds since the host was last heard from. */
+  idleMs: number;
+  running: number;
+}
+
+interface Need {
+  memory: number;
+  cpus: number;
+  runtime: Runtime;
+}
+
+interface Entry {
+  req: RemoteRunRequest;
+  spec: JobSpec;
+  imageId: string;
+  sourceBytes?: number;
+  need: Need;
+  logCap: number;
+  artifactCaps: { maxBytes: number; maxFiles: number };
+  run?: string;
+  executor?: string;
+  leaseUntil: number;
+  claims: number;
+  overtaken: number;
+  logSeq: number;
+  logBytes: number;
+  logCapped: boolean;
+  artifacts?: ArtifactFile[];
+  artifactError?: { code: string; message: string };
+  cancelled?: boolean;
+  resolve: (r: JobResult) => void;
+  reject: (e: unknown) => void;
+  settled: boolean;
+}
+
+/** Room for the runner's own lines (timeouts, truncation notes) on top of a job's log cap. */
+const LOG_MARGIN = 64 * 1024;
+
+export class RemoteJobs {
+  private readonly queue: Entry[] = [];
+  private readonly runs = new Map<string, Entry>();
+  private readonly hosts = new Map<string, { capacity: Capacity; version?: string; seen: number }>();
+  private readonly waiters = new Set<() => void>();
+  private readonly sweeper: NodeJS.Timeout;
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(private readonly o: RemoteJobsOptions) {
+    this.now = o.now ?? (() => performance.now());
+    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(o.leaseMs / 4))));
+    this.sweeper.unref();
+  }
+
+  get leaseMs(): number {
+    return this.o.leaseMs;
+  }
+
+  /** Jobs waiting for a host, and jobs running on one. */
+  get counts(): { queued: number; running: number } {
+    return { queued: this.queue.length, running: this.runs.size };
+  }
+
+  /** The hosts heard from in the last three leases. */
+  executors(): ExecutorView[] {
+    const now = this.now();
+    const running = new Map<string, number>();
+    for (const e of this.runs.values()) if (e.executor) running.set(e.executor, (running.get(e.executor) ?? 0) + 1);
+    return [...this.hosts.entries()]
+      .filter(([, h]) => now - h.seen <= 3 * this.o.leaseMs)
+      .map(([name, h]) => ({ name, capacity: h.capacity, ...(h.version ? { version: h.version } : {}), idleMs: Math.round(now - h.seen), running: running.get(name) ?? 0 }))
+      .sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  /** Run a job on an executor host; resolves to its result (the artifacts already in `artifactsDir`). */
+  async run(req: RemoteRunRequest): Promise<JobResult> {
+    if (this.closed) throw new CancelledError('the CI is stopping');
+    if (req.signal?.aborted) throw new CancelledError(`job ${req.spec.id} cancelled before it was queued`);
+    if (req.spec.network !== 'none') throw new PolicyViolationError([{ file: `job ${req.spec.id}`, path: 'network', message: 'executor hosts serve no package sources: a network: packages job runs on the CI host', severity: 'error' }]);
+    if (req.spec.artifacts.length > 0 && !req.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
+    const { limits, runtime } = resolveLimits(req.spec.limits, req.spec.runtime, this.o.policy, `job ${req.spec.id}`);
+    const need: Need = { memory: limits.memory, cpus: limits.cpus, runtime };
+    const refusal = this.unplaceable(need);
+    if (refusal) throw new PolicyViolationError([refusal]);
+    let imageId: string;
+    try {
+      imageId = (await this.o.docker.getImage(req.spec.image).inspect()).Id;
+    } catch {
+      throw new ImageNotFoundError(req.spec.image);
+    }
+    const sourceBytes = req.source ? (await stat(req.source)).size : undefined;
+    return new Promise<JobResult>((resolve, reject) => {
+      const entry: Entry = {
+        req,
+        spec: { ...req.spec, image: imageId },
+        imageId,
+        ...(sourceBytes !== undefined ? { sourceBytes } : {}),
+        need,
+        logCap: limits.logCap + LOG_MARGIN,
+        artifactCaps: { maxBytes: limits.artifacts, maxFiles: limits.artifactFiles },
+        leaseUntil: 0,
+        claims: 0,
+        overtaken: 0,
+        logSeq: 0,
+        logBytes: 0,
+        logCapped: false,
+        resolve,
+        reject,
+        settled: false,
+      };
+      req.signal?.addEventListener('abort', () => this.cancel(entry), { once: true });
+      this.queue.push(entry);
+      this.wake();
+    });
+  }
+
+  /** A host says what it has. Called at its start and whenever it likes; refreshes "last heard from". */
+  register(executor: string, capacity: Capacity, version?: string): void {
+    this.hosts.set(executor, { capacity, ...(version ? { version } : {}), seen: this.now() });
+    this.wake(); // jobs that fit no host so far may fit this one
+  }
+
+  /** The first queued job that fits what the host has free, waiting up to `waitMs` for one. */
+  async claim(executor: string, req: ClaimRequest, signal?: AbortSignal): Promise<Assignment | undefined> {
+    const host = this.hosts.get(executor);
+    if (!host) throw new ConflictError(`executor host ${executor} has not registered (POST /api/executor/register first)`);
+    const deadline = this.now() + req.waitMs;
+    for (;;) {
+      host.seen = this.now();
+      if (this.closed || signal?.aborted) return undefined;
+      const entry = this.pick(host.capacity, req.free);
+      if (entry) return this.assign(entry, executor);
+      const left = deadline - this.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((res) => {
+        const done = (): void => {
+          clearTimeout(t);
+          this.waiters.delete(done);
+          signal?.removeEventListener('abort', done);
+          res();
+        };
+        const t = setTimeout(done, left);
+        this.waiters.add(done);
+        signal?.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
+  heartbeat(executor: string, run: string): RunAnswer {
+    const e = this.claimed(executor, run);
+    return this.answer(e);
+  }
+
+  /** The next piece of the job's log; `seq` counts the pieces from 0 (a piece sent again is ignored). */
+  log(executor: string, run: string, seq: number, data: Buffer): RunAnswer {
+    const e = this.claimed(executor, run);
+    if (seq < e.logSeq) return this.answer(e);
+    if (seq > e.logSeq) throw new ConflictError(`log piece ${seq} of run ${run} came before piece ${e.logSeq}`);
+    e.logSeq += 1;
+    if (!e.logCapped) {
+      const room = e.logCap - e.logBytes;
+      const kept = data.length <= room ? data : data.subarray(0, Math.max(0, room));
+      e.logBytes += kept.length;
+      if (kept.length > 0) e.req.onLog?.(kept);
+      if (kept.length < data.length) {
+        e.logCapped = true;
+        e.req.onLog?.(Buffer.from(`\n[airlock] the executor host sent more log than the job's cap of ${formatBytes(e.logCap - LOG_MARGIN)}: the rest is dropped\n`));
+      }
+    }
+    return this.answer(e);
+  }
+
+  /** The job's image, as `docker save` writes it: only the image of a run the host holds. */
+  async image(executor: string, run: string): Promise<Readable> {
+    const e = this.claimed(executor, run);
+    return (await this.o.docker.getImage(e.imageId).get()) as Readable;
+  }
+
+  /** The job's source tar: only of a run the host holds. */
+  source(executor: string, run: string): Readable {
+    const e = this.claimed(executor, run);
+    if (!e.req.source) throw new NotFoundError(`run ${run} has no source`);
+    return createReadStream(e.req.source);
+  }
+
+  /** The job's artifacts as a tar whose entries sit under one top directory; extracted with the job's globs and caps. */
+  async artifacts(executor: string, run: string, archive: Readable): Promise<ArtifactFile[]> {
+    const e = this.claimed(executor, run);
+    if (!e.req.artifactsDir || e.spec.artifacts.length === 0) throw new InvalidInputError([{ file: 'request', path: 'artifacts', message: `job ${e.spec.id} names no artifacts`, severity: 'error' }]);
+    if (e.artifacts || e.artifactError) throw new ConflictError(`the artifacts of run ${run} were sent already`);
+    try {
+      e.artifacts = await extractArtifacts(archive, e.req.artifactsDir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
+      return e.artifacts;
+    } catch (err) {
+      e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
+      throw err;
+    }
+  }
+
+  /** The run's result: the job is done. */
+  result(executor: string, run: string, body: unknown): void {
+    const e = this.claimed(executor, run);
+    const parsed = JobResult.safeParse(body);
+    if (!parsed.success) throw new InvalidInputError(parsed.error.issues.slice(0, 20).map((i): Issue => ({ file: 'result', path: i.path.join('.'), message: i.message, severity: 'error' })));
+    const r = parsed.data;
+    if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${r.jobId}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
+    this.runs.delete(run);
+    if (e.settled) return; // cancelled meanwhile: nobody waits for it
+    const { log: _log, ...rest } = r;
+    // What this side extracted is what counts, not what the host says it took.
+    const missing = r.artifacts.length > 0 && !e.artifacts && !e.artifactError;
+    const artifactError = e.artifactError ?? (missing ? { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: 'the executor host reported artifacts and did not send them' } : r.artifactError);
+    const result: JobResult = {
+      ...rest,
+      artifacts: e.artifacts ?? [],
+      passed: r.passed && !artifactError && !e.req.signal?.aborted,
+      cancelled: r.cancelled || (e.req.signal?.aborted ?? false),
+      ...(artifactError ? { artifactError } : {}),
+    };
+    this.settle(e, () => e.resolve(result));
+    this.o.logger.debug({ executor, run, build: e.req.build, job: e.req.job, passed: result.passed }, 'remote job finished');
+  }
+
+  /** Stop: every job not finished fails with CancelledError (the builds stay for the next leader). */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    for (const e of [...this.queue, ...this.runs.values()]) this.settle(e, () => e.reject(new CancelledError('the CI is stopping')));
+    this.queue.length = 0;
+    this.runs.clear();
+    this.wake();
+  }
+
+  private answer(e: Entry): RunAnswer {
+    e.leaseUntil = this.now() + this.o.leaseMs;
+    return e.cancelled ? { cancel: true, reason: 'the build was cancelled' } : { cancel: false };
+  }
+
+  /** The entry of a run this host holds, or a 409 (another host's, or taken back, or finished). */
+  private claimed(executor: string, run: string): Entry {
+    const e = this.runs.get(run);
+    if (!e || e.executor !== executor) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
+    const host = this.hosts.get(executor);
+    if (host) host.seen = this.now();
+    return e;
+  }
+
+  private pick(capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
+    if (free.slots < 1) return undefined;
+    for (const [i, e] of this.queue.entries()) {
+      if (!fits(e.need, capacity)) continue; // never on this host: no waiting for it here
+      if (e.need.memory <= free.memory && e.need.cpus <= free.cpus + 1e-9) {
+        this.queue.splice(i, 1);
+        return e;
+      }
+      e.overtaken += 1;
+      if (e.overtaken > (this.o.overtakes ?? 4)) return undefined; // this host drains until it fits
+    }
+    return undefined;
+  }
+
+  private assign(e: Entry, executor: string): Assignment {
+    const run = randomBytes(16).toString('hex');
+    e.run = run;
+    e.executor = executor;
+    e.claims += 1;
+    e.overtaken = 0;
+    e.leaseUntil = this.now() + this.o.leaseMs;
+    this.runs.set(run, e);
+    void Promise.resolve(e.req.onClaimed?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a claimed job failed'));
+    return { run, build: e.req.build, job: e.req.job, spec: e.spec, imageId: e.imageId, ...(e.sourceBytes !== undefined ? { sourceBytes: e.sourceBytes } : {}), leaseMs: this.o.leaseMs };
+  }
+
+  private cancel(e: Entry): void {
+    const i = this.queue.indexOf(e);
+    if (i >= 0) this.queue.splice(i, 1);
+    // Claimed: the host is told at its next heartbeat (the run stays known until then, or until its lease ends).
+    else e.cancelled = true;
+    this.settle(e, () => e.reject(new CancelledError(`job ${e.spec.id} cancelled`)));
+  }
+
+  /** Leases that ran out: the job is queued again (first in line), or fails after `maxClaims`. */
+  private sweep(): void {
+    const now = this.now();
+    for (const [run, e] of this.runs) {
+      if (now <= e.leaseUntil) continue;
+      this.runs.delete(run);
+      const host = e.executor;
+      e.run = undefined;
+      e.executor = undefined;
+      if (e.settled) continue; // cancelled, and the host never asked again
+      this.o.logger.warn({ executor: host, run, build: e.req.build, job: e.req.job, claims: e.claims }, 'an executor host stopped renewing its lease on a job: it is taken back');
+      if (e.claims >= (this.o.maxClaims ?? 3)) {
+        this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));
+        continue;
+      }
+      e.req.onLog?.(Buffer.from(`\n[airlock] executor host ${host} stopped answering: the job runs again from the start on the next host that claims it\n`));
+      e.logSeq = 0;
+      this.queue.unshift(e);
+      this.wake();
+    }
+  }
+
+  private unplaceable(need: Need): Issue | undefined {
+    const hosts = this.executors();
+    if (hosts.length === 0 || hosts.some((h) => fits(need, h.capacity))) return undefined;
+    return {
+      file: 'ci.yaml',
+      path: 'executors',
+      message: `the job's limits ask for ${formatBytes(need.memory)} of memory and ${need.cpus} CPUs under ${need.runtime}, which no executor host has (${hosts.map((h) => `${h.name}: ${formatBytes(h.capacity.memory)}, ${h.capacity.cpus} CPUs, ${h.capacity.runtimes.join('/')}`).join('; ')})`,
+      severity: 'error',
+    };
+  }
+
+  private settle(e: Entry, f: () => void): void {
+    if (e.settled) return;
+    e.settled = true;
+    f();
+  }
+
+  private wake(): void {
+    for (const w of [...this.waiters]) w();
+  }
+}
+
+function fits(need: Need, c: Capacity): boolean {
+  return c.runtimes.includes(need.runtime) && need.memory <= c.memory && need.cpus <= c.cpus + 1e-9 && c.slots > 0;
+}

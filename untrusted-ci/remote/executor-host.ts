@@ -1,0 +1,472 @@
+/**
+ * ExecutorHost: `airlock executor serve`, one per Docker host. It registers its capacity with the
+ * CI, claims jobs that fit what it has free (protocol.ts), runs each with the hardened runner
+ * (shared/runner/job-runner.ts) on its own engine, and sends the log (as it comes), the artifacts
+ * and the result back. It holds only its own token: no database, no storage credential, no other
+ * host's runs (the CI checks every call against the claim).
+ *
+ * - **One claim at a time**, saying what is free after the running jobs' limits (as the CI's own
+ *   slots count them, scheduler/slots.ts), so two claims never count the same room.
+ * - **The lease.** A heartbeat every third of the lease. A job is stopped here when the CI says it
+ *   was cancelled, when the CI no longer knows the run (409: taken back, or another leader), or
+ *   when no heartbeat has succeeded for two thirds of the lease, counted on a monotonic clock from
+ *   when the last good one was sent. The CI takes a job back only after a whole lease without one,
+ *   so by then this host has stopped it: a job never runs on two hosts at once. A job stopped for
+ *   its lease is not reported (the CI runs it elsewhere).
+ * - **The image** is the environment the CI built (or pinned), named by id. A host that lacks it
+ *   loads it from the CI (`docker save` of that id) and checks the id is there after. The
+ *   `imagesKept` least recently used images it loaded stay; older ones are removed when no job
+ *   uses them (per-host image GC). Images it did not load are never touched.
+ * - **The source** is capped at the job's workspace size from this host's own policy, while it is
+ *   received; a larger one fails the job.
+ * - An engine failure (retryable) gives the job back: the host stops renewing its lease and the CI
+ *   queues it again when the lease ends.
+ */
+
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type Docker from 'dockerode';
+import { CancelledError, ExecutorFailedError, InvalidInputError, isAirlockError } from '#shared/errors.js';
+import type { Logger } from '#shared/logging.js';
+import { resolveLimits } from '#shared/policy/job-policy.js';
+import type { JobRunnerPort } from '#shared/runner/job-plan.js';
+import type { JobResult } from '#shared/runner/result.js';
+import { packDirectory } from '#shared/runner/tar-pack.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
+import type { JobSpec } from '#shared/schemas/job-spec.js';
+import type { Runtime } from '#shared/schemas/limits.js';
+import { formatBytes } from '#shared/units.js';
+import { loadImage } from '../environments/build-sandbox.js';
+import { Slots } from '../scheduler/slots.js';
+import type { Sentinel } from './sentinel.js';
+import { Assignment, EXECUTOR_API, LOG_CHUNK_MAX, RegisterAnswer, RunAnswer, type Capacity } from './protocol.js';
+
+export interface ExecutorHostOptions {
+  name: string;
+  /** The CI's base URL. */
+  ciUrl: string;
+  token: string;
+  docker: Docker;
+  runner: JobRunnerPort;
+  policy: JobPolicy;
+  /** Jobs at once, and the memory (bytes) and CPUs they may hold together. */
+  capacity: { slots: number; memory: number; cpus: number };
+  runtimes: Runtime[];
+  workDir: string;
+  logger: Logger;
+  imagesKept?: number;
+  version?: string;
+  /** How long a claim waits at the CI for work (default 20 s). */
+  claimWaitMs?: number;
+  /** Stops a job's containers when this process cannot (sentinel.ts). */
+  sentinel?: Sentinel;
+}
+
+/** Log pieces are sent at least this often while a job writes. */
+const LOG_FLUSH_MS = 200;
+const IMAGES_FILE = 'images.json';
+
+class LeaseLost extends Error {}
+
+export class ExecutorHost {
+  private readonly slots: Slots;
+  private readonly stopping = new AbortController();
+  private readonly running = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  private readonly loading = new Map<string, Promise<void>>();
+  /** Images this host loaded: id → last use (ms since the epoch). */
+  private images = new Map<string, number>();
+  private leaseMs = 15_000;
+  private loop?: Promise<void>;
+  private lastWarn = 0;
+
+  constructor(private readonly o: ExecutorHostOptions) {
+    this.slots = new Slots(o.capacity.slots, { memory: o.capacity.memory, cpus: o.capacity.cpus, overtakes: 0 });
+  }
+
+  get capacity(): Capacity {
+    return { ...this.o.capacity, runtimes: this.o.runtimes };
+  }
+  get runningRuns(): string[] {
+    return [...this.running.keys()];
+  }
+
+  /** Register (retrying until the CI answers), then claim jobs until `close`. */
+  async start(): Promise<void> {
+    await mkdir(this.o.workDir, { recursive: true, mode: 0o700 });
+    this.images = new Map(Object.entries(await readJson(join(this.o.workDir, IMAGES_FILE))).filter((e): e is [string, number] => typeof e[1] === 'number'));
+    this.loop = this.claimLoop();
+  }
+
+  /** Stop claiming and stop the running jobs (not reported: the CI takes them back at their lease's end). */
+  async close(): Promise<void> {
+    this.stopping.abort();
+    for (const r of this.running.values()) r.controller.abort(new LeaseLost('the executor host is stopping'));
+    await this.loop;
+    await Promise.all([...this.running.values()].map((r) => r.done));
+  }
+
+  private async register(): Promise<void> {
+    const res = await this.call('POST', EXECUTOR_API.register, { json: { capacity: this.capacity, ...(this.o.version ? { version: this.o.version } : {}) } });
+    this.leaseMs = RegisterAnswer.parse(await res.json()).leaseMs;
+    this.o.logger.info({ ci: this.o.ciUrl, capacity: this.capacity, leaseMs: this.leaseMs }, 'registered with the CI');
+  }
+
+  private async claimLoop(): Promise<void> {
+    const stop = this.stopping.signal;
+    let registered = false;
+    let backoff = 250;
+    while (!stop.aborted) {
+      try {
+        if (!registered) {
+          await this.register();
+          registered = true;
+        }
+        if (this.slots.busy >= this.o.capacity.slots) {
+          await this.slotFreed();
+          continue;
+        }
+        const usage = this.slots.usage;
+        const free = { slots: this.o.capacity.slots - this.slots.busy, memory: Math.max(0, this.o.capacity.memory - usage.memory), cpus: Math.max(0, this.o.capacity.cpus - usage.cpus) };
+        const res = await this.call('POST', EXECUTOR_API.claim, { json: { free, waitMs: this.o.claimWaitMs ?? 20_000 }, timeoutMs: (this.o.claimWaitMs ?? 20_000) + 15_000, ok: [200, 204, 409] });
+        if (res.status === 409) {
+          // The CI does not know this host (a new leader): register again.
+          registered = false;
+          continue;
+        }
+        backoff = 250;
+        if (res.status === 204) continue;
+        const a = Assignment.parse(await res.json());
+        await this.begin(a);
+      } catch (e) {
+        if (stop.aborted) break;
+        if (Date.now() - this.lastWarn > 10_000) {
+          this.lastWarn = Date.now();
+          this.o.logger.warn({ err: (e as Error).message }, 'the CI did not answer a claim; trying again (said once per 10 s)');
+        }
+        await sleep(backoff, stop);
+        backoff = Math.min(backoff * 2, 5_000);
+      }
+    }
+  }
+
+  /** Take the slot the claim counted, then run the job in the background. */
+  private async begin(a: Assignment): Promise<void> {
+    const controller = new AbortController();
+    let release: () => void = () => undefined;
+    let need = { memory: 0, cpus: 0 };
+    let refused: string | undefined;
+    try {
+      const { limits } = resolveLimits(a.spec.limits, a.spec.runtime, this.o.policy, `job ${a.spec.id}`);
+      need = { memory: limits.memory, cpus: limits.cpus };
+    } catch (e) {
+      refused = (e as Error).message;
+    }
+    if (!refused) {
+      try {
+        release = await this.slots.acquire(this.stopping.signal, need);
+      } catch (e) {
+        refused = (e as Error).message;
+      }
+    }
+    const done = this.runOne(a, controller, refused)
+      .catch((e: unknown) => this.o.logger.error({ err: e, run: a.run }, 'a job could not be run or reported'))
+      .finally(() => {
+        release();
+        this.running.delete(a.run);
+      });
+    this.running.set(a.run, { controller, done });
+  }
+
+  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined): Promise<void> {
+    const log = this.o.logger.child({ run: a.run, build: a.build, job: a.job });
+    const dir = join(this.o.workDir, 'runs', a.run);
+    const signal = controller.signal;
+    const leaseMs = a.leaseMs;
+    let lastOk = performance.now();
+    const fence = (2 * leaseMs) / 3;
+    this.o.sentinel?.renew(a.spec.id, fence);
+    const onAnswer = (answer: RunAnswer): void => {
+      if (answer.cancel) controller.abort(new CancelledError(answer.reason ?? 'cancelled by the CI'));
+    };
+    // The lease: renewed every third of it; stopped here at two thirds without a good renewal.
+    const beat = setInterval(() => {
+      if (performance.now() - lastOk > fence) {
+        controller.abort(new LeaseLost('no heartbeat reached the CI for two thirds of the lease'));
+        return;
+      }
+      const sent = performance.now();
+      void this.call('POST', EXECUTOR_API.run(a.run, 'heartbeat'), { json: {}, timeoutMs: leaseMs / 3 })
+        .then(async (res) => {
+          onAnswer(RunAnswer.parse(await res.json()));
+          lastOk = Math.max(lastOk, sent);
+          this.o.sentinel?.renew(a.spec.id, fence - (performance.now() - lastOk));
+        })
+        .catch((e: unknown) => {
+          if (e instanceof HttpStatusError && e.status === 409) controller.abort(new LeaseLost(e.message));
+        });
+    }, Math.max(50, Math.floor(leaseMs / 3)));
+    const sender = new LogSender((seq, data) => this.call('POST', `${EXECUTOR_API.run(a.run, 'log')}?seq=${seq}`, { body: data, type: 'application/octet-stream', timeoutMs: leaseMs / 3 }).then(async (res) => onAnswer(RunAnswer.parse(await res.json()))), (e) => {
+      if (e instanceof HttpStatusError && e.status === 409) controller.abort(new LeaseLost(e.message));
+    });
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      let result: JobResult;
+      try {
+        if (refused) throw new InvalidInputError([{ file: `job ${a.spec.id}`, path: '', message: `this executor host refuses it: ${refused}`, severity: 'error' }]);
+        await this.ensureImage(a, signal);
+        const tar = a.sourceBytes !== undefined ? await this.fetchSource(a, join(dir, 'source.tar'), signal) : undefined;
+        const artifactsDir = join(dir, 'out', 'artifacts');
+        result = await this.o.runner.run(a.spec, {
+          signal,
+          ...(tar ? { source: { tar } } : {}),
+          includeLog: false,
+          ...(a.spec.artifacts.length > 0 ? { artifactsDir } : {}),
+          onLog: (chunk) => sender.push(chunk.data),
+        });
+        await sender.flush();
+        if (signal.reason instanceof LeaseLost) throw signal.reason;
+        if (result.artifacts.length > 0) {
+          const tarStream = packDirectory(join(dir, 'out'), { uid: 0, gid: 0 });
+          await this.call('PUT', EXECUTOR_API.run(a.run, 'artifacts'), { body: tarStream, type: 'application/x-tar', timeoutMs: 10 * 60_000, ok: [200, 422] });
+        }
+      } catch (e) {
+        if (signal.reason instanceof LeaseLost) {
+          log.warn({ why: signal.reason.message }, 'job stopped: this host no longer holds its lease (the CI runs it elsewhere)');
+          return;
+        }
+        if (signal.aborted) {
+          log.info('job cancelled by the CI');
+          return;
+        }
+        if (isAirlockError(e) && e.retryable) {
+          // Not the job's fault: given back (the CI queues it again when the lease ends).
+          log.error({ err: e }, 'job could not be run here; its lease is left to run out so another host takes it');
+          controller.abort(new LeaseLost('given back'));
+          return;
+        }
+        result = refusedResult(a.spec, this.o.policy, (e as Error).message);
+        await sender.flush();
+      }
+      await this.call('POST', EXECUTOR_API.run(a.run, 'result'), { json: result, timeoutMs: leaseMs });
+      log.info({ passed: result.passed, reason: result.reason }, 'job done');
+    } finally {
+      clearInterval(beat);
+      this.o.sentinel?.done(a.spec.id);
+      sender.close();
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+
+  /** The image by id in this engine, loaded from the CI when missing (one load per image at a time). */
+  private async ensureImage(a: Assignment, signal: AbortSignal): Promise<void> {
+    const id = a.imageId;
+    const present = await this.o.docker
+      .getImage(id)
+      .inspect()
+      .then(
+        () => true,
+        () => false,
+      );
+    if (!present) {
+      let p = this.loading.get(id);
+      if (!p) {
+        p = (async () => {
+          const res = await this.call('GET', EXECUTOR_API.run(a.run, 'image'), { timeoutMs: 30 * 60_000, signal });
+          if (!res.body) throw new ExecutorFailedError('the CI sent no image');
+          await loadImage(this.o.docker, Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>));
+          const got = await this.o.docker.getImage(id).inspect().catch(() => undefined);
+          if (got?.Id !== id) throw new ExecutorFailedError(`the image the CI sent is not ${id}`);
+          this.images.set(id, Date.now());
+        })().finally(() => this.loading.delete(id));
+        this.loading.set(id, p);
+      }
+      await p;
+    }
+    if (this.images.has(id) || !present) this.images.set(id, Date.now());
+    await this.imageGc();
+  }
+
+  /** Images this host loaded beyond `imagesKept`, least recently used first, unless a job uses them. */
+  private async imageGc(): Promise<void> {
+    const keep = this.o.imagesKept ?? 20;
+    const inUse = new Set<string>();
+    for (const id of this.loading.keys()) inUse.add(id);
+    const byAge = [...this.images.entries()].sort((x, y) => x[1] - y[1]);
+    for (const [id] of byAge.slice(0, Math.max(0, byAge.length - keep))) {
+      if (inUse.has(id)) continue;
+      try {
+        await this.o.docker.getImage(id).remove({ noprune: false });
+        this.images.delete(id);
+      } catch (e) {
+        const status = (e as { statusCode?: number }).statusCode;
+        if (status === 404) this.images.delete(id);
+        // 409: a container still uses it; tried again after the next job
+      }
+    }
+    await writeFile(join(this.o.workDir, IMAGES_FILE), JSON.stringify(Object.fromEntries(this.images)), { mode: 0o600 });
+  }
+
+  /** The source tar, refused once it passes the job's workspace size under this host's policy. */
+  private async fetchSource(a: Assignment, file: string, signal: AbortSignal): Promise<string> {
+    const { limits } = resolveLimits(a.spec.limits, a.spec.runtime, this.o.policy, `job ${a.spec.id}`);
+    const cap = limits.workspace;
+    if ((a.sourceBytes ?? 0) > cap) throw new InvalidInputError([{ file: `job ${a.spec.id}`, path: 'source', message: `the source is ${formatBytes(a.sourceBytes ?? 0)}, more than the workspace's ${formatBytes(cap)}`, severity: 'error' }]);
+    const res = await this.call('GET', EXECUTOR_API.run(a.run, 'source'), { timeoutMs: 10 * 60_000, signal });
+    if (!res.body) throw new ExecutorFailedError('the CI sent no source');
+    let n = 0;
+    const count = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        n += chunk.length;
+        if (n > cap) cb(new InvalidInputError([{ file: `job ${a.spec.id}`, path: 'source', message: `the source passed the workspace's ${formatBytes(cap)} while it was received`, severity: 'error' }]));
+        else cb(null, chunk);
+      },
+    });
+    await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), count, createWriteStream(file, { mode: 0o600 }));
+    return file;
+  }
+
+  private slotFreed(): Promise<void> {
+    return Promise.race([...[...this.running.values()].map((r) => r.done), sleep(1000, this.stopping.signal)]).then(() => undefined);
+  }
+
+  private async call(
+    method: string,
+    path: string,
+    o: { json?: unknown; body?: Buffer | Readable; type?: string; timeoutMs?: number; ok?: number[]; signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    const signals = [this.stopping.signal, AbortSignal.timeout(o.timeoutMs ?? 30_000), ...(o.signal ? [o.signal] : [])];
+    const headers: Record<string, string> = { authorization: `Bearer ${this.o.token}` };
+    let body: RequestInit['body'] | undefined;
+    if (o.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(o.json);
+    } else if (o.body) {
+      headers['content-type'] = o.type ?? 'application/octet-stream';
+      body = Buffer.isBuffer(o.body) ? o.body : (Readable.toWeb(o.body) as ReadableStream<Uint8Array>);
+    }
+    const res = await fetch(new URL(path, this.o.ciUrl), { method, headers, ...(body !== undefined ? { body } : {}), signal: AbortSignal.any(signals), ...(o.body && !Buffer.isBuffer(o.body) ? { duplex: 'half' } : {}) } as RequestInit);
+    if (!(o.ok ?? [200]).includes(res.status)) {
+      const text = await res.text().catch(() => '');
+      throw new HttpStatusError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 500)}`);
+    }
+    return res;
+  }
+}
+
+class HttpStatusError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The job's log to the CI, in order: pieces of at most LOG_CHUNK_MAX bytes, numbered from 0, sent
+ * one at a time at least every LOG_FLUSH_MS. A piece that fails is sent again under the same number
+ * (the CI ignores a number it has); what the CI refuses (409) stops the job (`onError`).
+ */
+class LogSender {
+  private pending: Buffer[] = [];
+  private size = 0;
+  private seq = 0;
+  private chain: Promise<void> = Promise.resolve();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    private readonly send: (seq: number, data: Buffer) => Promise<void>,
+    private readonly onError: (e: unknown) => void,
+  ) {
+    this.timer = setInterval(() => void this.flush(), LOG_FLUSH_MS);
+  }
+
+  push(data: Buffer): void {
+    if (this.closed) return;
+    this.pending.push(data);
+    this.size += data.length;
+    if (this.size >= LOG_CHUNK_MAX / 2) void this.flush();
+  }
+
+  /** Send what is pending; resolves when everything pushed so far was sent (or given up on). */
+  flush(): Promise<void> {
+    while (this.size > 0) {
+      const all = Buffer.concat(this.pending);
+      const piece = all.subarray(0, LOG_CHUNK_MAX);
+      const rest = all.subarray(piece.length);
+      this.pending = rest.length > 0 ? [rest] : [];
+      this.size = rest.length;
+      const seq = this.seq++;
+      this.chain = this.chain.then(() => this.sendWithRetry(seq, piece));
+    }
+    return this.chain;
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+  }
+
+  private async sendWithRetry(seq: number, data: Buffer): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.send(seq, data);
+        return;
+      } catch (e) {
+        if ((e instanceof HttpStatusError && e.status < 500) || attempt >= 4 || this.closed) {
+          this.onError(e);
+          return;
+        }
+        await sleep(200 * 2 ** attempt);
+      }
+    }
+  }
+}
+
+/** A result for a job this host would not or could not start (its own policy, a source too large). */
+function refusedResult(spec: JobSpec, policy: JobPolicy, reason: string): JobResult {
+  return {
+    version: 1,
+    jobId: spec.id,
+    image: spec.image,
+    imageId: spec.image,
+    runtime: spec.runtime ?? policy.runtime.default,
+    passed: false,
+    exitCode: -1,
+    oomKilled: false,
+    timedOut: false,
+    cancelled: false,
+    logTruncated: false,
+    logBytes: 0,
+    limits: policy.limits,
+    durations: { setupMs: 0, runMs: 0, teardownMs: 0, totalMs: 0 },
+    reason: `refused by the executor host: ${reason}`,
+    artifacts: [],
+  };
+}
+
+async function readJson(file: string): Promise<Record<string, unknown>> {
+  try {
+    const v = JSON.parse(await readFile(file, 'utf8')) as unknown;
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((res) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      res();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+

@@ -64,6 +64,7 @@ describe('buildCiConfig', () => {
       api: { bodyLimit: 1024 * 1024 },
       imageGcEveryMs: 600_000,
       replicas: { leaseMs: 10_000 },
+      executors: { hosts: [], leaseMs: 15_000 },
       gate: { window: { initial: 20, floor: 3, ceiling: null, increase: 1, decreaseFactor: 2 }, queues: {} },
     });
     expect(gerritSecret).toBeUndefined();

@@ -20,6 +20,7 @@ import { openPostgres } from '../untrusted-ci/store/database.js';
 import { BuildStore } from '../untrusted-ci/store/build-store.js';
 import { pickNextFrom, Served } from '../untrusted-ci/scheduler/fair-queue.js';
 import { startPostgres } from '../test/support/postgres.js';
+import { measureScaling, type ScalingFigures } from './executors-scaling.js';
 
 const QUEUED = Number(process.env.BENCH_QUEUED ?? 10_000);
 const RUNNING = Number(process.env.BENCH_RUNNING ?? 8_000);
@@ -27,6 +28,23 @@ const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 300);
 const PROJECTS = 200;
 const AUTHORS = 2_000;
 
+// Executor hosts first (BENCH_PARTS=dispatch or scaling for one part only).
+const parts = (process.env.BENCH_PARTS ?? 'scaling,dispatch').split(',');
+let scaling: ScalingFigures | undefined;
+if (parts.includes('scaling')) {
+  scaling = await measureScaling({
+    builds: Number(process.env.BENCH_SCALING_BUILDS ?? 8),
+    jobs: Number(process.env.BENCH_SCALING_JOBS ?? 4),
+    sleepS: Number(process.env.BENCH_SCALING_SLEEP ?? 2),
+    slotsPerHost: Number(process.env.BENCH_SCALING_SLOTS ?? 4),
+    rounds: Number(process.env.BENCH_SCALING_ROUNDS ?? 2),
+  });
+  console.log(`scaling: ${scaling.builds}×${scaling.jobsPerBuild} jobs of sleep ${scaling.sleepSeconds} s, ${scaling.slotsPerHost} slots a host: one host ${scaling.oneHostJobsPerSecond} jobs/s, two hosts ${scaling.twoHostsJobsPerSecond} jobs/s: ${scaling.scaling}×`);
+}
+if (!parts.includes('dispatch')) {
+  console.log(JSON.stringify({ goals: { scaling: '>= 1.8' }, scaling: scaling?.scaling ?? null, scalingRun: scaling ?? null }));
+  process.exit(0);
+}
 const server = await startPostgres({ durable: true });
 try {
   const url = await server.createDatabase('scale');
@@ -88,8 +106,8 @@ try {
     dispatchRatioP50: r2(p(dispatch, 0.5) / p(raw, 0.5)),
     dispatchRatioP99: r2(p(dispatch, 0.99) / p(raw, 0.99)),
     goals: { dispatchP99Ms: '< 10', scaling: '>= 1.8', checkThroughputRatio: '>= 0.8', gateMergeRatio: '<= 1.3' },
-    scaling: null,
-    scalingWhy: 'executor hosts (airlock executor serve) are not built yet',
+    scaling: scaling?.scaling ?? null,
+    ...(scaling ? { scalingRun: scaling } : { scalingWhy: 'not run (BENCH_PARTS)' }),
     checkThroughputRatio: null,
     checkThroughputWhy: 'measured by npm run bench:ci on one host',
     gateMergeRatio: null,

@@ -1,0 +1,166 @@
+/**
+ * `scaling` of `npm run bench:scale`: how the CI's throughput grows from one executor host to two.
+ *
+ * Two executor hosts, each a network namespace with its own Docker engine (test/support/hosts.ts),
+ * each running `airlock executor serve` as a process of its own with SLOTS_PER_HOST slots, claim
+ * from one CI service (SQLite, the CI's engine only builds nothing here: the environment is the
+ * busybox base image). Work: BUILDS check builds of JOBS independent jobs each, every job a
+ * `sleep SLEEP_S`, all submitted at once; time from the first submit to the last result.
+ * Rounds: warm-up on both hosts; then one host (the other stopped), two hosts, one, two. The ratio
+ * is the one-host time over the two-host time, summed over the rounds (goal ≥ 1.8).
+ */
+import { type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger } from '#shared/logging.js';
+import { buildCiConfig } from '../untrusted-ci/config.js';
+import { startCiService } from '../untrusted-ci/service.js';
+import { createRepo } from '../test/support/git-repo.js';
+import { startHost, type TestHost } from '../test/support/hosts.js';
+
+const IMAGE = 'airlock/base:busybox';
+const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
+const BIN = new URL('../bin/airlock.js', import.meta.url).pathname;
+
+export interface ScalingFigures {
+  builds: number;
+  jobsPerBuild: number;
+  sleepSeconds: number;
+  slotsPerHost: number;
+  oneHostSeconds: number[];
+  twoHostsSeconds: number[];
+  oneHostJobsPerSecond: number;
+  twoHostsJobsPerSecond: number;
+  scaling: number;
+}
+
+export async function measureScaling(o: { builds: number; jobs: number; sleepS: number; slotsPerHost: number; rounds: number }): Promise<ScalingFigures> {
+  const logger = createLogger({ level: process.env.AIRLOCK_BENCH_LOG ?? 'silent' });
+  const dataDir = mkdtempSync(join(tmpdir(), 'airlock-bench-scaling-'));
+  const jobs = Array.from({ length: o.jobs }, (_, i) => `  j${i}:\n    command: [sleep, "${o.sleepS}"]\n`).join('');
+  const up = createRepo({ '.airlock.yaml': `version: 1\nenvironment: { image: ${IMAGE} }\njobs:\n${jobs}`, 'README.md': 'bench\n' });
+  const hosts: TestHost[] = [];
+  const procs = new Map<TestHost, ChildProcess>();
+  try {
+    hosts.push(...(await Promise.all([startHost(), startHost()])));
+    const tokens = hosts.map((h, i) => {
+      const file = join(h.dir, 'executor.token');
+      writeFileSync(file, `bench-executor-${i}-${process.pid}-0123456789`, { mode: 0o600 });
+      return file;
+    });
+    writeFileSync(join(dataDir, 'api.token'), `bench-api-${process.pid}-0123456789`, { mode: 0o600 });
+    writeFileSync(join(dataDir, 'cancel.token'), `bench-cancel-${process.pid}-0123456789`, { mode: 0o600 });
+    const ci = await startCiService(
+      buildCiConfig(
+        {
+          version: 1,
+          dataDir,
+          runnerStateDir: STATE_DIR,
+          slots: o.builds,
+          imageGcEveryMs: 0,
+          listen: { host: '0.0.0.0', port: 0 },
+          api: { tokenFile: join(dataDir, 'api.token'), cancelTokenFile: join(dataDir, 'cancel.token') },
+          projects: [{ name: 'bench', url: up.dir }],
+          executors: { hosts: hosts.map((_, i) => ({ name: `exec-${i + 1}`, tokenFile: tokens[i]! })) },
+        },
+        'bench',
+      ),
+      { logger, workspacePool: 0 },
+    );
+    const stop = async (h: TestHost): Promise<void> => {
+      const p = procs.get(h);
+      procs.delete(h);
+      if (!p || p.exitCode !== null) return;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      await exited;
+    };
+    try {
+      const port = new URL(await ci.listen()).port;
+      const start = (h: TestHost, i: number): void => {
+        const file = join(h.dir, 'executor.yaml');
+        writeFileSync(
+          file,
+          JSON.stringify({
+            name: `exec-${i + 1}`,
+            ci: { url: `http://${h.ciAddress}:${port}`, tokenFile: tokens[i] },
+            docker: `unix://${h.dockerSocket}`,
+            slots: o.slotsPerHost,
+            capacity: { cpus: 64, memory: '64GiB' },
+            stateDir: h.stateDir,
+            workDir: join(h.dir, 'work'),
+          }),
+        );
+        procs.set(h, h.spawn(process.execPath, [BIN, 'executor', 'serve', '--config', file], { logFile: join(h.dir, `executor-${Date.now()}.log`) }));
+      };
+      const registered = async (n: number): Promise<void> => {
+        const end = Date.now() + 60_000;
+        for (;;) {
+          const r = (await ci.app.inject({ method: 'GET', url: '/api/executors' })).json() as { executors: { name: string; idleMs: number }[] };
+          // Only hosts heard from in the last moment count (a stopped one lingers in the list for three leases).
+          if (r.executors.filter((e) => e.idleMs < 2_000).length === n) return;
+          if (Date.now() > end) throw new Error(`${n} executor hosts did not register: ${JSON.stringify(r)}`);
+          await new Promise((res) => setTimeout(res, 100));
+        }
+      };
+      let changeNo = 0;
+      const round = async (): Promise<number> => {
+        const refs = Array.from({ length: o.builds }, () => {
+          const n = ++changeNo;
+          return { ref: up.change(n, 1, { [`f${n}.txt`]: `${n}\n` }).ref, change: String(n) };
+        });
+        const t = performance.now();
+        const ids: number[] = [];
+        for (const c of refs) {
+          const r = await ci.app.inject({ method: 'POST', url: '/api/changes', headers: { authorization: `Bearer bench-api-${process.pid}-0123456789` }, payload: { project: 'bench', ref: c.ref, change: c.change } });
+          if (r.statusCode !== 202) throw new Error(`submit: ${r.statusCode} ${r.body}`);
+          ids.push((r.json() as { builds: number[] }).builds[0]!);
+        }
+        await ci.scheduler.idle();
+        const s = (performance.now() - t) / 1000;
+        for (const id of ids) {
+          const b = await ci.store.build(id);
+          if (b.result !== 'passed') throw new Error(`bench build ${id} ${b.result}: ${b.reason}`);
+        }
+        return s;
+      };
+      hosts.forEach((h, i) => start(h, i));
+      await registered(2);
+      await round(); // warm-up: the image loaded on both hosts, workspaces, JIT
+      const one: number[] = [];
+      const two: number[] = [];
+      for (let r = 0; r < o.rounds; r++) {
+        await stop(hosts[1]!);
+        await new Promise((res) => setTimeout(res, 2_500));
+        await registered(1);
+        one.push(await round());
+        start(hosts[1]!, 1);
+        await registered(2);
+        two.push(await round());
+      }
+      const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+      const total = o.builds * o.jobs;
+      const r2 = (x: number): number => Math.round(x * 100) / 100;
+      return {
+        builds: o.builds,
+        jobsPerBuild: o.jobs,
+        sleepSeconds: o.sleepS,
+        slotsPerHost: o.slotsPerHost,
+        oneHostSeconds: one.map(r2),
+        twoHostsSeconds: two.map(r2),
+        oneHostJobsPerSecond: r2((total * one.length) / sum(one)),
+        twoHostsJobsPerSecond: r2((total * two.length) / sum(two)),
+        scaling: r2(sum(one) / sum(two)),
+      };
+    } finally {
+      for (const h of hosts) await stop(h).catch(() => undefined);
+      await ci.close();
+    }
+  } finally {
+    for (const p of procs.values()) p.kill('SIGKILL');
+    await Promise.all(hosts.map((h) => h.stop()));
+    up.dispose();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}

@@ -3,7 +3,9 @@
  * placed as the guide places them (its paths under a temporary root, the secret files it tells the
  * operator to create), and name every key their schema has, so that neither the examples nor the
  * guide can fall behind the code: a key added to `ci.yaml` or `builder.yaml` fails here until the
- * example shows it.
+ * example shows it. The random secrets and tokens are the files the guide's commands write under
+ * /etc/airlock/<service>/, read from docs/deploy.md itself: a token file an example names and the
+ * guide does not tell the operator to make fails the load here.
  */
 import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,6 +18,7 @@ import { BuilderConfig, loadBuilderConfig } from '../../trusted-builder/config.j
 import { loadPromotionPolicy } from '../../trusted-builder/policy/promotion.js';
 import { loadSecretsPolicy } from '../../trusted-builder/policy/secrets.js';
 import { CiConfig, loadCiConfig } from '../../untrusted-ci/config.js';
+import { ExecutorConfig, loadExecutorConfig } from '../../untrusted-ci/remote/executor-config.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url)).replace(/\/$/, '');
 const EXAMPLES = join(ROOT, 'examples');
@@ -25,6 +28,22 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 /** The guide's paths, moved under `root`: /etc/airlock and /var/lib/airlock there, /opt/airlock = this checkout. */
 function place(text: string, root: string): string {
   return text.replaceAll('/etc/airlock', `${root}/etc/airlock`).replaceAll('/var/lib/airlock', `${root}/var/lib/airlock`).replaceAll('/opt/airlock', ROOT);
+}
+
+const GUIDE = readFileSync(join(ROOT, 'docs', 'deploy.md'), 'utf8');
+
+/**
+ * The secret files deploy.md's commands make in /etc/airlock/<dir>/ with a random or copied value:
+ * `… | base64 > FILE`, `cp SRC FILE`, `install -m 0600 SRC FILE` (configs, *.yaml, are not secrets).
+ */
+export function guideSecretFiles(guide: string, dir: string): string[] {
+  const at = `/etc/airlock/${dir}/`;
+  const names = new Set<string>();
+  for (const m of guide.matchAll(/^\s*(?:.*\| base64 > |cp \S+ |install -m 0600 \S+ )(\S+)/gm)) {
+    const f = m[1]!;
+    if (f.startsWith(at) && !f.endsWith('.yaml')) names.add(f.slice(at.length));
+  }
+  return [...names];
 }
 
 function yaml(file: string): unknown {
@@ -98,7 +117,9 @@ describe('examples/ci/ci.yaml', () => {
     mkdirSync(dirname(file), { recursive: true });
     writeFileSync(file, place(readFileSync(join(EXAMPLES, 'ci', 'ci.yaml'), 'utf8'), root));
     const etc = join(root, 'etc/airlock/ci');
-    for (const f of ['gerrit-hook.secret', 'api.token', 'cancel.token', 'hint.secret']) secretFile(join(etc, f));
+    const made = guideSecretFiles(GUIDE, 'ci');
+    expect(made).toEqual(expect.arrayContaining(['gerrit-hook.secret', 'api.token', 'cancel.token', 'hint.secret']));
+    for (const f of made) secretFile(join(etc, f));
     secretFile(join(etc, 'gerrit.json'), JSON.stringify({ username: 'airlock-ci', password: randomBytes(16).toString('base64') }));
     secretFile(join(etc, 's3.json'), JSON.stringify({ accessKeyId: 'AKIAEXAMPLE', secretAccessKey: randomBytes(20).toString('base64') }));
     secretFile(join(etc, 'database.url'), `postgres://airlock_ci:${randomBytes(16).toString('hex')}@db.internal:5432/airlock_ci`);
@@ -109,6 +130,31 @@ describe('examples/ci/ci.yaml', () => {
     expect(loaded.config.policies.job).toBe(join(ROOT, 'policies/untrusted-job.yaml'));
     expect(loaded.hintSecret?.length).toBeGreaterThanOrEqual(32);
     expect(loaded.reviewCredentials?.username).toBe('airlock-ci');
+    expect([...(loaded.executorTokens?.keys() ?? [])]).toEqual(['exec-1', 'exec-2']);
+  });
+});
+
+describe('examples/executor/executor.yaml', () => {
+  it('names every key of executor.yaml', () => {
+    expect(missingKeys(ExecutorConfig, yaml(join(EXAMPLES, 'executor', 'executor.yaml')))).toEqual([]);
+  });
+
+  it('loads, placed as docs/deploy.md says, with the token file it lists; the host is one the CI example lists', () => {
+    const root = join(tmp, 'executor-host');
+    const file = join(root, 'etc/airlock/executor/executor.yaml');
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, place(readFileSync(join(EXAMPLES, 'executor', 'executor.yaml'), 'utf8'), root));
+    const made = guideSecretFiles(GUIDE, 'executor');
+    expect(made).toEqual(['executor.token']);
+    for (const f of made) secretFile(join(root, 'etc/airlock/executor', f));
+    const { config, token } = loadExecutorConfig(file);
+    expect(token.length).toBeGreaterThanOrEqual(16);
+    expect(config.policies.job).toBe(join(ROOT, 'policies/untrusted-job.yaml'));
+    expect(config.stateDir).toBe(join(root, 'var/lib/airlock'));
+    const ci = CiConfig.parse(yaml(join(EXAMPLES, 'ci', 'ci.yaml')));
+    expect(ci.executors.hosts.map((h) => h.name)).toContain(config.name);
+    // The CI's port, as the CI example listens on it.
+    expect(new URL(config.ci.url).port).toBe(String(ci.listen.port));
   });
 });
 

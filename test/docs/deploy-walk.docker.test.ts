@@ -64,6 +64,13 @@ function placement(root: string): Row[] {
   return rows;
 }
 
+/** The walk is one host: no executor hosts, so its jobs run on the CI's engine (before placement, which rewrites the paths). */
+function oneHost(): Row[] {
+  const ci = readFileSync(join(EXAMPLES, 'ci', 'ci.yaml'), 'utf8');
+  const hosts = /^ {2}hosts:.*\n(?: {4}- .*\n)+/m.exec(ci)?.[0] ?? 'executors.hosts, as a block list';
+  return [{ file: 'ci.yaml', from: hosts, to: '  hosts: []\n', why: 'no executor hosts: the jobs run on the CI host (docs/deploy.md "Executor hosts" is optional)' }];
+}
+
 interface Site {
   gerrit: GerritRig;
   vault: VaultDouble;
@@ -216,7 +223,7 @@ describe('docs/deploy.md, walked end to end with examples/', () => {
     const [ciPort, builderPort] = [await freePort(), await freePort()];
     const since = (await run('git', ['ls-remote', gerrit.gerrit.gitUrl(PROJECT), `refs/heads/${BRANCH}`])).stdout.split('\t')[0]!;
     expect(since).toBe(initial);
-    const rows = [...placement(root), ...site({ gerrit, vault, registry, embargoRegistry, s3, ciPort, builderPort, baseImageId, envImageId, publicKey, since })];
+    const rows = [...oneHost(), ...placement(root), ...site({ gerrit, vault, registry, embargoRegistry, s3, ciPort, builderPort, baseImageId, envImageId, publicKey, since })];
 
     // Step 3: the CI host's files.
     const ciYaml = edit(join(EXAMPLES, 'ci', 'ci.yaml'), join(etcCi, 'ci.yaml'), 'ci.yaml', rows);

@@ -176,6 +176,9 @@ export async function startCiService(
       });
       review = { system, state, outbox, catchUp, rereads };
     }
+    // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
+    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
+    if (remote) cleanups.push(() => remote.close());
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
     let status: StatusFeed | undefined;
@@ -189,6 +192,7 @@ export async function startCiService(
       ...(hints ? { hints: () => hints.backlog() } : {}),
       ...(review ? { reviewOutbox: () => review?.outbox.pendingCount() ?? 0 } : {}),
       gateQueues: () => gateQueues(gate.model),
+      ...(remote ? { executors: () => ({ hosts: remote.executors().length, ...remote.counts }) } : {}),
     });
     egressReport.to = (kind, e) => metrics.egress(kind, e.source, e.outcome);
     events.watch((build, e) => {
@@ -229,9 +233,6 @@ export async function startCiService(
           }
         : {}),
     });
-    // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
-    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
-    if (remote) cleanups.push(() => remote.close());
     const executor = new CheckBuildExecutor({
       store,
       events,

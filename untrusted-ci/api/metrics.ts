@@ -35,6 +35,8 @@ export function createCiMetrics(read: {
   reviewOutbox?: () => Promise<number> | number;
   /** The gate's queues: window size (0: unlimited) and items in each (absent: no gate). */
   gateQueues?: () => { queue: string; window: number; items: number }[];
+  /** Executor hosts heard from lately, and the jobs waiting for one or running on one (absent: none configured). */
+  executors?: () => { hosts: number; queued: number; running: number };
 }): CiMetrics {
   const registry = new Registry();
   // prom-client's names already start with `process_` / `nodejs_`: the prefix is the service's only.
@@ -59,6 +61,28 @@ export function createCiMetrics(read: {
     },
   });
   new Gauge({ name: 'airlock_ci_slots', help: 'Executor slots on this host', registers: [registry] }).set(read.slots);
+  const executors = read.executors;
+  if (executors) {
+    new Gauge({
+      name: 'airlock_ci_executor_hosts',
+      help: 'Executor hosts heard from in the last three leases',
+      registers: [registry],
+      collect() {
+        this.set(executors().hosts);
+      },
+    });
+    new Gauge({
+      name: 'airlock_ci_remote_jobs',
+      help: 'Jobs for executor hosts on this replica, waiting for a host or running on one',
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        const e = executors();
+        this.set({ state: 'queued' }, e.queued);
+        this.set({ state: 'running' }, e.running);
+      },
+    });
+  }
   const hints = read.hints;
   if (hints) {
     new Gauge({

@@ -120,6 +120,8 @@ describe('executor hosts: jobs run on other Docker hosts (network namespaces, en
       const r = (await ci.service.app.inject({ method: 'GET', url: '/api/executors' })).json() as { executors: { name: string }[] };
       return r.executors.length === 2 ? true : undefined;
     }, 60_000);
+    const metrics = (await ci.service.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(/^airlock_ci_executor_hosts 2$/m);
   }, 180_000);
 
   afterAll(async () => {

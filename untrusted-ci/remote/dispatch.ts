@@ -36,7 +36,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ArtifactRejectedError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
@@ -111,6 +111,10 @@ interface Entry {
   logCapped: boolean;
   artifacts?: ArtifactFile[];
   artifactError?: { code: string; message: string };
+  /** An artifacts upload under way (one at a time), and its extraction. */
+  receiving?: { archive: Readable; done: Promise<unknown> };
+  /** The artifacts directory being emptied of a run taken back (the next run's upload waits for it). */
+  clearing?: Promise<void>;
   cancelled?: boolean;
   resolve: (r: JobResult) => void;
   reject: (e: unknown) => void;
@@ -119,20 +123,45 @@ interface Entry {
 
 /** Room for the runner's own lines (timeouts, truncation notes) on top of a job's log cap. */
 const LOG_MARGIN = 64 * 1024;
+/** The most of a host's result reason (or artifact error) that is kept: a line for a person, not a file. */
+const REASON_MAX = 2000;
+const clip = (s: string): string => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
 
 export class RemoteJobs {
   private readonly queue: Entry[] = [];
   private readonly runs = new Map<string, Entry>();
   private readonly hosts = new Map<string, { capacity: Capacity; version?: string; seen: number }>();
   private readonly waiters = new Set<() => void>();
-  private readonly sweeper: NodeJS.Timeout;
+  /** Each host's one waiting claim: a new claim of the host ends the one before. */
+  private readonly claiming = new Map<string, AbortController>();
+  private sweeper: NodeJS.Timeout;
   private readonly now: () => number;
   private closed = false;
+  /** Nothing is handed out before this (`open`). */
+  private holdUntil = -Infinity;
 
   constructor(private readonly o: RemoteJobsOptions) {
     this.now = o.now ?? (() => performance.now());
-    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(o.leaseMs / 4))));
-    this.sweeper.unref();
+    this.sweeper = this.startSweeper();
+  }
+
+  /**
+   * Leading (again): jobs are taken and handed out. Nothing is handed out for one lease: the
+   * hosts of the leader before (another replica, or this process before a restart) may still run
+   * its jobs until their own fence stops them (executor-host.ts), and the next leader runs those
+   * builds again from the start. Closed by `close` when leading ends.
+   */
+  open(): void {
+    this.holdUntil = this.now() + this.o.leaseMs;
+    if (!this.closed) return;
+    this.closed = false;
+    this.sweeper = this.startSweeper();
+  }
+
+  private startSweeper(): NodeJS.Timeout {
+    const t = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(this.o.leaseMs / 4))));
+    t.unref();
+    return t;
   }
 
   get leaseMs(): number {
@@ -208,24 +237,36 @@ export class RemoteJobs {
     const host = this.hosts.get(executor);
     if (!host) throw new ConflictError(`executor host ${executor} has not registered (POST /api/executor/register first)`);
     const deadline = this.now() + req.waitMs;
-    for (;;) {
-      host.seen = this.now();
-      if (this.closed || signal?.aborted) return undefined;
-      const entry = this.pick(host.capacity, req.free);
-      if (entry) return this.assign(entry, executor);
-      const left = deadline - this.now();
-      if (left <= 0) return undefined;
-      await new Promise<void>((res) => {
-        const done = (): void => {
-          clearTimeout(t);
-          this.waiters.delete(done);
-          signal?.removeEventListener('abort', done);
-          res();
-        };
-        const t = setTimeout(done, left);
-        this.waiters.add(done);
-        signal?.addEventListener('abort', done, { once: true });
-      });
+    // One waiting claim per host (an executor host makes one at a time): thousands of them would
+    // each hold a socket and a waiter here.
+    const mine = new AbortController();
+    this.claiming.get(executor)?.abort();
+    this.claiming.set(executor, mine);
+    try {
+      for (;;) {
+        host.seen = this.now();
+        if (this.closed || signal?.aborted || mine.signal.aborted) return undefined;
+        const now = this.now();
+        const entry = now < this.holdUntil ? undefined : this.pick(host.capacity, req.free);
+        if (entry) return this.assign(entry, executor);
+        const left = deadline - now;
+        if (left <= 0) return undefined;
+        await new Promise<void>((res) => {
+          const done = (): void => {
+            clearTimeout(t);
+            this.waiters.delete(done);
+            signal?.removeEventListener('abort', done);
+            mine.signal.removeEventListener('abort', done);
+            res();
+          };
+          const t = setTimeout(done, now < this.holdUntil ? Math.min(left, this.holdUntil - now) : left);
+          this.waiters.add(done);
+          signal?.addEventListener('abort', done, { once: true });
+          mine.signal.addEventListener('abort', done, { once: true });
+        });
+      }
+    } finally {
+      if (this.claiming.get(executor) === mine) this.claiming.delete(executor);
     }
   }
 
@@ -240,7 +281,8 @@ export class RemoteJobs {
     if (seq < e.logSeq) return this.answer(e);
     if (seq > e.logSeq) throw new ConflictError(`log piece ${seq} of run ${run} came before piece ${e.logSeq}`);
     e.logSeq += 1;
-    if (!e.logCapped) {
+    // Cancelled: the job's log is closed, nobody reads what comes after.
+    if (!e.logCapped && !e.settled) {
       const room = e.logCap - e.logBytes;
       const kept = data.length <= room ? data : data.subarray(0, Math.max(0, room));
       e.logBytes += kept.length;
@@ -270,13 +312,24 @@ export class RemoteJobs {
   async artifacts(executor: string, run: string, archive: Readable): Promise<ArtifactFile[]> {
     const e = this.claimed(executor, run);
     if (!e.req.artifactsDir || e.spec.artifacts.length === 0) throw new InvalidInputError([{ file: 'request', path: 'artifacts', message: `job ${e.spec.id} names no artifacts`, severity: 'error' }]);
-    if (e.artifacts || e.artifactError) throw new ConflictError(`the artifacts of run ${run} were sent already`);
+    if (e.artifacts || e.artifactError || e.receiving) throw new ConflictError(`the artifacts of run ${run} were sent already`);
+    const dir = e.req.artifactsDir;
+    // Checked and marked before the first await: two uploads at once would each fill a staging directory.
+    const done = (async () => {
+      await e.clearing;
+      return extractArtifacts(archive, dir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
+    })();
+    e.receiving = { archive, done };
     try {
-      e.artifacts = await extractArtifacts(archive, e.req.artifactsDir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
-      return e.artifacts;
+      const files = await done;
+      if (e.run !== run) throw new ConflictError(`run ${run} was taken back while its artifacts were received: stop it`);
+      e.artifacts = files;
+      return files;
     } catch (err) {
-      e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
+      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
       throw err;
+    } finally {
+      if (e.receiving?.done === done) e.receiving = undefined;
     }
   }
 
@@ -286,15 +339,18 @@ export class RemoteJobs {
     const parsed = JobResult.safeParse(body);
     if (!parsed.success) throw new InvalidInputError(parsed.error.issues.slice(0, 20).map((i): Issue => ({ file: 'result', path: i.path.join('.'), message: i.message, severity: 'error' })));
     const r = parsed.data;
-    if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${r.jobId}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
+    if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${clip(r.jobId)}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
+    if (e.receiving) throw new ConflictError(`the artifacts of run ${run} are still being received: the result comes after them`);
     this.runs.delete(run);
     if (e.settled) return; // cancelled meanwhile: nobody waits for it
     const { log: _log, ...rest } = r;
     // What this side extracted is what counts, not what the host says it took.
     const missing = r.artifacts.length > 0 && !e.artifacts && !e.artifactError;
-    const artifactError = e.artifactError ?? (missing ? { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: 'the executor host reported artifacts and did not send them' } : r.artifactError);
+    const sent = r.artifactError ? { code: clip(r.artifactError.code), message: clip(r.artifactError.message) } : undefined;
+    const artifactError = e.artifactError ?? (missing ? { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: 'the executor host reported artifacts and did not send them' } : sent);
     const result: JobResult = {
       ...rest,
+      reason: clip(r.reason),
       artifacts: e.artifacts ?? [],
       passed: r.passed && !artifactError && !e.req.signal?.aborted,
       cancelled: r.cancelled || (e.req.signal?.aborted ?? false),
@@ -315,7 +371,8 @@ export class RemoteJobs {
   }
 
   private answer(e: Entry): RunAnswer {
-    e.leaseUntil = this.now() + this.o.leaseMs;
+    // Cancelled: the host is told, and the run is not kept for it (it is dropped when its lease ends).
+    if (!e.settled) e.leaseUntil = this.now() + this.o.leaseMs;
     return e.cancelled ? { cancel: true, reason: 'the build was cancelled' } : { cancel: false };
   }
 
@@ -372,6 +429,20 @@ export class RemoteJobs {
       e.run = undefined;
       e.executor = undefined;
       if (e.settled) continue; // cancelled, and the host never asked again
+      // What that host sent of its artifacts is not the next run's: an upload under way is cut,
+      // and the directory is emptied before the next host's upload is extracted into it.
+      const receiving = e.receiving;
+      const artifactsDir = e.req.artifactsDir;
+      receiving?.archive.destroy();
+      if (artifactsDir && (receiving || e.artifacts || e.artifactError)) {
+        e.clearing = (async () => {
+          await receiving?.done.catch(() => undefined);
+          await rm(artifactsDir, { recursive: true, force: true });
+        })().catch((err: unknown) => this.o.logger.warn({ err, run }, 'emptying the artifacts of a run taken back failed'));
+      }
+      e.receiving = undefined;
+      e.artifacts = undefined;
+      e.artifactError = undefined;
       this.o.logger.warn({ executor: host, run, build: e.req.build, job: e.req.job, claims: e.claims }, 'an executor host stopped renewing its lease on a job: it is taken back');
       if (e.claims >= (this.o.maxClaims ?? 3)) {
         this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));

@@ -42,8 +42,10 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
   };
   // Checked before any body is read: no one without a host token makes this process buffer or parse anything.
   const who = new WeakMap<FastifyRequest, string>();
+  // By the route matched, not the URL as sent: the router decodes the path (/api/%65xecutor/… is
+  // this route too), and a check of the raw URL let such a spelling have its body parsed first.
   app.addHook('onRequest', async (req) => {
-    if (req.url.startsWith('/api/executor/')) who.set(req, host(req));
+    if (req.routeOptions.url?.startsWith('/api/executor/')) who.set(req, host(req));
   });
   const remote = (): RemoteJobs => {
     if (!deps.remote) throw new NotFoundError('this CI has no executor hosts (executors.hosts in ci.yaml)');
@@ -94,7 +96,9 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
     const name = hostOf(req);
     const seq = Number((req.query as { seq?: unknown }).seq);
     if (!Number.isSafeInteger(seq) || seq < 0) throw new InvalidInputError([{ file: 'request', path: 'seq', message: 'must be an integer ≥ 0', severity: 'error' }]);
-    if (!Buffer.isBuffer(req.body)) throw new InvalidInputError([{ file: 'request', path: '', message: 'a log piece is sent as application/octet-stream', severity: 'error' }]);
+    // Only as octet-stream, whose parser holds a piece to LOG_CHUNK_MAX (a JSON body may be 1 MiB).
+    if (!Buffer.isBuffer(req.body) || req.headers['content-type']?.split(';')[0]?.trim().toLowerCase() !== 'application/octet-stream')
+      throw new InvalidInputError([{ file: 'request', path: '', message: 'a log piece is sent as application/octet-stream', severity: 'error' }]);
     return remote().log(name, runOf(req), seq, req.body);
   });
 

@@ -115,6 +115,8 @@ interface Entry {
   receiving?: { archive: Readable; done: Promise<unknown> };
   /** The artifacts directory being emptied of a run taken back (the next run's upload waits for it). */
   clearing?: Promise<void>;
+  /** The image and source being sent to the host: one of each per run at a time, ended with the run. */
+  downloads?: { image?: Readable; source?: Readable };
   cancelled?: boolean;
   resolve: (r: JobResult) => void;
   reject: (e: unknown) => void;
@@ -298,14 +300,39 @@ export class RemoteJobs {
   /** The job's image, as `docker save` writes it: only the image of a run the host holds. */
   async image(executor: string, run: string): Promise<Readable> {
     const e = this.claimed(executor, run);
-    return (await this.o.docker.getImage(e.imageId).get()) as Readable;
+    const stream = (await this.o.docker.getImage(e.imageId).get()) as Readable;
+    if (e.run !== run) {
+      stream.destroy();
+      this.claimed(executor, run); // taken back meanwhile: the 409
+    }
+    return this.download(e, 'image', stream);
   }
 
   /** The job's source tar: only of a run the host holds. */
   source(executor: string, run: string): Readable {
     const e = this.claimed(executor, run);
     if (!e.req.source) throw new NotFoundError(`run ${run} has no source`);
-    return createReadStream(e.req.source);
+    return this.download(e, 'source', createReadStream(e.req.source));
+  }
+
+  /**
+   * A download of a run: a new one of the same thing ends the one before (a host that asks again
+   * after a broken transfer gets it anew; one that asks a thousand times holds one `docker save`
+   * of this engine, not a thousand), and every one ends with the run (`endDownloads`).
+   */
+  private download(e: Entry, what: 'image' | 'source', stream: Readable): Readable {
+    const d = (e.downloads ??= {});
+    d[what]?.destroy();
+    d[what] = stream;
+    stream.once('close', () => {
+      if (d[what] === stream) delete d[what];
+    });
+    return stream;
+  }
+
+  private endDownloads(e: Entry): void {
+    for (const stream of Object.values(e.downloads ?? {})) stream.destroy();
+    e.downloads = undefined;
   }
 
   /** The job's artifacts as a tar whose entries sit under one top directory; extracted with the job's globs and caps. */
@@ -342,6 +369,7 @@ export class RemoteJobs {
     if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${clip(r.jobId)}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
     if (e.receiving) throw new ConflictError(`the artifacts of run ${run} are still being received: the result comes after them`);
     this.runs.delete(run);
+    this.endDownloads(e);
     if (e.settled) return; // cancelled meanwhile: nobody waits for it
     const { log: _log, ...rest } = r;
     // What this side extracted is what counts, not what the host says it took.
@@ -364,7 +392,10 @@ export class RemoteJobs {
   close(): void {
     this.closed = true;
     clearInterval(this.sweeper);
-    for (const e of [...this.queue, ...this.runs.values()]) this.settle(e, () => e.reject(new CancelledError('the CI is stopping')));
+    for (const e of [...this.queue, ...this.runs.values()]) {
+      this.endDownloads(e);
+      this.settle(e, () => e.reject(new CancelledError('the CI is stopping')));
+    }
     this.queue.length = 0;
     this.runs.clear();
     this.wake();
@@ -425,6 +456,7 @@ export class RemoteJobs {
     for (const [run, e] of this.runs) {
       if (now <= e.leaseUntil) continue;
       this.runs.delete(run);
+      this.endDownloads(e);
       const host = e.executor;
       e.run = undefined;
       e.executor = undefined;

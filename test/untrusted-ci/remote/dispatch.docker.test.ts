@@ -431,6 +431,23 @@ describe('RemoteJobs: what a host sends', () => {
     expect(r.log).toBeUndefined();
   });
 
+  it('downloads: a second one of the same run ends the first (one `docker save` per run), and they all end with the run', async () => {
+    const { jobs, dir } = setup();
+    jobs.register('a', HOST);
+    const src = join(dir, 'source.tar');
+    writeFileSync(src, 'a source');
+    const j = start(jobs, { image: BUSYBOX, command: ['true'] }, { source: src });
+    const a = await claim(jobs, 'a');
+    const images = [await jobs.image('a', a.run), await jobs.image('a', a.run), await jobs.image('a', a.run)];
+    const sources = [jobs.source('a', a.run), jobs.source('a', a.run)];
+    for (const s of [...images, ...sources]) s.on('error', () => undefined);
+    expect(images.map((s) => s.destroyed)).toEqual([true, true, false]);
+    expect(sources.map((s) => s.destroyed)).toEqual([true, false]);
+    jobs.result('a', a.run, result(a));
+    await j.done;
+    expect([...images, ...sources].every((s) => s.destroyed)).toBe(true);
+  });
+
   it('a host reaches only its own runs: another host\'s run is a 409 on every call', async () => {
     const { jobs, dir } = setup();
     jobs.register('a', HOST);

@@ -204,6 +204,11 @@ export class RemoteJobs {
     }
     const sourceBytes = req.source ? (await stat(req.source)).size : undefined;
     return new Promise<JobResult>((resolve, reject) => {
+      // Cancelled during the lookups above: its abort event is gone, and the job would run anyway.
+      if (req.signal?.aborted) {
+        reject(new CancelledError(`job ${req.spec.id} cancelled before it was queued`));
+        return;
+      }
       const entry: Entry = {
         req,
         spec: { ...req.spec, image: imageId },

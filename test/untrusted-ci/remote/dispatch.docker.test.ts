@@ -272,6 +272,24 @@ describe('RemoteJobs: leases', () => {
     await until('the cancelled run dropped', () => (jobs.counts.running === 0 ? true : undefined), 20_000, 10);
   });
 
+  it('cancelled while the job\'s image is looked up: CancelledError, and it is never queued', async () => {
+    const abort = new AbortController();
+    const slow = { getImage: (name: string) => ({ inspect: async () => {
+      abort.abort(); // the build is cancelled while the engine answers
+      return docker.getImage(name).inspect();
+    } }) } as unknown as typeof docker;
+    const jobs = new RemoteJobs({ docker: slow, policy, leaseMs: LEASE, logger: createLogger({ level: 'silent' }) });
+    cleanups.push(() => jobs.close());
+    jobs.register('a', HOST);
+    const s = spec({ image: BUSYBOX, command: ['true'] });
+    const settled = jobs.run({ build: 1, job: s.id, spec: s, signal: abort.signal }).then(
+      () => 'resolved',
+      (e: unknown) => (e instanceof CancelledError ? 'cancelled' : String(e)),
+    );
+    expect(await Promise.race([settled, until('queued', () => (jobs.counts.queued > 0 ? 'queued' : undefined), 20_000, 10)])).toBe('cancelled');
+    expect(jobs.counts.queued).toBe(0);
+  });
+
   it('a result after a cancel is taken and dropped', async () => {
     const { jobs } = setup();
     jobs.register('a', HOST);

@@ -415,7 +415,8 @@ export class RemoteJobs {
   /** The entry of a run this host holds, or a 409 (another host's, or taken back, or finished). */
   private claimed(executor: string, run: string): Entry {
     const e = this.runs.get(run);
-    if (!e || e.executor !== executor) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
+    // A lease that ran out is over now, whether or not the sweeper has taken the job back yet.
+    if (!e || e.executor !== executor || this.now() > e.leaseUntil) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
     const host = this.hosts.get(executor);
     if (host) host.seen = this.now();
     return e;

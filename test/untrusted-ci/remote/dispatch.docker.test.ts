@@ -227,6 +227,17 @@ describe('RemoteJobs: leases', () => {
     expect(later.settled()).toBe('pending');
   });
 
+  it('a lease that ran out is over at once, before the sweeper has taken the job back: a late heartbeat does not revive it', async () => {
+    const { jobs, clock } = setup();
+    jobs.register('a', HOST);
+    start(jobs, { image: BUSYBOX, command: ['true'] });
+    const a = await claim(jobs, 'a');
+    clock.t += LEASE + 1;
+    expect(() => jobs.heartbeat('a', a.run)).toThrow(ConflictError);
+    expect(() => jobs.log('a', a.run, 0, Buffer.from('late'))).toThrow(ConflictError);
+    await queued(jobs, 1);
+  });
+
   it('a job taken back maxClaims times fails with a retryable ExecutorFailedError', async () => {
     const { jobs, clock } = setup({ maxClaims: 2 });
     jobs.register('a', HOST);
@@ -264,11 +275,10 @@ describe('RemoteJobs: leases', () => {
     expect(jobs.log('a', a.run, 0, Buffer.from('after the cancel')).cancel).toBe(true);
     expect(j.logs.join('')).not.toContain('after the cancel'); // the job's log is closed by now
     // A host that keeps heartbeating and never reports does not hold the run (and its memory) forever.
-    for (let i = 0; i < 5; i++) {
-      clock.t += LEASE / 2;
-      jobs.heartbeat('a', a.run);
-    }
-    clock.t += LEASE + 1;
+    clock.t += LEASE / 2;
+    expect(jobs.heartbeat('a', a.run).cancel).toBe(true);
+    clock.t += LEASE / 2 + 1;
+    expect(() => jobs.heartbeat('a', a.run)).toThrow(ConflictError); // the one before did not renew it
     await until('the cancelled run dropped', () => (jobs.counts.running === 0 ? true : undefined), 20_000, 10);
   });
 

@@ -15,7 +15,11 @@
  *   host still sends under its old id is refused (409), and it has stopped the job by then: an
  *   executor host stops a job itself when it could not renew for two thirds of the lease
  *   (executor-host.ts). So a job never runs on two hosts at once, as long as the two machines'
- *   clocks run at the same rate;
+ *   clocks run at the same rate. A lease that ran out is refused at once, swept or not;
+ * - a leader that starts (`open`: this process after a restart, or another replica) hands nothing
+ *   out for one lease: the hosts of the leader before may still run its jobs, which the new
+ *   leader runs again from the start;
+ * - what a host sent under a run taken back (artifacts, downloads under way) goes with it;
  * - a job taken back `maxClaims` times fails its build with a retryable error (the scheduler runs
  *   the build again, up to its attempts);
  * - cancelled (its build's signal): `run` throws CancelledError at once, queued or claimed; the host
@@ -28,7 +32,8 @@
  * jobs end), as scheduler/capacity.ts does on one host. A job that fits no registered host's whole
  * capacity fails at once, naming the figures.
  *
- * What an executor host sends is hostile: the log is capped at the job's `logCap` (plus a margin
+ * What an executor host sends is hostile: one waiting claim per host, one artifacts upload and one
+ * download of each kind per run at a time, the result's reason clipped; the log is capped at the job's `logCap` (plus a margin
  * for the runner's own lines), artifacts go through the same extraction as a container's
  * (shared/runner/artifacts.ts: the job's globs, its byte and file caps), the result is validated.
  * A host only ever reaches the runs it claimed: every call names its run id and is checked

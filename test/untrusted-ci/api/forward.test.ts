@@ -315,6 +315,16 @@ describe('forwarding to a real API', () => {
     'GET /api/status/stream': 'leader',
     'POST /hooks/gerrit': 'leader',
     'POST /hooks/gerrit/:secret': 'leader',
+    // Executor hosts (api/routes/executors.ts): the queue is the leader's memory.
+    'GET /api/executors': 'leader',
+    'POST /api/executor/register': 'leader',
+    'POST /api/executor/claim': 'leader',
+    'GET /api/executor/runs/:run/image': 'leader',
+    'GET /api/executor/runs/:run/source': 'leader',
+    'POST /api/executor/runs/:run/heartbeat': 'leader',
+    'POST /api/executor/runs/:run/log': 'leader',
+    'PUT /api/executor/runs/:run/artifacts': 'leader',
+    'POST /api/executor/runs/:run/result': 'leader',
   };
 
   /** `METHOD /path` for each route of `app`, read from fastify's route tree (HEAD, which fastify adds to each GET, left out). */

@@ -429,14 +429,18 @@ export class RemoteJobs {
 
   private pick(capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
     if (free.slots < 1) return undefined;
+    // Counted only when a later job is handed out past it: a claim that takes nothing (a host with
+    // no room, claiming again and again) overtakes nothing.
+    const passed: Entry[] = [];
     for (const [i, e] of this.queue.entries()) {
       if (!fits(e.need, capacity)) continue; // never on this host: no waiting for it here
       if (e.need.memory <= free.memory && e.need.cpus <= free.cpus + 1e-9) {
+        if (passed.some((p) => p.overtaken >= (this.o.overtakes ?? 4))) return undefined; // this host drains until it fits
+        for (const p of passed) p.overtaken += 1;
         this.queue.splice(i, 1);
         return e;
       }
-      e.overtaken += 1;
-      if (e.overtaken > (this.o.overtakes ?? 4)) return undefined; // this host drains until it fits
+      passed.push(e);
     }
     return undefined;
   }

@@ -163,6 +163,19 @@ describe('RemoteJobs: placement', () => {
     expect(a.spec.limits.memory).toBe(GiB);
   });
 
+  it('only a job actually passed over counts as overtaken: a host that claims with no room, again and again, does not stop other hosts', async () => {
+    const { jobs } = setup({ overtakes: 2 });
+    jobs.register('full', HOST);
+    jobs.register('b', HOST);
+    start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '1g' } });
+    await queued(jobs, 1);
+    const small = start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '256m' } });
+    await queued(jobs, 2);
+    for (let i = 0; i < 10; i++) expect(await jobs.claim('full', { free: { slots: 1, memory: 0, cpus: 4 }, waitMs: 0 })).toBeUndefined();
+    expect((await jobs.claim('b', { free: { slots: 1, memory: 512 * MiB, cpus: 4 }, waitMs: 0 }))?.spec.limits.memory).toBe(256 * MiB);
+    expect(small.claimedBy).toEqual(['b']);
+  });
+
   it('a job that fits no registered host fails at once, naming its figures and the hosts\'', async () => {
     const { jobs } = setup();
     jobs.register('small', { ...HOST, memory: 512 * MiB, cpus: 2 });

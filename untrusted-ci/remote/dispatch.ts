@@ -42,9 +42,9 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
@@ -130,6 +130,8 @@ interface Entry {
 
 /** Room for the runner's own lines (timeouts, truncation notes) on top of a job's log cap. */
 const LOG_MARGIN = 64 * 1024;
+/** A tar entry's room beyond its data: its header, a long-name header, the padding of its last block. */
+const TAR_ENTRY_MAX = 4096;
 /** The most of a host's result reason (or artifact error) that is kept: a line for a person, not a file. */
 const REASON_MAX = 2000;
 const clip = (s: string): string => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
@@ -351,10 +353,27 @@ export class RemoteJobs {
     if (!e.req.artifactsDir || e.spec.artifacts.length === 0) throw new InvalidInputError([{ file: 'request', path: 'artifacts', message: `job ${e.spec.id} names no artifacts`, severity: 'error' }]);
     if (e.artifacts || e.artifactError || e.receiving) throw new ConflictError(`the artifacts of run ${run} were sent already`);
     const dir = e.req.artifactsDir;
-    // Checked and marked before the first await: two uploads at once would each fill a staging directory.
+    // The caps are checked from each entry's header, and entries no glob takes are skipped
+    // unread: the tar as a whole is bounded too, by what the caps can hold.
+    const { maxBytes, maxFiles } = e.artifactCaps;
+    const bound = maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
+    // Its errors reach the extraction through the reading below; until that starts, none is unhandled.
+    archive.on('error', () => undefined);
+    const counted = Readable.from(
+      (async function* () {
+        let seen = 0;
+        for await (const chunk of archive as AsyncIterable<Buffer>) {
+          seen += chunk.length;
+          if (seen > bound) throw new ArtifactTooLargeError(`the artifacts tar passed ${formatBytes(bound)}, more than artifacts of ${formatBytes(maxBytes)} in ${maxFiles} files can take`);
+          yield chunk;
+        }
+      })(),
+      { objectMode: false },
+    );
+    // Marked before the first await: two uploads at once would each fill a staging directory.
     const done = (async () => {
       await e.clearing;
-      return extractArtifacts(archive, dir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
+      return extractArtifacts(counted, dir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
     })();
     e.receiving = { archive, done };
     try {

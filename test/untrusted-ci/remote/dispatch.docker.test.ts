@@ -411,6 +411,17 @@ describe('RemoteJobs: what a host sends', () => {
     expect(readdirSync(join(dir, 'b'))).toEqual([]);
   });
 
+  it('artifacts: a tar much larger than the caps can hold is cut, even of entries no glob takes (no endless stream)', async () => {
+    const { jobs, dir } = setup();
+    jobs.register('a', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], artifacts: ['out/**'], limits: { artifacts: '1k', artifactFiles: 2 } }, { artifactsDir: join(dir, 'x') });
+    const a = await claim(jobs, 'a');
+    const junk = Array.from({ length: 64 }, (_, i) => ({ name: `artifacts/junk/${i}`, body: 'j'.repeat(64 * 1024) }));
+    await expect(jobs.artifacts('a', a.run, tarOf(junk))).rejects.toBeInstanceOf(ArtifactTooLargeError);
+    jobs.result('a', a.run, result(a));
+    expect((await j.done).passed).toBe(false);
+  });
+
   it('artifacts a host says it took and never sent fail the job; a job without globs takes none', async () => {
     const { jobs, dir } = setup();
     jobs.register('a', HOST);

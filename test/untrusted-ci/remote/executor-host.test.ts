@@ -17,7 +17,7 @@ import type { RunOptions } from '#shared/runner/job-runner.js';
 import type { JobResult } from '#shared/runner/result.js';
 import { JobSpec } from '#shared/schemas/job-spec.js';
 import { ExecutorHost } from '../../../untrusted-ci/remote/executor-host.js';
-import type { Assignment } from '../../../untrusted-ci/remote/protocol.js';
+import { Assignment, RegisterAnswer } from '../../../untrusted-ci/remote/protocol.js';
 import { until } from '../../support/until.js';
 
 const policy = loadJobPolicy();
@@ -78,6 +78,13 @@ function host(ciUrl: string, runner: JobRunnerPort): ExecutorHost {
 }
 
 describe('ExecutorHost against a CI that is not what it should be', () => {
+  it('refuses a lease longer than ci.yaml allows (its timers would overflow into a heartbeat every millisecond)', () => {
+    expect(Assignment.safeParse(assignment('3', 'x')).success).toBe(true);
+    expect(Assignment.safeParse({ ...assignment('3', 'x'), leaseMs: 2 ** 31 }).success).toBe(false);
+    expect(RegisterAnswer.safeParse({ leaseMs: 600_000 }).success).toBe(true);
+    expect(RegisterAnswer.safeParse({ leaseMs: 600_001 }).success).toBe(false);
+  });
+
   it('a job given beyond the free room waits for it, and is not started once its lease ran out meanwhile (the CI gave it to another host)', async () => {
     const first = assignment('1', 'first', { memory: '1g' });
     // This host's policy gives a job without limits its default of 1 GiB: more than is free while `first` runs.

@@ -190,7 +190,8 @@ export const CiConfig = z
     /**
      * Executor hosts (`airlock executor serve`, untrusted-ci/remote/): each named, with a token of
      * its own. With any listed, the jobs run on them (a `network: packages` job still runs on this
-     * host); the leader takes a job back from a host that has not renewed its lease in `leaseMs`.
+     * host); the leader takes a job back from a host that has not renewed its lease in `leaseMs`,
+     * and a leader that starts (a restart, a takeover) hands out no job for one `leaseMs`.
      */
     executors: z
       .object({

@@ -318,7 +318,9 @@ export async function startCiService(
         // A leader that died on this host left its containers: gone before its builds run again here.
         await runner.reap().catch((e: unknown) => logger.warn({ err: e }, 'the reaper failed; it runs again later'));
         // Stopped last: the scheduler's stop cancels the remote jobs first (their hosts are told).
-        if (remote) await part(() => undefined, () => remote.close());
+        // Opened on every start of leading (a replica may lead again after it stepped down), and
+        // it hands out nothing for a lease: the last leader's hosts may still run its jobs.
+        if (remote) await part(() => remote.open(), () => remote.close());
         await part(() => gate.start(), () => gate.close());
         await part(() => sched.start(), () => sched.close());
         if (hints) await part(() => hints.start(), () => hints.close());

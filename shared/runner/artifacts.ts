@@ -20,7 +20,7 @@ import { link, lstat, mkdir, open, readdir, realpath, rename, rm, symlink } from
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import picomatch from 'picomatch';
 import tar from 'tar-stream';
 import { ArtifactRejectedError, ArtifactTooLargeError } from '../errors.js';
@@ -66,6 +66,10 @@ export function toWorkspacePath(entryName: string, archivedDir: string): string 
 
 /** Extract the matching entries of `archive` into `dest`. Returns what was written. */
 export async function extractArtifacts(archive: Readable, dest: string, opts: ExtractOptions): Promise<ArtifactFile[]> {
+  // Watched from the start: an archive that fails or is gone before it is read below (a request
+  // body whose sender went away) rejects the extraction instead of leaving it waiting forever.
+  const read = finished(archive, { writable: false });
+  read.catch(() => undefined);
   const isMatch = picomatch(opts.globs as string[], { dot: true });
   await mkdir(dest, { recursive: true });
   const destReal = await realpath(dest);
@@ -150,7 +154,7 @@ export async function extractArtifacts(archive: Readable, dest: string, opts: Ex
       extract.on('finish', resolve);
       archive.pipe(extract as unknown as NodeJS.WritableStream);
     });
-    await Promise.all([fed, work]);
+    await Promise.all([fed, work, read]);
     await moveInto(stagingReal, destReal);
     return written;
   } catch (e) {

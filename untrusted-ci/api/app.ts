@@ -32,7 +32,7 @@ import type { GateStore } from '../store/gate-store.js';
 import type { StatusFeed } from '../status/status-feed.js';
 import type { ReviewState } from '../review/review-state.js';
 import { registerStatusRoutes } from './routes/status.js';
-import { registerExecutorRoutes } from './routes/executors.js';
+import { executorTokenCheck, registerExecutorRoutes } from './routes/executors.js';
 import type { RemoteJobs } from '../remote/dispatch.js';
 
 /** For every answer that does not set its own policy (API, logs, metrics). */
@@ -113,7 +113,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const want = Buffer.from(token, 'utf8');
     if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${action} token: Authorization: Bearer <token>`);
   };
-  if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken });
+  // A follower checks an executor host's token too before it forwards (none configured: always 401, as the leader).
+  if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken, requireExecutorToken: executorTokenCheck(deps.executorTokens) });
   const z = app.withTypeProvider<ZodTypeProvider>();
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);

@@ -31,6 +31,12 @@ export interface Forwarding {
    * may have none (it may listen on loopback only, where that is allowed).
    */
   requireToken?: (authorization: string | undefined, action?: 'submit' | 'cancel') => void;
+  /**
+   * This replica's check of an executor host's token (api/routes/executors.ts), made before an
+   * `/api/executor/…` request is forwarded: without it anyone could have a follower stream a body
+   * to the leader.
+   */
+  requireExecutorToken?: (authorization: string | undefined) => void;
 }
 
 const FORWARDED = 'x-airlock-forwarded';
@@ -75,6 +81,11 @@ export function tokenAction(method: string, path: string): 'submit' | 'cancel' |
   return undefined;
 }
 
+/** Whether a request is an executor host's (`/api/executor/…`, api/routes/executors.ts), as the leader will route it. */
+export function isExecutorPath(path: string): boolean {
+  return /^\/api\/executor\//i.test(routed(path));
+}
+
 export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
   app.addHook('onRequest', async (req, reply) => {
     if (f.isLeader()) return;
@@ -82,6 +93,7 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
     if (isLocal(req.method, path)) return;
     const action = tokenAction(req.method, path);
     if (action && f.requireToken) f.requireToken(req.headers.authorization, action);
+    if (f.requireExecutorToken && isExecutorPath(path)) f.requireExecutorToken(req.headers.authorization);
     return forward(req, reply, f);
   });
 }

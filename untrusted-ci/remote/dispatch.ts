@@ -15,7 +15,11 @@
  *   host still sends under its old id is refused (409), and it has stopped the job by then: an
  *   executor host stops a job itself when it could not renew for two thirds of the lease
  *   (executor-host.ts). So a job never runs on two hosts at once, as long as the two machines'
- *   clocks run at the same rate;
+ *   clocks run at the same rate. A lease that ran out is refused at once, swept or not;
+ * - a leader that starts (`open`: this process after a restart, or another replica) hands nothing
+ *   out for one lease: the hosts of the leader before may still run its jobs, which the new
+ *   leader runs again from the start;
+ * - what a host sent under a run taken back (artifacts, downloads under way) goes with it;
  * - a job taken back `maxClaims` times fails its build with a retryable error (the scheduler runs
  *   the build again, up to its attempts);
  * - cancelled (its build's signal): `run` throws CancelledError at once, queued or claimed; the host
@@ -28,7 +32,8 @@
  * jobs end), as scheduler/capacity.ts does on one host. A job that fits no registered host's whole
  * capacity fails at once, naming the figures.
  *
- * What an executor host sends is hostile: the log is capped at the job's `logCap` (plus a margin
+ * What an executor host sends is hostile: one waiting claim per host, one artifacts upload and one
+ * download of each kind per run at a time, the result's reason clipped; the log is capped at the job's `logCap` (plus a margin
  * for the runner's own lines), artifacts go through the same extraction as a container's
  * (shared/runner/artifacts.ts: the job's globs, its byte and file caps), the result is validated.
  * A host only ever reaches the runs it claimed: every call names its run id and is checked
@@ -36,10 +41,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { rm, stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
@@ -111,6 +116,12 @@ interface Entry {
   logCapped: boolean;
   artifacts?: ArtifactFile[];
   artifactError?: { code: string; message: string };
+  /** An artifacts upload under way (one at a time), and its extraction. */
+  receiving?: { archive: Readable; done: Promise<unknown> };
+  /** The artifacts directory being emptied of a run taken back (the next run's upload waits for it). */
+  clearing?: Promise<void>;
+  /** The image and source being sent to the host: one of each per run at a time, ended with the run. */
+  downloads?: { image?: Readable; source?: Readable };
   cancelled?: boolean;
   resolve: (r: JobResult) => void;
   reject: (e: unknown) => void;
@@ -119,20 +130,47 @@ interface Entry {
 
 /** Room for the runner's own lines (timeouts, truncation notes) on top of a job's log cap. */
 const LOG_MARGIN = 64 * 1024;
+/** A tar entry's room beyond its data: its header, a long-name header, the padding of its last block. */
+const TAR_ENTRY_MAX = 4096;
+/** The most of a host's result reason (or artifact error) that is kept: a line for a person, not a file. */
+const REASON_MAX = 2000;
+const clip = (s: string): string => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
 
 export class RemoteJobs {
   private readonly queue: Entry[] = [];
   private readonly runs = new Map<string, Entry>();
   private readonly hosts = new Map<string, { capacity: Capacity; version?: string; seen: number }>();
   private readonly waiters = new Set<() => void>();
-  private readonly sweeper: NodeJS.Timeout;
+  /** Each host's one waiting claim: a new claim of the host ends the one before. */
+  private readonly claiming = new Map<string, AbortController>();
+  private sweeper: NodeJS.Timeout;
   private readonly now: () => number;
   private closed = false;
+  /** Nothing is handed out before this (`open`). */
+  private holdUntil = -Infinity;
 
   constructor(private readonly o: RemoteJobsOptions) {
     this.now = o.now ?? (() => performance.now());
-    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(o.leaseMs / 4))));
-    this.sweeper.unref();
+    this.sweeper = this.startSweeper();
+  }
+
+  /**
+   * Leading (again): jobs are taken and handed out. Nothing is handed out for one lease: the
+   * hosts of the leader before (another replica, or this process before a restart) may still run
+   * its jobs until their own fence stops them (executor-host.ts), and the next leader runs those
+   * builds again from the start. Closed by `close` when leading ends.
+   */
+  open(): void {
+    this.holdUntil = this.now() + this.o.leaseMs;
+    if (!this.closed) return;
+    this.closed = false;
+    this.sweeper = this.startSweeper();
+  }
+
+  private startSweeper(): NodeJS.Timeout {
+    const t = setInterval(() => this.sweep(), Math.max(50, Math.min(1000, Math.floor(this.o.leaseMs / 4))));
+    t.unref();
+    return t;
   }
 
   get leaseMs(): number {
@@ -173,6 +211,11 @@ export class RemoteJobs {
     }
     const sourceBytes = req.source ? (await stat(req.source)).size : undefined;
     return new Promise<JobResult>((resolve, reject) => {
+      // Cancelled during the lookups above: its abort event is gone, and the job would run anyway.
+      if (req.signal?.aborted) {
+        reject(new CancelledError(`job ${req.spec.id} cancelled before it was queued`));
+        return;
+      }
       const entry: Entry = {
         req,
         spec: { ...req.spec, image: imageId },
@@ -208,24 +251,36 @@ export class RemoteJobs {
     const host = this.hosts.get(executor);
     if (!host) throw new ConflictError(`executor host ${executor} has not registered (POST /api/executor/register first)`);
     const deadline = this.now() + req.waitMs;
-    for (;;) {
-      host.seen = this.now();
-      if (this.closed || signal?.aborted) return undefined;
-      const entry = this.pick(host.capacity, req.free);
-      if (entry) return this.assign(entry, executor);
-      const left = deadline - this.now();
-      if (left <= 0) return undefined;
-      await new Promise<void>((res) => {
-        const done = (): void => {
-          clearTimeout(t);
-          this.waiters.delete(done);
-          signal?.removeEventListener('abort', done);
-          res();
-        };
-        const t = setTimeout(done, left);
-        this.waiters.add(done);
-        signal?.addEventListener('abort', done, { once: true });
-      });
+    // One waiting claim per host (an executor host makes one at a time): thousands of them would
+    // each hold a socket and a waiter here.
+    const mine = new AbortController();
+    this.claiming.get(executor)?.abort();
+    this.claiming.set(executor, mine);
+    try {
+      for (;;) {
+        host.seen = this.now();
+        if (this.closed || signal?.aborted || mine.signal.aborted) return undefined;
+        const now = this.now();
+        const entry = now < this.holdUntil ? undefined : this.pick(host.capacity, req.free);
+        if (entry) return this.assign(entry, executor);
+        const left = deadline - now;
+        if (left <= 0) return undefined;
+        await new Promise<void>((res) => {
+          const done = (): void => {
+            clearTimeout(t);
+            this.waiters.delete(done);
+            signal?.removeEventListener('abort', done);
+            mine.signal.removeEventListener('abort', done);
+            res();
+          };
+          const t = setTimeout(done, now < this.holdUntil ? Math.min(left, this.holdUntil - now) : left);
+          this.waiters.add(done);
+          signal?.addEventListener('abort', done, { once: true });
+          mine.signal.addEventListener('abort', done, { once: true });
+        });
+      }
+    } finally {
+      if (this.claiming.get(executor) === mine) this.claiming.delete(executor);
     }
   }
 
@@ -240,7 +295,8 @@ export class RemoteJobs {
     if (seq < e.logSeq) return this.answer(e);
     if (seq > e.logSeq) throw new ConflictError(`log piece ${seq} of run ${run} came before piece ${e.logSeq}`);
     e.logSeq += 1;
-    if (!e.logCapped) {
+    // Cancelled: the job's log is closed, nobody reads what comes after.
+    if (!e.logCapped && !e.settled) {
       const room = e.logCap - e.logBytes;
       const kept = data.length <= room ? data : data.subarray(0, Math.max(0, room));
       e.logBytes += kept.length;
@@ -256,27 +312,80 @@ export class RemoteJobs {
   /** The job's image, as `docker save` writes it: only the image of a run the host holds. */
   async image(executor: string, run: string): Promise<Readable> {
     const e = this.claimed(executor, run);
-    return (await this.o.docker.getImage(e.imageId).get()) as Readable;
+    const stream = (await this.o.docker.getImage(e.imageId).get()) as Readable;
+    if (e.run !== run) {
+      stream.destroy();
+      this.claimed(executor, run); // taken back meanwhile: the 409
+    }
+    return this.download(e, 'image', stream);
   }
 
   /** The job's source tar: only of a run the host holds. */
   source(executor: string, run: string): Readable {
     const e = this.claimed(executor, run);
     if (!e.req.source) throw new NotFoundError(`run ${run} has no source`);
-    return createReadStream(e.req.source);
+    return this.download(e, 'source', createReadStream(e.req.source));
+  }
+
+  /**
+   * A download of a run: a new one of the same thing ends the one before (a host that asks again
+   * after a broken transfer gets it anew; one that asks a thousand times holds one `docker save`
+   * of this engine, not a thousand), and every one ends with the run (`endDownloads`).
+   */
+  private download(e: Entry, what: 'image' | 'source', stream: Readable): Readable {
+    const d = (e.downloads ??= {});
+    d[what]?.destroy();
+    d[what] = stream;
+    stream.once('close', () => {
+      if (d[what] === stream) delete d[what];
+    });
+    return stream;
+  }
+
+  private endDownloads(e: Entry): void {
+    for (const stream of Object.values(e.downloads ?? {})) stream.destroy();
+    e.downloads = undefined;
   }
 
   /** The job's artifacts as a tar whose entries sit under one top directory; extracted with the job's globs and caps. */
   async artifacts(executor: string, run: string, archive: Readable): Promise<ArtifactFile[]> {
     const e = this.claimed(executor, run);
     if (!e.req.artifactsDir || e.spec.artifacts.length === 0) throw new InvalidInputError([{ file: 'request', path: 'artifacts', message: `job ${e.spec.id} names no artifacts`, severity: 'error' }]);
-    if (e.artifacts || e.artifactError) throw new ConflictError(`the artifacts of run ${run} were sent already`);
+    if (e.artifacts || e.artifactError || e.receiving) throw new ConflictError(`the artifacts of run ${run} were sent already`);
+    const dir = e.req.artifactsDir;
+    // The caps are checked from each entry's header, and entries no glob takes are skipped
+    // unread: the tar as a whole is bounded too, by what the caps can hold.
+    const { maxBytes, maxFiles } = e.artifactCaps;
+    const bound = maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
+    // Its errors reach the extraction through the reading below; until that starts, none is unhandled.
+    archive.on('error', () => undefined);
+    const counted = Readable.from(
+      (async function* () {
+        let seen = 0;
+        for await (const chunk of archive as AsyncIterable<Buffer>) {
+          seen += chunk.length;
+          if (seen > bound) throw new ArtifactTooLargeError(`the artifacts tar passed ${formatBytes(bound)}, more than artifacts of ${formatBytes(maxBytes)} in ${maxFiles} files can take`);
+          yield chunk;
+        }
+      })(),
+      { objectMode: false },
+    );
+    // Marked before the first await: two uploads at once would each fill a staging directory.
+    const done = (async () => {
+      await e.clearing;
+      return extractArtifacts(counted, dir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
+    })();
+    e.receiving = { archive, done };
     try {
-      e.artifacts = await extractArtifacts(archive, e.req.artifactsDir, { globs: e.spec.artifacts, archivedDir: '', ...e.artifactCaps });
-      return e.artifacts;
+      const files = await done;
+      if (e.run !== run) throw new ConflictError(`run ${run} was taken back while its artifacts were received: stop it`);
+      e.artifacts = files;
+      return files;
     } catch (err) {
-      e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
+      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
       throw err;
+    } finally {
+      if (e.receiving?.done === done) e.receiving = undefined;
     }
   }
 
@@ -286,15 +395,19 @@ export class RemoteJobs {
     const parsed = JobResult.safeParse(body);
     if (!parsed.success) throw new InvalidInputError(parsed.error.issues.slice(0, 20).map((i): Issue => ({ file: 'result', path: i.path.join('.'), message: i.message, severity: 'error' })));
     const r = parsed.data;
-    if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${r.jobId}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
+    if (r.jobId !== e.spec.id) throw new InvalidInputError([{ file: 'result', path: 'jobId', message: `is ${clip(r.jobId)}, and run ${run} is job ${e.spec.id}`, severity: 'error' }]);
+    if (e.receiving) throw new ConflictError(`the artifacts of run ${run} are still being received: the result comes after them`);
     this.runs.delete(run);
+    this.endDownloads(e);
     if (e.settled) return; // cancelled meanwhile: nobody waits for it
     const { log: _log, ...rest } = r;
     // What this side extracted is what counts, not what the host says it took.
     const missing = r.artifacts.length > 0 && !e.artifacts && !e.artifactError;
-    const artifactError = e.artifactError ?? (missing ? { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: 'the executor host reported artifacts and did not send them' } : r.artifactError);
+    const sent = r.artifactError ? { code: clip(r.artifactError.code), message: clip(r.artifactError.message) } : undefined;
+    const artifactError = e.artifactError ?? (missing ? { code: 'AIRLOCK_E_ARTIFACT_REJECTED', message: 'the executor host reported artifacts and did not send them' } : sent);
     const result: JobResult = {
       ...rest,
+      reason: clip(r.reason),
       artifacts: e.artifacts ?? [],
       passed: r.passed && !artifactError && !e.req.signal?.aborted,
       cancelled: r.cancelled || (e.req.signal?.aborted ?? false),
@@ -308,21 +421,26 @@ export class RemoteJobs {
   close(): void {
     this.closed = true;
     clearInterval(this.sweeper);
-    for (const e of [...this.queue, ...this.runs.values()]) this.settle(e, () => e.reject(new CancelledError('the CI is stopping')));
+    for (const e of [...this.queue, ...this.runs.values()]) {
+      this.endDownloads(e);
+      this.settle(e, () => e.reject(new CancelledError('the CI is stopping')));
+    }
     this.queue.length = 0;
     this.runs.clear();
     this.wake();
   }
 
   private answer(e: Entry): RunAnswer {
-    e.leaseUntil = this.now() + this.o.leaseMs;
+    // Cancelled: the host is told, and the run is not kept for it (it is dropped when its lease ends).
+    if (!e.settled) e.leaseUntil = this.now() + this.o.leaseMs;
     return e.cancelled ? { cancel: true, reason: 'the build was cancelled' } : { cancel: false };
   }
 
   /** The entry of a run this host holds, or a 409 (another host's, or taken back, or finished). */
   private claimed(executor: string, run: string): Entry {
     const e = this.runs.get(run);
-    if (!e || e.executor !== executor) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
+    // A lease that ran out is over now, whether or not the sweeper has taken the job back yet.
+    if (!e || e.executor !== executor || this.now() > e.leaseUntil) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
     const host = this.hosts.get(executor);
     if (host) host.seen = this.now();
     return e;
@@ -330,14 +448,18 @@ export class RemoteJobs {
 
   private pick(capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
     if (free.slots < 1) return undefined;
+    // Counted only when a later job is handed out past it: a claim that takes nothing (a host with
+    // no room, claiming again and again) overtakes nothing.
+    const passed: Entry[] = [];
     for (const [i, e] of this.queue.entries()) {
       if (!fits(e.need, capacity)) continue; // never on this host: no waiting for it here
       if (e.need.memory <= free.memory && e.need.cpus <= free.cpus + 1e-9) {
+        if (passed.some((p) => p.overtaken >= (this.o.overtakes ?? 4))) return undefined; // this host drains until it fits
+        for (const p of passed) p.overtaken += 1;
         this.queue.splice(i, 1);
         return e;
       }
-      e.overtaken += 1;
-      if (e.overtaken > (this.o.overtakes ?? 4)) return undefined; // this host drains until it fits
+      passed.push(e);
     }
     return undefined;
   }
@@ -368,10 +490,25 @@ export class RemoteJobs {
     for (const [run, e] of this.runs) {
       if (now <= e.leaseUntil) continue;
       this.runs.delete(run);
+      this.endDownloads(e);
       const host = e.executor;
       e.run = undefined;
       e.executor = undefined;
       if (e.settled) continue; // cancelled, and the host never asked again
+      // What that host sent of its artifacts is not the next run's: an upload under way is cut,
+      // and the directory is emptied before the next host's upload is extracted into it.
+      const receiving = e.receiving;
+      const artifactsDir = e.req.artifactsDir;
+      receiving?.archive.destroy();
+      if (artifactsDir && (receiving || e.artifacts || e.artifactError)) {
+        e.clearing = (async () => {
+          await receiving?.done.catch(() => undefined);
+          await rm(artifactsDir, { recursive: true, force: true });
+        })().catch((err: unknown) => this.o.logger.warn({ err, run }, 'emptying the artifacts of a run taken back failed'));
+      }
+      e.receiving = undefined;
+      e.artifacts = undefined;
+      e.artifactError = undefined;
       this.o.logger.warn({ executor: host, run, build: e.req.build, job: e.req.job, claims: e.claims }, 'an executor host stopped renewing its lease on a job: it is taken back');
       if (e.claims >= (this.o.maxClaims ?? 3)) {
         this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));

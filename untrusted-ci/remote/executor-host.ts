@@ -138,8 +138,10 @@ export class ExecutorHost {
         }
         backoff = 250;
         if (res.status === 204) continue;
+        // The lease runs from when the CI gave the job: counted from its answer, not from when it starts here.
+        const received = performance.now();
         const a = Assignment.parse(await res.json());
-        await this.begin(a);
+        await this.begin(a, received);
       } catch (e) {
         if (stop.aborted) break;
         if (Date.now() - this.lastWarn > 10_000) {
@@ -153,7 +155,7 @@ export class ExecutorHost {
   }
 
   /** Take the slot the claim counted, then run the job in the background. */
-  private async begin(a: Assignment): Promise<void> {
+  private async begin(a: Assignment, received: number): Promise<void> {
     const controller = new AbortController();
     let release: () => void = () => undefined;
     let need = { memory: 0, cpus: 0 };
@@ -171,7 +173,7 @@ export class ExecutorHost {
         refused = (e as Error).message;
       }
     }
-    const done = this.runOne(a, controller, refused)
+    const done = this.runOne(a, controller, refused, received)
       .catch((e: unknown) => this.o.logger.error({ err: e, run: a.run }, 'a job could not be run or reported'))
       .finally(() => {
         release();
@@ -180,23 +182,26 @@ export class ExecutorHost {
     this.running.set(a.run, { controller, done });
   }
 
-  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined): Promise<void> {
+  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined, received: number): Promise<void> {
     const log = this.o.logger.child({ run: a.run, build: a.build, job: a.job });
     const dir = join(this.o.workDir, 'runs', a.run);
     const signal = controller.signal;
     const leaseMs = a.leaseMs;
-    let lastOk = performance.now();
+    // No heartbeat went while the job waited for its slot (begin): the lease may be over already.
+    let lastOk = received;
     const fence = (2 * leaseMs) / 3;
-    this.o.sentinel?.renew(a.spec.id, fence);
+    const fenced = (): boolean => {
+      if (performance.now() - lastOk <= fence) return false;
+      controller.abort(new LeaseLost('no heartbeat reached the CI for two thirds of the lease'));
+      return true;
+    };
+    this.o.sentinel?.renew(a.spec.id, fence - (performance.now() - lastOk));
     const onAnswer = (answer: RunAnswer): void => {
       if (answer.cancel) controller.abort(new CancelledError(answer.reason ?? 'cancelled by the CI'));
     };
     // The lease: renewed every third of it; stopped here at two thirds without a good renewal.
     const beat = setInterval(() => {
-      if (performance.now() - lastOk > fence) {
-        controller.abort(new LeaseLost('no heartbeat reached the CI for two thirds of the lease'));
-        return;
-      }
+      if (fenced()) return;
       const sent = performance.now();
       void this.call('POST', EXECUTOR_API.run(a.run, 'heartbeat'), { json: {}, timeoutMs: leaseMs / 3 })
         .then(async (res) => {
@@ -219,6 +224,8 @@ export class ExecutorHost {
         await this.ensureImage(a, signal);
         const tar = a.sourceBytes !== undefined ? await this.fetchSource(a, join(dir, 'source.tar'), signal) : undefined;
         const artifactsDir = join(dir, 'out', 'artifacts');
+        // Checked last before the job starts (the image and the source may have taken long).
+        if (fenced() || signal.aborted) throw signal.reason;
         result = await this.o.runner.run(a.spec, {
           signal,
           ...(tar ? { source: { tar } } : {}),

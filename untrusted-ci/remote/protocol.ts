@@ -38,7 +38,9 @@ export type Capacity = z.infer<typeof Capacity>;
 
 export const RegisterRequest = z.object({ capacity: Capacity, version: z.string().max(64).optional() }).strict();
 export type RegisterRequest = z.infer<typeof RegisterRequest>;
-export const RegisterAnswer = z.object({ leaseMs: z.number().int().min(1) }).strict();
+/** A lease as ci.yaml's `executors.leaseMs` bounds it: a larger one from the CI is refused (a host's timers would overflow). */
+const LeaseMs = z.number().int().min(1).max(600_000);
+export const RegisterAnswer = z.object({ leaseMs: LeaseMs }).strict();
 
 /** What the host has free now (its running jobs' limits subtracted), and how long the CI may hold the request open for work. */
 export const ClaimRequest = z
@@ -61,7 +63,7 @@ export const Assignment = z
     /** The source tar's size in bytes; absent: the job has no source. */
     sourceBytes: z.number().int().min(0).optional(),
     /** How long the CI waits for a heartbeat before it gives the job to another host. */
-    leaseMs: z.number().int().min(1),
+    leaseMs: LeaseMs,
   })
   .strict();
 export type Assignment = z.infer<typeof Assignment>;

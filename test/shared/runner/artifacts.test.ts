@@ -5,7 +5,7 @@
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, realpath, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ArtifactRejectedError, ArtifactTooLargeError } from '#shared/errors.js';
@@ -321,4 +321,12 @@ describe('extractArtifacts', () => {
     await expect(p).rejects.toThrow();
     await expectNothingWritten();
   });
+
+  it('rejects an archive that is gone before extraction reads it (a request body whose sender went away), and does not hang', async () => {
+    const body = new PassThrough();
+    const p = extractArtifacts(body, dest, { ...WHOLE, globs: ['**'] });
+    body.destroy();
+    await expect(p).rejects.toThrow();
+    await expectNothingWritten();
+  }, 10_000);
 });

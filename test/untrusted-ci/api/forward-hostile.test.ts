@@ -106,6 +106,30 @@ describe('the forwarder', () => {
     await guarded.close();
   });
 
+  it("checks an executor host's token before forwarding an /api/executor/ request, however spelled", async () => {
+    const guarded = Fastify();
+    registerForwarding(guarded, {
+      isLeader: () => false,
+      leader: async () => `http://127.0.0.1:${leader.port}`,
+      logger: createLogger({ level: 'silent' }),
+      requireExecutorToken: (authorization) => {
+        if (authorization !== 'Bearer host-token') throw Object.assign(new Error('no'), { statusCode: 401 });
+      },
+    });
+    const send = (method: 'GET' | 'POST' | 'PUT', url: string, authorization?: string) =>
+      guarded.inject({ method, url, ...(method === 'GET' ? {} : { payload: 'x'.repeat(1024), headers: { 'content-type': 'application/x-tar', ...(authorization ? { authorization } : {}) } }), ...(method === 'GET' && authorization ? { headers: { authorization } } : {}) });
+    expect((await send('POST', '/api/executor/claim')).statusCode).toBe(401);
+    expect((await send('PUT', `/api/executor/runs/${'a'.repeat(32)}/artifacts`, 'Bearer wrong')).statusCode).toBe(401);
+    expect((await send('GET', `/api/executor/runs/${'a'.repeat(32)}/image`)).statusCode).toBe(401);
+    expect((await send('POST', '/api/%65xecutor/register')).statusCode).toBe(401);
+    expect((await send('POST', '/api/x/../executor/register')).statusCode).toBe(401);
+    expect(hits).toEqual([]);
+    expect((await send('POST', '/api/executor/register', 'Bearer host-token')).statusCode).toBe(200);
+    expect((await send('POST', '/api/changes')).statusCode).toBe(200); // not an executor path: the leader decides
+    expect(hits).toEqual(['leader POST /api/executor/register', 'leader POST /api/changes']);
+    await guarded.close();
+  });
+
   it('checks the tokens of a path spelled with dot segments or backslashes too (the forwarded URL resolves them)', async () => {
     const guarded = Fastify();
     registerForwarding(guarded, {

@@ -315,14 +315,14 @@ describe('forwarding to a real API', () => {
     'GET /api/status/stream': 'leader',
     'POST /hooks/gerrit': 'leader',
     'POST /hooks/gerrit/:secret': 'leader',
-    // Executor hosts claim from the leader's queue (untrusted-ci/remote/dispatch.ts), through any replica.
+    // Executor hosts (api/routes/executors.ts): the queue is the leader's memory.
     'GET /api/executors': 'leader',
     'POST /api/executor/register': 'leader',
     'POST /api/executor/claim': 'leader',
-    'POST /api/executor/runs/:run/heartbeat': 'leader',
-    'POST /api/executor/runs/:run/log': 'leader',
     'GET /api/executor/runs/:run/image': 'leader',
     'GET /api/executor/runs/:run/source': 'leader',
+    'POST /api/executor/runs/:run/heartbeat': 'leader',
+    'POST /api/executor/runs/:run/log': 'leader',
     'PUT /api/executor/runs/:run/artifacts': 'leader',
     'POST /api/executor/runs/:run/result': 'leader',
   };

@@ -21,17 +21,11 @@ export interface ExecutorApiDeps {
 
 const digest = (s: string | Buffer): Buffer => createHash('sha256').update(s).digest();
 
-export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDeps): void {
-  const tokens = [...(deps.executorTokens ?? new Map<string, string>()).entries()].map(([name, t]) => ({ name, digest: digest(t) }));
-  // Raw bodies here: a log piece is bytes, artifacts a tar stream; JSON is parsed by the routes.
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: 1024 * 1024 }, (_req, body, done) => done(null, body));
-  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: LOG_CHUNK_MAX }, (_req, body, done) => done(null, body));
-  app.addContentTypeParser('application/x-tar', (_req, payload, done) => done(null, payload));
-
-  /** The host the bearer token belongs to (every token is compared: no early exit on a match). */
-  const host = (req: FastifyRequest): string => {
-    const given = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+/** The host a bearer token belongs to, or UnauthorizedError (every token is compared: no early exit on a match). */
+export function executorTokenCheck(executorTokens: ReadonlyMap<string, string> | undefined): (authorization: string | undefined) => string {
+  const tokens = [...(executorTokens ?? new Map<string, string>()).entries()].map(([name, t]) => ({ name, digest: digest(t) }));
+  return (authorization) => {
+    const given = /^Bearer (.+)$/.exec(authorization ?? '')?.[1];
     let who: string | undefined;
     if (given !== undefined) {
       const d = digest(given);
@@ -40,10 +34,24 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
     if (!who) throw new UnauthorizedError('this endpoint needs an executor host token (executors.hosts[].tokenFile): Authorization: Bearer <token>');
     return who;
   };
+}
+
+export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDeps): void {
+  const check = executorTokenCheck(deps.executorTokens);
+  // Raw bodies here: a log piece is bytes, artifacts a tar stream; JSON is parsed by the routes.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: 1024 * 1024 }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: LOG_CHUNK_MAX }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('application/x-tar', (_req, payload, done) => done(null, payload));
+
+  /** The host the bearer token belongs to. */
+  const host = (req: FastifyRequest): string => check(req.headers.authorization);
   // Checked before any body is read: no one without a host token makes this process buffer or parse anything.
   const who = new WeakMap<FastifyRequest, string>();
+  // By the route matched, not the URL as sent: the router decodes the path (/api/%65xecutor/… is
+  // this route too), and a check of the raw URL let such a spelling have its body parsed first.
   app.addHook('onRequest', async (req) => {
-    if (req.url.startsWith('/api/executor/')) who.set(req, host(req));
+    if (req.routeOptions.url?.startsWith('/api/executor/')) who.set(req, host(req));
   });
   const remote = (): RemoteJobs => {
     if (!deps.remote) throw new NotFoundError('this CI has no executor hosts (executors.hosts in ci.yaml)');
@@ -94,7 +102,9 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
     const name = hostOf(req);
     const seq = Number((req.query as { seq?: unknown }).seq);
     if (!Number.isSafeInteger(seq) || seq < 0) throw new InvalidInputError([{ file: 'request', path: 'seq', message: 'must be an integer ≥ 0', severity: 'error' }]);
-    if (!Buffer.isBuffer(req.body)) throw new InvalidInputError([{ file: 'request', path: '', message: 'a log piece is sent as application/octet-stream', severity: 'error' }]);
+    // Only as octet-stream, whose parser holds a piece to LOG_CHUNK_MAX (a JSON body may be 1 MiB).
+    if (!Buffer.isBuffer(req.body) || req.headers['content-type']?.split(';')[0]?.trim().toLowerCase() !== 'application/octet-stream')
+      throw new InvalidInputError([{ file: 'request', path: '', message: 'a log piece is sent as application/octet-stream', severity: 'error' }]);
     return remote().log(name, runOf(req), seq, req.body);
   });
 

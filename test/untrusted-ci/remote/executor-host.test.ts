@@ -1,0 +1,133 @@
+/**
+ * ExecutorHost (untrusted-ci/remote/executor-host.ts) against a CI played by a small HTTP server
+ * in the test, with a runner that runs nothing (no Docker): what the host does when the CI's
+ * answers are not what an honest, well-configured CI would send.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type Docker from 'dockerode';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger } from '#shared/logging.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import type { JobRunnerPort } from '#shared/runner/job-plan.js';
+import type { RunOptions } from '#shared/runner/job-runner.js';
+import type { JobResult } from '#shared/runner/result.js';
+import { JobSpec } from '#shared/schemas/job-spec.js';
+import { ExecutorHost } from '../../../untrusted-ci/remote/executor-host.js';
+import { Assignment, RegisterAnswer } from '../../../untrusted-ci/remote/protocol.js';
+import { until } from '../../support/until.js';
+
+const policy = loadJobPolicy();
+const GiB = 1024 ** 3;
+const IMAGE = `sha256:${'1'.repeat(64)}`;
+const LEASE = 600;
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const fn of cleanups.splice(0).reverse()) await fn();
+});
+
+function assignment(run: string, id: string, limits: Record<string, unknown> = {}): Assignment {
+  return { run: run.repeat(32).slice(0, 32), build: 1, job: id, spec: JobSpec.parse({ id, image: IMAGE, command: ['true'], limits }), imageId: IMAGE, leaseMs: LEASE };
+}
+
+/** A runner whose jobs run until the test lets them end; what it was asked to run is kept. */
+class HeldRunner implements JobRunnerPort {
+  readonly ran: string[] = [];
+  private readonly releases = new Map<string, () => void>();
+  async run(spec: JobSpec, opts: RunOptions): Promise<JobResult> {
+    this.ran.push(spec.id);
+    await new Promise<void>((res) => {
+      this.releases.set(spec.id, res);
+      opts.signal?.addEventListener('abort', () => res(), { once: true });
+    });
+    return { version: 1, jobId: spec.id, image: spec.image, imageId: spec.image, runtime: 'runc', passed: true, exitCode: 0, oomKilled: false, timedOut: false, cancelled: false, logTruncated: false, logBytes: 0, limits: policy.limits, durations: { setupMs: 0, runMs: 0, teardownMs: 0, totalMs: 0 }, reason: 'succeeded', artifacts: [] };
+  }
+  release(id: string): void {
+    this.releases.get(id)?.();
+  }
+}
+
+async function fakeCi(handle: (req: IncomingMessage, body: string, res: ServerResponse) => void): Promise<string> {
+  const server: Server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d.toString()));
+    req.on('end', () => handle(req, body, res));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise((r) => server.close(r)));
+  cleanups.push(() => server.closeAllConnections());
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+const json = (res: ServerResponse, status: number, v?: unknown): void => {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(v === undefined ? undefined : JSON.stringify(v));
+};
+
+function host(ciUrl: string, runner: JobRunnerPort): ExecutorHost {
+  const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
+  cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
+  const docker = { getImage: () => ({ inspect: async () => ({ Id: IMAGE }), remove: async () => undefined }) } as unknown as Docker;
+  const h = new ExecutorHost({ name: 'h', ciUrl, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes: ['runc'], workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+  cleanups.push(() => h.close());
+  return h;
+}
+
+describe('ExecutorHost against a CI that is not what it should be', () => {
+  it('refuses a lease longer than ci.yaml allows (its timers would overflow into a heartbeat every millisecond)', () => {
+    expect(Assignment.safeParse(assignment('3', 'x')).success).toBe(true);
+    expect(Assignment.safeParse({ ...assignment('3', 'x'), leaseMs: 2 ** 31 }).success).toBe(false);
+    expect(RegisterAnswer.safeParse({ leaseMs: 600_000 }).success).toBe(true);
+    expect(RegisterAnswer.safeParse({ leaseMs: 600_001 }).success).toBe(false);
+  });
+
+  it('a job given beyond the free room waits for it, and is not started once its lease ran out meanwhile (the CI gave it to another host)', async () => {
+    const first = assignment('1', 'first', { memory: '1g' });
+    // This host's policy gives a job without limits its default of 1 GiB: more than is free while `first` runs.
+    const second = assignment('2', 'second');
+    const queue = [first, second];
+    const beats: Record<string, number> = {};
+    let secondSentAt = -1;
+    const results: string[] = [];
+    const ci = await fakeCi((req, body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: LEASE });
+      if (url === '/api/executor/claim') {
+        const a = queue.shift();
+        if (!a) return json(res, 204);
+        if (a === second) secondSentAt = beats[first.run] ?? 0;
+        return json(res, 200, a);
+      }
+      const m = /^\/api\/executor\/runs\/([a-f0-9]{32})\/(\w+)/.exec(url);
+      if (!m) return json(res, 404, {});
+      const [, run, what] = m as unknown as [string, string, string];
+      if (what === 'heartbeat') {
+        beats[run] = (beats[run] ?? 0) + 1;
+        // `second` was taken back: its lease ran out while the host held it without a heartbeat.
+        return run === second.run ? json(res, 409, { message: 'not held' }) : json(res, 200, { cancel: false });
+      }
+      if (what === 'log') return json(res, 200, { cancel: false });
+      if (what === 'result') {
+        results.push((JSON.parse(body) as JobResult).jobId);
+        return json(res, 200, { ok: true });
+      }
+      return json(res, 404, {});
+    });
+    const runner = new HeldRunner();
+    const h = host(ci, runner);
+    await h.start();
+    await until('first running', () => (runner.ran.includes('first') ? true : undefined), 20_000, 10);
+    await until('second given', () => (secondSentAt >= 0 ? true : undefined), 20_000, 10);
+    // Heartbeats come a third of a lease apart: four more of `first` is more than a lease since `second` was given.
+    await until('a lease gone by', () => ((beats[first.run] ?? 0) >= secondSentAt + 4 ? true : undefined), 20_000, 10);
+    runner.release('first');
+    await until('first reported', () => (results.includes('first') ? true : undefined), 20_000, 10);
+    await until('second over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
+    expect(runner.ran).toEqual(['first']);
+    expect(results).toEqual(['first']);
+  }, 60_000);
+});

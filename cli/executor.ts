@@ -34,9 +34,7 @@ async function serveExecutor(file: string, logLevel: string | undefined): Promis
   const info = (await docker.info()) as { Runtimes?: Record<string, unknown> };
   const runtimes = RUNTIMES.filter((r): r is Runtime => policy.runtime.allowed.includes(r) && (r === 'runc' || r in (info.Runtimes ?? {})));
   // Stops this host's job containers should this process die or stall (untrusted-ci/remote/sentinel.ts).
-  const target = engineTarget(c.docker ?? process.env.DOCKER_HOST);
-  if (!target) logger.warn({ docker: c.docker }, 'the sentinel cannot reach this engine (only unix:// and tcp:// without TLS): a job of a dead executor runs on until its timeout');
-  const sentinel = target ? startSentinel(target, runner.owner, (code) => logger.error({ code }, 'the sentinel exited')) : undefined;
+  const sentinel = startSentinel(engineTarget(c.docker ?? process.env.DOCKER_HOST), runner.owner, (code) => logger.error({ code }, 'the sentinel exited'));
   const cap = capacityFor(c.slots, { ...c.capacity, overtakes: 0 }, { memory: totalmem(), cpus: availableParallelism() });
   const host = new ExecutorHost({
     name: c.name,
@@ -50,7 +48,7 @@ async function serveExecutor(file: string, logLevel: string | undefined): Promis
     workDir: c.workDir,
     imagesKept: c.imagesKept,
     logger,
-    ...(sentinel ? { sentinel } : {}),
+    sentinel,
   });
   await host.start();
   process.stderr.write(`airlock: executor host ${c.name} claiming jobs from ${c.ci.url} (${cap.slots} slots)\n`);
@@ -64,6 +62,6 @@ async function serveExecutor(file: string, logLevel: string | undefined): Promis
   process.once('SIGTERM', force);
   await host.close();
   await runner.close();
-  sentinel?.close();
+  sentinel.close();
   process.exit(0);
 }

@@ -344,7 +344,13 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
     if (executorTokens.has(h.name)) issues.push({ file, path: `executors.hosts[${i}].name`, message: `duplicate executor host ${h.name}`, severity: 'error' });
     const t = readSecret(h.tokenFile, `executors.hosts[${i}].tokenFile`)?.toString('utf8');
     if (t === undefined) return;
-    const same = [...executorTokens.entries()].find(([, v]) => v === t)?.[0] ?? (t === apiToken || t === cancelToken ? 'the API' : undefined);
+    const others: [string, string | undefined][] = [
+      ['the submit token (api.tokenFile)', apiToken],
+      ['the cancel token (api.cancelTokenFile)', cancelToken],
+      ['the webhook secret', gerritSecret?.toString('utf8')],
+      ['the hint secret', hintSecret?.toString('utf8')],
+    ];
+    const same = [...executorTokens.entries()].find(([, v]) => v === t)?.[0] ?? others.find(([, v]) => v === t)?.[0];
     if (same) issues.push({ file, path: `executors.hosts[${i}].tokenFile`, message: `must hold a token of its own (the same as ${same}'s)`, severity: 'error' });
     executorTokens.set(h.name, t);
   });

@@ -28,6 +28,28 @@ function issuesOf(input: unknown, baseDir = dir): Issue[] {
 
 const SECRET = 'correct-horse-battery-staple-42';
 
+describe('buildCiConfig: executor hosts', () => {
+  it('reads each host token, and refuses one shared with another host or with another secret', () => {
+    for (const [f, t] of [['a.token', 'token-of-host-a-0123456789'], ['b.token', 'token-of-host-b-0123456789'], ['hook.secret', 'token-of-host-a-0123456789'], ['short.token', 'short']]) writeFileSync(join(dir, f), t);
+    const ok = buildCiConfig({ version: 1, dataDir: '/srv/airlock', executors: { hosts: [{ name: 'exec-a', tokenFile: 'a.token' }, { name: 'exec-b', tokenFile: 'b.token' }] } }, 'ci.yaml', dir);
+    expect([...(ok.executorTokens ?? new Map()).entries()]).toEqual([
+      ['exec-a', 'token-of-host-a-0123456789'],
+      ['exec-b', 'token-of-host-b-0123456789'],
+    ]);
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', executors: { hosts: [{ name: 'exec-a', tokenFile: 'a.token' }, { name: 'exec-b', tokenFile: 'a.token' }] } })).toEqual([
+      expect.objectContaining({ path: 'executors.hosts[1].tokenFile', message: expect.stringContaining('exec-a') }),
+    ]);
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', webhooks: { gerritSecretFile: 'hook.secret' }, executors: { hosts: [{ name: 'exec-a', tokenFile: 'a.token' }] } })).toEqual([
+      expect.objectContaining({ path: 'executors.hosts[0].tokenFile', message: expect.stringContaining('webhook secret') }),
+    ]);
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', executors: { hosts: [{ name: 'exec-a', tokenFile: 'short.token' }, { name: 'exec-a', tokenFile: 'b.token' }] } })).toEqual([
+      expect.objectContaining({ path: 'executors.hosts[0].tokenFile', message: expect.stringContaining('16 bytes') }),
+      expect.objectContaining({ path: 'executors.hosts[1].name', message: expect.stringContaining('duplicate') }),
+    ]);
+    expect(issuesOf({ version: 1, dataDir: '/srv/airlock', executors: { hosts: [{ name: 'Exec A', tokenFile: 'a.token' }] } })).toEqual([expect.objectContaining({ path: 'executors.hosts[0].name' })]);
+  });
+});
+
 describe('buildCiConfig: database', () => {
   it('reads a PostgreSQL URL from database.urlFile, and refuses a file that does not hold one', () => {
     writeFileSync(join(dir, 'db.url'), 'postgres://ci:pw@db.internal:5432/ci\n');

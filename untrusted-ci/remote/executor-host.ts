@@ -76,6 +76,8 @@ export class ExecutorHost {
   private readonly stopping = new AbortController();
   private readonly running = new Map<string, { controller: AbortController; done: Promise<void> }>();
   private readonly loading = new Map<string, Promise<void>>();
+  /** Images the runs here use (from before their image is looked up until they end): id → runs. */
+  private readonly using = new Map<string, number>();
   /** Images this host loaded: id → last use (ms since the epoch). */
   private images = new Map<string, number>();
   private leaseMs = 15_000;
@@ -196,6 +198,10 @@ export class ExecutorHost {
       return true;
     };
     this.o.sentinel?.renew(a.spec.id, fence - (performance.now() - lastOk));
+    // The fence is watched more often than the heartbeats go: the job stops at two thirds of the
+    // lease, not at the next round (the sentinel would stop its containers then anyway).
+    const watch = setInterval(fenced, Math.max(20, Math.min(250, Math.floor(fence / 8))));
+    this.using.set(a.imageId, (this.using.get(a.imageId) ?? 0) + 1);
     const onAnswer = (answer: RunAnswer): void => {
       if (answer.cancel) controller.abort(new CancelledError(answer.reason ?? 'cancelled by the CI'));
     };
@@ -261,6 +267,10 @@ export class ExecutorHost {
       log.info({ passed: result.passed, reason: result.reason }, 'job done');
     } finally {
       clearInterval(beat);
+      clearInterval(watch);
+      const n = (this.using.get(a.imageId) ?? 1) - 1;
+      if (n > 0) this.using.set(a.imageId, n);
+      else this.using.delete(a.imageId);
       this.o.sentinel?.done(a.spec.id);
       sender.close();
       await rm(dir, { recursive: true, force: true }).catch(() => undefined);
@@ -299,8 +309,8 @@ export class ExecutorHost {
   /** Images this host loaded beyond `imagesKept`, least recently used first, unless a job uses them. */
   private async imageGc(): Promise<void> {
     const keep = this.o.imagesKept ?? 20;
-    const inUse = new Set<string>();
-    for (const id of this.loading.keys()) inUse.add(id);
+    // Not an image being loaded, nor one a run here uses (its container may not exist yet).
+    const inUse = new Set<string>([...this.loading.keys(), ...this.using.keys()]);
     const byAge = [...this.images.entries()].sort((x, y) => x[1] - y[1]);
     for (const [id] of byAge.slice(0, Math.max(0, byAge.length - keep))) {
       if (inUse.has(id)) continue;

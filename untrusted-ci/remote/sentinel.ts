@@ -13,6 +13,7 @@
  * socket, so it has nothing to load that could fail when it is needed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { DEFAULT_DOCKER_SOCKET } from '#shared/docker/client.js';
 import { LABEL_JOB, LABEL_OWNER } from '#shared/runner/labels.js';
 
 const SCRIPT = `
@@ -61,15 +62,12 @@ export interface Sentinel {
   close(): void;
 }
 
-/** Where the engine's API is, as node's http.request takes it; undefined for what the sentinel cannot reach (TLS). */
-export function engineTarget(dockerHost: string | undefined): { socketPath: string } | { host: string; port: number } | undefined {
-  const h = dockerHost ?? 'unix:///var/run/docker.sock';
-  if (h.startsWith('unix://')) return { socketPath: h.slice('unix://'.length) };
-  const m = /^tcp:\/\/([^:/]+):(\d+)\/?$/.exec(h);
-  return m ? { host: m[1]!, port: Number(m[2]) } : undefined;
+/** The engine's unix socket, as node's http.request takes it (shared/docker/client.ts makes clients of nothing else). */
+export function engineTarget(dockerHost: string | undefined): { socketPath: string } {
+  return { socketPath: dockerHost?.startsWith('unix://') ? dockerHost.slice('unix://'.length) : DEFAULT_DOCKER_SOCKET };
 }
 
-export function startSentinel(target: { socketPath: string } | { host: string; port: number }, owner: string, onExit?: (code: number | null) => void): Sentinel {
+export function startSentinel(target: { socketPath: string }, owner: string, onExit?: (code: number | null) => void): Sentinel {
   const child: ChildProcess = spawn(process.execPath, ['-e', SCRIPT, JSON.stringify(target), owner, LABEL_OWNER, LABEL_JOB], { stdio: ['pipe', 'ignore', 'inherit'] });
   child.on('error', () => undefined);
   child.on('exit', (code) => onExit?.(code));

@@ -3,7 +3,7 @@
  * in the test, with a runner that runs nothing (no Docker): what the host does when the CI's
  * answers are not what an honest, well-configured CI would send.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -129,5 +129,38 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     await until('second over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
     expect(runner.ran).toEqual(['first']);
     expect(results).toEqual(['first']);
+  }, 60_000);
+
+  it('keeps the images of its running jobs through its image GC (imagesKept), removing only older ones it loaded', async () => {
+    const A = `sha256:${'a'.repeat(64)}`;
+    const B = `sha256:${'b'.repeat(64)}`;
+    const C = `sha256:${'c'.repeat(64)}`;
+    const withImage = (run: string, id: string, image: string): Assignment => ({ ...assignment(run, id), spec: JobSpec.parse({ id, image, command: ['true'] }), imageId: image });
+    const queue = [withImage('1', 'on-a', A), withImage('2', 'on-b', B)];
+    const ci = await fakeCi((req, _body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        const a = queue.shift();
+        return a ? json(res, 200, a) : json(res, 204);
+      }
+      return json(res, 200, { cancel: false, ok: true });
+    });
+    const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
+    cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
+    // Loaded by this host before: C long ago, A and B since (the engine has all three).
+    writeFileSync(join(workDir, 'images.json'), JSON.stringify({ [C]: 1, [A]: 2, [B]: 3 }));
+    const removed: string[] = [];
+    const docker = { getImage: (id: string) => ({ inspect: async () => ({ Id: id }), remove: async () => void removed.push(id) }) } as unknown as Docker;
+    const runner = new HeldRunner();
+    const h = new ExecutorHost({ name: 'h', ciUrl: ci, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: 4 * GiB, cpus: 2 }, runtimes: ['runc'], workDir, imagesKept: 1, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+    cleanups.push(() => h.close());
+    await h.start();
+    await until('both jobs running', () => (runner.ran.length === 2 ? true : undefined), 20_000, 10);
+    // One image kept: C went; A and B are in use by the running jobs, though over the count.
+    expect(removed).toEqual([C]);
+    runner.release('on-a');
+    runner.release('on-b');
+    await until('both over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
   }, 60_000);
 });

@@ -179,6 +179,11 @@ export class JobRunner {
     return this.cgroups && this.cgroupsOff === undefined ? 'cgroup' : 'engine';
   }
 
+  /** This runner's directory under the job cgroups' parent (oom-cgroups.ts), when it watches them. */
+  get oomCgroupsName(): string | undefined {
+    return this.cgroups?.runnerName;
+  }
+
   /** How sources get into /workspace now: 'mount' until mounting failed repeatedly (see JobRunnerOptions.sourceVia). */
   get sourceInjection(): 'mount' | 'archive' {
     return this.sourceVia;

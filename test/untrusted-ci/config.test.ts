@@ -30,7 +30,7 @@ const SECRET = 'correct-horse-battery-staple-42';
 
 describe('buildCiConfig: executor hosts', () => {
   it('reads each host token, and refuses one shared with another host or with another secret', () => {
-    for (const [f, t] of [['a.token', 'token-of-host-a-0123456789'], ['b.token', 'token-of-host-b-0123456789'], ['hook.secret', 'token-of-host-a-0123456789'], ['short.token', 'short']]) writeFileSync(join(dir, f), t);
+    for (const [f, t] of [['a.token', 'token-of-host-a-0123456789'], ['b.token', 'token-of-host-b-0123456789'], ['hook.secret', 'token-of-host-a-0123456789'], ['short.token', 'short']] as const) writeFileSync(join(dir, f), t);
     const ok = buildCiConfig({ version: 1, dataDir: '/srv/airlock', executors: { hosts: [{ name: 'exec-a', tokenFile: 'a.token' }, { name: 'exec-b', tokenFile: 'b.token' }] } }, 'ci.yaml', dir);
     expect([...(ok.executorTokens ?? new Map()).entries()]).toEqual([
       ['exec-a', 'token-of-host-a-0123456789'],

@@ -45,10 +45,11 @@ describe('OOM kills', () => {
     }
     expect(seen).toEqual(Array.from({ length: AT_ONCE * ROUNDS }, () => '137 killed: exceeded memory limit of 64 MiB'));
     await runner.drain();
-    // Each job's cgroup went with its container, in every hierarchy.
+    // Each job's cgroup went with its container, in every hierarchy. Only this runner's: other test
+    // files' runners run jobs under the same parent meanwhile.
     for (const root of localCgroupMounts()?.all ?? []) {
       const dir = join(root, JOBS_CGROUP);
-      for (const r of existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()) : []) {
+      for (const r of existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory() && d.name === runner.oomCgroupsName) : []) {
         expect(readdirSync(join(dir, r.name), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name)).toEqual([]);
       }
     }

@@ -71,7 +71,7 @@ export async function measureScaling(o: { builds: number; jobs: number; sleepS: 
     const stop = async (h: TestHost): Promise<void> => {
       const p = procs.get(h);
       procs.delete(h);
-      if (!p || p.exitCode !== null) return;
+      if (!p || p.exitCode !== null || p.signalCode !== null) return;
       const exited = new Promise((r) => p.once('exit', r));
       p.kill('SIGTERM');
       await exited;

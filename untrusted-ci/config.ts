@@ -12,7 +12,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { deepFreeze } from '#shared/deep-freeze.js';
-import { readConfigFile, resolvedNote } from '#shared/config-file.js';
+import { readConfigFile, readSecretFile, resolvedNote } from '#shared/config-file.js';
 import { z } from 'zod';
 import { DEFAULT_WINDOW, WindowConfig, windowProblems } from './pipelines/model/window.js';
 import { InvalidInputError, type Issue } from '#shared/errors.js';
@@ -278,18 +278,7 @@ export function buildCiConfig(input: unknown, file: string, baseDir = process.cw
     names.add(p.name);
     if (isLocalPath(p.url)) p.url = abs(p.url);
   });
-  const readSecret = (path: string | undefined, at: string): Buffer | undefined => {
-    if (!path) return undefined;
-    try {
-      const b = readFileSync(abs(path));
-      const trimmed = Buffer.from(b.toString('utf8').trim(), 'utf8');
-      if (trimmed.length < 16) issues.push({ file, path: at, message: 'the secret must be at least 16 bytes', severity: 'error' });
-      return trimmed;
-    } catch (e) {
-      issues.push({ file, path: at, message: `cannot read ${abs(path)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}${resolvedNote(path, baseDir, file)}`, severity: 'error' });
-      return undefined;
-    }
-  };
+  const readSecret = (path: string | undefined, at: string): Buffer | undefined => (path ? readSecretFile(path, at, file, baseDir, issues) : undefined);
 
   const inQueue = new Map<string, string>();
   for (const [q, ps] of Object.entries(config.gate.queues)) {

@@ -32,13 +32,15 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import { run } from '#shared/runner/exec.js';
 import { newOwnerId, ownerState } from '#shared/runner/owner.js';
+import { alive, mentions, mountsUnder, processesMentioning, readText, safeReaddir } from '#shared/proc.js';
+export { alive, mountsUnder, processesMentioning };
 
 export const HOSTS_DIR = '/var/lib/airlock-hosts';
 export const NETNS_PREFIX = 'airlock-h-';
@@ -403,37 +405,9 @@ function signal(pid: number, sig: NodeJS.Signals): boolean {
   }
 }
 
-/** Running (not a zombie waiting for its parent). */
-export function alive(pid: number): boolean {
-  const stat = readText(`/proc/${pid}/stat`);
-  if (!stat) return false;
-  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  return state !== 'Z' && state !== 'X';
-}
 
-function mentions(pid: number, dir: string): boolean {
-  const cmd = readText(`/proc/${pid}/cmdline`);
-  return cmd !== undefined && cmd.split('\0').some((a) => a === dir || a.startsWith(`${dir}/`) || a.includes(`=${dir}/`) || a.includes(`://${dir}/`));
-}
 
-/** Processes whose command line names the directory (the engine, containerd, shims), this one excepted. */
-export function processesMentioning(dir: string): number[] {
-  return safeReaddir('/proc')
-    .filter((n) => /^\d+$/.test(n) && Number(n) !== process.pid)
-    .map(Number)
-    .filter((pid) => mentions(pid, dir));
-}
 
-/** Mountpoints at or under `dir` in this mount namespace, deepest first. */
-export function mountsUnder(dir: string): string[] {
-  const points = (readText('/proc/self/mountinfo') ?? '')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === dir || p.startsWith(`${dir}/`));
-  return [...new Set(points)].sort((a, b) => b.length - a.length);
-}
 
 function readRecord(dir: string): HostRecord | undefined {
   try {
@@ -450,21 +424,7 @@ function logTail(dir: string): string {
   return (readText(join(dir, 'dockerd.log')) ?? '').trim().split('\n').slice(-5).join('\n') || '(no log)';
 }
 
-function readText(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
 
-function safeReaddir(path: string): string[] {
-  try {
-    return readdirSync(path);
-  } catch {
-    return [];
-  }
-}
 
 function ageMs(path: string): number {
   try {

@@ -75,6 +75,7 @@ import type { Logger } from '#shared/logging.js';
 import { run } from '#shared/runner/exec.js';
 import { newOwnerId, ownerState as defaultOwnerState } from '#shared/runner/owner.js';
 import type { Runtime } from '#shared/schemas/limits.js';
+import { alive, decodeMount, mentions, mountsUnder, processesMentioning, readText, safeReaddir } from '#shared/proc.js';
 
 export const SANDBOX_DIR = 'envbuild';
 export const CGROUP_PREFIX = 'airlock-envbuild-';
@@ -706,13 +707,6 @@ async function stopProcess(pid: number, graceMs: number): Promise<void> {
   for (let i = 0; i < 200 && alive(pid); i++) await sleep(25);
 }
 
-/** Running (not a zombie waiting for its parent). */
-function alive(pid: number): boolean {
-  const stat = readText(`/proc/${pid}/stat`);
-  if (!stat) return false;
-  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  return state !== 'Z' && state !== 'X';
-}
 
 function argv0(pid: number): string {
   return readText(`/proc/${pid}/cmdline`)?.split('\0')[0] ?? '';
@@ -734,32 +728,8 @@ function shimSocket(pid: number): string | undefined {
   return join('/run/containerd/s', createHash('sha256').update(join(address, ns, id)).digest('hex'));
 }
 
-function mentions(pid: number, dir: string): boolean {
-  const cmd = readText(`/proc/${pid}/cmdline`);
-  return cmd !== undefined && cmd.split('\0').some((a) => a === dir || a.startsWith(`${dir}/`) || a.includes(`=${dir}/`) || a.includes(`://${dir}/`));
-}
 
-function processesMentioning(dir: string): number[] {
-  const out: number[] = [];
-  for (const n of safeReaddir('/proc')) {
-    if (!/^\d+$/.test(n)) continue;
-    const pid = Number(n);
-    if (pid !== process.pid && mentions(pid, dir)) out.push(pid);
-  }
-  return out;
-}
 
-/** Mountpoints at or under `dir` in this mount namespace, deepest first. */
-function mountsUnder(dir: string): string[] {
-  const text = readText('/proc/self/mountinfo') ?? '';
-  const points = text
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map(decodeMount)
-    .filter((p) => p === dir || p.startsWith(`${dir}/`));
-  return [...new Set(points)].sort((a, b) => b.length - a.length);
-}
 
 function loopDevicesUnder(dir: string): string[] {
   const out: string[] = [];
@@ -773,25 +743,8 @@ function loopDevicesUnder(dir: string): string[] {
 
 // ---- small helpers ------------------------------------------------------------------------
 
-function readText(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
 
-function safeReaddir(path: string): string[] {
-  try {
-    return readdirSync(path);
-  } catch {
-    return [];
-  }
-}
 
-function decodeMount(p: string): string {
-  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
 
 function ageMs(dir: string): number {
   try {

@@ -13,10 +13,9 @@
  *   imagesKept: 20                     # environment images kept loaded (least recently used go first)
  *   policies: {job: policies/untrusted-job.yaml}  # this host's own ceiling for every job
  */
-import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
-import { readConfigFile, resolvedNote } from '#shared/config-file.js';
+import { readConfigFile, readSecretFile } from '#shared/config-file.js';
 import { InvalidInputError, type Issue } from '#shared/errors.js';
 import { zodIssues } from '#shared/schemas/issues.js';
 import { Size } from '#shared/schemas/limits.js';
@@ -61,13 +60,7 @@ export function buildExecutorConfig(input: unknown, file: string, baseDir = proc
   config.workDir = abs(config.workDir);
   if (config.policies.job) config.policies.job = abs(config.policies.job);
   const issues: Issue[] = [];
-  let token = '';
-  try {
-    token = readFileSync(abs(config.ci.tokenFile), 'utf8').trim();
-    if (Buffer.byteLength(token) < 16) issues.push({ file, path: 'ci.tokenFile', message: 'the token must be at least 16 bytes', severity: 'error' });
-  } catch (e) {
-    issues.push({ file, path: 'ci.tokenFile', message: `cannot read ${abs(config.ci.tokenFile)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}${resolvedNote(config.ci.tokenFile, baseDir, file)}`, severity: 'error' });
-  }
+  const token = readSecretFile(config.ci.tokenFile, 'ci.tokenFile', file, baseDir, issues)?.toString('utf8') ?? '';
   if (issues.length > 0) throw new InvalidInputError(issues);
   return { config, token, file };
 }

@@ -86,6 +86,12 @@ async function promote(n: number): Promise<{ totalMs: number; testsMs: number }>
     .split('\n')
     .map((l) => JSON.parse(l) as { kind: string; commit?: string; at: string });
   const at = (kind: string) => Date.parse(records.find((x) => x.kind === kind && x.commit === commit)?.at ?? '');
+  // BENCH_TRACE=1: each audit record of this promotion, ms after the first.
+  if (process.env.BENCH_TRACE === '1') {
+    const mine = records.filter((x) => x.commit === commit);
+    const first = Date.parse(mine[0]?.at ?? '');
+    console.log(`  promotion ${n}: ${mine.map((x) => `${x.kind} +${Date.parse(x.at) - first}`).join(', ')} (total ${Math.round(totalMs)} ms)`);
+  }
   return { totalMs, testsMs: at('tests-passed') - at('verify-passed') };
 }
 

@@ -67,6 +67,8 @@ export class Scheduler {
   private readonly running = new Map<number, { controller: AbortController; done: Promise<void> }>();
   private readonly served = new Served();
   private closed = false;
+  /** `start` has recovered: nothing is started before (a build started then would be taken for the last process's). */
+  private started = false;
   private scheduled = false;
   /** A fill pass is running (they are asynchronous now: one at a time, and one more if kicked meanwhile). */
   private filling = false;
@@ -94,6 +96,7 @@ export class Scheduler {
     const requeued = await this.o.store.recover();
     if (requeued.length > 0) this.o.logger.warn({ builds: requeued }, 'builds that were running at the last stop are queued again');
     for (const id of await this.o.store.unreported()) await this.report(id);
+    this.started = true;
     this.kick();
   }
 
@@ -127,7 +130,9 @@ export class Scheduler {
 
   /** Wake the loop (coalesced: many kicks in one tick schedule one pass). */
   kick(): void {
-    if (this.scheduled || this.closed) return;
+    // Before `start`, builds only queue (the gate's start submits its items before the scheduler
+    // recovers: one started here then would be queued again by `recover`, while it runs).
+    if (this.scheduled || this.closed || !this.started) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;

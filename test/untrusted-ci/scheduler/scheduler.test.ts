@@ -309,6 +309,20 @@ describe('Scheduler', () => {
     expect(await next.store.build(b)).toMatchObject({ state: 'finished', result: 'passed', attempt: 2 });
   });
 
+  it('a build submitted before start (the gate starts first, on taking over) waits for the recovery, and runs once', async () => {
+    const r = await rig({ slots: 2, start: false });
+    const id = await submit(r, 'p', 'A');
+    for (let i = 0; i < 50; i++) await turns(1);
+    // Nothing started before the recovery: a build started then would be taken for the last process's and queued again while it runs.
+    expect(r.executor.history).toEqual([]);
+    expect(await r.store.build(id)).toMatchObject({ state: 'queued', attempt: 0 });
+    await r.scheduler.start();
+    await r.scheduler.idle();
+    expect(r.executor.history.map((x) => x.buildId)).toEqual([id]);
+    expect(await r.store.build(id)).toMatchObject({ state: 'finished', result: 'passed', attempt: 1 });
+    expect(r.reporter.ids()).toEqual([id]);
+  });
+
   it('close() leaves running builds running; a new scheduler on the same database re-runs them', async () => {
     const db = (await testDatabase());
     const first = await rig({ db, slots: 1 });

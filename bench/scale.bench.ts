@@ -1,19 +1,22 @@
 /**
- * `npm run bench:scale`: the control plane at a large deployment's size, over real PostgreSQL
- * (a private server of the test harness, durable settings), measured in one run.
+ * `npm run bench:scale`: the CI at a large deployment's size, in four parts (BENCH_PARTS: any of
+ * check, gate, scaling, dispatch; default all), measured in one run; docs/testing.md says each.
  *
- * Load:     10,000 queued check builds (200 projects, 2,000 uploaders) and 8,000 running builds with
- *           a running job each, seeded in bulk.
- * raw       = one claim as a bare statement: `UPDATE builds SET state = 'running' … WHERE id = $1
- *             AND state = 'queued'` through node-postgres, with the build to claim known
- * dispatch  = what the leader's scheduler does to hand the next build to a slot: choose fairly from
- *             the queue's group heads (fair-queue.ts pickNextFrom: a skip scan per pipeline and
- *             project) and claim it (BuildStore.start)
- * Figures:  dispatchP99Ms (goal < 10), claimsPerSecond (dispatches one after another), and the
- *           ratio of dispatch to raw at p50 and p99.
- * Not measured yet (null in the JSON, with the reason): `scaling` (executor hosts are not built),
- * `checkThroughputRatio` (`npm run bench:ci` measures it on one host), `gateMergeRatio`.
- * The last stdout line is one JSON object with the figures.
+ * check     = bench/ci.bench.ts's throughput part, as a process of its own: checkThroughputRatio
+ *             (goal ≥ 0.8), trivial checks through the service against raw container lifecycles
+ * gate      = bench/gate.bench.ts's all-pass batch with three parallel gate jobs a change:
+ *             gateMergeRatio (goal ≤ 1.3), 10 changes merged against one job's time
+ * scaling   = bench/executors-scaling.ts: sleep jobs on two executor hosts against one (goal ≥ 1.8)
+ * dispatch  = the control plane over real PostgreSQL (a private server of the test harness, durable
+ *             settings). Load: 10,000 queued check builds (200 projects, 2,000 uploaders) and 8,000
+ *             running builds with a running job each, seeded in bulk.
+ *             raw = one claim as a bare statement: `UPDATE builds SET state = 'running' … WHERE
+ *             id = $1 AND state = 'queued'` through node-postgres, with the build to claim known;
+ *             dispatch = what the leader's scheduler does to hand the next build to a slot: choose
+ *             fairly from the queue's group heads (fair-queue.ts pickNextFrom: a skip scan per
+ *             pipeline and project) and claim it (BuildStore.start). Figures: dispatchP99Ms
+ *             (goal < 10), claimsPerSecond, and the ratio of dispatch to raw at p50 and p99.
+ * The last stdout line is one JSON object with the figures (null for a part not run).
  */
 import { execFileSync } from 'node:child_process';
 import pg from 'pg';

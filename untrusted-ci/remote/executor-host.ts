@@ -76,6 +76,8 @@ export class ExecutorHost {
   private readonly stopping = new AbortController();
   private readonly running = new Map<string, { controller: AbortController; done: Promise<void> }>();
   private readonly loading = new Map<string, Promise<void>>();
+  /** The claim loop, waiting for a slot (slotFreed). */
+  private readonly freedWaiters = new Set<() => void>();
   /** Images the runs here use (from before their image is looked up until they end): id → runs. */
   private readonly using = new Map<string, number>();
   /** Images this host loaded: id → last use (ms since the epoch). */
@@ -175,7 +177,11 @@ export class ExecutorHost {
         refused = (e as Error).message;
       }
     }
-    const done = this.runOne(a, controller, refused, received)
+    const freeSlot = (): void => {
+      release();
+      for (const w of this.freedWaiters) w();
+    };
+    const done = this.runOne(a, controller, refused, received, freeSlot)
       .catch((e: unknown) => this.o.logger.error({ err: e, run: a.run }, 'a job could not be run or reported'))
       .finally(() => {
         release();
@@ -184,7 +190,7 @@ export class ExecutorHost {
     this.running.set(a.run, { controller, done });
   }
 
-  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined, received: number): Promise<void> {
+  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined, received: number, freeSlot: () => void): Promise<void> {
     const log = this.o.logger.child({ run: a.run, build: a.build, job: a.job });
     const dir = join(this.o.workDir, 'runs', a.run);
     const signal = controller.signal;
@@ -239,6 +245,9 @@ export class ExecutorHost {
           ...(a.spec.artifacts.length > 0 ? { artifactsDir } : {}),
           onLog: (chunk) => sender.push(chunk.data),
         });
+        // The container has ended (its removal goes on in the background): its room is free for the
+        // next claim while this one's log, artifacts and result go to the CI.
+        freeSlot();
         await sender.flush();
         if (signal.reason instanceof LeaseLost) throw signal.reason;
         if (result.artifacts.length > 0) {
@@ -345,8 +354,12 @@ export class ExecutorHost {
     return file;
   }
 
+  /** Resolves when a running job frees its slot (or ends), or after a second. */
   private slotFreed(): Promise<void> {
-    return Promise.race([...[...this.running.values()].map((r) => r.done), sleep(1000, this.stopping.signal)]).then(() => undefined);
+    const freed = new Promise<void>((res) => this.freedWaiters.add(res));
+    return Promise.race([freed, ...[...this.running.values()].map((r) => r.done), sleep(1000, this.stopping.signal)]).then(() => {
+      this.freedWaiters.clear();
+    });
   }
 
   private async call(

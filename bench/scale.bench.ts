@@ -13,8 +13,10 @@
  *             raw = one claim as a bare statement: `UPDATE builds SET state = 'running' … WHERE
  *             id = $1 AND state = 'queued'` through node-postgres, with the build to claim known;
  *             dispatch = what the leader's scheduler does to hand the next build to a slot: choose
- *             fairly from the queue's group heads (fair-queue.ts pickNextFrom: a skip scan per
- *             pipeline and project) and claim it (BuildStore.start). Figures: dispatchP99Ms
+ *             fairly from the queue's group heads (fair-queue.ts pickNextFrom over the heads it
+ *             keeps between picks, queue-heads.ts: the chosen project's head read again, every
+ *             head read again every 2 s by a skip scan per pipeline and project) and claim it
+ *             (BuildStore.start). The slowest dispatch and the full reads are printed too. Figures: dispatchP99Ms
  *             (goal < 10), claimsPerSecond, and the ratio of dispatch to raw at p50 and p99.
  * The last stdout line is one JSON object with the figures (null for a part not run).
  */
@@ -22,13 +24,14 @@ import { execFileSync } from 'node:child_process';
 import pg from 'pg';
 import { openPostgres } from '../untrusted-ci/store/database.js';
 import { BuildStore } from '../untrusted-ci/store/build-store.js';
-import { pickNextFrom, Served } from '../untrusted-ci/scheduler/fair-queue.js';
+import { Served } from '../untrusted-ci/scheduler/fair-queue.js';
+import { QueueHeadsCache } from '../untrusted-ci/scheduler/queue-heads.js';
 import { startPostgres } from '../test/support/postgres.js';
 import { measureScaling, type ScalingFigures } from './executors-scaling.js';
 
 const QUEUED = Number(process.env.BENCH_QUEUED ?? 10_000);
 const RUNNING = Number(process.env.BENCH_RUNNING ?? 8_000);
-const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 300);
+const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 1000);
 const PROJECTS = 200;
 const AUTHORS = 2_000;
 
@@ -98,6 +101,8 @@ try {
   if (counts.queued !== QUEUED || counts.running !== RUNNING) throw new Error(`seeded ${JSON.stringify(counts)}`);
 
   const served = new Served();
+  // The scheduler's own picker: the projects' heads kept between picks, read again in full every 2 s.
+  const heads = new QueueHeadsCache(store);
   const p = (xs: number[], q: number): number => {
     const s = [...xs].sort((a, b) => a - b);
     return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
@@ -115,7 +120,7 @@ try {
     raw.push(performance.now() - t);
     if (r.rowCount !== 1) throw new Error('raw claim missed');
     t = performance.now();
-    const next = await pickNextFrom(store, served);
+    const next = await heads.pick(served);
     if (!next || !(await store.start(next.id))) throw new Error('dispatch found nothing');
     served.mark(next);
     dispatch.push(performance.now() - t);
@@ -127,6 +132,8 @@ try {
     running: RUNNING,
     samples: SAMPLES,
     rawClaimP50Ms: r2(p(raw, 0.5)),
+    dispatchMaxMs: r2(Math.max(...dispatch)),
+    fullReads: heads.reads.full,
     rawClaimP99Ms: r2(p(raw, 0.99)),
     dispatchP50Ms: r2(p(dispatch, 0.5)),
     dispatchP99Ms: r2(p(dispatch, 0.99)),
@@ -142,7 +149,7 @@ try {
     gateRun,
     wallSeconds: r2(both / 1000),
   };
-  console.log(`raw claim p50 ${out.rawClaimP50Ms} ms, p99 ${out.rawClaimP99Ms} ms; dispatch (read the queue, choose, claim) p50 ${out.dispatchP50Ms} ms, p99 ${out.dispatchP99Ms} ms (${out.dispatchRatioP99}× raw at p99), ${out.claimsPerSecond} claims/s`);
+  console.log(`raw claim p50 ${out.rawClaimP50Ms} ms, p99 ${out.rawClaimP99Ms} ms; dispatch (read the queue, choose, claim) p50 ${out.dispatchP50Ms} ms, p99 ${out.dispatchP99Ms} ms (${out.dispatchRatioP99}× raw at p99), slowest ${out.dispatchMaxMs} ms, ${out.claimsPerSecond} claims/s, ${out.fullReads} full reads of the heads`);
   console.log(JSON.stringify(out));
   await c.end();
   await db.close();

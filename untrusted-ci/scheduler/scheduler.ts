@@ -19,7 +19,8 @@ import { isAirlockError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import type { BuildResult, BuildView, Pipeline } from '#shared/schemas/api/builds.js';
 import type { BuildStore, NewChange } from '../store/build-store.js';
-import { pickNextFrom, Served } from './fair-queue.js';
+import { Served } from './fair-queue.js';
+import { QueueHeadsCache } from './queue-heads.js';
 import type { Slots } from './slots.js';
 
 /** What running one build came to. A failing job is an outcome, not an exception. */
@@ -57,6 +58,8 @@ export interface SchedulerOptions {
    */
   executionSlots?: Slots;
   prepareAhead?: number;
+  /** How long the queue's project heads are kept before they are read again in full (queue-heads.ts; default 2 s). */
+  headsMaxAgeMs?: number;
 }
 
 const SUPERSEDED = 'superseded';
@@ -66,6 +69,8 @@ const SHUTDOWN = 'shutdown';
 export class Scheduler {
   private readonly running = new Map<number, { controller: AbortController; done: Promise<void> }>();
   private readonly served = new Served();
+  /** The queue's project heads, kept between picks (queue-heads.ts). */
+  private readonly heads: QueueHeadsCache;
   private closed = false;
   /** `start` has recovered: nothing is started before (a build started then would be taken for the last process's). */
   private started = false;
@@ -75,7 +80,9 @@ export class Scheduler {
   private refill = false;
   private readonly idleWaiters = new Set<() => void>();
 
-  constructor(private readonly o: SchedulerOptions) {}
+  constructor(private readonly o: SchedulerOptions) {
+    this.heads = new QueueHeadsCache(o.store, o.headsMaxAgeMs === undefined ? {} : { maxAgeMs: o.headsMaxAgeMs });
+  }
 
   get slots(): number {
     return this.o.slots;
@@ -151,6 +158,7 @@ export class Scheduler {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.heads.close();
     for (const r of this.running.values()) r.controller.abort(new CancelReason(SHUTDOWN, 'the service is stopping'));
     await Promise.all([...this.running.values()].map((r) => r.done));
   }
@@ -184,10 +192,10 @@ export class Scheduler {
 
   private async fill(): Promise<void> {
     if (this.closed) return;
-    // Each pick reads the queue's group heads (pickNextFrom), not the whole queue: a build this
-    // pass started is no longer queued when the next pick reads them.
+    // Each pick reads the queue's group heads (pickNextFrom), not the whole queue, and keeps the
+    // projects' heads for the next pick (queue-heads.ts): the chosen build's project is read again.
     while (this.running.size < this.inFlight && !this.closed) {
-      const next = await pickNextFrom(this.o.store, this.served);
+      const next = await this.heads.pick(this.served);
       if (!next || this.running.has(next.id)) break;
       // Held in `running` before the store says so: a cancel meanwhile aborts it instead of
       // finishing a build that is about to run.

@@ -80,19 +80,42 @@ interface JobRow {
 
 const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
 
+/**
+ * What changed in the queue, for the scheduler's cached group heads (scheduler/queue-heads.ts): a
+ * pipeline and project, a whole pipeline, or (neither) anything. Told after the write committed.
+ */
+export type QueueChange = { pipeline?: Pipeline; project?: string };
+
 export class BuildStore {
+  readonly #queueListeners = new Set<(c: QueueChange) => void>();
+
   constructor(
     private readonly db: Db,
     private readonly now: () => number = Date.now,
   ) {}
 
   /**
+   * Be told of writes through this store that may change which builds are queued (enqueue, a
+   * queued build finished, a build queued again, recovery). Starts are not told: the scheduler
+   * makes them and knows. Writes by other processes are not seen either: a listener that caches
+   * must read again now and then. Returns the unsubscribe.
+   */
+  onQueueChange(listener: (c: QueueChange) => void): () => void {
+    this.#queueListeners.add(listener);
+    return () => this.#queueListeners.delete(listener);
+  }
+
+  #queueChanged(c: QueueChange): void {
+    for (const l of this.#queueListeners) l(c);
+  }
+
+  /**
    * Record a change and queue a build for it, in one transaction. A newer patchset of the same
    * change supersedes the older one's unfinished builds of this pipeline: they are returned so the
    * caller can abort the running ones. An older patchset than one already known is refused.
    */
-  enqueue(c: NewChange, pipeline: Pipeline): Promise<{ change: ChangeView; buildId: number; superseded: number[] }> {
-    return this.db.tx(async (t) => {
+  async enqueue(c: NewChange, pipeline: Pipeline): Promise<{ change: ChangeView; buildId: number; superseded: number[] }> {
+    const r = await this.db.tx(async (t) => {
       const newest = await t.get<{ p: number | null }>('SELECT MAX(patchset) AS p FROM changes WHERE project = ? AND change = ?', [c.project, c.change]);
       if (newest?.p != null && newest.p > c.patchset) {
         throw new ConflictError(`change ${c.change} of ${c.project} is already at patchset ${newest.p}; patchset ${c.patchset} is outdated`);
@@ -116,6 +139,8 @@ export class BuildStore {
       ]);
       return { change, buildId, superseded };
     });
+    this.#queueChanged({ pipeline, project: c.project });
+    return r;
   }
 
   /** The row of this change at this patchset, inserted if new. */
@@ -184,8 +209,8 @@ export class BuildStore {
    * in order (the changes ahead, then this one). Queued like any build; never superseded by the
    * store (the gate model decides when it is cancelled).
    */
-  enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): Promise<number> {
-    return this.db.tx(async (t) => {
+  async enqueueGateBuild(changeId: number, stack: { ref: string; label: string }[], buildSet: number): Promise<number> {
+    const id = await this.db.tx(async (t) => {
       const c = await this.changeView(changeId, t);
       return insertId(t, "INSERT INTO builds (change_id, project, branch, pipeline, state, enqueued_at, gate_buildset, stack, author) VALUES (?,?,?,'gate','queued',?,?,?,?) RETURNING id", [
         changeId,
@@ -197,6 +222,8 @@ export class BuildStore {
         c.author,
       ]);
     });
+    this.#queueChanged({ pipeline: 'gate' });
+    return id;
   }
 
   /** What a gate build merges and which build set it runs; undefined for other builds. */
@@ -225,12 +252,14 @@ export class BuildStore {
   }
 
   /** Finish every unfinished build of a pipeline as cancelled (the gate re-runs its work after a restart). */
-  cancelUnfinished(pipeline: Pipeline, reason: string): Promise<number[]> {
-    return this.db.tx(async (t) => {
+  async cancelUnfinished(pipeline: Pipeline, reason: string): Promise<number[]> {
+    const cancelled = await this.db.tx(async (t) => {
       const ids = (await t.all<{ id: number }>("SELECT id FROM builds WHERE pipeline = ? AND state != 'finished' ORDER BY id", [pipeline])).map((r) => r.id);
       for (const id of ids) await this.finishIn(t, id, 'cancelled', reason, []);
       return ids;
     });
+    if (cancelled.length > 0) this.#queueChanged({ pipeline });
+    return cancelled;
   }
 
   /** Queued builds in arrival order (the scheduler applies fairness on top). */
@@ -272,6 +301,12 @@ export class BuildStore {
        SELECT a.author AS author, (SELECT MIN(b.id) FROM builds b WHERE b.state = 'queued' AND b.pipeline = ? AND b.project = ? AND b.author = a.author) AS id FROM a WHERE a.author IS NOT NULL`,
       [pipeline, project, pipeline, project, pipeline, project],
     );
+  }
+
+  /** A project's oldest queued build of a pipeline (one index seek): what a cached head is read again from. */
+  async queuedHead(pipeline: Pipeline, project: string): Promise<number | undefined> {
+    const r = await this.db.get<{ id: number | null }>("SELECT MIN(id) AS id FROM builds WHERE state = 'queued' AND pipeline = ? AND project = ?", [pipeline, project]);
+    return r?.id == null ? undefined : Number(r.id);
   }
 
   /** One queued build as the scheduler sees it (undefined once it is no longer queued). */
@@ -349,16 +384,22 @@ export class BuildStore {
    * With `attempt`, only that run of it: a run that another process started again since (a
    * leader that lost its lease and did not know yet) records nothing over its successor's.
    */
-  finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = [], attempt?: number): Promise<boolean> {
-    return this.db.tx((t) => this.finishIn(t, id, result, reason, issues, undefined, attempt));
+  async finish(id: number, result: BuildResult, reason: string, issues: readonly Issue[] = [], attempt?: number): Promise<boolean> {
+    const done = await this.db.tx((t) => this.finishIn(t, id, result, reason, issues, undefined, attempt));
+    // Without `attempt` the build may have been queued (a cancel of an orphan); with it, it is the
+    // run's own build, running.
+    if (done && attempt === undefined) this.#queueChanged({});
+    return done;
   }
 
   /**
    * → finished, only from queued; false when it is not queued (running, or finished). What a cancel
    * uses: a build that became running meanwhile is its runner's to stop, not to be marked over.
    */
-  finishQueued(id: number, result: BuildResult, reason: string): Promise<boolean> {
-    return this.db.tx((t) => this.finishIn(t, id, result, reason, [], 'queued'));
+  async finishQueued(id: number, result: BuildResult, reason: string): Promise<boolean> {
+    const done = await this.db.tx((t) => this.finishIn(t, id, result, reason, [], 'queued'));
+    if (done) this.#queueChanged({});
+    return done;
   }
 
   private async finishIn(t: Sql, id: number, result: BuildResult, reason: string, issues: readonly Issue[], from?: 'queued', attempt?: number): Promise<boolean> {
@@ -394,25 +435,28 @@ export class BuildStore {
   }
 
   /** running → queued, to be run again from scratch (a retryable failure outside the change); with `attempt`, only that run (see finish). */
-  requeue(id: number, attempt?: number): Promise<void> {
-    return this.db.tx((t) => this.requeueIn(t, id, attempt));
+  async requeue(id: number, attempt?: number): Promise<void> {
+    if (await this.db.tx((t) => this.requeueIn(t, id, attempt))) this.#queueChanged({});
   }
 
-  private async requeueIn(t: Sql, id: number, attempt?: number): Promise<void> {
+  private async requeueIn(t: Sql, id: number, attempt?: number): Promise<boolean> {
     const r = await t.run(
       `UPDATE builds SET state = 'queued', started_at = NULL, commit_sha = NULL, env_image = NULL, env_cached = NULL WHERE id = ? AND state = 'running'${attempt === undefined ? '' : ' AND attempt = ?'}`,
       [id, ...(attempt === undefined ? [] : [attempt])],
     );
     if (r.changes === 1) await t.run('DELETE FROM jobs WHERE build_id = ?', [id]);
+    return r.changes === 1;
   }
 
   /** Restart recovery: every build that was running is queued again from scratch. Returns their ids. */
-  recover(): Promise<number[]> {
-    return this.db.tx(async (t) => {
+  async recover(): Promise<number[]> {
+    const requeued = await this.db.tx(async (t) => {
       const ids = (await t.all<{ id: number }>("SELECT id FROM builds WHERE state = 'running' ORDER BY id")).map((r) => r.id);
       for (const id of ids) await this.requeueIn(t, id);
       return ids;
     });
+    if (requeued.length > 0) this.#queueChanged({});
+    return requeued;
   }
 
   /** Environment images that queued or running builds need: the image GC must keep them. */

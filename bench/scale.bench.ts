@@ -14,8 +14,8 @@
  *             id = $1 AND state = 'queued'` through node-postgres, with the build to claim known;
  *             dispatch = what the leader's scheduler does to hand the next build to a slot: choose
  *             fairly from the queue's group heads (fair-queue.ts pickNextFrom over the heads it
- *             keeps between picks, queue-heads.ts: the chosen project's head read again, every
- *             head read again every 2 s by a skip scan per pipeline and project) and claim it
+ *             keeps between picks, queue-heads.ts: the chosen project's and uploader's heads read
+ *             again, every head every 2 s by a skip scan per pipeline and project) and claim it
  *             (BuildStore.start). The slowest dispatch and the full reads are printed too. Figures: dispatchP99Ms
  *             (goal < 10), claimsPerSecond, and the ratio of dispatch to raw at p50 and p99.
  * The last stdout line is one JSON object with the figures (null for a part not run).

@@ -17,20 +17,28 @@
  * again and the pick made once more, so "nothing queued" is only ever said from a fresh read.
  * What a stale head can cost is a turn: fairness is exact again within `maxAgeMs`.
  *
- * Each project's uploaders are read as before, for the chosen project only.
+ * A project's uploaders' heads (for check work, each uploader's oldest build) are kept the same way,
+ * once the project has been chosen: read again for the uploader just served and the uploaders the
+ * store names. Uploaders are anybody with an account: one project with thousands of them would
+ * otherwise cost thousands of index seeks at each of its picks.
  */
 import type { Pipeline } from '#shared/schemas/api/builds.js';
 import type { BuildStore, QueueChange, QueuedBuild } from '../store/build-store.js';
 import { pickNextFrom, type QueueHeads, type ServedView } from './fair-queue.js';
 
 /** What the cache reads of the store. */
-export type HeadsSource = QueueHeads & Pick<BuildStore, 'queuedHead' | 'onQueueChange'>;
+export type HeadsSource = QueueHeads & Pick<BuildStore, 'queuedHead' | 'queuedAuthorHead' | 'onQueueChange'>;
 
-interface Kept {
+/** Group → its oldest queued build, and the groups to read again before the next use. */
+interface Heads {
   heads: Map<string, number>;
-  readAt: number;
-  /** Projects to read again before the next use. */
   dirty: Set<string>;
+}
+
+interface Kept extends Heads {
+  readAt: number;
+  /** Per project, its uploaders' heads, once read. */
+  uploaders: Map<string, Heads>;
 }
 
 export class QueueHeadsCache implements QueueHeads {
@@ -38,8 +46,8 @@ export class QueueHeadsCache implements QueueHeads {
   readonly #unsubscribe: () => void;
   /** Whether the current pick used a kept list (then "nothing" is checked by a fresh read). */
   #usedKept = false;
-  /** Full reads and single-project reads made, for tests and the benchmark. */
-  readonly reads = { full: 0, project: 0 };
+  /** Reads made: of a pipeline's projects, of a project's uploaders, of one group's head (tests, the benchmark). */
+  readonly reads = { full: 0, uploaders: 0, head: 0 };
 
   constructor(
     private readonly store: HeadsSource,
@@ -52,7 +60,11 @@ export class QueueHeadsCache implements QueueHeads {
   invalidate(c: QueueChange = {}): void {
     if (c.pipeline === undefined) return this.#kept.clear();
     if (c.project === undefined) return void this.#kept.delete(c.pipeline);
-    this.#kept.get(c.pipeline)?.dirty.add(c.project);
+    const k = this.#kept.get(c.pipeline);
+    if (!k) return;
+    k.dirty.add(c.project);
+    if (c.author === undefined) k.uploaders.delete(c.project);
+    else k.uploaders.get(c.project)?.dirty.add(c.author);
   }
 
   close(): void {
@@ -72,7 +84,7 @@ export class QueueHeadsCache implements QueueHeads {
       this.#usedKept = false;
       next = await pickNextFrom(this, served);
     }
-    if (next) this.invalidate({ pipeline: next.pipeline, project: next.project });
+    if (next) this.invalidate({ pipeline: next.pipeline, project: next.project, author: next.author });
     return next;
   }
 
@@ -82,27 +94,45 @@ export class QueueHeadsCache implements QueueHeads {
     if (k && now - k.readAt >= (this.o.maxAgeMs ?? 2000)) k = undefined;
     if (!k) {
       // Marked before the read: a change told while it runs marks the new entry dirty.
-      const fresh: Kept = { heads: new Map(), readAt: now, dirty: new Set() };
+      const fresh: Kept = { heads: new Map(), readAt: now, dirty: new Set(), uploaders: new Map() };
       this.#kept.set(pipeline, fresh);
       this.reads.full++;
       for (const h of await this.store.queuedProjects(pipeline)) fresh.heads.set(h.project, h.id);
       k = fresh;
     } else {
       this.#usedKept = true;
-      while (k.dirty.size > 0) {
-        const [project] = k.dirty;
-        k.dirty.delete(project!);
-        this.reads.project++;
-        const id = await this.store.queuedHead(pipeline, project!);
-        if (id === undefined) k.heads.delete(project!);
-        else k.heads.set(project!, id);
-      }
+      await this.#refresh(k, (project) => this.store.queuedHead(pipeline, project));
     }
     return [...k.heads].map(([project, id]) => ({ project, id }));
   }
 
-  queuedUploaders(pipeline: Pipeline, project: string): Promise<{ author: string; id: number }[]> {
-    return this.store.queuedUploaders(pipeline, project);
+  async queuedUploaders(pipeline: Pipeline, project: string): Promise<{ author: string; id: number }[]> {
+    const k = this.#kept.get(pipeline);
+    if (!k) return this.store.queuedUploaders(pipeline, project);
+    let u = k.uploaders.get(project);
+    if (!u) {
+      const fresh: Heads = { heads: new Map(), dirty: new Set() };
+      k.uploaders.set(project, fresh);
+      this.reads.uploaders++;
+      for (const h of await this.store.queuedUploaders(pipeline, project)) fresh.heads.set(h.author, h.id);
+      u = fresh;
+    } else {
+      this.#usedKept = true;
+      await this.#refresh(u, (author) => this.store.queuedAuthorHead(pipeline, project, author));
+    }
+    return [...u.heads].map(([author, id]) => ({ author, id }));
+  }
+
+  /** Reads again each dirty group's head (one index seek each); a group with none left goes. */
+  async #refresh(h: Heads, head: (group: string) => Promise<number | undefined>): Promise<void> {
+    while (h.dirty.size > 0) {
+      const [group] = h.dirty;
+      h.dirty.delete(group!);
+      this.reads.head++;
+      const id = await head(group!);
+      if (id === undefined) h.heads.delete(group!);
+      else h.heads.set(group!, id);
+    }
   }
 
   queuedBuild(id: number): Promise<QueuedBuild | undefined> {

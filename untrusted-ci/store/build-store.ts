@@ -81,10 +81,11 @@ interface JobRow {
 const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
 
 /**
- * What changed in the queue, for the scheduler's cached group heads (scheduler/queue-heads.ts): a
- * pipeline and project, a whole pipeline, or (neither) anything. Told after the write committed.
+ * What changed in the queue, for the scheduler's cached group heads (scheduler/queue-heads.ts): an
+ * uploader's builds of a project, a project, a whole pipeline, or (none given) anything. Told after
+ * the write committed.
  */
-export type QueueChange = { pipeline?: Pipeline; project?: string };
+export type QueueChange = { pipeline?: Pipeline; project?: string; author?: string };
 
 export class BuildStore {
   readonly #queueListeners = new Set<(c: QueueChange) => void>();
@@ -139,7 +140,7 @@ export class BuildStore {
       ]);
       return { change, buildId, superseded };
     });
-    this.#queueChanged({ pipeline, project: c.project });
+    this.#queueChanged({ pipeline, project: c.project, author: r.change.author });
     return r;
   }
 
@@ -306,6 +307,12 @@ export class BuildStore {
   /** A project's oldest queued build of a pipeline (one index seek): what a cached head is read again from. */
   async queuedHead(pipeline: Pipeline, project: string): Promise<number | undefined> {
     const r = await this.db.get<{ id: number | null }>("SELECT MIN(id) AS id FROM builds WHERE state = 'queued' AND pipeline = ? AND project = ?", [pipeline, project]);
+    return r?.id == null ? undefined : Number(r.id);
+  }
+
+  /** An uploader's oldest queued build of a project and pipeline (one index seek). */
+  async queuedAuthorHead(pipeline: Pipeline, project: string, author: string): Promise<number | undefined> {
+    const r = await this.db.get<{ id: number | null }>("SELECT MIN(id) AS id FROM builds WHERE state = 'queued' AND pipeline = ? AND project = ? AND author = ?", [pipeline, project, author]);
     return r?.id == null ? undefined : Number(r.id);
   }
 

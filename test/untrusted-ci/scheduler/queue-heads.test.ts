@@ -107,9 +107,56 @@ describe.each(engines)('QueueHeadsCache on $name', ({ skip, fresh }) => {
       expect(await store.start(got!.id)).toBe(true);
       served.mark(got!);
     }
-    // One full read of each pipeline at the first pick; then the chosen project only.
+    // One full read of each pipeline at the first pick; then the chosen project's head only. Each
+    // project's uploaders are read in full at its first pick; at its second only the uploader served.
     expect(heads.reads.full).toBe(2);
-    expect(heads.reads.project).toBe(29);
+    expect(heads.reads.uploaders).toBe(20);
+    expect(heads.reads.head).toBe(29 + 10);
+    heads.close();
+  });
+
+  it.skipIf(skip)('keeps a project\'s uploaders between its picks: one uploader read again a pick', async () => {
+    const db = made!.db;
+    await empty(db);
+    const store = new BuildStore(db);
+    const heads = new QueueHeadsCache(store, { now: () => 0 });
+    for (let round = 0; round < 2; round++) for (let i = 0; i < 40; i++) await store.enqueue(change('big', `u${i}`), 'check');
+    const served = new Served();
+    const order: string[] = [];
+    for (let i = 0; i < 80; i++) {
+      const expected = pickNext(await store.queued(), served);
+      const got = await heads.pick(served);
+      expect(got?.id).toBe(expected?.id);
+      order.push(got!.author);
+      expect(await store.start(got!.id)).toBe(true);
+      served.mark(got!);
+    }
+    expect(new Set(order.slice(0, 40)).size).toBe(40); // every uploader once before any twice
+    expect(heads.reads.uploaders).toBe(1);
+    expect(heads.reads.head).toBe(79 * 2); // the project's head and the uploader served
+    expect(await heads.pick(served)).toBeUndefined();
+    heads.close();
+  });
+
+  it.skipIf(skip)('sees at once a new uploader of a project whose uploaders it keeps', async () => {
+    const db = made!.db;
+    await empty(db);
+    const store = new BuildStore(db);
+    const heads = new QueueHeadsCache(store, { now: () => 0 });
+    const served = new Served();
+    const a = (await store.enqueue(change('p', 'ann'), 'check')).buildId;
+    const b = (await store.enqueue(change('p', 'bob'), 'check')).buildId;
+    await store.enqueue(change('p', 'bob'), 'check');
+    for (const want of [a, b]) {
+      const got = await heads.pick(served);
+      expect(got?.id).toBe(want);
+      await store.start(got!.id);
+      served.mark(got!);
+    }
+    // cy was never served: cy's build goes before bob's second.
+    const c = (await store.enqueue(change('p', 'cy'), 'check')).buildId;
+    expect((await heads.pick(served))?.id).toBe(c);
+    expect(heads.reads.uploaders).toBe(1);
     heads.close();
   });
 

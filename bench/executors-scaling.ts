@@ -8,12 +8,14 @@
  * `sleep SLEEP_S`, all submitted at once; time from the first submit to the last result.
  * Rounds: warm-up on both hosts; then one host (the other stopped), two hosts, one, two. The ratio
  * is the one-host time over the two-host time, summed over the rounds (goal ≥ 1.8).
+ * BENCH_TRACE=1 prints where each round's time went.
  */
 import { type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '#shared/logging.js';
+import type { BuildView } from '#shared/schemas/api/builds.js';
 import { buildCiConfig } from '../untrusted-ci/config.js';
 import { startCiService } from '../untrusted-ci/service.js';
 import { createRepo } from '../test/support/git-repo.js';
@@ -33,6 +35,25 @@ export interface ScalingFigures {
   oneHostJobsPerSecond: number;
   twoHostsJobsPerSecond: number;
   scaling: number;
+}
+
+/**
+ * BENCH_TRACE=1: where a round's time went, in ms after the first submit: builds started, jobs
+ * started and ended (first, median, last), the gaps between a slot's jobs, builds finished.
+ */
+function trace(builds: BuildView[], t0: number, seconds: number): void {
+  const at = (x: number | undefined): number => (x === undefined ? NaN : x - t0);
+  const spread = (xs: number[]): string => {
+    const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+    return s.length ? `${s[0]}/${s[Math.floor(s.length / 2)]}/${s.at(-1)}` : '-';
+  };
+  const jobs = builds.flatMap((b) => b.jobs);
+  const started = jobs.map((j) => at(j.startedAt));
+  const ended = jobs.map((j) => at(j.finishedAt));
+  const runMs = jobs.map((j) => (j.finishedAt ?? NaN) - (j.startedAt ?? NaN));
+  console.log(
+    `  trace (${seconds.toFixed(2)} s; first/median/last ms): builds started ${spread(builds.map((b) => at(b.startedAt)))}; jobs started ${spread(started)}; ended ${spread(ended)}; a job's time ${spread(runMs)}; builds finished ${spread(builds.map((b) => at(b.finishedAt)))}`,
+  );
 }
 
 export async function measureScaling(o: { builds: number; jobs: number; sleepS: number; slotsPerHost: number; rounds: number }): Promise<ScalingFigures> {
@@ -111,6 +132,7 @@ export async function measureScaling(o: { builds: number; jobs: number; sleepS: 
           return { ref: up.change(n, 1, { [`f${n}.txt`]: `${n}\n` }).ref, change: String(n) };
         });
         const t = performance.now();
+        const t0 = Date.now();
         const ids: number[] = [];
         for (const c of refs) {
           const r = await ci.app.inject({ method: 'POST', url: '/api/changes', headers: { authorization: `Bearer bench-api-${process.pid}-0123456789` }, payload: { project: 'bench', ref: c.ref, change: c.change } });
@@ -119,10 +141,9 @@ export async function measureScaling(o: { builds: number; jobs: number; sleepS: 
         }
         await ci.scheduler.idle();
         const s = (performance.now() - t) / 1000;
-        for (const id of ids) {
-          const b = await ci.store.build(id);
-          if (b.result !== 'passed') throw new Error(`bench build ${id} ${b.result}: ${b.reason}`);
-        }
+        const builds = await Promise.all(ids.map((id) => ci.store.build(id)));
+        for (const b of builds) if (b.result !== 'passed') throw new Error(`bench build ${b.id} ${b.result}: ${b.reason}`);
+        if (process.env.BENCH_TRACE) trace(builds, t0, s);
         return s;
       };
       hosts.forEach((h, i) => start(h, i));

@@ -28,18 +28,23 @@ export type MergeOutcome =
  * `result: ''` and no commit is written.
  */
 export async function mergeOnto(mirror: Mirror, base: string, change: string, message: string | undefined, signal?: AbortSignal): Promise<MergeOutcome> {
+  // The merge base, the merge and the dates are read at once: a gate's stack is a chain of steps,
+  // each waiting for the one before, so every round of processes here counts once per change in
+  // the stack. The merge and the dates cost a process each, unused after a fast-forward.
+  const mergeTree = ['merge-tree', '--write-tree', '--name-only', '--no-messages', '-z', '--end-of-options', base, change];
+  const [mb, tried, date] = await Promise.all([
+    mirror.git(['merge-base', '--end-of-options', base, change], { signal, allowFail: [1] }),
+    // 128 too: git refuses unrelated histories, which the merge base tells apart below.
+    mirror.git(mergeTree, { signal, allowFail: [1, 128] }),
+    message === undefined ? undefined : laterCommitDate(mirror, base, change, signal),
+  ]);
   // With `base` an ancestor of `change`, `base` is their only best merge base (and vice versa).
-  const mb = await mirror.git(['merge-base', '--end-of-options', base, change], { signal, allowFail: [1] });
   if (mb.code === 1) return { kind: 'unrelated' };
   const mergeBase = mb.stdout.toString('utf8').trim();
   if (mergeBase === change) return { kind: 'ok', mode: 'up-to-date', result: base };
   if (mergeBase === base) return { kind: 'ok', mode: 'fast-forward', result: change };
-
-  // The dates are read alongside the merge, so they cost a process but no wall time.
-  const [mt, date] = await Promise.all([
-    mirror.git(['merge-tree', '--write-tree', '--name-only', '--no-messages', '-z', '--end-of-options', base, change], { signal, allowFail: [1] }),
-    message === undefined ? undefined : laterCommitDate(mirror, base, change, signal),
-  ]);
+  // Related histories and still a failure: run again alone, to fail as any git command fails.
+  const mt = tried.code === 128 ? await mirror.git(mergeTree, { signal, allowFail: [1] }) : tried;
   // -z output: "<tree>\0" then, on conflict, each conflicted path once per conflicted stage "\0".
   const [tree, ...paths] = mt.stdout.toString('utf8').split('\0').filter(Boolean);
   if (mt.code === 1) return { kind: 'conflict', files: [...new Set(paths)].sort() };

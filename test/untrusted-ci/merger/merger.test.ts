@@ -89,6 +89,18 @@ describe('prepare', () => {
     });
   });
 
+  it('reports a change with no history in common with the branch', async () => {
+    const { up, project } = upstream();
+    const a = up.change(6, 1, { 'a.txt': 'A\n' });
+    // An orphan commit (git's empty tree, no parent) as a change of its own.
+    const orphan = up.git('commit-tree', '4b825dc642cb6eb9a060e54bf8d69288fbee4904', '-m', 'orphan');
+    up.git('update-ref', 'refs/changes/77/77/1', orphan);
+    const unrelated = { kind: 'conflict', label: '77,1', message: 'change 77,1 has no history in common with branch master', files: [] };
+    expect(await prepare({ project, changes: [{ ref: 'refs/changes/77/77/1', label: '77,1' }] })).toEqual(unrelated);
+    // Behind a change that merged: the same answer, for the second step.
+    expect(await prepare({ project, changes: [change(a), { ref: 'refs/changes/77/77/1', label: '77,1' }] })).toEqual(unrelated);
+  });
+
   it('reports a missing branch, ref or commit', async () => {
     const { up, project } = upstream();
     const a = up.change(4, 1, { 'a.txt': 'A\n' });

@@ -272,6 +272,8 @@ export async function startCiService(
         isLeader: () => leadership?.isReady ?? false,
         leader: async () => (await lease.current())?.address,
         logger: logger.child({ component: 'forward' }),
+        // As often as the replicas ask for the lease: a request forwarded to a leader that lost it ends then.
+        recheckMs: Math.floor(c.replicas.leaseMs / 3),
       },
       config: c,
       store,

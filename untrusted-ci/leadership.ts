@@ -48,6 +48,17 @@ export class Leadership {
   }
 
   /**
+   * Leading, and the last renewal that succeeded was sent less than two thirds of the lease ago (as
+   * the watchdog counts), so that no other replica can have taken the lease. `isLeader` alone says
+   * what the watchdog last found: a process that was paused past its lease (SIGSTOP, a stalled VM)
+   * and wakes handles the requests that waited before its timers run, and must not vouch for what
+   * only the leader may (an executor host's claim or lease) in between.
+   */
+  get holds(): boolean {
+    return this.leading && !this.lost && this.now() - this.lastRenewed < (this.o.ttlMs * 2) / 3;
+  }
+
+  /**
    * Leading, and its leader parts have started: what may answer requests only the leader can
    * (until then a takeover's gate has not loaded its snapshot; such requests get 503 meanwhile).
    */

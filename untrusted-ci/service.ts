@@ -177,7 +177,10 @@ export async function startCiService(
       review = { system, state, outbox, catchUp, rereads };
     }
     // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
-    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
+    const remote =
+      c.executors.hosts.length > 0
+        ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }), holds: () => leadership?.holds ?? false })
+        : undefined;
     if (remote) cleanups.push(() => remote.close());
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).
@@ -272,6 +275,8 @@ export async function startCiService(
         isLeader: () => leadership?.isReady ?? false,
         leader: async () => (await lease.current())?.address,
         logger: logger.child({ component: 'forward' }),
+        // As often as the replicas ask for the lease: a request forwarded to a leader that lost it ends then.
+        recheckMs: Math.floor(c.replicas.leaseMs / 3),
       },
       config: c,
       store,

@@ -169,6 +169,26 @@ describe('leadership', () => {
     expect(a.leadership.isLeader).toBe(false);
   });
 
+  it('holds: leading with a renewal less than two thirds of the lease old; false at once past that, before the watchdog has run (a process that wakes from a pause)', async () => {
+    let now = 1_000_000;
+    // A long lease: its timer (a third of it) does not tick during the test; only the clock moves.
+    const a = make(600_000, { now: () => now });
+    const calls = a.lease.calls;
+    await a.leadership.start();
+    expect(a.leadership.holds).toBe(true);
+    now += 399_999;
+    expect(a.leadership.holds).toBe(true);
+    // Paused past two thirds: the watchdog has not run (isLeader still says so), holds says not.
+    now += 1;
+    expect(a.leadership.isLeader).toBe(true);
+    expect(a.leadership.holds).toBe(false);
+    expect(a.lease.calls).toBe(calls + 1); // only the acquire: no round ran
+    // A follower never holds.
+    const b = make(600_000);
+    await b.leadership.start();
+    expect(b.leadership.holds).toBe(false);
+  });
+
   it('close() gives the lease up, so another replica takes it at once (not when it expires)', async () => {
     const a = make(600_000);
     await a.leadership.start();

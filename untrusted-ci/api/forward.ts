@@ -11,6 +11,14 @@
  * which the review system's webhook retries and a client understands. A request that was already
  * forwarded once is never forwarded again (two replicas that each think the other leads do not
  * bounce it).
+ *
+ * A forwarded request stays open only while the replica it went to leads: while any is open, the
+ * lease is read again every `recheckMs`, and a request whose leader no longer holds it (another
+ * replica took over, this one leads now, or the lease ran out) is ended. Before the leader's
+ * answer began that is a 503, after it the answer is cut. A leader that stopped answering without
+ * closing its connections (a machine cut off, a stopped process) would otherwise hold a long poll
+ * (an executor host's claim) or an event stream until the client gives up, long after another
+ * replica took over.
  */
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -37,6 +45,17 @@ export interface Forwarding {
    * to the leader.
    */
   requireExecutorToken?: (authorization: string | undefined) => void;
+  /** How often the lease is read again while forwarded requests are open (default 1 s; the service gives a third of the lease). */
+  recheckMs?: number;
+}
+
+/** Why a forwarded request was ended: the replica it went to no longer leads. */
+class LeaderChanged extends Error {}
+
+/** The forwarded requests that are open, each with the leader (origin) it went to. */
+interface Open {
+  origin: string;
+  abort: AbortController;
 }
 
 const FORWARDED = 'x-airlock-forwarded';
@@ -87,6 +106,46 @@ export function isExecutorPath(path: string): boolean {
 }
 
 export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
+  const open = new Set<Open>();
+  let timer: NodeJS.Timeout | undefined;
+  let checking = false;
+  const recheck = async (): Promise<void> => {
+    if (checking) return;
+    checking = true;
+    try {
+      let now: string | undefined;
+      if (!f.isLeader()) {
+        try {
+          const base = await f.leader();
+          now = base ? new URL(base).origin : undefined;
+        } catch {
+          return; // the lease cannot be read now: nothing is known to have changed
+        }
+      }
+      for (const o of open) {
+        if (o.origin === now) continue;
+        open.delete(o);
+        o.abort.abort(new LeaderChanged(`the replica ${o.origin} no longer leads`));
+      }
+    } finally {
+      checking = false;
+    }
+  };
+  const watch = (o: Open): (() => void) => {
+    open.add(o);
+    timer ??= setInterval(() => void recheck(), Math.max(50, f.recheckMs ?? 1000)).unref();
+    return () => {
+      open.delete(o);
+      if (open.size === 0 && timer) {
+        clearInterval(timer);
+        timer = undefined;
+      }
+    };
+  };
+  app.addHook('onClose', async () => {
+    if (timer) clearInterval(timer);
+    timer = undefined;
+  });
   app.addHook('onRequest', async (req, reply) => {
     if (f.isLeader()) return;
     const path = req.url.split('?')[0] ?? '/';
@@ -94,11 +153,11 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
     const action = tokenAction(req.method, path);
     if (action && f.requireToken) f.requireToken(req.headers.authorization, action);
     if (f.requireExecutorToken && isExecutorPath(path)) f.requireExecutorToken(req.headers.authorization);
-    return forward(req, reply, f);
+    return forward(req, reply, f, watch);
   });
 }
 
-async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding): Promise<FastifyReply> {
+async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding, watch: (o: Open) => () => void): Promise<FastifyReply> {
   const unavailable = (message: string): FastifyReply =>
     reply.status(503).header('retry-after', '2').send(toWire(new NoLeaderError(message)));
   if (req.headers[FORWARDED]) return unavailable('this replica does not lead, and the request was forwarded to it as if it did; try again shortly');
@@ -110,8 +169,9 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
   const base = await f.leader().catch(() => undefined);
   if (!base) return unavailable('no replica leads at the moment (one takes over within seconds); try again shortly');
   let target: URL;
+  let origin: string;
   try {
-    const origin = new URL(base).origin;
+    origin = new URL(base).origin;
     target = new URL(`${origin}${req.url}`);
     if (target.origin !== origin) throw new Error(`the target ${target.origin} is not the leader's ${origin}`);
   } catch (err) {
@@ -124,9 +184,11 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
     if (typeof v === 'string') headers[h] = v;
   }
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
-  // The client went away before the answer was sent: stop asking the leader.
+  // The client went away before the answer was sent, or the leader no longer leads: stop asking it.
   const abort = new AbortController();
+  const unwatch = watch({ origin, abort });
   reply.raw.once('close', () => {
+    unwatch();
     if (!reply.raw.writableFinished) abort.abort();
   });
   let res: Response;
@@ -139,6 +201,7 @@ async function forward(req: FastifyRequest, reply: FastifyReply, f: Forwarding):
       signal: abort.signal,
     } as RequestInit);
   } catch (err) {
+    if (abort.signal.reason instanceof LeaderChanged) return unavailable('the replica this request was forwarded to no longer leads; try again shortly');
     if (Date.now() - lastWarned > WARN_EVERY_MS) {
       lastWarned = Date.now();
       f.logger.warn({ err: (err as Error).message, leader: base, path: req.url.split('?')[0] }, 'the leader did not answer a forwarded request (said once per 10 s)');

@@ -44,7 +44,7 @@ import { createReadStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
@@ -79,6 +79,12 @@ export interface RemoteJobsOptions {
   maxClaims?: number;
   /** How often a job may be passed over by hosts it does not fit before they wait for it (default 4). */
   overtakes?: number;
+  /**
+   * Whether this replica surely still leads (leadership.ts `holds`): when not, no job is handed out
+   * and no run's lease renewed (503). A leader paused past its lease that wakes would otherwise
+   * hand a host a job, or renew the lease of one, that the next leader runs again elsewhere.
+   */
+  holds?: () => boolean;
   /** Monotonic milliseconds (tests). */
   now?: () => number;
 }
@@ -260,6 +266,7 @@ export class RemoteJobs {
       for (;;) {
         host.seen = this.now();
         if (this.closed || signal?.aborted || mine.signal.aborted) return undefined;
+        this.mustHold();
         const now = this.now();
         const entry = now < this.holdUntil ? undefined : this.pick(host.capacity, req.free);
         if (entry) return this.assign(entry, executor);
@@ -438,12 +445,18 @@ export class RemoteJobs {
 
   /** The entry of a run this host holds, or a 409 (another host's, or taken back, or finished). */
   private claimed(executor: string, run: string): Entry {
+    this.mustHold();
     const e = this.runs.get(run);
     // A lease that ran out is over now, whether or not the sweeper has taken the job back yet.
     if (!e || e.executor !== executor || this.now() > e.leaseUntil) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
     const host = this.hosts.get(executor);
     if (host) host.seen = this.now();
     return e;
+  }
+
+  /** NoLeaderError (503) unless this replica surely still leads (`holds`). */
+  private mustHold(): void {
+    if (this.o.holds && !this.o.holds()) throw new NoLeaderError('this replica cannot tell that it still leads (its lease was not renewed in time); try again shortly');
   }
 
   private pick(capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {

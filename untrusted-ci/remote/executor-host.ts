@@ -21,6 +21,10 @@
  *   received; a larger one fails the job.
  * - An engine failure (retryable) gives the job back: the host stops renewing its lease and the CI
  *   queues it again when the lease ends.
+ * - The CI not answering, or answering 5xx (a follower replica without a leader answers 503), is
+ *   the CI's failure, never the job's: the artifacts and the result are sent again while the lease
+ *   holds (for at most one lease), and a download that fails gives the job back. A job is never
+ *   reported failed because the CI could not be reached.
  */
 
 import { createWriteStream } from 'node:fs';
@@ -251,8 +255,8 @@ export class ExecutorHost {
         await sender.flush();
         if (signal.reason instanceof LeaseLost) throw signal.reason;
         if (result.artifacts.length > 0) {
-          const tarStream = packDirectory(join(dir, 'out'), { uid: 0, gid: 0 });
-          await this.call('PUT', EXECUTOR_API.run(a.run, 'artifacts'), { body: tarStream, type: 'application/x-tar', timeoutMs: 10 * 60_000, ok: [200, 422] });
+          // Packed anew for each try: a try that failed consumed its stream.
+          await this.deliver(signal, leaseMs, () => this.call('PUT', EXECUTOR_API.run(a.run, 'artifacts'), { body: packDirectory(join(dir, 'out'), { uid: 0, gid: 0 }), type: 'application/x-tar', timeoutMs: 10 * 60_000, ok: [200, 422] }));
         }
       } catch (e) {
         if (signal.reason instanceof LeaseLost) {
@@ -261,6 +265,18 @@ export class ExecutorHost {
         }
         if (signal.aborted) {
           log.info('job cancelled by the CI');
+          return;
+        }
+        if (e instanceof HttpStatusError && e.status === 409) {
+          // The CI no longer holds the run for this host (taken back, another leader).
+          controller.abort(new LeaseLost(e.message));
+          log.warn({ why: e.message }, 'job stopped: this host no longer holds its lease (the CI runs it elsewhere)');
+          return;
+        }
+        if (transient(e)) {
+          // The CI could not be reached: not the job's failure. Given back (its lease left to run out).
+          log.error({ err: (e as Error).message }, 'the CI did not take a part of the job; its lease is left to run out so that it runs again');
+          controller.abort(new LeaseLost('given back'));
           return;
         }
         if (isAirlockError(e) && e.retryable) {
@@ -272,7 +288,7 @@ export class ExecutorHost {
         result = refusedResult(a.spec, this.o.policy, (e as Error).message);
         await sender.flush();
       }
-      await this.call('POST', EXECUTOR_API.run(a.run, 'result'), { json: result, timeoutMs: leaseMs });
+      await this.deliver(signal, leaseMs, () => this.call('POST', EXECUTOR_API.run(a.run, 'result'), { json: result, timeoutMs: leaseMs }));
       log.info({ passed: result.passed, reason: result.reason }, 'job done');
     } finally {
       clearInterval(beat);
@@ -350,7 +366,13 @@ export class ExecutorHost {
         else cb(null, chunk);
       },
     });
-    await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), count, createWriteStream(file, { mode: 0o600 }));
+    try {
+      await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), count, createWriteStream(file, { mode: 0o600 }));
+    } catch (e) {
+      // The cap is the job's; a body that broke off is the CI's (or the way to it).
+      if (e instanceof InvalidInputError || signal.aborted || this.stopping.signal.aborted) throw e;
+      throw new CallFailed(`GET ${EXECUTOR_API.run(a.run, 'source')}: the body broke off: ${(e as Error).message}`);
+    }
     return file;
   }
 
@@ -360,6 +382,25 @@ export class ExecutorHost {
     return Promise.race([freed, ...[...this.running.values()].map((r) => r.done), sleep(1000, this.stopping.signal)]).then(() => {
       this.freedWaiters.clear();
     });
+  }
+
+  /**
+   * `send`, again while it fails for the CI's reasons (no answer, 5xx) and the run's lease holds,
+   * for at most one lease from the first try: a follower replica answers 503 while no replica
+   * leads, and a leader that took over no longer knows the run (409, not retried).
+   */
+  private async deliver(signal: AbortSignal, leaseMs: number, send: () => Promise<Response>): Promise<Response> {
+    const until = performance.now() + leaseMs;
+    for (let wait = 200; ; wait = Math.min(wait * 2, Math.max(50, Math.floor(leaseMs / 3)))) {
+      if (signal.aborted) throw signal.reason;
+      try {
+        return await send();
+      } catch (e) {
+        if (signal.aborted || this.stopping.signal.aborted || !transient(e) || performance.now() + wait > until) throw e;
+        this.o.logger.warn({ err: (e as Error).message }, 'the CI did not take a call; sending it again');
+        await sleep(wait, AbortSignal.any([signal, this.stopping.signal]));
+      }
+    }
   }
 
   private async call(
@@ -377,13 +418,27 @@ export class ExecutorHost {
       headers['content-type'] = o.type ?? 'application/octet-stream';
       body = Buffer.isBuffer(o.body) ? o.body : (Readable.toWeb(o.body) as ReadableStream<Uint8Array>);
     }
-    const res = await fetch(new URL(path, this.o.ciUrl), { method, headers, ...(body !== undefined ? { body } : {}), signal: AbortSignal.any(signals), ...(o.body && !Buffer.isBuffer(o.body) ? { duplex: 'half' } : {}) } as RequestInit);
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.o.ciUrl), { method, headers, ...(body !== undefined ? { body } : {}), signal: AbortSignal.any(signals), ...(o.body && !Buffer.isBuffer(o.body) ? { duplex: 'half' } : {}) } as RequestInit);
+    } catch (e) {
+      if (this.stopping.signal.aborted || o.signal?.aborted) throw e;
+      throw new CallFailed(`${method} ${path}: ${(e as Error).message}`);
+    }
     if (!(o.ok ?? [200]).includes(res.status)) {
       const text = await res.text().catch(() => '');
       throw new HttpStatusError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 500)}`);
     }
     return res;
   }
+}
+
+/** A call the CI did not answer (refused, reset, timed out). */
+class CallFailed extends Error {}
+
+/** The CI's failure, not the job's: no answer, or a 5xx (a follower replica with no leader answers 503). */
+function transient(e: unknown): boolean {
+  return e instanceof CallFailed || (e instanceof HttpStatusError && e.status >= 500);
 }
 
 class HttpStatusError extends Error {

@@ -76,9 +76,9 @@ async function recordingLeader(): Promise<{ url: string; seen: Seen[]; endStream
   return { url, seen, endStream: () => endStream(), close: () => app.close() };
 }
 
-async function follower(leader: () => Promise<string | undefined>, o: { leading?: () => boolean } = {}): Promise<string> {
+async function follower(leader: () => Promise<string | undefined>, o: { leading?: () => boolean; recheckMs?: number } = {}): Promise<string> {
   const app = Fastify();
-  const f: Forwarding = { isLeader: o.leading ?? (() => false), leader, logger };
+  const f: Forwarding = { isLeader: o.leading ?? (() => false), leader, logger, ...(o.recheckMs !== undefined ? { recheckMs: o.recheckMs } : {}) };
   registerForwarding(app, f);
   app.get('/api/builds', async () => ({ local: true }));
   app.post('/api/changes', async () => ({ local: true }));
@@ -98,6 +98,25 @@ function raw(base: string, o: { method: string; path: string; headers?: Record<s
     req.on('error', reject);
     req.end(o.body);
   });
+}
+
+/**
+ * A leader that takes requests and never answers them, as a stopped process or a machine cut off
+ * does (the kernel still accepts the connection). `got` resolves at its first request.
+ */
+async function stalledLeader(): Promise<{ url: string; got: Promise<void> }> {
+  let reached: () => void = () => undefined;
+  const got = new Promise<void>((r) => (reached = r));
+  const server: Server = createServer(() => reached());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, got };
 }
 
 /** A server on another port of 127.0.0.1 that must never be reached (a hostile request line would send the request there). */
@@ -202,6 +221,71 @@ describe('forwarding to the leader', () => {
     const c = await raw(dead, { method: 'POST', path: '/api/changes', body: Buffer.from('{}'), headers: { 'content-type': 'application/json' } });
     expect(c.status).toBe(503);
     expect(c.headers['retry-after']).toBe('2');
+  });
+
+  it('ends a forwarded request whose leader no longer leads (another took over, none holds the lease, this replica leads): 503, not a wait for an answer that never comes', { timeout: 30_000 }, async () => {
+    for (const next of ['another', 'none', 'self'] as const) {
+      const stalled = await stalledLeader();
+      const other = await recordingLeader();
+      let current: string | undefined = stalled.url;
+      let leading = false;
+      const f = await follower(async () => current, { leading: () => leading, recheckMs: 50 });
+      // A long poll, as an executor host's claim is.
+      const answer = raw(f, { method: 'POST', path: '/api/executor/claim', body: Buffer.from('{"waitMs":20000}'), headers: { 'content-type': 'application/json' } });
+      await stalled.got;
+      if (next === 'another') current = other.url;
+      else if (next === 'none') current = undefined;
+      else leading = true;
+      const r = await answer;
+      expect(r.status, next).toBe(503);
+      expect(r.headers['retry-after']).toBe('2');
+      expect(JSON.parse(r.body.toString()).message).toContain('no longer leads');
+      expect(other.seen).toHaveLength(0); // not sent on to the new leader: the client asks again
+    }
+  });
+
+  // Without the cut, the wait below would last until the test's timeout.
+  it('cuts a streamed answer once its leader no longer leads, and leaves one alone while it does', { timeout: 30_000 }, async () => {
+    const leader = await recordingLeader();
+    let current: string | undefined = leader.url;
+    let asked = 0;
+    const f = await follower(
+      async () => {
+        asked += 1;
+        return current;
+      },
+      { recheckMs: 50 },
+    );
+    const res = await fetch(`${f}/api/builds/7/events`, { headers: { accept: 'text/event-stream' } });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    const first = await reader.read();
+    expect(new TextDecoder().decode(first.value)).toContain('event: build');
+    // Rechecked several times with the same leader: the stream stays open (the read waits on).
+    let settled = false;
+    const next = reader.read().then(
+      (r) => ((settled = true), r),
+      () => ((settled = true), 'cut' as const),
+    );
+    const seenAt = asked;
+    while (asked < seenAt + 3 && !settled) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(settled).toBe(false);
+    // The lease passes to another replica: the stream ends instead of waiting on for its end event
+    // (the leader never sends it: without the cut this read never ends).
+    current = 'http://127.0.0.1:9';
+    const first2 = await next;
+    let ended = 'cut';
+    if (first2 !== 'cut') {
+      ended = '';
+      try {
+        for (let x = first2; !x.done; x = await reader.read()) ended += new TextDecoder().decode(x.value);
+      } catch {
+        ended += 'cut';
+      }
+    }
+    expect(ended).not.toContain('event: end');
+    expect(leader.seen).toHaveLength(1);
   });
 
   it('never forwards a request that was already forwarded once (503), so two replicas do not bounce it', async () => {

@@ -11,7 +11,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDocker } from '#shared/docker/client.js';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NotFoundError, PolicyViolationError } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError } from '#shared/errors.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobResult } from '#shared/runner/result.js';
@@ -33,7 +33,7 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-function setup(o: { maxClaims?: number; overtakes?: number } = {}) {
+function setup(o: { maxClaims?: number; overtakes?: number; holds?: () => boolean } = {}) {
   const clock = { t: 1_000_000 };
   const jobs = new RemoteJobs({ docker, policy, leaseMs: LEASE, logger: createLogger({ level: 'silent' }), now: () => clock.t, ...o });
   cleanups.push(() => jobs.close());
@@ -340,6 +340,30 @@ describe('RemoteJobs: leases', () => {
     clock.t += LEASE + 1;
     const a = await claim(jobs, 'a');
     expect(j.claimedBy).toEqual(['a']);
+    jobs.result('a', a.run, result(a));
+    expect((await j.done).passed).toBe(true);
+  });
+});
+
+describe('RemoteJobs on a leader that cannot tell it still leads (holds false: paused past its lease and woken)', () => {
+  it('hands out no job and renews no lease (503) while it cannot tell; goes on once it can', async () => {
+    let holds = true;
+    const { jobs } = setup({ holds: () => holds });
+    jobs.register('a', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'] });
+    await queued(jobs, 1);
+    holds = false;
+    await expect(jobs.claim('a', { free: ROOMY, waitMs: 0 })).rejects.toBeInstanceOf(NoLeaderError);
+    expect(jobs.counts).toEqual({ queued: 1, running: 0 });
+    holds = true;
+    const a = await claim(jobs, 'a');
+    holds = false;
+    // Every call on the run: the host's fence counts none of them as a renewal.
+    expect(() => jobs.heartbeat('a', a.run)).toThrow(NoLeaderError);
+    expect(() => jobs.log('a', a.run, 0, Buffer.from('x'))).toThrow(NoLeaderError);
+    expect(() => jobs.result('a', a.run, result(a))).toThrow(NoLeaderError);
+    expect(j.settled()).toBe('pending');
+    holds = true;
     jobs.result('a', a.run, result(a));
     expect((await j.done).passed).toBe(true);
   });

@@ -3,7 +3,7 @@
  * in the test, with a runner that runs nothing (no Docker): what the host does when the CI's
  * answers are not what an honest, well-configured CI would send.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -162,5 +162,66 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     runner.release('on-a');
     runner.release('on-b');
     await until('both over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
+  }, 60_000);
+
+  it('the CI answering 503 (a follower replica with no leader) fails no job: the result and the artifacts are sent again and taken, a download that fails gives the job back unreported', async () => {
+    // Job `art` leaves an artifact; `src` has a source to download; `res` only a result.
+    // A lease long enough for the tries (each call is sent again for at most one lease).
+    const art: Assignment = { ...assignment('a', 'art'), spec: JobSpec.parse({ id: 'art', image: IMAGE, command: ['true'], artifacts: ['out.txt'] }), leaseMs: 60_000 };
+    const src: Assignment = { ...assignment('b', 'src'), sourceBytes: 10, leaseMs: 60_000 };
+    const res0: Assignment = { ...assignment('c', 'res'), leaseMs: 60_000 };
+    const queue = [art, src, res0];
+    const tries: Record<string, number> = {};
+    const results: JobResult[] = [];
+    let uploaded = '';
+    const ci = await fakeCi((req, body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        const a = queue.shift();
+        return a ? json(res, 200, a) : json(res, 204);
+      }
+      const m = /^\/api\/executor\/runs\/([a-f0-9]{32})\/(\w+)/.exec(url);
+      if (!m) return json(res, 404, {});
+      const key = `${m[1]!.slice(0, 1)}:${m[2]!}`;
+      tries[key] = (tries[key] ?? 0) + 1;
+      const unavailable = (): void => json(res, 503, { code: 'AIRLOCK_E_UNAVAILABLE', message: 'no replica leads at the moment' });
+      // Twice 503 for each result and artifacts upload, then taken; the source never comes.
+      if (m[2] === 'source') return unavailable();
+      if ((m[2] === 'result' || m[2] === 'artifacts') && tries[key]! <= 2) return unavailable();
+      if (m[2] === 'artifacts') uploaded += body;
+      if (m[2] === 'result') results.push(JSON.parse(body) as JobResult);
+      return json(res, 200, { cancel: false, ok: true });
+    });
+    // A runner whose job leaves `out.txt` where the host collects artifacts.
+    const ran: string[] = [];
+    const runner: JobRunnerPort = {
+      async run(spec: JobSpec, opts: RunOptions): Promise<JobResult> {
+        ran.push(spec.id);
+        const files = spec.artifacts.length > 0 && opts.artifactsDir ? [{ path: 'out.txt', bytes: 5, kind: 'file' as const }] : [];
+        if (files.length > 0) {
+          mkdirSync(opts.artifactsDir!, { recursive: true });
+          writeFileSync(join(opts.artifactsDir!, 'out.txt'), 'made\n');
+        }
+        return { version: 1, jobId: spec.id, image: spec.image, imageId: spec.image, runtime: 'runc', passed: true, exitCode: 0, oomKilled: false, timedOut: false, cancelled: false, logTruncated: false, logBytes: 0, limits: policy.limits, durations: { setupMs: 0, runMs: 0, teardownMs: 0, totalMs: 0 }, reason: 'succeeded', artifacts: files };
+      },
+    };
+    const h = host(ci, runner);
+    await h.start();
+    const state = (): string => JSON.stringify({ tries, results: results.map((r) => r.jobId), ran });
+    await until('two results taken', () => (results.length >= 2 ? true : undefined), 30_000, 10).catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}: ${state()}`);
+    });
+    await until('the source asked for', () => ((tries['b:source'] ?? 0) >= 1 ? true : undefined), 30_000, 10);
+    await until('every run over', () => (queue.length === 0 && h.runningRuns.length === 0 ? true : undefined), 30_000, 10);
+    // Each sent until taken, once taken: passed, the artifact with it.
+    expect(results.map((r) => [r.jobId, r.passed]).sort()).toEqual([['art', true], ['res', true]]);
+    expect(tries['a:result']).toBe(3);
+    expect(tries['c:result']).toBe(3);
+    expect(tries['a:artifacts']).toBe(3);
+    expect(uploaded).toContain('made');
+    // The source never came: the job is given back (its lease left to run out), not reported failed.
+    expect(ran.sort()).toEqual(['art', 'res']);
+    expect(results.some((r) => r.jobId === 'src')).toBe(false);
   }, 60_000);
 });

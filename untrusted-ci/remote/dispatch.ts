@@ -33,8 +33,9 @@
  * capacity fails at once, naming the figures.
  *
  * What an executor host sends is hostile: one waiting claim per host, one artifacts upload and one
- * download of each kind per run at a time, the result's reason clipped; the log is capped at the job's `logCap` (plus a margin
- * for the runner's own lines), artifacts go through the same extraction as a container's
+ * download of each kind per run at a time, the result's reason clipped; the log of each run is capped at the job's `logCap`
+ * (plus a margin for the runner's own lines; a run taken back keeps its log, and the next run starts
+ * a cap of its own: at most `maxClaims` caps in all), artifacts go through the same extraction as a container's
  * (shared/runner/artifacts.ts: the job's globs, its byte and file caps), the result is validated.
  * A host only ever reaches the runs it claimed: every call names its run id and is checked
  * against the host's name.
@@ -514,8 +515,17 @@ export class RemoteJobs {
         this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));
         continue;
       }
-      e.req.onLog?.(Buffer.from(`\n[airlock] executor host ${host} stopped answering: the job runs again from the start on the next host that claims it\n`));
+      // The run taken back keeps its log (it may say why its host stopped: the job itself, often),
+      // and the next run gets the job's whole cap anew: at most maxClaims caps in all.
+      e.req.onLog?.(
+        Buffer.from(
+          `\n[airlock] executor host ${host} stopped answering: run ${e.claims} of this job was taken back (the log above is that run's).` +
+            ` The job runs again from the start on the next host that claims it, with a log cap of its own\n`,
+        ),
+      );
       e.logSeq = 0;
+      e.logBytes = 0;
+      e.logCapped = false;
       this.queue.unshift(e);
       this.wake();
     }

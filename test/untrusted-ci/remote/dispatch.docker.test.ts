@@ -368,6 +368,31 @@ describe('RemoteJobs: what a host sends', () => {
     expect(j.logs.length).toBe(before);
   });
 
+  it('a run taken back keeps its log with a note, and the next run gets the job\'s cap anew: at most maxClaims caps in all', async () => {
+    const { jobs, clock } = setup({ maxClaims: 2 });
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], limits: { logCap: '1k' } });
+    const cap = 1024 + 64 * 1024; // the job's cap and the runner's margin
+    const big = (c: string): Buffer => Buffer.alloc(40 * 1024, c);
+    const first = await claim(jobs, 'a');
+    for (let seq = 0; seq < 4; seq++) jobs.log('a', first.run, seq, big('a'));
+    await leaseRunsOut(jobs, clock, 1);
+    const second = await claim(jobs, 'b');
+    for (let seq = 0; seq < 4; seq++) jobs.log('b', second.run, seq, big('b'));
+    const text = j.logs.join('');
+    const kept = (c: string): number => j.logs.filter((l) => /^(.)\1*$/.test(l) && l[0] === c).reduce((n, l) => n + l.length, 0);
+    expect(kept('a')).toBe(cap); // the first run's, to its cap
+    expect(kept('b')).toBe(cap); // the second run's: a cap of its own, not what the first left of it
+    expect(text.indexOf('run 1 of this job was taken back')).toBeGreaterThan(text.lastIndexOf('aaaa'));
+    expect(text.indexOf('run 1 of this job was taken back')).toBeLessThan(text.indexOf('bbbb'));
+    expect(text.split('more log than the job\'s cap of 1 KiB').length - 1).toBe(2);
+    // The second lease runs out: maxClaims reached, the build fails, and nothing more is kept.
+    clock.t += LEASE + 1;
+    await expect(j.done).rejects.toBeInstanceOf(ExecutorFailedError);
+    expect(Buffer.byteLength(text)).toBeLessThan(2 * cap + 4096);
+  });
+
   it('artifacts: only the globs\' files are taken, within the caps; links out of the root are refused; sent once', async () => {
     const { jobs, dir } = setup();
     jobs.register('a', HOST);

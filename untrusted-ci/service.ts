@@ -177,7 +177,7 @@ export async function startCiService(
       review = { system, state, outbox, catchUp, rereads };
     }
     // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
-    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
+    const remote = c.executors.hosts.length > 0 ? new RemoteJobs({ docker, policy: jobPolicy, runnerStateDir: c.runnerStateDir, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }) }) : undefined;
     if (remote) cleanups.push(() => remote.close());
     let scheduler: Scheduler | undefined;
     // The status page's feed: told of every build, job and gate change (created once the scheduler is).

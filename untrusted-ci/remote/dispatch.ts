@@ -26,6 +26,11 @@
  *   is told at its next heartbeat or log piece (at most a third of the lease later) and stops the
  *   job then. Its result after that is taken and dropped.
  *
+ * The runtime is this host's decision, as for a job run here: the job's runtime or the policy's
+ * default, and runsc only on an image this host's self-test passed (`runsc-compat.json`; else the
+ * job fails at once, as it would here). The assignment names the runtime and, for runsc, says the
+ * image passed: the host runs it under that runtime or refuses it, never under a weaker one.
+ *
  * Placement: a claim says what the host has free (slots, memory, CPUs) and which runtimes it has;
  * it gets the first queued job that fits. A job that does not fit a host's free room now is passed
  * over, but at most `overtakes` times: then that host gets nothing until the job fits (its running
@@ -45,11 +50,12 @@ import { createReadStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, RuntimeUnavailableError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
 import { JobResult } from '#shared/runner/result.js';
+import { runscPassed } from '#shared/runner/runsc-compat.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import type { JobSpec } from '#shared/schemas/job-spec.js';
 import type { Runtime } from '#shared/schemas/limits.js';
@@ -74,6 +80,11 @@ export interface RemoteJobsOptions {
   /** This host's engine: where the jobs' images are (environments are built here). */
   docker: Docker;
   policy: JobPolicy;
+  /**
+   * This host's runner state directory (`runnerStateDir`): its `runsc-compat.json` says which
+   * images may run under runsc, as it does for a job run here; absent: none may.
+   */
+  runnerStateDir?: string;
   leaseMs: number;
   logger: Logger;
   /** How often a job may be claimed before its build fails (default 3). */
@@ -210,6 +221,11 @@ export class RemoteJobs {
     } catch {
       throw new ImageNotFoundError(req.spec.image);
     }
+    // The runtime is decided here, as the runner on this host would decide it, and the host gets
+    // the decision: the job's runtime (the policy's default filled in) and, for runsc, this host's
+    // self-test verdict on the image. A host has no verdicts on this host's image ids.
+    if (runtime === 'runsc' && !(this.o.runnerStateDir !== undefined && runscPassed(this.o.runnerStateDir, imageId)))
+      throw new RuntimeUnavailableError(`image ${req.spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     const sourceBytes = req.source ? (await stat(req.source)).size : undefined;
     return new Promise<JobResult>((resolve, reject) => {
       // Cancelled during the lookups above: its abort event is gone, and the job would run anyway.
@@ -219,7 +235,7 @@ export class RemoteJobs {
       }
       const entry: Entry = {
         req,
-        spec: { ...req.spec, image: imageId },
+        spec: { ...req.spec, image: imageId, runtime },
         imageId,
         ...(sourceBytes !== undefined ? { sourceBytes } : {}),
         need,
@@ -474,7 +490,16 @@ export class RemoteJobs {
     e.leaseUntil = this.now() + this.o.leaseMs;
     this.runs.set(run, e);
     void Promise.resolve(e.req.onClaimed?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a claimed job failed'));
-    return { run, build: e.req.build, job: e.req.job, spec: e.spec, imageId: e.imageId, ...(e.sourceBytes !== undefined ? { sourceBytes: e.sourceBytes } : {}), leaseMs: this.o.leaseMs };
+    return {
+      run,
+      build: e.req.build,
+      job: e.req.job,
+      spec: e.spec,
+      imageId: e.imageId,
+      ...(e.sourceBytes !== undefined ? { sourceBytes: e.sourceBytes } : {}),
+      ...(e.need.runtime === 'runsc' ? { runscPassed: true } : {}),
+      leaseMs: this.o.leaseMs,
+    };
   }
 
   private cancel(e: Entry): void {

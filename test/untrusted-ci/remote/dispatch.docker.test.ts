@@ -11,13 +11,14 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDocker } from '#shared/docker/client.js';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NotFoundError, PolicyViolationError } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NotFoundError, PolicyViolationError, RuntimeUnavailableError } from '#shared/errors.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobResult } from '#shared/runner/result.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import { RemoteJobs, type RemoteRunRequest } from '../../../untrusted-ci/remote/dispatch.js';
 import type { Assignment, Capacity } from '../../../untrusted-ci/remote/protocol.js';
-import { BUSYBOX, spec } from '../../support/docker.js';
+import { BUSYBOX, STATE_DIR, spec } from '../../support/docker.js';
 import { until } from '../../support/until.js';
 
 const docker = createDocker();
@@ -33,9 +34,10 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-function setup(o: { maxClaims?: number; overtakes?: number } = {}) {
+/** By default the bootstrap's own runsc verdicts (scripts/base-images.sh): busybox passes there. */
+function setup(o: { maxClaims?: number; overtakes?: number; policy?: JobPolicy; runnerStateDir?: string } = {}) {
   const clock = { t: 1_000_000 };
-  const jobs = new RemoteJobs({ docker, policy, leaseMs: LEASE, logger: createLogger({ level: 'silent' }), now: () => clock.t, ...o });
+  const jobs = new RemoteJobs({ docker, policy, runnerStateDir: STATE_DIR, leaseMs: LEASE, logger: createLogger({ level: 'silent' }), now: () => clock.t, ...o });
   cleanups.push(() => jobs.close());
   const dir = mkdtempSync(join(tmpdir(), 'airlock-dispatch-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
@@ -144,6 +146,42 @@ describe('RemoteJobs: placement', () => {
     expect(a.spec.runtime).toBe('runsc');
     const b = await claim(jobs, 'runc-host');
     expect(b.spec.runtime ?? 'runc').toBe('runc');
+  });
+
+  it('the runtime is decided here and sent: the policy\'s default filled in, runsc only on an image this host\'s self-test passed, and the host told it passed', async () => {
+    const busybox = (await docker.getImage(BUSYBOX).inspect()).Id;
+    const verdicts = (passed: boolean): string => {
+      const d = mkdtempSync(join(tmpdir(), 'airlock-verdicts-'));
+      cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+      writeFileSync(join(d, 'runsc-compat.json'), JSON.stringify({ [busybox]: passed }));
+      return d;
+    };
+    const gvisor = { ...HOST, runtimes: ['runc', 'runsc'] } satisfies Capacity;
+    // A policy whose default is runsc: a job that names no runtime runs under runsc, and the host
+    // is told so (with its own policy's default of runc it would otherwise run it under runc).
+    const strict = setup({ policy: { ...policy, runtime: { default: 'runsc', allowed: ['runc', 'runsc'] } }, runnerStateDir: verdicts(true) });
+    strict.jobs.register('a', gvisor);
+    start(strict.jobs, { image: BUSYBOX, command: ['true'] });
+    const a = await claim(strict.jobs, 'a');
+    expect(a.spec.runtime).toBe('runsc');
+    expect(a.runscPassed).toBe(true);
+    // Under the shipped policy (runc by default): runc named, no word on runsc.
+    const plain = setup({ runnerStateDir: verdicts(true) });
+    plain.jobs.register('a', gvisor);
+    start(plain.jobs, { image: BUSYBOX, command: ['true'] });
+    const b = await claim(plain.jobs, 'a');
+    expect(b.spec.runtime).toBe('runc');
+    expect(b.runscPassed).toBeUndefined();
+    // An image this host's self-test failed (or never tested): the job fails at once, as it would
+    // on this host's runner, and no host ever gets it.
+    for (const dir of [verdicts(false), mkdtempSync(join(tmpdir(), 'airlock-verdicts-'))]) {
+      cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+      const failed = setup({ runnerStateDir: dir });
+      failed.jobs.register('a', gvisor);
+      const j = start(failed.jobs, { image: BUSYBOX, command: ['true'], runtime: 'runsc' });
+      await expect(j.done).rejects.toBeInstanceOf(RuntimeUnavailableError);
+      expect(failed.jobs.counts).toEqual({ queued: 0, running: 0 });
+    }
   });
 
   it('a job that does not fit now is passed over at most `overtakes` times, then the host waits for it', async () => {

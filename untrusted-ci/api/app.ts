@@ -68,8 +68,11 @@ export interface ApiDeps {
 }
 
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
-/** Checks the bearer token an endpoint needs: `submit` (POST /api/changes) or `cancel` (POST /api/builds/:id/cancel). */
-export type RequireToken = (authorization: string | undefined, action?: 'submit' | 'cancel') => void;
+/**
+ * Checks the bearer token an endpoint needs: `submit` (POST /api/changes), `cancel` (POST
+ * /api/builds/:id/cancel), or `operator` (GET /api/executors: the cancel token, the operators' own).
+ */
+export type RequireToken = (authorization: string | undefined, action?: 'submit' | 'cancel' | 'operator') => void;
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
@@ -102,16 +105,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   // Submitting and cancelling are separate credentials: a bot that may submit cannot stop others'
-  // builds. Without any token (allowed only on loopback, see config.ts) both are open.
+  // builds. The cancel token is the operators': it also reads what only they see (the executor
+  // hosts). Without any token (allowed only on loopback, see config.ts) all are open.
   const requireToken: RequireToken = (authorization: string | undefined, action = 'submit'): void => {
-    const token = action === 'cancel' ? deps.cancelToken : deps.apiToken;
+    const token = action === 'submit' ? deps.apiToken : deps.cancelToken;
+    const name = action === 'operator' ? 'cancel token (api.cancelTokenFile), the operators\'' : `${action} token`;
     if (!token) {
       if (action === 'cancel' && deps.apiToken) throw new UnauthorizedError('cancelling takes its own token (api.cancelTokenFile), and this CI has none');
+      if (action === 'operator' && deps.apiToken) throw new UnauthorizedError(`this endpoint needs the ${name}, and this CI has none`);
       return;
     }
     const given = Buffer.from(/^Bearer (.+)$/.exec(authorization ?? '')?.[1] ?? '', 'utf8');
     const want = Buffer.from(token, 'utf8');
-    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${action} token: Authorization: Bearer <token>`);
+    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${name}: Authorization: Bearer <token>`);
   };
   // A follower checks an executor host's token too before it forwards (none configured: always 401, as the leader).
   if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken, requireExecutorToken: executorTokenCheck(deps.executorTokens) });
@@ -121,7 +127,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   registerGateRoutes(z, deps);
   registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
-  await app.register(async (hosts) => registerExecutorRoutes(hosts, deps));
+  await app.register(async (hosts) => registerExecutorRoutes(hosts, { ...deps, requireOperator: (authorization) => requireToken(authorization, 'operator') }));
 
   // `leading`: whether this replica runs the gate and the scheduler (leadership.ts).
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true, leading: deps.forwarding ? deps.forwarding.isLeader() : true }));

@@ -3,8 +3,9 @@
  * host has its own token (`executors.hosts[].tokenFile`): the token names the host, and a host
  * reaches only the runs it claimed (remote/dispatch.ts). Not listed in the OpenAPI document.
  *
- * `GET /api/executors`: the hosts heard from lately, their capacity and running jobs (no token:
- * what the status page may show).
+ * `GET /api/executors`: the hosts heard from lately, their capacity and running jobs: operators'
+ * information (where jobs run, on how much), so it takes the operators' token (`api.cancelTokenFile`,
+ * `requireOperator`), not a host's: a host knows itself, and no other host is its business.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -17,6 +18,8 @@ export interface ExecutorApiDeps {
   remote?: RemoteJobs;
   /** Each host's name and token. */
   executorTokens?: ReadonlyMap<string, string>;
+  /** Checks the operators' token that `GET /api/executors` needs (api/app.ts: the cancel token). */
+  requireOperator: (authorization: string | undefined) => void;
 }
 
 const digest = (s: string | Buffer): Buffer => createHash('sha256').update(s).digest();
@@ -76,7 +79,7 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
   };
   const hide = { schema: { hide: true } };
 
-  app.get('/api/executors', hide, async () => ({ executors: deps.remote?.executors() ?? [], ...(deps.remote ? { jobs: deps.remote.counts } : {}) }));
+  app.get('/api/executors', { ...hide, onRequest: async (req) => deps.requireOperator(req.headers.authorization) }, async () => ({ executors: deps.remote?.executors() ?? [], ...(deps.remote ? { jobs: deps.remote.counts } : {}) }));
 
   app.post('/api/executor/register', hide, async (req) => {
     const name = hostOf(req);

@@ -50,7 +50,7 @@ import { createReadStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, RuntimeUnavailableError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NotFoundError, PolicyViolationError, RuntimeUnavailableError, isAirlockError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
@@ -398,8 +398,10 @@ export class RemoteJobs {
       if (e.run !== run) throw new ConflictError(`run ${run} was taken back while its artifacts were received: stop it`);
       e.artifacts = files;
       return files;
-    } catch (err) {
-      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
+    } catch (caught) {
+      // What the tar reader says of a body that is no tar is the host's fault, a 422: never a 500.
+      const err = isAirlockError(caught) ? caught : new ArtifactRejectedError(`the artifacts tar cannot be read: ${clip((caught as Error).message)}`);
+      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: err.message };
       throw err;
     } finally {
       if (e.receiving?.done === done) e.receiving = undefined;

@@ -474,6 +474,22 @@ describe('RemoteJobs: what a host sends', () => {
     expect(readdirSync(join(dir, 'b'))).toEqual([]);
   });
 
+  it('artifacts: a body that is no tar is the host\'s fault (ArtifactRejectedError, a 422), not a failure of the CI\'s', async () => {
+    const { jobs, dir } = setup();
+    jobs.register('a', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], artifacts: ['out/*'] }, { artifactsDir: join(dir, 'art') });
+    const a = await claim(jobs, 'a');
+    const garbage = new PassThrough();
+    garbage.end(Buffer.alloc(4096, 0x61));
+    const err = await jobs.artifacts('a', a.run, garbage).catch((x: unknown) => x);
+    expect(err).toBeInstanceOf(ArtifactRejectedError);
+    expect((err as ArtifactRejectedError).httpStatus).toBe(422);
+    jobs.result('a', a.run, result(a, { artifacts: [{ path: 'out/x', bytes: 1, kind: 'file' }] }));
+    const r = await j.done;
+    expect(r.passed).toBe(false);
+    expect(r.artifactError?.message).toContain('cannot be read');
+  });
+
   it('artifacts: a tar much larger than the caps can hold is cut, even of entries no glob takes (no endless stream)', async () => {
     const { jobs, dir } = setup();
     jobs.register('a', HOST);

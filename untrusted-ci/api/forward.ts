@@ -37,6 +37,8 @@ export interface Forwarding {
    * to the leader.
    */
   requireExecutorToken?: (authorization: string | undefined) => void;
+  /** An executor host's artifacts upload (its token checked): let past the request timeout, to its own deadline (api/app.ts). */
+  allowSlowUpload?: (req: FastifyRequest) => void;
 }
 
 const FORWARDED = 'x-airlock-forwarded';
@@ -93,7 +95,10 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
     if (isLocal(req.method, path)) return;
     const action = tokenAction(req.method, path);
     if (action && f.requireToken) f.requireToken(req.headers.authorization, action);
-    if (f.requireExecutorToken && isExecutorPath(path)) f.requireExecutorToken(req.headers.authorization);
+    if (f.requireExecutorToken && isExecutorPath(path)) {
+      f.requireExecutorToken(req.headers.authorization);
+      if (req.method === 'PUT' && /^\/api\/executor\/runs\/[^/]+\/artifacts\/?$/i.test(routed(path))) f.allowSlowUpload?.(req);
+    }
     return forward(req, reply, f);
   });
 }

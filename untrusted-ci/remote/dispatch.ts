@@ -148,6 +148,11 @@ const TAR_ENTRY_MAX = 4096;
 const REASON_MAX = 2000;
 const clip = (s: string): string => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
 
+/** The most an artifacts tar may be for artifacts of `maxBytes` in `maxFiles` files: their data, each entry's headers, the end. */
+export function artifactsTarBound(maxBytes: number, maxFiles: number): number {
+  return maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
+}
+
 export class RemoteJobs {
   private readonly queue: Entry[] = [];
   private readonly runs = new Map<string, Entry>();
@@ -187,6 +192,11 @@ export class RemoteJobs {
 
   get leaseMs(): number {
     return this.o.leaseMs;
+  }
+
+  /** The most any job's artifacts tar may be under this CI's job policy (its ceilings): what an upload's time is measured by. */
+  get uploadBound(): number {
+    return artifactsTarBound(this.o.policy.limits.artifacts, this.o.policy.limits.artifactFiles);
   }
 
   /** Jobs waiting for a host, and jobs running on one. */
@@ -372,8 +382,8 @@ export class RemoteJobs {
     const dir = e.req.artifactsDir;
     // The caps are checked from each entry's header, and entries no glob takes are skipped
     // unread: the tar as a whole is bounded too, by what the caps can hold.
+    const bound = artifactsTarBound(e.artifactCaps.maxBytes, e.artifactCaps.maxFiles);
     const { maxBytes, maxFiles } = e.artifactCaps;
-    const bound = maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
     // Its errors reach the extraction through the reading below; until that starts, none is unhandled.
     archive.on('error', () => undefined);
     const counted = Readable.from(

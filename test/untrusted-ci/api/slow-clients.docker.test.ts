@@ -3,8 +3,9 @@
  * shortened to one second): an executor host's artifacts upload may take as long as its size needs
  * at the slowest rate taken, and a download (its image) as long as the host reads; a slowloris
  * anywhere else, or on the upload route without a host's token, is still cut. The clients are raw
- * sockets writing a few bytes at a time. The RemoteJobs behind the routes looks the job's image up
- * in the real engine (busybox); no job runs.
+ * sockets writing a few bytes at a time; a follower (api/forward.ts) forwards to a leader on
+ * another port. The RemoteJobs behind the routes looks the job's image up in the real engine
+ * (busybox); no job runs.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
@@ -41,7 +42,7 @@ afterEach(async () => {
 });
 
 /** The API as `airlock ci serve` builds it, with one executor host and a request timeout of a second; `uploadSeconds`: how long the largest tar the policy allows may take. */
-async function listen(uploadSeconds: number): Promise<{ port: number; remote: RemoteJobs; dir: string }> {
+async function listen(uploadSeconds: number, leader?: string): Promise<{ port: number; remote: RemoteJobs; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-slow-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'exec-1.token'), HOST_TOKEN);
@@ -71,6 +72,8 @@ async function listen(uploadSeconds: number): Promise<{ port: number; remote: Re
     logger,
     remote,
     ...(loaded.executorTokens ? { executorTokens: loaded.executorTokens } : {}),
+    // A follower: what only the leader does goes to `leader` (api/forward.ts).
+    ...(leader ? { forwarding: { isLeader: () => false, leader: async () => leader, logger } } : {}),
     timeouts: { requestMs: REQUEST_MS, uploadBytesPerSecond: remote.uploadBound / uploadSeconds },
   });
   cleanups.push(() => app.close());
@@ -134,6 +137,16 @@ describe('slow clients against the API', () => {
     // 2 KiB in 64-byte pieces every 100 ms: at least three seconds, three request timeouts.
     const r = await slowRequest(port, put(a.run, body.length, HOST_TOKEN), body, 64, 100);
     expect(r.sent).toBe(body.length);
+    expect(r.status, r.text).toBe(200);
+    expect(r.text).toContain('"files":1');
+  }, 60_000);
+
+  it('through a follower too: it lets the upload it forwards take as long (once the host\'s token is checked)', async () => {
+    const { port: leaderPort, remote, dir } = await listen(86_400);
+    const { port } = await listen(86_400, `http://127.0.0.1:${leaderPort}`);
+    const a = await heldRun(remote, dir);
+    const body = await tarBytes();
+    const r = await slowRequest(port, put(a.run, body.length, HOST_TOKEN), body, 64, 100);
     expect(r.status, r.text).toBe(200);
     expect(r.text).toContain('"files":1');
   }, 60_000);

@@ -118,7 +118,8 @@ export async function measureScaling(o: { builds: number; jobs: number; sleepS: 
       const registered = async (n: number): Promise<void> => {
         const end = Date.now() + 60_000;
         for (;;) {
-          const r = (await ci.app.inject({ method: 'GET', url: '/api/executors' })).json() as { executors: { name: string; idleMs: number }[] };
+          // The hosts' list takes the operators' token (the cancel token).
+          const r = (await ci.app.inject({ method: 'GET', url: '/api/executors', headers: { authorization: `Bearer bench-cancel-${process.pid}-0123456789` } })).json() as { executors: { name: string; idleMs: number }[] };
           // Only hosts heard from in the last moment count (a stopped one lingers in the list for three leases).
           if (r.executors.filter((e) => e.idleMs < 2_000).length === n) return;
           if (Date.now() > end) throw new Error(`${n} executor hosts did not register: ${JSON.stringify(r)}`);

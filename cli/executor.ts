@@ -9,9 +9,8 @@ import { createDocker } from '#shared/docker/client.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { JobRunner } from '#shared/runner/job-runner.js';
-import { RUNTIMES, type Runtime } from '#shared/schemas/limits.js';
 import { loadExecutorConfig } from '../untrusted-ci/remote/executor-config.js';
-import { ExecutorHost } from '../untrusted-ci/remote/executor-host.js';
+import { ExecutorHost, offeredRuntimes } from '../untrusted-ci/remote/executor-host.js';
 import { capacityFor } from '../untrusted-ci/scheduler/capacity.js';
 import { engineTarget, startSentinel } from '../untrusted-ci/remote/sentinel.js';
 
@@ -30,9 +29,10 @@ async function serveExecutor(file: string, logLevel: string | undefined): Promis
   const docker = createDocker(c.docker);
   const policy = loadJobPolicy(c.policies.job);
   const runner = await JobRunner.create({ docker, policy, stateDir: c.stateDir, logger, workspacePool: Math.min(c.slots, 4) });
-  // The runtimes this host offers: the policy's, where the engine has them (runc always does).
+  // The runtimes this host offers: the policy's, where the engine has them (runc always does), and
+  // runsc only where it passed this host's self-test (executor-host.ts, offeredRuntimes).
   const info = (await docker.info()) as { Runtimes?: Record<string, unknown> };
-  const runtimes = RUNTIMES.filter((r): r is Runtime => policy.runtime.allowed.includes(r) && (r === 'runc' || r in (info.Runtimes ?? {})));
+  const runtimes = offeredRuntimes(policy, Object.keys(info.Runtimes ?? {}), c.stateDir);
   // Stops this host's job containers should this process die or stall (untrusted-ci/remote/sentinel.ts).
   const sentinel = startSentinel(engineTarget(c.docker ?? process.env.DOCKER_HOST), runner.owner, (code) => logger.error({ code }, 'the sentinel exited'));
   const cap = capacityFor(c.slots, { ...c.capacity, overtakes: 0 }, { memory: totalmem(), cpus: availableParallelism() });

@@ -179,7 +179,7 @@ export async function startCiService(
     // Executor hosts (remote/): the leader hands them the jobs; no host listed, jobs run here.
     const remote =
       c.executors.hosts.length > 0
-        ? new RemoteJobs({ docker, policy: jobPolicy, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }), holds: () => leadership?.holds ?? false })
+        ? new RemoteJobs({ docker, policy: jobPolicy, runnerStateDir: c.runnerStateDir, leaseMs: c.executors.leaseMs, logger: logger.child({ component: 'executors' }), holds: () => leadership?.holds ?? false })
         : undefined;
     if (remote) cleanups.push(() => remote.close());
     let scheduler: Scheduler | undefined;

@@ -40,6 +40,7 @@ import { newOwnerId } from './owner.js';
 import { engineRulesOut, localCgroupMounts, OomCgroups, type JobCgroup } from './oom-cgroups.js';
 import { reap, type ReapReport } from './reaper.js';
 import { describeOutcome, type JobResult } from './result.js';
+import { runscPassed } from './runsc-compat.js';
 import { extractSource } from './source-extract.js';
 import { checkSecretFiles, DEFAULT_SECRETS_TMPFS, removeSecretFiles, writeSecretFiles, type SecretFile } from './secret-files.js';
 import { packDirectory, repackTar } from './tar-pack.js';
@@ -104,6 +105,12 @@ export interface RunOptions {
    * without them is refused.
    */
   packages?: PackageHandlers;
+  /**
+   * An image id that passed the runsc self-test where the caller's word is trusted: an executor
+   * host passes the CI host's verdict, sent with the job (untrusted-ci/remote/). Counted as this
+   * runner's own table's for that id only; any other image still needs this table.
+   */
+  runscPassed?: string;
 }
 
 /** Waits that must never hang a runner, whatever the engine or the job does. */
@@ -255,7 +262,7 @@ export class JobRunner {
     const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, this.opts.policy, `job ${spec.id}`);
     if (spec.artifacts.length > 0 && !ro.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
     const image = await this.inspectImage(spec.image);
-    if (runtime === 'runsc' && !this.runscCompatible(image.id)) {
+    if (runtime === 'runsc' && ro.runscPassed !== image.id && !runscPassed(this.opts.stateDir, image.id)) {
       throw new RuntimeUnavailableError(`image ${spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     }
     if (ro.source) await checkSource(ro.source, spec.id);
@@ -559,14 +566,6 @@ export class JobRunner {
     }
   }
 
-  private runscCompatible(imageId: string): boolean {
-    try {
-      const table = JSON.parse(readFileSync(join(this.opts.stateDir, 'runsc-compat.json'), 'utf8')) as Record<string, unknown>;
-      return table[imageId] === true;
-    } catch {
-      return false;
-    }
-  }
 
   private async destroy(container: Docker.Container | undefined, ws: Workspace | undefined, secretsDir?: string, net?: PackageNetwork, cg?: JobCgroup): Promise<void> {
     try {

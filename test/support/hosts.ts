@@ -292,8 +292,9 @@ function mainRuntimes(): { runtimes?: Record<string, unknown> } {
 
 /**
  * The runner runs a job under runsc only if its image id is marked compatible in
- * `<stateDir>/runsc-compat.json` (JobRunner.runscCompatible; scripts/base-images.sh writes the main
- * one): the host's runner gets the main table's verdicts for the images copied (same ids).
+ * `<stateDir>/runsc-compat.json` (shared/runner/runsc-compat.ts; scripts/base-images.sh writes the
+ * main one), or the CI vouches for it: the host's runner gets the main table's verdicts for the
+ * images copied (same ids), which also make the host offer runsc (its runsc works).
  */
 function copyRunscVerdicts(stateDir: string, ids: readonly string[]): void {
   let table: Record<string, unknown> = {};

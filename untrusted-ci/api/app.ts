@@ -9,7 +9,8 @@
  * allows nothing: a stored log or a JSON body can never run as a page.
  */
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
+import type { Socket } from 'node:net';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest, type RawReplyDefaultExpression, type RawRequestDefaultExpression, type RawServerDefault } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -65,22 +66,78 @@ export interface ApiDeps {
   /** Executor hosts (remote/dispatch.ts) and each one's token; absent: jobs run on this host only. */
   remote?: RemoteJobs;
   executorTokens?: ReadonlyMap<string, string>;
+  /** The request timeout and the slowest upload an executor host may send (tests shorten them; see `SLOW_UPLOAD_RATE`). */
+  timeouts?: { requestMs?: number; uploadBytesPerSecond?: number };
 }
 
+/** How long a request may take to arrive, headers and body: a slow or hostile client holds a socket no longer. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * The slowest an executor host's artifacts upload may come (bytes per second, 8 Mbit/s): it may
+ * take the request timeout plus what the largest tar the job policy allows needs at this rate
+ * (about six minutes under the shipped policy), not the request timeout alone.
+ */
+export const SLOW_UPLOAD_RATE = 1024 * 1024;
+
 export type ZodApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
-/** Checks the bearer token an endpoint needs: `submit` (POST /api/changes) or `cancel` (POST /api/builds/:id/cancel). */
-export type RequireToken = (authorization: string | undefined, action?: 'submit' | 'cancel') => void;
+/**
+ * Checks the bearer token an endpoint needs: `submit` (POST /api/changes), `cancel` (POST
+ * /api/builds/:id/cancel), or `operator` (GET /api/executors: the cancel token, the operators' own).
+ */
+export type RequireToken = (authorization: string | undefined, action?: 'submit' | 'cancel' | 'operator') => void;
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const requestMs = deps.timeouts?.requestMs ?? REQUEST_TIMEOUT_MS;
+  const uploadRate = deps.timeouts?.uploadBytesPerSecond ?? SLOW_UPLOAD_RATE;
+  // Sockets whose request is an executor host's artifacts upload, let past the request timeout
+  // (`allowSlowUpload`): each has its own deadline instead.
+  const slowUploads = new WeakSet<Socket>();
   const app = Fastify({
     // Per-request lines only at warn and above: a public endpoint's traffic is not our log.
     loggerInstance: deps.logger.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
     bodyLimit: deps.config.api.bodyLimit,
-    // Bound what a slow or hostile client can hold open.
-    requestTimeout: 30_000,
+    // Bound what a slow or hostile client can hold open. Node counts the request timeout from the
+    // request's start to its body's end, and takes the larger of it and the headers timeout (60 s
+    // by default): both are set, and checked every tenth of it (every 30 s by default).
+    requestTimeout: requestMs,
+    http: { requestTimeout: requestMs, headersTimeout: requestMs, connectionsCheckingInterval: Math.max(50, Math.min(30_000, Math.floor(requestMs / 10))) },
     connectionTimeout: 60_000,
     routerOptions: { maxParamLength: 500 },
+    // Fastify's own answer (a 408, 431 or 400, then the socket closed), except for an upload let
+    // past the request timeout (allowSlowUpload).
+    clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket) {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && slowUploads.has(socket)) return;
+      const [status, text, message] =
+        err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout', 'Client Timeout'] : err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large', 'Exceeded maximum allowed HTTP header size'] : [400, 'Bad Request', 'Client Error'];
+      const body = JSON.stringify({ error: text, message, statusCode: status });
+      if (socket.writable) socket.write(`HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\n\r\n${body}`);
+      socket.destroy(err);
+    },
   });
+  /**
+   * An executor host's artifacts upload (its token checked): it may take the request timeout plus
+   * what the largest tar the job policy allows needs at `uploadRate`, then the socket is closed.
+   */
+  const allowSlowUpload = (req: FastifyRequest): void => {
+    const bound = deps.remote?.uploadBound;
+    const socket = req.raw.socket;
+    if (bound === undefined || slowUploads.has(socket)) return;
+    slowUploads.add(socket);
+    const ms = requestMs + Math.ceil((bound / uploadRate) * 1000);
+    const deadline = setTimeout(() => {
+      deps.logger.warn({ url: req.url, ms }, 'an executor host\'s upload took longer than its size allows at the slowest rate taken: cut');
+      socket.destroy();
+    }, ms);
+    deadline.unref();
+    const done = (): void => {
+      clearTimeout(deadline);
+      slowUploads.delete(socket);
+    };
+    // Received whole (the request timeout no longer applies), or the connection is gone.
+    req.raw.once('end', done);
+    socket.once('close', done);
+  };
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   installWireErrors(app);
@@ -102,26 +159,29 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   // Submitting and cancelling are separate credentials: a bot that may submit cannot stop others'
-  // builds. Without any token (allowed only on loopback, see config.ts) both are open.
+  // builds. The cancel token is the operators': it also reads what only they see (the executor
+  // hosts). Without any token (allowed only on loopback, see config.ts) all are open.
   const requireToken: RequireToken = (authorization: string | undefined, action = 'submit'): void => {
-    const token = action === 'cancel' ? deps.cancelToken : deps.apiToken;
+    const token = action === 'submit' ? deps.apiToken : deps.cancelToken;
+    const name = action === 'operator' ? 'cancel token (api.cancelTokenFile), the operators\'' : `${action} token`;
     if (!token) {
       if (action === 'cancel' && deps.apiToken) throw new UnauthorizedError('cancelling takes its own token (api.cancelTokenFile), and this CI has none');
+      if (action === 'operator' && deps.apiToken) throw new UnauthorizedError(`this endpoint needs the ${name}, and this CI has none`);
       return;
     }
     const given = Buffer.from(/^Bearer (.+)$/.exec(authorization ?? '')?.[1] ?? '', 'utf8');
     const want = Buffer.from(token, 'utf8');
-    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${action} token: Authorization: Bearer <token>`);
+    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new UnauthorizedError(`this endpoint needs the ${name}: Authorization: Bearer <token>`);
   };
   // A follower checks an executor host's token too before it forwards (none configured: always 401, as the leader).
-  if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken, requireExecutorToken: executorTokenCheck(deps.executorTokens) });
+  if (deps.forwarding) registerForwarding(app, { ...deps.forwarding, requireToken, requireExecutorToken: executorTokenCheck(deps.executorTokens), allowSlowUpload });
   const z = app.withTypeProvider<ZodTypeProvider>();
   registerChangeRoutes(z, deps, requireToken);
   registerBuildRoutes(z, deps, requireToken);
   registerGateRoutes(z, deps);
   registerStatusRoutes(z, deps);
   await app.register(async (hooks) => registerGerritHook(hooks, deps));
-  await app.register(async (hosts) => registerExecutorRoutes(hosts, deps));
+  await app.register(async (hosts) => registerExecutorRoutes(hosts, { ...deps, requireOperator: (authorization) => requireToken(authorization, 'operator'), allowSlowUpload }));
 
   // `leading`: whether this replica runs the gate and the scheduler (leadership.ts).
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true, leading: deps.forwarding ? deps.forwarding.isLeader() : true }));

@@ -47,6 +47,8 @@ export interface Forwarding {
   requireExecutorToken?: (authorization: string | undefined) => void;
   /** How often the lease is read again while forwarded requests are open (default 1 s; the service gives a third of the lease). */
   recheckMs?: number;
+  /** An executor host's artifacts upload (its token checked): let past the request timeout, to its own deadline (api/app.ts). */
+  allowSlowUpload?: (req: FastifyRequest) => void;
 }
 
 /** Why a forwarded request was ended: the replica it went to no longer leads. */
@@ -152,7 +154,10 @@ export function registerForwarding(app: FastifyInstance, f: Forwarding): void {
     if (isLocal(req.method, path)) return;
     const action = tokenAction(req.method, path);
     if (action && f.requireToken) f.requireToken(req.headers.authorization, action);
-    if (f.requireExecutorToken && isExecutorPath(path)) f.requireExecutorToken(req.headers.authorization);
+    if (f.requireExecutorToken && isExecutorPath(path)) {
+      f.requireExecutorToken(req.headers.authorization);
+      if (req.method === 'PUT' && /^\/api\/executor\/runs\/[^/]+\/artifacts\/?$/i.test(routed(path))) f.allowSlowUpload?.(req);
+    }
     return forward(req, reply, f, watch);
   });
 }

@@ -26,6 +26,11 @@
  *   is told at its next heartbeat or log piece (at most a third of the lease later) and stops the
  *   job then. Its result after that is taken and dropped.
  *
+ * The runtime is this host's decision, as for a job run here: the job's runtime or the policy's
+ * default, and runsc only on an image this host's self-test passed (`runsc-compat.json`; else the
+ * job fails at once, as it would here). The assignment names the runtime and, for runsc, says the
+ * image passed: the host runs it under that runtime or refuses it, never under a weaker one.
+ *
  * Placement: a claim says what the host has free (slots, memory, CPUs) and which runtimes it has;
  * it gets the first queued job that fits. A job that does not fit a host's free room now is passed
  * over, but at most `overtakes` times: then that host gets nothing until the job fits (its running
@@ -33,8 +38,9 @@
  * capacity fails at once, naming the figures.
  *
  * What an executor host sends is hostile: one waiting claim per host, one artifacts upload and one
- * download of each kind per run at a time, the result's reason clipped; the log is capped at the job's `logCap` (plus a margin
- * for the runner's own lines), artifacts go through the same extraction as a container's
+ * download of each kind per run at a time, the result's reason clipped; the log of each run is capped at the job's `logCap`
+ * (plus a margin for the runner's own lines; a run taken back keeps its log, and the next run starts
+ * a cap of its own: at most `maxClaims` caps in all), artifacts go through the same extraction as a container's
  * (shared/runner/artifacts.ts: the job's globs, its byte and file caps), the result is validated.
  * A host only ever reaches the runs it claimed: every call names its run id and is checked
  * against the host's name.
@@ -44,11 +50,12 @@ import { createReadStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type Docker from 'dockerode';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError, type Issue } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, ImageNotFoundError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError, RuntimeUnavailableError, isAirlockError, type Issue } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import { extractArtifacts, type ArtifactFile } from '#shared/runner/artifacts.js';
 import { JobResult } from '#shared/runner/result.js';
+import { runscPassed } from '#shared/runner/runsc-compat.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import type { JobSpec } from '#shared/schemas/job-spec.js';
 import type { Runtime } from '#shared/schemas/limits.js';
@@ -73,6 +80,11 @@ export interface RemoteJobsOptions {
   /** This host's engine: where the jobs' images are (environments are built here). */
   docker: Docker;
   policy: JobPolicy;
+  /**
+   * This host's runner state directory (`runnerStateDir`): its `runsc-compat.json` says which
+   * images may run under runsc, as it does for a job run here; absent: none may.
+   */
+  runnerStateDir?: string;
   leaseMs: number;
   logger: Logger;
   /** How often a job may be claimed before its build fails (default 3). */
@@ -142,6 +154,11 @@ const TAR_ENTRY_MAX = 4096;
 const REASON_MAX = 2000;
 const clip = (s: string): string => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
 
+/** The most an artifacts tar may be for artifacts of `maxBytes` in `maxFiles` files: their data, each entry's headers, the end. */
+export function artifactsTarBound(maxBytes: number, maxFiles: number): number {
+  return maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
+}
+
 export class RemoteJobs {
   private readonly queue: Entry[] = [];
   private readonly runs = new Map<string, Entry>();
@@ -183,6 +200,11 @@ export class RemoteJobs {
     return this.o.leaseMs;
   }
 
+  /** The most any job's artifacts tar may be under this CI's job policy (its ceilings): what an upload's time is measured by. */
+  get uploadBound(): number {
+    return artifactsTarBound(this.o.policy.limits.artifacts, this.o.policy.limits.artifactFiles);
+  }
+
   /** Jobs waiting for a host, and jobs running on one. */
   get counts(): { queued: number; running: number } {
     return { queued: this.queue.length, running: this.runs.size };
@@ -215,6 +237,11 @@ export class RemoteJobs {
     } catch {
       throw new ImageNotFoundError(req.spec.image);
     }
+    // The runtime is decided here, as the runner on this host would decide it, and the host gets
+    // the decision: the job's runtime (the policy's default filled in) and, for runsc, this host's
+    // self-test verdict on the image. A host has no verdicts on this host's image ids.
+    if (runtime === 'runsc' && !(this.o.runnerStateDir !== undefined && runscPassed(this.o.runnerStateDir, imageId)))
+      throw new RuntimeUnavailableError(`image ${req.spec.image} has not passed the runsc (gVisor) self-test; run it with runc or use an image that passes`);
     const sourceBytes = req.source ? (await stat(req.source)).size : undefined;
     return new Promise<JobResult>((resolve, reject) => {
       // Cancelled during the lookups above: its abort event is gone, and the job would run anyway.
@@ -224,7 +251,7 @@ export class RemoteJobs {
       }
       const entry: Entry = {
         req,
-        spec: { ...req.spec, image: imageId },
+        spec: { ...req.spec, image: imageId, runtime },
         imageId,
         ...(sourceBytes !== undefined ? { sourceBytes } : {}),
         need,
@@ -362,8 +389,8 @@ export class RemoteJobs {
     const dir = e.req.artifactsDir;
     // The caps are checked from each entry's header, and entries no glob takes are skipped
     // unread: the tar as a whole is bounded too, by what the caps can hold.
+    const bound = artifactsTarBound(e.artifactCaps.maxBytes, e.artifactCaps.maxFiles);
     const { maxBytes, maxFiles } = e.artifactCaps;
-    const bound = maxBytes + (2 * maxFiles + 16) * TAR_ENTRY_MAX + 1024 * 1024;
     // Its errors reach the extraction through the reading below; until that starts, none is unhandled.
     archive.on('error', () => undefined);
     const counted = Readable.from(
@@ -388,8 +415,10 @@ export class RemoteJobs {
       if (e.run !== run) throw new ConflictError(`run ${run} was taken back while its artifacts were received: stop it`);
       e.artifacts = files;
       return files;
-    } catch (err) {
-      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: (err as Error).message };
+    } catch (caught) {
+      // What the tar reader says of a body that is no tar is the host's fault, a 422: never a 500.
+      const err = isAirlockError(caught) ? caught : new ArtifactRejectedError(`the artifacts tar cannot be read: ${clip((caught as Error).message)}`);
+      if (e.run === run) e.artifactError = { code: err instanceof ArtifactRejectedError ? err.code : 'AIRLOCK_E_ARTIFACT_REJECTED', message: err.message };
       throw err;
     } finally {
       if (e.receiving?.done === done) e.receiving = undefined;
@@ -486,7 +515,16 @@ export class RemoteJobs {
     e.leaseUntil = this.now() + this.o.leaseMs;
     this.runs.set(run, e);
     void Promise.resolve(e.req.onClaimed?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a claimed job failed'));
-    return { run, build: e.req.build, job: e.req.job, spec: e.spec, imageId: e.imageId, ...(e.sourceBytes !== undefined ? { sourceBytes: e.sourceBytes } : {}), leaseMs: this.o.leaseMs };
+    return {
+      run,
+      build: e.req.build,
+      job: e.req.job,
+      spec: e.spec,
+      imageId: e.imageId,
+      ...(e.sourceBytes !== undefined ? { sourceBytes: e.sourceBytes } : {}),
+      ...(e.need.runtime === 'runsc' ? { runscPassed: true } : {}),
+      leaseMs: this.o.leaseMs,
+    };
   }
 
   private cancel(e: Entry): void {
@@ -527,8 +565,17 @@ export class RemoteJobs {
         this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));
         continue;
       }
-      e.req.onLog?.(Buffer.from(`\n[airlock] executor host ${host} stopped answering: the job runs again from the start on the next host that claims it\n`));
+      // The run taken back keeps its log (it may say why its host stopped: the job itself, often),
+      // and the next run gets the job's whole cap anew: at most maxClaims caps in all.
+      e.req.onLog?.(
+        Buffer.from(
+          `\n[airlock] executor host ${host} stopped answering: run ${e.claims} of this job was taken back (the log above is that run's).` +
+            ` The job runs again from the start on the next host that claims it, with a log cap of its own\n`,
+        ),
+      );
       e.logSeq = 0;
+      e.logBytes = 0;
+      e.logCapped = false;
       this.queue.unshift(e);
       this.wake();
     }

@@ -13,6 +13,9 @@
  *   when the last good one was sent. The CI takes a job back only after a whole lease without one,
  *   so by then this host has stopped it: a job never runs on two hosts at once. A job stopped for
  *   its lease is not reported (the CI runs it elsewhere).
+ * - **The runtime** is the CI's: the spec names it, and a runsc job comes with the CI's self-test
+ *   verdict on its image (this host has none for the CI's image ids). A runtime this host does
+ *   not offer, or that its own policy forbids, refuses the job: it never runs under another.
  * - **The image** is the environment the CI built (or pinned), named by id. A host that lacks it
  *   loads it from the CI (`docker save` of that id) and checks the id is there after. The
  *   `imagesKept` least recently used images it loaded stay; older ones are removed when no job
@@ -41,7 +44,8 @@ import type { JobResult } from '#shared/runner/result.js';
 import { packDirectory } from '#shared/runner/tar-pack.js';
 import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import type { JobSpec } from '#shared/schemas/job-spec.js';
-import type { Runtime } from '#shared/schemas/limits.js';
+import { RUNTIMES, type Runtime } from '#shared/schemas/limits.js';
+import { runscWorksHere } from '#shared/runner/runsc-compat.js';
 import { formatBytes } from '#shared/units.js';
 import { loadImage } from '../environments/build-sandbox.js';
 import { Slots } from '../scheduler/slots.js';
@@ -169,7 +173,9 @@ export class ExecutorHost {
     let need = { memory: 0, cpus: 0 };
     let refused: string | undefined;
     try {
-      const { limits } = resolveLimits(a.spec.limits, a.spec.runtime, this.o.policy, `job ${a.spec.id}`);
+      // The runtime is the CI's decision (in the spec): run under it, or refuse; never another.
+      const { limits, runtime } = resolveLimits(a.spec.limits, a.spec.runtime, this.o.policy, `job ${a.spec.id}`);
+      if (!this.o.runtimes.includes(runtime)) throw new Error(`runtime ${runtime} is not one this host offers (${this.o.runtimes.join(', ')})`);
       need = { memory: limits.memory, cpus: limits.cpus };
     } catch (e) {
       refused = (e as Error).message;
@@ -247,6 +253,8 @@ export class ExecutorHost {
           ...(tar ? { source: { tar } } : {}),
           includeLog: false,
           ...(a.spec.artifacts.length > 0 ? { artifactsDir } : {}),
+          // The CI's self-test verdict on its image (this host has none for the CI's image ids).
+          ...(a.runscPassed ? { runscPassed: a.imageId } : {}),
           onLog: (chunk) => sender.push(chunk.data),
         });
         // The container has ended (its removal goes on in the background): its room is free for the
@@ -510,6 +518,15 @@ class LogSender {
       }
     }
   }
+}
+
+/**
+ * The runtimes this host offers: those its job policy allows that its engine has (runc always),
+ * and runsc only where it passed this host's own self-test on some image (`<stateDir>/
+ * runsc-compat.json`): an engine that lists runsc and cannot run it offers runc alone.
+ */
+export function offeredRuntimes(policy: JobPolicy, engineRuntimes: readonly string[], stateDir: string): Runtime[] {
+  return RUNTIMES.filter((r): r is Runtime => policy.runtime.allowed.includes(r) && (r === 'runc' || (engineRuntimes.includes(r) && (r !== 'runsc' || runscWorksHere(stateDir)))));
 }
 
 /** A result for a job this host would not or could not start (its own policy, a source too large). */

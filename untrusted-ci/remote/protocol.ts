@@ -62,6 +62,12 @@ export const Assignment = z
     imageId: z.string().regex(/^sha256:[a-f0-9]{64}$/),
     /** The source tar's size in bytes; absent: the job has no source. */
     sourceBytes: z.number().int().min(0).optional(),
+    /**
+     * A runsc job: the image passed the runsc (gVisor) self-test on the CI host (its
+     * `runsc-compat.json`). The spec names the runtime the CI decided; the host runs the job under
+     * it, on this word for the image, or refuses the job.
+     */
+    runscPassed: z.literal(true).optional(),
     /** How long the CI waits for a heartbeat before it gives the job to another host. */
     leaseMs: LeaseMs,
   })

@@ -27,10 +27,14 @@ import { BuildStore } from '../../../untrusted-ci/store/build-store.js';
 import type { Db } from '../../../untrusted-ci/store/database.js';
 import { FakeExecutor } from '../../support/fake-executor.js';
 import { ReviewState } from '../../../untrusted-ci/review/review-state.js';
+import { RemoteJobs } from '../../../untrusted-ci/remote/dispatch.js';
+import { loadJobPolicy } from '#shared/policy/job-policy.js';
+import type Docker from 'dockerode';
 
 const SECRET = 'a-webhook-secret-of-32-characters!';
 const TOKEN = 'an-api-token-that-is-long-enough';
 const CANCEL_TOKEN = 'another-token-that-may-cancel-builds';
+const HOST_TOKEN = 'an-executor-host-token-of-exec-1';
 const FIXTURES = new URL('../../fixtures/gerrit/', import.meta.url);
 const fixture = (name: string): Buffer => readFileSync(new URL(name, FIXTURES));
 
@@ -41,6 +45,8 @@ interface Api {
   executor: FakeExecutor;
   artifacts: FsArtifactStore;
   events: BuildEvents;
+  /** With `executors`: the queue for executor hosts (it runs no job here: no engine behind it). */
+  remote?: RemoteJobs;
 }
 
 const cleanups: (() => unknown)[] = [];
@@ -48,12 +54,13 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; cancelToken?: boolean; gate?: GateRuntime; review?: boolean } = {}): Promise<Api> {
+async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolean; token?: boolean; cancelToken?: boolean; gate?: GateRuntime; review?: boolean; executors?: boolean } = {}): Promise<Api> {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-api-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'hook.secret'), SECRET);
   writeFileSync(join(dir, 'api.token'), TOKEN);
   writeFileSync(join(dir, 'cancel.token'), CANCEL_TOKEN);
+  writeFileSync(join(dir, 'exec-1.token'), HOST_TOKEN);
   writeFileSync(join(dir, 'gerrit.json'), JSON.stringify({ username: 'airlock-ci', password: 'an-http-password' }));
   const loaded = buildCiConfig(
     {
@@ -66,6 +73,7 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
         { name: 'TestRepo1', url: '/srv/git/TestRepo1.git' },
         { name: 'picky', url: '/srv/git/picky.git', branches: ['main'] },
       ],
+      ...(o.executors ? { executors: { hosts: [{ name: 'exec-1', tokenFile: 'exec-1.token' }] } } : {}),
       ...o.config,
       webhooks: { ...(o.hookSecret !== false ? { gerritSecretFile: 'hook.secret' } : {}), ...o.config?.webhooks },
     },
@@ -90,6 +98,8 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
   });
   const unwatch = events.watch((build, e) => metrics?.onEvent(build, e));
   cleanups.push(unwatch);
+  const remote = o.executors ? new RemoteJobs({ docker: {} as Docker, policy: loadJobPolicy(), leaseMs: 1000, logger }) : undefined;
+  if (remote) cleanups.push(() => remote.close());
   const app = await buildApi({
     config: loaded.config,
     store,
@@ -103,13 +113,15 @@ async function makeApi(o: { config?: Partial<CiConfigInput>; hookSecret?: boolea
     ...(loaded.cancelToken ? { cancelToken: loaded.cancelToken } : {}),
     ...(o.gate ? { gate: o.gate } : {}),
     ...(o.review ? { reviewState: new ReviewState(db, { rule: { label: 'Code-Review', value: 2 }, self: 'airlock-ci' }) } : {}),
+    ...(remote ? { remote } : {}),
+    ...(loaded.executorTokens ? { executorTokens: loaded.executorTokens } : {}),
   });
   await scheduler.start();
   cleanups.push(() => db.close());
   cleanups.push(() => scheduler.close());
   cleanups.push(() => executor.release('*'));
   cleanups.push(() => app.close());
-  return { app, store, scheduler, executor, artifacts, events };
+  return { app, store, scheduler, executor, artifacts, events, ...(remote ? { remote } : {}) };
 }
 
 const CHANGE: SubmitChangeInput = { project: 'app', ref: 'refs/changes/01/1/1', change: '1', patchset: 1, author: 'alice', subject: 'fix' };
@@ -272,6 +284,24 @@ describe('POST /api/changes', () => {
     const id2 = SubmitAnswer.parse((await post(onlySubmit, CHANGE, { authorization: `Bearer ${TOKEN}` })).json()).builds[0]!;
     const refused = expectError(await onlySubmit.app.inject({ method: 'POST', url: `/api/builds/${id2}/cancel`, headers: { authorization: `Bearer ${TOKEN}` } }), 401, 'AIRLOCK_E_UNAUTHORIZED');
     expect(refused.message).toContain('its own token');
+  });
+
+  it('GET /api/executors is the operators\': it takes the cancel token, not the submit token nor a host\'s; the status page stays open', async () => {
+    const api = await makeApi({ token: true, cancelToken: true, executors: true });
+    api.remote?.register('exec-1', { slots: 2, memory: 1024 ** 3, cpus: 2, runtimes: ['runc'] });
+    const get = (a: Api, token?: string) => a.app.inject({ method: 'GET', url: '/api/executors', headers: token ? { authorization: `Bearer ${token}` } : {} });
+    for (const token of [undefined, TOKEN, HOST_TOKEN, `${CANCEL_TOKEN}x`]) {
+      const refused = expectError(await get(api, token), 401, 'AIRLOCK_E_UNAUTHORIZED');
+      expect(refused.message).not.toContain('exec-1');
+    }
+    const ok = await get(api, CANCEL_TOKEN);
+    expect(ok.statusCode).toBe(200);
+    expect((ok.json() as { executors: { name: string }[] }).executors.map((e) => e.name)).toEqual(['exec-1']);
+    // What the status page reads needs no token.
+    for (const url of ['/', '/api/status', '/api/queue']) expect((await api.app.inject({ method: 'GET', url })).statusCode, url).toBe(200);
+    // A CI with no cancel token: nobody reads it (not the submit token either).
+    const onlySubmit = await makeApi({ token: true, executors: true });
+    expect(expectError(await get(onlySubmit, TOKEN), 401, 'AIRLOCK_E_UNAUTHORIZED').message).toContain('api.cancelTokenFile');
   });
 
   it('never answers 5xx, whatever JSON arrives', async () => {

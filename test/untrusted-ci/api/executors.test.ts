@@ -7,6 +7,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import type Docker from 'dockerode';
+import { UnauthorizedError } from '#shared/errors.js';
 import { installWireErrors } from '#shared/http/wire.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
@@ -17,6 +18,7 @@ const TOKEN_A = 'host-a-token-0123456789abcdef';
 const TOKEN_B = 'host-b-token-0123456789abcdef';
 const CAPACITY = { slots: 2, memory: 4 * 1024 ** 3, cpus: 2, runtimes: ['runc'] };
 const RUN = 'a'.repeat(32);
+const OPERATOR = 'the-operators-token-0123456789';
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -27,7 +29,11 @@ async function app(): Promise<{ app: FastifyInstance; remote: RemoteJobs }> {
   const remote = new RemoteJobs({ docker: {} as Docker, policy: loadJobPolicy(), leaseMs: 1000, logger: createLogger({ level: 'silent' }) });
   const a = Fastify({ bodyLimit: 1024 * 1024 });
   installWireErrors(a);
-  await a.register(async (hosts) => registerExecutorRoutes(hosts, { remote, executorTokens: new Map([['a', TOKEN_A], ['b', TOKEN_B]]) }));
+  // The operators' check as api/app.ts makes it is tested through buildApi (api.test.ts); here one that takes one token.
+  const requireOperator = (authorization: string | undefined): void => {
+    if (authorization !== `Bearer ${OPERATOR}`) throw new UnauthorizedError('the operators\' token');
+  };
+  await a.register(async (hosts) => registerExecutorRoutes(hosts, { remote, executorTokens: new Map([['a', TOKEN_A], ['b', TOKEN_B]]), requireOperator }));
   await a.ready();
   cleanups.push(() => remote.close());
   cleanups.push(() => a.close());
@@ -59,8 +65,10 @@ describe('executor routes', () => {
     }
     for (const url of [`/api/executor/runs/${RUN}/image`, `/api/executor/runs/${RUN}/source`]) expect((await a.inject({ method: 'GET', url })).statusCode).toBe(401);
     expect((await a.inject({ method: 'PUT', url: `/api/executor/runs/${RUN}/artifacts`, headers: { 'content-type': 'application/x-tar' }, payload: 'x'.repeat(4096) })).statusCode).toBe(401);
-    // The status view needs no token.
-    expect((await a.inject({ method: 'GET', url: '/api/executors' })).statusCode).toBe(200);
+    // The list of hosts is the operators': no token, or a host's, is a 401.
+    expect((await a.inject({ method: 'GET', url: '/api/executors' })).statusCode).toBe(401);
+    expect((await a.inject({ method: 'GET', url: '/api/executors', headers: bearer(TOKEN_A) })).statusCode).toBe(401);
+    expect((await a.inject({ method: 'GET', url: '/api/executors', headers: bearer(OPERATOR) })).statusCode).toBe(200);
   });
 
   it('with a token: a body that is not JSON is a 400, a type no route takes a 415, never a 500', async () => {

@@ -117,7 +117,7 @@ describe('executor hosts: jobs run on other Docker hosts (network namespaces, en
     url = await ci.service.listen();
     for (const e of executors) startExecutor(e);
     await until('both executor hosts registered', async () => {
-      const r = (await ci.service.app.inject({ method: 'GET', url: '/api/executors' })).json() as { executors: { name: string }[] };
+      const r = (await ci.service.app.inject({ method: 'GET', url: '/api/executors', headers: { authorization: `Bearer ${CANCEL_TOKEN}` } })).json() as { executors: { name: string }[] };
       return r.executors.length === 2 ? true : undefined;
     }, 60_000);
     const metrics = (await ci.service.app.inject({ method: 'GET', url: '/metrics' })).body;

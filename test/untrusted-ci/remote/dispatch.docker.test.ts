@@ -11,13 +11,14 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDocker } from '#shared/docker/client.js';
-import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError } from '#shared/errors.js';
+import { ArtifactRejectedError, ArtifactTooLargeError, CancelledError, ConflictError, ExecutorFailedError, InvalidInputError, NoLeaderError, NotFoundError, PolicyViolationError, RuntimeUnavailableError } from '#shared/errors.js';
 import { createLogger } from '#shared/logging.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import type { JobResult } from '#shared/runner/result.js';
+import type { JobPolicy } from '#shared/schemas/job-policy.js';
 import { RemoteJobs, type RemoteRunRequest } from '../../../untrusted-ci/remote/dispatch.js';
 import type { Assignment, Capacity } from '../../../untrusted-ci/remote/protocol.js';
-import { BUSYBOX, spec } from '../../support/docker.js';
+import { BUSYBOX, STATE_DIR, spec } from '../../support/docker.js';
 import { until } from '../../support/until.js';
 
 const docker = createDocker();
@@ -33,9 +34,10 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-function setup(o: { maxClaims?: number; overtakes?: number; holds?: () => boolean } = {}) {
+/** By default the bootstrap's own runsc verdicts (scripts/base-images.sh): busybox passes there. */
+function setup(o: { maxClaims?: number; overtakes?: number; holds?: () => boolean; policy?: JobPolicy; runnerStateDir?: string } = {}) {
   const clock = { t: 1_000_000 };
-  const jobs = new RemoteJobs({ docker, policy, leaseMs: LEASE, logger: createLogger({ level: 'silent' }), now: () => clock.t, ...o });
+  const jobs = new RemoteJobs({ docker, policy, runnerStateDir: STATE_DIR, leaseMs: LEASE, logger: createLogger({ level: 'silent' }), now: () => clock.t, ...o });
   cleanups.push(() => jobs.close());
   const dir = mkdtempSync(join(tmpdir(), 'airlock-dispatch-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
@@ -144,6 +146,42 @@ describe('RemoteJobs: placement', () => {
     expect(a.spec.runtime).toBe('runsc');
     const b = await claim(jobs, 'runc-host');
     expect(b.spec.runtime ?? 'runc').toBe('runc');
+  });
+
+  it('the runtime is decided here and sent: the policy\'s default filled in, runsc only on an image this host\'s self-test passed, and the host told it passed', async () => {
+    const busybox = (await docker.getImage(BUSYBOX).inspect()).Id;
+    const verdicts = (passed: boolean): string => {
+      const d = mkdtempSync(join(tmpdir(), 'airlock-verdicts-'));
+      cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+      writeFileSync(join(d, 'runsc-compat.json'), JSON.stringify({ [busybox]: passed }));
+      return d;
+    };
+    const gvisor = { ...HOST, runtimes: ['runc', 'runsc'] } satisfies Capacity;
+    // A policy whose default is runsc: a job that names no runtime runs under runsc, and the host
+    // is told so (with its own policy's default of runc it would otherwise run it under runc).
+    const strict = setup({ policy: { ...policy, runtime: { default: 'runsc', allowed: ['runc', 'runsc'] } }, runnerStateDir: verdicts(true) });
+    strict.jobs.register('a', gvisor);
+    start(strict.jobs, { image: BUSYBOX, command: ['true'] });
+    const a = await claim(strict.jobs, 'a');
+    expect(a.spec.runtime).toBe('runsc');
+    expect(a.runscPassed).toBe(true);
+    // Under the shipped policy (runc by default): runc named, no word on runsc.
+    const plain = setup({ runnerStateDir: verdicts(true) });
+    plain.jobs.register('a', gvisor);
+    start(plain.jobs, { image: BUSYBOX, command: ['true'] });
+    const b = await claim(plain.jobs, 'a');
+    expect(b.spec.runtime).toBe('runc');
+    expect(b.runscPassed).toBeUndefined();
+    // An image this host's self-test failed (or never tested): the job fails at once, as it would
+    // on this host's runner, and no host ever gets it.
+    for (const dir of [verdicts(false), mkdtempSync(join(tmpdir(), 'airlock-verdicts-'))]) {
+      cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+      const failed = setup({ runnerStateDir: dir });
+      failed.jobs.register('a', gvisor);
+      const j = start(failed.jobs, { image: BUSYBOX, command: ['true'], runtime: 'runsc' });
+      await expect(j.done).rejects.toBeInstanceOf(RuntimeUnavailableError);
+      expect(failed.jobs.counts).toEqual({ queued: 0, running: 0 });
+    }
   });
 
   it('a job that does not fit now is passed over at most `overtakes` times, then the host waits for it', async () => {
@@ -392,6 +430,31 @@ describe('RemoteJobs: what a host sends', () => {
     expect(j.logs.length).toBe(before);
   });
 
+  it('a run taken back keeps its log with a note, and the next run gets the job\'s cap anew: at most maxClaims caps in all', async () => {
+    const { jobs, clock } = setup({ maxClaims: 2 });
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], limits: { logCap: '1k' } });
+    const cap = 1024 + 64 * 1024; // the job's cap and the runner's margin
+    const big = (c: string): Buffer => Buffer.alloc(40 * 1024, c);
+    const first = await claim(jobs, 'a');
+    for (let seq = 0; seq < 4; seq++) jobs.log('a', first.run, seq, big('a'));
+    await leaseRunsOut(jobs, clock, 1);
+    const second = await claim(jobs, 'b');
+    for (let seq = 0; seq < 4; seq++) jobs.log('b', second.run, seq, big('b'));
+    const text = j.logs.join('');
+    const kept = (c: string): number => j.logs.filter((l) => /^(.)\1*$/.test(l) && l[0] === c).reduce((n, l) => n + l.length, 0);
+    expect(kept('a')).toBe(cap); // the first run's, to its cap
+    expect(kept('b')).toBe(cap); // the second run's: a cap of its own, not what the first left of it
+    expect(text.indexOf('run 1 of this job was taken back')).toBeGreaterThan(text.lastIndexOf('aaaa'));
+    expect(text.indexOf('run 1 of this job was taken back')).toBeLessThan(text.indexOf('bbbb'));
+    expect(text.split('more log than the job\'s cap of 1 KiB').length - 1).toBe(2);
+    // The second lease runs out: maxClaims reached, the build fails, and nothing more is kept.
+    clock.t += LEASE + 1;
+    await expect(j.done).rejects.toBeInstanceOf(ExecutorFailedError);
+    expect(Buffer.byteLength(text)).toBeLessThan(2 * cap + 4096);
+  });
+
   it('artifacts: only the globs\' files are taken, within the caps; links out of the root are refused; sent once', async () => {
     const { jobs, dir } = setup();
     jobs.register('a', HOST);
@@ -433,6 +496,22 @@ describe('RemoteJobs: what a host sends', () => {
     jobs.result('a', b.run, result(b));
     expect((await big.done).passed).toBe(false);
     expect(readdirSync(join(dir, 'b'))).toEqual([]);
+  });
+
+  it('artifacts: a body that is no tar is the host\'s fault (ArtifactRejectedError, a 422), not a failure of the CI\'s', async () => {
+    const { jobs, dir } = setup();
+    jobs.register('a', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], artifacts: ['out/*'] }, { artifactsDir: join(dir, 'art') });
+    const a = await claim(jobs, 'a');
+    const garbage = new PassThrough();
+    garbage.end(Buffer.alloc(4096, 0x61));
+    const err = await jobs.artifacts('a', a.run, garbage).catch((x: unknown) => x);
+    expect(err).toBeInstanceOf(ArtifactRejectedError);
+    expect((err as ArtifactRejectedError).httpStatus).toBe(422);
+    jobs.result('a', a.run, result(a, { artifacts: [{ path: 'out/x', bytes: 1, kind: 'file' }] }));
+    const r = await j.done;
+    expect(r.passed).toBe(false);
+    expect(r.artifactError?.message).toContain('cannot be read');
   });
 
   it('artifacts: a tar much larger than the caps can hold is cut, even of entries no glob takes (no endless stream)', async () => {

@@ -16,7 +16,8 @@ import type { JobRunnerPort } from '#shared/runner/job-plan.js';
 import type { RunOptions } from '#shared/runner/job-runner.js';
 import type { JobResult } from '#shared/runner/result.js';
 import { JobSpec } from '#shared/schemas/job-spec.js';
-import { ExecutorHost } from '../../../untrusted-ci/remote/executor-host.js';
+import type { Runtime } from '#shared/schemas/limits.js';
+import { ExecutorHost, offeredRuntimes } from '../../../untrusted-ci/remote/executor-host.js';
 import { Assignment, RegisterAnswer } from '../../../untrusted-ci/remote/protocol.js';
 import { until } from '../../support/until.js';
 
@@ -37,9 +38,12 @@ function assignment(run: string, id: string, limits: Record<string, unknown> = {
 /** A runner whose jobs run until the test lets them end; what it was asked to run is kept. */
 class HeldRunner implements JobRunnerPort {
   readonly ran: string[] = [];
+  /** What each job was run with: its spec and options. */
+  readonly asked = new Map<string, { spec: JobSpec; opts: RunOptions }>();
   private readonly releases = new Map<string, () => void>();
   async run(spec: JobSpec, opts: RunOptions): Promise<JobResult> {
     this.ran.push(spec.id);
+    this.asked.set(spec.id, { spec, opts });
     await new Promise<void>((res) => {
       this.releases.set(spec.id, res);
       opts.signal?.addEventListener('abort', () => res(), { once: true });
@@ -68,11 +72,11 @@ const json = (res: ServerResponse, status: number, v?: unknown): void => {
   res.end(v === undefined ? undefined : JSON.stringify(v));
 };
 
-function host(ciUrl: string, runner: JobRunnerPort): ExecutorHost {
+function host(ciUrl: string, runner: JobRunnerPort, runtimes: Runtime[] = ['runc']): ExecutorHost {
   const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
   cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
   const docker = { getImage: () => ({ inspect: async () => ({ Id: IMAGE }), remove: async () => undefined }) } as unknown as Docker;
-  const h = new ExecutorHost({ name: 'h', ciUrl, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes: ['runc'], workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+  const h = new ExecutorHost({ name: 'h', ciUrl, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes, workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
   cleanups.push(() => h.close());
   return h;
 }
@@ -130,6 +134,62 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     expect(runner.ran).toEqual(['first']);
     expect(results).toEqual(['first']);
   }, 60_000);
+
+  it('runs a job under the runtime the CI decided, with the CI\'s runsc verdict on the image, or refuses it: never under another runtime', async () => {
+    const withRuntime = (run: string, id: string, runtime: Runtime | undefined, runscPassed?: true): Assignment => ({
+      ...assignment(run, id),
+      spec: JobSpec.parse({ id, image: IMAGE, command: ['true'], limits: { memory: '256m' }, ...(runtime ? { runtime } : {}) }),
+      ...(runscPassed ? { runscPassed } : {}),
+    });
+    const serve = async (queue: Assignment[], runtimes: Runtime[]) => {
+      const results = new Map<string, JobResult>();
+      const ci = await fakeCi((req, body, res) => {
+        const url = req.url ?? '';
+        if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+        if (url === '/api/executor/claim') {
+          const a = queue.shift();
+          return a ? json(res, 200, a) : json(res, 204);
+        }
+        if (url.endsWith('/result')) {
+          const r = JSON.parse(body) as JobResult;
+          results.set(r.jobId, r);
+        }
+        return json(res, 200, { cancel: false, ok: true });
+      });
+      const runner = new HeldRunner();
+      const h = host(ci, runner, runtimes);
+      await h.start();
+      return { runner, results, h };
+    };
+    // A host with runsc: the CI's verdict goes to the runner, for this image only.
+    const gv = await serve([withRuntime('1', 'gv', 'runsc', true), withRuntime('2', 'rc', 'runc')], ['runc', 'runsc']);
+    await until('both running', () => (gv.runner.ran.length === 2 ? true : undefined), 20_000, 10);
+    expect(gv.runner.asked.get('gv')?.spec.runtime).toBe('runsc');
+    expect(gv.runner.asked.get('gv')?.opts.runscPassed).toBe(IMAGE);
+    expect(gv.runner.asked.get('rc')?.opts.runscPassed).toBeUndefined();
+    gv.runner.release('gv');
+    gv.runner.release('rc');
+    // A host without runsc (or a CI that placed a runsc job there anyway): refused, not run under runc.
+    const plain = await serve([withRuntime('3', 'no-gvisor', 'runsc', true)], ['runc']);
+    await until('refused', () => (plain.results.has('no-gvisor') ? true : undefined), 20_000, 10);
+    expect(plain.runner.ran).toEqual([]);
+    expect(plain.results.get('no-gvisor')?.passed).toBe(false);
+    expect(plain.results.get('no-gvisor')?.reason).toMatch(/refused by the executor host: .*runtime runsc is not one this host offers/);
+  }, 60_000);
+
+  it('offers runsc only where the engine has it and it passed this host\'s own self-test on some image', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-exec-verdicts-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    expect(offeredRuntimes(policy, ['runc', 'runsc'], dir)).toEqual(['runc']); // no table: not tested here
+    writeFileSync(join(dir, 'runsc-compat.json'), JSON.stringify({ [IMAGE]: false }));
+    expect(offeredRuntimes(policy, ['runc', 'runsc'], dir)).toEqual(['runc']); // tested, and failed
+    writeFileSync(join(dir, 'runsc-compat.json'), '[true]');
+    expect(offeredRuntimes(policy, ['runc', 'runsc'], dir)).toEqual(['runc']); // not a table
+    writeFileSync(join(dir, 'runsc-compat.json'), JSON.stringify({ [IMAGE]: false, other: true }));
+    expect(offeredRuntimes(policy, ['runc', 'runsc'], dir)).toEqual(['runc', 'runsc']);
+    expect(offeredRuntimes(policy, ['runc'], dir)).toEqual(['runc']); // the engine has no runsc
+    expect(offeredRuntimes({ ...policy, runtime: { default: 'runc', allowed: ['runc'] } }, ['runc', 'runsc'], dir)).toEqual(['runc']); // the policy forbids it
+  });
 
   it('keeps the images of its running jobs through its image GC (imagesKept), removing only older ones it loaded', async () => {
     const A = `sha256:${'a'.repeat(64)}`;

@@ -3,8 +3,9 @@
  * host has its own token (`executors.hosts[].tokenFile`): the token names the host, and a host
  * reaches only the runs it claimed (remote/dispatch.ts). Not listed in the OpenAPI document.
  *
- * `GET /api/executors`: the hosts heard from lately, their capacity and running jobs (no token:
- * what the status page may show).
+ * `GET /api/executors`: the hosts heard from lately, their capacity and running jobs: operators'
+ * information (where jobs run, on how much), so it takes the operators' token (`api.cancelTokenFile`,
+ * `requireOperator`), not a host's: a host knows itself, and no other host is its business.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -17,9 +18,14 @@ export interface ExecutorApiDeps {
   remote?: RemoteJobs;
   /** Each host's name and token. */
   executorTokens?: ReadonlyMap<string, string>;
+  /** Checks the operators' token that `GET /api/executors` needs (api/app.ts: the cancel token). */
+  requireOperator: (authorization: string | undefined) => void;
+  /** Lets an artifacts upload (its host's token checked) take longer than the request timeout, up to what its size needs (api/app.ts). */
+  allowSlowUpload?: (req: FastifyRequest) => void;
 }
 
 const digest = (s: string | Buffer): Buffer => createHash('sha256').update(s).digest();
+const ARTIFACTS_ROUTE = '/api/executor/runs/:run/artifacts';
 
 /** The host a bearer token belongs to, or UnauthorizedError (every token is compared: no early exit on a match). */
 export function executorTokenCheck(executorTokens: ReadonlyMap<string, string> | undefined): (authorization: string | undefined) => string {
@@ -51,7 +57,10 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
   // By the route matched, not the URL as sent: the router decodes the path (/api/%65xecutor/… is
   // this route too), and a check of the raw URL let such a spelling have its body parsed first.
   app.addHook('onRequest', async (req) => {
-    if (req.routeOptions.url?.startsWith('/api/executor/')) who.set(req, host(req));
+    if (!req.routeOptions.url?.startsWith('/api/executor/')) return;
+    who.set(req, host(req));
+    // An artifacts tar may be large and its host's link slow: past the request timeout, to its own deadline.
+    if (req.method === 'PUT' && req.routeOptions.url === ARTIFACTS_ROUTE) deps.allowSlowUpload?.(req);
   });
   const remote = (): RemoteJobs => {
     if (!deps.remote) throw new NotFoundError('this CI has no executor hosts (executors.hosts in ci.yaml)');
@@ -76,7 +85,7 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
   };
   const hide = { schema: { hide: true } };
 
-  app.get('/api/executors', hide, async () => ({ executors: deps.remote?.executors() ?? [], ...(deps.remote ? { jobs: deps.remote.counts } : {}) }));
+  app.get('/api/executors', { ...hide, onRequest: async (req) => deps.requireOperator(req.headers.authorization) }, async () => ({ executors: deps.remote?.executors() ?? [], ...(deps.remote ? { jobs: deps.remote.counts } : {}) }));
 
   app.post('/api/executor/register', hide, async (req) => {
     const name = hostOf(req);
@@ -118,7 +127,7 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
     return reply.type('application/x-tar').send(stream);
   });
 
-  app.put('/api/executor/runs/:run/artifacts', hide, async (req) => {
+  app.put(ARTIFACTS_ROUTE, hide, async (req) => {
     const name = hostOf(req);
     if (req.headers['content-type']?.split(';')[0]?.trim() !== 'application/x-tar') throw new InvalidInputError([{ file: 'request', path: '', message: 'artifacts are sent as application/x-tar', severity: 'error' }]);
     const files = await remote().artifacts(name, runOf(req), req.raw);

@@ -82,8 +82,8 @@ function startReplica(name: string, configFile: string): Promise<Replica> {
   });
 }
 
-async function get<T>(r: Replica, path: string): Promise<{ status: number; body: T }> {
-  const res = await fetch(`${r.url}${path}`);
+async function get<T>(r: Replica, path: string, token?: string): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${r.url}${path}`, token ? { headers: { authorization: `Bearer ${token}` } } : {});
   return { status: res.status, body: (await res.json()) as T };
 }
 
@@ -198,8 +198,9 @@ executors: { leaseMs: ${EXECUTOR_LEASE_MS}, hosts: [{ name: exec-1, tokenFile: $
     // KEEP_LOG=<path>: the executor's log is kept at <path>.<n> for a look after the run.
     executorLog = process.env.KEEP_LOG ? `${process.env.KEEP_LOG}.${n}` : join(host.dir, `executor-${n}.log`);
     executor = host.spawn(process.execPath, [BIN, 'executor', 'serve', '--config', file], { env: { ...process.env, AIRLOCK_LOG_LEVEL: 'info' }, logFile: executorLog });
-    // Registered with the leader, through the follower (which forwards /api/executors too).
-    await until('the executor host registered', async () => ((await get<{ executors: { name: string }[] }>(b, '/api/executors')).body.executors.some((e) => e.name === 'exec-1') ? true : undefined), 60_000);
+    // Registered with the leader, through the follower (which forwards /api/executors too; the
+    // operators' token, the cancel token, lists the hosts).
+    await until('the executor host registered', async () => ((await get<{ executors?: { name: string }[] }>(b, '/api/executors', CANCEL_TOKEN)).body.executors?.some((e) => e.name === 'exec-1') ? true : undefined), 60_000);
   }
 
   /**

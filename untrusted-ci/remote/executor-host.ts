@@ -333,7 +333,14 @@ export class ExecutorHost {
         })().finally(() => this.loading.delete(id));
         this.loading.set(id, p);
       }
-      await p;
+      try {
+        await p;
+      } catch (e) {
+        if (signal.aborted || this.stopping.signal.aborted || e instanceof HttpStatusError || e instanceof CallFailed || (isAirlockError(e) && e.retryable)) throw e;
+        // The body broke off (the way to the CI, or the CI), or the load was another run's, which
+        // ended: the environment's image is the CI's, never the job's fault. Given back.
+        throw new CallFailed(`the image ${id} could not be loaded from the CI: ${(e as Error).message}`);
+      }
     }
     if (this.images.has(id) || !present) this.images.set(id, Date.now());
     await this.imageGc();

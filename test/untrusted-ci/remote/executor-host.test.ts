@@ -284,4 +284,48 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     expect(ran.sort()).toEqual(['art', 'res']);
     expect(results.some((r) => r.jobId === 'src')).toBe(false);
   }, 60_000);
+
+  it('an image whose body breaks off while it loads gives the job back unreported, not failed', async () => {
+    const a: Assignment = { ...assignment('d', 'img'), leaseMs: 60_000 };
+    const queue = [a];
+    const results: string[] = [];
+    let asked = 0;
+    const ci = await fakeCi((req, body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        const next = queue.shift();
+        return next ? json(res, 200, next) : json(res, 204);
+      }
+      if (url.endsWith('/image')) {
+        asked++;
+        // Part of a tar, then the connection drops.
+        res.writeHead(200, { 'content-type': 'application/x-tar' });
+        res.write(Buffer.alloc(4096, 0x41));
+        setTimeout(() => res.socket?.destroy(), 50);
+        return;
+      }
+      if (url.endsWith('/result')) results.push(body);
+      return json(res, 200, { cancel: false, ok: true });
+    });
+    // An engine without the image, whose load reads the stream as the engine's API client does
+    // (a stream that fails fails the load with the stream's error).
+    const docker = {
+      getImage: () => ({ inspect: async () => Promise.reject(Object.assign(new Error('no such image'), { statusCode: 404 })), remove: async () => undefined }),
+      loadImage: async (tar: NodeJS.ReadableStream) => {
+        for await (const _ of tar as AsyncIterable<Buffer>);
+        throw new Error('the test engine never loads');
+      },
+    } as unknown as Docker;
+    const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
+    cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
+    const runner = new HeldRunner();
+    const h = new ExecutorHost({ name: 'h', ciUrl: ci, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes: ['runc'], workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+    cleanups.push(() => h.close());
+    await h.start();
+    await until('the image asked for', () => (asked >= 1 ? true : undefined), 20_000, 10);
+    await until('the run over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
+    expect(runner.ran).toEqual([]);
+    expect(results).toEqual([]); // given back: its lease left to run out, no failing result
+  }, 60_000);
 });

@@ -253,10 +253,6 @@ class NeedleSet {
     return this.#needles.length;
   }
 
-  get needles(): readonly Buffer[] {
-    return this.#needles;
-  }
-
   add(bytes: Buffer, secret: number, form: LeakForm): void {
     const key = bytes.toString('latin1');
     let i = this.#index.get(key);
@@ -367,7 +363,7 @@ class Scanner {
     this.#pos += len;
     this.#hist.push(chunk);
     if (this.#pending.length) this.#verify();
-    this.#trim(len);
+    this.#trim();
   }
 
   /** Forget the state, the candidates and the history: the next byte written is not adjacent to the last. */
@@ -420,8 +416,8 @@ class Scanner {
     return false;
   }
 
-  /** Drops the history no candidate needs; copies what is kept of the chunk just written (`len` bytes, the last segment). */
-  #trim(len: number): void {
+  /** Drops the history no candidate needs; copies what is kept of the chunk just written. */
+  #trim(): void {
     let keepFrom = this.#pos - (PREFIX - 1);
     for (const p of this.#pending) keepFrom = Math.min(keepFrom, p.start);
     keepFrom = Math.max(keepFrom, this.#histStart);
@@ -435,11 +431,10 @@ class Scanner {
       this.#hist[0] = first.subarray(keepFrom - this.#histStart);
       this.#histStart = keepFrom;
     }
-    // Copy the kept part of the chunk just written, so the history does not pin the whole
-    // (possibly large) buffer it was cut from.
+    // Copy the kept part of the chunk just written (the last segment), so the history does not
+    // pin the whole (possibly large) buffer it was cut from.
     const last = this.#hist.length - 1;
-    const seg = this.#hist[last]!;
-    if (seg.length <= len) this.#hist[last] = new Uint8Array(seg);
+    this.#hist[last] = new Uint8Array(this.#hist[last]!);
   }
 }
 

@@ -45,11 +45,13 @@
  * is found by the plain search (which then also decides the result for its secret and form), so
  * the hits and counts are those of a search over the whole stream without CR/LF; everything else
  * (binary data, text without long base64 runs) is skipped after a native indexOf for the breaks.
+ * test/trusted-builder/leak-check.test.ts holds both searches to a naive one over the whole
+ * stream, with and without CR/LF, on random and adversarial data in chunks of many sizes.
  */
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { InvalidInputError } from '#shared/errors.js';
+import { InternalError, InvalidInputError } from '#shared/errors.js';
 
 export type LeakForm = 'raw' | 'json-escaped' | 'url-encoded' | 'base64' | 'base64url' | 'hex';
 
@@ -366,14 +368,6 @@ class Scanner {
     this.#trim();
   }
 
-  /** Forget the state, the candidates and the history: the next byte written is not adjacent to the last. */
-  reset(): void {
-    this.#state = 0;
-    this.#pending = [];
-    this.#hist = [];
-    this.#histStart = this.#pos;
-  }
-
   /** Hits per needle index; candidates still waiting for bytes the source never sent are dropped. */
   finish(): Map<number, { first: number; count: number }> {
     this.#pending = [];
@@ -441,32 +435,39 @@ class Scanner {
 /**
  * The search for base64 wrapped at some column: the stream with CR/LF removed, but only where a
  * needle can span a line break. A hit that spans no break is also in the stream as it is, so the
- * plain search finds it (and a wrapped hit counts only where the plain search found none for
- * that secret and form): only the regions around a break run whose neighbours are both needle
- * bytes (base64 characters) are searched, each from `reach` bytes before it to `reach` bytes after
- * it (`reach` = the longest wrapped needle, less one), shortened where a byte no needle holds
- * ends the base64 run. A needle that spans several breaks spans only such breaks, so the union of
- * their regions holds all of it. Regions are found with native indexOf over the chunk and a
- * look at the bytes on either side of each break; everything else is never copied or scanned.
+ * plain search finds it (and a wrapped hit counts only where the plain search found none for that
+ * secret and form). A needle spans only break runs with needle bytes (base64 characters) on both
+ * sides, so only the bytes around such a run are searched: back from it to `reach` bytes (the
+ * longest wrapped needle, less one) or the first byte that is no needle byte, whichever is nearer,
+ * and on after it as far (a needle spanning several breaks lies in the union of their regions).
+ * Breaks are found with native indexOf; the regions of a chunk are copied, without their breaks,
+ * into one buffer and scanned in one write, a byte no needle holds between regions that are not
+ * adjacent (it ends every partial match, as a reset would). The rest of the stream is not copied
+ * or scanned.
  */
 class WrappedSearch {
   readonly #scanner: Scanner;
   /** 1 for a byte some wrapped needle holds, 2 for CR and LF, 0 otherwise. */
   readonly #cls: Uint8Array;
   readonly #reach: number;
+  readonly #separator: number; // a byte no wrapped needle holds
   #pos = 0; // absolute offset (in the stream as it is) of the next chunk
-  #fedTo = 0; // the scanner has been fed the stream up to here, contiguously since its last reset
-  #needTo = 0; // the scanner must be fed up to here (unless the base64 run ends first)
+  #fedTo = 0; // regions are taken up to here; a region that starts here goes on from the last one
+  #needTo = 0; // regions must go on up to here, unless the base64 run ends first
   #last = -1; // the last byte before #pos that is no CR/LF (-1: none yet)
   readonly #recent: Uint8Array[] = []; // the last ≥ reach bytes before #pos, as written
   #recentStart = 0;
+  readonly #regions: number[] = []; // this chunk's regions: start, end, 1 if it goes on from the one before
+  #buf = new Uint8Array(0); // reused: the scanner copies what it keeps
 
   constructor(auto: Automaton) {
     this.#scanner = new Scanner(auto);
     this.#cls = new Uint8Array(256);
     for (const needle of auto.needles) for (const b of needle) this.#cls[b] = 1;
-    this.#cls[10] = 2; // base64 never holds CR or LF: a wrapped needle cannot either
+    this.#cls[10] = 2; // base64 never holds CR or LF, so no wrapped needle does
     this.#cls[13] = 2;
+    this.#separator = this.#cls.indexOf(0);
+    if (this.#separator < 0) throw new InternalError('leak check: wrapped needles hold every byte value');
     this.#reach = Math.max(0, ...auto.needles.map((n) => n.length - 1));
   }
 
@@ -484,19 +485,19 @@ class WrappedSearch {
       this.#forward(chunk, pos + p);
       const prev = p > 0 ? chunk[p - 1]! : this.#last;
       if (prev >= 0 && cls[prev] === 1 && (q === len || cls[chunk[q]!] === 1)) {
-        // A needle may span this break: search from `reach` bytes before it (within the run).
-        if (this.#fedTo < pos + p) this.#feed(chunk, this.#back(chunk, p), pos + p);
-        this.#fedTo = pos + q; // the break itself, removed
+        // A needle may span this break run (its end unknown yet counts as one that may).
+        if (this.#fedTo < pos + p) this.#region(this.#back(chunk, p), pos + p);
+        this.#fedTo = pos + q; // the break run itself, removed: what follows goes on from before it
         this.#needTo = Math.max(this.#needTo, pos + q + this.#reach);
-      } else if (this.#fedTo === pos + p && this.#needTo > this.#fedTo) {
-        this.#fedTo = pos + q; // a break inside a region: removed, the region goes on after it
+      } else {
+        this.#needTo = Math.min(this.#needTo, this.#fedTo); // no needle spans it: a region ends here
       }
       if (q >= len) break;
       if (lf >= 0 && lf < q) lf = chunk.indexOf(10, q);
       if (cr >= 0 && cr < q) cr = chunk.indexOf(13, q);
     }
     this.#forward(chunk, pos + len);
-    // Remember this chunk (without copying it) while it holds one of the last `reach` bytes.
+    if (this.#regions.length > 0) this.#scan(chunk);
     for (let i = len - 1; i >= 0; i--) {
       if (cls[chunk[i]!] !== 2) {
         this.#last = chunk[i]!;
@@ -504,18 +505,22 @@ class WrappedSearch {
       }
     }
     this.#pos += len;
-    if (this.#reach > 0) {
-      if (this.#recent.length === 0) this.#recentStart = pos;
-      this.#recent.push(chunk);
-      while (this.#recent.length > 1 && this.#recentStart + this.#recent[0]!.length <= this.#pos - this.#reach) this.#recentStart += this.#recent.shift()!.length;
-    }
+    // Keep this chunk (not a copy) while it holds one of the last `reach` bytes.
+    if (this.#recent.length === 0) this.#recentStart = pos;
+    this.#recent.push(chunk);
+    while (this.#recent.length > 1 && this.#recentStart + this.#recent[0]!.length <= this.#pos - this.#reach) this.#recentStart += this.#recent.shift()!.length;
   }
 
   finish(): Map<number, { first: number; count: number }> {
     return this.#scanner.finish();
   }
 
-  /** Feeds the region still needed after earlier breaks, up to `until` (no CR/LF before it in this chunk), while the run lasts. */
+  #region(from: number, to: number): void {
+    if (to > from) this.#regions.push(from, to, from === this.#fedTo ? 1 : 0);
+    this.#fedTo = to;
+  }
+
+  /** Takes the region still needed after earlier breaks up to `until` (no CR/LF lies before it), while the base64 run lasts. */
   #forward(chunk: Uint8Array, until: number): void {
     if (this.#needTo <= this.#fedTo) return;
     const pos = this.#pos;
@@ -523,71 +528,66 @@ class WrappedSearch {
     const lim = Math.min(this.#needTo, until) - pos;
     let j = from;
     while (j < lim && this.#cls[chunk[j]!] === 1) j++;
-    if (j > from) this.#scanner.write(chunk.subarray(from, j));
-    this.#fedTo = pos + j;
+    this.#region(pos + from, pos + j);
     if (j < lim) this.#needTo = this.#fedTo; // a byte no needle holds: the run is over
   }
 
   /**
-   * Where the region before the break at chunk index `p` starts (absolute): up to `reach` bytes
-   * back, not past a byte no needle holds (CR/LF are passed over), not before what was fed.
+   * Where the region before the break run at chunk index `p` starts (absolute): up to `reach`
+   * bytes back, not past a byte no needle holds or a CR/LF (a needle spanning that earlier break
+   * too would have made it a region's), not before what was taken.
    */
   #back(chunk: Uint8Array, p: number): number {
     const cls = this.#cls;
     const floor = Math.max(this.#fedTo, this.#pos + p - this.#reach);
-    let at = this.#pos + p; // the region starts here so far
-    for (let i = p - 1; i >= 0 && at > floor && cls[chunk[i]!] !== 0; i--) at--;
+    let at = this.#pos + p;
+    for (let i = p - 1; i >= 0 && at > floor && cls[chunk[i]!] === 1; i--) at--;
     if (at > floor && at === this.#pos) {
-      // Into the chunks before this one, newest first.
-      let segEnd = this.#pos;
+      // On into the chunks before this one, newest first.
       for (let k = this.#recent.length - 1; k >= 0 && at > floor; k--) {
         const seg = this.#recent[k]!;
-        const segStart = segEnd - seg.length;
-        let i = at - segStart - 1;
-        for (; i >= 0 && at > floor && cls[seg[i]!] !== 0; i--) at--;
+        let i = seg.length - 1;
+        for (; i >= 0 && at > floor && cls[seg[i]!] === 1; i--) at--;
         if (i >= 0) break; // stopped inside this chunk
-        segEnd = segStart;
       }
     }
     return at;
   }
 
-  /** Feeds the stream from absolute `from` to `to` (at most the end of `chunk`), CR/LF removed, after a reset if it does not go on from what was fed. */
-  #feed(chunk: Uint8Array, from: number, to: number): void {
-    if (from > this.#fedTo) this.#scanner.reset();
-    const parts: Uint8Array[] = [];
-    if (from < this.#pos) {
-      let segStart = this.#recentStart;
-      for (const seg of this.#recent) {
-        const segEnd = segStart + seg.length;
-        if (segEnd > from) parts.push(seg.subarray(Math.max(0, from - segStart)));
-        segStart = segEnd;
+  /** Copies this chunk's regions (none holds a CR/LF) into one buffer, a separator before each that does not go on from the one before, and scans it. */
+  #scan(chunk: Uint8Array): void {
+    const r = this.#regions;
+    let size = 0;
+    for (let k = 0; k < r.length; k += 3) size += r[k + 1]! - r[k]! + 1 - r[k + 2]!;
+    if (this.#buf.length < size) this.#buf = new Uint8Array(Math.max(size, 2 * this.#buf.length));
+    const buf = this.#buf;
+    const pos = this.#pos;
+    let j = 0;
+    for (let k = 0; k < r.length; k += 3) {
+      const from = r[k]!;
+      const to = r[k + 1]!;
+      if (r[k + 2] === 0) buf[j++] = this.#separator;
+      if (from < pos) {
+        let segStart = this.#recentStart;
+        for (const seg of this.#recent) {
+          const segEnd = segStart + seg.length;
+          if (segEnd > from && segStart < to) {
+            const part = seg.subarray(Math.max(0, from - segStart), Math.min(seg.length, to - segStart));
+            buf.set(part, j);
+            j += part.length;
+          }
+          segStart = segEnd;
+        }
+      }
+      if (to > pos) {
+        const part = chunk.subarray(Math.max(0, from - pos), to - pos);
+        buf.set(part, j);
+        j += part.length;
       }
     }
-    parts.push(chunk.subarray(Math.max(0, from - this.#pos), to - this.#pos));
-    for (const part of parts) this.#scanner.write(withoutLineBreaks(part));
-    this.#fedTo = to;
+    r.length = 0;
+    this.#scanner.write(buf.subarray(0, j));
   }
-}
-
-function withoutLineBreaks(chunk: Uint8Array): Uint8Array {
-  let lf = chunk.indexOf(10);
-  let cr = chunk.indexOf(13);
-  if (lf < 0 && cr < 0) return chunk;
-  // Copy the runs between breaks (native copies), not byte by byte.
-  const out = new Uint8Array(chunk.length);
-  let j = 0;
-  let from = 0;
-  while (lf >= 0 || cr >= 0) {
-    const at = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
-    out.set(chunk.subarray(from, at), j);
-    j += at - from;
-    from = at + 1;
-    if (at === lf) lf = chunk.indexOf(10, from);
-    if (at === cr) cr = chunk.indexOf(13, from);
-  }
-  out.set(chunk.subarray(from), j);
-  return out.subarray(0, j + chunk.length - from);
 }
 
 async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {

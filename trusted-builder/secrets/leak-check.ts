@@ -468,7 +468,7 @@ class WrappedSearch {
     this.#cls[13] = 2;
     this.#separator = this.#cls.indexOf(0);
     if (this.#separator < 0) throw new InternalError('leak check: wrapped needles hold every byte value');
-    this.#reach = Math.max(0, ...auto.needles.map((n) => n.length - 1));
+    this.#reach = auto.needles.reduce((m, n) => Math.max(m, n.length - 1), 0); // not Math.max(...list): a long list overflows the stack
   }
 
   write(chunk: Uint8Array): void {

@@ -462,10 +462,10 @@ describe('findLeaks against a naive reference', () => {
     return Buffer.concat(parts);
   }
 
-  it('equals the reference on 300 seeded sources, each in whole, in single bytes and in random chunk sizes', async () => {
+  it('equals the reference on 200 seeded sources, each in whole, in single bytes and in random chunk sizes', async () => {
     let wrappedHits = 0;
     let plainHits = 0;
-    for (let seed = 1; seed <= 300; seed++) {
+    for (let seed = 1; seed <= 200; seed++) {
       const r = rng(seed);
       const secrets = SECRETS.filter(() => r() < 0.6);
       if (secrets.length === 0) secrets.push(SECRET);
@@ -485,8 +485,8 @@ describe('findLeaks against a naive reference', () => {
       }
     }
     // The data must exercise both kinds of hit for this test to mean anything.
-    expect(wrappedHits).toBeGreaterThan(50);
-    expect(plainHits).toBeGreaterThan(200);
+    expect(wrappedHits).toBeGreaterThan(100);
+    expect(plainHits).toBeGreaterThan(300);
   });
 
   it('equals the reference on adversarial layouts: breaks at every offset of a wrapped needle, break runs, long runs before the first break', async () => {

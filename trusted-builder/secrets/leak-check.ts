@@ -35,9 +35,10 @@
  * comparison of the whole needle against a rolling history, so the cost per byte does not grow
  * with the number of secrets and a needle split across any number of chunks is still found. The
  * hot loop is one table lookup per byte, and at the root state one lookup skips each byte no needle
- * starts with (zeros, most of a binary). Chunks are not copied: the history keeps views of the
- * chunks a candidate still needs and a copy of the last 31 bytes. (Chunks must not change after
- * they are handed over, as Node's streams guarantee.)
+ * starts with (zeros, most of a binary). The history is a copy of the last 31 bytes and of what
+ * pending candidates still need, not a concatenation of every chunk. The line-wrapped search below
+ * keeps views of the last chunks, uncopied, as far back as its longest needle (chunks must not
+ * change after they are handed over, as Node's streams guarantee).
  *
  * The line-wrapped search removes CR/LF only where a base64 needle can span a line break: around a
  * break run with base64-alphabet bytes on both sides, from the longest wrapped needle's length

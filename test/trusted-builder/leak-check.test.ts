@@ -316,3 +316,206 @@ describe('imageLayerSources on synthetic docker save archives', () => {
     await expect(findLeaks([SECRET], imageLayerSources(Readable.from([archive.subarray(0, 5_000)])))).rejects.toThrow();
   });
 });
+
+/**
+ * Differential: findLeaks against a naive reference written here — every needle of every secret
+ * searched with indexOf over the whole source (overlapping occurrences counted), and the base64
+ * needles once more over the source with every CR and LF removed — on seeded random and
+ * adversarial data fed in chunks of many sizes.
+ */
+describe('findLeaks against a naive reference', () => {
+  /** A small seeded generator (mulberry32), so a failure names a case that can be replayed. */
+  function rng(seed: number): () => number {
+    let a = seed >>> 0;
+    return () => {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  function occurrences(hay: Buffer, needle: Buffer): { count: number; first: number } {
+    let count = 0;
+    let first = -1;
+    for (let at = hay.indexOf(needle); at >= 0; at = hay.indexOf(needle, at + 1)) {
+      count++;
+      if (first < 0) first = at;
+    }
+    return { count, first };
+  }
+
+  const FORM_ORDER = ['raw', 'json-escaped', 'url-encoded', 'base64', 'base64url', 'hex'];
+
+  function reference(secrets: string[], name: string, data: Buffer): Leak[] {
+    const stripped = Buffer.from([...data].filter((b) => b !== 10 && b !== 13));
+    const found = new Map<string, Leak>();
+    const seen = new Set<string>();
+    secrets.forEach((secret, index) => {
+      if ([...secret].length < MIN_SECRET_LENGTH || seen.has(secret)) return;
+      seen.add(secret);
+      for (const { form, bytes } of needlesOf(secret)) {
+        const { count, first } = occurrences(data, bytes);
+        if (count === 0) continue;
+        const key = `${index}\0${form}`;
+        const prev = found.get(key);
+        if (prev) {
+          prev.count += count;
+          prev.offset = Math.min(prev.offset!, first);
+        } else found.set(key, { source: name, secret: index, form, offset: first, count });
+      }
+    });
+    seen.clear();
+    secrets.forEach((secret, index) => {
+      if ([...secret].length < MIN_SECRET_LENGTH || seen.has(secret)) return;
+      seen.add(secret);
+      for (const { form, bytes } of needlesOf(secret)) {
+        if (form !== 'base64' && form !== 'base64url') continue;
+        const key = `${index}\0${form}`;
+        if (found.has(key) && !found.get(key)!.lineWrapped) continue;
+        const { count } = occurrences(stripped, bytes);
+        if (count === 0) continue;
+        const prev = found.get(key);
+        if (prev) prev.count += count;
+        else found.set(key, { source: name, secret: index, form, count, lineWrapped: true });
+      }
+    });
+    return [...found.values()].sort((x, y) => x.secret - y.secret || FORM_ORDER.indexOf(x.form) - FORM_ORDER.indexOf(y.form));
+  }
+
+  /** `data` cut into chunks: each of `sizes` in turn, or one random size in [1, max] per chunk. */
+  function chunked(data: Buffer, next: () => number): Buffer[] {
+    const out: Buffer[] = [];
+    for (let at = 0; at < data.length; ) {
+      const n = Math.max(1, next());
+      out.push(data.subarray(at, at + n));
+      at += n;
+    }
+    return out;
+  }
+
+  const SECRETS = [
+    SECRET,
+    'abcabcabc', // overlaps itself
+    'aaaaaaa',
+    'Zm9vYmFyYmF6', // already base64: its raw form is base64 text too
+    `long-secret-${'x'.repeat(20)}-${'0123456789'.repeat(3)}`, // > 32 bytes: compared past the automaton's prefix
+    'p@ss w/rd"é<&>', // JSON, URL and hex forms differ
+    '\u00fb\u00ff\u00be-k3y?>>', // base64 with + and /, base64url with - and _
+  ];
+  const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_';
+
+  /** A source built from secret forms, their fragments, base64 text wrapped at random, line breaks and noise. */
+  function sample(r: () => number, secrets: string[]): Buffer {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const parts: Buffer[] = [];
+    const pieces = 1 + Math.floor(r() * 24);
+    for (let i = 0; i < pieces; i++) {
+      const secret = Buffer.from(pick(secrets), 'utf8');
+      const needles = needlesOf(pick(secrets));
+      switch (Math.floor(r() * 9)) {
+        case 0:
+          parts.push(secret);
+          break;
+        case 1:
+          parts.push(pick(needles).bytes);
+          break;
+        case 2: {
+          // A needle cut short, or two overlapping halves.
+          const n = pick(needles).bytes;
+          const cut = Math.floor(r() * n.length);
+          parts.push(r() < 0.5 ? n.subarray(0, cut) : Buffer.concat([n.subarray(0, cut), n.subarray(Math.floor(cut / 2))]));
+          break;
+        }
+        case 3:
+        case 4: {
+          // The secret inside base64 (either alphabet), wrapped with LF or CR/LF at a random column
+          // or at random places, sometimes with a stray byte that ends the base64 run.
+          let text = Buffer.concat([randomBytes(Math.floor(r() * 7)), secret, randomBytes(Math.floor(r() * 7))]).toString(r() < 0.5 ? 'base64' : 'base64url');
+          const brk = pick(['\n', '\r\n', '\r', '\n\n', '\r\n\r\n']);
+          if (r() < 0.5) {
+            const col = 1 + Math.floor(r() * 20);
+            text = text.replace(new RegExp(`.{${col}}`, 'g'), `$&${brk}`);
+          } else {
+            for (let k = Math.floor(r() * 6); k > 0; k--) {
+              const at = Math.floor(r() * text.length);
+              text = text.slice(0, at) + pick([brk, brk, brk, ' ', '\0']) + text.slice(at);
+            }
+          }
+          parts.push(Buffer.from(text, 'latin1'));
+          break;
+        }
+        case 5:
+          parts.push(Buffer.from(pick(['\n', '\r', '\r\n', '\n\n\n'])));
+          break;
+        case 6:
+          parts.push(Buffer.from(Array.from({ length: Math.floor(r() * 200) }, () => pick([...B64])).join(''), 'latin1'));
+          break;
+        case 7:
+          parts.push(randomBytes(Math.floor(r() * 300)));
+          break;
+        default:
+          parts.push(Buffer.alloc(Math.floor(r() * 3000), pick([0, 0x41, 0x0a])));
+      }
+    }
+    return Buffer.concat(parts);
+  }
+
+  it('equals the reference on 200 seeded sources, each in whole, in single bytes and in random chunk sizes', async () => {
+    let wrappedHits = 0;
+    let plainHits = 0;
+    for (let seed = 1; seed <= 200; seed++) {
+      const r = rng(seed);
+      const secrets = SECRETS.filter(() => r() < 0.6);
+      if (secrets.length === 0) secrets.push(SECRET);
+      const data = sample(r, secrets);
+      const want = reference(secrets, 's', data);
+      wrappedHits += want.filter((l) => l.lineWrapped).length;
+      plainHits += want.filter((l) => !l.lineWrapped).length;
+      const max = 1 + Math.floor(r() * 100);
+      const cuts: [string, Buffer[]][] = [
+        ['whole', [data]],
+        [`random ≤ ${max}`, chunked(data, () => Math.ceil(r() * max))],
+        ['sizes 31/32/33', chunked(data, (() => { let k = 0; return () => [31, 32, 33][k++ % 3]!; })())],
+      ];
+      if (data.length < 4000) cuts.push(['bytes', chunked(data, () => 1)]);
+      for (const [how, chunks] of cuts) {
+        expect(await findLeaks(secrets, [{ name: 's', data: Readable.from(chunks) }]), `seed ${seed}, ${how}`).toEqual(want);
+      }
+    }
+    // The data must exercise both kinds of hit for this test to mean anything.
+    expect(wrappedHits).toBeGreaterThan(100);
+    expect(plainHits).toBeGreaterThan(300);
+  });
+
+  it('equals the reference on adversarial layouts: breaks at every offset of a wrapped needle, break runs, long runs before the first break', async () => {
+    const long = SECRETS[4]!;
+    let cases = 0;
+    let wrappedCases = 0;
+    for (const secret of [SECRET, long, 'abcabcabc']) {
+      for (const alphabet of ['base64', 'base64url'] as const) {
+        for (let pad = 0; pad < 3; pad++) {
+          const text = Buffer.concat([randomBytes(pad), Buffer.from(secret), randomBytes(4)]).toString(alphabet);
+          for (let at = 1; at < text.length; at++) {
+            {
+              const brk = ['\n', '\r\n', '\n\r\n\n'][at % 3]!;
+              // A run of base64 characters longer than the longest needle before the break, and a
+              // second wrapped copy after non-base64 bytes: two separate regions, one chunking each.
+              const wrapped = `${text.slice(0, at)}${brk}${text.slice(at)}`;
+              const data = Buffer.from(`${'A'.repeat(at % 2 ? 2000 : 10)}${wrapped}\0\0${'B'.repeat(at % 3)}${wrapped}`, 'latin1');
+              const want = reference([secret], 'a', data);
+              if (want.some((l) => l.lineWrapped)) wrappedCases++;
+              cases++;
+              for (const size of at % 2 ? [7, at + 1, 64, 1 << 16] : [1, 7, at + 1, 64]) {
+                expect(await findLeaks([secret], [{ name: 'a', data: Readable.from(chunked(data, () => size)) }]), `${secret} ${alphabet} pad ${pad} break at ${at}, chunks of ${size}`).toEqual(want);
+              }
+            }
+          }
+        }
+      }
+    }
+    // Most breaks fall inside a needle (the rest are in the filler around it).
+    expect(wrappedCases).toBeGreaterThan(cases * 0.6);
+  });
+});

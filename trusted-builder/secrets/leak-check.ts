@@ -33,12 +33,26 @@
  *
  * Matching is an Aho–Corasick automaton over the first 32 bytes of every needle, then a byte
  * comparison of the whole needle against a rolling history, so the cost per byte does not grow
- * with the number of secrets and a needle split across any number of chunks is still found.
+ * with the number of secrets and a needle split across any number of chunks is still found. The
+ * hot loop is one table lookup per byte, and at the root state one lookup skips each byte no needle
+ * starts with (zeros, most of a binary). The history is a copy of the last 31 bytes and of what
+ * pending candidates still need, not a concatenation of every chunk. The line-wrapped search below
+ * keeps views of the last chunks, uncopied, as far back as its longest needle (chunks must not
+ * change after they are handed over, as Node's streams guarantee).
+ *
+ * The line-wrapped search removes CR/LF only where a base64 needle can span a line break: around a
+ * break run with base64-alphabet bytes on both sides, from the longest wrapped needle's length
+ * before it to as far after it, shortened where the base64 run ends. A needle that spans no break
+ * is found by the plain search (which then also decides the result for its secret and form), so
+ * the hits and counts are those of a search over the whole stream without CR/LF; everything else
+ * (binary data, text without long base64 runs) is skipped after a native indexOf for the breaks.
+ * test/trusted-builder/leak-check.test.ts holds both searches to a naive one over the whole
+ * stream, with and without CR/LF, on random and adversarial data in chunks of many sizes.
  */
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { InvalidInputError } from '#shared/errors.js';
+import { InternalError, InvalidInputError } from '#shared/errors.js';
 
 export type LeakForm = 'raw' | 'json-escaped' | 'url-encoded' | 'base64' | 'base64url' | 'hex';
 
@@ -96,24 +110,13 @@ export async function findLeaks(
     return leaks;
   }
   const plainAuto = plain.build();
-  const wrappedAuto = wrapped.build();
-  // The line-wrapped search starts at a source's first CR/LF: before it, the stream without line
-  // breaks is the stream itself, which the plain search already covers. It is fed the bytes a
-  // needle spanning that first break could start with (the longest wrapped needle, less one).
-  const keep = Math.max(0, ...wrappedAuto.needles.map((n) => n.length - 1));
+  const wrappedAuto = wrapped.size > 0 ? wrapped.build() : undefined;
   for await (const source of sources) {
     const a = new Scanner(plainAuto);
-    let b: Scanner | undefined;
-    let tail = Buffer.alloc(0);
+    const b = wrappedAuto && new WrappedSearch(wrappedAuto);
     for await (const chunk of chunksOf(source.data)) {
       a.write(chunk);
-      if (b) b.write(withoutLineBreaks(chunk));
-      else if (chunk.indexOf(10) >= 0 || chunk.indexOf(13) >= 0) {
-        b = new Scanner(wrappedAuto);
-        b.write(withoutLineBreaks(tail.length ? Buffer.concat([tail, chunk]) : chunk));
-      } else if (keep > 0) {
-        tail = chunk.length >= keep ? Buffer.from(chunk.subarray(chunk.length - keep)) : Buffer.from(Buffer.concat([tail, chunk]).subarray(-keep));
-      }
+      b?.write(chunk);
     }
     const found = new Map<string, Leak>();
     for (const [needle, hit] of a.finish()) {
@@ -127,7 +130,7 @@ export async function findLeaks(
       }
     }
     for (const [needle, hit] of b?.finish() ?? []) {
-      for (const { secret, form } of wrappedAuto.owners[needle]!) {
+      for (const { secret, form } of wrappedAuto!.owners[needle]!) {
         const key = `${secret}\0${form}`;
         const prev = found.get(key);
         if (!prev) found.set(key, { source: source.name, secret, form, count: hit.count, lineWrapped: true });
@@ -229,12 +232,16 @@ function urlEncodings(s: string): string[] {
 const PREFIX = 32; // bytes of each needle in the automaton; the rest is compared on a candidate
 
 interface Automaton {
-  /** delta[state * 256 + byte] → next state (a full DFA: failure links folded in). */
-  delta: Int32Array;
+  /**
+   * next[(state << 8) | byte] → the next state, already shifted left by 8 (a full DFA: failure
+   * links folded in), with the sign bit set when needles end there. At most 2^22 states, so a
+   * shifted state fits in 31 bits.
+   */
+  next: Int32Array;
+  /** 1 for the bytes that leave the root state: the hot loop skips the others with one lookup each. */
+  start: Uint8Array;
   /** Needles whose prefix ends at a state (including via suffix links); undefined for most. */
   out: (number[] | undefined)[];
-  /** 1 where `out` has needles: the hot loop tests a typed array, not a sparse one. */
-  hasOut: Uint8Array;
   needles: Buffer[];
   prefixLen: number[];
   owners: { secret: number; form: LeakForm }[][];
@@ -309,44 +316,57 @@ class NeedleSet {
         }
       }
     }
-    const hasOut = new Uint8Array(n);
-    for (let i = 0; i < n; i++) if (out[i] !== undefined) hasOut[i] = 1;
-    return { delta, out, hasOut, needles: this.#needles, prefixLen, owners: this.#owners };
+    const next = new Int32Array(n * 256);
+    for (let i = 0; i < next.length; i++) {
+      const t = delta[i]!;
+      next[i] = (t << 8) | (out[t] !== undefined ? 0x80000000 : 0);
+    }
+    const start = new Uint8Array(256);
+    for (let b = 0; b < 256; b++) if (delta[b] !== 0) start[b] = 1;
+    return { next, start, out, needles: this.#needles, prefixLen, owners: this.#owners };
   }
 }
 
-/** Feeds one source's bytes through an automaton, verifying candidates against a rolling history. */
+/**
+ * Feeds a stream's bytes through an automaton, verifying candidates against a rolling history.
+ * The history holds the chunks (or the parts of them) a candidate still needs, and the last
+ * PREFIX − 1 bytes, where a candidate found in the next chunk may start; nothing else is copied.
+ */
 class Scanner {
-  #state = 0;
+  #state = 0; // shifted left by 8, as in Automaton.next
   #pos = 0; // absolute offset of the next byte
-  #hist: Buffer = Buffer.alloc(0);
-  #histStart = 0; // absolute offset of #hist[0]
+  #hist: Uint8Array[] = []; // contiguous, from #histStart to #pos
+  #histStart = 0;
   #pending: { needle: number; start: number }[] = [];
   readonly #hits = new Map<number, { first: number; count: number }>();
 
   constructor(readonly auto: Automaton) {}
 
   write(chunk: Uint8Array): void {
-    if (chunk.length === 0 || this.auto.needles.length === 0) return;
-    const { delta, out, hasOut, prefixLen } = this.auto;
-    this.#hist = this.#hist.length ? Buffer.concat([this.#hist, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
-    let s = this.#state;
-    const base = this.#pos;
     const len = chunk.length;
-    for (let i = 0; i < len; i++) {
-      s = delta[(s << 8) | chunk[i]!]!;
-      if (hasOut[s] !== 0) for (const needle of out[s]!) this.#pending.push({ needle, start: base + i + 1 - prefixLen[needle]! });
+    if (len === 0) return;
+    const { next, start, out, prefixLen } = this.auto;
+    const base = this.#pos;
+    let s = this.#state;
+    let i = 0;
+    while (i < len) {
+      if (s === 0) {
+        // At the root, a byte that starts no needle leaves it there: skip those with one lookup each.
+        while (i < len && start[chunk[i]!] === 0) i++;
+        if (i === len) break;
+      }
+      s = next[s | chunk[i]!]!;
+      if (s < 0) {
+        s &= 0x7fffffff;
+        for (const needle of out[s >>> 8]!) this.#pending.push({ needle, start: base + i + 1 - prefixLen[needle]! });
+      }
+      i++;
     }
     this.#state = s;
-    this.#pos += chunk.length;
-    this.#verify();
-    let keepFrom = this.#pos - PREFIX;
-    for (const p of this.#pending) keepFrom = Math.min(keepFrom, p.start);
-    if (keepFrom > this.#histStart) {
-      // Copy, so the history does not pin the whole (possibly large) chunk it was cut from.
-      this.#hist = Buffer.from(this.#hist.subarray(keepFrom - this.#histStart));
-      this.#histStart = keepFrom;
-    }
+    this.#pos += len;
+    this.#hist.push(chunk);
+    if (this.#pending.length) this.#verify();
+    this.#trim();
   }
 
   /** Hits per needle index; candidates still waiting for bytes the source never sent are dropped. */
@@ -359,13 +379,11 @@ class Scanner {
     const still: { needle: number; start: number }[] = [];
     for (const p of this.#pending) {
       const needle = this.auto.needles[p.needle]!;
-      const end = p.start + needle.length;
-      if (end > this.#pos) {
+      if (p.start + needle.length > this.#pos) {
         still.push(p);
         continue;
       }
-      const from = p.start - this.#histStart;
-      if (needle.length > PREFIX && !this.#hist.subarray(from, from + needle.length).equals(needle)) continue;
+      if (needle.length > PREFIX && !this.#historyEquals(p.start, needle)) continue;
       const hit = this.#hits.get(p.needle);
       if (hit) {
         hit.count++;
@@ -374,26 +392,203 @@ class Scanner {
     }
     this.#pending = still;
   }
+
+  /** Whether the history from absolute offset `at` holds `needle` (it holds all of its bytes). */
+  #historyEquals(at: number, needle: Buffer): boolean {
+    let segStart = this.#histStart;
+    let j = 0; // bytes of the needle compared
+    for (const seg of this.#hist) {
+      const segEnd = segStart + seg.length;
+      if (segEnd > at + j) {
+        const from = at + j - segStart;
+        const n = Math.min(seg.length - from, needle.length - j);
+        if (needle.compare(seg, from, from + n, j, j + n) !== 0) return false;
+        j += n;
+        if (j === needle.length) return true;
+      }
+      segStart = segEnd;
+    }
+    return false;
+  }
+
+  /** Drops the history no candidate needs; copies what is kept of the chunk just written. */
+  #trim(): void {
+    let keepFrom = this.#pos - (PREFIX - 1);
+    for (const p of this.#pending) keepFrom = Math.min(keepFrom, p.start);
+    keepFrom = Math.max(keepFrom, this.#histStart);
+    while (this.#hist.length > 0 && this.#histStart + this.#hist[0]!.length <= keepFrom) this.#histStart += this.#hist.shift()!.length;
+    if (this.#hist.length === 0) {
+      this.#histStart = this.#pos;
+      return;
+    }
+    const first = this.#hist[0]!;
+    if (keepFrom > this.#histStart) {
+      this.#hist[0] = first.subarray(keepFrom - this.#histStart);
+      this.#histStart = keepFrom;
+    }
+    // Copy the kept part of the chunk just written (the last segment), so the history does not
+    // pin the whole (possibly large) buffer it was cut from.
+    const last = this.#hist.length - 1;
+    this.#hist[last] = new Uint8Array(this.#hist[last]!);
+  }
 }
 
-function withoutLineBreaks(chunk: Uint8Array): Uint8Array {
-  let lf = chunk.indexOf(10);
-  let cr = chunk.indexOf(13);
-  if (lf < 0 && cr < 0) return chunk;
-  // Copy the runs between breaks (native copies), not byte by byte.
-  const out = new Uint8Array(chunk.length);
-  let j = 0;
-  let from = 0;
-  while (lf >= 0 || cr >= 0) {
-    const at = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
-    out.set(chunk.subarray(from, at), j);
-    j += at - from;
-    from = at + 1;
-    if (at === lf) lf = chunk.indexOf(10, from);
-    if (at === cr) cr = chunk.indexOf(13, from);
+/**
+ * The search for base64 wrapped at some column: the stream with CR/LF removed, but only where a
+ * needle can span a line break. A hit that spans no break is also in the stream as it is, so the
+ * plain search finds it (and a wrapped hit counts only where the plain search found none for that
+ * secret and form). A needle spans only break runs with needle bytes (base64 characters) on both
+ * sides, so only the bytes around such a run are searched: back from it to `reach` bytes (the
+ * longest wrapped needle, less one) or the first byte that is no needle byte, whichever is nearer,
+ * and on after it as far (a needle spanning several breaks lies in the union of their regions).
+ * Breaks are found with native indexOf; the regions of a chunk are copied, without their breaks,
+ * into one buffer and scanned in one write, a byte no needle holds between regions that are not
+ * adjacent (it ends every partial match, as a reset would). The rest of the stream is not copied
+ * or scanned.
+ */
+class WrappedSearch {
+  readonly #scanner: Scanner;
+  /** 1 for a byte some wrapped needle holds, 2 for CR and LF, 0 otherwise. */
+  readonly #cls: Uint8Array;
+  readonly #reach: number;
+  readonly #separator: number; // a byte no wrapped needle holds
+  #pos = 0; // absolute offset (in the stream as it is) of the next chunk
+  #fedTo = 0; // regions are taken up to here; a region that starts here goes on from the last one
+  #needTo = 0; // regions must go on up to here, unless the base64 run ends first
+  #last = -1; // the last byte before #pos that is no CR/LF (-1: none yet)
+  readonly #recent: Uint8Array[] = []; // the last ≥ reach bytes before #pos, as written
+  #recentStart = 0;
+  readonly #regions: number[] = []; // this chunk's regions: start, end, 1 if it goes on from the one before
+  #buf = new Uint8Array(0); // reused: the scanner copies what it keeps
+
+  constructor(auto: Automaton) {
+    this.#scanner = new Scanner(auto);
+    this.#cls = new Uint8Array(256);
+    for (const needle of auto.needles) for (const b of needle) this.#cls[b] = 1;
+    this.#cls[10] = 2; // base64 never holds CR or LF, so no wrapped needle does
+    this.#cls[13] = 2;
+    this.#separator = this.#cls.indexOf(0);
+    if (this.#separator < 0) throw new InternalError('leak check: wrapped needles hold every byte value');
+    this.#reach = auto.needles.reduce((m, n) => Math.max(m, n.length - 1), 0); // not Math.max(...list): a long list overflows the stack
   }
-  out.set(chunk.subarray(from), j);
-  return out.subarray(0, j + chunk.length - from);
+
+  write(chunk: Uint8Array): void {
+    const len = chunk.length;
+    if (len === 0) return;
+    const pos = this.#pos;
+    const cls = this.#cls;
+    let lf = chunk.indexOf(10);
+    let cr = chunk.indexOf(13);
+    while (lf >= 0 || cr >= 0) {
+      const p = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
+      let q = p + 1;
+      while (q < len && cls[chunk[q]!] === 2) q++;
+      this.#forward(chunk, pos + p);
+      const prev = p > 0 ? chunk[p - 1]! : this.#last;
+      if (prev >= 0 && cls[prev] === 1 && (q === len || cls[chunk[q]!] === 1)) {
+        // A needle may span this break run (its end unknown yet counts as one that may).
+        if (this.#fedTo < pos + p) this.#region(this.#back(chunk, p), pos + p);
+        this.#fedTo = pos + q; // the break run itself, removed: what follows goes on from before it
+        this.#needTo = Math.max(this.#needTo, pos + q + this.#reach);
+      } else {
+        this.#needTo = Math.min(this.#needTo, this.#fedTo); // no needle spans it: a region ends here
+      }
+      if (q >= len) break;
+      if (lf >= 0 && lf < q) lf = chunk.indexOf(10, q);
+      if (cr >= 0 && cr < q) cr = chunk.indexOf(13, q);
+    }
+    this.#forward(chunk, pos + len);
+    if (this.#regions.length > 0) this.#scan(chunk);
+    for (let i = len - 1; i >= 0; i--) {
+      if (cls[chunk[i]!] !== 2) {
+        this.#last = chunk[i]!;
+        break;
+      }
+    }
+    this.#pos += len;
+    // Keep this chunk (not a copy) while it holds one of the last `reach` bytes.
+    if (this.#recent.length === 0) this.#recentStart = pos;
+    this.#recent.push(chunk);
+    while (this.#recent.length > 1 && this.#recentStart + this.#recent[0]!.length <= this.#pos - this.#reach) this.#recentStart += this.#recent.shift()!.length;
+  }
+
+  finish(): Map<number, { first: number; count: number }> {
+    return this.#scanner.finish();
+  }
+
+  #region(from: number, to: number): void {
+    if (to > from) this.#regions.push(from, to, from === this.#fedTo ? 1 : 0);
+    this.#fedTo = to;
+  }
+
+  /** Takes the region still needed after earlier breaks up to `until` (no CR/LF lies before it), while the base64 run lasts. */
+  #forward(chunk: Uint8Array, until: number): void {
+    if (this.#needTo <= this.#fedTo) return;
+    const pos = this.#pos;
+    const from = this.#fedTo - pos;
+    const lim = Math.min(this.#needTo, until) - pos;
+    let j = from;
+    while (j < lim && this.#cls[chunk[j]!] === 1) j++;
+    this.#region(pos + from, pos + j);
+    if (j < lim) this.#needTo = this.#fedTo; // a byte no needle holds: the run is over
+  }
+
+  /**
+   * Where the region before the break run at chunk index `p` starts (absolute): up to `reach`
+   * bytes back, not past a byte no needle holds or a CR/LF (a needle spanning that earlier break
+   * too would have made it a region's), not before what was taken.
+   */
+  #back(chunk: Uint8Array, p: number): number {
+    const cls = this.#cls;
+    const floor = Math.max(this.#fedTo, this.#pos + p - this.#reach);
+    let at = this.#pos + p;
+    for (let i = p - 1; i >= 0 && at > floor && cls[chunk[i]!] === 1; i--) at--;
+    if (at > floor && at === this.#pos) {
+      // On into the chunks before this one, newest first.
+      for (let k = this.#recent.length - 1; k >= 0 && at > floor; k--) {
+        const seg = this.#recent[k]!;
+        let i = seg.length - 1;
+        for (; i >= 0 && at > floor && cls[seg[i]!] === 1; i--) at--;
+        if (i >= 0) break; // stopped inside this chunk
+      }
+    }
+    return at;
+  }
+
+  /** Copies this chunk's regions (none holds a CR/LF) into one buffer, a separator before each that does not go on from the one before, and scans it. */
+  #scan(chunk: Uint8Array): void {
+    const r = this.#regions;
+    let size = 0;
+    for (let k = 0; k < r.length; k += 3) size += r[k + 1]! - r[k]! + 1 - r[k + 2]!;
+    if (this.#buf.length < size) this.#buf = new Uint8Array(Math.max(size, 2 * this.#buf.length));
+    const buf = this.#buf;
+    const pos = this.#pos;
+    let j = 0;
+    for (let k = 0; k < r.length; k += 3) {
+      const from = r[k]!;
+      const to = r[k + 1]!;
+      if (r[k + 2] === 0) buf[j++] = this.#separator;
+      if (from < pos) {
+        let segStart = this.#recentStart;
+        for (const seg of this.#recent) {
+          const segEnd = segStart + seg.length;
+          if (segEnd > from && segStart < to) {
+            const part = seg.subarray(Math.max(0, from - segStart), Math.min(seg.length, to - segStart));
+            buf.set(part, j);
+            j += part.length;
+          }
+          segStart = segEnd;
+        }
+      }
+      if (to > pos) {
+        const part = chunk.subarray(Math.max(0, from - pos), to - pos);
+        buf.set(part, j);
+        j += part.length;
+      }
+    }
+    r.length = 0;
+    this.#scanner.write(buf.subarray(0, j));
+  }
 }
 
 async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {

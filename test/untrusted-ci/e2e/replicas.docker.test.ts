@@ -7,6 +7,9 @@
  *   seconds, runs the gate's lost work again, and every approved change merges — each asked to
  *   be submitted once, none lost;
  * - a leader that lost its lease cannot write the gate's state (the epoch fence).
+ * A replica that steps down exits 75, as `airlock ci serve` does, and is started again as its
+ * supervisor would (on a machine loaded enough to stall it past two thirds of the lease); each
+ * replica's log is kept, and a wait that fails says what the replicas logged.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -18,6 +21,7 @@ import type { GateEventView } from '../../../untrusted-ci/store/gate-store.js';
 import { STATE_DIR, tempDir } from '../../support/docker.js';
 import { CI_ACCOUNT, startGerrit, type GerritRig } from '../../support/gerrit-rig.js';
 import { sharedPostgres } from '../../support/postgres-shared.js';
+import { freePort } from '../../support/registry.js';
 import { until } from '../../support/until.js';
 
 // The gate job takes long enough to kill the leader while it runs.
@@ -40,18 +44,50 @@ interface Replica {
   name: string;
   child: ChildProcess;
   url: string;
+  /** Its last log lines, across restarts. */
+  log: string[];
+  /** Times it exited 75 (stepped down) and was started again. */
+  restarts: number;
+  /** Set when the test ends it: it is not started again. */
+  stopping?: boolean;
 }
 
+/** One replica process; started again when it exits 75 (a step-down), on the same port, as a supervisor would. */
 function startReplica(name: string, configFile: string): Promise<Replica> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/ci-child.ts', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! });
-    lines.on('line', (l) => {
-      if (l.startsWith('LISTENING ')) resolve({ name, child, url: l.slice('LISTENING '.length) });
+  const r: Replica = { name, child: undefined as unknown as ChildProcess, url: '', log: [], restarts: 0 };
+  const launch = (first: boolean): Promise<Replica> => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/ci-child.ts', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(child);
+    r.child = child;
+    return new Promise((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout! });
+      lines.on('line', (l) => {
+        r.log.push(l.slice(0, 2000));
+        if (r.log.length > 200) r.log.shift();
+        if (l.startsWith('LISTENING ')) resolve(((r.url = l.slice('LISTENING '.length)), r));
+      });
+      child.once('exit', (code) => {
+        r.log.push(`[test] replica ${name} exited with ${code}`);
+        if (code === 75 && !r.stopping) {
+          r.restarts++;
+          void launch(false).catch(() => undefined);
+        }
+        if (first) reject(new Error(`replica ${name} exited with ${code} before listening`));
+      });
     });
-    child.once('exit', (code) => reject(new Error(`replica ${name} exited with ${code} before listening`)));
-  });
+  };
+  return launch(true);
+}
+
+/** `until`, and on a timeout what each replica logged last. */
+async function waitFor<T>(what: string, replicas: Replica[], probe: () => Promise<T | undefined>, timeoutMs: number, everyMs?: number): Promise<T> {
+  try {
+    // A replica being started again does not answer for a moment: asked again.
+    return await until(what, () => probe().catch(() => undefined), timeoutMs, everyMs);
+  } catch (e) {
+    const logs = replicas.map((r) => `--- replica ${r.name} (restarted ${r.restarts} times), last lines:\n${r.log.slice(-40).join('\n')}`).join('\n');
+    throw new Error(`${(e as Error).message}\n${logs}`);
+  }
 }
 
 async function get<T>(r: Replica, path: string): Promise<{ status: number; body: T }> {
@@ -71,8 +107,10 @@ describe.skipIf(pg.skip)('CI replicas on PostgreSQL', () => {
     writeFileSync(join(dir, 'database.url'), `${url}\n`, { mode: 0o600 });
     writeFileSync(join(dir, 'gerrit.json'), JSON.stringify({ username: CI_ACCOUNT, password: rig.passwords[CI_ACCOUNT] }), { mode: 0o600 });
     writeFileSync(join(dir, 'hook.secret'), rig.hookSecret, { mode: 0o600 });
-    const config = (n: string) => `version: 1
-listen: { host: 127.0.0.1, port: 0 }
+    // Fixed ports: a replica started again after a step-down answers where it did.
+    const ports = { a: await freePort(), b: await freePort() };
+    const config = (n: 'a' | 'b') => `version: 1
+listen: { host: 127.0.0.1, port: ${ports[n]} }
 dataDir: ${dir}/${n}
 database: { engine: postgres, urlFile: ${dir}/database.url }
 replicas: { leaseMs: ${LEASE_MS} }
@@ -107,7 +145,7 @@ webhooks: { gerritSecretFile: ${dir}/hook.secret }
     const first = g.upload({ project: PROJECT, owner: 'ada', subject: 'one', files: { 'one.txt': '1\n', slow: 'yes\n' } });
     const second = g.upload({ project: PROJECT, owner: 'ada', subject: 'two', files: { 'two.txt': '2\n' } });
     // The checks ran (on the leader), and the follower shows them from the database.
-    await until('both checks voted Verified +1', async () => ([first, second].every((c) => g.changeState(c.number).votes.Verified?.[CI_ACCOUNT] === 1) ? true : undefined), 120_000);
+    await waitFor('both checks voted Verified +1', [a, b], async () => ([first, second].every((c) => g.changeState(c.number).votes.Verified?.[CI_ACCOUNT] === 1) ? true : undefined), 120_000);
     const checks = (await get<{ builds: BuildView[] }>(b, '/api/builds?limit=50')).body.builds;
     expect(checks.filter((x) => x.pipeline === 'check' && x.result === 'passed')).toHaveLength(2);
     // The follower forwards what only the leader knows (the gate's queues) and answers it.
@@ -115,15 +153,16 @@ webhooks: { gerritSecretFile: ${dir}/hook.secret }
 
     for (const c of [first, second]) g.review(c.number, 'grace', { labels: { 'Code-Review': 2 } });
     // The first change's gate build is running on the leader: kill it there.
-    await until('the first gate build running', async () => {
+    await waitFor('the first gate build running', [a, b], async () => {
       const builds = (await get<{ builds: BuildView[] }>(b, '/api/builds?limit=50')).body.builds;
       return builds.some((x) => x.pipeline === 'gate' && x.state === 'running' && x.change.change === String(first.number)) ? true : undefined;
     }, 60_000);
+    a.stopping = true;
     a.child.kill('SIGKILL');
     // Within seconds: the lease's time and a round of asking (bounded here generously: a noisy machine).
-    await until('the follower leads', async () => ((await get<{ leading: boolean }>(b, '/healthz')).body.leading ? true : undefined), 30_000, 100);
+    await waitFor('the follower leads', [a, b], async () => ((await get<{ leading: boolean }>(b, '/healthz')).body.leading ? true : undefined), 30_000, 100);
 
-    const merged = await until('both changes merged', async () => {
+    const merged = await waitFor('both changes merged', [a, b], async () => {
       const r = (await get<{ events: GateEventView[] }>(b, '/api/gate/events?kind=merged&limit=100')).body.events;
       return r.length >= 2 ? r : undefined;
     }, 180_000);
@@ -133,6 +172,7 @@ webhooks: { gerritSecretFile: ${dir}/hook.secret }
     const submits = g.requests.filter((r) => r.method === 'POST' && /\/submit$/.test(r.path) && r.status === 200);
     expect(submits.map((r) => decodeURIComponent(r.path)).sort()).toEqual([first, second].map((c) => `/changes/${PROJECT}~${c.number}/revisions/current/submit`).sort().map((p) => expect.stringContaining(p.split('/revisions')[0]!)));
     expect(submits).toHaveLength(2);
+    b.stopping = true;
     b.child.kill('SIGTERM');
     await new Promise((r) => b.child.once('exit', r));
   });

@@ -302,6 +302,33 @@ describe('imageLayerSources on synthetic docker save archives', () => {
     expect(pick(detailed).map((l) => l.source)).toEqual([`layer sha256:${HEX('a')}:etc/app.conf`, `layer sha256:${HEX('b')}:(entry names)`, `blob sha256:${HEX('e')}`]);
   });
 
+  it('perFile: false finds a secret in a long path that a ustar header splits into prefix and name fields, in every chunking', async () => {
+    // A path over 100 bytes is stored as prefix (offset 345) + name (offset 0), the `/` between
+    // them dropped (Docker's Go archive/tar does this too): a secret holding a `/` is then in no
+    // contiguous byte range of the layer's tar.
+    const secret = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY';
+    const layer = await tarOf([{ name: 'srv/ok.txt', body: 'ok' }, { name: `${secret}/${'z'.repeat(80)}`, body: 'x' }, { name: 'srv/end.txt', body: 'end' }]);
+    expect(layer.includes(secret)).toBe(false);
+    expect(layer.subarray(512 + 512 + 345, 512 + 512 + 500).toString('latin1')).toMatch(/^wJalrXUtnFEMI\/K7MDENG\0/);
+    for (const [how, blob] of [['plain', layer], ['gzip', gzipSync(layer)]] as const) {
+      const archive = await tarOf([{ name: `blobs/sha256/${HEX('a')}`, body: blob }]);
+      for (const size of [1, 100, 511, 512, 513, 4096, archive.length]) {
+        const chunks = Array.from({ length: Math.ceil(archive.length / size) }, (_, k) => archive.subarray(k * size, (k + 1) * size));
+        const raw = await findLeaks([secret], imageLayerSources(Readable.from(chunks), { perFile: false }));
+        expect(pick(raw), `${how}, chunks of ${size}`).toEqual([{ source: `layer sha256:${HEX('a')}`, secret: 0, form: 'raw' }]);
+      }
+      const detailed = await findLeaks([secret], imageLayerSources(Readable.from([archive])));
+      expect(pick(detailed), how).toEqual([{ source: `layer sha256:${HEX('a')}:(entry names)`, secret: 0, form: 'raw' }]);
+    }
+    // A layer without split paths gets nothing added.
+    const plain = await tarOf([{ name: 'srv/ok.txt', body: 'ok' }]);
+    const got: Buffer[] = [];
+    for await (const s of imageLayerSources(Readable.from([await tarOf([{ name: `blobs/sha256/${HEX('b')}`, body: plain }])]), { perFile: false })) {
+      for await (const c of s.data as AsyncIterable<Uint8Array>) got.push(Buffer.from(c));
+    }
+    expect(Buffer.concat(got).equals(plain)).toBe(true);
+  });
+
   it('refuses a layer it cannot read (zstd) rather than passing it', async () => {
     const zstd = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(100)]);
     const archive = await tarOf([{ name: `blobs/sha256/${HEX('f')}`, body: zstd }]);

@@ -617,9 +617,10 @@ async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {
  * (manifest.json, the legacy `<id>/json`, which repeats the config) as `image <path>`.
  * A zstd, xz or bzip2 blob throws InvalidInputError: what cannot be read cannot be cleared.
  *
- * With `perFile: false`, each layer is one source `layer <id>` of its raw tar bytes instead: the
- * same secrets are found (file contents are contiguous in a tar, names are in its headers) at a
- * fraction of the cost, but a hit names only the layer — search again per file to say where.
+ * With `perFile: false`, each layer is one source `layer <id>` of its raw tar bytes instead, with
+ * the long paths a ustar header splits in two fields rejoined after them: the same secrets are
+ * found (file contents are contiguous in a tar, names are in its headers) at a fraction of the
+ * cost, but a hit names only the layer — search again per file to say where.
  *
  * Sources must be consumed in order (findLeaks does); one not read to its end is drained when
  * the next is pulled.
@@ -677,14 +678,61 @@ async function* blobSources(cursor: Cursor, path: string, layerId: string, whole
     yield* blobSources(new Cursor(gz), path, layerId, wholeName, false, perFile);
   } else if (kind === 'tar' && !perFile) {
     // The layer's tar as it is: every file's content is contiguous in it, and its headers carry
-    // the names, so this finds what the per-file sources find, without parsing the layer.
-    yield { name: `layer ${layerId}`, data: cursor.stream() };
+    // the names (those a ustar header splits are added, rejoined, after it), so this finds what
+    // the per-file sources find, without parsing the layer.
+    yield { name: `layer ${layerId}`, data: withSplitNames(cursor.stream()) };
   } else if (kind === 'tar') {
     yield* layerSources(cursor.stream(), layerId);
   } else {
     yield { name: wholeName, data: cursor.stream() };
   }
   await cursor.drain();
+}
+
+const USTAR_MAGIC = [...Buffer.from('ustar\0', 'latin1')];
+
+/**
+ * A layer's raw tar bytes as they come, then (after a LF) the paths its ustar headers split, each
+ * rejoined, one a line. A path longer than 100 bytes may be stored as a prefix field (offset 345)
+ * and a name field (offset 0) with the `/` between them dropped — Go's archive/tar, and so Docker,
+ * writes such headers, splitting at a `/` — so a secret holding a `/` can be in no contiguous byte
+ * range of the tar. Every 512-byte block at a 512-byte boundary with the ustar magic and a
+ * non-empty prefix is taken for a header, without following the entries' sizes: a file's data also
+ * starts on a boundary, so a data block that looks like a header only adds a line to search.
+ * The lines are raw bytes (no decoding); they are held until the tar ends (at most 256 bytes for
+ * each split path; the per-file sources hold every name).
+ */
+async function* withSplitNames(tarBytes: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const lines: Buffer[] = [];
+  const take = (b: Uint8Array, o: number): void => {
+    if (b[o + 345] === 0 || !USTAR_MAGIC.every((c, i) => b[o + 257 + i] === c)) return;
+    const field = (from: number, len: number): Uint8Array => {
+      const end = b.subarray(from, from + len).indexOf(0);
+      return b.subarray(from, end < 0 ? from + len : from + end);
+    };
+    lines.push(Buffer.concat([Buffer.from([10]), field(o + 345, 155), Buffer.from('/'), field(o, 100)]));
+  };
+  const block = new Uint8Array(512); // a block that straddles chunks
+  let have = 0;
+  for await (const chunk of tarBytes) {
+    let i = 0;
+    if (have > 0) {
+      i = Math.min(512 - have, chunk.length);
+      block.set(chunk.subarray(0, i), have);
+      have += i;
+      if (have === 512) {
+        take(block, 0);
+        have = 0;
+      }
+    }
+    for (; i + 512 <= chunk.length; i += 512) take(chunk, i);
+    if (i < chunk.length) {
+      block.set(chunk.subarray(i), 0);
+      have = chunk.length - i;
+    }
+    yield chunk;
+  }
+  if (lines.length > 0) yield Buffer.concat(lines);
 }
 
 async function* layerSources(bytes: AsyncIterable<Uint8Array>, layerId: string): AsyncGenerator<LeakSource> {

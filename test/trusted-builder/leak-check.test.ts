@@ -516,6 +516,119 @@ describe('findLeaks against a naive reference', () => {
     expect(plainHits).toBeGreaterThan(300);
   });
 
+  /**
+   * Secrets an attacker would hope to slip past: 6 characters (the shortest searched), prefixes of
+   * one another, around the automaton's 32-byte prefix, several KB (a key), with characters JSON
+   * and URLs escape, with `+` and `/` in their base64, self-overlapping.
+   */
+  function hostileSecrets(r: () => number): string[] {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const word = (alphabet: string, n: number): string => Array.from({ length: n }, () => pick([...alphabet])).join('');
+    const out: string[] = [];
+    for (let k = 1 + Math.floor(r() * 4); k > 0; k--) {
+      const alphabet = pick([B64.slice(0, 64), 'ab', 'a', 'xyz01', 'p@s w/d"\\<&>é\n+%', '\u00fb\u00ff\u00be?>~-_']);
+      const s = word(alphabet, pick([6, 6, 7, 9, 31, 32, 33, 34, 65, 2000, 4500]));
+      out.push(s);
+      if (r() < 0.4) out.push(r() < 0.5 ? s.slice(0, Math.max(6, s.length >> 1)) : s + word(alphabet, 1 + Math.floor(r() * 40)));
+    }
+    return out;
+  }
+
+  /**
+   * A source from those secrets: their needles whole, cut, overlapping (one starting inside the
+   * other) and repeated; their base64 and base64url inside random bytes, wrapped at 1 to 80 columns
+   * or broken at random with LF, CRLF, CR alone or runs of them, with `=`, `-`, `_`, `+`, `/` and
+   * other bytes next to the breaks; long base64 runs and break runs; noise.
+   */
+  function hostileSample(r: () => number, secrets: string[]): Buffer {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const bytes = (n: number): Buffer => Buffer.from(Array.from({ length: n }, () => Math.floor(r() * 256)));
+    const breaks = ['\n', '\r\n', '\r', '\n\n', '\r\n\r\n', '\n\r', '\r\r\r\n'];
+    const parts: Buffer[] = [];
+    for (let i = 1 + Math.floor(r() * 12); i > 0; i--) {
+      const secret = Buffer.from(pick(secrets), 'utf8');
+      const needle = pick(needlesOf(pick(secrets))).bytes;
+      const other = pick(needlesOf(pick(secrets))).bytes;
+      switch (Math.floor(r() * 10)) {
+        case 0:
+          parts.push(pick([secret, needle]));
+          break;
+        case 1: // overlapping: a needle, then another that starts inside it, or a needle repeated from inside itself
+          parts.push(Buffer.concat([needle.subarray(0, Math.floor(r() * (needle.length + 1))), pick([other, needle])]));
+          break;
+        case 2:
+          parts.push(Buffer.concat([needle, needle.subarray(Math.floor(r() * needle.length))]));
+          break;
+        case 3:
+        case 4:
+        case 5: {
+          let text = Buffer.concat([bytes(Math.floor(r() * 100)), secret, bytes(Math.floor(r() * 100))]).toString(r() < 0.5 ? 'base64' : 'base64url');
+          if (r() < 0.3) text = text.replace(/=+$/, '');
+          const brk = pick(breaks);
+          const how = Math.floor(r() * 3);
+          if (how === 0) text = text.replace(new RegExp(`.{${1 + Math.floor(r() * (r() < 0.5 ? 6 : 80))}}`, 'gs'), (m) => m + (r() < 0.8 ? brk : pick(breaks)));
+          else {
+            const stray = how === 1 ? breaks : [...breaks, '=', '==', '-', '_', '+', '/', ' ', '\0', '.'];
+            for (let k = Math.floor(r() * 10); k > 0; k--) {
+              const at = Math.floor(r() * text.length);
+              text = text.slice(0, at) + pick(stray) + text.slice(at);
+            }
+          }
+          parts.push(Buffer.from(text, 'latin1'));
+          break;
+        }
+        case 6:
+          parts.push(Buffer.from(pick(breaks).repeat(1 + Math.floor(r() * 3))));
+          break;
+        case 7:
+          parts.push(Buffer.from(Array.from({ length: Math.floor(r() * 400) }, () => pick([...B64])).join(''), 'latin1'));
+          break;
+        case 8: {
+          // The longest wrapped needle (the reach of the regions) broken once, one byte from an end or
+          // anywhere, inside base64 runs longer than it on both sides.
+          const longest = secrets.flatMap((x) => needlesOf(x)).filter((n) => n.form === 'base64' || n.form === 'base64url').reduce<Buffer>((a, n) => (n.bytes.length > a.length ? n.bytes : a), Buffer.alloc(0));
+          const at = pick([1, longest.length - 1, Math.floor(r() * longest.length)]);
+          const run = (): Buffer => Buffer.from(Array.from({ length: longest.length + Math.floor(r() * 8) }, () => pick([...B64.slice(0, 64)])).join(''), 'latin1');
+          parts.push(Buffer.concat([run(), longest.subarray(0, at), Buffer.from(pick(breaks)), longest.subarray(at), run()]));
+          break;
+        }
+        default:
+          parts.push(r() < 0.5 ? bytes(Math.floor(r() * 300)) : Buffer.alloc(Math.floor(r() * 3000), pick([0, 0x41, 0x0a, 0x0d])));
+      }
+    }
+    return Buffer.concat(parts);
+  }
+
+  it('equals the reference on hostile secrets and sources, cut at 1, 31/32/33, random sizes, at every line break and whole', async () => {
+    let wrappedHits = 0;
+    let plainHits = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = rng(1_000_000 + seed);
+      const secrets = hostileSecrets(r);
+      const data = hostileSample(r, secrets);
+      const want = reference(secrets, 's', data);
+      wrappedHits += want.filter((l) => l.lineWrapped).length;
+      plainHits += want.filter((l) => !l.lineWrapped).length;
+      // Chunk boundaries right before and right after every CR/LF byte.
+      const atBreaks = [...data.keys()].filter((i) => data[i] === 10 || data[i] === 13).flatMap((i) => [i, i + 1]);
+      const cutAt = (cuts: number[]): Buffer[] => [0, ...cuts].map((from, k) => data.subarray(from, k < cuts.length ? cuts[k] : data.length)).filter((c) => c.length > 0);
+      const max = 1 + Math.floor(r() * 300);
+      const cuts: [string, Buffer[]][] = [
+        ['whole', [data]],
+        [`random ≤ ${max}`, chunked(data, () => Math.ceil(r() * max))],
+        ['sizes 31/32/33', chunked(data, (() => { let k = 0; return () => [31, 32, 33][k++ % 3]!; })())],
+        ['at the breaks', cutAt([...new Set(atBreaks)])],
+      ];
+      if (data.length < 3000) cuts.push(['bytes', chunked(data, () => 1)]);
+      for (const [how, chunks] of cuts) {
+        expect(await findLeaks(secrets, [{ name: 's', data: Readable.from(chunks) }]), `seed ${1_000_000 + seed}, ${how}`).toEqual(want);
+      }
+    }
+    // The data must exercise both kinds of hit (134 line-wrapped and 379 plain as written).
+    expect(wrappedHits).toBeGreaterThan(100);
+    expect(plainHits).toBeGreaterThan(300);
+  });
+
   it('equals the reference on adversarial layouts: breaks at every offset of a wrapped needle, break runs, long runs before the first break', async () => {
     const long = SECRETS[4]!;
     let cases = 0;

@@ -629,6 +629,30 @@ describe('findLeaks against a naive reference', () => {
     expect(plainHits).toBeGreaterThan(300);
   });
 
+  it('equals the reference when the source refills one buffer for every chunk it yields', async () => {
+    async function* refilled(chunks: Buffer[]): AsyncGenerator<Uint8Array> {
+      const one = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
+      for (const c of chunks) {
+        c.copy(one);
+        yield one.subarray(0, c.length);
+      }
+      one.fill(0x41);
+    }
+    let wrappedHits = 0;
+    for (let seed = 1; seed <= 20; seed++) {
+      const r = rng(2_000_000 + seed);
+      const secrets = hostileSecrets(r);
+      const data = hostileSample(r, secrets);
+      const want = reference(secrets, 's', data);
+      wrappedHits += want.filter((l) => l.lineWrapped).length;
+      for (const size of [1, 33, 200]) {
+        if (size === 1 && data.length > 3000) continue;
+        expect(await findLeaks(secrets, [{ name: 's', data: refilled(chunked(data, () => size)) }]), `seed ${2_000_000 + seed}, chunks of ${size}`).toEqual(want);
+      }
+    }
+    expect(wrappedHits).toBeGreaterThan(5); // 10 as written
+  });
+
   it('equals the reference on adversarial layouts: breaks at every offset of a wrapped needle, break runs, long runs before the first break', async () => {
     const long = SECRETS[4]!;
     let cases = 0;

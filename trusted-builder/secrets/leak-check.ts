@@ -37,8 +37,8 @@
  * hot loop is one table lookup per byte, and at the root state one lookup skips each byte no needle
  * starts with (zeros, most of a binary). The history is a copy of the last 31 bytes and of what
  * pending candidates still need, not a concatenation of every chunk. The line-wrapped search below
- * keeps views of the last chunks, uncopied, as far back as its longest needle (chunks must not
- * change after they are handed over, as Node's streams guarantee).
+ * keeps a copy of the bytes as far back as its longest wrapped needle (at most that much of each
+ * chunk). Neither keeps a view of a chunk past its write: a source may reuse its buffer.
  *
  * The line-wrapped search removes CR/LF only where a base64 needle can span a line break: around a
  * break run with base64-alphabet bytes on both sides, from the longest wrapped needle's length
@@ -456,7 +456,7 @@ class WrappedSearch {
   #fedTo = 0; // regions are taken up to here; a region that starts here goes on from the last one
   #needTo = 0; // regions must go on up to here, unless the base64 run ends first
   #last = -1; // the last byte before #pos that is no CR/LF (-1: none yet)
-  readonly #recent: Uint8Array[] = []; // the last ≥ reach bytes before #pos, as written
+  readonly #recent: Uint8Array[] = []; // copies of the last ≥ reach bytes before #pos (all of them, nearer the start)
   #recentStart = 0;
   readonly #regions: number[] = []; // this chunk's regions: start, end, 1 if it goes on from the one before
   #buf = new Uint8Array(0); // reused: the scanner copies what it keeps
@@ -506,9 +506,14 @@ class WrappedSearch {
       }
     }
     this.#pos += len;
-    // Keep this chunk (not a copy) while it holds one of the last `reach` bytes.
-    if (this.#recent.length === 0) this.#recentStart = pos;
-    this.#recent.push(chunk);
+    // Keep a copy of this chunk's last `reach` bytes, not a view: a source may refill its buffer
+    // once the chunk is handed on.
+    const keep = Math.min(len, this.#reach);
+    if (keep < len || this.#recent.length === 0) {
+      this.#recent.length = 0;
+      this.#recentStart = this.#pos - keep;
+    }
+    this.#recent.push(new Uint8Array(chunk.subarray(len - keep)));
     while (this.#recent.length > 1 && this.#recentStart + this.#recent[0]!.length <= this.#pos - this.#reach) this.#recentStart += this.#recent.shift()!.length;
   }
 

@@ -201,6 +201,13 @@ describe('findLeaks: JSON-escaped and other forms', () => {
     }
   });
 
+  it('finds a secret with `<`, é and U+2028 as Go writes it with SetEscapeHTML(false): `<` and é as they are, U+2028 escaped (Go always escapes it)', async () => {
+    const secret = 'pw<é\u2028line&sep';
+    const goNoHtml = JSON.stringify({ password: secret }).replace(/\u2028/g, '\\u2028');
+    expect(goNoHtml).toContain('pw<é\\u2028line&sep');
+    expect(pick(await leaksIn([secret], { name: 'cfg', data: buf(goNoHtml) }))).toEqual([{ source: 'cfg', secret: 0, form: 'json-escaped' }]);
+  });
+
   it('a secret that JSON does not change is reported raw, not twice', async () => {
     expect(pick(await leaksIn([SECRET], { name: 'j', data: buf(JSON.stringify({ SECRET })) }))).toEqual([{ source: 'j', secret: 0, form: 'raw' }]);
   });

@@ -5,9 +5,10 @@
  * Each secret is searched in these forms (a "needle" each), across chunk boundaries:
  * - `raw`: its UTF-8 bytes.
  * - `json-escaped`: as it appears inside a JSON string when escaping changes it — JavaScript's
- *   JSON.stringify, Go's encoding/json (which also writes `<`, `>`, `&`, U+2028/9 as `\u00XX`;
- *   Docker's image config is written by Go), ASCII-only JSON (Python's default, `\uXXXX` for
- *   non-ASCII), `\/` for `/`, and JSON inside JSON (escaped twice).
+ *   JSON.stringify, Go's encoding/json (which also writes `<`, `>`, `&` as `\u00XX` unless told
+ *   not to, and U+2028/9 as `\u2028`/`\u2029` always; Docker's image config is written by Go),
+ *   ASCII-only JSON (Python's default, `\uXXXX` for non-ASCII), `\/` for `/`, and JSON inside
+ *   JSON (escaped twice).
  * - `base64` / `base64url`: the secret's bytes embedded in a larger base64 text at each of the 3
  *   byte alignments. For alignment k the secret is encoded behind k filler bytes, the characters
  *   that mix filler (or the unknown next byte) with secret bits are dropped, and the stable middle
@@ -183,19 +184,21 @@ function base64Middle(raw: Buffer, k: number): string {
 function jsonEscapings(s: string): string[] {
   const once = new Set<string>([JSON.stringify(s).slice(1, -1)]);
   for (const html of [false, true])
-    for (const ascii of [false, true])
-      for (const shortBF of [true, false])
-        for (const slash of [false, true]) once.add(jsonInner(s, { html, ascii, shortBF, slash }));
+    for (const lineSep of [false, true])
+      for (const ascii of [false, true])
+        for (const shortBF of [true, false])
+          for (const slash of [false, true]) once.add(jsonInner(s, { html, lineSep, ascii, shortBF, slash }));
   const twice = [...once].map((x) => JSON.stringify(x).slice(1, -1));
   return [...once, ...twice];
 }
 
 /**
- * One JSON encoder's escaping of `s`: `html` is Go's (`<`, `>`, `&`, U+2028/9 as \u00XX),
- * `ascii` Python's ensure_ascii (every non-ASCII code unit as \uXXXX), `shortBF` writes \b and \f
- * (older Go writes \u0008 and \u000c), `slash` writes `/` as `\/` (PHP).
+ * One JSON encoder's escaping of `s`: `html` is Go's default (`<`, `>`, `&` as \u00XX), `lineSep`
+ * Go's always (U+2028/9 as \u2028/9, also with SetEscapeHTML(false)), `ascii` Python's
+ * ensure_ascii (every non-ASCII code unit as \uXXXX), `shortBF` writes \b and \f (older Go writes
+ * \u0008 and \u000c), `slash` writes `/` as `\/` (PHP).
  */
-function jsonInner(s: string, o: { html: boolean; ascii: boolean; shortBF: boolean; slash: boolean }): string {
+function jsonInner(s: string, o: { html: boolean; lineSep: boolean; ascii: boolean; shortBF: boolean; slash: boolean }): string {
   const u = (c: number): string => `\\u${c.toString(16).padStart(4, '0')}`;
   let out = '';
   for (const ch of s) {
@@ -209,7 +212,8 @@ function jsonInner(s: string, o: { html: boolean; ascii: boolean; shortBF: boole
     else if (ch === '\f' && o.shortBF) out += '\\f';
     else if (c < 0x20) out += u(c);
     else if (ch === '/' && o.slash) out += '\\/';
-    else if (o.html && (ch === '<' || ch === '>' || ch === '&' || c === 0x2028 || c === 0x2029)) out += u(c);
+    else if (o.html && (ch === '<' || ch === '>' || ch === '&')) out += u(c);
+    else if (o.lineSep && (c === 0x2028 || c === 0x2029)) out += u(c);
     else if (o.ascii && c > 0x7f) {
       for (let i = 0; i < ch.length; i++) out += u(ch.charCodeAt(i));
     } else out += ch;

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findLeaks, imageLayerSources, type LeakSource } from '../../trusted-builder/secrets/leak-check.js';
@@ -69,5 +70,36 @@ describe('imageLayerSources on a real docker save', () => {
 
     expect(leaks.filter((l) => l.secret === 3)).toEqual([]);
     expect(JSON.stringify(leaks)).not.toMatch(new RegExp([fileSecret, authSecret].join('|')));
+  });
+});
+
+describe('the raw layer search on a real docker save: a path the layer tar splits', () => {
+  const tag = `airlock-test/leak-check-split:${process.pid}-${randomBytes(4).toString('hex')}`;
+  // A secret holding `/` (as an AWS secret key can), made a path under a 129-byte directory: the
+  // engine's tar writer stores each such path as a ustar prefix and name, split at a `/` inside
+  // the secret, so no header holds it whole. The RUN spells it reversed, so the config does not.
+  const secret = `${randomBytes(9).toString('base64url')}/${randomBytes(6).toString('hex')}/${randomBytes(14).toString('base64url')}`;
+  const dir = `/srv/${'a'.repeat(60)}/${'b'.repeat(64)}`;
+  let context: string;
+
+  beforeAll(async () => {
+    context = mkdtempSync(join(tmpdir(), 'airlock-leak-split-'));
+    const reversed = [...secret].reverse().join('');
+    writeFileSync(join(context, 'Dockerfile'), [`FROM ${BUSYBOX}`, `RUN s=$(echo '${reversed}' | rev) && mkdir -p "${dir}/$s" && echo hi > "${dir}/$s/${'z'.repeat(80)}"`, ''].join('\n'));
+    await run('docker', ['build', '--network', 'none', '-q', '-t', tag, context], { timeout: 120_000 });
+  });
+
+  afterAll(async () => {
+    await run('docker', ['rmi', '-f', tag]).catch(() => undefined);
+    rmSync(context, { recursive: true, force: true });
+  });
+
+  it('finds it with perFile: false (as the promote stage searches) and places it in the entry names per file', async () => {
+    const { stdout } = await run('docker', ['save', tag], { encoding: 'buffer', maxBuffer: 64 << 20 });
+    expect(stdout.includes(secret)).toBe(false);
+    const raw = await findLeaks([secret], imageLayerSources(Readable.from([stdout]), { perFile: false }));
+    expect(raw.map((l) => [l.source.replace(/[0-9a-f]{64}/, '<id>'), l.form])).toEqual([['layer <id>', 'raw']]);
+    const detailed = await findLeaks([secret], imageLayerSources(Readable.from([stdout])));
+    expect(detailed.map((l) => [l.source.replace(/[0-9a-f]{64}/, '<id>'), l.form])).toEqual([['layer <id>:(entry names)', 'raw']]);
   });
 });

@@ -201,6 +201,13 @@ describe('findLeaks: JSON-escaped and other forms', () => {
     }
   });
 
+  it('finds a secret with `<`, é and U+2028 as Go writes it with SetEscapeHTML(false): `<` and é as they are, U+2028 escaped (Go always escapes it)', async () => {
+    const secret = 'pw<é\u2028line&sep';
+    const goNoHtml = JSON.stringify({ password: secret }).replace(/\u2028/g, '\\u2028');
+    expect(goNoHtml).toContain('pw<é\\u2028line&sep');
+    expect(pick(await leaksIn([secret], { name: 'cfg', data: buf(goNoHtml) }))).toEqual([{ source: 'cfg', secret: 0, form: 'json-escaped' }]);
+  });
+
   it('a secret that JSON does not change is reported raw, not twice', async () => {
     expect(pick(await leaksIn([SECRET], { name: 'j', data: buf(JSON.stringify({ SECRET })) }))).toEqual([{ source: 'j', secret: 0, form: 'raw' }]);
   });
@@ -300,6 +307,33 @@ describe('imageLayerSources on synthetic docker save archives', () => {
     ]);
     const detailed = await findLeaks([SECRET], imageLayerSources(Readable.from([archive])));
     expect(pick(detailed).map((l) => l.source)).toEqual([`layer sha256:${HEX('a')}:etc/app.conf`, `layer sha256:${HEX('b')}:(entry names)`, `blob sha256:${HEX('e')}`]);
+  });
+
+  it('perFile: false finds a secret in a long path that a ustar header splits into prefix and name fields, in every chunking', async () => {
+    // A path over 100 bytes is stored as prefix (offset 345) + name (offset 0), the `/` between
+    // them dropped (Docker's Go archive/tar does this too): a secret holding a `/` is then in no
+    // contiguous byte range of the layer's tar.
+    const secret = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY';
+    const layer = await tarOf([{ name: 'srv/ok.txt', body: 'ok' }, { name: `${secret}/${'z'.repeat(80)}`, body: 'x' }, { name: 'srv/end.txt', body: 'end' }]);
+    expect(layer.includes(secret)).toBe(false);
+    expect(layer.subarray(512 + 512 + 345, 512 + 512 + 500).toString('latin1')).toMatch(/^wJalrXUtnFEMI\/K7MDENG\0/);
+    for (const [how, blob] of [['plain', layer], ['gzip', gzipSync(layer)]] as const) {
+      const archive = await tarOf([{ name: `blobs/sha256/${HEX('a')}`, body: blob }]);
+      for (const size of [1, 100, 511, 512, 513, 4096, archive.length]) {
+        const chunks = Array.from({ length: Math.ceil(archive.length / size) }, (_, k) => archive.subarray(k * size, (k + 1) * size));
+        const raw = await findLeaks([secret], imageLayerSources(Readable.from(chunks), { perFile: false }));
+        expect(pick(raw), `${how}, chunks of ${size}`).toEqual([{ source: `layer sha256:${HEX('a')}`, secret: 0, form: 'raw' }]);
+      }
+      const detailed = await findLeaks([secret], imageLayerSources(Readable.from([archive])));
+      expect(pick(detailed), how).toEqual([{ source: `layer sha256:${HEX('a')}:(entry names)`, secret: 0, form: 'raw' }]);
+    }
+    // A layer without split paths gets nothing added.
+    const plain = await tarOf([{ name: 'srv/ok.txt', body: 'ok' }]);
+    const got: Buffer[] = [];
+    for await (const s of imageLayerSources(Readable.from([await tarOf([{ name: `blobs/sha256/${HEX('b')}`, body: plain }])]), { perFile: false })) {
+      for await (const c of s.data as AsyncIterable<Uint8Array>) got.push(Buffer.from(c));
+    }
+    expect(Buffer.concat(got).equals(plain)).toBe(true);
   });
 
   it('refuses a layer it cannot read (zstd) rather than passing it', async () => {
@@ -487,6 +521,143 @@ describe('findLeaks against a naive reference', () => {
     // The data must exercise both kinds of hit for this test to mean anything.
     expect(wrappedHits).toBeGreaterThan(100);
     expect(plainHits).toBeGreaterThan(300);
+  });
+
+  /**
+   * Secrets an attacker would hope to slip past: 6 characters (the shortest searched), prefixes of
+   * one another, around the automaton's 32-byte prefix, several KB (a key), with characters JSON
+   * and URLs escape, with `+` and `/` in their base64, self-overlapping.
+   */
+  function hostileSecrets(r: () => number): string[] {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const word = (alphabet: string, n: number): string => Array.from({ length: n }, () => pick([...alphabet])).join('');
+    const out: string[] = [];
+    for (let k = 1 + Math.floor(r() * 4); k > 0; k--) {
+      const alphabet = pick([B64.slice(0, 64), 'ab', 'a', 'xyz01', 'p@s w/d"\\<&>é\n+%', '\u00fb\u00ff\u00be?>~-_']);
+      const s = word(alphabet, pick([6, 6, 7, 9, 31, 32, 33, 34, 65, 2000, 4500]));
+      out.push(s);
+      if (r() < 0.4) out.push(r() < 0.5 ? s.slice(0, Math.max(6, s.length >> 1)) : s + word(alphabet, 1 + Math.floor(r() * 40)));
+    }
+    return out;
+  }
+
+  /**
+   * A source from those secrets: their needles whole, cut, overlapping (one starting inside the
+   * other) and repeated; their base64 and base64url inside random bytes, wrapped at 1 to 80 columns
+   * or broken at random with LF, CRLF, CR alone or runs of them, with `=`, `-`, `_`, `+`, `/` and
+   * other bytes next to the breaks; long base64 runs and break runs; noise.
+   */
+  function hostileSample(r: () => number, secrets: string[]): Buffer {
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const bytes = (n: number): Buffer => Buffer.from(Array.from({ length: n }, () => Math.floor(r() * 256)));
+    const breaks = ['\n', '\r\n', '\r', '\n\n', '\r\n\r\n', '\n\r', '\r\r\r\n'];
+    const parts: Buffer[] = [];
+    for (let i = 1 + Math.floor(r() * 12); i > 0; i--) {
+      const secret = Buffer.from(pick(secrets), 'utf8');
+      const needle = pick(needlesOf(pick(secrets))).bytes;
+      const other = pick(needlesOf(pick(secrets))).bytes;
+      switch (Math.floor(r() * 10)) {
+        case 0:
+          parts.push(pick([secret, needle]));
+          break;
+        case 1: // overlapping: a needle, then another that starts inside it, or a needle repeated from inside itself
+          parts.push(Buffer.concat([needle.subarray(0, Math.floor(r() * (needle.length + 1))), pick([other, needle])]));
+          break;
+        case 2:
+          parts.push(Buffer.concat([needle, needle.subarray(Math.floor(r() * needle.length))]));
+          break;
+        case 3:
+        case 4:
+        case 5: {
+          let text = Buffer.concat([bytes(Math.floor(r() * 100)), secret, bytes(Math.floor(r() * 100))]).toString(r() < 0.5 ? 'base64' : 'base64url');
+          if (r() < 0.3) text = text.replace(/=+$/, '');
+          const brk = pick(breaks);
+          const how = Math.floor(r() * 3);
+          if (how === 0) text = text.replace(new RegExp(`.{${1 + Math.floor(r() * (r() < 0.5 ? 6 : 80))}}`, 'gs'), (m) => m + (r() < 0.8 ? brk : pick(breaks)));
+          else {
+            const stray = how === 1 ? breaks : [...breaks, '=', '==', '-', '_', '+', '/', ' ', '\0', '.'];
+            for (let k = Math.floor(r() * 10); k > 0; k--) {
+              const at = Math.floor(r() * text.length);
+              text = text.slice(0, at) + pick(stray) + text.slice(at);
+            }
+          }
+          parts.push(Buffer.from(text, 'latin1'));
+          break;
+        }
+        case 6:
+          parts.push(Buffer.from(pick(breaks).repeat(1 + Math.floor(r() * 3))));
+          break;
+        case 7:
+          parts.push(Buffer.from(Array.from({ length: Math.floor(r() * 400) }, () => pick([...B64])).join(''), 'latin1'));
+          break;
+        case 8: {
+          // The longest wrapped needle (the reach of the regions) broken once, one byte from an end or
+          // anywhere, inside base64 runs longer than it on both sides.
+          const longest = secrets.flatMap((x) => needlesOf(x)).filter((n) => n.form === 'base64' || n.form === 'base64url').reduce<Buffer>((a, n) => (n.bytes.length > a.length ? n.bytes : a), Buffer.alloc(0));
+          const at = pick([1, longest.length - 1, Math.floor(r() * longest.length)]);
+          const run = (): Buffer => Buffer.from(Array.from({ length: longest.length + Math.floor(r() * 8) }, () => pick([...B64.slice(0, 64)])).join(''), 'latin1');
+          parts.push(Buffer.concat([run(), longest.subarray(0, at), Buffer.from(pick(breaks)), longest.subarray(at), run()]));
+          break;
+        }
+        default:
+          parts.push(r() < 0.5 ? bytes(Math.floor(r() * 300)) : Buffer.alloc(Math.floor(r() * 3000), pick([0, 0x41, 0x0a, 0x0d])));
+      }
+    }
+    return Buffer.concat(parts);
+  }
+
+  it('equals the reference on hostile secrets and sources, cut at 1, 31/32/33, random sizes, at every line break and whole', async () => {
+    let wrappedHits = 0;
+    let plainHits = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = rng(1_000_000 + seed);
+      const secrets = hostileSecrets(r);
+      const data = hostileSample(r, secrets);
+      const want = reference(secrets, 's', data);
+      wrappedHits += want.filter((l) => l.lineWrapped).length;
+      plainHits += want.filter((l) => !l.lineWrapped).length;
+      // Chunk boundaries right before and right after every CR/LF byte.
+      const atBreaks = [...data.keys()].filter((i) => data[i] === 10 || data[i] === 13).flatMap((i) => [i, i + 1]);
+      const cutAt = (cuts: number[]): Buffer[] => [0, ...cuts].map((from, k) => data.subarray(from, k < cuts.length ? cuts[k] : data.length)).filter((c) => c.length > 0);
+      const max = 1 + Math.floor(r() * 300);
+      const cuts: [string, Buffer[]][] = [
+        ['whole', [data]],
+        [`random ≤ ${max}`, chunked(data, () => Math.ceil(r() * max))],
+        ['sizes 31/32/33', chunked(data, (() => { let k = 0; return () => [31, 32, 33][k++ % 3]!; })())],
+        ['at the breaks', cutAt([...new Set(atBreaks)])],
+      ];
+      if (data.length < 3000) cuts.push(['bytes', chunked(data, () => 1)]);
+      for (const [how, chunks] of cuts) {
+        expect(await findLeaks(secrets, [{ name: 's', data: Readable.from(chunks) }]), `seed ${1_000_000 + seed}, ${how}`).toEqual(want);
+      }
+    }
+    // The data must exercise both kinds of hit (134 line-wrapped and 379 plain as written).
+    expect(wrappedHits).toBeGreaterThan(100);
+    expect(plainHits).toBeGreaterThan(300);
+  });
+
+  it('equals the reference when the source refills one buffer for every chunk it yields', async () => {
+    async function* refilled(chunks: Buffer[]): AsyncGenerator<Uint8Array> {
+      const one = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
+      for (const c of chunks) {
+        c.copy(one);
+        yield one.subarray(0, c.length);
+      }
+      one.fill(0x41);
+    }
+    let wrappedHits = 0;
+    for (let seed = 1; seed <= 20; seed++) {
+      const r = rng(2_000_000 + seed);
+      const secrets = hostileSecrets(r);
+      const data = hostileSample(r, secrets);
+      const want = reference(secrets, 's', data);
+      wrappedHits += want.filter((l) => l.lineWrapped).length;
+      for (const size of [1, 33, 200]) {
+        if (size === 1 && data.length > 3000) continue;
+        expect(await findLeaks(secrets, [{ name: 's', data: refilled(chunked(data, () => size)) }]), `seed ${2_000_000 + seed}, chunks of ${size}`).toEqual(want);
+      }
+    }
+    expect(wrappedHits).toBeGreaterThan(5); // 10 as written
   });
 
   it('equals the reference on adversarial layouts: breaks at every offset of a wrapped needle, break runs, long runs before the first break', async () => {

@@ -5,9 +5,10 @@
  * Each secret is searched in these forms (a "needle" each), across chunk boundaries:
  * - `raw`: its UTF-8 bytes.
  * - `json-escaped`: as it appears inside a JSON string when escaping changes it — JavaScript's
- *   JSON.stringify, Go's encoding/json (which also writes `<`, `>`, `&`, U+2028/9 as `\u00XX`;
- *   Docker's image config is written by Go), ASCII-only JSON (Python's default, `\uXXXX` for
- *   non-ASCII), `\/` for `/`, and JSON inside JSON (escaped twice).
+ *   JSON.stringify, Go's encoding/json (which also writes `<`, `>`, `&` as `\u00XX` unless told
+ *   not to, and U+2028/9 as `\u2028`/`\u2029` always; Docker's image config is written by Go),
+ *   ASCII-only JSON (Python's default, `\uXXXX` for non-ASCII), `\/` for `/`, and JSON inside
+ *   JSON (escaped twice).
  * - `base64` / `base64url`: the secret's bytes embedded in a larger base64 text at each of the 3
  *   byte alignments. For alignment k the secret is encoded behind k filler bytes, the characters
  *   that mix filler (or the unknown next byte) with secret bits are dropped, and the stable middle
@@ -37,8 +38,8 @@
  * hot loop is one table lookup per byte, and at the root state one lookup skips each byte no needle
  * starts with (zeros, most of a binary). The history is a copy of the last 31 bytes and of what
  * pending candidates still need, not a concatenation of every chunk. The line-wrapped search below
- * keeps views of the last chunks, uncopied, as far back as its longest needle (chunks must not
- * change after they are handed over, as Node's streams guarantee).
+ * keeps a copy of the bytes as far back as its longest wrapped needle (at most that much of each
+ * chunk). Neither keeps a view of a chunk past its write: a source may reuse its buffer.
  *
  * The line-wrapped search removes CR/LF only where a base64 needle can span a line break: around a
  * break run with base64-alphabet bytes on both sides, from the longest wrapped needle's length
@@ -183,19 +184,21 @@ function base64Middle(raw: Buffer, k: number): string {
 function jsonEscapings(s: string): string[] {
   const once = new Set<string>([JSON.stringify(s).slice(1, -1)]);
   for (const html of [false, true])
-    for (const ascii of [false, true])
-      for (const shortBF of [true, false])
-        for (const slash of [false, true]) once.add(jsonInner(s, { html, ascii, shortBF, slash }));
+    for (const lineSep of [false, true])
+      for (const ascii of [false, true])
+        for (const shortBF of [true, false])
+          for (const slash of [false, true]) once.add(jsonInner(s, { html, lineSep, ascii, shortBF, slash }));
   const twice = [...once].map((x) => JSON.stringify(x).slice(1, -1));
   return [...once, ...twice];
 }
 
 /**
- * One JSON encoder's escaping of `s`: `html` is Go's (`<`, `>`, `&`, U+2028/9 as \u00XX),
- * `ascii` Python's ensure_ascii (every non-ASCII code unit as \uXXXX), `shortBF` writes \b and \f
- * (older Go writes \u0008 and \u000c), `slash` writes `/` as `\/` (PHP).
+ * One JSON encoder's escaping of `s`: `html` is Go's default (`<`, `>`, `&` as \u00XX), `lineSep`
+ * Go's always (U+2028/9 as \u2028/9, also with SetEscapeHTML(false)), `ascii` Python's
+ * ensure_ascii (every non-ASCII code unit as \uXXXX), `shortBF` writes \b and \f (older Go writes
+ * \u0008 and \u000c), `slash` writes `/` as `\/` (PHP).
  */
-function jsonInner(s: string, o: { html: boolean; ascii: boolean; shortBF: boolean; slash: boolean }): string {
+function jsonInner(s: string, o: { html: boolean; lineSep: boolean; ascii: boolean; shortBF: boolean; slash: boolean }): string {
   const u = (c: number): string => `\\u${c.toString(16).padStart(4, '0')}`;
   let out = '';
   for (const ch of s) {
@@ -209,7 +212,8 @@ function jsonInner(s: string, o: { html: boolean; ascii: boolean; shortBF: boole
     else if (ch === '\f' && o.shortBF) out += '\\f';
     else if (c < 0x20) out += u(c);
     else if (ch === '/' && o.slash) out += '\\/';
-    else if (o.html && (ch === '<' || ch === '>' || ch === '&' || c === 0x2028 || c === 0x2029)) out += u(c);
+    else if (o.html && (ch === '<' || ch === '>' || ch === '&')) out += u(c);
+    else if (o.lineSep && (c === 0x2028 || c === 0x2029)) out += u(c);
     else if (o.ascii && c > 0x7f) {
       for (let i = 0; i < ch.length; i++) out += u(ch.charCodeAt(i));
     } else out += ch;
@@ -456,7 +460,7 @@ class WrappedSearch {
   #fedTo = 0; // regions are taken up to here; a region that starts here goes on from the last one
   #needTo = 0; // regions must go on up to here, unless the base64 run ends first
   #last = -1; // the last byte before #pos that is no CR/LF (-1: none yet)
-  readonly #recent: Uint8Array[] = []; // the last ≥ reach bytes before #pos, as written
+  readonly #recent: Uint8Array[] = []; // copies of the last ≥ reach bytes before #pos (all of them, nearer the start)
   #recentStart = 0;
   readonly #regions: number[] = []; // this chunk's regions: start, end, 1 if it goes on from the one before
   #buf = new Uint8Array(0); // reused: the scanner copies what it keeps
@@ -506,9 +510,14 @@ class WrappedSearch {
       }
     }
     this.#pos += len;
-    // Keep this chunk (not a copy) while it holds one of the last `reach` bytes.
-    if (this.#recent.length === 0) this.#recentStart = pos;
-    this.#recent.push(chunk);
+    // Keep a copy of this chunk's last `reach` bytes, not a view: a source may refill its buffer
+    // once the chunk is handed on.
+    const keep = Math.min(len, this.#reach);
+    if (keep < len || this.#recent.length === 0) {
+      this.#recent.length = 0;
+      this.#recentStart = this.#pos - keep;
+    }
+    this.#recent.push(new Uint8Array(chunk.subarray(len - keep)));
     while (this.#recent.length > 1 && this.#recentStart + this.#recent[0]!.length <= this.#pos - this.#reach) this.#recentStart += this.#recent.shift()!.length;
   }
 
@@ -617,9 +626,10 @@ async function* chunksOf(data: LeakSource['data']): AsyncIterable<Uint8Array> {
  * (manifest.json, the legacy `<id>/json`, which repeats the config) as `image <path>`.
  * A zstd, xz or bzip2 blob throws InvalidInputError: what cannot be read cannot be cleared.
  *
- * With `perFile: false`, each layer is one source `layer <id>` of its raw tar bytes instead: the
- * same secrets are found (file contents are contiguous in a tar, names are in its headers) at a
- * fraction of the cost, but a hit names only the layer — search again per file to say where.
+ * With `perFile: false`, each layer is one source `layer <id>` of its raw tar bytes instead, with
+ * the long paths a ustar header splits in two fields rejoined after them: the same secrets are
+ * found (file contents are contiguous in a tar, names are in its headers) at a fraction of the
+ * cost, but a hit names only the layer — search again per file to say where.
  *
  * Sources must be consumed in order (findLeaks does); one not read to its end is drained when
  * the next is pulled.
@@ -677,14 +687,61 @@ async function* blobSources(cursor: Cursor, path: string, layerId: string, whole
     yield* blobSources(new Cursor(gz), path, layerId, wholeName, false, perFile);
   } else if (kind === 'tar' && !perFile) {
     // The layer's tar as it is: every file's content is contiguous in it, and its headers carry
-    // the names, so this finds what the per-file sources find, without parsing the layer.
-    yield { name: `layer ${layerId}`, data: cursor.stream() };
+    // the names (those a ustar header splits are added, rejoined, after it), so this finds what
+    // the per-file sources find, without parsing the layer.
+    yield { name: `layer ${layerId}`, data: withSplitNames(cursor.stream()) };
   } else if (kind === 'tar') {
     yield* layerSources(cursor.stream(), layerId);
   } else {
     yield { name: wholeName, data: cursor.stream() };
   }
   await cursor.drain();
+}
+
+const USTAR_MAGIC = [...Buffer.from('ustar\0', 'latin1')];
+
+/**
+ * A layer's raw tar bytes as they come, then (after a LF) the paths its ustar headers split, each
+ * rejoined, one a line. A path longer than 100 bytes may be stored as a prefix field (offset 345)
+ * and a name field (offset 0) with the `/` between them dropped — Go's archive/tar, and so Docker,
+ * writes such headers, splitting at a `/` — so a secret holding a `/` can be in no contiguous byte
+ * range of the tar. Every 512-byte block at a 512-byte boundary with the ustar magic and a
+ * non-empty prefix is taken for a header, without following the entries' sizes: a file's data also
+ * starts on a boundary, so a data block that looks like a header only adds a line to search.
+ * The lines are raw bytes (no decoding); they are held until the tar ends (at most 256 bytes for
+ * each split path; the per-file sources hold every name).
+ */
+async function* withSplitNames(tarBytes: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const lines: Buffer[] = [];
+  const take = (b: Uint8Array, o: number): void => {
+    if (b[o + 345] === 0 || !USTAR_MAGIC.every((c, i) => b[o + 257 + i] === c)) return;
+    const field = (from: number, len: number): Uint8Array => {
+      const end = b.subarray(from, from + len).indexOf(0);
+      return b.subarray(from, end < 0 ? from + len : from + end);
+    };
+    lines.push(Buffer.concat([Buffer.from([10]), field(o + 345, 155), Buffer.from('/'), field(o, 100)]));
+  };
+  const block = new Uint8Array(512); // a block that straddles chunks
+  let have = 0;
+  for await (const chunk of tarBytes) {
+    let i = 0;
+    if (have > 0) {
+      i = Math.min(512 - have, chunk.length);
+      block.set(chunk.subarray(0, i), have);
+      have += i;
+      if (have === 512) {
+        take(block, 0);
+        have = 0;
+      }
+    }
+    for (; i + 512 <= chunk.length; i += 512) take(chunk, i);
+    if (i < chunk.length) {
+      block.set(chunk.subarray(i), 0);
+      have = chunk.length - i;
+    }
+    yield chunk;
+  }
+  if (lines.length > 0) yield Buffer.concat(lines);
 }
 
 async function* layerSources(bytes: AsyncIterable<Uint8Array>, layerId: string): AsyncGenerator<LeakSource> {

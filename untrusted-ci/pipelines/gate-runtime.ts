@@ -162,6 +162,12 @@ export class GateRuntime implements GateHooks, Reporter {
     if (this.pending.length > 0) this.post();
   }
 
+  /** Whether the gate holds this change approved at this patch set (or a newer one). */
+  holdsApproved(project: string, change: string, patchset: number): boolean {
+    const known = this.manager.change(changeKey(project, change));
+    return known !== undefined && known.status === 'open' && (known.patchset > patchset || (known.patchset === patchset && known.approved));
+  }
+
   /** Queue events for the model. */
   post(...events: PipelineEvent[]): void {
     if (this.closed) return;

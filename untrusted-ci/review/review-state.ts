@@ -91,6 +91,29 @@ export class ReviewState {
   }
 
   /**
+   * Every change ready for the gate now (open, not WIP, not private, approved under the rule), with
+   * its current patch set: what a gate that starts from its last snapshot must hold (an approval
+   * recorded here just before the process died may never have reached the gate's saved state).
+   * Read as candidates first (a vote of the rule's value on the current patch set), then each
+   * checked as `ready` checks it.
+   */
+  async readyChanges(): Promise<{ project: string; change: string; patchset: number }[]> {
+    const candidates = await this.db.all<{ project: string; change: string }>(
+      `SELECT c.project, c.change FROM review_changes c
+       WHERE c.status = 'open' AND c.wip = 0 AND c.private = 0
+         AND EXISTS (SELECT 1 FROM review_votes v WHERE v.project = c.project AND v.change = c.change AND v.patchset = c.patchset AND v.label = ? AND v.value >= ?)
+       ORDER BY c.updated_at, c.project, c.change`,
+      [this.o.rule.label, this.o.rule.value],
+    );
+    const out: { project: string; change: string; patchset: number }[] = [];
+    for (const { project, change } of candidates) {
+      const c = await this.get(project, change);
+      if (c && gateReady(c, this.o.rule, this.o.self)) out.push({ project, change, patchset: c.patchset });
+    }
+    return out;
+  }
+
+  /**
    * A new patch set (or the first one seen). Votes of the approval label carry over from the
    * patch set before when its kind says so; a veto always does. An older patch set than the one
    * known changes nothing.

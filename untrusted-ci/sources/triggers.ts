@@ -201,6 +201,32 @@ async function reconcileChangeNow(c: ReviewedChange, deps: TriggerDeps): Promise
 }
 
 /**
+ * Once the gate has loaded its last snapshot (a start, a takeover): every change the review state
+ * holds ready that the gate does not hold approved is told to it. The review state is written
+ * when an approval's event is handled, the gate's state when its batch is saved: a leader that
+ * died in between left an approval only the review state knows, and nothing would tell the gate
+ * again (the event's redelivery changes nothing in the review state, and the catch-up's cursor
+ * may already be past the change). Returns how many changes were told.
+ */
+export async function resumeApprovals(deps: TriggerDeps): Promise<number> {
+  const state = deps.reviewState;
+  const gate = deps.gate;
+  const store = deps.store;
+  if (!state || !gate || !store) return 0;
+  let told = 0;
+  for (const r of await state.readyChanges()) {
+    await perChange.run(changeKey(r.project, r.change), async () => {
+      if (gate.holdsApproved(r.project, r.change, r.patchset) || !(await state.ready(r.project, r.change))) return;
+      const c = await store.latestChange(r.project, r.change);
+      if (!c || c.patchset !== r.patchset) return;
+      gate.approval(c, true);
+      told++;
+    });
+  }
+  return told;
+}
+
+/**
  * The review system does not show the change to airlock any more (a change made private, or
  * deleted): it leaves the gate and its checks stop, as for a private change.
  */

@@ -4,9 +4,12 @@
  * a change is checked and voted; an unapproved ancestor is not merged; an approved change that is
  * abandoned is not merged (told by the event, or found by the re-read before the submit); an
  * approval withdrawn while in the gate dequeues it; events missed while the CI was down are caught
- * up; `recheck` checks again.
+ * up; an approval recorded but never saved into the gate's state (the process died in between) is
+ * gated after the restart; `recheck` checks again.
  */
 import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GateView } from '../../../untrusted-ci/api/schemas/gate.js';
 import type { BuildView } from '#shared/schemas/api/builds.js';
@@ -210,5 +213,30 @@ describe('the CI and its review system (real Docker, Gerrit stand-in)', () => {
     expect(r.result).toBe('SUCCESS');
     expect((await buildsOf(u.number, 'check')).length).toBe(1);
     expect(g.changeState(u.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
+  });
+
+  it('gates after a restart an approval the review state recorded but the gate never saved (the process died in between)', async () => {
+    const g = rig.gerrit;
+    const v = g.upload({ project: PROJECT, owner: 'ada', subject: 'V', files: { 'v.txt': 'v\n' } });
+    await until('its check vote', async () => (g.changeState(v.number).votes.Verified?.[CI_ACCOUNT] === 1 ? true : undefined));
+    await ci.close();
+    g.pauseWebhooks({ drop: true });
+    g.review(v.number, 'grace', { labels: { 'Code-Review': 2 } });
+    await g.resumeWebhooks();
+    // What handling the approval's event wrote before the process died: the vote in the review
+    // state (the gate's snapshot, saved after its batch, never got the change).
+    const db = new Database(join(dataDir, 'ci.sqlite'));
+    try {
+      const { patchset } = db.prepare('SELECT patchset FROM review_changes WHERE project = ? AND change = ?').get(PROJECT, String(v.number)) as { patchset: number };
+      db.prepare('INSERT INTO review_votes (project, change, patchset, account, label, value) VALUES (?,?,?,?,?,?)').run(PROJECT, String(v.number), patchset, 'grace', 'Code-Review', 2);
+    } finally {
+      db.close();
+    }
+    // The catch-up reads the change again, but the review state already says approved: only the
+    // resume at the gate's start tells the gate.
+    ci = await start();
+    const r = await report(v.number);
+    expect(r.result).toBe('SUCCESS');
+    expect(g.changeState(v.number)).toMatchObject({ status: 'MERGED', submitter: CI_ACCOUNT });
   });
 });

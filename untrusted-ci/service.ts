@@ -46,7 +46,7 @@ import { ReviewOutbox } from './review/review-outbox.js';
 import { ReviewState } from './review/review-state.js';
 import type { ReviewSystem } from './review/review-system.js';
 import { Rereads } from './review/rereads.js';
-import { hideChange, reconcileChange, type TriggerDeps } from './sources/triggers.js';
+import { hideChange, reconcileChange, resumeApprovals, type TriggerDeps } from './sources/triggers.js';
 import { Leadership } from './leadership.js';
 import { Lease, holderId } from './store/lease.js';
 import { RemoteJobs } from './remote/dispatch.js';
@@ -303,9 +303,13 @@ export async function startCiService(
     const advertise = (): string => c.replicas.advertiseUrl ?? listened ?? `http://${wildcardToLoopback(c.listen.host)}:${c.listen.port}`;
     const leaderParts: (() => unknown)[] = [];
     let deposed = false;
-    const stopLeading = async (): Promise<void> => {
-      for (const fn of leaderParts.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
-    };
+    // One stop at a time, each after the one before: closing the service while a step-down is
+    // stopping the parts waits for them (it closed the database under the catch-up's last round).
+    let stopped: Promise<void> = Promise.resolve();
+    const stopLeading = (): Promise<void> =>
+      (stopped = stopped.then(async () => {
+        for (const fn of leaderParts.splice(0).reverse()) await Promise.resolve(fn()).catch((e: unknown) => logger.warn({ err: e }, 'close failed'));
+      }));
     leadership = new Leadership({
       lease,
       ttlMs: c.replicas.leaseMs,
@@ -326,7 +330,17 @@ export async function startCiService(
         // Opened on every start of leading (a replica may lead again after it stepped down), and
         // it hands out nothing for a lease: the last leader's hosts may still run its jobs.
         if (remote) await part(() => remote.open(), () => remote.close());
-        await part(() => gate.start(), () => gate.close());
+        await part(
+          async () => {
+            await gate.start();
+            // Approvals the last leader recorded but did not save into the gate's state.
+            if (triggerDeps) {
+              const told = await resumeApprovals(triggerDeps);
+              if (told > 0) logger.warn({ changes: told }, 'approved changes the gate had not saved are queued again');
+            }
+          },
+          () => gate.close(),
+        );
         await part(() => sched.start(), () => sched.close());
         if (hints) await part(() => hints.start(), () => hints.close());
         if (review) {

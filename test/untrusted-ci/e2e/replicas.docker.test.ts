@@ -56,14 +56,19 @@ interface Replica {
 function startReplica(name: string, configFile: string): Promise<Replica> {
   const r: Replica = { name, child: undefined as unknown as ChildProcess, url: '', log: [], restarts: 0 };
   const launch = (first: boolean): Promise<Replica> => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/ci-child.ts', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/ci-child.ts', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(child);
     r.child = child;
+    const keep = (l: string): void => {
+      r.log.push(l.slice(0, 2000));
+      if (r.log.length > 300) r.log.shift();
+    };
+    // The log goes to stderr (shared/logging.ts): kept, not shown unless a wait fails.
+    createInterface({ input: child.stderr! }).on('line', keep);
     return new Promise((resolve, reject) => {
       const lines = createInterface({ input: child.stdout! });
       lines.on('line', (l) => {
-        r.log.push(l.slice(0, 2000));
-        if (r.log.length > 200) r.log.shift();
+        keep(l);
         if (l.startsWith('LISTENING ')) resolve(((r.url = l.slice('LISTENING '.length)), r));
       });
       child.once('exit', (code) => {
@@ -85,8 +90,16 @@ async function waitFor<T>(what: string, replicas: Replica[], probe: () => Promis
     // A replica being started again does not answer for a moment: asked again.
     return await until(what, () => probe().catch(() => undefined), timeoutMs, everyMs);
   } catch (e) {
-    const logs = replicas.map((r) => `--- replica ${r.name} (restarted ${r.restarts} times), last lines:\n${r.log.slice(-40).join('\n')}`).join('\n');
-    throw new Error(`${(e as Error).message}\n${logs}`);
+    const logs = replicas.map((r) => `--- replica ${r.name} (restarted ${r.restarts} times), last lines:\n${r.log.slice(-60).join('\n')}`).join('\n');
+    // And what the gate holds and the builds, from whichever replica answers.
+    const state: string[] = [];
+    for (const r of replicas) {
+      for (const path of ['/api/gate', '/api/builds?limit=50']) {
+        const got = await fetch(`${r.url}${path}`, { signal: AbortSignal.timeout(5000) }).then((x) => x.text(), (err: Error) => `(no answer: ${err.message})`);
+        state.push(`--- ${r.name} ${path}: ${got.slice(0, 20_000)}`);
+      }
+    }
+    throw new Error(`${(e as Error).message}\n${logs}\n${state.join('\n')}`);
   }
 }
 

@@ -162,10 +162,15 @@ export class GateRuntime implements GateHooks, Reporter {
     if (this.pending.length > 0) this.post();
   }
 
-  /** Whether the gate holds this change approved at this patch set (or a newer one). */
+  /**
+   * Whether the gate holds this change approved at this patch set (or a newer one), or merged (the
+   * review state may not have heard of the merge yet).
+   */
   holdsApproved(project: string, change: string, patchset: number): boolean {
     const known = this.manager.change(changeKey(project, change));
-    return known !== undefined && known.status === 'open' && (known.patchset > patchset || (known.patchset === patchset && known.approved));
+    if (!known) return false;
+    if (known.status === 'merged') return true;
+    return known.status === 'open' && (known.patchset > patchset || (known.patchset === patchset && known.approved));
   }
 
   /** Queue events for the model. */

@@ -72,6 +72,19 @@ const json = (res: ServerResponse, status: number, v?: unknown): void => {
   res.end(v === undefined ? undefined : JSON.stringify(v));
 };
 
+/** A CI that registers the host with a 60 s lease and hands out `queue` one claim at a time; every other request goes to `rest`. */
+function queueCi(queue: Assignment[], rest: (req: IncomingMessage, body: string, res: ServerResponse) => void): Promise<string> {
+  return fakeCi((req, body, res) => {
+    const url = req.url ?? '';
+    if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+    if (url === '/api/executor/claim') {
+      const a = queue.shift();
+      return a ? json(res, 200, a) : json(res, 204);
+    }
+    rest(req, body, res);
+  });
+}
+
 function host(ciUrl: string, runner: JobRunnerPort, runtimes: Runtime[] = ['runc']): ExecutorHost {
   const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
   cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
@@ -143,13 +156,8 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     });
     const serve = async (queue: Assignment[], runtimes: Runtime[]) => {
       const results = new Map<string, JobResult>();
-      const ci = await fakeCi((req, body, res) => {
+      const ci = await queueCi(queue, (req, body, res) => {
         const url = req.url ?? '';
-        if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
-        if (url === '/api/executor/claim') {
-          const a = queue.shift();
-          return a ? json(res, 200, a) : json(res, 204);
-        }
         if (url.endsWith('/result')) {
           const r = JSON.parse(body) as JobResult;
           results.set(r.jobId, r);
@@ -197,15 +205,7 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     const C = `sha256:${'c'.repeat(64)}`;
     const withImage = (run: string, id: string, image: string): Assignment => ({ ...assignment(run, id), spec: JobSpec.parse({ id, image, command: ['true'] }), imageId: image });
     const queue = [withImage('1', 'on-a', A), withImage('2', 'on-b', B)];
-    const ci = await fakeCi((req, _body, res) => {
-      const url = req.url ?? '';
-      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
-      if (url === '/api/executor/claim') {
-        const a = queue.shift();
-        return a ? json(res, 200, a) : json(res, 204);
-      }
-      return json(res, 200, { cancel: false, ok: true });
-    });
+    const ci = await queueCi(queue, (_req, _body, res) => json(res, 200, { cancel: false, ok: true }));
     const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
     cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
     // Loaded by this host before: C long ago, A and B since (the engine has all three).
@@ -234,13 +234,8 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     const tries: Record<string, number> = {};
     const results: JobResult[] = [];
     let uploaded = '';
-    const ci = await fakeCi((req, body, res) => {
+    const ci = await queueCi(queue, (req, body, res) => {
       const url = req.url ?? '';
-      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
-      if (url === '/api/executor/claim') {
-        const a = queue.shift();
-        return a ? json(res, 200, a) : json(res, 204);
-      }
       const m = /^\/api\/executor\/runs\/([a-f0-9]{32})\/(\w+)/.exec(url);
       if (!m) return json(res, 404, {});
       const key = `${m[1]!.slice(0, 1)}:${m[2]!}`;
@@ -290,13 +285,8 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     const queue = [a];
     const results: string[] = [];
     let asked = 0;
-    const ci = await fakeCi((req, body, res) => {
+    const ci = await queueCi(queue, (req, body, res) => {
       const url = req.url ?? '';
-      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
-      if (url === '/api/executor/claim') {
-        const next = queue.shift();
-        return next ? json(res, 200, next) : json(res, 204);
-      }
       if (url.endsWith('/image')) {
         asked++;
         // Part of a tar, then the connection drops.

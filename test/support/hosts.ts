@@ -349,6 +349,9 @@ async function teardown(dir: string, record: HostRecord, child: ChildProcess | u
   // The setpriv/nsenter wrapper has exec'd into dockerd: the child is dockerd itself; reap it.
   if (child && child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
     await stopProcess(child.pid, 0);
+    // Held while waited for (it was unref'd): else a process with nothing else to do (a benchmark
+    // at its end) exits under this wait, with "unsettled top-level await".
+    child.ref();
     await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
   }
   for (const mp of mountsUnder(dir)) await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
@@ -385,6 +388,7 @@ function installExitHook(): void {
 async function stopChild(c: ChildProcess): Promise<void> {
   if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+  c.ref(); // held while waited for, as above
   signal(c.pid, 'SIGKILL');
   await exited;
 }

@@ -29,6 +29,7 @@ import { loadEnvironmentPolicy } from '../untrusted-ci/environments/policy.js';
 import { startCiService } from '../untrusted-ci/service.js';
 import { createRepo } from '../test/support/git-repo.js';
 import { createRawLifecycle } from './raw-lifecycle.js';
+import { addSplit, cpuSplit, type CpuSplit } from './cpu-split.js';
 
 const IMAGE = 'airlock/base:busybox';
 const STATE_DIR = process.env.AIRLOCK_STATE_DIR ?? '/var/lib/airlock';
@@ -114,11 +115,15 @@ const ROUNDS = Math.max(1, Math.min(QUEUED, Number(process.env.BENCH_ROUNDS ?? 4
 let rawSec = 0;
 let checkSec = 0;
 let cpuMicros = 0;
+const zero: CpuSplit = { totalMs: 0, selfMs: 0, childrenMs: 0, engineMs: 0, otherMs: 0 };
+let rawCpu = zero;
+let checkCpu = zero;
 const ids: number[] = [];
 for (let round = 0; round < ROUNDS; round++) {
   const n = Math.floor(QUEUED / ROUNDS) + (round < QUEUED % ROUNDS ? 1 : 0);
   const changes = Array.from({ length: n }, () => newChange());
   let t = performance.now();
+  let split = cpuSplit();
   let next = 0;
   await Promise.all(
     Array.from({ length: SLOTS }, async (_, slot) => {
@@ -126,15 +131,20 @@ for (let round = 0; round < ROUNDS; round++) {
     }),
   );
   rawSec += (performance.now() - t) / 1000;
+  rawCpu = addSplit(rawCpu, split());
   t = performance.now();
+  split = cpuSplit();
   const cpu0 = process.cpuUsage();
   for (const c of changes) ids.push(await submit(c));
   await ci.scheduler.idle();
   checkSec += (performance.now() - t) / 1000;
+  checkCpu = addSplit(checkCpu, split());
   const cpu = process.cpuUsage(cpu0);
   cpuMicros += cpu.user + cpu.system;
 }
 const serviceCpuPerBuildMs = r1(cpuMicros / 1000 / QUEUED);
+const perBuild = (s: CpuSplit) => Object.fromEntries(Object.entries(s).map(([k, v]) => [k, r1(v / QUEUED)]));
+console.log(`machine CPU per lifecycle (ms): raw ${JSON.stringify(perBuild(rawCpu))} | check ${JSON.stringify(perBuild(checkCpu))}`);
 const notPassed = (await Promise.all(ids.map((id) => ci.store.build(id)))).filter((b) => b.result !== 'passed');
 if (notPassed.length > 0) throw new Error(`${notPassed.length} bench builds did not pass: ${notPassed[0]!.result} ${notPassed[0]!.reason}`);
 const throughput = { queued: QUEUED, slots: SLOTS, rounds: ROUNDS, serviceCpuPerBuildMs, rawPerSec: r2(QUEUED / rawSec), checkPerSec: r2(QUEUED / checkSec), ratio: r2(rawSec / checkSec) };

@@ -19,7 +19,7 @@
  * validated first (`isSha`, `validateRefName`, `remoteUrlProblem`) and placed after
  * `--end-of-options` or `--`.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -133,6 +133,16 @@ function gitEnv(opts: GitOptions): Record<string, string> {
     GIT_COMMITTER_EMAIL: GIT_IDENTITY.email,
     ...(opts.gitDir ? { GIT_DIR: opts.gitDir } : {}),
   };
+}
+
+/**
+ * A long-lived hardened git process with piped stdin, stdout and stderr (e.g. `cat-file
+ * --batch-command`, cat-file.ts): the caller owns it and must kill it. Its own process group, like
+ * every git here.
+ */
+export function spawnGitServer(args: readonly string[], gitDir: string): ChildProcess {
+  const argv = [...HARDENING.flatMap(([k, v]) => ['-c', `${k}=${v}`]), ...args];
+  return spawn('git', argv, { cwd: gitDir, env: gitEnv({ gitDir }), stdio: ['pipe', 'pipe', 'pipe'], detached: true });
 }
 
 interface Launched {

@@ -22,8 +22,9 @@
  *                                                   anything runs. (v1's `oom_kill` counter will
  *                                                   not do: it is counted at the victim's cgroup,
  *                                                   the container's, and goes with it.)
- * Node cannot make an eventfd, so one small perl process per job holds it (perl-base is Essential
- * in Debian): it registers, says `ready`, waits for its stdin to close, then prints the count.
+ * Node cannot make an eventfd, so one small perl process per runner holds its jobs' eventfds
+ * (perl-base is Essential in Debian): asked over its stdin, it registers one and says `ready`,
+ * and later prints its count.
  * <runner> and <job> are random hex the runner makes: nothing of a job or its spec is in a path,
  * and a job sees only its own cgroup (the engine mounts nothing else of the host's cgroupfs).
  *
@@ -38,7 +39,7 @@
  * is made; the reaper removes a dead owner's directories (jobs, then the runner's) in every
  * hierarchy, where the engine made them too.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
@@ -114,7 +115,7 @@ export interface OomCgroupsOptions {
   /** `<stateDir>/cgroups`: which runner owns which directory. */
   recordsDir: string;
   owner: string;
-  /** Injected for tests; defaults to the perl eventfd holder. */
+  /** Injected for tests; defaults to the runner's perl eventfd holder (PerlWatcher). */
   startWatch?: StartWatch;
   /** Injected for tests (a temp dir cannot remove a directory with files in it, cgroupfs can). */
   rmdir?: (path: string) => Promise<void>;
@@ -124,11 +125,16 @@ export interface OomCgroupsOptions {
 /** A runner's job cgroups. */
 export class OomCgroups {
   private readonly held = new Set<string>();
+  private readonly watcher: PerlWatcher | undefined;
+  private readonly startWatch: StartWatch;
   private constructor(
     private readonly opts: OomCgroupsOptions,
     /** This runner's directory name under JOBS_CGROUP. */
     readonly runnerName: string,
-  ) {}
+  ) {
+    if (!opts.startWatch) this.watcher = new PerlWatcher();
+    this.startWatch = opts.startWatch ?? this.watcher!.start;
+  }
 
   /**
    * Records and makes this runner's directory, then proves an eventfd can be registered on it.
@@ -142,7 +148,7 @@ export class OomCgroups {
     await writeFile(record, `${name}\n`, { mode: 0o600 });
     try {
       await mkdir(join(opts.mounts.memory, JOBS_CGROUP, name), { recursive: true });
-      const probe = await (opts.startWatch ?? startPerlWatch)(join(opts.mounts.memory, JOBS_CGROUP, name));
+      const probe = await self.startWatch(join(opts.mounts.memory, JOBS_CGROUP, name));
       await probe.count();
       return self;
     } catch (e) {
@@ -174,7 +180,7 @@ export class OomCgroups {
       await writeFile(join(dir, 'memory.swappiness'), '0');
       await writeFile(join(dir, 'memory.limit_in_bytes'), String(memory));
       if (await exists(join(dir, 'memory.memsw.limit_in_bytes'))) await writeFile(join(dir, 'memory.memsw.limit_in_bytes'), String(memory));
-      watch = await (this.opts.startWatch ?? startPerlWatch)(dir);
+      watch = await this.startWatch(dir);
     } catch (e) {
       await remove().catch(() => undefined);
       throw e;
@@ -194,6 +200,7 @@ export class OomCgroups {
 
   /** Removes this runner's directory and its record; if a job's directory is still there, both stay for the reaper. */
   async close(): Promise<void> {
+    this.watcher?.close();
     if (!(await removeEverywhere(this.opts.mounts.all, [JOBS_CGROUP, this.runnerName], this.rmdirFn))) {
       throw new Error(`cannot remove ${JOBS_CGROUP}/${this.runnerName} everywhere`);
     }
@@ -297,92 +304,154 @@ export function localCgroupMounts(): CgroupMounts | undefined {
 }
 
 /**
- * The eventfd holder: registers an eventfd (non-blocking) on `<dir>/memory.oom_control` through
- * `<dir>/cgroup.event_control`, prints `ready`, waits for stdin to close, prints the eventfd's
- * count (0 if it was never signalled) and exits. A runner that dies closes its stdin too.
+ * The eventfd holder, one process for all of a runner's jobs: each line on its stdin is a request,
+ * each answer a line on its stdout.
+ *   open <job> <dir>   registers an eventfd (non-blocking) on <dir>/memory.oom_control through
+ *                      <dir>/cgroup.event_control: `ready <job>`, or `error <job> <why>`
+ *   count <job>        reads that eventfd's count (0 if never signalled) and closes it: `count <job> <n>`
+ *   stop <job>         closes it, no answer
+ * A runner that dies closes its stdin, and the holder ends with every eventfd it held.
  */
 const WATCH_PL = String.raw`
 use strict; use warnings;
-my ($dir, $nr) = @ARGV;
-open(my $oc, '<', "$dir/memory.oom_control") or die "memory.oom_control: $!\n";
-my $efd = syscall($nr + 0, 0, 2048);
-die "eventfd2: $!\n" if $efd < 0;
-open(my $ev, '<&=', $efd) or die "eventfd: $!\n";
-open(my $ec, '>', "$dir/cgroup.event_control") or die "cgroup.event_control: $!\n";
-syswrite($ec, $efd . ' ' . fileno($oc)) or die "cgroup.event_control: $!\n";
-close($ec) or die "cgroup.event_control: $!\n";
+my $nr = shift @ARGV;
+my %w;
 $| = 1;
-print "ready\n";
-my $buf;
-1 while sysread(STDIN, $buf, 4096);
-my $n = sysread($ev, my $v, 8);
-print((defined($n) && $n == 8 ? unpack('Q', $v) : 0), "\n");
+while (my $line = <STDIN>) {
+  chomp $line;
+  if ($line =~ /^open ([0-9a-f]{16}) (.+)$/s) {
+    my ($id, $dir) = ($1, $2);
+    my $ok = eval {
+      open(my $oc, '<', "$dir/memory.oom_control") or die "memory.oom_control: $!\n";
+      my $efd = syscall($nr + 0, 0, 2048);
+      die "eventfd2: $!\n" if $efd < 0;
+      open(my $ev, '<&=', $efd) or die "eventfd: $!\n";
+      open(my $ec, '>', "$dir/cgroup.event_control") or die "cgroup.event_control: $!\n";
+      syswrite($ec, $efd . ' ' . fileno($oc)) or die "cgroup.event_control: $!\n";
+      close($ec) or die "cgroup.event_control: $!\n";
+      $w{$id} = [$ev, $oc];
+      1;
+    };
+    if ($ok) { print "ready $id\n"; } else { my $e = $@; $e =~ s/\s+/ /g; print "error $id $e\n"; }
+  } elsif ($line =~ /^count ([0-9a-f]{16})$/) {
+    my $x = delete $w{$1};
+    if (!$x) { print "error $1 not watched\n"; next; }
+    my $n = sysread($x->[0], my $v, 8);
+    print "count $1 ", (defined($n) && $n == 8 ? unpack('Q', $v) : 0), "\n";
+    close($x->[0]); close($x->[1]);
+  } elsif ($line =~ /^stop ([0-9a-f]{16})$/) {
+    my $x = delete $w{$1};
+    if ($x) { close($x->[0]); close($x->[1]); }
+  }
+}
 `;
 
-export const startPerlWatch: StartWatch = (dir) =>
-  new Promise<OomWatch>((resolve, reject) => {
+/**
+ * A runner's eventfd holder (WATCH_PL, one perl process, started on first use): a process per job
+ * cost the service a process start per job. If the holder dies, the watches it held fail (their
+ * jobs' OOM kills are then as the engine reports them) and the next watch starts a new one.
+ */
+export class PerlWatcher {
+  private child: ChildProcess | undefined;
+  private out = '';
+  private err = '';
+  /** Answers awaited, by job name: one request at a time per job. */
+  private readonly waiting = new Map<string, { resolve(line: string): void; reject(e: Error): void }>();
+  private closed = false;
+
+  /** Registers the watch on `cgroupDir`; resolves once it is registered (the job may start). */
+  readonly start: StartWatch = async (dir) => {
     const nr = EVENTFD2[process.arch];
-    if (nr === undefined) return reject(new Error(`no eventfd2 system call number known for ${process.arch}`));
-    // Nothing of this process's environment but PATH: no PERL5OPT or PERL5LIB reaches perl.
-    const child = spawn('perl', ['-e', WATCH_PL, dir, String(nr)], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' } });
-    let out = '';
-    let err = '';
-    let exited = false;
-    const lines = (): string[] => out.split('\n');
-    const waiters: (() => void)[] = [];
-    const wake = () => waiters.splice(0).forEach((w) => w());
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString('utf8');
-      wake();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      if (err.length < 4096) err += d.toString('utf8');
-    });
-    child.stdin.on('error', () => undefined);
-    child.on('error', (e) => {
-      exited = true;
-      err ||= e.message;
-      wake();
-    });
-    child.on('close', () => {
-      exited = true;
-      wake();
-    });
-    /** Resolves when `done()` holds, or rejects after `ms` or when the process ended without it. */
-    const until = (done: () => boolean, ms: number, what: string) =>
-      new Promise<void>((res, rej) => {
-        const timer = setTimeout(() => rej(new Error(`OOM watch: no ${what} within ${ms} ms`)), ms);
-        const check = () => {
-          if (done()) {
-            clearTimeout(timer);
-            res();
-          } else if (exited) {
-            clearTimeout(timer);
-            rej(new Error(`OOM watch ended: ${err.trim() || 'no output'}`));
-          } else waiters.push(check);
-        };
-        check();
-      });
-    const stop = () => {
-      if (!exited) child.kill('SIGKILL');
-    };
-    until(() => lines()[0] === 'ready' && lines().length > 1, READY_MS, 'ready').then(
-      () =>
-        resolve({
-          stop,
-          count: async () => {
-            child.stdin.end();
-            try {
-              await until(() => lines().length > 2 && /^\d+$/.test(lines()[1] ?? ''), COUNT_MS, 'count');
-            } finally {
-              stop();
-            }
-            return Number(lines()[1]);
-          },
-        }),
-      (e: unknown) => {
-        stop();
-        reject(e as Error);
+    if (nr === undefined) throw new Error(`no eventfd2 system call number known for ${process.arch}`);
+    if (/[\n\r]/.test(dir)) throw new Error('a cgroup directory with a line break cannot be watched');
+    const child = this.process(nr);
+    const job = randomBytes(8).toString('hex');
+    const ready = await this.ask(child, job, `open ${job} ${dir}`, READY_MS, 'ready');
+    if (!ready.startsWith('ready ')) throw new Error(`OOM watch: ${ready.replace(/^error \S+ /, '')}`);
+    let done = false;
+    return {
+      count: async () => {
+        if (done) throw new Error('OOM watch: already counted or stopped');
+        done = true;
+        if (this.child !== child) throw new Error(`OOM watch ended: ${this.err.trim() || 'its holder exited'}`);
+        const line = await this.ask(child, job, `count ${job}`, COUNT_MS, 'count');
+        const m = /^count \S+ (\d+)$/.exec(line);
+        if (!m) throw new Error(`OOM watch: ${line.replace(/^error \S+ /, '')}`);
+        return Number(m[1]);
       },
-    );
-  });
+      stop: () => {
+        if (done) return;
+        done = true;
+        if (this.child === child) child.stdin?.write(`stop ${job}\n`);
+      },
+    };
+  };
+
+  /** The holder's process id while it runs. */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Ends the holder (every watch it holds fails). */
+  close(): void {
+    this.closed = true;
+    this.end(new Error('OOM watch: the runner closed'));
+  }
+
+  private process(nr: number): ChildProcess {
+    if (this.closed) throw new Error('OOM watch: the runner closed');
+    if (this.child) return this.child;
+    // Nothing of this process's environment but PATH: no PERL5OPT or PERL5LIB reaches perl.
+    const child = spawn('perl', ['-e', WATCH_PL, String(nr)], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C' } });
+    this.child = child;
+    this.out = '';
+    this.err = '';
+    // It never keeps the runner's process alive: a waiting request's timer does while it waits.
+    child.unref();
+    for (const s of [child.stdin, child.stdout, child.stderr] as ({ unref?: () => void } | null)[]) s?.unref?.();
+    child.stdin?.on('error', () => undefined);
+    child.stderr?.on('data', (d: Buffer) => {
+      if (this.err.length < 4096) this.err += d.toString('utf8');
+    });
+    child.stdout?.on('data', (d: Buffer) => {
+      if (this.child !== child) return;
+      this.out += d.toString('utf8');
+      let nl: number;
+      while ((nl = this.out.indexOf('\n')) >= 0) {
+        const line = this.out.slice(0, nl);
+        this.out = this.out.slice(nl + 1);
+        const job = line.split(' ')[1] ?? '';
+        const w = this.waiting.get(job);
+        this.waiting.delete(job);
+        w?.resolve(line);
+      }
+      if (this.out.length > 65536) this.end(new Error('OOM watch: its holder wrote a line too long'));
+    });
+    child.on('error', (e) => this.child === child && this.end(new Error(`OOM watch ended: ${e.message}`)));
+    child.on('close', () => this.child === child && this.end(new Error(`OOM watch ended: ${this.err.trim() || 'no output'}`)));
+    return child;
+  }
+
+  private ask(child: ChildProcess, job: string, line: string, ms: number, what: string): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        // A holder that does not answer holds nothing reliably: start again.
+        if (this.child === child) this.end(new Error(`OOM watch: no ${what} within ${ms} ms`));
+      }, ms);
+      this.waiting.set(job, {
+        resolve: (l) => (clearTimeout(timer), resolve(l)),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+      });
+      child.stdin?.write(`${line}\n`);
+    });
+  }
+
+  private end(reason: Error): void {
+    const child = this.child;
+    this.child = undefined;
+    if (child && child.exitCode === null) child.kill('SIGKILL');
+    const waiting = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of waiting) w.reject(reason);
+  }
+}

@@ -97,6 +97,12 @@ export interface CheckBuildExecutorOptions {
 export class CheckBuildExecutor implements BuildExecutor {
   constructor(private readonly o: CheckBuildExecutorOptions) {}
 
+  /** A queued check's branch and change are fetched while it waits for a slot (Merger.prefetch). */
+  queued(build: BuildView): void {
+    const project = this.o.projects.find((p) => p.name === build.project);
+    if (project && build.pipeline === 'check') void this.o.merger.prefetch(project, build.branch, build.change.ref);
+  }
+
   async execute(build: BuildView, signal: AbortSignal): Promise<BuildOutcome> {
     const { o } = this;
     o.events.begin(build.id);
@@ -131,6 +137,10 @@ export class CheckBuildExecutor implements BuildExecutor {
       changes: gate ? gate.stack : [{ ref: build.change.ref, label: `${build.change.change},${build.change.patchset}` }],
       buildId: String(build.id),
       signal,
+      // A check tests its change on the branch as it was when it was enqueued, or later (Zuul's
+      // check pipeline does the same): what a fetch since then found is used without fetching
+      // again. The gate always fetches: it merges onto the branch as it is.
+      ...(gate ? {} : { fetchedSince: build.enqueuedAt }),
     });
     releases.push(() => o.merger.release(String(build.id), project));
     phase('merge');

@@ -31,6 +31,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CancelledError, InvalidInputError, NotFoundError, type Issue } from '#shared/errors.js';
 import { isSha, refNameProblem, remoteUrlProblem, streamGit } from '#shared/git/git.js';
+import { closeCatFile } from '#shared/git/cat-file.js';
 import type { Logger } from '#shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
@@ -59,6 +60,13 @@ export interface PrepareRequest {
   /** Names the kept ref: letters, digits, `.`, `_`, `-`, at most 128. */
   buildId: string;
   signal?: AbortSignal;
+  /**
+   * A time (ms since the epoch): when every ref was fetched by a fetch that began at or after it
+   * (`prefetch`, or another build's), those commits are used and nothing is fetched. A check
+   * passes its enqueue time: it then tests its change on the branch as it was when the change was
+   * enqueued or later, as Zuul's check pipeline does. Without it, prepare always fetches (the gate).
+   */
+  fetchedSince?: number;
 }
 
 /** How one change was applied: `result` is the state after it (a merge commit, the change itself, or unchanged). */
@@ -102,6 +110,8 @@ export const BUILD_REF_PREFIX = 'refs/airlock/builds/';
 
 /** Merge steps remembered (a few hundred bytes each). */
 const MAX_REMEMBERED_STEPS = 10_000;
+/** Fetched refs remembered for `fetchedSince` (a few hundred bytes each). */
+const MAX_REMEMBERED_FETCHES = 10_000;
 
 /** Wants gathered for one coalesced fetch, and its outcome. */
 interface FetchBatch {
@@ -120,6 +130,8 @@ export class Merger {
   private readonly builds = new Map<string, Mirror>();
   /** Builds of this process with a ref under refs/airlock/builds/. */
   private readonly refed = new Set<string>();
+  /** Per mirror, URL and remote ref: the commit the latest fetch of it found, and when that fetch began. */
+  private readonly fetched = new Map<string, { sha: string; at: number }>();
 
   constructor(private readonly opts: MergerOptions) {
     this.root = resolve(opts.root);
@@ -137,10 +149,13 @@ export class Merger {
     let batch = this.fetchBatches.get(key);
     if (!batch) {
       const b: FetchBatch = { wants: [], result: undefined as unknown as Promise<Resolved[]> };
-      b.result = this.lock.run(mirror.dir, () => {
+      b.result = this.lock.run(mirror.dir, async () => {
         // From here on, new requests start the next batch.
         if (this.fetchBatches.get(key) === b) this.fetchBatches.delete(key);
-        return mirror.fetch(url, b.wants, { timeoutMs: this.opts.fetchTimeoutMs ?? 300_000, fsck: this.opts.fsckObjects ?? true });
+        const at = Date.now();
+        const resolved = await mirror.fetch(url, b.wants, { timeoutMs: this.opts.fetchTimeoutMs ?? 300_000, fsck: this.opts.fsckObjects ?? true });
+        this.remember(key, b.wants, resolved, at);
+        return resolved;
       });
       this.fetchBatches.set(key, b);
       batch = b;
@@ -159,10 +174,54 @@ export class Merger {
     );
     if (!signal) return mine;
     return new Promise<Resolved[]>((resolve, reject) => {
-      const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new CancelledError('aborted'));
+      const onAbort = (): void => reject(signal.reason instanceof Error ? signal.reason : new CancelledError('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
       mine.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
     });
+  }
+
+  /** Records what a fetch that began at `at` found for each ref it was asked for. */
+  private remember(key: string, wants: readonly Want[], resolved: readonly Resolved[], at: number): void {
+    wants.forEach((w, i) => {
+      if (!('ref' in w)) return;
+      const k = `${key}\n${w.ref}`;
+      const r = resolved[i];
+      this.fetched.delete(k); // re-inserted last: the map's order is the order of use
+      if (r && 'sha' in r) this.fetched.set(k, { sha: r.sha, at });
+    });
+    while (this.fetched.size > MAX_REMEMBERED_FETCHES) this.fetched.delete(this.fetched.keys().next().value!);
+  }
+
+  /** Each want's commit, when every want is a ref a fetch that began at or after `since` found; else undefined. */
+  private fetchedAfter(mirror: Mirror, url: string, wants: readonly Want[], since: number): Resolved[] | undefined {
+    const out: Resolved[] = [];
+    for (const w of wants) {
+      const f = 'ref' in w ? this.fetched.get(`${mirror.dir}\n${url}\n${w.ref}`) : undefined;
+      if (!f || f.at < since) return undefined;
+      out.push({ sha: f.sha });
+    }
+    return out;
+  }
+
+  /**
+   * Fetches a queued check's branch and change ref ahead of its build, coalesced with every other
+   * request for the project (`fetchCoalesced`): a build then finds them fetched since it was
+   * enqueued (`fetchedSince`) and fetches nothing while it holds a slot. Many changes queued at
+   * once cost one or two fetches instead of one each. Never throws: a build whose refs were not
+   * fetched ahead fetches them itself.
+   */
+  async prefetch(project: Project, branch: string, changeRef: string): Promise<void> {
+    try {
+      const issues: Issue[] = [];
+      const check = checker(issues);
+      const short = checkTarget(check, { project, branch });
+      check('ref', changeRef.startsWith('refs/') ? refNameProblem(changeRef) : 'must be a full ref name (refs/…)');
+      if (issues.length > 0) return;
+      const mirror = await this.mirror(project.name);
+      await this.fetchCoalesced(mirror, project.url, [{ ref: `refs/heads/${short}` }, { ref: changeRef }], undefined);
+    } catch (e) {
+      this.opts.logger?.debug({ err: e, project: project.name }, 'fetching ahead failed; the build fetches for itself');
+    }
   }
 
   /**
@@ -195,8 +254,9 @@ export class Merger {
     const log = this.opts.logger?.child({ project: req.project.name, buildId: req.buildId });
     const wants: Want[] = [{ ref: `refs/heads/${branch}` }, ...req.changes.map((c) => (isSha(c.ref) ? { sha: c.ref } : { ref: c.ref }))];
     const started = Date.now();
-    const resolved = await this.fetchCoalesced(mirror, req.project.url, wants, signal).catch(rethrowAbort(signal));
-    log?.debug({ ms: Date.now() - started }, 'fetched');
+    const ahead = req.fetchedSince === undefined ? undefined : this.fetchedAfter(mirror, req.project.url, wants, req.fetchedSince);
+    const resolved = ahead ?? (await this.fetchCoalesced(mirror, req.project.url, wants, signal).catch(rethrowAbort(signal)));
+    log?.debug({ ms: Date.now() - started, ahead: ahead !== undefined }, 'fetched');
 
     const [tip, ...changes] = resolved;
     if (!tip || 'missing' in tip) return { kind: 'missing', message: `branch ${branch} not found` };
@@ -405,6 +465,7 @@ export class Merger {
    */
   async gc(opts: { keep?: (buildId: string) => boolean } = {}): Promise<void> {
     this.steps.clear(); // git gc may prune what only they pointed at
+    this.fetched.clear();
     for (const m of await this.allMirrors()) {
       await this.lock.run(m.dir, async () => {
         const { stdout } = await m.git(['for-each-ref', '--format=%(refname)', BUILD_REF_PREFIX]);
@@ -415,6 +476,7 @@ export class Merger {
           .filter((ref) => !this.refed.has(ref.slice(BUILD_REF_PREFIX.length)) && !opts.keep?.(ref.slice(BUILD_REF_PREFIX.length)));
         if (stale.length > 0) await m.git(['update-ref', '--stdin'], { input: Buffer.from(stale.map((ref) => `delete ${ref}\n`).join('')) });
         await m.git(['gc', '--auto', '--quiet'], { timeoutMs: 3_600_000 });
+        closeCatFile(m.dir); // its reader may hold packs the gc deleted
       });
     }
   }

@@ -22,6 +22,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GitFailedError, InvalidInputError } from '#shared/errors.js';
 import { runGit, type GitOptions, type GitResult } from '#shared/git/git.js';
+import { catFileOf, type CatFile } from '#shared/git/cat-file.js';
 
 /** Serialises async work per key; a failed task does not block the next one. */
 export class KeyedLock {
@@ -67,6 +68,11 @@ export class Mirror {
   /** The mirror of `project` under `root`. */
   static of(root: string, project: string): Mirror {
     return new Mirror(join(root, 'mirrors', mirrorDirName(project)), project);
+  }
+
+  /** The mirror's shared object reader (one long-lived `git cat-file` process, cat-file.ts). */
+  get objects(): CatFile {
+    return catFileOf(this.dir);
   }
 
   /** Runs git against this mirror. */
@@ -146,29 +152,16 @@ export class Mirror {
     });
   }
 
-  /** Which of `shas` are objects in the mirror (one `cat-file --batch-check`). */
+  /** Which of `shas` are objects in the mirror. */
   private async present(shas: readonly string[], signal?: AbortSignal): Promise<Set<string>> {
-    const found = new Set<string>();
-    if (shas.length === 0) return found;
-    const out = await this.batchCheck(shas, signal);
-    shas.forEach((s, i) => {
-      if (!(out[i] ?? '').endsWith(' missing')) found.add(s);
-    });
-    return found;
+    const infos = await Promise.all(shas.map((s) => this.objects.info(s, signal)));
+    return new Set(shas.filter((_, i) => infos[i] !== undefined));
   }
 
   /** Each name peeled to a commit id, or undefined where it is absent or not a commit. */
   async commits(names: readonly string[], signal?: AbortSignal): Promise<(string | undefined)[]> {
-    const out = await this.batchCheck(
-      names.map((n) => `${n || 'refs/airlock/none'}^{commit}`),
-      signal,
-    );
-    return names.map((_, i) => /^([0-9a-f]{40,64}) commit /.exec(out[i] ?? '')?.[1]);
-  }
-
-  private async batchCheck(lines: readonly string[], signal?: AbortSignal): Promise<string[]> {
-    const { stdout } = await this.git(['cat-file', '--batch-check'], { input: Buffer.from(lines.map((l) => `${l}\n`).join('')), signal });
-    return stdout.toString('utf8').split('\n');
+    const infos = await Promise.all(names.map((n) => this.objects.info(`${n || 'refs/airlock/none'}^{commit}`, signal)));
+    return infos.map((i) => (i?.type === 'commit' ? i.oid : undefined));
   }
 }
 

@@ -10,6 +10,7 @@
  * can be submitted with "A's tested commit" as the expected branch tip.
  */
 import type { Mirror } from './mirror.js';
+import { readCommit } from './tree-reader.js';
 
 /** How one change landed on the state before it. */
 export type StepMode = 'merge' | 'fast-forward' | 'up-to-date';
@@ -28,6 +29,12 @@ export type MergeOutcome =
  * `result: ''` and no commit is written.
  */
 export async function mergeOnto(mirror: Mirror, base: string, change: string, message: string | undefined, signal?: AbortSignal): Promise<MergeOutcome> {
+  // The common check, a change whose parent is the tip, needs no git process: the change's own
+  // commit names its parents (the object reader, cat-file.ts). With `base` a parent of `change`,
+  // `base` is their merge base, as `git merge-base` would say.
+  if (change === base) return { kind: 'ok', mode: 'up-to-date', result: base };
+  const changeCommit = await readCommit(mirror, change, signal);
+  if (changeCommit?.parents.includes(base)) return { kind: 'ok', mode: 'fast-forward', result: change };
   // The merge base, the merge and the dates are read at once: a gate's stack is a chain of steps,
   // each waiting for the one before, so every round of processes here counts once per change in
   // the stack. The merge and the dates cost a process each, unused after a fast-forward.
@@ -56,13 +63,18 @@ export async function mergeOnto(mirror: Mirror, base: string, change: string, me
 
 /** The later committer date of two commits, as a git date (`@<seconds> +0000`). */
 async function laterCommitDate(mirror: Mirror, a: string, b: string, signal?: AbortSignal): Promise<string> {
-  const { stdout } = await mirror.git(['log', '--no-walk', '--format=%ct', '--end-of-options', a, b], { signal });
-  const seconds = stdout
-    .toString('utf8')
-    .split('\n')
-    .filter((l) => /^\d{1,15}$/.test(l))
-    .map(Number);
-  return `@${Math.max(0, ...seconds)} +0000`;
+  // Read by the object reader where both committer lines are well-formed; else as git log says.
+  const read = await Promise.all([readCommit(mirror, a, signal), readCommit(mirror, b, signal)]);
+  let seconds = read.map((c) => c?.committerTime);
+  if (seconds.some((t) => t === undefined)) {
+    const { stdout } = await mirror.git(['log', '--no-walk', '--format=%ct', '--end-of-options', a, b], { signal });
+    seconds = stdout
+      .toString('utf8')
+      .split('\n')
+      .filter((l) => /^\d{1,15}$/.test(l))
+      .map(Number);
+  }
+  return `@${Math.max(0, ...seconds.map((t) => t ?? 0))} +0000`;
 }
 
 /** A change in the order it is applied. */

@@ -37,9 +37,92 @@ function issue(path: string, message: string): InvalidInputError {
   return new InvalidInputError([i]);
 }
 
+/** Read through the mirror's object reader at most this much of a commit (its headers come first). */
+const COMMIT_READ_MAX = 1024 * 1024;
+/** Trees bigger than this are listed by `git ls-tree` instead of read whole. */
+const TREE_READ_MAX = 8 * 1024 * 1024;
+
+/** A commit's headers as the object reader gives them, or undefined when it is not a commit, or too big to read whole. */
+export interface CommitHeaders {
+  tree: string;
+  parents: string[];
+  /** The committer date in seconds, when the committer line is well-formed. */
+  committerTime: number | undefined;
+}
+
+/**
+ * The headers of commit `commit` (one long-lived process serves every read, cat-file.ts);
+ * undefined when there is no such commit, or it is over 1 MiB (the caller then asks git itself).
+ */
+export async function readCommit(mirror: Mirror, commit: string, signal?: AbortSignal): Promise<CommitHeaders | undefined> {
+  const got = await mirror.objects.contents(commit, COMMIT_READ_MAX, signal);
+  if (!got?.data || got.info.type !== 'commit') return undefined;
+  const end = got.data.indexOf('\n\n');
+  const head = (end < 0 ? got.data : got.data.subarray(0, end)).toString('latin1');
+  const tree = /^tree ([0-9a-f]{40,64})$/m.exec(head)?.[1];
+  if (!tree) return undefined;
+  const committer = /^committer [^\n]*> (\d{1,15}) [+-]\d{4}$/m.exec(head);
+  return { tree, parents: [...head.matchAll(/^parent ([0-9a-f]{40,64})$/gm)].map((p) => p[1] ?? ''), committerTime: committer ? Number(committer[1]) : undefined };
+}
+
+/**
+ * The entry `name` of tree object `tree` through the object reader: the entry, null when the tree
+ * has none of that name, undefined when the reader cannot say (the tree is too big or does not
+ * parse: the caller asks `git ls-tree`).
+ */
+async function treeEntry(mirror: Mirror, tree: string, name: string, signal?: AbortSignal): Promise<TreeEntry | null | undefined> {
+  const got = await mirror.objects.contents(tree, TREE_READ_MAX, signal);
+  if (!got?.data || got.info.type !== 'tree') return undefined;
+  const data = got.data;
+  const oidBytes = tree.length / 2;
+  const want = Buffer.from(name, 'utf8');
+  // Each entry: "<octal mode> <name>\0<raw object id>".
+  for (let i = 0; i < data.length; ) {
+    const sp = data.indexOf(0x20, i);
+    const nul = sp < 0 ? -1 : data.indexOf(0x00, sp + 1);
+    if (sp < 0 || nul < 0 || nul + 1 + oidBytes > data.length) return undefined;
+    const mode = data.subarray(i, sp).toString('latin1');
+    if (!/^[0-7]{5,6}$/.test(mode)) return undefined;
+    if (nul - sp - 1 === want.length && data.subarray(sp + 1, nul).equals(want)) {
+      const oid = data.subarray(nul + 1, nul + 1 + oidBytes).toString('hex');
+      const padded = mode.padStart(6, '0');
+      const type: TreeEntry['type'] = padded === '040000' ? 'tree' : padded === '160000' ? 'commit' : 'blob';
+      let size: number | undefined;
+      if (type === 'blob') {
+        size = (await mirror.objects.info(oid, signal))?.size;
+        if (size === undefined) return undefined; // a blob the mirror lacks: as git says it
+      }
+      return { mode: padded, type, oid, size };
+    }
+    i = nul + 1 + oidBytes;
+  }
+  return null;
+}
+
+/** The entry at `clean` in `commit` through the object reader; undefined when the reader cannot say. */
+async function entryByReader(mirror: Mirror, commit: string, clean: string, signal?: AbortSignal): Promise<{ entry: TreeEntry | undefined } | undefined> {
+  const c = await readCommit(mirror, commit, signal);
+  if (!c) return undefined;
+  let tree = c.tree;
+  const parts = clean.split('/');
+  for (const [i, part] of parts.entries()) {
+    const e = await treeEntry(mirror, tree, part, signal);
+    if (e === undefined) return undefined;
+    if (e === null) return { entry: undefined };
+    if (i === parts.length - 1) return { entry: e };
+    if (e.type !== 'tree') return { entry: undefined };
+    tree = e.oid;
+  }
+  return undefined;
+}
+
 /** The tree entry at `path` in `commit`, or undefined when there is none. NotFoundError for an unknown commit. */
 export async function entryAt(mirror: Mirror, commit: string, path: string, signal?: AbortSignal): Promise<TreeEntry | undefined> {
   const clean = path.replace(/\/$/, '');
+  // The object reader answers without a process; git ls-tree where it cannot (a commit or tree
+  // too big to read whole, an unknown commit, objects that do not parse).
+  const read = await entryByReader(mirror, commit, clean, signal);
+  if (read) return read.entry;
   const r = await mirror.git(['ls-tree', '-l', '-z', '--end-of-options', commit, '--', clean], { signal, allowFail: [128] });
   if (r.code !== 0) {
     const [known] = await mirror.commits([commit], signal);
@@ -66,8 +149,10 @@ export async function readBlob(mirror: Mirror, commit: string, path: string, max
   if (entry.type === 'commit') throw issue(path, 'is a submodule, not a regular file');
   if (entry.type === 'tree') throw issue(path, 'is a directory, not a regular file');
   if ((entry.size ?? 0) > maxBytes) throw issue(path, `is ${entry.size} bytes, over the limit of ${maxBytes}`);
-  const { stdout } = await mirror.git(['cat-file', 'blob', entry.oid], { signal, maxOutputBytes: maxBytes });
-  return stdout;
+  const got = await mirror.objects.contents(entry.oid, maxBytes, signal);
+  if (!got || got.info.type !== 'blob') throw new GitFailedError(`blob ${entry.oid} of ${path} is not in the mirror of ${mirror.project}`);
+  if (!got.data) throw issue(path, `is ${got.info.size} bytes, over the limit of ${maxBytes}`);
+  return got.data;
 }
 
 /** The tree id of directory `path` ('' or '.' for the root), or undefined if absent. InvalidInputError if it is not a directory. */
@@ -75,8 +160,9 @@ export async function treeAt(mirror: Mirror, commit: string, path: string, signa
   if (path === '' || path === '.') {
     const [known] = await mirror.commits([commit], signal);
     if (!known) throw new NotFoundError(`commit ${commit} is not in the mirror of ${mirror.project}`);
-    const r = await mirror.git(['rev-parse', '--verify', `${commit}^{tree}`], { signal });
-    return r.stdout.toString('utf8').trim();
+    const tree = await mirror.objects.info(`${commit}^{tree}`, signal);
+    if (!tree) throw new GitFailedError(`commit ${commit} has no tree in the mirror of ${mirror.project}`);
+    return tree.oid;
   }
   const entry = await entryAt(mirror, commit, path, signal);
   if (!entry) return undefined;

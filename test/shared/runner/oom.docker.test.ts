@@ -4,14 +4,14 @@
  * the runner watches the job's parent cgroup itself. Several hogs run at once, for load, as the two
  * demo tests do.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createDocker } from '#shared/docker/client.js';
 import { loadJobPolicy } from '#shared/policy/job-policy.js';
 import { JobRunner } from '#shared/runner/job-runner.js';
-import { CHILD_HEADROOM, JOBS_CGROUP, localCgroupMounts, OomCgroups } from '#shared/runner/oom-cgroups.js';
+import { CHILD_HEADROOM, JOBS_CGROUP, localCgroupMounts, OomCgroups, PerlWatcher } from '#shared/runner/oom-cgroups.js';
 import { BUSYBOX, expectNothingLeft, makeRunner, spec, STATE_DIR } from '../../support/docker.js';
 
 let docker: Docker;
@@ -101,5 +101,29 @@ describe.runIf(V1)('the parent cgroup watch, without the engine', () => {
     expect(await runIn(['dd', 'if=/dev/zero', 'of=/dev/null', 'bs=16M', 'count=1'])).toEqual({ StatusCode: 0, charged: true, oomEvents: 0 });
     await cgroups.close();
     for (const root of mounts.all) expect(existsSync(join(root, JOBS_CGROUP, cgroups.runnerName))).toBe(false);
+  });
+
+  it('one holder serves every watch; a dir that is no cgroup fails alone; its death fails the watches it held, and the next watch starts a new holder', async () => {
+    const base = join(localCgroupMounts()!.memory, JOBS_CGROUP, `test-watcher-${process.pid}`);
+    const dirs = [0, 1, 2, 3].map((i) => join(base, `c${i}`));
+    for (const d of dirs) mkdirSync(d, { recursive: true });
+    const w = new PerlWatcher();
+    try {
+      const [a, b, c] = await Promise.all(dirs.slice(0, 3).map((d) => w.start(d)));
+      const holder = w.pid;
+      await expect(w.start(join(base, 'not-a-cgroup-dir'))).rejects.toThrow(/memory\.oom_control: No such file/);
+      expect(w.pid).toBe(holder);
+      expect(await a!.count()).toBe(0);
+      await expect(a!.count()).rejects.toThrow(/already counted/);
+      process.kill(holder!, 'SIGKILL');
+      await expect(b!.count()).rejects.toThrow(/OOM watch ended/);
+      c!.stop();
+      const d = await w.start(dirs[3]!);
+      expect(w.pid).not.toBe(holder);
+      expect(await d.count()).toBe(0);
+    } finally {
+      w.close();
+      for (const d of [...dirs, base]) rmdirSync(d);
+    }
   });
 });

@@ -64,6 +64,9 @@ describe('prepare', () => {
     expect(r.steps[0]?.mode).toBe('merge');
     const info = await mirrorGit(project.name, 'log', '-1', '--format=%P%n%cn <%ce>%n%s', r.commit);
     expect(info.split('\n')).toEqual([`${tip} ${a.sha}`, 'airlock <airlock@localhost>', 'Merge 1,1 into master']);
+    // Dated at the later committer date of the two parents, both as author and committer.
+    const later = Math.max(...(await mirrorGit(project.name, 'log', '--no-walk', '--format=%ct', tip, a.sha)).split('\n').map(Number));
+    expect(await mirrorGit(project.name, 'log', '-1', '--format=%ct %at', r.commit)).toBe(`${later} ${later}`);
     expect((await merger.readFile(project, r.commit, 'a.txt', 100))?.toString()).toBe('A\n');
     expect((await merger.readFile(project, r.commit, 'b.txt', 100))?.toString()).toBe('B\n');
   });
@@ -181,6 +184,43 @@ describe('prepare', () => {
     await merger.release('rel-1');
     await expect(runGit(['rev-parse', '--verify', 'refs/airlock/builds/rel-1'], { gitDir: Mirror.of(root, project.name).dir })).rejects.toThrow(GitFailedError);
     await merger.gc();
+  });
+
+  it('fetchedSince: a check whose refs a fetch since its enqueue found fetches nothing; older fetches, unknown refs and the gate fetch', async () => {
+    const { up, project } = upstream();
+    const a = up.change(31, 1, { 'a.txt': 'A\n' });
+    const enqueued = Date.now();
+    await merger.prefetch(project, 'master', a.ref);
+    const tipThen = up.tip();
+    const moved = up.commit({ 'moved.txt': 'on\n' });
+    // Fetched ahead since the enqueue: the branch as the prefetch found it, no fetch.
+    const r1 = merged(await prepare({ project, changes: [change(a)], fetchedSince: enqueued }));
+    expect([r1.branchTip, r1.commit]).toEqual([tipThen, a.sha]);
+    // Enqueued after that fetch began: fetched again, the branch as it is now.
+    const r2 = merged(await prepare({ project, changes: [change(a)], fetchedSince: Date.now() + 1 }));
+    expect(r2.branchTip).toBe(moved);
+    // A ref no fetch has found yet is fetched (and the branch with it).
+    const b = up.change(32, 1, { 'b.txt': 'B\n' }, { parent: moved });
+    const r3 = merged(await prepare({ project, changes: [change(b)], fetchedSince: enqueued }));
+    expect([r3.branchTip, r3.steps[0]?.mode]).toEqual([moved, 'fast-forward']);
+    // No fetchedSince (the gate): always fetched.
+    const last = up.commit({ 'last.txt': 'L\n' });
+    expect(merged(await prepare({ project, changes: [change(a)] })).branchTip).toBe(last);
+    // A prefetch of a ref that is not there never throws; the build says what is missing.
+    await merger.prefetch(project, 'master', 'refs/changes/99/99/1');
+    await merger.prefetch(project, 'no-such-branch', 'refs/changes/99/99/1');
+    await merger.prefetch(project, 'master', 'not a ref');
+    expect(await prepare({ project, changes: [{ ref: 'refs/changes/99/99/1', label: '99,1' }], fetchedSince: enqueued })).toEqual({ kind: 'missing', label: '99,1', message: 'ref refs/changes/99/99/1 not found' });
+  });
+
+  it('fetchedSince: after gc nothing fetched before counts', async () => {
+    const { up, project } = upstream();
+    const a = up.change(33, 1, { 'a.txt': 'A\n' });
+    const enqueued = Date.now();
+    await merger.prefetch(project, 'master', a.ref);
+    const moved = up.commit({ 'moved.txt': 'on\n' });
+    await merger.gc();
+    expect(merged(await prepare({ project, changes: [change(a)], fetchedSince: enqueued })).branchTip).toBe(moved);
   });
 
   it('stops with CancelledError when aborted', async () => {

@@ -98,9 +98,9 @@ export class CheckBuildExecutor implements BuildExecutor {
   constructor(private readonly o: CheckBuildExecutorOptions) {}
 
   /** A queued check's branch and change are fetched while it waits for a slot (Merger.prefetch). */
-  queued(build: BuildView): void {
+  queued(build: BuildView): Promise<void> {
     const project = this.o.projects.find((p) => p.name === build.project);
-    if (project && build.pipeline === 'check') void this.o.merger.prefetch(project, build.branch, build.change.ref);
+    return project && build.pipeline === 'check' ? this.o.merger.prefetch(project, build.branch, build.change.ref) : Promise.resolve();
   }
 
   async execute(build: BuildView, signal: AbortSignal): Promise<BuildOutcome> {

@@ -33,8 +33,8 @@ export interface BuildOutcome {
 /** Runs one build from its record; must honour the signal promptly and clean up after itself. */
 export interface BuildExecutor {
   execute(build: BuildView, signal: AbortSignal): Promise<BuildOutcome>;
-  /** A build was just queued by `submit` (e.g. to fetch its change while it waits); must not throw. */
-  queued?(build: BuildView): void;
+  /** A build was just queued by `submit` (e.g. to fetch its change while it waits); not awaited, must not reject. */
+  queued?(build: BuildView): Promise<void>;
 }
 
 /** Records or publishes a finished build's result (the store, Gerrit's REST API, …). Must be idempotent. */
@@ -114,7 +114,7 @@ export class Scheduler {
     const r = await this.o.store.enqueue(change, pipeline);
     for (const id of r.superseded) await this.cancel(id, SUPERSEDED, `superseded by patchset ${change.patchset}`);
     const build = await this.o.store.build(r.buildId);
-    this.o.executor.queued?.(build);
+    void this.o.executor.queued?.(build);
     this.o.onChange?.(build);
     this.kick();
     return { build, superseded: r.superseded };

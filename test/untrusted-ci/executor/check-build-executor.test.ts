@@ -87,7 +87,7 @@ async function rig(o: RigOptions = {}) {
   const { buildId } = await store.enqueue({ project: project.name, branch: 'master', change: String(100 + id), patchset: 1, ref: change.ref, author: 'someone', source: 'test' }, 'check');
   await store.start(buildId);
   const jobs = async () => Object.fromEntries((await store.build(buildId)).jobs.map((j) => [j.name, j.reason ? `${j.state}: ${j.reason}` : j.state]));
-  return { executor, store, runner, buildId, artifacts, jobs, released: () => released, prepared: () => prepared, log, build: () => store.build(buildId) };
+  return { executor, store, runner, buildId, artifacts, jobs, up, change, released: () => released, prepared: () => prepared, log, build: () => store.build(buildId) };
 }
 
 describe('CheckBuildExecutor (pure tier: runner and environment through their ports)', () => {
@@ -104,6 +104,16 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect(await r.jobs()).toEqual({ build: 'passed: exit 0', unit: 'passed: exit 0', lint: 'passed: exit 0', after: 'passed: exit 0', docs: 'passed: exit 0' });
     expect(readFileSync(join(r.artifacts.root, logKey(String(r.buildId), 'unit')), 'utf8')).toBe('log of unit\n');
     expect(r.released()).toBe(1);
+  });
+
+  it('a queued check is fetched while it waits: its build merges onto the branch as that fetch found it, and fetches nothing', async () => {
+    const r = await rig();
+    await r.executor.queued(await r.build());
+    r.up.commit({ 'moved.txt': 'the branch moved after the enqueue\n' });
+    expect(await r.executor.execute(await r.build(), new AbortController().signal)).toEqual({ result: 'passed', reason: '4 voting jobs passed' });
+    // A fast-forward onto the tip of the enqueue: the change itself. Fetched at the build's start,
+    // the moved tip would have made a merge commit.
+    expect((await r.build()).commit).toBe(r.change.sha);
   });
 
   it('skips the dependents of a failed job with the reason, still runs the others, and fails on the voting ones', async () => {

@@ -78,6 +78,8 @@ export interface JobRunnerOptions {
    * true). Where it cannot, or false, a job's OOM kill is what the engine reports.
    */
   oomCgroups?: boolean;
+  /** Tests only: how long a container may wait in RunOptions.beforeStart before it is made again (default RECREATE_AFTER_MS). */
+  recreateAfterMs?: number;
 }
 
 export interface RunOptions {
@@ -106,6 +108,15 @@ export interface RunOptions {
    */
   packages?: PackageHandlers;
   /**
+   * Awaited once the job's container is ready (image checked, workspace filled, container
+   * created) and before it starts: the CI takes its executor slot here, so a job is made ready
+   * while it waits for one and a slot is held only while a container runs. Rejecting (e.g.
+   * CancelledError) ends the job before it started, and everything made for it is removed. The
+   * wait counts in no duration and no timeout; a container that waited longer than
+   * RECREATE_AFTER_MS is made again, so that none outlives what the reaper allows a job.
+   */
+  beforeStart?: () => Promise<void>;
+  /**
    * An image id that passed the runsc self-test where the caller's word is trusted: an executor
    * host passes the CI host's verdict, sent with the job (untrusted-ci/remote/). Counted as this
    * runner's own table's for that id only; any other image still needs this table.
@@ -125,6 +136,12 @@ const ENGINE_GRACE_MS = 60_000;
 /** How often, and how far apart, the engine is asked again whether an unexplained SIGKILL was an OOM kill. */
 const OOM_RECHECKS = 5;
 const OOM_RECHECK_MS = 100;
+/**
+ * A container that waited longer than this for its start (RunOptions.beforeStart) is removed and
+ * made again: the reaper removes any container older than a job's whole lifetime plus twice
+ * ENGINE_GRACE_MS, counted from its creation.
+ */
+const RECREATE_AFTER_MS = ENGINE_GRACE_MS;
 /** Failed workspace mounts in a row after which sources go through the archive API for good. */
 const MOUNT_FAILURES_BEFORE_ARCHIVE = 3;
 
@@ -258,7 +275,7 @@ export class JobRunner {
 
   /** Run one job. Throws AirlockError for bad requests and airlock's own failures; a failing job is a result. */
   async run(spec: JobSpec, ro: RunOptions = {}): Promise<JobResult> {
-    const t0 = performance.now();
+    let t0 = performance.now();
     const { limits, runtime } = resolveLimits(spec.limits, spec.runtime, this.opts.policy, `job ${spec.id}`);
     if (spec.artifacts.length > 0 && !ro.artifactsDir) throw new ExecutorFailedError('artifact globs given without an artifacts directory');
     const image = await this.inspectImage(spec.image);
@@ -293,22 +310,22 @@ export class JobRunner {
       if (opened.status === 'fulfilled') cg = opened.value;
       if (took.status === 'rejected') throw took.reason;
       ws = took.value;
-      const name = `airlock-${spec.id}-${randomBytes(4).toString('hex')}`;
-      // The source is written while the engine creates the container: creating does not mount
-      // the workspace volume (NoCopy; the engine mounts it at start), so the two do not meet.
-      const writing = ro.source ? this.writeSource(ws, ro.source, limits.workspace, log) : Promise.resolve(true);
-      const [written, created] = await Promise.allSettled([
-        writing,
+      const workspace = ws;
+      const create = (): Promise<Docker.Container> =>
         this.opts.docker.createContainer(
           toCreateOptions({
             spec, limits, runtime, imageId: image.id, imageVolumes: image.volumes,
-            user: this.opts.policy.user, owner: this.owner, name, workspaceVolume: ws.volume, createdAt: Date.now(),
+            user: this.opts.policy.user, owner: this.owner, name: `airlock-${spec.id}-${randomBytes(4).toString('hex')}`,
+            workspaceVolume: workspace.volume, createdAt: Date.now(),
             ...(secretsDir ? { secretsDir } : {}),
             ...(net ? { packages: { networkMode: net.networkMode, env: packageEnv() } } : {}),
             ...(cg ? { cgroup: { parent: cg.parent, containerMemory: cg.containerMemory } } : {}),
           }),
-        ),
-      ]);
+        );
+      // The source is written while the engine creates the container: creating does not mount
+      // the workspace volume (NoCopy; the engine mounts it at start), so the two do not meet.
+      const writing = ro.source ? this.writeSource(ws, ro.source, limits.workspace, log) : Promise.resolve(true);
+      const [written, created] = await Promise.allSettled([writing, create()]);
       if (written.status === 'rejected') {
         if (created.status === 'fulfilled') container = created.value; // for the cleanup below
         throw written.reason;
@@ -316,6 +333,19 @@ export class JobRunner {
       if (created.status === 'rejected') throw created.reason;
       container = created.value;
       if (ro.signal?.aborted) throw cancelledBeforeStart();
+      if (ro.beforeStart) {
+        const waitFrom = performance.now();
+        await ro.beforeStart();
+        const waited = performance.now() - waitFrom;
+        t0 += waited; // the wait is no part of the job's setup
+        if (ro.signal?.aborted) throw cancelledBeforeStart();
+        if (waited > (this.opts.recreateAfterMs ?? RECREATE_AFTER_MS)) {
+          const stale = container;
+          container = undefined;
+          await stale.remove({ force: true, v: true });
+          container = await create();
+        }
+      }
       if (ro.source && !written.value) await container.putArchive(this.sourceTar(ro.source, limits.workspace), { path: WORKSPACE_PATH });
       if (ro.signal?.aborted) throw cancelledBeforeStart();
       const run = await this.execute(container, limits, ro, cg, log);

@@ -1,7 +1,8 @@
 /**
  * An in-memory JobRunnerPort for the pure tier: no container, each job "runs" at once, writes one
  * log line (`log of <job>`) and ends as `outcome` says (passed unless told otherwise); what it was
- * asked to run is kept, in order. The docker tier runs the real JobRunner.
+ * asked to run is kept, in order. Like the real runner, it awaits `beforeStart` (the executor's slot)
+ * before the job "starts". The docker tier runs the real JobRunner.
  */
 import type { JobRunnerPort } from '#shared/runner/job-plan.js';
 import type { RunOptions } from '#shared/runner/job-runner.js';
@@ -21,6 +22,7 @@ export class FakeRunner implements JobRunnerPort {
     this.ran.push({ id: spec.id, job, secretFiles: (opts.secretFiles ?? []).map((f) => f.path), ...(opts.artifactsDir ? { artifactsDir: opts.artifactsDir } : {}) });
     const outcome = this.outcome(spec, opts);
     if (outcome instanceof Error) throw outcome;
+    await opts.beforeStart?.(); // where the real runner waits, once the job's container is ready
     opts.onLog?.({ stream: 'stdout', data: Buffer.from(`log of ${job}\n`) });
     const passed = outcome === 'passed';
     return {

@@ -276,15 +276,21 @@ export class CheckBuildExecutor implements BuildExecutor {
           },
         });
       } else {
-        // A slot with room for the job's memory and CPUs; a job larger than the host's whole
-        // capacity is refused here (a PolicyViolationError: the job fails with it, below).
-        // (The job's own limits where it asked, the policy's elsewhere: what the runner gives it.)
-        releaseSlot = await o.slots?.acquire(signal, { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus });
-        // Running from the moment it has an executor slot: a job waiting for one is still queued.
-        await this.setJob(buildId, name, 'running');
+        // A slot with room for the job's memory and CPUs, taken once the job's container is
+        // ready (the runner's beforeStart): the next jobs' containers are made while the slots
+        // run containers. A job larger than the host's whole capacity is refused at once (a
+        // PolicyViolationError: the job fails with it, below). (The job's own limits where it
+        // asked, the policy's elsewhere: what the runner gives it.)
+        const need = { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus };
+        o.slots?.refuseTooLarge(need);
         const say = (text: string) => onLog(Buffer.from(text));
         packages = spec.network === 'packages' ? o.egress?.forRun('jobs', say) : undefined;
         result = await o.runner.run(spec, {
+          beforeStart: async () => {
+            releaseSlot = await o.slots?.acquire(signal, need);
+            // Running from the moment it has an executor slot: a job waiting for one is still queued.
+            await this.setJob(buildId, name, 'running');
+          },
           ...(packages ? { packages: packages.handlers } : {}),
           signal,
           source: { tar },

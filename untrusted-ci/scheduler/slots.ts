@@ -46,6 +46,12 @@ export class Slots {
     return { capacity: this.cap, memory: this.held.memory, cpus: this.held.milliCpus / 1000 };
   }
 
+  /** Throws the PolicyViolationError `acquire` would reject with when `need` is larger than the whole capacity. */
+  refuseTooLarge(need: Need): void {
+    const refusal = tooLarge(this.cap, need);
+    if (refusal) throw new PolicyViolationError([refusal]);
+  }
+
   /** Resolves to the release function (idempotent) once a slot is free and the host has room for `need`. */
   acquire(signal?: AbortSignal, need: Need = NO_NEED): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(new CancelledError('cancelled while waiting for an executor slot'));

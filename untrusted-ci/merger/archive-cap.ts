@@ -34,6 +34,11 @@ function entrySize(header: Buffer): number | undefined {
   return /^[0-7]+$/.test(text) ? parseInt(text, 8) : undefined;
 }
 
+/** The error of an archive past a cap: `why` names the cap (`its archive has more than 10 entries`). */
+export function archiveCapError(what: string, why: string): InvalidInputError {
+  return new InvalidInputError([{ file: 'repository', path: what, message: why, severity: 'error' }]);
+}
+
 /** A pass-through Transform that fails past `cap` (see the module comment). */
 export function capArchive(cap: ArchiveCap): Transform {
   let bytes = 0;
@@ -41,7 +46,7 @@ export function capArchive(cap: ArchiveCap): Transform {
   /** Bytes of data (and padding) left to skip before the next header. */
   let skip = 0;
   let partial: Buffer = Buffer.alloc(0);
-  const over = (why: string) => new InvalidInputError([{ file: 'repository', path: cap.what, message: why, severity: 'error' }]);
+  const over = (why: string) => archiveCapError(cap.what, why);
   return new Transform({
     transform(chunk: Buffer, _enc, done) {
       bytes += chunk.length;

@@ -24,7 +24,7 @@
  * GitFailedError (retryable); an aborted signal throws CancelledError.
  */
 import { existsSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { open, readdir, rm } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -36,7 +36,8 @@ import type { Logger } from '#shared/logging.js';
 import { KeyedLock, Mirror, type Resolved, type Want } from './mirror.js';
 import { conflictCulprit, mergeOnto, type MergeOutcome, type StackItem, type StepMode } from './speculate.js';
 import { archive, readBlob, repoPathProblem, treeAt } from './tree-reader.js';
-import { capArchive } from './archive-cap.js';
+import { archiveCapError, capArchive } from './archive-cap.js';
+import { NeedsGitArchive, TreeTarOverCap, writeTreeTar } from './tree-tar.js';
 
 /** Where a project's code comes from; `url` is anything `remoteUrlProblem` accepts. */
 export interface Project {
@@ -405,16 +406,32 @@ export class Merger {
   }
 
   /**
-   * Writes `git archive --format=tar <commit>` to `file` (removed again on failure), at most
+   * Writes the tar `git archive --format=tar <commit>` makes (tree-tar.ts writes it from the object
+   * reader, git archive where that cannot) to `file` (removed again on failure), at most
    * `cap.maxBytes` and `cap.maxEntries`: past either, InvalidInputError naming the cap (a small
    * pack can describe a huge tree; the archive is stopped, not written out).
    */
   async exportTar(project: Pick<Project, 'name'>, commit: string, file: string, cap: { maxBytes: number; maxEntries: number }, signal?: AbortSignal): Promise<void> {
     const mirror = this.existing(project.name, commit);
+    const what = `the tree of ${commit.slice(0, 12)}`;
     try {
-      await pipeline(archive(mirror, commit, '', { signal, timeoutMs: 600_000 }), capArchive({ ...cap, what: `the tree of ${commit.slice(0, 12)}` }), createWriteStream(file));
+      // Written from the object reader (tree-tar.ts); `git archive` where that cannot.
+      const fh = await open(file, 'w');
+      let done = false;
+      try {
+        await writeTreeTar(mirror, commit, fh, cap, signal);
+        done = true;
+      } catch (e) {
+        if (e instanceof TreeTarOverCap) throw archiveCapError(what, e.message);
+        if (!(e instanceof NeedsGitArchive)) throw e;
+        this.opts.logger?.debug({ commit, why: e.message }, 'the source tar is left to git archive');
+      } finally {
+        await fh.close();
+      }
+      if (!done) await pipeline(archive(mirror, commit, '', { signal, timeoutMs: 600_000 }), capArchive({ ...cap, what }), createWriteStream(file));
     } catch (e) {
       await rm(file, { force: true });
+      if (signal?.aborted && !(e instanceof CancelledError)) throw new CancelledError('exportTar cancelled', { cause: e });
       throw e;
     }
   }

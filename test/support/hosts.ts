@@ -355,6 +355,9 @@ async function teardown(dir: string, record: HostRecord, child: ChildProcess | u
     await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
   }
   for (const mp of mountsUnder(dir)) await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
+  // Its runner's workspaces' loop devices: a host killed (-9) never detached them, and a device
+  // outlives its deleted file, one kernel device each for the rest of the machine's life.
+  for (const dev of await loopsUnder(dir)) await run('losetup', ['-d', dev]).catch(() => undefined);
   if (record.veth && existsSync(`/sys/class/net/${record.veth}`)) await run('ip', ['link', 'del', record.veth]).catch(() => undefined);
   if (existsSync(`/var/run/netns/${record.netns}`)) {
     await run('ip', ['netns', 'del', record.netns]).catch((e: unknown) => {
@@ -364,6 +367,16 @@ async function teardown(dir: string, record: HostRecord, child: ChildProcess | u
   const left = mountsUnder(dir);
   if (left.length > 0) throw new Error(`executor host ${record.id}: still mounted: ${left.join(', ')}`);
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** Loop devices whose backing file is under `dir` (deleted or not). */
+async function loopsUnder(dir: string): Promise<string[]> {
+  const out = await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE']).catch(() => '');
+  return out
+    .split('\n')
+    .map((l) => /^(\/dev\/loop\d+) (.*)$/.exec(l.trim()))
+    .filter((m): m is RegExpExecArray => m !== null && (m[2] ?? '').startsWith(`${dir}/`))
+    .map((m) => m[1]!);
 }
 
 function installExitHook(): void {

@@ -52,6 +52,11 @@ export interface RetryOptions extends Backoff {
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
 }
 
+/** An HTTP Retry-After in delta-seconds, in ms (at most 6 digits); an HTTP date or anything else is ignored. */
+export function parseRetryAfter(value: string | null | undefined): number | undefined {
+  return value && /^[0-9]{1,6}$/.test(value.trim()) ? Number(value.trim()) * 1000 : undefined;
+}
+
 /** The wait after `failures` failures (1 = the first). See the module comment for the formula. */
 export function backoffDelay(failures: number, b: Backoff, retryAfterMs?: number): number {
   const max = b.maxDelayMs ?? Number.POSITIVE_INFINITY;

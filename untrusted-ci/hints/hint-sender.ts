@@ -29,6 +29,7 @@
  * review included (docs/review.md). It is kept in a private field and never logged or stored.
  */
 import type { Logger } from '#shared/logging.js';
+import { parseRetryAfter } from '#shared/retry.js';
 import { signHint } from '#shared/hints/hint-auth.js';
 import { PROMOTION_HINT_VERSION, PromotionHint } from '#shared/schemas/promotion-hint.js';
 import { greatest, type Db, type Sql } from '../store/sql.js';
@@ -210,12 +211,12 @@ export class HintSender {
       const why = `${this.endpoint}: ${reason}: ${misconfigured}`;
       await this.retrying(event, status, why);
       log.error({ status, reason: why, url: this.endpoint }, 'promotion hints cannot be delivered: a configuration error; the hint is kept and tried again');
-      return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
+      return { retryAfterMs: parseRetryAfter(res.headers.get('retry-after')) };
     }
     if (status === 408 || status === 429 || status >= 500 || status < 400) {
       await this.retrying(event, status, `${this.endpoint}: ${reason}`);
       log.warn({ status, reason, url: this.endpoint }, 'the trusted builder did not take the hint; it will be retried');
-      return { retryAfterMs: retryAfter(res.headers.get('retry-after')) };
+      return { retryAfterMs: parseRetryAfter(res.headers.get('retry-after')) };
     }
     await this.finish(event, 'refused', status, `${this.endpoint}: ${reason}`, 1);
     log.error({ status, reason, url: this.endpoint, commit: hint.data.commit }, 'the trusted builder refused a promotion hint; skipped');
@@ -289,11 +290,6 @@ function reasonOf(status: number, text: string): string {
     // not JSON: keep the text
   }
   return clip(`HTTP ${status}${detail.trim() ? `: ${detail.trim()}` : ''}`);
-}
-
-/** Retry-After in delta-seconds (the builder's form); an HTTP date is ignored. */
-function retryAfter(value: string | null): number | undefined {
-  return value && /^[0-9]{1,6}$/.test(value.trim()) ? Number(value.trim()) * 1000 : undefined;
 }
 
 function describeError(err: unknown): string {

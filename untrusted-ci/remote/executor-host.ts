@@ -38,6 +38,7 @@ import { pipeline } from 'node:stream/promises';
 import type Docker from 'dockerode';
 import { CancelledError, ExecutorFailedError, InvalidInputError, isAirlockError } from '#shared/errors.js';
 import type { Logger } from '#shared/logging.js';
+import { parseRetryAfter } from '#shared/retry.js';
 import { resolveLimits } from '#shared/policy/job-policy.js';
 import type { JobRunnerPort } from '#shared/runner/job-plan.js';
 import type { JobResult } from '#shared/runner/result.js';
@@ -160,7 +161,9 @@ export class ExecutorHost {
           this.lastWarn = Date.now();
           this.o.logger.warn({ err: (e as Error).message }, 'the CI did not answer a claim; trying again (said once per 10 s)');
         }
-        await sleep(backoff, stop);
+        // A Retry-After (a follower replica with no leader says 2 s) lengthens the wait, up to a minute.
+        const asked = e instanceof HttpStatusError ? (e.retryAfterMs ?? 0) : 0;
+        await sleep(Math.max(backoff, Math.min(asked, RETRY_AFTER_MAX_MS)), stop);
         backoff = Math.min(backoff * 2, 5_000);
       }
     }
@@ -442,11 +445,14 @@ export class ExecutorHost {
     }
     if (!(o.ok ?? [200]).includes(res.status)) {
       const text = await res.text().catch(() => '');
-      throw new HttpStatusError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 500)}`);
+      throw new HttpStatusError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 500)}`, parseRetryAfter(res.headers.get('retry-after')));
     }
     return res;
   }
 }
+
+/** The longest a Retry-After makes the claim loop wait. */
+const RETRY_AFTER_MAX_MS = 60_000;
 
 /** A call the CI did not answer (refused, reset, timed out). */
 class CallFailed extends Error {}
@@ -460,6 +466,8 @@ class HttpStatusError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** The answer's Retry-After, in ms. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }

@@ -224,6 +224,31 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     await until('both over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
   }, 60_000);
 
+  it("a claim answered 503 with Retry-After waits as long as asked before it claims again (a follower with no leader says 2 s)", async () => {
+    const claims: number[] = [];
+    const ci = await fakeCi((req, _body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        claims.push(performance.now());
+        if (claims.length === 1) {
+          res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '3' });
+          return res.end(JSON.stringify({ code: 'AIRLOCK_E_UNAVAILABLE', message: 'no replica leads at the moment' }));
+        }
+        return json(res, 204);
+      }
+      json(res, 404, {});
+    });
+    const h = host(ci, new HeldRunner());
+    await h.start();
+    await until('the first claim', () => (claims.length >= 1 ? true : undefined), 20_000, 10);
+    // Without the Retry-After, the loop's own backoff (250 ms, then doubling) claims again four times in 2 s.
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect(claims).toHaveLength(1);
+    await until('the claim after the wait', () => (claims.length >= 2 ? true : undefined), 20_000, 10);
+    expect(claims[1]! - claims[0]!).toBeGreaterThanOrEqual(2_900);
+  });
+
   it('the CI answering 503 (a follower replica with no leader) fails no job: the result and the artifacts are sent again and taken, a download that fails gives the job back unreported', async () => {
     // Job `art` leaves an artifact; `src` has a source to download; `res` only a result.
     // A lease long enough for the tries (each call is sent again for at most one lease).

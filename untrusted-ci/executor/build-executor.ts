@@ -40,7 +40,7 @@ import type { BuildOutcome, BuildExecutor } from '../scheduler/scheduler.js';
 import type { BuildStore } from '../store/build-store.js';
 import { JobLog } from './job-log.js';
 import { checkConfig, configErrorReason, planJobs, type RepoFiles } from './config-check.js';
-import type { Slots } from '../scheduler/slots.js';
+import { Slots } from '../scheduler/slots.js';
 import type { Egress, EgressRun } from '../egress/egress.js';
 import { NO_EGRESS } from '../egress/policy.js';
 import { jobNodes, type GateHooks } from '../pipelines/gate-runtime.js';
@@ -95,7 +95,16 @@ export interface CheckBuildExecutorOptions {
 }
 
 export class CheckBuildExecutor implements BuildExecutor {
-  constructor(private readonly o: CheckBuildExecutorOptions) {}
+  /**
+   * Jobs made ready (workspace filled, container created) and waiting for a slot: at most as many
+   * as there are slots, so a build of many parallel jobs does not fill a workspace for each of
+   * them at once.
+   */
+  private readonly ready: Slots | undefined;
+
+  constructor(private readonly o: CheckBuildExecutorOptions) {
+    this.ready = o.slots ? new Slots(o.slots.size) : undefined;
+  }
 
   /** A queued check's branch and change are fetched while it waits for a slot (Merger.prefetch). */
   queued(build: BuildView): Promise<void> {
@@ -253,6 +262,7 @@ export class CheckBuildExecutor implements BuildExecutor {
     const artifactsDir = join(work, 'artifacts', name);
     let result: JobResult;
     let releaseSlot: (() => void) | undefined;
+    let releaseReady: (() => void) | undefined;
     let packages: EgressRun | undefined;
     const remote = spec.network === 'packages' ? undefined : o.remote;
     const onLog = (data: Buffer): void => {
@@ -284,10 +294,12 @@ export class CheckBuildExecutor implements BuildExecutor {
         const need = { memory: spec.limits.memory ?? o.policy.limits.memory, cpus: spec.limits.cpus ?? o.policy.limits.cpus };
         o.slots?.refuseTooLarge(need);
         const say = (text: string) => onLog(Buffer.from(text));
+        releaseReady = await this.ready?.acquire(signal);
         packages = spec.network === 'packages' ? o.egress?.forRun('jobs', say) : undefined;
         result = await o.runner.run(spec, {
           beforeStart: async () => {
             releaseSlot = await o.slots?.acquire(signal, need);
+            releaseReady?.();
             // Running from the moment it has an executor slot: a job waiting for one is still queued.
             await this.setJob(buildId, name, 'running');
           },
@@ -309,6 +321,7 @@ export class CheckBuildExecutor implements BuildExecutor {
       }
       throw e;
     } finally {
+      releaseReady?.();
       releaseSlot?.();
     }
     const text = packages?.summary();

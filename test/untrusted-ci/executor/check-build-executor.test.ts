@@ -149,6 +149,31 @@ describe('CheckBuildExecutor (pure tier: runner and environment through their po
     expect(slots.busy).toBe(0);
   });
 
+  it('makes ready (workspace, container) at most as many jobs as there are slots while they wait for one', async () => {
+    // Six independent jobs, one slot: each job's container is made before its slot is taken
+    // (beforeStart), but no more of them wait so than there are slots.
+    let inside = 0;
+    let most = 0;
+    const runner = new FakeRunner();
+    const run = runner.run.bind(runner);
+    runner.run = async (spec, opts) => {
+      most = Math.max(most, ++inside);
+      try {
+        // Each job holds its slot a while, as a container runs.
+        const take = opts.beforeStart;
+        return await run(spec, { ...opts, beforeStart: async () => (await take?.(), await new Promise((res) => setTimeout(res, 30))) });
+      } finally {
+        inside--;
+      }
+    };
+    const slots = new Slots(1);
+    const r = await rig({ yaml: config(['a', 'b', 'c', 'd', 'e', 'f'].map((n) => job(n)).join('')), slots, runner });
+    expect(await r.executor.execute(await r.build(), new AbortController().signal)).toEqual({ result: 'passed', reason: '6 voting jobs passed' });
+    expect(r.runner.ran).toHaveLength(6);
+    expect(most).toBeLessThanOrEqual(2); // one made ready and waiting, one running
+    expect(slots.busy).toBe(0);
+  });
+
   it('an engine failure of one job stops the jobs running beside it, and the build throws it (to be run again)', async () => {
     let lintStopped = false;
     // lint runs until it is stopped; build's engine fails meanwhile.

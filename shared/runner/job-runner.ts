@@ -340,9 +340,8 @@ export class JobRunner {
         t0 += waited; // the wait is no part of the job's setup
         if (ro.signal?.aborted) throw cancelledBeforeStart();
         if (waited > (this.opts.recreateAfterMs ?? RECREATE_AFTER_MS)) {
-          const stale = container;
+          await container.remove({ force: true, v: true }); // if this fails, the cleanup below tries again
           container = undefined;
-          await stale.remove({ force: true, v: true });
           container = await create();
         }
       }

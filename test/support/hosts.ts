@@ -38,6 +38,7 @@ import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { createDocker } from '#shared/docker/client.js';
 import { run } from '#shared/runner/exec.js';
+import { localCgroupMounts, reapJobCgroups } from '#shared/runner/oom-cgroups.js';
 import { newOwnerId, ownerState } from '#shared/runner/owner.js';
 import { alive, mentions, mountsUnder, processesMentioning, readText, safeReaddir } from '#shared/proc.js';
 export { alive, mountsUnder, processesMentioning };
@@ -358,6 +359,10 @@ async function teardown(dir: string, record: HostRecord, child: ChildProcess | u
   // Its runner's workspaces' loop devices: a host killed (-9) never detached them, and a device
   // outlives its deleted file, one kernel device each for the rest of the machine's life.
   for (const dev of await loopsUnder(dir)) await run('losetup', ['-d', dev]).catch(() => undefined);
+  // And its runners' job cgroups: their records are in the directory removed below, where no
+  // later reaper would find them. Every process of the host is gone by now: all are dead owners'.
+  const mounts = localCgroupMounts();
+  if (mounts) await reapJobCgroups({ mounts, recordsDir: join(dir, 'runner', 'cgroups'), ownerState: () => 'dead' }).catch(() => undefined);
   if (record.veth && existsSync(`/sys/class/net/${record.veth}`)) await run('ip', ['link', 'del', record.veth]).catch(() => undefined);
   if (existsSync(`/var/run/netns/${record.netns}`)) {
     await run('ip', ['netns', 'del', record.netns]).catch((e: unknown) => {

@@ -39,8 +39,8 @@ function issue(path: string, message: string): InvalidInputError {
 
 /** Read through the mirror's object reader at most this much of a commit (its headers come first). */
 const COMMIT_READ_MAX = 1024 * 1024;
-/** Trees bigger than this are listed by `git ls-tree` instead of read whole. */
-const TREE_READ_MAX = 8 * 1024 * 1024;
+/** Trees bigger than this are not read whole: `git ls-tree` lists them, `git archive` archives them. */
+export const TREE_READ_MAX = 8 * 1024 * 1024;
 
 /** A commit's headers as the object reader gives them, or undefined when it is not a commit, or too big to read whole. */
 export interface CommitHeaders {
@@ -65,6 +65,33 @@ export async function readCommit(mirror: Mirror, commit: string, signal?: AbortS
   return { tree, parents: [...head.matchAll(/^parent ([0-9a-f]{40,64})$/gm)].map((p) => p[1] ?? ''), committerTime: committer ? Number(committer[1]) : undefined };
 }
 
+/** One entry of a tree object, as stored: its octal mode without padding (`40000` for a tree). */
+export interface RawTreeEntry {
+  name: Buffer;
+  mode: string;
+  oid: string;
+}
+
+/**
+ * A tree object's entries ("<octal mode> <name>\0<raw id>" each), in its own (git's) order; object
+ * ids of `oidBytes` bytes. Undefined when it does not parse (a bad mode, an empty name or one
+ * holding `/`, a cut entry).
+ */
+export function parseTreeObject(data: Buffer, oidBytes: number): RawTreeEntry[] | undefined {
+  const out: RawTreeEntry[] = [];
+  for (let i = 0; i < data.length; ) {
+    const sp = data.indexOf(0x20, i);
+    const nul = sp < 0 ? -1 : data.indexOf(0x00, sp + 1);
+    if (sp < 0 || nul < 0 || nul + 1 + oidBytes > data.length) return undefined;
+    const mode = data.subarray(i, sp).toString('latin1');
+    const name = data.subarray(sp + 1, nul);
+    if (!/^[0-7]{5,6}$/.test(mode) || name.length === 0 || name.includes(0x2f)) return undefined;
+    out.push({ name, mode, oid: data.subarray(nul + 1, nul + 1 + oidBytes).toString('hex') });
+    i = nul + 1 + oidBytes;
+  }
+  return out;
+}
+
 /**
  * The entry `name` of tree object `tree` through the object reader: the entry, null when the tree
  * has none of that name, undefined when the reader cannot say (the tree is too big or does not
@@ -73,30 +100,19 @@ export async function readCommit(mirror: Mirror, commit: string, signal?: AbortS
 async function treeEntry(mirror: Mirror, tree: string, name: string, signal?: AbortSignal): Promise<TreeEntry | null | undefined> {
   const got = await mirror.objects.contents(tree, TREE_READ_MAX, signal);
   if (!got?.data || got.info.type !== 'tree') return undefined;
-  const data = got.data;
-  const oidBytes = tree.length / 2;
+  const entries = parseTreeObject(got.data, tree.length / 2);
+  if (!entries) return undefined;
   const want = Buffer.from(name, 'utf8');
-  // Each entry: "<octal mode> <name>\0<raw object id>".
-  for (let i = 0; i < data.length; ) {
-    const sp = data.indexOf(0x20, i);
-    const nul = sp < 0 ? -1 : data.indexOf(0x00, sp + 1);
-    if (sp < 0 || nul < 0 || nul + 1 + oidBytes > data.length) return undefined;
-    const mode = data.subarray(i, sp).toString('latin1');
-    if (!/^[0-7]{5,6}$/.test(mode)) return undefined;
-    if (nul - sp - 1 === want.length && data.subarray(sp + 1, nul).equals(want)) {
-      const oid = data.subarray(nul + 1, nul + 1 + oidBytes).toString('hex');
-      const padded = mode.padStart(6, '0');
-      const type: TreeEntry['type'] = padded === '040000' ? 'tree' : padded === '160000' ? 'commit' : 'blob';
-      let size: number | undefined;
-      if (type === 'blob') {
-        size = (await mirror.objects.info(oid, signal))?.size;
-        if (size === undefined) return undefined; // a blob the mirror lacks: as git says it
-      }
-      return { mode: padded, type, oid, size };
-    }
-    i = nul + 1 + oidBytes;
+  const e = entries.find((x) => x.name.equals(want));
+  if (!e) return null;
+  const mode = e.mode.padStart(6, '0');
+  const type: TreeEntry['type'] = mode === '040000' ? 'tree' : mode === '160000' ? 'commit' : 'blob';
+  let size: number | undefined;
+  if (type === 'blob') {
+    size = (await mirror.objects.info(e.oid, signal))?.size;
+    if (size === undefined) return undefined; // a blob the mirror lacks: as git says it
   }
-  return null;
+  return { mode, type, oid: e.oid, size };
 }
 
 /** The entry at `clean` in `commit` through the object reader; undefined when the reader cannot say. */

@@ -22,13 +22,11 @@
 import type { FileHandle } from 'node:fs/promises';
 import { streamGit } from '#shared/git/git.js';
 import type { Mirror } from './mirror.js';
-import { readCommit } from './tree-reader.js';
+import { parseTreeObject, readCommit, TREE_READ_MAX, type RawTreeEntry } from './tree-reader.js';
 
 /** The object reader cannot make this archive: `git archive` must. */
 export class NeedsGitArchive extends Error {}
 
-/** Trees bigger than this are left to git archive. */
-const TREE_READ_MAX = 8 * 1024 * 1024;
 /** Blobs up to this size are read through the object reader; bigger ones stream from a process of their own. */
 const INLINE_MAX = 8 * 1024 * 1024;
 /** Directories nested deeper than this are left to git archive. */
@@ -100,7 +98,7 @@ export async function writeTreeTar(mirror: Mirror, commit: string, file: FileHan
 async function listTree(mirror: Mirror, tree: string, maxEntries: number, signal?: AbortSignal): Promise<Entry[]> {
   const oidBytes = tree.length / 2;
   // Trees are read a level at a time, every tree of a level at once (up to WINDOW), then put in order.
-  const children = new Map<string, { name: Buffer; mode: string; oid: string }[]>();
+  const children = new Map<string, RawTreeEntry[]>();
   let level = [tree];
   let count = 0;
   let depth = 0;
@@ -112,7 +110,8 @@ async function listTree(mirror: Mirror, tree: string, maxEntries: number, signal
       const read = await Promise.all(batch.map((t) => mirror.objects.contents(t, TREE_READ_MAX, signal)));
       read.forEach((r, j) => {
         if (!r?.data || r.info.type !== 'tree') throw new NeedsGitArchive('a tree cannot be read whole');
-        const list = parseTree(r.data, oidBytes);
+        const list = parseTreeObject(r.data, oidBytes);
+        if (!list) throw new NeedsGitArchive('a tree that does not parse');
         count += list.length;
         if (count > maxEntries) throw new TreeTarOverCap(`its archive has more than ${maxEntries} entries`);
         children.set(batch[j]!, list);
@@ -124,7 +123,7 @@ async function listTree(mirror: Mirror, tree: string, maxEntries: number, signal
   // Depth first, each directory's entry before its contents, without recursion (a hostile tree may
   // nest deep) and counted as expanded (one tree named many times counts each time).
   const out: Entry[] = [];
-  const stack: { list: { name: Buffer; mode: string; oid: string }[]; at: number; prefix: Buffer }[] = [{ list: children.get(tree) ?? [], at: 0, prefix: Buffer.alloc(0) }];
+  const stack: { list: RawTreeEntry[]; at: number; prefix: Buffer }[] = [{ list: children.get(tree) ?? [], at: 0, prefix: Buffer.alloc(0) }];
   while (stack.length > 0) {
     const top = stack[stack.length - 1]!;
     const e = top.list[top.at++];
@@ -144,22 +143,6 @@ async function listTree(mirror: Mirror, tree: string, maxEntries: number, signal
     else if (e.mode === '100755') out.push({ path, kind: 'exec', oid: e.oid });
     else if (e.mode === '100644' || e.mode === '100664') out.push({ path, kind: 'file', oid: e.oid });
     else throw new NeedsGitArchive(`a tree entry of mode ${e.mode}`);
-  }
-  return out;
-}
-
-/** A tree object's entries: "<octal mode> <name>\0<raw id>", in its own (git's) order. */
-function parseTree(data: Buffer, oidBytes: number): { name: Buffer; mode: string; oid: string }[] {
-  const out: { name: Buffer; mode: string; oid: string }[] = [];
-  for (let i = 0; i < data.length; ) {
-    const sp = data.indexOf(0x20, i);
-    const nul = sp < 0 ? -1 : data.indexOf(0x00, sp + 1);
-    if (sp < 0 || nul < 0 || nul + 1 + oidBytes > data.length) throw new NeedsGitArchive('a tree that does not parse');
-    const mode = data.subarray(i, sp).toString('latin1');
-    const name = data.subarray(sp + 1, nul);
-    if (!/^[0-7]{5,6}$/.test(mode) || name.length === 0 || name.includes(0x2f)) throw new NeedsGitArchive('a tree that does not parse');
-    out.push({ name, mode, oid: data.subarray(nul + 1, nul + 1 + oidBytes).toString('hex') });
-    i = nul + 1 + oidBytes;
   }
   return out;
 }

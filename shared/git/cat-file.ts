@@ -65,6 +65,8 @@ export class CatFile {
   private idleTimer: NodeJS.Timeout | undefined;
   private stallTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** close() was asked while requests waited: the process ends when they are answered. */
+  private retiring = false;
 
   constructor(
     readonly gitDir: string,
@@ -96,15 +98,16 @@ export class CatFile {
     return got;
   }
 
-  /** Ends the process (waiting requests fail); a later request starts a new one. */
+  /** Ends the process once no request waits (at once when none does); a later request starts a new one. */
   close(): void {
-    this.stop(new GitFailedError('git cat-file: closed'));
+    if (this.waiting.length === 0) this.stop(new GitFailedError('git cat-file: closed'));
+    else this.retiring = true;
   }
 
-  /** Ends the process for good: later requests fail. */
+  /** Ends the process now, for good: waiting and later requests fail. */
   dispose(): void {
     this.closed = true;
-    this.close();
+    this.stop(new GitFailedError('git cat-file: closed'));
   }
 
   private request(kind: Waiting['kind'], name: string, signal?: AbortSignal): Promise<{ info: ObjectInfo; data?: Buffer } | undefined> {
@@ -213,7 +216,7 @@ export class CatFile {
   private becameIdle(): void {
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = undefined;
-    if (this.answered >= (this.opts.maxRequests ?? 20_000)) return this.stop(new GitFailedError('git cat-file: replaced'));
+    if (this.retiring || this.answered >= (this.opts.maxRequests ?? 20_000)) return this.stop(new GitFailedError('git cat-file: replaced'));
     this.setRef(false);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => this.stop(new GitFailedError('git cat-file: idle')), this.opts.idleMs ?? 10_000);
@@ -235,6 +238,7 @@ export class CatFile {
   private stop(reason: Error): void {
     const child = this.child;
     this.child = undefined;
+    this.retiring = false;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.stallTimer = this.idleTimer = undefined;
@@ -267,7 +271,7 @@ export function catFileOf(gitDir: string): CatFile {
   return r;
 }
 
-/** Ends the shared reader of `gitDir`, if it runs (after a gc, before the repository is removed). */
+/** Ends the shared reader of `gitDir` once the reads waiting on it are answered (after a gc, so that it holds no deleted pack). */
 export function closeCatFile(gitDir: string): void {
   readers.get(gitDir)?.close();
 }

@@ -125,6 +125,18 @@ describe('CatFile', () => {
     cat.close();
   });
 
+  it('close() while reads wait answers them first, then ends the process (a gc: no deleted pack held)', async () => {
+    const { up, cat } = setUp();
+    await cat.info(up.tip());
+    const pid = cat.pid;
+    const reads = Array.from({ length: 20 }, () => cat.contents(blobOf(up, 'README.md'), 100));
+    cat.close();
+    for (const r of await Promise.all(reads)) expect(r?.data?.toString()).toBe('hello\n');
+    expect(alive(pid)).toBe(false); // ended once what waited on it was answered
+    expect((await cat.info(up.tip()))?.oid).toBe(up.tip());
+    expect(cat.pid).not.toBe(pid);
+  });
+
   it('keeps no process alive while idle', () => {
     const { up } = setUp();
     const dir = mkdtempSync(join(tmpdir(), 'airlock-catfile-'));

@@ -47,6 +47,7 @@ async function serveExecutor(file: string, logLevel: string | undefined): Promis
     runtimes,
     workDir: c.workDir,
     imagesKept: c.imagesKept,
+    claimAhead: c.claimAhead ?? cap.slots,
     logger,
     sentinel,
   });

@@ -27,7 +27,8 @@ export function installWireErrors(app: FastifyInstance): void {
   app.setErrorHandler((err, req, reply) => {
     const wire = toWire(err);
     if (wire.statusCode >= 500) req.log.error({ err }, 'request failed');
-    void reply.status(wire.statusCode).send(wire);
+    // As JSON whatever the route had set (a download that failed had set its own type).
+    void reply.status(wire.statusCode).type('application/json; charset=utf-8').send(wire);
   });
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ code: 'AIRLOCK_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}`, statusCode: 404 } satisfies WireError);

@@ -116,6 +116,8 @@ export interface RunOptions {
    * RECREATE_AFTER_MS is made again, so that none outlives what the reaper allows a job.
    */
   beforeStart?: () => Promise<void>;
+  /** Called once the job's container has started. */
+  onStarted?: () => void;
   /**
    * An image id that passed the runsc self-test where the caller's word is trusted: an executor
    * host passes the CI host's verdict, sent with the job (untrusted-ci/remote/). Counted as this
@@ -461,6 +463,7 @@ export class JobRunner {
     }
     started = true;
     const startedAt = performance.now();
+    ro.onStarted?.();
     if (cancelled) stop();
     const timeout = setTimeout(() => {
       timedOut = true;

@@ -36,7 +36,7 @@ export function createCiMetrics(read: {
   /** The gate's queues: window size (0: unlimited) and items in each (absent: no gate). */
   gateQueues?: () => { queue: string; window: number; items: number }[];
   /** Executor hosts heard from lately, and the jobs waiting for one or running on one (absent: none configured). */
-  executors?: () => { hosts: number; queued: number; running: number };
+  executors?: () => { hosts: number; queued: number; running: number; waiting: number };
 }): CiMetrics {
   const registry = new Registry();
   // prom-client's names already start with `process_` / `nodejs_`: the prefix is the service's only.
@@ -73,13 +73,14 @@ export function createCiMetrics(read: {
     });
     new Gauge({
       name: 'airlock_ci_remote_jobs',
-      help: 'Jobs for executor hosts on this replica, waiting for a host or running on one',
+      help: 'Jobs for executor hosts on this replica: queued for a host, running on one, or claimed ahead by a busy one and waiting there for a slot',
       labelNames: ['state'],
       registers: [registry],
       collect() {
         const e = executors();
         this.set({ state: 'queued' }, e.queued);
         this.set({ state: 'running' }, e.running);
+        this.set({ state: 'waiting' }, e.waiting);
       },
     });
   }

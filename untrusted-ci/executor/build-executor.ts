@@ -271,7 +271,9 @@ export class CheckBuildExecutor implements BuildExecutor {
     };
     try {
       if (remote) {
-        // On an executor host: running from the moment a host claims it (again, if it is taken back).
+        // On an executor host: running from the moment a host claims it with a free slot (again, if
+        // it is taken back), or starts it after a claim ahead (a job waiting there for a slot is
+        // still queued).
         result = await remote.run({
           build: buildId,
           job: name,
@@ -280,10 +282,11 @@ export class CheckBuildExecutor implements BuildExecutor {
           ...(spec.artifacts.length > 0 ? { artifactsDir } : {}),
           signal,
           onLog,
-          onClaimed: async (host) => {
-            await this.setJob(buildId, name, 'running');
-            onLog(Buffer.from(`[airlock] on executor host ${host}\n`));
+          onClaimed: async (host, ahead) => {
+            if (!ahead) await this.setJob(buildId, name, 'running');
+            onLog(Buffer.from(ahead ? `[airlock] on executor host ${host}, made ready there while its slots are busy\n` : `[airlock] on executor host ${host}\n`));
           },
+          onStarted: async () => this.setJob(buildId, name, 'running'),
         });
       } else {
         // A slot with room for the job's memory and CPUs, taken once the job's container is

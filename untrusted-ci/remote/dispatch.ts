@@ -32,7 +32,12 @@
  * image passed: the host runs it under that runtime or refuses it, never under a weaker one.
  *
  * Placement: a claim says what the host has free (slots, memory, CPUs) and which runtimes it has;
- * it gets the first queued job that fits. A job that does not fit a host's free room now is passed
+ * it gets the first queued job that fits. A host whose slots are all busy may claim **ahead**, to
+ * make a job ready while they run (protocol.ts): such a claim is served only while more jobs are
+ * queued than other hosts wait for with a free slot, and a claim with a free slot that finds the
+ * queue empty takes over a job another host claimed ahead and has not started (the oldest such
+ * that fits): the job is not held behind a busy host while another is idle. The first host learns
+ * it at its next call of that run (409) and drops the job; a move does not count as a claim. A job that does not fit a host's free room now is passed
  * over, but at most `overtakes` times: then that host gets nothing until the job fits (its running
  * jobs end), as scheduler/capacity.ts does on one host. A job that fits no registered host's whole
  * capacity fails at once, naming the figures.
@@ -72,8 +77,13 @@ export interface RemoteRunRequest {
   artifactsDir?: string;
   signal?: AbortSignal;
   onLog?: (data: Buffer) => void;
-  /** A host claimed the job (called for each claim: a job taken back is claimed again). */
-  onClaimed?: (executor: string) => void | Promise<void>;
+  /**
+   * A host claimed the job (called for each claim: a job taken back, or moved, is claimed again).
+   * `ahead`: the host's slots are busy; it makes the job ready and starts it later (`onStarted`).
+   */
+  onClaimed?: (executor: string, ahead: boolean) => void | Promise<void>;
+  /** A host that claimed the job ahead starts it now (no other host can take it from here on). */
+  onStarted?: (executor: string) => void | Promise<void>;
 }
 
 export interface RemoteJobsOptions {
@@ -108,7 +118,12 @@ export interface ExecutorView {
   /** Milliseconds since the host was last heard from. */
   idleMs: number;
   running: number;
+  /** Jobs it claimed ahead and has not started (they wait there for a slot). */
+  waiting: number;
 }
+
+/** A claim as `claim` takes it: `ahead` absent is a claim with a free slot. */
+export type Claim = Omit<ClaimRequest, 'ahead'> & { ahead?: boolean };
 
 interface Need {
   memory: number;
@@ -126,6 +141,9 @@ interface Entry {
   artifactCaps: { maxBytes: number; maxFiles: number };
   run?: string;
   executor?: string;
+  /** Claimed ahead (the host's slots were busy), and whether the host has started it since. */
+  ahead?: boolean;
+  started?: boolean;
   leaseUntil: number;
   claims: number;
   overtaken: number;
@@ -165,7 +183,7 @@ export class RemoteJobs {
   private readonly hosts = new Map<string, { capacity: Capacity; version?: string; seen: number }>();
   private readonly waiters = new Set<() => void>();
   /** Each host's one waiting claim: a new claim of the host ends the one before. */
-  private readonly claiming = new Map<string, AbortController>();
+  private readonly claiming = new Map<string, { controller: AbortController; ahead: boolean; capacity: Capacity; free: ClaimRequest['free'] }>();
   private sweeper: NodeJS.Timeout;
   private readonly now: () => number;
   private closed = false;
@@ -205,19 +223,26 @@ export class RemoteJobs {
     return artifactsTarBound(this.o.policy.limits.artifacts, this.o.policy.limits.artifactFiles);
   }
 
-  /** Jobs waiting for a host, and jobs running on one. */
-  get counts(): { queued: number; running: number } {
-    return { queued: this.queue.length, running: this.runs.size };
+  /** Jobs waiting for a host, jobs running on one, and jobs a host claimed ahead and has not started. */
+  get counts(): { queued: number; running: number; waiting: number } {
+    let waiting = 0;
+    for (const e of this.runs.values()) if (e.ahead && !e.started) waiting += 1;
+    return { queued: this.queue.length, running: this.runs.size - waiting, waiting };
   }
 
   /** The hosts heard from in the last three leases. */
   executors(): ExecutorView[] {
     const now = this.now();
     const running = new Map<string, number>();
-    for (const e of this.runs.values()) if (e.executor) running.set(e.executor, (running.get(e.executor) ?? 0) + 1);
+    const waiting = new Map<string, number>();
+    for (const e of this.runs.values()) {
+      if (!e.executor) continue;
+      const count = e.ahead && !e.started ? waiting : running;
+      count.set(e.executor, (count.get(e.executor) ?? 0) + 1);
+    }
     return [...this.hosts.entries()]
       .filter(([, h]) => now - h.seen <= 3 * this.o.leaseMs)
-      .map(([name, h]) => ({ name, capacity: h.capacity, ...(h.version ? { version: h.version } : {}), idleMs: Math.round(now - h.seen), running: running.get(name) ?? 0 }))
+      .map(([name, h]) => ({ name, capacity: h.capacity, ...(h.version ? { version: h.version } : {}), idleMs: Math.round(now - h.seen), running: running.get(name) ?? 0, waiting: waiting.get(name) ?? 0 }))
       .sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
@@ -279,24 +304,33 @@ export class RemoteJobs {
     this.wake(); // jobs that fit no host so far may fit this one
   }
 
-  /** The first queued job that fits what the host has free, waiting up to `waitMs` for one. */
-  async claim(executor: string, req: ClaimRequest, signal?: AbortSignal): Promise<Assignment | undefined> {
+  /**
+   * The first queued job that fits what the host has free, waiting up to `waitMs` for one; for a
+   * claim with a free slot and nothing queued, a job claimed ahead elsewhere and not started.
+   */
+  async claim(executor: string, req: Claim, signal?: AbortSignal): Promise<Assignment | undefined> {
     const host = this.hosts.get(executor);
     if (!host) throw new ConflictError(`executor host ${executor} has not registered (POST /api/executor/register first)`);
     const deadline = this.now() + req.waitMs;
     // One waiting claim per host (an executor host makes one at a time): thousands of them would
     // each hold a socket and a waiter here.
     const mine = new AbortController();
-    this.claiming.get(executor)?.abort();
-    this.claiming.set(executor, mine);
+    const ahead = req.ahead === true;
+    this.claiming.get(executor)?.controller.abort();
+    const waiting = { controller: mine, ahead, capacity: host.capacity, free: req.free };
+    this.claiming.set(executor, waiting);
+    let served = false;
     try {
       for (;;) {
         host.seen = this.now();
         if (this.closed || signal?.aborted || mine.signal.aborted) return undefined;
         this.mustHold();
         const now = this.now();
-        const entry = now < this.holdUntil ? undefined : this.pick(host.capacity, req.free);
-        if (entry) return this.assign(entry, executor);
+        const entry = now < this.holdUntil ? undefined : ahead ? this.pickAhead(executor, host.capacity, req.free) : (this.pick(host.capacity, req.free) ?? this.takeOver(executor, host.capacity, req.free));
+        if (entry) {
+          served = true;
+          return this.assign(entry, executor, ahead);
+        }
         const left = deadline - now;
         if (left <= 0) return undefined;
         await new Promise<void>((res) => {
@@ -314,8 +348,21 @@ export class RemoteJobs {
         });
       }
     } finally {
-      if (this.claiming.get(executor) === mine) this.claiming.delete(executor);
+      if (this.claiming.get(executor) === waiting) this.claiming.delete(executor);
+      // A claim with a free slot that ends unserved (its host gave up, or went away): the ahead
+      // claims it held back may be served now. (One served is followed by its host's next claim.)
+      if (!ahead && !served) this.wake();
     }
+  }
+
+  /** A host that claimed the run ahead starts it: from here on it is that host's to run. */
+  start(executor: string, run: string): RunAnswer {
+    const e = this.claimed(executor, run);
+    if (e.ahead && !e.started) {
+      e.started = true;
+      void Promise.resolve(e.req.onStarted?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a started job failed'));
+    }
+    return this.answer(e);
   }
 
   heartbeat(executor: string, run: string): RunAnswer {
@@ -368,8 +415,10 @@ export class RemoteJobs {
    */
   private download(e: Entry, what: 'image' | 'source', stream: Readable): Readable {
     const d = (e.downloads ??= {});
-    d[what]?.destroy();
+    d[what]?.destroy(new ConflictError(`a newer download of the ${what} of run ${e.run ?? ''} ended this one`));
     d[what] = stream;
+    // Its errors go to the request sending it (a 409 when ended here); none is unhandled before that.
+    stream.on('error', () => undefined);
     stream.once('close', () => {
       if (d[what] === stream) delete d[what];
     });
@@ -377,7 +426,7 @@ export class RemoteJobs {
   }
 
   private endDownloads(e: Entry): void {
-    for (const stream of Object.values(e.downloads ?? {})) stream.destroy();
+    for (const stream of Object.values(e.downloads ?? {})) stream.destroy(new ConflictError('the run ended (finished, taken back, or moved to another host): its downloads with it'));
     e.downloads = undefined;
   }
 
@@ -477,7 +526,7 @@ export class RemoteJobs {
     this.mustHold();
     const e = this.runs.get(run);
     // A lease that ran out is over now, whether or not the sweeper has taken the job back yet.
-    if (!e || e.executor !== executor || this.now() > e.leaseUntil) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, or never claimed): stop it`);
+    if (!e || e.executor !== executor || this.now() > e.leaseUntil) throw new ConflictError(`run ${run} is not held by executor host ${executor} (finished, taken back after its lease ran out, moved to another host before it started, or never claimed): stop it`);
     const host = this.hosts.get(executor);
     if (host) host.seen = this.now();
     return e;
@@ -489,32 +538,81 @@ export class RemoteJobs {
   }
 
   private pick(capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
+    const found = this.find(capacity, free);
+    return found ? this.take(found) : undefined;
+  }
+
+  /** The queued job a claim would get (its index), and the jobs it would pass over. */
+  private find(capacity: Capacity, free: ClaimRequest['free']): { at: number; passed: Entry[] } | undefined {
     if (free.slots < 1) return undefined;
-    // Counted only when a later job is handed out past it: a claim that takes nothing (a host with
-    // no room, claiming again and again) overtakes nothing.
     const passed: Entry[] = [];
     for (const [i, e] of this.queue.entries()) {
       if (!fits(e.need, capacity)) continue; // never on this host: no waiting for it here
-      if (e.need.memory <= free.memory && e.need.cpus <= free.cpus + 1e-9) {
+      if (fitsFree(e.need, capacity, free)) {
         if (passed.some((p) => p.overtaken >= (this.o.overtakes ?? 4))) return undefined; // this host drains until it fits
-        for (const p of passed) p.overtaken += 1;
-        this.queue.splice(i, 1);
-        return e;
+        return { at: i, passed };
       }
       passed.push(e);
     }
     return undefined;
   }
 
-  private assign(e: Entry, executor: string): Assignment {
+  /**
+   * The job `find` found, out of the queue. Passing over is counted only when a later job is
+   * handed out past it: a claim that takes nothing (a host with no room, claiming again and
+   * again) overtakes nothing.
+   */
+  private take(found: { at: number; passed: Entry[] }): Entry {
+    for (const p of found.passed) p.overtaken += 1;
+    return this.queue.splice(found.at, 1)[0]!;
+  }
+
+  /**
+   * An ahead claim's job: the one `pick` would give, while more jobs are queued than other hosts
+   * wait for with a free slot that job fits.
+   */
+  private pickAhead(executor: string, capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
+    const found = this.find(capacity, free);
+    if (!found) return undefined;
+    const need = this.queue[found.at]!.need;
+    let waitingWithRoom = 0;
+    for (const [host, c] of this.claiming) if (host !== executor && !c.ahead && fitsFree(need, c.capacity, c.free)) waitingWithRoom += 1;
+    return this.queue.length > waitingWithRoom ? this.take(found) : undefined;
+  }
+
+  /**
+   * For a claim with a free slot that found nothing queued: the oldest job another host claimed
+   * ahead and has not started, that fits here. Its run ends (that host's next call of it is a 409)
+   * and the job is assigned anew; the move does not count as a claim.
+   */
+  private takeOver(executor: string, capacity: Capacity, free: ClaimRequest['free']): Entry | undefined {
+    if (free.slots < 1) return undefined;
+    for (const [run, e] of this.runs) {
+      if (!e.ahead || e.started || e.settled || e.executor === executor) continue;
+      if (!fitsFree(e.need, capacity, free)) continue;
+      this.runs.delete(run);
+      this.endDownloads(e);
+      e.req.onLog?.(Buffer.from(`[airlock] moved to another executor host: ${e.executor} had not started it (its slots were busy)\n`));
+      e.claims -= 1;
+      e.logSeq = 0;
+      e.logBytes = 0;
+      e.logCapped = false;
+      return e;
+    }
+    return undefined;
+  }
+
+  private assign(e: Entry, executor: string, ahead = false): Assignment {
     const run = randomBytes(16).toString('hex');
     e.run = run;
     e.executor = executor;
+    e.ahead = ahead;
+    e.started = false;
     e.claims += 1;
     e.overtaken = 0;
     e.leaseUntil = this.now() + this.o.leaseMs;
     this.runs.set(run, e);
-    void Promise.resolve(e.req.onClaimed?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a claimed job failed'));
+    void Promise.resolve(e.req.onClaimed?.(executor, ahead)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a claimed job failed'));
     return {
       run,
       build: e.req.build,
@@ -605,4 +703,9 @@ export class RemoteJobs {
 
 function fits(need: Need, c: Capacity): boolean {
   return c.runtimes.includes(need.runtime) && need.memory <= c.memory && need.cpus <= c.cpus + 1e-9 && c.slots > 0;
+}
+
+/** The job fits the host, and what the claim says is free now. */
+function fitsFree(need: Need, c: Capacity, free: ClaimRequest['free']): boolean {
+  return fits(need, c) && free.slots >= 1 && need.memory <= free.memory && need.cpus <= free.cpus + 1e-9;
 }

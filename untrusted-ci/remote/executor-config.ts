@@ -7,6 +7,7 @@
  *   ci: {url: http://ci.internal:8080, tokenFile: executor.token}
  *   docker: unix:///var/run/docker.sock   # this host's engine (default: DOCKER_HOST, else that socket)
  *   slots: 4                           # jobs at once
+ *   claimAhead: 4                      # jobs made ready while every slot is busy (default: slots)
  *   capacity: {reserve: 1GiB}          # memory and CPUs for jobs (default: the machine's, less reserve)
  *   stateDir: /var/lib/airlock         # the runner's workspaces (as the CI's runnerStateDir)
  *   workDir: /var/lib/airlock-executor # sources, artifacts, the images it loaded
@@ -27,6 +28,7 @@ export const ExecutorConfig = z
     ci: z.object({ url: z.url({ protocol: /^https?$/ }).max(2048), tokenFile: z.string().min(1) }).strict(),
     docker: z.string().min(1).max(1024).optional(),
     slots: z.number().int().min(1).max(256).default(2),
+    claimAhead: z.number().int().min(0).max(256).optional(),
     capacity: z
       .object({
         memory: Size.optional(),

@@ -7,6 +7,12 @@
  *
  * - **One claim at a time**, saying what is free after the running jobs' limits (as the CI's own
  *   slots count them, scheduler/slots.ts), so two claims never count the same room.
+ * - **Claims ahead.** With every slot busy, the host claims up to `claimAhead` jobs more, makes
+ *   each ready (image, source, container created) while the slots run, and starts it when a slot
+ *   frees, after the CI's word (`start`): the CI may have moved it meanwhile to a host with a free
+ *   slot, and then it is dropped here unstarted. The next wave of jobs then costs a container
+ *   start, not a whole setup, at the moment the slots free up. Claims ahead wait until every
+ *   slot's container has started, so that making them ready does not slow those starts.
  * - **The lease.** A heartbeat every third of the lease. A job is stopped here when the CI says it
  *   was cancelled, when the CI no longer knows the run (409: taken back, or another leader), or
  *   when no heartbeat has succeeded for two thirds of the lease, counted on a monotonic clock from
@@ -70,6 +76,8 @@ export interface ExecutorHostOptions {
   version?: string;
   /** How long a claim waits at the CI for work (default 20 s). */
   claimWaitMs?: number;
+  /** Jobs claimed and made ready while every slot is busy (default 0: none). */
+  claimAhead?: number;
   /** Stops a job's containers when this process cannot (sentinel.ts). */
   sentinel?: Sentinel;
 }
@@ -79,6 +87,8 @@ const LOG_FLUSH_MS = 200;
 const IMAGES_FILE = 'images.json';
 
 class LeaseLost extends Error {}
+/** The CI gave a job claimed ahead to another host before it started here. */
+class Moved extends LeaseLost {}
 
 export class ExecutorHost {
   private readonly slots: Slots;
@@ -87,6 +97,10 @@ export class ExecutorHost {
   private readonly loading = new Map<string, Promise<void>>();
   /** The claim loop, waiting for a slot (slotFreed). */
   private readonly freedWaiters = new Set<() => void>();
+  /** Jobs claimed ahead that hold no slot yet: how many, and their memory and CPUs. */
+  private ahead = { count: 0, memory: 0, cpus: 0 };
+  /** Jobs that hold a slot and whose container has not started yet. */
+  private starting = 0;
   /** Images the runs here use (from before their image is looked up until they end): id → runs. */
   private readonly using = new Map<string, number>();
   /** Images this host loaded: id → last use (ms since the epoch). */
@@ -137,13 +151,21 @@ export class ExecutorHost {
           await this.register();
           registered = true;
         }
-        if (this.slots.busy >= this.o.capacity.slots) {
+        const cap = this.o.capacity;
+        // The jobs claimed ahead take the next slots that free up: they count as holding them.
+        const freeSlots = cap.slots - this.slots.busy - this.ahead.count;
+        const ahead = freeSlots <= 0;
+        // Claimed ahead only once every slot's container runs: a job made ready while others start
+        // would take the CPU from their start, the moment the ahead claim is meant to spare.
+        if (ahead && (this.ahead.count >= (this.o.claimAhead ?? 0) || this.starting > 0)) {
           await this.slotFreed();
           continue;
         }
         const usage = this.slots.usage;
-        const free = { slots: this.o.capacity.slots - this.slots.busy, memory: Math.max(0, this.o.capacity.memory - usage.memory), cpus: Math.max(0, this.o.capacity.cpus - usage.cpus) };
-        const res = await this.call('POST', EXECUTOR_API.claim, { json: { free, waitMs: this.o.claimWaitMs ?? 20_000 }, timeoutMs: (this.o.claimWaitMs ?? 20_000) + 15_000, ok: [200, 204, 409] });
+        const free = ahead
+          ? { slots: (this.o.claimAhead ?? 0) - this.ahead.count, memory: Math.max(0, cap.memory - this.ahead.memory), cpus: Math.max(0, cap.cpus - this.ahead.cpus) }
+          : { slots: freeSlots, memory: Math.max(0, cap.memory - usage.memory - this.ahead.memory), cpus: Math.max(0, cap.cpus - usage.cpus - this.ahead.cpus) };
+        const res = await this.call('POST', EXECUTOR_API.claim, { json: { free, waitMs: this.o.claimWaitMs ?? 20_000, ...(ahead ? { ahead } : {}) }, timeoutMs: (this.o.claimWaitMs ?? 20_000) + 15_000, ok: [200, 204, 409] });
         if (res.status === 409) {
           // The CI does not know this host (a new leader): register again.
           registered = false;
@@ -154,7 +176,7 @@ export class ExecutorHost {
         // The lease runs from when the CI gave the job: counted from its answer, not from when it starts here.
         const received = performance.now();
         const a = Assignment.parse(await res.json());
-        await this.begin(a, received);
+        await this.begin(a, received, ahead);
       } catch (e) {
         if (stop.aborted) break;
         if (Date.now() - this.lastWarn > 10_000) {
@@ -169,8 +191,11 @@ export class ExecutorHost {
     }
   }
 
-  /** Take the slot the claim counted, then run the job in the background. */
-  private async begin(a: Assignment, received: number): Promise<void> {
+  /**
+   * Take the slot the claim counted (a job claimed ahead takes one once it is ready), then run
+   * the job in the background.
+   */
+  private async begin(a: Assignment, received: number, ahead: boolean): Promise<void> {
     const controller = new AbortController();
     let release: () => void = () => undefined;
     let need = { memory: 0, cpus: 0 };
@@ -183,27 +208,72 @@ export class ExecutorHost {
     } catch (e) {
       refused = (e as Error).message;
     }
-    if (!refused) {
+    let holdsAhead = false;
+    if (!refused && ahead) {
+      this.holdAhead(need, 1);
+      holdsAhead = true;
+    } else if (!refused) {
       try {
         release = await this.slots.acquire(this.stopping.signal, need);
       } catch (e) {
         refused = (e as Error).message;
       }
     }
-    const freeSlot = (): void => {
-      release();
+    let starting = false;
+    const startingEnds = (): void => {
+      if (!starting) return;
+      starting = false;
+      this.starting -= 1;
       for (const w of this.freedWaiters) w();
     };
-    const done = this.runOne(a, controller, refused, received, freeSlot)
+    if (!refused && !ahead) {
+      starting = true;
+      this.starting += 1;
+    }
+    const leaveAhead = (): void => {
+      if (!holdsAhead) return;
+      holdsAhead = false;
+      this.holdAhead(need, -1);
+    };
+    const freeSlot = (): void => {
+      release();
+      leaveAhead();
+      startingEnds();
+      for (const w of this.freedWaiters) w();
+    };
+    // A job claimed ahead: the slot, once its container is ready. (The claim loop may claim
+    // another ahead then.)
+    const takeSlot = holdsAhead
+      ? async (signal: AbortSignal): Promise<void> => {
+          release = await this.slots.acquire(signal, need);
+          starting = true;
+          this.starting += 1;
+          leaveAhead();
+          for (const w of this.freedWaiters) w();
+        }
+      : undefined;
+    const done = this.runOne(a, controller, refused, received, freeSlot, takeSlot, startingEnds)
       .catch((e: unknown) => this.o.logger.error({ err: e, run: a.run }, 'a job could not be run or reported'))
       .finally(() => {
-        release();
+        freeSlot();
         this.running.delete(a.run);
       });
     this.running.set(a.run, { controller, done });
   }
 
-  private async runOne(a: Assignment, controller: AbortController, refused: string | undefined, received: number, freeSlot: () => void): Promise<void> {
+  private holdAhead(need: { memory: number; cpus: number }, sign: 1 | -1): void {
+    this.ahead = { count: this.ahead.count + sign, memory: this.ahead.memory + sign * need.memory, cpus: this.ahead.cpus + sign * need.cpus };
+  }
+
+  private async runOne(
+    a: Assignment,
+    controller: AbortController,
+    refused: string | undefined,
+    received: number,
+    freeSlot: () => void,
+    takeSlot: ((signal: AbortSignal) => Promise<void>) | undefined,
+    started: () => void,
+  ): Promise<void> {
     const log = this.o.logger.child({ run: a.run, build: a.build, job: a.job });
     const dir = join(this.o.workDir, 'runs', a.run);
     const signal = controller.signal;
@@ -258,6 +328,23 @@ export class ExecutorHost {
           ...(a.spec.artifacts.length > 0 ? { artifactsDir } : {}),
           // The CI's self-test verdict on its image (this host has none for the CI's image ids).
           ...(a.runscPassed ? { runscPassed: a.imageId } : {}),
+          // Claimed ahead: ready now; a slot, then the CI's word that the job is still this host's.
+          ...(takeSlot
+            ? {
+                beforeStart: async () => {
+                  await takeSlot(signal);
+                  try {
+                    const res = await this.deliver(signal, leaseMs, () => this.call('POST', EXECUTOR_API.run(a.run, 'start'), { json: {}, timeoutMs: leaseMs / 3 }));
+                    onAnswer(RunAnswer.parse(await res.json()));
+                  } catch (e) {
+                    if (e instanceof HttpStatusError && e.status === 409) controller.abort(new Moved(e.message));
+                    else if (!signal.aborted) controller.abort(new LeaseLost(`the CI did not answer its start: ${(e as Error).message}`));
+                  }
+                  if (signal.aborted) throw signal.reason;
+                },
+              }
+            : {}),
+          onStarted: started,
           onLog: (chunk) => sender.push(chunk.data),
         });
         // The container has ended (its removal goes on in the background): its room is free for the
@@ -270,6 +357,10 @@ export class ExecutorHost {
           await this.deliver(signal, leaseMs, () => this.call('PUT', EXECUTOR_API.run(a.run, 'artifacts'), { body: packDirectory(join(dir, 'out'), { uid: 0, gid: 0 }), type: 'application/x-tar', timeoutMs: 10 * 60_000, ok: [200, 422] }));
         }
       } catch (e) {
+        if (signal.reason instanceof Moved) {
+          log.info({ why: signal.reason.message }, 'job dropped before it started: the CI gave it to a host with a free slot');
+          return;
+        }
         if (signal.reason instanceof LeaseLost) {
           log.warn({ why: signal.reason.message }, 'job stopped: this host no longer holds its lease (the CI runs it elsewhere)');
           return;

@@ -4,16 +4,23 @@
  * runs hostile code, so on the CI's side everything it sends is validated like any other input.
  *
  *   POST /api/executor/register            {capacity}               → {leaseMs}
- *   POST /api/executor/claim               {free, waitMs}           → 200 Assignment | 204 (nothing fits)
+ *   POST /api/executor/claim               {free, waitMs, ahead}    → 200 Assignment | 204 (nothing fits)
  *   GET  /api/executor/runs/:run/image     the job's image, as `docker save` writes it
  *   GET  /api/executor/runs/:run/source    the job's source tar
  *   POST /api/executor/runs/:run/heartbeat                          → {cancel}
+ *   POST /api/executor/runs/:run/start     a job claimed ahead may start now → {cancel} | 409 (moved)
  *   POST /api/executor/runs/:run/log?seq=N the next piece of log (bytes)  → {cancel}
  *   PUT  /api/executor/runs/:run/artifacts a tar of the artifacts (names under one top directory)
  *   POST /api/executor/runs/:run/result    JobResult
  *
  * `:run` is the id of one claim of one job: a job claimed again (its first host stopped answering)
  * gets a new id, and what the first host still sends under the old one is refused (409).
+ *
+ * A claim **ahead** is a host's claim while its slots are all busy: it makes the job ready (image,
+ * source, container) while they run, and asks `start` before the container starts. The CI serves
+ * an ahead claim only with a job no host with a free slot waits for, and moves a job claimed
+ * ahead that has not started to a host that claims with a free slot and finds the queue empty:
+ * the first host's `start` (or any call of that run) is then refused (409), so the job runs once.
  */
 import { z } from 'zod';
 import { JobSpec } from '#shared/schemas/job-spec.js';
@@ -42,11 +49,16 @@ export type RegisterRequest = z.infer<typeof RegisterRequest>;
 const LeaseMs = z.number().int().min(1).max(600_000);
 export const RegisterAnswer = z.object({ leaseMs: LeaseMs }).strict();
 
-/** What the host has free now (its running jobs' limits subtracted), and how long the CI may hold the request open for work. */
+/**
+ * What the host has free now (its running jobs' limits subtracted), and how long the CI may hold
+ * the request open for work. `ahead`: every slot is busy, and `free` is the room for jobs made
+ * ready to start when slots free up (the host's capacity less the jobs it holds ahead already).
+ */
 export const ClaimRequest = z
   .object({
     free: z.object({ slots: z.number().int().min(0).max(4096), memory: z.number().int().min(0), cpus: z.number().min(0).max(4096) }).strict(),
     waitMs: z.number().int().min(0).max(25_000).default(0),
+    ahead: z.boolean().default(false),
   })
   .strict();
 export type ClaimRequest = z.infer<typeof ClaimRequest>;
@@ -81,7 +93,7 @@ export type RunAnswer = z.infer<typeof RunAnswer>;
 export const EXECUTOR_API = {
   register: '/api/executor/register',
   claim: '/api/executor/claim',
-  run: (run: string, what: 'image' | 'source' | 'heartbeat' | 'log' | 'artifacts' | 'result') => `/api/executor/runs/${run}/${what}`,
+  run: (run: string, what: 'image' | 'source' | 'heartbeat' | 'start' | 'log' | 'artifacts' | 'result') => `/api/executor/runs/${run}/${what}`,
 } as const;
 
 /** The most one log request may carry. */

@@ -406,6 +406,7 @@ describe('forwarding to a real API', () => {
     'GET /api/executor/runs/:run/image': 'leader',
     'GET /api/executor/runs/:run/source': 'leader',
     'POST /api/executor/runs/:run/heartbeat': 'leader',
+    'POST /api/executor/runs/:run/start': 'leader',
     'POST /api/executor/runs/:run/log': 'leader',
     'PUT /api/executor/runs/:run/artifacts': 'leader',
     'POST /api/executor/runs/:run/result': 'leader',

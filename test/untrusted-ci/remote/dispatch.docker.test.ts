@@ -50,6 +50,8 @@ interface Started {
   logs: string[];
   claimedBy: string[];
   abort: AbortController;
+  /** The job's id. */
+  spec: string;
 }
 
 /** `run` in the background, with its log and claims recorded. */
@@ -59,12 +61,21 @@ function start(jobs: RemoteJobs, input: Parameters<typeof spec>[0], extra: Parti
   const abort = new AbortController();
   let state: 'pending' | 'resolved' | 'rejected' = 'pending';
   const s = spec(input);
-  const done = jobs.run({ build: 1, job: s.id, spec: s, signal: abort.signal, onLog: (d) => void logs.push(d.toString('utf8')), onClaimed: (h) => void claimedBy.push(h), ...extra });
+  const done = jobs.run({
+    build: 1,
+    job: s.id,
+    spec: s,
+    signal: abort.signal,
+    onLog: (d) => void logs.push(d.toString('utf8')),
+    onClaimed: (h, ahead) => void claimedBy.push(ahead ? `${h} ahead` : h),
+    onStarted: (h) => void claimedBy.push(`${h} started`),
+    ...extra,
+  });
   done.then(
     () => (state = 'resolved'),
     () => (state = 'rejected'),
   );
-  return { done, settled: () => state, logs, claimedBy, abort };
+  return { done, settled: () => state, logs, claimedBy, abort, spec: s.id };
 }
 
 /** Claims until one comes (the job is queued after an image inspect). */
@@ -130,7 +141,7 @@ describe('RemoteJobs: placement', () => {
     expect(a.spec.image).toBe(a.imageId);
     expect(a.leaseMs).toBe(LEASE);
     expect(j.claimedBy).toEqual(['a']);
-    expect(jobs.counts).toEqual({ queued: 0, running: 1 });
+    expect(jobs.counts).toEqual({ queued: 0, running: 1, waiting: 0 });
   });
 
   it('a host without the job\'s runtime never gets it, and does not wait for it', async () => {
@@ -180,7 +191,7 @@ describe('RemoteJobs: placement', () => {
       failed.jobs.register('a', gvisor);
       const j = start(failed.jobs, { image: BUSYBOX, command: ['true'], runtime: 'runsc' });
       await expect(j.done).rejects.toBeInstanceOf(RuntimeUnavailableError);
-      expect(failed.jobs.counts).toEqual({ queued: 0, running: 0 });
+      expect(failed.jobs.counts).toEqual({ queued: 0, running: 0, waiting: 0 });
     }
   });
 
@@ -251,6 +262,116 @@ describe('RemoteJobs: placement', () => {
   }, 20_000);
 });
 
+describe('RemoteJobs: claims ahead (a host whose slots are busy makes a job ready)', () => {
+  const claimAhead = (jobs: RemoteJobs, host: string, waitMs = 0) => jobs.claim(host, { free: ROOMY, waitMs, ahead: true });
+
+  it('an ahead claim is served only with a job no other host waits for with a free slot', async () => {
+    const { jobs } = setup();
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    // a's claim waits first: it is the first one woken when the job comes.
+    const aAhead = claimAhead(jobs, 'a', 20_000);
+    const bFree = jobs.claim('b', { free: ROOMY, waitMs: 20_000 });
+    const one = start(jobs, { image: BUSYBOX, command: ['true'] });
+    expect((await bFree)?.spec.id).toBe(one.spec);
+    expect(one.claimedBy).toEqual(['b']);
+    // b is not waiting now (its host would claim again): the next job may go ahead to a.
+    const two = start(jobs, { image: BUSYBOX, command: ['true'] });
+    const got = await aAhead;
+    expect(got?.spec.id).toBe(two.spec);
+    expect(two.claimedBy).toEqual(['a ahead']);
+    expect(jobs.executors().find((e) => e.name === 'a')).toMatchObject({ running: 0, waiting: 1 });
+    expect(jobs.executors().find((e) => e.name === 'b')).toMatchObject({ running: 1, waiting: 0 });
+    // Started on the host's word: running from then on, and the host's from then on.
+    expect(jobs.start('a', got!.run)).toEqual({ cancel: false });
+    expect(two.claimedBy).toEqual(['a ahead', 'a started']);
+    expect(jobs.executors().find((e) => e.name === 'a')).toMatchObject({ running: 1, waiting: 0 });
+    expect(await jobs.claim('b', { free: ROOMY, waitMs: 0 })).toBeUndefined();
+    jobs.result('a', got!.run, result(got!));
+    expect((await two.done).passed).toBe(true);
+  }, 20_000);
+
+  it('a job claimed ahead and not started moves to a host that claims with a free slot and finds the queue empty; the first host\'s run is refused from then on', async () => {
+    const { jobs, clock } = setup({ maxClaims: 2 });
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'] });
+    await queued(jobs, 1);
+    const ahead = (await claimAhead(jobs, 'a'))!;
+    expect(ahead.spec.id).toBe(j.spec);
+    // Another ahead claim takes nothing from it; a claim with a free slot does.
+    expect(await claimAhead(jobs, 'b')).toBeUndefined();
+    const moved = (await jobs.claim('b', { free: ROOMY, waitMs: 0 }))!;
+    expect(moved.spec.id).toBe(j.spec);
+    expect(moved.run).not.toBe(ahead.run);
+    expect(j.claimedBy).toEqual(['a ahead', 'b']);
+    expect(j.logs.join('')).toContain('moved to another executor host: a had not started it');
+    expect(() => jobs.start('a', ahead.run)).toThrow(ConflictError);
+    expect(() => jobs.heartbeat('a', ahead.run)).toThrow(ConflictError);
+    expect(() => jobs.result('a', ahead.run, result(ahead))).toThrow(ConflictError);
+    // The move is no claim: with maxClaims 2, b's lost lease still queues it again, and c runs it.
+    await leaseRunsOut(jobs, clock, 1);
+    jobs.register('c', HOST);
+    const last = await claim(jobs, 'c');
+    jobs.result('c', last.run, result(last));
+    expect((await j.done).passed).toBe(true);
+  }, 20_000);
+
+  it('a started job, a job claimed with a free slot, and a job that does not fit stay where they are', async () => {
+    const { jobs } = setup();
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    jobs.register('small', { ...HOST, memory: 512 * MiB });
+    // Queued one after another (each is queued after an image inspect).
+    start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '256m' } });
+    await queued(jobs, 1);
+    start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '1g' } });
+    await queued(jobs, 2);
+    start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '256m' } });
+    await queued(jobs, 3);
+    const started = (await claimAhead(jobs, 'a'))!;
+    jobs.start('a', started.run);
+    const big = (await claimAhead(jobs, 'a'))!;
+    expect(big.spec.limits.memory).toBe(GiB);
+    await jobs.claim('b', { free: ROOMY, waitMs: 0 });
+    expect(jobs.counts.queued).toBe(0);
+    // The big one is a's, unstarted: too large for `small`, and a free claim of b with too little free memory takes nothing.
+    expect(await jobs.claim('small', { free: { slots: 1, memory: 512 * MiB, cpus: 4 }, waitMs: 0 })).toBeUndefined();
+    expect(await jobs.claim('b', { free: { slots: 1, memory: 512 * MiB, cpus: 4 }, waitMs: 0 })).toBeUndefined();
+    expect(jobs.heartbeat('a', big.run)).toEqual({ cancel: false });
+    expect(jobs.heartbeat('a', started.run)).toEqual({ cancel: false });
+    // With room, b takes it.
+    expect((await jobs.claim('b', { free: ROOMY, waitMs: 0 }))?.spec.id).toBe(big.spec.id);
+  }, 20_000);
+
+  it('a host waiting with a free slot holds back an ahead claim only for a job that fits what it has free', async () => {
+    const { jobs } = setup();
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    // b waits with 512 MiB free: a job of 1 GiB is no job for it now, and goes ahead to a.
+    const aAhead = claimAhead(jobs, 'a', 20_000);
+    const bFree = jobs.claim('b', { free: { slots: 1, memory: 512 * MiB, cpus: 4 }, waitMs: 20_000 });
+    const big = start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '1g' } });
+    expect((await aAhead)?.spec.id).toBe(big.spec);
+    const small = start(jobs, { image: BUSYBOX, command: ['true'], limits: { memory: '256m' } });
+    expect((await bFree)?.spec.id).toBe(small.spec);
+  }, 20_000);
+
+  it('a cancelled job claimed ahead: the host is told at its start', async () => {
+    const { jobs } = setup();
+    jobs.register('a', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'] });
+    await queued(jobs, 1);
+    const a = (await claimAhead(jobs, 'a'))!;
+    j.abort.abort();
+    await expect(j.done).rejects.toBeInstanceOf(CancelledError);
+    expect(jobs.start('a', a.run)).toEqual({ cancel: true, reason: 'the build was cancelled' });
+    // Nobody else gets it.
+    jobs.register('b', HOST);
+    expect(await jobs.claim('b', { free: ROOMY, waitMs: 0 })).toBeUndefined();
+  }, 20_000);
+});
+
 describe('RemoteJobs: leases', () => {
   it('a lease not renewed is taken back: the job is queued again first, a new host gets a new run id, the old id is refused', async () => {
     const { jobs, clock } = setup();
@@ -301,7 +422,7 @@ describe('RemoteJobs: leases', () => {
     expect(e).toBeInstanceOf(ExecutorFailedError);
     expect((e as ExecutorFailedError).retryable).toBe(true);
     expect((e as Error).message).toContain('claimed 2 times');
-    expect(jobs.counts).toEqual({ queued: 0, running: 0 });
+    expect(jobs.counts).toEqual({ queued: 0, running: 0, waiting: 0 });
   });
 
   it('cancel of a queued job: CancelledError at once, and it leaves the queue', async () => {
@@ -392,7 +513,7 @@ describe('RemoteJobs on a leader that cannot tell it still leads (holds false: p
     await queued(jobs, 1);
     holds = false;
     await expect(jobs.claim('a', { free: ROOMY, waitMs: 0 })).rejects.toBeInstanceOf(NoLeaderError);
-    expect(jobs.counts).toEqual({ queued: 1, running: 0 });
+    expect(jobs.counts).toEqual({ queued: 1, running: 0, waiting: 0 });
     holds = true;
     const a = await claim(jobs, 'a');
     holds = false;

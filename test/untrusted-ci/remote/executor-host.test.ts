@@ -17,7 +17,7 @@ import type { RunOptions } from '#shared/runner/job-runner.js';
 import type { JobResult } from '#shared/runner/result.js';
 import { JobSpec } from '#shared/schemas/job-spec.js';
 import type { Runtime } from '#shared/schemas/limits.js';
-import { ExecutorHost, offeredRuntimes } from '../../../untrusted-ci/remote/executor-host.js';
+import { ExecutorHost, offeredRuntimes, type ExecutorHostOptions } from '../../../untrusted-ci/remote/executor-host.js';
 import { Assignment, RegisterAnswer } from '../../../untrusted-ci/remote/protocol.js';
 import { until } from '../../support/until.js';
 
@@ -35,15 +35,21 @@ function assignment(run: string, id: string, limits: Record<string, unknown> = {
   return { run: run.repeat(32).slice(0, 32), build: 1, job: id, spec: JobSpec.parse({ id, image: IMAGE, command: ['true'], limits }), imageId: IMAGE, leaseMs: LEASE };
 }
 
-/** A runner whose jobs run until the test lets them end; what it was asked to run is kept. */
+/**
+ * A runner whose jobs run until the test lets them end; what it was asked to run is kept. A job
+ * is "ready" at once and awaits its beforeStart, as the real runner does with its container made;
+ * `ran` lists the jobs that then started.
+ */
 class HeldRunner implements JobRunnerPort {
   readonly ran: string[] = [];
   /** What each job was run with: its spec and options. */
   readonly asked = new Map<string, { spec: JobSpec; opts: RunOptions }>();
   private readonly releases = new Map<string, () => void>();
   async run(spec: JobSpec, opts: RunOptions): Promise<JobResult> {
-    this.ran.push(spec.id);
     this.asked.set(spec.id, { spec, opts });
+    await opts.beforeStart?.();
+    this.ran.push(spec.id);
+    opts.onStarted?.();
     await new Promise<void>((res) => {
       this.releases.set(spec.id, res);
       opts.signal?.addEventListener('abort', () => res(), { once: true });
@@ -85,11 +91,11 @@ function queueCi(queue: Assignment[], rest: (req: IncomingMessage, body: string,
   });
 }
 
-function host(ciUrl: string, runner: JobRunnerPort, runtimes: Runtime[] = ['runc']): ExecutorHost {
+function host(ciUrl: string, runner: JobRunnerPort, runtimes: Runtime[] = ['runc'], extra: Partial<ExecutorHostOptions> = {}): ExecutorHost {
   const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
   cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
   const docker = { getImage: () => ({ inspect: async () => ({ Id: IMAGE }), remove: async () => undefined }) } as unknown as Docker;
-  const h = new ExecutorHost({ name: 'h', ciUrl, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes, workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+  const h = new ExecutorHost({ name: 'h', ciUrl, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: GiB, cpus: 2 }, runtimes, workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200, ...extra });
   cleanups.push(() => h.close());
   return h;
 }
@@ -146,6 +152,82 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     await until('second over', () => (h.runningRuns.length === 0 ? true : undefined), 20_000, 10);
     expect(runner.ran).toEqual(['first']);
     expect(results).toEqual(['first']);
+  }, 60_000);
+
+  it('with every slot busy it claims ahead (saying so), makes the job ready, and starts it on a free slot only after the CI\'s word', async () => {
+    const queue = [assignment('1', 'first'), assignment('2', 'second'), assignment('3', 'third')];
+    const claims: { ahead?: boolean; free: { slots: number } }[] = [];
+    const calls: string[] = [];
+    const results: string[] = [];
+    const ci = await fakeCi((req, body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        const c = JSON.parse(body) as { ahead?: boolean; free: { slots: number } };
+        claims.push(c);
+        const a = queue.shift();
+        return a ? json(res, 200, a) : json(res, 204);
+      }
+      const m = /^\/api\/executor\/runs\/([a-f0-9]{32})\/(\w+)/.exec(url);
+      const what = m?.[2] ?? '';
+      calls.push(`${m?.[1]?.[0]} ${what}`);
+      if (what !== 'result') return json(res, 200, { cancel: false });
+      results.push((JSON.parse(body) as JobResult).jobId);
+      return json(res, 200, { ok: true });
+    });
+    const runner = new HeldRunner();
+    const h = host(ci, runner, ['runc'], { capacity: { slots: 1, memory: 4 * GiB, cpus: 2 }, claimAhead: 1 });
+    await h.start();
+    await until('second made ready', () => (runner.asked.has('second') ? true : undefined), 20_000, 10);
+    expect(runner.ran).toEqual(['first']);
+    expect(claims.slice(0, 2)).toEqual([
+      { free: { slots: 1, memory: 4 * GiB, cpus: 2 }, waitMs: 200 },
+      { free: { slots: 1, memory: 4 * GiB, cpus: 2 }, waitMs: 200, ahead: true },
+    ]);
+    // One ahead, one running: no more claims until a slot frees.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(claims.length).toBe(2);
+    expect(calls).not.toContain('2 start');
+    runner.release('first');
+    await until('second running', () => (runner.ran.includes('second') ? true : undefined), 20_000, 10);
+    expect(calls.indexOf('2 start')).toBeGreaterThan(-1);
+    expect(calls.filter((c) => c.endsWith(' start'))).toEqual(['2 start']); // a job claimed with a free slot starts without asking
+    await until('third made ready', () => (runner.asked.has('third') ? true : undefined), 20_000, 10);
+    expect(runner.ran).toEqual(['first', 'second']);
+    runner.release('second');
+    await until('third running', () => (runner.ran.includes('third') ? true : undefined), 20_000, 10);
+    runner.release('third');
+    await until('all reported', () => (results.length === 3 ? true : undefined), 20_000, 10);
+    expect(results.sort()).toEqual(['first', 'second', 'third']);
+  }, 60_000);
+
+  it('a job claimed ahead that the CI moved to another host (409 at its start) is dropped unstarted and unreported', async () => {
+    const queue = [assignment('1', 'first'), assignment('2', 'moved'), assignment('3', 'next')];
+    const results: string[] = [];
+    const ci = await fakeCi((req, body, res) => {
+      const url = req.url ?? '';
+      if (url === '/api/executor/register') return json(res, 200, { leaseMs: 60_000 });
+      if (url === '/api/executor/claim') {
+        const a = queue.shift();
+        return a ? json(res, 200, a) : json(res, 204);
+      }
+      if (url.startsWith(`/api/executor/runs/${'2'.repeat(32)}/start`)) return json(res, 409, { message: 'moved' });
+      if (!url.endsWith('/result')) return json(res, 200, { cancel: false });
+      results.push((JSON.parse(body) as JobResult).jobId);
+      return json(res, 200, { ok: true });
+    });
+    const runner = new HeldRunner();
+    const h = host(ci, runner, ['runc'], { capacity: { slots: 1, memory: 4 * GiB, cpus: 2 }, claimAhead: 1 });
+    await h.start();
+    await until('moved made ready', () => (runner.asked.has('moved') ? true : undefined), 20_000, 10);
+    runner.release('first');
+    // The freed slot goes to `next`, claimed anew: `moved` never ran here.
+    await until('next running', () => (runner.ran.includes('next') ? true : undefined), 20_000, 10);
+    expect(runner.ran).toEqual(['first', 'next']);
+    expect(runner.asked.get('moved')?.opts.signal?.aborted).toBe(true);
+    runner.release('next');
+    await until('reported', () => (results.length === 2 ? true : undefined), 20_000, 10);
+    expect(results.sort()).toEqual(['first', 'next']);
   }, 60_000);
 
   it('runs a job under the runtime the CI decided, with the CI\'s runsc verdict on the image, or refuses it: never under another runtime', async () => {

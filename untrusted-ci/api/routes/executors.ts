@@ -107,6 +107,8 @@ export function registerExecutorRoutes(app: FastifyInstance, deps: ExecutorApiDe
 
   app.post('/api/executor/runs/:run/heartbeat', hide, async (req) => remote().heartbeat(hostOf(req), runOf(req)));
 
+  app.post('/api/executor/runs/:run/start', hide, async (req) => remote().start(hostOf(req), runOf(req)));
+
   app.post('/api/executor/runs/:run/log', hide, async (req) => {
     const name = hostOf(req);
     const seq = Number((req.query as { seq?: unknown }).seq);

@@ -319,7 +319,6 @@ export class RemoteJobs {
     this.claiming.get(executor)?.controller.abort();
     const waiting = { controller: mine, ahead, capacity: host.capacity, free: req.free };
     this.claiming.set(executor, waiting);
-    let served = false;
     try {
       for (;;) {
         host.seen = this.now();
@@ -327,10 +326,7 @@ export class RemoteJobs {
         this.mustHold();
         const now = this.now();
         const entry = now < this.holdUntil ? undefined : ahead ? this.pickAhead(executor, host.capacity, req.free) : (this.pick(host.capacity, req.free) ?? this.takeOver(executor, host.capacity, req.free));
-        if (entry) {
-          served = true;
-          return this.assign(entry, executor, ahead);
-        }
+        if (entry) return this.assign(entry, executor, ahead);
         const left = deadline - now;
         if (left <= 0) return undefined;
         await new Promise<void>((res) => {
@@ -348,17 +344,17 @@ export class RemoteJobs {
         });
       }
     } finally {
+      // An ahead claim held back for this one is served at the next job queued, or claims again
+      // after its wait. (No wake here: a host could make every waiting claim run with each of its own.)
       if (this.claiming.get(executor) === waiting) this.claiming.delete(executor);
-      // A claim with a free slot that ends unserved (its host gave up, or went away): the ahead
-      // claims it held back may be served now. (One served is followed by its host's next claim.)
-      if (!ahead && !served) this.wake();
     }
   }
 
   /** A host that claimed the run ahead starts it: from here on it is that host's to run. */
   start(executor: string, run: string): RunAnswer {
     const e = this.claimed(executor, run);
-    if (e.ahead && !e.started) {
+    // Cancelled meanwhile: the answer says so, and the job is not marked running.
+    if (e.ahead && !e.started && !e.settled) {
       e.started = true;
       void Promise.resolve(e.req.onStarted?.(executor)).catch((err: unknown) => this.o.logger.warn({ err, run }, 'recording a started job failed'));
     }
@@ -433,6 +429,7 @@ export class RemoteJobs {
   /** The job's artifacts as a tar whose entries sit under one top directory; extracted with the job's globs and caps. */
   async artifacts(executor: string, run: string, archive: Readable): Promise<ArtifactFile[]> {
     const e = this.claimed(executor, run);
+    if (e.ahead && !e.started) throw new ConflictError(`run ${run} was claimed ahead and has not started (it starts with POST start): it has no artifacts`);
     if (!e.req.artifactsDir || e.spec.artifacts.length === 0) throw new InvalidInputError([{ file: 'request', path: 'artifacts', message: `job ${e.spec.id} names no artifacts`, severity: 'error' }]);
     if (e.artifacts || e.artifactError || e.receiving) throw new ConflictError(`the artifacts of run ${run} were sent already`);
     const dir = e.req.artifactsDir;
@@ -592,11 +589,11 @@ export class RemoteJobs {
       if (!fitsFree(e.need, capacity, free)) continue;
       this.runs.delete(run);
       this.endDownloads(e);
-      e.req.onLog?.(Buffer.from(`[airlock] moved to another executor host: ${e.executor} had not started it (its slots were busy)\n`));
+      this.dropArtifacts(e, run); // none can have come (refused before `start`): kept clean all the same
+      if (!e.logCapped) e.req.onLog?.(Buffer.from(`[airlock] moved to another executor host: ${e.executor} had not started it (its slots were busy)\n`));
       e.claims -= 1;
+      // The next host numbers its log pieces from 0; the job's log cap goes on (a move gives no new one).
       e.logSeq = 0;
-      e.logBytes = 0;
-      e.logCapped = false;
       return e;
     }
     return undefined;
@@ -644,20 +641,7 @@ export class RemoteJobs {
       e.run = undefined;
       e.executor = undefined;
       if (e.settled) continue; // cancelled, and the host never asked again
-      // What that host sent of its artifacts is not the next run's: an upload under way is cut,
-      // and the directory is emptied before the next host's upload is extracted into it.
-      const receiving = e.receiving;
-      const artifactsDir = e.req.artifactsDir;
-      receiving?.archive.destroy();
-      if (artifactsDir && (receiving || e.artifacts || e.artifactError)) {
-        e.clearing = (async () => {
-          await receiving?.done.catch(() => undefined);
-          await rm(artifactsDir, { recursive: true, force: true });
-        })().catch((err: unknown) => this.o.logger.warn({ err, run }, 'emptying the artifacts of a run taken back failed'));
-      }
-      e.receiving = undefined;
-      e.artifacts = undefined;
-      e.artifactError = undefined;
+      this.dropArtifacts(e, run);
       this.o.logger.warn({ executor: host, run, build: e.req.build, job: e.req.job, claims: e.claims }, 'an executor host stopped renewing its lease on a job: it is taken back');
       if (e.claims >= (this.o.maxClaims ?? 3)) {
         this.settle(e, () => e.reject(new ExecutorFailedError(`job ${e.spec.id} was claimed ${e.claims} times and no executor host finished it (the last, ${host}, stopped answering)`)));
@@ -677,6 +661,25 @@ export class RemoteJobs {
       this.queue.unshift(e);
       this.wake();
     }
+  }
+
+  /**
+   * What a run that ended unfinished sent of its artifacts is not the next run's: an upload under
+   * way is cut, and the directory is emptied before the next host's upload is extracted into it.
+   */
+  private dropArtifacts(e: Entry, run: string): void {
+    const receiving = e.receiving;
+    const artifactsDir = e.req.artifactsDir;
+    receiving?.archive.destroy();
+    if (artifactsDir && (receiving || e.artifacts || e.artifactError)) {
+      e.clearing = (async () => {
+        await receiving?.done.catch(() => undefined);
+        await rm(artifactsDir, { recursive: true, force: true });
+      })().catch((err: unknown) => this.o.logger.warn({ err, run }, 'emptying the artifacts of a run taken back failed'));
+    }
+    e.receiving = undefined;
+    e.artifacts = undefined;
+    e.artifactError = undefined;
   }
 
   private unplaceable(need: Need): Issue | undefined {

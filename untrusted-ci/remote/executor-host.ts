@@ -94,7 +94,8 @@ export class ExecutorHost {
   private readonly slots: Slots;
   private readonly stopping = new AbortController();
   private readonly running = new Map<string, { controller: AbortController; done: Promise<void> }>();
-  private readonly loading = new Map<string, Promise<void>>();
+  /** Images being loaded: id → the load, and the run it is fetched under. */
+  private readonly loading = new Map<string, { run: string; p: Promise<void> }>();
   /** The claim loop, waiting for a slot (slotFreed). */
   private readonly freedWaiters = new Set<() => void>();
   /** Jobs claimed ahead that hold no slot yet: how many, and their memory and CPUs. */
@@ -334,8 +335,12 @@ export class ExecutorHost {
                 beforeStart: async () => {
                   await takeSlot(signal);
                   try {
+                    const sent = performance.now();
                     const res = await this.deliver(signal, leaseMs, () => this.call('POST', EXECUTOR_API.run(a.run, 'start'), { json: {}, timeoutMs: leaseMs / 3 }));
                     onAnswer(RunAnswer.parse(await res.json()));
+                    // The CI renewed the lease with its answer, as with a heartbeat.
+                    lastOk = Math.max(lastOk, sent);
+                    this.o.sentinel?.renew(a.spec.id, fence - (performance.now() - lastOk));
                   } catch (e) {
                     if (e instanceof HttpStatusError && e.status === 409) controller.abort(new Moved(e.message));
                     else if (!signal.aborted) controller.abort(new LeaseLost(`the CI did not answer its start: ${(e as Error).message}`));
@@ -414,23 +419,31 @@ export class ExecutorHost {
         () => true,
         () => false,
       );
-    if (!present) {
-      let p = this.loading.get(id);
-      if (!p) {
-        p = (async () => {
+    // A load that another run started may fail for that run's reasons (moved to another host,
+    // cancelled, taken back): then this run loads the image itself, once.
+    for (let attempt = 0; !present; attempt++) {
+      let load = this.loading.get(id);
+      if (!load) {
+        const p = (async () => {
           const res = await this.call('GET', EXECUTOR_API.run(a.run, 'image'), { timeoutMs: 30 * 60_000, signal });
           if (!res.body) throw new ExecutorFailedError('the CI sent no image');
           await loadImage(this.o.docker, Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>));
           const got = await this.o.docker.getImage(id).inspect().catch(() => undefined);
           if (got?.Id !== id) throw new ExecutorFailedError(`the image the CI sent is not ${id}`);
           this.images.set(id, Date.now());
-        })().finally(() => this.loading.delete(id));
-        this.loading.set(id, p);
+        })().finally(() => {
+          if (this.loading.get(id) === load) this.loading.delete(id);
+        });
+        load = { run: a.run, p };
+        this.loading.set(id, load);
       }
       try {
-        await p;
+        await load.p;
+        break;
       } catch (e) {
-        if (signal.aborted || this.stopping.signal.aborted || e instanceof HttpStatusError || e instanceof CallFailed || (isAirlockError(e) && e.retryable)) throw e;
+        if (signal.aborted || this.stopping.signal.aborted) throw e;
+        if (load.run !== a.run && attempt === 0) continue;
+        if (e instanceof HttpStatusError || e instanceof CallFailed || (isAirlockError(e) && e.retryable)) throw e;
         // The body broke off (the way to the CI, or the CI), or the load was another run's, which
         // ended: the environment's image is the CI's, never the job's fault. Given back.
         throw new CallFailed(`the image ${id} could not be loaded from the CI: ${(e as Error).message}`);

@@ -308,6 +308,7 @@ describe('RemoteJobs: claims ahead (a host whose slots are busy makes a job read
     expect(j.logs.join('')).toContain('moved to another executor host: a had not started it');
     expect(() => jobs.start('a', ahead.run)).toThrow(ConflictError);
     expect(() => jobs.heartbeat('a', ahead.run)).toThrow(ConflictError);
+    await expect(jobs.artifacts('a', ahead.run, tarOf([]))).rejects.toBeInstanceOf(ConflictError);
     expect(() => jobs.result('a', ahead.run, result(ahead))).toThrow(ConflictError);
     // The move is no claim: with maxClaims 2, b's lost lease still queues it again, and c runs it.
     await leaseRunsOut(jobs, clock, 1);
@@ -315,6 +316,23 @@ describe('RemoteJobs: claims ahead (a host whose slots are busy makes a job read
     const last = await claim(jobs, 'c');
     jobs.result('c', last.run, result(last));
     expect((await j.done).passed).toBe(true);
+  }, 20_000);
+
+  it('a run claimed ahead sends no artifacts before its start, and a move gives the job no new log cap', async () => {
+    const { jobs, dir } = setup();
+    jobs.register('a', HOST);
+    jobs.register('b', HOST);
+    const j = start(jobs, { image: BUSYBOX, command: ['true'], artifacts: ['out/**'], limits: { logCap: '1k' } }, { artifactsDir: join(dir, 'art') });
+    await queued(jobs, 1);
+    const a = (await claimAhead(jobs, 'a'))!;
+    await expect(jobs.artifacts('a', a.run, tarOf([{ name: 'top/out/planted', body: 'x' }]))).rejects.toBeInstanceOf(ConflictError);
+    // a fills the job's whole log cap before it is moved.
+    jobs.log('a', a.run, 0, Buffer.alloc(200 * 1024, 0x61));
+    const b = (await jobs.claim('b', { free: ROOMY, waitMs: 0 }))!;
+    const before = j.logs.join('').length;
+    jobs.log('b', b.run, 0, Buffer.from('more from b'));
+    expect(j.logs.join('').length).toBe(before);
+    expect(readdirSync(dir)).not.toContain('art');
   }, 20_000);
 
   it('a started job, a job claimed with a free slot, and a job that does not fit stay where they are', async () => {
@@ -366,6 +384,7 @@ describe('RemoteJobs: claims ahead (a host whose slots are busy makes a job read
     j.abort.abort();
     await expect(j.done).rejects.toBeInstanceOf(CancelledError);
     expect(jobs.start('a', a.run)).toEqual({ cancel: true, reason: 'the build was cancelled' });
+    expect(j.claimedBy).toEqual(['a ahead']); // not marked running
     // Nobody else gets it.
     jobs.register('b', HOST);
     expect(await jobs.claim('b', { free: ROOMY, waitMs: 0 })).toBeUndefined();

@@ -6,6 +6,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
@@ -385,6 +386,53 @@ describe('ExecutorHost against a CI that is not what it should be', () => {
     // The source never came: the job is given back (its lease left to run out), not reported failed.
     expect(ran.sort()).toEqual(['art', 'res']);
     expect(results.some((r) => r.jobId === 'src')).toBe(false);
+  }, 60_000);
+
+  it('a run waiting on an image another run loads, whose load fails for that run (moved, taken back), loads it under its own run', async () => {
+    // Leases long enough that no heartbeat comes into it: x fails on its image alone.
+    const x = { ...assignment('5', 'x'), leaseMs: 60_000 };
+    const y = { ...assignment('6', 'y'), leaseMs: 60_000 };
+    const queue = [x, y];
+    const results: string[] = [];
+    const imageAsks: string[] = [];
+    const ci = await queueCi(queue, (req, body, res) => {
+      const url = req.url ?? '';
+      const run = /runs\/([a-f0-9])/.exec(url)?.[1] ?? '';
+      if (url.endsWith('/image')) {
+        imageAsks.push(run);
+        res.writeHead(200, { 'content-type': 'application/x-tar' });
+        res.write(Buffer.alloc(4096, 0x41));
+        // x's download is ended by the CI (x was moved to another host); y's comes whole.
+        if (run === '5') setTimeout(() => res.socket?.destroy(), 300);
+        else res.end();
+        return;
+      }
+      if (run === '5') return json(res, 409, { message: 'moved' });
+      if (!url.endsWith('/result')) return json(res, 200, { cancel: false });
+      results.push((JSON.parse(body) as JobResult).jobId);
+      return json(res, 200, { ok: true });
+    });
+    let loaded = false;
+    const docker = {
+      getImage: () => ({ inspect: async () => (loaded ? { Id: IMAGE } : Promise.reject(Object.assign(new Error('no such image'), { statusCode: 404 }))), remove: async () => undefined }),
+      loadImage: async (tar: NodeJS.ReadableStream) => {
+        for await (const _ of tar as AsyncIterable<Buffer>);
+        loaded = true;
+        return Readable.from([]);
+      },
+    } as unknown as Docker;
+    const workDir = mkdtempSync(join(tmpdir(), 'airlock-exec-host-'));
+    cleanups.push(() => rmSync(workDir, { recursive: true, force: true }));
+    const runner = new HeldRunner();
+    const h = new ExecutorHost({ name: 'h', ciUrl: ci, token: 't'.repeat(32), docker, runner, policy, capacity: { slots: 2, memory: 4 * GiB, cpus: 2 }, runtimes: ['runc'], workDir, logger: createLogger({ level: 'silent' }), claimWaitMs: 200 });
+    cleanups.push(() => h.close());
+    await h.start();
+    await until('y running', () => (runner.ran.includes('y') ? true : undefined), 20_000, 10);
+    expect(imageAsks).toEqual(['5', '6']); // y joined x's load, then loaded it itself
+    expect(runner.ran).toEqual(['y']);
+    runner.release('y');
+    await until('y reported', () => (results.includes('y') ? true : undefined), 20_000, 10);
+    expect(results).toEqual(['y']);
   }, 60_000);
 
   it('an image whose body breaks off while it loads gives the job back unreported, not failed', async () => {

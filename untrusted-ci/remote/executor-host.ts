@@ -225,7 +225,7 @@ export class ExecutorHost {
       if (!starting) return;
       starting = false;
       this.starting -= 1;
-      for (const w of this.freedWaiters) w();
+      this.wakeClaimLoop();
     };
     if (!refused && !ahead) {
       starting = true;
@@ -240,7 +240,7 @@ export class ExecutorHost {
       release();
       leaveAhead();
       startingEnds();
-      for (const w of this.freedWaiters) w();
+      this.wakeClaimLoop();
     };
     // A job claimed ahead: the slot, once its container is ready. (The claim loop may claim
     // another ahead then.)
@@ -250,7 +250,7 @@ export class ExecutorHost {
           starting = true;
           this.starting += 1;
           leaveAhead();
-          for (const w of this.freedWaiters) w();
+          this.wakeClaimLoop();
         }
       : undefined;
     const done = this.runOne(a, controller, refused, received, freeSlot, takeSlot, startingEnds)
@@ -260,6 +260,11 @@ export class ExecutorHost {
         this.running.delete(a.run);
       });
     this.running.set(a.run, { controller, done });
+  }
+
+  /** The claim loop looks again at what it may claim (a slot freed, a container started, a job took its slot). */
+  private wakeClaimLoop(): void {
+    for (const w of this.freedWaiters) w();
   }
 
   private holdAhead(need: { memory: number; cpus: number }, sign: 1 | -1): void {
